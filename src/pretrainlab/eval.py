@@ -1,0 +1,79 @@
+"""The metric: validation bits-per-byte, overall and per domain.
+
+    val_bpb = (sum over predicted target tokens of -ln p(target)) / ln 2 / (UTF-8 bytes of those targets)
+
+It is tokenizer-independent (a byte model and a BPE model are compared on the bytes they
+predict), computed on a fixed held-out split and on exactly the same tokens every time:
+the first `tokens_per_domain` tokens of each domain's validation shard, cut into
+contiguous windows (data.loader.iter_eval_windows). Targets that decode to zero bytes
+(document separators, special tokens) are excluded from both sums. The overall figure
+pools nats and bytes over all domains (a byte-weighted average, not a mean of domains).
+
+This module is the lab's source of truth: experiments (config, code patches, data
+changes) never modify it, and its sha256 is recorded in every run's provenance.json.
+It takes logits from the model and computes the log-likelihood itself, so a model
+change cannot alter how the score is computed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .data import iter_eval_windows
+
+
+def module_sha256() -> str:
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+
+def bits_per_byte(nats: float, num_bytes: int) -> float:
+    return nats / math.log(2) / num_bytes if num_bytes else float("nan")
+
+
+@torch.no_grad()
+def evaluate_bpb(model, corpus, seq_len: int, tokens_per_domain: int, batch_rows: int, device,
+                 autocast=None, rank: int = 0, world_size: int = 1) -> dict:
+    """Return {"val_bpb": float, "domains": {name: bpb}, "tokens": int, "bytes": int}.
+
+    Windows are dealt round-robin across ranks and the sums all-reduced, so N processes
+    score the same tokens as one.
+    """
+    was_training = model.training
+    model.eval()
+    token_bytes = torch.as_tensor(corpus.token_bytes(), dtype=torch.float64, device=device)
+    domains = corpus.domains
+    # sums[d] = (nats, bytes, tokens) in float64 so the totals are exact to ~1e-12
+    sums = torch.zeros(len(domains), 3, dtype=torch.float64, device=device)
+    for d, domain in enumerate(domains):
+        windows = list(iter_eval_windows(corpus, domain, seq_len, tokens_per_domain))[rank::world_size]
+        for i in range(0, len(windows), batch_rows):
+            chunk = windows[i : i + batch_rows]
+            x = torch.stack([torch.as_tensor(w[0], dtype=torch.long) for w in chunk]).to(device)
+            y = torch.stack([torch.as_tensor(w[1], dtype=torch.long) for w in chunk]).to(device)
+            with autocast or nullcontext():
+                logits = model(x)
+            assert logits.shape == (*y.shape, logits.size(-1)), f"model returned logits of shape {tuple(logits.shape)}"
+            nats = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none").double()
+            nbytes = token_bytes[y.reshape(-1)]
+            counted = nbytes > 0
+            sums[d, 0] += nats[counted].sum()
+            sums[d, 1] += nbytes.sum()
+            sums[d, 2] += counted.sum()
+    if world_size > 1:
+        torch.distributed.all_reduce(sums)
+    model.train(was_training)
+    sums = sums.cpu().tolist()
+    total_nats = sum(s[0] for s in sums)
+    total_bytes = int(sum(s[1] for s in sums))
+    return {
+        "val_bpb": bits_per_byte(total_nats, total_bytes),
+        "domains": {dom: bits_per_byte(s[0], int(s[1])) for dom, s in zip(domains, sums)},
+        "tokens": int(sum(s[2] for s in sums)),
+        "bytes": total_bytes,
+    }

@@ -1,0 +1,88 @@
+"""Named recipes: plain Python functions returning a `Recipe`.
+
+A variant calls its base and changes fields. Add a recipe by writing a function and
+registering it in RECIPES. `pretrainlab recipes` lists them with their sizes.
+"""
+
+from __future__ import annotations
+
+from .config import BudgetConfig, DataConfig, EvalConfig, ModelConfig, OptimConfig, Recipe, TrainConfig
+
+
+def tiny_cpu() -> Recipe:
+    """~0.9M params, byte-level; a clearly learned model in 60 s on 2 CPU cores."""
+    return Recipe(
+        name="tiny-cpu",
+        model=ModelConfig(seq_len=256, n_layer=4, n_embd=128, n_head=4),
+        optim=OptimConfig(name="muon", lr=0.01, muon_lr=0.03, warmup_frac=0.02, warmdown_frac=0.4),
+        data=DataConfig(corpus="builtin", tokenizer="byte"),
+        train=TrainConfig(batch_tokens=4096, micro_batch_rows=16, eval_every=0, ckpt_every=0, log_every=1),
+        budget=BudgetConfig(seconds=60.0),
+        eval=EvalConfig(tokens_per_domain=32768, batch_rows=32),
+    )
+
+
+def small() -> Recipe:
+    """~20M params, byte-level, 512 context: a desktop-CPU or any-GPU working size."""
+    r = tiny_cpu()
+    r.name = "small"
+    r.model = ModelConfig(seq_len=512, n_layer=8, n_embd=448, n_head=7)
+    r.optim.lr, r.optim.muon_lr = 6e-3, 0.02
+    r.train = TrainConfig(batch_tokens=32768, micro_batch_rows=16, log_every=1, eval_every=250)
+    r.budget = BudgetConfig(seconds=300.0)
+    r.eval = EvalConfig(tokens_per_domain=65536, batch_rows=16)
+    return r
+
+
+def gpt2_124m() -> Recipe:
+    """The GPT-2 small shape (12 x 768, 12 heads, 1024 context, ~50k BPE vocab)."""
+    return Recipe(
+        name="gpt2-124m",
+        model=ModelConfig(seq_len=1024, n_layer=12, n_embd=768, n_head=12),
+        optim=OptimConfig(name="muon", lr=3e-3, muon_lr=0.02, warmup_frac=0.01, warmdown_frac=0.4),
+        data=DataConfig(corpus="builtin", tokenizer="bpe:50257"),
+        train=TrainConfig(batch_tokens=524288, micro_batch_rows=32, log_every=10, eval_every=250, ckpt_every=1000),
+        budget=BudgetConfig(seconds=600.0),
+        eval=EvalConfig(tokens_per_domain=262144, batch_rows=32),
+    )
+
+
+def autoresearch_50m() -> Recipe:
+    """~50M params for a 5-minute H100 budget: the karpathy/autoresearch reference shape
+    (8 layers, 512 wide, 128-dim heads, value embeddings, 8192 BPE, 2048 context, 2^19 batch)."""
+    return Recipe(
+        name="autoresearch-50m",
+        model=ModelConfig(seq_len=2048, n_layer=8, n_embd=512, n_head=4, value_embeds=True),
+        optim=OptimConfig(name="muon", lr=4e-3, muon_lr=0.04, warmup_frac=0.0, warmdown_frac=0.5),
+        data=DataConfig(corpus="builtin", tokenizer="bpe:8192"),
+        train=TrainConfig(batch_tokens=524288, micro_batch_rows=64, log_every=10, eval_every=0, compile=True),
+        budget=BudgetConfig(seconds=300.0),
+        eval=EvalConfig(tokens_per_domain=262144, batch_rows=32),
+    )
+
+
+RECIPES = {
+    "tiny-cpu": tiny_cpu,
+    "small": small,
+    "gpt2-124m": gpt2_124m,
+    "autoresearch-50m": autoresearch_50m,
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}: choose one of {', '.join(RECIPES)} (see `pretrainlab recipes`)")
+    return RECIPES[name]()
+
+
+def estimate_params(recipe: Recipe) -> int:
+    """Parameter count without building the model (vocab from the tokenizer spec)."""
+    m = recipe.model
+    vocab = m.vocab_size or (256 if recipe.data.tokenizer == "byte" else int(recipe.data.tokenizer.split(":")[1]))
+    padded = -(-vocab // 64) * 64
+    head_dim = m.n_embd // m.n_head
+    kv_dim = (m.n_kv_head or m.n_head) * head_dim
+    hidden = int(m.mlp_ratio * m.n_embd)
+    per_layer = m.n_embd * m.n_embd * 2 + 2 * m.n_embd * kv_dim + 2 * m.n_embd * hidden
+    num_ve = sum(1 for i in range(m.n_layer) if m.value_embeds and i % 2 == (m.n_layer - 1) % 2)
+    return m.n_layer * per_layer + 2 * padded * m.n_embd + num_ve * (padded * kv_dim + 2)

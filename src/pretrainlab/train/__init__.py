@@ -1,0 +1,5 @@
+"""The trainer (trainer.py), optimizers and schedules (optim.py), checkpoints, telemetry."""
+
+from .trainer import EXIT_DIVERGED, EXIT_PREEMPTED, STATUS_EXIT, train
+
+__all__ = ["train", "EXIT_DIVERGED", "EXIT_PREEMPTED", "STATUS_EXIT"]

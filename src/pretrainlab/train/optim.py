@@ -1,0 +1,122 @@
+"""Optimizers and learning-rate schedules.
+
+- 'adamw': AdamW on everything; weight decay on matrices only.
+- 'muon': Muon (Jordan et al. 2024, modded-nanogpt) on the 2-D hidden weight matrices of
+  the blocks, AdamW on embeddings, the lm_head and scalars (Muon's orthogonalised update
+  is meant for hidden matrices; embeddings and the head are better served by Adam).
+
+Schedules map training progress in [0, 1] (the share of the binding budget used) to a
+multiplier of the peak LR, so the same recipe works for token, time and FLOP budgets:
+- 'wsd': linear warmup, constant, linear warmdown to final_lr_frac (Hu et al. 2024).
+- 'cosine': linear warmup, cosine decay to final_lr_frac.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from ..config import OptimConfig
+
+
+def zeropower_via_newtonschulz5(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Approximately orthogonalise G (the U V^T of its SVD) with a quintic Newton-Schulz
+    iteration; coefficients from modded-nanogpt, tuned to maximise the slope at zero."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G.bfloat16() if G.is_cuda else G.float()  # bf16 is stable here and fast on GPU
+    transposed = X.size(-2) > X.size(-1)
+    if transposed:
+        X = X.mT
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    for _ in range(steps):
+        A = X @ X.mT
+        B = b * A + c * A @ A
+        X = a * X + B @ X
+    if transposed:
+        X = X.mT
+    return X.to(G.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """SGD-momentum (Nesterov) whose update is orthogonalised per matrix.
+
+    The update is scaled by sqrt(max(1, rows/cols)) so tall matrices get RMS-comparable
+    steps. Under DDP the gradients are already averaged, so every rank computes the same
+    update; no extra communication.
+    """
+
+    def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, weight_decay: float = 0.0, ns_steps: int = 5):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps))
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad)
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - group["momentum"])
+                g = p.grad.lerp(buf, group["momentum"])  # Nesterov
+                update = zeropower_via_newtonschulz5(g, group["ns_steps"])
+                scale = max(1.0, p.size(-2) / p.size(-1)) ** 0.5
+                if group["weight_decay"]:
+                    p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(update, alpha=-group["lr"] * scale)
+
+
+def build_optimizers(model: nn.Module, cfg: OptimConfig) -> list[torch.optim.Optimizer]:
+    """Return the optimizers for `model`; each param group remembers its peak LR."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    hidden = [p for n, p in named if n.startswith("blocks.") and p.ndim == 2]
+    hidden_ids = {id(p) for p in hidden}
+    embeds = [p for n, p in named if p.ndim == 2 and id(p) not in hidden_ids and "lm_head" not in n]
+    head = [p for n, p in named if "lm_head" in n]
+    scalars = [p for n, p in named if p.ndim < 2]
+    adam_kw = dict(betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=False)
+    if cfg.name == "adamw":
+        groups = [
+            dict(params=hidden + head, weight_decay=cfg.weight_decay),
+            dict(params=embeds + scalars, weight_decay=0.0),
+        ]
+        optimizers = [torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, **adam_kw)]
+    else:
+        groups = [
+            dict(params=head, weight_decay=cfg.weight_decay),
+            dict(params=embeds + scalars, weight_decay=0.0),
+        ]
+        optimizers = [
+            torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, **adam_kw),
+            Muon(hidden, lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay),
+        ]
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["peak_lr"] = group["lr"]
+    return optimizers
+
+
+def lr_multiplier(progress: float, cfg: OptimConfig) -> float:
+    """Peak-LR multiplier at `progress` in [0, 1]."""
+    p = min(max(progress, 0.0), 1.0)
+    if cfg.warmup_frac and p < cfg.warmup_frac:
+        return p / cfg.warmup_frac
+    if cfg.schedule == "wsd":
+        decay_start = 1.0 - cfg.warmdown_frac
+        if p <= decay_start or cfg.warmdown_frac == 0:
+            return 1.0
+        t = (p - decay_start) / cfg.warmdown_frac
+        return 1.0 + t * (cfg.final_lr_frac - 1.0)
+    t = (p - cfg.warmup_frac) / max(1e-12, 1.0 - cfg.warmup_frac)
+    return cfg.final_lr_frac + (1 - cfg.final_lr_frac) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def set_lr(optimizers: list[torch.optim.Optimizer], multiplier: float) -> float:
+    """Apply the multiplier to every group; returns the first group's LR for logging."""
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["peak_lr"] * multiplier
+    return optimizers[0].param_groups[0]["lr"]

@@ -1,0 +1,121 @@
+"""Device facts, MFU, memory and provenance for the run directory.
+
+MFU = achieved model FLOP/s (GPT.flops_per_token x tokens/s) / (peak FLOP/s x processes).
+Peaks are dense (no sparsity) vendor figures for the compute dtype; unknown devices (and
+CPUs, whose peak depends on SKU, clocks and vector units) get None and MFU is reported as null.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import socket
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+# Dense peak TFLOP/s by (name fragment, dtype); the first matching fragment wins, so the
+# more specific names come first.
+PEAK_TFLOPS = [
+    ("H100 PCIe", {"bfloat16": 756.0, "float32": 378.0}),
+    ("H100 NVL", {"bfloat16": 835.0, "float32": 417.0}),
+    ("H100", {"bfloat16": 989.0, "float32": 494.7}),  # SXM; fp32 = TF32 tensor cores
+    ("H200", {"bfloat16": 989.0, "float32": 494.7}),
+    ("GH200", {"bfloat16": 989.0, "float32": 494.7}),
+    ("B200", {"bfloat16": 2250.0, "float32": 1100.0}),
+    ("A100", {"bfloat16": 312.0, "float32": 156.0}),
+    ("A10G", {"bfloat16": 70.0, "float32": 35.0}),
+    ("L40S", {"bfloat16": 362.0, "float32": 183.0}),
+    ("L4", {"bfloat16": 121.0, "float32": 60.0}),
+    ("RTX 4090", {"bfloat16": 165.2, "float32": 82.6}),
+    ("RTX 3090", {"bfloat16": 71.0, "float32": 35.6}),
+]
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def peak_flops(device: torch.device, dtype: str) -> float | None:
+    """Peak FLOP/s of one device for `dtype`, or None when unknown (e.g. CPU)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for fragment, peaks in PEAK_TFLOPS:
+        if fragment in name:
+            return peaks[dtype] * 1e12
+    return None
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak allocated accelerator memory, or the process's peak RSS on CPU, in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _git(args: list[str], cwd: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def code_state() -> dict:
+    """Commit and uncommitted diff of the pretrainlab source tree, when it is a git checkout."""
+    src = Path(__file__).resolve().parents[1]
+    commit = _git(["rev-parse", "HEAD"], src)
+    if commit is None:
+        return {"git_commit": None, "git_dirty": None, "git_diff": None}
+    diff = _git(["diff", "HEAD", "--", "."], src) or ""
+    return {"git_commit": commit.strip(), "git_dirty": bool(diff), "git_diff": diff}
+
+
+def package_versions() -> dict:
+    versions = {"python": sys.version.split()[0]}
+    for pkg in ("pretrainlab", "torch", "numpy", "tokenizers"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return versions
+
+
+def provenance(*, seed: int, device: torch.device, world_size: int, corpus, eval_sha256: str, recipe_hash: str) -> dict:
+    return {
+        **code_state(),
+        "packages": package_versions(),
+        "device": device_name(device),
+        "device_type": device.type,
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "world_size": world_size,
+        "threads_per_process": torch.get_num_threads(),
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "argv": sys.argv,
+        "data_manifest_sha256": corpus.manifest_hash,
+        "data_path": str(corpus.path),
+        "eval_module_sha256": eval_sha256,
+        "recipe_hash": recipe_hash,
+        "seed": seed,
+    }
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+    os.replace(tmp, path)

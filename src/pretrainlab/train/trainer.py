@@ -1,0 +1,434 @@
+"""The trainer: one readable loop from recipe to run directory.
+
+    pretrainlab train --recipe tiny-cpu [--set key=value ...] [--out DIR]
+    pretrainlab train --resume DIR
+    torchrun --nproc_per_node N -m pretrainlab train --recipe small      # DDP (gloo on CPU, NCCL on GPU)
+
+`train()` reads top to bottom:
+  1. processes and device      5. run directory (new, or resumed from its last checkpoint)
+  2. corpus and tokenizer      6. the loop: batch -> forward/backward (accumulated) -> clip
+  3. model                        -> step -> telemetry -> eval -> checkpoint -> stop checks
+  4. optimizers and loader     7. final evaluation and summary.json
+The global batch (train.batch_tokens) is drawn identically on every process and split by
+rows, so 1 process with gradient accumulation and N processes compute the same gradient.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+import traceback
+from contextlib import nullcontext
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .. import eval as evaluation
+from ..config import Recipe
+from ..data import BatchLoader, Corpus, builtin_corpus_dir, prepare_builtin
+from ..errors import UserError
+from ..model import GPT
+from . import checkpoint
+from .optim import build_optimizers, lr_multiplier, set_lr
+from .telemetry import peak_flops, peak_memory_mb, provenance, write_json_atomic
+
+EXIT_OK = 0
+EXIT_DIVERGED = 3
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later" — schedulers requeue on it
+STATUS_EXIT = {"ok": EXIT_OK, "timeout": EXIT_OK, "diverged": EXIT_DIVERGED, "preempted": EXIT_PREEMPTED}
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    local_world_size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_type: str) -> Dist:
+    """Join the torchrun process group when launched by torchrun, else a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    d = Dist(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), world, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return d
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device=cuda but no CUDA device is visible: use --set train.device=cpu (or auto)")
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(requested)
+
+
+def open_corpus(recipe: Recipe, d: Dist) -> Corpus:
+    """The builtin corpus is derived data: it is prepared on first use (rank 0 only)."""
+    if recipe.data.corpus == "builtin":
+        path = builtin_corpus_dir(recipe.data.tokenizer.replace(":", ""))
+        if d.main and not (path / "manifest.json").exists():
+            print(f"[pretrainlab] preparing the builtin corpus ({recipe.data.tokenizer}) at {path}", file=sys.stderr)
+            prepare_builtin(tokenizer=recipe.data.tokenizer, out_dir=path)
+        if d.world_size > 1:
+            dist.barrier()
+    else:
+        path = Path(recipe.data.corpus).expanduser()
+    return Corpus.open(path, verify=True)
+
+
+class RunLog:
+    """Appends human-readable lines to RUN_DIR/log.txt and echoes them to stderr."""
+
+    def __init__(self, path: Path | None, echo: bool):
+        self.path, self.echo = path, echo
+
+    def __call__(self, msg: str) -> None:
+        line = f"{datetime.now().strftime('%H:%M:%S')} {msg}"
+        if self.echo:
+            print(line, file=sys.stderr, flush=True)
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(line + "\n")
+
+
+def prepare_run_dir(out_dir: Path) -> None:
+    """Fail early, before anything is written, when the output cannot be created."""
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise UserError(f"--out {out_dir} already exists and is not empty: choose a new --out, or continue it with --resume {out_dir}")
+    parent = out_dir if out_dir.exists() else next(p for p in [out_dir, *out_dir.parents] if p.exists())
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out_dir}: {parent} is not writable; choose a writable --out directory")
+
+
+def train(recipe: Recipe | None = None, out_dir: Path | None = None, resume_dir: Path | None = None, echo: bool = True) -> dict:
+    """Train `recipe` into `out_dir` (or continue `resume_dir`); returns summary.json's dict."""
+    t_start = time.time()
+    # ---- 1. processes and device --------------------------------------------------------
+    if resume_dir is not None:
+        resume_dir = Path(resume_dir)
+        if not (resume_dir / "recipe.json").exists():
+            raise UserError(f"--resume {resume_dir}: no recipe.json there; pass a run directory written by `pretrainlab train`")
+        recipe = Recipe.from_dict(json.loads((resume_dir / "recipe.json").read_text()))
+        out_dir = resume_dir
+    assert recipe is not None and out_dir is not None
+    out_dir = Path(out_dir)
+    tc = recipe.train
+    device = resolve_device(tc.device)
+    d = init_distributed(device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", d.local_rank)
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        torch.set_num_threads(tc.num_threads or max(1, (os.cpu_count() or 1) // d.local_world_size))
+    dtype = tc.dtype if tc.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
+    if resume_dir is None and d.main:
+        prepare_run_dir(out_dir)
+
+    # ---- 2. corpus and tokenizer ----------------------------------------------------------
+    corpus = open_corpus(recipe, d)
+    vocab = corpus.tokenizer.vocab_size
+    if recipe.model.vocab_size is None:
+        recipe.model.vocab_size = vocab
+    elif recipe.model.vocab_size < vocab:
+        raise UserError(f"model.vocab_size={recipe.model.vocab_size} is smaller than the corpus tokenizer's {vocab}: set model.vocab_size=none")
+    seq_len = recipe.model.seq_len
+    rows_per_step = tc.batch_tokens // seq_len
+    rows_per_micro = tc.micro_batch_rows * d.world_size
+    if tc.batch_tokens % seq_len or rows_per_step % rows_per_micro:
+        raise UserError(
+            f"train.batch_tokens={tc.batch_tokens} must be a multiple of model.seq_len x train.micro_batch_rows x processes "
+            f"= {seq_len} x {tc.micro_batch_rows} x {d.world_size} = {seq_len * rows_per_micro}: "
+            f"e.g. --set train.batch_tokens={max(1, round(tc.batch_tokens / (seq_len * rows_per_micro))) * seq_len * rows_per_micro}"
+        )
+    grad_accum = rows_per_step // rows_per_micro
+
+    # ---- 3. model -------------------------------------------------------------------------
+    torch.manual_seed(recipe.seed)
+    np.random.seed(recipe.seed)
+    model = GPT(recipe.model).to(device)
+    num_params = model.num_params()
+    flops_per_token = model.flops_per_token()
+    raw_model = model
+    if tc.compile:
+        model = torch.compile(model)
+    if d.world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    # ---- 4. optimizers and loader ---------------------------------------------------------
+    optimizers = build_optimizers(raw_model, recipe.optim)
+    try:
+        loader = BatchLoader(corpus, split="train", seq_len=seq_len, batch_rows=rows_per_step, weights=recipe.data.weights, seed=recipe.seed)
+    except ValueError as e:
+        raise UserError(f"data.weights: {e}") from None
+    layer_of_param = _layer_index(raw_model)
+    num_layers_tracked = int(layer_of_param.max()) + 1
+    layer_names = ["embed", *[f"block{i}" for i in range(recipe.model.n_layer)], "head"]
+
+    # ---- 5. run directory -------------------------------------------------------------------
+    state = {"step": 0, "tokens": 0, "train_seconds": 0.0, "timed_tokens": 0, "last_step_s": 0.0, "loss_ema": None, "best_ema": math.inf, "bad_steps": 0}
+    metrics_path = out_dir / "metrics.jsonl"
+    log = RunLog(out_dir / "log.txt" if d.main else None, echo and d.main)
+    if resume_dir is not None:
+        ckpt = checkpoint.load_latest(out_dir / "ckpt")
+        if ckpt is None:
+            raise UserError(f"--resume {out_dir}: no checkpoint in {out_dir / 'ckpt'}; start a new run instead (checkpoints need train.ckpt_every > 0 or a SIGTERM)")
+        raw_model.load_state_dict(ckpt["model"])
+        for opt, opt_state in zip(optimizers, ckpt["optimizers"]):
+            opt.load_state_dict(opt_state)
+        loader.load_state_dict(ckpt["loader"])
+        state.update(ckpt["trainer"])
+        checkpoint.set_rng_state(ckpt["rng"])
+        if d.main:
+            _truncate_metrics(metrics_path, state["step"])
+            prov = json.loads((out_dir / "provenance.json").read_text())
+            prov.setdefault("resumes", []).append({"step": state["step"], "time": _now()})
+            write_json_atomic(out_dir / "provenance.json", prov)
+        log(f"resumed {out_dir} at step {state['step']} ({state['tokens']:,} tokens)")
+    elif d.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out_dir / "recipe.json", recipe.to_dict())
+        write_json_atomic(out_dir / "provenance.json", provenance(
+            seed=recipe.seed, device=device, world_size=d.world_size, corpus=corpus,
+            eval_sha256=evaluation.module_sha256(), recipe_hash=recipe.hash()))
+        log(f"run {out_dir} | recipe {recipe.name} | {num_params / 1e6:.2f}M params | {d.world_size} process(es) on {device} {dtype} | grad_accum {grad_accum}")
+
+    peak = peak_flops(device, dtype)
+    budget = recipe.budget
+    domains = corpus.domains
+    stop_signal = {"sigterm": False}
+    previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_signal.update(sigterm=True)) if _is_main_thread() else None
+    untimed_steps = 3 if tc.compile else 1  # the first steps carry compilation / allocator warm-up
+    pending_rows: list[dict] = []
+
+    def flush_metrics():
+        if d.main and pending_rows:
+            with open(metrics_path, "a") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in pending_rows))
+        pending_rows.clear()
+
+    def progress(ahead: bool = False) -> float:
+        """Share of the binding budget used; `ahead` = as it will be after the next step
+        (what the LR schedule uses, so the first step does not run at LR 0)."""
+        tokens = state["tokens"] + (tc.batch_tokens if ahead else 0)
+        seconds = state["train_seconds"] + (state["last_step_s"] if ahead else 0.0)
+        parts = []
+        if budget.tokens:
+            parts.append(tokens / budget.tokens)
+        if budget.seconds:
+            parts.append(seconds / budget.seconds)
+        if budget.flops:
+            parts.append(tokens * flops_per_token / budget.flops)
+        return max(parts)
+
+    def run_eval() -> dict:
+        t0 = time.perf_counter()
+        result = evaluation.evaluate_bpb(raw_model, corpus, seq_len, recipe.eval.tokens_per_domain, recipe.eval.batch_rows,
+                                         device, autocast if dtype == "bfloat16" else None, d.rank, d.world_size)
+        row = {"type": "eval", "step": state["step"], "tokens": state["tokens"], "val_bpb": result["val_bpb"],
+               "val_bpb_domains": result["domains"], "eval_tokens": result["tokens"], "eval_s": time.perf_counter() - t0}
+        pending_rows.append(row)
+        flush_metrics()
+        log(f"eval step {state['step']}: val_bpb {result['val_bpb']:.4f} " + " ".join(f"{k} {v:.3f}" for k, v in result["domains"].items()))
+        return result
+
+    def save_ckpt():
+        flush_metrics()  # rows up to this step must be on disk before the checkpoint claims them
+        if d.main:
+            checkpoint.save_checkpoint(out_dir / "ckpt", state["step"], {
+                "model": raw_model.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
+                "loader": loader.state_dict(), "trainer": dict(state), "recipe": recipe.to_dict()}, keep=tc.ckpt_keep)
+
+    # ---- 6. the loop ---------------------------------------------------------------------------
+    status, final_eval, error = "ok", None, None
+    wall_deadline = t_start + budget.wall_limit_s if budget.wall_limit_s else math.inf
+    last_print = time.time()
+    model.train()
+    try:
+        while progress() < 1.0:
+            t0 = time.perf_counter()
+            lr = set_lr(optimizers, lr_multiplier(progress(ahead=True), recipe.optim))
+            # 6a. data: the global batch, this rank's rows
+            x_all, y_all = loader.next_batch()
+            lo = d.rank * tc.micro_batch_rows * grad_accum
+            x_all = x_all[lo : lo + tc.micro_batch_rows * grad_accum].to(device, non_blocking=True)
+            y_all = y_all[lo : lo + tc.micro_batch_rows * grad_accum].to(device, non_blocking=True)
+            t_data = time.perf_counter() - t0
+            # 6b. forward/backward, accumulated over micro-batches
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(grad_accum):
+                sl = slice(micro * tc.micro_batch_rows, (micro + 1) * tc.micro_batch_rows)
+                sync = micro == grad_accum - 1 or d.world_size == 1
+                with (nullcontext() if sync else model.no_sync()), autocast:
+                    loss = model(x_all[sl], y_all[sl])
+                (loss / grad_accum).backward()
+                loss_sum += loss.detach()
+            # 6c. grad norms (global and per layer), clipping, optimizer step
+            grads = [p.grad for p in raw_model.parameters()]
+            sq = torch.stack(torch._foreach_norm(grads)).float() ** 2
+            layer_norms = torch.zeros(num_layers_tracked, device=device).index_add_(0, layer_of_param.to(device), sq).sqrt()
+            grad_norm = sq.sum().sqrt()
+            if recipe.optim.grad_clip:
+                torch._foreach_mul_(grads, (recipe.optim.grad_clip / (grad_norm + 1e-6)).clamp(max=1.0))
+            for opt in optimizers:
+                opt.step()
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=False)
+            # 6d. agree across processes on the loss and on whether to stop
+            shared = torch.stack([loss_sum / grad_accum, grad_norm, layer_norms.max()])
+            flags = torch.tensor([float(stop_signal["sigterm"]), float(time.time() > wall_deadline)], device=device)
+            if d.world_size > 1:
+                dist.all_reduce(shared, op=dist.ReduceOp.AVG)
+                dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            loss_v, grad_norm_v, max_layer_v = shared.tolist()  # one device sync per step
+            max_layer = layer_names[int(layer_norms.argmax())]
+            dt = time.perf_counter() - t0
+            state["step"] += 1
+            state["tokens"] += tc.batch_tokens
+            if state["step"] > untimed_steps:
+                state["last_step_s"] = dt
+                state["train_seconds"] += dt
+                state["timed_tokens"] += tc.batch_tokens
+            tokens_per_s = tc.batch_tokens / dt
+            mfu = flops_per_token * tokens_per_s / (peak * d.world_size) if peak else None
+            domain_rows = np.bincount(loader.last_batch_domains(), minlength=len(domains)).tolist()
+            pending_rows.append({
+                "type": "train", "step": state["step"], "tokens": state["tokens"], "loss": loss_v, "lr": lr,
+                "grad_norm": grad_norm_v, "max_layer_grad_norm": max_layer_v, "max_grad_layer": max_layer,
+                "tokens_per_s": tokens_per_s, "mfu": mfu, "step_s": dt, "data_wait_frac": t_data / dt,
+                "peak_mem_mb": peak_memory_mb(device), "train_seconds": state["train_seconds"],
+                "domain_rows": dict(zip(domains, domain_rows)),
+            })
+            if state["step"] % tc.log_every == 0:
+                flush_metrics()
+            # 6e. divergence fast-fail: NaN/Inf at once; a sustained blow-up over the best EMA
+            if not math.isfinite(loss_v):
+                status = "diverged"
+                log(f"step {state['step']}: loss is {loss_v}; stopping as diverged")
+                break
+            ema = loss_v if state["loss_ema"] is None else 0.9 * state["loss_ema"] + 0.1 * loss_v
+            state["loss_ema"] = ema
+            state["best_ema"] = min(state["best_ema"], ema)
+            state["bad_steps"] = state["bad_steps"] + 1 if loss_v > tc.diverge_ratio * state["best_ema"] else 0
+            if state["bad_steps"] >= tc.diverge_patience:
+                status = "diverged"
+                log(f"step {state['step']}: loss {loss_v:.3f} > {tc.diverge_ratio} x best EMA {state['best_ema']:.3f} for {tc.diverge_patience} steps; stopping as diverged")
+                break
+            if time.time() - last_print > 5 or state["step"] == 1:
+                last_print = time.time()
+                log(f"step {state['step']} | loss {loss_v:.4f} | lr {lr:.2e} | {tokens_per_s:,.0f} tok/s"
+                    + (f" | mfu {mfu:.1%}" if mfu is not None else "") + f" | {progress():.0%} of budget")
+            # 6f. periodic eval and checkpoint, then the stop checks
+            if tc.eval_every and state["step"] % tc.eval_every == 0 and progress() < 1.0:
+                run_eval()
+            if tc.ckpt_every and state["step"] % tc.ckpt_every == 0:
+                save_ckpt()
+            if flags[0].item():
+                status = "preempted"
+                log(f"SIGTERM: checkpointing at step {state['step']} and exiting as preempted")
+                save_ckpt()
+                break
+            if flags[1].item():
+                status = "timeout"
+                log(f"wall-clock limit budget.wall_limit_s={budget.wall_limit_s} reached at step {state['step']}")
+                break
+        flush_metrics()
+        # ---- 7. final evaluation and summary ------------------------------------------------------
+        if status in ("ok", "timeout"):
+            if tc.ckpt_every and state["step"] % tc.ckpt_every:
+                save_ckpt()
+        if status != "preempted" and all(torch.isfinite(p).all() for p in raw_model.parameters()):
+            final_eval = run_eval()
+    except BaseException as e:  # KeyboardInterrupt too: the summary must say the run did not finish
+        status, error = "crashed", "".join(traceback.format_exception(e))[-4000:]
+        flush_metrics()
+        raise
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+        summary = _summary(status, state, final_eval, error, num_params, flops_per_token, peak, d, device, t_start)
+        if d.main and out_dir.exists():
+            write_json_atomic(out_dir / "summary.json", summary)
+            log(f"done: status {status} | val_bpb {summary['val_bpb']} | {state['step']} steps | {state['tokens']:,} tokens | {summary['seconds']:.1f}s training")
+        if d.world_size > 1 and status != "crashed":
+            dist.barrier()
+    return summary
+
+
+def _summary(status, state, final_eval, error, num_params, flops_per_token, peak, d, device, t_start) -> dict:
+    """summary.json: final status and metric; throughput over the timed steps only."""
+    tokens_per_s = state["timed_tokens"] / state["train_seconds"] if state["train_seconds"] else None
+    return {
+        "status": status,
+        "val_bpb": final_eval["val_bpb"] if final_eval else None,
+        "val_bpb_domains": final_eval["domains"] if final_eval else None,
+        "params": num_params,
+        "tokens": state["tokens"],
+        "steps": state["step"],
+        "seconds": state["train_seconds"],
+        "wall_seconds": time.time() - t_start,
+        "tokens_per_s": tokens_per_s,
+        "mfu": flops_per_token * tokens_per_s / (peak * d.world_size) if (peak and tokens_per_s) else None,
+        "flops_per_token": flops_per_token,
+        "peak_mem_mb": peak_memory_mb(device),
+        "world_size": d.world_size,
+        "error": error,
+        "finished_at": _now(),
+    }
+
+
+def _layer_index(model: GPT) -> torch.Tensor:
+    """For each parameter (in model.parameters() order): 0 = embeddings, 1..L = blocks, L+1 = head."""
+    idx = []
+    for name, _ in model.named_parameters():
+        if name.startswith("blocks."):
+            idx.append(1 + int(name.split(".")[1]))
+        elif name.startswith("lm_head"):
+            idx.append(model.cfg.n_layer + 1)
+        else:
+            idx.append(0)
+    return torch.tensor(idx)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop rows logged after the checkpoint we resume from (they will be recomputed)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line torn by the kill
+        if row.get("step", 0) <= step:
+            kept.append(line + "\n")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+
+
+def _is_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
