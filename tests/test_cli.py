@@ -1,0 +1,112 @@
+"""The CLI contract: recipes listing, and every user error is one line, exit 2, no
+traceback, nothing written."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import cli, set_args, tiny_overrides
+from pretrainlab.recipes import RECIPES
+
+
+def test_recipes_lists_every_recipe_with_size():
+    res = cli("recipes", "--json")
+    assert res.returncode == 0
+    rows = json.loads(res.stdout)
+    assert [r["name"] for r in rows] == list(RECIPES)
+    assert all(r["params"] > 0 for r in rows)
+    text = cli("recipes")
+    assert text.returncode == 0 and all(name in text.stdout for name in RECIPES)
+
+
+def test_recipes_fields_document_every_key():
+    rows = json.loads(cli("recipes", "--fields", "--json").stdout)
+    keys = {r["key"] for r in rows}
+    assert {"model.n_layer", "budget.seconds", "budget.tokens", "data.weights", "optim.muon_lr"} <= keys
+    assert all(r["doc"] for r in rows)
+
+
+def assert_user_error(res, *fragments):
+    assert res.returncode == 2, (res.returncode, res.stderr[-1500:])
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    assert "Traceback" not in res.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("override, fragments", [
+    ("model.n_layr=3", ["model.n_layer"]),
+    ("model.n_layer=three", ["model.n_layer", "integer"]),
+    ("model.n_head=5", ["model.n_embd=64", "model.n_head=5"]),
+    ("budget.seconds=-5", ["budget"]),
+    ("data.weights=code:1,nosuchdomain:1", ["nosuchdomain"]),
+    ("train.batch_tokens=1000", ["train.batch_tokens"]),
+])
+def test_bad_config_is_one_line_exit_2_and_writes_nothing(corpus_dir, tmp_path, override, fragments):
+    out = tmp_path / "run"
+    args = tiny_overrides(corpus_dir) + [override]
+    assert_user_error(cli("train", "--recipe", "tiny-cpu", *set_args(args), "--out", str(out)), *fragments)
+    assert not out.exists()
+
+
+def test_unknown_recipe(tmp_path):
+    assert_user_error(cli("train", "--recipe", "huge", "--out", str(tmp_path / "r")), "huge", "tiny-cpu")
+
+
+def test_missing_corpus(tmp_path):
+    out = tmp_path / "run"
+    assert_user_error(cli("train", "--recipe", "tiny-cpu", "--set", f"data.corpus={tmp_path / 'nope'}", "--out", str(out)),
+                      "corpus not found", "data prepare")
+    assert not out.exists()
+
+
+def test_corrupt_shard_fails_the_checksum(corpus_dir, tmp_path):
+    import shutil
+
+    bad = tmp_path / "corpus"
+    shutil.copytree(corpus_dir, bad)
+    shard = bad / "code.train.bin"
+    data = np.fromfile(shard, dtype=np.uint16)
+    data[100] ^= 1
+    data.tofile(shard)
+    out = tmp_path / "run"
+    assert_user_error(cli("train", "--recipe", "tiny-cpu", *set_args(tiny_overrides(bad)), "--out", str(out)), "code.train.bin")
+    assert not out.exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_out_dir_as_user(corpus_dir, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o500)
+    assert_user_error(cli("train", "--recipe", "tiny-cpu", *set_args(tiny_overrides(corpus_dir)), "--out", str(ro / "run")), "not writable")
+
+
+def test_unwritable_out_dir(corpus_dir, tmp_path):
+    # a path under a regular file can never be created, even by root
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert_user_error(cli("train", "--recipe", "tiny-cpu", *set_args(tiny_overrides(corpus_dir)), "--out", str(blocker / "run")), "--out")
+
+
+def test_existing_run_dir_is_not_overwritten(corpus_dir, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    assert_user_error(cli("train", "--recipe", "tiny-cpu", *set_args(tiny_overrides(corpus_dir)), "--out", str(out)), "--resume")
+    assert (out / "keep.txt").read_text() == "precious"
+
+
+def test_set_with_resume_is_refused(tmp_path):
+    assert_user_error(cli("train", "--resume", str(tmp_path), "--set", "model.n_layer=2"), "--resume")
+
+
+def test_resume_of_a_non_run(tmp_path):
+    assert_user_error(cli("train", "--resume", str(tmp_path)), "recipe.json")
+
+
+def test_argparse_errors_are_one_line():
+    assert_user_error(cli("train", "--bogus"), "--bogus")
+    assert_user_error(cli("nosuchcommand"))

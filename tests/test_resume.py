@@ -1,0 +1,79 @@
+"""Checkpoints and exact resume: SIGKILL then --resume reproduces the uninterrupted run;
+SIGTERM checkpoints and exits as preempted."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import cli, set_args, tiny_overrides
+from pretrainlab.train import EXIT_PREEMPTED
+
+
+def rows(run_dir, kind="train"):
+    return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["type"] == kind]
+
+
+def start(args):
+    return subprocess.Popen([sys.executable, "-m", "pretrainlab", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def wait_for(predicate, proc, timeout=120):
+    deadline = time.time() + timeout
+    while not predicate():
+        assert proc.poll() is None, f"run ended early: {proc.communicate()[1][-2000:]}"
+        assert time.time() < deadline, "timed out waiting"
+        time.sleep(0.02)
+
+
+def test_sigkill_then_resume_reproduces_the_loss_sequence_exactly(corpus_dir, tmp_path):
+    overrides = tiny_overrides(corpus_dir, **{"budget.tokens": 1024 * 60, "train.ckpt_every": 10, "train.eval_every": 25,
+                                              "data.weights": "code:2,docs:1"})
+    ref = tmp_path / "reference"
+    assert cli("train", "--recipe", "tiny-cpu", *set_args(overrides), "--out", str(ref)).returncode == 0
+
+    run = tmp_path / "killed"
+    proc = start(["train", "--recipe", "tiny-cpu", *set_args(overrides), "--out", str(run)])
+    wait_for(lambda: (run / "ckpt" / "step_00000030.pt").exists(), proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "summary.json").exists()
+
+    res = cli("train", "--resume", str(run))
+    assert res.returncode == 0, res.stderr
+    assert "resumed" in res.stderr
+    got, want = rows(run), rows(ref)
+    assert [r["step"] for r in got] == list(range(1, 61))
+    assert [r["loss"] for r in got] == [r["loss"] for r in want]  # bit-exact
+    assert [r["grad_norm"] for r in got] == [r["grad_norm"] for r in want]
+    assert [r["domain_rows"] for r in got] == [r["domain_rows"] for r in want]  # same data order
+    assert [e["val_bpb"] for e in rows(run, "eval")] == [e["val_bpb"] for e in rows(ref, "eval")]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "ok"
+    assert summary["val_bpb"] == json.loads((ref / "summary.json").read_text())["val_bpb"]
+    prov = json.loads((run / "provenance.json").read_text())
+    assert prov["resumes"][0]["step"] >= 30
+
+
+def test_sigterm_checkpoints_and_exits_preempted(corpus_dir, tmp_path):
+    run = tmp_path / "run"
+    proc = start(["train", "--recipe", "tiny-cpu", *set_args(tiny_overrides(corpus_dir, **{"budget.tokens": 1024 * 100000})), "--out", str(run)])
+    wait_for(lambda: (run / "metrics.jsonl").exists() and len((run / "metrics.jsonl").read_text().splitlines()) >= 5, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_PREEMPTED, err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "preempted"
+    step = summary["steps"]
+    assert (run / "ckpt" / f"step_{step:08d}.pt").exists()
+    assert rows(run)[-1]["step"] == step
+
+
+def test_resume_needs_a_checkpoint(corpus_dir, tmp_path):
+    run = tmp_path / "run"
+    assert cli("train", "--recipe", "tiny-cpu", *set_args(tiny_overrides(corpus_dir, **{"budget.tokens": 2048})), "--out", str(run)).returncode == 0
+    res = cli("train", "--resume", str(run))
+    assert res.returncode == 2 and "no checkpoint" in res.stderr and "Traceback" not in res.stderr
