@@ -295,7 +295,8 @@ def train(recipe: Recipe | None = None, out_dir: Path | None = None, resume_dir:
             shared = torch.stack([loss_sum / grad_accum, grad_norm, layer_norms.max()])
             flags = torch.tensor([float(stop_signal["sigterm"]), float(time.time() > wall_deadline)], device=device)
             if d.world_size > 1:
-                dist.all_reduce(shared, op=dist.ReduceOp.AVG)
+                dist.all_reduce(shared)  # SUM then divide: gloo has no AVG
+                shared /= d.world_size
                 dist.all_reduce(flags, op=dist.ReduceOp.MAX)
             loss_v, grad_norm_v, max_layer_v = shared.tolist()  # one device sync per step
             max_layer = layer_names[int(layer_norms.argmax())]

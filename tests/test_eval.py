@@ -1,0 +1,71 @@
+"""The metric: bits-per-byte against a hand computation, fixed windows, tamper-evidence."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pretrainlab import eval as evaluation
+from pretrainlab.data import Corpus, iter_eval_windows
+
+
+class FixedDistribution(torch.nn.Module):
+    """A 'model' that predicts the same next-token distribution everywhere."""
+
+    def __init__(self, probs: torch.Tensor):
+        super().__init__()
+        self.logits = torch.nn.Parameter(probs.log())
+
+    def forward(self, idx):
+        return self.logits.expand(*idx.shape, -1)
+
+
+def test_uniform_byte_model_scores_eight_bits(corpus_dir):
+    corpus = Corpus.open(corpus_dir)
+    result = evaluation.evaluate_bpb(FixedDistribution(torch.full((256,), 1 / 256)), corpus, 64, 1024, 8, torch.device("cpu"))
+    assert result["val_bpb"] == pytest.approx(8.0, abs=1e-6)
+    assert all(v == pytest.approx(8.0, abs=1e-6) for v in result["domains"].values())
+
+
+def test_bpb_matches_a_hand_computation(corpus_dir):
+    corpus = Corpus.open(corpus_dir)
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.rand(256, generator=gen, dtype=torch.float64) + 0.01
+    probs /= probs.sum()
+    seq_len, per_domain = 64, 1000  # 1000 targets -> 15 full windows of 64 (960 targets)
+    result = evaluation.evaluate_bpb(FixedDistribution(probs.float()), corpus, seq_len, per_domain, 4, torch.device("cpu"))
+
+    # by hand, straight from the shards: targets are tokens[1 : 1 + 15*64]; separators (0 bytes) excluded
+    token_bytes = corpus.token_bytes()
+    logp = torch.log_softmax(probs.float().log().double(), -1).numpy()  # the model's own fp32 logits
+    total_nats, total_bytes = 0.0, 0
+    for domain in corpus.domains:
+        targets = np.asarray(corpus.tokens(domain, "val")[1 : 1 + (per_domain // seq_len) * seq_len], dtype=np.int64)
+        counted = token_bytes[targets] > 0
+        nats = -logp[targets[counted]].sum()
+        nbytes = int(token_bytes[targets].sum())
+        assert result["domains"][domain] == pytest.approx(nats / math.log(2) / nbytes, rel=1e-6)
+        total_nats, total_bytes = total_nats + nats, total_bytes + nbytes
+    assert result["val_bpb"] == pytest.approx(total_nats / math.log(2) / total_bytes, rel=1e-6)
+    assert result["bytes"] == total_bytes
+
+
+def test_eval_windows_are_the_same_every_time(corpus_dir):
+    corpus = Corpus.open(corpus_dir)
+    domain = corpus.domains[0]
+    a = [x.tolist() for x, _ in iter_eval_windows(corpus, domain, 64, 2048)]
+    b = [x.tolist() for x, _ in iter_eval_windows(corpus, domain, 64, 2048)]
+    assert a == b and len(a) == 32
+
+
+def test_eval_module_hash_is_the_file_hash():
+    import hashlib
+    from pathlib import Path
+
+    assert evaluation.module_sha256() == hashlib.sha256(Path(evaluation.__file__).read_bytes()).hexdigest()
+
+
+def test_bits_per_byte_units():
+    # one byte predicted with p = 1/2 costs one bit
+    assert evaluation.bits_per_byte(math.log(2), 1) == pytest.approx(1.0)
