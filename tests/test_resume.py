@@ -60,7 +60,7 @@ def test_sigkill_then_resume_reproduces_the_loss_sequence_exactly(corpus_dir, tm
 
 def test_sigterm_checkpoints_and_exits_preempted(corpus_dir, tmp_path):
     run = tmp_path / "run"
-    proc = start(["train", "--recipe", "tiny-cpu", *set_args(tiny_overrides(corpus_dir, **{"budget.tokens": 1024 * 100000})), "--out", str(run)])
+    proc = start(["train", "--recipe", "tiny-cpu", *set_args(tiny_overrides(corpus_dir, **{"budget.tokens": 1024 * 300})), "--out", str(run)])
     wait_for(lambda: (run / "metrics.jsonl").exists() and len((run / "metrics.jsonl").read_text().splitlines()) >= 5, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
@@ -70,6 +70,13 @@ def test_sigterm_checkpoints_and_exits_preempted(corpus_dir, tmp_path):
     step = summary["steps"]
     assert (run / "ckpt" / f"step_{step:08d}.pt").exists()
     assert rows(run)[-1]["step"] == step
+    assert step < 300
+    # ... and the preempted run continues where it stopped
+    res = cli("train", "--resume", str(run))
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["steps"] == 300
+    assert [r["step"] for r in rows(run)] == list(range(1, 301))
 
 
 def test_resume_needs_a_checkpoint(corpus_dir, tmp_path):

@@ -49,6 +49,12 @@ def test_time_budget_stops_on_time(corpus_dir, tmp_path):
     assert rows[-1]["train_seconds"] >= 1.5 and rows[-2]["train_seconds"] < 1.5
 
 
+def test_wall_limit_ends_as_timeout(corpus_dir, tmp_path):
+    _, s = api.train_run("tiny-cpu", tiny_overrides(corpus_dir, **{"budget.tokens": 10**9, "budget.wall_limit_s": 2}), tmp_path / "r", echo=False)
+    assert s["status"] == "timeout" and s["tokens"] < 10**9
+    assert s["val_bpb"] is not None  # the model trained so far is still scored
+
+
 def test_flops_budget(corpus_dir, tmp_path):
     _, s = api.train_run("tiny-cpu", tiny_overrides(corpus_dir, **{"budget.flops": 1e9}), tmp_path / "r", echo=False)
     assert s["tokens"] * s["flops_per_token"] >= 1e9

@@ -75,8 +75,7 @@ def prepare_data(builtin: bool = False, inputs: list[str] | None = None, tokeniz
 
     if builtin == bool(inputs):
         raise UserError("data prepare needs exactly one of --builtin or --input PATH[:DOMAIN] ...")
-    if tokenizer != "byte" and not (tokenizer.startswith("bpe:") and tokenizer[4:].isdigit() and int(tokenizer[4:]) >= 257):
-        raise UserError(f"--tokenizer {tokenizer!r}: use 'byte' or 'bpe:VOCAB' with VOCAB >= 257, e.g. bpe:8192")
+    data.parse_tokenizer_spec(tokenizer)  # bad spec -> UserError naming the fix
     if builtin:
         return data.prepare_builtin(tokenizer=tokenizer, out_dir=out, force=force, progress=progress)
     if out is None:
@@ -85,7 +84,7 @@ def prepare_data(builtin: bool = False, inputs: list[str] | None = None, tokeniz
     for item in inputs:
         path, _, domain = item.partition(":") if not Path(item).exists() else (item, "", "")
         pairs.append((Path(path), domain or Path(path).stem.split(".")[0]))
-    return data.prepare_from_inputs(pairs, tokenizer=tokenizer, out_dir=out, text_field=text_field, progress=progress)
+    return data.prepare_from_inputs(pairs, tokenizer=tokenizer, out_dir=out, text_field=text_field, force=force, progress=progress)
 
 
 def corpus_info(path: str | None = None, tokenizer: str = "byte") -> dict:

