@@ -7,8 +7,9 @@
 For each recipe, three measurements in the same process, one after the other:
   trainer    the real `pretrainlab train` path (data loader, telemetry, grad-norms, clip,
              Muon/AdamW) for --seconds of training; tokens/s over the timed steps
-  model      pretrainlab's GPT + optimizers in a bare loop on fixed random tokens
-             (the harness overhead is trainer vs model)
+  model      pretrainlab's GPT + the recipe's optimizers in a bare loop on fixed random
+             tokens (the harness overhead is trainer vs model), and again with AdamW
+             (separating the model's cost from Muon's)
   plain      bench/plain_gpt.py (GPT-2 style, AdamW) in the same bare loop
 MFU on a GPU uses the vendor peak (train/telemetry.py). A CPU has no vendor figure in the
 table, so on CPU the script also measures the best fp32 matmul rate of this machine and
@@ -19,6 +20,7 @@ Results go to bench/results/throughput-DATE.json and print as a Markdown table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -82,8 +84,8 @@ def bare_loop(model, optimizers, rows, seq_len, vocab, device, autocast, seconds
             return (steps - 3) * rows * seq_len / (time.perf_counter() - t0)
 
 
-def bench_recipe(name: str, seconds: float, device: torch.device) -> dict:
-    recipe = api.resolve_recipe(name)
+def bench_recipe(name: str, seconds: float, device: torch.device, extra: list[str]) -> dict:
+    recipe = api.resolve_recipe(name, extra)
     corpus = Corpus.open(builtin_corpus_dir(recipe.data.tokenizer.replace(":", "")), verify=False)
     recipe.model.vocab_size = corpus.tokenizer.vocab_size
     m = recipe.model
@@ -91,11 +93,11 @@ def bench_recipe(name: str, seconds: float, device: torch.device) -> dict:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     rows = recipe.train.batch_tokens // m.seq_len
     result = {"recipe": name, "shape": f"{m.n_layer}x{m.n_embd}, {m.n_head} heads, T={m.seq_len}, V={m.vocab_size}",
-              "batch_tokens": recipe.train.batch_tokens}
+              "batch_tokens": recipe.train.batch_tokens, "overrides": extra}
 
     # 1. the real trainer
     with tempfile.TemporaryDirectory() as tmp:
-        overrides = [f"budget.seconds={seconds}", f"train.device={device.type}", "train.eval_every=0", "eval.tokens_per_domain=4096"]
+        overrides = [*extra, f"budget.seconds={seconds}", f"train.device={device.type}", "train.eval_every=0", "eval.tokens_per_domain=4096"]
         _, summary = api.train_run(name, overrides, out=Path(tmp) / "run", echo=False)
     fpt = summary["flops_per_token"]
     result["params"] = summary["params"]
@@ -107,6 +109,9 @@ def bench_recipe(name: str, seconds: float, device: torch.device) -> dict:
     compile_ = recipe.train.compile and device.type == "cuda"
     result["model_tokens_per_s"] = bare_loop(torch.compile(model) if compile_ else model, build_optimizers(model, recipe.optim),
                                              rows, m.seq_len, m.vocab_size, device, autocast, seconds, recipe.train.micro_batch_rows)
+    result["model_adamw_tokens_per_s"] = bare_loop(torch.compile(model) if compile_ else model,
+                                                   build_optimizers(model, dataclasses.replace(recipe.optim, name="adamw")),
+                                                   rows, m.seq_len, m.vocab_size, device, autocast, seconds, recipe.train.micro_batch_rows)
     del model
     plain = PlainGPT(m.vocab_size, m.seq_len, m.n_layer, m.n_embd, m.n_head).to(device)
     plain_opt = [torch.optim.AdamW(plain.parameters(), lr=3e-4, fused=device.type == "cuda")]
@@ -120,7 +125,7 @@ def bench_recipe(name: str, seconds: float, device: torch.device) -> dict:
     result["peak_source"] = "vendor" if peak else "measured fp32 matmul"
     peak = peak or matmul_peak_flops(device, torch.float32)
     result["peak_tflops"] = peak / 1e12
-    for key, f in (("trainer", fpt), ("model", fpt), ("plain", plain_fpt)):
+    for key, f in (("trainer", fpt), ("model", fpt), ("model_adamw", fpt), ("plain", plain_fpt)):
         result[f"{key}_tflops"] = f * result[f"{key}_tokens_per_s"] / 1e12
         result[f"{key}_mfu"] = result[f"{key}_tflops"] * 1e12 / peak
     result["trainer_vs_plain"] = result["trainer_tokens_per_s"] / result["plain_tokens_per_s"]
@@ -133,21 +138,25 @@ def main():
     ap.add_argument("--recipes", nargs="+", default=["tiny-cpu", "small"])
     ap.add_argument("--seconds", type=float, default=30.0, help="timed seconds per measurement")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="recipe overrides applied to all three measurements (e.g. a smaller batch on CPU)")
     args = ap.parse_args()
     device = torch.device(args.device)
-    results = [bench_recipe(name, args.seconds, device) for name in args.recipes]
+    results = [bench_recipe(name, args.seconds, device, args.overrides) for name in args.recipes]
     meta = {"date": date.today().isoformat(), "device": device_name(device), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "platform": platform.platform(), "command": " ".join(sys.argv)}
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    path = out / f"throughput-{meta['date']}-{device.type}.json"
+    path = out / f"throughput-{meta['date']}-{device.type}-{'-'.join(args.recipes)}.json"
     path.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     print(f"\n{meta['date']} | {meta['device']} | torch {meta['torch']} | {meta['threads']} threads | `{meta['command']}`\n")
-    print("| recipe | params | trainer tok/s | model-only tok/s | plain GPT tok/s | trainer / plain | harness overhead | trainer TFLOP/s | MFU (trainer) | peak |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| recipe | params | batch tokens | trainer tok/s | model-only tok/s | model + AdamW tok/s | plain GPT + AdamW tok/s "
+          "| trainer / plain | model+AdamW / plain | harness overhead | trainer TFLOP/s | MFU (trainer) | peak |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['recipe']} | {r['params'] / 1e6:.1f}M | {r['trainer_tokens_per_s']:,.0f} | {r['model_tokens_per_s']:,.0f} | "
-              f"{r['plain_tokens_per_s']:,.0f} | {r['trainer_vs_plain']:.2f}x | {r['harness_overhead']:.1%} | "
+        print(f"| {r['recipe']} | {r['params'] / 1e6:.1f}M | {r['batch_tokens']:,} | {r['trainer_tokens_per_s']:,.0f} | {r['model_tokens_per_s']:,.0f} | {r['model_adamw_tokens_per_s']:,.0f} | "
+              f"{r['plain_tokens_per_s']:,.0f} | {r['trainer_vs_plain']:.2f}x | {r['model_adamw_tokens_per_s'] / r['plain_tokens_per_s']:.2f}x | "
+              f"{r['harness_overhead']:.1%} | "
               f"{r['trainer_tflops']:.3f} | {r['trainer_mfu']:.1%} | {r['peak_tflops']:.2f} TFLOP/s ({r['peak_source']}) |")
     print(f"\nraw results: {path}")
 

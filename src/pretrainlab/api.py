@@ -82,8 +82,8 @@ def prepare_data(builtin: bool = False, inputs: list[str] | None = None, tokeniz
         raise UserError("data prepare --input needs --out DIR for the prepared corpus")
     pairs = []
     for item in inputs:
-        path, _, domain = item.partition(":") if not Path(item).exists() else (item, "", "")
-        pairs.append((Path(path), domain or Path(path).stem.split(".")[0]))
+        path, _, domain = item.rpartition(":") if ":" in item and not Path(item).exists() else (item, "", "")
+        pairs.append((Path(path), domain or Path(path).name.split(".")[0]))
     return data.prepare_from_inputs(pairs, tokenizer=tokenizer, out_dir=out, text_field=text_field, force=force, progress=progress)
 
 

@@ -178,6 +178,21 @@ class EvalConfig:
 
 
 @dataclass
+class FaultConfig:
+    """Deliberate faults, off by default: they exist so the run doctor's detectors can be
+    tested against the real trainer (tests/test_doctor_faults.py)."""
+
+    data_sleep_s: float = doc("sleep this long in the data loader every step (a stalled input pipeline)", 0.0)
+    nan_at_step: int = doc("make the loss NaN at this step (0 = never)", 0)
+    replay_on_resume: bool = doc("on --resume, rewind the data loader to the start (replays seen data)", False)
+    mixture_bias: str = doc("draw every other batch row from this domain, ignoring data.weights", "")
+
+    def __post_init__(self):
+        if self.data_sleep_s < 0 or self.nan_at_step < 0:
+            raise ValueError("faults.data_sleep_s and faults.nan_at_step must be >= 0")
+
+
+@dataclass
 class Recipe:
     name: str = doc("recipe name", "custom")
     seed: int = doc("random seed for init and data order", 0)
@@ -187,6 +202,7 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    faults: FaultConfig = field(default_factory=FaultConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -38,6 +38,7 @@ class BatchLoader:
         batch_rows: int,
         weights: dict[str, float] | None = None,
         seed: int = 0,
+        bias_domain: str = "",
     ):
         if seq_len < 1 or batch_rows < 1:
             raise ValueError(f"seq_len and batch_rows must be >= 1, got seq_len={seq_len}, batch_rows={batch_rows}")
@@ -54,6 +55,10 @@ class BatchLoader:
                     f"domain {domain!r} has {len(array)} {split} tokens, fewer than seq_len + 1 = {seq_len + 1}: "
                     f"lower seq_len or give {domain} weight 0"
                 )
+        if bias_domain and bias_domain not in self.domains:
+            raise UserError(f"faults.mixture_bias={bias_domain!r} is not a domain of this corpus: choose one of {', '.join(self.domains)}")
+        # a deliberate fault (FaultConfig.mixture_bias): every other row comes from this domain
+        self.bias_index = self.domains.index(bias_domain) if bias_domain else None
         self.rng = np.random.Generator(np.random.PCG64(seed))
         self.num_batches = 0
         self._last_domains = np.zeros(0, dtype=np.int64)
@@ -85,6 +90,8 @@ class BatchLoader:
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y), both int64 [batch_rows, seq_len], y[:, t] = the token after x[:, t]."""
         rows = self.rng.choice(len(self.domains), size=self.batch_rows, p=self.probs)
+        if self.bias_index is not None:
+            rows[::2] = self.bias_index
         # Start offsets in [0, len - seq_len - 1]; unsampled domains get a dummy high of 1.
         highs = np.array([max(len(a) - self.seq_len, 1) for a in self.arrays], dtype=np.int64)
         starts = self.rng.integers(0, highs[rows])

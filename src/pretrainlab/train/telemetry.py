@@ -14,6 +14,7 @@ import resource
 import socket
 import subprocess
 import sys
+import uuid
 from importlib import metadata
 from pathlib import Path
 
@@ -95,8 +96,22 @@ def package_versions() -> dict:
     return versions
 
 
-def provenance(*, seed: int, device: torch.device, world_size: int, corpus, eval_sha256: str, recipe_hash: str) -> dict:
+def memory_total_mb(device: torch.device) -> float | None:
+    """Accelerator memory, or the machine's RAM on CPU, in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory / 2**20
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    except (ValueError, OSError):
+        return None
+
+
+def provenance(*, seed: int, device: torch.device, world_size: int, corpus, eval_sha256: str, recipe_hash: str,
+               data_weights: dict[str, float]) -> dict:
+    domains = corpus.manifest["domains"]
+    train = {d: domains[d]["train"] for d in corpus.domains}
     return {
+        "run_id": uuid.uuid4().hex[:12],  # the run's key in the ledger
         **code_state(),
         "packages": package_versions(),
         "device": device_name(device),
@@ -107,8 +122,12 @@ def provenance(*, seed: int, device: torch.device, world_size: int, corpus, eval
         "host": socket.gethostname(),
         "platform": platform.platform(),
         "argv": sys.argv,
+        "memory_total_mb": memory_total_mb(device),
         "data_manifest_sha256": corpus.manifest_hash,
         "data_path": str(corpus.path),
+        "data_weights": data_weights,  # effective sampling shares per domain (normalised)
+        # UTF-8 bytes per training token, to put the training loss in bits per byte
+        "train_bytes_per_token": {d: t["num_bytes"] / max(1, t["num_tokens"]) for d, t in train.items()},
         "eval_module_sha256": eval_sha256,
         "recipe_hash": recipe_hash,
         "seed": seed,

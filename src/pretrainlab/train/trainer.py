@@ -15,6 +15,7 @@ rows, so 1 process with gradient accumulation and N processes compute the same g
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -175,7 +176,8 @@ def train(recipe: Recipe | None = None, out_dir: Path | None = None, resume_dir:
     # ---- 4. optimizers and loader ---------------------------------------------------------
     optimizers = build_optimizers(raw_model, recipe.optim)
     try:
-        loader = BatchLoader(corpus, split="train", seq_len=seq_len, batch_rows=rows_per_step, weights=recipe.data.weights, seed=recipe.seed)
+        loader = BatchLoader(corpus, split="train", seq_len=seq_len, batch_rows=rows_per_step, weights=recipe.data.weights,
+                             seed=recipe.seed, bias_domain=recipe.faults.mixture_bias)
     except ValueError as e:
         raise UserError(f"data.weights: {e}") from None
     layer_of_param = _layer_index(raw_model).to(device)
@@ -193,7 +195,8 @@ def train(recipe: Recipe | None = None, out_dir: Path | None = None, resume_dir:
         raw_model.load_state_dict(ckpt["model"])
         for opt, opt_state in zip(optimizers, ckpt["optimizers"]):
             opt.load_state_dict(opt_state)
-        loader.load_state_dict(ckpt["loader"])
+        if not recipe.faults.replay_on_resume:
+            loader.load_state_dict(ckpt["loader"])
         state.update(ckpt["trainer"])
         checkpoint.set_rng_state(ckpt["rng"])
         if d.main:
@@ -207,7 +210,7 @@ def train(recipe: Recipe | None = None, out_dir: Path | None = None, resume_dir:
         write_json_atomic(out_dir / "recipe.json", recipe.to_dict())
         write_json_atomic(out_dir / "provenance.json", provenance(
             seed=recipe.seed, device=device, world_size=d.world_size, corpus=corpus,
-            eval_sha256=evaluation.module_sha256(), recipe_hash=recipe.hash()))
+            eval_sha256=evaluation.module_sha256(), recipe_hash=recipe.hash(), data_weights=loader.weights))
         log(f"run {out_dir} | recipe {recipe.name} | {num_params / 1e6:.2f}M params | {d.world_size} process(es) on {device} {dtype} | grad_accum {grad_accum}")
 
     peak = peak_flops(device, dtype)
@@ -267,6 +270,9 @@ def train(recipe: Recipe | None = None, out_dir: Path | None = None, resume_dir:
             lr = set_lr(optimizers, lr_multiplier(progress(ahead=True), recipe.optim))
             # 6a. data: the global batch, this rank's rows
             x_all, y_all = loader.next_batch()
+            if recipe.faults.data_sleep_s:
+                time.sleep(recipe.faults.data_sleep_s)
+            batch_hash = hashlib.blake2b(x_all[:, :16].numpy().tobytes(), digest_size=6).hexdigest()  # replay detection
             lo = d.rank * tc.micro_batch_rows * grad_accum
             x_all = x_all[lo : lo + tc.micro_batch_rows * grad_accum].to(device, non_blocking=True)
             y_all = y_all[lo : lo + tc.micro_batch_rows * grad_accum].to(device, non_blocking=True)
@@ -278,6 +284,8 @@ def train(recipe: Recipe | None = None, out_dir: Path | None = None, resume_dir:
                 sync = micro == grad_accum - 1 or d.world_size == 1
                 with (nullcontext() if sync else model.no_sync()), autocast:
                     loss = model(x_all[sl], y_all[sl])
+                if state["step"] + 1 == recipe.faults.nan_at_step:
+                    loss = loss * float("nan")
                 (loss / grad_accum).backward()
                 loss_sum += loss.detach()
             # 6c. grad norms (global and per layer), clipping, optimizer step
@@ -294,7 +302,12 @@ def train(recipe: Recipe | None = None, out_dir: Path | None = None, resume_dir:
             # 6d. agree across processes on the loss and on whether to stop
             shared = torch.stack([loss_sum / grad_accum, grad_norm, layer_norms.max()])
             flags = torch.tensor([float(stop_signal["sigterm"]), float(time.time() > wall_deadline)], device=device)
+            rank_step_s = None
             if d.world_size > 1:
+                compute_s = torch.tensor([time.perf_counter() - t0], dtype=torch.float64, device=device)
+                gathered = [torch.zeros_like(compute_s) for _ in range(d.world_size)]
+                dist.all_gather(gathered, compute_s)  # per-rank step time before the sync: stragglers
+                rank_step_s = [g.item() for g in gathered]
                 dist.all_reduce(shared)  # SUM then divide: gloo has no AVG
                 shared /= d.world_size
                 dist.all_reduce(flags, op=dist.ReduceOp.MAX)
@@ -315,7 +328,8 @@ def train(recipe: Recipe | None = None, out_dir: Path | None = None, resume_dir:
                 "grad_norm": grad_norm_v, "max_layer_grad_norm": max_layer_v, "max_grad_layer": max_layer,
                 "tokens_per_s": tokens_per_s, "mfu": mfu, "step_s": dt, "data_wait_frac": t_data / dt,
                 "peak_mem_mb": peak_memory_mb(device), "train_seconds": state["train_seconds"],
-                "domain_rows": dict(zip(domains, domain_rows)),
+                "domain_rows": dict(zip(domains, domain_rows)), "batch_hash": batch_hash,
+                **({"rank_step_s": rank_step_s} if rank_step_s else {}),
             })
             if state["step"] % tc.log_every == 0:
                 flush_metrics()
