@@ -1,0 +1,1 @@
+"""Research campaigns: strategies propose experiments, runners run them, statistics decide."""

@@ -1,0 +1,122 @@
+"""Noise-aware decisions: is a candidate really better than the incumbent?
+
+The metric (val_bpb) is lower-is-better and noisy across seeds: at tiny scale the seed
+noise is often larger than the effect of a change. So a change is called an improvement
+only when seed replicates of it beat seed replicates of the incumbent beyond that noise:
+
+    effect = mean(candidate) - mean(incumbent)          (negative = better)
+    Welch's t-test, two-sided at level alpha / looks: "improvement" when the candidate is
+    lower with one-sided p < alpha / 2 / looks, "regression" when higher likewise
+    95% confidence interval for the effect (Welch-Satterthwaite t interval)
+
+`looks` is how many times the same candidate has been tested (sequential re-testing:
+a promising candidate gets more seeds and is tested again). Dividing alpha by the number
+of looks (Bonferroni over looks) keeps the chance of a false verdict under alpha however
+often a candidate is re-tested. An A/A comparison (incumbent against itself) comes out
+"no effect" at least 1 - alpha of the time; tests/test_research_stats.py checks it.
+
+The autoresearch rule (one seed each, keep if lower) is `greedy_single_seed`, kept as the
+baseline that benches/research compares against.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import stats as sps
+
+IMPROVEMENT, REGRESSION, NO_EFFECT, INCONCLUSIVE = "improvement", "regression", "no effect", "inconclusive"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Candidate vs incumbent on a lower-is-better metric."""
+
+    n_incumbent: int
+    n_candidate: int
+    mean_incumbent: float
+    mean_candidate: float
+    effect: float  # mean(candidate) - mean(incumbent); negative = better
+    ci_low: float  # 95% two-sided interval for the effect
+    ci_high: float
+    p_improvement: float  # one-sided Welch p-value for "candidate is lower"
+    p_regression: float  # one-sided Welch p-value for "candidate is higher"
+    alpha: float  # the one-sided level each verdict used (alpha / 2 / looks)
+    verdict: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        return (f"{self.verdict}: effect {self.effect:+.4f} (95% CI {self.ci_low:+.4f} .. {self.ci_high:+.4f}), "
+                f"p={self.p_improvement:.3g}, n={self.n_candidate} vs {self.n_incumbent}")
+
+
+def welch(incumbent: list[float], candidate: list[float]) -> tuple[float, float, float, float, float]:
+    """(effect, ci_low, ci_high, p_lower, p_higher) by Welch's unequal-variance t-test."""
+    a, b = np.asarray(incumbent, float), np.asarray(candidate, float)
+    assert len(a) >= 2 and len(b) >= 2, "Welch's test needs at least two replicates on each side"
+    effect = float(b.mean() - a.mean())
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0.0:  # identical replicates (e.g. a deterministic CPU run repeated): no noise at all
+        p_lower = 0.0 if effect < 0 else 1.0
+        p_higher = 0.0 if effect > 0 else 1.0
+        return effect, effect, effect, p_lower, p_higher
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    t = effect / se
+    half = float(sps.t.ppf(0.975, df)) * se
+    return effect, effect - half, effect + half, float(sps.t.cdf(t, df)), float(sps.t.sf(t, df))
+
+
+def compare(incumbent: list[float], candidate: list[float], alpha: float = 0.05, looks: int = 1, min_effect: float = 0.0) -> Comparison:
+    """Verdict on candidate vs incumbent. `min_effect` (>= 0, metric units) additionally
+    requires the gain to be practically meaningful, not just statistically detectable."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    level = alpha / 2 / max(1, looks)  # per side
+    if len(incumbent) < 2 or len(candidate) < 2:
+        a, b = np.asarray(incumbent, float), np.asarray(candidate, float)
+        effect = float(b.mean() - a.mean()) if len(a) and len(b) else float("nan")
+        return Comparison(len(a), len(b), float(a.mean()) if len(a) else float("nan"), float(b.mean()) if len(b) else float("nan"),
+                          effect, float("-inf"), float("inf"), 1.0, 1.0, level, INCONCLUSIVE)
+    effect, lo, hi, p_lower, p_higher = welch(incumbent, candidate)
+    if p_lower < level and -effect > min_effect:
+        verdict = IMPROVEMENT
+    elif p_higher < level:
+        verdict = REGRESSION
+    else:
+        verdict = NO_EFFECT
+    return Comparison(len(incumbent), len(candidate), float(np.mean(incumbent)), float(np.mean(candidate)),
+                      effect, lo, hi, p_lower, p_higher, level, verdict)
+
+
+def bootstrap_ci(incumbent: list[float], candidate: list[float], num_resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval for mean(candidate) - mean(incumbent); a
+    distribution-free cross-check of the Welch interval."""
+    rng = np.random.default_rng(seed)
+    a, b = np.asarray(incumbent, float), np.asarray(candidate, float)
+    ma = a[rng.integers(0, len(a), (num_resamples, len(a)))].mean(1)
+    mb = b[rng.integers(0, len(b), (num_resamples, len(b)))].mean(1)
+    lo, hi = np.percentile(mb - ma, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def noise_floor(replicates: list[float]) -> dict:
+    """Seed noise of the incumbent: std, and the smallest effect a k-vs-k comparison at
+    alpha=0.05 (one-sided) detects with 80% power, for k = the number of replicates."""
+    x = np.asarray(replicates, float)
+    if len(x) < 2:
+        return {"n": len(x), "std": None, "min_detectable_effect": None}
+    k = len(x)
+    std = float(x.std(ddof=1))
+    df = 2 * k - 2
+    mde = (float(sps.t.ppf(0.95, df)) + float(sps.t.ppf(0.80, df))) * std * math.sqrt(2 / k)
+    return {"n": k, "mean": float(x.mean()), "std": std, "min_detectable_effect": mde}
+
+
+def greedy_single_seed(incumbent: float, candidate: float) -> str:
+    """The autoresearch rule: keep the change if its single run scored lower."""
+    return IMPROVEMENT if candidate < incumbent else NO_EFFECT

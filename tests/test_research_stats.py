@@ -1,0 +1,72 @@
+"""Decision statistics: calibration on A/A comparisons, power on real effects."""
+
+import numpy as np
+import pytest
+
+from pretrainlab.research.stats import IMPROVEMENT, INCONCLUSIVE, NO_EFFECT, REGRESSION, bootstrap_ci, compare, greedy_single_seed, noise_floor
+
+
+def test_aa_comparisons_come_out_no_effect_at_least_95_percent_of_the_time():
+    # seed noise of val_bpb is close to normal; 20,000 A/A comparisons of 3 vs 3 replicates
+    rng = np.random.default_rng(0)
+    trials = 20_000
+    verdicts = [compare(list(rng.normal(3.0, 0.02, 3)), list(rng.normal(3.0, 0.02, 3))).verdict for _ in range(trials)]
+    no_effect = verdicts.count(NO_EFFECT) / trials
+    false_improvement = verdicts.count(IMPROVEMENT) / trials
+    se = (0.95 * 0.05 / trials) ** 0.5
+    assert no_effect >= 0.95 - 3 * se  # nominal 95%, within sampling error of this check
+    assert false_improvement <= 0.025 + 3 * (0.025 * 0.975 / trials) ** 0.5
+
+
+def test_the_single_seed_greedy_rule_keeps_half_of_all_noise():
+    rng = np.random.default_rng(1)
+    kept = sum(greedy_single_seed(rng.normal(3, 0.02), rng.normal(3, 0.02)) == IMPROVEMENT for _ in range(10_000))
+    assert 0.45 < kept / 10_000 < 0.55  # the failure mode the noise-aware rule exists to fix
+
+
+def test_re_testing_stays_calibrated():
+    rng = np.random.default_rng(2)
+    false = 0
+    for _ in range(5_000):
+        a, b = list(rng.normal(0, 1, 3)), list(rng.normal(0, 1, 3))
+        for looks in (1, 2, 3):  # test, add seeds, test again...
+            if compare(a, b, looks=looks).verdict == IMPROVEMENT:
+                false += 1
+                break
+            a.append(rng.normal(0, 1))
+            b.append(rng.normal(0, 1))
+    assert false / 5_000 <= 0.03
+
+
+def test_a_real_effect_is_found():
+    rng = np.random.default_rng(3)
+    found = sum(compare(list(rng.normal(3.0, 0.01, 5)), list(rng.normal(2.97, 0.01, 5))).verdict == IMPROVEMENT for _ in range(500))
+    assert found / 500 > 0.95
+    c = compare([3.0, 3.01, 2.99], [3.1, 3.11, 3.09])
+    assert c.verdict == REGRESSION and c.effect == pytest.approx(0.1)
+    assert c.ci_low < 0.1 < c.ci_high
+
+
+def test_ci_and_bootstrap_agree_roughly():
+    rng = np.random.default_rng(4)
+    a, b = list(rng.normal(3, 0.02, 10)), list(rng.normal(2.98, 0.02, 10))
+    c = compare(a, b)
+    lo, hi = bootstrap_ci(a, b)
+    assert c.ci_low < c.effect < c.ci_high
+    assert abs(lo - c.ci_low) < 0.01 and abs(hi - c.ci_high) < 0.01
+
+
+def test_edge_cases():
+    assert compare([3.0], [2.0]).verdict == INCONCLUSIVE  # one seed proves nothing
+    assert compare([3.0, 3.0], [2.9, 2.9]).verdict == IMPROVEMENT  # zero noise, lower
+    assert compare([3.0, 3.0], [3.0, 3.0]).verdict == NO_EFFECT
+    assert compare([3.0, 3.01, 2.99], [2.9, 2.91, 2.89], min_effect=0.2).verdict == NO_EFFECT  # real but too small
+    with pytest.raises(ValueError, match="alpha"):
+        compare([1, 2], [1, 2], alpha=1.5)
+
+
+def test_noise_floor():
+    nf = noise_floor([3.0, 3.02, 2.98, 3.01, 2.99])
+    assert nf["std"] == pytest.approx(np.std([3.0, 3.02, 2.98, 3.01, 2.99], ddof=1))
+    assert nf["min_detectable_effect"] > 2 * nf["std"] * (2 / 5) ** 0.5
+    assert noise_floor([3.0])["std"] is None
