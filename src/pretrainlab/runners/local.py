@@ -1,0 +1,192 @@
+"""The local runner: N slots on this machine, each run in its own `pretrainlab train`
+process with a timeout.
+
+    runner = LocalRunner(num_slots=2)                  # CPU: the cores split fairly across slots
+    runner = LocalRunner(num_slots=4, gpus=[0, 1, 2, 3])  # one GPU per slot (CUDA_VISIBLE_DEVICES)
+    runner.submit(Job("exp3-seed0", "tiny-cpu", Path("runs/exp3-seed0"), ["optim.lr=0.02"], timeout_s=120))
+    while runner.busy():
+        for result in runner.poll(): ...                # finished jobs, timeouts enforced
+    runner.stop("exp3-seed0")                          # early stop: SIGTERM -> checkpoint, 'preempted'
+
+A run that crashes (a bad code patch, an import error, an OOM) comes back as a JobResult
+with status 'crashed' and the tail of its stderr; the runner itself never raises for it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+
+KILL_GRACE_S = 30.0  # after SIGTERM, how long a run may take to checkpoint before SIGKILL
+
+
+@dataclass
+class Job:
+    key: str  # unique within the runner
+    recipe: str  # a recipe name or a recipe.json path
+    out_dir: Path
+    overrides: list[str] = field(default_factory=list)
+    timeout_s: float | None = None  # wall-clock limit for the whole process
+    pythonpath: str | None = None  # an isolated source tree (code experiments)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class JobResult:
+    job: Job
+    status: str  # summary.json's status, or 'crashed' / 'timeout' / 'stopped' when it has none
+    returncode: int
+    summary: dict | None
+    stderr_tail: str
+    slot: int
+    started_at: float
+    ended_at: float
+
+    @property
+    def seconds(self) -> float:
+        return self.ended_at - self.started_at
+
+
+@dataclass
+class _Running:
+    job: Job
+    proc: subprocess.Popen
+    slot: int
+    started_at: float
+    stderr_path: Path
+    term_sent_at: float | None = None
+    reason: str | None = None  # 'timeout' or 'stopped' once we signalled it
+
+
+class LocalRunner:
+    def __init__(self, num_slots: int, gpus: list[int] | None = None, threads_per_slot: int | None = None):
+        if num_slots < 1:
+            raise UserError(f"--parallel must be >= 1, got {num_slots}")
+        if gpus is not None and len(gpus) < num_slots:
+            raise UserError(f"--parallel {num_slots} needs {num_slots} GPUs, only {len(gpus)} given: lower --parallel")
+        self.num_slots = num_slots
+        self.gpus = gpus
+        self.threads_per_slot = threads_per_slot or max(1, (os.cpu_count() or 1) // num_slots)
+        self._running: dict[str, _Running] = {}
+        self._logs = Path(tempfile.mkdtemp(prefix="pretrainlab-runner-"))
+        self._created = time.time()
+        self._busy_slot_seconds = 0.0
+
+    # ---- scheduling ------------------------------------------------------------------------
+
+    def free_slots(self) -> int:
+        return self.num_slots - len(self._running)
+
+    def busy(self) -> bool:
+        return bool(self._running)
+
+    def running(self) -> list[Job]:
+        return [r.job for r in self._running.values()]
+
+    def submit(self, job: Job) -> None:
+        assert self.free_slots() > 0, "submit() with no free slot"
+        assert job.key not in self._running, f"job {job.key} already running"
+        slot = min(set(range(self.num_slots)) - {r.slot for r in self._running.values()})
+        cmd = [sys.executable, "-m", "pretrainlab", "train", "--recipe", job.recipe, "--out", str(job.out_dir), "--json"]
+        overrides = list(job.overrides)
+        if self.gpus is None:
+            overrides.append(f"train.num_threads={self.threads_per_slot}")
+        for o in overrides:
+            cmd += ["--set", o]
+        env = {**os.environ, **job.env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(self.threads_per_slot)}
+        if self.gpus is not None:
+            env["CUDA_VISIBLE_DEVICES"] = str(self.gpus[slot])
+        if job.pythonpath:
+            env["PYTHONPATH"] = job.pythonpath + os.pathsep + env.get("PYTHONPATH", "")
+        stderr_path = self._logs / f"{job.key}.stderr"
+        with open(stderr_path, "w") as err:
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, start_new_session=True)
+        self._running[job.key] = _Running(job, proc, slot, time.time(), stderr_path)
+
+    def stop(self, key: str, reason: str = "stopped") -> None:
+        """Ask a run to stop now: it checkpoints and exits as 'preempted'."""
+        r = self._running[key]
+        if r.term_sent_at is None:
+            r.reason = reason
+            r.term_sent_at = time.time()
+            _signal(r.proc, signal.SIGTERM)
+
+    def poll(self) -> list[JobResult]:
+        """Finished jobs since the last call; enforces timeouts and the kill grace period."""
+        done = []
+        now = time.time()
+        for key, r in list(self._running.items()):
+            if r.proc.poll() is None:
+                if r.job.timeout_s and r.term_sent_at is None and now - r.started_at > r.job.timeout_s:
+                    self.stop(key, reason="timeout")
+                elif r.term_sent_at is not None and now - r.term_sent_at > KILL_GRACE_S:
+                    _signal(r.proc, signal.SIGKILL)
+                continue
+            ended = time.time()
+            self._busy_slot_seconds += ended - r.started_at
+            del self._running[key]
+            done.append(self._result(r, ended))
+        return done
+
+    def wait(self, poll_s: float = 0.2) -> list[JobResult]:
+        """Block until at least one job finishes (or none is running)."""
+        while self._running:
+            done = self.poll()
+            if done:
+                return done
+            time.sleep(poll_s)
+        return []
+
+    def utilisation(self) -> float:
+        """Share of slot-time spent running jobs since the runner was created."""
+        now = time.time()
+        busy = self._busy_slot_seconds + sum(now - r.started_at for r in self._running.values())
+        return busy / max(1e-9, self.num_slots * (now - self._created))
+
+    def shutdown(self) -> None:
+        for key in list(self._running):
+            self.stop(key)
+        deadline = time.time() + KILL_GRACE_S
+        while self._running and time.time() < deadline:
+            self.poll()
+            time.sleep(0.1)
+        for r in self._running.values():
+            _signal(r.proc, signal.SIGKILL)
+            r.proc.wait()
+        self._running.clear()
+
+    # ---- results ---------------------------------------------------------------------------
+
+    def _result(self, r: _Running, ended: float) -> JobResult:
+        import json
+
+        summary = None
+        summary_path = r.job.out_dir / "summary.json"
+        if summary_path.exists():
+            try:
+                summary = json.loads(summary_path.read_text())
+            except json.JSONDecodeError:
+                summary = None
+        if summary is not None:
+            status = summary["status"]
+            if status == "preempted" and r.reason:
+                status = r.reason  # we stopped it: 'timeout' or 'stopped' (early stopping)
+        else:
+            status = r.reason or "crashed"
+        tail = r.stderr_path.read_text(errors="replace")[-4000:] if r.stderr_path.exists() else ""
+        return JobResult(r.job, status, r.proc.returncode, summary, tail, r.slot, r.started_at, ended)
+
+
+def _signal(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)  # the run and anything it spawned (torchrun workers)
+    except ProcessLookupError:
+        pass

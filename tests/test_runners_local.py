@@ -1,0 +1,52 @@
+"""The local runner: parallel slots, crashes and timeouts come back as results."""
+
+import json
+import time
+
+from conftest import tiny_overrides
+from pretrainlab.runners import Job, LocalRunner
+
+
+def test_parallel_jobs_finish_and_keep_slots_busy(corpus_dir, tmp_path):
+    runner = LocalRunner(num_slots=2)
+    assert runner.threads_per_slot >= 1
+    queue = [Job(f"j{i}", "tiny-cpu", tmp_path / f"j{i}", tiny_overrides(corpus_dir, **{"budget.tokens": 4096, "seed": i})) for i in range(4)]
+    results = []
+    while queue or runner.busy():
+        while queue and runner.free_slots():
+            runner.submit(queue.pop(0))
+        results += runner.wait()
+    assert sorted(r.job.key for r in results) == ["j0", "j1", "j2", "j3"]
+    assert all(r.status == "ok" and r.summary["val_bpb"] > 0 for r in results)
+    assert {r.slot for r in results} == {0, 1}
+    assert runner.utilisation() > 0.6  # the gaps are only process start-up and polling
+    recipe = json.loads((tmp_path / "j0" / "recipe.json").read_text())
+    assert recipe["train"]["num_threads"] == runner.threads_per_slot
+
+
+def test_a_crash_is_a_result_with_its_stderr(tmp_path):
+    runner = LocalRunner(num_slots=1)
+    runner.submit(Job("bad", "tiny-cpu", tmp_path / "bad", ["model.n_head=5"]))
+    (result,) = runner.wait()
+    assert result.status == "crashed" and result.returncode == 2
+    assert "model.n_head=5" in result.stderr_tail
+
+
+def test_timeout_stops_the_run_with_a_checkpoint(corpus_dir, tmp_path):
+    runner = LocalRunner(num_slots=1)
+    runner.submit(Job("slow", "tiny-cpu", tmp_path / "slow", tiny_overrides(corpus_dir, **{"budget.tokens": 10**9}), timeout_s=4))
+    t0 = time.time()
+    (result,) = runner.wait()
+    assert result.status == "timeout" and result.summary["status"] == "preempted"
+    assert time.time() - t0 < 30
+    assert list((tmp_path / "slow" / "ckpt").glob("step_*.pt"))
+
+
+def test_stop_is_early_stopping(corpus_dir, tmp_path):
+    runner = LocalRunner(num_slots=1)
+    runner.submit(Job("s", "tiny-cpu", tmp_path / "s", tiny_overrides(corpus_dir, **{"budget.tokens": 10**9})))
+    while not (tmp_path / "s" / "metrics.jsonl").exists():
+        time.sleep(0.05)
+    runner.stop("s")
+    (result,) = runner.wait()
+    assert result.status == "stopped"
