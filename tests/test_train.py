@@ -89,3 +89,11 @@ def test_seed_changes_init_and_data(corpus_dir, tmp_path):
     assert s0["val_bpb"] == s0b["val_bpb"]  # deterministic on CPU
     assert s0["val_bpb"] != s1["val_bpb"]
     assert math.isfinite(s1["val_bpb"])
+
+
+def test_a_run_can_be_repeated_from_its_recipe_json(corpus_dir, tmp_path):
+    first, s1 = api.train_run("tiny-cpu", tiny_overrides(corpus_dir, **{"budget.tokens": 2048}), tmp_path / "a", echo=False)
+    again, s2 = api.train_run(str(first / "recipe.json"), [], tmp_path / "b", echo=False)
+    assert s2["val_bpb"] == s1["val_bpb"]
+    res = cli("train", "--recipe", str(tmp_path / "nope.json"))
+    assert res.returncode == 2 and "nope.json" in res.stderr

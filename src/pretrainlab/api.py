@@ -6,6 +6,7 @@ User mistakes surface as `UserError` with a one-line message naming the field an
 
 from __future__ import annotations
 
+import json
 import secrets
 from datetime import datetime
 from pathlib import Path
@@ -39,11 +40,19 @@ def config_fields() -> list[dict]:
 
 
 def resolve_recipe(name: str, overrides: list[str] | None = None) -> Recipe:
-    """A named recipe with `key=value` overrides applied; bad input -> UserError."""
+    """A named recipe, or a recipe JSON file (e.g. another run's recipe.json), with
+    `key=value` overrides applied; bad input -> UserError."""
     try:
-        return apply_overrides(get_recipe(name), overrides or [])
+        if name.endswith(".json"):
+            try:
+                base = Recipe.from_dict(json.loads(Path(name).read_text()))
+            except (OSError, json.JSONDecodeError) as e:
+                raise UserError(f"--recipe {name}: cannot read it as a recipe JSON ({e}); pass a recipe name or a recipe.json") from None
+        else:
+            base = get_recipe(name)
+        return apply_overrides(base, overrides or [])
     except ValueError as e:
-        raise UserError(str(e)) from None
+        raise UserError(f"{name}: {e}" if name.endswith(".json") else str(e)) from None
 
 
 def default_run_dir(recipe: Recipe, root: Path = Path("runs")) -> Path:
