@@ -1,0 +1,251 @@
+"""LLM strategies: Claude (Anthropic SDK, tool use) and any OpenAI-compatible model.
+
+Each `propose()` is one short agent conversation. The model gets a stable system prompt
+(cached: the rules and the harness overview do not change during a campaign) and a compact
+summary of the campaign state (bounded size, so a 500-experiment campaign fits as well as
+a 5-experiment one). It works through the lab's own operations as tools — list/compare
+runs, a run's doctor findings and curve summary, read the harness source, propose a config
+change / code patch / data mixture, write a note — and ends its turn. Every proposal
+carries the model id and the model's own rationale.
+
+Robustness, built into the loop and tested against a local fake API server:
+- every stop reason: tool_use (run the tools, continue), end_turn/stop_sequence (done),
+  max_tokens (continue the turn, bounded), pause_turn (resend to let it resume),
+  refusal (record it, return what was proposed), model_context_window_exceeded (compact, retry);
+- bad tool calls (unknown tool, invalid arguments, a patch that does not apply) go back
+  to the model as tool errors and are recorded as failed proposals; the campaign goes on;
+- 429/5xx retried with exponential backoff (the SDK's retry, max_retries configurable);
+- a spend cap in tokens and dollars, checked after every call;
+- compaction: when a conversation grows past `compact_after_chars`, old tool results are
+  replaced by one-line stubs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import UserError
+from .strategies import CampaignView, Proposal, Strategy
+
+DEFAULT_CLAUDE_MODEL = "claude-opus-5"
+# $ per million tokens (input, output); cache writes cost 1.25x input, cache reads 0.1x
+PRICES_PER_MTOK = {
+    "claude-opus-5": (5.0, 25.0),
+    "claude-sonnet-5": (2.0, 10.0),
+    "claude-haiku-4-5": (1.0, 5.0),
+}
+
+
+class SpendCapReached(Exception):
+    """The strategy's token or dollar cap is used up; the campaign stops asking it."""
+
+
+@dataclass
+class Tool:
+    name: str
+    description: str
+    schema: dict  # JSON schema of the input object
+    run: Callable[[dict], Any]  # returns a JSON-able result; raises ValueError for bad input
+
+
+@dataclass
+class Spend:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
+    calls: int = 0
+
+    def dollars(self, model: str) -> float:
+        price_in, price_out = PRICES_PER_MTOK.get(model, (5.0, 25.0))  # unknown model: assume the dearest tier
+        return (self.input_tokens * price_in + self.cache_write_tokens * price_in * 1.25 + self.cache_read_tokens * price_in * 0.1
+                + self.output_tokens * price_out) / 1e6
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens + self.cache_write_tokens + self.cache_read_tokens
+
+
+SYSTEM_PROMPT = """You are the research agent of pretrainlab, a lab for LLM pre-training research.
+Goal: lower validation bits-per-byte (val_bpb, lower is better) of a small GPT under a fixed per-run compute budget.
+
+How the lab works:
+- You propose experiments with the propose_* tools; the lab runs each on several seeds in parallel and decides with statistics
+  (Welch's t-test over seed replicates against the incumbent; only changes that beat seed noise are kept). Do not chase noise:
+  differences smaller than the noise floor in the state summary are not evidence.
+- Experiment kinds: propose_config (recipe field changes, dotted keys), propose_code_patch (a unified diff against the harness
+  files under src/pretrainlab/model/, src/pretrainlab/train/ — the evaluation module, validation split and metric are read-only
+  and a patch touching them is rejected), propose_data_mixture (domain sampling weights).
+- Use list_runs, compare_runs, run_findings (the run doctor's diagnosis), curve_summary and read_code to ground each proposal.
+- Give every proposal a falsifiable hypothesis and a rationale that cites what you looked at.
+- When you have proposed what was asked, end your turn with a one-paragraph summary."""
+
+
+def tool_specs(tools: list[Tool]) -> list[dict]:
+    specs = [{"name": t.name, "description": t.description, "input_schema": t.schema} for t in tools]
+    if specs:
+        specs[-1] = {**specs[-1], "cache_control": {"type": "ephemeral"}}  # tools + system are the cached prefix
+    return specs
+
+
+def state_summary(view: CampaignView, n: int, max_rows: int = 25) -> str:
+    """The campaign as the model sees it: bounded, whatever the campaign's length."""
+    lines = [f"Incumbent recipe: {view.incumbent.name} (hash {view.incumbent.hash()}), mean val_bpb "
+             f"{'unknown' if view.incumbent_value is None else f'{view.incumbent_value:.4f}'}."]
+    noise = next((h for h in reversed(view.history) if h.get("noise_floor")), None)
+    if noise:
+        lines.append(f"Noise floor (seed std of the incumbent): {noise['noise_floor']:.4f} bpb.")
+    lines.append(f"Search space hints: {', '.join(p.key for p in view.space)} (other recipe keys are allowed too).")
+    done = [h for h in view.history if "verdict" in h]
+    lines.append(f"{len(done)} experiments so far. Most recent {min(len(done), max_rows)} (and the best 5):")
+    best = sorted((h for h in done if h.get("value") is not None), key=lambda h: h["value"])[:5]
+    shown = {id(h) for h in done[-max_rows:]} | {id(h) for h in best}
+    for h in done:
+        if id(h) in shown:
+            change = h.get("values") or h.get("weights") or ("patch" if h.get("patch") else {})
+            value = "failed" if h.get("value") is None else f"{h['value']:.4f}"
+            lines.append(f"- [{h.get('id', '?')}] {h.get('kind')} {json.dumps(change, default=str)[:200]} -> {value} ({h['verdict']})")
+    lines.append(f"Propose up to {n} new experiment(s) now.")
+    return "\n".join(lines)
+
+
+class ClaudeStrategy(Strategy):
+    name = "claude"
+
+    def __init__(self, tools: list[Tool], model: str = DEFAULT_CLAUDE_MODEL, api_key: str | None = None, base_url: str | None = None,
+                 max_tokens: int = 4096, max_turns: int = 16, max_retries: int = 4, spend_cap_tokens: int = 5_000_000,
+                 spend_cap_usd: float = 25.0, compact_after_chars: int = 120_000, seed: int = 0):
+        try:
+            import anthropic
+        except ImportError:
+            raise UserError("--strategy claude needs the Anthropic SDK: pip install 'pretrainlab[llm]'") from None
+        api_key = api_key or os.environ.get("ANTHROPIC_API_KEY")
+        if not api_key:
+            raise UserError("--strategy claude needs ANTHROPIC_API_KEY: export it, or use --strategy optuna offline")
+        self.anthropic = anthropic
+        self.client = anthropic.Anthropic(api_key=api_key, base_url=base_url or os.environ.get("ANTHROPIC_BASE_URL"), max_retries=max_retries)
+        self.model_id = model
+        self.tools = {t.name: t for t in tools}
+        self.max_tokens, self.max_turns = max_tokens, max_turns
+        self.spend_cap_tokens, self.spend_cap_usd = spend_cap_tokens, spend_cap_usd
+        self.compact_after_chars = compact_after_chars
+        self.spend = Spend()
+        self.events: list[dict] = []  # stop reasons, refusals, tool errors: the campaign records them
+        self.failed: list[dict] = []  # malformed proposals (recorded by the campaign as failed)
+
+    # ---- the agent loop ---------------------------------------------------------------------
+
+    def propose(self, view: CampaignView, n: int) -> list[Proposal]:
+        self._check_cap()
+        proposals: list[Proposal] = []
+        collector = _Collector(self, proposals, n)
+        messages: list[dict] = [{"role": "user", "content": state_summary(view, n)}]
+        for _ in range(self.max_turns):
+            response = self._create(messages)
+            reason = response.stop_reason
+            self.events.append({"stop_reason": reason, "usage": self.spend.total_tokens})
+            content = [_clean(block.model_dump(exclude_none=True)) for block in response.content]
+            if reason == "model_context_window_exceeded":
+                self._compact(messages, force=True)
+                continue
+            messages.append({"role": "assistant", "content": content})
+            if reason == "tool_use":
+                messages.append({"role": "user", "content": [collector.run(block) for block in content if block["type"] == "tool_use"]})
+                self._compact(messages)
+                if len(proposals) >= n:
+                    break
+                continue
+            if reason == "pause_turn":
+                continue  # a paused long turn: sending the conversation back lets the model resume
+            if reason == "max_tokens":
+                if content and content[-1]["type"] == "tool_use":  # a truncated tool call cannot be run
+                    messages[-1]["content"] = content[:-1] or [{"type": "text", "text": "(truncated)"}]
+                messages.append({"role": "user", "content": "You hit the output limit. Continue, more briefly."})
+                continue
+            if reason == "refusal":
+                self.events.append({"refusal": _text(content)})
+            break  # end_turn, stop_sequence, refusal
+        return proposals
+
+    def _create(self, messages: list[dict]):
+        try:
+            response = self.client.messages.create(
+                model=self.model_id, max_tokens=self.max_tokens,
+                system=[{"type": "text", "text": SYSTEM_PROMPT, "cache_control": {"type": "ephemeral"}}],
+                tools=tool_specs(list(self.tools.values())), messages=messages)
+        except self.anthropic.APIStatusError as e:
+            raise LLMUnavailable(f"Claude API error {e.status_code}: {str(e)[:200]}") from None
+        except self.anthropic.APIConnectionError as e:
+            raise LLMUnavailable(f"cannot reach the Claude API ({e}); check the network or ANTHROPIC_BASE_URL") from None
+        u = response.usage
+        self.spend.calls += 1
+        self.spend.input_tokens += u.input_tokens
+        self.spend.output_tokens += u.output_tokens
+        self.spend.cache_write_tokens += u.cache_creation_input_tokens or 0
+        self.spend.cache_read_tokens += u.cache_read_input_tokens or 0
+        return response
+
+    def _check_cap(self):
+        if self.spend.total_tokens >= self.spend_cap_tokens or self.spend.dollars(self.model_id) >= self.spend_cap_usd:
+            raise SpendCapReached(f"spend cap reached: {self.spend.total_tokens:,} tokens, ${self.spend.dollars(self.model_id):.2f} "
+                                  f"(caps {self.spend_cap_tokens:,} tokens, ${self.spend_cap_usd:.2f})")
+
+    def _compact(self, messages: list[dict], force: bool = False) -> None:
+        """Replace the oldest tool results by stubs until the conversation is small again."""
+        if not force and len(json.dumps(messages, default=str)) <= self.compact_after_chars:
+            return
+        for msg in messages[1:-2]:  # keep the state summary and the latest exchange intact
+            if msg["role"] != "user" or not isinstance(msg["content"], list):
+                continue
+            for block in msg["content"]:
+                if block.get("type") == "tool_result" and not str(block.get("content", "")).startswith("[compacted"):
+                    block["content"] = f"[compacted: {len(str(block.get('content', '')))} chars of an earlier tool result]"
+            if not force and len(json.dumps(messages, default=str)) <= self.compact_after_chars // 2:
+                break
+        self.events.append({"compacted": True})
+
+
+class LLMUnavailable(Exception):
+    """The model's API cannot be used right now (down, auth, persistent errors)."""
+
+
+class _Collector:
+    """Runs the model's tool calls; propose_* tools become Proposals."""
+
+    PROPOSE = {"propose_config": "config", "propose_code_patch": "code", "propose_data_mixture": "data"}
+
+    def __init__(self, strategy, proposals: list[Proposal], limit: int):
+        self.strategy, self.proposals, self.limit = strategy, proposals, limit
+
+    def run(self, block: dict) -> dict:
+        name, args = block["name"], block.get("input") or {}
+        try:
+            if not isinstance(args, dict):
+                raise ValueError("tool input must be a JSON object")
+            if name not in self.strategy.tools:
+                raise ValueError(f"unknown tool {name!r}; available: {', '.join(self.strategy.tools)}")
+            result = self.strategy.tools[name].run(args)
+            if name in self.PROPOSE:
+                if len(self.proposals) >= self.limit:
+                    raise ValueError(f"only {self.limit} proposal(s) were asked for; end your turn")
+                self.proposals.append(result)  # the propose tools validate and return a Proposal
+                result = {"accepted": True, "proposal": len(self.proposals)}
+            return {"type": "tool_result", "tool_use_id": block["id"], "content": json.dumps(result, default=str)[:20_000]}
+        except (ValueError, KeyError, TypeError) as e:
+            self.strategy.failed.append({"tool": name, "input": args, "error": str(e), "model_id": self.strategy.model_id})
+            return {"type": "tool_result", "tool_use_id": block["id"], "content": f"error: {e}", "is_error": True}
+
+
+def _clean(block: dict) -> dict:
+    """The fields the API accepts back for each block type (responses carry a few more)."""
+    keep = {"text": ("type", "text"), "tool_use": ("type", "id", "name", "input"), "thinking": ("type", "thinking", "signature"),
+            "redacted_thinking": ("type", "data")}.get(block.get("type"))
+    return {k: block[k] for k in keep if k in block} if keep else block
+
+
+def _text(content: list[dict]) -> str:
+    return " ".join(b.get("text", "") for b in content if b.get("type") == "text")[:2000]
