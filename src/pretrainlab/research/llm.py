@@ -225,13 +225,14 @@ class _Collector:
         name, args = block["name"], block.get("input") or {}
         try:
             if not isinstance(args, dict):
-                raise ValueError("tool input must be a JSON object")
+                raise ValueError(f"tool input must be a JSON object, got {str(args)[:80]!r}")
             if name not in self.strategy.tools:
                 raise ValueError(f"unknown tool {name!r}; available: {', '.join(self.strategy.tools)}")
             result = self.strategy.tools[name].run(args)
             if name in self.PROPOSE:
                 if len(self.proposals) >= self.limit:
                     raise ValueError(f"only {self.limit} proposal(s) were asked for; end your turn")
+                result.proposer, result.model_id = self.strategy.name, self.strategy.model_id  # attribution
                 self.proposals.append(result)  # the propose tools validate and return a Proposal
                 result = {"accepted": True, "proposal": len(self.proposals)}
             return {"type": "tool_result", "tool_use_id": block["id"], "content": json.dumps(result, default=str)[:20_000]}
@@ -249,3 +250,74 @@ def _clean(block: dict) -> dict:
 
 def _text(content: list[dict]) -> str:
     return " ".join(b.get("text", "") for b in content if b.get("type") == "text")[:2000]
+
+
+class OpenAIStrategy(Strategy):
+    """The same agent loop over any OpenAI-compatible chat endpoint (vLLM, Ollama, LiteLLM,
+    OpenAI) with function calling: `--strategy openai --llm-base-url URL --llm-model NAME`."""
+
+    name = "openai"
+
+    def __init__(self, tools: list[Tool], model: str, base_url: str | None = None, api_key: str | None = None,
+                 max_tokens: int = 4096, max_turns: int = 16, max_retries: int = 4, spend_cap_tokens: int = 5_000_000,
+                 compact_after_chars: int = 120_000, seed: int = 0):
+        try:
+            import openai
+        except ImportError:
+            raise UserError("--strategy openai needs the OpenAI SDK: pip install 'pretrainlab[llm]'") from None
+        base_url = base_url or os.environ.get("OPENAI_BASE_URL")
+        api_key = api_key or os.environ.get("OPENAI_API_KEY") or ("not-needed" if base_url else None)
+        if not api_key:
+            raise UserError("--strategy openai needs OPENAI_API_KEY, or --llm-base-url of a local server (vLLM, Ollama)")
+        self.openai = openai
+        self.client = openai.OpenAI(api_key=api_key, base_url=base_url, max_retries=max_retries)
+        self.model_id = model
+        self.tools = {t.name: t for t in tools}
+        self.max_tokens, self.max_turns = max_tokens, max_turns
+        self.spend_cap_tokens = spend_cap_tokens
+        self.compact_after_chars = compact_after_chars
+        self.spend = Spend()
+        self.events: list[dict] = []
+        self.failed: list[dict] = []
+
+    def propose(self, view: CampaignView, n: int) -> list[Proposal]:
+        if self.spend.total_tokens >= self.spend_cap_tokens:
+            raise SpendCapReached(f"spend cap reached: {self.spend.total_tokens:,} tokens (cap {self.spend_cap_tokens:,})")
+        proposals: list[Proposal] = []
+        collector = _Collector(self, proposals, n)
+        messages: list[dict] = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": state_summary(view, n)}]
+        tools = [{"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.schema}}
+                 for t in self.tools.values()]
+        for _ in range(self.max_turns):
+            try:
+                response = self.client.chat.completions.create(model=self.model_id, messages=messages, tools=tools, max_tokens=self.max_tokens)
+            except self.openai.APIStatusError as e:
+                raise LLMUnavailable(f"LLM endpoint error {e.status_code}: {str(e)[:200]}") from None
+            except self.openai.APIConnectionError as e:
+                raise LLMUnavailable(f"cannot reach the LLM endpoint ({e}); check --llm-base-url") from None
+            if response.usage:
+                self.spend.calls += 1
+                self.spend.input_tokens += response.usage.prompt_tokens
+                self.spend.output_tokens += response.usage.completion_tokens
+            choice = response.choices[0]
+            msg = choice.message
+            calls = msg.tool_calls or []
+            messages.append({"role": "assistant", "content": msg.content or "",
+                             **({"tool_calls": [c.model_dump(exclude_none=True) for c in calls]} if calls else {})})
+            self.events.append({"stop_reason": choice.finish_reason})
+            if calls:
+                for call in calls:
+                    try:
+                        args = json.loads(call.function.arguments or "{}")
+                    except json.JSONDecodeError:
+                        args = call.function.arguments  # not JSON: the collector reports it to the model
+                    result = collector.run({"id": call.id, "name": call.function.name, "input": args})
+                    messages.append({"role": "tool", "tool_call_id": call.id, "content": result["content"]})
+                if len(proposals) >= n:
+                    break
+                continue
+            if choice.finish_reason == "length":
+                messages.append({"role": "user", "content": "You hit the output limit. Continue, more briefly."})
+                continue
+            break  # stop, content_filter
+        return proposals
