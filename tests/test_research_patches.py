@@ -1,0 +1,62 @@
+"""Code experiments: patches apply to an isolated copy; read-only code is protected."""
+
+import difflib
+import json
+
+import pytest
+
+from conftest import tiny_overrides
+from pretrainlab import eval as evaluation
+from pretrainlab.research.patches import PACKAGE_DIR, PatchRejected, apply_patch, touched_files
+from pretrainlab.runners import Job, LocalRunner
+
+
+def make_patch(rel: str, old: str, new: str) -> str:
+    src = (PACKAGE_DIR / rel).read_text()
+    assert old in src
+    return "".join(difflib.unified_diff(src.splitlines(True), src.replace(old, new).splitlines(True),
+                                         f"a/src/pretrainlab/{rel}", f"b/src/pretrainlab/{rel}"))
+
+
+GELU = make_patch("model/gpt.py", "F.relu(self.c_fc(x)).square()", "F.gelu(self.c_fc(x))")
+
+
+def test_patched_copy_runs_and_changes_training(corpus_dir, tmp_path):
+    tree = apply_patch(GELU, tmp_path / "tree")
+    assert tree.files == ["src/pretrainlab/model/gpt.py"]
+    assert "F.gelu(self.c_fc(x))" in (tmp_path / "tree/src/pretrainlab/model/gpt.py").read_text()
+    assert "F.relu(self.c_fc(x)).square()" in (PACKAGE_DIR / "model/gpt.py").read_text()  # the lab's copy is untouched
+    runner = LocalRunner(num_slots=2)
+    overrides = tiny_overrides(corpus_dir, **{"budget.tokens": 4096})
+    runner.submit(Job("patched", "tiny-cpu", tmp_path / "patched", overrides, pythonpath=tree.pythonpath))
+    runner.submit(Job("plain", "tiny-cpu", tmp_path / "plain", overrides))
+    results = {r.job.key: r for r in runner.wait() + runner.wait()}
+    assert results["patched"].status == results["plain"].status == "ok"
+    assert results["patched"].summary["val_bpb"] != results["plain"].summary["val_bpb"]
+    prov = json.loads((tmp_path / "patched" / "provenance.json").read_text())
+    assert prov["eval_module_sha256"] == evaluation.module_sha256()
+
+
+@pytest.mark.parametrize("rel, old, new", [
+    ("eval.py", "return nats / math.log(2) / num_bytes", "return 0.5 * nats / math.log(2) / num_bytes"),
+    ("data/loader.py", "tokens = corpus.tokens(domain, \"val\")", "tokens = corpus.tokens(domain, \"train\")"),
+])
+def test_patches_to_the_metric_or_data_are_rejected(tmp_path, rel, old, new):
+    with pytest.raises(PatchRejected, match="read-only"):
+        apply_patch(make_patch(rel, old, new), tmp_path / "tree")
+    assert not (tmp_path / "tree").exists()
+
+
+def test_path_tricks_and_garbage_are_rejected(tmp_path):
+    sneaky = GELU.replace("src/pretrainlab/model/gpt.py", "src/pretrainlab/model/../eval.py")
+    with pytest.raises(PatchRejected):
+        apply_patch(sneaky, tmp_path / "a")
+    with pytest.raises(PatchRejected, match="not a unified diff"):
+        apply_patch("make it faster please", tmp_path / "b")
+    stale = GELU.replace("F.relu(self.c_fc(x)).square()", "F.relu(self.c_fc(x)).cube()")
+    with pytest.raises(PatchRejected, match="does not apply"):
+        apply_patch(stale, tmp_path / "c")
+
+
+def test_touched_files():
+    assert touched_files(GELU) == ["src/pretrainlab/model/gpt.py"]
