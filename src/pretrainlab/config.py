@@ -133,6 +133,7 @@ class TrainConfig:
     num_threads: int = doc("CPU threads for this process; 0 = torch's default (split across processes)", 0)
     log_every: int = doc("flush telemetry every N steps; each step still gets its own row", 1)
     eval_every: int = doc("evaluate val_bpb every N steps; 0 = only at the end", 0)
+    eval_every_frac: float = doc("also evaluate each time this share of the budget is used (e.g. 0.25); 0 = off", 0.0)
     ckpt_every: int = doc("write an atomic checkpoint every N steps; 0 = only at the end", 0)
     ckpt_keep: int = doc("how many checkpoints to keep", 2)
     diverge_ratio: float = doc("stop as diverged when loss exceeds this multiple of its best EMA", 2.5)
@@ -149,6 +150,8 @@ class TrainConfig:
             raise ValueError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"train.dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
+        if not 0 <= self.eval_every_frac < 1:
+            raise ValueError(f"train.eval_every_frac must be in [0, 1), got {self.eval_every_frac}")
         if self.diverge_ratio <= 1:
             raise ValueError(f"train.diverge_ratio must be > 1, got {self.diverge_ratio}")
 

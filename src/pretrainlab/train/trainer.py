@@ -185,7 +185,8 @@ def train(recipe: Recipe | None = None, out_dir: Path | None = None, resume_dir:
     layer_names = ["embed", *[f"block{i}" for i in range(recipe.model.n_layer)], "head"]
 
     # ---- 5. run directory -------------------------------------------------------------------
-    state = {"step": 0, "tokens": 0, "train_seconds": 0.0, "timed_tokens": 0, "last_step_s": 0.0, "loss_ema": None, "best_ema": math.inf, "bad_steps": 0}
+    state = {"step": 0, "tokens": 0, "train_seconds": 0.0, "timed_tokens": 0, "last_step_s": 0.0,
+             "next_eval_frac": tc.eval_every_frac, "loss_ema": None, "best_ema": math.inf, "bad_steps": 0}
     metrics_path = out_dir / "metrics.jsonl"
     log = RunLog(out_dir / "log.txt" if d.main else None, echo and d.main)
     if resume_dir is not None:
@@ -245,7 +246,7 @@ def train(recipe: Recipe | None = None, out_dir: Path | None = None, resume_dir:
         t0 = time.perf_counter()
         result = evaluation.evaluate_bpb(raw_model, corpus, seq_len, recipe.eval.tokens_per_domain, recipe.eval.batch_rows,
                                          device, autocast if dtype == "bfloat16" else None, d.rank, d.world_size)
-        row = {"type": "eval", "step": state["step"], "tokens": state["tokens"], "val_bpb": result["val_bpb"],
+        row = {"type": "eval", "step": state["step"], "tokens": state["tokens"], "progress": min(1.0, progress()), "val_bpb": result["val_bpb"],
                "val_bpb_domains": result["domains"], "eval_tokens": result["tokens"], "eval_s": time.perf_counter() - t0}
         pending_rows.append(row)
         flush_metrics()
@@ -351,7 +352,10 @@ def train(recipe: Recipe | None = None, out_dir: Path | None = None, resume_dir:
                 log(f"step {state['step']} | loss {loss_v:.4f} | lr {lr:.2e} | {tokens_per_s:,.0f} tok/s"
                     + (f" | mfu {mfu:.1%}" if mfu is not None else "") + f" | {progress():.0%} of budget")
             # 6f. periodic eval and checkpoint, then the stop checks
-            if tc.eval_every and state["step"] % tc.eval_every == 0 and progress() < 1.0:
+            frac_due = tc.eval_every_frac and progress() < 1.0 and progress() >= state["next_eval_frac"]
+            if frac_due:
+                state["next_eval_frac"] = (math.floor(progress() / tc.eval_every_frac) + 1) * tc.eval_every_frac
+            if progress() < 1.0 and (frac_due or (tc.eval_every and state["step"] % tc.eval_every == 0)):
                 run_eval()
             if tc.ckpt_every and state["step"] % tc.ckpt_every == 0:
                 save_ckpt()

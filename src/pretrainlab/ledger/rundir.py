@@ -1,0 +1,155 @@
+"""Read a run directory (recipe.json, summary.json, provenance.json, metrics.jsonl) into the
+ledger's row for it. The ledger reads files, never live trainer objects.
+
+The per-step rows stay in RUN_DIR/metrics.jsonl at full resolution; the ledger copies only
+the eval rows (a few per run) and indexes the file: rows, first/last step, size, sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from .db import to_utc
+
+# Summary fields the ledger keeps as columns (the whole summary is kept as JSON too).
+METRIC_COLUMNS = ("val_bpb", "params", "tokens", "steps", "seconds", "tokens_per_s", "mfu", "peak_mem_mb")
+UNFINISHED = "unknown"  # no summary.json: still running, or killed before it could write one
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "recipe.json").is_file()
+
+
+def derived_run_id(run_dir: Path) -> str:
+    """A stable id for a run directory without provenance.json's run_id: its absolute path's hash."""
+    return hashlib.sha256(str(run_dir.absolute()).encode()).hexdigest()[:12]
+
+
+def run_id_of(run_dir: Path) -> str:
+    prov = _load(run_dir / "provenance.json", required=False) or {}
+    return prov.get("run_id") or derived_run_id(run_dir)
+
+
+def read_run_dir(run_dir: Path) -> dict[str, Any]:
+    """{"run": row for `runs`, "evals": [rows for `evals`], "series": row for `run_series`}."""
+    run_dir = Path(run_dir).absolute()
+    if not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir} does not exist")
+    if not is_run_dir(run_dir):
+        raise UserError(f"{run_dir} is not a run directory (no recipe.json); pass a directory written by `pretrainlab train`")
+    recipe = _load(run_dir / "recipe.json", required=True)
+    summary = _load(run_dir / "summary.json", required=False)
+    prov = _load(run_dir / "provenance.json", required=False) or {}
+    # when the run started: provenance's timestamp if the trainer wrote one, else recipe.json's
+    # mtime (written once, at the start; a resume never rewrites it)
+    created_at = to_utc(prov.get("started_at") or prov.get("created_at") or (run_dir / "recipe.json").stat().st_mtime)
+    run = {
+        "run_id": prov.get("run_id") or derived_run_id(run_dir),
+        "run_dir": str(run_dir),
+        "recipe_name": recipe.get("name"),
+        "recipe_hash": prov.get("recipe_hash") or _recipe_hash(recipe),
+        "recipe": recipe,
+        "seed": recipe.get("seed", prov.get("seed")),
+        "git_commit": prov.get("git_commit"),
+        "git_diff": prov.get("git_diff"),
+        "provenance": prov,
+        "device": prov.get("device"),
+        "world_size": prov.get("world_size"),
+        "status": (summary or {}).get("status") or UNFINISHED,
+        **{k: (summary or {}).get(k) for k in METRIC_COLUMNS},
+        "summary": summary,
+        "created_at": created_at,
+        "finished_at": to_utc((summary or {}).get("finished_at")),
+    }
+    evals, series = scan_metrics(run_dir / "metrics.jsonl")
+    return {"run": run, "evals": evals, "series": series}
+
+
+def scan_metrics(path: Path) -> tuple[list[dict], dict | None]:
+    """Eval rows and the index of metrics.jsonl, in one streaming pass (no per-step row kept)."""
+    if not path.is_file():
+        return [], None
+    digest = hashlib.sha256()
+    num_rows = 0
+    first_step = last_step = None
+    last_line = b""
+    evals: dict[int, dict] = {}
+    with open(path, "rb") as f:
+        for line in f:
+            digest.update(line)
+            if not line.strip():
+                continue
+            num_rows += 1
+            last_line = line
+            if first_step is None:
+                first_step = _step(line)
+            if b'"eval"' in line:
+                row = _parse(line)
+                if row and row.get("type") == "eval" and "step" in row:
+                    evals[int(row["step"])] = {"step": int(row["step"]), "tokens": row.get("tokens"), "val_bpb": row.get("val_bpb"),
+                                               "domains": row.get("val_bpb_domains")}
+    if last_line and _parse(last_line) is None:
+        num_rows -= 1  # a line torn by a kill is not a row
+        last_line = b""
+    if last_line:
+        last_step = _step(last_line)
+    series = {"metrics_path": str(path.absolute()), "num_rows": num_rows, "num_evals": len(evals), "first_step": first_step,
+              "last_step": last_step, "file_size": os.path.getsize(path), "sha256": digest.hexdigest()}
+    return sorted(evals.values(), key=lambda r: r["step"]), series
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """Every row of a metrics.jsonl (torn lines skipped), for plots and trackers."""
+    rows = []
+    with open(path, "rb") as f:
+        for line in f:
+            row = _parse(line) if line.strip() else None
+            if row is not None:
+                rows.append(row)
+    return rows
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _parse(line: bytes) -> dict | None:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) else None
+
+
+def _step(line: bytes) -> int | None:
+    row = _parse(line)
+    return int(row["step"]) if row and isinstance(row.get("step"), (int, float)) else None
+
+
+def _load(path: Path, required: bool) -> dict | None:
+    if not path.is_file():
+        if required:
+            raise UserError(f"{path} is missing; pass a directory written by `pretrainlab train`")
+        return None
+    try:
+        value = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e}); repair or remove the file, then register the run again") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path} should hold a JSON object; repair or remove the file, then register the run again")
+    return value
+
+
+def _recipe_hash(recipe: dict) -> str:
+    """Same as config.Recipe.hash() (name excluded), for run dirs whose provenance lacks it."""
+    d = {k: v for k, v in recipe.items() if k != "name"}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

@@ -1,0 +1,127 @@
+"""The ledger schema as ordered migrations: a list of (version, SQL), applied in order.
+
+One SQL text serves SQLite and PostgreSQL: TEXT ids (12 hex digits, like run ids), ISO-8601
+UTC timestamps as TEXT (they sort and compare as strings), JSON as TEXT, DOUBLE PRECISION
+and BIGINT for numbers. Applied versions are recorded in `schema_migrations`.
+
+To change the schema, append a migration with the next version number; never edit one that
+has shipped (ledgers in the wild have already applied it). Statements are separated by a
+semicolon at the end of a line.
+"""
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (1, """
+CREATE TABLE campaigns (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    goal TEXT,
+    config TEXT,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE experiments (
+    id TEXT PRIMARY KEY,
+    campaign_id TEXT REFERENCES campaigns (id),
+    hypothesis TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('config', 'code', 'data')),
+    proposer_type TEXT NOT NULL CHECK (proposer_type IN ('person', 'strategy')),
+    proposer TEXT NOT NULL,
+    model_id TEXT,
+    rationale TEXT,
+    parent_recipe TEXT,
+    change TEXT,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX experiments_campaign ON experiments (campaign_id);
+CREATE TABLE runs (
+    run_id TEXT PRIMARY KEY,
+    run_dir TEXT NOT NULL,
+    recipe_name TEXT,
+    recipe_hash TEXT,
+    recipe TEXT,
+    seed BIGINT,
+    git_commit TEXT,
+    git_diff TEXT,
+    provenance TEXT,
+    device TEXT,
+    world_size INTEGER,
+    status TEXT NOT NULL,
+    val_bpb DOUBLE PRECISION,
+    params BIGINT,
+    tokens BIGINT,
+    steps BIGINT,
+    seconds DOUBLE PRECISION,
+    tokens_per_s DOUBLE PRECISION,
+    mfu DOUBLE PRECISION,
+    peak_mem_mb DOUBLE PRECISION,
+    summary TEXT,
+    campaign_id TEXT REFERENCES campaigns (id),
+    experiment_id TEXT REFERENCES experiments (id),
+    created_at TEXT NOT NULL,
+    finished_at TEXT,
+    registered_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX runs_created_at ON runs (created_at);
+CREATE INDEX runs_status ON runs (status, created_at);
+CREATE INDEX runs_recipe_name ON runs (recipe_name, created_at);
+CREATE INDEX runs_recipe_hash ON runs (recipe_hash);
+CREATE INDEX runs_val_bpb ON runs (val_bpb);
+CREATE INDEX runs_campaign ON runs (campaign_id);
+CREATE INDEX runs_experiment ON runs (experiment_id);
+CREATE INDEX runs_run_dir ON runs (run_dir);
+CREATE TABLE decisions (
+    id TEXT PRIMARY KEY,
+    experiment_id TEXT REFERENCES experiments (id),
+    campaign_id TEXT REFERENCES campaigns (id),
+    verdict TEXT NOT NULL,
+    effect DOUBLE PRECISION,
+    ci_low DOUBLE PRECISION,
+    ci_high DOUBLE PRECISION,
+    decided_by TEXT NOT NULL,
+    decider_type TEXT NOT NULL CHECK (decider_type IN ('person', 'strategy')),
+    model_id TEXT,
+    rationale TEXT,
+    evidence TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX decisions_experiment ON decisions (experiment_id);
+CREATE INDEX decisions_campaign ON decisions (campaign_id);
+CREATE TABLE notes (
+    id TEXT PRIMARY KEY,
+    run_id TEXT REFERENCES runs (run_id),
+    experiment_id TEXT REFERENCES experiments (id),
+    campaign_id TEXT REFERENCES campaigns (id),
+    author TEXT NOT NULL,
+    text TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX notes_run ON notes (run_id);
+CREATE INDEX notes_experiment ON notes (experiment_id);
+CREATE INDEX notes_campaign ON notes (campaign_id);
+CREATE TABLE evals (
+    run_id TEXT NOT NULL REFERENCES runs (run_id),
+    step BIGINT NOT NULL,
+    tokens BIGINT,
+    val_bpb DOUBLE PRECISION,
+    domains TEXT,
+    PRIMARY KEY (run_id, step)
+);
+CREATE TABLE run_series (
+    run_id TEXT PRIMARY KEY REFERENCES runs (run_id),
+    metrics_path TEXT NOT NULL,
+    num_rows BIGINT NOT NULL,
+    num_evals BIGINT NOT NULL,
+    first_step BIGINT,
+    last_step BIGINT,
+    file_size BIGINT NOT NULL,
+    sha256 TEXT NOT NULL
+)
+"""),
+]
+
+
+def statements(sql: str) -> list[str]:
+    """Split a migration into statements (a semicolon ends a line)."""
+    return [s.strip() for s in sql.split(";\n") if s.strip()]
