@@ -97,3 +97,9 @@ def test_a_run_can_be_repeated_from_its_recipe_json(corpus_dir, tmp_path):
     assert s2["val_bpb"] == s1["val_bpb"]
     res = cli("train", "--recipe", str(tmp_path / "nope.json"))
     assert res.returncode == 2 and "nope.json" in res.stderr
+
+
+def test_bf16_autocast_path_runs_on_cpu(corpus_dir, tmp_path):
+    # the GPU default; on CPU it exercises the same autocast code path
+    _, s = api.train_run("tiny-cpu", tiny_overrides(corpus_dir, **{"budget.tokens": 4096, "train.dtype": "bfloat16"}), tmp_path / "r", echo=False)
+    assert s["status"] == "ok" and math.isfinite(s["val_bpb"]) and s["val_bpb"] < 8
