@@ -37,6 +37,7 @@ class Job:
     timeout_s: float | None = None  # wall-clock limit for the whole process
     pythonpath: str | None = None  # an isolated source tree (code experiments)
     env: dict[str, str] = field(default_factory=dict)
+    resume: bool = False  # continue out_dir from its last checkpoint instead of starting it
 
 
 @dataclass
@@ -67,7 +68,7 @@ class _Running:
 
 
 class LocalRunner:
-    def __init__(self, num_slots: int, gpus: list[int] | None = None, threads_per_slot: int | None = None):
+    def __init__(self, num_slots: int, gpus: list[int] | None = None, threads_per_slot: int | None = None, log_dir: Path | None = None):
         if num_slots < 1:
             raise UserError(f"--parallel must be >= 1, got {num_slots}")
         if gpus is not None and len(gpus) < num_slots:
@@ -76,7 +77,8 @@ class LocalRunner:
         self.gpus = gpus
         self.threads_per_slot = threads_per_slot or max(1, (os.cpu_count() or 1) // num_slots)
         self._running: dict[str, _Running] = {}
-        self._logs = Path(tempfile.mkdtemp(prefix="pretrainlab-runner-"))
+        self._logs = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="pretrainlab-runner-"))
+        self._logs.mkdir(parents=True, exist_ok=True)
         self._created = time.time()
         self._busy_slot_seconds = 0.0
 
@@ -95,12 +97,15 @@ class LocalRunner:
         assert self.free_slots() > 0, "submit() with no free slot"
         assert job.key not in self._running, f"job {job.key} already running"
         slot = min(set(range(self.num_slots)) - {r.slot for r in self._running.values()})
-        cmd = [sys.executable, "-m", "pretrainlab", "train", "--recipe", job.recipe, "--out", str(job.out_dir), "--json"]
-        overrides = list(job.overrides)
-        if self.gpus is None:
-            overrides.append(f"train.num_threads={self.threads_per_slot}")
-        for o in overrides:
-            cmd += ["--set", o]
+        if job.resume:  # the run keeps its recipe.json (threads included)
+            cmd = [sys.executable, "-m", "pretrainlab", "train", "--resume", str(job.out_dir), "--json"]
+        else:
+            cmd = [sys.executable, "-m", "pretrainlab", "train", "--recipe", job.recipe, "--out", str(job.out_dir), "--json"]
+            overrides = list(job.overrides)
+            if self.gpus is None:
+                overrides.append(f"train.num_threads={self.threads_per_slot}")
+            for o in overrides:
+                cmd += ["--set", o]
         env = {**os.environ, **job.env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(self.threads_per_slot)}
         if self.gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(self.gpus[slot])

@@ -1,0 +1,420 @@
+"""A research campaign: the loop that proposes, runs, decides and records.
+
+    pretrainlab research start --recipe tiny-cpu --budget-runs 40 --run-budget 60s --strategy auto --parallel 2
+    pretrainlab research resume CAMPAIGN        # after a crash or SIGKILL: no finished run lost, none repeated
+
+`Campaign.run()` reads top to bottom:
+  1. baseline: the starting recipe on `seeds` seeds -> the incumbent and its noise floor
+  2. the loop, until the run budget or the time budget is spent (or `research stop`):
+     a. collect finished runs: register them, decide every experiment whose runs are all in
+     b. early-stop runs clearly worse than the incumbent at a rung (successive halving)
+     c. fill every free slot: pending replicates first, then queued experiments (people's
+        suggestions), then new proposals from the strategy
+  3. close: stop what still runs, mark the campaign, write the research log
+Each experiment is screened on one seed; a screen that is not clearly worse than the
+incumbent earns `seeds` replicates, compared with Welch's test (research/stats.py); a
+promising "no effect" gets one more round of replicates (tested again at alpha / looks).
+Everything lives in the ledger: experiments (with their phase and planned seeds in
+`status`), runs (linked to their experiment), decisions with effect and CI, notes. Run
+directories are named by experiment and seed, so `resume` finds finished runs on disk
+even if the loop died before registering them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import Recipe, apply_overrides
+from ..errors import UserError
+from ..runners import Job, JobResult, LocalRunner
+from . import early_stop
+from .patches import PatchRejected, apply_patch
+from .space import default_space, recipe_diff
+from .stats import IMPROVEMENT, compare, noise_floor
+from .strategies import CampaignView, Proposal, Strategy, validate
+
+DECIDER = "pretrainlab stats"  # decisions by the loop's statistics rule are attributed to it
+
+
+@dataclass
+class CampaignConfig:
+    recipe: str = "tiny-cpu"  # a recipe name or a recipe.json path
+    overrides: list[str] = field(default_factory=list)  # applied to the starting recipe
+    goal: str = "val_bpb"
+    budget_runs: int = 40  # training runs in total, baseline replicates included
+    budget_hours: float = 0.0  # wall-clock cap for the campaign; 0 = none
+    run_budget: str = "60s"  # per run: seconds ('60s', '5m') or tokens ('2e6tok')
+    strategy: str = "auto"
+    parallel: int = 2
+    seeds: int = 3  # replicates for the baseline and for each confirmation round
+    alpha: float = 0.05
+    max_looks: int = 2  # confirmation rounds per experiment
+    early_stop: bool = True
+    approve_code: bool = False  # code patches wait for `research approve`
+    strategy_seed: int = 0
+    llm_model: str | None = None
+    llm_base_url: str | None = None
+    spend_cap_usd: float = 25.0
+
+    def __post_init__(self):
+        if self.goal != "val_bpb":
+            raise UserError(f"--goal {self.goal!r}: the lab optimises val_bpb (lower is better); use --goal val_bpb")
+        if self.budget_runs < self.seeds + 1:
+            raise UserError(f"--budget-runs {self.budget_runs} leaves nothing after the {self.seeds}-seed baseline: "
+                            f"give at least {self.seeds + 2}")
+        if self.budget_hours < 0:
+            raise UserError(f"--budget-hours must be >= 0, got {self.budget_hours}")
+        if self.parallel < 1 or self.seeds < 2:
+            raise UserError("--parallel must be >= 1 and --seeds >= 2 (a t-test needs two replicates)")
+        if not 0 < self.alpha < 0.5:
+            raise UserError(f"--alpha must be in (0, 0.5), got {self.alpha}")
+        run_budget_overrides(self.run_budget)  # validates
+
+    def base_recipe(self) -> Recipe:
+        from ..api import resolve_recipe
+
+        return resolve_recipe(self.recipe, [*self.overrides, *run_budget_overrides(self.run_budget)])
+
+
+def run_budget_overrides(spec: str) -> list[str]:
+    """'60s' / '5m' / '1h' -> budget.seconds; '2e6tok' -> budget.tokens."""
+    s = spec.strip().lower()
+    try:
+        if s.endswith("tok"):
+            return [f"budget.tokens={int(float(s[:-3]))}"]
+        unit = {"s": 1, "m": 60, "h": 3600}.get(s[-1])
+        value = float(s[:-1]) * unit if unit else float(s)
+        if value <= 0:
+            raise ValueError
+        return [f"budget.seconds={value:g}"]
+    except ValueError:
+        raise UserError(f"--run-budget {spec!r}: use seconds like 60s / 5m or tokens like 2e6tok") from None
+
+
+# ---- experiment phases, kept in the ledger's experiments.status -------------------------------------
+# queued            proposed, waiting for a slot        awaiting-approval  a code patch waiting for a person
+# running:N         N seeds planned (1 = screening)     decided / failed / rejected   final
+
+
+def planned_seeds(status: str) -> int:
+    return int(status.split(":")[1]) if status.startswith("running:") else 0
+
+
+class Campaign:
+    def __init__(self, ledger, campaign_id: str, strategy: Strategy, runner: LocalRunner, workdir: Path, echo: bool = True):
+        self.ledger, self.id, self.strategy, self.runner = ledger, campaign_id, strategy, runner
+        row = ledger.get_campaign(campaign_id)
+        self.cfg = CampaignConfig(**row["config"]["campaign"])
+        self.base = Recipe.from_dict(row["config"]["base_recipe"])
+        self.workdir = workdir
+        self.echo = echo
+        self.proposals: dict[str, Proposal] = {}  # experiment id -> the strategy's proposal (for observe)
+        self.failed_jobs: set[str] = set()  # job keys that ended without a result (no summary.json)
+        self.recorded_failures = 0  # how many of the strategy's failed proposals are already noted
+        self.started = time.time()
+
+    # ---- 0. bookkeeping derived from the ledger --------------------------------------------------------
+
+    def experiments(self) -> list[dict]:
+        return self.ledger.list_experiments(self.id)
+
+    def run_dir(self, experiment_id: str, seed: int) -> Path:
+        return self.workdir / f"{experiment_id}-s{seed}"
+
+    def results(self, experiment_id: str) -> dict[int, dict]:
+        """{seed: run row} of the experiment's registered runs."""
+        rows = self.ledger.list_runs(experiment=experiment_id, columns=("run_id", "seed", "status", "val_bpb", "run_dir"))
+        return {r["seed"] - self.base.seed: r for r in rows}
+
+    def incumbent(self) -> tuple[dict | None, list[float]]:
+        """(the experiment whose recipe is the incumbent, its replicate values)."""
+        kept = [d for d in self.ledger.list_decisions(campaign_id=self.id) if d["verdict"] == "keep"]
+        if not kept:
+            return None, []
+        exp = self.ledger.get_experiment(kept[-1]["experiment_id"])
+        return exp, [r["val_bpb"] for r in self.results(exp["id"]).values() if r["status"] == "ok" and r["val_bpb"] is not None]
+
+    def recipe_of(self, exp: dict) -> Recipe:
+        change = exp["change"] or {}
+        return Recipe.from_dict(change["recipe"]) if "recipe" in change else self.base
+
+    def log(self, msg: str) -> None:
+        if self.echo:
+            print(f"[campaign {self.id}] {msg}", file=sys.stderr, flush=True)
+
+    # ---- the spine ----------------------------------------------------------------------------------------
+
+    def run(self, poll_s: float = 0.5) -> None:
+        # 1. baseline (once): the starting recipe on `seeds` seeds
+        if not self.experiments():
+            self.ledger.add_experiment("baseline: the starting recipe", kind="config", proposer="campaign", proposer_type="strategy",
+                                       rationale="measure the incumbent and the seed noise floor first", campaign_id=self.id,
+                                       parent_recipe=self.base.to_dict(), change={"values": {}, "recipe": self.base.to_dict()},
+                                       status=f"running:{self.cfg.seeds}")
+        self.collect_finished_on_disk()  # resume: runs that finished while no loop was watching
+        # 2. the loop
+        while True:
+            if self.ledger.get_campaign(self.id)["status"] == "stopping":
+                self.log("stop requested")
+                break
+            for result in self.runner.poll():  # a. finished runs
+                self.on_finished(result)
+            if self.cfg.early_stop:  # b. clear losers
+                self.early_stop_losers()
+            while self.runner.free_slots() and not self.budget_spent():  # c. keep every slot busy
+                job = self.next_job()
+                if job is None:
+                    break
+                self.runner.submit(job)
+            if not self.runner.busy():  # nothing running and nothing could start: done
+                break
+            time.sleep(poll_s)
+        # 3. close
+        self.runner.shutdown()
+        for result in self.runner.poll():
+            self.on_finished(result)
+        status = "stopped" if self.ledger.get_campaign(self.id)["status"] == "stopping" else "done"
+        self.ledger.set_campaign_status(self.id, status)
+        self.log(f"{status}: utilisation {self.runner.utilisation():.0%} of {self.runner.num_slots} slot(s)")
+
+    # ---- a. results and decisions ----------------------------------------------------------------------
+
+    def collect_finished_on_disk(self) -> None:
+        for exp in self.experiments():
+            for seed in range(planned_seeds(exp["status"])):
+                run_dir = self.run_dir(exp["id"], seed)
+                summary = _read_summary(run_dir)
+                if summary and summary["status"] != "preempted" and seed not in self.results(exp["id"]):
+                    self.register(exp["id"], run_dir)
+            self.maybe_decide(exp["id"])
+
+    def on_finished(self, result: JobResult) -> None:
+        exp_id = result.job.key.rsplit("-s", 1)[0]
+        if result.summary is not None:
+            self.register(exp_id, result.job.out_dir)
+        if result.summary is None or result.status in ("crashed", "stopped"):
+            self.note_failure(exp_id, result)
+        if result.status == "stopped":  # early-stopped: the experiment is discarded, its other runs too
+            for job in self.runner.running():
+                if job.key.rsplit("-s", 1)[0] == exp_id:
+                    self.runner.stop(job.key)
+        self.log(f"{result.job.key}: {result.status}" + (f" val_bpb {result.summary['val_bpb']:.4f}" if result.summary and result.summary.get("val_bpb") else ""))
+        self.maybe_decide(exp_id, stopped_early=result.status == "stopped")
+
+    def register(self, exp_id: str, run_dir: Path) -> None:
+        row = self.ledger.register_run(run_dir, campaign_id=self.id, experiment_id=exp_id)
+        self.ledger.link_run(row["run_id"], campaign_id=self.id, experiment_id=exp_id)
+
+    def note_failure(self, exp_id: str, result: JobResult) -> None:
+        tail = result.stderr_tail.strip().splitlines()[-12:]
+        self.ledger.add_note(f"run {result.job.key} ended {result.status} (exit {result.returncode}):\n" + "\n".join(tail),
+                             author="campaign", experiment_id=exp_id)
+        if result.summary is None:
+            self.failed_jobs.add(result.job.key)
+
+    def maybe_decide(self, exp_id: str, stopped_early: bool = False) -> None:
+        exp = self.ledger.get_experiment(exp_id)
+        n = planned_seeds(exp["status"])
+        if n == 0:
+            return
+        results = self.results(exp_id)
+        done = {s for s in range(n) if s in results or f"{exp_id}-s{s}" in self.failed_jobs}
+        if len(done) < n and not stopped_early:
+            return
+        values = [r["val_bpb"] for r in results.values() if r["status"] == "ok" and r["val_bpb"] is not None]
+        evidence = {"runs": {s: r["run_id"] for s, r in results.items()}, "values": values}
+        proposal = self.proposals.get(exp_id)
+        if exp["proposer"] == "campaign" and not self.incumbent()[0]:  # the baseline
+            nf = noise_floor(values)
+            self.ledger.record_decision("keep", decided_by=DECIDER, decider_type="strategy", experiment_id=exp_id,
+                                        rationale=f"baseline: mean {nf.get('mean', float('nan')):.4f}, seed std {nf['std']}",
+                                        evidence={**evidence, "noise_floor": nf})
+            self.ledger.set_experiment_status(exp_id, "decided")
+            self.log(f"baseline {exp_id}: {nf}")
+            return
+        _, inc_values = self.incumbent()
+        if not values or stopped_early:
+            why = "stopped early: clearly worse than the incumbent at an intermediate evaluation" if stopped_early else \
+                f"no usable result ({', '.join(r['status'] for r in results.values()) or 'crashed'})"
+            self.decide(exp, "discard", why, evidence, proposal, None)
+            return
+        if n == 1:  # screening: not clearly worse -> replicate
+            mean, std = statistics.fmean(inc_values), statistics.stdev(inc_values)
+            if values[0] <= mean + 2 * std:
+                self.ledger.set_experiment_status(exp_id, f"running:{self.cfg.seeds}")
+                self.log(f"{exp_id}: screen {values[0]:.4f} vs incumbent {mean:.4f} +- {std:.4f}: replicating")
+            else:
+                self.decide(exp, "discard", f"screen: {values[0]:.4f} is worse than the incumbent's {mean:.4f} by more than 2 seed std "
+                            f"({std:.4f})", evidence, proposal, values[0])
+            return
+        looks = max(1, n // self.cfg.seeds)
+        cmp = compare(inc_values, values, alpha=self.cfg.alpha, looks=looks)
+        evidence["comparison"] = cmp.to_dict()
+        if cmp.verdict == IMPROVEMENT:
+            self.decide(exp, "keep", cmp.summary(), evidence, proposal, cmp.mean_candidate, cmp)
+        elif cmp.p_improvement < 0.2 and looks < self.cfg.max_looks and not self.budget_spent(extra=self.cfg.seeds):
+            self.ledger.set_experiment_status(exp_id, f"running:{n + self.cfg.seeds}")
+            self.log(f"{exp_id}: promising ({cmp.summary()}); {self.cfg.seeds} more seeds")
+        else:
+            self.decide(exp, "discard", cmp.summary(), evidence, proposal, cmp.mean_candidate, cmp)
+
+    def decide(self, exp, verdict, rationale, evidence, proposal, value, cmp=None) -> None:
+        self.ledger.record_decision(verdict, decided_by=f"{DECIDER} (Welch, alpha={self.cfg.alpha})", decider_type="strategy",
+                                    experiment_id=exp["id"], effect=cmp.effect if cmp else None,
+                                    ci_low=cmp.ci_low if cmp and math.isfinite(cmp.ci_low) else None,
+                                    ci_high=cmp.ci_high if cmp and math.isfinite(cmp.ci_high) else None,
+                                    rationale=rationale, evidence=evidence)
+        self.ledger.set_experiment_status(exp["id"], "decided")
+        self.log(f"{exp['id']} ({exp['hypothesis'][:60]}): {verdict} — {rationale}")
+        if proposal is not None:
+            self.strategy.observe(proposal, value)
+
+    # ---- b. early stopping -----------------------------------------------------------------------------
+
+    def early_stop_losers(self) -> None:
+        frac = self.base.train.eval_every_frac
+        inc, _ = self.incumbent()
+        if not frac or inc is None:
+            return
+        ref = early_stop.rung_reference([early_stop.eval_curve(Path(r["run_dir"]), frac) for r in self.results(inc["id"]).values()])
+        for job in self.runner.running():
+            if job.key.startswith(inc["id"]):
+                continue
+            stop, why = early_stop.should_stop(early_stop.eval_curve(job.out_dir, frac), ref)
+            if stop:
+                self.log(f"{job.key}: early stop — {why}")
+                self.runner.stop(job.key)
+
+    # ---- c. scheduling -----------------------------------------------------------------------------------
+
+    def budget_spent(self, extra: int = 0) -> bool:
+        started = sum(max(planned_seeds(e["status"]), len(self.results(e["id"]))) for e in self.experiments())
+        over_time = self.cfg.budget_hours and time.time() - self.started > self.cfg.budget_hours * 3600
+        return started + extra >= self.cfg.budget_runs or bool(over_time)
+
+    def next_job(self) -> Job | None:
+        running = {j.key for j in self.runner.running()}
+        for exp in self.experiments():  # pending seeds of running experiments
+            for seed in range(planned_seeds(exp["status"])):
+                key = f"{exp['id']}-s{seed}"
+                if key in running or seed in self.results(exp["id"]) or key in self.failed_jobs:
+                    continue
+                return self.job(exp, seed)
+        if self.incumbent()[0] is None:
+            return None  # proposals are compared against a measured baseline
+        queued = [e for e in self.experiments() if e["status"] == "queued"] or self.ask_strategy()
+        if not queued:
+            return None
+        exp = queued[0]
+        self.ledger.set_experiment_status(exp["id"], "running:1")
+        return self.job(self.ledger.get_experiment(exp["id"]), 0)
+
+    def job(self, exp: dict, seed: int) -> Job:
+        recipe = self.recipe_of(exp)
+        recipe_path = self.workdir / "recipes" / f"{exp['id']}.json"
+        recipe_path.parent.mkdir(parents=True, exist_ok=True)
+        recipe_path.write_text(json.dumps(recipe.to_dict()))
+        pythonpath = None
+        if (exp["change"] or {}).get("patch"):
+            tree_dir = self.workdir / "trees" / exp["id"]
+            if not tree_dir.exists():
+                pythonpath = apply_patch(exp["change"]["patch"], tree_dir).pythonpath
+            else:
+                pythonpath = str(tree_dir / "src")
+        timeout = (recipe.budget.seconds * 3 + 120) if recipe.budget.seconds else None
+        run_dir = self.run_dir(exp["id"], seed)
+        if run_dir.exists():  # interrupted by a previous loop's death: continue it, or start over
+            if list((run_dir / "ckpt").glob("step_*.pt")):
+                return Job(f"{exp['id']}-s{seed}", str(recipe_path), run_dir, timeout_s=timeout, pythonpath=pythonpath,
+                           env={"PRETRAINLAB_NO_LEDGER": "1"}, resume=True)
+            shutil.rmtree(run_dir)
+        return Job(f"{exp['id']}-s{seed}", str(recipe_path), run_dir, [f"seed={self.base.seed + seed}"],
+                   timeout_s=timeout, pythonpath=pythonpath, env={"PRETRAINLAB_NO_LEDGER": "1"})
+
+    def ask_strategy(self) -> list[dict]:
+        inc, inc_values = self.incumbent()
+        incumbent = self.recipe_of(inc)
+        view = CampaignView(base=self.base, incumbent=incumbent, space=default_space(self.base),
+                            incumbent_value=statistics.fmean(inc_values) if inc_values else None, history=self.history(), seed=self.cfg.strategy_seed)
+        try:
+            proposals = self.strategy.propose(view, self.runner.free_slots())
+        except Exception as e:  # a strategy failure (API down, spend cap) must not end a campaign that has work in flight
+            self.ledger.add_note(f"strategy {self.strategy.name} could not propose: {e}", author="campaign", campaign_id=self.id)
+            self.log(f"strategy error: {e}")
+            return []
+        for failure in getattr(self.strategy, "failed", [])[self.recorded_failures:]:
+            self.recorded_failures += 1
+            self.ledger.add_note(f"failed proposal from {self.strategy.name} ({failure.get('model_id')}): tool {failure['tool']}: "
+                                 f"{failure['error']}\ninput: {json.dumps(failure['input'], default=str)[:2000]}",
+                                 author=self.strategy.name, campaign_id=self.id)
+        added = []
+        for p in proposals:
+            exp_id = self.add_proposal(p, incumbent)
+            if exp_id:
+                added.append(self.ledger.get_experiment(exp_id))
+        return [e for e in added if e["status"] == "queued"]
+
+    def add_proposal(self, p: Proposal, incumbent: Recipe) -> str | None:
+        """Validate and record a proposal; invalid ones are recorded as rejected, never run."""
+        change: dict = {"values": p.values, "weights": p.weights, "patch": p.patch}
+        status, error = "queued", None
+        try:
+            if p.kind == "data":
+                recipe = apply_overrides(incumbent, [f"data.weights={json.dumps(p.weights)}"])
+            else:
+                recipe = validate(CampaignView(self.base, incumbent, [], None, []), p)
+            if p.kind == "code":
+                from .patches import check_allowed
+
+                check_allowed(p.patch or "")
+                if self.cfg.approve_code:
+                    status = "awaiting-approval"
+            change["recipe"] = recipe.to_dict()
+            change["diff"] = {k: list(v) for k, v in recipe_diff(incumbent, recipe).items()}
+        except (ValueError, PatchRejected, UserError) as e:
+            status, error = "rejected", str(e)
+        proposer_type = "person" if p.proposer not in ("random", "optuna", "claude", "openai", "manual", "campaign") else "strategy"
+        exp_id = self.ledger.add_experiment(p.hypothesis, kind=p.kind, proposer=p.proposer, proposer_type=proposer_type,
+                                            model_id=p.model_id if proposer_type == "strategy" else None, rationale=p.rationale,
+                                            campaign_id=self.id, parent_recipe=incumbent.to_dict(), change=change, status=status)
+        self.proposals[exp_id] = p
+        if error:
+            self.ledger.record_decision("discard", decided_by=DECIDER, decider_type="strategy", experiment_id=exp_id,
+                                        rationale=f"rejected before running: {error}")
+            self.strategy.observe(p, None)
+            self.log(f"rejected proposal: {error}")
+        return exp_id
+
+    def history(self) -> list[dict]:
+        decisions = {d["experiment_id"]: d for d in self.ledger.list_decisions(campaign_id=self.id)}
+        out = []
+        for e in self.experiments():
+            d = decisions.get(e["id"])
+            if d is None:
+                continue
+            values = (d.get("evidence") or {}).get("values") or []
+            out.append({"id": e["id"], "kind": e["kind"], "values": (e["change"] or {}).get("values"), "weights": (e["change"] or {}).get("weights"),
+                        "patch": bool((e["change"] or {}).get("patch")), "value": statistics.fmean(values) if values else None,
+                        "verdict": d["verdict"], "noise_floor": ((d.get("evidence") or {}).get("noise_floor") or {}).get("std")})
+        return out
+
+
+def _read_summary(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((run_dir / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def new_workdir(root: Path, campaign_id: str) -> Path:
+    path = root / "campaigns" / campaign_id
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+

@@ -1,0 +1,179 @@
+"""Campaign operations behind `pretrainlab research ...` (api.py re-exports them).
+
+start / resume run the loop in the foreground; status, log, stop, suggest, approve and
+reject only touch the ledger, so they work from another terminal while a campaign runs.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from dataclasses import asdict
+from pathlib import Path
+
+from ..errors import UserError
+from ..runners import LocalRunner
+from .campaign import Campaign, CampaignConfig
+from .strategies import STRATEGIES, Strategy
+
+
+def workspace() -> Path:
+    return Path(os.environ.get("PRETRAINLAB_WORKSPACE") or ".")
+
+
+def make_strategy(cfg: CampaignConfig, ledger, campaign_id: str | None, echo: bool = True) -> Strategy:
+    """The campaign's strategy; every configuration error surfaces here, before anything runs."""
+    name = cfg.strategy
+    if name == "auto":
+        name = "claude" if os.environ.get("ANTHROPIC_API_KEY") else "optuna"
+        if echo:
+            reason = "ANTHROPIC_API_KEY is set" if name == "claude" else "no ANTHROPIC_API_KEY: the offline TPE optimizer"
+            print(f"[pretrainlab] strategy auto -> {name} ({reason})", flush=True)
+    if name in ("claude", "openai"):
+        from .llm import ClaudeStrategy, OpenAIStrategy
+        from .tools import lab_tools
+
+        context = {"campaign_id": campaign_id}
+        tools = lab_tools(ledger, context, cfg.base_recipe())
+        if name == "claude":
+            strategy = ClaudeStrategy(tools, model=cfg.llm_model or "claude-opus-5", base_url=cfg.llm_base_url,
+                                      spend_cap_usd=cfg.spend_cap_usd, seed=cfg.strategy_seed)
+        else:
+            if not cfg.llm_model:
+                raise UserError("--strategy openai needs --llm-model NAME (the model your endpoint serves)")
+            strategy = OpenAIStrategy(tools, model=cfg.llm_model, base_url=cfg.llm_base_url, seed=cfg.strategy_seed)
+            check_endpoint(strategy)
+        strategy.context = context  # the campaign id arrives once the campaign exists
+        return strategy
+    if name not in STRATEGIES:
+        raise UserError(f"--strategy {name!r}: choose auto, claude, openai, {', '.join(STRATEGIES)}")
+    return STRATEGIES[name](seed=cfg.strategy_seed)
+
+
+def check_endpoint(strategy) -> None:
+    """An OpenAI-compatible endpoint that is down is a start-up error, not a campaign failure."""
+    try:
+        strategy.client.with_options(max_retries=0, timeout=5.0).models.list()
+    except strategy.openai.APIConnectionError:
+        raise UserError(f"the LLM endpoint {strategy.client.base_url} does not answer: start it or fix --llm-base-url") from None
+    except strategy.openai.APIStatusError:
+        pass  # it answers (some servers do not implement /models)
+
+
+def start(cfg: CampaignConfig, name: str | None = None, db: str | None = None, echo: bool = True) -> str:
+    from ..ledger import Ledger
+
+    base = cfg.base_recipe()  # bad recipe / overrides / budget -> UserError now
+    ledger = Ledger(db)
+    strategy = make_strategy(cfg, ledger, None, echo)
+    campaign_id = ledger.create_campaign(name or f"{base.name} {cfg.strategy}", goal=f"lowest {cfg.goal} per run budget {cfg.run_budget}",
+                                         config={"campaign": asdict(cfg), "base_recipe": base.to_dict()})
+    _run(ledger, campaign_id, cfg, strategy, echo)
+    return campaign_id
+
+
+def resume(campaign_id: str, db: str | None = None, echo: bool = True) -> str:
+    from ..ledger import Ledger
+
+    ledger = Ledger(db)
+    row = _campaign(ledger, campaign_id)
+    cfg = CampaignConfig(**row["config"]["campaign"])
+    ledger.set_campaign_status(row["id"], "running")
+    _run(ledger, row["id"], cfg, make_strategy(cfg, ledger, row["id"], echo), echo)
+    return row["id"]
+
+
+def _run(ledger, campaign_id: str, cfg: CampaignConfig, strategy: Strategy, echo: bool) -> None:
+    if hasattr(strategy, "context"):
+        strategy.context["campaign_id"] = campaign_id
+    workdir = workspace() / "runs" / "campaigns" / campaign_id
+    workdir.mkdir(parents=True, exist_ok=True)
+    runner = LocalRunner(cfg.parallel, log_dir=workdir / "logs")
+    campaign = Campaign(ledger, campaign_id, strategy, runner, workdir, echo=echo)
+    try:
+        campaign.run()
+    except BaseException:
+        runner.shutdown()  # never leave orphaned training processes
+        raise
+
+
+def stop(campaign_id: str, db: str | None = None) -> None:
+    from ..ledger import Ledger
+
+    ledger = Ledger(db)
+    ledger.set_campaign_status(_campaign(ledger, campaign_id)["id"], "stopping")
+
+
+def status(campaign_id: str, db: str | None = None) -> dict:
+    from ..ledger import Ledger
+
+    ledger = Ledger(db)
+    row = _campaign(ledger, campaign_id)
+    experiments = ledger.list_experiments(row["id"])
+    decisions = {d["experiment_id"]: d for d in ledger.list_decisions(campaign_id=row["id"])}
+    runs = ledger.list_runs(campaign=row["id"], columns=("run_id", "experiment_id", "seed", "status", "val_bpb"))
+    board = []
+    for e in experiments:
+        values = [r["val_bpb"] for r in runs if r["experiment_id"] == e["id"] and r["status"] == "ok" and r["val_bpb"] is not None]
+        d = decisions.get(e["id"])
+        board.append({"experiment": e["id"], "hypothesis": e["hypothesis"], "kind": e["kind"], "proposer": e["proposer"],
+                      "model_id": e["model_id"], "status": e["status"], "runs": len(values),
+                      "mean_val_bpb": statistics.fmean(values) if values else None, "verdict": d["verdict"] if d else None,
+                      "effect": d["effect"] if d else None, "ci": [d["ci_low"], d["ci_high"]] if d else None,
+                      "change": (e["change"] or {}).get("diff")})
+    kept = [b for b in board if b["verdict"] == "keep"]
+    return {"campaign": row["id"], "name": row["name"], "status": row["status"], "goal": row["goal"],
+            "runs": len(runs), "budget_runs": row["config"]["campaign"]["budget_runs"], "experiments": board,
+            "incumbent": kept[-1] if kept else None, "baseline": board[0] if board else None}
+
+
+def suggest(campaign_id: str, hypothesis: str, overrides: list[str], author: str, db: str | None = None) -> str:
+    """A person's experiment, queued for the next free slot."""
+    from ..ledger import Ledger
+    from .space import recipe_diff
+
+    if not overrides:
+        raise UserError("research suggest needs the change to try: add --set key=value (e.g. --set model.n_layer=6)")
+    ledger = Ledger(db)
+    row = _campaign(ledger, campaign_id)
+    from ..config import Recipe, apply_overrides
+
+    base = Recipe.from_dict(row["config"]["base_recipe"])
+    try:
+        recipe = apply_overrides(base, overrides)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    change = {"values": dict(o.split("=", 1) for o in overrides), "recipe": recipe.to_dict(),
+              "diff": {k: list(v) for k, v in recipe_diff(base, recipe).items()}}
+    return ledger.add_experiment(hypothesis, kind="config", proposer=author, proposer_type="person", rationale=hypothesis,
+                                 campaign_id=row["id"], parent_recipe=base.to_dict(), change=change, status="queued")
+
+
+def review(experiment_id: str, approve: bool, author: str, reason: str | None = None, db: str | None = None) -> None:
+    """A person's approve/reject: releases (or cancels) an experiment waiting for approval, or
+    overrides the loop's verdict on a decided one, always recorded as the person's decision."""
+    from ..ledger import Ledger
+
+    ledger = Ledger(db)
+    exp = ledger.get_experiment(experiment_id)
+    if exp is None:
+        raise UserError(f"no experiment {experiment_id!r}: see `pretrainlab research status CAMPAIGN` for ids")
+    verdict = "keep" if approve else "discard"
+    if exp["status"] == "awaiting-approval":
+        ledger.set_experiment_status(experiment_id, "queued" if approve else "rejected")
+        if not approve:
+            ledger.record_decision("discard", decided_by=author, experiment_id=experiment_id, rationale=reason or "rejected by a person")
+        return
+    if exp["status"] not in ("decided",):
+        raise UserError(f"experiment {experiment_id} is {exp['status']}: approve/reject apply to experiments awaiting approval or decided")
+    ledger.record_decision(verdict, decided_by=author, experiment_id=experiment_id, rationale=reason or f"{verdict} by a person")
+
+
+def _campaign(ledger, ref: str) -> dict:
+    row = ledger.get_campaign(ref)
+    if row is None:
+        matches = [c for c in ledger.list_campaigns() if c["id"].startswith(ref)]
+        if len(matches) != 1:
+            raise UserError(f"no campaign {ref!r} in the ledger: see `pretrainlab research status` for ids")
+        row = matches[0]
+    return row

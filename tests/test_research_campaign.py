@@ -1,0 +1,62 @@
+"""Campaigns end to end on tiny CPU budgets: baseline, proposals, decisions, attribution."""
+
+import pytest
+
+from conftest import tiny_overrides
+from pretrainlab.ledger import Ledger
+from pretrainlab.research import manage
+from pretrainlab.research.campaign import CampaignConfig
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRETRAINLAB_WORKSPACE", str(tmp_path))
+    monkeypatch.delenv("PRETRAINLAB_DB", raising=False)
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    return tmp_path
+
+
+def config(corpus_dir, **kw):
+    base = dict(recipe="tiny-cpu", overrides=tiny_overrides(corpus_dir), run_budget="8192tok", budget_runs=8, parallel=2, seeds=2,
+                strategy="optuna")
+    base.update(kw)
+    return CampaignConfig(**base)
+
+
+def test_optuna_campaign_end_to_end(corpus_dir, workspace):
+    cid = manage.start(config(corpus_dir), echo=False)
+    st = manage.status(cid)
+    assert st["status"] == "done"
+    assert st["runs"] == 8  # the budget, exactly: nothing lost, nothing repeated
+    baseline = st["experiments"][0]
+    assert baseline["proposer"] == "campaign" and baseline["runs"] == 2 and baseline["verdict"] == "keep"
+    proposed = st["experiments"][1:]
+    assert proposed and all(e["proposer"] == "optuna" and e["verdict"] in ("keep", "discard", None) for e in proposed)
+    ledger = Ledger()
+    decisions = ledger.list_decisions(campaign_id=cid)
+    assert all(d["decided_by"].startswith("pretrainlab stats") and d["rationale"] for d in decisions)
+    runs = ledger.list_runs(campaign=cid)
+    assert all(r["experiment_id"] for r in runs)
+    assert sorted(r["seed"] for r in runs if r["experiment_id"] == baseline["experiment"]) == [0, 1]
+
+
+def test_auto_without_a_key_says_optuna(corpus_dir, workspace, capsys):
+    cid = manage.start(config(corpus_dir, strategy="auto", budget_runs=3), echo=True)
+    assert "strategy auto -> optuna" in capsys.readouterr().out
+    assert manage.status(cid)["runs"] == 3
+
+
+def test_bad_input_fails_before_anything_starts(corpus_dir, workspace):
+    from pretrainlab.errors import UserError
+
+    with pytest.raises(UserError, match="--goal"):
+        config(corpus_dir, goal="accuracy")
+    with pytest.raises(UserError, match="--budget-runs"):
+        config(corpus_dir, budget_runs=1)
+    with pytest.raises(UserError, match="--run-budget"):
+        config(corpus_dir, run_budget="soon")
+    with pytest.raises(UserError, match="ANTHROPIC_API_KEY"):
+        manage.start(config(corpus_dir, strategy="claude"), echo=False)
+    with pytest.raises(UserError, match="does not answer"):
+        manage.start(config(corpus_dir, strategy="openai", llm_model="m", llm_base_url="http://127.0.0.1:9/v1"), echo=False)
+    assert not (workspace / "runs").exists()
