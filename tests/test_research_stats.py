@@ -70,3 +70,19 @@ def test_noise_floor():
     assert nf["std"] == pytest.approx(np.std([3.0, 3.02, 2.98, 3.01, 2.99], ddof=1))
     assert nf["min_detectable_effect"] > 2 * nf["std"] * (2 / 5) ** 0.5
     assert noise_floor([3.0])["std"] is None
+
+
+def test_aa_on_real_seed_replicates(corpus_dir, tmp_path):
+    """The same recipe on 10 seeds, compared against itself in 1,000 random 3-vs-3 splits."""
+    from conftest import tiny_overrides
+    from pretrainlab import api
+
+    values = [api.train_run("tiny-cpu", tiny_overrides(corpus_dir, **{"budget.tokens": 8192, "seed": s}), tmp_path / f"s{s}",
+                            echo=False)[1]["val_bpb"] for s in range(10)]
+    assert len(set(values)) == 10  # seeds really differ
+    rng = np.random.default_rng(0)
+    verdicts = []
+    for _ in range(1000):
+        idx = rng.permutation(10)
+        verdicts.append(compare([values[i] for i in idx[:3]], [values[i] for i in idx[3:6]]).verdict)
+    assert verdicts.count(NO_EFFECT) / 1000 >= 0.95

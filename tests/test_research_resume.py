@@ -1,0 +1,48 @@
+"""SIGKILL a running campaign at an arbitrary moment; `resume` loses no finished run and
+repeats none."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import tiny_overrides
+from pretrainlab.ledger import Ledger
+from pretrainlab.research import manage
+
+
+def test_sigkill_then_resume(corpus_dir, tmp_path, monkeypatch):
+    env = {**os.environ, "PRETRAINLAB_WORKSPACE": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    env.pop("PRETRAINLAB_DB", None)
+    env.pop("ANTHROPIC_API_KEY", None)
+    cfg = dict(recipe="tiny-cpu", overrides=tiny_overrides(corpus_dir), run_budget="16384tok", budget_runs=9, parallel=2, seeds=2,
+               strategy="random")
+    code = ("import json, sys; from pretrainlab.research import manage; from pretrainlab.research.campaign import CampaignConfig; "
+            f"manage.start(CampaignConfig(**json.loads(sys.argv[1])))")
+    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(cfg)], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    campaigns = tmp_path / "runs" / "campaigns"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill once some runs finished and others are in flight
+        done = list(campaigns.glob("*/*/summary.json")) if campaigns.exists() else []
+        if len(done) >= 3:
+            break
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the loop and its training processes, mid-flight
+    proc.wait()
+    finished_before = {p.parent.name: json.loads(p.read_text()) for p in campaigns.glob("*/*/summary.json")}
+
+    monkeypatch.setenv("PRETRAINLAB_WORKSPACE", str(tmp_path))
+    monkeypatch.delenv("PRETRAINLAB_DB", raising=False)
+    (campaign_id,) = [c["id"] for c in Ledger().list_campaigns()]
+    manage.resume(campaign_id, echo=False)
+    runs = Ledger().list_runs(campaign=campaign_id, columns=("run_id", "run_dir", "experiment_id", "seed", "status"))
+    keys = [(r["experiment_id"], r["seed"]) for r in runs]
+    assert len(keys) == len(set(keys)) == 9  # the whole budget, each (experiment, seed) once
+    for name, summary in finished_before.items():  # finished runs kept as they were, not re-run
+        run_dir = campaigns / campaign_id / name
+        assert json.loads((run_dir / "summary.json").read_text())["finished_at"] == summary["finished_at"]
+    assert manage.status(campaign_id)["status"] == "done"
