@@ -27,6 +27,7 @@ import math
 import shutil
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from ..config import Recipe, apply_overrides
 from ..errors import UserError
 from ..runners import Job, JobResult, LocalRunner
 from . import early_stop
-from .patches import PatchRejected, apply_patch
+from .patches import apply_patch
 from .space import default_space, recipe_diff
 from .stats import IMPROVEMENT, compare, noise_floor
 from .strategies import CampaignView, Proposal, Strategy, validate
@@ -309,7 +310,14 @@ class Campaign:
                 return self.job(exp, seed)
         if self.incumbent()[0] is None:
             return None  # proposals are compared against a measured baseline
-        queued = [e for e in self.experiments() if e["status"] == "queued"] or self.ask_strategy()
+        queued = [e for e in self.experiments() if e["status"] == "queued"]
+        for _ in range(3):  # a round whose proposals were all rejected: ask again, a bounded number of times
+            if queued:
+                break
+            asked = self.ask_strategy()
+            queued = [e for e in asked if e["status"] == "queued"]
+            if not asked:
+                break
         if not queued:
             return None
         exp = queued[0]
@@ -324,10 +332,9 @@ class Campaign:
         pythonpath = None
         if (exp["change"] or {}).get("patch"):
             tree_dir = self.workdir / "trees" / exp["id"]
-            if not tree_dir.exists():
-                pythonpath = apply_patch(exp["change"]["patch"], tree_dir).pythonpath
-            else:
-                pythonpath = str(tree_dir / "src")
+            if not tree_dir.exists():  # e.g. a person's patch approved on another machine
+                apply_patch(exp["change"]["patch"], tree_dir)
+            pythonpath = str(tree_dir / "src")
         timeout = (recipe.budget.seconds * 3 + 120) if recipe.budget.seconds else None
         run_dir = self.run_dir(exp["id"], seed)
         if run_dir.exists():  # interrupted by a previous loop's death: continue it, or start over
@@ -339,6 +346,7 @@ class Campaign:
                    timeout_s=timeout, pythonpath=pythonpath, env={"PRETRAINLAB_NO_LEDGER": "1"})
 
     def ask_strategy(self) -> list[dict]:
+        """New experiments from the strategy (rejected ones included, already recorded)."""
         inc, inc_values = self.incumbent()
         incumbent = self.recipe_of(inc)
         view = CampaignView(base=self.base, incumbent=incumbent, space=default_space(self.base),
@@ -354,36 +362,35 @@ class Campaign:
             self.ledger.add_note(f"failed proposal from {self.strategy.name} ({failure.get('model_id')}): tool {failure['tool']}: "
                                  f"{failure['error']}\ninput: {json.dumps(failure['input'], default=str)[:2000]}",
                                  author=self.strategy.name, campaign_id=self.id)
-        added = []
-        for p in proposals:
-            exp_id = self.add_proposal(p, incumbent)
-            if exp_id:
-                added.append(self.ledger.get_experiment(exp_id))
-        return [e for e in added if e["status"] == "queued"]
+        return [self.ledger.get_experiment(self.add_proposal(p, incumbent)) for p in proposals]
 
-    def add_proposal(self, p: Proposal, incumbent: Recipe) -> str | None:
-        """Validate and record a proposal; invalid ones are recorded as rejected, never run."""
+    def add_proposal(self, p: Proposal, incumbent: Recipe) -> str:
+        """Validate and record a proposal; an invalid one is recorded as rejected, never run."""
         change: dict = {"values": p.values, "weights": p.weights, "patch": p.patch}
         status, error = "queued", None
+        scratch = Path(tempfile.mkdtemp(prefix="patch-", dir=self.workdir)) if p.kind == "code" else None
         try:
             if p.kind == "data":
                 recipe = apply_overrides(incumbent, [f"data.weights={json.dumps(p.weights)}"])
             else:
                 recipe = validate(CampaignView(self.base, incumbent, [], None, []), p)
-            if p.kind == "code":
-                from .patches import check_allowed
-
-                check_allowed(p.patch or "")
-                if self.cfg.approve_code:
-                    status = "awaiting-approval"
+            if p.kind == "code":  # apply it now: a patch that does not apply is rejected before it is queued
+                apply_patch(p.patch or "", scratch)
+                status = "awaiting-approval" if self.cfg.approve_code else status
             change["recipe"] = recipe.to_dict()
             change["diff"] = {k: list(v) for k, v in recipe_diff(incumbent, recipe).items()}
-        except (ValueError, PatchRejected, UserError) as e:
+        except (ValueError, UserError) as e:  # PatchRejected is a ValueError
             status, error = "rejected", str(e)
-        proposer_type = "person" if p.proposer not in ("random", "optuna", "claude", "openai", "manual", "campaign") else "strategy"
+        proposer_type = "strategy" if p.proposer == self.strategy.name else "person"
         exp_id = self.ledger.add_experiment(p.hypothesis, kind=p.kind, proposer=p.proposer, proposer_type=proposer_type,
                                             model_id=p.model_id if proposer_type == "strategy" else None, rationale=p.rationale,
                                             campaign_id=self.id, parent_recipe=incumbent.to_dict(), change=change, status=status)
+        if scratch is not None:
+            if error:
+                shutil.rmtree(scratch)
+            else:
+                (self.workdir / "trees").mkdir(exist_ok=True)
+                scratch.rename(self.workdir / "trees" / exp_id)
         self.proposals[exp_id] = p
         if error:
             self.ledger.record_decision("discard", decided_by=DECIDER, decider_type="strategy", experiment_id=exp_id,

@@ -1,0 +1,59 @@
+"""A campaign driven by Claude (the real SDK, a local fake API): proposals are attributed
+to the model; malformed replies and a patch to the metric are recorded, and the campaign
+goes on."""
+
+import difflib
+
+import pytest
+
+from conftest import tiny_overrides
+from fake_llm_server import FakeServer, message, text, tool_use
+from pretrainlab.ledger import Ledger
+from pretrainlab.research import manage
+from pretrainlab.research.campaign import CampaignConfig
+from pretrainlab.research.patches import PACKAGE_DIR
+
+
+def diff(rel, old, new):
+    src = (PACKAGE_DIR / rel).read_text()
+    return "".join(difflib.unified_diff(src.splitlines(True), src.replace(old, new).splitlines(True),
+                                         f"a/src/pretrainlab/{rel}", f"b/src/pretrainlab/{rel}"))
+
+
+def test_claude_campaign(corpus_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("PRETRAINLAB_WORKSPACE", str(tmp_path))
+    monkeypatch.delenv("PRETRAINLAB_DB", raising=False)
+    cheat = diff("eval.py", "return nats / math.log(2) / num_bytes", "return 0.5 * nats / math.log(2) / num_bytes")
+    stale = diff("model/gpt.py", "F.relu(self.c_fc(x)).square()", "F.gelu(self.c_fc(x))").replace("F.relu(self.c_fc(x)).square()", "F.relu(x)")
+    good = {"hypothesis": "a higher Muon LR trains faster in a short budget", "rationale": "the baseline loss is still falling steeply",
+            "changes": {"optim.muon_lr": 0.05}}
+    script = [
+        message([text("Looking at the baseline."), tool_use("a", "list_runs", {})], "tool_use"),
+        message([tool_use("b", "propose_code_patch", {"hypothesis": "score better", "rationale": "halve the metric", "patch": cheat}),
+                 tool_use("c", "no_such_tool", {}),
+                 tool_use("d", "propose_code_patch", {"hypothesis": "GELU", "rationale": "smoother", "patch": stale})], "tool_use"),
+        message([tool_use("e", "propose_config", good)], "tool_use"),
+        message([text("That is my proposal.")], "end_turn"),
+    ]
+    with FakeServer(script) as server:
+        cfg = CampaignConfig(recipe="tiny-cpu", overrides=tiny_overrides(corpus_dir), run_budget="8192tok", budget_runs=5, parallel=1,
+                             seeds=2, strategy="claude", llm_base_url=server.url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+        cid = manage.start(cfg, echo=False)
+    ledger = Ledger()
+    experiments = ledger.list_experiments(cid)
+    by_model = {e["hypothesis"]: e for e in experiments if e["model_id"] == "claude-opus-5"}
+    assert set(by_model) == {"GELU", good["hypothesis"]}
+    assert by_model["GELU"]["status"] == "rejected"  # the stale patch did not apply: recorded, never run
+    kept = by_model[good["hypothesis"]]
+    assert kept["proposer"] == "claude" and kept["proposer_type"] == "strategy" and kept["rationale"] == good["rationale"]
+    assert kept["change"]["diff"] == {"optim.muon_lr": [0.035, 0.05]}
+    notes = " ".join(n["text"] for n in ledger.list_notes(campaign_id=cid))
+    assert "read-only" in notes and "eval.py" in notes  # the cheat was refused and recorded
+    assert "no_such_tool" in notes
+    (rejection,) = ledger.list_decisions(experiment_id=by_model["GELU"]["id"])
+    assert rejection["verdict"] == "discard" and "does not apply" in rejection["rationale"]
+    runs = ledger.list_runs(campaign=cid)
+    assert len(runs) == 5 and all(r["status"] == "ok" for r in runs)
+    sent = server.requests[0]["body"]
+    assert sent["model"] == "claude-opus-5" and sent["tools"][-1]["cache_control"]
