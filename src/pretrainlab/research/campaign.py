@@ -119,6 +119,8 @@ class Campaign:
         self.proposals: dict[str, Proposal] = {}  # experiment id -> the strategy's proposal (for observe)
         self.failed_jobs: set[str] = set()  # job keys that ended without a result (no summary.json)
         self.recorded_failures = 0  # how many of the strategy's failed proposals are already noted
+        self.quiet_at = -1  # decisions count when the strategy last had nothing (or failed): ask again after news
+        self.strategy_disabled = False  # its spend cap is reached
         self.started = time.time()
 
     # ---- 0. bookkeeping derived from the ledger --------------------------------------------------------
@@ -312,7 +314,7 @@ class Campaign:
             return None  # proposals are compared against a measured baseline
         queued = [e for e in self.experiments() if e["status"] == "queued"]
         for _ in range(3):  # a round whose proposals were all rejected: ask again, a bounded number of times
-            if queued:
+            if queued or self.strategy_disabled or self.quiet_at == self.num_decisions():
                 break
             asked = self.ask_strategy()
             queued = [e for e in asked if e["status"] == "queued"]
@@ -356,7 +358,10 @@ class Campaign:
         except Exception as e:  # a strategy failure (API down, spend cap) must not end a campaign that has work in flight
             self.ledger.add_note(f"strategy {self.strategy.name} could not propose: {e}", author="campaign", campaign_id=self.id)
             self.log(f"strategy error: {e}")
-            return []
+            self.strategy_disabled = type(e).__name__ == "SpendCapReached"
+            proposals = []
+        if not proposals:  # nothing new to try until another experiment is decided
+            self.quiet_at = self.num_decisions()
         for failure in getattr(self.strategy, "failed", [])[self.recorded_failures:]:
             self.recorded_failures += 1
             self.ledger.add_note(f"failed proposal from {self.strategy.name} ({failure.get('model_id')}): tool {failure['tool']}: "
@@ -398,6 +403,9 @@ class Campaign:
             self.strategy.observe(p, None)
             self.log(f"rejected proposal: {error}")
         return exp_id
+
+    def num_decisions(self) -> int:
+        return len(self.ledger.list_decisions(campaign_id=self.id))
 
     def history(self) -> list[dict]:
         decisions = {d["experiment_id"]: d for d in self.ledger.list_decisions(campaign_id=self.id)}
