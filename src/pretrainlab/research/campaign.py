@@ -57,6 +57,7 @@ class CampaignConfig:
     seeds: int = 3  # replicates for the baseline and for each confirmation round
     alpha: float = 0.05
     max_looks: int = 2  # confirmation rounds per experiment
+    decision: str = "welch"  # "welch" (replicated, noise-aware) or "greedy" (one seed, keep if lower: the autoresearch rule)
     early_stop: bool = True
     approve_code: bool = False  # code patches wait for `research approve`
     strategy_seed: int = 0
@@ -72,7 +73,9 @@ class CampaignConfig:
                             f"give at least {self.seeds + 2}")
         if self.budget_hours < 0:
             raise UserError(f"--budget-hours must be >= 0, got {self.budget_hours}")
-        if self.parallel < 1 or self.seeds < 2:
+        if self.decision not in ("welch", "greedy"):
+            raise UserError(f"--decision {self.decision!r}: use welch (noise-aware) or greedy (single seed, for comparison)")
+        if self.parallel < 1 or (self.seeds < 2 and self.decision == "welch"):
             raise UserError("--parallel must be >= 1 and --seeds >= 2 (a t-test needs two replicates)")
         if not 0 < self.alpha < 0.5:
             raise UserError(f"--alpha must be in (0, 0.5), got {self.alpha}")
@@ -160,7 +163,7 @@ class Campaign:
             self.ledger.add_experiment("baseline: the starting recipe", kind="config", proposer="campaign", proposer_type="strategy",
                                        rationale="measure the incumbent and the seed noise floor first", campaign_id=self.id,
                                        parent_recipe=self.base.to_dict(), change={"values": {}, "recipe": self.base.to_dict()},
-                                       status=f"running:{self.cfg.seeds}")
+                                       status=f"running:{1 if self.cfg.decision == 'greedy' else self.cfg.seeds}")
         self.collect_finished_on_disk()  # resume: runs that finished while no loop was watching
         # 2. the loop
         while True:
@@ -185,7 +188,11 @@ class Campaign:
             self.on_finished(result)
         status = "stopped" if self.ledger.get_campaign(self.id)["status"] == "stopping" else "done"
         self.ledger.set_campaign_status(self.id, status)
-        self.log(f"{status}: utilisation {self.runner.utilisation():.0%} of {self.runner.num_slots} slot(s)")
+        utilisation = self.runner.utilisation(until=self.runner.last_submit)
+        self.ledger.add_note(f"closed {status}: slot utilisation {utilisation:.1%} of {self.runner.num_slots} slot(s) while work was queued "
+                             f"({self.runner.utilisation():.1%} including the final drain), {time.time() - self.started:.0f} s",
+                             author="campaign", campaign_id=self.id)
+        self.log(f"{status}: utilisation {utilisation:.0%} of {self.runner.num_slots} slot(s)")
 
     # ---- a. results and decisions ----------------------------------------------------------------------
 
@@ -247,6 +254,10 @@ class Campaign:
             why = "stopped early: clearly worse than the incumbent at an intermediate evaluation" if stopped_early else \
                 f"no usable result ({', '.join(r['status'] for r in results.values()) or 'crashed'})"
             self.decide(exp, "discard", why, evidence, proposal, None)
+            return
+        if self.cfg.decision == "greedy":  # the single-seed rule: keep whatever scored lower once
+            verdict = "keep" if values[0] < min(inc_values) else "discard"
+            self.decide(exp, verdict, f"single seed: {values[0]:.4f} vs incumbent {min(inc_values):.4f}", evidence, proposal, values[0])
             return
         if n == 1:  # screening: not clearly worse -> replicate
             mean, std = statistics.fmean(inc_values), statistics.stdev(inc_values)

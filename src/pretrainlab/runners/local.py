@@ -80,7 +80,8 @@ class LocalRunner:
         self._logs = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="pretrainlab-runner-"))
         self._logs.mkdir(parents=True, exist_ok=True)
         self._created = time.time()
-        self._busy_slot_seconds = 0.0
+        self._intervals: list[tuple[float, float]] = []  # (start, end) of finished jobs
+        self.last_submit = self._created
 
     # ---- scheduling ------------------------------------------------------------------------
 
@@ -115,6 +116,7 @@ class LocalRunner:
         with open(stderr_path, "w") as err:
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, start_new_session=True)
         self._running[job.key] = _Running(job, proc, slot, time.time(), stderr_path)
+        self.last_submit = time.time()
 
     def stop(self, key: str, reason: str = "stopped") -> None:
         """Ask a run to stop now: it checkpoints and exits as 'preempted'."""
@@ -136,7 +138,7 @@ class LocalRunner:
                     _signal(r.proc, signal.SIGKILL)
                 continue
             ended = time.time()
-            self._busy_slot_seconds += ended - r.started_at
+            self._intervals.append((r.started_at, ended))
             del self._running[key]
             done.append(self._result(r, ended))
         return done
@@ -150,11 +152,14 @@ class LocalRunner:
             time.sleep(poll_s)
         return []
 
-    def utilisation(self) -> float:
-        """Share of slot-time spent running jobs since the runner was created."""
+    def utilisation(self, until: float | None = None) -> float:
+        """Share of slot-time spent running jobs, from the runner's creation to `until`
+        (default now; pass `last_submit` for "while work was queued")."""
         now = time.time()
-        busy = self._busy_slot_seconds + sum(now - r.started_at for r in self._running.values())
-        return busy / max(1e-9, self.num_slots * (now - self._created))
+        end = now if until is None else until
+        spans = self._intervals + [(r.started_at, now) for r in self._running.values()]
+        busy = sum(max(0.0, min(b, end) - a) for a, b in spans)
+        return busy / max(1e-9, self.num_slots * (end - self._created))
 
     def shutdown(self) -> None:
         for key in list(self._running):

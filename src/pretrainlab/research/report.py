@@ -1,0 +1,162 @@
+"""A campaign's research log (Markdown) and report (one self-contained HTML page).
+
+    pretrainlab research log CAMPAIGN            # what was tried, by whom, why, and what was decided
+    pretrainlab report CAMPAIGN -o report.html   # progress chart, ablation table, findings, final diff
+
+The page has inline SVG and CSS only (no script, nothing fetched), so it opens offline.
+"""
+
+from __future__ import annotations
+
+import html
+import statistics
+from pathlib import Path
+
+from ..config import Recipe
+from ..ledger.plot import svg_chart
+from .space import recipe_diff
+
+KEPT, DISCARDED, FRONTIER = "#2ca02c", "#9e9e9e", "#1f77b4"
+
+
+def campaign_record(ledger, campaign_id: str) -> dict:
+    """Everything the log and the report show, gathered once from the ledger."""
+    campaign = ledger.get_campaign(campaign_id)
+    experiments = ledger.list_experiments(campaign_id)
+    decisions = ledger.list_decisions(campaign_id=campaign_id)
+    runs = ledger.list_runs(campaign=campaign_id, columns=("run_id", "run_dir", "experiment_id", "seed", "status", "val_bpb", "tokens_per_s"))
+    notes = ledger.list_notes(campaign_id=campaign_id)
+    by_exp: dict[str, list[dict]] = {}
+    for r in runs:
+        by_exp.setdefault(r["experiment_id"], []).append(r)
+    rows = []
+    for e in experiments:
+        ds = [d for d in decisions if d["experiment_id"] == e["id"]]
+        d = ds[-1] if ds else None
+        values = [r["val_bpb"] for r in by_exp.get(e["id"], []) if r["status"] == "ok" and r["val_bpb"] is not None]
+        rows.append({**e, "decision": d, "decisions": ds, "runs": sorted(by_exp.get(e["id"], []), key=lambda r: r["seed"] or 0),
+                     "mean": statistics.fmean(values) if values else None, "values": values})
+    return {"campaign": campaign, "experiments": rows, "notes": notes}
+
+
+def _who(e: dict) -> str:
+    return f"{e['proposer']} ({e['model_id']})" if e.get("model_id") else e["proposer"]
+
+
+def _effect(d: dict | None) -> str:
+    if not d or d.get("effect") is None:
+        return ""
+    ci = f" [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]" if d.get("ci_low") is not None else ""
+    return f"{d['effect']:+.4f}{ci}"
+
+
+def _change(e: dict) -> str:
+    change = e.get("change") or {}
+    if change.get("diff"):
+        return ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in change["diff"].items())
+    if change.get("patch"):
+        return "code patch"
+    return "(starting recipe)" if e["proposer"] == "campaign" else "-"
+
+
+def research_log(record: dict) -> str:
+    c = record["campaign"]
+    lines = [f"# Research log: {c['name']} ({c['id']})", "", f"Goal: {c['goal']}. Status: {c['status']}. Started {c['created_at']}.", ""]
+    notes_by_exp: dict[str, list[dict]] = {}
+    for n in record["notes"]:
+        notes_by_exp.setdefault(n.get("experiment_id") or "", []).append(n)
+    for e in record["experiments"]:
+        lines.append(f"## {e['id']}: {e['hypothesis']}")
+        lines.append(f"- proposed by **{_who(e)}** ({e['kind']}) at {e['created_at']}: {e.get('rationale') or ''}")
+        lines.append(f"- change: {_change(e)}")
+        if e["runs"]:
+            lines.append("- runs: " + ", ".join(f"seed {r['seed']} {r['status']}" + (f" {r['val_bpb']:.4f}" if r["val_bpb"] is not None else "")
+                                                 for r in e["runs"]))
+        for d in e["decisions"]:
+            lines.append(f"- decision: **{d['verdict']}** by {d['decided_by']} {_effect(d)} — {d.get('rationale') or ''}")
+        for n in notes_by_exp.get(e["id"], []):
+            lines.append(f"- note ({n['author']}): {n['text'].splitlines()[0][:300]}")
+        lines.append("")
+    general = notes_by_exp.get("", [])
+    if general:
+        lines.append("## Campaign notes")
+        lines += [f"- {n['created_at']} ({n['author']}): {n['text'].splitlines()[0][:300]}" for n in general]
+    return "\n".join(lines) + "\n"
+
+
+def progress_series(record: dict) -> list:
+    """Metric per decided experiment in decision order: kept, discarded, and the frontier."""
+    decided = [e for e in record["experiments"] if e["decision"] and e["mean"] is not None]
+    decided.sort(key=lambda e: e["decision"]["created_at"])
+    kept, discarded, frontier = [], [], []
+    best = None
+    for i, e in enumerate(decided, 1):
+        (kept if e["decision"]["verdict"] == "keep" else discarded).append((i, e["mean"]))
+        if e["decision"]["verdict"] == "keep":
+            best = e["mean"]
+        if best is not None:
+            frontier.append((i, best))
+    return [("kept", KEPT, kept, True), ("discarded", DISCARDED, discarded, True), ("incumbent (frontier)", FRONTIER, frontier, False)]
+
+
+def render_report(record: dict, findings: dict[str, list[dict]] | None = None) -> str:
+    esc = html.escape
+    c = record["campaign"]
+    exps = record["experiments"]
+    kept = [e for e in exps if e["decision"] and e["decision"]["verdict"] == "keep"]
+    start, final = (exps[0] if exps else None), (kept[-1] if kept else None)
+    out = ["<!doctype html><meta charset='utf-8'><title>pretrainlab report</title>",
+           "<style>body{font:14px system-ui,sans-serif;margin:24px;max-width:1200px}table{border-collapse:collapse;margin:8px 0}"
+           "td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}th{background:#f5f5f5}"
+           ".keep{color:#2ca02c;font-weight:bold}.discard{color:#777}.mono{font-family:monospace}</style>",
+           f"<h1>{esc(c['name'])}</h1><p>Campaign <span class=mono>{c['id']}</span> — {esc(c['goal'] or '')} — status {esc(c['status'])}"
+           f" — {len(exps)} experiments, {sum(len(e['runs']) for e in exps)} runs.</p>"]
+    if start and start["mean"] is not None and final and final["mean"] is not None:
+        out.append(f"<p><b>val_bpb {start['mean']:.4f} → {final['mean']:.4f}</b> ({final['mean'] - start['mean']:+.4f}) "
+                   f"with {len(kept) - 1} kept change(s).</p>")
+    out.append(svg_chart("val_bpb per decided experiment (mean over seeds)", "experiment (in decision order)", "val_bpb",
+                         progress_series(record)))
+    out.append("<h2>Ablations</h2><table><tr><th>experiment</th><th>hypothesis</th><th>proposed by</th><th>change</th><th>runs</th>"
+               "<th>mean val_bpb</th><th>effect [95% CI]</th><th>verdict</th><th>why</th></tr>")
+    for e in exps:
+        d = e["decision"]
+        verdict = d["verdict"] if d else e["status"]
+        mean = "" if e["mean"] is None else f"{e['mean']:.4f}"
+        out.append(f"<tr><td class=mono>{e['id']}</td><td>{esc(e['hypothesis'])}</td><td>{esc(_who(e))}</td><td>{esc(_change(e))}</td>"
+                   f"<td>{len(e['values'])}</td><td>{mean}</td><td>{_effect(d)}</td>"
+                   f"<td class={esc(verdict)}>{esc(verdict)}</td><td>{esc((d or {}).get('rationale') or '')}</td></tr>")
+    out.append("</table>")
+    if findings:
+        out.append("<h2>Doctor findings</h2><table><tr><th>run</th><th>severity</th><th>finding</th><th>evidence</th></tr>")
+        for run_id, items in findings.items():
+            for f in items:
+                out.append(f"<tr><td class=mono>{run_id}</td><td>{esc(f['severity'])}</td><td>{esc(f['id'])}</td>"
+                           f"<td>{esc(f.get('summary') or '')}</td></tr>")
+        out.append("</table>")
+    out.append("<h2>Final recipe vs the starting baseline</h2>")
+    if final and start and final is not start:
+        out.append("<table><tr><th>field</th><th>start</th><th>final</th></tr>")
+        for k, (a, b) in recipe_diff(Recipe.from_dict(start["change"]["recipe"]), Recipe.from_dict(final["change"]["recipe"])).items():
+            out.append(f"<tr><td class=mono>{esc(k)}</td><td>{esc(str(a))}</td><td>{esc(str(b))}</td></tr>")
+        out.append("</table>")
+    else:
+        out.append("<p>No change beat the baseline beyond seed noise: the starting recipe stands.</p>")
+    out.append(f"<h2>Research log</h2><pre>{esc(research_log(record))}</pre>")
+    return "\n".join(out)
+
+
+def write_report(ledger, campaign_id: str, path: Path, with_findings: bool = True) -> Path:
+    record = campaign_record(ledger, campaign_id)
+    findings = {}
+    if with_findings:
+        from ..doctor import diagnose
+
+        for e in record["experiments"]:
+            for r in e["runs"]:
+                if Path(r["run_dir"]).is_dir():
+                    items = [f for f in diagnose(Path(r["run_dir"])).to_dict().get("findings", []) if f.get("severity") != "info"]
+                    if items:
+                        findings[r["run_id"]] = items
+    path = Path(path)
+    path.write_text(render_report(record, findings))
+    return path
