@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,data]"
+	$(PY) -m pip install -q -e ".[dev,data,pg]"
 	touch $@
 
 # The main job on embedded defaults: build the builtin corpus, train tiny-cpu for 60 s.

@@ -45,3 +45,37 @@ def cli(*args, env_extra=None, **kw) -> subprocess.CompletedProcess:
 
 def set_args(overrides: list[str]) -> list[str]:
     return [a for o in overrides for a in ("--set", o)]
+
+
+@pytest.fixture(autouse=True)
+def ledger_workspace(tmp_path_factory, monkeypatch) -> Path:
+    """Every test gets its own workspace, so runs it trains (which `train` registers in
+    $PRETRAINLAB_WORKSPACE/pretrainlab.db) never land in the repo or the user's ledger."""
+    workspace = tmp_path_factory.mktemp("workspace")
+    monkeypatch.setenv("PRETRAINLAB_WORKSPACE", str(workspace))
+    for var in ("PRETRAINLAB_DB", "PRETRAINLAB_NO_LEDGER", "PRETRAINLAB_AUTHOR"):
+        monkeypatch.delenv(var, raising=False)
+    return workspace
+
+
+PG_URL = os.environ.get("PRETRAINLAB_TEST_PG_URL")  # set by .ci/run, which starts a PostgreSQL server
+
+
+@pytest.fixture(params=["sqlite", "pg"])
+def ledger_url(request, tmp_path):
+    """A fresh, empty ledger: a SQLite file, or (when PRETRAINLAB_TEST_PG_URL is set) a new
+    PostgreSQL schema of its own, dropped afterwards, so tests stay independent."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "ledger.db")
+        return
+    if not PG_URL:
+        pytest.skip("PostgreSQL: set PRETRAINLAB_TEST_PG_URL (.ci/run starts a server and sets it)")
+    psycopg = pytest.importorskip("psycopg")
+    import uuid
+
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    yield f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")

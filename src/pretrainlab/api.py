@@ -7,7 +7,9 @@ User mistakes surface as `UserError` with a one-line message naming the field an
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -61,20 +63,68 @@ def default_run_dir(recipe: Recipe, root: Path = Path("runs")) -> Path:
 
 
 def train_run(recipe_name: str | None = None, overrides: list[str] | None = None, out: Path | None = None,
-              resume: Path | None = None, echo: bool = True) -> tuple[Path, dict]:
-    """Train a recipe (or resume a run directory). Returns (run_dir, summary)."""
+              resume: Path | None = None, echo: bool = True, db: str | None = None, ledger: bool = True,
+              log_to: str | None = None) -> tuple[Path, dict]:
+    """Train a recipe (or resume a run directory). Returns (run_dir, summary).
+
+    The run is then registered in the ledger (`db`, default: the workspace's; off with
+    ledger=False or env PRETRAINLAB_NO_LEDGER=1) and, with log_to, replayed into that tracker.
+    Either failing only warns: the run directory is the record and stays as it is.
+    """
     from .train import train  # torch import deferred so `recipes` stays instant
 
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes the run dir
+    use_ledger = ledger and main_rank and os.environ.get("PRETRAINLAB_NO_LEDGER", "").lower() not in ("1", "true", "yes")
+    if use_ledger:
+        from .ledger.db import check_driver, resolve_url
+
+        check_driver(resolve_url(db))  # a bad --db fails now, not after hours of training
+    if log_to:
+        from .ledger import trackers
+
+        trackers.require(log_to)
     if resume is not None:
         if overrides:
             raise UserError("--set cannot be combined with --resume: a resumed run keeps its recipe.json")
-        summary = train(resume_dir=Path(resume), echo=echo)
-        return Path(resume), summary
-    if recipe_name is None:
-        raise UserError("train needs --recipe NAME (see `pretrainlab recipes`) or --resume RUN_DIR")
-    recipe = resolve_recipe(recipe_name, overrides)
-    run_dir = Path(out) if out else default_run_dir(recipe)
-    return run_dir, train(recipe, out_dir=run_dir, echo=echo)
+        run_dir, kwargs = Path(resume), {"resume_dir": Path(resume)}
+    else:
+        if recipe_name is None:
+            raise UserError("train needs --recipe NAME (see `pretrainlab recipes`) or --resume RUN_DIR")
+        recipe = resolve_recipe(recipe_name, overrides)
+        run_dir = Path(out) if out else default_run_dir(recipe)
+        kwargs = {"recipe": recipe, "out_dir": run_dir}
+    try:
+        summary = train(echo=echo, **kwargs)
+    except UserError:
+        raise  # bad input: no run was made (or a resumed one was left untouched)
+    except BaseException:
+        _after_run(run_dir, db, use_ledger, log_to if main_rank else None)  # crashed: record it
+        raise
+    _after_run(run_dir, db, use_ledger, log_to if main_rank else None)
+    return run_dir, summary
+
+
+def _after_run(run_dir: Path, db: str | None, use_ledger: bool, log_to: str | None) -> None:
+    """Register the run and push it to a tracker; a failure warns in one line and loses nothing."""
+    if not (run_dir / "recipe.json").is_file():
+        return  # the run directory was never written
+    if use_ledger:
+        try:
+            register_run(run_dir, db)
+        except Exception as e:  # noqa: BLE001 - the run must survive any ledger problem
+            print(f"warning: run {run_dir} was not registered in the ledger: {_one_line(e)}; "
+                  f"register it later with `pretrainlab runs import {run_dir}`", file=sys.stderr)
+    if log_to:
+        try:
+            push_run(str(run_dir), log_to)
+        except Exception as e:  # noqa: BLE001
+            print(f"warning: run {run_dir} was not logged to {log_to}: {_one_line(e)}; "
+                  f"retry with `pretrainlab runs push {run_dir} --to {log_to}`", file=sys.stderr)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if not isinstance(e, UserError) else text
 
 
 def prepare_data(builtin: bool = False, inputs: list[str] | None = None, tokenizer: str = "byte",
@@ -103,3 +153,192 @@ def corpus_info(path: str | None = None, tokenizer: str = "byte") -> dict:
     corpus_dir = Path(path) if path else data.builtin_corpus_dir(tokenizer.replace(":", ""))
     corpus = data.Corpus.open(corpus_dir, verify=True)
     return {"path": str(corpus.path), "manifest_sha256": corpus.manifest_hash, **data.corpus_report(corpus)}
+
+
+# ---- runs: the ledger ----------------------------------------------------------------------
+# `db` everywhere: a ledger URL or path; None = env PRETRAINLAB_DB, else
+# $PRETRAINLAB_WORKSPACE/pretrainlab.db (see ledger/db.py).
+
+
+def _ledger(db: str | None, create: bool = True):
+    from .ledger import Ledger
+
+    return Ledger(db, create=create)
+
+
+def register_run(run_dir: Path | str, db: str | None = None) -> dict:
+    """Add or update one run directory in the ledger (idempotent)."""
+    with _ledger(db) as lg:
+        return lg.register_run(Path(run_dir))
+
+
+def list_runs(status: str | list[str] | None = None, recipe: list[str] | None = None, campaign: str | None = None,
+              since: str | None = None, until: str | None = None, limit: int | None = None, sort: str = "created",
+              db: str | None = None) -> list[dict]:
+    """Runs matching every filter, newest first (sort="val_bpb": best first).
+
+    status: ok, diverged, crashed, timeout, preempted, unknown (a list, or comma-separated);
+    recipe: KEY=VALUE pairs on the resolved recipe (model.n_layer=4, name=tiny-cpu);
+    campaign: id or name; since/until: a date, an ISO time, or an age such as 3d / 12h.
+    """
+    with _ledger(db, create=False) as lg:
+        return lg.list_runs(**_run_filters(status, recipe, campaign, since, until), limit=limit or None, sort=sort)
+
+
+def show_run(run: str, db: str | None = None) -> dict:
+    """Everything the ledger has on one run (RUN = id, unique id prefix or run dir), plus its
+    experiment and that experiment's decisions, and whether metrics.jsonl still matches."""
+    from .ledger.rundir import file_sha256
+
+    with _ledger(db, create=False) as lg:
+        row = lg.get_run(lg.resolve_run(run))
+        row["experiment"] = lg.get_experiment(row["experiment_id"]) if row["experiment_id"] else None
+        row["decisions"] = lg.list_decisions(experiment_id=row["experiment_id"]) if row["experiment_id"] else []
+        row["campaign"] = lg.get_campaign(row["campaign_id"]) if row["campaign_id"] else None
+    series = row["series"]
+    if series:
+        path = Path(series["metrics_path"])
+        series["state"] = ("missing" if not path.is_file() else
+                           "unchanged" if path.stat().st_size == series["file_size"] and file_sha256(path) == series["sha256"] else
+                           "changed since registration (re-register with `pretrainlab runs import`)")
+    return row
+
+
+def compare_runs(runs: list[str], plot: Path | str | None = None, db: str | None = None) -> dict:
+    """Recipe keys that differ and metric deltas against the first run; with plot=FILE.html
+    (self-contained SVG) or FILE.png (matplotlib), curve overlays too."""
+    from .ledger.compare import compare
+    from .ledger.plot import write_plot
+
+    if len(runs) < 2:
+        raise UserError("runs compare needs at least two runs: pretrainlab runs compare RUN RUN [RUN ...]")
+    if plot is not None and Path(plot).suffix.lower() not in (".html", ".htm", ".png"):
+        raise UserError(f"--plot {plot}: the file must end in .html (self-contained SVG) or .png (needs matplotlib)")
+    with _ledger(db, create=False) as lg:
+        rows = [lg.get_run(lg.resolve_run(r)) for r in runs]
+    result = compare(rows)
+    if plot is not None:
+        result["plot"] = write_plot(Path(plot), result, rows)
+    return result
+
+
+def import_runs(paths: list[Path | str], db: str | None = None) -> dict:
+    """Register run directories, or every run directory under the given folders.
+
+    Runs without a run_id get a stable one from their absolute path. A run whose files
+    cannot be read is reported under "skipped" and does not stop the others."""
+    from .ledger.rundir import is_run_dir
+
+    if not paths:
+        raise UserError("runs import needs a run directory or a folder of them")
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            raise UserError(f"runs import {p}: no such directory")
+        if is_run_dir(p):
+            found.append(p)
+            continue
+        before = len(found)
+        for root, dirs, _ in os.walk(p):
+            dirs.sort()
+            if is_run_dir(Path(root)):
+                found.append(Path(root))
+                dirs[:] = []  # ckpt/ and the like are not runs
+        if len(found) == before:
+            raise UserError(f"runs import {p}: no run directory (one with recipe.json) in it")
+    done, skipped = [], []
+    with _ledger(db) as lg:
+        for run_dir in found:
+            try:
+                done.append(lg.register_run(run_dir))
+            except UserError as e:
+                skipped.append({"run_dir": str(run_dir.absolute()), "error": str(e)})
+    return {"ledger": str(lg.target), "runs": done, "skipped": skipped}
+
+
+def export_runs(fmt: str, out: Path | str, status: str | list[str] | None = None, recipe: list[str] | None = None,
+                campaign: str | None = None, since: str | None = None, until: str | None = None, limit: int | None = None,
+                sort: str = "created", db: str | None = None) -> dict:
+    """Write the matching runs to a JSON, CSV or Parquet file (same filters as list_runs)."""
+    from .ledger.export import FORMATS, write_export
+    from .ledger.store import LIST_COLUMNS
+
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+    with _ledger(db, create=False) as lg:
+        rows = lg.list_runs(**_run_filters(status, recipe, campaign, since, until), limit=limit or None, sort=sort,
+                            columns=(*LIST_COLUMNS, "recipe", "summary"))
+    return write_export(rows, fmt, Path(out))
+
+
+def note_run(run: str, text: str, author: str | None = None, db: str | None = None) -> dict:
+    """Attach a note to a run; author defaults to env PRETRAINLAB_AUTHOR, else the login name."""
+    import getpass
+
+    author = author or os.environ.get("PRETRAINLAB_AUTHOR") or getpass.getuser()
+    with _ledger(db, create=False) as lg:
+        run_id = lg.resolve_run(run)
+        note_id = lg.add_note(text, author=author, run_id=run_id)
+        return next(n for n in lg.list_notes(run_id=run_id) if n["id"] == note_id)
+
+
+def push_run(run: str, to: str, dest: str | None = None, db: str | None = None) -> dict:
+    """Replay a run (every metrics row, the recipe, the summary) into tensorboard, mlflow or wandb."""
+    from .ledger import trackers
+    from .ledger.rundir import is_run_dir
+
+    trackers.require(to)
+    path = Path(run)
+    if path.is_dir() and is_run_dir(path):
+        run_dir = path
+    else:
+        with _ledger(db, create=False) as lg:
+            run_dir = Path(lg.get_run(lg.resolve_run(run))["run_dir"])
+    return trackers.push(run_dir, to, dest)
+
+
+def _run_filters(status, recipe, campaign, since, until) -> dict:
+    """Command-line filter values -> Ledger.list_runs keyword arguments (bad ones -> UserError)."""
+    import difflib
+
+    if isinstance(status, str):
+        status = [s.strip() for s in status.split(",") if s.strip()]
+    pairs = []
+    known = {key for key, *_ in field_docs()}
+    for item in recipe or []:
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise UserError(f"--recipe {item!r}: expected KEY=VALUE, e.g. --recipe model.n_layer=4 or --recipe name=tiny-cpu")
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            raise UserError(f"--recipe {key!r} is not a recipe key{f' (did you mean {close[0]!r}?)' if close else ''}; "
+                            "see `pretrainlab recipes --fields`")
+        pairs.append((key, value))
+    return {"status": status, "recipe": pairs, "campaign": campaign, "since": _when(since, "--since"),
+            "until": _when(until, "--until", end=True)}
+
+
+def _when(text: str | None, flag: str, end: bool = False) -> str | None:
+    """A date (2026-11-21; --until includes that whole day), an ISO time (local unless it
+    has an offset) or an age (30m, 12h, 3d, 2w) -> the ledger's UTC timestamp format."""
+    import re
+    from datetime import timedelta, timezone
+
+    if not text:
+        return None
+    text = text.strip()
+    age = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([mhdw])", text)
+    if age:
+        unit = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[age.group(2)]
+        dt = datetime.now(timezone.utc) - timedelta(**{unit: float(age.group(1))})
+    else:
+        try:
+            dt = datetime.fromisoformat(text)
+        except ValueError:
+            raise UserError(f"{flag} {text!r}: use a date (2026-11-21), a time (2026-11-21T14:30) or an age (30m, 12h, 3d)") from None
+        if end and re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            dt += timedelta(days=1)  # --until DAY includes that day
+        if dt.tzinfo is None:
+            dt = dt.astimezone()  # local time
+    return dt.astimezone(timezone.utc).isoformat(timespec="microseconds")

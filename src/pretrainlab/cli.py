@@ -5,6 +5,11 @@
     pretrainlab train --resume DIR
     pretrainlab data prepare --builtin [--tokenizer byte|bpe:VOCAB] | --input PATH[:DOMAIN] ... --out DIR
     pretrainlab data report [CORPUS] [--json]
+    pretrainlab runs list [--status S] [--recipe KEY=VALUE ...] [--campaign C] [--since DATE] [--until DATE]
+                          [--limit N] [--sort created|val_bpb] [--json]
+    pretrainlab runs show RUN | compare RUN RUN ... [--plot FILE.html|FILE.png] | import DIR ... |
+                     export --format json|csv|parquet -o FILE [filters] | note RUN TEXT [--author NAME] |
+                     push RUN --to tensorboard|mlflow|wandb [--dest DIR_OR_URI]        (all: [--db URL] [--json])
 
 Bad input exits with code 2 and one line on stderr naming the problem and the fix.
 A finished run exits 0; a diverged run 3; a preempted (SIGTERM) run 75.
@@ -41,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, help="run directory (default runs/RECIPE-TIME-ID)")
     t.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its last checkpoint")
     t.add_argument("--json", action="store_true", help="print summary.json to stdout (logs stay on stderr)")
+    t.add_argument("--db", metavar="URL", help="ledger to register the run in (default: env PRETRAINLAB_DB, else the workspace's)")
+    t.add_argument("--no-ledger", action="store_true", help="do not register the run in the ledger (also env PRETRAINLAB_NO_LEDGER=1)")
+    t.add_argument("--log-to", metavar="TRACKER", help="after the run, replay it into tensorboard, mlflow or wandb (if installed)")
 
     d = sub.add_parser("data", help="prepare and inspect token corpora")
     dsub = d.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
@@ -56,7 +64,46 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("corpus", nargs="?", help="corpus directory (default: the builtin corpus)")
     dr.add_argument("--tokenizer", default="byte", help="which builtin corpus, when no directory is given")
     dr.add_argument("--json", action="store_true")
+    _add_runs_parser(sub)
     return p
+
+
+def _add_runs_parser(sub) -> None:
+    rp = sub.add_parser("runs", help="query, compare, export and annotate the ledger of runs")
+    rsub = rp.add_subparsers(dest="runs_command", required=True, parser_class=_Parser)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", metavar="URL", help="ledger: a path, sqlite:///PATH or postgresql://USER@HOST/DB "
+                        "(default: env PRETRAINLAB_DB, else $PRETRAINLAB_WORKSPACE/pretrainlab.db)")
+    common.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    filters = argparse.ArgumentParser(add_help=False)
+    filters.add_argument("--status", help="ok, diverged, crashed, timeout, preempted or unknown (comma-separated for several)")
+    filters.add_argument("--recipe", action="append", default=[], metavar="KEY=VALUE",
+                         help="match the resolved recipe, e.g. --recipe model.n_layer=4 --recipe name=tiny-cpu")
+    filters.add_argument("--campaign", help="campaign id or name")
+    filters.add_argument("--since", metavar="DATE", help="created at or after: 2026-11-21, 2026-11-21T14:30, or an age: 30m, 12h, 3d")
+    filters.add_argument("--until", metavar="DATE", help="created before (a date includes that whole day)")
+    filters.add_argument("--sort", default="created", choices=["created", "val_bpb"], help="newest first, or best val_bpb first")
+    ls = rsub.add_parser("list", parents=[common, filters], help="runs matching the filters")
+    ls.add_argument("--limit", type=int, default=50, help="at most N runs (default 50; 0 = all)")
+    show = rsub.add_parser("show", parents=[common], help="everything recorded about one run")
+    show.add_argument("run", help="run id, unique id prefix, or run directory")
+    cmp = rsub.add_parser("compare", parents=[common], help="recipe diff and metric deltas between runs")
+    cmp.add_argument("runs", nargs="+", metavar="RUN", help="two or more runs; deltas are against the first")
+    cmp.add_argument("--plot", type=Path, metavar="FILE", help="curve overlay: FILE.html (self-contained SVG) or FILE.png (matplotlib)")
+    imp = rsub.add_parser("import", parents=[common], help="register run directories (or every run under a folder)")
+    imp.add_argument("dirs", nargs="+", metavar="DIR")
+    exp = rsub.add_parser("export", parents=[common, filters], help="write runs to a JSON, CSV or Parquet file")
+    exp.add_argument("--format", required=True, help="json, csv or parquet")
+    exp.add_argument("-o", "--out", type=Path, required=True, metavar="FILE")
+    exp.add_argument("--limit", type=int, default=0, help="at most N runs (default 0 = all)")
+    note = rsub.add_parser("note", parents=[common], help="attach a note to a run")
+    note.add_argument("run", help="run id, unique id prefix, or run directory")
+    note.add_argument("text")
+    note.add_argument("--author", help="who writes it (default: env PRETRAINLAB_AUTHOR, else your login name)")
+    push = rsub.add_parser("push", parents=[common], help="replay a run into TensorBoard, MLflow or Weights & Biases")
+    push.add_argument("run", help="run id, unique id prefix, or run directory")
+    push.add_argument("--to", required=True, help="tensorboard, mlflow or wandb")
+    push.add_argument("--dest", metavar="DIR_OR_URI", help="tensorboard/wandb: a directory; mlflow: a tracking URI")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,7 +148,8 @@ def cmd_recipes(args) -> int:
 def cmd_train(args) -> int:
     from .train import STATUS_EXIT
 
-    run_dir, summary = api.train_run(args.recipe, args.overrides, args.out, args.resume, echo=True)
+    run_dir, summary = api.train_run(args.recipe, args.overrides, args.out, args.resume, echo=True, db=args.db,
+                                     ledger=not args.no_ledger, log_to=args.log_to)
     if args.json:
         _print_json({"run_dir": str(run_dir), **summary})
     else:
@@ -150,7 +198,217 @@ def _print_json(obj) -> int:
     return 0
 
 
-COMMANDS = {"recipes": cmd_recipes, "train": cmd_train, "data": cmd_data}
+# ---- runs: the ledger ----------------------------------------------------------------------
+
+
+def cmd_runs(args) -> int:
+    handler = {"list": _runs_list, "show": _runs_show, "compare": _runs_compare, "import": _runs_import,
+               "export": _runs_export, "note": _runs_note, "push": _runs_push}[args.runs_command]
+    return handler(args)
+
+
+def _runs_list(args) -> int:
+    limit = args.limit if args.limit > 0 else None
+    rows = api.list_runs(args.status, args.recipe, args.campaign, args.since, args.until,
+                         limit=limit + 1 if limit else None, sort=args.sort, db=args.db)
+    more = limit is not None and len(rows) > limit
+    rows = rows[:limit] if limit else rows
+    if args.json:
+        return _print_json(rows)
+    from rich.table import Table
+
+    console = _console()
+    if not rows:
+        filtered = any([args.status, args.recipe, args.campaign, args.since, args.until])
+        console.print("no runs match these filters" if filtered else
+                      "no runs yet: `pretrainlab train` registers its runs; `pretrainlab runs import DIR` adds older ones")
+        return 0
+    table = Table(title="runs" + (" by val_bpb" if args.sort == "val_bpb" else ""), title_justify="left")
+    for col, justify in (("run", "left"), ("created", "left"), ("recipe", "left"), ("status", "left"), ("val_bpb", "right"),
+                         ("params", "right"), ("tokens", "right"), ("tokens/s", "right"), ("MFU", "right"), ("run dir", "left")):
+        table.add_column(col, justify=justify, no_wrap=col != "run dir", overflow="fold")
+    for r in rows:
+        table.add_row(r["run_id"], _local_time(r["created_at"]), _esc(r["recipe_name"] or "-"), _status(r["status"]),
+                      _fmt(r["val_bpb"], ".4f"), _millions(r["params"]), _millions(r["tokens"]), _fmt(r["tokens_per_s"], ",.0f"),
+                      _fmt(r["mfu"], ".1%"), _esc(_short_path(r["run_dir"])))
+    console.print(table)
+    if more:
+        console.print(f"showing the first {limit}; more match: raise --limit, or --limit 0 for all")
+    return 0
+
+
+def _runs_show(args) -> int:
+    r = api.show_run(args.run, db=args.db)
+    if args.json:
+        return _print_json(r)
+    from rich.table import Table
+
+    console = _console()
+    s = r["summary"] or {}
+    table = Table(title=f"run {r['run_id']}", title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    table.add_row("status", _status(r["status"]) + (_esc(f"  ({' '.join(s['error'].split()[-12:])})") if s.get("error") else ""))
+    table.add_row("run dir", _esc(r["run_dir"]))
+    table.add_row("recipe", _esc(f"{r['recipe_name']} (hash {r['recipe_hash']}, seed {r['seed']})"))
+    table.add_row("created / finished", f"{_local_time(r['created_at'])} / {_local_time(r['finished_at'])}")
+    diff = r["git_diff"] or ""
+    dirty = f" + uncommitted diff ({len(diff.splitlines())} lines; --json shows it)" if diff else ""
+    table.add_row("code", f"{r['git_commit'] or 'not a git checkout'}{dirty}")
+    table.add_row("device", _esc(f"{r['device'] or '-'} x {r['world_size'] or 1}"))
+    table.add_row("val_bpb", _fmt(r["val_bpb"], ".4f"))
+    for dom, v in (s.get("val_bpb_domains") or {}).items():
+        table.add_row(_esc(f"  {dom}"), _fmt(v, ".4f"))
+    table.add_row("params", _fmt(r["params"], ","))
+    table.add_row("steps / tokens", f"{_fmt(r['steps'], ',')} / {_fmt(r['tokens'], ',')}")
+    table.add_row("training seconds", _fmt(r["seconds"], ".1f"))
+    table.add_row("tokens/s", _fmt(r["tokens_per_s"], ",.0f"))
+    table.add_row("MFU", _fmt(r["mfu"], ".1%"))
+    table.add_row("peak memory", f"{_fmt(r['peak_mem_mb'], ',.0f')} MiB")
+    if r["campaign"]:
+        table.add_row("campaign", _esc(f"{r['campaign']['id']} {r['campaign']['name']}"))
+    if r["experiment"]:
+        e = r["experiment"]
+        who = e["proposer"] + (f" ({e['model_id']})" if e["model_id"] else "") + f", {e['proposer_type']}"
+        table.add_row("experiment", _esc(f"{e['id']} [{e['kind']}] {e['hypothesis']} — proposed by {who}"))
+    series = r["series"]
+    if series:
+        table.add_row("metrics.jsonl", f"{series['num_rows']:,} rows, steps {series['first_step']}..{series['last_step']}, "
+                                       f"{series['file_size']:,} bytes, sha256 {series['sha256'][:12]}: {series['state']}")
+    else:
+        table.add_row("metrics.jsonl", "none")
+    console.print(table)
+    if r["evals"]:
+        evals = Table(title="evals", title_justify="left")
+        domains = list((r["evals"][-1].get("domains") or {}))
+        for col in ("step", "tokens", "val_bpb", *domains):
+            evals.add_column(col, justify="right")
+        for e in r["evals"]:
+            evals.add_row(f"{e['step']:,}", _fmt(e["tokens"], ","), _fmt(e["val_bpb"], ".4f"),
+                          *[_fmt((e.get("domains") or {}).get(d), ".4f") for d in domains])
+        console.print(evals)
+    for d in r["decisions"]:
+        ci = f" (95% CI {d['ci_low']:+.4f} .. {d['ci_high']:+.4f})" if d["ci_low"] is not None and d["ci_high"] is not None else ""
+        effect = f" effect {d['effect']:+.4f}{ci}" if d["effect"] is not None else ""
+        by = d["decided_by"] + (f" ({d['model_id']})" if d["model_id"] else "")
+        console.print(f"decision {d['id']}: [bold]{d['verdict']}[/bold]{effect} by {_esc(by)}: {_esc(d['rationale'] or '')}", highlight=False)
+    for n in r["notes"]:
+        console.print(f"note {_local_time(n['created_at'])} {n['author']}: {n['text']}", markup=False, highlight=False)
+    return 0
+
+
+def _runs_compare(args) -> int:
+    from .ledger.plot import format_cell
+
+    res = api.compare_runs(args.runs, plot=args.plot, db=args.db)
+    for run_id, why in (res.get("plot") or {}).get("missing", {}).items():
+        print(f"warning: no training-loss curve for run {run_id}: {why}", file=sys.stderr)
+    if args.json:
+        return _print_json(res)
+    from rich.table import Table
+
+    console = _console()
+    ids = [r["run_id"] for r in res["runs"]]
+    diff = Table(title="recipe differences", title_justify="left")
+    diff.add_column("key")
+    for i in ids:
+        diff.add_column(i, overflow="fold")
+    for key, values in res["recipe_diff"].items():
+        diff.add_row(key, *[_esc(str(v)) for v in values])
+    if res["recipe_diff"]:
+        console.print(diff)
+    else:
+        console.print("recipes: identical")
+    metrics = Table(title=f"metrics (deltas against {ids[0]})", title_justify="left")
+    metrics.add_column("metric")
+    for i in ids:
+        metrics.add_column(i, justify="right")
+    for m in res["metrics"]:
+        metrics.add_row(m["metric"], *[format_cell(m, i) for i in range(len(ids))])
+    metrics.add_row("status", *[str(r["status"]) for r in res["runs"]])
+    console.print(metrics)
+    if res.get("plot"):
+        console.print(f"plot: {res['plot']['path']}")
+    return 0
+
+
+def _runs_import(args) -> int:
+    res = api.import_runs(args.dirs, db=args.db)
+    if args.json:
+        _print_json(res)
+    else:
+        for r in res["runs"]:
+            print(f"{r['action']:<8} {r['run_id']}  {r['status']:<9} val_bpb {_fmt(r['val_bpb'], '.4f'):<7}  {r['run_dir']}")
+        for sk in res["skipped"]:
+            print(f"skipped  {sk['run_dir']}: {sk['error']}", file=sys.stderr)
+        added = sum(r["action"] == "added" for r in res["runs"])
+        num = len(res["runs"])
+        print(f"{num} runs in {res['ledger']} ({added} added, {num - added} updated), {len(res['skipped'])} skipped")
+    if res["skipped"] and not res["runs"]:
+        raise UserError(f"runs import: none of the {len(res['skipped'])} run directories could be read: {res['skipped'][0]['error']}")
+    return 0
+
+
+def _runs_export(args) -> int:
+    res = api.export_runs(args.format, args.out, args.status, args.recipe, args.campaign, args.since, args.until,
+                          limit=args.limit, sort=args.sort, db=args.db)
+    if args.json:
+        return _print_json(res)
+    print(f"exported {res['num_runs']} runs to {res['path']} ({res['format']})")
+    return 0
+
+
+def _runs_note(args) -> int:
+    note = api.note_run(args.run, args.text, author=args.author, db=args.db)
+    if args.json:
+        return _print_json(note)
+    print(f"note {note['id']} added to run {note['run_id']} by {note['author']}")
+    return 0
+
+
+def _runs_push(args) -> int:
+    res = api.push_run(args.run, args.to, dest=args.dest, db=args.db)
+    if args.json:
+        return _print_json(res)
+    print(f"pushed run {res['run_id']} to {res['to']}: {res['num_rows']:,} rows ({res['num_values']:,} values), "
+          f"{res['num_params']} params -> {res['dest']}")
+    return 0
+
+
+def _esc(text: str) -> str:
+    """User text (paths, hypotheses, rationales, list values) must not be read as rich markup."""
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _millions(v) -> str:
+    return "-" if v is None else (f"{v / 1e9:.2f}B" if v >= 1e9 else f"{v / 1e6:.2f}M" if v >= 1e4 else f"{v:,}")
+
+
+def _status(status: str) -> str:
+    color = {"ok": "green", "timeout": "yellow", "preempted": "yellow", "diverged": "red", "crashed": "red"}.get(status, "dim")
+    return f"[{color}]{status}[/{color}]"
+
+
+def _local_time(stamp: str | None) -> str:
+    from datetime import datetime
+
+    return "-" if not stamp else datetime.fromisoformat(stamp).astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def _short_path(path: str) -> str:
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
+COMMANDS = {"recipes": cmd_recipes, "train": cmd_train, "data": cmd_data, "runs": cmd_runs}
 
 if __name__ == "__main__":
     sys.exit(main())

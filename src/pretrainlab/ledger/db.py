@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 from ..errors import UserError
 from .schema import MIGRATIONS, statements
@@ -224,7 +224,8 @@ def connect(target: LedgerURL, create: bool = True) -> Database:
             db: Database = PostgresDatabase(target.url)
         except psycopg.Error as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"cannot connect to the ledger at {target}: {first}; check the server and the URL (--db or PRETRAINLAB_DB)") from None
+            raise UserError(f"cannot connect to the ledger at {target}: {first}; "
+                            "check the server and the URL (--db or PRETRAINLAB_DB)") from None
     else:
         path = target.path
         assert path is not None

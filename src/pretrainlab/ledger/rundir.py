@@ -42,6 +42,13 @@ def read_run_dir(run_dir: Path) -> dict[str, Any]:
         raise UserError(f"run directory {run_dir} does not exist")
     if not is_run_dir(run_dir):
         raise UserError(f"{run_dir} is not a run directory (no recipe.json); pass a directory written by `pretrainlab train`")
+    try:
+        return _read(run_dir)
+    except OSError as e:
+        raise UserError(f"cannot read {e.filename or run_dir}: {e.strerror or e}; check the run directory's permissions") from None
+
+
+def _read(run_dir: Path) -> dict[str, Any]:
     recipe = _load(run_dir / "recipe.json", required=True)
     summary = _load(run_dir / "summary.json", required=False)
     prov = _load(run_dir / "provenance.json", required=False) or {}
@@ -77,7 +84,7 @@ def scan_metrics(path: Path) -> tuple[list[dict], dict | None]:
     digest = hashlib.sha256()
     num_rows = 0
     first_step = last_step = None
-    last_line = b""
+    last_line = prev_line = b""
     evals: dict[int, dict] = {}
     with open(path, "rb") as f:
         for line in f:
@@ -85,7 +92,7 @@ def scan_metrics(path: Path) -> tuple[list[dict], dict | None]:
             if not line.strip():
                 continue
             num_rows += 1
-            last_line = line
+            prev_line, last_line = last_line, line
             if first_step is None:
                 first_step = _step(line)
             if b'"eval"' in line:
@@ -95,7 +102,7 @@ def scan_metrics(path: Path) -> tuple[list[dict], dict | None]:
                                                "domains": row.get("val_bpb_domains")}
     if last_line and _parse(last_line) is None:
         num_rows -= 1  # a line torn by a kill is not a row
-        last_line = b""
+        last_line = prev_line
     if last_line:
         last_step = _step(last_line)
     series = {"metrics_path": str(path.absolute()), "num_rows": num_rows, "num_evals": len(evals), "first_step": first_step,
