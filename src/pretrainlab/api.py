@@ -342,3 +342,88 @@ def _when(text: str | None, flag: str, end: bool = False) -> str | None:
         if dt.tzinfo is None:
             dt = dt.astimezone()  # local time
     return dt.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+# ---- research campaigns ------------------------------------------------------------------------
+# The loop lives in research/; these are its operations as the CLI, MCP and web call them.
+
+
+def research_start(recipe: str = "tiny-cpu", overrides: list[str] | None = None, *, name: str | None = None,
+                   db: str | None = None, echo: bool = True, **options) -> str:
+    """Start a campaign (foreground) and return its id. `options` are CampaignConfig fields:
+    goal, budget_runs, budget_hours, run_budget, strategy, parallel, seeds, alpha, ..."""
+    from .research import manage
+    from .research.campaign import CampaignConfig
+
+    try:
+        cfg = CampaignConfig(recipe=recipe, overrides=list(overrides or []), **options)
+    except TypeError as e:
+        raise UserError(f"research start: {e}") from None
+    return manage.start(cfg, name=name, db=db, echo=echo)
+
+
+def research_resume(campaign: str, db: str | None = None, echo: bool = True) -> str:
+    from .research import manage
+
+    return manage.resume(campaign, db=db, echo=echo)
+
+
+def research_status(campaign: str | None = None, db: str | None = None) -> dict | list[dict]:
+    """One campaign's leaderboard, or (no id) every campaign in the ledger."""
+    from .research import manage
+
+    if campaign is None:
+        with _ledger(db, create=False) as lg:
+            return [{k: c[k] for k in ("id", "name", "status", "goal", "created_at")} for c in lg.list_campaigns()]
+    return manage.status(campaign, db=db)
+
+
+def research_stop(campaign: str, db: str | None = None) -> None:
+    from .research import manage
+
+    manage.stop(campaign, db=db)
+
+
+def research_suggest(campaign: str, hypothesis: str, overrides: list[str], author: str, db: str | None = None) -> str:
+    from .research import manage
+
+    return manage.suggest(campaign, hypothesis, overrides, author, db=db)
+
+
+def research_review(experiment: str, approve: bool, author: str, reason: str | None = None, db: str | None = None) -> None:
+    from .research import manage
+
+    manage.review(experiment, approve, author, reason, db=db)
+
+
+def research_log(campaign: str, db: str | None = None) -> str:
+    from .research import manage, report
+
+    with _ledger(db, create=False) as lg:
+        return report.research_log(report.campaign_record(lg, manage._campaign(lg, campaign)["id"]))
+
+
+def write_report(campaign: str, out: Path, db: str | None = None) -> Path:
+    from .research import manage, report
+
+    with _ledger(db, create=False) as lg:
+        return report.write_report(lg, manage._campaign(lg, campaign)["id"], Path(out))
+
+
+# ---- the run doctor ----------------------------------------------------------------------------
+
+
+def _run_dir(ref: str, db: str | None) -> Path:
+    """A run directory given as a path, or a run id / unique id prefix looked up in the ledger."""
+    path = Path(ref)
+    if path.exists():
+        return path
+    with _ledger(db, create=False) as lg:
+        return Path(lg.get_run(lg.resolve_run(ref))["run_dir"])
+
+
+def diagnose_run(run: str, baseline: str | None = None, db: str | None = None):
+    """The doctor's Report for a run (dir or id), optionally against a baseline run."""
+    from .doctor import diagnose
+
+    return diagnose(_run_dir(run, db), baseline_dir=_run_dir(baseline, db) if baseline else None)

@@ -11,6 +11,13 @@
                      export --format json|csv|parquet -o FILE [filters] | note RUN TEXT [--author NAME] |
                      push RUN --to tensorboard|mlflow|wandb [--dest DIR_OR_URI]        (all: [--db URL] [--json])
 
+    pretrainlab research start --recipe NAME [--set k=v ...] --budget-runs N | --budget-hours H --run-budget 60s
+                              [--strategy auto|claude|openai|optuna|random|manual] [--parallel N] [--seeds K] ...
+    pretrainlab research status [CAMPAIGN] | resume CAMPAIGN | stop CAMPAIGN | log CAMPAIGN     [--json]
+    pretrainlab research suggest CAMPAIGN "hypothesis" --set k=v ... | approve EXP | reject EXP [--reason TEXT]
+    pretrainlab report CAMPAIGN -o report.html
+    pretrainlab doctor RUN [--baseline RUN] [--json]        (RUN = run dir or run id)
+
 Bad input exits with code 2 and one line on stderr naming the problem and the fix.
 A finished run exits 0; a diverged run 3; a preempted (SIGTERM) run 75.
 """
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -65,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--tokenizer", default="byte", help="which builtin corpus, when no directory is given")
     dr.add_argument("--json", action="store_true")
     _add_runs_parser(sub)
+    _add_research_parser(sub)
     return p
 
 
@@ -104,6 +113,59 @@ def _add_runs_parser(sub) -> None:
     push.add_argument("run", help="run id, unique id prefix, or run directory")
     push.add_argument("--to", required=True, help="tensorboard, mlflow or wandb")
     push.add_argument("--dest", metavar="DIR_OR_URI", help="tensorboard/wandb: a directory; mlflow: a tracking URI")
+
+
+def _add_research_parser(sub) -> None:
+    r = sub.add_parser("research", help="research campaigns: propose, run, decide, record")
+    rsub = r.add_subparsers(dest="research_command", required=True, parser_class=_Parser)
+    s = rsub.add_parser("start", help="start a campaign (runs in the foreground)")
+    s.add_argument("--recipe", default="tiny-cpu", help="starting recipe: a name or a recipe.json")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override the starting recipe")
+    s.add_argument("--goal", default="val_bpb", help="the metric to lower (val_bpb)")
+    s.add_argument("--budget-runs", type=int, default=40, help="training runs in total, baseline replicates included")
+    s.add_argument("--budget-hours", type=float, default=0.0, help="wall-clock cap for the campaign (0 = none)")
+    s.add_argument("--run-budget", default="60s", help="per run: seconds (60s, 5m) or tokens (2e6tok)")
+    s.add_argument("--strategy", default="auto", help="auto (claude if ANTHROPIC_API_KEY is set, else optuna), claude, openai, optuna, random, manual")
+    s.add_argument("--parallel", type=int, default=2, help="runs in flight at once (CPU: cores split fairly)")
+    s.add_argument("--seeds", type=int, default=3, help="replicates for the baseline and each confirmation")
+    s.add_argument("--alpha", type=float, default=0.05, help="two-sided significance level of a decision")
+    s.add_argument("--decision", default="welch", help="welch (noise-aware) or greedy (one seed, keep if lower: for comparison)")
+    s.add_argument("--approve-code", action="store_true", help="hold code patches until `research approve`")
+    s.add_argument("--llm-model", help="model id for claude/openai (default claude-opus-5)")
+    s.add_argument("--llm-base-url", help="API base URL (an OpenAI-compatible server for --strategy openai)")
+    s.add_argument("--spend-cap-usd", type=float, default=25.0, help="stop asking the LLM after this spend")
+    s.add_argument("--name", help="campaign name")
+    s.add_argument("--db", metavar="URL", help="ledger URL (default: env PRETRAINLAB_DB, else the workspace's)")
+    s.add_argument("--json", action="store_true")
+    for name, help_ in (("status", "a campaign's leaderboard (or every campaign)"), ("resume", "continue a campaign"),
+                        ("stop", "ask a running campaign to finish"), ("log", "the research log (Markdown)")):
+        c = rsub.add_parser(name, help=help_)
+        c.add_argument("campaign", nargs="?" if name == "status" else None)
+        c.add_argument("--db", metavar="URL")
+        c.add_argument("--json", action="store_true")
+    g = rsub.add_parser("suggest", help="queue a person's experiment")
+    g.add_argument("campaign")
+    g.add_argument("hypothesis")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    g.add_argument("--author", default=os.environ.get("USER") or "person")
+    g.add_argument("--db", metavar="URL")
+    g.add_argument("--json", action="store_true")
+    for name in ("approve", "reject"):
+        c = rsub.add_parser(name, help=f"{name} an experiment (recorded as your decision)")
+        c.add_argument("experiment")
+        c.add_argument("--reason")
+        c.add_argument("--author", default=os.environ.get("USER") or "person")
+        c.add_argument("--db", metavar="URL")
+        c.add_argument("--json", action="store_true")
+    doc = sub.add_parser("doctor", help="diagnose a run (finished or live): spikes, stalls, divergence, data problems")
+    doc.add_argument("run", help="run directory or run id")
+    doc.add_argument("--baseline", help="compare against this run (dir or id)")
+    doc.add_argument("--db", metavar="URL")
+    doc.add_argument("--json", action="store_true")
+    rep = sub.add_parser("report", help="a campaign's HTML report")
+    rep.add_argument("campaign")
+    rep.add_argument("-o", "--out", type=Path, default=Path("report.html"))
+    rep.add_argument("--db", metavar="URL")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -408,7 +470,86 @@ def _short_path(path: str) -> str:
         return path
 
 
-COMMANDS = {"recipes": cmd_recipes, "train": cmd_train, "data": cmd_data, "runs": cmd_runs}
+def cmd_research(args) -> int:
+    c = args.research_command
+    if c == "start":
+        options = dict(goal=args.goal, budget_runs=args.budget_runs, budget_hours=args.budget_hours, run_budget=args.run_budget,
+                       strategy=args.strategy, parallel=args.parallel, seeds=args.seeds, alpha=args.alpha, decision=args.decision,
+                       approve_code=args.approve_code, llm_model=args.llm_model, llm_base_url=args.llm_base_url,
+                       spend_cap_usd=args.spend_cap_usd)
+        cid = api.research_start(args.recipe, args.overrides, name=args.name, db=args.db, echo=True, **options)
+        return _campaign_done(cid, args)
+    if c == "resume":
+        return _campaign_done(api.research_resume(args.campaign, db=args.db), args)
+    if c == "status":
+        status = api.research_status(args.campaign, db=args.db)
+        if args.json:
+            return _print_json(status)
+        if args.campaign is None:
+            for row in status:
+                print(f"{row['id']}  {row['status']:<9} {row['created_at']}  {row['name']}")
+            return 0
+        _print_leaderboard(status)
+        return 0
+    if c == "stop":
+        api.research_stop(args.campaign, db=args.db)
+        print(f"campaign {args.campaign}: stop requested; the running loop finishes its runs' checkpoints and exits")
+        return 0
+    if c == "log":
+        print(api.research_log(args.campaign, db=args.db))
+        return 0
+    if c == "suggest":
+        exp = api.research_suggest(args.campaign, args.hypothesis, args.overrides, args.author, db=args.db)
+        return _print_json({"experiment": exp}) if args.json else (print(f"queued experiment {exp}") or 0)
+    api.research_review(args.experiment, c == "approve", args.author, args.reason, db=args.db)
+    print(f"experiment {args.experiment}: {c}d by {args.author}")
+    return 0
+
+
+def _campaign_done(cid: str, args) -> int:
+    from .research import manage
+
+    report = api.write_report(cid, manage.workspace() / "runs" / "campaigns" / cid / "report.html", db=args.db)
+    status = api.research_status(cid, db=args.db)
+    if args.json:
+        return _print_json({**status, "report": str(report)})
+    _print_leaderboard(status)
+    print(f"report: {report}")
+    return 0
+
+
+def _print_leaderboard(status: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"campaign {status['campaign']} ({status['status']}): {status['runs']}/{status['budget_runs']} runs")
+    for col in ("experiment", "hypothesis", "proposed by", "change", "runs", "mean val_bpb", "effect [95% CI]", "verdict"):
+        table.add_column(col, overflow="ellipsis", no_wrap=col not in ("hypothesis", "change"), max_width=44)
+    rows = sorted(status["experiments"], key=lambda e: (e["mean_val_bpb"] is None, e["mean_val_bpb"] or 0))
+    for e in rows:
+        ci = e["ci"] or [None, None]
+        effect = "" if e["effect"] is None else f"{e['effect']:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci[0] is not None else "")
+        short = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+        change = ", ".join(f"{k.split('.')[-1]} {short(a)}→{short(b)}" for k, (a, b) in (e["change"] or {}).items()) or \
+            ("(baseline)" if e["proposer"] == "campaign" else "")
+        who = f"{e['proposer']} ({e['model_id']})" if e["model_id"] else e["proposer"]
+        verdict = e["verdict"] or e["status"]
+        table.add_row(e["experiment"], e["hypothesis"][:80], who, change[:120], str(e["runs"]), _fmt(e["mean_val_bpb"], ".4f"), effect,
+                      f"[green]{verdict}[/green]" if verdict == "keep" else verdict)
+    _console().print(table)
+
+
+def cmd_doctor(args) -> int:
+    from .doctor import render_text
+
+    report = api.diagnose_run(args.run, args.baseline, db=args.db)
+    if args.json:
+        return _print_json(report.to_dict())
+    print(render_text(report, color=sys.stdout.isatty()))
+    return 0
+
+
+COMMANDS = {"doctor": cmd_doctor, "recipes": cmd_recipes, "train": cmd_train, "data": cmd_data, "runs": cmd_runs, "research": cmd_research,
+            "report": lambda args: print(f"report: {api.write_report(args.campaign, args.out, db=args.db)}") or 0}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -261,7 +261,10 @@ class Campaign:
             return
         if n == 1:  # screening: not clearly worse -> replicate
             mean, std = statistics.fmean(inc_values), statistics.stdev(inc_values)
-            if values[0] <= mean + 2 * std:
+            if values[0] <= mean + 2 * std and self.budget_spent(extra=self.cfg.seeds - 2):
+                self.decide(exp, "inconclusive", f"screen {values[0]:.4f} was promising (incumbent {mean:.4f} +- {std:.4f}) but the run "
+                            f"budget has no room for {self.cfg.seeds - 1} replicates", evidence, proposal, values[0])
+            elif values[0] <= mean + 2 * std:
                 self.ledger.set_experiment_status(exp_id, f"running:{self.cfg.seeds}")
                 self.log(f"{exp_id}: screen {values[0]:.4f} vs incumbent {mean:.4f} +- {std:.4f}: replicating")
             else:
@@ -273,7 +276,7 @@ class Campaign:
         evidence["comparison"] = cmp.to_dict()
         if cmp.verdict == IMPROVEMENT:
             self.decide(exp, "keep", cmp.summary(), evidence, proposal, cmp.mean_candidate, cmp)
-        elif cmp.p_improvement < 0.2 and looks < self.cfg.max_looks and not self.budget_spent(extra=self.cfg.seeds):
+        elif cmp.p_improvement < 0.2 and looks < self.cfg.max_looks and not self.budget_spent(extra=self.cfg.seeds - 1):
             self.ledger.set_experiment_status(exp_id, f"running:{n + self.cfg.seeds}")
             self.log(f"{exp_id}: promising ({cmp.summary()}); {self.cfg.seeds} more seeds")
         else:
@@ -308,10 +311,15 @@ class Campaign:
 
     # ---- c. scheduling -----------------------------------------------------------------------------------
 
+    def runs_started(self) -> int:
+        """Runs that count against the budget: registered, in flight, or ended without a result."""
+        registered = len(self.ledger.list_runs(campaign=self.id, limit=0, columns=("run_id",)))
+        return registered + len(self.runner.running()) + len(self.failed_jobs)
+
     def budget_spent(self, extra: int = 0) -> bool:
-        started = sum(max(planned_seeds(e["status"]), len(self.results(e["id"]))) for e in self.experiments())
+        """True when `extra` more runs would not fit in the run budget (or time is up)."""
         over_time = self.cfg.budget_hours and time.time() - self.started > self.cfg.budget_hours * 3600
-        return started + extra >= self.cfg.budget_runs or bool(over_time)
+        return self.runs_started() + extra >= self.cfg.budget_runs or bool(over_time)
 
     def next_job(self) -> Job | None:
         running = {j.key for j in self.runner.running()}
