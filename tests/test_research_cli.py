@@ -1,0 +1,58 @@
+"""`pretrainlab research ...` and `pretrainlab report` from the command line."""
+
+import json
+
+from conftest import cli, set_args, tiny_overrides
+
+
+def test_research_cli_round_trip(corpus_dir, tmp_path):
+    env = {"PRETRAINLAB_WORKSPACE": str(tmp_path)}
+    res = cli("research", "start", "--recipe", "tiny-cpu", *set_args(tiny_overrides(corpus_dir)), "--run-budget", "8192tok",
+              "--budget-runs", "5", "--parallel", "2", "--seeds", "2", "--strategy", "random", "--json", env_extra=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    status = json.loads(res.stdout)
+    cid = status["campaign"]
+    assert status["status"] == "done" and status["runs"] == 5
+    assert (tmp_path / "runs" / "campaigns" / cid / "report.html").exists()
+
+    listing = json.loads(cli("research", "status", "--json", env_extra=env).stdout)
+    assert [c["id"] for c in listing] == [cid]
+
+    log = cli("research", "log", cid[:6], env_extra=env)
+    assert log.returncode == 0 and "# Research log" in log.stdout and "baseline" in log.stdout
+
+    out = tmp_path / "report.html"
+    rep = cli("report", cid, "-o", str(out), env_extra=env)
+    assert rep.returncode == 0, rep.stderr
+    page = out.read_text()
+    assert "<svg" in page and "Ablations" in page and "Final recipe" in page and "http" not in page.replace("http://www.w3.org", "")
+
+    sug = cli("research", "suggest", cid, "a deeper model helps", "--set", "model.n_layer=3", "--author", "alice", "--json", env_extra=env)
+    assert sug.returncode == 0, sug.stderr
+    exp = json.loads(sug.stdout)["experiment"]
+    res = cli("research", "resume", cid, "--json", env_extra=env)  # budget already spent: nothing runs, the queue stays
+    assert res.returncode == 0, res.stderr[-2000:]
+    queued = [e for e in json.loads(res.stdout)["experiments"] if e["experiment"] == exp]
+    assert queued[0]["proposer"] == "alice" and queued[0]["status"] == "queued"
+
+    baseline = status["experiments"][0]["experiment"]
+    assert cli("research", "reject", baseline, "--reason", "seed 1 looked odd", "--author", "bob", env_extra=env).returncode == 0
+    log = cli("research", "log", cid, env_extra=env).stdout
+    assert "**discard** by bob" in log and "seed 1 looked odd" in log
+
+    stop = cli("research", "stop", cid, env_extra=env)
+    assert stop.returncode == 0 and json.loads(cli("research", "status", cid, "--json", env_extra=env).stdout)["status"] == "stopping"
+
+
+def test_research_bad_input_is_one_line(tmp_path):
+    env = {"PRETRAINLAB_WORKSPACE": str(tmp_path), "ANTHROPIC_API_KEY": ""}
+    for args, fragment in ((["--goal", "accuracy"], "--goal"), (["--budget-runs", "1"], "--budget-runs"),
+                           (["--run-budget", "soon"], "--run-budget"), (["--strategy", "claude"], "ANTHROPIC_API_KEY"),
+                           (["--strategy", "openai", "--llm-model", "m", "--llm-base-url", "http://127.0.0.1:9/v1"], "does not answer"),
+                           (["--strategy", "genetic"], "--strategy")):
+        res = cli("research", "start", "--recipe", "tiny-cpu", *args, env_extra=env)
+        assert res.returncode == 2, (args, res.stderr[-1500:])
+        assert res.stderr.count("\n") == 1 and fragment in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "runs").exists()
+    res = cli("research", "status", "nope", env_extra=env)
+    assert res.returncode == 2 and "no campaign" in res.stderr
