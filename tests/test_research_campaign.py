@@ -31,7 +31,7 @@ def test_optuna_campaign_end_to_end(corpus_dir, workspace):
     baseline = st["experiments"][0]
     assert baseline["proposer"] == "campaign" and baseline["runs"] == 2 and baseline["verdict"] == "keep"
     proposed = st["experiments"][1:]
-    assert proposed and all(e["proposer"] == "optuna" and e["verdict"] in ("keep", "discard", None) for e in proposed)
+    assert proposed and all(e["proposer"] == "optuna" and e["verdict"] in ("keep", "discard", "inconclusive", None) for e in proposed)
     ledger = Ledger()
     decisions = ledger.list_decisions(campaign_id=cid)
     assert all(d["decided_by"].startswith("pretrainlab stats") and d["rationale"] for d in decisions)
