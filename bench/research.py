@@ -46,10 +46,17 @@ def final_recipe(ledger, campaign_id) -> Recipe:
     return Recipe.from_dict(exp["change"]["recipe"])
 
 
+_RETRAINED: dict[tuple[str, int], float] = {}  # (recipe hash, seed) -> val_bpb: campaigns often end on the same recipe
+
+
 def retrain(recipe: Recipe, seeds: list[int], workdir: Path) -> list[float]:
     path = workdir / f"recipe-{recipe.hash()}.json"
     path.write_text(json.dumps(recipe.to_dict()))
-    return [api.train_run(str(path), [f"seed={s}"], workdir / f"eval-{recipe.hash()}-{s}", echo=False)[1]["val_bpb"] for s in seeds]
+    for s in seeds:
+        if (recipe.hash(), s) not in _RETRAINED:
+            run = api.train_run(str(path), [f"seed={s}"], workdir / f"eval-{recipe.hash()}-{s}", echo=False)
+            _RETRAINED[recipe.hash(), s] = run[1]["val_bpb"]
+    return [_RETRAINED[recipe.hash(), s] for s in seeds]
 
 
 def main():
