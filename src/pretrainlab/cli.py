@@ -127,6 +127,7 @@ def _add_research_parser(sub) -> None:
     s.add_argument("--run-budget", default="60s", help="per run: seconds (60s, 5m) or tokens (2e6tok)")
     s.add_argument("--strategy", default="auto", help="auto (claude if ANTHROPIC_API_KEY is set, else optuna), claude, openai, optuna, random, manual")
     s.add_argument("--parallel", type=int, default=2, help="runs in flight at once (CPU: cores split fairly)")
+    s.add_argument("--gpus", help="comma-separated GPU indices, one per slot (e.g. 0,1,2,3); default: CPU processes")
     s.add_argument("--seeds", type=int, default=3, help="replicates for the baseline and each confirmation")
     s.add_argument("--alpha", type=float, default=0.05, help="two-sided significance level of a decision")
     s.add_argument("--decision", default="welch", help="welch (noise-aware) or greedy (one seed, keep if lower: for comparison)")
@@ -474,7 +475,7 @@ def cmd_research(args) -> int:
     c = args.research_command
     if c == "start":
         options = dict(goal=args.goal, budget_runs=args.budget_runs, budget_hours=args.budget_hours, run_budget=args.run_budget,
-                       strategy=args.strategy, parallel=args.parallel, seeds=args.seeds, alpha=args.alpha, decision=args.decision,
+                       strategy=args.strategy, parallel=args.parallel, seeds=args.seeds, gpus=_gpu_list(args.gpus), alpha=args.alpha, decision=args.decision,
                        approve_code=args.approve_code, llm_model=args.llm_model, llm_base_url=args.llm_base_url,
                        spend_cap_usd=args.spend_cap_usd)
         cid = api.research_start(args.recipe, args.overrides, name=args.name, db=args.db, echo=True, **options)
@@ -504,6 +505,15 @@ def cmd_research(args) -> int:
     api.research_review(args.experiment, c == "approve", args.author, args.reason, db=args.db)
     print(f"experiment {args.experiment}: {c}d by {args.author}")
     return 0
+
+
+def _gpu_list(spec: str | None) -> list[int] | None:
+    if spec is None:
+        return None
+    try:
+        return [int(g) for g in spec.split(",")]
+    except ValueError:
+        raise UserError(f"--gpus {spec!r}: give comma-separated GPU indices, e.g. --gpus 0,1") from None
 
 
 def _campaign_done(cid: str, args) -> int:

@@ -54,6 +54,7 @@ class CampaignConfig:
     run_budget: str = "60s"  # per run: seconds ('60s', '5m') or tokens ('2e6tok')
     strategy: str = "auto"
     parallel: int = 2
+    gpus: list[int] | None = None  # one GPU index per slot; None = CPU processes with the cores split fairly
     seeds: int = 3  # replicates for the baseline and for each confirmation round
     alpha: float = 0.05
     max_looks: int = 2  # confirmation rounds per experiment
@@ -75,6 +76,8 @@ class CampaignConfig:
             raise UserError(f"--budget-hours must be >= 0, got {self.budget_hours}")
         if self.decision not in ("welch", "greedy"):
             raise UserError(f"--decision {self.decision!r}: use welch (noise-aware) or greedy (single seed, for comparison)")
+        if self.gpus is not None and len(self.gpus) < self.parallel:
+            raise UserError(f"--parallel {self.parallel} needs {self.parallel} GPUs, --gpus lists {len(self.gpus)}: lower --parallel or list more")
         if self.parallel < 1 or (self.seeds < 2 and self.decision == "welch"):
             raise UserError("--parallel must be >= 1 and --seeds >= 2 (a t-test needs two replicates)")
         if not 0 < self.alpha < 0.5:
@@ -82,9 +85,14 @@ class CampaignConfig:
         run_budget_overrides(self.run_budget)  # validates
 
     def base_recipe(self) -> Recipe:
+        """The starting recipe; with early stopping on, runs also evaluate at quarters of
+        their budget (the rungs) unless the recipe already sets train.eval_every_frac."""
         from ..api import resolve_recipe
 
-        return resolve_recipe(self.recipe, [*self.overrides, *run_budget_overrides(self.run_budget)])
+        recipe = resolve_recipe(self.recipe, [*self.overrides, *run_budget_overrides(self.run_budget)])
+        if self.early_stop and not recipe.train.eval_every_frac:
+            recipe.train.eval_every_frac = 0.25
+        return recipe
 
 
 def run_budget_overrides(spec: str) -> list[str]:

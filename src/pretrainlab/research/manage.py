@@ -88,7 +88,7 @@ def _run(ledger, campaign_id: str, cfg: CampaignConfig, strategy: Strategy, echo
         strategy.context["campaign_id"] = campaign_id
     workdir = workspace() / "runs" / "campaigns" / campaign_id
     workdir.mkdir(parents=True, exist_ok=True)
-    runner = LocalRunner(cfg.parallel, log_dir=workdir / "logs")
+    runner = LocalRunner(cfg.parallel, gpus=cfg.gpus, log_dir=workdir / "logs")
     campaign = Campaign(ledger, campaign_id, strategy, runner, workdir, echo=echo)
     try:
         campaign.run()
