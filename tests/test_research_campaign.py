@@ -60,3 +60,23 @@ def test_bad_input_fails_before_anything_starts(corpus_dir, workspace):
     with pytest.raises(UserError, match="does not answer"):
         manage.start(config(corpus_dir, strategy="openai", llm_model="m", llm_base_url="http://127.0.0.1:9/v1"), echo=False)
     assert not (workspace / "runs").exists()
+
+
+def test_transfer_check_and_a_persons_suggestion(corpus_dir, workspace):
+    """A person's clearly better change wins at small scale, then must win again at a larger rung."""
+    slow = tiny_overrides(corpus_dir) + ["optim.lr=0.0001", "optim.muon_lr=0.0005"]  # a starting recipe with far too low LRs
+    cfg = config(corpus_dir, overrides=slow, strategy="manual", budget_runs=10, transfer=["model.n_layer=3"], early_stop=False)
+    cid = manage.start(cfg, echo=False)
+    assert manage.status(cid)["runs"] == 2  # manual: only the baseline until someone suggests
+    exp = manage.suggest(cid, "sane learning rates", ["optim.lr=0.01", "optim.muon_lr=0.03"], "alice")
+    manage.resume(cid, echo=False)
+    ledger = Ledger()
+    (decision,) = [d for d in ledger.list_decisions(experiment_id=exp)]
+    assert decision["verdict"] == "keep" and "the gain holds" in decision["rationale"]
+    assert decision["evidence"]["transfer_rung"] == ["model.n_layer=3"]
+    sides = [e for e in ledger.list_experiments(cid) if (e["change"] or {}).get("transfer_of") == exp]
+    assert sorted(e["change"]["role"] for e in sides) == ["candidate", "incumbent"]
+    assert all(e["change"]["recipe"]["model"]["n_layer"] == 3 for e in sides)
+    st = manage.status(cid)
+    assert st["incumbent"]["experiment"] == exp and st["incumbent"]["proposer"] == "alice"
+    assert st["runs"] == 2 + 2 + 4

@@ -132,6 +132,8 @@ def _add_research_parser(sub) -> None:
     s.add_argument("--alpha", type=float, default=0.05, help="two-sided significance level of a decision")
     s.add_argument("--decision", default="welch", help="welch (noise-aware) or greedy (one seed, keep if lower: for comparison)")
     s.add_argument("--approve-code", action="store_true", help="hold code patches until `research approve`")
+    s.add_argument("--transfer", action="append", default=[], metavar="KEY=VALUE",
+                   help="a larger rung (e.g. --transfer model.n_layer=8 --transfer model.n_embd=256): winners must win there too")
     s.add_argument("--llm-model", help="model id for claude/openai (default claude-opus-5)")
     s.add_argument("--llm-base-url", help="API base URL (an OpenAI-compatible server for --strategy openai)")
     s.add_argument("--spend-cap-usd", type=float, default=25.0, help="stop asking the LLM after this spend")
@@ -476,7 +478,7 @@ def cmd_research(args) -> int:
     if c == "start":
         options = dict(goal=args.goal, budget_runs=args.budget_runs, budget_hours=args.budget_hours, run_budget=args.run_budget,
                        strategy=args.strategy, parallel=args.parallel, seeds=args.seeds, gpus=_gpu_list(args.gpus), alpha=args.alpha, decision=args.decision,
-                       approve_code=args.approve_code, llm_model=args.llm_model, llm_base_url=args.llm_base_url,
+                       approve_code=args.approve_code, transfer=args.transfer, llm_model=args.llm_model, llm_base_url=args.llm_base_url,
                        spend_cap_usd=args.spend_cap_usd)
         cid = api.research_start(args.recipe, args.overrides, name=args.name, db=args.db, echo=True, **options)
         return _campaign_done(cid, args)

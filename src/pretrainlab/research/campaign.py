@@ -59,6 +59,7 @@ class CampaignConfig:
     alpha: float = 0.05
     max_looks: int = 2  # confirmation rounds per experiment
     decision: str = "welch"  # "welch" (replicated, noise-aware) or "greedy" (one seed, keep if lower: the autoresearch rule)
+    transfer: list[str] = field(default_factory=list)  # overrides of a larger rung; a winner must win there too before it is kept
     early_stop: bool = True
     approve_code: bool = False  # code patches wait for `research approve`
     strategy_seed: int = 0
@@ -83,6 +84,11 @@ class CampaignConfig:
         if not 0 < self.alpha < 0.5:
             raise UserError(f"--alpha must be in (0, 0.5), got {self.alpha}")
         run_budget_overrides(self.run_budget)  # validates
+        if self.transfer:
+            try:
+                apply_overrides(Recipe(), self.transfer)
+            except ValueError as e:
+                raise UserError(f"--transfer: {e}") from None
 
     def base_recipe(self) -> Recipe:
         """The starting recipe; with early stopping on, runs also evaluate at quarters of
@@ -149,7 +155,10 @@ class Campaign:
 
     def incumbent(self) -> tuple[dict | None, list[float]]:
         """(the experiment whose recipe is the incumbent, its replicate values)."""
-        kept = [d for d in self.ledger.list_decisions(campaign_id=self.id) if d["verdict"] == "keep"]
+        latest: dict[str, dict] = {}
+        for d in self.ledger.list_decisions(campaign_id=self.id):  # a person's later reject revokes a keep
+            latest[d["experiment_id"]] = d
+        kept = sorted((d for d in latest.values() if d["verdict"] == "keep"), key=lambda d: d["created_at"])
         if not kept:
             return None, []
         exp = self.ledger.get_experiment(kept[-1]["experiment_id"])
@@ -249,6 +258,10 @@ class Campaign:
         values = [r["val_bpb"] for r in results.values() if r["status"] == "ok" and r["val_bpb"] is not None]
         evidence = {"runs": {s: r["run_id"] for s, r in results.items()}, "values": values}
         proposal = self.proposals.get(exp_id)
+        if (exp["change"] or {}).get("transfer_of"):  # one side of a transfer check
+            self.ledger.set_experiment_status(exp_id, "decided")
+            self.maybe_finish_transfer(exp["change"]["transfer_of"])
+            return
         if exp["proposer"] == "campaign" and not self.incumbent()[0]:  # the baseline
             nf = noise_floor(values)
             self.ledger.record_decision("keep", decided_by=DECIDER, decider_type="strategy", experiment_id=exp_id,
@@ -282,13 +295,52 @@ class Campaign:
         looks = max(1, n // self.cfg.seeds)
         cmp = compare(inc_values, values, alpha=self.cfg.alpha, looks=looks)
         evidence["comparison"] = cmp.to_dict()
-        if cmp.verdict == IMPROVEMENT:
+        if cmp.verdict == IMPROVEMENT and self.cfg.transfer:
+            self.start_transfer(exp, cmp)
+        elif cmp.verdict == IMPROVEMENT:
             self.decide(exp, "keep", cmp.summary(), evidence, proposal, cmp.mean_candidate, cmp)
         elif cmp.p_improvement < 0.2 and looks < self.cfg.max_looks and not self.budget_spent(extra=self.cfg.seeds - 1):
             self.ledger.set_experiment_status(exp_id, f"running:{n + self.cfg.seeds}")
             self.log(f"{exp_id}: promising ({cmp.summary()}); {self.cfg.seeds} more seeds")
         else:
             self.decide(exp, "discard", cmp.summary(), evidence, proposal, cmp.mean_candidate, cmp)
+
+    # ---- transfer checks: a winner must also win at the larger rung ------------------------------------
+
+    def start_transfer(self, exp: dict, cmp) -> None:
+        """Queue the incumbent and the candidate at the transfer rung, `seeds` seeds each."""
+        if self.budget_spent(extra=2 * self.cfg.seeds - 1):
+            self.decide(exp, "inconclusive", f"{cmp.summary()}; no run budget left for the transfer check "
+                        f"({2 * self.cfg.seeds} runs)", {"comparison": cmp.to_dict()}, self.proposals.get(exp["id"]), cmp.mean_candidate, cmp)
+            return
+        inc, _ = self.incumbent()
+        for role, source in (("incumbent", inc), ("candidate", exp)):
+            recipe = apply_overrides(self.recipe_of(source), self.cfg.transfer)
+            self.ledger.add_experiment(f"transfer check of {exp['id']}: the {role} at the larger rung", kind=exp["kind"],
+                                       proposer="campaign", proposer_type="strategy", campaign_id=self.id,
+                                       rationale=f"does the gain ({cmp.effect:+.4f}) hold at {', '.join(self.cfg.transfer)}?",
+                                       parent_recipe=self.recipe_of(source).to_dict(),
+                                       change={"transfer_of": exp["id"], "role": role, "small_scale": cmp.to_dict(),
+                                               "recipe": recipe.to_dict(), "patch": (source["change"] or {}).get("patch")},
+                                       status=f"running:{self.cfg.seeds}")
+        self.ledger.set_experiment_status(exp["id"], "transfer")
+        self.log(f"{exp['id']}: {cmp.summary()} — checking transfer at {', '.join(self.cfg.transfer)}")
+
+    def maybe_finish_transfer(self, candidate_id: str) -> None:
+        sides = {e["change"]["role"]: e for e in self.experiments() if (e["change"] or {}).get("transfer_of") == candidate_id}
+        if len(sides) < 2 or any(e["status"] != "decided" for e in sides.values()):
+            return
+        values = {role: [r["val_bpb"] for r in self.results(e["id"]).values() if r["status"] == "ok" and r["val_bpb"] is not None]
+                  for role, e in sides.items()}
+        exp = self.ledger.get_experiment(candidate_id)
+        small = sides["candidate"]["change"]["small_scale"]
+        cmp = compare(values["incumbent"], values["candidate"], alpha=self.cfg.alpha)
+        holds = cmp.verdict == IMPROVEMENT
+        evidence = {"small_scale": small, "transfer": cmp.to_dict(), "transfer_rung": self.cfg.transfer,
+                    "transfer_experiments": {role: e["id"] for role, e in sides.items()}}
+        why = (f"small scale: effect {small['effect']:+.4f}; at the larger rung: {cmp.summary()} — "
+               + ("the gain holds" if holds else "the gain does not hold at scale"))
+        self.decide(exp, "keep" if holds else "discard", why, evidence, self.proposals.get(candidate_id), small["mean_candidate"], cmp)
 
     def decide(self, exp, verdict, rationale, evidence, proposal, value, cmp=None) -> None:
         self.ledger.record_decision(verdict, decided_by=f"{DECIDER} (Welch, alpha={self.cfg.alpha})", decider_type="strategy",
@@ -309,8 +361,9 @@ class Campaign:
         if not frac or inc is None:
             return
         ref = early_stop.rung_reference([early_stop.eval_curve(Path(r["run_dir"]), frac) for r in self.results(inc["id"]).values()])
+        exempt = {inc["id"]} | {e["id"] for e in self.experiments() if (e["change"] or {}).get("transfer_of")}  # other scale
         for job in self.runner.running():
-            if job.key.startswith(inc["id"]):
+            if job.key.rsplit("-s", 1)[0] in exempt:
                 continue
             stop, why = early_stop.should_stop(early_stop.eval_curve(job.out_dir, frac), ref)
             if stop:
