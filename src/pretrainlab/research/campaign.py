@@ -91,13 +91,13 @@ class CampaignConfig:
                 raise UserError(f"--transfer: {e}") from None
 
     def base_recipe(self) -> Recipe:
-        """The starting recipe; with early stopping on, runs also evaluate at quarters of
-        their budget (the rungs) unless the recipe already sets train.eval_every_frac."""
+        """The starting recipe; with early stopping on, runs also evaluate at half of
+        their budget (the rung) unless the recipe already sets train.eval_every_frac."""
         from ..api import resolve_recipe
 
         recipe = resolve_recipe(self.recipe, [*self.overrides, *run_budget_overrides(self.run_budget)])
         if self.early_stop and not recipe.train.eval_every_frac:
-            recipe.train.eval_every_frac = 0.25
+            recipe.train.eval_every_frac = 0.5
         return recipe
 
 
