@@ -46,3 +46,32 @@ def test_sigkill_then_resume(corpus_dir, tmp_path, monkeypatch):
         run_dir = campaigns / campaign_id / name
         assert json.loads((run_dir / "summary.json").read_text())["finished_at"] == summary["finished_at"]
     assert manage.status(campaign_id)["status"] == "done"
+
+
+def test_stop_then_resume(corpus_dir, tmp_path, monkeypatch):
+    """`research stop` from another process: in-flight runs checkpoint and are continued by
+    `resume`, not judged as failures."""
+    monkeypatch.setenv("PRETRAINLAB_WORKSPACE", str(tmp_path))
+    monkeypatch.delenv("PRETRAINLAB_DB", raising=False)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("ANTHROPIC_API_KEY", None)
+    cfg = dict(recipe="tiny-cpu", overrides=tiny_overrides(corpus_dir, **{"train.ckpt_every": 5}), run_budget="204800tok",
+               budget_runs=4, parallel=2, seeds=2, strategy="random", early_stop=False)
+    code = ("import json, sys; from pretrainlab.research import manage; from pretrainlab.research.campaign import CampaignConfig; "
+            "manage.start(CampaignConfig(**json.loads(sys.argv[1])), echo=False)")
+    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(cfg)], env=env, stderr=subprocess.PIPE, text=True)
+    campaigns = tmp_path / "runs" / "campaigns"
+    deadline = time.time() + 120
+    while not list(campaigns.glob("*/*/ckpt/step_*.pt")):  # runs in flight, with a checkpoint
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else "timeout"
+        time.sleep(0.05)
+    (campaign_id,) = [c["id"] for c in Ledger().list_campaigns()]
+    manage.stop(campaign_id)
+    assert proc.wait(timeout=120) == 0
+    assert manage.status(campaign_id)["status"] == "stopped"
+    assert not Ledger().list_decisions(campaign_id=campaign_id)  # interrupted runs are not verdicts
+    manage.resume(campaign_id, echo=False)
+    st = manage.status(campaign_id)
+    assert st["status"] == "done" and st["runs"] == 4
+    resumed = [json.loads(p.read_text()) for p in campaigns.glob("*/*/provenance.json")]
+    assert any(p.get("resumes") for p in resumed)  # continued from their checkpoints

@@ -224,6 +224,9 @@ class Campaign:
 
     def on_finished(self, result: JobResult) -> None:
         exp_id = result.job.key.rsplit("-s", 1)[0]
+        if result.status == "shutdown":  # the campaign is stopping: the run resumes from its checkpoint next time
+            self.log(f"{result.job.key}: interrupted by the stop; `research resume` continues it")
+            return
         if result.summary is not None:
             self.register(exp_id, result.job.out_dir)
         if result.summary is None or result.status in ("crashed", "stopped"):

@@ -162,8 +162,9 @@ class LocalRunner:
         return busy / max(1e-9, self.num_slots * (end - self._created))
 
     def shutdown(self) -> None:
+        """Stop everything (status 'shutdown': checkpointed, to be resumed, not a verdict)."""
         for key in list(self._running):
-            self.stop(key)
+            self.stop(key, reason="shutdown")
         deadline = time.time() + KILL_GRACE_S
         while self._running and time.time() < deadline:
             self.poll()
