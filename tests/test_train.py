@@ -103,3 +103,10 @@ def test_bf16_autocast_path_runs_on_cpu(corpus_dir, tmp_path):
     # the GPU default; on CPU it exercises the same autocast code path
     _, s = api.train_run("tiny-cpu", tiny_overrides(corpus_dir, **{"budget.tokens": 4096, "train.dtype": "bfloat16"}), tmp_path / "r", echo=False)
     assert s["status"] == "ok" and math.isfinite(s["val_bpb"]) and s["val_bpb"] < 8
+
+
+def test_time_budget_warmup_starts_above_zero(corpus_dir, tmp_path):
+    run, _ = api.train_run("tiny-cpu", tiny_overrides(corpus_dir, **{"budget.seconds": 1.0, "optim.warmup_frac": 0.1}), tmp_path / "r", echo=False)
+    rows = read_rows(run)
+    assert all(r["lr"] > 0 for r in rows)  # no step wasted at LR 0, even before a step duration is known
+    assert rows[0]["lr"] < rows[len(rows) // 4]["lr"]  # and still warming up

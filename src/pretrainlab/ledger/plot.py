@@ -120,7 +120,8 @@ def format_value(key: str, v, signed: bool = False) -> str:
 
 
 def svg_chart(title: str, xlabel: str, ylabel: str, series: list[tuple[str, str, list, bool]], width: int = 820, height: int = 340) -> str:
-    """A line chart as inline SVG. series: (label, color, [(x, y)], markers). The y axis is
+    """A line chart as inline SVG. series: (label, color, [(x, y)], markers), markers True
+    (line and points), False (line only) or "only" (points only: a scatter). The y axis is
     capped at the highest starting value, so one diverging run does not flatten the rest."""
     esc = html.escape
     # the legend: rows of (swatch, label) under the title, so the SVG also reads on its own
@@ -171,7 +172,8 @@ def svg_chart(title: str, xlabel: str, ylabel: str, series: list[tuple[str, str,
         if not s:
             continue
         coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in s)
-        out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.3" points="{coords}"><title>{esc(label)}</title></polyline>')
+        if markers != "only":
+            out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.3" points="{coords}"><title>{esc(label)}</title></polyline>')
         if markers:
             out += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{color}">'
                     f'<title>{esc(label)}: {y:.4f} at {x:,} tokens</title></circle>' for x, y in s]

@@ -268,7 +268,7 @@ class Campaign:
         if exp["proposer"] == "campaign" and not self.incumbent()[0]:  # the baseline
             nf = noise_floor(values)
             self.ledger.record_decision("keep", decided_by=DECIDER, decider_type="strategy", experiment_id=exp_id,
-                                        rationale=f"baseline: mean {nf.get('mean', float('nan')):.4f}, seed std {nf['std']}",
+                                        rationale=f"baseline: mean {nf.get('mean', float('nan')):.4f}, seed std {nf['std'] or 0:.4f} over {nf['n']} seeds",
                                         evidence={**evidence, "noise_floor": nf})
             self.ledger.set_experiment_status(exp_id, "decided")
             self.log(f"baseline {exp_id}: {nf}")

@@ -50,10 +50,14 @@ def _effect(d: dict | None) -> str:
     return f"{d['effect']:+.4f}{ci}"
 
 
+def _short(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def _change(e: dict) -> str:
     change = e.get("change") or {}
     if change.get("diff"):
-        return ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in change["diff"].items())
+        return ", ".join(f"{k}: {_short(a)} -> {_short(b)}" for k, (a, b) in change["diff"].items())
     if change.get("patch"):
         return "code patch"
     return "(starting recipe)" if e["proposer"] == "campaign" else "-"
@@ -96,7 +100,7 @@ def progress_series(record: dict) -> list:
             best = e["mean"]
         if best is not None:
             frontier.append((i, best))
-    return [("kept", KEPT, kept, True), ("discarded", DISCARDED, discarded, True), ("incumbent (frontier)", FRONTIER, frontier, False)]
+    return [("incumbent (frontier)", FRONTIER, frontier, False), ("kept", KEPT, kept, "only"), ("discarded", DISCARDED, discarded, "only")]
 
 
 def render_report(record: dict, findings: dict[str, list[dict]] | None = None) -> str:

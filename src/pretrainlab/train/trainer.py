@@ -268,7 +268,8 @@ def train(recipe: Recipe | None = None, out_dir: Path | None = None, resume_dir:
     try:
         while progress() < 1.0:
             t0 = time.perf_counter()
-            lr = set_lr(optimizers, lr_multiplier(progress(ahead=True), recipe.optim))
+            # a floor so the very first step of a time budget (no step duration measured yet) does not run at LR 0
+            lr = set_lr(optimizers, lr_multiplier(max(progress(ahead=True), 1e-3), recipe.optim))
             # 6a. data: the global batch, this rank's rows
             x_all, y_all = loader.next_batch()
             if recipe.faults.data_sleep_s:
@@ -317,8 +318,8 @@ def train(recipe: Recipe | None = None, out_dir: Path | None = None, resume_dir:
             dt = time.perf_counter() - t0
             state["step"] += 1
             state["tokens"] += tc.batch_tokens
+            state["last_step_s"] = dt
             if state["step"] > untimed_steps:
-                state["last_step_s"] = dt
                 state["train_seconds"] += dt
                 state["timed_tokens"] += tc.batch_tokens
             tokens_per_s = tc.batch_tokens / dt
