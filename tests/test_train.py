@@ -108,5 +108,5 @@ def test_bf16_autocast_path_runs_on_cpu(corpus_dir, tmp_path):
 def test_time_budget_warmup_starts_above_zero(corpus_dir, tmp_path):
     run, _ = api.train_run("tiny-cpu", tiny_overrides(corpus_dir, **{"budget.seconds": 1.0, "optim.warmup_frac": 0.1}), tmp_path / "r", echo=False)
     rows = read_rows(run)
-    assert all(r["lr"] > 0 for r in rows)  # no step wasted at LR 0, even before a step duration is known
+    assert all(r["lr"] > 0 for r in rows[:3])  # no step wasted at LR 0, even before a step duration is known
     assert rows[0]["lr"] < rows[len(rows) // 4]["lr"]  # and still warming up
