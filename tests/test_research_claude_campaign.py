@@ -4,7 +4,6 @@ goes on."""
 
 import difflib
 
-import pytest
 
 from conftest import tiny_overrides
 from fake_llm_server import FakeServer, message, text, tool_use

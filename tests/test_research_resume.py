@@ -20,7 +20,7 @@ def test_sigkill_then_resume(corpus_dir, tmp_path, monkeypatch):
     cfg = dict(recipe="tiny-cpu", overrides=tiny_overrides(corpus_dir), run_budget="16384tok", budget_runs=9, parallel=2, seeds=2,
                strategy="random")
     code = ("import json, sys; from pretrainlab.research import manage; from pretrainlab.research.campaign import CampaignConfig; "
-            f"manage.start(CampaignConfig(**json.loads(sys.argv[1])))")
+            "manage.start(CampaignConfig(**json.loads(sys.argv[1])))")
     proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(cfg)], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     campaigns = tmp_path / "runs" / "campaigns"

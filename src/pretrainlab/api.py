@@ -57,9 +57,14 @@ def resolve_recipe(name: str, overrides: list[str] | None = None) -> Recipe:
         raise UserError(f"{name}: {e}" if name.endswith(".json") else str(e)) from None
 
 
-def default_run_dir(recipe: Recipe, root: Path = Path("runs")) -> Path:
+def workspace() -> Path:
+    """Where runs/ and the default ledger live: env PRETRAINLAB_WORKSPACE, else the current directory."""
+    return Path(os.environ.get("PRETRAINLAB_WORKSPACE") or ".")
+
+
+def default_run_dir(recipe: Recipe) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return root / f"{recipe.name}-{stamp}-{secrets.token_hex(2)}"
+    return workspace() / "runs" / f"{recipe.name}-{stamp}-{secrets.token_hex(2)}"
 
 
 def train_run(recipe_name: str | None = None, overrides: list[str] | None = None, out: Path | None = None,

@@ -519,9 +519,7 @@ def _gpu_list(spec: str | None) -> list[int] | None:
 
 
 def _campaign_done(cid: str, args) -> int:
-    from .research import manage
-
-    report = api.write_report(cid, manage.workspace() / "runs" / "campaigns" / cid / "report.html", db=args.db)
+    report = api.write_report(cid, api.workspace() / "runs" / "campaigns" / cid / "report.html", db=args.db)
     status = api.research_status(cid, db=args.db)
     if args.json:
         return _print_json({**status, "report": str(report)})

@@ -9,16 +9,12 @@ from __future__ import annotations
 import os
 import statistics
 from dataclasses import asdict
-from pathlib import Path
 
+from ..api import workspace
 from ..errors import UserError
 from ..runners import LocalRunner
 from .campaign import Campaign, CampaignConfig
 from .strategies import STRATEGIES, Strategy
-
-
-def workspace() -> Path:
-    return Path(os.environ.get("PRETRAINLAB_WORKSPACE") or ".")
 
 
 def make_strategy(cfg: CampaignConfig, ledger, campaign_id: str | None, echo: bool = True) -> Strategy:
