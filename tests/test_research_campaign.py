@@ -80,3 +80,15 @@ def test_transfer_check_and_a_persons_suggestion(corpus_dir, workspace):
     st = manage.status(cid)
     assert st["incumbent"]["experiment"] == exp and st["incumbent"]["proposer"] == "alice"
     assert st["runs"] == 2 + 2 + 4
+
+
+def test_clear_losers_are_stopped_early(corpus_dir, workspace):
+    """A suggestion that cannot learn (LR ~ 0) is stopped at the half-budget rung."""
+    cfg = config(corpus_dir, strategy="manual", budget_runs=6, run_budget=f"{1024 * 150}tok", parallel=1)
+    cid = manage.start(cfg, echo=False)
+    exp = manage.suggest(cid, "no learning at all", ["optim.lr=1e-7", "optim.muon_lr=1e-7"], "carol")
+    manage.resume(cid, echo=False)
+    (decision,) = Ledger().list_decisions(experiment_id=exp)
+    assert decision["verdict"] == "discard" and "stopped early" in decision["rationale"]
+    (run,) = Ledger().list_runs(experiment=exp, columns=("run_id", "tokens", "status"))
+    assert run["tokens"] < 1024 * 150  # it did not burn its whole budget
