@@ -34,7 +34,11 @@ def test_a_crash_is_a_result_with_its_stderr(tmp_path):
 
 def test_timeout_stops_the_run_with_a_checkpoint(corpus_dir, tmp_path):
     runner = LocalRunner(num_slots=1)
-    runner.submit(Job("slow", "tiny-cpu", tmp_path / "slow", tiny_overrides(corpus_dir, **{"budget.tokens": 10**9}), timeout_s=4))
+    job = Job("slow", "tiny-cpu", tmp_path / "slow", tiny_overrides(corpus_dir, **{"budget.tokens": 10**9}))
+    runner.submit(job)
+    while not (tmp_path / "slow" / "metrics.jsonl").exists():  # training (start-up time varies with machine load)
+        time.sleep(0.05)
+    job.timeout_s = time.time() - runner._running["slow"].started_at + 1.0  # time out one second from now
     t0 = time.time()
     (result,) = runner.wait()
     assert result.status == "timeout" and result.summary["status"] == "preempted"
