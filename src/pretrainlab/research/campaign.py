@@ -368,7 +368,8 @@ class Campaign:
         for job in self.runner.running():
             if job.key.rsplit("-s", 1)[0] in exempt:
                 continue
-            stop, why = early_stop.should_stop(early_stop.eval_curve(job.out_dir, frac), ref)
+            curve = {rung: v for rung, v in early_stop.eval_curve(job.out_dir, frac).items() if rung < round(1 / frac)}  # not the final eval
+            stop, why = early_stop.should_stop(curve, ref)
             if stop:
                 self.log(f"{job.key}: early stop — {why}")
                 self.runner.stop(job.key)

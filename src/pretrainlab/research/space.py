@@ -68,16 +68,7 @@ def apply(base: Recipe, values: dict[str, Any]) -> Recipe:
 
 
 def recipe_diff(base: Recipe, other: Recipe) -> dict[str, tuple[Any, Any]]:
-    """{dotted key: (base value, other value)} for every leaf that differs (name excluded)."""
+    """{dotted key: (base value, other value)} for every field that differs (name excluded)."""
+    from ..ledger.compare import recipe_diff as diff_many
 
-    def flat(d: dict, prefix: str = "") -> dict:
-        out = {}
-        for k, v in d.items():
-            if isinstance(v, dict) and k != "weights":
-                out.update(flat(v, f"{prefix}{k}."))
-            else:
-                out[prefix + k] = v
-        return out
-
-    a, b = flat(base.to_dict()), flat(other.to_dict())
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if k != "name" and a.get(k) != b.get(k)}
+    return {k: tuple(v) for k, v in diff_many([base.to_dict(), other.to_dict()]).items() if k != "name"}
