@@ -533,7 +533,8 @@ def _print_leaderboard(status: dict) -> None:
 
     table = Table(title=f"campaign {status['campaign']} ({status['status']}): {status['runs']}/{status['budget_runs']} runs")
     for col in ("experiment", "hypothesis", "proposed by", "change", "runs", "mean val_bpb", "effect [95% CI]", "verdict"):
-        table.add_column(col, overflow="ellipsis", no_wrap=col not in ("hypothesis", "change"), max_width=44)
+        table.add_column(col, overflow="ellipsis", no_wrap=True, max_width={"hypothesis": 28, "change": 44}.get(col),
+                         min_width={"experiment": 12, "runs": 4, "mean val_bpb": 8, "verdict": 12, "proposed by": 8}.get(col))
     rows = sorted(status["experiments"], key=lambda e: (e["mean_val_bpb"] is None, e["mean_val_bpb"] or 0))
     for e in rows:
         ci = e["ci"] or [None, None]
@@ -545,7 +546,9 @@ def _print_leaderboard(status: dict) -> None:
         verdict = e["verdict"] or e["status"]
         table.add_row(e["experiment"], e["hypothesis"][:80], who, change[:120], str(e["runs"]), _fmt(e["mean_val_bpb"], ".4f"), effect,
                       f"[green]{verdict}[/green]" if verdict == "keep" else verdict)
-    _console().print(table)
+    from rich.console import Console
+
+    Console(width=None if sys.stdout.isatty() else 170).print(table)  # one line per experiment in logs too
 
 
 def cmd_doctor(args) -> int:
