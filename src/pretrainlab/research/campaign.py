@@ -396,6 +396,9 @@ class Campaign:
                 return self.job(exp, seed)
         if self.incumbent()[0] is None:
             return None  # proposals are compared against a measured baseline
+        screening = sum(e["status"] == "running:1" for e in self.experiments())
+        if self.cfg.decision == "welch" and self.budget_spent(extra=screening * (self.cfg.seeds - 1)):
+            return None  # keep room to replicate the screens in flight rather than start new ones
         queued = [e for e in self.experiments() if e["status"] == "queued"]
         for _ in range(3):  # a round whose proposals were all rejected: ask again, a bounded number of times
             if queued or self.strategy_disabled or self.quiet_at == self.num_decisions():
