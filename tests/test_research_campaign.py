@@ -72,7 +72,7 @@ def test_transfer_check_and_a_persons_suggestion(corpus_dir, workspace):
     manage.resume(cid, echo=False)
     ledger = Ledger()
     (decision,) = [d for d in ledger.list_decisions(experiment_id=exp)]
-    assert decision["verdict"] == "keep" and "the gain holds" in decision["rationale"]
+    assert decision["verdict"] == "keep" and "the gain holds" in decision["rationale"], decision["rationale"]
     assert decision["evidence"]["transfer_rung"] == ["model.n_layer=3"]
     sides = [e for e in ledger.list_experiments(cid) if (e["change"] or {}).get("transfer_of") == exp]
     assert sorted(e["change"]["role"] for e in sides) == ["candidate", "incumbent"]

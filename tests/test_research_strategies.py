@@ -6,7 +6,7 @@ import pytest
 
 from pretrainlab.recipes import get_recipe
 from pretrainlab.research.space import apply, default_space, recipe_diff
-from pretrainlab.research.strategies import CampaignView, ManualStrategy, OptunaStrategy, Proposal, RandomStrategy, validate
+from pretrainlab.research.strategies import CampaignView, ManualStrategy, OptunaStrategy, Proposal, RandomStrategy, current_values, validate
 
 
 def view():
@@ -15,20 +15,54 @@ def view():
 
 
 @pytest.mark.parametrize("cls", [RandomStrategy, OptunaStrategy])
-def test_proposals_are_valid_recipes_inside_the_space(cls):
+def test_proposals_are_small_valid_changes_inside_the_space(cls):
     v = view()
+    now = current_values(v.incumbent, v.space)
     strategy = cls(seed=0)
-    for p in strategy.propose(v, 8):
+    sizes = set()
+    for p in strategy.propose(v, 12):
         assert p.kind == "config" and p.proposer == strategy.name
         recipe = validate(v, p)
         assert recipe.model.n_embd % recipe.model.n_head == 0
+        assert 1 <= len(p.values) <= v.max_changes and all(p.values[k] != now[k] for k in p.values)
+        assert set(recipe_diff(v.incumbent, recipe)) >= set(p.values)  # n_head may follow n_embd
+        sizes.add(len(p.values))
         for param in v.space:
+            if param.key not in p.values:
+                continue
             value = p.values[param.key]
             if param.kind == "categorical":
                 assert value in param.choices
             else:
                 assert param.low <= value <= param.high
         strategy.observe(p, 3.0)
+    assert sizes == {1, 2}
+
+
+@pytest.mark.parametrize("cls", [RandomStrategy, OptunaStrategy])
+def test_max_changes_zero_samples_the_whole_space(cls):
+    v = view()
+    v.max_changes = 0
+    (p,) = cls(seed=1).propose(v, 1)
+    assert len(p.values) >= len(v.space) - 1  # a sample may land on the incumbent's value of one key
+
+
+def test_optuna_keeps_unchanged_keys_at_the_incumbent_and_learns_from_history():
+    v = view()
+    base = v.base
+    better = apply(base, {"optim.lr": base.optim.lr * 2})
+    v.history = [{"kind": "config", "recipe": base.to_dict(), "value": 3.0, "values": {}},
+                 {"kind": "config", "recipe": better.to_dict(), "value": 2.9, "values": {"optim.lr": better.optim.lr}},
+                 {"kind": "code", "recipe": None, "value": 2.8}]
+    v.incumbent, v.incumbent_value = better, 2.9
+    s = OptunaStrategy(seed=0)
+    proposals = s.propose(v, 4)
+    warm = [t for t in s.study.trials if t.state.name == "COMPLETE"]
+    assert sorted(t.value for t in warm) == [2.9, 3.0] and warm[0].params["optim.lr"] == base.optim.lr
+    now = current_values(better, v.space)
+    for p in proposals:
+        trial = s.study.trials[p.handle]
+        assert all(trial.params[k] == now[k] for k in now if k not in p.values)  # TPE saw the full recipe
 
 
 def test_optuna_learns_a_simple_objective():

@@ -189,10 +189,12 @@ class FaultConfig:
     nan_at_step: int = doc("make the loss NaN at this step (0 = never)", 0)
     replay_on_resume: bool = doc("on --resume, rewind the data loader to the start (replays seen data)", False)
     mixture_bias: str = doc("draw every other batch row from this domain, ignoring data.weights", "")
+    slow_rank: int = doc("under DDP, this rank sleeps faults.slow_rank_s in its forward pass every step (a straggler; -1 = none)", -1)
+    slow_rank_s: float = doc("the straggler's extra time per step", 0.0)
 
     def __post_init__(self):
-        if self.data_sleep_s < 0 or self.nan_at_step < 0:
-            raise ValueError("faults.data_sleep_s and faults.nan_at_step must be >= 0")
+        if self.data_sleep_s < 0 or self.nan_at_step < 0 or self.slow_rank_s < 0:
+            raise ValueError("faults.data_sleep_s, faults.nan_at_step and faults.slow_rank_s must be >= 0")
 
 
 @dataclass

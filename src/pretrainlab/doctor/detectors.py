@@ -677,10 +677,13 @@ def detect_throughput(sig: Signals) -> list[Finding]:
 
 
 def detect_straggler(sig: Signals) -> list[Finding]:
-    """One rank consistently slower than the others (DDP rows carry rank_step_s)."""
-    r = sig.run.rank_step_s
+    """One rank consistently slower than the others. Reads each rank's own work before it
+    first waits on another (`rank_presync_s`); older runs only have `rank_step_s`, taken
+    after the gradient all-reduce, where a straggler is mostly hidden."""
+    run = sig.run
+    r, basis = (run.rank_presync_s, "time before the first sync") if run.rank_presync_s is not None else (run.rank_step_s, "step time")
     if r is None or r.shape[1] < 2:
-        raise Skip("single process (no rank_step_s)")
+        raise Skip("single process (no per-rank times)")
     m = sig.timed() & np.isfinite(r).all(axis=1)
     if m.sum() < 20:
         raise Skip("needs 20 timed DDP steps")
@@ -691,16 +694,23 @@ def detect_straggler(sig: Signals) -> list[Finding]:
     share = float(np.mean(np.argmax(rs, axis=1) == slow))
     if ratio < STRAGGLER_RATIO or share < STRAGGLER_SHARE:
         return []
+    evidence = {"rank": slow, "basis": basis, "ratio": ratio, "slowest_share": share, "rank_median_s": meds.tolist()}
+    cause = "that rank's device or host is slower: a throttled or shared GPU, a slower node or link"
+    fix = f"inspect the node of rank {slow} (nvidia-smi clocks/temperature, other processes, NIC); exclude or replace it"
+    if run.rank_data_s is not None and np.isfinite(run.rank_data_s[m]).all():
+        data_meds = np.median(run.rank_data_s[m], axis=0)
+        excess, data_excess = meds[slow] - np.median(meds), data_meds[slow] - np.median(data_meds)
+        evidence["rank_median_data_s"] = data_meds.tolist()
+        if excess > 0 and data_excess >= 0.5 * excess:
+            cause = f"rank {slow} waits longer for its batch ({data_meds[slow]:.3g}s vs the ranks' median {np.median(data_meds):.3g}s): its data loading is slower"
+            fix = f"check rank {slow}'s storage and CPU (page cache, a slower disk or NFS mount, fewer cores); prefetch or balance data loading"
     return [Finding(
         id="straggler", severity="warning", title="Straggling rank",
-        summary=f"rank {slow} is the slowest on {share:.0%} of steps; its median step takes {meds[slow]:.3g}s, "
+        summary=f"rank {slow} is the slowest on {share:.0%} of steps; its median {basis} is {meds[slow]:.3g}s, "
                 f"{ratio:.2f}x the ranks' median {np.median(meds):.3g}s",
         steps=(int(sig.steps[m][0]), int(sig.steps[m][-1])),
-        evidence={"rank": slow, "ratio": ratio, "slowest_share": share, "rank_median_step_s": meds.tolist()},
-        cause="that rank's device or host is slower: a throttled or shared GPU, a slower node or link, uneven data loading",
-        fix=f"inspect the node of rank {slow} (nvidia-smi clocks/temperature, other processes, NIC); exclude or replace it, "
-            "and balance data loading across ranks",
-        series=sig.series(f"rank {slow} step time / ranks' median", (r[:, slow] / np.nanmedian(r, axis=1)), how="mean"),
+        evidence=evidence, cause=cause, fix=fix,
+        series=sig.series(f"rank {slow} {basis} / ranks' median", (r[:, slow] / np.nanmedian(r, axis=1)), how="mean"),
     )]
 
 

@@ -43,6 +43,8 @@ class RunData:
     domains: list[str] = field(default_factory=list)
     domain_rows: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))  # [n, K]
     rank_step_s: np.ndarray | None = None  # float64 [n, world] on DDP runs (NaN where a row lacks it)
+    rank_presync_s: np.ndarray | None = None  # each rank's own work before it first waits on another rank
+    rank_data_s: np.ndarray | None = None  # each rank's time to build its batch
     evals: list[dict] = field(default_factory=list)  # eval rows, sorted by step
     notes: list[str] = field(default_factory=list)  # data-quality notes, one sentence each
     metrics_age_s: float | None = None  # seconds since metrics.jsonl was last written
@@ -232,15 +234,21 @@ def _read_metrics(file: Path, run: RunData) -> None:
             for j, d in enumerate(domains):
                 v = dr.get(d, 0)
                 run.domain_rows[i, j] = v if isinstance(v, int) and v >= 0 else 0
-    ranks = [r.get("rank_step_s") for r in rows]
-    if any(isinstance(x, list) and x for x in ranks):
-        world = max(len(x) for x in ranks if isinstance(x, list))
-        arr = np.full((len(rows), world), np.nan)
-        for i, x in enumerate(ranks):
-            if isinstance(x, list):
-                arr[i, : len(x)] = [as_float(v) for v in x]
-        run.rank_step_s = arr
+    run.rank_step_s, run.rank_presync_s, run.rank_data_s = (_per_rank(rows, k) for k in ("rank_step_s", "rank_presync_s", "rank_data_s"))
     run.evals = [evals[s] for s in sorted(evals) if math.isfinite(as_float(evals[s].get("val_bpb")))]
     missing = sorted(set(range(1, int(run.steps[-1]) + 1)) - set(run.steps.tolist())) if len(run.steps) else []
     if missing:  # every step gets its own row (train.log_every only batches the writes)
         run.notes.append(f"{len(missing)} step(s) missing from metrics.jsonl (first: {missing[0]}); the analysis uses the rows present")
+
+
+def _per_rank(rows: list[dict], key: str) -> np.ndarray | None:
+    """[n, world] float64 of a per-rank list field, NaN where a row lacks it; None if no row has it."""
+    lists = [r.get(key) for r in rows]
+    if not any(isinstance(x, list) and x for x in lists):
+        return None
+    world = max(len(x) for x in lists if isinstance(x, list))
+    arr = np.full((len(rows), world), np.nan)
+    for i, x in enumerate(lists):
+        if isinstance(x, list):
+            arr[i, : len(x)] = [as_float(v) for v in x]
+    return arr

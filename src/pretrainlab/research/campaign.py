@@ -63,6 +63,7 @@ class CampaignConfig:
     early_stop: bool = True
     approve_code: bool = False  # code patches wait for `research approve`
     strategy_seed: int = 0
+    max_changes: int = 2  # keys an optuna/random proposal changes at once (0: the whole space)
     llm_model: str | None = None
     llm_base_url: str | None = None
     spend_cap_usd: float = 25.0
@@ -81,6 +82,8 @@ class CampaignConfig:
             raise UserError(f"--parallel {self.parallel} needs {self.parallel} GPUs, --gpus lists {len(self.gpus)}: lower --parallel or list more")
         if self.parallel < 1 or (self.seeds < 2 and self.decision == "welch"):
             raise UserError("--parallel must be >= 1 and --seeds >= 2 (a t-test needs two replicates)")
+        if self.max_changes < 0:
+            raise UserError(f"--max-changes must be >= 0 (0 changes the whole search space), got {self.max_changes}")
         if not 0 < self.alpha < 0.5:
             raise UserError(f"--alpha must be in (0, 0.5), got {self.alpha}")
         run_budget_overrides(self.run_budget)  # validates
@@ -439,7 +442,8 @@ class Campaign:
         inc, inc_values = self.incumbent()
         incumbent = self.recipe_of(inc)
         view = CampaignView(base=self.base, incumbent=incumbent, space=default_space(self.base),
-                            incumbent_value=statistics.fmean(inc_values) if inc_values else None, history=self.history(), seed=self.cfg.strategy_seed)
+                            incumbent_value=statistics.fmean(inc_values) if inc_values else None, history=self.history(), seed=self.cfg.strategy_seed,
+                            max_changes=self.cfg.max_changes)
         try:
             proposals = self.strategy.propose(view, self.runner.free_slots())
         except Exception as e:  # a strategy failure (API down, spend cap) must not end a campaign that has work in flight
@@ -503,6 +507,7 @@ class Campaign:
                 continue
             values = (d.get("evidence") or {}).get("values") or []
             out.append({"id": e["id"], "kind": e["kind"], "values": (e["change"] or {}).get("values"), "weights": (e["change"] or {}).get("weights"),
+                        "recipe": (e["change"] or {}).get("recipe"),
                         "patch": bool((e["change"] or {}).get("patch")), "value": statistics.fmean(values) if values else None,
                         "verdict": d["verdict"], "noise_floor": ((d.get("evidence") or {}).get("noise_floor") or {}).get("std")})
         return out

@@ -40,8 +40,29 @@ class CampaignView:
     incumbent: Recipe
     space: list[Param]
     incumbent_value: float | None  # mean val_bpb of the incumbent's replicates
-    history: list[dict]  # past experiments: proposal fields + value + verdict
+    history: list[dict]  # past experiments: proposal fields + full recipe + value + verdict
     seed: int = 0
+    max_changes: int = 2  # search strategies change at most this many keys of the incumbent (0: all)
+
+
+def current_values(recipe: Recipe | dict, space: list[Param]) -> dict[str, Any]:
+    """The recipe's value of every key in the space."""
+    d = recipe.to_dict() if isinstance(recipe, Recipe) else recipe
+    out = {}
+    for p in space:
+        node = d
+        for part in p.key.split("."):
+            node = node[part]
+        out[p.key] = node
+    return out
+
+
+def pick_keys(rng: pyrandom.Random, space: list[Param], max_changes: int) -> list[Param]:
+    """Which parameters one proposal changes: 1..max_changes of them (all when 0). Small
+    changes make each experiment an ablation whose effect is attributable."""
+    if max_changes <= 0 or max_changes >= len(space):
+        return list(space)
+    return rng.sample(space, rng.randint(1, max_changes))
 
 
 class Strategy(ABC):
@@ -57,7 +78,8 @@ class Strategy(ABC):
 
 
 class RandomStrategy(Strategy):
-    """Uniform (log-uniform where declared) samples of the search space."""
+    """Uniform (log-uniform where declared) samples of a few keys of the search space at a
+    time, the rest kept at the incumbent's values."""
 
     name = "random"
 
@@ -66,16 +88,17 @@ class RandomStrategy(Strategy):
 
     def propose(self, view: CampaignView, n: int) -> list[Proposal]:
         out = []
+        now = current_values(view.incumbent, view.space)
         for _ in range(n):
-            values = {p.key: self._sample(p) for p in view.space}
-            out.append(Proposal("config", "random point of the search space", "random search baseline", self.name, values=values))
+            values = {p.key: self._sample(p, now[p.key]) for p in pick_keys(self.rng, view.space, view.max_changes)}
+            out.append(Proposal("config", f"random change of {', '.join(values)}", "random search baseline", self.name, values=values))
         return out
 
-    def _sample(self, p: Param):
+    def _sample(self, p: Param, current: Any):
         if p.kind == "categorical":
-            return self.rng.choice(p.choices)
+            return self.rng.choice([c for c in p.choices if c != current] or list(p.choices))
         if p.kind == "int":
-            return self.rng.randint(int(p.low), int(p.high))
+            return self.rng.choice([v for v in range(int(p.low), int(p.high) + 1) if v != current] or [current])
         if p.log:
             import math
 
@@ -85,7 +108,9 @@ class RandomStrategy(Strategy):
 
 class OptunaStrategy(Strategy):
     """Optuna's TPE sampler over the search space, driven with ask/tell so experiments
-    can run in parallel and finish in any order."""
+    can run in parallel and finish in any order. Each trial fixes all but 1..max_changes
+    keys at the incumbent's values (optuna's enqueued fixed params) and lets TPE choose
+    the rest, so TPE still models the full recipe while each experiment stays an ablation."""
 
     name = "optuna"
 
@@ -94,53 +119,60 @@ class OptunaStrategy(Strategy):
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.optuna = optuna
+        self.rng = pyrandom.Random(seed)
         self.study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=5))
-        self._seen: set[int] = set()
+        self._warm = False
+
+    def _dists(self, space: list[Param]) -> dict:
+        d = self.optuna.distributions
+        return {p.key: (d.CategoricalDistribution(list(p.choices)) if p.kind == "categorical" else
+                        d.IntDistribution(int(p.low), int(p.high)) if p.kind == "int" else
+                        d.FloatDistribution(p.low, p.high, log=p.log)) for p in space}
 
     def propose(self, view: CampaignView, n: int) -> list[Proposal]:
-        if not self._seen:  # warm start: TPE learns from what the campaign already measured
-            self._enqueue_history(view)
-        d = self.optuna.distributions
-        dists = {}
-        for p in view.space:
-            if p.kind == "categorical":
-                dists[p.key] = d.CategoricalDistribution(list(p.choices))
-            elif p.kind == "int":
-                dists[p.key] = d.IntDistribution(int(p.low), int(p.high))
-            else:
-                dists[p.key] = d.FloatDistribution(p.low, p.high, log=p.log)
+        if not self._warm:  # warm start: TPE learns from what the campaign already measured
+            self._warm = True
+            self._add_history(view)
+        dists = self._dists(view.space)
+        now = current_values(view.incumbent, view.space)
         out = []
         for _ in range(n):
-            trial = self.study.ask(dists)
-            self._seen.add(trial.number)
-            out.append(Proposal("config", "TPE suggestion", f"TPE (optuna) trial {trial.number}, {len(self.study.trials)} trials so far",
-                                self.name, values=dict(trial.params), handle=trial.number))
+            for _attempt in range(20):
+                free = {p.key for p in pick_keys(self.rng, view.space, view.max_changes)}
+                self.study.enqueue_trial({k: v for k, v in now.items() if k not in free})
+                trial = self.study.ask(dists)
+                values = {k: trial.params[k] for k in free if trial.params[k] != now[k]}
+                if values:
+                    break
+                # TPE chose the incumbent itself: tell it the incumbent's measured value and ask again
+                self._tell(trial.number, view.incumbent_value)
+            else:
+                continue
+            out.append(Proposal("config", f"TPE change of {', '.join(sorted(values))}",
+                                f"TPE (optuna) trial {trial.number}, {len(self.study.trials)} trials so far; other keys at the incumbent's values",
+                                self.name, values=values, handle=trial.number))
         return out
 
     def observe(self, proposal: Proposal, value: float | None) -> None:
-        if proposal.handle is None:
-            return
-        state = self.optuna.trial.TrialState
-        if value is None:
-            self.study.tell(proposal.handle, state=state.FAIL)
-        else:
-            self.study.tell(proposal.handle, value)
+        if proposal.handle is not None:
+            self._tell(proposal.handle, value)
 
-    def _enqueue_history(self, view: CampaignView) -> None:
-        self._seen.add(-1)
-        keys = {p.key for p in view.space}
+    def _tell(self, number: int, value: float | None) -> None:
+        if value is None:
+            self.study.tell(number, state=self.optuna.trial.TrialState.FAIL)
+        else:
+            self.study.tell(number, value)
+
+    def _add_history(self, view: CampaignView) -> None:
+        dists = self._dists(view.space)
         for past in view.history:
-            if past.get("value") is not None and past.get("kind") == "config" and set(past.get("values", {})) == keys:
-                dists = {}
-                for p in view.space:
-                    d = self.optuna.distributions
-                    dists[p.key] = (d.CategoricalDistribution(list(p.choices)) if p.kind == "categorical" else
-                                    d.IntDistribution(int(p.low), int(p.high)) if p.kind == "int" else
-                                    d.FloatDistribution(p.low, p.high, log=p.log))
-                try:
-                    self.study.add_trial(self.optuna.trial.create_trial(params=past["values"], distributions=dists, value=past["value"]))
-                except ValueError:
-                    continue  # outside today's space: skip
+            if past.get("value") is None or past.get("kind") != "config" or not past.get("recipe"):
+                continue
+            try:
+                params = current_values(past["recipe"], view.space)
+                self.study.add_trial(self.optuna.trial.create_trial(params=params, distributions=dists, value=past["value"]))
+            except (KeyError, ValueError):
+                continue  # outside today's space: skip
 
 
 class ManualStrategy(Strategy):

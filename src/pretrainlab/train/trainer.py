@@ -281,6 +281,7 @@ def train(recipe: Recipe | None = None, out_dir: Path | None = None, resume_dir:
             t_data = time.perf_counter() - t0
             # 6b. forward/backward, accumulated over micro-batches
             loss_sum = torch.zeros((), device=device)
+            t_presync = 0.0
             for micro in range(grad_accum):
                 sl = slice(micro * tc.micro_batch_rows, (micro + 1) * tc.micro_batch_rows)
                 sync = micro == grad_accum - 1 or d.world_size == 1
@@ -288,6 +289,12 @@ def train(recipe: Recipe | None = None, out_dir: Path | None = None, resume_dir:
                     loss = model(x_all[sl], y_all[sl])
                 if state["step"] + 1 == recipe.faults.nan_at_step:
                     loss = loss * float("nan")
+                if micro == 0 and d.rank == recipe.faults.slow_rank:
+                    time.sleep(recipe.faults.slow_rank_s)
+                if sync and d.world_size > 1:  # this rank's own work so far: nothing has waited on another rank yet
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    t_presync = time.perf_counter() - t0
                 (loss / grad_accum).backward()
                 loss_sum += loss.detach()
             # 6c. grad norms (global and per layer), clipping, optimizer step
@@ -304,12 +311,14 @@ def train(recipe: Recipe | None = None, out_dir: Path | None = None, resume_dir:
             # 6d. agree across processes on the loss and on whether to stop
             shared = torch.stack([loss_sum / grad_accum, grad_norm, layer_norms.max()])
             flags = torch.tensor([float(stop_signal["sigterm"]), float(time.time() > wall_deadline)], device=device)
-            rank_step_s = None
+            ranks = {}
             if d.world_size > 1:
-                compute_s = torch.tensor([time.perf_counter() - t0], dtype=torch.float64, device=device)
-                gathered = [torch.zeros_like(compute_s) for _ in range(d.world_size)]
-                dist.all_gather(gathered, compute_s)  # per-rank step time before the sync: stragglers
-                rank_step_s = [g.item() for g in gathered]
+                times = torch.tensor([time.perf_counter() - t0, t_presync, t_data], dtype=torch.float64, device=device)
+                gathered = [torch.zeros_like(times) for _ in range(d.world_size)]
+                dist.all_gather(gathered, times)  # per-rank times: stragglers
+                per_rank = torch.stack(gathered).cpu().tolist()
+                ranks = {"rank_step_s": [r[0] for r in per_rank], "rank_presync_s": [r[1] for r in per_rank],
+                         "rank_data_s": [r[2] for r in per_rank]}
                 dist.all_reduce(shared)  # SUM then divide: gloo has no AVG
                 shared /= d.world_size
                 dist.all_reduce(flags, op=dist.ReduceOp.MAX)
@@ -331,7 +340,7 @@ def train(recipe: Recipe | None = None, out_dir: Path | None = None, resume_dir:
                 "tokens_per_s": tokens_per_s, "mfu": mfu, "step_s": dt, "data_wait_frac": t_data / dt,
                 "peak_mem_mb": peak_memory_mb(device), "train_seconds": state["train_seconds"],
                 "domain_rows": dict(zip(domains, domain_rows)), "batch_hash": batch_hash,
-                **({"rank_step_s": rank_step_s} if rank_step_s else {}),
+                **ranks,
             })
             if state["step"] % tc.log_every == 0:
                 flush_metrics()
