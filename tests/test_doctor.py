@@ -266,6 +266,22 @@ def test_throughput_drop_and_its_cause(tmp_path):
     assert "data pipeline" in f.cause and f.evidence["slow_seconds"] > 30
 
 
+def test_a_throughput_drop_with_idle_cpu_is_called_waiting(tmp_path):
+    """On CPU, cpu_s (process CPU seconds of the step) tells waiting from slower code."""
+    rows = make_rows(n=300, tokens_per_s=3000)
+    for r in rows:
+        r["cpu_s"] = 2 * r["step_s"]  # two busy threads
+    for r in rows[200:260]:
+        r["tokens_per_s"] /= 3
+        r["step_s"] *= 3  # same CPU work, three times the wall time: the cores were taken
+    f = next(f for f in diagnose(write_run(tmp_path / "run", rows)).findings if f.id == "throughput_drop")
+    assert "waiting, not computing" in f.cause and f.evidence["cpu_per_wall_in_drop"] == pytest.approx(2 / 3, rel=0.01)
+    for r in rows[200:260]:
+        r["cpu_s"] *= 3  # the CPU was busy the whole time: the code itself got slower
+    f = next(f for f in diagnose(write_run(tmp_path / "slow", rows)).findings if f.id == "throughput_drop")
+    assert "waiting" not in f.cause
+
+
 def test_a_few_slow_seconds_are_not_a_throughput_drop(tmp_path):
     rows = make_rows(n=300)  # ~34 ms a step: 60 steps at a third of the speed last ~6 s
     for r in rows[200:260]:
@@ -593,3 +609,15 @@ def test_fuzzed_fields_never_crash_a_detector(tmp_path, seed):
     assert_no_detector_errors(report)
     json.dumps(report.to_dict(), allow_nan=False)
     render_text(report)
+
+
+def test_a_failed_attempt_before_a_resume_is_explained(tmp_path):
+    """Rows the resume recomputed (metrics.superseded.jsonl) show the first attempt went NaN."""
+    rows = make_rows(n=200)
+    path = write_run(tmp_path / "run", rows, provenance={"resumes": [{"step": 100, "time": "t"}]})
+    first = [{**r, "superseded_by_resume_at": 100} for r in make_rows(n=200)[100:140]]
+    first[-5]["loss"] = float("nan")
+    (path / "metrics.superseded.jsonl").write_text("".join(json.dumps(r) + "\n" for r in first))
+    f = next(f for f in diagnose(path).findings if f.id == "replaced_attempt")
+    assert f.severity == "warning" and f.evidence["failed_step"] == 136 and f.evidence["resumed_run_passed"]
+    assert "NaN" in f.summary and "got past" in f.summary

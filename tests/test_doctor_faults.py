@@ -101,3 +101,13 @@ def test_the_doctor_reads_a_live_run(suite, tmp_path):
     assert report.facts["status"] == "running" and report.facts["last_step"] == 120
     assert report.findings == [], render_text(report, color=False)
     assert any("cut short" in n for n in report.data_quality)
+
+
+def test_a_single_duplicated_domain_is_named_even_when_the_mix_hides_it(suite):
+    """Only one minor domain repeats: the overall train/val gap stays under the threshold,
+    the per-domain train loss (trainer domain_loss) names the domain."""
+    cases, results = suite
+    domain = cases["duplicated_domain"].duplicated_domain
+    f = next(f for f in results["duplicated_domain", 0].report.findings if f.id == "train_val_gap")
+    assert f.evidence["gap"] < f.evidence["thresholds"]["train_below_val"] <= f.evidence["domain_gaps"][domain]
+    assert f"{domain} " in f.summary.split("by domain:")[1]

@@ -9,6 +9,7 @@ import sys
 import time
 
 from conftest import cli, set_args, tiny_overrides
+from pretrainlab import api
 from pretrainlab.train import EXIT_PREEMPTED
 
 
@@ -56,6 +57,27 @@ def test_sigkill_then_resume_reproduces_the_loss_sequence_exactly(corpus_dir, tm
     assert summary["val_bpb"] == json.loads((ref / "summary.json").read_text())["val_bpb"]
     prov = json.loads((run / "provenance.json").read_text())
     assert prov["resumes"][0]["step"] >= 30
+    superseded = run / "metrics.superseded.jsonl"  # rows logged between the checkpoint and the kill, if any
+    if superseded.exists():
+        assert all(r["step"] > prov["resumes"][0]["step"] for r in map(json.loads, superseded.read_text().splitlines()))
+
+
+def test_rows_a_resume_recomputes_are_kept_aside(corpus_dir, tmp_path):
+    """Resuming from an older checkpoint recomputes later steps; the first attempt's rows
+    move to metrics.superseded.jsonl (tagged with the resume step) instead of vanishing."""
+    run = tmp_path / "run"
+    overrides = tiny_overrides(corpus_dir, **{"budget.tokens": 1024 * 30, "train.ckpt_every": 10, "train.ckpt_keep": 3})
+    assert cli("train", "--recipe", "tiny-cpu", *set_args(overrides), "--out", str(run)).returncode == 0
+    first = {r["step"]: r["loss"] for r in rows(run)}
+    (run / "ckpt" / "step_00000030.pt").unlink()  # the newest checkpoint is lost: resume from step 20
+    assert cli("train", "--resume", str(run)).returncode == 0
+    moved = [json.loads(line) for line in (run / "metrics.superseded.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in moved if r["type"] == "train"] == list(range(21, 31))
+    assert {r["superseded_by_resume_at"] for r in moved} == {20}
+    assert [r["loss"] for r in moved if r["type"] == "train"] == [first[s] for s in range(21, 31)]
+    assert [r["step"] for r in rows(run)] == list(range(1, 31))
+    f = next(f for f in api.diagnose_run(str(run)).findings if f.id == "replaced_attempt")
+    assert f.severity == "info" and f.steps == (21, 30) and f.evidence["resume_step"] == 20
 
 
 def test_sigterm_checkpoints_and_exits_preempted(corpus_dir, tmp_path):

@@ -658,8 +658,16 @@ def detect_throughput(sig: Signals) -> list[Finding]:
     wait_drop = float(np.nanmedian(wait[lo_steps])) if wait is not None else math.nan
     wait_norm = float(np.nanmedian(wait[normal])) if wait is not None and len(normal) else math.nan
     data_bound = math.isfinite(wait_drop) and wait_drop >= STALL_WARN and wait_drop > 2 * max(wait_norm, 0.01)
+    cpu = sig.run.train.get("cpu_s")
+    cpu_drop = cpu_norm = math.nan
+    if cpu is not None and (sig.run.provenance or {}).get("device_type", "cpu") == "cpu":  # on a GPU the CPU mostly waits anyway
+        share = cpu / step_s  # process CPU seconds per wall second: ~ threads when computing, lower when waiting
+        cpu_drop, cpu_norm = float(np.nanmedian(share[lo_steps])), float(np.nanmedian(share[normal])) if len(normal) else math.nan
+    waiting = math.isfinite(cpu_drop) and math.isfinite(cpu_norm) and cpu_drop < 0.7 * cpu_norm
     cause = ("the data pipeline slowed down in those steps (data-wait share "
              f"{wait_drop:.0%} vs {wait_norm:.0%} elsewhere)" if data_bound else
+             f"the process was waiting, not computing (CPU time per wall second {cpu_drop:.2f} vs {cpu_norm:.2f} elsewhere): "
+             "other processes on the same cores, throttling, or I/O" if waiting else
              "the device slowed down or was shared: another process on the same accelerator/cores, thermal or power "
              "throttling, memory fragmentation, checkpoint I/O, or a straggling rank")
     return [Finding(
@@ -668,7 +676,8 @@ def detect_throughput(sig: Signals) -> list[Finding]:
         evidence={"median_tokens_per_s": ref, "drop_tokens_per_s": drop, "num_slow_steps": len(lo_steps),
                   "slow_seconds": float(np.nansum(step_s[lo_steps])),
                   "first_quarter_tokens_per_s": first_q, "last_quarter_tokens_per_s": last_q,
-                  "data_wait_in_drop": wait_drop, "data_wait_elsewhere": wait_norm, "block_steps": block},
+                  "data_wait_in_drop": wait_drop, "data_wait_elsewhere": wait_norm, "block_steps": block,
+                  "cpu_per_wall_in_drop": cpu_drop, "cpu_per_wall_elsewhere": cpu_norm},
         cause=cause,
         fix="check what else ran on the machine then (nvidia-smi / top), the data-wait share, and per-rank step times; "
             "pin the job to its devices, move checkpoint writes off the critical path",
@@ -805,19 +814,23 @@ def detect_train_val_gap(sig: Signals) -> list[Finding]:
         epochs = {d: float(c / manifest["domains"][d]["train"]["num_tokens"]) for d, c in zip(sig.run.domains, counts)
                   if d in manifest.get("domains", {}) and manifest["domains"][d]["train"].get("num_tokens")}
     a, b = int(sig.steps[win[0]]), int(sig.steps[win[-1]])
+    domain_gaps = _domain_gaps(sig, win, bpt, val_d)
     evidence = {"train_bpb": train_bpb, "val_bpb_same_mix": val_mix, "gap": gap, "eval_step": ev["step"], "train_window": [a, b],
-                "domain_shares": dict(zip(sig.run.domains, shares.tolist())), "epochs": epochs,
+                "domain_shares": dict(zip(sig.run.domains, shares.tolist())), "epochs": epochs, "domain_gaps": domain_gaps,
                 "thresholds": {"train_below_val": GAP_TRAIN_BELOW_VAL, "val_below_train": GAP_VAL_BELOW_TRAIN}}
     series = sig.series("train bits/byte", sig.loss / LN2 / float(np.sum(shares * bpt)), how="mean")
-    if gap >= GAP_TRAIN_BELOW_VAL:
+    memorised = {d: g for d, g in (domain_gaps or {}).items() if g >= GAP_TRAIN_BELOW_VAL}
+    if gap >= GAP_TRAIN_BELOW_VAL or memorised:
         many = {d: e for d, e in (epochs or {}).items() if e >= 2}
         cause = "the model memorises repeated training text: duplicated or near-duplicate documents, or a train split so "
         cause += "small that it is seen many times" + (
             " (" + ", ".join(f"{d}: {e:.1f} epochs" for d, e in many.items()) + ")" if many else "")
+        where = (" — by domain: " + ", ".join(f"{d} {g:.0%} below its val" for d, g in sorted(memorised.items(), key=lambda x: -x[1]))
+                 if memorised else "")
         return [Finding(
             id="train_val_gap", severity="warning", title="Train loss far below validation",
             summary=f"train loss {train_bpb:.3f} bits/byte (steps {a}-{b}) vs val {val_mix:.3f} on the same domain mix "
-                    f"at step {ev['step']}: {gap:.0%} lower",
+                    f"at step {ev['step']}: {gap:.0%} lower{where}",
             steps=(a, int(ev["step"])), evidence=evidence, cause=cause,
             fix="deduplicate the corpus (exact and near-duplicate, e.g. MinHash), add data or lower the budget to fewer "
                 "epochs (up to ~4 epochs cost little, Muennighoff et al. 2023), and check val comes from the same "
@@ -834,6 +847,23 @@ def detect_train_val_gap(sig: Signals) -> list[Finding]:
             fix="decontaminate: remove val documents (and near-duplicates) from train; split by document source, not by line",
             series=series)]
     return []
+
+
+def _domain_gaps(sig: Signals, win: np.ndarray, bpt: np.ndarray, val_d: np.ndarray) -> dict[str, float] | None:
+    """Per domain: 1 - train bpb / val bpb over the window, from the rows' per-domain train
+    loss (trainer `domain_loss`); None on runs without it."""
+    dl = sig.run.domain_loss
+    if dl is None:
+        return None
+    out = {}
+    for j, d in enumerate(sig.run.domains):
+        n = sig.run.domain_rows[win, j].astype(float)
+        ok = np.isfinite(dl[win, j]) & (n > 0)
+        if n[ok].sum() < 8 or not np.isfinite(val_d[j]) or val_d[j] <= 0:
+            continue  # too few rows of this domain in the window to judge
+        train_d = float(np.sum(dl[win, j][ok] * n[ok]) / n[ok].sum()) / LN2 / bpt[j]
+        out[d] = float(1 - train_d / float(val_d[j]))
+    return out
 
 
 def detect_mixture_drift(sig: Signals) -> list[Finding]:
@@ -1002,6 +1032,46 @@ def detect_resume_jump(sig: Signals) -> list[Finding]:
     )]
 
 
+def detect_replaced_attempt(sig: Signals) -> list[Finding]:
+    """What the attempt before a resume did after its last checkpoint (the rows the resume
+    recomputed, kept in metrics.superseded.jsonl): a loss that went non-finite or blew up
+    there explains why the run was restarted, and says whether the resumed run got past it."""
+    rows = sig.run.superseded
+    if not rows:
+        raise Skip("no superseded rows (the run was never resumed from an older checkpoint)")
+    out = []
+    for at in sorted({r["superseded_by_resume_at"] for r in rows}):
+        attempt = sorted((r for r in rows if r["superseded_by_resume_at"] == at), key=lambda r: r["step"])
+        losses = np.array([as_float(r.get("loss")) for r in attempt])
+        before = sig.loss[(sig.steps <= at) & (sig.steps > at - 50)]
+        ref = float(np.nanmedian(before)) if np.isfinite(before).any() else math.nan
+        bad = [i for i, v in enumerate(losses) if not math.isfinite(v) or (math.isfinite(ref) and v > RESUME_JUMP * ref)]
+        last = attempt[-1]["step"]
+        if not bad:
+            out.append(Finding(
+                id="replaced_attempt", severity="info", title="Steps recomputed after a resume",
+                summary=f"an earlier attempt ran to step {last}; the resume at step {at} recomputed steps {at + 1}-{last}",
+                steps=(at + 1, last), evidence={"resume_step": at, "attempt_last_step": last},
+                cause="the run was interrupted after its last checkpoint (the steps since were lost with the process)",
+                fix="nothing to fix; checkpoint more often (train.ckpt_every) if the lost steps are costly"))
+            continue
+        k = attempt[bad[0]]["step"]
+        what = f"its loss was {_nonfinite_name(losses[bad[0]])}" if not math.isfinite(losses[bad[0]]) else \
+            f"its loss rose to {losses[bad[0]]:.4g} ({losses[bad[0]] / ref:.1f}x the median before the checkpoint)"
+        passed = bool(len(sig.steps)) and int(sig.steps[-1]) >= k and np.isfinite(sig.loss[sig.steps >= k]).all()
+        out.append(Finding(
+            id="replaced_attempt", severity="warning", title="The attempt before a resume failed",
+            summary=f"the attempt replaced by the resume at step {at} failed at step {k}: {what}; "
+                    + ("the resumed run got past that step" if passed else "the resumed run has not got past it"),
+            steps=(at + 1, last), evidence={"resume_step": at, "failed_step": k, "attempt_last_step": last, "resumed_run_passed": passed},
+            cause="an instability (or a bad batch) after the checkpoint; a resume that replays the same data and state "
+                  "tends to meet it again" + ("" if passed else ", and this one has not passed it yet"),
+            fix="if it recurs, resume with a lower LR or skip the offending batches, and look at grad norms before the failure",
+            series=Series("replaced attempt's loss (nats/token)",
+                          *stats.downsample(np.array([r["step"] for r in attempt]), losses, 120, "max"))))
+    return out
+
+
 def detect_run_status(sig: Signals) -> list[Finding]:
     """How the run ended: crashed, preempted, timed out, or killed without a summary."""
     status = sig.run.status
@@ -1053,6 +1123,7 @@ DETECTORS = [
     ("low_mfu", detect_low_mfu),
     ("throughput_drop", detect_throughput),
     ("straggler", detect_straggler),
+    ("replaced_attempt", detect_replaced_attempt),
     ("memory_pressure", detect_memory),
     ("train_val_gap", detect_train_val_gap),
     ("mixture_drift", detect_mixture_drift),

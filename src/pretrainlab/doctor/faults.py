@@ -39,6 +39,7 @@ class Case:
     steps: int  # budget in optimizer steps
     overrides: dict = field(default_factory=dict)
     duplicated_corpus: bool = False  # train on make_duplicated_corpus(corpus)
+    duplicated_domain: str = ""  # train on make_duplicated_corpus(corpus, only=this domain)
     replay_resume: bool = False  # SIGTERM mid-run, then --resume
     baseline: bool = False  # diagnose against the healthy run of the same seed
     doc: str = ""
@@ -50,6 +51,7 @@ def fault_cases(domains: list[str], healthy_steps: int = 250) -> dict[str, Case]
     mixture_bias forces the last one."""
     fed = domains[1] if len(domains) > 1 else domains[0]
     skew = ",".join(f"{d}:{1 if d == fed else 0.01}" for d in domains)
+    minor = ",".join(f"{d}:{0.3 if d == domains[0] else 1 if d == fed else 0.02}" for d in domains)
     cases = [
         Case("healthy", frozenset(), healthy_steps, doc="the tiny recipe as is"),
         Case("lr_high", frozenset({"loss_spike", "divergence", "nan_loss"}), 100,
@@ -61,6 +63,8 @@ def fault_cases(domains: list[str], healthy_steps: int = 250) -> dict[str, Case]
         Case("data_stall", frozenset({"data_stall"}), 40, {"faults.data_sleep_s": 0.03}, doc="the loader sleeps 30 ms a step"),
         Case("duplicated_data", frozenset({"train_val_gap"}), 200, duplicated_corpus=True,
              doc="train split = near-duplicate copies of two short documents per domain"),
+        Case("duplicated_domain", frozenset({"train_val_gap"}), 200, {"data.weights": minor},
+             duplicated_domain=domains[0], doc=f"only {domains[0]} is near-duplicate copies, and a minor share of the mix ({minor})"),
         Case("mixture_skew", frozenset({"mixture_imbalance"}), 200, {"data.weights": skew},
              doc=f"data.weights={skew}"),
         Case("mixture_bias", frozenset({"mixture_drift"}), 60, {"faults.mixture_bias": domains[-1]},
@@ -96,6 +100,8 @@ def run_case(case: Case, seed: int, corpus: Path, work: Path, base: dict | None 
     sets = {**(base or TINY), "data.corpus": str(corpus), "seed": seed, "budget.tokens": case.steps * BATCH_TOKENS, **case.overrides}
     if case.duplicated_corpus:
         sets["data.corpus"] = str(make_duplicated_corpus(corpus, work / "duplicated-corpus"))
+    if case.duplicated_domain:
+        sets["data.corpus"] = str(make_duplicated_corpus(corpus, work / f"duplicated-{case.duplicated_domain}", only=case.duplicated_domain))
     overrides = [f"{k}={v}" for k, v in sets.items()]
     run_dir = work / f"{case.name}-s{seed}"
     if case.replay_resume:
@@ -132,10 +138,12 @@ def _train_preempt_resume(overrides: list[str], run_dir: Path, stop_after_rows: 
     api.train_run(resume=run_dir, echo=False)
 
 
-def make_duplicated_corpus(source: Path, out: Path, docs_per_domain: int = 2, doc_bytes: int = 1000, copies: int = 30) -> Path:
+def make_duplicated_corpus(source: Path, out: Path, docs_per_domain: int = 2, doc_bytes: int = 1000, copies: int = 30,
+                           only: str | None = None) -> Path:
     """A byte-level corpus whose train split is `copies` near-duplicate copies (a distinct
     first line each, so exact dedup keeps them all) of `docs_per_domain` short documents
-    per domain, and whose val split is the source corpus's val text, unchanged.
+    per domain (or only in domain `only`; the others keep their train documents), and whose
+    val split is the source corpus's val text, unchanged.
 
     prepare_corpus splits by a hash of the document path; the paths are chosen with
     assign_splits so that exactly the fresh val document of each domain lands in val.
@@ -157,6 +165,8 @@ def make_duplicated_corpus(source: Path, out: Path, docs_per_domain: int = 2, do
         val_text = "\n".join(bytes(d).decode("utf-8", "replace") for d in _split_docs(src.tokens(domain, "val"), eot))
         texts = [bytes(d[:doc_bytes]).decode("utf-8", "ignore") for d in train_docs]
         copies_text = [f"[copy {i} of document {j}]\n{t}" for j, t in enumerate(texts) for i in range(copies)]
+        if only is not None and domain != only:
+            copies_text = [bytes(d).decode("utf-8", "replace") for d in _split_docs(src.tokens(domain, "train"), eot)]
         paths = [f"{domain}/doc-{k:04d}.txt" for k in range(len(copies_text) + 1)]
         probe = [Document(domain, "probe", p, f"probe {p}") for p in paths]
         val_path = paths[assign_splits(probe, val_fraction=val_fraction, min_val_docs=1).index("val")]

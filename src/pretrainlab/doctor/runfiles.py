@@ -25,7 +25,7 @@ from ..errors import UserError
 
 # Numeric per-step fields written by the trainer (train/trainer.py, step 6d).
 TRAIN_FIELDS = ("tokens", "loss", "lr", "grad_norm", "max_layer_grad_norm", "tokens_per_s", "mfu", "step_s",
-                "data_wait_frac", "peak_mem_mb", "train_seconds")
+                "data_wait_frac", "peak_mem_mb", "train_seconds", "cpu_s")
 LIVE_WINDOW_S = 300  # metrics.jsonl written this recently and no summary.json: call the run live
 
 
@@ -42,11 +42,13 @@ class RunData:
     batch_hash: list[str | None] = field(default_factory=list)
     domains: list[str] = field(default_factory=list)
     domain_rows: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))  # [n, K]
+    domain_loss: np.ndarray | None = None  # float64 [n, K]: mean train loss of each domain's rows (NaN: none that step)
     rank_step_s: np.ndarray | None = None  # float64 [n, world] on DDP runs (NaN where a row lacks it)
     rank_presync_s: np.ndarray | None = None  # each rank's own work before it first waits on another rank
     rank_data_s: np.ndarray | None = None  # each rank's time to build its batch
     evals: list[dict] = field(default_factory=list)  # eval rows, sorted by step
     notes: list[str] = field(default_factory=list)  # data-quality notes, one sentence each
+    superseded: list[dict] = field(default_factory=list)  # train rows a resume recomputed (metrics.superseded.jsonl)
     metrics_age_s: float | None = None  # seconds since metrics.jsonl was last written
 
     @property
@@ -114,6 +116,7 @@ def load_run(path: str | Path) -> RunData:
     if metrics_file.is_file():
         run.metrics_age_s = max(0.0, time.time() - metrics_file.stat().st_mtime)
         _read_metrics(metrics_file, run)
+        run.superseded = _read_superseded(run.path / "metrics.superseded.jsonl")
     elif run.path.is_dir():
         run.notes.append("no metrics.jsonl: the run logged no step yet (still starting, or it failed before its first step)")
     if run.path.is_dir() and not any(run.path.iterdir()):
@@ -234,6 +237,12 @@ def _read_metrics(file: Path, run: RunData) -> None:
             for j, d in enumerate(domains):
                 v = dr.get(d, 0)
                 run.domain_rows[i, j] = v if isinstance(v, int) and v >= 0 else 0
+    if any(isinstance(r.get("domain_loss"), dict) for r in rows):
+        run.domain_loss = np.full((len(rows), len(domains)), np.nan)
+        for i, r in enumerate(rows):
+            dl = r.get("domain_loss")
+            if isinstance(dl, dict):
+                run.domain_loss[i] = [as_float(dl.get(d)) for d in domains]
     run.rank_step_s, run.rank_presync_s, run.rank_data_s = (_per_rank(rows, k) for k in ("rank_step_s", "rank_presync_s", "rank_data_s"))
     run.evals = [evals[s] for s in sorted(evals) if math.isfinite(as_float(evals[s].get("val_bpb")))]
     missing = sorted(set(range(1, int(run.steps[-1]) + 1)) - set(run.steps.tolist())) if len(run.steps) else []
@@ -252,3 +261,19 @@ def _per_rank(rows: list[dict], key: str) -> np.ndarray | None:
         if isinstance(x, list):
             arr[i, : len(x)] = [as_float(v) for v in x]
     return arr
+
+
+def _read_superseded(file: Path) -> list[dict]:
+    """Train rows of attempts a resume replaced; unreadable lines are skipped."""
+    if not file.is_file():
+        return []
+    out = []
+    for line in file.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and row.get("type", "train") == "train" and isinstance(row.get("step"), int) \
+                and isinstance(row.get("superseded_by_resume_at"), int):
+            out.append(row)
+    return out

@@ -143,8 +143,9 @@ class GPT(nn.Module):
                 block.attn.ve_lambdas.fill_(1.0)
         nn.init.normal_(self.lm_head.weight, std=0.001)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-        """idx [B, T] -> logits [B, T, vocab_size] (fp32), or the mean loss if targets given."""
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, per_row: bool = False) -> torch.Tensor:
+        """idx [B, T] -> logits [B, T, vocab_size] (fp32); with targets, the mean loss, or
+        each row's mean loss [B] if `per_row` (the trainer's per-domain train loss)."""
         T = idx.size(1)
         assert T <= self.cos.size(1), f"sequence of {T} tokens exceeds model.seq_len={self.cos.size(1)}"
         cos, sin = self.cos[:, :T], self.sin[:, :T]
@@ -158,6 +159,8 @@ class GPT(nn.Module):
             logits = cap * torch.tanh(logits / cap)
         if targets is None:
             return logits
+        if per_row:
+            return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none").view(targets.shape).mean(1)
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
 
     # --- accounting ----------------------------------------------------------------

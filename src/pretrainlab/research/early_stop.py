@@ -30,7 +30,7 @@ def eval_curve(run_dir: Path, frac: float) -> dict[int, float]:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if row.get("type") == "eval" and row.get("val_bpb") is not None and row.get("progress") is not None:
+        if row.get("type") == "eval" and row.get("val_bpb") is not None and row.get("progress") is not None and row.get("step"):
             curve[math.floor(row["progress"] / frac + 1e-9)] = row["val_bpb"]
     return curve
 

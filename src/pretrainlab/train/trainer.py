@@ -266,6 +266,9 @@ def train(recipe: Recipe | None = None, out_dir: Path | None = None, resume_dir:
     last_print = time.time()
     model.train()
     try:
+        if tc.eval_at_start and state["step"] == 0:
+            run_eval()  # the untrained model: each domain's starting point
+        cpu_prev = time.process_time()
         while progress() < 1.0:
             t0 = time.perf_counter()
             # a floor so the very first step of a time budget (no step duration measured yet) does not run at LR 0
@@ -278,6 +281,9 @@ def train(recipe: Recipe | None = None, out_dir: Path | None = None, resume_dir:
             lo = d.rank * tc.micro_batch_rows * grad_accum
             x_all = x_all[lo : lo + tc.micro_batch_rows * grad_accum].to(device, non_blocking=True)
             y_all = y_all[lo : lo + tc.micro_batch_rows * grad_accum].to(device, non_blocking=True)
+            batch_domains = loader.last_batch_domains()
+            rank_domains = torch.from_numpy(batch_domains[lo : lo + tc.micro_batch_rows * grad_accum]).to(device, non_blocking=True)
+            domain_loss_sum = torch.zeros(len(domains), device=device)
             t_data = time.perf_counter() - t0
             # 6b. forward/backward, accumulated over micro-batches
             loss_sum = torch.zeros((), device=device)
@@ -286,7 +292,9 @@ def train(recipe: Recipe | None = None, out_dir: Path | None = None, resume_dir:
                 sl = slice(micro * tc.micro_batch_rows, (micro + 1) * tc.micro_batch_rows)
                 sync = micro == grad_accum - 1 or d.world_size == 1
                 with (nullcontext() if sync else model.no_sync()), autocast:
-                    loss = model(x_all[sl], y_all[sl])
+                    row_loss = model(x_all[sl], y_all[sl], per_row=True)
+                loss = row_loss.mean()
+                domain_loss_sum.index_add_(0, rank_domains[sl], row_loss.detach().float())
                 if state["step"] + 1 == recipe.faults.nan_at_step:
                     loss = loss * float("nan")
                 if micro == 0 and d.rank == recipe.faults.slow_rank:
@@ -309,7 +317,7 @@ def train(recipe: Recipe | None = None, out_dir: Path | None = None, resume_dir:
             for opt in optimizers:
                 opt.zero_grad(set_to_none=False)
             # 6d. agree across processes on the loss and on whether to stop
-            shared = torch.stack([loss_sum / grad_accum, grad_norm, layer_norms.max()])
+            shared = torch.cat([torch.stack([loss_sum / grad_accum, grad_norm, layer_norms.max()]) / d.world_size, domain_loss_sum])
             flags = torch.tensor([float(stop_signal["sigterm"]), float(time.time() > wall_deadline)], device=device)
             ranks = {}
             if d.world_size > 1:
@@ -319,10 +327,9 @@ def train(recipe: Recipe | None = None, out_dir: Path | None = None, resume_dir:
                 per_rank = torch.stack(gathered).cpu().tolist()
                 ranks = {"rank_step_s": [r[0] for r in per_rank], "rank_presync_s": [r[1] for r in per_rank],
                          "rank_data_s": [r[2] for r in per_rank]}
-                dist.all_reduce(shared)  # SUM then divide: gloo has no AVG
-                shared /= d.world_size
+                dist.all_reduce(shared)  # SUM of pre-divided means (gloo has no AVG) and of per-domain loss sums
                 dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-            loss_v, grad_norm_v, max_layer_v = shared.tolist()  # one device sync per step
+            loss_v, grad_norm_v, max_layer_v, *domain_sums = shared.tolist()  # one device sync per step
             max_layer = layer_names[int(layer_norms.argmax())]
             dt = time.perf_counter() - t0
             state["step"] += 1
@@ -333,15 +340,19 @@ def train(recipe: Recipe | None = None, out_dir: Path | None = None, resume_dir:
                 state["timed_tokens"] += tc.batch_tokens
             tokens_per_s = tc.batch_tokens / dt
             mfu = flops_per_token * tokens_per_s / (peak * d.world_size) if peak else None
-            domain_rows = np.bincount(loader.last_batch_domains(), minlength=len(domains)).tolist()
+            domain_rows = np.bincount(batch_domains, minlength=len(domains)).tolist()
+            cpu_now = time.process_time()
             pending_rows.append({
                 "type": "train", "step": state["step"], "tokens": state["tokens"], "loss": loss_v, "lr": lr,
                 "grad_norm": grad_norm_v, "max_layer_grad_norm": max_layer_v, "max_grad_layer": max_layer,
                 "tokens_per_s": tokens_per_s, "mfu": mfu, "step_s": dt, "data_wait_frac": t_data / dt,
                 "peak_mem_mb": peak_memory_mb(device), "train_seconds": state["train_seconds"],
                 "domain_rows": dict(zip(domains, domain_rows)), "batch_hash": batch_hash,
+                "domain_loss": {k: v / n for k, v, n in zip(domains, domain_sums, domain_rows) if n},
+                "cpu_s": cpu_now - cpu_prev,
                 **ranks,
             })
+            cpu_prev = cpu_now
             if state["step"] % tc.log_every == 0:
                 flush_metrics()
             # 6e. divergence fast-fail: NaN/Inf at once; a sustained blow-up over the best EMA
@@ -437,10 +448,12 @@ def _layer_index(model: GPT) -> torch.Tensor:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop rows logged after the checkpoint we resume from (they will be recomputed)."""
+    """Move rows logged after the checkpoint we resume from (they will be recomputed) to
+    metrics.superseded.jsonl, tagged with the resume step: what happened between the
+    checkpoint and the interruption stays on record."""
     if not path.exists():
         return
-    kept = []
+    kept, superseded = [], []
     for line in path.read_text().splitlines():
         try:
             row = json.loads(line)
@@ -448,6 +461,11 @@ def _truncate_metrics(path: Path, step: int) -> None:
             continue  # a line torn by the kill
         if row.get("step", 0) <= step:
             kept.append(line + "\n")
+        else:
+            superseded.append(json.dumps({**row, "superseded_by_resume_at": step}) + "\n")
+    if superseded:
+        with open(path.with_name("metrics.superseded.jsonl"), "a") as f:
+            f.write("".join(superseded))
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(kept))
     os.replace(tmp, path)
