@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from pretrainlab import api
@@ -46,7 +46,7 @@ def synth_record(i: int, rng: random.Random, base_recipe: dict, campaign_ids: li
     status = rng.choices(["ok", "timeout", "diverged", "crashed", "preempted"], [80, 5, 8, 5, 2])[0]
     val = None if status in ("diverged", "crashed") else round(rng.uniform(2.5, 3.5), 4)
     domains = None if val is None else {d: val + rng.uniform(-0.2, 0.2) for d in ("code", "docs", "literature")}
-    created = datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(minutes=7 * i)
+    created = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=7 * i)
     run_id = uuid.UUID(int=rng.getrandbits(128)).hex[:12]
     summary = {"status": status, "val_bpb": val, "val_bpb_domains": domains, "params": 850_000, "tokens": 2_000_000, "steps": 1000,
                "seconds": 60.0, "wall_seconds": 70.0, "tokens_per_s": rng.uniform(2e4, 4e4), "mfu": None, "flops_per_token": 5e6,
@@ -122,7 +122,7 @@ def bench_backend(name: str, url: str, args, run_dir: Path, long_run: Path) -> d
             lg.upsert_run(rec, campaign_id=cid)
         out["write_runs_per_s"] = args.runs / (time.perf_counter() - t0)
         assert lg.count_runs() == args.runs
-        start = datetime(2026, 1, 1, tzinfo=timezone.utc)  # synth_record's first created_at
+        start = datetime(2026, 1, 1, tzinfo=UTC)  # synth_record's first created_at
         queries = {
             "list all runs": dict(),
             "list, newest 50 (the CLI default)": dict(limit=50),

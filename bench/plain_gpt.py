@@ -6,8 +6,8 @@ vocab as the recipe it is compared against.
 """
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 
 class Block(nn.Module):

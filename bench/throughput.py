@@ -33,13 +33,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from plain_gpt import PlainGPT  # noqa: E402
+from plain_gpt import PlainGPT
 
-from pretrainlab import api  # noqa: E402
-from pretrainlab.data import Corpus, builtin_corpus_dir  # noqa: E402
-from pretrainlab.model import GPT  # noqa: E402
-from pretrainlab.train.optim import build_optimizers  # noqa: E402
-from pretrainlab.train.telemetry import device_name, peak_flops  # noqa: E402
+from pretrainlab import api
+from pretrainlab.data import Corpus, builtin_corpus_dir
+from pretrainlab.model import GPT
+from pretrainlab.train.optim import build_optimizers
+from pretrainlab.train.telemetry import device_name, peak_flops
 
 
 def matmul_peak_flops(device: torch.device, dtype: torch.dtype, seconds: float = 3.0) -> float:

@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import cli, set_args, tiny_overrides
+
 from pretrainlab.recipes import RECIPES
 
 

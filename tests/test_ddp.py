@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import set_args, tiny_overrides
+
 from pretrainlab import api
 
 

@@ -8,8 +8,8 @@ import shutil
 import sys
 
 import pytest
-
 from conftest import tiny_overrides
+
 from pretrainlab import api
 from pretrainlab.errors import UserError
 from pretrainlab.ledger import MIGRATIONS, Ledger

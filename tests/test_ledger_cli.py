@@ -9,8 +9,8 @@ import sys
 import time
 
 import pytest
-
 from conftest import cli, set_args, tiny_overrides
+
 from pretrainlab import api
 from pretrainlab.train import EXIT_PREEMPTED
 

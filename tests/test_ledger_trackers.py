@@ -4,8 +4,8 @@ tracker's own reader. TensorBoard for real (dev extra); MLflow and W&B only when
 import json
 
 import pytest
-
 from conftest import tiny_overrides
+
 from pretrainlab import api
 
 

@@ -1,8 +1,8 @@
 """Campaigns end to end on tiny CPU budgets: baseline, proposals, decisions, attribution."""
 
 import pytest
-
 from conftest import tiny_overrides
+
 from pretrainlab.ledger import Ledger
 from pretrainlab.research import manage
 from pretrainlab.research.campaign import CampaignConfig

@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from fake_llm_server import FakeServer, message, rate_limited, text, tool_use
+
 from pretrainlab.errors import UserError
 from pretrainlab.recipes import get_recipe
 from pretrainlab.research.llm import ClaudeStrategy, LLMUnavailable, SpendCapReached, Tool
@@ -94,9 +94,8 @@ def test_429_is_retried_with_backoff():
 
 def test_persistent_server_errors_surface_as_unavailable():
     err = (503, {"type": "error", "error": {"type": "overloaded_error", "message": "overloaded"}})
-    with FakeServer([err, err]) as server:
-        with pytest.raises(LLMUnavailable, match="503"):
-            strategy(server, [], max_retries=1).propose(view(), 1)
+    with FakeServer([err, err]) as server, pytest.raises(LLMUnavailable, match="503"):
+        strategy(server, [], max_retries=1).propose(view(), 1)
 
 
 def test_spend_cap_in_tokens_and_dollars():

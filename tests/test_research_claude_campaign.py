@@ -4,9 +4,9 @@ goes on."""
 
 import difflib
 
-
 from conftest import tiny_overrides
 from fake_llm_server import FakeServer, message, text, tool_use
+
 from pretrainlab.ledger import Ledger
 from pretrainlab.research import manage
 from pretrainlab.research.campaign import CampaignConfig

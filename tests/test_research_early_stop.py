@@ -1,6 +1,7 @@
 """Successive-halving rungs: evaluation at budget shares; only clear losers are stopped."""
 
 from conftest import tiny_overrides
+
 from pretrainlab import api
 from pretrainlab.research.early_stop import eval_curve, rung_reference, should_stop
 

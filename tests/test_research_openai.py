@@ -3,10 +3,10 @@
 import json
 
 import pytest
-
 from fake_llm_server import FakeServer
-from pretrainlab.research.llm import LLMUnavailable, OpenAIStrategy
 from test_research_claude import lab_tools, view
+
+from pretrainlab.research.llm import LLMUnavailable, OpenAIStrategy
 
 
 def chat(message, finish="tool_calls"):

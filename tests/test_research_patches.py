@@ -4,8 +4,8 @@ import difflib
 import json
 
 import pytest
-
 from conftest import tiny_overrides
+
 from pretrainlab import eval as evaluation
 from pretrainlab.research.patches import PACKAGE_DIR, PatchRejected, apply_patch, touched_files
 from pretrainlab.runners import Job, LocalRunner

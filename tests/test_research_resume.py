@@ -9,6 +9,7 @@ import sys
 import time
 
 from conftest import tiny_overrides
+
 from pretrainlab.ledger import Ledger
 from pretrainlab.research import manage
 

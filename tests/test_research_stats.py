@@ -3,7 +3,16 @@
 import numpy as np
 import pytest
 
-from pretrainlab.research.stats import IMPROVEMENT, INCONCLUSIVE, NO_EFFECT, REGRESSION, bootstrap_ci, compare, greedy_single_seed, noise_floor
+from pretrainlab.research.stats import (
+    IMPROVEMENT,
+    INCONCLUSIVE,
+    NO_EFFECT,
+    REGRESSION,
+    bootstrap_ci,
+    compare,
+    greedy_single_seed,
+    noise_floor,
+)
 
 
 def test_aa_comparisons_come_out_no_effect_at_least_95_percent_of_the_time():
@@ -75,6 +84,7 @@ def test_noise_floor():
 def test_aa_on_real_seed_replicates(corpus_dir, tmp_path):
     """The same recipe on 10 seeds, compared against itself in 1,000 random 3-vs-3 splits."""
     from conftest import tiny_overrides
+
     from pretrainlab import api
 
     values = [api.train_run("tiny-cpu", tiny_overrides(corpus_dir, **{"budget.tokens": 8192, "seed": s}), tmp_path / f"s{s}",

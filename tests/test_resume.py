@@ -9,6 +9,7 @@ import sys
 import time
 
 from conftest import cli, set_args, tiny_overrides
+
 from pretrainlab import api
 from pretrainlab.train import EXIT_PREEMPTED
 

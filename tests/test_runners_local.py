@@ -4,6 +4,7 @@ import json
 import time
 
 from conftest import tiny_overrides
+
 from pretrainlab.runners import Job, LocalRunner
 
 

@@ -4,9 +4,10 @@ import json
 import math
 
 import pytest
-
 from conftest import cli, set_args, tiny_overrides
-from pretrainlab import api, eval as evaluation
+
+from pretrainlab import api
+from pretrainlab import eval as evaluation
 
 
 def read_rows(run_dir, kind="train"):

@@ -10,7 +10,7 @@ import json
 import os
 import secrets
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .config import Recipe, apply_overrides, field_docs
@@ -328,7 +328,7 @@ def _when(text: str | None, flag: str, end: bool = False) -> str | None:
     """A date (2026-11-21; --until includes that whole day), an ISO time (local unless it
     has an offset) or an age (30m, 12h, 3d, 2w) -> the ledger's UTC timestamp format."""
     import re
-    from datetime import timedelta, timezone
+    from datetime import timedelta
 
     if not text:
         return None
@@ -336,7 +336,7 @@ def _when(text: str | None, flag: str, end: bool = False) -> str | None:
     age = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([mhdw])", text)
     if age:
         unit = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[age.group(2)]
-        dt = datetime.now(timezone.utc) - timedelta(**{unit: float(age.group(1))})
+        dt = datetime.now(UTC) - timedelta(**{unit: float(age.group(1))})
     else:
         try:
             dt = datetime.fromisoformat(text)
@@ -346,7 +346,7 @@ def _when(text: str | None, flag: str, end: bool = False) -> str | None:
             dt += timedelta(days=1)  # --until DAY includes that day
         if dt.tzinfo is None:
             dt = dt.astimezone()  # local time
-    return dt.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    return dt.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 # ---- research campaigns ------------------------------------------------------------------------

@@ -191,7 +191,7 @@ def cmd_recipes(args) -> int:
         if args.json:
             return _print_json(rows)
         for row in rows:
-            print(f"{row['key']:<28} {row['type']:<22} {str(row['default']):<12} {row['doc']}")
+            print(f"{row['key']:<28} {row['type']:<22} {row['default']!s:<12} {row['doc']}")
         return 0
     rows = api.list_recipes()
     if args.json:
@@ -240,7 +240,7 @@ def _print_summary(run_dir: Path, s: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"run {run_dir}", show_header=False)
-    fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+    fmt = lambda v, f: "-" if v is None else format(v, f)
     table.add_row("status", s["status"])
     table.add_row("val_bpb", fmt(s["val_bpb"], ".4f"))
     for dom, v in (s.get("val_bpb_domains") or {}).items():
@@ -347,7 +347,7 @@ def _runs_show(args) -> int:
     console.print(table)
     if r["evals"]:
         evals = Table(title="evals", title_justify="left")
-        domains = list((r["evals"][-1].get("domains") or {}))
+        domains = list(r["evals"][-1].get("domains") or {})
         for col in ("step", "tokens", "val_bpb", *domains):
             evals.add_column(col, justify="right")
         for e in r["evals"]:
@@ -541,7 +541,7 @@ def _print_leaderboard(status: dict) -> None:
     for e in rows:
         ci = e["ci"] or [None, None]
         effect = "" if e["effect"] is None else f"{e['effect']:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci[0] is not None else "")
-        short = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+        short = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
         change = ", ".join(f"{k.split('.')[-1]} {short(a)}→{short(b)}" for k, (a, b) in (e["change"] or {}).items()) or \
             ("(baseline)" if e["proposer"] == "campaign" else "")
         who = f"{e['proposer']} ({e['model_id']})" if e["model_id"] else e["proposer"]

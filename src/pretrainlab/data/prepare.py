@@ -16,8 +16,8 @@ from pathlib import Path
 from ..errors import UserError
 from .builtin import (
     DEFAULT_MAX_BYTES_PER_DOMAIN,
-    LITERATURE_SDIST,
     LITERATURE_REQUIREMENT,
+    LITERATURE_SDIST,
     LITERATURE_SDIST_SHA256,
     builtin_corpus_dir,
     builtin_documents,

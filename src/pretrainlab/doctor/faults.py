@@ -217,6 +217,5 @@ def summarize(results: list[Result], cases: dict[str, Case]) -> dict:
 def dump(results: list[Result], path: Path) -> None:
     """One JSON line per run: case, seed, seconds, alarms, and the report."""
     with open(path, "w") as f:
-        for r in results:
-            f.write(json.dumps({"case": r.case, "seed": r.seed, "seconds": r.seconds, "alarms": sorted(r.alarms),
-                                "report": r.report.to_dict()}) + "\n")
+        f.writelines(json.dumps({"case": r.case, "seed": r.seed, "seconds": r.seconds, "alarms": sorted(r.alarms),
+                                "report": r.report.to_dict()}) + "\n" for r in results)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -72,7 +72,7 @@ class Report:
     data_quality: list[str] = field(default_factory=list)  # problems with the run files themselves
     checks: list[Check] = field(default_factory=list)
     baseline: dict | None = None  # the comparison with a baseline run, when one was given
-    generated_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    generated_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     @property
     def verdict(self) -> str:

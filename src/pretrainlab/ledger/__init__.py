@@ -21,5 +21,17 @@ from .rundir import read_run_dir
 from .schema import MIGRATIONS
 from .store import ACTOR_TYPES, EXPERIMENT_KINDS, RUN_STATUSES, VERDICTS, Ledger
 
-__all__ = ["Ledger", "LedgerURL", "MIGRATIONS", "connect", "migrate", "resolve_url", "schema_version", "read_run_dir",
-           "RUN_STATUSES", "EXPERIMENT_KINDS", "ACTOR_TYPES", "VERDICTS"]
+__all__ = [
+           "ACTOR_TYPES",
+           "EXPERIMENT_KINDS",
+           "MIGRATIONS",
+           "RUN_STATUSES",
+           "VERDICTS",
+           "Ledger",
+           "LedgerURL",
+           "connect",
+           "migrate",
+           "read_run_dir",
+           "resolve_url",
+           "schema_version",
+]

@@ -52,7 +52,7 @@ def metric_rows(runs: list[dict]) -> list[dict]:
     """One row per metric: values per run, and delta (and %) of each run against the first."""
     domains: dict[str, None] = {}
     for run in runs:
-        domains.update(dict.fromkeys(((run.get("summary") or {}).get("val_bpb_domains") or {})))
+        domains.update(dict.fromkeys((run.get("summary") or {}).get("val_bpb_domains") or {}))
     rows = []
     for key, label, better in METRICS:
         rows.append(_row(label, key, better, [run.get(key) for run in runs]))

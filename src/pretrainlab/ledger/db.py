@@ -23,11 +23,11 @@ import os
 import re
 import sqlite3
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import UserError
 from .schema import MIGRATIONS, statements
@@ -78,7 +78,7 @@ def redact(url: str) -> str:
 
 def now() -> str:
     """The current time as the ledger stores it: ISO 8601, UTC, microseconds."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def to_utc(value: str | float | None) -> str | None:
@@ -86,11 +86,11 @@ def to_utc(value: str | float | None) -> str | None:
     if value is None:
         return None
     if isinstance(value, (int, float)):
-        dt = datetime.fromtimestamp(value, timezone.utc)
+        dt = datetime.fromtimestamp(value, UTC)
     else:
         dt = datetime.fromisoformat(value)
-        dt = dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt
-    return dt.astimezone(timezone.utc).isoformat(timespec="microseconds")
+        dt = dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt
+    return dt.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 class Database:

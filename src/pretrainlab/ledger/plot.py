@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ..errors import UserError
@@ -70,7 +70,7 @@ def render_html(comparison: dict, labels: list[str], curves: list[dict]) -> str:
     diff_rows = "".join(f"<tr><td>{esc(k)}</td>" + "".join(f"<td>{esc(str(v))}</td>" for v in vals) + "</tr>"
                         for k, vals in comparison["recipe_diff"].items())
     diff_rows = diff_rows or f"<tr><td colspan='{len(runs) + 1}'>identical recipes</td></tr>"
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>pretrainlab runs compare</title>
 <style>

@@ -2,4 +2,4 @@
 
 from .trainer import EXIT_DIVERGED, EXIT_PREEMPTED, STATUS_EXIT, train
 
-__all__ = ["train", "EXIT_DIVERGED", "EXIT_PREEMPTED", "STATUS_EXIT"]
+__all__ = ["EXIT_DIVERGED", "EXIT_PREEMPTED", "STATUS_EXIT", "train"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from ..config import OptimConfig
 
