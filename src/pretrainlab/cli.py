@@ -131,6 +131,8 @@ def _add_research_parser(sub) -> None:
     s.add_argument("--seeds", type=int, default=3, help="replicates for the baseline and each confirmation")
     s.add_argument("--alpha", type=float, default=0.05, help="two-sided significance level of a decision")
     s.add_argument("--decision", default="welch", help="welch (noise-aware) or greedy (one seed, keep if lower: for comparison)")
+    s.add_argument("--screen-margin", type=float, default=0.0,
+                   help="a 1-seed screen earns replicates if <= the incumbent's mean + this many seed std (default 0)")
     s.add_argument("--max-changes", type=int, default=2,
                    help="keys an optuna/random proposal changes at once (0: the whole search space)")
     s.add_argument("--approve-code", action="store_true", help="hold code patches until `research approve`")
@@ -480,7 +482,7 @@ def cmd_research(args) -> int:
     if c == "start":
         options = dict(goal=args.goal, budget_runs=args.budget_runs, budget_hours=args.budget_hours, run_budget=args.run_budget,
                        strategy=args.strategy, parallel=args.parallel, seeds=args.seeds, gpus=_gpu_list(args.gpus), alpha=args.alpha, decision=args.decision,
-                       max_changes=args.max_changes, approve_code=args.approve_code, transfer=args.transfer, llm_model=args.llm_model, llm_base_url=args.llm_base_url,
+                       max_changes=args.max_changes, screen_margin=args.screen_margin, approve_code=args.approve_code, transfer=args.transfer, llm_model=args.llm_model, llm_base_url=args.llm_base_url,
                        spend_cap_usd=args.spend_cap_usd)
         cid = api.research_start(args.recipe, args.overrides, name=args.name, db=args.db, echo=True, **options)
         return _campaign_done(cid, args)

@@ -11,8 +11,8 @@
      c. fill every free slot: pending replicates first, then queued experiments (people's
         suggestions), then new proposals from the strategy
   3. close: stop what still runs, mark the campaign, write the research log
-Each experiment is screened on one seed; a screen that is not clearly worse than the
-incumbent earns `seeds` replicates, compared with Welch's test (research/stats.py); a
+Each experiment is screened on one seed; a screen no worse than the incumbent's mean
+(+ `screen_margin` seed std) earns `seeds` replicates, compared with Welch's test (research/stats.py); a
 promising "no effect" gets one more round of replicates (tested again at alpha / looks).
 Everything lives in the ledger: experiments (with their phase and planned seeds in
 `status`), runs (linked to their experiment), decisions with effect and CI, notes. Run
@@ -58,6 +58,10 @@ class CampaignConfig:
     seeds: int = 3  # replicates for the baseline and for each confirmation round
     alpha: float = 0.05
     max_looks: int = 2  # confirmation rounds per experiment
+    # a 1-seed screen earns replicates only if it is <= the incumbent's mean + this many seed std. At 0, a
+    # no-effect change passes half the time (vs 98% at 2), while a change big enough for 3-vs-3 Welch to
+    # confirm (>= ~2.5 seed std) still passes > 99% of the time: the budget goes to likely winners.
+    screen_margin: float = 0.0
     decision: str = "welch"  # "welch" (replicated, noise-aware) or "greedy" (one seed, keep if lower: the autoresearch rule)
     transfer: list[str] = field(default_factory=list)  # overrides of a larger rung; a winner must win there too before it is kept
     early_stop: bool = True
@@ -82,6 +86,8 @@ class CampaignConfig:
             raise UserError(f"--parallel {self.parallel} needs {self.parallel} GPUs, --gpus lists {len(self.gpus)}: lower --parallel or list more")
         if self.parallel < 1 or (self.seeds < 2 and self.decision == "welch"):
             raise UserError("--parallel must be >= 1 and --seeds >= 2 (a t-test needs two replicates)")
+        if self.screen_margin < 0:
+            raise UserError(f"--screen-margin must be >= 0 (in seed standard deviations), got {self.screen_margin}")
         if self.max_changes < 0:
             raise UserError(f"--max-changes must be >= 0 (0 changes the whole search space), got {self.max_changes}")
         if not 0 < self.alpha < 0.5:
@@ -286,17 +292,19 @@ class Campaign:
             verdict = "keep" if values[0] < min(inc_values) else "discard"
             self.decide(exp, verdict, f"single seed: {values[0]:.4f} vs incumbent {min(inc_values):.4f}", evidence, proposal, values[0])
             return
-        if n == 1:  # screening: not clearly worse -> replicate
+        if n == 1:  # screening: not worse than the incumbent (within the margin) -> replicate
             mean, std = statistics.fmean(inc_values), statistics.stdev(inc_values)
-            if values[0] <= mean + 2 * std and self.budget_spent(extra=self.cfg.seeds - 2):
+            bar = mean + self.cfg.screen_margin * std
+            if values[0] <= bar and self.budget_spent(extra=self.cfg.seeds - 2):
                 self.decide(exp, "inconclusive", f"screen {values[0]:.4f} was promising (incumbent {mean:.4f} +- {std:.4f}) but the run "
                             f"budget has no room for {self.cfg.seeds - 1} replicates", evidence, proposal, values[0])
-            elif values[0] <= mean + 2 * std:
+            elif values[0] <= bar:
                 self.ledger.set_experiment_status(exp_id, f"running:{self.cfg.seeds}")
                 self.log(f"{exp_id}: screen {values[0]:.4f} vs incumbent {mean:.4f} +- {std:.4f}: replicating")
             else:
-                self.decide(exp, "discard", f"screen: {values[0]:.4f} is worse than the incumbent's {mean:.4f} by more than 2 seed std "
-                            f"({std:.4f})", evidence, proposal, values[0])
+                margin = f" + {self.cfg.screen_margin:g} seed std ({std:.4f})" if self.cfg.screen_margin else f" (seed std {std:.4f})"
+                self.decide(exp, "discard", f"screen: {values[0]:.4f} is worse than the incumbent's {mean:.4f}{margin}",
+                            evidence, proposal, values[0])
             return
         looks = max(1, n // self.cfg.seeds)
         cmp = compare(inc_values, values, alpha=self.cfg.alpha, looks=looks)
