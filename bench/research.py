@@ -2,14 +2,16 @@
 
     python bench/research.py --runs 24 --run-budget 5s --campaign-seeds 3 --parallel 2
 
-1. Equal compute: each of optuna, random (both with the noise-aware Welch rule) and a
-   single-seed greedy keep/discard loop (the autoresearch rule, with optuna proposals) gets
-   the same number of training runs of the same per-run budget, over several campaign seeds.
+1. Equal compute: each of optuna and random (both with the default paired rule), optuna
+   with the unpaired Welch rule, and a single-seed greedy keep/discard loop (the
+   autoresearch rule, with optuna proposals) gets the same number of training runs of the
+   same per-run budget, over several campaign seeds.
    Each campaign's final incumbent recipe is then re-trained on `--eval-seeds` fresh seeds,
    so "best val_bpb reached" is measured without the winner's-curse bias of reporting the
    luckiest single run.
 2. False discoveries on A/A: `--aa-runs` seeds of the unchanged recipe; random disjoint
-   splits are compared by each rule (Welch 3 vs 3; greedy 1 vs 1). Any "keep" is false.
+   splits are compared by each rule (paired over 3 pairs of distinct seeds, Welch 3 vs 3,
+   greedy 1 vs 1). Any "keep" is false.
 3. Slot utilisation while work was queued, from each campaign's closing note.
 Results: bench/results/research-DATE.json and a Markdown table on stdout.
 """
@@ -33,11 +35,19 @@ from pretrainlab import api
 from pretrainlab.config import Recipe
 from pretrainlab.ledger import Ledger
 from pretrainlab.research import manage
-from pretrainlab.research.campaign import CampaignConfig, run_budget_overrides
+from pretrainlab.research.campaign import CampaignConfig
+from pretrainlab.research.space import recipe_diff
 from pretrainlab.research.stats import IMPROVEMENT, compare, greedy_single_seed
 from pretrainlab.train.telemetry import device_name
 
-ARMS = {"optuna": dict(strategy="optuna"), "random": dict(strategy="random"), "greedy-1-seed": dict(strategy="optuna", decision="greedy")}
+ARMS = {"optuna": dict(strategy="optuna"), "random": dict(strategy="random"), "greedy-1-seed": dict(strategy="optuna", decision="greedy"),
+        "optuna-welch": dict(strategy="optuna", decision="welch")}
+
+
+def baseline_recipe(ledger, campaign_id) -> Recipe:
+    """The campaign's starting recipe (as it ran: with the campaign's eval rungs)."""
+    exp = next(e for e in ledger.list_experiments(campaign_id) if e["proposer"] == "campaign" and not (e["change"] or {}).get("transfer_of"))
+    return Recipe.from_dict(exp["change"]["recipe"])
 
 
 def final_recipe(ledger, campaign_id) -> Recipe:
@@ -67,7 +77,9 @@ def main():
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--eval-seeds", type=int, default=3, help="fresh seeds to re-train each final recipe on")
     ap.add_argument("--aa-runs", type=int, default=12)
+    ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {', '.join(ARMS)}")
     args = ap.parse_args()
+    arms = {a: ARMS[a] for a in args.arms.split(",")}
     work = Path(tempfile.mkdtemp(prefix="pretrainlab-bench-research-"))
     os.environ["PRETRAINLAB_WORKSPACE"] = str(work)
     os.environ.pop("ANTHROPIC_API_KEY", None)
@@ -76,7 +88,12 @@ def main():
 
     # 1. equal compute, several campaign seeds per arm
     eval_seeds = list(range(1000, 1000 + args.eval_seeds))
-    for arm, kw in ARMS.items():
+    meta = {"date": date.today().isoformat(), "device": device_name(__import__("torch").device("cpu")), "platform": platform.platform(),
+            "command": " ".join(sys.argv)}
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    result_file = out / f"research-{meta['date']}.json"
+    for arm, kw in arms.items():
         rows = []
         for cs in range(args.campaign_seeds):
             cfg = CampaignConfig(recipe="tiny-cpu", run_budget=args.run_budget, budget_runs=args.runs, parallel=args.parallel,
@@ -87,30 +104,30 @@ def main():
             note = next(n["text"] for n in ledger.list_notes(campaign_id=cid) if n["text"].startswith("closed"))
             util = float(re.search(r"utilisation ([\d.]+)%", note).group(1)) / 100
             kept = sum(d["verdict"] == "keep" for d in ledger.list_decisions(campaign_id=cid)) - 1
+            base = baseline_recipe(ledger, cid)
+            diff = recipe_diff(base, recipe)
             rows.append({"campaign": cid, "final_val_bpb": statistics.fmean(values), "final_values": values, "kept_changes": kept,
-                         "utilisation": util, "recipe_hash": recipe.hash()})
-            print(f"{arm} seed {cs}: final {statistics.fmean(values):.4f} ({kept} kept), utilisation {util:.0%}", file=sys.stderr)
-        results["arms"][arm] = rows
-    base = Recipe.from_dict(json.loads(json.dumps(api.resolve_recipe("tiny-cpu", run_budget_overrides(args.run_budget)).to_dict())))
+                         "utilisation": util, "recipe_hash": recipe.hash(), "final_diff": {k: list(v) for k, v in diff.items()},
+                         "experiments": len(ledger.list_decisions(campaign_id=cid))})
+            print(f"{arm} seed {cs}: final {statistics.fmean(values):.4f} ({kept} kept: {diff}), utilisation {util:.0%}", file=sys.stderr)
+            results["arms"][arm] = rows
+            result_file.write_text(json.dumps({"meta": meta, **results}, indent=2))  # partial results survive an interruption
     results["baseline_values"] = retrain(base, eval_seeds, work)
 
     # 2. A/A false discoveries
     aa = retrain(base, list(range(2000, 2000 + args.aa_runs)), work)
     rng = np.random.default_rng(0)
     trials = 2000
-    welch_false = greedy_false = 0
+    welch_false = greedy_false = paired_false = 0
     for _ in range(trials):
         idx = rng.permutation(len(aa))
-        welch_false += compare([aa[i] for i in idx[:3]], [aa[i] for i in idx[3:6]]).verdict == IMPROVEMENT
+        a, b = [aa[i] for i in idx[:3]], [aa[i] for i in idx[3:6]]
+        welch_false += compare(a, b).verdict == IMPROVEMENT
+        paired_false += compare(a, b, paired=True).verdict == IMPROVEMENT
         greedy_false += greedy_single_seed(aa[idx[0]], aa[idx[1]]) == IMPROVEMENT
-    results["aa"] = {"runs": aa, "seed_std": statistics.stdev(aa), "trials": trials,
+    results["aa"] = {"runs": aa, "seed_std": statistics.stdev(aa), "trials": trials, "paired_false_discovery": paired_false / trials,
                      "welch_false_discovery": welch_false / trials, "greedy_false_discovery": greedy_false / trials}
-
-    meta = {"date": date.today().isoformat(), "device": device_name(__import__("torch").device("cpu")), "platform": platform.platform(),
-            "command": " ".join(sys.argv)}
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / f"research-{meta['date']}.json").write_text(json.dumps({"meta": meta, **results}, indent=2))
+    result_file.write_text(json.dumps({"meta": meta, **results}, indent=2))
     print(f"\n{meta['date']} | {meta['device']} | `{meta['command']}`\n")
     print(f"baseline (tiny-cpu, {args.run_budget} runs) on {args.eval_seeds} fresh seeds: {statistics.fmean(results['baseline_values']):.4f}\n")
     print("| decision rule / strategy | final val_bpb per campaign seed (fresh-seed mean) | mean | kept changes | slot utilisation |")
@@ -121,7 +138,8 @@ def main():
               f"{statistics.fmean(r['kept_changes'] for r in rows):.1f} | {statistics.fmean(r['utilisation'] for r in rows):.0%} |")
     a = results["aa"]
     print(f"\nA/A ({args.aa_runs} seeds of the unchanged recipe, seed std {a['seed_std']:.4f}, {trials} random splits): "
-          f"false discoveries Welch 3v3 {a['welch_false_discovery']:.1%}, greedy 1v1 {a['greedy_false_discovery']:.1%}")
+          f"false discoveries paired 3 pairs {a['paired_false_discovery']:.1%}, Welch 3v3 {a['welch_false_discovery']:.1%}, "
+          f"greedy 1v1 {a['greedy_false_discovery']:.1%}")
 
 
 if __name__ == "__main__":

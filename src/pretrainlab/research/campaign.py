@@ -11,9 +11,11 @@
      c. fill every free slot: pending replicates first, then queued experiments (people's
         suggestions), then new proposals from the strategy
   3. close: stop what still runs, mark the campaign, write the research log
-Each experiment is screened on one seed; a screen no worse than the incumbent's mean
-(+ `screen_margin` seed std) earns `seeds` replicates, compared with Welch's test (research/stats.py); a
-promising "no effect" gets one more round of replicates (tested again at alpha / looks).
+Each experiment is screened on one seed; a screen no worse than the incumbent's run on the
+same seed (+ `screen_margin` seed std) earns `seeds` replicates on the incumbent's seeds,
+compared by the paired t-test over seed-matched runs (research/stats.py; Welch with
+--decision welch); a promising "no effect" gets one more round of replicates where the
+incumbent has those seeds (tested again at alpha / looks).
 Everything lives in the ledger: experiments (with their phase and planned seeds in
 `status`), runs (linked to their experiment), decisions with effect and CI, notes. Run
 directories are named by experiment and seed, so `resume` finds finished runs on disk
@@ -58,11 +60,13 @@ class CampaignConfig:
     seeds: int = 3  # replicates for the baseline and for each confirmation round
     alpha: float = 0.05
     max_looks: int = 2  # confirmation rounds per experiment
-    # a 1-seed screen earns replicates only if it is <= the incumbent's mean + this many seed std. At 0, a
-    # no-effect change passes half the time (vs 98% at 2), while a change big enough for 3-vs-3 Welch to
-    # confirm (>= ~2.5 seed std) still passes > 99% of the time: the budget goes to likely winners.
+    # a 1-seed screen earns replicates only if it is <= the incumbent's value (its seed-0 run when paired, else its
+    # mean) + this many seed std. At 0 a no-effect change passes half the time (vs 98% at 2), while a change big
+    # enough for the replicated test to confirm still passes almost always: the budget goes to likely winners.
     screen_margin: float = 0.0
-    decision: str = "welch"  # "welch" (replicated, noise-aware) or "greedy" (one seed, keep if lower: the autoresearch rule)
+    # "paired": seed-matched runs (common random numbers), paired t-test; "welch": unpaired replicates, Welch's
+    # t-test; "greedy": one seed, keep if lower (the autoresearch rule, for comparison)
+    decision: str = "paired"
     transfer: list[str] = field(default_factory=list)  # overrides of a larger rung; a winner must win there too before it is kept
     early_stop: bool = True
     approve_code: bool = False  # code patches wait for `research approve`
@@ -80,11 +84,12 @@ class CampaignConfig:
                             f"give at least {self.seeds + 2}")
         if self.budget_hours < 0:
             raise UserError(f"--budget-hours must be >= 0, got {self.budget_hours}")
-        if self.decision not in ("welch", "greedy"):
-            raise UserError(f"--decision {self.decision!r}: use welch (noise-aware) or greedy (single seed, for comparison)")
+        if self.decision not in ("paired", "welch", "greedy"):
+            raise UserError(f"--decision {self.decision!r}: use paired (seed-matched t-test, the default), welch (unpaired), "
+                            "or greedy (single seed, for comparison)")
         if self.gpus is not None and len(self.gpus) < self.parallel:
             raise UserError(f"--parallel {self.parallel} needs {self.parallel} GPUs, --gpus lists {len(self.gpus)}: lower --parallel or list more")
-        if self.parallel < 1 or (self.seeds < 2 and self.decision == "welch"):
+        if self.parallel < 1 or (self.seeds < 2 and self.decision != "greedy"):
             raise UserError("--parallel must be >= 1 and --seeds >= 2 (a t-test needs two replicates)")
         if self.screen_margin < 0:
             raise UserError(f"--screen-margin must be >= 0 (in seed standard deviations), got {self.screen_margin}")
@@ -162,6 +167,19 @@ class Campaign:
         rows = self.ledger.list_runs(experiment=experiment_id, columns=("run_id", "seed", "status", "val_bpb", "run_dir"))
         return {r["seed"] - self.base.seed: r for r in rows}
 
+    def values_by_seed(self, experiment_id: str) -> dict[int, float]:
+        """{seed index: val_bpb} of the experiment's finished runs."""
+        return {s: r["val_bpb"] for s, r in sorted(self.results(experiment_id).items()) if r["status"] == "ok" and r["val_bpb"] is not None}
+
+    def compare_runs(self, incumbent_id: str, candidate_id: str, looks: int = 1):
+        """The campaign's decision rule on two experiments' runs: the paired t-test over the
+        seeds both ran (Welch when fewer than two are shared, or with --decision welch)."""
+        inc, cand = self.values_by_seed(incumbent_id), self.values_by_seed(candidate_id)
+        common = sorted(set(inc) & set(cand))
+        if self.cfg.decision == "paired" and len(common) >= 2:
+            return compare([inc[s] for s in common], [cand[s] for s in common], alpha=self.cfg.alpha, looks=looks, paired=True)
+        return compare(list(inc.values()), list(cand.values()), alpha=self.cfg.alpha, looks=looks)
+
     def incumbent(self) -> tuple[dict | None, list[float]]:
         """(the experiment whose recipe is the incumbent, its replicate values)."""
         latest: dict[str, dict] = {}
@@ -171,7 +189,7 @@ class Campaign:
         if not kept:
             return None, []
         exp = self.ledger.get_experiment(kept[-1]["experiment_id"])
-        return exp, [r["val_bpb"] for r in self.results(exp["id"]).values() if r["status"] == "ok" and r["val_bpb"] is not None]
+        return exp, list(self.values_by_seed(exp["id"]).values())
 
     def recipe_of(self, exp: dict) -> Recipe:
         change = exp["change"] or {}
@@ -292,9 +310,14 @@ class Campaign:
             verdict = "keep" if values[0] < min(inc_values) else "discard"
             self.decide(exp, verdict, f"single seed: {values[0]:.4f} vs incumbent {min(inc_values):.4f}", evidence, proposal, values[0])
             return
+        inc_exp = self.incumbent()[0]
         if n == 1:  # screening: not worse than the incumbent (within the margin) -> replicate
             mean, std = statistics.fmean(inc_values), statistics.stdev(inc_values)
             bar = mean + self.cfg.screen_margin * std
+            inc_by_seed = self.values_by_seed(inc_exp["id"])
+            if self.cfg.decision == "paired" and 0 in inc_by_seed:  # against the incumbent's run on the same seed
+                mean = inc_by_seed[0]
+                bar = mean + self.cfg.screen_margin * std
             if values[0] <= bar and self.budget_spent(extra=self.cfg.seeds - 2):
                 self.decide(exp, "inconclusive", f"screen {values[0]:.4f} was promising (incumbent {mean:.4f} +- {std:.4f}) but the run "
                             f"budget has no room for {self.cfg.seeds - 1} replicates", evidence, proposal, values[0])
@@ -307,13 +330,14 @@ class Campaign:
                             evidence, proposal, values[0])
             return
         looks = max(1, n // self.cfg.seeds)
-        cmp = compare(inc_values, values, alpha=self.cfg.alpha, looks=looks)
+        cmp = self.compare_runs(inc_exp["id"], exp_id, looks=looks)
         evidence["comparison"] = cmp.to_dict()
         if cmp.verdict == IMPROVEMENT and self.cfg.transfer:
             self.start_transfer(exp, cmp)
         elif cmp.verdict == IMPROVEMENT:
             self.decide(exp, "keep", cmp.summary(), evidence, proposal, cmp.mean_candidate, cmp)
-        elif cmp.p_improvement < 0.2 and looks < self.cfg.max_looks and not self.budget_spent(extra=self.cfg.seeds - 1):
+        elif (cmp.p_improvement < 0.2 and looks < self.cfg.max_looks and not self.budget_spent(extra=self.cfg.seeds - 1)
+              and (not cmp.paired or len(inc_values) >= n + self.cfg.seeds)):  # paired: more seeds only help where the incumbent has them
             self.ledger.set_experiment_status(exp_id, f"running:{n + self.cfg.seeds}")
             self.log(f"{exp_id}: promising ({cmp.summary()}); {self.cfg.seeds} more seeds")
         else:
@@ -344,11 +368,9 @@ class Campaign:
         sides = {e["change"]["role"]: e for e in self.experiments() if (e["change"] or {}).get("transfer_of") == candidate_id}
         if len(sides) < 2 or any(e["status"] != "decided" for e in sides.values()):
             return
-        values = {role: [r["val_bpb"] for r in self.results(e["id"]).values() if r["status"] == "ok" and r["val_bpb"] is not None]
-                  for role, e in sides.items()}
         exp = self.ledger.get_experiment(candidate_id)
         small = sides["candidate"]["change"]["small_scale"]
-        cmp = compare(values["incumbent"], values["candidate"], alpha=self.cfg.alpha)
+        cmp = self.compare_runs(sides["incumbent"]["id"], sides["candidate"]["id"])
         holds = cmp.verdict == IMPROVEMENT
         evidence = {"small_scale": small, "transfer": cmp.to_dict(), "transfer_rung": self.cfg.transfer,
                     "transfer_experiments": {role: e["id"] for role, e in sides.items()}}
@@ -357,7 +379,8 @@ class Campaign:
         self.decide(exp, "keep" if holds else "discard", why, evidence, self.proposals.get(candidate_id), small["mean_candidate"], cmp)
 
     def decide(self, exp, verdict, rationale, evidence, proposal, value, cmp=None) -> None:
-        self.ledger.record_decision(verdict, decided_by=f"{DECIDER} (Welch, alpha={self.cfg.alpha})", decider_type="strategy",
+        rule = {"paired": "paired t-test", "welch": "Welch", "greedy": "single seed"}[self.cfg.decision]
+        self.ledger.record_decision(verdict, decided_by=f"{DECIDER} ({rule}, alpha={self.cfg.alpha})", decider_type="strategy",
                                     experiment_id=exp["id"], effect=cmp.effect if cmp else None,
                                     ci_low=cmp.ci_low if cmp and math.isfinite(cmp.ci_low) else None,
                                     ci_high=cmp.ci_high if cmp and math.isfinite(cmp.ci_high) else None,
@@ -408,7 +431,7 @@ class Campaign:
         if self.incumbent()[0] is None:
             return None  # proposals are compared against a measured baseline
         screening = sum(e["status"] == "running:1" for e in self.experiments())
-        if self.cfg.decision == "welch" and self.budget_spent(extra=screening * (self.cfg.seeds - 1)):
+        if self.cfg.decision != "greedy" and self.budget_spent(extra=screening * (self.cfg.seeds - 1)):
             return None  # keep room to replicate the screens in flight rather than start new ones
         queued = [e for e in self.experiments() if e["status"] == "queued"]
         for _ in range(3):  # a round whose proposals were all rejected: ask again, a bounded number of times

@@ -75,7 +75,7 @@ Goal: lower validation bits-per-byte (val_bpb, lower is better) of a small GPT u
 
 How the lab works:
 - You propose experiments with the propose_* tools; the lab runs each on several seeds in parallel and decides with statistics
-  (Welch's t-test over seed replicates against the incumbent; only changes that beat seed noise are kept). Do not chase noise:
+  (a paired t-test over runs on the same seeds as the incumbent's; only changes that beat seed noise are kept). Do not chase noise:
   differences smaller than the noise floor in the state summary are not evidence.
 - Experiment kinds: propose_config (recipe field changes, dotted keys), propose_code_patch (a unified diff against the harness
   files under src/pretrainlab/model/, src/pretrainlab/train/ — the evaluation module, validation split and metric are read-only
