@@ -540,7 +540,8 @@ class Campaign:
             out.append({"id": e["id"], "kind": e["kind"], "values": (e["change"] or {}).get("values"), "weights": (e["change"] or {}).get("weights"),
                         "recipe": (e["change"] or {}).get("recipe"),
                         "patch": bool((e["change"] or {}).get("patch")), "value": statistics.fmean(values) if values else None,
-                        "verdict": d["verdict"], "noise_floor": ((d.get("evidence") or {}).get("noise_floor") or {}).get("std")})
+                        "verdict": d["verdict"], "noise_floor": ((d.get("evidence") or {}).get("noise_floor") or {}).get("std"),
+                        "effect": d.get("effect"), "ci_low": d.get("ci_low"), "ci_high": d.get("ci_high")})
         return out
 
 

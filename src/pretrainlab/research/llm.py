@@ -108,7 +108,9 @@ def state_summary(view: CampaignView, n: int, max_rows: int = 25) -> str:
         if id(h) in shown:
             change = h.get("values") or h.get("weights") or ("patch" if h.get("patch") else {})
             value = "failed" if h.get("value") is None else f"{h['value']:.4f}"
-            lines.append(f"- [{h.get('id', '?')}] {h.get('kind')} {json.dumps(change, default=str)[:200]} -> {value} ({h['verdict']})")
+            effect = (f", effect {h['effect']:+.4f} [{h['ci_low']:+.4f}, {h['ci_high']:+.4f}] vs the incumbent of the time"
+                      if h.get("effect") is not None and h.get("ci_low") is not None and h.get("ci_high") is not None else "")
+            lines.append(f"- [{h.get('id', '?')}] {h.get('kind')} {json.dumps(change, default=str)[:200]} -> {value} ({h['verdict']}{effect})")
     lines.append(f"Propose up to {n} new experiment(s) now.")
     return "\n".join(lines)
 
