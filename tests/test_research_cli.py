@@ -20,11 +20,13 @@ def test_research_cli_round_trip(corpus_dir, tmp_path):
 
     log = cli("research", "log", cid[:6], env_extra=env)
     assert log.returncode == 0 and "# Research log" in log.stdout and "baseline" in log.stdout
+    assert "seed noise of the baseline: std" in log.stdout.lower() and "over 2 seeds" in log.stdout
 
     out = tmp_path / "report.html"
     rep = cli("report", cid, "-o", str(out), env_extra=env)
     assert rep.returncode == 0, rep.stderr
     page = out.read_text()
+    assert "seed noise of the baseline" in page.lower()
     assert "<svg" in page and "Ablations" in page and "Final recipe" in page and "http" not in page.replace("http://www.w3.org", "")
 
     sug = cli("research", "suggest", cid, "a deeper model helps", "--set", "model.n_layer=3", "--author", "alice", "--json", env_extra=env)

@@ -66,6 +66,9 @@ def _change(e: dict) -> str:
 def research_log(record: dict) -> str:
     c = record["campaign"]
     lines = [f"# Research log: {c['name']} ({c['id']})", "", f"Goal: {c['goal']}. Status: {c['status']}. Started {c['created_at']}.", ""]
+    noise = noise_summary(record)
+    if noise:
+        lines += [noise[0].upper() + noise[1:], ""]
     notes_by_exp: dict[str, list[dict]] = {}
     for n in record["notes"]:
         notes_by_exp.setdefault(n.get("experiment_id") or "", []).append(n)
@@ -103,6 +106,24 @@ def progress_series(record: dict) -> list:
     return [("incumbent (frontier)", FRONTIER, frontier, False), ("kept", KEPT, kept, "only"), ("discarded", DISCARDED, discarded, "only")]
 
 
+def noise_summary(record: dict) -> str:
+    """One sentence: the decision rule, the seed noise, and how small an effect the
+    campaign's comparisons could resolve (median 95% CI half-width)."""
+    decisions = [d for e in record["experiments"] for d in e["decisions"]]
+    rule = next((d["decided_by"] for d in decisions if "(" in (d.get("decided_by") or "")), None)
+    base = next((d for d in decisions if ((d.get("evidence") or {}).get("noise_floor") or {}).get("std") is not None), None)
+    widths = sorted((d["ci_high"] - d["ci_low"]) / 2 for d in decisions if d.get("ci_low") is not None and d.get("ci_high") is not None)
+    parts = []
+    if rule:
+        parts.append(f"decided by {rule}")
+    if base:
+        nf = base["evidence"]["noise_floor"]
+        parts.append(f"seed noise of the baseline: std {nf['std']:.4f} val_bpb over {nf['n']} seeds")
+    if widths:
+        parts.append(f"median 95% CI of a decided effect: ±{statistics.median(widths):.4f} over {len(widths)} comparisons")
+    return ("; ".join(parts) + ".") if parts else ""
+
+
 def render_report(record: dict, findings: dict[str, list[dict]] | None = None) -> str:
     esc = html.escape
     c = record["campaign"]
@@ -118,6 +139,9 @@ def render_report(record: dict, findings: dict[str, list[dict]] | None = None) -
     if start and start["mean"] is not None and final and final["mean"] is not None:
         out.append(f"<p><b>val_bpb {start['mean']:.4f} → {final['mean']:.4f}</b> ({final['mean'] - start['mean']:+.4f}) "
                    f"with {len(kept) - 1} kept change(s).</p>")
+    noise = noise_summary(record)
+    if noise:
+        out.append(f"<p>{esc(noise[0].upper() + noise[1:])}</p>")
     out.append(svg_chart("val_bpb per decided experiment (mean over seeds)", "experiment (in decision order)", "val_bpb",
                          progress_series(record)))
     out.append("<h2>Ablations</h2><table><tr><th>experiment</th><th>hypothesis</th><th>proposed by</th><th>change</th><th>runs</th>"
