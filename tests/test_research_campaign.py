@@ -92,3 +92,21 @@ def test_clear_losers_are_stopped_early(corpus_dir, workspace):
     assert decision["verdict"] == "discard" and "stopped early" in decision["rationale"]
     (run,) = Ledger().list_runs(experiment=exp, columns=("run_id", "tokens", "status"))
     assert run["tokens"] < 1024 * 150  # it did not burn its whole budget
+
+
+def test_a_paired_re_test_runs_the_incumbent_on_the_extra_seeds_too(corpus_dir, workspace):
+    """A promising "no effect" gets more seeds; under the paired rule the incumbent runs on
+    them as well, so the re-test compares seed-matched pairs (a tiny alpha forces the re-test)."""
+    slow = tiny_overrides(corpus_dir) + ["optim.lr=0.0001", "optim.muon_lr=0.0005"]
+    cfg = config(corpus_dir, overrides=slow, strategy="manual", budget_runs=8, alpha=1e-6, early_stop=False)
+    cid = manage.start(cfg, echo=False)
+    exp = manage.suggest(cid, "sane learning rates", ["optim.lr=0.01", "optim.muon_lr=0.03"], "alice")
+    manage.resume(cid, echo=False)
+    ledger = Ledger()
+    baseline = manage.status(cid)["experiments"][0]["experiment"]
+    seeds = lambda e: sorted(r["seed"] for r in ledger.list_runs(experiment=e, columns=("run_id", "seed")))  # noqa: E731
+    assert seeds(baseline) == seeds(exp) == [0, 1, 2, 3]
+    (decision,) = ledger.list_decisions(experiment_id=exp)
+    cmp = decision["evidence"]["comparison"]
+    assert cmp["paired"] and cmp["n_candidate"] == cmp["n_incumbent"] == 4 and cmp["effect"] < -1
+    assert "4 seed-matched pairs" in decision["rationale"]

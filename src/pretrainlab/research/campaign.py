@@ -240,9 +240,19 @@ class Campaign:
 
     # ---- a. results and decisions ----------------------------------------------------------------------
 
+    def incumbent_seeds_needed(self) -> int:
+        """Paired re-tests: the incumbent must have run on every seed a candidate runs on."""
+        if self.cfg.decision != "paired":
+            return 0
+        return max((planned_seeds(e["status"]) for e in self.experiments() if not (e["change"] or {}).get("transfer_of")), default=0)
+
     def collect_finished_on_disk(self) -> None:
+        inc, _ = self.incumbent()
         for exp in self.experiments():
-            for seed in range(planned_seeds(exp["status"])):
+            seeds = planned_seeds(exp["status"])
+            if inc is not None and exp["id"] == inc["id"]:
+                seeds = max(seeds, self.incumbent_seeds_needed())
+            for seed in range(seeds):
                 run_dir = self.run_dir(exp["id"], seed)
                 summary = _read_summary(run_dir)
                 if summary and summary["status"] != "preempted" and seed not in self.results(exp["id"]):
@@ -264,6 +274,11 @@ class Campaign:
                     self.runner.stop(job.key)
         self.log(f"{result.job.key}: {result.status}" + (f" val_bpb {result.summary['val_bpb']:.4f}" if result.summary and result.summary.get("val_bpb") else ""))
         self.maybe_decide(exp_id, stopped_early=result.status == "stopped")
+        inc, _ = self.incumbent()
+        if inc is not None and exp_id == inc["id"]:  # an extra incumbent seed for a paired re-test: candidates may be waiting on it
+            for e in self.experiments():
+                if e["id"] != exp_id and planned_seeds(e["status"]):
+                    self.maybe_decide(e["id"])
 
     def register(self, exp_id: str, run_dir: Path) -> None:
         row = self.ledger.register_run(run_dir, campaign_id=self.id, experiment_id=exp_id)
@@ -313,22 +328,28 @@ class Campaign:
         inc_exp = self.incumbent()[0]
         if n == 1:  # screening: not worse than the incumbent (within the margin) -> replicate
             mean, std = statistics.fmean(inc_values), statistics.stdev(inc_values)
-            bar = mean + self.cfg.screen_margin * std
+            ref, what, told = mean, "the incumbent's mean", values[0]
             inc_by_seed = self.values_by_seed(inc_exp["id"])
             if self.cfg.decision == "paired" and 0 in inc_by_seed:  # against the incumbent's run on the same seed
-                mean = inc_by_seed[0]
-                bar = mean + self.cfg.screen_margin * std
+                ref, what = inc_by_seed[0], "the incumbent's seed-0 run"
+                told = mean + values[0] - ref  # on the scale of a mean over the incumbent's seeds, as replicated results are
+                evidence["value_on_incumbent_scale"] = told
+            bar = ref + self.cfg.screen_margin * std
             if values[0] <= bar and self.budget_spent(extra=self.cfg.seeds - 2):
-                self.decide(exp, "inconclusive", f"screen {values[0]:.4f} was promising (incumbent {mean:.4f} +- {std:.4f}) but the run "
-                            f"budget has no room for {self.cfg.seeds - 1} replicates", evidence, proposal, values[0])
+                self.decide(exp, "inconclusive", f"screen {values[0]:.4f} was promising ({what} {ref:.4f}, seed std {std:.4f}) but "
+                            f"the run budget has no room for {self.cfg.seeds - 1} replicates", evidence, proposal, told)
             elif values[0] <= bar:
                 self.ledger.set_experiment_status(exp_id, f"running:{self.cfg.seeds}")
-                self.log(f"{exp_id}: screen {values[0]:.4f} vs incumbent {mean:.4f} +- {std:.4f}: replicating")
+                self.log(f"{exp_id}: screen {values[0]:.4f} vs {what} {ref:.4f} (seed std {std:.4f}): replicating")
             else:
-                margin = f" + {self.cfg.screen_margin:g} seed std ({std:.4f})" if self.cfg.screen_margin else f" (seed std {std:.4f})"
-                self.decide(exp, "discard", f"screen: {values[0]:.4f} is worse than the incumbent's {mean:.4f}{margin}",
-                            evidence, proposal, values[0])
+                margin = f" + {self.cfg.screen_margin:g} seed std ({std:.4f})" if self.cfg.screen_margin else ""
+                self.decide(exp, "discard", f"screen: {values[0]:.4f} is worse than {what} {ref:.4f}{margin}",
+                            evidence, proposal, told)
             return
+        if self.cfg.decision == "paired" and not stopped_early:  # a re-test pairs with the incumbent's extra seeds: wait for them
+            inc_results = self.results(inc_exp["id"])
+            if any(s not in inc_results and f"{inc_exp['id']}-s{s}" not in self.failed_jobs for s in range(n)):
+                return
         looks = max(1, n // self.cfg.seeds)
         cmp = self.compare_runs(inc_exp["id"], exp_id, looks=looks)
         evidence["comparison"] = cmp.to_dict()
@@ -336,10 +357,11 @@ class Campaign:
             self.start_transfer(exp, cmp)
         elif cmp.verdict == IMPROVEMENT:
             self.decide(exp, "keep", cmp.summary(), evidence, proposal, cmp.mean_candidate, cmp)
-        elif (cmp.p_improvement < 0.2 and looks < self.cfg.max_looks and not self.budget_spent(extra=self.cfg.seeds - 1)
-              and (not cmp.paired or len(inc_values) >= n + self.cfg.seeds)):  # paired: more seeds only help where the incumbent has them
+        elif (cmp.p_improvement < 0.2 and looks < self.cfg.max_looks
+              and not self.budget_spent(extra=self.cfg.seeds + self.missing_incumbent_seeds(n + self.cfg.seeds) - 1)):
             self.ledger.set_experiment_status(exp_id, f"running:{n + self.cfg.seeds}")
-            self.log(f"{exp_id}: promising ({cmp.summary()}); {self.cfg.seeds} more seeds")
+            extra = self.missing_incumbent_seeds(n + self.cfg.seeds)
+            self.log(f"{exp_id}: promising ({cmp.summary()}); {self.cfg.seeds} more seeds" + (f", and {extra} for the incumbent" if extra else ""))
         else:
             self.decide(exp, "discard", cmp.summary(), evidence, proposal, cmp.mean_candidate, cmp)
 
@@ -420,8 +442,21 @@ class Campaign:
         over_time = self.cfg.budget_hours and time.time() - self.started > self.cfg.budget_hours * 3600
         return self.runs_started() + extra >= self.cfg.budget_runs or bool(over_time)
 
+    def missing_incumbent_seeds(self, n: int) -> int:
+        """Runs the incumbent still needs so that a candidate on seeds 0..n-1 has all its pairs."""
+        if self.cfg.decision != "paired":
+            return 0
+        inc, _ = self.incumbent()
+        return sum(s not in self.results(inc["id"]) for s in range(n)) if inc is not None else 0
+
     def next_job(self) -> Job | None:
         running = {j.key for j in self.runner.running()}
+        inc, _ = self.incumbent()
+        if inc is not None:  # the incumbent's extra seeds for paired re-tests come first: candidates wait on them
+            for seed in range(self.incumbent_seeds_needed()):
+                key = f"{inc['id']}-s{seed}"
+                if key not in running and seed not in self.results(inc["id"]) and key not in self.failed_jobs:
+                    return self.job(inc, seed)
         for exp in self.experiments():  # pending seeds of running experiments
             for seed in range(planned_seeds(exp["status"])):
                 key = f"{exp['id']}-s{seed}"
@@ -536,7 +571,8 @@ class Campaign:
             d = decisions.get(e["id"])
             if d is None:
                 continue
-            values = (d.get("evidence") or {}).get("values") or []
+            ev = d.get("evidence") or {}
+            values = [ev["value_on_incumbent_scale"]] if ev.get("value_on_incumbent_scale") is not None else ev.get("values") or []
             out.append({"id": e["id"], "kind": e["kind"], "values": (e["change"] or {}).get("values"), "weights": (e["change"] or {}).get("weights"),
                         "recipe": (e["change"] or {}).get("recipe"),
                         "patch": bool((e["change"] or {}).get("patch")), "value": statistics.fmean(values) if values else None,
