@@ -5,8 +5,8 @@ import math
 import pytest
 
 from pretrainlab.recipes import get_recipe
-from pretrainlab.research.space import apply, default_space, recipe_diff
-from pretrainlab.research.strategies import CampaignView, ManualStrategy, OptunaStrategy, Proposal, RandomStrategy, current_values, validate
+from pretrainlab.research.space import Param, apply, default_space, recipe_diff
+from pretrainlab.research.strategies import CampaignView, ManualStrategy, OptunaStrategy, Proposal, RandomStrategy, current_values, same_value, validate
 
 
 def view():
@@ -25,6 +25,9 @@ def test_proposals_are_small_valid_changes_inside_the_space(cls):
         recipe = validate(v, p)
         assert recipe.model.n_embd % recipe.model.n_head == 0
         assert 1 <= len(p.values) <= v.max_changes and all(p.values[k] != now[k] for k in p.values)
+        if cls is OptunaStrategy:  # no run spent on a change too small to matter
+            space = {q.key: q for q in v.space}
+            assert not any(same_value(space[k], p.values[k], now[k]) for k in p.values)
         assert set(recipe_diff(v.incumbent, recipe)) >= set(p.values)  # n_head may follow n_embd
         sizes.add(len(p.values))
         for param in v.space:
@@ -69,7 +72,7 @@ def test_optuna_learns_a_simple_objective():
     """TPE should concentrate near the optimum of a smooth function of the LR."""
     v = view()
     v.space = [p for p in v.space if p.key == "optim.lr"]
-    target = math.log(0.02)
+    target = math.log(0.05)  # well away from the incumbent's 0.015: proposals near the incumbent are skipped
     strategy = OptunaStrategy(seed=0)
     values = []
     for _ in range(30):
@@ -104,3 +107,11 @@ def test_space_apply_keeps_shapes_consistent_and_diff_names_changes():
     assert diff["model.n_embd"] == (128, 192) and "model.n_layer" not in diff
     with pytest.raises(ValueError, match="n_layer"):
         apply(base, {"model.n_layer": 0})
+
+
+def test_same_value_tolerance():
+    lr = Param("optim.lr", "float", 1e-3, 1e-1, log=True)
+    assert same_value(lr, 0.01, 0.0105) and not same_value(lr, 0.01, 0.02)
+    wd = Param("optim.weight_decay", "float", 0.0, 0.1)
+    assert same_value(wd, 0.0399, 0.0390) and not same_value(wd, 0.0, 0.04)
+    assert not same_value(Param("model.n_layer", "int", 2, 8), 4, 5)

@@ -57,6 +57,21 @@ def current_values(recipe: Recipe | dict, space: list[Param]) -> dict[str, Any]:
     return out
 
 
+def same_value(p: Param, a: Any, b: Any, tol: float = 0.05) -> bool:
+    """Equal, or for floats within `tol` of the param's (log-)range: not worth a run."""
+    if p.kind != "float" or not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+        return a == b
+    if p.log:
+        import math
+
+        if min(a, b, p.low) <= 0:
+            return a == b
+        a, b, lo, hi = math.log(a), math.log(b), math.log(p.low), math.log(p.high)
+    else:
+        lo, hi = p.low, p.high
+    return abs(a - b) <= tol * (hi - lo)
+
+
 def pick_keys(rng: pyrandom.Random, space: list[Param], max_changes: int) -> list[Param]:
     """Which parameters one proposal changes: 1..max_changes of them (all when 0). Small
     changes make each experiment an ablation whose effect is attributable."""
@@ -141,7 +156,8 @@ class OptunaStrategy(Strategy):
                 free = {p.key for p in pick_keys(self.rng, view.space, view.max_changes)}
                 self.study.enqueue_trial({k: v for k, v in now.items() if k not in free})
                 trial = self.study.ask(dists)
-                values = {k: trial.params[k] for k in free if trial.params[k] != now[k]}
+                space = {p.key: p for p in view.space}
+                values = {k: trial.params[k] for k in free if not same_value(space[k], trial.params[k], now[k])}
                 if values:
                     break
                 # TPE chose the incumbent itself: tell it the incumbent's measured value and ask again
