@@ -8,6 +8,7 @@ OpenAI-compatible model) implement the same interface in their own modules.
 
 from __future__ import annotations
 
+import math
 import random as pyrandom
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -62,8 +63,6 @@ def same_value(p: Param, a: Any, b: Any, tol: float = 0.05) -> bool:
     if p.kind != "float" or not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
         return a == b
     if p.log:
-        import math
-
         if min(a, b, p.low) <= 0:
             return a == b
         a, b, lo, hi = math.log(a), math.log(b), math.log(p.low), math.log(p.high)
@@ -115,8 +114,6 @@ class RandomStrategy(Strategy):
         if p.kind == "int":
             return self.rng.choice([v for v in range(int(p.low), int(p.high) + 1) if v != current] or [current])
         if p.log:
-            import math
-
             return math.exp(self.rng.uniform(math.log(p.low), math.log(p.high)))
         return self.rng.uniform(p.low, p.high)
 
