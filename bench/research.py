@@ -12,8 +12,14 @@
 2. False discoveries on A/A: `--aa-runs` seeds of the unchanged recipe; random disjoint
    splits are compared by each rule (paired over 3 pairs of distinct seeds, Welch 3 vs 3,
    greedy 1 vs 1). Any "keep" is false.
-3. Slot utilisation while work was queued, from each campaign's closing note.
-Results: bench/results/research-DATE.json and a Markdown table on stdout.
+3. Slot utilisation, from each campaign's closing note: while work was queued (idle only
+   when a run could have started), until the last run started (any idle counts), and the
+   idle slot-time by reason. `--utilisation-only` runs just the campaigns (no re-training,
+   no A/A), e.g. at the issue's per-run budget:
+
+    python bench/research.py --utilisation-only --runs 16 --run-budget 60s --campaign-seeds 3 --arms optuna
+
+Results: bench/results/research[-utilisation]-DATE.json and a Markdown table on stdout.
 """
 
 from __future__ import annotations
@@ -69,6 +75,15 @@ def retrain(recipe: Recipe, seeds: list[int], workdir: Path) -> list[float]:
     return [_RETRAINED[recipe.hash(), s] for s in seeds]
 
 
+def utilisation(note: str) -> dict:
+    """The figures in a campaign's closing note (Campaign.utilisation_note)."""
+    pct = lambda pattern: float(re.search(pattern, note).group(1)) / 100  # noqa: E731
+    idle = {k: float(v) for v, k in re.findall(r"(\d+) s ([^,;]+)", note.split("idle slot-time:")[1].rsplit(";", 1)[0])}
+    return {"queued": pct(r"utilisation ([\d.]+)%"), "until_last_start": pct(r"; ([\d.]+)% until the last run started"),
+            "overall": pct(r"([\d.]+)% including the final drain"), "idle_s": idle,
+            "seconds": float(re.search(r"; (\d+) s$", note).group(1))}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=24, help="training runs per campaign (equal compute)")
@@ -78,6 +93,7 @@ def main():
     ap.add_argument("--eval-seeds", type=int, default=3, help="fresh seeds to re-train each final recipe on")
     ap.add_argument("--aa-runs", type=int, default=12)
     ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {', '.join(ARMS)}")
+    ap.add_argument("--utilisation-only", action="store_true", help="run the campaigns only: slot utilisation, no re-training or A/A")
     args = ap.parse_args()
     arms = {a: ARMS[a] for a in args.arms.split(",")}
     work = Path(tempfile.mkdtemp(prefix="pretrainlab-bench-research-"))
@@ -92,26 +108,43 @@ def main():
             "command": " ".join(sys.argv)}
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    result_file = out / f"research-{meta['date']}.json"
+    result_file = out / f"research{'-utilisation' if args.utilisation_only else ''}-{meta['date']}.json"
     for arm, kw in arms.items():
         rows = []
         for cs in range(args.campaign_seeds):
             cfg = CampaignConfig(recipe="tiny-cpu", run_budget=args.run_budget, budget_runs=args.runs, parallel=args.parallel,
                                  seeds=3, strategy_seed=cs, **kw)
             cid = manage.start(cfg, name=f"{arm} seed {cs}", echo=False)
+            note = next(n["text"] for n in ledger.list_notes(campaign_id=cid) if n["text"].startswith("closed"))
+            util = utilisation(note)
+            print(f"{arm} seed {cs}: {note}", file=sys.stderr)
+            if args.utilisation_only:
+                rows.append({"campaign": cid, "utilisation": util})
+                results["arms"][arm] = rows
+                result_file.write_text(json.dumps({"meta": meta, **results}, indent=2))
+                continue
             recipe = final_recipe(ledger, cid)
             values = retrain(recipe, eval_seeds, work)
-            note = next(n["text"] for n in ledger.list_notes(campaign_id=cid) if n["text"].startswith("closed"))
-            util = float(re.search(r"utilisation ([\d.]+)%", note).group(1)) / 100
             kept = sum(d["verdict"] == "keep" for d in ledger.list_decisions(campaign_id=cid)) - 1
             base = baseline_recipe(ledger, cid)
             diff = recipe_diff(base, recipe)
             rows.append({"campaign": cid, "final_val_bpb": statistics.fmean(values), "final_values": values, "kept_changes": kept,
                          "utilisation": util, "recipe_hash": recipe.hash(), "final_diff": {k: list(v) for k, v in diff.items()},
                          "experiments": len(ledger.list_decisions(campaign_id=cid))})
-            print(f"{arm} seed {cs}: final {statistics.fmean(values):.4f} ({kept} kept: {diff}), utilisation {util:.0%}", file=sys.stderr)
+            print(f"{arm} seed {cs}: final {statistics.fmean(values):.4f} ({kept} kept: {diff})", file=sys.stderr)
             results["arms"][arm] = rows
             result_file.write_text(json.dumps({"meta": meta, **results}, indent=2))  # partial results survive an interruption
+    if args.utilisation_only:
+        print(f"\n{meta['date']} | {meta['device']} | `{meta['command']}`\n")
+        print("| arm | campaigns | while work was queued | until the last run started | including the final drain | idle slot-time by reason (mean s) |")
+        print("|---|---|---|---|---|---|")
+        for arm, rows in results["arms"].items():
+            u = [r["utilisation"] for r in rows]
+            reasons = sorted({k for x in u for k in x["idle_s"]})
+            idle = ", ".join(f"{k} {statistics.fmean(x['idle_s'].get(k, 0) for x in u):.0f}" for k in reasons)
+            print(f"| {arm} | {len(u)} | " + " | ".join(f"{statistics.fmean(x[f] for x in u):.1%} ({min(x[f] for x in u):.0%}-{max(x[f] for x in u):.0%})"
+                                                       for f in ("queued", "until_last_start", "overall")) + f" | {idle} |")
+        return
     results["baseline_values"] = retrain(base, eval_seeds, work)
 
     # 2. A/A false discoveries
@@ -135,7 +168,7 @@ def main():
     for arm, rows in results["arms"].items():
         finals = [r["final_val_bpb"] for r in rows]
         print(f"| {arm} | {', '.join(f'{v:.4f}' for v in finals)} | {statistics.fmean(finals):.4f} | "
-              f"{statistics.fmean(r['kept_changes'] for r in rows):.1f} | {statistics.fmean(r['utilisation'] for r in rows):.0%} |")
+              f"{statistics.fmean(r['kept_changes'] for r in rows):.1f} | {statistics.fmean(r['utilisation']['queued'] for r in rows):.0%} |")
     a = results["aa"]
     print(f"\nA/A ({args.aa_runs} seeds of the unchanged recipe, seed std {a['seed_std']:.4f}, {trials} random splits): "
           f"false discoveries paired 3 pairs {a['paired_false_discovery']:.1%}, Welch 3v3 {a['welch_false_discovery']:.1%}, "

@@ -110,3 +110,21 @@ def test_a_paired_re_test_runs_the_incumbent_on_the_extra_seeds_too(corpus_dir, 
     cmp = decision["evidence"]["comparison"]
     assert cmp["paired"] and cmp["n_candidate"] == cmp["n_incumbent"] == 4 and cmp["effect"] < -1
     assert "4 seed-matched pairs" in decision["rationale"]
+
+
+def test_screens_start_while_the_baseline_runs_and_idle_slot_time_is_explained(corpus_dir, workspace):
+    """3 baseline seeds on 2 slots: the free slot screens a proposal instead of idling, the
+    screen is decided only once the baseline is, and the closing note accounts idle time."""
+    cid = manage.start(config(corpus_dir, seeds=3, budget_runs=6, early_stop=False), echo=False)
+    ledger = Ledger()
+    exps = ledger.list_experiments(cid)
+    baseline, proposed = exps[0], exps[1:]
+    runs = ledger.list_runs(campaign=cid)
+    first_screen = min(r["created_at"] for r in runs if r["experiment_id"] != baseline["id"])
+    decisions = ledger.list_decisions(campaign_id=cid)
+    assert decisions[0]["experiment_id"] == baseline["id"]  # the baseline is decided first, the screen after it
+    assert first_screen < decisions[0]["created_at"]  # the screen started before the baseline was measured
+    screen = next(d for d in decisions if d["experiment_id"] == proposed[0]["id"])
+    assert screen["rationale"] and "incumbent" in screen["rationale"]
+    (note,) = [n["text"] for n in ledger.list_notes(campaign_id=cid) if n["text"].startswith("closed")]
+    assert "while work was queued" in note and "idle slot-time:" in note and "run budget spent" in note

@@ -55,3 +55,17 @@ def test_stop_is_early_stopping(corpus_dir, tmp_path):
     runner.stop("s")
     (result,) = runner.wait()
     assert result.status == "stopped"
+
+
+def test_sleep_wakes_when_a_run_exits_and_idle_time_is_accounted_by_reason(tmp_path):
+    runner = LocalRunner(num_slots=2)
+    runner.submit(Job("bad", "tiny-cpu", tmp_path / "bad", ["model.n_head=5"]))  # exits within seconds
+    runner.idle_because("nothing to run")
+    started = time.time()
+    while runner.busy() and time.time() - started < 120:
+        runner.sleep(120)  # event-driven: returns on the exit, not after 120 s
+        runner.poll()
+    assert not runner.busy() and time.time() - started < 100
+    idle = runner.idle_breakdown()
+    assert idle["nothing to run"] > 0  # the second slot, empty all along
+    assert set(idle) <= {"nothing to run", "overhead"}

@@ -5,6 +5,8 @@
 
 `Campaign.run()` reads top to bottom:
   1. baseline: the starting recipe on `seeds` seeds -> the incumbent and its noise floor
+     (screens of the first proposals start as soon as a slot is free; they are decided
+     once the baseline is)
   2. the loop, until the run budget or the time budget is spent (or `research stop`):
      a. collect finished runs: register them, decide every experiment whose runs are all in
      b. early-stop runs clearly worse than the incumbent at a rung (successive halving)
@@ -37,6 +39,7 @@ from pathlib import Path
 from ..config import Recipe, apply_overrides
 from ..errors import UserError
 from ..runners import Job, JobResult, LocalRunner
+from ..runners.local import OVERHEAD
 from . import early_stop
 from .patches import apply_patch
 from .space import default_space, recipe_diff
@@ -151,6 +154,7 @@ class Campaign:
         self.failed_jobs: set[str] = set()  # job keys that ended without a result (no summary.json)
         self.recorded_failures = 0  # how many of the strategy's failed proposals are already noted
         self.quiet_at = -1  # decisions count when the strategy last had nothing (or failed): ask again after news
+        self.idle_reason = ""  # why next_job() last returned None
         self.strategy_disabled = False  # its spend cap is reached
         self.started = time.time()
 
@@ -179,6 +183,9 @@ class Campaign:
         if self.cfg.decision == "paired" and len(common) >= 2:
             return compare([inc[s] for s in common], [cand[s] for s in common], alpha=self.cfg.alpha, looks=looks, paired=True)
         return compare(list(inc.values()), list(cand.values()), alpha=self.cfg.alpha, looks=looks)
+
+    def baseline(self) -> dict | None:
+        return next((e for e in self.experiments() if e["proposer"] == "campaign" and not (e["change"] or {}).get("transfer_of")), None)
 
     def incumbent(self) -> tuple[dict | None, list[float]]:
         """(the experiment whose recipe is the incumbent, its replicate values)."""
@@ -218,25 +225,35 @@ class Campaign:
                 self.on_finished(result)
             if self.cfg.early_stop:  # b. clear losers
                 self.early_stop_losers()
-            while self.runner.free_slots() and not self.budget_spent():  # c. keep every slot busy
+            while self.runner.free_slots():  # c. keep every slot busy
                 job = self.next_job()
                 if job is None:
+                    self.runner.idle_because(self.idle_reason)
                     break
                 self.runner.submit(job)
             if not self.runner.busy():  # nothing running and nothing could start: done
                 break
-            time.sleep(poll_s)
+            self.runner.sleep(poll_s)  # returns as soon as a run exits
         # 3. close
         self.runner.shutdown()
         for result in self.runner.poll():
             self.on_finished(result)
         status = "stopped" if self.ledger.get_campaign(self.id)["status"] == "stopping" else "done"
         self.ledger.set_campaign_status(self.id, status)
-        utilisation = self.runner.utilisation(until=self.runner.last_submit)
-        self.ledger.add_note(f"closed {status}: slot utilisation {utilisation:.1%} of {self.runner.num_slots} slot(s) while work was queued "
-                             f"({self.runner.utilisation():.1%} including the final drain), {time.time() - self.started:.0f} s",
-                             author="campaign", campaign_id=self.id)
-        self.log(f"{status}: utilisation {utilisation:.0%} of {self.runner.num_slots} slot(s)")
+        self.ledger.add_note(self.utilisation_note(status), author="campaign", campaign_id=self.id)
+        self.log(self.utilisation_note(status).split(";")[0])
+
+    def utilisation_note(self, status: str) -> str:
+        """Slot utilisation and where idle slot-time went. "While work was queued" counts as
+        idle only the loop's own overhead: a slot is empty although a run could start."""
+        r = self.runner
+        busy = r.utilisation() * r.num_slots * (time.time() - r._created)
+        idle = r.idle_breakdown()
+        queued = busy / max(1e-9, busy + idle.get(OVERHEAD, 0.0))
+        parts = ", ".join(f"{v:.0f} s {k}" for k, v in sorted(idle.items(), key=lambda kv: -kv[1]) if v >= 0.5) or "none"
+        return (f"closed {status}: slot utilisation {queued:.1%} of {r.num_slots} slot(s) while work was queued; "
+                f"{r.utilisation(until=r.last_submit):.1%} until the last run started, {r.utilisation():.1%} including the final drain; "
+                f"idle slot-time: {parts}; {time.time() - self.started:.0f} s")
 
     # ---- a. results and decisions ----------------------------------------------------------------------
 
@@ -320,6 +337,8 @@ class Campaign:
             why = "stopped early: clearly worse than the incumbent at an intermediate evaluation" if stopped_early else \
                 f"no usable result ({', '.join(r['status'] for r in results.values()) or 'crashed'})"
             self.decide(exp, "discard", why, evidence, proposal, None)
+            return
+        if self.incumbent()[0] is None:  # screened while the baseline runs: decided once the baseline is
             return
         if self.cfg.decision == "greedy":  # the single-seed rule: keep whatever scored lower once
             verdict = "keep" if values[0] < min(inc_values) else "discard"
@@ -450,6 +469,10 @@ class Campaign:
         return sum(s not in self.results(inc["id"]) for s in range(n)) if inc is not None else 0
 
     def next_job(self) -> Job | None:
+        """The next run to start, or None with `idle_reason` saying why none can."""
+        if self.budget_spent():
+            self.idle_reason = "run budget spent"
+            return None
         running = {j.key for j in self.runner.running()}
         inc, _ = self.incumbent()
         if inc is not None:  # the incumbent's extra seeds for paired re-tests come first: candidates wait on them
@@ -463,10 +486,12 @@ class Campaign:
                 if key in running or seed in self.results(exp["id"]) or key in self.failed_jobs:
                     continue
                 return self.job(exp, seed)
-        if self.incumbent()[0] is None:
-            return None  # proposals are compared against a measured baseline
+        if self.baseline() is None or (inc is None and self.baseline()["status"] == "decided"):
+            self.idle_reason = "no baseline"  # a baseline that produced nothing: the campaign cannot compare
+            return None
         screening = sum(e["status"] == "running:1" for e in self.experiments())
         if self.cfg.decision != "greedy" and self.budget_spent(extra=screening * (self.cfg.seeds - 1)):
+            self.idle_reason = "reserved for replicates of screens in flight"
             return None  # keep room to replicate the screens in flight rather than start new ones
         queued = [e for e in self.experiments() if e["status"] == "queued"]
         for _ in range(3):  # a round whose proposals were all rejected: ask again, a bounded number of times
@@ -477,6 +502,8 @@ class Campaign:
             if not asked:
                 break
         if not queued:
+            waiting = any(e["status"] == "awaiting-approval" for e in self.experiments())
+            self.idle_reason = "proposals awaiting approval" if waiting else f"strategy {self.strategy.name} proposed nothing new"
             return None
         exp = queued[0]
         self.ledger.set_experiment_status(exp["id"], "running:1")
@@ -504,9 +531,10 @@ class Campaign:
                    timeout_s=timeout, pythonpath=pythonpath, env={"PRETRAINLAB_NO_LEDGER": "1"})
 
     def ask_strategy(self) -> list[dict]:
-        """New experiments from the strategy (rejected ones included, already recorded)."""
+        """New experiments from the strategy (rejected ones included, already recorded).
+        While the baseline still runs, proposals are changes to it (value not yet known)."""
         inc, inc_values = self.incumbent()
-        incumbent = self.recipe_of(inc)
+        incumbent = self.recipe_of(inc or self.baseline())
         view = CampaignView(base=self.base, incumbent=incumbent, space=default_space(self.base),
                             incumbent_value=statistics.fmean(inc_values) if inc_values else None, history=self.history(), seed=self.cfg.strategy_seed,
                             max_changes=self.cfg.max_changes)

@@ -95,7 +95,7 @@ def tool_specs(tools: list[Tool]) -> list[dict]:
 def state_summary(view: CampaignView, n: int, max_rows: int = 25) -> str:
     """The campaign as the model sees it: bounded, whatever the campaign's length."""
     lines = [f"Incumbent recipe: {view.incumbent.name} (hash {view.incumbent.hash()}), mean val_bpb "
-             f"{'unknown' if view.incumbent_value is None else f'{view.incumbent_value:.4f}'}."]
+             f"{'not yet known (the baseline is still running)' if view.incumbent_value is None else f'{view.incumbent_value:.4f}'}."]
     noise = next((h for h in reversed(view.history) if h.get("noise_floor")), None)
     if noise:
         lines.append(f"Noise floor (seed std of the incumbent): {noise['noise_floor']:.4f} bpb.")

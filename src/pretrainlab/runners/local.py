@@ -7,6 +7,11 @@ process with a timeout.
     while runner.busy():
         for result in runner.poll(): ...                # finished jobs, timeouts enforced
     runner.stop("exp3-seed0")                          # early stop: SIGTERM -> checkpoint, 'preempted'
+    runner.idle_because("waiting for the baseline")    # why a free slot stays empty (idle_breakdown)
+
+Waiting is event-driven where the OS allows it (a pidfd per child on Linux): `wait` and
+`sleep` return the moment a run exits, so a freed slot is refilled at once and the
+utilisation figures use each run's real exit time.
 
 A run that crashes (a bad code patch, an import error, an OOM) comes back as a JobResult
 with status 'crashed' and the tail of its stderr; the runner itself never raises for it.
@@ -15,6 +20,7 @@ with status 'crashed' and the tail of its stderr; the runner itself never raises
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -26,6 +32,7 @@ from pathlib import Path
 from ..errors import UserError
 
 KILL_GRACE_S = 30.0  # after SIGTERM, how long a run may take to checkpoint before SIGKILL
+OVERHEAD = "overhead"  # idle reason: a slot is free and the caller has not yet refilled it or said why
 
 
 @dataclass
@@ -65,6 +72,7 @@ class _Running:
     stderr_path: Path
     term_sent_at: float | None = None
     reason: str | None = None  # 'timeout' or 'stopped' once we signalled it
+    pidfd: int | None = None  # readable once the process exits (Linux); None: poll
 
 
 class LocalRunner:
@@ -82,6 +90,10 @@ class LocalRunner:
         self._created = time.time()
         self._intervals: list[tuple[float, float]] = []  # (start, end) of finished jobs
         self.last_submit = self._created
+        # idle slot-seconds by why the free slots stayed empty; OVERHEAD until the caller says otherwise
+        self.idle: dict[str, float] = {}
+        self._idle_reason = OVERHEAD
+        self._idle_since = self._created
 
     # ---- scheduling ------------------------------------------------------------------------
 
@@ -113,10 +125,12 @@ class LocalRunner:
         if job.pythonpath:
             env["PYTHONPATH"] = job.pythonpath + os.pathsep + env.get("PYTHONPATH", "")
         stderr_path = self._logs / f"{job.key}.stderr"
+        self._account(time.time())
         with open(stderr_path, "w") as err:
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, start_new_session=True)
-        self._running[job.key] = _Running(job, proc, slot, time.time(), stderr_path)
+        self._running[job.key] = _Running(job, proc, slot, time.time(), stderr_path, pidfd=_pidfd(proc))
         self.last_submit = time.time()
+        self._idle_reason = OVERHEAD  # until the caller says why any remaining slot stays free
 
     def stop(self, key: str, reason: str = "stopped") -> None:
         """Ask a run to stop now: it checkpoints and exits as 'preempted'."""
@@ -138,23 +152,57 @@ class LocalRunner:
                     _signal(r.proc, signal.SIGKILL)
                 continue
             ended = time.time()
+            self._account(ended)
+            self._idle_reason = OVERHEAD  # the freed slot waits on the caller's bookkeeping from here
             self._intervals.append((r.started_at, ended))
             del self._running[key]
+            if r.pidfd is not None:
+                os.close(r.pidfd)
             done.append(self._result(r, ended))
         return done
 
-    def wait(self, poll_s: float = 0.2) -> list[JobResult]:
+    def sleep(self, seconds: float) -> None:
+        """Sleep up to `seconds`, returning early the moment a running job exits."""
+        fds = [r.pidfd for r in self._running.values()]
+        if fds and all(fd is not None for fd in fds):
+            select.select(fds, [], [], seconds)
+        elif self._running:  # no pidfds here: poll finely so a freed slot is not left idle long
+            deadline = time.time() + seconds
+            while time.time() < deadline and all(r.proc.poll() is None for r in self._running.values()):
+                time.sleep(min(0.05, max(0.0, deadline - time.time())))
+        else:
+            time.sleep(seconds)
+
+    def wait(self, poll_s: float = 0.5) -> list[JobResult]:
         """Block until at least one job finishes (or none is running)."""
         while self._running:
             done = self.poll()
             if done:
                 return done
-            time.sleep(poll_s)
+            self.sleep(poll_s)
         return []
+
+    # ---- accounting ------------------------------------------------------------------------
+
+    def idle_because(self, reason: str) -> None:
+        """Why the free slots stay empty from now until the next submit or finished job."""
+        self._account(time.time())
+        self._idle_reason = reason
+
+    def _account(self, now: float) -> None:
+        free = self.num_slots - len(self._running)
+        if free and now > self._idle_since:
+            self.idle[self._idle_reason] = self.idle.get(self._idle_reason, 0.0) + free * (now - self._idle_since)
+        self._idle_since = now
+
+    def idle_breakdown(self) -> dict[str, float]:
+        """Idle slot-seconds so far, by reason (OVERHEAD: the caller's own bookkeeping)."""
+        self._account(time.time())
+        return dict(self.idle)
 
     def utilisation(self, until: float | None = None) -> float:
         """Share of slot-time spent running jobs, from the runner's creation to `until`
-        (default now; pass `last_submit` for "while work was queued")."""
+        (default now; pass `last_submit` for "until the last job was started")."""
         now = time.time()
         end = now if until is None else until
         spans = self._intervals + [(r.started_at, now) for r in self._running.values()]
@@ -168,10 +216,12 @@ class LocalRunner:
         deadline = time.time() + KILL_GRACE_S
         while self._running and time.time() < deadline:
             self.poll()
-            time.sleep(0.1)
+            self.sleep(0.1)
         for r in self._running.values():
             _signal(r.proc, signal.SIGKILL)
             r.proc.wait()
+            if r.pidfd is not None:
+                os.close(r.pidfd)
         self._running.clear()
 
     # ---- results ---------------------------------------------------------------------------
@@ -194,6 +244,13 @@ class LocalRunner:
             status = r.reason or "crashed"
         tail = r.stderr_path.read_text(errors="replace")[-4000:] if r.stderr_path.exists() else ""
         return JobResult(r.job, status, r.proc.returncode, summary, tail, r.slot, r.started_at, ended)
+
+
+def _pidfd(proc: subprocess.Popen) -> int | None:
+    try:
+        return os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # not Linux >= 5.3: poll instead
+        return None
 
 
 def _signal(proc: subprocess.Popen, sig: int) -> None:
