@@ -112,19 +112,37 @@ def test_a_paired_re_test_runs_the_incumbent_on_the_extra_seeds_too(corpus_dir, 
     assert "4 seed-matched pairs" in decision["rationale"]
 
 
-def test_screens_start_while_the_baseline_runs_and_idle_slot_time_is_explained(corpus_dir, workspace):
+def test_screens_start_while_the_baseline_runs_and_idle_slot_time_is_explained(corpus_dir, workspace, capsys):
     """3 baseline seeds on 2 slots: the free slot screens a proposal instead of idling, the
     screen is decided only once the baseline is, and the closing note accounts idle time."""
-    cid = manage.start(config(corpus_dir, seeds=3, budget_runs=6, early_stop=False), echo=False)
+    cid = manage.start(config(corpus_dir, seeds=3, budget_runs=6, early_stop=False), echo=True)
     ledger = Ledger()
     exps = ledger.list_experiments(cid)
     baseline, proposed = exps[0], exps[1:]
-    runs = ledger.list_runs(campaign=cid)
-    first_screen = min(r["created_at"] for r in runs if r["experiment_id"] != baseline["id"])
+    log = capsys.readouterr().err
+    screen_started = log.index(f"{proposed[0]['id']}-s0: started")
+    assert screen_started < log.index(f"{baseline['id']}-s2: ok")  # beside the baseline's third seed
+    assert screen_started < log.index(f"baseline {baseline['id']}:")  # before the baseline was measured
     decisions = ledger.list_decisions(campaign_id=cid)
     assert decisions[0]["experiment_id"] == baseline["id"]  # the baseline is decided first, the screen after it
-    assert first_screen < decisions[0]["created_at"]  # the screen started before the baseline was measured
     screen = next(d for d in decisions if d["experiment_id"] == proposed[0]["id"])
     assert screen["rationale"] and "incumbent" in screen["rationale"]
     (note,) = [n["text"] for n in ledger.list_notes(campaign_id=cid) if n["text"].startswith("closed")]
     assert "while work was queued" in note and "idle slot-time:" in note and "run budget spent" in note
+    assert manage.status(cid)["slots"] == note.split(": ", 1)[1]  # research status shows it, as does the report
+    from pretrainlab.research.report import write_report
+
+    assert "Slots: slot utilisation" in write_report(ledger, cid, workspace / "r.html", with_findings=False).read_text()
+
+    # token budgets get a timeout too: 5x the slowest baseline run, scaled by tokens x params, + 120 s
+    from pretrainlab.config import apply_overrides
+    from pretrainlab.research.campaign import Campaign
+    from pretrainlab.research.strategies import RandomStrategy
+    from pretrainlab.runners import LocalRunner
+
+    camp = Campaign(ledger, cid, RandomStrategy(), LocalRunner(1), workspace / "w", echo=False)
+    assert camp.base.budget.tokens == 8192 and camp.base.budget.seconds == 0  # --run-budget is the only budget
+    slowest = max(r["seconds"] for r in camp.results(baseline["id"]).values())
+    assert camp.run_timeout(camp.base) == pytest.approx(5 * slowest + 120)
+    assert camp.run_timeout(apply_overrides(camp.base, ["budget.tokens=16384"])) == pytest.approx(10 * slowest + 120)
+    assert camp.run_timeout(apply_overrides(camp.base, ["budget.seconds=30"])) == 210

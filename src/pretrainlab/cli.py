@@ -554,6 +554,8 @@ def _print_leaderboard(status: dict) -> None:
     from rich.console import Console
 
     Console(width=None if sys.stdout.isatty() else 170).print(table)  # one line per experiment in logs too
+    if status.get("slots"):
+        print(f"slots: {status['slots']}")
 
 
 def cmd_doctor(args) -> int:

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from ..config import Recipe, apply_overrides
 from ..errors import UserError
+from ..recipes import estimate_params
 from ..runners import Job, JobResult, LocalRunner
 from ..runners.local import OVERHEAD
 from . import early_stop
@@ -119,16 +120,17 @@ class CampaignConfig:
 
 
 def run_budget_overrides(spec: str) -> list[str]:
-    """'60s' / '5m' / '1h' -> budget.seconds; '2e6tok' -> budget.tokens."""
+    """'60s' / '5m' / '1h' -> budget.seconds; '2e6tok' -> budget.tokens. The run budget is
+    the only budget: the recipe's other budget fields are cleared."""
     s = spec.strip().lower()
     try:
         if s.endswith("tok"):
-            return [f"budget.tokens={int(float(s[:-3]))}"]
+            return [f"budget.tokens={int(float(s[:-3]))}", "budget.seconds=0", "budget.flops=0"]
         unit = {"s": 1, "m": 60, "h": 3600}.get(s[-1])
         value = float(s[:-1]) * unit if unit else float(s)
         if value <= 0:
             raise ValueError
-        return [f"budget.seconds={value:g}"]
+        return [f"budget.seconds={value:g}", "budget.tokens=0", "budget.flops=0"]
     except ValueError:
         raise UserError(f"--run-budget {spec!r}: use seconds like 60s / 5m or tokens like 2e6tok") from None
 
@@ -168,7 +170,7 @@ class Campaign:
 
     def results(self, experiment_id: str) -> dict[int, dict]:
         """{seed: run row} of the experiment's registered runs."""
-        rows = self.ledger.list_runs(experiment=experiment_id, columns=("run_id", "seed", "status", "val_bpb", "run_dir"))
+        rows = self.ledger.list_runs(experiment=experiment_id, columns=("run_id", "seed", "status", "val_bpb", "run_dir", "seconds"))
         return {r["seed"] - self.base.seed: r for r in rows}
 
     def values_by_seed(self, experiment_id: str) -> dict[int, float]:
@@ -231,6 +233,7 @@ class Campaign:
                     self.runner.idle_because(self.idle_reason)
                     break
                 self.runner.submit(job)
+                self.log(f"{job.key}: started" + (" (resuming)" if job.resume else ""))
             if not self.runner.busy():  # nothing running and nothing could start: done
                 break
             self.runner.sleep(poll_s)  # returns as soon as a run exits
@@ -520,7 +523,7 @@ class Campaign:
             if not tree_dir.exists():  # e.g. a person's patch approved on another machine
                 apply_patch(exp["change"]["patch"], tree_dir)
             pythonpath = str(tree_dir / "src")
-        timeout = (recipe.budget.seconds * 3 + 120) if recipe.budget.seconds else None
+        timeout = self.run_timeout(recipe)
         run_dir = self.run_dir(exp["id"], seed)
         if run_dir.exists():  # interrupted by a previous loop's death: continue it, or start over
             if list((run_dir / "ckpt").glob("step_*.pt")):
@@ -529,6 +532,19 @@ class Campaign:
             shutil.rmtree(run_dir)
         return Job(f"{exp['id']}-s{seed}", str(recipe_path), run_dir, [f"seed={self.base.seed + seed}"],
                    timeout_s=timeout, pythonpath=pythonpath, env={"PRETRAINLAB_NO_LEDGER": "1"})
+
+    def run_timeout(self, recipe: Recipe) -> float | None:
+        """A run's wall-clock limit. Seconds budgets: 3x + 120 s. Token and FLOP budgets:
+        5x the slowest baseline run, scaled by the run's work (tokens x params, or FLOPs)
+        relative to the baseline's, + 120 s; none until the baseline has finished a run."""
+        if recipe.budget.seconds:
+            return recipe.budget.seconds * 3 + 120
+        base = self.baseline()
+        took = [r["seconds"] for r in self.results(base["id"]).values() if r["seconds"]] if base else []
+        if not took:
+            return None
+        work = lambda r: r.budget.flops or r.budget.tokens * estimate_params(r)  # noqa: E731
+        return 5 * max(took) * max(1.0, work(recipe) / work(self.base)) + 120
 
     def ask_strategy(self) -> list[dict]:
         """New experiments from the strategy (rejected ones included, already recorded).

@@ -118,9 +118,11 @@ def status(campaign_id: str, db: str | None = None) -> dict:
                       "effect": d["effect"] if d else None, "ci": [d["ci_low"], d["ci_high"]] if d else None,
                       "change": (e["change"] or {}).get("diff")})
     kept = [b for b in board if b["verdict"] == "keep"]
+    closed = [n["text"] for n in ledger.list_notes(campaign_id=row["id"]) if n["author"] == "campaign" and n["text"].startswith("closed")]
     return {"campaign": row["id"], "name": row["name"], "status": row["status"], "goal": row["goal"],
             "runs": len(runs), "budget_runs": row["config"]["campaign"]["budget_runs"], "experiments": board,
-            "incumbent": kept[-1] if kept else None, "baseline": board[0] if board else None}
+            "incumbent": kept[-1] if kept else None, "baseline": board[0] if board else None,
+            "slots": closed[-1].split(": ", 1)[1] if closed else None}  # the last loop's utilisation and idle time
 
 
 def suggest(campaign_id: str, hypothesis: str, overrides: list[str], author: str, db: str | None = None) -> str:
