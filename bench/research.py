@@ -77,7 +77,10 @@ def retrain(recipe: Recipe, seeds: list[int], workdir: Path) -> list[float]:
 
 def utilisation(note: str) -> dict:
     """The figures in a campaign's closing note (Campaign.utilisation_note)."""
-    pct = lambda pattern: float(re.search(pattern, note).group(1)) / 100  # noqa: E731
+    def pct(pattern):
+        m = re.search(pattern, note)
+        return float(m.group(1)) / 100 if m else None  # 'n/a': every run started at once
+
     idle = {k: float(v) for v, k in re.findall(r"(\d+) s ([^,;]+)", note.split("idle slot-time:")[1].rsplit(";", 1)[0])}
     return {"queued": pct(r"utilisation ([\d.]+)%"), "until_last_start": pct(r"; ([\d.]+)% until the last run started"),
             "overall": pct(r"([\d.]+)% including the final drain"), "idle_s": idle,
@@ -142,8 +145,11 @@ def main():
             u = [r["utilisation"] for r in rows]
             reasons = sorted({k for x in u for k in x["idle_s"]})
             idle = ", ".join(f"{k} {statistics.fmean(x['idle_s'].get(k, 0) for x in u):.0f}" for k in reasons)
-            print(f"| {arm} | {len(u)} | " + " | ".join(f"{statistics.fmean(x[f] for x in u):.1%} ({min(x[f] for x in u):.0%}-{max(x[f] for x in u):.0%})"
-                                                       for f in ("queued", "until_last_start", "overall")) + f" | {idle} |")
+            cells = []
+            for f in ("queued", "until_last_start", "overall"):
+                xs = [x[f] for x in u if x[f] is not None]
+                cells.append(f"{statistics.fmean(xs):.1%} ({min(xs):.0%}-{max(xs):.0%})" if xs else "n/a")
+            print(f"| {arm} | {len(u)} | " + " | ".join(cells) + f" | {idle} |")
         return
     results["baseline_values"] = retrain(base, eval_seeds, work)
 

@@ -3,6 +3,7 @@
 import pytest
 from conftest import tiny_overrides
 
+from pretrainlab.errors import UserError
 from pretrainlab.ledger import Ledger
 from pretrainlab.research import manage
 from pretrainlab.research.campaign import CampaignConfig
@@ -47,8 +48,6 @@ def test_auto_without_a_key_says_optuna(corpus_dir, workspace, capsys):
 
 
 def test_bad_input_fails_before_anything_starts(corpus_dir, workspace):
-    from pretrainlab.errors import UserError
-
     with pytest.raises(UserError, match="--goal"):
         config(corpus_dir, goal="accuracy")
     with pytest.raises(UserError, match="--budget-runs"):
@@ -104,7 +103,7 @@ def test_a_paired_re_test_runs_the_incumbent_on_the_extra_seeds_too(corpus_dir, 
     manage.resume(cid, echo=False)
     ledger = Ledger()
     baseline = manage.status(cid)["experiments"][0]["experiment"]
-    seeds = lambda e: sorted(r["seed"] for r in ledger.list_runs(experiment=e, columns=("run_id", "seed")))  # noqa: E731
+    seeds = lambda e: sorted(r["seed"] for r in ledger.list_runs(experiment=e, columns=("run_id", "seed")))
     assert seeds(baseline) == seeds(exp) == [0, 1, 2, 3]
     (decision,) = ledger.list_decisions(experiment_id=exp)
     cmp = decision["evidence"]["comparison"]
@@ -146,3 +145,26 @@ def test_screens_start_while_the_baseline_runs_and_idle_slot_time_is_explained(c
     assert camp.run_timeout(camp.base) == pytest.approx(5 * slowest + 120)
     assert camp.run_timeout(apply_overrides(camp.base, ["budget.tokens=16384"])) == pytest.approx(10 * slowest + 120)
     assert camp.run_timeout(apply_overrides(camp.base, ["budget.seconds=30"])) == 210
+
+
+def test_resume_with_a_larger_budget_replicates_a_lead_left_inconclusive(corpus_dir, workspace):
+    slow = tiny_overrides(corpus_dir) + ["optim.lr=0.0001", "optim.muon_lr=0.0005"]
+    cid = manage.start(config(corpus_dir, overrides=slow, strategy="manual", budget_runs=3, early_stop=False), echo=False)
+    exp = manage.suggest(cid, "sane learning rates", ["optim.lr=0.01", "optim.muon_lr=0.03"], "alice")
+    manage.resume(cid, echo=False)  # the screen takes the last run: promising, no room to replicate
+    ledger = Ledger()
+    (first,) = ledger.list_decisions(experiment_id=exp)
+    assert first["verdict"] == "inconclusive" and "no room" in first["rationale"] and first["evidence"]["awaiting_budget"]
+    with pytest.raises(UserError, match="--parallel"):
+        manage.resume(cid, echo=False, parallel=0)  # bad input changes nothing
+    assert ledger.get_campaign(cid)["config"]["campaign"]["budget_runs"] == 3
+    manage.resume(cid, echo=False, author="bob", budget_runs=4)
+    assert ledger.get_campaign(cid)["config"]["campaign"]["budget_runs"] == 4
+    assert any(n["author"] == "bob" and "budget_runs 3 -> 4" in n["text"] for n in ledger.list_notes(campaign_id=cid))
+    assert any("re-opened" in n["text"] for n in ledger.list_notes(experiment_id=exp))
+    runs = ledger.list_runs(experiment=exp)
+    assert sorted(r["seed"] for r in runs) == [0, 1]  # the screen's seed kept, one replicate added: nothing repeated
+    latest = ledger.list_decisions(experiment_id=exp)[-1]
+    assert latest["evidence"]["comparison"]["paired"] and latest["effect"] < 0  # decided by the paired test this time
+    st = manage.status(cid)
+    assert st["runs"] == 4 and next(e for e in st["experiments"] if e["experiment"] == exp)["verdict"] == latest["verdict"]

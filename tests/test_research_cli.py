@@ -36,6 +36,13 @@ def test_research_cli_round_trip(corpus_dir, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     queued = [e for e in json.loads(res.stdout)["experiments"] if e["experiment"] == exp]
     assert queued[0]["proposer"] == "alice" and queued[0]["status"] == "queued"
+    bad = cli("research", "resume", cid, "--parallel", "0", env_extra=env)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--parallel" in bad.stderr
+    res = cli("research", "resume", cid, "--budget-runs", "8", "--author", "carol", "--json", env_extra=env)  # extend: the queue runs
+    assert res.returncode == 0, res.stderr[-2000:]
+    extended = json.loads(res.stdout)
+    assert 5 < extended["runs"] <= 8 and extended["budget_runs"] == 8
+    assert next(e for e in extended["experiments"] if e["experiment"] == exp)["verdict"] is not None
 
     baseline = status["experiments"][0]["experiment"]
     assert cli("research", "reject", baseline, "--reason", "seed 1 looked odd", "--author", "bob", env_extra=env).returncode == 0

@@ -52,7 +52,9 @@ def test_stop_is_early_stopping(corpus_dir, tmp_path):
     runner.submit(Job("s", "tiny-cpu", tmp_path / "s", tiny_overrides(corpus_dir, **{"budget.tokens": 10**9})))
     while not (tmp_path / "s" / "metrics.jsonl").exists():
         time.sleep(0.05)
+    assert not runner.stopping("s")
     runner.stop("s")
+    assert runner.stopping("s")  # the campaign's early stopping skips it from here: one signal, one log line
     (result,) = runner.wait()
     assert result.status == "stopped"
 

@@ -367,10 +367,11 @@ def research_start(recipe: str = "tiny-cpu", overrides: list[str] | None = None,
     return manage.start(cfg, name=name, db=db, echo=echo)
 
 
-def research_resume(campaign: str, db: str | None = None, echo: bool = True) -> str:
+def research_resume(campaign: str, db: str | None = None, echo: bool = True, **changes) -> str:
+    """Continue a campaign; budget_runs / budget_hours / parallel / gpus extend or reshape it."""
     from .research import manage
 
-    return manage.resume(campaign, db=db, echo=echo)
+    return manage.resume(campaign, db=db, echo=echo, **changes)
 
 
 def research_status(campaign: str | None = None, db: str | None = None) -> dict | list[dict]:

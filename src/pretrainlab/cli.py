@@ -14,6 +14,7 @@
     pretrainlab research start --recipe NAME [--set k=v ...] --budget-runs N | --budget-hours H --run-budget 60s
                               [--strategy auto|claude|openai|optuna|random|manual] [--parallel N] [--seeds K] ...
     pretrainlab research status [CAMPAIGN] | resume CAMPAIGN | stop CAMPAIGN | log CAMPAIGN     [--json]
+    pretrainlab research resume CAMPAIGN --budget-runs 60    # extend a finished campaign
     pretrainlab research suggest CAMPAIGN "hypothesis" --set k=v ... | approve EXP | reject EXP [--reason TEXT]
     pretrainlab report CAMPAIGN -o report.html
     pretrainlab doctor RUN [--baseline RUN] [--json]        (RUN = run dir or run id)
@@ -151,6 +152,12 @@ def _add_research_parser(sub) -> None:
         c.add_argument("campaign", nargs="?" if name == "status" else None)
         c.add_argument("--db", metavar="URL")
         c.add_argument("--json", action="store_true")
+        if name == "resume":
+            c.add_argument("--budget-runs", type=int, help="a new total run budget (e.g. to extend a finished campaign)")
+            c.add_argument("--budget-hours", type=float, help="a new wall-clock cap, counted from this resume")
+            c.add_argument("--parallel", type=int, help="a new number of slots")
+            c.add_argument("--gpus", help="comma-separated GPU indices, one per slot")
+            c.add_argument("--author", default=os.environ.get("USER") or "person", help="who changed the budget (recorded)")
     g = rsub.add_parser("suggest", help="queue a person's experiment")
     g.add_argument("campaign")
     g.add_argument("hypothesis")
@@ -488,7 +495,8 @@ def cmd_research(args) -> int:
         cid = api.research_start(args.recipe, args.overrides, name=args.name, db=args.db, echo=True, **options)
         return _campaign_done(cid, args)
     if c == "resume":
-        return _campaign_done(api.research_resume(args.campaign, db=args.db), args)
+        changes = dict(budget_runs=args.budget_runs, budget_hours=args.budget_hours, parallel=args.parallel, gpus=_gpu_list(args.gpus))
+        return _campaign_done(api.research_resume(args.campaign, db=args.db, author=args.author, **changes), args)
     if c == "status":
         status = api.research_status(args.campaign, db=args.db)
         if args.json:
@@ -553,7 +561,7 @@ def _print_leaderboard(status: dict) -> None:
                       f"[green]{verdict}[/green]" if verdict == "keep" else verdict)
     from rich.console import Console
 
-    Console(width=None if sys.stdout.isatty() else 170).print(table)  # one line per experiment in logs too
+    Console(width=None if sys.stdout.isatty() else 200).print(table)  # one line per experiment in logs too
     if status.get("slots"):
         print(f"slots: {status['slots']}")
 

@@ -219,6 +219,11 @@ class Ledger:
             if not self.db.execute("UPDATE campaigns SET status = ? WHERE id = ?", (status, campaign_id)):
                 raise UserError(f"campaign {campaign_id!r} is not in the ledger {self.target}")
 
+    def set_campaign_config(self, campaign_id: str, config: dict) -> None:
+        with self.db.transaction():
+            if not self.db.execute("UPDATE campaigns SET config = ? WHERE id = ?", (_json(config), campaign_id)):
+                raise UserError(f"campaign {campaign_id!r} is not in the ledger {self.target}")
+
     def get_campaign(self, campaign_id: str) -> dict | None:
         row = self.db.query_one("SELECT * FROM campaigns WHERE id = ?", (campaign_id,))
         return _from_db(row) if row else None

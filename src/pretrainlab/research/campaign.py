@@ -218,6 +218,7 @@ class Campaign:
                                        parent_recipe=self.base.to_dict(), change={"values": {}, "recipe": self.base.to_dict()},
                                        status=f"running:{1 if self.cfg.decision == 'greedy' else self.cfg.seeds}")
         self.collect_finished_on_disk()  # resume: runs that finished while no loop was watching
+        self.reopen_leads()  # resume with a larger budget: promising screens left for lack of runs
         # 2. the loop
         while True:
             if self.ledger.get_campaign(self.id)["status"] == "stopping":
@@ -250,12 +251,14 @@ class Campaign:
         """Slot utilisation and where idle slot-time went. "While work was queued" counts as
         idle only the loop's own overhead: a slot is empty although a run could start."""
         r = self.runner
-        busy = r.utilisation() * r.num_slots * (time.time() - r._created)
+        busy = r.utilisation() * r.num_slots * (time.time() - r.created)
         idle = r.idle_breakdown()
         queued = busy / max(1e-9, busy + idle.get(OVERHEAD, 0.0))
         parts = ", ".join(f"{v:.0f} s {k}" for k, v in sorted(idle.items(), key=lambda kv: -kv[1]) if v >= 0.5) or "none"
+        window = r.last_submit - r.created  # under a second: every run started at once, nothing to measure
+        until_last = f"{r.utilisation(until=r.last_submit):.1%}" if window >= 1 else "n/a"
         return (f"closed {status}: slot utilisation {queued:.1%} of {r.num_slots} slot(s) while work was queued; "
-                f"{r.utilisation(until=r.last_submit):.1%} until the last run started, {r.utilisation():.1%} including the final drain; "
+                f"{until_last} until the last run started, {r.utilisation():.1%} including the final drain; "
                 f"idle slot-time: {parts}; {time.time() - self.started:.0f} s")
 
     # ---- a. results and decisions ----------------------------------------------------------------------
@@ -278,6 +281,24 @@ class Campaign:
                 if summary and summary["status"] != "preempted" and seed not in self.results(exp["id"]):
                     self.register(exp["id"], run_dir)
             self.maybe_decide(exp["id"])
+
+    def reopen_leads(self) -> None:
+        """Screens decided 'inconclusive' only because the run budget had no room for their
+        replicates are replicated when it has (after `research resume --budget-runs`), while
+        their screen still pairs with the current incumbent's seed 0."""
+        inc, _ = self.incumbent()
+        latest = {d["experiment_id"]: d for d in self.ledger.list_decisions(campaign_id=self.id)}
+        for exp in self.experiments():
+            d = latest.get(exp["id"])
+            if not (d and d["verdict"] == "inconclusive" and (d.get("evidence") or {}).get("awaiting_budget")):
+                continue
+            if inc is None or exp["parent_recipe"] != self.recipe_of(inc).to_dict():
+                continue  # proposed against an earlier incumbent: its screen no longer says anything
+            if self.budget_spent(extra=self.cfg.seeds - 2 + self.missing_incumbent_seeds(self.cfg.seeds)):
+                return
+            self.ledger.set_experiment_status(exp["id"], f"running:{self.cfg.seeds}")
+            self.ledger.add_note("re-opened: the run budget now has room for its replicates", author="campaign", experiment_id=exp["id"])
+            self.log(f"{exp['id']}: promising screen re-opened, replicating on {self.cfg.seeds} seeds")
 
     def on_finished(self, result: JobResult) -> None:
         exp_id = result.job.key.rsplit("-s", 1)[0]
@@ -358,6 +379,7 @@ class Campaign:
                 evidence["value_on_incumbent_scale"] = told
             bar = ref + self.cfg.screen_margin * std
             if values[0] <= bar and self.budget_spent(extra=self.cfg.seeds - 2):
+                evidence["awaiting_budget"] = True  # `research resume --budget-runs` with room replicates it
                 self.decide(exp, "inconclusive", f"screen {values[0]:.4f} was promising ({what} {ref:.4f}, seed std {std:.4f}) but "
                             f"the run budget has no room for {self.cfg.seeds - 1} replicates", evidence, proposal, told)
             elif values[0] <= bar:
@@ -444,7 +466,7 @@ class Campaign:
         ref = early_stop.rung_reference([early_stop.eval_curve(Path(r["run_dir"]), frac) for r in self.results(inc["id"]).values()])
         exempt = {inc["id"]} | {e["id"] for e in self.experiments() if (e["change"] or {}).get("transfer_of")}  # other scale
         for job in self.runner.running():
-            if job.key.rsplit("-s", 1)[0] in exempt:
+            if job.key.rsplit("-s", 1)[0] in exempt or self.runner.stopping(job.key):
                 continue
             curve = {rung: v for rung, v in early_stop.eval_curve(job.out_dir, frac).items() if rung < round(1 / frac)}  # not the final eval
             stop, why = early_stop.should_stop(curve, ref)
@@ -543,7 +565,7 @@ class Campaign:
         took = [r["seconds"] for r in self.results(base["id"]).values() if r["seconds"]] if base else []
         if not took:
             return None
-        work = lambda r: r.budget.flops or r.budget.tokens * estimate_params(r)  # noqa: E731
+        work = lambda r: r.budget.flops or r.budget.tokens * estimate_params(r)
         return 5 * max(took) * max(1.0, work(recipe) / work(self.base)) + 120
 
     def ask_strategy(self) -> list[dict]:

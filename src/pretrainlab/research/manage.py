@@ -68,12 +68,21 @@ def start(cfg: CampaignConfig, name: str | None = None, db: str | None = None, e
     return campaign_id
 
 
-def resume(campaign_id: str, db: str | None = None, echo: bool = True) -> str:
+def resume(campaign_id: str, db: str | None = None, echo: bool = True, author: str = "person", **changes) -> str:
+    """Continue a campaign. `changes` (budget_runs, budget_hours, parallel, gpus; None = keep)
+    extend or reshape it: recorded in its config and as a note by `author`. A screen that was
+    promising but left inconclusive for lack of runs is replicated once the budget has room."""
     from ..ledger import Ledger
 
     ledger = Ledger(db)
     row = _campaign(ledger, campaign_id)
-    cfg = CampaignConfig(**row["config"]["campaign"])
+    changes = {k: v for k, v in changes.items() if v is not None}
+    old = row["config"]["campaign"]
+    cfg = CampaignConfig(**{**old, **changes})  # validates
+    changed = {k: (old.get(k), v) for k, v in changes.items() if old.get(k) != v}
+    if changed:
+        ledger.set_campaign_config(row["id"], {**row["config"], "campaign": asdict(cfg)})
+        ledger.add_note("resumed with " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()), author=author, campaign_id=row["id"])
     ledger.set_campaign_status(row["id"], "running")
     _run(ledger, row["id"], cfg, make_strategy(cfg, ledger, row["id"], echo), echo)
     return row["id"]

@@ -87,13 +87,13 @@ class LocalRunner:
         self._running: dict[str, _Running] = {}
         self._logs = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="pretrainlab-runner-"))
         self._logs.mkdir(parents=True, exist_ok=True)
-        self._created = time.time()
+        self.created = time.time()
         self._intervals: list[tuple[float, float]] = []  # (start, end) of finished jobs
-        self.last_submit = self._created
+        self.last_submit = self.created
         # idle slot-seconds by why the free slots stayed empty; OVERHEAD until the caller says otherwise
         self.idle: dict[str, float] = {}
         self._idle_reason = OVERHEAD
-        self._idle_since = self._created
+        self._idle_since = self.created
 
     # ---- scheduling ------------------------------------------------------------------------
 
@@ -139,6 +139,10 @@ class LocalRunner:
             r.reason = reason
             r.term_sent_at = time.time()
             _signal(r.proc, signal.SIGTERM)
+
+    def stopping(self, key: str) -> bool:
+        """True once stop() (or a timeout) has signalled the job."""
+        return self._running[key].term_sent_at is not None
 
     def poll(self) -> list[JobResult]:
         """Finished jobs since the last call; enforces timeouts and the kill grace period."""
@@ -207,7 +211,7 @@ class LocalRunner:
         end = now if until is None else until
         spans = self._intervals + [(r.started_at, now) for r in self._running.values()]
         busy = sum(max(0.0, min(b, end) - a) for a, b in spans)
-        return busy / max(1e-9, self.num_slots * (end - self._created))
+        return busy / max(1e-9, self.num_slots * (end - self.created))
 
     def shutdown(self) -> None:
         """Stop everything (status 'shutdown': checkpointed, to be resumed, not a verdict)."""
