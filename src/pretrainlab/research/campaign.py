@@ -244,8 +244,9 @@ class Campaign:
             self.on_finished(result)
         status = "stopped" if self.ledger.get_campaign(self.id)["status"] == "stopping" else "done"
         self.ledger.set_campaign_status(self.id, status)
-        self.ledger.add_note(self.utilisation_note(status), author="campaign", campaign_id=self.id)
-        self.log(self.utilisation_note(status).split(";")[0])
+        note = self.utilisation_note(status)
+        self.ledger.add_note(note, author="campaign", campaign_id=self.id)
+        self.log(note.split(";")[0])
 
     def utilisation_note(self, status: str) -> str:
         """Slot utilisation and where idle slot-time went. "While work was queued" counts as
@@ -288,14 +289,17 @@ class Campaign:
         their screen still pairs with the current incumbent's seed 0."""
         inc, _ = self.incumbent()
         latest = {d["experiment_id"]: d for d in self.ledger.list_decisions(campaign_id=self.id)}
+        reserved = 0  # runs promised to leads re-opened above, not yet started
         for exp in self.experiments():
             d = latest.get(exp["id"])
             if not (d and d["verdict"] == "inconclusive" and (d.get("evidence") or {}).get("awaiting_budget")):
                 continue
             if inc is None or exp["parent_recipe"] != self.recipe_of(inc).to_dict():
                 continue  # proposed against an earlier incumbent: its screen no longer says anything
-            if self.budget_spent(extra=self.cfg.seeds - 2 + self.missing_incumbent_seeds(self.cfg.seeds)):
+            need = self.cfg.seeds - 1 + (self.missing_incumbent_seeds(self.cfg.seeds) if not reserved else 0)
+            if self.budget_spent(extra=reserved + need - 1):
                 return
+            reserved += need
             self.ledger.set_experiment_status(exp["id"], f"running:{self.cfg.seeds}")
             self.ledger.add_note("re-opened: the run budget now has room for its replicates", author="campaign", experiment_id=exp["id"])
             self.log(f"{exp['id']}: promising screen re-opened, replicating on {self.cfg.seeds} seeds")
