@@ -56,3 +56,22 @@ def test_claude_campaign(corpus_dir, tmp_path, monkeypatch):
     assert len(runs) >= 3 and all(r["status"] == "ok" and r["experiment_id"] for r in runs)  # baseline 2 + the screen
     sent = server.requests[0]["body"]
     assert sent["model"] == "claude-opus-5" and sent["tools"][-1]["cache_control"]
+
+
+def test_llm_spend_is_kept_across_resumes_and_the_cap_covers_the_whole_campaign(corpus_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("PRETRAINLAB_WORKSPACE", str(tmp_path))
+    monkeypatch.delenv("PRETRAINLAB_DB", raising=False)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    good = {"hypothesis": "a higher Muon LR", "rationale": "loss still falling", "changes": {"optim.muon_lr": 0.05}}
+    script = [message([tool_use("a", "propose_config", good)], "tool_use"), message([text("Done.")], "end_turn")]
+    with FakeServer(script) as server:
+        cfg = CampaignConfig(recipe="tiny-cpu", overrides=tiny_overrides(corpus_dir), run_budget="8192tok", budget_runs=3, parallel=1,
+                             seeds=2, strategy="claude", llm_base_url=server.url)
+        cid = manage.start(cfg, echo=False)
+    spend = manage.status(cid)["llm_spend"]
+    assert spend["model"] == "claude-opus-5" and spend["calls"] == 1 and spend["dollars"] > 0
+    # resume with a cap below what the campaign already spent: Claude is not asked again (its server is gone)
+    manage.resume(cid, echo=False, budget_runs=5, spend_cap_usd=spend["dollars"] / 2, author="carol")
+    notes = " ".join(n["text"] for n in Ledger().list_notes(campaign_id=cid))
+    assert "spend cap reached" in notes and "spend_cap_usd 25.0 -> " in notes
+    assert manage.status(cid)["llm_spend"]["calls"] == 1  # nothing more was spent

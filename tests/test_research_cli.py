@@ -58,7 +58,7 @@ def test_research_bad_input_is_one_line(tmp_path):
     for args, fragment in ((["--goal", "accuracy"], "--goal"), (["--budget-runs", "1"], "--budget-runs"),
                            (["--run-budget", "soon"], "--run-budget"), (["--strategy", "claude"], "ANTHROPIC_API_KEY"),
                            (["--strategy", "openai", "--llm-model", "m", "--llm-base-url", "http://127.0.0.1:9/v1"], "does not answer"),
-                           (["--strategy", "genetic"], "--strategy")):
+                           (["--strategy", "genetic"], "--strategy"), (["--spend-cap-usd", "-1"], "--spend-cap-usd")):
         res = cli("research", "start", "--recipe", "tiny-cpu", *args, env_extra=env)
         assert res.returncode == 2, (args, res.stderr[-1500:])
         assert res.stderr.count("\n") == 1 and fragment in res.stderr and "Traceback" not in res.stderr

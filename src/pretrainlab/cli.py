@@ -142,7 +142,8 @@ def _add_research_parser(sub) -> None:
                    help="a larger rung (e.g. --transfer model.n_layer=8 --transfer model.n_embd=256): winners must win there too")
     s.add_argument("--llm-model", help="model id for claude/openai (default claude-opus-5)")
     s.add_argument("--llm-base-url", help="API base URL (an OpenAI-compatible server for --strategy openai)")
-    s.add_argument("--spend-cap-usd", type=float, default=25.0, help="stop asking the LLM after this spend")
+    s.add_argument("--spend-cap-usd", type=float, default=25.0, help="stop asking Claude after this spend (whole campaign, resumes included)")
+    s.add_argument("--spend-cap-tokens", type=int, default=5_000_000, help="stop asking the LLM after this many tokens")
     s.add_argument("--name", help="campaign name")
     s.add_argument("--db", metavar="URL", help="ledger URL (default: env PRETRAINLAB_DB, else the workspace's)")
     s.add_argument("--json", action="store_true")
@@ -157,6 +158,8 @@ def _add_research_parser(sub) -> None:
             c.add_argument("--budget-hours", type=float, help="a new wall-clock cap, counted from this resume")
             c.add_argument("--parallel", type=int, help="a new number of slots")
             c.add_argument("--gpus", help="comma-separated GPU indices, one per slot")
+            c.add_argument("--spend-cap-usd", type=float, help="a new LLM spend cap for the whole campaign")
+            c.add_argument("--spend-cap-tokens", type=int, help="a new LLM token cap for the whole campaign")
             c.add_argument("--author", default=os.environ.get("USER") or "person", help="who changed the budget (recorded)")
     g = rsub.add_parser("suggest", help="queue a person's experiment")
     g.add_argument("campaign")
@@ -491,11 +494,12 @@ def cmd_research(args) -> int:
         options = dict(goal=args.goal, budget_runs=args.budget_runs, budget_hours=args.budget_hours, run_budget=args.run_budget,
                        strategy=args.strategy, parallel=args.parallel, seeds=args.seeds, gpus=_gpu_list(args.gpus), alpha=args.alpha, decision=args.decision,
                        max_changes=args.max_changes, screen_margin=args.screen_margin, approve_code=args.approve_code, transfer=args.transfer, llm_model=args.llm_model, llm_base_url=args.llm_base_url,
-                       spend_cap_usd=args.spend_cap_usd)
+                       spend_cap_usd=args.spend_cap_usd, spend_cap_tokens=args.spend_cap_tokens)
         cid = api.research_start(args.recipe, args.overrides, name=args.name, db=args.db, echo=True, **options)
         return _campaign_done(cid, args)
     if c == "resume":
-        changes = dict(budget_runs=args.budget_runs, budget_hours=args.budget_hours, parallel=args.parallel, gpus=_gpu_list(args.gpus))
+        changes = dict(budget_runs=args.budget_runs, budget_hours=args.budget_hours, parallel=args.parallel, gpus=_gpu_list(args.gpus),
+                       spend_cap_usd=args.spend_cap_usd, spend_cap_tokens=args.spend_cap_tokens)
         return _campaign_done(api.research_resume(args.campaign, db=args.db, author=args.author, **changes), args)
     if c == "status":
         status = api.research_status(args.campaign, db=args.db)
@@ -564,6 +568,10 @@ def _print_leaderboard(status: dict) -> None:
     Console(width=None if sys.stdout.isatty() else 200).print(table)  # one line per experiment in logs too
     if status.get("slots"):
         print(f"slots: {status['slots']}")
+    if status.get("llm_spend"):
+        s = status["llm_spend"]
+        cost = f", ${s['dollars']:.2f}" if s.get("dollars") is not None else ""
+        print(f"llm spend: {s['model']}: {s['calls']} calls, {s['input_tokens'] + s['output_tokens'] + s['cache_write_tokens'] + s['cache_read_tokens']:,} tokens{cost}")
 
 
 def cmd_doctor(args) -> int:

@@ -33,7 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..config import Recipe, apply_overrides
@@ -78,7 +78,8 @@ class CampaignConfig:
     max_changes: int = 2  # keys an optuna/random proposal changes at once (0: the whole space)
     llm_model: str | None = None
     llm_base_url: str | None = None
-    spend_cap_usd: float = 25.0
+    spend_cap_usd: float = 25.0  # for the whole campaign, across resumes (the spend is kept in the ledger)
+    spend_cap_tokens: int = 5_000_000
 
     def __post_init__(self):
         if self.goal != "val_bpb":
@@ -88,6 +89,8 @@ class CampaignConfig:
                             f"give at least {self.seeds + 2}")
         if self.budget_hours < 0:
             raise UserError(f"--budget-hours must be >= 0, got {self.budget_hours}")
+        if self.spend_cap_usd < 0 or self.spend_cap_tokens < 0:
+            raise UserError("--spend-cap-usd and --spend-cap-tokens must be >= 0")
         if self.decision not in ("paired", "welch", "greedy"):
             raise UserError(f"--decision {self.decision!r}: use paired (seed-matched t-test, the default), welch (unpaired), "
                             "or greedy (single seed, for comparison)")
@@ -587,6 +590,8 @@ class Campaign:
             self.log(f"strategy error: {e}")
             self.strategy_disabled = type(e).__name__ == "SpendCapReached"
             proposals = []
+        finally:
+            self.save_spend()
         if not proposals:  # nothing new to try until another experiment is decided
             self.quiet_at = self.num_decisions()
         for failure in getattr(self.strategy, "failed", [])[self.recorded_failures:]:
@@ -595,6 +600,17 @@ class Campaign:
                                  f"{failure['error']}\ninput: {json.dumps(failure['input'], default=str)[:2000]}",
                                  author=self.strategy.name, campaign_id=self.id)
         return [self.ledger.get_experiment(self.add_proposal(p, incumbent)) for p in proposals]
+
+    def save_spend(self) -> None:
+        """An LLM strategy's cumulative spend, kept in the campaign's ledger row so that the
+        spend caps hold across resumes (and `research status` can show it)."""
+        spend = getattr(self.strategy, "spend", None)
+        if spend is None:
+            return
+        row = self.ledger.get_campaign(self.id)
+        model = getattr(self.strategy, "model_id", None)
+        record = {"model": model, **asdict(spend), "dollars": round(spend.dollars(model), 4) if self.strategy.name == "claude" else None}
+        self.ledger.set_campaign_config(self.id, {**row["config"], "llm_spend": record})
 
     def add_proposal(self, p: Proposal, incumbent: Recipe) -> str:
         """Validate and record a proposal; an invalid one is recorded as rejected, never run."""

@@ -33,12 +33,18 @@ def make_strategy(cfg: CampaignConfig, ledger, campaign_id: str | None, echo: bo
         tools = lab_tools(ledger, context, cfg.base_recipe())
         if name == "claude":
             strategy = ClaudeStrategy(tools, model=cfg.llm_model or "claude-opus-5", base_url=cfg.llm_base_url,
-                                      spend_cap_usd=cfg.spend_cap_usd, seed=cfg.strategy_seed)
+                                      spend_cap_usd=cfg.spend_cap_usd, spend_cap_tokens=cfg.spend_cap_tokens, seed=cfg.strategy_seed)
         else:
             if not cfg.llm_model:
                 raise UserError("--strategy openai needs --llm-model NAME (the model your endpoint serves)")
-            strategy = OpenAIStrategy(tools, model=cfg.llm_model, base_url=cfg.llm_base_url, seed=cfg.strategy_seed)
+            strategy = OpenAIStrategy(tools, model=cfg.llm_model, base_url=cfg.llm_base_url, spend_cap_tokens=cfg.spend_cap_tokens,
+                                      seed=cfg.strategy_seed)
             check_endpoint(strategy)
+        saved = (ledger.get_campaign(campaign_id)["config"] or {}).get("llm_spend") if campaign_id else None
+        if saved:  # a resumed campaign: the caps count what earlier loops spent
+            from .llm import Spend
+
+            strategy.spend = Spend(**{k: saved[k] for k in ("input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens", "calls")})
         strategy.context = context  # the campaign id arrives once the campaign exists
         return strategy
     if name not in STRATEGIES:
@@ -69,9 +75,10 @@ def start(cfg: CampaignConfig, name: str | None = None, db: str | None = None, e
 
 
 def resume(campaign_id: str, db: str | None = None, echo: bool = True, author: str = "person", **changes) -> str:
-    """Continue a campaign. `changes` (budget_runs, budget_hours, parallel, gpus; None = keep)
-    extend or reshape it: recorded in its config and as a note by `author`. A screen that was
-    promising but left inconclusive for lack of runs is replicated once the budget has room."""
+    """Continue a campaign. `changes` extend or reshape it (budget_runs, budget_hours,
+    parallel, gpus, spend_cap_usd, spend_cap_tokens; None keeps a value): recorded in its
+    config and as a note by `author`. A screen that was promising but left inconclusive for
+    lack of runs is replicated once the budget has room."""
     from ..ledger import Ledger
 
     ledger = Ledger(db)
@@ -131,7 +138,8 @@ def status(campaign_id: str, db: str | None = None) -> dict:
     return {"campaign": row["id"], "name": row["name"], "status": row["status"], "goal": row["goal"],
             "runs": len(runs), "budget_runs": row["config"]["campaign"]["budget_runs"], "experiments": board,
             "incumbent": kept[-1] if kept else None, "baseline": board[0] if board else None,
-            "slots": closed[-1].split(": ", 1)[1] if closed else None}  # the last loop's utilisation and idle time
+            "slots": closed[-1].split(": ", 1)[1] if closed else None,  # the last loop's utilisation and idle time
+            "llm_spend": row["config"].get("llm_spend")}
 
 
 def suggest(campaign_id: str, hypothesis: str, overrides: list[str], author: str, db: str | None = None) -> str:
