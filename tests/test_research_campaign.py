@@ -168,3 +168,6 @@ def test_resume_with_a_larger_budget_replicates_a_lead_left_inconclusive(corpus_
     assert latest["evidence"]["comparison"]["paired"] and latest["effect"] < 0  # decided by the paired test this time
     st = manage.status(cid)
     assert st["runs"] == 4 and next(e for e in st["experiments"] if e["experiment"] == exp)["verdict"] == latest["verdict"]
+    assert st["elapsed_s"] > 0  # the time budget covers every loop of the campaign
+    manage.resume(cid, echo=False, budget_runs=20, budget_hours=st["elapsed_s"] / 2 / 3600)
+    assert manage.status(cid)["runs"] == 4  # earlier loops already used more than that: nothing starts

@@ -155,7 +155,7 @@ def _add_research_parser(sub) -> None:
         c.add_argument("--json", action="store_true")
         if name == "resume":
             c.add_argument("--budget-runs", type=int, help="a new total run budget (e.g. to extend a finished campaign)")
-            c.add_argument("--budget-hours", type=float, help="a new wall-clock cap, counted from this resume")
+            c.add_argument("--budget-hours", type=float, help="a new wall-clock cap for the whole campaign (earlier loops count)")
             c.add_argument("--parallel", type=int, help="a new number of slots")
             c.add_argument("--gpus", help="comma-separated GPU indices, one per slot")
             c.add_argument("--spend-cap-usd", type=float, help="a new LLM spend cap for the whole campaign")

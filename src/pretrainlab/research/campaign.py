@@ -162,6 +162,7 @@ class Campaign:
         self.idle_reason = ""  # why next_job() last returned None
         self.strategy_disabled = False  # its spend cap is reached
         self.started = time.time()
+        self.elapsed_before = float(row["config"].get("elapsed_s", 0.0))  # earlier loops of this campaign (resumes)
 
     # ---- 0. bookkeeping derived from the ledger --------------------------------------------------------
 
@@ -188,6 +189,23 @@ class Campaign:
         if self.cfg.decision == "paired" and len(common) >= 2:
             return compare([inc[s] for s in common], [cand[s] for s in common], alpha=self.cfg.alpha, looks=looks, paired=True)
         return compare(list(inc.values()), list(cand.values()), alpha=self.cfg.alpha, looks=looks)
+
+    def elapsed(self) -> float:
+        """Wall-clock seconds of all this campaign's loops so far (what --budget-hours caps)."""
+        return self.elapsed_before + time.time() - self.started
+
+    def save_state(self) -> None:
+        """Elapsed time and an LLM strategy's cumulative spend, kept in the campaign's ledger
+        row so the time budget and the spend caps hold across resumes; a killed loop's time
+        counts up to its last finished run or proposal round."""
+        row = self.ledger.get_campaign(self.id)
+        state = {"elapsed_s": round(self.elapsed(), 1)}
+        spend = getattr(self.strategy, "spend", None)
+        if spend is not None:
+            model = getattr(self.strategy, "model_id", None)
+            state["llm_spend"] = {"model": model, **asdict(spend),
+                                  "dollars": round(spend.dollars(model), 4) if self.strategy.name == "claude" else None}
+        self.ledger.set_campaign_config(self.id, {**row["config"], **state})
 
     def baseline(self) -> dict | None:
         return next((e for e in self.experiments() if e["proposer"] == "campaign" and not (e["change"] or {}).get("transfer_of")), None)
@@ -247,6 +265,7 @@ class Campaign:
             self.on_finished(result)
         status = "stopped" if self.ledger.get_campaign(self.id)["status"] == "stopping" else "done"
         self.ledger.set_campaign_status(self.id, status)
+        self.save_state()
         note = self.utilisation_note(status)
         self.ledger.add_note(note, author="campaign", campaign_id=self.id)
         self.log(note.split(";")[0])
@@ -322,6 +341,7 @@ class Campaign:
                     self.runner.stop(job.key)
         self.log(f"{result.job.key}: {result.status}" + (f" val_bpb {result.summary['val_bpb']:.4f}" if result.summary and result.summary.get("val_bpb") else ""))
         self.maybe_decide(exp_id, stopped_early=result.status == "stopped")
+        self.save_state()
         inc, _ = self.incumbent()
         if inc is not None and exp_id == inc["id"]:  # an extra incumbent seed for a paired re-test: candidates may be waiting on it
             for e in self.experiments():
@@ -490,7 +510,7 @@ class Campaign:
 
     def budget_spent(self, extra: int = 0) -> bool:
         """True when `extra` more runs would not fit in the run budget (or time is up)."""
-        over_time = self.cfg.budget_hours and time.time() - self.started > self.cfg.budget_hours * 3600
+        over_time = self.cfg.budget_hours and self.elapsed() > self.cfg.budget_hours * 3600
         return self.runs_started() + extra >= self.cfg.budget_runs or bool(over_time)
 
     def missing_incumbent_seeds(self, n: int) -> int:
@@ -591,7 +611,7 @@ class Campaign:
             self.strategy_disabled = type(e).__name__ == "SpendCapReached"
             proposals = []
         finally:
-            self.save_spend()
+            self.save_state()
         if not proposals:  # nothing new to try until another experiment is decided
             self.quiet_at = self.num_decisions()
         for failure in getattr(self.strategy, "failed", [])[self.recorded_failures:]:
@@ -600,17 +620,6 @@ class Campaign:
                                  f"{failure['error']}\ninput: {json.dumps(failure['input'], default=str)[:2000]}",
                                  author=self.strategy.name, campaign_id=self.id)
         return [self.ledger.get_experiment(self.add_proposal(p, incumbent)) for p in proposals]
-
-    def save_spend(self) -> None:
-        """An LLM strategy's cumulative spend, kept in the campaign's ledger row so that the
-        spend caps hold across resumes (and `research status` can show it)."""
-        spend = getattr(self.strategy, "spend", None)
-        if spend is None:
-            return
-        row = self.ledger.get_campaign(self.id)
-        model = getattr(self.strategy, "model_id", None)
-        record = {"model": model, **asdict(spend), "dollars": round(spend.dollars(model), 4) if self.strategy.name == "claude" else None}
-        self.ledger.set_campaign_config(self.id, {**row["config"], "llm_spend": record})
 
     def add_proposal(self, p: Proposal, incumbent: Recipe) -> str:
         """Validate and record a proposal; an invalid one is recorded as rejected, never run."""

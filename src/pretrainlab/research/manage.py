@@ -139,7 +139,7 @@ def status(campaign_id: str, db: str | None = None) -> dict:
             "runs": len(runs), "budget_runs": row["config"]["campaign"]["budget_runs"], "experiments": board,
             "incumbent": kept[-1] if kept else None, "baseline": board[0] if board else None,
             "slots": closed[-1].split(": ", 1)[1] if closed else None,  # the last loop's utilisation and idle time
-            "llm_spend": row["config"].get("llm_spend")}
+            "llm_spend": row["config"].get("llm_spend"), "elapsed_s": row["config"].get("elapsed_s")}
 
 
 def suggest(campaign_id: str, hypothesis: str, overrides: list[str], author: str, db: str | None = None) -> str:
