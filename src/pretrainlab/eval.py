@@ -9,10 +9,10 @@ contiguous windows (data.loader.iter_eval_windows). Targets that decode to zero 
 (document separators, special tokens) are excluded from both sums. The overall figure
 pools nats and bytes over all domains (a byte-weighted average, not a mean of domains).
 
-This module is the lab's source of truth: experiments (config, code patches, data
-changes) never modify it, and its sha256 is recorded in every run's provenance.json.
-It takes logits from the model and computes the log-likelihood itself, so a model
-change cannot alter how the score is computed.
+`evaluate_bpb` runs in the training process: it gives the in-run curves (on the monitor
+split) and a plain `pretrainlab train` its final figure. In a campaign that process runs
+experiment code, which can change anything in it, so decisions never use these numbers:
+the lab scores each run itself from the model's logits (scoring.py), with `nll_sums` below.
 """
 
 from __future__ import annotations
@@ -36,9 +36,19 @@ def bits_per_byte(nats: float, num_bytes: int) -> float:
     return nats / math.log(2) / num_bytes if num_bytes else float("nan")
 
 
+def nll_sums(logits: torch.Tensor, targets: torch.Tensor, token_bytes: torch.Tensor) -> tuple[float, int, int]:
+    """(nats, bytes, counted targets) of float logits [N, V] against int64 targets [N]; targets
+    spelling zero bytes (separators) are not counted. The lab's scorer sums through here, with
+    the arithmetic of evaluate_bpb, so the two agree to float rounding on the same model."""
+    nats = F.cross_entropy(logits.float(), targets, reduction="none").double()
+    nbytes = token_bytes[targets]
+    counted = nbytes > 0
+    return float(nats[counted].sum()), int(nbytes.sum()), int(counted.sum())
+
+
 @torch.no_grad()
 def evaluate_bpb(model, corpus, seq_len: int, tokens_per_domain: int, batch_rows: int, device,
-                 autocast=None, rank: int = 0, world_size: int = 1) -> dict:
+                 autocast=None, rank: int = 0, world_size: int = 1, split: str = "val") -> dict:
     """Return {"val_bpb": float, "domains": {name: bpb}, "tokens": int, "bytes": int}.
 
     Windows are dealt round-robin across ranks and the sums all-reduced, so N processes
@@ -51,7 +61,7 @@ def evaluate_bpb(model, corpus, seq_len: int, tokens_per_domain: int, batch_rows
     # sums[d] = (nats, bytes, tokens) in float64 so the totals are exact to ~1e-12
     sums = torch.zeros(len(domains), 3, dtype=torch.float64, device=device)
     for d, domain in enumerate(domains):
-        windows = list(iter_eval_windows(corpus, domain, seq_len, tokens_per_domain))[rank::world_size]
+        windows = list(iter_eval_windows(corpus, domain, seq_len, tokens_per_domain, split))[rank::world_size]
         for i in range(0, len(windows), batch_rows):
             chunk = windows[i : i + batch_rows]
             x = torch.stack([torch.as_tensor(w[0], dtype=torch.long) for w in chunk]).to(device)

@@ -66,8 +66,12 @@ def sources_dir() -> Path:
 
 
 def builtin_corpus_dir(tokenizer_name: str = "byte") -> Path:
-    """Where the prepared builtin corpus lives for a tokenizer name ("byte", "bpe8192")."""
-    return default_home() / "corpus" / f"builtin-{tokenizer_name}"
+    """Where the prepared builtin corpus lives for a tokenizer name ("byte", "bpe8192"); the
+    shard format version is in the name, so versions of pretrainlab side by side never
+    rebuild each other's copy."""
+    from .shards import FORMAT_VERSION
+
+    return default_home() / "corpus" / f"builtin-{tokenizer_name}-v{FORMAT_VERSION}"
 
 
 def _hash_order(key: str) -> str:

@@ -117,19 +117,20 @@ class BatchLoader:
         self.num_batches = state["num_batches"]
 
 
-def iter_eval_windows(corpus: Corpus, domain: str, seq_len: int, max_tokens: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The fixed validation windows of a domain: its val split's first max_tokens + 1
+def iter_eval_windows(corpus: Corpus, domain: str, seq_len: int, max_tokens: int,
+                      split: str = "val") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The fixed evaluation windows of a domain: its `split`'s first max_tokens + 1
     tokens (or all of them, if fewer) cut into non-overlapping windows,
     x = tokens[i : i + seq_len], y = tokens[i + 1 : i + seq_len + 1], int64 [seq_len].
 
     Only full windows are yielded, so they stack into batches; the same tokens every call.
     """
-    tokens = corpus.tokens(domain, "val")
+    tokens = corpus.tokens(domain, split)
     num_targets = min(max_tokens, len(tokens) - 1)
     num_windows = num_targets // seq_len
     if num_windows == 0:
         raise UserError(
-            f"domain {domain!r} has {len(tokens)} validation tokens, not enough for one window of seq_len {seq_len}: "
+            f"domain {domain!r} has {len(tokens)} {split} tokens, not enough for one window of seq_len {seq_len}: "
             "lower seq_len, raise the eval token budget, or prepare the corpus with a larger val_fraction"
         )
     for i in range(0, num_windows * seq_len, seq_len):

@@ -11,8 +11,17 @@ A prepared corpus is a folder:
                            the vocabulary exceeds 65536 ids)
     tokenizer.json         BPE only
 
-The train/val split is by document and per domain, fixed by (seed, domain, path), and
-exact-duplicate texts are dropped (first kept) so no text is in both splits.
+Splits are by document and per domain, fixed by (seed, domain, path), and exact-duplicate
+texts are dropped (first kept) so no text is in two splits. They differ by who may read
+them (docs/research.md, "The trust boundary"):
+
+    train     what runs train on
+    monitor   in-run curves and early stopping; experiment processes may read it
+    val       the decision set: scored by the lab, never readable by an experiment process
+    test      hidden: scored only for a campaign's final report, never shown to a strategy
+
+A share `val_fraction` of each domain's documents (at least max(min_val_docs, 3)) is held
+out and dealt, in a fixed pseudo-random order, to val, monitor and test in turn.
 """
 
 from __future__ import annotations
@@ -36,8 +45,10 @@ from ..errors import UserError
 from .sources import Document
 from .tokenizers import BPETokenizer, Tokenizer, tokenizer_from_manifest
 
-FORMAT_VERSION = 1
-SPLITS = ("train", "val")
+FORMAT_VERSION = 2
+SPLITS = ("train", "monitor", "val", "test")
+HELD_OUT = ("val", "monitor", "test")  # dealt in this order, so val gets the most documents
+OPTIONAL_SPLITS = ("val", "test")  # absent inside an experiment's sandbox
 PREPARE_HINT = "run `pretrainlab data prepare --builtin` (or --input ...)"
 _DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _CHUNK_DOCS = 256  # documents tokenized per batch (BPE encodes a batch on all cores)
@@ -61,21 +72,23 @@ def _split_rank(seed: int, domain: str, path: str) -> str:
 
 
 def _num_val(domain: str, num_docs: int, val_fraction: float, min_val_docs: int) -> int:
-    num_val = max(math.ceil(val_fraction * num_docs), min_val_docs)
+    """Documents held out of training (val + monitor + test)."""
+    num_val = max(math.ceil(val_fraction * num_docs), min_val_docs, len(HELD_OUT))
     if num_val >= num_docs:
         raise UserError(
-            f"domain {domain!r} has {num_docs} document(s) but validation needs {num_val}, leaving none to train on: "
-            "add documents (a long text can be split into several files) or lower val_fraction/min_val_docs"
+            f"domain {domain!r} has {num_docs} document(s) but needs {num_val} held out (val, monitor and test get at least one "
+            "each), leaving none to train on: add documents (a long text can be split into several files) or lower val_fraction"
         )
     return num_val
 
 
-def _val_indices(domain: str, paths: list[str], val_fraction: float, min_val_docs: int, seed: int) -> set[int]:
-    """Indices of the documents that go to val: the first ceil(val_fraction * n) (at
-    least min_val_docs) when ranked by sha256(f"{seed}:{domain}:{path}")."""
+def _held_out(domain: str, paths: list[str], val_fraction: float, min_val_docs: int, seed: int) -> dict[int, str]:
+    """{document index: held-out split}: the first ceil(val_fraction * n) documents (at least
+    max(min_val_docs, 3)) ranked by sha256(f"{seed}:{domain}:{path}"), dealt to val, monitor,
+    test in turn."""
     num_val = _num_val(domain, len(paths), val_fraction, min_val_docs)
     ranked = sorted(range(len(paths)), key=lambda i: (_split_rank(seed, domain, paths[i]), i))
-    return set(ranked[:num_val])
+    return {i: HELD_OUT[k % len(HELD_OUT)] for k, i in enumerate(ranked[:num_val])}
 
 
 def _check_split_args(val_fraction: float, min_val_docs: int) -> None:
@@ -86,7 +99,7 @@ def _check_split_args(val_fraction: float, min_val_docs: int) -> None:
 
 
 def assign_splits(documents: list[Document], val_fraction: float = 0.1, min_val_docs: int = 1, seed: int = 0) -> list[str | None]:
-    """The split ("train"/"val") `prepare_corpus` gives each document with the same
+    """The split (one of SPLITS) `prepare_corpus` gives each document with the same
     arguments, or None for a dropped one (empty, or a duplicate of an earlier text).
     Used to train a BPE tokenizer on the train documents only."""
     _check_split_args(val_fraction, min_val_docs)
@@ -100,9 +113,9 @@ def assign_splits(documents: list[Document], val_fraction: float = 0.1, min_val_
         kept_by_domain.setdefault(doc.domain, []).append(i)
     splits: list[str | None] = [None] * len(documents)
     for domain, indices in kept_by_domain.items():
-        val = _val_indices(domain, [documents[i].path for i in indices], val_fraction, min_val_docs, seed)
+        held = _held_out(domain, [documents[i].path for i in indices], val_fraction, min_val_docs, seed)
         for j, i in enumerate(indices):
-            splits[i] = "val" if j in val else "train"
+            splits[i] = held.get(j, "train")
     return splits
 
 
@@ -234,7 +247,7 @@ def _build(
         if not stages:
             raise UserError("no documents to prepare: every input was empty (or there were no inputs)")
 
-        # 2. Split each domain by document and write its train and val shards.
+        # 2. Split each domain by document and write its shards, one file per split.
         manifest_domains: dict[str, dict] = {}
         with open(staging / "documents.jsonl", "w", encoding="utf-8") as provenance:
             for domain in sorted(stages):
@@ -276,11 +289,11 @@ def _write_synced(path: Path, data: bytes) -> None:
 def _write_splits(
     domain: str, stage: _DomainStage, staging: Path, dtype: np.dtype, val_fraction: float, min_val_docs: int, seed: int, provenance: TextIO
 ) -> dict:
-    val = _val_indices(domain, [r.path for r in stage.records], val_fraction, min_val_docs, seed)
+    held = _held_out(domain, [r.path for r in stage.records], val_fraction, min_val_docs, seed)
     staged = np.memmap(staging / f"{domain}.staging", dtype=dtype, mode="r", shape=(stage.num_tokens,))
     entry = {}
     for split in SPLITS:
-        records = [r for i, r in enumerate(stage.records) if (i in val) == (split == "val")]
+        records = [r for i, r in enumerate(stage.records) if held.get(i, "train") == split]
         file = f"{domain}.{split}.bin"
         digest = hashlib.sha256()
         with open(staging / file, "wb") as out:
@@ -332,6 +345,10 @@ class Corpus:
     manifest_hash: str  # sha256 of the manifest minus its timestamp: names this exact data in run provenance
     tokenizer: Tokenizer
     _arrays: dict[tuple[str, str], np.memmap] = field(default_factory=dict, init=False, repr=False)
+    missing_splits: frozenset[str] = field(default=frozenset(), init=False)  # splits whose shards this process cannot see
+
+    def has_split(self, split: str) -> bool:
+        return split not in self.missing_splits
 
     @classmethod
     def open(cls, path: str | Path, verify: bool = True) -> Corpus:
@@ -352,12 +369,16 @@ class Corpus:
                 "re-run `pretrainlab data prepare` with --force"
             )
         itemsize = np.dtype(manifest["dtype"]).itemsize
+        missing: set[str] = set()
         for splits in manifest["domains"].values():
             for split in SPLITS:
                 info = splits[split]
                 file = path / info["file"]
                 fix = f"re-run `pretrainlab data prepare` with --force to rebuild {path}"
                 if not file.is_file():
+                    if split in OPTIONAL_SPLITS:  # hidden from this process (an experiment's sandbox): an error only on use
+                        missing.add(split)
+                        continue
                     raise UserError(f"corpus shard {file} is missing: {fix}")
                 expected_size = info["num_tokens"] * itemsize
                 if file.stat().st_size != expected_size:
@@ -370,7 +391,9 @@ class Corpus:
                         )
         tokenizer = tokenizer_from_manifest(manifest, path)
         content = {k: v for k, v in manifest.items() if k != "created"}  # identical data, identical hash
-        return cls(path, manifest, hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest(), tokenizer)
+        corpus = cls(path, manifest, hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest(), tokenizer)
+        corpus.missing_splits = frozenset(missing)
+        return corpus
 
     @property
     def domains(self) -> list[str]:
@@ -381,6 +404,9 @@ class Corpus:
             raise UserError(f"corpus {self.path} has no domain {domain!r}: its domains are {', '.join(self.domains)}")
         if split not in SPLITS:
             raise UserError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+        if split in self.missing_splits:
+            raise UserError(f"the {split} split of {self.path} is not readable here: experiment processes see only train and "
+                            "monitor; the lab scores val and test")
         return self.manifest["domains"][domain][split]
 
     def tokens(self, domain: str, split: str) -> np.memmap:

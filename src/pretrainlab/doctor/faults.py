@@ -149,7 +149,7 @@ def make_duplicated_corpus(source: Path, out: Path, docs_per_domain: int = 2, do
     assign_splits so that exactly the fresh val document of each domain lands in val.
     """
     from ..data import ByteTokenizer, Corpus, Document, prepare_corpus
-    from ..data.shards import assign_splits
+    from ..data.shards import HELD_OUT, assign_splits
 
     if (out / "manifest.json").exists():
         return out
@@ -157,21 +157,22 @@ def make_duplicated_corpus(source: Path, out: Path, docs_per_domain: int = 2, do
     if src.manifest["tokenizer"]["name"] != "byte":
         raise ValueError("make_duplicated_corpus needs a byte-level source corpus")
     eot = src.manifest["tokenizer"]["eot_id"]
-    num_docs = docs_per_domain * copies + 1
-    val_fraction = 0.5 / num_docs  # ceil(val_fraction * num_docs) = 1 val document per domain
+    num_held = len(HELD_OUT)  # one val, one monitor and one test document per domain
+    num_docs = docs_per_domain * copies + num_held
+    val_fraction = (num_held - 0.5) / num_docs  # ceil(val_fraction * num_docs) = num_held held-out documents
     documents = []
     for domain in src.domains:
         train_docs = _split_docs(src.tokens(domain, "train"), eot)[:docs_per_domain]
-        val_text = "\n".join(bytes(d).decode("utf-8", "replace") for d in _split_docs(src.tokens(domain, "val"), eot))
+        held_text = {h: "\n".join(bytes(d).decode("utf-8", "replace") for d in _split_docs(src.tokens(domain, h), eot)) for h in HELD_OUT}
         texts = [bytes(d[:doc_bytes]).decode("utf-8", "ignore") for d in train_docs]
         copies_text = [f"[copy {i} of document {j}]\n{t}" for j, t in enumerate(texts) for i in range(copies)]
         if only is not None and domain != only:
             copies_text = [bytes(d).decode("utf-8", "replace") for d in _split_docs(src.tokens(domain, "train"), eot)]
-        paths = [f"{domain}/doc-{k:04d}.txt" for k in range(len(copies_text) + 1)]
+        paths = [f"{domain}/doc-{k:04d}.txt" for k in range(len(copies_text) + num_held)]
         probe = [Document(domain, "probe", p, f"probe {p}") for p in paths]
-        val_path = paths[assign_splits(probe, val_fraction=val_fraction, min_val_docs=1).index("val")]
         it = iter(copies_text)
-        documents += [Document(domain, "duplicated", p, val_text if p == val_path else next(it)) for p in paths]
+        documents += [Document(domain, "duplicated", p, held_text[split] if split != "train" else next(it))
+                      for p, split in zip(paths, assign_splits(probe, val_fraction=val_fraction, min_val_docs=1))]
     prepare_corpus(documents, ByteTokenizer(), out, val_fraction=val_fraction, min_val_docs=1, progress=False,
                    source={"duplicated_from": str(source), "copies": copies, "doc_bytes": doc_bytes})
     return out

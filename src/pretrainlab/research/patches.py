@@ -4,16 +4,16 @@
     runner.submit(Job(..., pythonpath=tree.pythonpath))
 
 Only the model, optimizer and trainer sources may change (src/pretrainlab/model/,
-src/pretrainlab/train/). The evaluation module, the data layer (validation split, eval
-windows, token bytes) and everything else are read-only: a patch touching them is rejected
-before anything runs, and the copy's eval.py is hash-checked against the lab's after the
-patch is applied. Runs record their eval module hash in provenance.json, which the
-campaign checks again before it accepts a result.
+src/pretrainlab/train/). What a patch changed is checked on the result, not on the diff
+text: after `git apply`, the copy is compared file by file with the lab's package, and
+the patch is rejected if anything outside those directories differs in content, mode or
+kind (whatever the hunk format: binary, rename, mode change), or if the copy holds a
+symbolic link or anything but plain files. The trainer may change, so a run's own
+metric is never trusted: the lab scores every run itself (scoring.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 import subprocess
@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pretrainlab
-
-from .. import eval as evaluation
 
 PACKAGE_DIR = Path(pretrainlab.__file__).resolve().parent
 EDITABLE = ("src/pretrainlab/model/", "src/pretrainlab/train/")
@@ -71,11 +69,35 @@ def apply_patch(patch: str, workdir: Path) -> PatchedTree:
     shutil.copytree(PACKAGE_DIR, dest, ignore=shutil.ignore_patterns("__pycache__"))
     strip = "-p1" if any(line.startswith(("--- a/", "+++ b/")) for line in patch.splitlines()) else "-p0"
     prefix = [] if files[0].startswith("src/") else ["--directory=src/pretrainlab"]
-    cmd = ["git", "apply", "--unsafe-paths", strip, *prefix, "--whitespace=nowarn", "-"]
+    cmd = ["git", "apply", strip, *prefix, "--whitespace=nowarn", "-"]  # no --unsafe-paths: nothing lands outside workdir
     out = subprocess.run(cmd, input=patch, text=True, capture_output=True, cwd=workdir)
     if out.returncode != 0:
         raise PatchRejected(f"patch does not apply: {out.stderr.strip().splitlines()[0] if out.stderr.strip() else 'git apply failed'}")
-    copy_hash = hashlib.sha256((dest / "eval.py").read_bytes()).hexdigest()
-    if copy_hash != evaluation.module_sha256():
-        raise PatchRejected("the evaluation module changed in the patched copy; it is read-only")
+    check_copy(dest)
     return PatchedTree(workdir, files)
+
+
+def _tree(root: Path) -> dict[str, Path]:
+    return {p.relative_to(root).as_posix(): p for p in root.rglob("*") if "__pycache__" not in p.relative_to(root).parts}
+
+
+def check_copy(dest: Path, reference: Path = PACKAGE_DIR) -> None:
+    """Reject the patched copy unless it differs from the lab's package only in plain files
+    under model/ and train/."""
+    editable = tuple(e.removeprefix("src/pretrainlab/") for e in EDITABLE)
+    ours, theirs = _tree(reference), _tree(dest)
+    for rel in sorted(set(ours) | set(theirs)):
+        path = theirs.get(rel)
+        if path is not None and (path.is_symlink() or not (path.is_file() or path.is_dir())):
+            raise PatchRejected(f"the patched copy holds {rel}, which is a symbolic link or a special file: only plain files may change")
+        if rel.startswith(editable) or any(e.rstrip("/") == rel for e in editable):
+            continue
+        if path is None:
+            raise PatchRejected(f"the patch deletes {rel}: only {' and '.join(EDITABLE)} may change")
+        ref = ours.get(rel)
+        if ref is None:
+            raise PatchRejected(f"the patch adds {rel}: only {' and '.join(EDITABLE)} may change")
+        if ref.is_dir() != path.is_dir() or (path.is_file() and (
+                path.read_bytes() != ref.read_bytes() or (path.stat().st_mode & 0o111) != (ref.stat().st_mode & 0o111))):
+            raise PatchRejected(f"the patch changes {rel} (content, mode or kind): only {' and '.join(EDITABLE)} may change; "
+                                "the evaluation module, data layer and metric are read-only")

@@ -19,6 +19,7 @@ with status 'crashed' and the tail of its stderr; the runner itself never raises
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import signal
@@ -29,8 +30,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import UserError
+import pretrainlab
 
+from ..errors import UserError
+from .sandbox import Sandbox
+
+PACKAGE_SRC = Path(pretrainlab.__file__).resolve().parent.parent  # the lab's own source tree (on PYTHONPATH of unpatched runs)
 KILL_GRACE_S = 30.0  # after SIGTERM, how long a run may take to checkpoint before SIGKILL
 OVERHEAD = "overhead"  # idle reason: a slot is free and the caller has not yet refilled it or said why
 
@@ -45,6 +50,7 @@ class Job:
     pythonpath: str | None = None  # an isolated source tree (code experiments)
     env: dict[str, str] = field(default_factory=dict)
     resume: bool = False  # continue out_dir from its last checkpoint instead of starting it
+    score_path: Path | None = None  # where the lab writes its own score of the run (scoring.py); None: not scored
 
 
 @dataclass
@@ -76,7 +82,8 @@ class _Running:
 
 
 class LocalRunner:
-    def __init__(self, num_slots: int, gpus: list[int] | None = None, threads_per_slot: int | None = None, log_dir: Path | None = None):
+    def __init__(self, num_slots: int, gpus: list[int] | None = None, threads_per_slot: int | None = None, log_dir: Path | None = None,
+                 sandbox: bool = True):
         if num_slots < 1:
             raise UserError(f"--parallel must be >= 1, got {num_slots}")
         if gpus is not None and len(gpus) < num_slots:
@@ -87,6 +94,7 @@ class LocalRunner:
         self._running: dict[str, _Running] = {}
         self._logs = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="pretrainlab-runner-"))
         self._logs.mkdir(parents=True, exist_ok=True)
+        self.sandbox = Sandbox.detect() if sandbox else Sandbox(None, "disabled by the caller")
         self.created = time.time()
         self._intervals: list[tuple[float, float]] = []  # (start, end) of finished jobs
         self.last_submit = self.created
@@ -110,20 +118,20 @@ class LocalRunner:
         assert self.free_slots() > 0, "submit() with no free slot"
         assert job.key not in self._running, f"job {job.key} already running"
         slot = min(set(range(self.num_slots)) - {r.slot for r in self._running.values()})
-        if job.resume:  # the run keeps its recipe.json (threads included)
-            cmd = [sys.executable, "-m", "pretrainlab", "train", "--resume", str(job.out_dir), "--json"]
-        else:
-            cmd = [sys.executable, "-m", "pretrainlab", "train", "--recipe", job.recipe, "--out", str(job.out_dir), "--json"]
-            overrides = list(job.overrides)
-            if self.gpus is None:
-                overrides.append(f"train.num_threads={self.threads_per_slot}")
-            for o in overrides:
-                cmd += ["--set", o]
-        env = {**os.environ, **job.env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(self.threads_per_slot)}
+        overrides = list(job.overrides)
+        if self.gpus is None:
+            overrides.append(f"train.num_threads={self.threads_per_slot}")
+        env = {**job.env, "OMP_NUM_THREADS": str(self.threads_per_slot)}
         if self.gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(self.gpus[slot])
-        if job.pythonpath:
-            env["PYTHONPATH"] = job.pythonpath + os.pathsep + env.get("PYTHONPATH", "")
+        # the run goes through the lab's job process (runners/job.py): sandboxed training, then the lab's own score
+        spec = {"key": job.key, "recipe": job.recipe, "overrides": overrides, "run_dir": str(job.out_dir), "resume": job.resume,
+                "code_src": job.pythonpath or str(PACKAGE_SRC), "env": env, "sandbox": self.sandbox.active,
+                "score_path": str(job.score_path) if job.score_path else None}
+        spec_path = self._logs / f"{job.key}.spec.json"
+        spec_path.write_text(json.dumps(spec, indent=1))
+        cmd = [sys.executable, "-m", "pretrainlab.runners.job", str(spec_path)]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the job process is the lab's: it imports only the lab's package
         stderr_path = self._logs / f"{job.key}.stderr"
         self._account(time.time())
         with open(stderr_path, "w") as err:
@@ -231,8 +239,6 @@ class LocalRunner:
     # ---- results ---------------------------------------------------------------------------
 
     def _result(self, r: _Running, ended: float) -> JobResult:
-        import json
-
         summary = None
         summary_path = r.job.out_dir / "summary.json"
         if summary_path.exists():

@@ -1,0 +1,180 @@
+"""One run of a campaign, end to end: train in the sandbox, then score it from the lab's side.
+
+    python -m pretrainlab.runners.job SPEC.json        # started by LocalRunner.submit, one per run
+
+This process is the lab's: it imports only the lab's own package, never the experiment's
+code (that runs in the sandboxed training process and in the scoring worker).
+  1. resolve the recipe and the corpus from the spec (written by the campaign, outside any run)
+  2. train: `pretrainlab train` with the experiment's code on PYTHONPATH, in the sandbox,
+     seeing only the corpus's train and monitor shards
+  3. score: scoring.score_run on the decision (val) and monitor splits, with the probes
+  4. check what the run says about itself against the lab's measurement:
+     - its reported final val_bpb against the lab's score on the same split;
+     - per domain, the monitor slice against the decision split (a model that learned
+       the monitor slice by heart scores far better there than on unseen documents)
+  5. write the lab's verdict to the spec's score_path (outside the run directory) and into
+     summary.json (`val_bpb` becomes the lab's; the run's own figure is kept beside it)
+SIGTERM (early stop, preemption, shutdown) reaches the trainer through the process group;
+this process then skips scoring and exits with the trainer's code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from ..config import Recipe
+from .sandbox import Sandbox, ignore_sigterm, scrubbed_env
+
+EXIT_REJECTED = 4
+# The run's reported final val_bpb may differ from the lab's measurement on the same split by
+# float rounding and autocast (bf16 on GPU: ~1e-3); more is a run reporting what it did not score.
+REPORT_ABS_TOL = 0.02
+REPORT_REL_TOL = 0.005
+# Held-out documents of one domain score within a few percent of each other for an honest model;
+# a model that is this much better on the monitor slice than on the decision split has learned it.
+MEMORISED_RATIO = 0.5
+
+
+def reported_mismatch(summary: dict, lab: dict) -> str | None:
+    """Why the run's own final figure disagrees with the lab's, or None when it agrees."""
+    split = summary.get("eval_split") or "monitor"
+    reported, measured = summary.get("val_bpb"), (lab.get(split) or lab["monitor"])["val_bpb"]
+    if not isinstance(reported, (int, float)) or not math.isfinite(reported):
+        return f"the run reported val_bpb {reported!r}, not a number"
+    if abs(reported - measured) > REPORT_ABS_TOL + REPORT_REL_TOL * measured:
+        return (f"the run reported val_bpb {reported:.4f} on its {split} split, but the lab measured {measured:.4f} on the same "
+                "split with the same weights: the run's own evaluation was altered")
+    return None
+
+
+def memorised(lab: dict) -> str | None:
+    for domain, val in lab["val"]["domains"].items():
+        monitor = lab["monitor"]["domains"].get(domain)
+        if monitor is not None and math.isfinite(val) and monitor < MEMORISED_RATIO * val:
+            return (f"{domain}: {monitor:.4f} bpb on the monitor slice but {val:.4f} on the decision split: the model has "
+                    "learned the monitor slice by heart")
+    return None
+
+
+def corpus_path(recipe: Recipe) -> Path:
+    if recipe.data.corpus != "builtin":
+        return Path(recipe.data.corpus).expanduser().resolve()
+    from ..data import builtin_corpus_dir, prepare_builtin
+
+    path = builtin_corpus_dir(recipe.data.tokenizer.replace(":", ""))
+    if not (path / "manifest.json").exists():  # the sandboxed trainer cannot write it: prepare it here
+        prepare_builtin(tokenizer=recipe.data.tokenizer, out_dir=path, progress=False)
+    return path
+
+
+def visible_corpus_files(path: Path) -> list[Path]:
+    """What a sandboxed trainer may read: the manifest, the tokenizer, train and monitor shards."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    files = [path / "manifest.json"]
+    if (manifest.get("tokenizer") or {}).get("file"):
+        files.append(path / manifest["tokenizer"]["file"])
+    for splits in manifest["domains"].values():
+        files += [path / splits[s]["file"] for s in ("train", "monitor")]
+    return files
+
+
+def main(spec_path: str) -> int:
+    spec = json.loads(Path(spec_path).read_text())
+    stopping = {"flag": False}
+    signal.signal(signal.SIGTERM, lambda *_: stopping.update(flag=True))
+    # 1. recipe and corpus, resolved by the lab
+    from ..api import resolve_recipe
+
+    recipe = resolve_recipe(spec["recipe"], spec["overrides"])
+    run_dir = Path(spec["run_dir"]).resolve()
+    code_src = Path(spec["code_src"]).resolve()
+    corpus_dir = corpus_path(recipe)
+    box = Sandbox.detect(warn=False) if spec["sandbox"] else Sandbox(None, "disabled")
+    # 2. train in the sandbox
+    if spec["resume"]:
+        train_cmd = [sys.executable, "-m", "pretrainlab", "train", "--resume", str(run_dir), "--json"]
+    else:
+        train_cmd = [sys.executable, "-m", "pretrainlab", "train", "--recipe", spec["recipe"], "--out", str(run_dir), "--json"]
+        for o in spec["overrides"]:
+            train_cmd += ["--set", o]
+    finished = _read_json(run_dir / "summary.json") or {}
+    if spec["resume"] and finished.get("status") in ("ok", "timeout") and (run_dir / "model.pt").is_file():
+        train_cmd = None  # trained to the end before the campaign lost track of it: only the scoring is left
+    run_dir.mkdir(parents=True, exist_ok=True)
+    read_only = visible_corpus_files(corpus_dir)
+    if Path(spec["recipe"]).is_file():
+        read_only.append(Path(spec["recipe"]))
+    env = scrubbed_env({**spec["env"], "PYTHONPATH": str(code_src), "PRETRAINLAB_NO_LEDGER": "1", "PYTHONUNBUFFERED": "1",
+                        "PRETRAINLAB_SANDBOX": "1" if box.active else "0"})
+    if recipe.data.corpus == "builtin":
+        env["PRETRAINLAB_HOME"] = str(corpus_dir.parent.parent)
+    gpus = bool(spec["env"].get("CUDA_VISIBLE_DEVICES"))
+    code = 0
+    if train_cmd is not None:
+        proc = subprocess.Popen(box.wrap(train_cmd, code_src=code_src, read_only=read_only, writable=[run_dir], gpus=gpus),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env, preexec_fn=ignore_sigterm)
+        code = proc.wait()
+    summary = _read_json(run_dir / "summary.json")
+    if (stopping["flag"] or not spec.get("score_path") or summary is None or summary.get("status") not in ("ok", "timeout")
+            or not (run_dir / "model.pt").is_file()):
+        return code
+    # 3. score from the lab's side, 4. check the run's claims
+    from ..data import Corpus
+    from ..scoring import ScoreRejected, score_run
+
+    verdict: dict = {"status": "ok", "reason": None, "reported": {k: summary.get(k) for k in ("val_bpb", "eval_split")}}
+    try:
+        score = score_run(run_dir, code_src, Corpus.open(corpus_dir, verify=False), seq_len=recipe.model.seq_len,
+                          tokens_per_domain=recipe.eval.tokens_per_domain, batch_rows=recipe.eval.batch_rows,
+                          sandbox=box, threads=int(spec["env"].get("OMP_NUM_THREADS", "1")), gpus=gpus)
+        verdict.update(score)
+        reason = reported_mismatch(summary, score["splits"]) or memorised(score["splits"])
+        if reason:
+            verdict.update(status="rejected", reason=reason)
+    except ScoreRejected as e:
+        verdict.update(status="rejected", reason=str(e))
+    if stopping["flag"]:
+        return code
+    # 5. the lab's verdict: outside the run (what the campaign trusts), and in summary.json (what people read)
+    write_json_atomic(Path(spec["score_path"]), verdict)
+    lab_val = (verdict.get("splits") or {}).get("val") or {}
+    summary.update({"val_bpb_reported": summary.get("val_bpb"), "scored_by": "lab", "lab_score": verdict,
+                    "val_bpb": lab_val.get("val_bpb"), "val_bpb_domains": lab_val.get("domains")})
+    if verdict["status"] == "rejected":
+        summary.update(status="rejected", rejected_reason=verdict["reason"], val_bpb=None, val_bpb_domains=None)
+    write_json_atomic(run_dir / "summary.json", summary)
+    if verdict["status"] == "rejected":
+        print(f"[pretrainlab] run rejected by the lab: {verdict['reason']}", file=sys.stderr, flush=True)
+        return EXIT_REJECTED
+    return code
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        value = json.loads(path.read_text())
+        return value if isinstance(value, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+if __name__ == "__main__":
+    from ..errors import UserError
+
+    try:
+        sys.exit(main(sys.argv[1]))
+    except UserError as e:  # a bad recipe or corpus: the same one-line error and exit code as `pretrainlab train`
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

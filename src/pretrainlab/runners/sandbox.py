@@ -1,0 +1,133 @@
+"""The sandbox experiment processes run in: bubblewrap (`bwrap`) on Linux.
+
+    box = Sandbox.detect()                                     # bwrap when it works here, else none (warned once)
+    cmd = box.wrap(["python", "-m", "pretrainlab", "train", ...],
+                   code_src=tree / "src", read_only=[corpus files], writable=[run_dir])
+    env = scrubbed_env(extra={"OMP_NUM_THREADS": "1"})      # never API keys, tokens or passwords
+
+Inside: no network; no home directory, workspace, ledger or other run; the code copy, the
+Python installation and the listed corpus files read-only; only the run directory
+writable; a private /tmp. The decision and test splits are never listed, so experiment
+code cannot read them from disk. The sandboxed process stays in the caller's process
+group, so SIGTERM (early stop, preemption) reaches it; bwrap itself must not die of that
+signal first, so it is started with SIGTERM ignored (`ignore_sigterm`), which bwrap
+passes on and Python programs replace with their own handler.
+
+Where bwrap is missing (install Debian's `bubblewrap` package) or cannot create
+namespaces, processes run unsandboxed with the scrubbed environment, and `Sandbox.detect`
+says so loudly once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+# Environment variables an experiment process may inherit (by name prefix); everything else
+# is dropped. A name that looks like a credential is dropped even when it matches.
+ENV_ALLOWED = ("PATH", "LANG", "LC_", "TZ", "PYTHONHASHSEED", "PYTHONUNBUFFERED", "OMP_", "MKL_", "KMP_",
+               "CUDA_", "NCCL_", "TORCH_", "TORCHINDUCTOR_", "PRETRAINLAB_HOME", "PRETRAINLAB_NO_LEDGER", "PRETRAINLAB_SANDBOX")
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH|COOKIE|SESSION", re.IGNORECASE)
+# System files a Python + PyTorch process needs; /etc as a whole is not exposed.
+ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "passwd", "group", "nsswitch.conf", "hosts", "localtime",
+             "alternatives")
+INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
+
+_warned = False
+
+
+def scrubbed_env(extra: dict[str, str] | None = None, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The allowed part of `base` (default os.environ) plus `extra`, minus anything named like
+    a secret: an experiment never sees API keys, tokens, passwords or database URLs."""
+    base = os.environ if base is None else base
+    env = {k: v for k, v in base.items() if k.startswith(ENV_ALLOWED) and not SECRET_NAME.search(k)}
+    env.update({k: v for k, v in (extra or {}).items() if not SECRET_NAME.search(k)})
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env["HOME"] = "/tmp"
+    env["LANG"] = env.get("LANG", "C.UTF-8")
+    return env
+
+
+def ignore_sigterm() -> None:
+    """preexec_fn for bwrap: SIG_IGN survives exec, so bwrap outlives a SIGTERM to the process
+    group and the sandboxed program (which installs its own handler) checkpoints and exits."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+@dataclass
+class Sandbox:
+    bwrap: str | None  # path to bwrap, or None: no sandbox here
+    reason: str = ""  # why there is none
+
+    @classmethod
+    def detect(cls, warn: bool = True) -> Sandbox:
+        """bwrap if it is installed and can create namespaces here, else an unsandboxed one
+        (with a loud warning, once per process)."""
+        global _warned
+        path = shutil.which("bwrap")
+        reason = ""
+        if path is None:
+            reason = f"bwrap is not installed: {INSTALL_HINT}"
+        else:
+            try:
+                probe = subprocess.run([path, *cls._system_binds(), "--unshare-all", "--die-with-parent", "--", "/bin/true"],
+                                       capture_output=True, text=True, timeout=30)
+                if probe.returncode != 0:
+                    reason = f"bwrap cannot create a sandbox here ({probe.stderr.strip()[:200]}): allow unprivileged user namespaces"
+            except (OSError, subprocess.TimeoutExpired) as e:
+                reason = f"bwrap failed to start ({e})"
+        if reason:
+            if warn and not _warned:
+                _warned = True
+                print(f"\n[pretrainlab] WARNING: experiment processes are NOT sandboxed: {reason}. They run with a scrubbed "
+                      "environment but can read and write this machine's files, including the decision split.\n",
+                      file=sys.stderr, flush=True)
+            return cls(None, reason)
+        return cls(path)
+
+    @property
+    def active(self) -> bool:
+        return self.bwrap is not None
+
+    @staticmethod
+    def _system_binds() -> list[str]:
+        args: list[str] = []
+        for top in ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32"):
+            if os.path.islink(top):
+                args += ["--symlink", os.readlink(top), top]
+            elif os.path.isdir(top):
+                args += ["--ro-bind", top, top]
+        for name in ETC_FILES:
+            if os.path.exists(f"/etc/{name}"):
+                args += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
+        return args
+
+    def wrap(self, cmd: list[str], *, code_src: Path, read_only: list[Path] = (), writable: list[Path] = (),
+             gpus: bool = False) -> list[str]:
+        """`cmd` inside the sandbox (unchanged when there is none). `code_src` is the source
+        tree on PYTHONPATH (the lab's, or a patched copy): mounted read-only."""
+        if not self.active:
+            return cmd
+        args = [self.bwrap, *self._system_binds(), "--proc", "/proc", "--tmpfs", "/tmp"]  # /tmp first: later binds go on top
+        if gpus:  # CUDA needs the device nodes and the driver's /sys and /proc entries
+            args += ["--dev-bind", "/dev", "/dev", "--ro-bind", "/sys", "/sys"]
+        else:
+            args += ["--dev", "/dev"]
+        for prefix in {sys.base_prefix, sys.prefix, sys.exec_prefix}:  # the interpreter and its site-packages
+            if not prefix.startswith(("/usr/", "/bin/", "/lib")):
+                args += ["--ro-bind", prefix, prefix]
+        args += ["--ro-bind", str(Path(code_src).resolve()), str(Path(code_src).resolve())]
+        for path in read_only:
+            path = Path(path).resolve()
+            args += ["--ro-bind", str(path), str(path)]
+        for path in writable:
+            path = Path(path).resolve()
+            args += ["--bind", str(path), str(path)]
+        args += ["--chdir", "/tmp", "--unshare-all", "--die-with-parent", "--"]
+        return args + cmd

@@ -1,0 +1,198 @@
+"""The trust boundary, attacked: real hostile patches run through the real runner, sandbox
+and scorer. Each must be rejected with its reason, or contained (it runs, and what it tried
+did not happen)."""
+
+import difflib
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+from conftest import tiny_overrides
+
+from pretrainlab.research.patches import PACKAGE_DIR, PatchRejected, apply_patch
+from pretrainlab.runners import Job, LocalRunner
+from pretrainlab.runners.sandbox import Sandbox, scrubbed_env
+
+SANDBOX = Sandbox.detect(warn=False)
+needs_sandbox = pytest.mark.skipif(not SANDBOX.active, reason=f"no sandbox here: {SANDBOX.reason}")
+
+
+def make_patch(rel: str, old: str, new: str) -> str:
+    src = (PACKAGE_DIR / rel).read_text()
+    assert old in src, f"{old!r} not in {rel}"
+    return "".join(difflib.unified_diff(src.splitlines(True), src.replace(old, new, 1).splitlines(True),
+                                         f"a/src/pretrainlab/{rel}", f"b/src/pretrainlab/{rel}"))
+
+
+IMPORTS = "from ..config import ModelConfig\n"
+NON_CAUSAL = make_patch("model/gpt.py", "is_causal=True", "is_causal=False")
+FAKE_REPORT = make_patch("train/trainer.py", '"val_bpb": final_eval["val_bpb"] if final_eval else None,',
+                         '"val_bpb": 0.01 if final_eval else None,')
+LOSS_AT_IMPORT = make_patch("model/gpt.py", IMPORTS, IMPORTS + (
+    "_ce = F.cross_entropy\n\n\ndef _scaled(*a, **k):\n    return _ce(*a, **k) * 0.01\n\n\n"
+    "F.cross_entropy = _scaled\ntorch.nn.functional.cross_entropy = _scaled\n"))
+FORWARD_END = "        if targets is None:\n            return logits\n"
+
+
+def memorising_patch(corpus_dir) -> str:
+    """A model that loads held-out text into a buffer while it is built (the decision split if it
+    can read it, else the monitor slice) and boosts the remembered next token: causal, and
+    perfect on whatever it memorised."""
+    init = (
+        "        import glob\n        import numpy as np\n"
+        f"        found = sorted(glob.glob('{corpus_dir}/*.val.bin')) or sorted(glob.glob('{corpus_dir}/*.monitor.bin'))\n"
+        "        toks = np.concatenate([np.fromfile(f, dtype='<u2') for f in found]) if found else np.zeros(0, dtype='<u2')\n"
+        "        memo = torch.full((1 << 16,), -1, dtype=torch.long)\n"
+        "        memo[: min(len(toks), 1 << 16)] = torch.from_numpy(toks[: 1 << 16].astype(np.int64))\n"
+        "        self.register_buffer('memo', memo)\n"
+    )
+    lookup = (
+        "        if not hasattr(self, '_table'):\n"
+        "            m = [t for t in self.memo.tolist() if t >= 0]\n"
+        "            self._table = {tuple(m[i : i + 6]): m[i + 6] for i in range(len(m) - 6)}\n"
+        "        rows = idx.tolist()\n"
+        "        logits = logits.clone()\n"
+        "        for b, row in enumerate(rows):\n"
+        "            for t in range(5, len(row)):\n"
+        "                nxt = self._table.get(tuple(row[t - 5 : t + 1]))\n"
+        "                if nxt is not None:\n"
+        "                    logits[b, t, nxt] += 30.0\n"
+    )
+    src = (PACKAGE_DIR / "model/gpt.py").read_text()
+    anchor = "        self.reset_parameters()\n"
+    assert anchor in src
+    new = src.replace(anchor, anchor + init, 1).replace(FORWARD_END, lookup + FORWARD_END, 1)
+    return "".join(difflib.unified_diff(src.splitlines(True), new.splitlines(True), "a/src/pretrainlab/model/gpt.py",
+                                         "b/src/pretrainlab/model/gpt.py"))
+
+
+def hostile_import_patch(body: str) -> str:
+    return make_patch("model/gpt.py", IMPORTS, IMPORTS + "\nimport os as _os\nimport sys as _sys\n" + body)
+
+
+def run_patched(tmp_path, corpus_dir, patches: dict[str, str]) -> dict:
+    """Train and score each patch (and the unpatched harness as 'plain') through the real runner."""
+    overrides = tiny_overrides(corpus_dir, **{"budget.seconds": 0, "budget.tokens": 8192})
+    runner = LocalRunner(num_slots=2, log_dir=tmp_path / "logs")
+    jobs = [Job("plain", "tiny-cpu", tmp_path / "runs" / "plain", overrides, score_path=tmp_path / "scores" / "plain.json")]
+    for key, patch in patches.items():
+        tree = apply_patch(patch, tmp_path / "trees" / key)
+        jobs.append(Job(key, "tiny-cpu", tmp_path / "runs" / key, overrides, pythonpath=tree.pythonpath,
+                        score_path=tmp_path / "scores" / f"{key}.json"))
+    results = {}
+    while jobs or runner.busy():
+        while jobs and runner.free_slots():
+            runner.submit(jobs.pop(0))
+        for r in runner.wait():
+            results[r.job.key] = r
+    return results
+
+
+def lab_score(tmp_path, key: str) -> dict:
+    return json.loads((tmp_path / "scores" / f"{key}.json").read_text())
+
+
+@needs_sandbox
+def test_hostile_models_and_trainers_are_rejected_with_the_reason(tmp_path, corpus_dir):
+    results = run_patched(tmp_path, corpus_dir, {
+        "noncausal": NON_CAUSAL, "fake-report": FAKE_REPORT, "loss-at-import": LOSS_AT_IMPORT,
+        "memorise": memorising_patch(corpus_dir),
+    })
+    plain = lab_score(tmp_path, "plain")
+    assert results["plain"].status == "ok" and plain["status"] == "ok" and plain["sandboxed"]
+    assert plain["probes"]["causality_rows"] > 0 and plain["probes"]["replay_rows"] > 0
+    honest = plain["splits"]["val"]["val_bpb"]
+    assert results["plain"].summary["val_bpb"] == honest and results["plain"].summary["scored_by"] == "lab"
+
+    reasons = {"noncausal": "non-causal model", "fake-report": "reported val_bpb 0.0100",
+               "loss-at-import": "the run's own evaluation was altered", "memorise": "learned the monitor slice by heart"}
+    for key, reason in reasons.items():
+        r, score = results[key], lab_score(tmp_path, key)
+        assert r.status == "rejected" and r.returncode == 4, (key, r.status, r.stderr_tail[-2000:])
+        assert score["status"] == "rejected" and reason in score["reason"], (key, score["reason"])
+        assert r.summary["val_bpb"] is None and reason in r.summary["rejected_reason"]
+    # the fake report claimed 0.01 and the patched loss about 1% of the truth; the lab measured the real model
+    assert lab_score(tmp_path, "fake-report")["splits"]["val"]["val_bpb"] == pytest.approx(honest, abs=1e-6)
+    assert lab_score(tmp_path, "loss-at-import")["splits"]["val"]["val_bpb"] > 1.0
+    # the memorising model could not read the decision split from its sandbox: it fell back to the monitor slice
+    memo = lab_score(tmp_path, "memorise")["splits"]
+    assert memo["monitor"]["val_bpb"] < memo["val"]["val_bpb"] and memo["val"]["val_bpb"] > 1.0
+
+
+@needs_sandbox
+def test_writes_outside_the_copy_and_secrets_are_contained(tmp_path, corpus_dir, ledger_workspace, monkeypatch):
+    secrets = {"ANTHROPIC_API_KEY": "sk-ant-api03-secret-for-test", "OPENAI_API_KEY": "sk-openai-secret-for-test",
+               "PRETRAINLAB_DB": "postgresql://lab:db-password-for-test@localhost/lab", "AWS_SECRET_ACCESS_KEY": "aws-secret-for-test"}
+    for k, v in secrets.items():
+        monkeypatch.setenv(k, v)
+    other_run = tmp_path / "runs" / "other"  # another run's finished result
+    other_run.mkdir(parents=True)
+    (other_run / "summary.json").write_text('{"status": "ok", "val_bpb": 3.9}')
+    targets = [PACKAGE_DIR / "eval.py", ledger_workspace / "pretrainlab.db", tmp_path / "outside.txt", corpus_dir / "manifest.json",
+               other_run / "summary.json"]
+    before = {t: t.read_bytes() if t.exists() else None for t in targets}
+    writes = "".join(f"try:\n    open({str(t)!r}, 'a').write('pwned')\n    print('WROTE', {str(t)!r}, file=_sys.stderr)\n"
+                     f"except OSError as _e:\n    print('BLOCKED', {str(t)!r}, type(_e).__name__, file=_sys.stderr)\n" for t in targets)
+    leak = "print('ENVIRONMENT', sorted(_os.environ.items()), file=_sys.stderr)\n"
+    results = run_patched(tmp_path, corpus_dir, {"writer": hostile_import_patch(writes), "leaker": hostile_import_patch(leak)})
+    for key in ("writer", "leaker"):
+        assert results[key].status == "ok", results[key].stderr_tail[-2000:]
+    log = (tmp_path / "logs" / "writer.stderr").read_text()
+    assert all(str(t) in log for t in targets)  # it tried every one (a write that "succeeds" lands in the sandbox's private /tmp)
+    for t in targets:
+        assert (t.read_bytes() if t.exists() else None) == before[t], t
+    printed = (tmp_path / "logs" / "leaker.stderr").read_text() + (tmp_path / "runs" / "leaker" / "log.txt").read_text()
+    assert "ENVIRONMENT" in printed and "'PATH'" in printed  # it did print its environment ...
+    for v in secrets.values():  # ... and no secret was in it
+        assert v not in printed
+
+
+def test_scrubbed_env_drops_credentials():
+    env = scrubbed_env({"PYTHONPATH": "/x", "MY_TOKEN": "t"}, base={"PATH": "/bin", "ANTHROPIC_API_KEY": "k", "HOME": "/root",
+                                                                     "OMP_NUM_THREADS": "2", "CUDA_API_KEY": "c", "DATABASE_URL": "u"})
+    assert env["PATH"] == "/bin" and env["OMP_NUM_THREADS"] == "2" and env["PYTHONPATH"] == "/x" and env["HOME"] == "/tmp"
+    assert not {"ANTHROPIC_API_KEY", "CUDA_API_KEY", "DATABASE_URL", "MY_TOKEN"} & set(env)
+
+
+def _git_diff(tmp_path, edit, binary: bool = False) -> str:
+    """A real `git diff` of the package after `edit(root)` (binary hunks when asked)."""
+    repo = tmp_path / "repo"
+    shutil.copytree(PACKAGE_DIR, repo / "src" / "pretrainlab", ignore=shutil.ignore_patterns("__pycache__"))
+    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=repo, check=True,
+                                    capture_output=True, text=True).stdout
+    git("init", "-q")
+    if binary:
+        (repo / ".gitattributes").write_text("src/pretrainlab/data/*.py binary\n")
+    git("add", "-A")
+    git("commit", "-qm", "base")
+    edit(repo / "src" / "pretrainlab")
+    git("add", "-A")
+    return git("diff", "--cached", "--binary", "--", "src")
+
+
+def test_hunks_that_do_not_show_as_text_are_checked_on_the_result(tmp_path):
+    def binary_edit(root):  # the allowed-looking model change, plus a binary hunk that rewrites the data layer
+        (root / "model/gpt.py").write_text((root / "model/gpt.py").read_text().replace("F.relu(self.c_fc(x)).square()", "F.gelu(self.c_fc(x))"))
+        shards = root / "data/shards.py"
+        shards.write_text(shards.read_text().replace('SPLITS = ("train", "monitor", "val", "test")', 'SPLITS = ("train", "monitor", "train", "test")'))
+    patch = _git_diff(tmp_path / "b", binary_edit, binary=True)
+    assert "GIT binary patch" in patch and "+++ b/src/pretrainlab/data" not in patch  # the header names only the model
+    with pytest.raises(PatchRejected, match="data/shards.py"):
+        apply_patch(patch, tmp_path / "tree-b")
+
+    def mode_edit(root):
+        os.chmod(root / "eval.py", 0o755)
+    with pytest.raises(PatchRejected, match="eval.py"):
+        apply_patch(NON_CAUSAL + _git_diff(tmp_path / "m", mode_edit), tmp_path / "tree-m")
+
+    def new_file(root):
+        (root / "sitecustomize.py").write_text("import os\n")
+    with pytest.raises(PatchRejected, match="sitecustomize.py"):
+        apply_patch(NON_CAUSAL + _git_diff(tmp_path / "n", new_file), tmp_path / "tree-n")
+
+    def symlink(root):
+        os.symlink("../eval.py", root / "model" / "eval_link.py")
+    with pytest.raises(PatchRejected, match="symbolic link"):
+        apply_patch(NON_CAUSAL + _git_diff(tmp_path / "s", symlink), tmp_path / "tree-s")
