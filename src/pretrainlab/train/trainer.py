@@ -5,7 +5,7 @@
     torchrun --nproc_per_node N -m pretrainlab train --recipe small      # DDP (gloo on CPU, NCCL on GPU)
 
 `train()` reads top to bottom:
-  1. processes and device      5. run directory (new, or resumed from its last checkpoint)
+  1. processes and device      5. run directory (new, resumed from its last intact checkpoint, or restarted)
   2. corpus and tokenizer      6. the loop: batch -> forward/backward (accumulated) -> clip
   3. model                        -> step -> telemetry -> eval -> checkpoint -> stop checks
   4. optimizers and loader     7. final evaluation and summary.json
@@ -37,7 +37,7 @@ from ..config import Recipe
 from ..data import BatchLoader, Corpus, builtin_corpus_dir, prepare_builtin
 from ..errors import UserError
 from ..model import GPT
-from . import checkpoint
+from . import checkpoint, rundir_lock
 from .optim import build_optimizers, lr_multiplier, set_lr
 from .telemetry import peak_flops, peak_memory_mb, provenance, write_json_atomic
 
@@ -107,19 +107,27 @@ class RunLog:
                 f.write(line + "\n")
 
 
-def prepare_run_dir(out_dir: Path) -> None:
-    """Fail early, before anything is written, when the output cannot be created."""
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise UserError(f"--out {out_dir} already exists and is not empty: choose a new --out, or continue it with --resume {out_dir}")
+def prepare_run_dir(out_dir: Path) -> rundir_lock.RunDirLock:
+    """Create and lock a new run directory, failing early, before anything is written, when
+    the output cannot be created or already holds something."""
     parent = out_dir if out_dir.exists() else next(p for p in [out_dir, *out_dir.parents] if p.exists())
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"--out {out_dir}: {parent} is not writable; choose a writable --out directory")
+    lock = rundir_lock.acquire(out_dir, create=True)  # a run in progress there is refused here, naming its pid
+    if any(p.name != rundir_lock.LOCK_FILE for p in out_dir.iterdir()):
+        lock.release()
+        if (out_dir / "recipe.json").exists():
+            raise UserError(f"--out {out_dir} already holds a run: continue it with --resume {out_dir}, or choose a new --out")
+        raise UserError(f"--out {out_dir} already exists and is not empty, and holds no run to --resume (no recipe.json): "
+                        "choose a new --out")
+    return lock
 
 
 def train(recipe: Recipe | None = None, out_dir: Path | None = None, resume_dir: Path | None = None, echo: bool = True) -> dict:
-    """Train `recipe` into `out_dir` (or continue `resume_dir`); returns summary.json's dict."""
-    t_start = time.time()
-    # ---- 1. processes and device --------------------------------------------------------
+    """Train `recipe` into `out_dir` (or continue `resume_dir`); returns summary.json's dict.
+
+    Rank 0 holds the run directory's lock (rundir_lock.py) from before its first write until
+    after summary.json, so two processes never write one run directory."""
     if resume_dir is not None:
         resume_dir = Path(resume_dir)
         if not (resume_dir / "recipe.json").exists():
@@ -128,6 +136,19 @@ def train(recipe: Recipe | None = None, out_dir: Path | None = None, resume_dir:
         out_dir = resume_dir
     assert recipe is not None and out_dir is not None
     out_dir = Path(out_dir)
+    lock = None
+    if os.environ.get("WORLD_SIZE", "1") == "1" or os.environ.get("RANK") == "0":  # the process that writes the run dir (Dist.main)
+        lock = rundir_lock.acquire(out_dir) if resume_dir is not None else prepare_run_dir(out_dir)
+    try:
+        return _train(recipe, out_dir, resume_dir is not None, echo)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
+    t_start = time.time()
+    # ---- 1. processes and device --------------------------------------------------------
     tc = recipe.train
     device = resolve_device(tc.device)
     d = init_distributed(device.type)
@@ -140,8 +161,6 @@ def train(recipe: Recipe | None = None, out_dir: Path | None = None, resume_dir:
         torch.set_num_threads(tc.num_threads or max(1, (os.cpu_count() or 1) // d.local_world_size))
     dtype = tc.dtype if tc.dtype != "auto" else ("bfloat16" if device.type == "cuda" else "float32")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
-    if resume_dir is None and d.main:
-        prepare_run_dir(out_dir)
 
     # ---- 2. corpus and tokenizer ----------------------------------------------------------
     corpus = open_corpus(recipe, d)
@@ -189,10 +208,10 @@ def train(recipe: Recipe | None = None, out_dir: Path | None = None, resume_dir:
              "next_eval_frac": tc.eval_every_frac, "loss_ema": None, "best_ema": math.inf, "bad_steps": 0}
     metrics_path = out_dir / "metrics.jsonl"
     log = RunLog(out_dir / "log.txt" if d.main else None, echo and d.main)
-    if resume_dir is not None:
-        ckpt = checkpoint.load_latest(out_dir / "ckpt")
-        if ckpt is None:
-            raise UserError(f"--resume {out_dir}: no checkpoint in {out_dir / 'ckpt'}; start a new run instead (checkpoints need train.ckpt_every > 0 or a SIGTERM)")
+    ckpt = checkpoint.load_latest(out_dir / "ckpt", warn=log if d.main else None) if resume else None
+    if resume and ckpt is None:
+        _check_restartable(out_dir)
+    if ckpt is not None:
         raw_model.load_state_dict(ckpt["model"])
         for opt, opt_state in zip(optimizers, ckpt["optimizers"]):
             opt.load_state_dict(opt_state)
@@ -207,11 +226,19 @@ def train(recipe: Recipe | None = None, out_dir: Path | None = None, resume_dir:
             write_json_atomic(out_dir / "provenance.json", prov)
         log(f"resumed {out_dir} at step {state['step']} ({state['tokens']:,} tokens)")
     elif d.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out_dir / "recipe.json", recipe.to_dict())
-        write_json_atomic(out_dir / "provenance.json", provenance(
-            seed=recipe.seed, device=device, world_size=d.world_size, corpus=corpus,
-            eval_sha256=evaluation.module_sha256(), recipe_hash=recipe.hash(), data_weights=loader.weights))
+        prov = provenance(seed=recipe.seed, device=device, world_size=d.world_size, corpus=corpus,
+                          eval_sha256=evaluation.module_sha256(), recipe_hash=recipe.hash(), data_weights=loader.weights)
+        if resume:  # killed before its first checkpoint (or every checkpoint is damaged): the same recipe again from step 0
+            log(f"warning: {out_dir} has no intact checkpoint to resume from; restarting it from step 0 with its recipe.json "
+                "(the earlier attempt's rows move to metrics.superseded.jsonl)")
+            _truncate_metrics(metrics_path, 0, restart=True)
+            old = json.loads((out_dir / "provenance.json").read_text()) if (out_dir / "provenance.json").exists() else {}
+            # this process's environment, under the run's ledger id; the restart goes on record
+            prov = {**old, **prov, "run_id": old.get("run_id", prov["run_id"]),
+                    "resumes": [*old.get("resumes", []), {"step": 0, "time": _now(), "restarted": "no intact checkpoint"}]}
+        else:
+            write_json_atomic(out_dir / "recipe.json", recipe.to_dict())
+        write_json_atomic(out_dir / "provenance.json", prov)
         log(f"run {out_dir} | recipe {recipe.name} | {num_params / 1e6:.2f}M params | {d.world_size} process(es) on {device} {dtype} | grad_accum {grad_accum}")
 
     peak = peak_flops(device, dtype)
@@ -447,10 +474,23 @@ def _layer_index(model: GPT) -> torch.Tensor:
     return torch.tensor(idx)
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
+def _check_restartable(out_dir: Path) -> None:
+    """--resume without an intact checkpoint restarts the run from step 0, unless it already
+    finished: training a finished run again belongs in a new run directory."""
+    try:
+        status = json.loads((out_dir / "summary.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return  # no (readable) summary: the run was killed before it could finish
+    if status not in ("crashed", "preempted"):
+        raise UserError(f"--resume {out_dir}: the run already finished (status {status}) and has no checkpoint to continue from; "
+                        f"to train it again use --recipe {out_dir / 'recipe.json'} --out NEW_DIR")
+
+
+def _truncate_metrics(path: Path, step: int, restart: bool = False) -> None:
     """Move rows logged after the checkpoint we resume from (they will be recomputed) to
     metrics.superseded.jsonl, tagged with the resume step: what happened between the
-    checkpoint and the interruption stays on record."""
+    checkpoint and the interruption stays on record. A restart (step 0, no checkpoint)
+    moves every row, the step-0 evaluation included."""
     if not path.exists():
         return
     kept, superseded = [], []
@@ -459,7 +499,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line torn by the kill
-        if row.get("step", 0) <= step:
+        if row.get("step", 0) <= step and not restart:
             kept.append(line + "\n")
         else:
             superseded.append(json.dumps({**row, "superseded_by_resume_at": step}) + "\n")
