@@ -7,6 +7,7 @@ from fake_llm_server import FakeServer, message, rate_limited, text, tool_use
 
 from pretrainlab.errors import UserError
 from pretrainlab.recipes import get_recipe
+from pretrainlab.research import tool_inputs as inputs
 from pretrainlab.research.llm import ClaudeStrategy, LLMUnavailable, SpendCapReached, Tool
 from pretrainlab.research.space import apply, default_space
 from pretrainlab.research.strategies import CampaignView, Proposal
@@ -19,7 +20,7 @@ def view(history=()):
 
 def lab_tools(calls):
     def list_runs(args):
-        calls.append(("list_runs", args))
+        calls.append(("list_runs", args.model_dump(exclude_defaults=True)))
         return [{"run_id": "abc", "val_bpb": 2.75, "status": "ok"}]
 
     def big(args):
@@ -27,12 +28,11 @@ def lab_tools(calls):
 
     def propose_config(args):
         base = get_recipe("tiny-cpu")
-        apply(base, args["changes"])  # ValueError names the bad field
-        return Proposal("config", args["hypothesis"], args["rationale"], "claude", "claude-opus-5", values=args["changes"])
+        apply(base, args.changes)  # ValueError names the bad field
+        return Proposal("config", args.hypothesis, args.rationale, "claude", "claude-opus-5", values=dict(args.changes))
 
-    obj = {"type": "object"}
-    return [Tool("list_runs", "List runs", obj, list_runs), Tool("read_code", "Read a harness file", obj, big),
-            Tool("propose_config", "Propose a config change", obj, propose_config)]
+    return [Tool("list_runs", "List runs", inputs.ListRuns, list_runs), Tool("read_code", "Read a harness file", inputs.ReadCode, big),
+            Tool("propose_config", "Propose a config change", inputs.ProposeConfig, propose_config)]
 
 
 def strategy(server, calls, **kw):
@@ -43,7 +43,7 @@ PROPOSE = tool_use("t2", "propose_config", {"hypothesis": "higher Muon LR trains
                                             "changes": {"optim.muon_lr": 0.05}})
 
 
-def test_tool_protocol_and_caching():
+def test_tool_protocol():
     calls = []
     with FakeServer([message([text("Let me look."), tool_use("t1", "list_runs", {"status": "ok"})], "tool_use"),
                      message([PROPOSE], "tool_use"), message([text("Done.")], "end_turn")]) as server:
@@ -53,9 +53,8 @@ def test_tool_protocol_and_caching():
     assert calls == [("list_runs", {"status": "ok"})]
     first, second = server.requests[0]["body"], server.requests[1]["body"]
     assert server.requests[0]["path"] == "/v1/messages"
-    assert first["model"] == "claude-opus-5" and "val_bpb 2.75" in first["messages"][0]["content"]
-    assert first["system"][0]["cache_control"] == {"type": "ephemeral"}
-    assert first["tools"][-1]["cache_control"] == {"type": "ephemeral"}
+    assert first["model"] == "claude-opus-5" and "val_bpb 2.75" in first["messages"][0]["content"][0]["text"]
+    assert first["tools"][2]["input_schema"]["required"] == ["hypothesis", "rationale", "changes"]  # generated from the typed input
     result = second["messages"][-1]["content"][0]
     assert result["type"] == "tool_result" and result["tool_use_id"] == "t1" and "abc" in result["content"]
     assert second["messages"][-2]["content"][1]["id"] == "t1"  # the assistant turn is sent back verbatim
@@ -80,7 +79,7 @@ def test_max_tokens_and_pause_turn_continue_the_turn():
         (p,) = strategy(server, []).propose(view(), 1)
     assert p.values == {"optim.muon_lr": 0.05}
     after_max = server.requests[1]["body"]["messages"]
-    assert after_max[-1]["content"].startswith("You hit the output limit")
+    assert after_max[-1]["content"][0]["text"].startswith("You hit the output limit")
     assert all(b.get("type") != "tool_use" for b in after_max[-2]["content"])  # the truncated call was dropped
     after_pause = server.requests[2]["body"]["messages"]
     assert after_pause[-1] == {"role": "assistant", "content": [{"type": "text", "text": "searching"}]}
@@ -99,12 +98,12 @@ def test_persistent_server_errors_surface_as_unavailable():
 
 
 def test_spend_cap_in_tokens_and_dollars():
-    with FakeServer([message([PROPOSE], "tool_use", input_tokens=900, output_tokens=200)]) as server:
+    with FakeServer([message([PROPOSE], "tool_use", input_tokens=900, output_tokens=200, cache_read=0, cache_write=0)]) as server:
         s = strategy(server, [], spend_cap_tokens=1000)
         s.propose(view(), 1)
         with pytest.raises(SpendCapReached, match="1,100 tokens"):
             s.propose(view(), 1)
-    with FakeServer([message([PROPOSE], "tool_use", input_tokens=1_000_000, output_tokens=0)]) as server:
+    with FakeServer([message([PROPOSE], "tool_use", input_tokens=1_000_000, output_tokens=0, cache_read=0, cache_write=0)]) as server:
         s = strategy(server, [], spend_cap_usd=4.0)
         s.propose(view(), 1)
         assert s.spend.dollars("claude-opus-5") == pytest.approx(5.0)
@@ -121,6 +120,8 @@ def test_long_conversations_are_compacted():
     sizes = [len(json.dumps(r["body"]["messages"])) for r in server.requests]
     assert max(sizes) < 130_000  # without compaction the 8th request would carry > 240 KB
     assert any("[compacted" in json.dumps(r["body"]["messages"]) for r in server.requests)
+    first_result = server.requests[1]["body"]["messages"][-1]["content"][0]["content"]  # a 30,000-character result
+    assert len(first_result) < 20_200 and first_result.endswith("are shown; ask for less (a smaller limit, fewer runs)]")
     assert p.values
 
 
@@ -129,8 +130,8 @@ def test_state_summary_is_bounded_on_long_campaigns():
                for i in range(2000)]
     with FakeServer([message([text("ok")], "end_turn")]) as server:
         strategy(server, []).propose(view(history), 1)
-    assert len(server.requests[0]["body"]["messages"][0]["content"]) < 10_000
-    assert "2000 experiments so far" in server.requests[0]["body"]["messages"][0]["content"]
+    summary = server.requests[0]["body"]["messages"][0]["content"][0]["text"]
+    assert len(summary) < 10_000 and "2000 experiments so far" in summary
 
 
 def test_malformed_replies_become_failed_proposals_and_the_loop_goes_on():

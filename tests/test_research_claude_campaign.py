@@ -1,15 +1,18 @@
 """A campaign driven by Claude (the real SDK, a local fake API): proposals are attributed
-to the model; malformed replies and a patch to the metric are recorded, and the campaign
-goes on."""
+to the model; malformed replies and a patch to the metric are recorded, a malformed call
+does not lose the proposals made beside it, and the campaign goes on."""
 
 import difflib
 
+import pytest
 from conftest import tiny_overrides
 from fake_llm_server import FakeServer, message, text, tool_use
+from test_research_claude import view
 
 from pretrainlab.ledger import Ledger
 from pretrainlab.research import manage
 from pretrainlab.research.campaign import CampaignConfig
+from pretrainlab.research.llm import SpendCapReached
 from pretrainlab.research.patches import PACKAGE_DIR
 
 
@@ -31,7 +34,10 @@ def test_claude_campaign(corpus_dir, tmp_path, monkeypatch):
         message([tool_use("b", "propose_code_patch", {"hypothesis": "score better", "rationale": "halve the metric", "patch": cheat}),
                  tool_use("c", "no_such_tool", {}),
                  tool_use("d", "propose_code_patch", {"hypothesis": "GELU", "rationale": "smoother", "patch": stale})], "tool_use"),
-        message([tool_use("e", "propose_config", good)], "tool_use"),
+        # a patch sent as a list of lines and a domain the corpus lacks, in the same reply as a good proposal
+        message([tool_use("x", "propose_code_patch", {"hypothesis": "GELU", "rationale": "smoother", "patch": stale.splitlines()}),
+                 tool_use("y", "propose_data_mixture", {"hypothesis": "more fiction", "rationale": "r", "weights": {"klingon": 1}}),
+                 tool_use("e", "propose_config", good)], "tool_use"),
         message([text("That is my proposal.")], "end_turn"),
     ]
     with FakeServer(script) as server:
@@ -50,12 +56,15 @@ def test_claude_campaign(corpus_dir, tmp_path, monkeypatch):
     notes = " ".join(n["text"] for n in ledger.list_notes(campaign_id=cid))
     assert "read-only" in notes and "eval.py" in notes  # the cheat was refused and recorded
     assert "no_such_tool" in notes
+    assert "tool propose_code_patch: patch: Input should be a valid string (got list)" in notes
+    assert "tool propose_data_mixture: weights name 'klingon', not a domain of this corpus" in notes
     (rejection,) = ledger.list_decisions(experiment_id=by_model["GELU"]["id"])
     assert rejection["verdict"] == "discard" and "does not apply" in rejection["rationale"]
     runs = ledger.list_runs(campaign=cid)
     assert len(runs) >= 3 and all(r["status"] == "ok" and r["experiment_id"] for r in runs)  # baseline 2 + the screen
     sent = server.requests[0]["body"]
-    assert sent["model"] == "claude-opus-5" and sent["tools"][-1]["cache_control"]
+    assert sent["model"] == "claude-opus-5" and sent["system"][-1]["cache_control"] == {"type": "ephemeral"}
+    assert all(r["usage"]["cache_read_input_tokens"] > 4096 for r in server.replies[1:])  # the harness prefix is read from the cache
 
 
 def test_llm_spend_is_kept_across_resumes_and_the_cap_covers_the_whole_campaign(corpus_dir, tmp_path, monkeypatch):
@@ -73,5 +82,10 @@ def test_llm_spend_is_kept_across_resumes_and_the_cap_covers_the_whole_campaign(
     # resume with a cap below what the campaign already spent: Claude is not asked again (its server is gone)
     manage.resume(cid, echo=False, budget_runs=5, spend_cap_usd=spend["dollars"] / 2, author="carol")
     notes = " ".join(n["text"] for n in Ledger().list_notes(campaign_id=cid))
-    assert "spend cap reached" in notes and "spend_cap_usd 25.0 -> " in notes
+    assert "spend_cap_usd 25.0 -> " in notes
     assert manage.status(cid)["llm_spend"]["calls"] == 1  # nothing more was spent
+    # whenever the resumed loop asks, its strategy refuses before any call: it counts what the first loop spent
+    resumed = manage.make_strategy(CampaignConfig(**Ledger().get_campaign(cid)["config"]["campaign"]), Ledger(), cid, echo=False)
+    assert resumed.spend.calls == 1
+    with pytest.raises(SpendCapReached, match="spend cap reached"):
+        resumed.propose(view(), 1)

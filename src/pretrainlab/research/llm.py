@@ -1,21 +1,31 @@
 """LLM strategies: Claude (Anthropic SDK, tool use) and any OpenAI-compatible model.
 
 Each `propose()` is one short agent conversation. The model gets a stable system prompt
-(cached: the rules and the harness overview do not change during a campaign) and a compact
-summary of the campaign state (bounded size, so a 500-experiment campaign fits as well as
-a 5-experiment one). It works through the lab's own operations as tools — list/compare
-runs, a run's doctor findings and curve summary, read the harness source, propose a config
-change / code patch / data mixture, write a note — and ends its turn. Every proposal
-carries the model id and the model's own rationale.
+and a compact summary of the campaign state (bounded size, so a 500-experiment campaign
+fits as well as a 5-experiment one). It works through the lab's own operations as tools —
+list/compare runs, a run's doctor findings and curve summary, read the harness source,
+propose a config change / code patch / data mixture, write a note — and ends its turn.
+Every proposal carries the model id and the model's own rationale.
+
+Prompt caching (Claude): the system prompt carries a code map of the package and the full
+text of the harness files a patch may change (research/code_context.py), built once per
+strategy so every call sends the same bytes. Tools and system end in a cache breakpoint
+(some 64,000 characters: far above the API's minimum cacheable prefix, 1,024 to 4,096
+tokens depending on the model), and a second breakpoint on the newest user turn lets each
+call of a conversation read the turns before it from the cache.
 
 Robustness, built into the loop and tested against a local fake API server:
 - every stop reason: tool_use (run the tools, continue), end_turn/stop_sequence (done),
   max_tokens (continue the turn, bounded), pause_turn (resend to let it resume),
   refusal (record it, return what was proposed), model_context_window_exceeded (compact, retry);
-- bad tool calls (unknown tool, invalid arguments, a patch that does not apply) go back
-  to the model as tool errors and are recorded as failed proposals; the campaign goes on;
+- every tool input is validated against the tool's typed model (research/tool_inputs.py,
+  which also generates the schemas the model sees); a bad call (unknown tool, a field of
+  the wrong type, an unknown key or domain, a patch that does not apply) goes back to the
+  model as a tool error and is recorded as a failed proposal with its tool and input; the
+  round's other proposals and the campaign go on;
 - 429/5xx retried with exponential backoff (the SDK's retry, max_retries configurable);
-- a spend cap in tokens and dollars, checked after every call;
+- a spend cap in tokens and dollars, checked after every call: once a reply crosses it,
+  the tools of that reply still run (they cost nothing) and no further call is made;
 - compaction: when a conversation grows past `compact_after_chars`, old tool results are
   replaced by one-line stubs.
 """
@@ -23,6 +33,7 @@ Robustness, built into the loop and tested against a local fake API server:
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,9 +41,12 @@ from typing import Any
 
 from ..errors import UserError
 from .strategies import CampaignView, Proposal, Strategy
+from .tool_inputs import ToolInput, input_schema, parse
 
 DEFAULT_CLAUDE_MODEL = "claude-opus-5"
-# $ per million tokens (input, output); cache writes cost 1.25x input, cache reads 0.1x
+# $ per million tokens (input, output). Prompt caching (5-minute entries): a cache write
+# costs 1.25x the input price, a cache read 0.1x; the API reports them apart from input_tokens.
+CACHE_WRITE_PRICE, CACHE_READ_PRICE = 1.25, 0.1
 PRICES_PER_MTOK = {
     "claude-opus-5": (5.0, 25.0),
     "claude-sonnet-5": (2.0, 10.0),
@@ -44,12 +58,20 @@ class SpendCapReached(Exception):
     """The strategy's token or dollar cap is used up; the campaign stops asking it."""
 
 
+EPHEMERAL = {"type": "ephemeral"}
+MAX_RESULT_CHARS = 20_000  # one tool result; a longer one is cut, and says so
+
+
 @dataclass
 class Tool:
     name: str
     description: str
-    schema: dict  # JSON schema of the input object
-    run: Callable[[dict], Any]  # returns a JSON-able result; raises ValueError for bad input
+    input_model: type[ToolInput]  # validates the model's input; its JSON schema is the tool's input_schema
+    run: Callable[[Any], Any]  # gets the validated input; returns text (sent as is) or a JSON-able value; ValueError for bad input
+
+    @property
+    def schema(self) -> dict:
+        return input_schema(self.input_model)
 
 
 @dataclass
@@ -62,8 +84,8 @@ class Spend:
 
     def dollars(self, model: str) -> float:
         price_in, price_out = PRICES_PER_MTOK.get(model, (5.0, 25.0))  # unknown model: assume the dearest tier
-        return (self.input_tokens * price_in + self.cache_write_tokens * price_in * 1.25 + self.cache_read_tokens * price_in * 0.1
-                + self.output_tokens * price_out) / 1e6
+        return (self.input_tokens * price_in + self.cache_write_tokens * price_in * CACHE_WRITE_PRICE
+                + self.cache_read_tokens * price_in * CACHE_READ_PRICE + self.output_tokens * price_out) / 1e6
 
     @property
     def total_tokens(self) -> int:
@@ -81,15 +103,23 @@ How the lab works:
   files under src/pretrainlab/model/, src/pretrainlab/train/ — the evaluation module, validation split and metric are read-only
   and a patch touching them is rejected), propose_data_mixture (domain sampling weights).
 - Use list_runs, compare_runs, run_findings (the run doctor's diagnosis), curve_summary and read_code to ground each proposal.
+  read_code returns numbered lines a page at a time; a page that ends early says which offset to ask for next.
 - Give every proposal a falsifiable hypothesis and a rationale that cites what you looked at.
 - When you have proposed what was asked, end your turn with a one-paragraph summary."""
 
 
 def tool_specs(tools: list[Tool]) -> list[dict]:
-    specs = [{"name": t.name, "description": t.description, "input_schema": t.schema} for t in tools]
-    if specs:
-        specs[-1] = {**specs[-1], "cache_control": {"type": "ephemeral"}}  # tools + system are the cached prefix
-    return specs
+    return [{"name": t.name, "description": t.description, "input_schema": t.schema} for t in tools]
+
+
+def with_cache_breakpoint(messages: list[dict]) -> list[dict]:
+    """The conversation with a cache breakpoint on the last block of its newest user turn, so
+    the next call reads everything up to there from the cache. The stored conversation is
+    left unmarked, and an assistant turn sent back to resume (pause_turn) is sent verbatim."""
+    i = max(i for i, m in enumerate(messages) if m["role"] == "user")
+    msg = messages[i]
+    content = msg["content"] if isinstance(msg["content"], list) else [{"type": "text", "text": msg["content"]}]
+    return [*messages[:i], {**msg, "content": [*content[:-1], {**content[-1], "cache_control": EPHEMERAL}]}, *messages[i + 1:]]
 
 
 def state_summary(view: CampaignView, n: int, max_rows: int = 25) -> str:
@@ -120,7 +150,7 @@ class ClaudeStrategy(Strategy):
 
     def __init__(self, tools: list[Tool], model: str = DEFAULT_CLAUDE_MODEL, api_key: str | None = None, base_url: str | None = None,
                  max_tokens: int = 4096, max_turns: int = 16, max_retries: int = 4, spend_cap_tokens: int = 5_000_000,
-                 spend_cap_usd: float = 25.0, compact_after_chars: int = 120_000, seed: int = 0):
+                 spend_cap_usd: float = 25.0, compact_after_chars: int = 120_000, seed: int = 0, code_context: str | None = None):
         try:
             import anthropic
         except ImportError:
@@ -136,8 +166,16 @@ class ClaudeStrategy(Strategy):
         self.spend_cap_tokens, self.spend_cap_usd = spend_cap_tokens, spend_cap_usd
         self.compact_after_chars = compact_after_chars
         self.spend = Spend()
-        self.events: list[dict] = []  # stop reasons, refusals, tool errors: the campaign records them
-        self.failed: list[dict] = []  # malformed proposals (recorded by the campaign as failed)
+        self.events: list[dict] = []  # stop reasons, refusals, compactions, the spend cap
+        self.failed: list[dict] = []  # failed tool calls: {tool, error, input, model_id}; the campaign notes them
+        if code_context is None:
+            from .code_context import harness_context
+
+            code_context = harness_context()
+        # Built once: every call of the campaign sends these exact bytes, so the cache can serve them.
+        self.system = [{"type": "text", "text": SYSTEM_PROMPT},
+                       {"type": "text", "text": code_context, "cache_control": EPHEMERAL}]
+        self.tool_specs = tool_specs(list(self.tools.values()))
 
     # ---- the agent loop ---------------------------------------------------------------------
 
@@ -146,17 +184,21 @@ class ClaudeStrategy(Strategy):
         proposals: list[Proposal] = []
         collector = _Collector(self, proposals, n)
         messages: list[dict] = [{"role": "user", "content": state_summary(view, n)}]
-        for _ in range(self.max_turns):
+        for turn in range(self.max_turns):
+            if turn and self._cap_reached():
+                self.events.append({"spend_cap": self._cap_reached()})
+                break  # what this round proposed so far is kept; the next round raises SpendCapReached
             response = self._create(messages)
             reason = response.stop_reason
             self.events.append({"stop_reason": reason, "usage": self.spend.total_tokens})
-            content = [_clean(block.model_dump(exclude_none=True)) for block in response.content]
+            blocks = [block.model_dump(exclude_none=True) for block in response.content]
+            content = [_clean(block) for block in blocks]  # what is sent back
             if reason == "model_context_window_exceeded":
                 self._compact(messages, force=True)
                 continue
             messages.append({"role": "assistant", "content": content})
             if reason == "tool_use":
-                messages.append({"role": "user", "content": [collector.run(block) for block in content if block["type"] == "tool_use"]})
+                messages.append({"role": "user", "content": [collector.run(block) for block in blocks if block["type"] == "tool_use"]})
                 self._compact(messages)
                 if len(proposals) >= n:
                     break
@@ -175,10 +217,8 @@ class ClaudeStrategy(Strategy):
 
     def _create(self, messages: list[dict]):
         try:
-            response = self.client.messages.create(
-                model=self.model_id, max_tokens=self.max_tokens,
-                system=[{"type": "text", "text": SYSTEM_PROMPT, "cache_control": {"type": "ephemeral"}}],
-                tools=tool_specs(list(self.tools.values())), messages=messages)
+            response = self.client.messages.create(model=self.model_id, max_tokens=self.max_tokens, system=self.system,
+                                                   tools=self.tool_specs, messages=with_cache_breakpoint(messages))
         except self.anthropic.APIStatusError as e:
             raise LLMUnavailable(f"Claude API error {e.status_code}: {str(e)[:200]}") from None
         except self.anthropic.APIConnectionError as e:
@@ -191,10 +231,16 @@ class ClaudeStrategy(Strategy):
         self.spend.cache_read_tokens += u.cache_read_input_tokens or 0
         return response
 
-    def _check_cap(self):
+    def _cap_reached(self) -> str | None:
+        """Why no further call may be made, or None."""
         if self.spend.total_tokens >= self.spend_cap_tokens or self.spend.dollars(self.model_id) >= self.spend_cap_usd:
-            raise SpendCapReached(f"spend cap reached: {self.spend.total_tokens:,} tokens, ${self.spend.dollars(self.model_id):.2f} "
-                                  f"(caps {self.spend_cap_tokens:,} tokens, ${self.spend_cap_usd:.2f})")
+            return (f"spend cap reached: {self.spend.total_tokens:,} tokens, ${self.spend.dollars(self.model_id):.2f} "
+                    f"(caps {self.spend_cap_tokens:,} tokens, ${self.spend_cap_usd:.2f})")
+        return None
+
+    def _check_cap(self):
+        if reason := self._cap_reached():
+            raise SpendCapReached(reason)
 
     def _compact(self, messages: list[dict], force: bool = False) -> None:
         """Replace the oldest tool results by stubs until the conversation is small again."""
@@ -216,7 +262,8 @@ class LLMUnavailable(Exception):
 
 
 class _Collector:
-    """Runs the model's tool calls; propose_* tools become Proposals."""
+    """Runs the model's tool calls; propose_* tools become Proposals. Every input is
+    validated here, against the tool's typed model, before the tool runs."""
 
     PROPOSE = {"propose_config": "config", "propose_code_patch": "code", "propose_data_mixture": "data"}
 
@@ -224,30 +271,55 @@ class _Collector:
         self.strategy, self.proposals, self.limit = strategy, proposals, limit
 
     def run(self, block: dict) -> dict:
-        name, args = block["name"], block.get("input") or {}
+        name, args = block["name"], block.get("input")
         try:
-            if not isinstance(args, dict):
-                raise ValueError(f"tool input must be a JSON object, got {str(args)[:80]!r}")
-            if name not in self.strategy.tools:
+            tool = self.strategy.tools.get(name)
+            if tool is None:
                 raise ValueError(f"unknown tool {name!r}; available: {', '.join(self.strategy.tools)}")
-            result = self.strategy.tools[name].run(args)
+            if name in self.PROPOSE and len(self.proposals) >= self.limit:
+                raise ValueError(f"only {self.limit} proposal(s) were asked for; end your turn")
+            result = tool.run(parse(tool.input_model, args))
             if name in self.PROPOSE:
-                if len(self.proposals) >= self.limit:
-                    raise ValueError(f"only {self.limit} proposal(s) were asked for; end your turn")
                 result.proposer, result.model_id = self.strategy.name, self.strategy.model_id  # attribution
                 self.proposals.append(result)  # the propose tools validate and return a Proposal
                 result = {"accepted": True, "proposal": len(self.proposals)}
-            return {"type": "tool_result", "tool_use_id": block["id"], "content": json.dumps(result, default=str)[:20_000]}
-        except (ValueError, KeyError, TypeError) as e:
-            self.strategy.failed.append({"tool": name, "input": args, "error": str(e), "model_id": self.strategy.model_id})
-            return {"type": "tool_result", "tool_use_id": block["id"], "content": f"error: {e}", "is_error": True}
+            return {"type": "tool_result", "tool_use_id": block["id"], "content": result_text(result)}
+        except Exception as e:  # whatever one call does wrong, the round's other proposals survive
+            error = str(e) if isinstance(e, (ValueError, UserError)) else f"{type(e).__name__}: {e}"
+            self.strategy.failed.append({"tool": name, "input": args, "error": error, "model_id": self.strategy.model_id})
+            return {"type": "tool_result", "tool_use_id": block["id"], "content": f"error: {error}", "is_error": True}
+
+
+def result_text(result: Any) -> str:
+    """A tool result as the model reads it: text as is (source stays readable), anything
+    else as JSON; a result past MAX_RESULT_CHARS is cut and says so."""
+    text = result if isinstance(result, str) else json.dumps(result, default=str)
+    if len(text) <= MAX_RESULT_CHARS:
+        return text
+    return (text[:MAX_RESULT_CHARS] + f"\n[cut: this result has {len(text):,} characters and only the first {MAX_RESULT_CHARS:,} "
+            "are shown; ask for less (a smaller limit, fewer runs)]")
 
 
 def _clean(block: dict) -> dict:
     """The fields the API accepts back for each block type (responses carry a few more)."""
     keep = {"text": ("type", "text"), "tool_use": ("type", "id", "name", "input"), "thinking": ("type", "thinking", "signature"),
             "redacted_thinking": ("type", "data")}.get(block.get("type"))
-    return {k: block[k] for k in keep if k in block} if keep else block
+    out = {k: block[k] for k in keep if k in block} if keep else block
+    if "input" in out:
+        out["input"] = _json_safe(out["input"])
+    return out
+
+
+def _json_safe(value: Any) -> Any:
+    """A number JSON cannot carry (1e999 parses as inf) as null: the SDK refuses to send a
+    non-finite float back, and the tool error has already told the model what was wrong."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _text(content: list[dict]) -> str:
@@ -282,15 +354,23 @@ class OpenAIStrategy(Strategy):
         self.events: list[dict] = []
         self.failed: list[dict] = []
 
-    def propose(self, view: CampaignView, n: int) -> list[Proposal]:
+    def _cap_reached(self) -> str | None:
         if self.spend.total_tokens >= self.spend_cap_tokens:
-            raise SpendCapReached(f"spend cap reached: {self.spend.total_tokens:,} tokens (cap {self.spend_cap_tokens:,})")
+            return f"spend cap reached: {self.spend.total_tokens:,} tokens (cap {self.spend_cap_tokens:,})"
+        return None
+
+    def propose(self, view: CampaignView, n: int) -> list[Proposal]:
+        if reason := self._cap_reached():
+            raise SpendCapReached(reason)
         proposals: list[Proposal] = []
         collector = _Collector(self, proposals, n)
         messages: list[dict] = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": state_summary(view, n)}]
         tools = [{"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.schema}}
                  for t in self.tools.values()]
-        for _ in range(self.max_turns):
+        for turn in range(self.max_turns):
+            if turn and self._cap_reached():
+                self.events.append({"spend_cap": self._cap_reached()})
+                break  # what this round proposed so far is kept; the next round raises SpendCapReached
             try:
                 response = self.client.chat.completions.create(model=self.model_id, messages=messages, tools=tools, max_tokens=self.max_tokens)
             except self.openai.APIStatusError as e:

@@ -1,0 +1,145 @@
+"""Typed inputs of the LLM tools (research/tools.py): one pydantic model per tool.
+
+Each model is both the contract and the check. Its JSON schema is the tool's
+`input_schema` that the LLM sees, and `parse()` validates what the LLM sends back, so a
+malformed call (a list where the patch string goes, a missing hypothesis, an unknown key,
+a NaN weight) becomes one readable tool error before any lab code runs:
+
+    args = parse(ProposeCodePatch, {"hypothesis": "h", "rationale": "r", "patch": ["--- a/x"]})
+    # ToolInputError: patch: Input should be a valid string (got list)
+
+Checks that need the lab (recipe keys, corpus domains, the patch allow-list) stay in the
+tools themselves and raise ValueError too; the agent loop treats both the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstraints, ValidationError, WithJsonSchema, model_validator
+
+# read_code pages: whole lines, at most this many per call (a 480-line trainer is 2 pages)
+READ_CODE_PAGE_LINES = 300
+READ_CODE_MAX_LINES = 1000
+
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    if not isinstance(value, (str, bool, int, float)):
+        raise ValueError(f"must be a string, number or boolean (got {type(value).__name__})")
+    return value
+
+
+# A recipe field's new value; the recipe's own checks decide whether it fits the field.
+# One validator instead of a str|bool|int|float union: a union reports one error per member.
+ConfigValue = Annotated[Any, PlainValidator(_scalar), WithJsonSchema({"type": ["string", "number", "boolean"]})]
+Weight = Annotated[float, Field(ge=0)]
+
+
+class ToolInputError(ValueError):
+    """The model's tool input does not match the tool's schema."""
+
+
+class ToolInput(BaseModel):
+    # strict: no silent coercion ("0.05" stays a string, 1.0 is not an int);
+    # extra=forbid: a misspelt key is an error, not an ignored field;
+    # allow_inf_nan=False: JSON parsers accept NaN/Infinity, a recipe must not.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+
+
+class Why(ToolInput):
+    hypothesis: Text = Field(description="A falsifiable prediction: what this change does to val_bpb and why.")
+    rationale: Text = Field(description="The evidence you looked at (runs, doctor findings, curves, code lines).")
+
+
+class ProposeConfig(Why):
+    changes: dict[str, ConfigValue] = Field(min_length=1, description='Dotted recipe keys to new values, e.g. {"optim.lr": 0.02}.')
+
+
+class ProposeCodePatch(Why):
+    patch: Text = Field(description="A unified diff (git diff format) against src/pretrainlab/model/ or src/pretrainlab/train/.")
+
+
+class ProposeDataMixture(Why):
+    weights: dict[Text, Weight] = Field(min_length=1, description='Domain sampling weights (finite, >= 0), e.g. {"code": 1, "docs": 2}.')
+
+    @model_validator(mode="after")
+    def _some_positive(self):
+        if not any(w > 0 for w in self.weights.values()):
+            raise ValueError("weights are all zero: give at least one domain a positive weight")
+        return self
+
+
+class ListRuns(ToolInput):
+    status: Text | None = Field(None, description="Only runs with this status, e.g. ok or failed.")
+    limit: int = Field(20, ge=1, le=200, description="At most this many runs.")
+
+
+class CompareRuns(ToolInput):
+    run_ids: list[Text] = Field(min_length=2, max_length=6, description="2 to 6 run ids.")
+
+
+class RunRef(ToolInput):
+    run_id: Text
+
+
+class ReadCode(ToolInput):
+    path: Text = Field(description="Package-relative path, e.g. model/gpt.py or train/trainer.py.")
+    offset: int = Field(1, ge=1, description="First line to return (1-based).")
+    limit: int = Field(READ_CODE_PAGE_LINES, ge=1, le=READ_CODE_MAX_LINES, description="At most this many lines.")
+
+
+class WriteNote(ToolInput):
+    text: Text
+
+
+class Point(ToolInput):
+    x: float = Field(gt=0, description="Parameters, tokens or FLOPs.")
+    y: float = Field(description="val_bpb.")
+
+
+class FitScalingLaw(ToolInput):
+    points: list[Point] = Field(min_length=3)
+
+
+def input_schema(model: type[ToolInput]) -> dict:
+    """The model's JSON schema as a tool's input_schema: self-contained (no $ref) and
+    without pydantic's titles, which only repeat the field names."""
+    raw = model.model_json_schema()
+    defs = raw.pop("$defs", {})
+
+    def clean(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return clean(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: clean(v) for k, v in node.items() if k != "title"}
+        if isinstance(node, list):
+            return [clean(v) for v in node]
+        return node
+
+    return clean(raw)
+
+
+def parse(model: type[ToolInput], args: Any) -> ToolInput:
+    """The validated input, or ToolInputError with one line naming each bad field."""
+    if not isinstance(args, dict):
+        raise ToolInputError(f"tool input must be a JSON object, got {type(args).__name__} {str(args)[:80]!r}")
+    try:
+        return model.model_validate(args)
+    except ValidationError as e:
+        raise ToolInputError("; ".join(_describe(err, model) for err in e.errors())) from None
+
+
+def _describe(err: dict, model: type[ToolInput]) -> str:
+    field = ".".join(str(part) for part in err["loc"]) or "input"
+    if err["type"] == "missing":
+        return f"{field}: required field is missing"
+    if err["type"] == "extra_forbidden":
+        return f"{field}: unknown field; {model.__name__} takes {', '.join(model.model_fields)}"
+    msg = err["msg"].removeprefix("Value error, ")
+    got = err.get("input")
+    return f"{field}: {msg}" + (f" (got {type(got).__name__})" if err["type"].endswith("_type") else "")
