@@ -149,7 +149,8 @@ def test_sigkill_before_the_first_checkpoint_then_resume_restarts_it(corpus_dir,
     """The run dir has recipe.json and some rows but no checkpoint: --out refuses (it holds a
     run) and points to --resume, and --resume restarts it from step 0 with the same recipe,
     keeping the killed attempt's rows aside. It then matches an uninterrupted run exactly."""
-    overrides = tiny_overrides(corpus_dir, **{"budget.tokens": 1024 * 40, "train.eval_at_start": "true"})
+    # long enough that the kill always lands mid-run, even on a busy machine
+    overrides = tiny_overrides(corpus_dir, **{"budget.tokens": 1024 * 200, "train.eval_at_start": "true"})
     ref = tmp_path / "reference"
     assert cli("train", "--recipe", "tiny-cpu", *set_args(overrides), "--out", str(ref)).returncode == 0
     run = tmp_path / "run"
@@ -177,7 +178,7 @@ def test_sigkill_before_the_first_checkpoint_then_resume_restarts_it(corpus_dir,
 
 
 def test_every_checkpoint_unreadable_restarts_from_step_0(corpus_dir, tmp_path):
-    overrides = tiny_overrides(corpus_dir, **{"budget.tokens": 1024 * 30, "train.ckpt_every": 10})
+    overrides = tiny_overrides(corpus_dir, **{"budget.tokens": 1024 * 100, "train.ckpt_every": 10})
     ref = tmp_path / "reference"
     assert cli("train", "--recipe", "tiny-cpu", *set_args(overrides), "--out", str(ref)).returncode == 0
     run = tmp_path / "run"

@@ -122,7 +122,8 @@ def test_lock_held_inside_a_sandbox_is_seen_outside_it(tmp_path):
 
 def test_two_trainers_never_share_one_out(corpus_dir, tmp_path):
     run = tmp_path / "run"
-    overrides = set_args(tiny_overrides(corpus_dir, **{"budget.tokens": 1024 * 2000, "train.ckpt_every": 5}))
+    # a budget it never reaches: SIGTERM ends it below
+    overrides = set_args(tiny_overrides(corpus_dir, **{"budget.tokens": 1024 * 100_000, "train.ckpt_every": 5}))
     first = subprocess.Popen([sys.executable, "-m", "pretrainlab", "train", "--recipe", "tiny-cpu", *overrides, "--out", str(run)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
