@@ -196,3 +196,47 @@ def test_hunks_that_do_not_show_as_text_are_checked_on_the_result(tmp_path):
         os.symlink("../eval.py", root / "model" / "eval_link.py")
     with pytest.raises(PatchRejected, match="symbolic link"):
         apply_patch(NON_CAUSAL + _git_diff(tmp_path / "s", symlink), tmp_path / "tree-s")
+
+
+class HostilePatches:
+    """A strategy that proposes the given code patches once (as a model might)."""
+
+    name = "hostile"
+    model_id = "test-model"
+
+    def __init__(self, patches: dict[str, str]):
+        self.patches = patches
+
+    def propose(self, view, n):
+        from pretrainlab.research.strategies import Proposal
+
+        out = [Proposal("code", f"{key} is faster", "trust me", self.name, self.model_id, patch=p) for key, p in self.patches.items()]
+        self.patches = {}
+        return out
+
+    def observe(self, proposal, value):
+        pass
+
+
+@needs_sandbox
+def test_a_campaign_records_hostile_patches_as_rejected_with_the_reason(corpus_dir, tmp_path, monkeypatch):
+    from pretrainlab.ledger import Ledger
+    from pretrainlab.research import manage
+    from pretrainlab.research.campaign import CampaignConfig
+
+    monkeypatch.setenv("PRETRAINLAB_WORKSPACE", str(tmp_path))
+    monkeypatch.setattr(manage, "make_strategy", lambda *a, **k: HostilePatches({"noncausal": NON_CAUSAL, "fake-report": FAKE_REPORT}))
+    cfg = CampaignConfig(recipe="tiny-cpu", overrides=tiny_overrides(corpus_dir), run_budget="8192tok", budget_runs=4, parallel=2, seeds=2,
+                         decision="greedy", early_stop=False)
+    campaign_id = manage.start(cfg, echo=False)
+    ledger = Ledger()
+    experiments = {e["hypothesis"].split()[0]: e for e in ledger.list_experiments(campaign_id)}
+    decisions = {d["experiment_id"]: d for d in ledger.list_decisions(campaign_id=campaign_id)}
+    for key, reason in (("noncausal", "non-causal model"), ("fake-report", "reported val_bpb 0.0100")):
+        exp = experiments[key]
+        assert exp["status"] == "rejected" and exp["model_id"] == "test-model"
+        d = decisions[exp["id"]]
+        assert d["verdict"] == "discard" and d["rationale"].startswith("rejected by the lab:") and reason in d["rationale"]
+        (run,) = ledger.list_runs(experiment=exp["id"], columns=("status", "val_bpb"))
+        assert run["status"] == "rejected" and run["val_bpb"] is None
+    assert manage.status(campaign_id)["status"] == "done"

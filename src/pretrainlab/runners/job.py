@@ -8,6 +8,7 @@ code (that runs in the sandboxed training process and in the scoring worker).
   2. train: `pretrainlab train` with the experiment's code on PYTHONPATH, in the sandbox,
      seeing only the corpus's train and monitor shards
   3. score: scoring.score_run on the decision (val) and monitor splits, with the probes
+     (the hidden test split is scored only when the campaign closes, for its report)
   4. check what the run says about itself against the lab's measurement:
      - its reported final val_bpb against the lab's score on the same split;
      - per domain, the monitor slice against the decision split (a model that learned
@@ -62,6 +63,11 @@ def memorised(lab: dict) -> str | None:
     return None
 
 
+def job_lock_dir(spec_path: str | Path) -> Path:
+    """The folder whose lock a job process holds while it runs (beside its spec)."""
+    return Path(spec_path).with_suffix(".job")
+
+
 def corpus_path(recipe: Recipe) -> Path:
     if recipe.data.corpus != "builtin":
         return Path(recipe.data.corpus).expanduser().resolve()
@@ -86,6 +92,10 @@ def visible_corpus_files(path: Path) -> list[Path]:
 
 def main(spec_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
+    # held until this process exits, so a restarted campaign finds this run still in flight (LocalRunner.release_orphan)
+    from ..train.rundir_lock import acquire
+
+    job_lock = acquire(job_lock_dir(spec_path), create=True)  # noqa: F841 (the kernel drops it when this process dies)
     stopping = {"flag": False}
     signal.signal(signal.SIGTERM, lambda *_: stopping.update(flag=True))
     # 1. recipe and corpus, resolved by the lab

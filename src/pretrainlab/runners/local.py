@@ -140,6 +140,39 @@ class LocalRunner:
         self.last_submit = time.time()
         self._idle_reason = OVERHEAD  # until the caller says why any remaining slot stays free
 
+    def release_orphan(self, key: str) -> bool:
+        """A job process for `key` left running by an earlier runner on the same log dir (its
+        campaign loop was killed) is stopped cleanly: SIGTERM to its process group (the trainer
+        checkpoints), SIGKILL after the grace period. Returns True if there was one. Its run
+        directory is then free to resume; it was never touched while the orphan held it."""
+        from ..train.rundir_lock import lock_holder
+        from .job import job_lock_dir
+
+        lock = job_lock_dir(self._logs / f"{key}.spec.json")
+        holder = lock_holder(lock)
+        if holder is None or key in self._running:
+            return False
+        for _ in range(20):  # the holder writes its pid just after taking the lock
+            if holder is None or holder.pgid:
+                break
+            time.sleep(0.05)
+            holder = lock_holder(lock)
+        if holder is None:
+            return True
+        if not holder.pgid or holder.pgid == os.getpgid(0):
+            raise RuntimeError(f"job {key} is still running but its lock ({lock}) does not name a process group to stop")
+        for sig, wait_s in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(holder.pgid, sig)
+            except ProcessLookupError:
+                pass
+            deadline = time.time() + wait_s
+            while lock_holder(lock) is not None and time.time() < deadline:
+                time.sleep(0.05)
+            if lock_holder(lock) is None:
+                return True
+        return True
+
     def stop(self, key: str, reason: str = "stopped") -> None:
         """Ask a run to stop now: it checkpoints and exits as 'preempted'."""
         r = self._running[key]

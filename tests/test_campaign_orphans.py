@@ -1,0 +1,60 @@
+"""A campaign loop SIGKILLed while its runs train leaves them running as orphans: `resume`
+stops them cleanly, continues each from its checkpoint, and never lets two processes write
+one run directory."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from conftest import tiny_overrides
+
+from pretrainlab.ledger import Ledger
+from pretrainlab.research import manage
+from pretrainlab.train.rundir_lock import lock_holder
+
+
+def held_job_locks(workdir):
+    return [p for p in (workdir / "logs").glob("*.job") if lock_holder(p) is not None]
+
+
+def test_resume_stops_orphans_of_a_killed_loop_and_loses_nothing(corpus_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("PRETRAINLAB_WORKSPACE", str(tmp_path))
+    monkeypatch.delenv("PRETRAINLAB_DB", raising=False)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("ANTHROPIC_API_KEY", None)
+    cfg = dict(recipe="tiny-cpu", overrides=tiny_overrides(corpus_dir, **{"train.ckpt_every": 20}), run_budget="204800tok",
+               budget_runs=4, parallel=2, seeds=2, strategy="random", early_stop=False)
+    code = ("import json, sys; from pretrainlab.research import manage; from pretrainlab.research.campaign import CampaignConfig; "
+            "manage.start(CampaignConfig(**json.loads(sys.argv[1])), echo=False)")
+    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(cfg)], env=env, stderr=subprocess.PIPE, text=True)
+    campaigns = tmp_path / "runs" / "campaigns"
+    deadline = time.time() + 180
+    while len(list(campaigns.glob("*/*/ckpt/step_*.pt"))) < 2:  # both slots training, with a checkpoint each
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else "timeout"
+        time.sleep(0.05)
+    proc.kill()  # only the loop: its runs are in sessions of their own and keep training
+    proc.wait()
+    (campaign_id,) = [c["id"] for c in Ledger().list_campaigns()]
+    workdir = campaigns / campaign_id
+    orphans = held_job_locks(workdir)
+    assert orphans, "the killed loop's runs should still be running"
+
+    manage.resume(campaign_id, echo=False)
+
+    assert not held_job_locks(workdir)  # nothing left running
+    st = manage.status(campaign_id)
+    assert st["status"] == "done" and st["runs"] == 4
+    runs = Ledger().list_runs(campaign=campaign_id, columns=("run_dir", "experiment_id", "seed", "status"))
+    assert len({(r["experiment_id"], r["seed"]) for r in runs}) == 4
+    for orphan in orphans:  # each orphan was stopped (checkpointed), then continued, not started over
+        run_dir = workdir / orphan.name.removesuffix(".spec.job")
+        prov = json.loads((run_dir / "provenance.json").read_text())
+        assert prov.get("resumes"), run_dir
+    hidden = Ledger().get_campaign(campaign_id)["config"]["hidden_test"]  # scored once, at the close, for the report
+    assert 1.0 < hidden["test"]["baseline"] < 8.0 and hidden["runs"]["baseline"] == 2
+    assert hidden["overfitting_gap"] == hidden["gain_val"] - hidden["gain_test"]
+    for metrics in workdir.glob("*/metrics.jsonl"):  # one writer per run dir: every step logged once, in order
+        steps = [r["step"] for r in map(json.loads, metrics.read_text().splitlines()) if r.get("type") == "train"]
+        assert steps == list(range(1, len(steps) + 1)), metrics
