@@ -150,4 +150,20 @@ def prepare_sample(out_dir: str | Path, max_bytes_per_domain: int = 100_000, val
     else:
         code = code_documents(max_bytes_per_domain)
         documents = code + docs_documents(max_bytes_per_domain, exclude=[d.path for d in code])
+    # a few long plays fill the literature cap: cut them into parts so every domain has the documents its
+    # train, val, monitor and test splits need
+    documents = [part for doc in documents for part in _parts(doc, max(1, max_bytes_per_domain // 32))]
     return prepare_corpus(documents, ByteTokenizer(), Path(out_dir), val_fraction=val_fraction, progress=False)
+
+
+def _parts(doc: Document, max_chars: int) -> list[Document]:
+    """`doc` cut at line ends into pieces of about max_chars, named path#partN (whole if short)."""
+    if len(doc.text) <= max_chars:
+        return [doc]
+    parts, start = [], 0
+    while start < len(doc.text):
+        end = doc.text.find("\n", start + max_chars)
+        end = len(doc.text) if end < 0 else end + 1
+        parts.append(Document(doc.domain, doc.source, f"{doc.path}#part{len(parts)}", doc.text[start:end]))
+        start = end
+    return parts

@@ -1073,7 +1073,7 @@ def detect_replaced_attempt(sig: Signals) -> list[Finding]:
 
 
 def detect_run_status(sig: Signals) -> list[Finding]:
-    """How the run ended: crashed, preempted, timed out, or killed without a summary."""
+    """How the run ended: crashed, rejected by the lab's checks, preempted, timed out, or killed without a summary."""
     status = sig.run.status
     last = int(sig.steps[-1]) if sig.n else 0
     s = sig.run.summary or {}
@@ -1085,6 +1085,17 @@ def detect_run_status(sig: Signals) -> list[Finding]:
             steps=(last, last) if last else None, evidence={"error_tail": "\n".join(err[-6:])},
             cause="an exception in the trainer (the traceback is in summary.json error and log.txt)",
             fix="fix the error, then continue with `pretrainlab train --resume RUN_DIR` if a checkpoint exists")]
+    if status == "rejected":
+        lab = s.get("lab_score") or {}
+        return [Finding(
+            id="run_rejected", severity="error", title="Rejected by the lab's checks",
+            summary=f"the lab refused this run's result: {s.get('rejected_reason') or lab.get('reason') or 'no reason recorded'}",
+            steps=(last, last) if last else None,
+            evidence={"reason": s.get("rejected_reason"), "reported_val_bpb": s.get("val_bpb_reported"), "probes": lab.get("probes"),
+                      "lab_splits": {k: v.get("val_bpb") for k, v in (lab.get("splits") or {}).items()}},
+            cause="the model or trainer failed a probe (looked ahead, depended on other rows or on what it saw) or reported "
+                  "a figure the lab could not reproduce from its weights (docs/research.md, the trust boundary)",
+            fix="make the model causal and row-independent, and leave the trainer's evaluation alone; the lab scores every run")]
     if status == "preempted":
         return [Finding(
             id="run_preempted", severity="info", title="Run preempted",

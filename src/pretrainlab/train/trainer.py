@@ -269,12 +269,16 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
             parts.append(tokens * flops_per_token / budget.flops)
         return max(parts)
 
-    def run_eval() -> dict:
+    def run_eval(split: str = "monitor") -> dict:
+        """In-run evaluations score the monitor slice (experiments may read it); the final one
+        scores the decision split when this process can read it (a plain `pretrainlab train`),
+        the monitor slice inside a campaign's sandbox, where the lab scores val itself."""
         t0 = time.perf_counter()
         result = evaluation.evaluate_bpb(raw_model, corpus, seq_len, recipe.eval.tokens_per_domain, recipe.eval.batch_rows,
-                                         device, autocast if dtype == "bfloat16" else None, d.rank, d.world_size)
+                                         device, autocast if dtype == "bfloat16" else None, d.rank, d.world_size, split=split)
+        result["split"] = split
         row = {"type": "eval", "step": state["step"], "tokens": state["tokens"], "progress": min(1.0, progress()), "val_bpb": result["val_bpb"],
-               "val_bpb_domains": result["domains"], "eval_tokens": result["tokens"], "eval_s": time.perf_counter() - t0}
+               "val_bpb_domains": result["domains"], "eval_tokens": result["tokens"], "eval_s": time.perf_counter() - t0, "split": split}
         pending_rows.append(row)
         flush_metrics()
         log(f"eval step {state['step']}: val_bpb {result['val_bpb']:.4f} " + " ".join(f"{k} {v:.3f}" for k, v in result["domains"].items()))
@@ -422,7 +426,10 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
             if tc.ckpt_every and state["step"] % tc.ckpt_every:
                 save_ckpt()
         if status != "preempted" and all(torch.isfinite(p).all() for p in raw_model.parameters()):
-            final_eval = run_eval()
+            if d.main:  # the final weights, for the lab's scorer (scoring.py), which never trusts this process's numbers
+                torch.save(raw_model.state_dict(), out_dir / "model.pt.tmp")
+                os.replace(out_dir / "model.pt.tmp", out_dir / "model.pt")
+            final_eval = run_eval("val" if corpus.has_split("val") else "monitor")
     except BaseException as e:  # KeyboardInterrupt too: the summary must say the run did not finish
         status, error = "crashed", "".join(traceback.format_exception(e))[-4000:]
         flush_metrics()
@@ -446,6 +453,7 @@ def _summary(status, state, final_eval, error, num_params, flops_per_token, peak
         "status": status,
         "val_bpb": final_eval["val_bpb"] if final_eval else None,
         "val_bpb_domains": final_eval["domains"] if final_eval else None,
+        "eval_split": final_eval["split"] if final_eval else None,
         "params": num_params,
         "tokens": state["tokens"],
         "steps": state["step"],
