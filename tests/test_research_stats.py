@@ -125,7 +125,9 @@ def test_aa_on_real_seed_replicates(corpus_dir, tmp_path):
     for _ in range(1000):
         idx = rng.permutation(10)
         verdicts.append(compare([values[i] for i in idx[:3]], [values[i] for i in idx[3:6]]).verdict)
-    assert verdicts.count(NO_EFFECT) / 1000 >= 0.95
+    # nominal 95%; the 1,000 splits reuse 10 values, so this estimate is coarse (the simulated
+    # test above checks calibration precisely): a gross miscalibration still fails here
+    assert verdicts.count(NO_EFFECT) / 1000 >= 0.90
 
 
 def test_common_seeds_cancel_most_noise_in_real_runs(corpus_dir, tmp_path):
