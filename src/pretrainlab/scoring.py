@@ -10,7 +10,9 @@ batch at a time, in an order drawn from a secret seed, reads the logits back one
 time and computes the NLL itself (eval.nll_sums). Before a score counts, three probes run
 on the same real windows, so a model cannot tell a probe from a scoring request:
   - causality: each row keeps its tokens up to a random cut and takes another row's tokens
-    after it; the logits up to the cut must not change (a model that looks ahead fails);
+    after it; the logits up to the cut must not change (a model that looks ahead fails).
+    The altered batch goes first half the time, so a model that remembers what it has seen
+    cannot tell the real batch from its probe;
   - replay: rows scored earlier are sent again, shuffled among other rows; their logits
     must not change (a model that depends on other rows of its batch, or that learns from
     what it has scored so far, fails);
@@ -130,6 +132,15 @@ def score_run(run_dir: Path, code_src: Path, corpus: Corpus, *, seq_len: int, to
     try:
         for b, batch in enumerate(batches):
             x = np.stack([w[2] for w in batch])
+            cut_logits = None
+            if b in probed:  # causality: every row keeps its tokens up to a random cut and takes another row's after it
+                cuts = [rng.randrange(seq_len - 1) for _ in batch] if seq_len > 1 else [0] * len(batch)
+                donor = np.roll(x, 1, axis=0) if len(batch) > 1 else np.roll(x, 1, axis=1)
+                x_cut = x.copy()
+                for r, c in enumerate(cuts):
+                    x_cut[r, c + 1 :] = donor[r, c + 1 :]
+                if rng.random() < 0.5:  # the altered copy first, half the time: a model cannot tell the real batch from the probe
+                    cut_logits = list(worker.logits(x_cut, vocab_min))
             logits = []
             for (split, d, _, y), row in zip(batch, worker.logits(x, vocab_min)):
                 nats, nbytes, counted = nll_sums(row, y, token_bytes)
@@ -138,13 +149,10 @@ def score_run(run_dir: Path, code_src: Path, corpus: Corpus, *, seq_len: int, to
                     logits.append(row)
             if logits:
                 kept[b] = (x, logits)
-            if b in probed:  # causality: change every row after a random cut; nothing up to the cut may move
-                cuts = [rng.randrange(seq_len - 1) for _ in batch] if seq_len > 1 else [0] * len(batch)
-                donor = np.roll(x, 1, axis=0) if len(batch) > 1 else np.roll(x, 1, axis=1)
-                x_cut = x.copy()
-                for r, c in enumerate(cuts):
-                    x_cut[r, c + 1 :] = donor[r, c + 1 :]
-                for r, (c, row) in enumerate(zip(cuts, worker.logits(x_cut, vocab_min))):
+            if b in probed:  # nothing up to the cut may move
+                if cut_logits is None:
+                    cut_logits = list(worker.logits(x_cut, vocab_min))
+                for r, (c, row) in enumerate(zip(cuts, cut_logits)):
                     diff = _max_diff(row[: c + 1], logits[r][: c + 1])
                     probes["causality_rows"] += 1
                     probes["causality_max_diff"] = max(probes["causality_max_diff"], diff)
