@@ -101,6 +101,9 @@ def _run(ledger, campaign_id: str, cfg: CampaignConfig, strategy: Strategy, echo
     workdir = workspace() / "runs" / "campaigns" / campaign_id
     workdir.mkdir(parents=True, exist_ok=True)
     runner = LocalRunner(cfg.parallel, gpus=cfg.gpus, log_dir=workdir / "logs")
+    if not runner.sandbox.active:  # said loudly on stderr by Sandbox.detect; kept on the record too
+        ledger.add_note(f"experiment processes of this loop are NOT sandboxed: {runner.sandbox.reason}; they run with a scrubbed "
+                        "environment, and the lab still scores every run itself", author="campaign", campaign_id=campaign_id)
     campaign = Campaign(ledger, campaign_id, strategy, runner, workdir, echo=echo)
     try:
         campaign.run()
