@@ -1,25 +1,30 @@
 """Research-loop benchmarks on the tiny-cpu task (docs/benchmarks.md, "Research loop").
 
-    python bench/research.py --runs 24 --run-budget 5s --campaign-seeds 3 --parallel 2
+    python bench/research.py --runs 40 --run-budget 8e4tok --campaign-seeds 3 --parallel 2
 
-1. Equal compute: each of optuna and random (both with the default paired rule), optuna
-   with the unpaired Welch rule, and a single-seed greedy keep/discard loop (the
-   autoresearch rule, with optuna proposals) gets the same number of training runs of the
-   same per-run budget, over several campaign seeds.
-   Each campaign's final incumbent recipe is then re-trained on `--eval-seeds` fresh seeds,
-   so "best val_bpb reached" is measured without the winner's-curse bias of reporting the
-   luckiest single run.
-2. False discoveries on A/A: `--aa-runs` seeds of the unchanged recipe; random disjoint
-   splits are compared by each rule (paired over 3 pairs of distinct seeds, Welch 3 vs 3,
-   greedy 1 vs 1). Any "keep" is false.
-3. Slot utilisation, from each campaign's closing note: while work was queued (idle only
-   when a run could have started), until the last run started (any idle counts), and the
-   idle slot-time by reason. `--utilisation-only` runs just the campaigns (no re-training,
-   no A/A), e.g. at the issue's per-run budget:
+1. Equal compute: each arm gets the same training compute: `--runs` runs of the same
+   per-run budget (a run stopped early counts the share of its budget it used). Arms:
+   `screen` (the default loop: optuna proposals, 1-seed screens that move the incumbent,
+   rung stops, merges, then the confirmation phase and its claims), `greedy-1-seed` (the
+   autoresearch rule with optuna proposals), `random-greedy` (random proposals, keep if
+   lower: random search), and the older replicated rules (`optuna-paired`,
+   `random-paired`, `optuna-welch`). Campaigns run interleaved by campaign seed (seed 0 of
+   every arm, then seed 1, ...), so partial results compare arms on the same seeds. Each
+   campaign's final recipe is re-trained on `--eval-seeds` fresh seeds (1000, 1001, ...):
+   "best val_bpb reached" without the winner's curse of reporting the luckiest run.
+2. False discoveries on A/A: `--aa-runs` seeds of the unchanged recipe. Random disjoint
+   draws play the confirmation phase's claims (the final recipe against the baseline and
+   two ablations, 2 seeds each, one pooled noise estimate), the paired test over 3 pairs,
+   Welch 3 vs 3 and greedy 1 vs 1. Any "improvement" is false.
+3. `--simulated N` runs the same arms in process on N simulated landscapes
+   (research/simulate.py: seed-matched noise measured on tiny-cpu) in seconds, plus N
+   campaigns of the default loop on a flat landscape (no change has any effect: every
+   recorded claim is false).
+4. `--utilisation-only`: the campaigns alone (no re-training, no A/A), e.g.
 
-    python bench/research.py --utilisation-only --runs 16 --run-budget 60s --campaign-seeds 3 --arms optuna
+    python bench/research.py --utilisation-only --runs 16 --run-budget 60s --campaign-seeds 3 --arms screen
 
-Results: bench/results/research[-utilisation]-DATE.json and a Markdown table on stdout.
+Results: bench/results/research[-utilisation|-simulated]-DATE.json and Markdown on stdout.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import re
 import statistics
 import sys
 import tempfile
+import time
 from datetime import date
 from pathlib import Path
 
@@ -41,25 +47,19 @@ from pretrainlab import api
 from pretrainlab.config import Recipe
 from pretrainlab.ledger import Ledger
 from pretrainlab.research import manage
-from pretrainlab.research.campaign import CampaignConfig
+from pretrainlab.research.campaign import CampaignConfig, handed_back
 from pretrainlab.research.space import recipe_diff
-from pretrainlab.research.stats import IMPROVEMENT, compare, greedy_single_seed
+from pretrainlab.research.stats import IMPROVEMENT, compare, greedy_single_seed, pooled_paired
 from pretrainlab.train.telemetry import device_name
 
-ARMS = {"optuna": dict(strategy="optuna"), "random": dict(strategy="random"), "greedy-1-seed": dict(strategy="optuna", decision="greedy"),
-        "optuna-welch": dict(strategy="optuna", decision="welch")}
+ARMS = {"screen": dict(strategy="optuna", decision="screen"), "greedy-1-seed": dict(strategy="optuna", decision="greedy"),
+        "random-greedy": dict(strategy="random", decision="greedy"), "optuna-paired": dict(strategy="optuna", decision="paired"),
+        "random-paired": dict(strategy="random", decision="paired"), "optuna-welch": dict(strategy="optuna", decision="welch")}
 
 
 def baseline_recipe(ledger, campaign_id) -> Recipe:
     """The campaign's starting recipe (as it ran: with the campaign's eval rungs)."""
-    exp = next(e for e in ledger.list_experiments(campaign_id) if e["proposer"] == "campaign" and not (e["change"] or {}).get("transfer_of"))
-    return Recipe.from_dict(exp["change"]["recipe"])
-
-
-def final_recipe(ledger, campaign_id) -> Recipe:
-    kept = [d for d in ledger.list_decisions(campaign_id=campaign_id) if d["verdict"] == "keep"]
-    exp = ledger.get_experiment(kept[-1]["experiment_id"])
-    return Recipe.from_dict(exp["change"]["recipe"])
+    return Recipe.from_dict(ledger.get_campaign(campaign_id)["config"]["base_recipe"])
 
 
 _RETRAINED: dict[tuple[str, int], float] = {}  # (recipe hash, seed) -> val_bpb: campaigns often end on the same recipe
@@ -87,98 +87,189 @@ def utilisation(note: str) -> dict:
             "seconds": float(re.search(r"; (\d+) s$", note).group(1))}
 
 
+def compute_used(ledger, campaign_id: str, budget_tokens: int) -> float:
+    """Full-run equivalents the campaign trained: a run stopped early counts its share."""
+    rows = ledger.list_runs(campaign=campaign_id, limit=0, columns=("run_id", "status", "tokens"))
+    return sum(1.0 if r["status"] == "ok" or not r["tokens"] else min(1.0, r["tokens"] / budget_tokens) for r in rows)
+
+
+def claims_of(ledger, campaign_id: str) -> list[dict]:
+    out = []
+    for d in ledger.list_decisions(campaign_id=campaign_id):
+        ev = d.get("evidence") or {}
+        if ev.get("stage") == "claim":
+            out.append({"claim": ev.get("claim"), "group": ev.get("group"), "verdict": d["verdict"], "effect": d["effect"],
+                        "ci": [d["ci_low"], d["ci_high"]]})
+    return out
+
+
+def campaign_row(ledger, cid: str, arm: str, values: list[float], budget_tokens: int, wall_s: float) -> dict:
+    base = baseline_recipe(ledger, cid)
+    recipe = handed_back(ledger, cid)
+    decisions = ledger.list_decisions(campaign_id=cid)
+    adopted = sum(d["verdict"] == "keep" and (d.get("evidence") or {}).get("stage") not in ("claim", "prune") for d in decisions) - 1
+    return {"arm": arm, "campaign": cid, "final_val_bpb": statistics.fmean(values), "final_values": values, "kept_changes": adopted,
+            "recipe_hash": recipe.hash(), "final_diff": {k: list(v) for k, v in recipe_diff(base, recipe).items()},
+            "decisions": len(decisions), "runs": compute_used(ledger, cid, budget_tokens), "claims": claims_of(ledger, cid),
+            "wall_s": round(wall_s)}
+
+
+def aa_claims(aa: list[float], trials: int, rng) -> dict:
+    """A/A false discoveries of each rule, on random disjoint draws of real replicates."""
+    false = {"claims (pooled, 2 seeds, 4 recipes)": 0, "paired 3 pairs": 0, "welch 3v3": 0, "greedy 1v1": 0}
+    comparisons = {"final": ("baseline", "final"), "a": ("without a", "final"), "b": ("without b", "final")}
+    claims = 0
+    for _ in range(trials):
+        idx = rng.permutation(len(aa))
+        if len(aa) < 8:  # the claims' draw needs 4 recipes x 2 seeds of distinct runs
+            break
+        runs = {name: {0: aa[idx[2 * i]], 1: aa[idx[2 * i + 1]]} for i, name in enumerate(("baseline", "final", "without a", "without b"))}
+        results = pooled_paired(runs, comparisons)
+        claims += len(results)
+        false["claims (pooled, 2 seeds, 4 recipes)"] += sum(c.verdict == IMPROVEMENT for c in results.values())
+        a, b = [aa[i] for i in idx[:3]], [aa[i] for i in idx[3:6]]
+        false["welch 3v3"] += compare(a, b).verdict == IMPROVEMENT
+        false["paired 3 pairs"] += compare(a, b, paired=True).verdict == IMPROVEMENT
+        false["greedy 1v1"] += greedy_single_seed(aa[idx[0]], aa[idx[1]]) == IMPROVEMENT
+    return {k: v / (claims if k.startswith("claims") else trials) for k, v in false.items()}
+
+
+def simulated(args, arms: dict, meta: dict, out: Path) -> None:
+    """The arms on simulated landscapes: the true value of each final recipe, in seconds."""
+    from pretrainlab.research.simulate import Landscape, simulate
+
+    results = {"arms": {}, "aa": {}}
+    for arm, kw in arms.items():
+        gains = []
+        for i in range(args.simulated):
+            cfg = CampaignConfig(recipe="tiny-cpu", run_budget=args.run_budget, budget_runs=args.runs, parallel=args.parallel, seeds=3,
+                                 strategy_seed=i, **kw)
+            r = simulate(cfg, Landscape(seed=100 + i), tempfile.mkdtemp(prefix="pretrainlab-sim-"))
+            gains.append(r["final_true"] - r["base_true"])
+        results["arms"][arm] = gains
+        print(f"{arm}: mean true gain over the starting recipe {statistics.fmean(gains):+.4f} ({args.simulated} landscapes)", file=sys.stderr)
+    claims = kept = any_false = runs = 0
+    for i in range(args.simulated):
+        cfg = CampaignConfig(recipe="tiny-cpu", run_budget=args.run_budget, budget_runs=args.runs, parallel=args.parallel, seeds=3,
+                             strategy_seed=i, strategy="optuna")
+        r = simulate(cfg, Landscape(seed=500 + i, flat=True), tempfile.mkdtemp(prefix="pretrainlab-sim-"))
+        k = sum(c["verdict"] == "keep" for c in r["claims"])
+        claims, kept, any_false, runs = claims + len(r["claims"]), kept + k, any_false + (k > 0), runs + r["compute_used"]
+    results["aa"] = {"campaigns": args.simulated, "claims": claims, "false_claims": kept, "campaigns_with_a_false_claim": any_false,
+                     "runs": runs}
+    (out / f"research-simulated-{meta['date']}.json").write_text(json.dumps({"meta": meta, **results}, indent=2))
+    print(f"\n{meta['date']} | simulated | `{meta['command']}`\n")
+    print("| arm | mean true gain over the starting recipe | vs greedy-1-seed (paired by landscape) | landscapes won vs greedy |")
+    print("|---|---|---|---|")
+    ref = results["arms"].get("greedy-1-seed")
+    for arm, gains in results["arms"].items():
+        if ref:
+            d = [a - b for a, b in zip(gains, ref)]
+            vs = f"{statistics.fmean(d):+.4f} ± {statistics.stdev(d) / len(d) ** 0.5:.4f}"
+            won = f"{sum(x < 0 for x in d)}/{len(d)}"
+        else:
+            vs = won = "-"
+        print(f"| {arm} | {statistics.fmean(gains):+.4f} | {vs} | {won} |")
+    print(f"\nA/A (flat landscape, default loop, {args.simulated} campaigns): {kept} of {claims} claims recorded as improvements "
+          f"({kept / max(1, claims):.1%}); {any_false} campaigns with any false claim; {runs / max(1, claims):.1f} runs per tested claim")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=24, help="training runs per campaign (equal compute)")
-    ap.add_argument("--run-budget", default="5s")
+    ap.add_argument("--runs", type=int, default=40, help="training runs per campaign (equal compute)")
+    ap.add_argument("--run-budget", default="8e4tok")
     ap.add_argument("--campaign-seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0, help="first campaign seed (to extend an earlier benchmark)")
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--eval-seeds", type=int, default=3, help="fresh seeds to re-train each final recipe on")
     ap.add_argument("--aa-runs", type=int, default=12)
-    ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {', '.join(ARMS)}")
+    ap.add_argument("--arms", default="screen,greedy-1-seed,random-greedy", help=f"comma-separated subset of {', '.join(ARMS)}")
     ap.add_argument("--utilisation-only", action="store_true", help="run the campaigns only: slot utilisation, no re-training or A/A")
+    ap.add_argument("--simulated", type=int, default=0, help="run the arms on this many simulated landscapes instead (in process)")
+    ap.add_argument("--tag", default="", help="appended to the results file name")
     args = ap.parse_args()
     arms = {a: ARMS[a] for a in args.arms.split(",")}
-    work = Path(tempfile.mkdtemp(prefix="pretrainlab-bench-research-"))
-    os.environ["PRETRAINLAB_WORKSPACE"] = str(work)
-    os.environ.pop("ANTHROPIC_API_KEY", None)
-    ledger = Ledger()
-    results = {"arms": {}, "aa": {}}
-
-    # 1. equal compute, several campaign seeds per arm
-    eval_seeds = list(range(1000, 1000 + args.eval_seeds))
     meta = {"date": date.today().isoformat(), "device": device_name(__import__("torch").device("cpu")), "platform": platform.platform(),
             "command": " ".join(sys.argv)}
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    result_file = out / f"research{'-utilisation' if args.utilisation_only else ''}-{meta['date']}.json"
-    for arm, kw in arms.items():
-        rows = []
-        for cs in range(args.campaign_seeds):
+    if args.simulated:
+        return simulated(args, arms, meta, out)
+    work = Path(tempfile.mkdtemp(prefix="pretrainlab-bench-research-"))
+    os.environ["PRETRAINLAB_WORKSPACE"] = str(work)
+    os.environ.pop("ANTHROPIC_API_KEY", None)
+    ledger = Ledger()
+    results = {"arms": {a: [] for a in arms}, "aa": {}}
+    result_file = out / f"research{'-utilisation' if args.utilisation_only else ''}-{meta['date']}{args.tag}.json"
+    save = lambda: result_file.write_text(json.dumps({"meta": meta, **results}, indent=2))  # partial results survive an interruption
+
+    # 1. equal compute, several campaign seeds per arm, interleaved by seed
+    eval_seeds = list(range(1000, 1000 + args.eval_seeds))
+    base = None
+    for cs in range(args.first_seed, args.first_seed + args.campaign_seeds):
+        for arm, kw in arms.items():
             cfg = CampaignConfig(recipe="tiny-cpu", run_budget=args.run_budget, budget_runs=args.runs, parallel=args.parallel,
                                  seeds=3, strategy_seed=cs, **kw)
+            started = time.time()
             cid = manage.start(cfg, name=f"{arm} seed {cs}", echo=False)
+            wall = time.time() - started
             note = next(n["text"] for n in ledger.list_notes(campaign_id=cid) if n["text"].startswith("closed"))
-            util = utilisation(note)
             print(f"{arm} seed {cs}: {note}", file=sys.stderr)
-            if args.utilisation_only:
-                rows.append({"campaign": cid, "utilisation": util})
-                results["arms"][arm] = rows
-                result_file.write_text(json.dumps({"meta": meta, **results}, indent=2))
-                continue
-            recipe = final_recipe(ledger, cid)
-            values = retrain(recipe, eval_seeds, work)
-            kept = sum(d["verdict"] == "keep" for d in ledger.list_decisions(campaign_id=cid)) - 1
             base = baseline_recipe(ledger, cid)
-            diff = recipe_diff(base, recipe)
-            rows.append({"campaign": cid, "final_val_bpb": statistics.fmean(values), "final_values": values, "kept_changes": kept,
-                         "utilisation": util, "recipe_hash": recipe.hash(), "final_diff": {k: list(v) for k, v in diff.items()},
-                         "experiments": len(ledger.list_decisions(campaign_id=cid))})
-            print(f"{arm} seed {cs}: final {statistics.fmean(values):.4f} ({kept} kept: {diff})", file=sys.stderr)
-            results["arms"][arm] = rows
-            result_file.write_text(json.dumps({"meta": meta, **results}, indent=2))  # partial results survive an interruption
+            if args.utilisation_only:
+                results["arms"][arm].append({"campaign": cid, "utilisation": utilisation(note)})
+                save()
+                continue
+            values = retrain(handed_back(ledger, cid), eval_seeds, work)
+            row = {**campaign_row(ledger, cid, arm, values, base.budget.tokens, wall), "strategy_seed": cs, "utilisation": utilisation(note)}
+            results["arms"][arm].append(row)
+            print(f"{arm} seed {cs}: final {row['final_val_bpb']:.4f} ({row['kept_changes']} adopted, {row['runs']:.2f} runs, "
+                  f"{len(row['claims'])} claims: {row['final_diff']})", file=sys.stderr)
+            save()
     if args.utilisation_only:
-        print(f"\n{meta['date']} | {meta['device']} | `{meta['command']}`\n")
-        print("| arm | campaigns | while work was queued | until the last run started | including the final drain | idle slot-time by reason (mean s) |")
-        print("|---|---|---|---|---|---|")
-        for arm, rows in results["arms"].items():
-            u = [r["utilisation"] for r in rows]
-            reasons = sorted({k for x in u for k in x["idle_s"]})
-            idle = ", ".join(f"{k} {statistics.fmean(x['idle_s'].get(k, 0) for x in u):.0f}" for k in reasons)
-            cells = []
-            for f in ("queued", "until_last_start", "overall"):
-                xs = [x[f] for x in u if x[f] is not None]
-                cells.append(f"{statistics.fmean(xs):.1%} ({min(xs):.0%}-{max(xs):.0%})" if xs else "n/a")
-            print(f"| {arm} | {len(u)} | " + " | ".join(cells) + f" | {idle} |")
+        print_utilisation(meta, results)
         return
     results["baseline_values"] = retrain(base, eval_seeds, work)
+    save()
 
-    # 2. A/A false discoveries
+    # 2. A/A false discoveries on real replicates
     aa = retrain(base, list(range(2000, 2000 + args.aa_runs)), work)
-    rng = np.random.default_rng(0)
     trials = 2000
-    welch_false = greedy_false = paired_false = 0
-    for _ in range(trials):
-        idx = rng.permutation(len(aa))
-        a, b = [aa[i] for i in idx[:3]], [aa[i] for i in idx[3:6]]
-        welch_false += compare(a, b).verdict == IMPROVEMENT
-        paired_false += compare(a, b, paired=True).verdict == IMPROVEMENT
-        greedy_false += greedy_single_seed(aa[idx[0]], aa[idx[1]]) == IMPROVEMENT
-    results["aa"] = {"runs": aa, "seed_std": statistics.stdev(aa), "trials": trials, "paired_false_discovery": paired_false / trials,
-                     "welch_false_discovery": welch_false / trials, "greedy_false_discovery": greedy_false / trials}
-    result_file.write_text(json.dumps({"meta": meta, **results}, indent=2))
+    results["aa"] = {"runs": aa, "seed_std": statistics.stdev(aa), "trials": trials, **aa_claims(aa, trials, np.random.default_rng(0))}
+    save()
+    print_table(args, meta, results)
+
+
+def print_table(args, meta, results):
     print(f"\n{meta['date']} | {meta['device']} | `{meta['command']}`\n")
     print(f"baseline (tiny-cpu, {args.run_budget} runs) on {args.eval_seeds} fresh seeds: {statistics.fmean(results['baseline_values']):.4f}\n")
-    print("| decision rule / strategy | final val_bpb per campaign seed (fresh-seed mean) | mean | kept changes | slot utilisation |")
-    print("|---|---|---|---|---|")
+    print("| arm | final val_bpb per campaign seed (fresh-seed mean) | mean | adopted / kept changes | runs used | claims recorded (tested) |")
+    print("|---|---|---|---|---|---|")
     for arm, rows in results["arms"].items():
         finals = [r["final_val_bpb"] for r in rows]
+        claims = [c for r in rows for c in r["claims"]]
+        recorded = sum(c["verdict"] == "keep" for c in claims)
         print(f"| {arm} | {', '.join(f'{v:.4f}' for v in finals)} | {statistics.fmean(finals):.4f} | "
-              f"{statistics.fmean(r['kept_changes'] for r in rows):.1f} | {statistics.fmean(r['utilisation']['queued'] for r in rows):.0%} |")
+              f"{statistics.fmean(r['kept_changes'] for r in rows):.1f} | {statistics.fmean(r['runs'] for r in rows):.2f} | "
+              f"{recorded} ({len(claims)}) |")
     a = results["aa"]
-    print(f"\nA/A ({args.aa_runs} seeds of the unchanged recipe, seed std {a['seed_std']:.4f}, {trials} random splits): "
-          f"false discoveries paired 3 pairs {a['paired_false_discovery']:.1%}, Welch 3v3 {a['welch_false_discovery']:.1%}, "
-          f"greedy 1v1 {a['greedy_false_discovery']:.1%}")
+    print(f"\nA/A ({args.aa_runs} seeds of the unchanged recipe, seed std {a['seed_std']:.4f}, {a['trials']} random draws): "
+          + ", ".join(f"{k} {v:.1%}" for k, v in a.items() if k not in ("runs", "seed_std", "trials")))
+
+
+def print_utilisation(meta, results):
+    print(f"\n{meta['date']} | {meta['device']} | `{meta['command']}`\n")
+    print("| arm | campaigns | while work was queued | until the last run started | including the final drain | idle slot-time by reason (mean s) |")
+    print("|---|---|---|---|---|---|")
+    for arm, rows in results["arms"].items():
+        u = [r["utilisation"] for r in rows]
+        reasons = sorted({k for x in u for k in x["idle_s"]})
+        idle = ", ".join(f"{k} {statistics.fmean(x['idle_s'].get(k, 0) for x in u):.0f}" for k in reasons)
+        cells = []
+        for f in ("queued", "until_last_start", "overall"):
+            xs = [x[f] for x in u if x[f] is not None]
+            cells.append(f"{statistics.fmean(xs):.1%} ({min(xs):.0%}-{max(xs):.0%})" if xs else "n/a")
+        print(f"| {arm} | {len(u)} | " + " | ".join(cells) + f" | {idle} |")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ def test_sigkill_then_resume(corpus_dir, tmp_path, monkeypatch):
     env.pop("PRETRAINLAB_DB", None)
     env.pop("ANTHROPIC_API_KEY", None)
     cfg = dict(recipe="tiny-cpu", overrides=tiny_overrides(corpus_dir), run_budget="16384tok", budget_runs=9, parallel=2, seeds=2,
-               strategy="random")
+               strategy="random", decision="paired")
     code = ("import json, sys; from pretrainlab.research import manage; from pretrainlab.research.campaign import CampaignConfig; "
             "manage.start(CampaignConfig(**json.loads(sys.argv[1])))")
     proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(cfg)], env=env, start_new_session=True,
@@ -57,7 +57,7 @@ def test_stop_then_resume(corpus_dir, tmp_path, monkeypatch):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("ANTHROPIC_API_KEY", None)
     cfg = dict(recipe="tiny-cpu", overrides=tiny_overrides(corpus_dir, **{"train.ckpt_every": 5}), run_budget="204800tok",
-               budget_runs=4, parallel=2, seeds=2, strategy="random", early_stop=False)
+               budget_runs=4, parallel=2, seeds=2, strategy="random", early_stop=False, decision="paired")
     code = ("import json, sys; from pretrainlab.research import manage; from pretrainlab.research.campaign import CampaignConfig; "
             "manage.start(CampaignConfig(**json.loads(sys.argv[1])), echo=False)")
     proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(cfg)], env=env, stderr=subprocess.PIPE, text=True)

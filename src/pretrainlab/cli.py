@@ -131,8 +131,10 @@ def _add_research_parser(sub) -> None:
     s.add_argument("--gpus", help="comma-separated GPU indices, one per slot (e.g. 0,1,2,3); default: CPU processes")
     s.add_argument("--seeds", type=int, default=3, help="replicates for the baseline and each confirmation")
     s.add_argument("--alpha", type=float, default=0.05, help="two-sided significance level of a decision")
-    s.add_argument("--decision", default="paired",
-                   help="paired (t-test over seed-matched runs, default), welch (unpaired replicates), or greedy (one seed, keep if lower: for comparison)")
+    s.add_argument("--decision", default="screen",
+                   help="screen (1-seed screens move the incumbent, a confirmation phase on fresh seeds records the claims: default), "
+                        "paired (t-test over seed-matched replicates for every candidate), welch (unpaired replicates), "
+                        "or greedy (one seed, keep if lower: for comparison)")
     s.add_argument("--screen-margin", type=float, default=0.0,
                    help="a 1-seed screen earns replicates if <= the incumbent's mean + this many seed std (default 0)")
     s.add_argument("--max-changes", type=int, default=2,

@@ -91,9 +91,47 @@ def research_log(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _stage(d: dict | None) -> str | None:
+    return ((d or {}).get("evidence") or {}).get("stage")
+
+
+def confirmation_section(record: dict) -> list[str]:
+    """The confirmation phase (--decision screen): the final recipe against the baseline on
+    fresh seeds, and what each changed group carries by its leave-one-out ablation."""
+    esc = html.escape
+    confirm = [e for e in record["experiments"] if (e.get("change") or {}).get("confirm") and _stage(e["decision"]) == "claim"]
+    if not confirm:
+        return []
+    final = next((e for e in confirm if e["change"]["confirm"] == "final"), None)
+    pruned = next((e for e in record["experiments"] if (e.get("change") or {}).get("pruned")), None)
+    dropped = set(pruned["change"]["pruned"]) if pruned else set()
+    out = ["<h2>Confirmation on fresh seeds</h2>",
+           "<p>Claims come only from here: seeds no screen ran on, a paired t-test per claim with the noise pooled over "
+           "all of the phase's runs. Screens only moved the incumbent.</p>"]
+    if final is not None:
+        d = final["decision"]
+        out.append(f"<p><b>The final recipe vs the baseline: {esc(_effect(d))}</b> val_bpb, <span class={esc(d['verdict'])}>"
+                   f"{esc(d['verdict'])}</span> (seeds {esc(str(final['change']['seeds']))}).</p>")
+    out.append("<table><tr><th>changed group</th><th>change</th><th>carries (final − without it) [95% CI]</th><th>claim</th>"
+               "<th>handed back</th></tr>")
+    groups = (final["change"].get("groups") or {}) if final else {}
+    for e in confirm:
+        group = (e["decision"].get("evidence") or {}).get("group")
+        if not group or (e is final and len(groups) != 1):
+            continue
+        diff = (final or e)["change"].get("diff") or {}
+        change = ", ".join(f"{k}: {_short(a)} -> {_short(b)}" for k, (a, b) in diff.items() if k in groups.get(group, {}))
+        out.append(f"<tr><td class=mono>{esc(group)}</td><td>{esc(change)}</td><td>{_effect(e['decision'])}</td>"
+                   f"<td class={esc(e['decision']['verdict'])}>{esc(e['decision']['verdict'])}</td>"
+                   f"<td>{'dropped: it scored better without it' if group in dropped else 'kept'}</td></tr>")
+    out.append("</table>")
+    return out
+
+
 def progress_series(record: dict) -> list:
-    """Metric per decided experiment in decision order: kept, discarded, and the frontier."""
-    decided = [e for e in record["experiments"] if e["decision"] and e["mean"] is not None]
+    """Metric per decided experiment in decision order: kept, discarded, and the frontier
+    (screens and replicated decisions; the confirmation phase runs on other seeds)."""
+    decided = [e for e in record["experiments"] if e["decision"] and e["mean"] is not None and _stage(e["decision"]) != "claim"]
     decided.sort(key=lambda e: e["decision"]["created_at"])
     kept, discarded, frontier = [], [], []
     best = None
@@ -128,7 +166,8 @@ def render_report(record: dict, findings: dict[str, list[dict]] | None = None) -
     esc = html.escape
     c = record["campaign"]
     exps = record["experiments"]
-    kept = [e for e in exps if e["decision"] and e["decision"]["verdict"] == "keep"]
+    kept = [e for e in exps if e["decision"] and e["decision"]["verdict"] == "keep" and _stage(e["decision"]) != "claim"]
+    kept.sort(key=lambda e: e["decision"]["created_at"])
     start, final = (exps[0] if exps else None), (kept[-1] if kept else None)
     out = ["<!doctype html><meta charset='utf-8'><title>pretrainlab report</title>",
            "<style>body{font:14px system-ui,sans-serif;margin:24px;max-width:1200px}table{border-collapse:collapse;margin:8px 0}"
@@ -136,7 +175,7 @@ def render_report(record: dict, findings: dict[str, list[dict]] | None = None) -
            ".keep{color:#2ca02c;font-weight:bold}.discard{color:#777}.mono{font-family:monospace}</style>",
            f"<h1>{esc(c['name'])}</h1><p>Campaign <span class=mono>{c['id']}</span> — {esc(c['goal'] or '')} — status {esc(c['status'])}"
            f" — {len(exps)} experiments, {sum(len(e['runs']) for e in exps)} runs.</p>"]
-    if start and start["mean"] is not None and final and final["mean"] is not None:
+    if start and start["mean"] is not None and final and final["mean"] is not None and _stage(final["decision"]) != "screen":
         out.append(f"<p><b>val_bpb {start['mean']:.4f} → {final['mean']:.4f}</b> ({final['mean'] - start['mean']:+.4f}) "
                    f"with {len(kept) - 1} kept change(s).</p>")
     noise = noise_summary(record)
@@ -147,6 +186,7 @@ def render_report(record: dict, findings: dict[str, list[dict]] | None = None) -
         out.append(f"<p>Slots: {esc(closed[-1].split(': ', 1)[1])}.</p>")
     out.append(svg_chart("val_bpb per decided experiment (mean over seeds)", "experiment (in decision order)", "val_bpb",
                          progress_series(record)))
+    out += confirmation_section(record)
     out.append("<h2>Ablations</h2><table><tr><th>experiment</th><th>hypothesis</th><th>proposed by</th><th>change</th><th>runs</th>"
                "<th>mean val_bpb</th><th>effect [95% CI]</th><th>verdict</th><th>why</th></tr>")
     for e in exps:

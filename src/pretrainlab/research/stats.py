@@ -122,6 +122,44 @@ def compare(incumbent: list[float], candidate: list[float], alpha: float = 0.05,
                       effect, lo, hi, p_lower, p_higher, level, verdict, paired)
 
 
+def pooled_paired(runs: dict[str, dict[int, float]], comparisons: dict[str, tuple[str, str]], alpha: float = 0.05) -> dict[str, Comparison]:
+    """Paired comparisons of several recipes run on the same few seeds, tested with one
+    noise estimate from all of their runs. runs: {recipe: {seed: value}}; comparisons:
+    {name: (reference recipe, candidate recipe)}.
+
+    The runs are fitted by the two-way additive model value = recipe + seed + noise (the
+    seed term is what pairing cancels); its residual variance has (recipes - 1) x (seeds - 1)
+    degrees of freedom, where a paired t-test of one comparison on 2 seeds has 1. Each
+    comparison's effect is its mean per-seed difference, with standard error
+    sqrt(2 s^2 / seeds) and a t distribution on those degrees of freedom: exact for normal
+    noise of the same size in every run, however many comparisons share a recipe's runs.
+    Only seeds every recipe ran on are used; with fewer than 2 of them (or only one
+    recipe) nothing can be tested and the result is empty."""
+    names = sorted({n for pair in comparisons.values() for n in pair})
+    seeds = sorted(set.intersection(*(set(runs.get(n, {})) for n in names))) if names else []
+    df = (len(names) - 1) * (len(seeds) - 1)
+    if df < 1:
+        return {}
+    y = np.array([[runs[n][s] for s in seeds] for n in names], float)  # recipes x seeds
+    resid = y - y.mean(1, keepdims=True) - y.mean(0, keepdims=True) + y.mean()
+    var = float((resid**2).sum()) / df
+    se = math.sqrt(2 * var / len(seeds))
+    level = alpha / 2
+    out = {}
+    for key, (ref_name, cand_name) in comparisons.items():
+        ref, cand = y[names.index(ref_name)], y[names.index(cand_name)]
+        effect = float((cand - ref).mean())
+        if se == 0.0:
+            p_lower, p_higher, half = (0.0 if effect < 0 else 1.0), (0.0 if effect > 0 else 1.0), 0.0
+        else:
+            t = effect / se
+            p_lower, p_higher, half = float(sps.t.cdf(t, df)), float(sps.t.sf(t, df)), float(sps.t.ppf(0.975, df)) * se
+        verdict = IMPROVEMENT if p_lower < level else REGRESSION if p_higher < level else NO_EFFECT
+        out[key] = Comparison(len(seeds), len(seeds), float(ref.mean()), float(cand.mean()), effect, effect - half, effect + half,
+                              p_lower, p_higher, level, verdict, paired=True)
+    return out
+
+
 def bootstrap_ci(incumbent: list[float], candidate: list[float], num_resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
     """95% percentile-bootstrap interval for mean(candidate) - mean(incumbent); a
     distribution-free cross-check of the Welch interval."""

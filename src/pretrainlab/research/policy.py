@@ -1,0 +1,93 @@
+"""The default budget policy (`--decision screen`): explore cheaply, move the incumbent on
+screened evidence, and record as claims only what a confirmation on fresh seeds supports.
+
+The loop does two different things, and this policy prices them differently:
+
+- **Moving the incumbent** is exploitation. A candidate runs once, on the screening seed
+  (seed 0), and is compared with the recipe it was proposed against on the same seed, so the
+  seed's shared noise cancels and what is left is the paired-difference noise
+  (`screen_noise`, measured on real runs). The candidate is adopted when the posterior
+  probability that it is better, given that difference, reaches `adopt_p`. Nothing is
+  claimed by an adoption.
+- **Exploring** is multi-fidelity: every screen evaluates at half its budget (the first
+  rung) and is stopped there when it trails its parent's seed-0 run at the same rung by more
+  than `rung_stop` (a loser pays half a run; its half-run counts half against the budget). A
+  screen that beats its parent after the incumbent moved on is *combined*: its change is
+  applied to the new incumbent and screened again, first in the queue.
+- **Recording a claim** happens once, in a confirmation phase kept inside the run budget:
+  the final recipe and one leave-one-out ablation per changed key group run on the
+  baseline's other seeds, which no screening decision ever looked at. The claims are
+  "the final recipe improves on the baseline by e ± ci" and "group g carries e ± ci of
+  it", each by a paired t-test whose variance is pooled over the confirmation's pairs
+  (stats.pooled_paired): calibrated on A/A (tests/test_research_policy.py).
+
+Everything here is a pure function of numbers and recipes; campaign.py calls it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scipy import stats as sps
+
+from ..config import Recipe
+from .space import apply, recipe_diff
+
+SCREEN_SEED = 0  # the seed index every screen runs on (its parent has a run there)
+
+# keys that move together: reverting one of them alone would not give a valid recipe
+_COUPLED = {"model.n_head": "model.n_embd", "train.micro_batch_rows": "train.batch_tokens"}
+
+
+def p_improvement(diff: float, noise_std: float) -> float:
+    """P(the candidate is truly better | an observed seed-matched difference `diff`,
+    candidate - parent), with a flat prior on the effect and Gaussian paired noise."""
+    if noise_std <= 0:
+        return 1.0 if diff < 0 else 0.0
+    return float(sps.norm.cdf(-diff / noise_std))
+
+
+def adopt(diff: float, noise_std: float, adopt_p: float) -> bool:
+    """Move the incumbent to the candidate?"""
+    return p_improvement(diff, noise_std) >= adopt_p
+
+
+def stop_at_rung(rung_diff: float, rung_stop: float) -> bool:
+    """Stop a screen at its first rung: it trails its parent there by more than `rung_stop`."""
+    return rung_diff > rung_stop
+
+
+def change_groups(base: Recipe, final: Recipe) -> dict[str, dict[str, Any]]:
+    """{group name: the base's values of the group's keys}: each key where the final recipe
+    differs from the base, with coupled keys (a width and its head count) in one group.
+    Reverting a group in the final recipe gives its leave-one-out ablation."""
+    groups: dict[str, dict[str, Any]] = {}
+    for key, (base_value, _) in recipe_diff(base, final).items():
+        if key == "seed" or key.startswith("budget.") or key == "train.eval_every_frac":
+            continue
+        groups.setdefault(_COUPLED.get(key, key), {})[key] = base_value
+    return groups
+
+
+def without(final: Recipe, group_values: dict[str, Any]) -> Recipe:
+    """The final recipe with one group reverted to the base's values."""
+    return apply(final, group_values)
+
+
+def confirmation_runs(num_groups: int, num_seeds: int) -> int:
+    """Runs the confirmation phase takes: the final recipe and each ablation on every
+    confirmation seed (the baseline already ran there). With a single changed group its
+    ablation is the baseline itself. Nothing to confirm: 0."""
+    return 0 if num_groups == 0 else num_seeds * (1 + (num_groups if num_groups > 1 else 0))
+
+
+def to_drop(carried: dict[str, float]) -> list[str]:
+    """Groups to revert in the recipe handed back: {group: effect of keeping it in the
+    final recipe on the confirmation seeds (final - final without it; negative = it helps)}.
+    A group whose ablation scored better is more likely to hurt than to help (flat prior):
+    it is dropped, as the adoption rule would have, had it seen these runs."""
+    return [g for g, effect in carried.items() if effect > 0]
+
+
+def describe_p(p: float) -> str:
+    return f"P(better) = {p:.2f}" if 0.005 < p < 0.995 else ("P(better) > 0.99" if p >= 0.995 else "P(better) < 0.01")

@@ -1,0 +1,234 @@
+"""The default budget policy (research/policy.py) and the campaign's state machine, in
+process: the simulated runner (research/simulate.py) gives each run a val_bpb from a known
+landscape with seed-matched noise, so a whole campaign takes about a second."""
+
+import numpy as np
+import pytest
+
+from pretrainlab.config import Recipe
+from pretrainlab.recipes import get_recipe
+from pretrainlab.research import policy
+from pretrainlab.research.campaign import CampaignConfig
+from pretrainlab.research.simulate import Landscape, SimulatedRunner, simulate
+from pretrainlab.research.space import apply
+from pretrainlab.research.stats import IMPROVEMENT, pooled_paired
+from pretrainlab.research.strategies import ManualStrategy, Proposal
+
+
+def config(**kw):
+    base = dict(recipe="tiny-cpu", run_budget="8e4tok", budget_runs=16, parallel=2, seeds=3, strategy="optuna")
+    base.update(kw)
+    return CampaignConfig(**base)
+
+
+# ---- pure functions ---------------------------------------------------------------------------------------
+
+
+def test_adoption_is_a_posterior_probability_of_improvement():
+    assert policy.p_improvement(0.0, 0.013) == pytest.approx(0.5)
+    assert policy.p_improvement(-0.013, 0.013) == pytest.approx(0.841, abs=1e-3)  # one paired-noise std better
+    assert policy.adopt(-0.001, 0.013, 0.5) and not policy.adopt(0.001, 0.013, 0.5)  # at 0.5: the sign, as greedy
+    assert not policy.adopt(-0.005, 0.013, 0.7) and policy.adopt(-0.01, 0.013, 0.7)
+    assert policy.stop_at_rung(0.07, 0.06) and not policy.stop_at_rung(0.05, 0.06)
+
+
+def test_change_groups_keep_coupled_keys_together_and_revert_to_the_base():
+    base = get_recipe("tiny-cpu")
+    final = apply(base, {"model.n_embd": 192, "optim.muon_lr": 0.06})
+    groups = policy.change_groups(base, final)
+    assert groups == {"model.n_embd": {"model.n_embd": 128, "model.n_head": 4}, "optim.muon_lr": {"optim.muon_lr": 0.035}}
+    ablated = policy.without(final, groups["model.n_embd"])
+    assert (ablated.model.n_embd, ablated.model.n_head, ablated.optim.muon_lr) == (128, 4, 0.06)
+    assert policy.confirmation_runs(2, 2) == 6 and policy.confirmation_runs(0, 2) == 0
+
+
+def test_pooled_paired_claims_are_calibrated_on_aa():
+    """Claims of the confirmation phase: the final recipe against the baseline and against
+    two ablations, on 2 seeds, all sharing the final recipe's runs (as they do). Nothing
+    has an effect, so every 'improvement' is false; nominal one-sided 2.5% per claim."""
+    rng = np.random.default_rng(0)
+    trials, false, total = 6000, 0, 0
+    comparisons = {"final": ("baseline", "final"), "a": ("without a", "final"), "b": ("without b", "final")}
+    for _ in range(trials):
+        seed_offset = rng.normal(0, 0.026, 2)  # shared by every recipe on a seed
+        runs = {name: dict(enumerate(3.7 + seed_offset + rng.normal(0, 0.009, 2))) for name in ("baseline", "final", "without a", "without b")}
+        results = pooled_paired(runs, comparisons)
+        false += sum(c.verdict == IMPROVEMENT for c in results.values())
+        total += len(results)
+    assert total == 3 * trials
+    assert false / total <= 0.025 + 3 * (0.025 * 0.975 / total) ** 0.5
+
+
+def test_pooled_paired_finds_a_real_effect_and_reports_its_interval():
+    rng = np.random.default_rng(1)
+    offset = rng.normal(0, 0.026, 2)
+    base = dict(enumerate(3.7 + offset + rng.normal(0, 0.009, 2)))
+    runs = {"base": base, "better": {s: v - 0.05 for s, v in base.items()}, "same": dict(enumerate(3.7 + offset + rng.normal(0, 0.009, 2)))}
+    results = pooled_paired(runs, {"real": ("base", "better"), "null": ("base", "same")})
+    assert results["real"].verdict == IMPROVEMENT and results["real"].ci_low < -0.05 < results["real"].ci_high
+    assert results["real"].effect == pytest.approx(-0.05)
+    assert pooled_paired({"a": {1: 3.7}, "b": {1: 3.6}}, {"x": ("a", "b")}) == {}  # one seed: no noise estimate
+
+
+# ---- whole campaigns on the simulated runner --------------------------------------------------------------
+
+
+def test_screen_campaign_spends_its_budget_then_confirms_on_fresh_seeds(tmp_path):
+    result = simulate(config(budget_runs=24), Landscape(seed=3), tmp_path)
+    ledger, cid, camp = result["ledger"], result["campaign_id"], result["campaign"]
+    # equal compute: never more than the budget; at most the runs one more screen's ablations would need are left
+    assert 24 - 2 * 2 <= result["compute_used"] <= 24
+    exps = ledger.list_experiments(cid)
+    runs = ledger.list_runs(campaign=cid, columns=("run_id", "experiment_id", "seed", "status"))
+    seeds = lambda e: sorted(r["seed"] for r in runs if r["experiment_id"] == e["id"])
+    baseline, confirm = exps[0], [e for e in exps if (e["change"] or {}).get("confirm")]
+    assert seeds(baseline) == [0, 1, 2]
+    pruned = [e for e in exps if (e["change"] or {}).get("pruned")]
+    screens = [e for e in exps if e is not baseline and e not in confirm and e not in pruned]
+    assert all(seeds(e) == [0] for e in screens if e["status"] != "queued")  # every screen on the screening seed only
+    assert sum(e["status"] != "queued" for e in screens) >= 10
+    assert confirm and all(seeds(e) == [1, 2] for e in confirm)  # the claims use seeds no screen ran on
+    kinds = sorted(e["change"]["confirm"] for e in confirm)
+    final_exp = next(e for e in confirm if e["change"]["confirm"] == "final")
+    groups = policy.change_groups(camp.base, Recipe.from_dict(final_exp["change"]["recipe"]))
+    assert len(groups) > 1 and kinds == ["ablation"] * len(groups) + ["final"]  # one leave-one-out ablation per changed group
+    claims = result["claims"]
+    assert len(claims) == len(confirm) and all(c["evidence"]["stage"] == "claim" and c["effect"] is not None for c in claims)
+    assert all(c["ci_low"] <= c["effect"] <= c["ci_high"] for c in claims)
+    # claims never move the incumbent: the confirmed recipe is the last adopted screen...
+    adopted = [d for d in ledger.list_decisions(campaign_id=cid) if d["verdict"] == "keep" and d["evidence"].get("stage") == "screen"]
+    assert adopted and final_exp["change"]["of"] == adopted[-1]["experiment_id"]
+    assert all("Not a claim" in d["rationale"] for d in adopted)
+    # ...and what is handed back is it without the groups whose ablation scored better
+    carried = {c["evidence"]["group"]: c["effect"] for c in claims if c["evidence"]["claim"] == "ablation"}
+    dropped = {g for g, effect in carried.items() if effect > 0}
+    expected = policy.without(Recipe.from_dict(final_exp["change"]["recipe"]), {k: v for g in dropped for k, v in groups[g].items()})
+    assert result["final"].to_dict() == expected.to_dict()
+    assert len(pruned) == (1 if dropped else 0) and camp.incumbent()[0]["id"] == (pruned[0] if dropped else final_exp)["id"] or not dropped
+
+
+def test_a_clear_loser_stops_at_the_first_rung_and_pays_half_a_run(tmp_path):
+    """A person's suggestion with a batch 4x too large: far behind its parent at half budget."""
+    cfg = config(strategy="manual", budget_runs=10)
+    landscape = Landscape(seed=0)
+    strategy = ManualStrategy()
+    strategy.queue = [Proposal("config", "4x batch", "", "alice", values={"train.batch_tokens": 8192}),
+                      Proposal("config", "a bit more Muon LR", "", "alice", values={"optim.muon_lr": 0.04})]
+    result = simulate(cfg, landscape, tmp_path, strategy=strategy)
+    ledger, cid = result["ledger"], result["campaign_id"]
+    decisions = {e["hypothesis"]: ledger.list_decisions(experiment_id=e["id"])[-1] for e in ledger.list_experiments(cid)}
+    assert "stopped at the first rung" in decisions["4x batch"]["rationale"]
+    assert decisions["4x batch"]["evidence"]["rung"]["diff"] > cfg.rung_stop
+    costs = sorted(result["campaign"].run_cost(r) for r in ledger.list_runs(campaign=cid, columns=("run_id", "status", "run_dir")))
+    confirm_runs = 2 * len(result["campaign"].confirmation())  # if the Muon LR change was adopted: it and its ablation, 2 seeds each
+    assert costs == [0.5] + [1] * (3 + 1 + confirm_runs)  # the baseline's 3 seeds, one full screen, half of the loser
+    assert result["compute_used"] == 4.5 + confirm_runs
+
+
+def test_two_winners_over_one_parent_are_merged(tmp_path):
+    """Two screens of the baseline run side by side; both beat it. The better one is adopted
+    and the merge of both is screened next, against it."""
+    class BothAtOnce(ManualStrategy):
+        def propose(self, view, n):
+            taken, self.queue = self.queue, []
+            return taken
+
+    landscape = Landscape(seed=0, optimum={"optim.muon_lr": 0.6, "model.n_embd": 1.0})
+    strategy = BothAtOnce()
+    strategy.queue = [Proposal("config", "wider", "", "bob", values={"model.n_embd": 192}),
+                      Proposal("config", "more Muon LR", "", "bob", values={"optim.muon_lr": 0.06})]
+    result = simulate(config(strategy="manual", budget_runs=12), landscape, tmp_path, strategy=strategy)
+    ledger, cid = result["ledger"], result["campaign_id"]
+    merges = [e for e in ledger.list_experiments(cid) if (e["change"] or {}).get("combines")]
+    assert len(merges) == 1
+    recipe = merges[0]["change"]["recipe"]
+    assert recipe["model"]["n_embd"] == 192 and recipe["optim"]["muon_lr"] == pytest.approx(0.06)
+    assert ledger.list_runs(experiment=merges[0]["id"], columns=("run_id",))  # screened
+    assert result["final"].model.n_embd == 192 and result["final"].optim.muon_lr == pytest.approx(0.06)
+
+
+@pytest.mark.parametrize("decision", ["greedy", "paired"])
+def test_the_comparison_rules_still_run_in_process(tmp_path, decision):
+    result = simulate(config(decision=decision, budget_runs=12), Landscape(seed=1), tmp_path)
+    assert result["compute_used"] <= 12 and not result["claims"]
+    decisions = result["ledger"].list_decisions(campaign_id=result["campaign_id"])
+    assert len(decisions) >= 3 and all(d["verdict"] in ("keep", "discard", "inconclusive") for d in decisions)
+
+
+def test_the_simulated_runner_is_deterministic_and_seed_matched(tmp_path):
+    landscape = Landscape(seed=2)
+    base = get_recipe("tiny-cpu")
+    other = apply(base, {"optim.lr": 0.03})
+    assert landscape.value(base, 5) == landscape.value(base, 5)
+    diffs = [landscape.value(other, s) - landscape.value(base, s) for s in range(300)]
+    values = [landscape.value(base, s) for s in range(300)]
+    assert np.std(diffs) < 0.6 * np.std(values)  # the shared seed offset cancels in a paired difference
+    assert Landscape(seed=2, flat=True).true_value(other) == Landscape(seed=2, flat=True).true_value(base)
+    runner = SimulatedRunner(landscape)
+    assert runner.free_slots() == 2 and not runner.busy()
+
+
+def test_fresh_reference_screens_the_children_of_an_adopted_recipe_on_a_new_seed(tmp_path):
+    result = simulate(config(budget_runs=20, fresh_reference=True), Landscape(seed=3), tmp_path)
+    ledger, cid, camp = result["ledger"], result["campaign_id"], result["campaign"]
+    adopted = [d for d in ledger.list_decisions(campaign_id=cid) if d["verdict"] == "keep" and d["evidence"].get("stage") == "screen"]
+    assert adopted
+    ref_seeds = [d["evidence"]["reference_seed"] for d in adopted]
+    assert ref_seeds == sorted(set(ref_seeds)) and min(ref_seeds) >= 3  # never a confirmation seed, never reused
+    for d in adopted[:-1]:  # every adopted recipe that had children ran on its reference seed, and they were screened there
+        exp = ledger.get_experiment(d["experiment_id"])
+        children = [e for e in ledger.list_experiments(cid) if (e["change"] or {}).get("parent") == exp["id"] and e["status"] == "decided"]
+        assert children and all(camp.screen_seed(c) == d["evidence"]["reference_seed"] for c in children)
+        assert d["evidence"]["reference_seed"] in camp.values_by_seed(exp["id"])
+    assert result["compute_used"] <= 20
+
+
+def test_with_two_seeds_the_baseline_runs_its_second_confirmation_seed_in_the_phase(tmp_path):
+    result = simulate(config(budget_runs=14, seeds=2), Landscape(seed=3), tmp_path)
+    ledger, cid = result["ledger"], result["campaign_id"]
+    baseline = ledger.list_experiments(cid)[0]
+    assert sorted(r["seed"] for r in ledger.list_runs(experiment=baseline["id"], columns=("run_id", "seed"))) == [0, 1, 2]
+    assert result["claims"] and all(c["evidence"]["seeds"] == [1, 2] and c["effect"] is not None for c in result["claims"])
+    assert result["compute_used"] <= 14
+
+
+def test_a_loop_that_dies_mid_campaign_resumes_without_losing_or_repeating_a_run(tmp_path):
+    """The loop dies (as under SIGKILL) with runs finished on disk but not registered and
+    others in flight; a new loop over the same ledger and directory finishes the campaign."""
+    from pretrainlab.research.campaign import Campaign
+    from pretrainlab.research.manage import make_strategy
+
+    class DiesAfter(SimulatedRunner):
+        def poll(self):
+            done = super().poll()
+            if len(self.submitted) >= 12 and done:
+                raise KeyboardInterrupt  # the finished runs it just wrote are on disk, never registered
+            return done
+
+    cfg = config(budget_runs=20)
+    landscape = Landscape(seed=4)
+    with pytest.raises(KeyboardInterrupt):
+        simulate(cfg, landscape, tmp_path, runner=DiesAfter(landscape))
+    from pretrainlab.ledger import Ledger
+
+    ledger = Ledger(str(tmp_path / "ledger.db"))
+    (row,) = ledger.list_campaigns()
+    campaign = Campaign(ledger, row["id"], make_strategy(cfg, ledger, row["id"], echo=False), SimulatedRunner(landscape),
+                        tmp_path / "runs", echo=False)
+    campaign.record_hidden_test = lambda: None  # simulated runs have no weights to score
+    campaign.run(poll_s=1.0)
+    runs = ledger.list_runs(campaign=row["id"], columns=("run_id", "experiment_id", "seed"))
+    keys = [(r["experiment_id"], r["seed"]) for r in runs]
+    assert len(keys) == len(set(keys)) and campaign.compute_used() <= 20
+    assert campaign.claims() and ledger.get_campaign(row["id"])["status"] == "done"
+
+
+def test_the_report_shows_the_confirmation_and_what_each_change_carries(tmp_path):
+    from pretrainlab.research.report import campaign_record, render_report
+
+    result = simulate(config(budget_runs=24), Landscape(seed=3), tmp_path)
+    page = render_report(campaign_record(result["ledger"], result["campaign_id"]))
+    assert "Confirmation on fresh seeds" in page and "The final recipe vs the baseline" in page
+    ablations = [c for c in result["claims"] if c["evidence"]["claim"] == "ablation"]
+    assert ablations and all(f"<td class=mono>{c['evidence']['group']}</td>" in page for c in ablations)
+    assert page.count("<td>dropped: it scored better without it</td>") == sum(c["effect"] > 0 for c in ablations)
