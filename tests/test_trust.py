@@ -72,10 +72,10 @@ def hostile_import_patch(body: str) -> str:
     return make_patch("model/gpt.py", IMPORTS, IMPORTS + "\nimport os as _os\nimport sys as _sys\n" + body)
 
 
-def run_patched(tmp_path, corpus_dir, patches: dict[str, str]) -> dict:
+def run_patched(tmp_path, corpus_dir, patches: dict[str, str], sandbox: bool = True) -> dict:
     """Train and score each patch (and the unpatched harness as 'plain') through the real runner."""
     overrides = tiny_overrides(corpus_dir, **{"budget.seconds": 0, "budget.tokens": 8192})
-    runner = LocalRunner(num_slots=2, log_dir=tmp_path / "logs")
+    runner = LocalRunner(num_slots=2, log_dir=tmp_path / "logs", sandbox=sandbox)
     jobs = [Job("plain", "tiny-cpu", tmp_path / "runs" / "plain", overrides, score_path=tmp_path / "scores" / "plain.json")]
     for key, patch in patches.items():
         tree = apply_patch(patch, tmp_path / "trees" / key)
@@ -147,6 +147,25 @@ def test_writes_outside_the_copy_and_secrets_are_contained(tmp_path, corpus_dir,
     assert "ENVIRONMENT" in printed and "'PATH'" in printed  # it did print its environment ...
     for v in secrets.values():  # ... and no secret was in it
         assert v not in printed
+
+
+def test_without_a_sandbox_it_says_so_once_and_still_scrubs_secrets(tmp_path, corpus_dir, monkeypatch, capsys):
+    import pretrainlab.runners.sandbox as sandbox_module
+
+    monkeypatch.setattr(sandbox_module, "_warned", False)
+    path = os.environ["PATH"]
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bwrap-here"))
+    first, second = Sandbox.detect(), Sandbox.detect()
+    err = capsys.readouterr().err
+    assert not first.active and not second.active and "bwrap is not installed" in first.reason
+    assert err.count("NOT sandboxed") == 1 and "apt-get install bubblewrap" in err
+    monkeypatch.setenv("PATH", path)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-api03-unsandboxed-secret")
+    leak = "print('ENVIRONMENT', sorted(_os.environ.items()), file=_sys.stderr)\n"
+    results = run_patched(tmp_path, corpus_dir, {"leaker": hostile_import_patch(leak)}, sandbox=False)
+    assert results["leaker"].status == "ok" and lab_score(tmp_path, "leaker")["sandboxed"] is False
+    printed = (tmp_path / "logs" / "leaker.stderr").read_text()
+    assert "ENVIRONMENT" in printed and "sk-ant-api03-unsandboxed-secret" not in printed
 
 
 def test_scrubbed_env_drops_credentials():
