@@ -96,7 +96,10 @@ def test_clear_losers_are_stopped_early(corpus_dir, workspace):
     cfg = config(corpus_dir, strategy="manual", budget_runs=6, run_budget=f"{1024 * 150}tok", parallel=1)
     cid = manage.start(cfg, echo=False)
     exp = manage.suggest(cid, "no learning at all", ["optim.lr=1e-7", "optim.muon_lr=1e-7"], "carol")
-    manage.resume(cid, echo=False)
+    manage.resume(cid, echo=False)  # 4 runs left: one screen, but not its confirmation (2 groups: 7 runs)
+    assert not Ledger().list_decisions(experiment_id=exp)
+    assert any("no room to screen it" in n["text"] for n in Ledger().list_notes(experiment_id=exp))
+    manage.resume(cid, echo=False, budget_runs=10)
     (decision,) = Ledger().list_decisions(experiment_id=exp)
     assert decision["verdict"] == "discard" and "stopped at the first rung" in decision["rationale"]
     assert decision["evidence"]["rung"]["diff"] > cfg.rung_stop

@@ -211,6 +211,7 @@ class Campaign:
         self.idle_reason = ""  # why next_job() last returned None
         self.strategy_disabled = False  # its spend cap is reached
         self.rung_stops: dict[str, dict] = {}  # screen policy: experiment id -> the rung comparison that stopped it
+        self.unaffordable: set[str] = set()  # screen policy: queued experiments noted as not fitting the budget
         self.started = time.time()
         self.elapsed_before = float(row["config"].get("elapsed_s", 0.0))  # earlier loops of this campaign (resumes)
 
@@ -1066,7 +1067,12 @@ class Campaign:
                 return None
             self.start_confirmation()  # it stays queued, never run
             if not self.confirmation():
-                self.idle_reason = "nothing to confirm"
+                self.idle_reason = "run budget spent: no room to screen a proposal and confirm it"
+                if exp["id"] not in self.unaffordable:
+                    self.unaffordable.add(exp["id"])
+                    self.ledger.add_note(f"not run: the run budget has no room to screen it and, if adopted, confirm it "
+                                         f"({self.confirmation_cost(also=exp)} runs); `research resume --budget-runs` to run it",
+                                         author="campaign", experiment_id=exp["id"])
                 return None
             return self.next_job()
         if self.cfg.decision == "screen" and inc is not None:  # the incumbent's fresh reference run, before its first child
