@@ -36,6 +36,17 @@ LOSS_AT_IMPORT = make_patch("model/gpt.py", IMPORTS, IMPORTS + (
 FORWARD_END = "        if targets is None:\n            return logits\n"
 
 
+def late_cheater_patch() -> str:
+    """Causal on its first evaluation call in a process (where a probe sent first would sit),
+    non-causal on every later one: it remembers how many calls it has served."""
+    src = (PACKAGE_DIR / "model/gpt.py").read_text()
+    counter = "        if targets is None and not self.training:\n            _CALLS[0] += 1\n"
+    new = (src.replace(IMPORTS, IMPORTS + "\n_CALLS = [0]\n", 1).replace("is_causal=True", "is_causal=_CALLS[0] <= 1", 1)
+           .replace("        T = idx.size(1)\n", counter + "        T = idx.size(1)\n", 1))
+    assert new.count("_CALLS") == 3
+    return "".join(difflib.unified_diff(src.splitlines(True), new.splitlines(True), "a/src/pretrainlab/model/gpt.py",
+                                         "b/src/pretrainlab/model/gpt.py"))
+
 def memorising_patch(corpus_dir) -> str:
     """A model that loads held-out text into a buffer while it is built (the decision split if it
     can read it, else the monitor slice) and boosts the remembered next token: causal, and
@@ -98,7 +109,7 @@ def lab_score(tmp_path, key: str) -> dict:
 def test_hostile_models_and_trainers_are_rejected_with_the_reason(tmp_path, corpus_dir):
     results = run_patched(tmp_path, corpus_dir, {
         "noncausal": NON_CAUSAL, "fake-report": FAKE_REPORT, "loss-at-import": LOSS_AT_IMPORT,
-        "memorise": memorising_patch(corpus_dir),
+        "memorise": memorising_patch(corpus_dir), "late-cheater": late_cheater_patch(),
     })
     plain = lab_score(tmp_path, "plain")
     assert results["plain"].status == "ok" and plain["status"] == "ok" and plain["sandboxed"]
@@ -107,7 +118,8 @@ def test_hostile_models_and_trainers_are_rejected_with_the_reason(tmp_path, corp
     assert results["plain"].summary["val_bpb"] == honest and results["plain"].summary["scored_by"] == "lab"
 
     reasons = {"noncausal": "non-causal model", "fake-report": "reported val_bpb 0.0100",
-               "loss-at-import": "the run's own evaluation was altered", "memorise": "learned the monitor slice by heart"}
+               "loss-at-import": "the run's own evaluation was altered", "memorise": "learned the monitor slice by heart",
+               "late-cheater": "when a fresh process scored it"}
     for key, reason in reasons.items():
         r, score = results[key], lab_score(tmp_path, key)
         assert r.status == "rejected" and r.returncode == 4, (key, r.status, r.stderr_tail[-2000:])

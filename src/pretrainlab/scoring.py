@@ -7,16 +7,16 @@
 The experiment's model code runs in a sandboxed worker (scoring_worker.py) whose only job
 is to turn token windows into logits; this process sends it the windows of each split one
 batch at a time, in an order drawn from a secret seed, reads the logits back one row at a
-time and computes the NLL itself (eval.nll_sums). Before a score counts, three probes run
-on the same real windows, so a model cannot tell a probe from a scoring request:
-  - causality: each row keeps its tokens up to a random cut and takes another row's tokens
-    after it; the logits up to the cut must not change (a model that looks ahead fails).
-    The altered batch goes first half the time, so a model that remembers what it has seen
-    cannot tell the real batch from its probe;
-  - replay: rows scored earlier are sent again, shuffled among other rows; their logits
-    must not change (a model that depends on other rows of its batch, or that learns from
-    what it has scored so far, fails);
-  - sanity: logits are finite and have the shape asked for.
+time and computes the NLL itself (eval.nll_sums). Then a second, fresh worker scores rows
+drawn at random from the first pass again, shuffled together:
+  - causality: half of them keep their tokens up to a random cut and take another window's
+    tokens after it; the logits up to the cut must match the first pass (a model that looks
+    ahead fails);
+  - replay: the others are sent unchanged; their logits must match the first pass (a model
+    that uses other rows of its batch, or learns from what it has scored so far, fails).
+Two processes that never shared memory cannot agree on what they saw, so a model cannot
+pass by remembering the first pass; and the first worker cannot know which of its rows
+will be checked. Logits must also be finite and of the shape asked for.
 A failed probe raises ScoreRejected with the reason; the campaign records it.
 """
 
@@ -37,7 +37,8 @@ from .runners.sandbox import Sandbox, scrubbed_env
 MAX_LOGIT_FLOATS = 2**26  # logits per request (256 MB of float32): rows per batch shrink for a large vocabulary
 MAX_VOCAB = 2**21  # a logit width beyond this is not a language model's: refuse it before allocating
 PROBE_REL_TOL = 1e-3  # logits of the same row must agree to this, relative to the logits' scale (fp32 batching noise is ~1e-6)
-NUM_CAUSALITY_PROBES = 2  # batches probed (the first and one drawn at random)
+NUM_CHECKED_BATCHES = 4  # batches of the scoring pass whose rows the probe worker scores again (drawn at random)
+PROBE_ROWS_PER_BATCH = 16  # rows taken from each checked batch
 
 
 class ScoreRejected(Exception):
@@ -120,60 +121,66 @@ def score_run(run_dir: Path, code_src: Path, corpus: Corpus, *, seq_len: int, to
     rng.shuffle(windows)
     rows = max(1, min(batch_rows, MAX_LOGIT_FLOATS // (seq_len * vocab_min)))
     batches = [windows[i : i + rows] for i in range(0, len(windows), rows)]
-    probed = {0} | set(rng.sample(range(len(batches)), min(len(batches), NUM_CAUSALITY_PROBES - 1)))
+    # rows checked again, within twice the logit budget of a request (a large vocabulary checks fewer, at least 2)
+    probe_budget = max(2, 2 * MAX_LOGIT_FLOATS // (seq_len * vocab_min))
+    checked = set(rng.sample(range(len(batches)), min(len(batches), NUM_CHECKED_BATCHES, probe_budget)))
+    per_batch = max(1, min(PROBE_ROWS_PER_BATCH, probe_budget // max(1, len(checked))))
 
     cmd = [python or sys.executable, "-m", "pretrainlab.scoring_worker", str(run_dir)]
     env = scrubbed_env({"PYTHONPATH": str(Path(code_src).resolve()), "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"})
-    # the worker's stderr goes to RUN_DIR/scorer.log, opened here: the worker sees the run dir read-only
-    worker = _Worker(sandbox.wrap(cmd, code_src=code_src, read_only=[run_dir], gpus=gpus), env, run_dir / "scorer.log")
+    wrapped = sandbox.wrap(cmd, code_src=code_src, read_only=[run_dir], gpus=gpus)
     sums = {split: np.zeros((len(corpus.domains), 3)) for split in splits}  # nats, bytes, counted targets
-    kept: dict[int, tuple[np.ndarray, list[torch.Tensor]]] = {}  # batch index -> (inputs, logits) for the probes
-    probes = {"causality_rows": 0, "causality_max_diff": 0.0, "replay_rows": 0, "replay_max_diff": 0.0}
+    kept: list[tuple[np.ndarray, torch.Tensor]] = []  # (window, its logits) of rows the probe worker scores again
+    # 1. the scoring worker: every window once, in the secret order
+    worker = _Worker(wrapped, env, run_dir / "scorer.log")  # its stderr; the worker sees the run dir read-only
     try:
         for b, batch in enumerate(batches):
             x = np.stack([w[2] for w in batch])
-            cut_logits = None
-            if b in probed:  # causality: every row keeps its tokens up to a random cut and takes another row's after it
-                cuts = [rng.randrange(seq_len - 1) for _ in batch] if seq_len > 1 else [0] * len(batch)
-                donor = np.roll(x, 1, axis=0) if len(batch) > 1 else np.roll(x, 1, axis=1)
-                x_cut = x.copy()
-                for r, c in enumerate(cuts):
-                    x_cut[r, c + 1 :] = donor[r, c + 1 :]
-                if rng.random() < 0.5:  # the altered copy first, half the time: a model cannot tell the real batch from the probe
-                    cut_logits = list(worker.logits(x_cut, vocab_min))
-            logits = []
-            for (split, d, _, y), row in zip(batch, worker.logits(x, vocab_min)):
+            picked = set(rng.sample(range(len(batch)), min(len(batch), per_batch))) if b in checked else set()
+            for r, ((split, d, _, y), row) in enumerate(zip(batch, worker.logits(x, vocab_min))):
                 nats, nbytes, counted = nll_sums(row, y, token_bytes)
                 sums[split][d] += (nats, nbytes, counted)
-                if b in probed or b == len(batches) - 1:
-                    logits.append(row)
-            if logits:
-                kept[b] = (x, logits)
-            if b in probed:  # nothing up to the cut may move
-                if cut_logits is None:
-                    cut_logits = list(worker.logits(x_cut, vocab_min))
-                for r, (c, row) in enumerate(zip(cuts, cut_logits)):
-                    diff = _max_diff(row[: c + 1], logits[r][: c + 1])
-                    probes["causality_rows"] += 1
-                    probes["causality_max_diff"] = max(probes["causality_max_diff"], diff)
-                    if diff > PROBE_REL_TOL:
-                        raise ScoreRejected(f"non-causal model: its logits at position {c} changed (by {diff:.3g} of their scale) "
-                                            f"when only tokens after position {c} changed; a language model may not look ahead")
-        # replay: earlier rows again, shuffled among the last batch's rows
-        pool = [(b, r) for b, (x, _) in kept.items() for r in range(len(x))]
-        rng.shuffle(pool)
-        pool = pool[:rows]
-        if pool:
-            x_replay = np.stack([kept[b][0][r] for b, r in pool])
-            for (b, r), row in zip(pool, worker.logits(x_replay, vocab_min)):
-                diff = _max_diff(row, kept[b][1][r])
-                probes["replay_rows"] += 1
-                probes["replay_max_diff"] = max(probes["replay_max_diff"], diff)
-                if diff > PROBE_REL_TOL:
-                    raise ScoreRejected(f"the model's logits for a window changed (by {diff:.3g} of their scale) when it was scored "
-                                        "again among other windows: its output depends on other rows or on what it saw before")
+                if r in picked:
+                    kept.append((x[r], row))
     finally:
         worker.close()
+    # 2. the probe worker: a fresh process, which never saw what the first one saw, scores some of the same rows again,
+    # half of them with the tokens after a random cut taken from another window. An honest model gives the same logits
+    # (up to the cut, for the altered rows). Whatever a model remembers, or reads in other rows of its batch, or sees
+    # after position t, it cannot make two processes agree unless its logits at t depend only on tokens up to t.
+    probe_rows = []  # (inputs sent, logits from the first worker, cut or None)
+    for i, (x, logits) in enumerate(kept):
+        if seq_len > 1 and rng.random() < 0.5:
+            c = rng.randrange(seq_len - 1)
+            donor = kept[(i + 1) % len(kept)][0] if len(kept) > 1 else np.roll(x, 1)
+            probe_rows.append((np.concatenate([x[: c + 1], donor[c + 1 :]]), logits, c))
+        else:
+            probe_rows.append((x, logits, None))
+    rng.shuffle(probe_rows)
+    probes = {"rows": len(probe_rows), "causality_rows": sum(c is not None for _, _, c in probe_rows), "causality_max_diff": 0.0,
+              "replay_rows": sum(c is None for _, _, c in probe_rows), "replay_max_diff": 0.0}
+    if probe_rows:
+        worker = _Worker(wrapped, env, run_dir / "scorer-probe.log")
+        try:
+            for i in range(0, len(probe_rows), rows):
+                chunk = probe_rows[i : i + rows]
+                for (_, first, c), again in zip(chunk, worker.logits(np.stack([p[0] for p in chunk]), vocab_min)):
+                    if c is not None:  # causality: up to the cut, nothing may move
+                        diff = _max_diff(again[: c + 1], first[: c + 1])
+                        probes["causality_max_diff"] = max(probes["causality_max_diff"], diff)
+                        if diff > PROBE_REL_TOL:
+                            raise ScoreRejected(f"non-causal model: its logits at position {c} changed (by {diff:.3g} of their "
+                                                f"scale) when only tokens after position {c} changed; a language model may not "
+                                                "look ahead")
+                    else:  # replay: the same window must get the same logits in another process, among other rows
+                        diff = _max_diff(again, first)
+                        probes["replay_max_diff"] = max(probes["replay_max_diff"], diff)
+                        if diff > PROBE_REL_TOL:
+                            raise ScoreRejected(f"the model's logits for a window changed (by {diff:.3g} of their scale) when a "
+                                                "fresh process scored it among other windows: its output depends on other rows "
+                                                "or on what it saw before")
+        finally:
+            worker.close()
     result = {}
     for split, s in sums.items():
         nats, nbytes = s[:, 0].sum(), int(s[:, 1].sum())
