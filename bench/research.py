@@ -131,7 +131,7 @@ def aa_claims(aa: list[float], trials: int, rng) -> dict:
         false["welch 3v3"] += compare(a, b).verdict == IMPROVEMENT
         false["paired 3 pairs"] += compare(a, b, paired=True).verdict == IMPROVEMENT
         false["greedy 1v1"] += greedy_single_seed(aa[idx[0]], aa[idx[1]]) == IMPROVEMENT
-    return {k: v / (claims if k.startswith("claims") else trials) for k, v in false.items()}
+    return {k: v / (claims if k.startswith("claims") else trials) for k, v in false.items() if claims or not k.startswith("claims")}
 
 
 def simulated(args, arms: dict, meta: dict, out: Path) -> None:
