@@ -54,6 +54,7 @@ from ..ledger.rundir import derived_run_id, read_run_dir
 from ..train.rundir_lock import lock_holder
 from ..recipes import estimate_params
 from ..runners import Job, JobResult, LocalRunner
+from ..runners.job import read_json_object
 from ..runners.local import OVERHEAD
 from . import early_stop, policy
 from .patches import apply_patch
@@ -369,7 +370,7 @@ class Campaign:
         corpus = Corpus.open(corpus_path(recipe), verify=False)
         val, test = [], []
         for row in self.results(exp["id"]).values():
-            verdict = _read_summary_file(self.score_path(Path(row["run_dir"]).name)) or {}
+            verdict = read_json_object(self.score_path(Path(row["run_dir"]).name)) or {}
             if verdict.get("status") != "ok" or not (Path(row["run_dir"]) / "model.pt").is_file():
                 continue
             try:
@@ -496,7 +497,7 @@ class Campaign:
         code. They are kept on record, but status, val_bpb, seed and run id come from the lab."""
         record = read_run_dir(run_dir)
         run = record["run"]
-        verdict = _read_summary_file(self.score_path(run_dir.name))
+        verdict = read_json_object(self.score_path(run_dir.name))
         run["seed"] = self.base.seed + int(run_dir.name.rsplit("-s", 1)[1])
         clash = self.ledger.get_run(run["run_id"]) if run["run_id"] else None
         if clash is not None and Path(clash["run_dir"]).resolve() != Path(run["run_dir"]).resolve():
@@ -519,7 +520,7 @@ class Campaign:
     def on_rejected(self, exp_id: str, result: JobResult) -> None:
         """The lab refused the run's result (a failed probe, a false report): the experiment is
         rejected with the reason, its other runs stopped."""
-        verdict = _read_summary_file(self.score_path(result.job.key)) or {}
+        verdict = read_json_object(self.score_path(result.job.key)) or {}
         reason = verdict.get("reason") or (result.summary or {}).get("rejected_reason") or "rejected by the lab"
         exp = self.ledger.get_experiment(exp_id)
         for job in self.runner.running():
@@ -1213,19 +1214,8 @@ class Campaign:
         return out
 
 
-def _read_summary_file(path: Path) -> dict | None:
-    try:
-        value = json.loads(path.read_text())
-        return value if isinstance(value, dict) else None
-    except (OSError, ValueError):
-        return None
-
-
 def _read_summary(run_dir: Path) -> dict | None:
-    try:
-        return json.loads((run_dir / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+    return read_json_object(run_dir / "summary.json")
 
 
 def new_workdir(root: Path, campaign_id: str) -> Path:

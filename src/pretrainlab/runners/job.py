@@ -113,7 +113,7 @@ def main(spec_path: str) -> int:
         train_cmd = [sys.executable, "-m", "pretrainlab", "train", "--recipe", spec["recipe"], "--out", str(run_dir), "--json"]
         for o in spec["overrides"]:
             train_cmd += ["--set", o]
-    finished = _read_json(run_dir / "summary.json") or {}
+    finished = read_json_object(run_dir / "summary.json") or {}
     if spec["resume"] and finished.get("status") in ("ok", "timeout") and (run_dir / "model.pt").is_file():
         train_cmd = None  # trained to the end before the campaign lost track of it: only the scoring is left
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -130,7 +130,7 @@ def main(spec_path: str) -> int:
         proc = subprocess.Popen(box.wrap(train_cmd, code_src=code_src, read_only=read_only, writable=[run_dir], gpus=gpus),
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env, preexec_fn=ignore_sigterm)
         code = proc.wait()
-    summary = _read_json(run_dir / "summary.json")
+    summary = read_json_object(run_dir / "summary.json")
     if (stopping["flag"] or not spec.get("score_path") or summary is None or summary.get("status") not in ("ok", "timeout")
             or not (run_dir / "model.pt").is_file()):
         return code
@@ -172,7 +172,9 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def _read_json(path: Path) -> dict | None:
+def read_json_object(path: Path) -> dict | None:
+    """A JSON object from a file, or None (missing, unreadable, not JSON, or not an object: run
+    directories hold what experiment code wrote)."""
     try:
         value = json.loads(path.read_text())
         return value if isinstance(value, dict) else None
