@@ -256,8 +256,11 @@ def test_a_campaign_records_hostile_patches_as_rejected_with_the_reason(corpus_d
     from pretrainlab.research.campaign import CampaignConfig
 
     monkeypatch.setenv("PRETRAINLAB_WORKSPACE", str(tmp_path))
-    monkeypatch.setattr(manage, "make_strategy", lambda *a, **k: HostilePatches({"noncausal": NON_CAUSAL, "fake-report": FAKE_REPORT}))
-    cfg = CampaignConfig(recipe="tiny-cpu", overrides=tiny_overrides(corpus_dir), run_budget="8192tok", budget_runs=4, parallel=2, seeds=2,
+    garbage = make_patch("train/trainer.py", 'write_json_atomic(out_dir / "summary.json", summary)',
+                         'write_json_atomic(out_dir / "summary.json", [1, 2])')
+    monkeypatch.setattr(manage, "make_strategy", lambda *a, **k: HostilePatches(
+        {"noncausal": NON_CAUSAL, "fake-report": FAKE_REPORT, "garbage-summary": garbage}))
+    cfg = CampaignConfig(recipe="tiny-cpu", overrides=tiny_overrides(corpus_dir), run_budget="8192tok", budget_runs=5, parallel=2, seeds=2,
                          decision="greedy", early_stop=False)
     campaign_id = manage.start(cfg, echo=False)
     ledger = Ledger()
@@ -270,4 +273,8 @@ def test_a_campaign_records_hostile_patches_as_rejected_with_the_reason(corpus_d
         assert d["verdict"] == "discard" and d["rationale"].startswith("rejected by the lab:") and reason in d["rationale"]
         (run,) = ledger.list_runs(experiment=exp["id"], columns=("status", "val_bpb"))
         assert run["status"] == "rejected" and run["val_bpb"] is None
+    # a run that wrote nonsense as its summary is a failed run, noted; the campaign goes on
+    junk = experiments["garbage-summary"]
+    assert decisions[junk["id"]]["verdict"] == "discard" and not ledger.list_runs(experiment=junk["id"])
+    assert any("garbage-summary" in n["text"] or "crashed" in n["text"] for n in ledger.list_notes(experiment_id=junk["id"]))
     assert manage.status(campaign_id)["status"] == "done"

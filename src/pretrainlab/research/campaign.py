@@ -50,7 +50,7 @@ from pathlib import Path
 
 from ..config import Recipe, apply_overrides
 from ..errors import UserError
-from ..ledger.rundir import derived_run_id, read_run_dir
+from ..ledger.rundir import METRIC_COLUMNS, derived_run_id, read_run_dir
 from ..train.rundir_lock import lock_holder
 from ..recipes import estimate_params
 from ..runners import Job, JobResult, LocalRunner
@@ -389,6 +389,8 @@ class Campaign:
         validation-overfitting gap of the campaign). Kept in the campaign's ledger row and a note;
         never in anything a strategy reads."""
         inc, base = self.incumbent()[0], self.baseline()
+        confirmed = next((e for e in self.confirmation() if e["change"]["confirm"] == "final"), None)
+        inc = confirmed or inc  # screen: the final recipe's runs on the confirmation seeds (a screen ran once, on seed 0)
         if inc is None or base is None:
             return
         final, start = self.split_means(inc), self.split_means(base)
@@ -495,8 +497,18 @@ class Campaign:
         """Record a run with the lab's own score of it (runners/job.py), never the figures the run
         wrote about itself: its summary.json, recipe.json and provenance.json come from experiment
         code. They are kept on record, but status, val_bpb, seed and run id come from the lab."""
-        record = read_run_dir(run_dir)
-        run = record["run"]
+        try:
+            record = read_run_dir(run_dir)
+            run = record["run"]
+            run["recipe_name"] = run["recipe_name"] if isinstance(run.get("recipe_name"), str) else None
+            for k in METRIC_COLUMNS:  # numbers the run reported about itself: kept only if they are numbers
+                v = run.get(k)
+                run[k] = v if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+        except (UserError, ValueError, TypeError, AttributeError) as e:  # files the run wrote that do not parse as a run's
+            self.ledger.add_note(f"run {run_dir.name}: its run directory could not be read ({e}); not registered",
+                                 author="campaign", experiment_id=exp_id)
+            self.failed_jobs.add(run_dir.name)
+            return
         verdict = read_json_object(self.score_path(run_dir.name))
         run["seed"] = self.base.seed + int(run_dir.name.rsplit("-s", 1)[1])
         clash = self.ledger.get_run(run["run_id"]) if run["run_id"] else None

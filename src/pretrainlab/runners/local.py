@@ -33,6 +33,7 @@ from pathlib import Path
 import pretrainlab
 
 from ..errors import UserError
+from .job import read_json_object
 from .sandbox import Sandbox
 
 PACKAGE_SRC = Path(pretrainlab.__file__).resolve().parent.parent  # the lab's own source tree (on PYTHONPATH of unpatched runs)
@@ -272,13 +273,9 @@ class LocalRunner:
     # ---- results ---------------------------------------------------------------------------
 
     def _result(self, r: _Running, ended: float) -> JobResult:
-        summary = None
-        summary_path = r.job.out_dir / "summary.json"
-        if summary_path.exists():
-            try:
-                summary = json.loads(summary_path.read_text())
-            except json.JSONDecodeError:
-                summary = None
+        summary = read_json_object(r.job.out_dir / "summary.json")  # written by the run: any content at all
+        if summary is not None and not isinstance(summary.get("status"), str):
+            summary = None
         if summary is not None:
             status = summary["status"]
             if status == "preempted" and r.reason:
