@@ -134,6 +134,15 @@ def test_state_summary_is_bounded_on_long_campaigns():
     assert len(summary) < 10_000 and "2000 experiments so far" in summary
 
 
+def test_state_summary_says_why_the_lab_rejected_an_experiment():
+    history = [{"id": "e1", "kind": "code", "patch": True, "value": None, "verdict": "discard",
+                "rejected": "non-causal model: its logits at position 3 changed"}]
+    with FakeServer([message([text("ok")], "end_turn")]) as server:
+        strategy(server, []).propose(view(history), 1)
+    summary = server.requests[0]["body"]["messages"][0]["content"][0]["text"]
+    assert "-> rejected (discard: non-causal model: its logits at position 3 changed)" in summary
+
+
 def test_malformed_replies_become_failed_proposals_and_the_loop_goes_on():
     with FakeServer([message([tool_use("a", "rm_rf", {}), tool_use("b", "propose_config", {"hypothesis": "h", "rationale": "r",
                                                                                              "changes": {"model.n_layers": 3}})], "tool_use"),

@@ -1222,7 +1222,8 @@ class Campaign:
                         "recipe": (e["change"] or {}).get("recipe"),
                         "patch": bool((e["change"] or {}).get("patch")), "value": statistics.fmean(values) if values else None,
                         "verdict": d["verdict"], "noise_floor": ((d.get("evidence") or {}).get("noise_floor") or {}).get("std"),
-                        "effect": d.get("effect"), "ci_low": d.get("ci_low"), "ci_high": d.get("ci_high")})
+                        "effect": d.get("effect"), "ci_low": d.get("ci_low"), "ci_high": d.get("ci_high"),
+                        "rejected": (d.get("evidence") or {}).get("rejected")})
         return out
 
 

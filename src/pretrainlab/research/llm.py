@@ -140,6 +140,8 @@ def state_summary(view: CampaignView, n: int, max_rows: int = 25) -> str:
             value = "failed" if h.get("value") is None else f"{h['value']:.4f}"
             effect = (f", effect {h['effect']:+.4f} [{h['ci_low']:+.4f}, {h['ci_high']:+.4f}] vs the incumbent of the time"
                       if h.get("effect") is not None and h.get("ci_low") is not None and h.get("ci_high") is not None else "")
+            if h.get("rejected"):  # the lab's integrity checks refused it: say why, so the model does not try it again
+                value, effect = "rejected", f": {h['rejected'][:300]}"
             lines.append(f"- [{h.get('id', '?')}] {h.get('kind')} {json.dumps(change, default=str)[:200]} -> {value} ({h['verdict']}{effect})")
     lines.append(f"Propose up to {n} new experiment(s) now.")
     return "\n".join(lines)
