@@ -104,10 +104,11 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def score_run(run_dir: Path, code_src: Path, corpus: Corpus, *, seq_len: int, tokens_per_domain: int, batch_rows: int,
               splits: tuple[str, ...] = ("val", "monitor"), sandbox: Sandbox | None = None, threads: int = 1,
-              gpus: bool = False, python: str | None = None) -> dict:
+              gpus: bool = False, python: str | None = None, env: dict[str, str] | None = None) -> dict:
     """Score the model in run_dir (recipe.json + model.pt) with the code in code_src on each
     split; returns {"splits": {split: {"val_bpb", "domains", "tokens", "bytes"}}, "probes": {...},
-    "sandboxed": bool, "seconds": float}. Raises ScoreRejected when a probe fails."""
+    "sandboxed": bool, "seconds": float}. Raises ScoreRejected when a probe fails. `env` adds
+    variables for the workers (e.g. the slot's CUDA_VISIBLE_DEVICES); secrets are dropped."""
     import sys
 
     t0 = time.time()
@@ -127,7 +128,8 @@ def score_run(run_dir: Path, code_src: Path, corpus: Corpus, *, seq_len: int, to
     per_batch = max(1, min(PROBE_ROWS_PER_BATCH, probe_budget // max(1, len(checked))))
 
     cmd = [python or sys.executable, "-m", "pretrainlab.scoring_worker", str(run_dir)]
-    env = scrubbed_env({"PYTHONPATH": str(Path(code_src).resolve()), "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"})
+    env = scrubbed_env({**(env or {}), "PYTHONPATH": str(Path(code_src).resolve()), "OMP_NUM_THREADS": str(threads),
+                        "PYTHONUNBUFFERED": "1"})
     wrapped = sandbox.wrap(cmd, code_src=code_src, read_only=[run_dir], gpus=gpus)
     sums = {split: np.zeros((len(corpus.domains), 3)) for split in splits}  # nats, bytes, counted targets
     kept: list[tuple[np.ndarray, torch.Tensor]] = []  # (window, its logits) of rows the probe worker scores again

@@ -142,7 +142,8 @@ def main(spec_path: str) -> int:
     try:
         score = score_run(run_dir, code_src, Corpus.open(corpus_dir, verify=False), seq_len=recipe.model.seq_len,
                           tokens_per_domain=recipe.eval.tokens_per_domain, batch_rows=recipe.eval.batch_rows,
-                          sandbox=box, threads=int(spec["env"].get("OMP_NUM_THREADS", "1")), gpus=gpus)
+                          sandbox=box, threads=int(spec["env"].get("OMP_NUM_THREADS", "1")), gpus=gpus,
+                          env={k: v for k, v in spec["env"].items() if k.startswith("CUDA_")})  # this slot's GPU
         verdict.update(score)
         reason = reported_mismatch(summary, score["splits"]) or memorised(score["splits"])
         if reason:
