@@ -187,6 +187,13 @@ def render_report(record: dict, findings: dict[str, list[dict]] | None = None) -
     out.append(svg_chart("val_bpb per decided experiment (mean over seeds)", "experiment (in decision order)", "val_bpb",
                          progress_series(record)))
     out += confirmation_section(record)
+    hidden = (c.get("config") or {}).get("hidden_test")
+    if hidden:  # scored once, at the close: how much of the decision-split gain holds on documents no decision saw
+        out.append(f"<h2>Hidden test split</h2><p>Final recipe ({hidden['final_experiment']}) vs the baseline on the hidden test "
+                   f"split: {hidden['test']['final']:.4f} vs {hidden['test']['baseline']:.4f} (gain {hidden['gain_test']:+.4f}); on the "
+                   f"decision split: {hidden['val']['final']:.4f} vs {hidden['val']['baseline']:.4f} (gain {hidden['gain_val']:+.4f}). "
+                   f"Validation-overfitting gap: <b>{hidden['overfitting_gap']:+.4f}</b> bpb "
+                   f"({hidden['runs']['final']} and {hidden['runs']['baseline']} runs).</p>")
     out.append("<h2>Ablations</h2><table><tr><th>experiment</th><th>hypothesis</th><th>proposed by</th><th>change</th><th>runs</th>"
                "<th>mean val_bpb</th><th>effect [95% CI]</th><th>verdict</th><th>why</th></tr>")
     for e in exps:
