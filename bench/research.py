@@ -20,7 +20,11 @@
    (research/simulate.py: seed-matched noise measured on tiny-cpu) in seconds, plus N
    campaigns of the default loop on a flat landscape (no change has any effect: every
    recorded claim is false).
-4. `--utilisation-only`: the campaigns alone (no re-training, no A/A), e.g.
+4. `--paired-noise`: the noise the default loop's screens work against. The baseline and six
+   one-key changes of tiny-cpu, each on seeds 0-3, 2 processes at a time: the std over seeds
+   of each change's seed-matched difference to the baseline (final, and at the half-budget
+   rung), against the baseline's own seed std.
+5. `--utilisation-only`: the campaigns alone (no re-training, no A/A), e.g.
 
     python bench/research.py --utilisation-only --runs 16 --run-budget 60s --campaign-seeds 3 --arms screen
 
@@ -134,6 +138,53 @@ def aa_claims(aa: list[float], trials: int, rng) -> dict:
     return {k: v / (claims if k.startswith("claims") else trials) for k, v in false.items() if claims or not k.startswith("claims")}
 
 
+NOISE_CHANGES = {"base": [], "lr x2": ["optim.lr=0.03"], "muon_lr x2": ["optim.muon_lr=0.06"], "muon_lr /2": ["optim.muon_lr=0.0175"],
+                 "width 192": ["model.n_embd=192", "model.n_head=6"], "warmdown 0.7": ["optim.warmdown_frac=0.7"],
+                 "batch x2": ["train.batch_tokens=4096"]}
+
+
+def paired_noise(args, meta: dict, out: Path) -> None:
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pretrainlab.research.campaign import run_budget_overrides
+    from pretrainlab.research.early_stop import eval_curve
+
+    work = Path(tempfile.mkdtemp(prefix="pretrainlab-bench-noise-"))
+    seeds = range(4)
+
+    def train(job):
+        name, seed = job
+        sets = [*run_budget_overrides(args.run_budget), "train.eval_every_frac=0.5", f"seed={seed}", "train.num_threads=1",
+                *NOISE_CHANGES[name]]
+        cmd = [sys.executable, "-m", "pretrainlab", "train", "--recipe", "tiny-cpu", "--out", str(work / f"{name}-s{seed}"), "--json"]
+        subprocess.run(cmd + [a for o in sets for a in ("--set", o)], check=True, capture_output=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "PRETRAINLAB_NO_LEDGER": "1"})
+
+    with ThreadPoolExecutor(args.parallel) as pool:
+        list(pool.map(train, [(n, s) for s in seeds for n in NOISE_CHANGES]))
+    final = {(n, s): json.loads((work / f"{n}-s{s}" / "summary.json").read_text())["val_bpb"] for n in NOISE_CHANGES for s in seeds}
+    rung = {(n, s): eval_curve(work / f"{n}-s{s}", 0.5)[1] for n in NOISE_CHANGES for s in seeds}
+    rows = {}
+    for n in NOISE_CHANGES:
+        if n == "base":
+            continue
+        d = [final[n, s] - final["base", s] for s in seeds]
+        r = [rung[n, s] - rung["base", s] for s in seeds]
+        rows[n] = {"final_diffs": d, "rung_diffs": r, "final_sd": statistics.stdev(d), "rung_sd": statistics.stdev(r)}
+    base = [final["base", s] for s in seeds]
+    result = {"meta": meta, "seed_std": statistics.stdev(base), "rung_seed_std": statistics.stdev([rung["base", s] for s in seeds]),
+              "changes": rows, "pooled_paired_sd": float(np.sqrt(np.mean([r["final_sd"] ** 2 for r in rows.values()])))}
+    (out / f"research-paired-noise-{meta['date']}{args.tag}.json").write_text(json.dumps(result, indent=2))
+    print(f"\n{meta['date']} | {meta['device']} | `{meta['command']}`\n")
+    print("| change (seeds 0-3) | mean difference to the baseline | std of the paired difference | at the half-budget rung: mean, std |")
+    print("|---|---|---|---|")
+    for n, r in rows.items():
+        print(f"| {n} | {statistics.fmean(r['final_diffs']):+.4f} | {r['final_sd']:.4f} | {statistics.fmean(r['rung_diffs']):+.4f}, {r['rung_sd']:.4f} |")
+    print(f"\nbaseline seed std {result['seed_std']:.4f} (rung {result['rung_seed_std']:.4f}); paired-difference std pooled over the "
+          f"changes {result['pooled_paired_sd']:.4f}")
+
+
 def simulated(args, arms: dict, meta: dict, out: Path) -> None:
     """The arms on simulated landscapes: the true value of each final recipe, in seconds."""
     from pretrainlab.research.simulate import Landscape, simulate
@@ -186,6 +237,7 @@ def main():
     ap.add_argument("--arms", default="screen,greedy-1-seed,random-greedy", help=f"comma-separated subset of {', '.join(ARMS)}")
     ap.add_argument("--utilisation-only", action="store_true", help="run the campaigns only: slot utilisation, no re-training or A/A")
     ap.add_argument("--simulated", type=int, default=0, help="run the arms on this many simulated landscapes instead (in process)")
+    ap.add_argument("--paired-noise", action="store_true", help="measure the paired-difference noise of one-key changes instead")
     ap.add_argument("--tag", default="", help="appended to the results file name")
     args = ap.parse_args()
     arms = {a: ARMS[a] for a in args.arms.split(",")}
@@ -195,6 +247,8 @@ def main():
     out.mkdir(exist_ok=True)
     if args.simulated:
         return simulated(args, arms, meta, out)
+    if args.paired_noise:
+        return paired_noise(args, meta, out)
     work = Path(tempfile.mkdtemp(prefix="pretrainlab-bench-research-"))
     os.environ["PRETRAINLAB_WORKSPACE"] = str(work)
     os.environ.pop("ANTHROPIC_API_KEY", None)
