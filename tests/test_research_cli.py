@@ -8,7 +8,7 @@ from conftest import cli, set_args, tiny_overrides
 def test_research_cli_round_trip(corpus_dir, tmp_path):
     env = {"PRETRAINLAB_WORKSPACE": str(tmp_path)}
     res = cli("research", "start", "--recipe", "tiny-cpu", *set_args(tiny_overrides(corpus_dir)), "--run-budget", "8192tok",
-              "--budget-runs", "5", "--parallel", "2", "--seeds", "2", "--strategy", "random", "--json", env_extra=env)
+              "--budget-runs", "5", "--parallel", "2", "--seeds", "2", "--strategy", "random", "--decision", "paired", "--json", env_extra=env)
     assert res.returncode == 0, res.stderr[-3000:]
     status = json.loads(res.stdout)
     cid = status["campaign"]
