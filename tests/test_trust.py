@@ -119,12 +119,12 @@ def test_hostile_models_and_trainers_are_rejected_with_the_reason(tmp_path, corp
 
     reasons = {"noncausal": "non-causal model", "fake-report": "reported val_bpb 0.0100",
                "loss-at-import": "the run's own evaluation was altered", "memorise": "learned the monitor slice by heart",
-               "late-cheater": "when a fresh process scored it"}
+               "late-cheater": ("when a fresh process scored it", "non-causal model")}  # whichever probe row comes first
     for key, reason in reasons.items():
         r, score = results[key], lab_score(tmp_path, key)
         assert r.status == "rejected" and r.returncode == 4, (key, r.status, r.stderr_tail[-2000:])
-        assert score["status"] == "rejected" and reason in score["reason"], (key, score["reason"])
-        assert r.summary["val_bpb"] is None and reason in r.summary["rejected_reason"]
+        assert score["status"] == "rejected" and any(why in score["reason"] for why in (reason if isinstance(reason, tuple) else (reason,))), (key, score["reason"])
+        assert r.summary["val_bpb"] is None and r.summary["rejected_reason"] == score["reason"]
     # the fake report claimed 0.01 and the patched loss about 1% of the truth; the lab measured the real model
     assert lab_score(tmp_path, "fake-report")["splits"]["val"]["val_bpb"] == pytest.approx(honest, abs=1e-6)
     assert lab_score(tmp_path, "loss-at-import")["splits"]["val"]["val_bpb"] > 1.0

@@ -135,6 +135,9 @@ def score_run(run_dir: Path, code_src: Path, corpus: Corpus, *, seq_len: int, to
     kept: list[tuple[np.ndarray, torch.Tensor]] = []  # (window, its logits) of rows the probe worker scores again
     # 1. the scoring worker: every window once, in the secret order
     worker = _Worker(wrapped, env, run_dir / "scorer.log")  # its stderr; the worker sees the run dir read-only
+    # on CPU the probe worker starts now, so its start-up (importing torch, loading the model) overlaps the scoring
+    # pass; it reads nothing until the pass is over. On a GPU it starts after, so two copies never share the memory.
+    prober = None if gpus else _Worker(wrapped, env, run_dir / "scorer-probe.log")
     try:
         for b, batch in enumerate(batches):
             x = np.stack([w[2] for w in batch])
@@ -144,6 +147,10 @@ def score_run(run_dir: Path, code_src: Path, corpus: Corpus, *, seq_len: int, to
                 sums[split][d] += (nats, nbytes, counted)
                 if r in picked:
                     kept.append((x[r], row))
+    except BaseException:
+        if prober is not None:
+            prober.close()
+        raise
     finally:
         worker.close()
     # 2. the probe worker: a fresh process, which never saw what the first one saw, scores some of the same rows again,
@@ -161,8 +168,8 @@ def score_run(run_dir: Path, code_src: Path, corpus: Corpus, *, seq_len: int, to
     rng.shuffle(probe_rows)
     probes = {"rows": len(probe_rows), "causality_rows": sum(c is not None for _, _, c in probe_rows), "causality_max_diff": 0.0,
               "replay_rows": sum(c is None for _, _, c in probe_rows), "replay_max_diff": 0.0}
+    worker = prober or _Worker(wrapped, env, run_dir / "scorer-probe.log")
     if probe_rows:
-        worker = _Worker(wrapped, env, run_dir / "scorer-probe.log")
         try:
             for i in range(0, len(probe_rows), rows):
                 chunk = probe_rows[i : i + rows]
@@ -183,6 +190,8 @@ def score_run(run_dir: Path, code_src: Path, corpus: Corpus, *, seq_len: int, to
                                                 "or on what it saw before")
         finally:
             worker.close()
+    else:
+        worker.close()
     result = {}
     for split, s in sums.items():
         nats, nbytes = s[:, 0].sum(), int(s[:, 1].sum())
