@@ -160,6 +160,24 @@ def corpus_info(path: str | None = None, tokenizer: str = "byte") -> dict:
     return {"path": str(corpus.path), "manifest_sha256": corpus.manifest_hash, **data.corpus_report(corpus)}
 
 
+def build_data(recipe: str | Path, out: str | Path | None = None, progress: bool = True) -> dict:
+    """Run a data recipe (TOML) into a derived corpus, content-addressed and cached."""
+    from .data.build import build_corpus
+    from .data.recipe import load_recipe
+
+    path, cached = build_corpus(load_recipe(recipe), out, progress=progress)
+    manifest = json.loads((path / "manifest.json").read_text())
+    return {"path": str(path), "cached": cached, "build_sha256": manifest["source"]["build_sha256"],
+            "recipe_sha256": manifest["source"]["recipe_sha256"]}
+
+
+def data_why(corpus: str | Path, doc: str) -> dict:
+    """Why a document of a derived corpus is (not) in its training set."""
+    from .data.fates import why
+
+    return why(corpus, doc)
+
+
 # ---- runs: the ledger ----------------------------------------------------------------------
 # `db` everywhere: a ledger URL or path; None = env PRETRAINLAB_DB, else
 # $PRETRAINLAB_WORKSPACE/pretrainlab.db (see ledger/db.py).

@@ -4,7 +4,9 @@
     pretrainlab train --recipe NAME [--set key=value ...] [--out DIR] [--json]
     pretrainlab train --resume DIR
     pretrainlab data prepare --builtin [--tokenizer byte|bpe:VOCAB] | --input PATH[:DOMAIN] ... --out DIR
-    pretrainlab data report [CORPUS] [--json]
+    pretrainlab data report [CORPUS] [--json] [--html FILE]
+    pretrainlab data build RECIPE [--out DIR] [--json]
+    pretrainlab data why CORPUS DOC [--json]
     pretrainlab runs list [--status S] [--recipe KEY=VALUE ...] [--campaign C] [--since DATE] [--until DATE]
                           [--limit N] [--sort created|val_bpb] [--json]
     pretrainlab runs show RUN | compare RUN RUN ... [--plot FILE.html|FILE.png] | import DIR ... |
@@ -73,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("corpus", nargs="?", help="corpus directory (default: the builtin corpus)")
     dr.add_argument("--tokenizer", default="byte", help="which builtin corpus, when no directory is given")
     dr.add_argument("--json", action="store_true")
+    dr.add_argument("--html", type=Path, metavar="FILE", help="also write a self-contained HTML page with plots")
+    db = dsub.add_parser("build", help="run a data recipe (TOML: sources and steps) into a derived corpus")
+    db.add_argument("recipe", type=Path, help="the data recipe file (docs/data.md)")
+    db.add_argument("--out", type=Path, help="output directory (default: $PRETRAINLAB_HOME/corpus/derived-NAME-HASH)")
+    db.add_argument("--json", action="store_true")
+    dw = dsub.add_parser("why", help="why a document is (not) in a derived corpus's training set")
+    dw.add_argument("corpus", help="the derived corpus directory")
+    dw.add_argument("doc", help="the document's path, or a sha256 prefix")
+    dw.add_argument("--json", action="store_true")
     _add_runs_parser(sub)
     _add_research_parser(sub)
     return p
@@ -244,7 +255,23 @@ def cmd_data(args) -> int:
         path = api.prepare_data(args.builtin, args.inputs, args.tokenizer, args.out, args.text_field, args.force)
         print(f"corpus ready: {path}")
         return 0
+    if args.data_command == "build":
+        result = api.build_data(args.recipe, args.out, progress=not args.json)
+        if args.json:
+            return _print_json(result)
+        print(f"corpus {'cached (same recipe and inputs), reused' if result['cached'] else 'built'}: {result['path']}")
+        return 0
+    if args.data_command == "why":
+        fate = api.data_why(args.corpus, args.doc)
+        if args.json:
+            return _print_json(fate)
+        print(f"{fate['domain']}:{fate['path']} ({fate['sha256'][:12]}): {fate['explanation']}")
+        return 0
     info = api.corpus_info(args.corpus, args.tokenizer)
+    if args.html:
+        from .data.fates import report_html
+
+        args.html.write_text(report_html(info), encoding="utf-8")
     if args.json:
         return _print_json(info)
     print(json.dumps(info, indent=2))

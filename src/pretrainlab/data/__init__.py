@@ -6,11 +6,18 @@
     shards.py      prepare_corpus -> folder of .bin shards + manifest; Corpus opens/verifies it
     loader.py      BatchLoader (domain-weighted, exactly resumable) and the fixed eval windows
     prepare.py     prepare_builtin / prepare_from_inputs, what `pretrainlab data prepare` runs
+    recipe.py      data recipes (TOML): sources and ordered steps, typed and validated
+    steps.py       the data steps (filters, PII, dedup, boilerplate, decontamination) and their registry
+    build.py       build_corpus: a recipe into a derived corpus, splits fixed first, cached, atomic
+    fates.py       `data why` and the build report over a derived corpus's fates.jsonl
 """
 
+from .build import build_corpus
 from .builtin import builtin_corpus_dir, builtin_documents, default_home, fetch_literature_sdist
 from .loader import BatchLoader, iter_eval_windows
+from .fates import why
 from .prepare import prepare_builtin, prepare_from_inputs, prepare_sample
+from .recipe import load_recipe, parse_recipe
 from .shards import Corpus, corpus_report, prepare_corpus
 from .sources import Document, iter_documents, iter_hf_dataset
 from .tokenizers import BPETokenizer, ByteTokenizer, load_tokenizer, parse_tokenizer_spec
@@ -21,6 +28,7 @@ __all__ = [
     "ByteTokenizer",
     "Corpus",
     "Document",
+    "build_corpus",
     "builtin_corpus_dir",
     "builtin_documents",
     "corpus_report",
@@ -29,10 +37,13 @@ __all__ = [
     "iter_documents",
     "iter_eval_windows",
     "iter_hf_dataset",
+    "load_recipe",
     "load_tokenizer",
+    "parse_recipe",
     "parse_tokenizer_spec",
     "prepare_builtin",
     "prepare_corpus",
     "prepare_from_inputs",
     "prepare_sample",
+    "why",
 ]

@@ -147,6 +147,7 @@ def prepare_corpus(
     seed: int = 0,
     progress: bool = True,
     source: dict | None = None,
+    splits: dict[tuple[str, str], str] | None = None,
 ) -> Path:
     """Tokenize documents into a corpus folder at out_dir (see the module docstring) and
     return its path. Streams: documents are tokenized as they arrive and staged on disk.
@@ -154,6 +155,8 @@ def prepare_corpus(
     Everything is built in a temporary sibling folder and moved into place at the end, so
     an interrupted run leaves the previous corpus (or none), never a half-written one.
     `source` is stored in the manifest as is, to describe where the documents came from.
+    `splits` ({(domain, path): split}) fixes every document's split instead of dealing them
+    here: a derived corpus keeps the splits its original documents had before filtering.
     """
     _check_split_args(val_fraction, min_val_docs)
     out_dir = Path(out_dir)
@@ -162,7 +165,7 @@ def prepare_corpus(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        _build(documents, tokenizer, staging, val_fraction, min_val_docs, seed, progress, source)
+        _build(documents, tokenizer, staging, val_fraction, min_val_docs, seed, progress, source, splits)
         _publish(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -199,6 +202,7 @@ def _build(
     seed: int,
     progress: bool,
     source: dict | None,
+    splits: dict[tuple[str, str], str] | None = None,
 ) -> None:
     dtype = token_dtype(tokenizer.vocab_size)
     token_bytes = tokenizer.token_bytes()
@@ -253,7 +257,8 @@ def _build(
             for domain in sorted(stages):
                 stage = stages[domain]
                 stage.file.close()
-                manifest_domains[domain] = _write_splits(domain, stage, staging, dtype, val_fraction, min_val_docs, seed, provenance)
+                manifest_domains[domain] = _write_splits(domain, stage, staging, dtype, val_fraction, min_val_docs, seed, provenance,
+                                                          splits)
                 (staging / f"{domain}.staging").unlink()
                 if bar is not None:
                     counts = ", ".join(f"{s} {manifest_domains[domain][s]['num_docs']:,} docs" for s in SPLITS)
@@ -287,9 +292,13 @@ def _write_synced(path: Path, data: bytes) -> None:
 
 
 def _write_splits(
-    domain: str, stage: _DomainStage, staging: Path, dtype: np.dtype, val_fraction: float, min_val_docs: int, seed: int, provenance: TextIO
+    domain: str, stage: _DomainStage, staging: Path, dtype: np.dtype, val_fraction: float, min_val_docs: int, seed: int, provenance: TextIO,
+    splits: dict[tuple[str, str], str] | None = None,
 ) -> dict:
-    held = _held_out(domain, [r.path for r in stage.records], val_fraction, min_val_docs, seed)
+    if splits is None:
+        held = _held_out(domain, [r.path for r in stage.records], val_fraction, min_val_docs, seed)
+    else:
+        held = {i: splits[(domain, r.path)] for i, r in enumerate(stage.records)}
     staged = np.memmap(staging / f"{domain}.staging", dtype=dtype, mode="r", shape=(stage.num_tokens,))
     entry = {}
     for split in SPLITS:
@@ -427,7 +436,10 @@ class Corpus:
 
 
 def corpus_report(corpus: Corpus) -> dict:
-    """Per domain and split: docs, tokens, bytes and bytes per token, plus totals per split."""
+    """Per domain and split: docs, tokens, bytes and bytes per token, plus totals per split;
+    for a derived corpus also its recipe and build report (data/fates.py)."""
+    from .fates import build_report  # fates imports build, which imports this module
+
 
     def row(num_docs: int, num_tokens: int, num_bytes: int) -> dict:
         bytes_per_token = num_bytes / num_tokens if num_tokens else 0.0
@@ -451,4 +463,12 @@ def corpus_report(corpus: Corpus) -> dict:
         "num_dropped_empty": corpus.manifest["num_dropped_empty"],
         "domains": domains,
         "total": {split: row(*totals[split]) for split in SPLITS},
+        "recipe": _recipe_summary(corpus.manifest.get("source")),
+        "build": build_report(corpus.path),  # per-step counts of a derived corpus (None for a prepared one)
     }
+
+
+def _recipe_summary(source: dict | None) -> dict | None:
+    if not source or not source.get("derived"):
+        return None
+    return {k: source[k] for k in ("recipe_name", "recipe_sha256", "build_sha256")}

@@ -106,6 +106,14 @@ def memory_total_mb(device: torch.device) -> float | None:
         return None
 
 
+def data_recipe(manifest: dict) -> dict | None:
+    """The data recipe behind a derived corpus (`pretrainlab data build`), or None."""
+    source = manifest.get("source") or {}
+    if not source.get("derived"):
+        return None
+    return {k: source.get(k) for k in ("recipe_name", "recipe_sha256", "build_sha256", "recipe_toml")}
+
+
 def provenance(*, seed: int, device: torch.device, world_size: int, corpus, eval_sha256: str, recipe_hash: str,
                data_weights: dict[str, float]) -> dict:
     domains = corpus.manifest["domains"]
@@ -125,6 +133,7 @@ def provenance(*, seed: int, device: torch.device, world_size: int, corpus, eval
         "memory_total_mb": memory_total_mb(device),
         "data_manifest_sha256": corpus.manifest_hash,
         "data_path": str(corpus.path),
+        "data_recipe": data_recipe(corpus.manifest),  # a derived corpus: the recipe and build that made it
         "data_weights": data_weights,  # effective sampling shares per domain (normalised)
         # UTF-8 bytes per training token, to put the training loss in bits per byte
         "train_bytes_per_token": {d: t["num_bytes"] / max(1, t["num_tokens"]) for d, t in train.items()},

@@ -1,0 +1,321 @@
+"""`pretrainlab data build RECIPE`: run a data recipe's steps into a derived corpus.
+
+    path, cached = build_corpus(load_recipe("filtered.toml"))
+
+The spine:
+  1. read every source's documents;
+  2. decide each document's split on the ORIGINAL documents (shards.assign_splits, the
+     same split `data prepare` would make), so no step can move a document between splits;
+  3. address the output by sha256(recipe, input documents' hashes, BUILD_VERSION): a
+     corpus already there with that address is reused at once;
+  4. run the steps in order over the train documents (per-document steps on a process
+     pool, corpus-wide steps in this process); held-out documents stay as they are;
+  5. tokenize the survivors with their fixed splits (shards.prepare_corpus) into a staging
+     folder, add fates.jsonl and build_report.json, and move it into place in one rename.
+
+fates.jsonl holds every input document's fate (see fates.py); build_report.json the
+per-step counts, score histograms, duplicate clusters and contamination.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from .builtin import builtin_documents, default_home, fetch_literature_sdist, sources_dir
+from .recipe import DataRecipe
+from .shards import FORMAT_VERSION, Corpus, _publish, assign_splits, prepare_corpus, text_sha256
+from .sources import Document, iter_documents
+from .steps import STEPS, Outcome, StepConfig, StepDoc
+from .tokenizers import BPETokenizer, ByteTokenizer, parse_tokenizer_spec
+
+BUILD_VERSION = 1  # bump when a step's behaviour changes, so old derived corpora are not reused
+FATES_FILE = "fates.jsonl"
+REPORT_FILE = "build_report.json"
+RECIPE_FILE = "recipe.toml"
+_POOL_MIN_DOCS = 256  # below this, starting worker processes costs more than it saves
+_POOL_CHUNK_DOCS = 64  # documents per task sent to a worker
+_HISTOGRAM_BINS = 20
+
+
+@dataclass
+class _Doc:
+    domain: str
+    source: str
+    path: str
+    sha256: str  # of the original text
+    split: str | None  # None: dropped before splitting (empty, or an exact copy of an earlier text)
+    text: str
+    removed_by: dict | None = None
+    rewrites: list[dict] = field(default_factory=list)
+    clusters: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def in_train(self) -> bool:
+        return self.split == "train" and self.removed_by is None
+
+
+def read_sources(recipe: DataRecipe) -> list[Document]:
+    documents: list[Document] = []
+    for source in recipe.sources:
+        if source.builtin:
+            sdist = fetch_literature_sdist(sources_dir())
+            kwargs = {} if source.max_bytes_per_domain is None else {"max_bytes_per_domain": source.max_bytes_per_domain}
+            documents += builtin_documents(sdist=sdist, **kwargs)
+        else:
+            path = recipe.base_dir / source.path
+            documents += iter_documents(path, source.domain, source.text_field)
+    return documents
+
+
+def build_address(recipe: DataRecipe, documents: list[Document]) -> str:
+    inputs = hashlib.sha256()
+    for doc in documents:
+        inputs.update(f"{doc.domain}\0{doc.path}\0{text_sha256(doc.text)}\n".encode())
+    key = {"recipe": recipe.resolved(), "inputs": inputs.hexdigest(), "build_version": BUILD_VERSION, "format_version": FORMAT_VERSION}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def default_out(recipe: DataRecipe, address: str) -> Path:
+    return default_home() / "corpus" / f"derived-{recipe.corpus.name}-{address[:12]}"
+
+
+def _cached(out: Path, address: str) -> bool:
+    if not (out / "manifest.json").is_file() or not (out / FATES_FILE).is_file():
+        return False
+    try:
+        return (Corpus.open(out, verify=True).manifest.get("source") or {}).get("build_sha256") == address
+    except UserError:
+        return False  # damaged: rebuild
+
+
+def build_corpus(recipe: DataRecipe, out_dir: str | Path | None = None, progress: bool = True) -> tuple[Path, bool]:
+    """Build (or reuse) the recipe's derived corpus; returns (its folder, whether it was cached)."""
+    # 1. Read.
+    documents = read_sources(recipe)
+    if not documents:
+        raise UserError("the recipe's sources hold no documents: add files to them")
+    seen_keys: set[tuple[str, str]] = set()
+    for doc in documents:
+        if (doc.domain, doc.path) in seen_keys:
+            raise UserError(f"two sources give domain {doc.domain!r} the document {doc.path!r}: give them different domains")
+        seen_keys.add((doc.domain, doc.path))
+    # 2. Fix the splits on the original documents.
+    c = recipe.corpus
+    splits = assign_splits(documents, c.val_fraction, c.min_val_docs, c.seed)
+    # 3. Address and cache.
+    address = build_address(recipe, documents)
+    out = Path(out_dir) if out_dir is not None else default_out(recipe, address)
+    if _cached(out, address):
+        return out, True
+    docs = [_Doc(d.domain, d.source, d.path, text_sha256(d.text), s, d.text) for d, s in zip(documents, splits)]
+    del documents
+    # 4. Steps.
+    report = _run_steps(recipe, docs, progress)
+    # 5. Tokenize and publish atomically.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.build-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        survivors = [d for d in docs if d.split is not None and (d.split != "train" or d.removed_by is None)]
+        spec = parse_tokenizer_spec(c.tokenizer)
+        tokenizer = ByteTokenizer() if spec is None else BPETokenizer.train([d.text for d in survivors if d.split == "train"], spec)
+        source = {
+            "derived": True,
+            "recipe_name": c.name,
+            "recipe_sha256": recipe.sha256(),
+            "build_sha256": address,
+            "build_version": BUILD_VERSION,
+            "tokenizer_spec": c.tokenizer,
+            "recipe_toml": recipe.text,
+        }
+        prepare_corpus(
+            (Document(d.domain, d.source, d.path, d.text) for d in survivors),
+            tokenizer,
+            staging,
+            c.val_fraction,
+            c.min_val_docs,
+            c.seed,
+            progress=progress,
+            source=source,
+            splits={(d.domain, d.path): d.split for d in survivors},
+        )
+        corpus = Corpus.open(staging, verify=False)
+        _finish_report(report, docs, corpus)
+        with open(staging / FATES_FILE, "w", encoding="utf-8") as f:
+            for d in docs:
+                f.write(json.dumps(_fate(d), ensure_ascii=False) + "\n")
+        (staging / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+        (staging / RECIPE_FILE).write_text(recipe.text, encoding="utf-8")
+        _publish(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out, False
+
+
+def _fate(d: _Doc) -> dict:
+    if d.split is None:
+        fate = "dropped"
+    elif d.split != "train":
+        fate = "held_out"
+    elif d.removed_by is not None:
+        fate = "removed"
+    else:
+        fate = "rewritten" if d.rewrites else "kept"
+    line = {"domain": d.domain, "source": d.source, "path": d.path, "sha256": d.sha256, "split": d.split, "fate": fate}
+    return line | {"removed_by": d.removed_by, "rewrites": d.rewrites, "clusters": d.clusters}
+
+
+# --- running the steps -----------------------------------------------------------------
+
+
+def _apply_doc_steps(task: tuple[list[tuple[str, StepConfig]], list[tuple[str, str]]]) -> list[list[Outcome | None]]:
+    """In a worker: each (domain, text) through the per-document steps in order; None where a
+    step does not apply (another domain) or the document is already removed."""
+    steps, items = task
+    results = []
+    for domain, text in items:
+        outcomes: list[Outcome | None] = []
+        for name, config in steps:
+            if (config.domains and domain not in config.domains) or text is None:
+                outcomes.append(None)
+                continue
+            outcome = STEPS[name].fn(text, config) if text.strip() else Outcome.remove("empty", 0)
+            outcomes.append(outcome)
+            if outcome.action == "remove":
+                text = None
+            elif outcome.action == "rewrite":
+                text = outcome.text
+        results.append(outcomes)
+    return results
+
+
+def _stage_groups(recipe: DataRecipe) -> list[list[tuple[str, StepConfig]]]:
+    """Consecutive per-document steps run together in one pass; a corpus-wide step is its own group."""
+    groups: list[list[tuple[str, StepConfig]]] = []
+    for s in recipe.steps:
+        if STEPS[s.name].per_document and groups and STEPS[groups[-1][0][0]].per_document:
+            groups[-1].append((s.name, s.config))
+        else:
+            groups.append([(s.name, s.config)])
+    return groups
+
+
+def _new_stats(name: str) -> dict:
+    return {"step": name, "num_docs_in": 0, "num_docs_out": 0, "num_bytes_in": 0, "num_bytes_out": 0, "num_rewritten": 0,
+            "removed_by_rule": Counter(), "scores": [], "cluster_sizes": Counter(), "num_eval_overlaps": 0}
+
+
+def _record(stats: dict, name: str, d: _Doc, outcome: Outcome) -> None:
+    """Apply one step's outcome to a train document and count it."""
+    stats["num_docs_in"] += 1
+    stats["num_bytes_in"] += len(d.text.encode("utf-8"))
+    if outcome.score is not None:
+        stats["scores"].append(float(outcome.score))
+    if outcome.cluster is not None:
+        d.clusters[name] = outcome.cluster
+    if outcome.action == "remove":
+        d.removed_by = {"step": name, "rule": outcome.rule, "score": outcome.score, "cluster": outcome.cluster,
+                        "kept_doc": outcome.kept_doc}
+        stats["removed_by_rule"][outcome.rule] += 1
+        if name == "decontaminate":
+            stats["num_eval_overlaps"] += int(outcome.score or 0)
+        return
+    if outcome.action == "rewrite":
+        assert outcome.text is not None
+        if not outcome.text.strip():  # a rewrite that leaves nothing removes the document
+            d.removed_by = {"step": name, "rule": f"empty after {outcome.rule}", "score": outcome.score, "cluster": None, "kept_doc": None}
+            stats["removed_by_rule"]["empty_after_rewrite"] += 1
+            return
+        d.text = outcome.text
+        d.rewrites.append({"step": name, "rule": outcome.rule, "score": outcome.score})
+        stats["num_rewritten"] += 1
+    stats["num_docs_out"] += 1
+    stats["num_bytes_out"] += len(d.text.encode("utf-8"))
+
+
+def _run_steps(recipe: DataRecipe, docs: list[_Doc], progress: bool) -> dict:
+    num_workers = recipe.corpus.num_workers or os.cpu_count() or 1
+    stats = [_new_stats(s.name) for s in recipe.steps]
+    bar = _progress(progress)
+    with bar if bar is not None else nullcontext():
+        index = 0
+        for group in _stage_groups(recipe):
+            names = [name for name, _ in group]
+            task = bar.add_task(", ".join(names), total=None) if bar is not None else None
+            if STEPS[names[0]].per_document:
+                train = [d for d in docs if d.in_train]
+                items = [(d.domain, d.text) for d in train]
+                chunks = [(group, items[i : i + _POOL_CHUNK_DOCS]) for i in range(0, len(items), _POOL_CHUNK_DOCS)]
+                if num_workers > 1 and len(items) >= _POOL_MIN_DOCS:
+                    with ProcessPoolExecutor(num_workers, mp_context=get_context("spawn")) as pool:
+                        results = [r for chunk in pool.map(_apply_doc_steps, chunks) for r in chunk]
+                else:
+                    results = [r for chunk in map(_apply_doc_steps, chunks) for r in chunk]
+                for d, outcomes in zip(train, results):
+                    for k, outcome in enumerate(outcomes):
+                        if outcome is not None:
+                            _record(stats[index + k], names[k], d, outcome)
+            else:
+                name, config = group[0]
+                in_scope = lambda d: not config.domains or d.domain in config.domains  # noqa: E731
+                train = [d for d in docs if d.in_train and in_scope(d)]
+                # decontamination reads val and test only: monitor is what experiments may read anyway
+                held = [StepDoc(d.domain, d.path, d.text) for d in docs if d.split in ("val", "test")]
+                outcomes = STEPS[name].fn([StepDoc(d.domain, d.path, d.text) for d in train], held, config)
+                assert len(outcomes) == len(train), f"step {name} returned {len(outcomes)} outcomes for {len(train)} documents"
+                for d, outcome in zip(train, outcomes):
+                    _record(stats[index], name, d, outcome)
+                clusters = Counter(o.cluster for o in outcomes if o.cluster is not None)
+                stats[index]["cluster_sizes"] = Counter(clusters.values())
+            if bar is not None:
+                bar.update(task, completed=1, total=1)
+            index += len(group)
+    return {"steps": stats}
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return None
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+
+
+def _histogram(scores: list[float]) -> dict | None:
+    if not scores:
+        return None
+    counts, edges = np.histogram(np.asarray(scores), bins=_HISTOGRAM_BINS)
+    return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
+
+
+def _finish_report(report: dict, docs: list[_Doc], corpus: Corpus) -> None:
+    """Turn the raw step counters into the report's JSON: histograms, tokens (bytes at each
+    domain's train bytes per token: exact for the byte tokenizer, an estimate for BPE)."""
+    train_bpt = {}
+    for domain in corpus.domains:
+        t = corpus.manifest["domains"][domain]["train"]
+        train_bpt[domain] = t["num_bytes"] / t["num_tokens"] if t["num_tokens"] else 1.0
+    mean_bpt = float(np.mean(list(train_bpt.values()))) if train_bpt else 1.0
+    for s in report["steps"]:
+        s["num_tokens_in"] = round(s["num_bytes_in"] / mean_bpt)
+        s["num_tokens_out"] = round(s["num_bytes_out"] / mean_bpt)
+        s["removed_by_rule"] = dict(s["removed_by_rule"])
+        s["score_histogram"] = _histogram(s.pop("scores"))
+        s["cluster_sizes"] = {str(size): n for size, n in sorted(s["cluster_sizes"].items())}
+    fates = Counter(_fate(d)["fate"] for d in docs)
+    report["num_input_docs"] = len(docs)
+    report["fates"] = dict(fates)
+    report["tokens_are_estimates"] = corpus.tokenizer.name != "byte"
