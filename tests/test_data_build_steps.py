@@ -2,6 +2,7 @@
 
 import pytest
 
+from pretrainlab.data import steps
 from pretrainlab.data.recipe import parse_recipe
 from pretrainlab.data.steps import (
     BoilerplateConfig,
@@ -143,7 +144,16 @@ def test_exact_dedup_keeps_the_first_copy():
     assert out[2].kept_doc == "a" and out[2].cluster == out[0].cluster
 
 
-def test_near_dedup_one_token_apart_is_a_duplicate_and_unrelated_is_not():
+@pytest.fixture(params=["numpy", "rensa"])
+def minhash(request, monkeypatch):
+    """Both MinHash implementations: numpy, and rensa when the `data` extra is installed."""
+    if request.param == "rensa":
+        pytest.importorskip("rensa")
+    monkeypatch.setattr(steps, "minhash_backend", lambda: request.param)
+    return request.param
+
+
+def test_near_dedup_one_token_apart_is_a_duplicate_and_unrelated_is_not(minhash):
     base = words_doc(0, 300)
     one_token = base.replace("w150", "changed")
     docs = [StepDoc("d", "orig", base), StepDoc("d", "edit", one_token), StepDoc("d", "other", words_doc(1000, 300)),
@@ -154,7 +164,16 @@ def test_near_dedup_one_token_apart_is_a_duplicate_and_unrelated_is_not():
     assert out[2].cluster is None
     # half the text rewritten: Jaccard about 1/3, under the threshold
     half = words_doc(0, 150) + " " + words_doc(5000, 150)
-    assert near_dedup([StepDoc("d", "a", base), StepDoc("d", "b", half)], [], NearDedupConfig()).__getitem__(1).action == "keep"
+    assert near_dedup([StepDoc("d", "a", base), StepDoc("d", "b", half)], [], NearDedupConfig())[1].action == "keep"
+
+
+def test_minhash_estimates_jaccard(minhash):
+    """Signature agreement estimates the shingle sets' Jaccard similarity (128 permutations: about +-0.05)."""
+    a = words_doc(0, 400)
+    b = words_doc(100, 400)  # 296 of 496 distinct 5-word shingles shared: Jaccard 0.6
+    sigs = steps.minhash_signatures([a, b, ""], 128, 5, seed=1, backend=minhash)
+    assert abs((sigs[0] == sigs[1]).mean() - 296 / 496) < 0.12
+    assert (sigs[2] == steps._EMPTY).all()
 
 
 def test_lsh_bands_put_the_s_curve_at_the_threshold():

@@ -37,7 +37,7 @@ from .builtin import builtin_documents, default_home, fetch_literature_sdist, so
 from .recipe import DataRecipe
 from .shards import FORMAT_VERSION, Corpus, _publish, assign_splits, prepare_corpus, text_sha256
 from .sources import Document, iter_documents
-from .steps import STEPS, Outcome, StepConfig, StepDoc
+from .steps import STEPS, Outcome, StepConfig, StepDoc, minhash_backend
 from .tokenizers import BPETokenizer, ByteTokenizer, parse_tokenizer_spec
 
 BUILD_VERSION = 1  # bump when a step's behaviour changes, so old derived corpora are not reused
@@ -84,6 +84,8 @@ def build_address(recipe: DataRecipe, documents: list[Document]) -> str:
     for doc in documents:
         inputs.update(f"{doc.domain}\0{doc.path}\0{text_sha256(doc.text)}\n".encode())
     key = {"recipe": recipe.resolved(), "inputs": inputs.hexdigest(), "build_version": BUILD_VERSION, "format_version": FORMAT_VERSION}
+    if any(s.name == "near_dedup" for s in recipe.steps):  # the two MinHash implementations hash differently
+        key["minhash"] = minhash_backend()
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 

@@ -430,7 +430,7 @@ def exact_dedup(train: list[StepDoc], held_out: list[StepDoc], c: ExactDedupConf
 
 # --- near dedup: MinHash LSH (Broder 1997; Leskovec et al., Mining of Massive Datasets, ch. 3)
 
-_MERSENNE = (1 << 61) - 1
+_EMPTY = np.uint64(1 << 40)  # the signature value of a text with no shingles: real values are < 2^32
 
 
 @dataclass
@@ -459,21 +459,46 @@ def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
     return best
 
 
-def minhash_signatures(texts: list[str], num_perm: int, shingle_words: int, seed: int) -> np.ndarray:
-    """[len(texts), num_perm] uint64 MinHash signatures of the texts' word shingles."""
+def minhash_backend() -> str:
+    """rensa (Rust MinHash, the `data` extra) when installed, else the numpy one below."""
+    try:
+        from importlib.metadata import version
+
+        import rensa  # noqa: F401
+
+        return f"rensa-{version('rensa')}"
+    except ImportError:
+        return "numpy"
+
+
+def _shingles(text: str, shingle_words: int) -> list[str]:
+    ws = words(text.lower())
+    return sorted({" ".join(ws[j : j + shingle_words]) for j in range(max(1, len(ws) - shingle_words + 1))}) if ws else []
+
+
+def minhash_signatures(texts: list[str], num_perm: int, shingle_words: int, seed: int, backend: str | None = None) -> np.ndarray:
+    """[len(texts), num_perm] uint64 MinHash signatures of the texts' word shingles; a text
+    with no words gets a row of _EMPTY, which no real signature value equals."""
+    backend = backend or minhash_backend()
+    out = np.full((len(texts), num_perm), _EMPTY, dtype=np.uint64)
+    if backend.startswith("rensa"):
+        import rensa
+
+        for i, text in enumerate(texts):
+            if shingles := _shingles(text, shingle_words):
+                m = rensa.RMinHash(num_perm=num_perm, seed=seed)
+                m.update(shingles)
+                out[i] = m.digest()
+        return out
+    # multiply-shift hashing (Dietzfelbinger et al. 1997): (a * h + b) mod 2^64, top 32 bits,
+    # with random 64-bit a (odd) and b per permutation; uint64 arithmetic wraps mod 2^64 by design
     rng = np.random.default_rng(seed)
-    # a, h < 2^32, so a * h < 2^64 never overflows uint64 before the mod by the Mersenne prime
-    a = rng.integers(1, 1 << 32, size=num_perm, dtype=np.uint64)
-    b = rng.integers(0, 1 << 32, size=num_perm, dtype=np.uint64)
-    p = np.uint64(_MERSENNE)
-    out = np.full((len(texts), num_perm), _MERSENNE, dtype=np.uint64)
+    a = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    b = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64)
     for i, text in enumerate(texts):
-        ws = words(text.lower())
-        shingles = {" ".join(ws[j : j + shingle_words]) for j in range(max(1, len(ws) - shingle_words + 1))} if ws else set()
-        if not shingles:
-            continue
-        h = np.fromiter((zlib.crc32(s.encode("utf-8")) for s in shingles), dtype=np.uint64, count=len(shingles))
-        out[i] = (((a[None, :] * h[:, None]) % p + b[None, :]) % p).min(axis=0)
+        if shingles := _shingles(text, shingle_words):
+            h = np.fromiter((zlib.crc32(s.encode("utf-8")) for s in shingles), dtype=np.uint64, count=len(shingles))
+            out[i] = ((a[None, :] * h[:, None] + b[None, :]) >> np.uint64(32)).min(axis=0)
     return out
 
 
@@ -490,7 +515,7 @@ def near_dedup(train: list[StepDoc], held_out: list[StepDoc], c: NearDedupConfig
             i = parent[i]
         return i
 
-    empty = (sigs == _MERSENNE).all(axis=1)  # no shingles: nothing to compare
+    empty = (sigs == _EMPTY).all(axis=1)  # no shingles: nothing to compare
     for band in range(bands):
         buckets: dict[bytes, int] = {}
         for i in range(len(train)):
