@@ -253,3 +253,27 @@ def test_builtin_source_with_code_steps(tmp_path):
     assert code and all(x["fate"] in ("kept", "rewritten", "removed") for x in code)
     assert all(not x["rewrites"] for x in f if x["domain"] != "code")  # steps limited to code touch nothing else
     assert report["build"]["steps"][0]["num_docs_in"] == len(code)
+
+
+def test_a_rewrite_that_leaves_nothing_removes_the_document_and_bad_unicode_is_one_line(tmp_path):
+    folder = tmp_path / "code"
+    folder.mkdir()
+    header = "# Copyright 2001 Python Software Foundation; all rights reserved.\n# Licensed to the PSF under a contributor agreement.\n"
+    for i in range(16):
+        (folder / f"m{i:02d}.py.txt").write_text(header + f"def f{i}(x):\n    return x * {i}  # scaled by its index\n")
+    (folder / "only_header.txt").write_text(header)
+    text = '[corpus]\nval_fraction = 0.2\nnum_workers = 1\n[[sources]]\npath = "code"\ndomain = "code"\n' \
+           '[[steps]]\nstep = "boilerplate"\nmin_docs = 10\n'
+    out, _ = build_corpus(parse_recipe(text, tmp_path), tmp_path / "out", progress=False)
+    f = fates(out)
+    assert f["only_header.txt"]["split"] == "train"  # fixed by sha256 of its path, so this is stable
+    assert f["only_header.txt"]["removed_by"]["rule"] == "empty after 2 boilerplate line(s)"
+    rewritten = [x for x in f.values() if x["fate"] == "rewritten"]
+    assert rewritten and all(x["rewrites"][0]["rule"] == "2 boilerplate line(s)" for x in rewritten)
+    assert "Copyright" not in api.data_why(out, rewritten[0]["path"])["explanation"]  # the record says what, not the text
+
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"text": "lone \ud800 surrogate"}) + "\n")
+    bad = '[[sources]]\npath = "bad.jsonl"\ndomain = "web"\n'
+    with pytest.raises(UserError, match="unpaired surrogate"):
+        build_corpus(parse_recipe(bad, tmp_path), tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad").exists()

@@ -110,6 +110,11 @@ def build_corpus(recipe: DataRecipe, out_dir: str | Path | None = None, progress
         raise UserError("the recipe's sources hold no documents: add files to them")
     seen_keys: set[tuple[str, str]] = set()
     for doc in documents:
+        try:
+            doc.text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise UserError(f"document {doc.path} ({doc.domain}) holds an unpaired surrogate at character {e.start}, which is not "
+                            "valid Unicode: repair or drop it in the input") from None
         if (doc.domain, doc.path) in seen_keys:
             raise UserError(f"two sources give domain {doc.domain!r} the document {doc.path!r}: give them different domains")
         seen_keys.add((doc.domain, doc.path))
