@@ -167,6 +167,14 @@ def test_a_failed_build_leaves_nothing_behind(recipe_file, tmp_path, monkeypatch
     assert list(parent.iterdir()) == []
 
 
+def test_build_never_replaces_a_folder_that_is_not_a_derived_corpus(recipe_file):
+    notes = recipe_file.parent / "notes"
+    before = sorted(p.name for p in notes.iterdir())
+    with pytest.raises(UserError, match="not a derived corpus"):
+        build_corpus(load_recipe(recipe_file), notes, progress=False)
+    assert sorted(p.name for p in notes.iterdir()) == before
+
+
 def test_process_pool_gives_the_same_fates_as_one_process(tmp_path):
     notes = tmp_path / "many"
     notes.mkdir()

@@ -126,6 +126,8 @@ def build_corpus(recipe: DataRecipe, out_dir: str | Path | None = None, progress
     out = Path(out_dir) if out_dir is not None else default_out(recipe, address)
     if _cached(out, address):
         return out, True
+    if out.exists() and not (out / FATES_FILE).is_file():  # only an older derived corpus is ever replaced
+        raise UserError(f"--out {out} exists and is not a derived corpus: choose a new folder (a rebuild replaces only a derived corpus)")
     docs = [_Doc(d.domain, d.source, d.path, text_sha256(d.text), s, d.text) for d, s in zip(documents, splits)]
     del documents
     # 4. Steps.
