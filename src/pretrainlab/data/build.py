@@ -224,13 +224,15 @@ def _stage_groups(recipe: DataRecipe) -> list[list[tuple[str, StepConfig]]]:
 
 def _new_stats(name: str) -> dict:
     return {"step": name, "num_docs_in": 0, "num_docs_out": 0, "num_bytes_in": 0, "num_bytes_out": 0, "num_rewritten": 0,
-            "removed_by_rule": Counter(), "scores": [], "cluster_sizes": Counter(), "num_eval_overlaps": 0}
+            "removed_by_rule": Counter(), "scores": [], "cluster_sizes": Counter(), "num_eval_overlaps": 0,
+            "bytes_in_by_domain": Counter(), "bytes_out_by_domain": Counter()}
 
 
 def _record(stats: dict, name: str, d: _Doc, outcome: Outcome) -> None:
     """Apply one step's outcome to a train document and count it."""
     stats["num_docs_in"] += 1
-    stats["num_bytes_in"] += len(d.text.encode("utf-8"))
+    stats["num_bytes_in"] += (num_bytes := len(d.text.encode("utf-8")))
+    stats["bytes_in_by_domain"][d.domain] += num_bytes
     if outcome.score is not None:
         stats["scores"].append(float(outcome.score))
     if outcome.cluster is not None:
@@ -252,7 +254,8 @@ def _record(stats: dict, name: str, d: _Doc, outcome: Outcome) -> None:
         d.rewrites.append({"step": name, "rule": outcome.rule, "score": outcome.score})
         stats["num_rewritten"] += 1
     stats["num_docs_out"] += 1
-    stats["num_bytes_out"] += len(d.text.encode("utf-8"))
+    stats["num_bytes_out"] += (num_bytes := len(d.text.encode("utf-8")))
+    stats["bytes_out_by_domain"][d.domain] += num_bytes
 
 
 def _run_steps(recipe: DataRecipe, docs: list[_Doc], progress: bool) -> dict:
@@ -317,10 +320,10 @@ def _finish_report(report: dict, docs: list[_Doc], corpus: Corpus) -> None:
     for domain in corpus.domains:
         t = corpus.manifest["domains"][domain]["train"]
         train_bpt[domain] = t["num_bytes"] / t["num_tokens"] if t["num_tokens"] else 1.0
-    mean_bpt = float(np.mean(list(train_bpt.values()))) if train_bpt else 1.0
     for s in report["steps"]:
-        s["num_tokens_in"] = round(s["num_bytes_in"] / mean_bpt)
-        s["num_tokens_out"] = round(s["num_bytes_out"] / mean_bpt)
+        for way in ("in", "out"):
+            by_domain = s.pop(f"bytes_{way}_by_domain")
+            s[f"num_tokens_{way}"] = round(sum(n / train_bpt.get(domain, 1.0) for domain, n in by_domain.items()))
         s["removed_by_rule"] = dict(s["removed_by_rule"])
         s["score_histogram"] = _histogram(s.pop("scores"))
         s["cluster_sizes"] = {str(size): n for size, n in sorted(s["cluster_sizes"].items())}
