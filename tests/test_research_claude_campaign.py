@@ -41,8 +41,9 @@ def test_claude_campaign(corpus_dir, tmp_path, monkeypatch):
         message([text("That is my proposal.")], "end_turn"),
     ]
     with FakeServer(script) as server:
+        # the replicated loop's budget arithmetic (baseline 2 + a screen); the screened default is tested in test_research_policy
         cfg = CampaignConfig(recipe="tiny-cpu", overrides=tiny_overrides(corpus_dir), run_budget="8192tok", budget_runs=5, parallel=1,
-                             seeds=2, strategy="claude", llm_base_url=server.url)
+                             seeds=2, strategy="claude", llm_base_url=server.url, decision="paired")
         monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
         cid = manage.start(cfg, echo=False)
     ledger = Ledger()
