@@ -58,7 +58,8 @@ from pretrainlab.train.telemetry import device_name
 
 ARMS = {"screen": dict(strategy="optuna", decision="screen"), "greedy-1-seed": dict(strategy="optuna", decision="greedy"),
         "random-greedy": dict(strategy="random", decision="greedy"), "optuna-paired": dict(strategy="optuna", decision="paired"),
-        "random-paired": dict(strategy="random", decision="paired"), "optuna-welch": dict(strategy="optuna", decision="welch")}
+        "random-paired": dict(strategy="random", decision="paired"), "optuna-welch": dict(strategy="optuna", decision="welch"),
+        "screen-no-sweep": dict(strategy="optuna", decision="screen", sweep=False)}
 
 
 def baseline_recipe(ledger, campaign_id) -> Recipe:
@@ -115,7 +116,7 @@ def campaign_row(ledger, cid: str, arm: str, values: list[float], budget_tokens:
     return {"arm": arm, "campaign": cid, "final_val_bpb": statistics.fmean(values), "final_values": values, "kept_changes": adopted,
             "recipe_hash": recipe.hash(), "final_diff": {k: list(v) for k, v in recipe_diff(base, recipe).items()},
             "decisions": len(decisions), "runs": compute_used(ledger, cid, budget_tokens), "claims": claims_of(ledger, cid),
-            "wall_s": round(wall_s)}
+            "hidden_test": ledger.get_campaign(cid)["config"].get("hidden_test"), "wall_s": round(wall_s)}
 
 
 def aa_claims(aa: list[float], trials: int, rng) -> dict:
@@ -239,6 +240,8 @@ def main():
     ap.add_argument("--simulated", type=int, default=0, help="run the arms on this many simulated landscapes instead (in process)")
     ap.add_argument("--paired-noise", action="store_true", help="measure the paired-difference noise of one-key changes instead")
     ap.add_argument("--tag", default="", help="appended to the results file name")
+    ap.add_argument("--reuse", default="", metavar="FILE:ARM,ARM",
+                    help="take these arms' campaigns from an earlier results file where it has them (same code for those arms)")
     args = ap.parse_args()
     arms = {a: ARMS[a] for a in args.arms.split(",")}
     meta = {"date": date.today().isoformat(), "device": device_name(__import__("torch").device("cpu")), "platform": platform.platform(),
@@ -260,8 +263,22 @@ def main():
     # 1. equal compute, several campaign seeds per arm, interleaved by seed
     eval_seeds = list(range(1000, 1000 + args.eval_seeds))
     base = None
+    reused = {}
+    if args.reuse:
+        path, names = args.reuse.split(":")
+        earlier = json.loads(Path(path).read_text())
+        meta["reused"] = {"file": path, "command": earlier["meta"]["command"], "date": earlier["meta"]["date"], "arms": names.split(",")}
+        for name in names.split(","):
+            for row in earlier["arms"].get(name, []):
+                reused[name, row["strategy_seed"]] = {**row, "reused_from": path}
+                for h, s, v in zip([row["recipe_hash"]] * len(row["final_values"]), eval_seeds, row["final_values"]):
+                    _RETRAINED[h, s] = v
     for cs in range(args.first_seed, args.first_seed + args.campaign_seeds):
         for arm, kw in arms.items():
+            if (arm, cs) in reused:
+                results["arms"][arm].append(reused[arm, cs])
+                save()
+                continue
             cfg = CampaignConfig(recipe="tiny-cpu", run_budget=args.run_budget, budget_runs=args.runs, parallel=args.parallel,
                                  seeds=3, strategy_seed=cs, **kw)
             started = time.time()
@@ -306,6 +323,13 @@ def print_table(args, meta, results):
         print(f"| {arm} | {', '.join(f'{v:.4f}' for v in finals)} | {statistics.fmean(finals):.4f} | "
               f"{statistics.fmean(r['kept_changes'] for r in rows):.1f} | {statistics.fmean(r['runs'] for r in rows):.2f} | "
               f"{recorded} ({len(claims)}) |")
+    for arm, rows in results["arms"].items():
+        claims = [c for r in rows for c in r["claims"]]
+        decided = sum(c["verdict"] != "inconclusive" for c in claims)
+        gaps = [r["hidden_test"]["overfitting_gap"] for r in rows if r.get("hidden_test")]
+        if claims or gaps:
+            print(f"{arm}: {statistics.fmean(r['runs'] for r in rows) * len(rows) / max(1, decided):.1f} runs per decided claim; "
+                  f"hidden-test gap (gain on val - gain on test) " + ", ".join(f"{g:+.4f}" for g in gaps))
     a = results["aa"]
     print(f"\nA/A ({args.aa_runs} seeds of the unchanged recipe, seed std {a['seed_std']:.4f}, {a['trials']} random draws): "
           + ", ".join(f"{k} {v:.1%}" for k, v in a.items() if k not in ("runs", "seed_std", "trials")))

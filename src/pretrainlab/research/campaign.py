@@ -60,7 +60,7 @@ from . import early_stop, policy
 from .patches import apply_patch
 from .space import default_space, recipe_diff
 from .stats import IMPROVEMENT, REGRESSION, compare, noise_floor, pooled_paired
-from .strategies import CampaignView, Proposal, Strategy, validate
+from .strategies import CampaignView, Proposal, Strategy, current_values, same_value, validate
 
 DECIDER = "pretrainlab stats"  # decisions by the loop's statistics rule are attributed to it
 
@@ -96,6 +96,8 @@ class CampaignConfig:
     # screen: an adopted incumbent runs once more, on a seed no run has used, and its children are screened there: the
     # run that won the adoption was selected for luck and would be too high a bar for the next candidates
     fresh_reference: bool = False
+    # screen, with optuna or random: start with a one-key sweep of the search space (research/policy.py, sweep_points)
+    sweep: bool = True
     transfer: list[str] = field(default_factory=list)  # overrides of a larger rung; a winner must win there too before it is kept
     early_stop: bool = True
     approve_code: bool = False  # code patches wait for `research approve`
@@ -347,6 +349,8 @@ class Campaign:
         self.runner.shutdown()
         for result in self.runner.poll():
             self.on_finished(result)
+        if self.cfg.decision == "screen":  # the last run in was the baseline's own confirmation seed (--seeds 2)
+            self.maybe_record_claims()
         status = "stopped" if self.ledger.get_campaign(self.id)["status"] == "stopping" else "done"
         self.ledger.set_campaign_status(self.id, status)
         self.save_state()
@@ -576,7 +580,8 @@ class Campaign:
             self.ledger.set_experiment_status(exp_id, "measured")
             self.maybe_record_claims()
             return
-        if exp["proposer"] == "campaign" and not self.incumbent()[0]:  # the baseline
+        base = self.baseline()
+        if base is not None and exp_id == base["id"] and not self.incumbent()[0]:  # the baseline
             nf = noise_floor(values)
             self.ledger.record_decision("keep", decided_by=DECIDER, decider_type="strategy", experiment_id=exp_id,
                                         rationale=f"baseline: mean {nf.get('mean', float('nan')):.4f}, seed std {nf['std'] or 0:.4f} over {nf['n']} seeds",
@@ -1146,6 +1151,9 @@ class Campaign:
         While the baseline still runs, proposals are changes to it (value not yet known)."""
         inc, inc_values = self.incumbent()
         incumbent = self.recipe_of(inc or self.baseline())
+        sweep = self.sweep_proposals(incumbent, self.runner.free_slots())
+        if sweep:
+            return [self.ledger.get_experiment(self.add_proposal(p, incumbent, extra={"sweep": point})) for p, point in sweep]
         view = CampaignView(base=self.base, incumbent=incumbent, space=default_space(self.base),
                             incumbent_value=statistics.fmean(inc_values) if inc_values else None, history=self.history(), seed=self.cfg.strategy_seed,
                             max_changes=self.cfg.max_changes)
@@ -1167,10 +1175,31 @@ class Campaign:
                                  author=self.strategy.name, campaign_id=self.id)
         return [self.ledger.get_experiment(self.add_proposal(p, incumbent)) for p in proposals]
 
-    def add_proposal(self, p: Proposal, incumbent: Recipe) -> str:
+    def sweep_proposals(self, incumbent: Recipe, n: int) -> list[tuple[Proposal, list]]:
+        """The screen policy's one-key sweep (policy.sweep_points), before a search strategy's
+        own proposals: the next n points not yet screened, each applied to the incumbent."""
+        if not (self.cfg.sweep and self.cfg.decision == "screen" and self.strategy.name in ("optuna", "random")) or n <= 0:
+            return []
+        space = default_space(self.base)
+        done = {tuple(e["change"]["sweep"]) for e in self.experiments() if (e["change"] or {}).get("sweep")}
+        now, params = current_values(incumbent, space), {p.key: p for p in space}
+        out = []
+        for key, value in policy.sweep_points(space, self.base):
+            if (key, value) in done or same_value(params[key], value, now[key]):
+                continue
+            out.append((Proposal("config", f"sweep: {key} {now[key]} -> {value}",
+                                 "one-key sweep before the search: every key of the search space moved once each way, screened "
+                                 "against the incumbent; winners are adopted one after the other, which combines them",
+                                 "sweep", values={key: value}), [key, value]))
+            if len(out) == n:
+                break
+        return out
+
+    def add_proposal(self, p: Proposal, incumbent: Recipe, extra: dict | None = None) -> str:
         """Validate and record a proposal; an invalid one is recorded as rejected, never run."""
         parent = self.incumbent()[0] or self.baseline()  # the experiment whose recipe `incumbent` is
-        change: dict = {"values": p.values, "weights": p.weights, "patch": p.patch, "parent": parent["id"] if parent else None}
+        change: dict = {"values": p.values, "weights": p.weights, "patch": p.patch, "parent": parent["id"] if parent else None,
+                        **(extra or {})}
         if self.cfg.decision == "screen":
             change["screen_seed"] = self.reference_seed(parent) if parent else policy.SCREEN_SEED
             change["seeds"] = [change["screen_seed"]]
@@ -1188,7 +1217,7 @@ class Campaign:
             change["diff"] = {k: list(v) for k, v in recipe_diff(incumbent, recipe).items()}
         except (ValueError, UserError) as e:  # PatchRejected is a ValueError
             status, error = "rejected", str(e)
-        proposer_type = "strategy" if p.proposer == self.strategy.name else "person"
+        proposer_type = "strategy" if p.proposer in (self.strategy.name, "sweep") else "person"
         exp_id = self.ledger.add_experiment(p.hypothesis, kind=p.kind, proposer=p.proposer, proposer_type=proposer_type,
                                             model_id=p.model_id if proposer_type == "strategy" else None, rationale=p.rationale,
                                             campaign_id=self.id, parent_recipe=incumbent.to_dict(), change=change, status=status)

@@ -14,6 +14,14 @@ The loop does two different things, and this policy prices them differently:
   than `rung_stop` (a loser pays half a run; its half-run counts half against the budget). A
   screen that beats its parent after the incumbent moved on is *combined*: its change is
   applied to the new incumbent and screened again, first in the queue.
+- **Sweeping first**: with a search strategy (optuna, random), the first screens are a
+  designed one-key sweep (`sweep_points`): every key of the search space moved once each
+  way by a quarter of its range (every other choice of a categorical), each against the
+  incumbent of the moment. A random or TPE start samples a few keys at random and can miss
+  a key that matters for the whole campaign (a width, a learning rate); the sweep spends
+  about a run per key, half of it on losers stopped at the rung, and its winners are
+  adopted one after the other, which combines them. The strategy then searches from there,
+  warm-started with everything the sweep measured.
 - **Recording a claim** happens once, in a confirmation phase kept inside the run budget:
   the final recipe and one leave-one-out ablation per changed key group run on the
   baseline's other seeds, which no screening decision ever looked at. The claims are
@@ -26,12 +34,13 @@ Everything here is a pure function of numbers and recipes; campaign.py calls it.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from scipy import stats as sps
 
 from ..config import Recipe
-from .space import apply, recipe_diff
+from .space import Param, apply, recipe_diff
 
 SCREEN_SEED = 0  # the seed index every screen runs on (its parent has a run there)
 
@@ -55,6 +64,33 @@ def adopt(diff: float, noise_std: float, adopt_p: float) -> bool:
 def stop_at_rung(rung_diff: float, rung_stop: float) -> bool:
     """Stop a screen at its first rung: it trails its parent there by more than `rung_stop`."""
     return rung_diff > rung_stop
+
+
+def sweep_points(space: list[Param], base: Recipe) -> list[tuple[str, Any]]:
+    """The one-key sweep: (key, value) pairs, each key of `space` moved from the base
+    recipe's value by a quarter of its (log) range each way (clipped to the range; an int
+    rounded; an end already at its bound skipped), or to each other choice of a categorical.
+    Ordered so that the two directions of a key are screened side by side."""
+    from .strategies import current_values, same_value
+
+    now = current_values(base, space)
+    out: list[tuple[str, Any]] = []
+    for p in space:
+        cur = now[p.key]
+        if p.kind == "categorical":
+            values = [c for c in p.choices if c != cur]
+        else:
+            lo, hi = (math.log(p.low), math.log(p.high)) if p.log else (float(p.low), float(p.high))
+            x = math.log(cur) if p.log and cur > 0 else float(cur)
+            values = []
+            for step in (-(hi - lo) / 4, (hi - lo) / 4):
+                v = min(hi, max(lo, x + step))
+                v = math.exp(v) if p.log else v
+                v = int(round(v)) if p.kind == "int" else float(f"{v:.4g}")
+                if not same_value(p, v, cur) and v not in values:
+                    values.append(v)
+        out += [(p.key, v) for v in values]
+    return out
 
 
 def change_groups(base: Recipe, final: Recipe) -> dict[str, dict[str, Any]]:
