@@ -232,3 +232,67 @@ def test_the_report_shows_the_confirmation_and_what_each_change_carries(tmp_path
     ablations = [c for c in result["claims"] if c["evidence"]["claim"] == "ablation"]
     assert ablations and all(f"<td class=mono>{c['evidence']['group']}</td>" in page for c in ablations)
     assert page.count("<td>dropped: it scored better without it</td>") == sum(c["effect"] > 0 for c in ablations)
+
+
+# ---- the sweep ------------------------------------------------------------------------------------------
+
+
+def test_sweep_points_move_each_key_once_each_way_inside_the_space():
+    from pretrainlab.research.space import default_space
+
+    base = get_recipe("tiny-cpu")
+    space = {p.key: p for p in default_space(base)}
+    points = policy.sweep_points(list(space.values()), base)
+    assert ("optim.lr", 0.0075) in points and ("optim.lr", 0.03) in points  # a learning rate halved and doubled
+    assert ("model.n_embd", 64) in points and ("model.n_embd", 192) in points  # every other width
+    assert ("optim.weight_decay", 0.025) in points and ("optim.weight_decay", 0.0) not in points  # an end at its bound: one way
+    assert {k for k, _ in points} == set(space) and len(points) == len(set(points))
+    for key, value in points:
+        p = space[key]
+        assert value in p.choices if p.kind == "categorical" else p.low <= value <= p.high
+
+
+def test_a_search_campaign_sweeps_first_then_searches_warm(tmp_path):
+    from pretrainlab.research.space import default_space
+
+    result = simulate(config(budget_runs=40), Landscape(seed=2), tmp_path)
+    ledger, cid = result["ledger"], result["campaign_id"]
+    exps = ledger.list_experiments(cid)
+    swept = [e for e in exps if e["proposer"] == "sweep"]
+    expected = policy.sweep_points(default_space(result["campaign"].base), result["campaign"].base)
+    assert [tuple(e["change"]["sweep"]) for e in swept] == [pt for pt in expected if pt in {tuple(e["change"]["sweep"]) for e in swept}]
+    assert len(swept) >= len(expected) - 2  # a point the incumbent already reached is skipped
+    assert all(e["proposer_type"] == "strategy" and len(e["change"]["values"]) == 1 for e in swept)
+    searched = [e for e in exps if e["proposer"] == "optuna"]
+    assert searched and min(e["created_at"] for e in searched) > max(e["created_at"] for e in swept)
+    assert result["compute_used"] <= 40
+
+
+def test_no_sweep_when_turned_off_or_for_a_manual_campaign(tmp_path):
+    result = simulate(config(budget_runs=16, sweep=False), Landscape(seed=2), tmp_path / "a")
+    assert not [e for e in result["ledger"].list_experiments(result["campaign_id"]) if e["proposer"] == "sweep"]
+    manual = ManualStrategy()
+    result = simulate(config(budget_runs=8, strategy="manual"), Landscape(seed=2), tmp_path / "b", strategy=manual)
+    assert not [e for e in result["ledger"].list_experiments(result["campaign_id"]) if e["proposer"] == "sweep"]
+
+
+def test_a_screen_that_finishes_before_the_baseline_is_not_taken_for_it(tmp_path):
+    """The first sweep screen starts beside the baseline's seed-0 run and, here, ends first:
+    it waits for the baseline, which is decided as the baseline."""
+    class SlowBaseline(SimulatedRunner):
+        first = None
+
+        def submit(self, job):
+            super().submit(job)
+            self.first = self.first or job.key.split("-s")[0]
+            if job.key.startswith(self.first):
+                self._running[job.key].ends_at += 5.0
+
+    landscape = Landscape(seed=8)
+    result = simulate(config(budget_runs=16), landscape, tmp_path, runner=SlowBaseline(landscape))
+    ledger, cid = result["ledger"], result["campaign_id"]
+    baseline = ledger.list_experiments(cid)[0]
+    decisions = ledger.list_decisions(campaign_id=cid)
+    assert [d["experiment_id"] for d in decisions if d["rationale"].startswith("baseline:")] == [baseline["id"]]
+    first_screen = next(d for d in decisions if d["experiment_id"] != baseline["id"])
+    assert "vs its parent's" in first_screen["rationale"] and first_screen["evidence"]["parent"] == baseline["id"]
