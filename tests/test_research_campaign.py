@@ -39,7 +39,7 @@ def test_optuna_campaign_end_to_end(corpus_dir, workspace):
     baseline = st["experiments"][0]
     assert baseline["proposer"] == "campaign" and baseline["verdict"] == "keep"
     assert sorted(r["seed"] for r in runs if r["experiment_id"] == baseline["experiment"]) == [0, 1, 2]
-    proposed = [e for e in ledger.list_experiments(cid) if e["proposer"] == "optuna"]
+    proposed = [e for e in ledger.list_experiments(cid) if e["proposer"] in ("sweep", "optuna")]  # the sweep first, then TPE
     assert proposed and all(r["seed"] == 0 for r in runs if r["experiment_id"] in {e["id"] for e in proposed})  # screens: seed 0
     decisions = ledger.list_decisions(campaign_id=cid)
     assert all(d["decided_by"].startswith("pretrainlab stats") and d["rationale"] for d in decisions)

@@ -296,3 +296,17 @@ def test_a_screen_that_finishes_before_the_baseline_is_not_taken_for_it(tmp_path
     assert [d["experiment_id"] for d in decisions if d["rationale"].startswith("baseline:")] == [baseline["id"]]
     first_screen = next(d for d in decisions if d["experiment_id"] != baseline["id"])
     assert "vs its parent's" in first_screen["rationale"] and first_screen["evidence"]["parent"] == baseline["id"]
+
+
+def test_a_runs_own_summary_cannot_make_it_cheap(tmp_path):
+    """A run's summary.json is written by experiment code: a failed run that claims it
+    trained nothing still counts at least its first rung against the budget."""
+    import json
+
+    campaign = simulate(config(budget_runs=6), Landscape(seed=1), tmp_path / "c")["campaign"]
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for tokens, cost in ((0, 0.5), (-5, 0.5), (1e12, 1.0), ("all of them", 1.0), (float("nan"), 1.0), (60_000, 0.75)):
+        (run_dir / "summary.json").write_text(json.dumps({"status": "failed", "tokens": tokens}))
+        assert campaign.run_cost({"status": "failed", "run_dir": str(run_dir)}) == pytest.approx(cost), tokens
+    assert campaign.run_cost({"status": "ok", "run_dir": str(run_dir)}) == 1.0

@@ -293,13 +293,15 @@ class Campaign:
         share of its token (or seconds) budget for one that ended early (stopped at a rung)."""
         if row["status"] == "ok" or not row.get("run_dir"):
             return 1.0
-        summary = _read_summary(Path(row["run_dir"])) or {}
-        budget = self.base.budget
-        if budget.tokens and summary.get("tokens"):
-            return min(1.0, summary["tokens"] / budget.tokens)
-        if budget.seconds and summary.get("seconds"):
-            return min(1.0, summary["seconds"] / budget.seconds)
-        return 1.0
+        summary = _read_summary(Path(row["run_dir"])) or {}  # written by experiment code: a floor keeps it honest
+        floor = self.base.train.eval_every_frac if self.cfg.early_stop and self.base.train.eval_every_frac else 1.0
+        budget, share = self.base.budget, 1.0
+        if budget.tokens and isinstance(summary.get("tokens"), (int, float)):
+            share = summary["tokens"] / budget.tokens
+        elif budget.seconds and isinstance(summary.get("seconds"), (int, float)):
+            share = summary["seconds"] / budget.seconds
+        # the earliest the lab stops a run is its first rung: a run that claims to have used less counts that much
+        return min(1.0, max(floor, share)) if math.isfinite(share) else 1.0
 
     def compute_used(self) -> float:
         """Runs that count against the budget, in full-run equivalents: registered ones by
