@@ -310,3 +310,19 @@ def test_a_runs_own_summary_cannot_make_it_cheap(tmp_path):
         (run_dir / "summary.json").write_text(json.dumps({"status": "failed", "tokens": tokens}))
         assert campaign.run_cost({"status": "failed", "run_dir": str(run_dir)}) == pytest.approx(cost), tokens
     assert campaign.run_cost({"status": "ok", "run_dir": str(run_dir)}) == 1.0
+
+
+def test_a_change_that_does_not_alter_training_is_never_adopted():
+    assert not policy.adopt(0.0, 0.013, 0.5) and not policy.adopt(0.0, 0.0, 0.5)
+    assert policy.adopt(-1e-6, 0.013, 0.5) and not policy.adopt(-1e-6, 0.013, 0.6)
+
+
+def test_dropping_a_group_pools_its_screen_with_the_confirmation():
+    # screened -0.0137 (one pair), confirmation +0.0045 (mean of two pairs): pooled -0.0016, kept
+    assert policy.to_drop({"optim.muon_lr": 0.0045}, {"optim.muon_lr": -0.0137}, pairs=2) == []
+    assert policy.to_drop({"optim.muon_lr": 0.0045}) == ["optim.muon_lr"]  # the confirmation alone would drop it
+    # screened -0.003 over two adoptions, confirmation +0.0177: dropped
+    assert policy.to_drop({"optim.warmdown_frac": 0.0177}, {"optim.warmdown_frac": -0.003}, pairs=2) == ["optim.warmdown_frac"]
+    screened = policy.screened_by_group([(["optim.warmdown_frac"], -0.002), (["optim.warmdown_frac"], -0.001),
+                                         (["model.n_embd", "model.n_head"], -0.05), (["optim.lr", "optim.weight_decay"], -0.01)])
+    assert screened == pytest.approx({"optim.warmdown_frac": -0.003, "model.n_embd": -0.05, "optim.lr": -0.005, "optim.weight_decay": -0.005})

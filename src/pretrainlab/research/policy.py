@@ -57,8 +57,10 @@ def p_improvement(diff: float, noise_std: float) -> float:
 
 
 def adopt(diff: float, noise_std: float, adopt_p: float) -> bool:
-    """Move the incumbent to the candidate?"""
-    return p_improvement(diff, noise_std) >= adopt_p
+    """Move the incumbent to the candidate? Only on a measured gain: a difference of exactly
+    zero on the same seed means the change did not alter training at all (a warmup fraction
+    that rounds to the same steps), and carrying it would cost the confirmation an ablation."""
+    return diff < 0 and p_improvement(diff, noise_std) >= adopt_p
 
 
 def stop_at_rung(rung_diff: float, rung_stop: float) -> bool:
@@ -117,12 +119,30 @@ def confirmation_runs(num_groups: int, num_seeds: int) -> int:
     return 0 if num_groups == 0 else num_seeds * (1 + (num_groups if num_groups > 1 else 0))
 
 
-def to_drop(carried: dict[str, float]) -> list[str]:
-    """Groups to revert in the recipe handed back: {group: effect of keeping it in the
-    final recipe on the confirmation seeds (final - final without it; negative = it helps)}.
-    A group whose ablation scored better is more likely to hurt than to help (flat prior):
-    it is dropped, as the adoption rule would have, had it seen these runs."""
-    return [g for g, effect in carried.items() if effect > 0]
+def to_drop(carried: dict[str, float], screened: dict[str, float] | None = None, pairs: int = 2) -> list[str]:
+    """Groups to revert in the recipe handed back. `carried`: {group: effect of keeping it in
+    the final recipe on the confirmation seeds (final - final without it, a mean over `pairs`
+    seed-matched pairs; negative = it helps)}; `screened`: {group: the seed-0 differences of
+    the screens that adopted it}. Both measure the same change with the same paired noise, so
+    they are pooled, weighted by pairs (the screen is one): a group whose pooled effect is
+    positive is more likely to hurt than to help (flat prior) and is dropped, as the adoption
+    rule would have, had it seen all these runs. Without the screens' evidence the two
+    confirmation pairs alone would decide, and a real gain of one noise unit is dropped one
+    time in four."""
+    screened = screened or {}
+    return [g for g, effect in carried.items() if (screened.get(g, 0.0) + pairs * effect) / ((g in screened) + pairs) > 0]
+
+
+def screened_by_group(adoptions: list[tuple[list[str], float]]) -> dict[str, float]:
+    """{group: summed seed-0 difference of the adoptions that changed it}: `adoptions` lists
+    (keys an adopted screen changed relative to its parent, its difference to the parent).
+    An adoption that changed several groups (a merge) credits each with an equal share."""
+    out: dict[str, float] = {}
+    for keys, diff in adoptions:
+        groups = {_COUPLED.get(k, k) for k in keys if k != "seed" and not k.startswith("budget.") and k != "train.eval_every_frac"}
+        for g in groups:
+            out[g] = out.get(g, 0.0) + diff / len(groups)
+    return out
 
 
 def describe_p(p: float) -> str:
