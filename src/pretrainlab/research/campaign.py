@@ -716,6 +716,10 @@ class Campaign:
         evidence.update(stage="screen", parent=parent["id"], seed=seed, parent_value=ref, diff=diff, p_improvement=p,
                         screen_noise=self.cfg.screen_noise, told=told)
         vs = f"{value:.4f} vs its parent's {ref:.4f} on seed {seed} ({diff:+.4f}, {policy.describe_p(p)} at paired noise {self.cfg.screen_noise:g})"
+        if diff == 0:
+            self.decide(exp, "discard", f"screen: {value:.4f}, exactly its parent's on seed {seed}: the change does not alter training "
+                        "(e.g. a fraction that rounds to the same steps)", evidence, proposal, told)
+            return
         if not policy.adopt(diff, self.cfg.screen_noise, self.cfg.adopt_p):
             self.decide(exp, "discard", f"screen: {vs}; adopt at P >= {self.cfg.adopt_p:g}", evidence, proposal, told)
             return
@@ -882,7 +886,10 @@ class Campaign:
                                                   "seeds": e["change"]["seeds"], "screen_noise_assumed": self.cfg.screen_noise})
             self.ledger.set_experiment_status(e["id"], "decided")
             self.log(f"{e['id']}: {verdict} — {why}")
-        drop = policy.to_drop(carried)
+        adoptions = [(list((self.ledger.get_experiment(d["experiment_id"])["change"] or {}).get("diff") or {}), d["evidence"]["diff"])
+                     for d in self.ledger.list_decisions(campaign_id=self.id)
+                     if d["verdict"] == "keep" and (d.get("evidence") or {}).get("stage") == "screen" and d["evidence"].get("diff") is not None]
+        drop = policy.to_drop(carried, policy.screened_by_group(adoptions), pairs=len(seeds))
         if drop:
             self.hand_back_without(final_exp, {g: groups[g] for g in drop}, {g: carried[g] for g in drop})
 
