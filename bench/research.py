@@ -240,8 +240,8 @@ def main():
     ap.add_argument("--simulated", type=int, default=0, help="run the arms on this many simulated landscapes instead (in process)")
     ap.add_argument("--paired-noise", action="store_true", help="measure the paired-difference noise of one-key changes instead")
     ap.add_argument("--tag", default="", help="appended to the results file name")
-    ap.add_argument("--reuse", default="", metavar="FILE:ARM,ARM",
-                    help="take these arms' campaigns from an earlier results file where it has them (same code for those arms)")
+    ap.add_argument("--reuse", action="append", default=[], metavar="FILE:ARM,ARM",
+                    help="take these arms' campaigns from an earlier results file where it has them (same code for those arms); repeatable")
     args = ap.parse_args()
     arms = {a: ARMS[a] for a in args.arms.split(",")}
     meta = {"date": date.today().isoformat(), "device": device_name(__import__("torch").device("cpu")), "platform": platform.platform(),
@@ -264,10 +264,11 @@ def main():
     eval_seeds = list(range(1000, 1000 + args.eval_seeds))
     base = None
     reused = {}
-    if args.reuse:
-        path, names = args.reuse.split(":")
+    for spec in args.reuse:
+        path, names = spec.rsplit(":", 1)
         earlier = json.loads(Path(path).read_text())
-        meta["reused"] = {"file": path, "command": earlier["meta"]["command"], "date": earlier["meta"]["date"], "arms": names.split(",")}
+        meta.setdefault("reused", []).append({"file": path, "command": earlier["meta"]["command"], "date": earlier["meta"]["date"],
+                                              "arms": names.split(",")})
         for name in names.split(","):
             for row in earlier["arms"].get(name, []):
                 reused[name, row["strategy_seed"]] = {**row, "reused_from": path}
