@@ -385,6 +385,21 @@ def research_start(recipe: str = "tiny-cpu", overrides: list[str] | None = None,
     return manage.start(cfg, name=name, db=db, echo=echo)
 
 
+def research_mixture(recipe: str = "tiny-cpu", overrides: list[str] | None = None, *, name: str | None = None,
+                     db: str | None = None, echo: bool = True, **options) -> str:
+    """Run a mixture campaign (foreground; research/mixture_campaign.py) and return its id.
+    `options` are MixtureConfig fields: proxies, run_budget, confirm_seeds, target, transfer,
+    parallel, gpus, alpha, design_seed, ... Its record reads back through research_status
+    (under "mixture") and write_report."""
+    from .research import mixture_campaign
+
+    try:
+        cfg = mixture_campaign.MixtureConfig(recipe=recipe, overrides=list(overrides or []), **options)
+    except TypeError as e:
+        raise UserError(f"research mixture: {e}") from None
+    return mixture_campaign.start(cfg, name=name, db=db, echo=echo)
+
+
 def research_resume(campaign: str, db: str | None = None, echo: bool = True, **changes) -> str:
     """Continue a campaign; budget_runs / budget_hours / parallel / gpus extend or reshape it."""
     from .research import manage

@@ -17,6 +17,7 @@
                               [--strategy auto|claude|openai|optuna|random|manual] [--parallel N] [--seeds K] ...
     pretrainlab research status [CAMPAIGN] | resume CAMPAIGN | stop CAMPAIGN | log CAMPAIGN     [--json]
     pretrainlab research resume CAMPAIGN --budget-runs 60    # extend a finished campaign
+    pretrainlab research mixture --recipe NAME --proxies 24 --run-budget 4e4tok --confirm-seeds 3 [--target D1,D2] [--transfer k=v ...]
     pretrainlab research suggest CAMPAIGN "hypothesis" --set k=v ... | approve EXP | reject EXP [--reason TEXT]
     pretrainlab report CAMPAIGN -o report.html
     pretrainlab doctor RUN [--baseline RUN] [--json]        (RUN = run dir or run id)
@@ -174,6 +175,7 @@ def _add_research_parser(sub) -> None:
             c.add_argument("--spend-cap-usd", type=float, help="a new LLM spend cap for the whole campaign")
             c.add_argument("--spend-cap-tokens", type=int, help="a new LLM token cap for the whole campaign")
             c.add_argument("--author", default=os.environ.get("USER") or "person", help="who changed the budget (recorded)")
+    _add_mixture_parser(rsub)
     g = rsub.add_parser("suggest", help="queue a person's experiment")
     g.add_argument("campaign")
     g.add_argument("hypothesis")
@@ -526,6 +528,8 @@ def cmd_research(args) -> int:
                        spend_cap_usd=args.spend_cap_usd, spend_cap_tokens=args.spend_cap_tokens)
         cid = api.research_start(args.recipe, args.overrides, name=args.name, db=args.db, echo=True, **options)
         return _campaign_done(cid, args)
+    if c == "mixture":
+        return _cmd_mixture(args)
     if c == "resume":
         changes = dict(budget_runs=args.budget_runs, budget_hours=args.budget_hours, parallel=args.parallel, gpus=_gpu_list(args.gpus),
                        spend_cap_usd=args.spend_cap_usd, spend_cap_tokens=args.spend_cap_tokens)
@@ -552,6 +556,48 @@ def cmd_research(args) -> int:
         return _print_json({"experiment": exp}) if args.json else (print(f"queued experiment {exp}") or 0)
     api.research_review(args.experiment, c == "approve", args.author, args.reason, db=args.db)
     print(f"experiment {args.experiment}: {c}d by {args.author}")
+    return 0
+
+
+def _add_mixture_parser(rsub) -> None:
+    m = rsub.add_parser("mixture", help="a mixture campaign: proxy runs on sampled mixtures, a regression, the predicted best "
+                                        "mixture confirmed against the natural and uniform ones (docs/data.md)")
+    m.add_argument("--recipe", default="tiny-cpu", help="the proxies' recipe: a name or a recipe.json")
+    m.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override the recipe")
+    m.add_argument("--proxies", type=int, default=24, help="proxy runs on sampled mixtures (the natural and uniform ones included)")
+    m.add_argument("--run-budget", default="4e4tok", help="per run: tokens (4e4tok) or seconds (60s)")
+    m.add_argument("--confirm-seeds", type=int, default=3, help="seeds of each confirmation arm: recommended, natural, uniform")
+    m.add_argument("--target", default="", help="comma-separated domains whose mean val_bpb to minimise (default: the overall val_bpb)")
+    m.add_argument("--transfer", action="append", default=[], metavar="KEY=VALUE",
+                   help="a larger rung where the confirmation runs again (e.g. --transfer model.n_layer=8 --transfer model.n_embd=256)")
+    m.add_argument("--parallel", type=int, default=2, help="runs in flight at once (CPU: cores split fairly)")
+    m.add_argument("--gpus", help="comma-separated GPU indices, one per slot")
+    m.add_argument("--alpha", type=float, default=0.05, help="two-sided significance level of each claim")
+    m.add_argument("--design-seed", type=int, default=0, help="seed of the sampled mixtures, the search and the bootstrap")
+    m.add_argument("--name", help="campaign name")
+    m.add_argument("--db", metavar="URL", help="ledger URL (default: env PRETRAINLAB_DB, else the workspace's)")
+    m.add_argument("--json", action="store_true", help="print the campaign's record (plan, fit, recommendation, claims) as JSON")
+
+
+def _cmd_mixture(args) -> int:
+    target = [d.strip() for d in args.target.split(",") if d.strip()]
+    cid = api.research_mixture(args.recipe, args.overrides, name=args.name, db=args.db, echo=True, proxies=args.proxies,
+                               run_budget=args.run_budget, confirm_seeds=args.confirm_seeds, target=target, transfer=args.transfer,
+                               parallel=args.parallel, gpus=_gpu_list(args.gpus), alpha=args.alpha, design_seed=args.design_seed)
+    report = api.write_report(cid, api.workspace() / "runs" / "campaigns" / cid / "report.html", db=args.db)
+    s = api.research_status(cid, db=args.db)["mixture"]
+    if args.json:
+        return _print_json({**s, "report": str(report)})
+    print(f"mixture campaign {cid} ({s['status']}): {s['runs']}/{s['planned_runs']} runs; target {s['target']}")
+    if s["recommended"]:
+        rec = s["recommended"]
+        print("recommended: " + ", ".join(f"{d} {rec['weights'][d]:.3f} [{rec['low'][d]:.3f}, {rec['high'][d]:.3f}]" for d in s["domains"])
+              + f"  (natural: {', '.join(f'{d} {w:.3f}' for d, w in s['natural'].items())}; model {s['design']['model']})")
+    for c in s["claims"]:
+        ci = f" [{c['ci'][0]:+.4f}, {c['ci'][1]:+.4f}]" if c["ci"][0] is not None else ""
+        effect = f"{c['effect']:+.4f}{ci}" if c["effect"] is not None else "not testable"
+        print(f"vs {c['against']} ({c['scale']}): {effect} -> {c['verdict']}")
+    print(f"report: {report}")
     return 0
 
 

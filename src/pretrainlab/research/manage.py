@@ -84,6 +84,14 @@ def resume(campaign_id: str, db: str | None = None, echo: bool = True, author: s
     ledger = Ledger(db)
     row = _campaign(ledger, campaign_id)
     changes = {k: v for k, v in changes.items() if v is not None}
+    if row["config"].get("kind") == "mixture":  # its plan is fixed: only the slots can change
+        from . import mixture_campaign
+
+        ignored = sorted(set(changes) - {"parallel", "gpus"})
+        if ignored:
+            raise UserError(f"campaign {row['id']} is a mixture campaign: {', '.join('--' + k.replace('_', '-') for k in ignored)} "
+                            "does not apply to it (its runs are planned); resume it with --parallel / --gpus only")
+        return mixture_campaign.resume(ledger, row, echo=echo, author=author, **changes)
     old = row["config"]["campaign"]
     cfg = CampaignConfig(**{**old, **changes})  # validates
     changed = {k: (old.get(k), v) for k, v in changes.items() if old.get(k) != v}
@@ -138,11 +146,17 @@ def status(campaign_id: str, db: str | None = None) -> dict:
                       "change": (e["change"] or {}).get("diff")})
     kept = [b for b in board if b["verdict"] == "keep"]
     closed = [n["text"] for n in ledger.list_notes(campaign_id=row["id"]) if n["author"] == "campaign" and n["text"].startswith("closed")]
-    return {"campaign": row["id"], "name": row["name"], "status": row["status"], "goal": row["goal"],
-            "runs": len(runs), "budget_runs": row["config"]["campaign"]["budget_runs"], "experiments": board,
-            "incumbent": kept[-1] if kept else None, "baseline": board[0] if board else None,
-            "slots": closed[-1].split(": ", 1)[1] if closed else None,  # the last loop's utilisation and idle time
-            "llm_spend": row["config"].get("llm_spend"), "elapsed_s": row["config"].get("elapsed_s")}
+    mixture = row["config"].get("kind") == "mixture"  # research/mixture_campaign.py: its plan, fit and claims under "mixture"
+    out = {"campaign": row["id"], "name": row["name"], "status": row["status"], "goal": row["goal"],
+           "runs": len(runs), "budget_runs": row["config"]["planned_runs"] if mixture else row["config"]["campaign"]["budget_runs"],
+           "experiments": board, "incumbent": kept[-1] if kept else None, "baseline": None if mixture else board[0] if board else None,
+           "slots": closed[-1].split(": ", 1)[1] if closed else None,  # the last loop's utilisation and idle time
+           "llm_spend": row["config"].get("llm_spend"), "elapsed_s": row["config"].get("elapsed_s")}
+    if mixture:
+        from .mixture_campaign import summary
+
+        out["mixture"] = summary(ledger, row["id"])
+    return out
 
 
 def suggest(campaign_id: str, hypothesis: str, overrides: list[str], author: str, db: str | None = None) -> str:

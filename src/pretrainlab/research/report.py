@@ -224,6 +224,10 @@ def render_report(record: dict, findings: dict[str, list[dict]] | None = None) -
 
 
 def write_report(ledger, campaign_id: str, path: Path, with_findings: bool = True) -> Path:
+    if (ledger.get_campaign(campaign_id)["config"] or {}).get("kind") == "mixture":  # a mixture campaign has a page of its own
+        from .mixture_report import write_report as write_mixture_report
+
+        return write_mixture_report(ledger, campaign_id, path)
     record = campaign_record(ledger, campaign_id)
     findings = {}
     if with_findings:

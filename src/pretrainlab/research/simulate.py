@@ -18,6 +18,9 @@ specific to the recipe and seed. The same recipe on the same seed gives the same
 deterministic CPU runs do. The half-budget rung sees a scaled, noisier version of the same
 landscape. `Landscape(flat=True)` gives every recipe the same true value: an A/A world
 where every recorded claim of an improvement is false.
+
+`MixtureLandscape` and `simulate_mixture` do the same for mixture campaigns
+(research/mixture_campaign.py): per-domain values as a function of the domain weights.
 """
 
 from __future__ import annotations
@@ -111,6 +114,52 @@ class Landscape:
             return self.true_value(recipe) + offset + noise
         effects = self.effects(recipe)
         return self.base_value + 0.17 + sum(v * self.rung_factor.get(k, 1.0) for k, v in effects.items()) + offset + noise
+
+
+@dataclass
+class MixtureLandscape:
+    """Per-domain val_bpb as a function of the domain weights (data.weights; none = the
+    natural mixture), for mixture campaigns (research/mixture_campaign.py): a domain's bpb
+    falls with the log of the share of the batch that teaches it, its own share plus a part
+    of related domains' (`transfer`), so the overall value has an interior optimum. Seed
+    offsets are shared by every mixture on a seed, as in `Landscape`; run noise is per
+    mixture, seed and domain. Overall val_bpb is the mean over domains (equal evaluation
+    tokens per domain at one byte per token)."""
+
+    natural: dict = field(default_factory=lambda: {"code": 0.48, "docs": 0.063, "literature": 0.457})
+    base: dict = field(default_factory=lambda: {"code": 2.6, "docs": 3.1, "literature": 3.3})
+    gain: dict = field(default_factory=lambda: {"code": 0.12, "docs": 0.2, "literature": 0.1})  # bpb per unit of log share
+    transfer: dict = field(default_factory=lambda: {("docs", "code"): 0.3, ("code", "docs"): 0.1})  # (to, from): share that teaches `to`
+    seed: int = 0
+    seed_std: float = 0.02
+    run_std: float = 0.006
+    floor: float = 0.02  # a domain's bpb with none of its data: what the others teach it, at least this share
+
+    def weights(self, recipe: Recipe) -> dict[str, float]:
+        w = recipe.data.weights or self.natural
+        total = sum(w.get(d, 0.0) for d in self.natural)
+        return {d: w.get(d, 0.0) / total for d in self.natural}
+
+    def true_domains(self, weights: dict[str, float]) -> dict[str, float]:
+        out = {}
+        for d in self.natural:
+            taught = weights[d] + sum(t * weights[src] for (to, src), t in self.transfer.items() if to == d)
+            out[d] = self.base[d] - self.gain[d] * math.log(taught + self.floor)
+        return out
+
+    def true_value(self, recipe: Recipe, domains: list[str] | None = None) -> float:
+        per = self.true_domains(self.weights(recipe))
+        return sum(per[d] for d in domains or per) / len(domains or per)
+
+    def domain_values(self, recipe: Recipe, seed: int) -> dict[str, float]:
+        w = self.weights(recipe)
+        key = json.dumps({d: round(v, 6) for d, v in w.items()}, sort_keys=True) + f"/{recipe.model.n_layer}"
+        offset = {d: _normal(f"mix-offset/{self.seed}/{seed}/{d}") * self.seed_std for d in w}  # shared by every mixture on the seed
+        return {d: v + offset[d] + _normal(f"mix-run/{self.seed}/{seed}/{d}/{key}") * self.run_std for d, v in self.true_domains(w).items()}
+
+    def value(self, recipe: Recipe, seed: int, rung: bool = False) -> float:
+        per = self.domain_values(recipe, seed)
+        return sum(per.values()) / len(per)
 
 
 @dataclass
@@ -210,8 +259,11 @@ class SimulatedRunner:
             (r.job.out_dir / "summary.json").write_text(json.dumps(summary))
             score_path = getattr(r.job, "score_path", None)
             if score_path is not None and finished:  # the lab's own score of the run (scoring.py's verdict format)
+                val = {"val_bpb": value}
+                if hasattr(self.landscape, "domain_values"):  # per domain, as the lab scores them
+                    val["domains"] = self.landscape.domain_values(r.recipe, r.seed)
                 Path(score_path).parent.mkdir(parents=True, exist_ok=True)
-                Path(score_path).write_text(json.dumps({"status": "ok", "splits": {"val": {"val_bpb": value}}}))
+                Path(score_path).write_text(json.dumps({"status": "ok", "splits": {"val": val}}))
             done.append(JobResult(r.job, summary["status"] if finished else r.reason, 0, summary, "", r.slot, r.started_at, r.ends_at))
         return done
 
@@ -263,3 +315,29 @@ def simulate(cfg, landscape: Landscape, workdir: Path, strategy=None, runner: Si
     return {"campaign": campaign, "ledger": ledger, "campaign_id": cid, "runner": runner,
             "final_true": landscape.true_value(final), "base_true": landscape.true_value(base), "final": final,
             "compute_used": campaign.compute_used(), "claims": campaign.claims()}
+
+
+def simulate_mixture(cfg, landscape: MixtureLandscape, workdir: Path, runner: SimulatedRunner | None = None) -> dict:
+    """Run one whole mixture campaign (research/mixture_campaign.py) against a
+    MixtureLandscape, in process; returns the campaign's summary and the true values of the
+    recommended, natural and uniform mixtures under the landscape."""
+    from dataclasses import asdict
+
+    from ..ledger import Ledger
+    from .mixture_campaign import KIND, MixtureCampaign, plan, summary
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(str(workdir / "ledger.db"))
+    base = cfg.base_recipe()
+    info = plan(cfg, {d: max(1, round(w * 1e6)) for d, w in landscape.natural.items()})
+    cid = ledger.create_campaign("simulated mixture", config={"kind": KIND, "mixture": asdict(cfg), "base_recipe": base.to_dict(), **info})
+    runner = runner or SimulatedRunner(landscape, cfg.parallel)
+    MixtureCampaign(ledger, cid, runner, workdir / "runs", echo=False).run(poll_s=1.0)
+    result = summary(ledger, cid)
+    true = {}
+    for role in ("natural", "uniform", "recommended"):
+        arm = (result["arms"].get("campaign") or {}).get(role)
+        if arm is not None:
+            true[role] = landscape.true_value(apply_overrides(base, [f"data.weights={json.dumps(arm['weights'])}"]), cfg.target or None)
+    return {"ledger": ledger, "campaign_id": cid, "runner": runner, "summary": result, "true": true}
