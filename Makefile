@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,data,pg]"
+	$(PY) -m pip install -q -e ".[dev,data,pg,ray]"
 	touch $@
 
 # The main job on embedded defaults: a short real research campaign on tiny-cpu (optuna

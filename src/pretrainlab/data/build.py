@@ -1,20 +1,23 @@
 """`pretrainlab data build RECIPE`: run a data recipe's steps into a derived corpus.
 
     path, cached = build_corpus(load_recipe("filtered.toml"))
+    path, cached = build_corpus(recipe, executor="ray", ray_address="auto")   # per-document steps on a Ray cluster
 
 The spine:
-  1. read every source's documents;
+  1. read every source's documents; an unreadable file or record is skipped and counted
+     (sources.iter_documents), a source that yields nothing is an error;
   2. decide each document's split on the ORIGINAL documents (shards.assign_splits, the
      same split `data prepare` would make), so no step can move a document between splits;
   3. address the output by sha256(recipe, input documents' hashes, BUILD_VERSION): a
      corpus already there with that address is reused at once;
-  4. run the steps in order over the train documents (per-document steps on a process
-     pool, corpus-wide steps in this process); held-out documents stay as they are;
+  4. run the steps in order over the train documents (per-document steps on the executor,
+     engine.py: local processes or Ray tasks; corpus-wide steps in this process); held-out
+     documents stay as they are;
   5. tokenize the survivors with their fixed splits (shards.prepare_corpus) into a staging
      folder, add fates.jsonl and build_report.json, and move it into place in one rename.
 
 fates.jsonl holds every input document's fate (see fates.py); build_report.json the
-per-step counts, score histograms, duplicate clusters and contamination.
+per-step counts, score histograms, duplicate clusters, contamination and skipped inputs.
 """
 
 from __future__ import annotations
@@ -24,29 +27,27 @@ import json
 import os
 import shutil
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass, field
-from multiprocessing import get_context
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
 from .builtin import builtin_documents, default_home, fetch_literature_sdist, sources_dir
+from .engine import check_executor, open_executor
 from .recipe import DataRecipe
 from .shards import FORMAT_VERSION, Corpus, _publish, assign_splits, prepare_corpus, text_sha256
-from .sources import Document, iter_documents
+from .sources import Document, SkippedInput, iter_documents
 from .steps import STEPS, Outcome, StepConfig, StepDoc, minhash_backend
 from .tokenizers import BPETokenizer, ByteTokenizer, parse_tokenizer_spec
 
-BUILD_VERSION = 1  # bump when a step's behaviour changes, so old derived corpora are not reused
+BUILD_VERSION = 2  # bump when a step's behaviour or the record changes, so old derived corpora are not reused
 FATES_FILE = "fates.jsonl"
 REPORT_FILE = "build_report.json"
 RECIPE_FILE = "recipe.toml"
-_POOL_MIN_DOCS = 256  # below this, starting worker processes costs more than it saves
-_POOL_CHUNK_DOCS = 64  # documents per task sent to a worker
 _HISTOGRAM_BINS = 20
+MAX_SKIPPED_LISTED = 1000  # skipped inputs listed one by one in build_report.json; all are counted
 
 
 @dataclass
@@ -60,29 +61,51 @@ class _Doc:
     removed_by: dict | None = None
     rewrites: list[dict] = field(default_factory=list)
     clusters: dict[str, str] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)  # step -> its score of this document
+    labels: dict[str, str] = field(default_factory=dict)  # step -> what it called a kept document (language_id: the language)
 
     @property
     def in_train(self) -> bool:
         return self.split == "train" and self.removed_by is None
 
 
-def read_sources(recipe: DataRecipe) -> list[Document]:
+@dataclass(frozen=True)
+class Skipped:
+    """An input left out of a build because it could not be read (build_report.json lists it)."""
+
+    source: str  # the recipe's source path
+    domain: str
+    path: str  # the file (relative to the source), or FILE:N for one record
+    reason: str
+    whole_file: bool
+
+
+def read_sources(recipe: DataRecipe) -> tuple[list[Document], list[Skipped]]:
+    """Every source's documents, and the inputs skipped because they could not be read."""
     documents: list[Document] = []
+    skipped: list[Skipped] = []
     for source in recipe.sources:
         if source.builtin:
             sdist = fetch_literature_sdist(sources_dir())
             kwargs = {} if source.max_bytes_per_domain is None else {"max_bytes_per_domain": source.max_bytes_per_domain}
             documents += builtin_documents(sdist=sdist, **kwargs)
-        else:
-            path = recipe.base_dir / source.path
-            documents += iter_documents(path, source.domain, source.text_field)
-    return documents
+            continue
+        bad: list[SkippedInput] = []
+        found = list(iter_documents(recipe.base_dir / source.path, source.domain, source.text_field, on_skip=bad.append))
+        if not found:
+            why = f"{len(bad)} input(s) skipped, the first {bad[0].path}: {bad[0].reason}" if bad else "it holds no documents"
+            raise UserError(f"source {source.path!r} (domain {source.domain}) yields no documents ({why}): fix or replace its files")
+        documents += found
+        skipped += [Skipped(source.path, source.domain, b.path, b.reason, b.whole_file) for b in bad]
+    return documents, skipped
 
 
-def build_address(recipe: DataRecipe, documents: list[Document]) -> str:
+def build_address(recipe: DataRecipe, documents: list[Document], skipped: list[Skipped] = ()) -> str:
     inputs = hashlib.sha256()
     for doc in documents:
         inputs.update(f"{doc.domain}\0{doc.path}\0{text_sha256(doc.text)}\n".encode())
+    for s in skipped:  # so the report of what was skipped is this input's
+        inputs.update(f"skipped\0{s.domain}\0{s.path}\0{s.reason}\n".encode())
     key = {"recipe": recipe.resolved(), "inputs": inputs.hexdigest(), "build_version": BUILD_VERSION, "format_version": FORMAT_VERSION}
     if any(s.name == "near_dedup" for s in recipe.steps):  # the two MinHash implementations hash differently
         key["minhash"] = minhash_backend()
@@ -102,19 +125,19 @@ def _cached(out: Path, address: str) -> bool:
         return False  # damaged: rebuild
 
 
-def build_corpus(recipe: DataRecipe, out_dir: str | Path | None = None, progress: bool = True) -> tuple[Path, bool]:
-    """Build (or reuse) the recipe's derived corpus; returns (its folder, whether it was cached)."""
+def build_corpus(recipe: DataRecipe, out_dir: str | Path | None = None, progress: bool = True, executor: str = "local",
+                 ray_address: str | None = None) -> tuple[Path, bool]:
+    """Build (or reuse) the recipe's derived corpus; returns (its folder, whether it was cached).
+    `executor` runs the per-document steps: "local" (a process pool of [corpus] num_workers,
+    0: all cores) or "ray" (tasks on the Ray cluster at `ray_address`; see engine.py). Every
+    executor gives the same corpus."""
+    check_executor(executor, ray_address)
     # 1. Read.
-    documents = read_sources(recipe)
+    documents, skipped = read_sources(recipe)
     if not documents:
         raise UserError("the recipe's sources hold no documents: add files to them")
     seen_keys: set[tuple[str, str]] = set()
     for doc in documents:
-        try:
-            doc.text.encode("utf-8")
-        except UnicodeEncodeError as e:
-            raise UserError(f"document {doc.path} ({doc.domain}) holds an unpaired surrogate at character {e.start}, which is not "
-                            "valid Unicode: repair or drop it in the input") from None
         if (doc.domain, doc.path) in seen_keys:
             raise UserError(f"two sources give domain {doc.domain!r} the document {doc.path!r}: give them different domains")
         seen_keys.add((doc.domain, doc.path))
@@ -122,7 +145,7 @@ def build_corpus(recipe: DataRecipe, out_dir: str | Path | None = None, progress
     c = recipe.corpus
     splits = assign_splits(documents, c.val_fraction, c.min_val_docs, c.seed)
     # 3. Address and cache.
-    address = build_address(recipe, documents)
+    address = build_address(recipe, documents, skipped)
     out = Path(out_dir) if out_dir is not None else default_out(recipe, address)
     if _cached(out, address):
         return out, True
@@ -131,7 +154,8 @@ def build_corpus(recipe: DataRecipe, out_dir: str | Path | None = None, progress
     docs = [_Doc(d.domain, d.source, d.path, text_sha256(d.text), s, d.text) for d, s in zip(documents, splits)]
     del documents
     # 4. Steps.
-    report = _run_steps(recipe, docs, progress)
+    report = _run_steps(recipe, docs, progress, executor, ray_address)
+    report["skipped_inputs"] = _skipped_report(skipped)
     # 5. Tokenize and publish atomically.
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.build-{os.getpid()}"
@@ -184,10 +208,25 @@ def _fate(d: _Doc) -> dict:
     else:
         fate = "rewritten" if d.rewrites else "kept"
     line = {"domain": d.domain, "source": d.source, "path": d.path, "sha256": d.sha256, "split": d.split, "fate": fate}
-    return line | {"removed_by": d.removed_by, "rewrites": d.rewrites, "clusters": d.clusters}
+    return line | {"removed_by": d.removed_by, "rewrites": d.rewrites, "clusters": d.clusters, "scores": d.scores, "labels": d.labels}
+
+
+def _skipped_report(skipped: list[Skipped]) -> dict:
+    return {
+        "num_files": sum(s.whole_file for s in skipped),
+        "num_records": sum(not s.whole_file for s in skipped),
+        "items": [asdict(s) for s in skipped[:MAX_SKIPPED_LISTED]],
+        "num_unlisted": max(0, len(skipped) - MAX_SKIPPED_LISTED),
+    }
 
 
 # --- running the steps -----------------------------------------------------------------
+
+
+def applies(config: StepConfig, domain: str) -> bool:
+    """A step runs on its `domains` (empty: every domain) less its `exclude_domains`, where its
+    config has them (language_id leaves code alone by default)."""
+    return (not config.domains or domain in config.domains) and domain not in getattr(config, "exclude_domains", ())
 
 
 def _apply_doc_steps(task: tuple[list[tuple[str, StepConfig]], list[tuple[str, str]]]) -> list[list[Outcome | None]]:
@@ -198,7 +237,7 @@ def _apply_doc_steps(task: tuple[list[tuple[str, StepConfig]], list[tuple[str, s
     for domain, text in items:
         outcomes: list[Outcome | None] = []
         for name, config in steps:
-            if (config.domains and domain not in config.domains) or text is None:
+            if text is None or not applies(config, domain):
                 outcomes.append(None)
                 continue
             outcome = STEPS[name].fn(text, config) if text.strip() else Outcome.remove("empty", 0)
@@ -235,6 +274,9 @@ def _record(stats: dict, name: str, d: _Doc, outcome: Outcome) -> None:
     stats["bytes_in_by_domain"][d.domain] += num_bytes
     if outcome.score is not None:
         stats["scores"].append(float(outcome.score))
+        d.scores[name] = outcome.score
+    if outcome.action == "keep" and outcome.rule is not None:
+        d.labels[name] = outcome.rule
     if outcome.cluster is not None:
         d.clusters[name] = outcome.cluster
     if outcome.action == "remove":
@@ -258,11 +300,10 @@ def _record(stats: dict, name: str, d: _Doc, outcome: Outcome) -> None:
     stats["bytes_out_by_domain"][d.domain] += num_bytes
 
 
-def _run_steps(recipe: DataRecipe, docs: list[_Doc], progress: bool) -> dict:
-    num_workers = recipe.corpus.num_workers or os.cpu_count() or 1
+def _run_steps(recipe: DataRecipe, docs: list[_Doc], progress: bool, executor: str, ray_address: str | None) -> dict:
     stats = [_new_stats(s.name) for s in recipe.steps]
     bar = _progress(progress)
-    with bar if bar is not None else nullcontext():
+    with bar if bar is not None else nullcontext(), open_executor(executor, recipe.corpus.num_workers, ray_address) as ex:
         index = 0
         for group in _stage_groups(recipe):
             names = [name for name, _ in group]
@@ -270,20 +311,15 @@ def _run_steps(recipe: DataRecipe, docs: list[_Doc], progress: bool) -> dict:
             if STEPS[names[0]].per_document:
                 train = [d for d in docs if d.in_train]
                 items = [(d.domain, d.text) for d in train]
-                chunks = [(group, items[i : i + _POOL_CHUNK_DOCS]) for i in range(0, len(items), _POOL_CHUNK_DOCS)]
-                if num_workers > 1 and len(items) >= _POOL_MIN_DOCS:
-                    with ProcessPoolExecutor(num_workers, mp_context=get_context("spawn")) as pool:
-                        results = [r for chunk in pool.map(_apply_doc_steps, chunks) for r in chunk]
-                else:
-                    results = [r for chunk in map(_apply_doc_steps, chunks) for r in chunk]
+                chunks = [(group, items[i : i + ex.chunk_docs]) for i in range(0, len(items), ex.chunk_docs)]
+                results = [r for chunk in ex.map(_apply_doc_steps, chunks, len(items)) for r in chunk]
                 for d, outcomes in zip(train, results):
                     for k, outcome in enumerate(outcomes):
                         if outcome is not None:
                             _record(stats[index + k], names[k], d, outcome)
             else:
                 name, config = group[0]
-                in_scope = lambda d: not config.domains or d.domain in config.domains  # noqa: E731
-                train = [d for d in docs if d.in_train and in_scope(d)]
+                train = [d for d in docs if d.in_train and applies(config, d.domain)]
                 # decontamination reads val and test only: monitor is what experiments may read anyway
                 held = [StepDoc(d.domain, d.path, d.text) for d in docs if d.split in ("val", "test")]
                 outcomes = STEPS[name].fn([StepDoc(d.domain, d.path, d.text) for d in train], held, config)

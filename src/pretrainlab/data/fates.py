@@ -69,6 +69,8 @@ def explain(fate: dict) -> str:
             text += f"; duplicate cluster {r['cluster']}, the kept copy is {r['kept_doc']}"
     if fate.get("rewrites"):
         text += "; rewritten by " + ", ".join(f"{w['step']} ({w['rule']})" for w in fate["rewrites"])
+    for step, label in (fate.get("labels") or {}).items():  # what a step called a kept document: language_id's language
+        text += f"; {step}: {label} (score {fate['scores'][step]})"
     return text
 
 
@@ -117,6 +119,13 @@ def report_html(info: dict) -> str:
     if build:
         parts.append(f"<h2>Build: {build['num_input_docs']:,} input documents</h2><p>"
                      + ", ".join(f"{esc(k)} {v:,}" for k, v in sorted(build["fates"].items())) + "</p>")
+        skipped = build.get("skipped_inputs") or {}
+        if skipped.get("items"):
+            parts.append(f"<h3>Skipped as unreadable: {skipped['num_files']:,} file(s), {skipped['num_records']:,} record(s)</h3>"
+                         "<table><tr><th>source</th><th>domain</th><th>input</th><th>reason</th></tr>")
+            parts += [f"<tr><td>{esc(x['source'])}</td><td>{esc(x['domain'])}</td><td>{esc(x['path'])}</td><td>{esc(x['reason'])}</td></tr>"
+                      for x in skipped["items"]]
+            parts.append("</table>" + (f"<p>and {skipped['num_unlisted']:,} more</p>" if skipped["num_unlisted"] else ""))
         for s in build["steps"]:
             parts.append(f"<h3>{esc(s['step'])}</h3><p>documents {s['num_docs_in']:,} &rarr; {s['num_docs_out']:,}, "
                          f"tokens {s['num_tokens_in']:,} &rarr; {s['num_tokens_out']:,}, rewritten {s['num_rewritten']:,}</p>")

@@ -59,7 +59,7 @@ class CorpusSpec:
     val_fraction: float = 0.1  # share of each domain's documents held out (val + monitor + test), decided before any step
     min_val_docs: int = 1  # held-out documents per domain, at least
     seed: int = 0  # fixes the split
-    num_workers: int = 0  # processes for per-document steps; 0: all cores
+    num_workers: int = 0  # processes for per-document steps (or CPUs of a new local Ray instance, --executor ray); 0: all cores
 
     def __post_init__(self) -> None:
         if not self.name or not all(ch.isalnum() or ch in "-_" for ch in self.name):

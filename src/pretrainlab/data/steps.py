@@ -605,3 +605,7 @@ def decontaminate(train: list[StepDoc], held_out: list[StepDoc], c: Decontaminat
         shared = len(_ngram_hashes(doc.text, c.ngram) & evaluated)
         out.append(Outcome.remove("eval_overlap", shared) if shared >= c.min_overlaps else Outcome.keep(shared))
     return out
+
+
+# --- language identification: its own module (lingua, the `data` extra); importing it registers `language_id`
+from . import langid  # noqa: E402, F401
