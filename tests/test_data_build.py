@@ -222,14 +222,16 @@ def test_docs_recipe_and_commands_end_to_end_with_training(tmp_path):
     report = json.loads(res.stdout)
     assert report["recipe"]["recipe_name"] == "filtered"
     steps = report["build"]["steps"]
-    assert [s["step"] for s in steps] == ["normalize", "pii", "gopher_quality", "exact_dedup", "near_dedup", "boilerplate", "decontaminate"]
+    assert [s["step"] for s in steps] == ["normalize", "pii", "language_id", "gopher_quality", "exact_dedup", "near_dedup", "boilerplate",
+                                          "decontaminate"]
     for before, after in zip(steps, steps[1:]):
         assert after["num_docs_in"] == before["num_docs_out"]  # each step sees what the one before kept
         assert after["num_tokens_in"] == before["num_tokens_out"]
     assert steps[0]["num_docs_in"] == report["build"]["fates"].get("kept", 0) + report["build"]["fates"].get("rewritten", 0) + \
         report["build"]["fates"].get("removed", 0)
-    assert steps[2]["score_histogram"]["counts"] and sum(steps[2]["score_histogram"]["counts"]) == steps[2]["num_docs_in"]
-    assert steps[3]["cluster_sizes"].get("2", 0) + steps[4]["cluster_sizes"].get("2", 0) >= 1
+    assert steps[3]["score_histogram"]["counts"] and sum(steps[3]["score_histogram"]["counts"]) == steps[3]["num_docs_in"]
+    assert steps[4]["cluster_sizes"].get("2", 0) + steps[5]["cluster_sizes"].get("2", 0) >= 1
+    assert steps[2]["num_docs_in"] and not steps[2]["removed_by_rule"]  # the notes are English
     page = (tmp_path / "report.html").read_text()
     assert "<svg" in page and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "") and "<script" not in page
 

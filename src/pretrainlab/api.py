@@ -160,15 +160,20 @@ def corpus_info(path: str | None = None, tokenizer: str = "byte") -> dict:
     return {"path": str(corpus.path), "manifest_sha256": corpus.manifest_hash, **data.corpus_report(corpus)}
 
 
-def build_data(recipe: str | Path, out: str | Path | None = None, progress: bool = True) -> dict:
-    """Run a data recipe (TOML) into a derived corpus, content-addressed and cached."""
+def build_data(recipe: str | Path, out: str | Path | None = None, progress: bool = True, executor: str = "local",
+               ray_address: str | None = None) -> dict:
+    """Run a data recipe (TOML) into a derived corpus, content-addressed and cached; the
+    per-document steps run on local processes or Ray tasks (executor "local" | "ray"), with the same result."""
     from .data.build import build_corpus
+    from .data.fates import build_report
     from .data.recipe import load_recipe
 
-    path, cached = build_corpus(load_recipe(recipe), out, progress=progress)
+    path, cached = build_corpus(load_recipe(recipe), out, progress=progress, executor=executor, ray_address=ray_address)
     manifest = json.loads((path / "manifest.json").read_text())
+    skipped = (build_report(path) or {}).get("skipped_inputs") or {}
     return {"path": str(path), "cached": cached, "build_sha256": manifest["source"]["build_sha256"],
-            "recipe_sha256": manifest["source"]["recipe_sha256"]}
+            "recipe_sha256": manifest["source"]["recipe_sha256"], "executor": executor,
+            "num_skipped_files": skipped.get("num_files", 0), "num_skipped_records": skipped.get("num_records", 0)}
 
 
 def data_why(corpus: str | Path, doc: str) -> dict:

@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     db = dsub.add_parser("build", help="run a data recipe (TOML: sources and steps) into a derived corpus")
     db.add_argument("recipe", type=Path, help="the data recipe file (docs/data.md)")
     db.add_argument("--out", type=Path, help="output directory (default: $PRETRAINLAB_HOME/corpus/derived-NAME-HASH)")
+    db.add_argument("--executor", choices=["local", "ray"], default="local",
+                    help="where per-document steps run: local processes ([corpus] num_workers, 0: all cores) or Ray tasks; same output")
+    db.add_argument("--address", help="the Ray cluster for --executor ray (default: RAY_ADDRESS, else a new local Ray instance)")
     db.add_argument("--json", action="store_true")
     dw = dsub.add_parser("why", help="why a document is (not) in a derived corpus's training set")
     dw.add_argument("corpus", help="the derived corpus directory")
@@ -258,10 +261,13 @@ def cmd_data(args) -> int:
         print(f"corpus ready: {path}")
         return 0
     if args.data_command == "build":
-        result = api.build_data(args.recipe, args.out, progress=not args.json)
+        result = api.build_data(args.recipe, args.out, progress=not args.json, executor=args.executor, ray_address=args.address)
         if args.json:
             return _print_json(result)
         print(f"corpus {'cached (same recipe and inputs), reused' if result['cached'] else 'built'}: {result['path']}")
+        if result["num_skipped_files"] or result["num_skipped_records"]:
+            print(f"skipped as unreadable: {result['num_skipped_files']} file(s), {result['num_skipped_records']} record(s); "
+                  f"`pretrainlab data report {result['path']}` lists them")
         return 0
     if args.data_command == "why":
         fate = api.data_why(args.corpus, args.doc)
