@@ -428,10 +428,12 @@ def research_stop(campaign: str, db: str | None = None) -> None:
     manage.stop(campaign, db=db)
 
 
-def research_suggest(campaign: str, hypothesis: str, overrides: list[str], author: str, db: str | None = None) -> str:
+def research_suggest(campaign: str, hypothesis: str, overrides: list[str], author: str, db: str | None = None,
+                     data_recipe: str | None = None) -> str:
+    """Queue a person's experiment: --set overrides and/or a data recipe's [[steps]] (TOML)."""
     from .research import manage
 
-    return manage.suggest(campaign, hypothesis, overrides, author, db=db)
+    return manage.suggest(campaign, hypothesis, overrides, author, db=db, data_recipe=data_recipe)
 
 
 def research_review(experiment: str, approve: bool, author: str, reason: str | None = None, db: str | None = None) -> None:

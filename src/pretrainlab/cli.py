@@ -18,7 +18,7 @@
     pretrainlab research status [CAMPAIGN] | resume CAMPAIGN | stop CAMPAIGN | log CAMPAIGN     [--json]
     pretrainlab research resume CAMPAIGN --budget-runs 60    # extend a finished campaign
     pretrainlab research mixture --recipe NAME --proxies 24 --run-budget 4e4tok --confirm-seeds 3 [--target D1,D2] [--transfer k=v ...]
-    pretrainlab research suggest CAMPAIGN "hypothesis" --set k=v ... | approve EXP | reject EXP [--reason TEXT]
+    pretrainlab research suggest CAMPAIGN "hypothesis" [--set k=v ...] [--data-recipe STEPS.toml] | approve EXP | reject EXP [--reason TEXT]
     pretrainlab report CAMPAIGN -o report.html
     pretrainlab doctor RUN [--baseline RUN] [--json]        (RUN = run dir or run id)
 
@@ -183,6 +183,8 @@ def _add_research_parser(sub) -> None:
     g.add_argument("campaign")
     g.add_argument("hypothesis")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    g.add_argument("--data-recipe", metavar="STEPS.toml", help="a data experiment: the data recipe's [[steps]], built into a derived "
+                   "corpus of the campaign's sources (validation and test data stay fixed)")
     g.add_argument("--author", default=os.environ.get("USER") or "person")
     g.add_argument("--db", metavar="URL")
     g.add_argument("--json", action="store_true")
@@ -558,7 +560,7 @@ def cmd_research(args) -> int:
         print(api.research_log(args.campaign, db=args.db))
         return 0
     if c == "suggest":
-        exp = api.research_suggest(args.campaign, args.hypothesis, args.overrides, args.author, db=args.db)
+        exp = api.research_suggest(args.campaign, args.hypothesis, args.overrides, args.author, db=args.db, data_recipe=args.data_recipe)
         return _print_json({"experiment": exp}) if args.json else (print(f"queued experiment {exp}") or 0)
     api.research_review(args.experiment, c == "approve", args.author, args.reason, db=args.db)
     print(f"experiment {args.experiment}: {c}d by {args.author}")

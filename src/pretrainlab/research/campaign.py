@@ -57,6 +57,7 @@ from ..runners import Job, JobResult, LocalRunner
 from ..runners.job import read_json_object
 from ..runners.local import OVERHEAD
 from . import early_stop, policy
+from .data_experiments import apply_data_change, check_fixed_data
 from .patches import apply_patch
 from .space import default_space, recipe_diff
 from .stats import IMPROVEMENT, REGRESSION, compare, noise_floor, pooled_paired
@@ -373,7 +374,7 @@ class Campaign:
 
         recipe = self.recipe_of(exp)
         code_src = self.workdir / "trees" / exp["id"] / "src" if (exp["change"] or {}).get("patch") else PACKAGE_SRC
-        corpus = Corpus.open(corpus_path(recipe), verify=False)
+        corpus = Corpus.open(corpus_path(self.base), verify=False)  # the base's held-out data, as every run was scored
         val, test = [], []
         for row in self.results(exp["id"]).values():
             verdict = read_json_object(self.score_path(Path(row["run_dir"]).name)) or {}
@@ -1132,7 +1133,7 @@ class Campaign:
                 # (a run that finished but was never scored: the job process scores it without training again)
                 return Job(f"{exp['id']}-s{seed}", str(recipe_path), run_dir, [f"seed={self.base.seed + seed}"], timeout_s=timeout,
                            pythonpath=pythonpath, env={"PRETRAINLAB_NO_LEDGER": "1"}, resume=True,
-                           score_path=self.score_path(f"{exp['id']}-s{seed}"))
+                           score_path=self.score_path(f"{exp['id']}-s{seed}"), score_data=self.score_data())
             holder = lock_holder(run_dir)
             if holder is not None:  # something this campaign does not own still writes it: never delete it
                 raise UserError(f"run directory {run_dir} is in use by process {holder.pid} (group {holder.pgid}): stop it, "
@@ -1140,7 +1141,13 @@ class Campaign:
             shutil.rmtree(run_dir)  # killed before its first checkpoint, nothing writes it: start it over
         return Job(f"{exp['id']}-s{seed}", str(recipe_path), run_dir, [f"seed={self.base.seed + seed}"],
                    timeout_s=timeout, pythonpath=pythonpath, env={"PRETRAINLAB_NO_LEDGER": "1"},
-                   score_path=self.score_path(f"{exp['id']}-s{seed}"))
+                   score_path=self.score_path(f"{exp['id']}-s{seed}"), score_data=self.score_data())
+
+    def score_data(self) -> dict:
+        """The data every run of the campaign is scored on: its base corpus's, whatever corpus a
+        run trains on (a data experiment's derived corpus has the same held-out documents, and
+        the lab scores them from the base's own shards)."""
+        return {"corpus": self.base.data.corpus, "tokenizer": self.base.data.tokenizer}
 
     def run_timeout(self, recipe: Recipe) -> float | None:
         """A run's wall-clock limit. Seconds budgets: 3x + 120 s. Token and FLOP budgets:
@@ -1215,9 +1222,12 @@ class Campaign:
         status, error = "queued", None
         scratch = Path(tempfile.mkdtemp(prefix="patch-", dir=self.workdir)) if p.kind == "code" else None
         try:
-            if p.kind == "data":
-                recipe = apply_overrides(incumbent, [f"data.weights={json.dumps(p.weights)}"])
+            if p.kind == "data":  # a mixture and/or steps built into a derived corpus with the base's held-out data
+                recipe, built = apply_data_change(incumbent, self.base, p.data_steps, p.weights)
+                if built:
+                    change["data_recipe"] = built
             else:
+                check_fixed_data(p.values)
                 recipe = validate(CampaignView(self.base, incumbent, [], None, []), p)
             if p.kind == "code":  # apply it now: a patch that does not apply is rejected before it is queued
                 apply_patch(p.patch or "", scratch)
@@ -1257,6 +1267,7 @@ class Campaign:
             ev = d.get("evidence") or {}
             values = [ev["value_on_incumbent_scale"]] if ev.get("value_on_incumbent_scale") is not None else ev.get("values") or []
             out.append({"id": e["id"], "kind": e["kind"], "values": (e["change"] or {}).get("values"), "weights": (e["change"] or {}).get("weights"),
+                        "data_steps": ((e["change"] or {}).get("data_recipe") or {}).get("steps"),
                         "recipe": (e["change"] or {}).get("recipe"),
                         "patch": bool((e["change"] or {}).get("patch")), "value": statistics.fmean(values) if values else None,
                         "verdict": d["verdict"], "noise_floor": ((d.get("evidence") or {}).get("noise_floor") or {}).get("std"),

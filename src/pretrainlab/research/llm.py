@@ -3,8 +3,9 @@
 Each `propose()` is one short agent conversation. The model gets a stable system prompt
 and a compact summary of the campaign state (bounded size, so a 500-experiment campaign
 fits as well as a 5-experiment one). It works through the lab's own operations as tools —
-list/compare runs, a run's doctor findings and curve summary, read the harness source,
-propose a config change / code patch / data mixture, write a note — and ends its turn.
+list/compare runs, a run's doctor findings and curve summary, read the harness source, the
+corpus's data report and sampled train documents, propose a config change / code patch /
+data mixture / data recipe, write a note — and ends its turn.
 Every proposal carries the model id and the model's own rationale.
 
 Prompt caching (Claude): the system prompt carries a code map of the package and the full
@@ -101,8 +102,10 @@ How the lab works:
   differences smaller than the noise floor in the state summary are not evidence.
 - Experiment kinds: propose_config (recipe field changes, dotted keys), propose_code_patch (a unified diff against the harness
   files under src/pretrainlab/model/, src/pretrainlab/train/ — the evaluation module, validation split and metric are read-only
-  and a patch touching them is rejected), propose_data_mixture (domain sampling weights).
-- Use list_runs, compare_runs, run_findings (the run doctor's diagnosis), curve_summary and read_code to ground each proposal.
+  and a patch touching them is rejected), propose_data_mixture (domain sampling weights), propose_data_recipe (the data
+  recipe's ordered filter/dedup/cleaning steps, built into a derived corpus; validation and test data never change).
+- Use list_runs, compare_runs, run_findings (the run doctor's diagnosis), curve_summary and read_code to ground each proposal;
+  corpus_report and sample_documents to see what the data steps keep and remove before proposing a data recipe.
   read_code returns numbered lines a page at a time; a page that ends early says which offset to ask for next.
 - Give every proposal a falsifiable hypothesis and a rationale that cites what you looked at.
 - When you have proposed what was asked, end your turn with a one-paragraph summary."""
@@ -137,6 +140,8 @@ def state_summary(view: CampaignView, n: int, max_rows: int = 25) -> str:
     for h in done:
         if id(h) in shown:
             change = h.get("values") or h.get("weights") or ("patch" if h.get("patch") else {})
+            if h.get("data_steps") is not None:  # a data recipe, maybe with a mixture
+                change = {"steps": h["data_steps"], **({"weights": h["weights"]} if h.get("weights") else {})}
             value = "failed" if h.get("value") is None else f"{h['value']:.4f}"
             effect = (f", effect {h['effect']:+.4f} [{h['ci_low']:+.4f}, {h['ci_high']:+.4f}] vs the incumbent of the time"
                       if h.get("effect") is not None and h.get("ci_low") is not None and h.get("ci_high") is not None else "")
@@ -267,7 +272,7 @@ class _Collector:
     """Runs the model's tool calls; propose_* tools become Proposals. Every input is
     validated here, against the tool's typed model, before the tool runs."""
 
-    PROPOSE = {"propose_config": "config", "propose_code_patch": "code", "propose_data_mixture": "data"}
+    PROPOSE = {"propose_config": "config", "propose_code_patch": "code", "propose_data_mixture": "data", "propose_data_recipe": "data"}
 
     def __init__(self, strategy, proposals: list[Proposal], limit: int):
         self.strategy, self.proposals, self.limit = strategy, proposals, limit

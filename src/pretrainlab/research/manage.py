@@ -159,26 +159,35 @@ def status(campaign_id: str, db: str | None = None) -> dict:
     return out
 
 
-def suggest(campaign_id: str, hypothesis: str, overrides: list[str], author: str, db: str | None = None) -> str:
-    """A person's experiment, queued for the next free slot."""
+def suggest(campaign_id: str, hypothesis: str, overrides: list[str], author: str, db: str | None = None,
+            data_recipe: str | None = None) -> str:
+    """A person's experiment, queued for the next free slot: config overrides, and/or a data
+    recipe's [[steps]] (a TOML file), built now into a derived corpus of the campaign's base
+    sources whose held-out data is checked to be the base's (research/data_experiments.py)."""
     from ..ledger import Ledger
+    from .data_experiments import apply_data_change, check_fixed_data, load_steps
     from .space import recipe_diff
 
-    if not overrides:
-        raise UserError("research suggest needs the change to try: add --set key=value (e.g. --set model.n_layer=6)")
+    if not overrides and not data_recipe:
+        raise UserError("research suggest needs the change to try: add --set key=value (e.g. --set model.n_layer=6) or "
+                        "--data-recipe STEPS.toml")
     ledger = Ledger(db)
     row = _campaign(ledger, campaign_id)
     from ..config import Recipe, apply_overrides
 
     base = Recipe.from_dict(row["config"]["base_recipe"])
+    change: dict = {"values": dict(o.split("=", 1) for o in overrides if "=" in o)}
     try:
-        recipe = apply_overrides(base, overrides)
+        check_fixed_data(change["values"])
+        recipe = base
+        if data_recipe:
+            recipe, change["data_recipe"] = apply_data_change(base, base, load_steps(data_recipe), None, progress=True)
+        recipe = apply_overrides(recipe, overrides)
     except ValueError as e:
         raise UserError(str(e)) from None
-    change = {"values": dict(o.split("=", 1) for o in overrides), "recipe": recipe.to_dict(),
-              "diff": {k: list(v) for k, v in recipe_diff(base, recipe).items()}}
-    return ledger.add_experiment(hypothesis, kind="config", proposer=author, proposer_type="person", rationale=hypothesis,
-                                 campaign_id=row["id"], parent_recipe=base.to_dict(), change=change, status="queued")
+    change.update(recipe=recipe.to_dict(), diff={k: list(v) for k, v in recipe_diff(base, recipe).items()})
+    return ledger.add_experiment(hypothesis, kind="data" if data_recipe else "config", proposer=author, proposer_type="person",
+                                 rationale=hypothesis, campaign_id=row["id"], parent_recipe=base.to_dict(), change=change, status="queued")
 
 
 def review(experiment_id: str, approve: bool, author: str, reason: str | None = None, db: str | None = None) -> None:

@@ -30,6 +30,9 @@ class Proposal:
     values: dict[str, Any] = field(default_factory=dict)  # config: dotted key -> value
     patch: str | None = None  # code: a unified diff against the harness source
     weights: dict[str, float] | None = None  # data: domain mixture
+    # data: the data recipe's full ordered steps, built into a derived corpus of the base corpus's sources
+    # (research/data_experiments.py); None: the corpus stays
+    data_steps: list[dict] | None = None
     handle: Any = None  # the strategy's own bookkeeping (e.g. an optuna trial)
 
 

@@ -15,9 +15,12 @@ tools themselves and raise ValueError too; the agent loop treats both the same w
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstraints, ValidationError, WithJsonSchema, model_validator
+
+from ..data.steps import STEPS
+from .data_experiments import MAX_SAMPLE_CHARS, MAX_SAMPLE_DOCS, MAX_STEPS
 
 # read_code pages: whole lines, at most this many per call (a 480-line trainer is 2 pages)
 READ_CODE_PAGE_LINES = 300
@@ -72,6 +75,39 @@ class ProposeDataMixture(Why):
         if not any(w > 0 for w in self.weights.values()):
             raise ValueError("weights are all zero: give at least one domain a positive weight")
         return self
+
+
+# One data step: {"step": name, parameter: value, ...}; research/data_experiments.py bounds names and values, the data
+# recipe's own checks (data/recipe.py) judge them. The schema lists the step kinds the lab has.
+DataStep = Annotated[dict[str, Any], WithJsonSchema({
+    "type": "object", "required": ["step"],
+    "properties": {"step": {"type": "string", "enum": sorted(STEPS)}, "domains": {"type": "array", "items": {"type": "string"}}},
+    "additionalProperties": {"type": ["string", "number", "boolean", "array"]}})]
+
+
+class ProposeDataRecipe(Why):
+    steps: list[DataStep] = Field(max_length=MAX_STEPS, description=(
+        'The data recipe\'s full ordered steps, replacing the current ones (corpus_report shows them), e.g. '
+        '[{"step": "gopher_quality", "domains": ["docs"], "min_words": 80}, {"step": "near_dedup", "threshold": 0.7}]. '
+        'The sources, splits and tokenizer stay the base corpus\'s: validation and test data never change.'))
+    weights: dict[Text, Weight] | None = Field(None, description="Optional domain sampling weights for the new corpus.")
+
+
+class CorpusReport(ToolInput):
+    experiment_id: Text | None = Field(None, description="An experiment of this campaign whose corpus to report; default: the incumbent's.")
+
+
+class SampleDocuments(ToolInput):
+    experiment_id: Text | None = Field(None, description="An experiment of this campaign whose corpus to sample; default: the incumbent's.")
+    domain: Text | None = None
+    fate: Literal["kept", "rewritten", "removed"] | None = Field(None, description="Train documents only: held-out ones are never shown.")
+    step: Text | None = Field(None, description="Documents removed or rewritten by this step, e.g. gopher_quality.")
+    rule: Text | None = Field(None, description="...by this rule of the step, e.g. too_few_words.")
+    min_score: float | None = Field(None, description="The step's score of the document is at least this.")
+    max_score: float | None = Field(None, description="...and at most this.")
+    num_docs: int = Field(3, ge=1, le=MAX_SAMPLE_DOCS)
+    max_chars: int = Field(1500, ge=100, le=MAX_SAMPLE_CHARS, description="Characters of each document shown.")
+    seed: int = Field(0, ge=0, description="Another seed draws other documents.")
 
 
 class ListRuns(ToolInput):

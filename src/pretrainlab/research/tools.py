@@ -1,7 +1,9 @@
 """The lab's operations as tools for LLM strategies (research/llm.py).
 
-Read tools look at the campaign's runs, a run's doctor findings and curve, and the harness
-source; propose tools check a change against the lab and return a Proposal. Each tool takes
+Read tools look at the campaign's runs, a run's doctor findings and curve, the harness
+source, and the corpus (its data report, sampled train documents); propose tools check a
+change against the lab and return a Proposal (a data recipe is built and its held-out data
+checked before the model is told it was accepted). Each tool takes
 the typed input of research/tool_inputs.py, already validated by the agent loop; the checks
 that need the lab (recipe keys, the corpus's domains, the patch allow-list) raise
 ValueError, which the loop hands back to the model as a tool error. `context` holds the
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from ..config import Recipe, apply_overrides
 from ..errors import UserError
+from . import data_experiments
 from . import tool_inputs as inputs
 from .code_context import read_page
 from .llm import Tool
@@ -64,6 +67,7 @@ def lab_tools(ledger, context: dict, base: Recipe) -> list[Tool]:
         return read_page(args.path, args.offset, args.limit)  # plain numbered text: the loop sends it as is
 
     def propose_config(args: inputs.ProposeConfig):
+        data_experiments.check_fixed_data(args.changes)  # the corpus changes only through propose_data_recipe
         apply(base, args.changes)  # ValueError names the field
         return Proposal("config", args.hypothesis, args.rationale, "llm", values=dict(args.changes))
 
@@ -80,6 +84,39 @@ def lab_tools(ledger, context: dict, base: Recipe) -> list[Tool]:
         weights = dict(args.weights)
         apply_overrides(base, [f"data.weights={json.dumps(weights)}"])  # the recipe's own checks
         return Proposal("data", args.hypothesis, args.rationale, "llm", weights=weights)
+
+    samplers: list = []  # a DocumentSampler of the base corpus's sources, made on first use (it reads them once)
+
+    def incumbent() -> Recipe:
+        if ledger is None or not context.get("campaign_id"):
+            return base
+        from .campaign import handed_back
+
+        return handed_back(ledger, context["campaign_id"])
+
+    def corpus_of(experiment_id: str | None) -> Path:
+        from ..runners.job import corpus_path
+
+        if experiment_id is None:
+            return corpus_path(incumbent())
+        exp = ledger.get_experiment(experiment_id) if ledger is not None else None
+        if exp is None or exp["campaign_id"] != context.get("campaign_id") or "recipe" not in (exp["change"] or {}):
+            raise ValueError(f"no experiment {experiment_id!r} with a recipe in this campaign: see list_runs for experiment ids")
+        return corpus_path(Recipe.from_dict(exp["change"]["recipe"]))
+
+    def corpus_report(args: inputs.CorpusReport):
+        return data_experiments.report_for_strategy(corpus_of(args.experiment_id))
+
+    def sample_documents(args: inputs.SampleDocuments):
+        if not samplers:
+            samplers.append(data_experiments.DocumentSampler(data_experiments.base_data(base)))
+        return samplers[0].sample(corpus_of(args.experiment_id), **args.model_dump(exclude={"experiment_id"}))
+
+    def propose_data_recipe(args: inputs.ProposeDataRecipe):
+        # builds (or reuses) the derived corpus and checks its held-out data now: a refusal goes back to the model
+        data_experiments.apply_data_change(incumbent(), base, list(args.steps), dict(args.weights) if args.weights else None)
+        return Proposal("data", args.hypothesis, args.rationale, "llm", data_steps=list(args.steps),
+                        weights=dict(args.weights) if args.weights else None)
 
     def write_note(args: inputs.WriteNote):
         return {"note": ledger.add_note(args.text, author=context.get("author", "llm"), campaign_id=context.get("campaign_id"))}
@@ -109,6 +146,15 @@ def lab_tools(ledger, context: dict, base: Recipe) -> list[Tool]:
              inputs.ProposeCodePatch, propose_code_patch),
         Tool("propose_data_mixture", "Propose domain sampling weights over the corpus's domains, e.g. {\"code\": 1, \"docs\": 2}.",
              inputs.ProposeDataMixture, propose_data_mixture),
+        Tool("corpus_report", "The current corpus's data report: its data recipe's steps, per-domain train/monitor documents and "
+             "tokens, and per step the documents and tokens in and out, removal rules, score histograms, duplicate clusters.",
+             inputs.CorpusReport, corpus_report),
+        Tool("sample_documents", "Look at train documents of the corpus: by domain, fate (kept/rewritten/removed), the step and rule "
+             "that removed them, and its score range, to see what a filter removes. Short excerpts; never held-out documents.",
+             inputs.SampleDocuments, sample_documents),
+        Tool("propose_data_recipe", "Propose the data recipe's full ordered steps (filters, dedup, boilerplate, ...) as an experiment: "
+             "the lab builds the derived corpus (validation and test data stay the base's) and trains on it.",
+             inputs.ProposeDataRecipe, propose_data_recipe),
         Tool("write_note", "Write a note into the campaign's research log.", inputs.WriteNote, write_note),
         Tool("fit_scaling_law", "Fit y = a * x^-b + c to points [{x, y}] (x: params, tokens or FLOPs; y: val_bpb).", inputs.FitScalingLaw,
              fit_scaling_law),

@@ -8,7 +8,9 @@ code (that runs in the sandboxed training process and in the scoring worker).
   2. train: `pretrainlab train` with the experiment's code on PYTHONPATH, in the sandbox,
      seeing only the corpus's train and monitor shards
   3. score: scoring.score_run on the decision (val) and monitor splits, with the probes
-     (the hidden test split is scored only when the campaign closes, for its report)
+     (the hidden test split is scored only when the campaign closes, for its report), of the
+     corpus the spec's `score_data` names: a campaign's base corpus, so a run trained on a
+     derived corpus (a data experiment) is scored on the same windows as the baseline
   4. check what the run says about itself against the lab's measurement:
      - its reported final val_bpb against the lab's score on the same split;
      - per domain, the monitor slice against the decision split (a model that learned
@@ -27,6 +29,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from ..config import Recipe
@@ -77,6 +80,14 @@ def corpus_path(recipe: Recipe) -> Path:
     if not (path / "manifest.json").exists():  # the sandboxed trainer cannot write it: prepare it here
         prepare_builtin(tokenizer=recipe.data.tokenizer, out_dir=path, progress=False)
     return path
+
+
+def scoring_corpus(recipe: Recipe, score_data: dict | None) -> Path:
+    """The corpus the lab scores a run on: `score_data` ({"corpus", "tokenizer"}, a campaign's
+    base data) when given, else the run's own corpus."""
+    if not score_data:
+        return corpus_path(recipe)
+    return corpus_path(replace(recipe, data=replace(recipe.data, corpus=score_data["corpus"], tokenizer=score_data["tokenizer"])))
 
 
 def visible_corpus_files(path: Path) -> list[Path]:
@@ -139,8 +150,12 @@ def main(spec_path: str) -> int:
     from ..scoring import ScoreRejected, score_run
 
     verdict: dict = {"status": "ok", "reason": None, "reported": {k: summary.get(k) for k in ("val_bpb", "eval_split")}}
+    scored_on = Corpus.open(scoring_corpus(recipe, spec.get("score_data")), verify=False)
     try:
-        score = score_run(run_dir, code_src, Corpus.open(corpus_dir, verify=False), seq_len=recipe.model.seq_len,
+        if scored_on.manifest["tokenizer"] != Corpus.open(corpus_dir, verify=False).manifest["tokenizer"]:
+            raise ScoreRejected(f"the run trained on {corpus_dir} and is scored on {scored_on.path}, whose tokenizer differs: the "
+                                "lab cannot score it on the campaign's windows; train on a corpus with the campaign's tokenizer")
+        score = score_run(run_dir, code_src, scored_on, seq_len=recipe.model.seq_len,
                           tokens_per_domain=recipe.eval.tokens_per_domain, batch_rows=recipe.eval.batch_rows,
                           sandbox=box, threads=int(spec["env"].get("OMP_NUM_THREADS", "1")), gpus=gpus,
                           env={k: v for k, v in spec["env"].items() if k.startswith("CUDA_")})  # this slot's GPU

@@ -52,6 +52,9 @@ class Job:
     env: dict[str, str] = field(default_factory=dict)
     resume: bool = False  # continue out_dir from its last checkpoint instead of starting it
     score_path: Path | None = None  # where the lab writes its own score of the run (scoring.py); None: not scored
+    # {"corpus", "tokenizer"} of the corpus the lab scores on (a campaign's base data, fixed for all its runs, a data
+    # experiment's included); None: the corpus the run trains on
+    score_data: dict | None = None
 
 
 @dataclass
@@ -128,7 +131,7 @@ class LocalRunner:
         # the run goes through the lab's job process (runners/job.py): sandboxed training, then the lab's own score
         spec = {"key": job.key, "recipe": job.recipe, "overrides": overrides, "run_dir": str(job.out_dir), "resume": job.resume,
                 "code_src": job.pythonpath or str(PACKAGE_SRC), "env": env, "sandbox": self.sandbox.active,
-                "score_path": str(job.score_path) if job.score_path else None}
+                "score_path": str(job.score_path) if job.score_path else None, "score_data": job.score_data}
         spec_path = self._logs / f"{job.key}.spec.json"
         spec_path.write_text(json.dumps(spec, indent=1))
         cmd = [sys.executable, "-m", "pretrainlab.runners.job", str(spec_path)]
