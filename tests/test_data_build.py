@@ -287,3 +287,34 @@ def test_a_rewrite_that_leaves_nothing_removes_the_document_and_bad_unicode_is_o
     with pytest.raises(UserError, match="unpaired surrogate"):
         build_corpus(parse_recipe(bad, tmp_path), tmp_path / "bad", progress=False)
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_train_document_rewritten_into_a_held_out_one_is_removed_and_the_held_out_one_stays(tmp_path):
+    """normalize turns a train document into the exact text of a val document: the val
+    document keeps its place (evaluation is what the splits fixed) and the train copy goes."""
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    for i in range(12):
+        (notes / f"n{i:02d}.txt").write_text(prose(i))
+    docs = list(iter_documents(notes, "notes"))
+    splits = dict(zip((d.path for d in docs), assign_splits(docs, val_fraction=0.25)))
+    for k in range(200):  # a name whose split is train, with the val document still val
+        val_path = next(p for p, s in splits.items() if s == "val")
+        (notes / f"a{k:03d}.txt").write_text((notes / val_path).read_text().replace("\n", "  \n"))
+        docs = list(iter_documents(notes, "notes"))
+        now = dict(zip((d.path for d in docs), assign_splits(docs, val_fraction=0.25)))
+        if now[f"a{k:03d}.txt"] == "train" and now[val_path] == "val":
+            copy = f"a{k:03d}.txt"
+            break
+        (notes / f"a{k:03d}.txt").unlink()
+    else:
+        pytest.fail("no name put the copy in train")
+    text = '[corpus]\nval_fraction = 0.25\nnum_workers = 1\n[[sources]]\npath = "notes"\ndomain = "notes"\n[[steps]]\nstep = "normalize"\n'
+    out, _ = build_corpus(parse_recipe(text, tmp_path), tmp_path / "out", progress=False)
+    f = fates(out)
+    assert f[copy]["removed_by"]["rule"] == "copy_of_held_out" and f[val_path]["split"] == "val"
+    assert sum(x["split"] == "val" for x in f.values()) == sum(s == "val" for s in now.values())  # no val document lost
+    from pretrainlab.data import Corpus
+
+    corpus = Corpus.open(out, verify=False)
+    assert corpus.manifest["num_dropped_duplicates"] == 0

@@ -42,7 +42,7 @@ from .sources import Document, SkippedInput, iter_documents
 from .steps import STEPS, Outcome, StepConfig, StepDoc, minhash_backend
 from .tokenizers import BPETokenizer, ByteTokenizer, parse_tokenizer_spec
 
-BUILD_VERSION = 2  # bump when a step's behaviour or the record changes, so old derived corpora are not reused
+BUILD_VERSION = 3  # bump when a step's behaviour or the record changes, so old derived corpora are not reused
 FATES_FILE = "fates.jsonl"
 REPORT_FILE = "build_report.json"
 RECIPE_FILE = "recipe.toml"
@@ -155,6 +155,7 @@ def build_corpus(recipe: DataRecipe, out_dir: str | Path | None = None, progress
     del documents
     # 4. Steps.
     report = _run_steps(recipe, docs, progress, executor, ray_address)
+    _drop_copies_of_held_out(docs, report)
     report["skipped_inputs"] = _skipped_report(skipped)
     # 5. Tokenize and publish atomically.
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -196,6 +197,18 @@ def build_corpus(recipe: DataRecipe, out_dir: str | Path | None = None, progress
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out, False
+
+
+def _drop_copies_of_held_out(docs: list[_Doc], report: dict) -> None:
+    """A rewriting step can turn a train document into the exact text of a held-out one.
+    The held-out document wins: the train copy is removed (rule `copy_of_held_out`), so
+    evaluation stays what the splits fixed and nothing scored is also trained on."""
+    held = {text_sha256(d.text) for d in docs if d.split is not None and d.split != "train"}
+    copies = [d for d in docs if d.in_train and text_sha256(d.text) in held]
+    for d in copies:
+        d.removed_by = {"step": "splits", "rule": "copy_of_held_out", "score": None, "cluster": None, "kept_doc": None}
+    if copies:
+        report.setdefault("copies_of_held_out", len(copies))
 
 
 def _fate(d: _Doc) -> dict:
