@@ -140,10 +140,10 @@ def test_a_corpus_whose_held_out_data_moved_is_refused(base_dir, tmp_path):
         dx.check_held_out(base_dir, out)
 
 
-def test_a_rewrite_that_would_drop_a_val_document_is_refused(tmp_path):
+def test_a_rewrite_that_would_copy_a_val_document_keeps_the_val_document(tmp_path):
     """A train copy of a val document that differs only by trailing spaces: `normalize` makes
-    them identical, and the corpus writer keeps the first of two identical texts, so the
-    derived corpus would lose that val document. Refused, with the split named."""
+    them identical. The build removes the train copy (copy_of_held_out), so the derived corpus
+    keeps the base's val documents and the data change is accepted."""
     texts = {f"n{i:02d}.txt": f"Document number {i} talks about topic {i * 7 % 13} at some length, with words." for i in range(40)}
     for name, text in texts.items():  # the copy sorts first; find a document that is val with it present
         trial = {"a_copy.txt": text.replace(" words.", " words.   "), **texts}
@@ -156,8 +156,11 @@ def test_a_rewrite_that_would_drop_a_val_document_is_refused(tmp_path):
     recipe = f'[corpus]\nval_fraction = 0.25\n[[sources]]\npath = "{tmp_path}/src"\ndomain = "docs"\n'
     base_dir, _ = build_corpus(parse_recipe(recipe), tmp_path / "base", progress=False)
     base = base_recipe(base_dir, **{"model.seq_len": 16})
-    with pytest.raises(UserError, match=r"its docs val split \(3 documents\) differs from the base corpus's \(4\)"):
-        dx.apply_data_change(base, base, [{"step": "normalize"}], None)
+    _, built = dx.apply_data_change(base, base, [{"step": "normalize"}], None)
+    import json
+
+    fates = {f["path"]: f for f in map(json.loads, (Path(built["corpus"]) / "fates.jsonl").read_text().splitlines())}
+    assert fates["a_copy.txt"]["removed_by"]["rule"] == "copy_of_held_out" and fates[name]["split"] == "val"
 
 
 def test_config_changes_cannot_move_the_corpus_and_a_persons_file_holds_only_steps(base_dir, tmp_path):

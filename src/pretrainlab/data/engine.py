@@ -21,6 +21,7 @@ and the same small interface covers a process pool and Ray.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -91,6 +92,8 @@ class RayExecutor:
         options = {"include_dashboard": False, "log_to_driver": False}
         if self.address is None and not os.environ.get("RAY_ADDRESS") and self.num_workers:
             options["num_cpus"] = self.num_workers  # only a new local instance takes a size
+        # ray.init replaces this process's SIGTERM/SIGINT handlers (SIGTERM exits at once): they are put back in close()
+        self._handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             self._ray.init(address=self.address, **options)
         except ConnectionError as e:
@@ -107,6 +110,9 @@ class RayExecutor:
     def close(self) -> None:
         if self._started:  # a Ray instance the caller had stays up
             self._ray.shutdown()
+        for sig, handler in getattr(self, "_handlers", {}).items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 @contextmanager
