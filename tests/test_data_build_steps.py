@@ -189,6 +189,75 @@ def test_near_dedup_config_errors():
         NearDedupConfig(num_perm=4)
 
 
+def test_near_dedup_decides_on_the_exact_jaccard(minhash):
+    """LSH only proposes pairs: a pair just over the threshold is removed and one just under is
+    kept, and the score is the exact shingle Jaccard, not a MinHash estimate."""
+    base = words_doc(0, 400)  # 396 five-word shingles
+    over = words_doc(40, 400)  # 356 shared of 436: Jaccard 0.8165
+    under = words_doc(50, 400)  # 346 shared of 446: Jaccard 0.7758
+    out = near_dedup([StepDoc("d", "base", base), StepDoc("d", "over", over)], [], NearDedupConfig(threshold=0.8))
+    assert out[1].action == "remove" and out[1].score == round(356 / 436, 4)
+    out = near_dedup([StepDoc("d", "base", base), StepDoc("d", "under", under)], [], NearDedupConfig(threshold=0.8))
+    assert [o.action for o in out] == ["keep", "keep"]
+
+
+def test_near_dedup_clusters_through_a_chain(minhash):
+    a, b, c = words_doc(0, 400), words_doc(30, 400), words_doc(60, 400)  # a~b and b~c: 0.859; a~c: 0.737
+    out = near_dedup([StepDoc("d", "a", a), StepDoc("d", "c", c), StepDoc("d", "b", b)], [], NearDedupConfig(threshold=0.8))
+    assert [o.action for o in out] == ["keep", "remove", "remove"]
+    assert {o.kept_doc for o in out[1:]} == {"a"} and len({o.cluster for o in out}) == 1
+    assert out[1].score == round(336 / 456, 4)  # joined through b: its own similarity to the kept one is under the threshold
+
+
+def test_near_dedup_many_copies_and_a_near_miss_in_the_same_buckets(minhash):
+    """300 copies: each is checked against the first, not against every earlier copy; a text
+    under the threshold from them all (0.78) stays, and its own near-duplicate finds it."""
+    base, near_miss, its_edit = words_doc(0, 400), words_doc(48, 400), words_doc(50, 400)  # near_miss~its_edit: 0.99
+    docs = [StepDoc("d", f"copy{k}", base) for k in range(300)] + [StepDoc("d", "near_miss", near_miss), StepDoc("d", "edit", its_edit)]
+    out = near_dedup(docs, [], NearDedupConfig(threshold=0.8))
+    assert all(o.action == "remove" and o.kept_doc == "copy0" and o.score == 1.0 for o in out[1:300])
+    assert out[300].action == "keep" and out[301].kept_doc == "near_miss"
+
+
+def test_lsh_bands_for_candidates_find_pairs_at_the_threshold():
+    assert lsh_bands(0.8, 128, recall=0.99) == (21, 6)
+    for threshold in (0.5, 0.7, 0.8, 0.9):
+        b, r = lsh_bands(threshold, 128, recall=0.99)
+        assert b * r <= 128 and 1 - (1 - threshold**r) ** b >= 0.99
+        assert 1 - (1 - threshold ** (r + 1)) ** (128 // (r + 1)) < 0.99  # one more row per band would miss more
+
+
+def test_shingle_hashes_ignore_case_and_whitespace_not_order(monkeypatch):
+    texts = ["The cat  sat\non the mat today", "the CAT sat\u3000on the\xa0mat\x1ctoday ", "the cat sat on the today mat",
+             "two wörds", "", " \n"]
+    assert len(texts[1].split()) == 7  # str.split()'s whitespace, which the hashing must match
+    hashes, offsets = steps.shingle_hashes(texts, 5)
+    assert offsets.tolist() == [0, 3, 6, 9, 10, 10, 10]  # 7 words: 3 shingles; shorter than a shingle: 1; none: 0
+    doc = [hashes[offsets[i] : offsets[i + 1]].tolist() for i in range(len(texts))]
+    assert doc[0] == doc[1] and doc[0][0] == doc[2][0] and doc[0][1] != doc[2][1]
+    assert len(set(hashes.tolist())) == 6  # 3 + 2 new in the reordered text + 1
+    monkeypatch.setattr(steps, "_BYTES_PER_BATCH", 4)  # hashed a text or two at a time: the same values
+    again, again_offsets = steps.shingle_hashes(texts, 5)
+    assert again.tolist() == hashes.tolist() and again_offsets.tolist() == offsets.tolist()
+
+
+def test_minhash_signatures_are_the_same_in_another_process():
+    """A build's address assumes its dedup is reproducible: nothing may depend on Python's per-process string hash."""
+    import importlib.util
+    import json
+    import os
+    import subprocess
+    import sys
+
+    texts = [PROSE, PROSE.upper(), words_doc(0, 50)]
+    backends = ["numpy"] + (["rensa"] if importlib.util.find_spec("rensa") else [])
+    here = [steps.minhash_signatures(texts, 32, 5, seed=3, backend=b).tolist() for b in backends]
+    code = f"from pretrainlab.data import steps; print([steps.minhash_signatures({texts!r}, 32, 5, 3, b).tolist() for b in {backends!r}])"
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    there = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert json.loads(there.stdout) == here
+
+
 # --- boilerplate ---
 
 

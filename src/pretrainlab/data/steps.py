@@ -20,7 +20,6 @@ import hashlib
 import ipaddress
 import re
 import unicodedata
-import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -431,12 +430,24 @@ def exact_dedup(train: list[StepDoc], held_out: list[StepDoc], c: ExactDedupConf
 # --- near dedup: MinHash LSH (Broder 1997; Leskovec et al., Mining of Massive Datasets, ch. 3)
 
 _EMPTY = np.uint64(1 << 40)  # the signature value of a text with no shingles: real values are < 2^32
+# LSH only proposes candidate pairs; each is then decided on its exact shingle Jaccard, so the
+# S-curve sits below the threshold: a pair exactly at the threshold shares a band with at least
+# this chance (more rows per band would mean fewer chance candidates, and more missed duplicates).
+LSH_CANDIDATE_RECALL = 0.99
+MAX_BUCKET_CHECKS = 64  # a document is checked against at most this many earlier ones per bucket (bounds a crowded bucket)
+_MULT = np.uint64(0x9E3779B97F4A7C15)  # odd: the shingle polynomial's base, 2^64 / golden ratio
+_BYTE_BASE = 0x100000001B3  # FNV-1's 64-bit prime: the words' polynomial base (odd, so invertible mod 2^64)
+_BYTES_PER_BATCH = 1 << 18  # texts are hashed about this many UTF-8 bytes at a time: the per-byte arrays stay in cache
+# str.split()'s whitespace: these ASCII bytes, and the non-ASCII spaces below (turned into " " first)
+_SPACE_BYTES = np.zeros(256, dtype=bool)
+_SPACE_BYTES[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = True
+_UNICODE_SPACE = re.compile("[\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
 
 
 @dataclass
 class NearDedupConfig(StepConfig):
-    threshold: float = 0.8  # Jaccard similarity of word shingles above which two documents are duplicates
-    num_perm: int = 128  # MinHash permutations: more is a finer Jaccard estimate, linearly slower
+    threshold: float = 0.8  # Jaccard similarity of word shingles at or above which two documents are duplicates
+    num_perm: int = 128  # MinHash permutations: more finds candidates more surely, linearly slower
     shingle_words: int = 5  # words per shingle (FineWeb and Gopher use 5-grams)
     seed: int = 1  # the permutations' seed
 
@@ -450,63 +461,163 @@ class NearDedupConfig(StepConfig):
             raise ValueError(f"shingle_words must be a positive integer, got {self.shingle_words!r}")
 
 
-def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
-    """(bands, rows) with bands * rows <= num_perm whose S-curve midpoint (1/b)^(1/r) is closest to the threshold."""
-    best = min(
-        ((b, num_perm // b) for b in range(1, num_perm + 1)),
-        key=lambda br: (abs((1 / br[0]) ** (1 / br[1]) - threshold), -br[0] * br[1]),
-    )
-    return best
+def lsh_bands(threshold: float, num_perm: int, recall: float | None = None) -> tuple[int, int]:
+    """(bands, rows) with bands * rows <= num_perm. Without `recall`: the S-curve's midpoint
+    (1/b)^(1/r) closest to the threshold. With it: the most rows per band (the fewest chance
+    candidates) for which a pair exactly at the threshold shares a band with at least that
+    chance, 1 - (1 - t^r)^b >= recall."""
+    if recall is None:
+        return min(
+            ((b, num_perm // b) for b in range(1, num_perm + 1)),
+            key=lambda br: (abs((1 / br[0]) ** (1 / br[1]) - threshold), -br[0] * br[1]),
+        )
+    for rows in range(num_perm, 1, -1):
+        bands = num_perm // rows
+        if 1 - (1 - threshold**rows) ** bands >= recall:
+            return bands, rows
+    return num_perm, 1
 
 
 def minhash_backend() -> str:
-    """rensa (Rust MinHash, the `data` extra) when installed, else the numpy one below."""
+    """rensa (Rust MinHash, the `data` extra) when installed, else the numpy one below; the
+    name also versions the shingle hashing, since both end up in a build's address."""
     try:
         from importlib.metadata import version
 
         import rensa  # noqa: F401
 
-        return f"rensa-{version('rensa')}"
+        return f"rensa-{version('rensa')}/shingles-v2"
     except ImportError:
-        return "numpy"
+        return "numpy/shingles-v2"
 
 
-def _shingles(text: str, shingle_words: int) -> list[str]:
-    ws = words(text.lower())
-    return sorted({" ".join(ws[j : j + shingle_words]) for j in range(max(1, len(ws) - shingle_words + 1))}) if ws else []
+def _fmix64(x: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finalizer, in place: spreads every input bit over the output."""
+    for mult in (0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53):
+        x ^= x >> np.uint64(33)
+        x *= np.uint64(mult)
+    x ^= x >> np.uint64(33)
+    return x
 
 
-def minhash_signatures(texts: list[str], num_perm: int, shingle_words: int, seed: int, backend: str | None = None) -> np.ndarray:
-    """[len(texts), num_perm] uint64 MinHash signatures of the texts' word shingles; a text
-    with no words gets a row of _EMPTY, which no real signature value equals."""
-    backend = backend or minhash_backend()
-    out = np.full((len(texts), num_perm), _EMPTY, dtype=np.uint64)
+def _byte_powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """B^i and B^-i mod 2^64 for i < n (B = _BYTE_BASE; uint64 products wrap mod 2^64 by design)."""
+    up = np.full(n, _BYTE_BASE, dtype=np.uint64)
+    down = np.full(n, pow(_BYTE_BASE, -1, 2**64), dtype=np.uint64)
+    up[0] = down[0] = 1
+    return np.cumprod(up, out=up), np.cumprod(down, out=down)
+
+
+def _word_hashes(texts: list[str], powers: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """(hash of every word of the texts in order, words per text, the powers grown if needed),
+    all in numpy over the texts' UTF-8: no Python object per word. A word's hash is the
+    polynomial sum(byte_j * B^(len-1-j)), read off prefix sums c_i = sum_{j<i} byte_j * B^-j as
+    (c_end - c_start) * B^(end-1), then mixed."""
+    data = [(t if t.isascii() else _UNICODE_SPACE.sub(" ", t)).lower().encode("utf-8", "surrogatepass") for t in texts]
+    sizes = np.fromiter(map(len, data), dtype=np.int64, count=len(data)) + 1  # each text preceded by a "\n"
+    b = np.frombuffer(b"\n" + b"\n".join(data) + b"\n", dtype=np.uint8)
+    if len(powers[0]) < len(b) + 1:
+        powers = _byte_powers(max(len(b) + 1, 2 * len(powers[0])))
+    up, down = powers
+    # word starts and ends alternate among the places where space and non-space meet
+    space = _SPACE_BYTES[b]
+    edges = np.flatnonzero(space[1:] != space[:-1]) + 1
+    starts, ends = edges[0::2], edges[1::2]
+    c = np.empty(len(b) + 1, dtype=np.uint64)
+    c[0] = 0
+    np.multiply(b, down[: len(b)], out=c[1:])
+    np.cumsum(c, out=c)
+    hashes = _fmix64((c[ends] - c[starts]) * up[ends - 1])
+    counts = np.diff(np.searchsorted(starts, np.cumsum(sizes) - sizes + 1), append=len(starts))
+    return hashes, counts, powers
+
+
+def shingle_hashes(texts: list[str], shingle_words: int) -> tuple[np.ndarray, np.ndarray]:
+    """(hashes, offsets): the uint64 hashes of every text's word shingles (lower-cased, split at
+    whitespace as str.split() does, shingle_words words each; a shorter text is one shingle of
+    all its words), text i's at hashes[offsets[i]:offsets[i + 1]]. A shingle's hash is a
+    polynomial in its words' hashes, so word order counts and whitespace does not."""
+    parts, counts_of = [], []
+    powers = _byte_powers(2 * _BYTES_PER_BATCH)
+    batch, size = [], 0
+    for i, text in enumerate(texts):
+        batch.append(text)
+        size += len(text)
+        if size < _BYTES_PER_BATCH and i < len(texts) - 1:
+            continue
+        w, lengths, powers = _word_hashes(batch, powers)
+        batch, size = [], 0
+        # the polynomial of shingle_words consecutive word hashes at every position of the batch
+        padded = np.concatenate((w, np.zeros(shingle_words - 1, dtype=np.uint64)))
+        poly = padded[: len(w)].copy()
+        for j in range(1, shingle_words):
+            poly *= _MULT
+            poly += padded[j : j + len(w)]
+        # keep the positions whose shingle lies inside one text; a text shorter than a shingle is one shingle of all its words
+        starts = np.cumsum(lengths) - lengths
+        counts = np.where(lengths >= shingle_words, lengths - shingle_words + 1, np.minimum(lengths, 1))
+        offsets = np.cumsum(counts) - counts
+        out = poly[np.arange(counts.sum()) - np.repeat(offsets - starts, counts)]
+        for k in np.flatnonzero((lengths > 0) & (lengths < shingle_words)).tolist():
+            value = 0
+            for h in w[starts[k] : starts[k] + lengths[k]].tolist():
+                value = (value * int(_MULT) + h) % 2**64
+            out[offsets[k]] = value
+        parts.append(_fmix64(out))
+        counts_of.append(counts)
+    if not texts:
+        return np.zeros(0, dtype=np.uint64), np.zeros(1, dtype=np.int64)
+    return np.concatenate(parts), np.concatenate(([0], np.cumsum(np.concatenate(counts_of))))
+
+
+def _sign(hashes: np.ndarray, offsets: np.ndarray, num_perm: int, seed: int, backend: str) -> np.ndarray:
+    out = np.full((len(offsets) - 1, num_perm), _EMPTY, dtype=np.uint64)
     if backend.startswith("rensa"):
         import rensa
 
-        for i, text in enumerate(texts):
-            if shingles := _shingles(text, shingle_words):
-                m = rensa.RMinHash(num_perm=num_perm, seed=seed)
-                m.update(shingles)
-                out[i] = m.digest()
+        matrix = rensa.RMinHash.digest_matrix_from_flat_token_hashes(hashes, offsets.astype(np.uint64), num_perm, seed)
+        out[:] = np.array(matrix.to_rows(), dtype=np.uint64).reshape(out.shape)
+        out[offsets[1:] == offsets[:-1]] = _EMPTY
         return out
     # multiply-shift hashing (Dietzfelbinger et al. 1997): (a * h + b) mod 2^64, top 32 bits,
     # with random 64-bit a (odd) and b per permutation; uint64 arithmetic wraps mod 2^64 by design
     rng = np.random.default_rng(seed)
     a = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
     b = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64)
-    for i, text in enumerate(texts):
-        if shingles := _shingles(text, shingle_words):
-            h = np.fromiter((zlib.crc32(s.encode("utf-8")) for s in shingles), dtype=np.uint64, count=len(shingles))
-            out[i] = ((a[None, :] * h[:, None] + b[None, :]) >> np.uint64(32)).min(axis=0)
+    chunk = 4096  # shingles per step: a [chunk, num_perm] uint64 block, 4 MiB at 128 permutations
+    for i in range(len(out)):
+        for lo in range(offsets[i], offsets[i + 1], chunk):
+            h = hashes[lo : min(lo + chunk, offsets[i + 1])]
+            np.minimum(out[i], ((a[None, :] * h[:, None] + b[None, :]) >> np.uint64(32)).min(axis=0), out=out[i])
     return out
+
+
+def minhash_signatures(texts: list[str], num_perm: int, shingle_words: int, seed: int, backend: str | None = None) -> np.ndarray:
+    """[len(texts), num_perm] uint64 MinHash signatures of the texts' word shingles; a text
+    with no words gets a row of _EMPTY, which no real signature value equals."""
+    return _sign(*shingle_hashes(texts, shingle_words), num_perm, seed, backend or minhash_backend())
 
 
 @step("near_dedup", NearDedupConfig, per_document=False)
 def near_dedup(train: list[StepDoc], held_out: list[StepDoc], c: NearDedupConfig) -> list[Outcome]:
-    """Near dedup: MinHash LSH over word shingles; in each cluster of near-duplicates the first document is kept."""
-    sigs = minhash_signatures([d.text for d in train], c.num_perm, c.shingle_words, c.seed)
-    bands, rows = lsh_bands(c.threshold, c.num_perm)
+    """Near dedup: MinHash LSH proposes pairs, their exact word-shingle Jaccard decides; each cluster keeps its first document."""
+    hashes, offsets = shingle_hashes([d.text for d in train], c.shingle_words)
+    sigs = _sign(hashes, offsets, c.num_perm, c.seed, minhash_backend())
+    bands, rows = lsh_bands(c.threshold, c.num_perm, recall=LSH_CANDIDATE_RECALL)
+    distinct: dict[int, np.ndarray] = {}  # sorted distinct shingle hashes, for the documents in some candidate pair
+
+    def shingle_set(k: int) -> np.ndarray:
+        if k not in distinct:
+            h = np.sort(hashes[offsets[k] : offsets[k + 1]])
+            distinct[k] = h[np.concatenate(([True], h[1:] != h[:-1]))]
+        return distinct[k]
+
+    def jaccard(i: int, j: int) -> float:
+        small, large = sorted((shingle_set(i), shingle_set(j)), key=len)
+        found = np.minimum(np.searchsorted(large, small), len(large) - 1)
+        shared = int(np.count_nonzero(large[found] == small))
+        return shared / (len(small) + len(large) - shared)
+
     parent = list(range(len(train)))
 
     def find(i: int) -> int:
@@ -515,18 +626,30 @@ def near_dedup(train: list[StepDoc], held_out: list[StepDoc], c: NearDedupConfig
             i = parent[i]
         return i
 
-    empty = (sigs == _EMPTY).all(axis=1)  # no shingles: nothing to compare
+    present = np.flatnonzero(offsets[1:] > offsets[:-1])  # no shingles: nothing to compare
+    checked: set[tuple[int, int]] = set()
+    copies: set[int] = set()  # documents with the same shingle set as an earlier one: the earlier one stands for them in buckets
+    # a band's rows folded into one 64-bit key (odd multipliers, wrapping sum); a chance collision only costs a check
+    fold = np.random.default_rng(0).integers(0, 2**63, size=rows, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
     for band in range(bands):
-        buckets: dict[bytes, int] = {}
-        for i in range(len(train)):
-            if empty[i]:
-                continue
-            key = sigs[i, band * rows : (band + 1) * rows].tobytes()
-            j = buckets.setdefault(key, i)
-            # candidates from a shared bucket are confirmed on the full signature, so a lucky band is no match
-            if j != i and find(i) != find(j) and (sigs[i] == sigs[j]).mean() >= c.threshold:
-                ri, rj = find(i), find(j)
-                parent[max(ri, rj)] = min(ri, rj)  # the root is the cluster's first document
+        keys = (sigs[present, band * rows : (band + 1) * rows] * fold).sum(axis=1, dtype=np.uint64)
+        order = np.argsort(keys, kind="stable")  # stable: each bucket lists its documents in corpus order
+        bounds = np.flatnonzero(np.diff(keys[order])) + 1
+        starts, ends = np.concatenate(([0], bounds)), np.concatenate((bounds, [len(keys)]))
+        for lo, hi in zip(starts[ends - starts > 1].tolist(), ends[ends - starts > 1].tolist()):
+            earlier: list[int] = []
+            for i in present[order[lo:hi]].tolist():
+                for j in earlier[-MAX_BUCKET_CHECKS:]:
+                    if find(i) != find(j) and (j, i) not in checked:
+                        checked.add((j, i))
+                        similarity = jaccard(j, i)
+                        if similarity == 1.0:
+                            copies.add(i)
+                        if similarity >= c.threshold:
+                            ri, rj = find(i), find(j)
+                            parent[max(ri, rj)] = min(ri, rj)  # the root is the cluster's first document
+                if i not in copies:
+                    earlier.append(i)
     members: dict[int, list[int]] = defaultdict(list)
     for i in range(len(train)):
         members[find(i)].append(i)
@@ -536,9 +659,8 @@ def near_dedup(train: list[StepDoc], held_out: list[StepDoc], c: NearDedupConfig
         cluster = f"{root}" if len(members[root]) > 1 else None
         if root == i:
             out.append(Outcome.keep(cluster=cluster))
-        else:
-            similarity = round(float((sigs[i] == sigs[root]).mean()), 4)
-            out.append(Outcome.remove("near_duplicate", similarity, cluster=cluster, kept_doc=train[root].path))
+        else:  # the score: exact Jaccard with the kept document (under the threshold when joined through others)
+            out.append(Outcome.remove("near_duplicate", round(jaccard(root, i), 4), cluster=cluster, kept_doc=train[root].path))
     return out
 
 
