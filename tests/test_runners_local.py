@@ -71,3 +71,12 @@ def test_sleep_wakes_when_a_run_exits_and_idle_time_is_accounted_by_reason(tmp_p
     idle = runner.idle_breakdown()
     assert idle["nothing to run"] > 0  # the second slot, empty all along
     assert set(idle) <= {"nothing to run", "overhead"}
+
+
+def test_the_lab_scores_at_close_on_the_runs_gpu_or_on_every_slots_threads():
+    # the hidden test split is scored after the last run: on a GPU campaign the scoring worker must get
+    # the GPU (device nodes in the sandbox, CUDA_VISIBLE_DEVICES), not fall back to one CPU thread
+    gpu = LocalRunner(num_slots=2, gpus=[3, 5]).scoring_resources()
+    assert gpu["gpus"] is True and gpu["env"] == {"CUDA_VISIBLE_DEVICES": "3"}
+    cpu_runner = LocalRunner(num_slots=2, threads_per_slot=1)
+    assert cpu_runner.scoring_resources() == {"threads": 2, "gpus": False, "env": {}}

@@ -383,7 +383,7 @@ class Campaign:
             try:
                 scored = score_run(Path(row["run_dir"]), code_src, corpus, seq_len=recipe.model.seq_len, splits=("test",),
                                    tokens_per_domain=recipe.eval.tokens_per_domain, batch_rows=recipe.eval.batch_rows,
-                                   sandbox=self.runner.sandbox, threads=self.runner.threads_per_slot)
+                                   sandbox=self.runner.sandbox, **self.runner.scoring_resources())
             except ScoreRejected:
                 continue
             val.append(verdict["splits"]["val"]["val_bpb"])

@@ -112,6 +112,14 @@ class LocalRunner:
     def free_slots(self) -> int:
         return self.num_slots - len(self._running)
 
+    def scoring_resources(self) -> dict:
+        """What the lab's own scoring may use when no run is in flight (the hidden test split at
+        close): the first GPU where runs had GPUs (its device nodes passed into the sandbox), else
+        every slot's CPU threads. Keyword arguments for scoring.score_run."""
+        if self.gpus:
+            return {"threads": self.threads_per_slot, "gpus": True, "env": {"CUDA_VISIBLE_DEVICES": str(self.gpus[0])}}
+        return {"threads": self.threads_per_slot * self.num_slots, "gpus": False, "env": {}}
+
     def busy(self) -> bool:
         return bool(self._running)
 

@@ -32,7 +32,7 @@ from pathlib import Path
 # Environment variables an experiment process may inherit (by name prefix); everything else
 # is dropped. A name that looks like a credential is dropped even when it matches.
 ENV_ALLOWED = ("PATH", "LANG", "LC_", "TZ", "PYTHONHASHSEED", "PYTHONUNBUFFERED", "OMP_", "MKL_", "KMP_",
-               "CUDA_", "NCCL_", "TORCH_", "TORCHINDUCTOR_", "PRETRAINLAB_HOME", "PRETRAINLAB_NO_LEDGER", "PRETRAINLAB_SANDBOX")
+               "CUDA_", "NCCL_", "TORCH_", "TORCHINDUCTOR_", "TRITON_", "LD_LIBRARY_PATH", "PRETRAINLAB_HOME", "PRETRAINLAB_NO_LEDGER", "PRETRAINLAB_SANDBOX")
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH|COOKIE|SESSION", re.IGNORECASE)
 # System files a Python + PyTorch process needs; /etc as a whole is not exposed.
 ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "passwd", "group", "nsswitch.conf", "hosts", "localtime",
