@@ -102,7 +102,7 @@ def test_lock_held_inside_a_sandbox_is_seen_outside_it(tmp_path):
     LockHolder says so instead of guessing from pid liveness."""
     run = tmp_path / "run"
     run.mkdir()
-    wrap = ["bwrap", "--ro-bind", "/", "/", "--bind", str(run), str(run), "--dev", "/dev", "--proc", "/proc",
+    wrap = ["bwrap", "--ro-bind", "/", "/", "--tmpfs", "/tmp", "--bind", str(run), str(run), "--dev", "/dev", "--proc", "/proc",
             "--unshare-pid", "--die-with-parent", "--"]
     proc = hold(run, wrap)
     try:
