@@ -59,7 +59,8 @@ from pretrainlab.train.telemetry import device_name
 ARMS = {"screen": dict(strategy="optuna", decision="screen"), "greedy-1-seed": dict(strategy="optuna", decision="greedy"),
         "random-greedy": dict(strategy="random", decision="greedy"), "optuna-paired": dict(strategy="optuna", decision="paired"),
         "random-paired": dict(strategy="random", decision="paired"), "optuna-welch": dict(strategy="optuna", decision="welch"),
-        "screen-no-sweep": dict(strategy="optuna", decision="screen", sweep=False)}
+        "screen-no-sweep": dict(strategy="optuna", decision="screen", sweep=False),
+        "screen-random": dict(strategy="random", decision="screen")}
 
 
 def baseline_recipe(ledger, campaign_id) -> Recipe:

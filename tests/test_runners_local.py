@@ -1,6 +1,7 @@
 """The local runner: parallel slots, crashes and timeouts come back as results."""
 
 import json
+from pathlib import Path
 import time
 
 from conftest import tiny_overrides
@@ -80,3 +81,19 @@ def test_the_lab_scores_at_close_on_the_runs_gpu_or_on_every_slots_threads():
     assert gpu["gpus"] is True and gpu["env"] == {"CUDA_VISIBLE_DEVICES": "3"}
     cpu_runner = LocalRunner(num_slots=2, threads_per_slot=1)
     assert cpu_runner.scoring_resources() == {"threads": 2, "gpus": False, "env": {}}
+
+
+def test_a_recipe_json_and_run_dir_given_relative_to_the_workspace_run(corpus_dir, tmp_path, monkeypatch):
+    # the default workspace is the current directory, so a campaign's recipe.json paths are relative; the
+    # sandboxed trainer starts elsewhere (its own /tmp) and must still find them
+    from pretrainlab import api
+
+    monkeypatch.chdir(tmp_path)
+    recipe = api.resolve_recipe("tiny-cpu", tiny_overrides(corpus_dir, **{"budget.tokens": 2048}))
+    Path("recipes").mkdir()
+    Path("recipes/r.json").write_text(json.dumps(recipe.to_dict()))
+    runner = LocalRunner(num_slots=1)
+    runner.submit(Job("rel", "recipes/r.json", Path("runs/rel"), score_path=Path("scores/rel.json")))
+    (result,) = runner.wait()
+    assert result.status == "ok", result.stderr_tail
+    assert json.loads((tmp_path / "scores" / "rel.json").read_text())["status"] == "ok"

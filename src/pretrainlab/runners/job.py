@@ -113,6 +113,9 @@ def main(spec_path: str) -> int:
     from ..api import resolve_recipe
 
     recipe = resolve_recipe(spec["recipe"], spec["overrides"])
+    # a recipe.json by absolute path: the sandboxed trainer starts in its own /tmp, where a path relative to
+    # the workspace (the default workspace is the current directory) names nothing
+    recipe_arg = str(Path(spec["recipe"]).resolve()) if Path(spec["recipe"]).is_file() else spec["recipe"]
     run_dir = Path(spec["run_dir"]).resolve()
     code_src = Path(spec["code_src"]).resolve()
     corpus_dir = corpus_path(recipe)
@@ -121,7 +124,7 @@ def main(spec_path: str) -> int:
     if spec["resume"]:
         train_cmd = [sys.executable, "-m", "pretrainlab", "train", "--resume", str(run_dir), "--json"]
     else:
-        train_cmd = [sys.executable, "-m", "pretrainlab", "train", "--recipe", spec["recipe"], "--out", str(run_dir), "--json"]
+        train_cmd = [sys.executable, "-m", "pretrainlab", "train", "--recipe", recipe_arg, "--out", str(run_dir), "--json"]
         for o in spec["overrides"]:
             train_cmd += ["--set", o]
     finished = read_json_object(run_dir / "summary.json") or {}
@@ -129,8 +132,8 @@ def main(spec_path: str) -> int:
         train_cmd = None  # trained to the end before the campaign lost track of it: only the scoring is left
     run_dir.mkdir(parents=True, exist_ok=True)
     read_only = visible_corpus_files(corpus_dir)
-    if Path(spec["recipe"]).is_file():
-        read_only.append(Path(spec["recipe"]))
+    if recipe_arg != spec["recipe"] or Path(recipe_arg).is_file():
+        read_only.append(Path(recipe_arg))
     env = scrubbed_env({**spec["env"], "PYTHONPATH": str(code_src), "PRETRAINLAB_NO_LEDGER": "1", "PYTHONUNBUFFERED": "1",
                         "PRETRAINLAB_SANDBOX": "1" if box.active else "0"})
     if recipe.data.corpus == "builtin":
