@@ -1,8 +1,8 @@
 """The local runner: parallel slots, crashes and timeouts come back as results."""
 
 import json
-from pathlib import Path
 import time
+from pathlib import Path
 
 from conftest import tiny_overrides
 
