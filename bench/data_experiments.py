@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -26,10 +27,11 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 RECIPES = sorted((HERE / "data_experiments").glob("*.toml"))
+ENV = dict(os.environ)  # + PRETRAINLAB_WORKSPACE: the campaign's runs go to the work directory
 
 
 def cli(*args: str, db: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pretrainlab", *args, "--db", db], capture_output=True, text=True, check=check)
+    return subprocess.run([sys.executable, "-m", "pretrainlab", *args, "--db", db], capture_output=True, text=True, check=check, env=ENV)
 
 
 def suggest(campaign: str, path: Path, db: str) -> None:
@@ -39,7 +41,7 @@ def suggest(campaign: str, path: Path, db: str) -> None:
 
 
 def run_loop(args: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pretrainlab", *args], stdout=subprocess.PIPE, stderr=log.open("a"), text=True)
+    return subprocess.Popen([sys.executable, "-m", "pretrainlab", *args], stdout=subprocess.PIPE, stderr=log.open("a"), text=True, env=ENV)
 
 
 def merged(paths: list[Path], out: Path) -> Path:
@@ -63,6 +65,7 @@ def main():
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="data-experiments-"))
     work.mkdir(parents=True, exist_ok=True)
+    ENV["PRETRAINLAB_WORKSPACE"] = str(work.resolve())
     db = f"sqlite:///{work / 'ledger.db'}"
     log = work / "campaign.log"
     budget = args.seeds * (1 + len(RECIPES))
