@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..config import Recipe
+from .files import read_json_object, write_json_atomic  # noqa: F401 (imported from here by the research loop)
 from .sandbox import Sandbox, ignore_sigterm, scrubbed_env
 
 EXIT_REJECTED = 4
@@ -182,23 +182,6 @@ def main(spec_path: str) -> int:
         print(f"[pretrainlab] run rejected by the lab: {verdict['reason']}", file=sys.stderr, flush=True)
         return EXIT_REJECTED
     return code
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
-    os.replace(tmp, path)
-
-
-def read_json_object(path: Path) -> dict | None:
-    """A JSON object from a file, or None (missing, unreadable, not JSON, or not an object: run
-    directories hold what experiment code wrote)."""
-    try:
-        value = json.loads(path.read_text())
-        return value if isinstance(value, dict) else None
-    except (OSError, ValueError):
-        return None
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from pathlib import Path
 import pretrainlab
 
 from ..errors import UserError
-from .job import read_json_object
+from .files import read_json_object
 from .sandbox import Sandbox
 
 PACKAGE_SRC = Path(pretrainlab.__file__).resolve().parent.parent  # the lab's own source tree (on PYTHONPATH of unpatched runs)
