@@ -126,7 +126,8 @@ def load_run(path: str | Path) -> RunData:
         run.notes.append(
             f"no summary.json: the run is in progress (metrics.jsonl written {age:.0f}s ago)" if run.live else
             f"no summary.json and metrics.jsonl untouched for {age / 60:.0f} min: the run was killed (SIGKILL, OOM, "
-            "node loss) before it could finish; continue it with `pretrainlab train --resume` if it has a checkpoint")
+            "node loss) before it could finish; `pretrainlab train --resume` continues it from its last checkpoint, or "
+            "restarts it from step 0 if it has none")
     return run
 
 
