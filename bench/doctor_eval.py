@@ -6,7 +6,7 @@
 
 Each run is the real trainer on the tiny setup of tests/conftest.py (a ~50k-param model on
 a ~100 KB-per-domain builtin corpus, CPU) with one deliberate fault from
-pretrainlab.doctor.faults (the same suite tests/test_doctor_faults.py runs once), and is
+bench/faults.py (the same suite tests/test_doctor_faults.py runs once), and is
 then diagnosed from its files. Healthy runs are also diagnosed against the healthy run of
 another seed as a baseline, which must not read as a regression.
 
@@ -32,7 +32,7 @@ from datetime import date
 from pathlib import Path
 
 from pretrainlab.doctor import diagnose
-from pretrainlab.doctor.faults import Result, fault_cases, make_duplicated_corpus, run_case, summarize
+from faults import Result, fault_cases, make_duplicated_corpus, run_case, summarize
 
 
 def build_corpus(work: Path) -> Path:
@@ -108,7 +108,7 @@ def main() -> int:
     print(f"\nrecall {s['recall']:.3f} ({s['num_faults']} faulty runs); "
           f"false-alarm rate {s['false_alarm_rate']:.3f} ({s['num_healthy']} healthy diagnoses)")
     if args.json:
-        from pretrainlab.doctor.faults import dump
+        from faults import dump
 
         dump(results, args.json)
     return 0

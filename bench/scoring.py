@@ -32,7 +32,7 @@ from pretrainlab.model import GPT
 from pretrainlab.runners.job import corpus_path
 from pretrainlab.runners.local import PACKAGE_SRC
 from pretrainlab.runners.sandbox import Sandbox
-from pretrainlab.scoring import score_run
+from pretrainlab.runners.scoring import score_run
 from pretrainlab.train.trainer import train
 
 

@@ -1,18 +1,22 @@
 """The run doctor against the real trainer: every deliberately broken run is caught with the
 right finding id, and healthy runs over several seeds stay silent (recall 1, no false alarm).
 
-The suite (pretrainlab.doctor.faults) trains tiny models on the session corpus; the
+The suite (bench/faults.py, outside the package) trains tiny models on the session corpus; the
 replay case runs the CLI in a subprocess, SIGTERMs it and resumes it. bench/doctor_eval.py
 runs the same suite over more seeds and reports the numbers in docs/doctor.md.
 """
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import tiny_overrides
 
 from pretrainlab.doctor import diagnose, render_text
-from pretrainlab.doctor.faults import Result, fault_cases, run_case, summarize
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from faults import Result, fault_cases, run_case, summarize  # noqa: E402 (bench/, not part of the package)
 
 HEALTHY_SEEDS = (0, 1, 2)
 HEALTHY_STEPS = 200

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .config import Recipe, apply_overrides, field_docs
+from .config import field_docs
 from .errors import UserError
-from .recipes import RECIPES, estimate_params, get_recipe
+from .recipes import RECIPES, estimate_params, resolve_recipe  # noqa: F401 (part of the api)
+from .workspace import default_run_dir, workspace  # noqa: F401 (part of the api)
 
 
 def list_recipes() -> list[dict]:
@@ -39,32 +39,6 @@ def list_recipes() -> list[dict]:
 def config_fields() -> list[dict]:
     """Every settable config key with type, default and doc (for `--set`)."""
     return [{"key": k, "type": t, "default": v, "doc": doc} for k, t, v, doc in field_docs()]
-
-
-def resolve_recipe(name: str, overrides: list[str] | None = None) -> Recipe:
-    """A named recipe, or a recipe JSON file (e.g. another run's recipe.json), with
-    `key=value` overrides applied; bad input -> UserError."""
-    try:
-        if name.endswith(".json"):
-            try:
-                base = Recipe.from_dict(json.loads(Path(name).read_text()))
-            except (OSError, json.JSONDecodeError) as e:
-                raise UserError(f"--recipe {name}: cannot read it as a recipe JSON ({e}); pass a recipe name or a recipe.json") from None
-        else:
-            base = get_recipe(name)
-        return apply_overrides(base, overrides or [])
-    except ValueError as e:
-        raise UserError(f"{name}: {e}" if name.endswith(".json") else str(e)) from None
-
-
-def workspace() -> Path:
-    """Where runs/ and the default ledger live: env PRETRAINLAB_WORKSPACE, else the current directory."""
-    return Path(os.environ.get("PRETRAINLAB_WORKSPACE") or ".")
-
-
-def default_run_dir(recipe: Recipe) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return workspace() / "runs" / f"{recipe.name}-{stamp}-{secrets.token_hex(2)}"
 
 
 def train_run(recipe_name: str | None = None, overrides: list[str] | None = None, out: Path | None = None,
@@ -149,6 +123,13 @@ def prepare_data(builtin: bool = False, inputs: list[str] | None = None, tokeniz
         path, _, domain = item.rpartition(":") if ":" in item and not Path(item).exists() else (item, "", "")
         pairs.append((Path(path), domain or Path(path).name.split(".")[0]))
     return data.prepare_from_inputs(pairs, tokenizer=tokenizer, out_dir=out, text_field=text_field, force=force, progress=progress)
+
+
+def exit_code(summary: dict) -> int:
+    """The process exit code for a run's summary: 0 ok/timeout, 3 diverged, 75 preempted, 1 crashed."""
+    from .train import STATUS_EXIT
+
+    return STATUS_EXIT.get(summary.get("status"), 1)
 
 
 def corpus_info(path: str | None = None, tokenizer: str = "byte") -> dict:
@@ -466,6 +447,28 @@ def _run_dir(ref: str, db: str | None) -> Path:
         return path
     with _ledger(db, create=False) as lg:
         return Path(lg.get_run(lg.resolve_run(ref))["run_dir"])
+
+
+def write_corpus_report_html(info: dict, out: Path | str) -> Path:
+    """A corpus report (corpus_info's dict) as one HTML page with its plots."""
+    from .data.fates import report_html
+
+    Path(out).write_text(report_html(info), encoding="utf-8")
+    return Path(out)
+
+
+def format_cell(metric: dict, i: int) -> str:
+    """One cell of `runs compare`: a metric value, with its delta against the first run."""
+    from .ledger.plot import format_cell as fmt
+
+    return fmt(metric, i)
+
+
+def render_diagnosis(report, color: bool = False) -> str:
+    """The doctor's report as text (findings first, then the checks that ran)."""
+    from .doctor import render_text
+
+    return render_text(report, color=color)
 
 
 def diagnose_run(run: str, baseline: str | None = None, db: str | None = None):

@@ -246,15 +246,13 @@ def cmd_recipes(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .train import STATUS_EXIT
-
     run_dir, summary = api.train_run(args.recipe, args.overrides, args.out, args.resume, echo=True, db=args.db,
                                      ledger=not args.no_ledger, log_to=args.log_to)
     if args.json:
         _print_json({"run_dir": str(run_dir), **summary})
     else:
         _print_summary(run_dir, summary)
-    return STATUS_EXIT.get(summary["status"], 1)
+    return api.exit_code(summary)
 
 
 def cmd_data(args) -> int:
@@ -279,9 +277,7 @@ def cmd_data(args) -> int:
         return 0
     info = api.corpus_info(args.corpus, args.tokenizer)
     if args.html:
-        from .data.fates import report_html
-
-        args.html.write_text(report_html(info), encoding="utf-8")
+        api.write_corpus_report_html(info, args.html)
     if args.json:
         return _print_json(info)
     print(json.dumps(info, indent=2))
@@ -417,8 +413,6 @@ def _runs_show(args) -> int:
 
 
 def _runs_compare(args) -> int:
-    from .ledger.plot import format_cell
-
     res = api.compare_runs(args.runs, plot=args.plot, db=args.db)
     for run_id, why in (res.get("plot") or {}).get("missing", {}).items():
         print(f"warning: no training-loss curve for run {run_id}: {why}", file=sys.stderr)
@@ -443,7 +437,7 @@ def _runs_compare(args) -> int:
     for i in ids:
         metrics.add_column(i, justify="right")
     for m in res["metrics"]:
-        metrics.add_row(m["metric"], *[format_cell(m, i) for i in range(len(ids))])
+        metrics.add_row(m["metric"], *[api.format_cell(m, i) for i in range(len(ids))])
     metrics.add_row("status", *[str(r["status"]) for r in res["runs"]])
     console.print(metrics)
     if res.get("plot"):
@@ -658,12 +652,10 @@ def _print_leaderboard(status: dict) -> None:
 
 
 def cmd_doctor(args) -> int:
-    from .doctor import render_text
-
     report = api.diagnose_run(args.run, args.baseline, db=args.db)
     if args.json:
         return _print_json(report.to_dict())
-    print(render_text(report, color=sys.stdout.isatty()))
+    print(api.render_diagnosis(report, color=sys.stdout.isatty()))
     return 0
 
 

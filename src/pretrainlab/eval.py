@@ -12,7 +12,7 @@ pools nats and bytes over all domains (a byte-weighted average, not a mean of do
 `evaluate_bpb` runs in the training process: it gives the in-run curves (on the monitor
 split) and a plain `pretrainlab train` its final figure. In a campaign that process runs
 experiment code, which can change anything in it, so decisions never use these numbers:
-the lab scores each run itself from the model's logits (scoring.py), with `nll_sums` below.
+the lab scores each run itself from the model's logits (runners/scoring.py), with `nll_sums` below.
 """
 
 from __future__ import annotations

@@ -6,7 +6,11 @@ registering it in RECIPES. `pretrainlab recipes` lists them with their sizes.
 
 from __future__ import annotations
 
-from .config import BudgetConfig, DataConfig, EvalConfig, ModelConfig, OptimConfig, Recipe, TrainConfig
+import json
+from pathlib import Path
+
+from .config import BudgetConfig, DataConfig, EvalConfig, ModelConfig, OptimConfig, Recipe, TrainConfig, apply_overrides
+from .errors import UserError
 
 
 def tiny_cpu() -> Recipe:
@@ -87,3 +91,19 @@ def estimate_params(recipe: Recipe) -> int:
     per_layer = m.n_embd * m.n_embd * 2 + 2 * m.n_embd * kv_dim + 2 * m.n_embd * hidden
     num_ve = sum(1 for i in range(m.n_layer) if m.value_embeds and i % 2 == (m.n_layer - 1) % 2)
     return m.n_layer * per_layer + 2 * padded * m.n_embd + num_ve * (padded * kv_dim + 2)
+
+
+def resolve_recipe(name: str, overrides: list[str] | None = None) -> Recipe:
+    """A named recipe, or a recipe JSON file (e.g. another run's recipe.json), with
+    `key=value` overrides applied; bad input -> UserError."""
+    try:
+        if name.endswith(".json"):
+            try:
+                base = Recipe.from_dict(json.loads(Path(name).read_text()))
+            except (OSError, json.JSONDecodeError) as e:
+                raise UserError(f"--recipe {name}: cannot read it as a recipe JSON ({e}); pass a recipe name or a recipe.json") from None
+        else:
+            base = get_recipe(name)
+        return apply_overrides(base, overrides or [])
+    except ValueError as e:
+        raise UserError(f"{name}: {e}" if name.endswith(".json") else str(e)) from None

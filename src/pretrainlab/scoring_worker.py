@@ -1,6 +1,6 @@
 """The scoring worker: the one process that runs an experiment's model code on evaluation
 inputs. It turns token windows into logits and nothing else; the lab's scorer
-(scoring.py), in a process that never imports experiment code, computes the score.
+(runners/scoring.py), in a process that never imports experiment code, computes the score.
 
     python -m pretrainlab.scoring_worker RUN_DIR        # started by scoring.score_run, in the sandbox
 

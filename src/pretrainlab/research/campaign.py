@@ -146,7 +146,7 @@ class CampaignConfig:
     def base_recipe(self) -> Recipe:
         """The starting recipe; with early stopping on, runs also evaluate at half of
         their budget (the rung) unless the recipe already sets train.eval_every_frac."""
-        from ..api import resolve_recipe
+        from ..recipes import resolve_recipe
 
         recipe = resolve_recipe(self.recipe, [*self.overrides, *run_budget_overrides(self.run_budget)])
         if self.early_stop and not recipe.train.eval_every_frac:
@@ -366,11 +366,11 @@ class Campaign:
     def split_means(self, exp: dict) -> dict[str, float] | None:
         """Mean lab score on the decision and the hidden test split over an experiment's scored
         runs. The test split is scored here, once, when the campaign closes: a sandboxed worker
-        runs the model, this process computes the score (scoring.py)."""
+        runs the model, this process computes the score (runners/scoring.py)."""
         from ..data import Corpus
         from ..runners.job import corpus_path
         from ..runners.local import PACKAGE_SRC
-        from ..scoring import ScoreRejected, score_run
+        from ..runners.scoring import ScoreRejected, score_run
 
         recipe = self.recipe_of(exp)
         code_src = self.workdir / "trees" / exp["id"] / "src" if (exp["change"] or {}).get("patch") else PACKAGE_SRC

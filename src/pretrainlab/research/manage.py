@@ -10,7 +10,7 @@ import os
 import statistics
 from dataclasses import asdict
 
-from ..api import workspace
+from ..workspace import workspace
 from ..errors import UserError
 from ..runners import LocalRunner
 from .campaign import Campaign, CampaignConfig

@@ -96,7 +96,7 @@ class MixtureConfig:
                 raise UserError(f"--transfer: {e}") from None
 
     def base_recipe(self) -> Recipe:
-        from ..api import resolve_recipe
+        from ..recipes import resolve_recipe
 
         recipe = resolve_recipe(self.recipe, [*self.overrides, *run_budget_overrides(self.run_budget)])
         if recipe.data.weights is not None:
@@ -168,7 +168,7 @@ def resume(ledger, row: dict, echo: bool = True, author: str = "person", paralle
 
 
 def _run(ledger, campaign_id: str, cfg: MixtureConfig, echo: bool) -> None:
-    from ..api import workspace
+    from ..workspace import workspace
 
     workdir = workspace() / "runs" / "campaigns" / campaign_id
     workdir.mkdir(parents=True, exist_ok=True)

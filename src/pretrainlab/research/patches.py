@@ -9,7 +9,7 @@ text: after `git apply`, the copy is compared file by file with the lab's packag
 the patch is rejected if anything outside those directories differs in content, mode or
 kind (whatever the hunk format: binary, rename, mode change), or if the copy holds a
 symbolic link or anything but plain files. The trainer may change, so a run's own
-metric is never trusted: the lab scores every run itself (scoring.py).
+metric is never trusted: the lab scores every run itself (runners/scoring.py).
 """
 
 from __future__ import annotations

@@ -258,7 +258,7 @@ class SimulatedRunner:
                     f.write(json.dumps({"type": "eval", "step": 2, "tokens": r.recipe.budget.tokens, "progress": 1.0, "val_bpb": value}) + "\n")
             (r.job.out_dir / "summary.json").write_text(json.dumps(summary))
             score_path = getattr(r.job, "score_path", None)
-            if score_path is not None and finished:  # the lab's own score of the run (scoring.py's verdict format)
+            if score_path is not None and finished:  # the lab's own score of the run (runners/scoring.py's verdict format)
                 val = {"val_bpb": value}
                 if hasattr(self.landscape, "domain_values"):  # per domain, as the lab scores them
                     val["domains"] = self.landscape.domain_values(r.recipe, r.seed)

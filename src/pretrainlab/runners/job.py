@@ -110,7 +110,7 @@ def main(spec_path: str) -> int:
     stopping = {"flag": False}
     signal.signal(signal.SIGTERM, lambda *_: stopping.update(flag=True))
     # 1. recipe and corpus, resolved by the lab
-    from ..api import resolve_recipe
+    from ..recipes import resolve_recipe
 
     recipe = resolve_recipe(spec["recipe"], spec["overrides"])
     # a recipe.json by absolute path: the sandboxed trainer starts in its own /tmp, where a path relative to
@@ -150,7 +150,7 @@ def main(spec_path: str) -> int:
         return code
     # 3. score from the lab's side, 4. check the run's claims
     from ..data import Corpus
-    from ..scoring import ScoreRejected, score_run
+    from .scoring import ScoreRejected, score_run
 
     verdict: dict = {"status": "ok", "reason": None, "reported": {k: summary.get(k) for k in ("val_bpb", "eval_split")}}
     scored_on = Corpus.open(scoring_corpus(recipe, spec.get("score_data")), verify=False)

@@ -51,7 +51,7 @@ class Job:
     pythonpath: str | None = None  # an isolated source tree (code experiments)
     env: dict[str, str] = field(default_factory=dict)
     resume: bool = False  # continue out_dir from its last checkpoint instead of starting it
-    score_path: Path | None = None  # where the lab writes its own score of the run (scoring.py); None: not scored
+    score_path: Path | None = None  # where the lab writes its own score of the run (runners/scoring.py); None: not scored
     # {"corpus", "tokenizer"} of the corpus the lab scores on (a campaign's base data, fixed for all its runs, a data
     # experiment's included); None: the corpus the run trains on
     score_data: dict | None = None

@@ -426,7 +426,7 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
             if tc.ckpt_every and state["step"] % tc.ckpt_every:
                 save_ckpt()
         if status != "preempted" and all(torch.isfinite(p).all() for p in raw_model.parameters()):
-            if d.main:  # the final weights, for the lab's scorer (scoring.py), which never trusts this process's numbers
+            if d.main:  # the final weights, for the lab's scorer (runners/scoring.py), which never trusts this process's numbers
                 torch.save(raw_model.state_dict(), out_dir / "model.pt.tmp")
                 os.replace(out_dir / "model.pt.tmp", out_dir / "model.pt")
             final_eval = run_eval("val" if corpus.has_split("val") else "monitor")

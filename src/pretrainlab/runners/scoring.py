@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import Corpus, iter_eval_windows
-from .eval import bits_per_byte, nll_sums
-from .runners.sandbox import Sandbox, scrubbed_env
+from ..data import Corpus, iter_eval_windows
+from ..eval import bits_per_byte, nll_sums
+from .sandbox import Sandbox, scrubbed_env
 
 MAX_LOGIT_FLOATS = 2**26  # logits per request (256 MB of float32): rows per batch shrink for a large vocabulary
 MAX_VOCAB = 2**21  # a logit width beyond this is not a language model's: refuse it before allocating

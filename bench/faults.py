@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .diagnose import diagnose
-from .report import Report
+from pretrainlab.doctor import diagnose
+from pretrainlab.doctor.report import Report
 
 # The tiny setup of tests/conftest.py tiny_overrides: ~50k params, 64-token windows,
 # 1024-token batches (one step ~ 10-40 ms on one CPU thread).
@@ -94,7 +94,7 @@ class Result:
 def run_case(case: Case, seed: int, corpus: Path, work: Path, base: dict | None = None,
              baseline_dir: Path | None = None) -> Result:
     """Train one case (in work/NAME-sSEED) and diagnose it."""
-    from .. import api
+    from pretrainlab import api
 
     t0 = time.perf_counter()
     sets = {**(base or TINY), "data.corpus": str(corpus), "seed": seed, "budget.tokens": case.steps * BATCH_TOKENS, **case.overrides}
@@ -115,7 +115,7 @@ def run_case(case: Case, seed: int, corpus: Path, work: Path, base: dict | None 
 def _train_preempt_resume(overrides: list[str], run_dir: Path, stop_after_rows: int = 30) -> None:
     """Train in a subprocess, SIGTERM it once `stop_after_rows` steps are logged (it
     checkpoints and exits 75, preempted), then resume it in this process."""
-    from .. import api
+    from pretrainlab import api
 
     args = [sys.executable, "-m", "pretrainlab", "train", "--recipe", "tiny-cpu", "--out", str(run_dir)]
     for o in overrides:
@@ -148,8 +148,8 @@ def make_duplicated_corpus(source: Path, out: Path, docs_per_domain: int = 2, do
     prepare_corpus splits by a hash of the document path; the paths are chosen with
     assign_splits so that exactly the fresh val document of each domain lands in val.
     """
-    from ..data import ByteTokenizer, Corpus, Document, prepare_corpus
-    from ..data.shards import HELD_OUT, assign_splits
+    from pretrainlab.data import ByteTokenizer, Corpus, Document, prepare_corpus
+    from pretrainlab.data.shards import HELD_OUT, assign_splits
 
     if (out / "manifest.json").exists():
         return out
