@@ -21,6 +21,9 @@ def test_research_cli_round_trip(corpus_dir, tmp_path):
     log = cli("research", "log", cid[:6], env_extra=env)
     assert log.returncode == 0 and "# Research log" in log.stdout and "baseline" in log.stdout
     assert "seed noise of the baseline: std" in log.stdout.lower() and "over 2 seeds" in log.stdout
+    record = json.loads(cli("research", "log", cid, "--json", env_extra=env).stdout)  # --json: the same log, as data
+    assert record["campaign"]["id"] == cid and record["markdown"].rstrip("\n") == log.stdout.rstrip("\n")
+    assert [r["seed"] for r in record["experiments"][0]["runs"]] == [0, 1]
 
     out = tmp_path / "report.html"
     rep = cli("report", cid, "-o", str(out), env_extra=env)

@@ -423,18 +423,22 @@ def research_review(experiment: str, approve: bool, author: str, reason: str | N
     manage.review(experiment, approve, author, reason, db=db)
 
 
-def research_log(campaign: str, db: str | None = None) -> str:
+def research_log(campaign: str, db: str | None = None, as_record: bool = False) -> str | dict:
+    """The campaign's research log as Markdown; with as_record, the record it is written from
+    (campaign, experiments with their runs and decisions, notes) plus the Markdown, as data."""
     from .research import manage, report
 
     with _ledger(db, create=False) as lg:
-        return report.research_log(report.campaign_record(lg, manage._campaign(lg, campaign)["id"]))
+        record = report.campaign_record(lg, manage.find_campaign(lg, campaign)["id"])
+        text = report.research_log(record)
+    return {**record, "markdown": text} if as_record else text
 
 
 def write_report(campaign: str, out: Path, db: str | None = None) -> Path:
     from .research import manage, report
 
     with _ledger(db, create=False) as lg:
-        return report.write_report(lg, manage._campaign(lg, campaign)["id"], Path(out))
+        return report.write_report(lg, manage.find_campaign(lg, campaign)["id"], Path(out))
 
 
 # ---- the run doctor ----------------------------------------------------------------------------

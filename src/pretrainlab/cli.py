@@ -551,6 +551,8 @@ def cmd_research(args) -> int:
         print(f"campaign {args.campaign}: stop requested; the running loop finishes its runs' checkpoints and exits")
         return 0
     if c == "log":
+        if args.json:
+            return _print_json(api.research_log(args.campaign, db=args.db, as_record=True))
         print(api.research_log(args.campaign, db=args.db))
         return 0
     if c == "suggest":

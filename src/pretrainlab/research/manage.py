@@ -82,7 +82,7 @@ def resume(campaign_id: str, db: str | None = None, echo: bool = True, author: s
     from ..ledger import Ledger
 
     ledger = Ledger(db)
-    row = _campaign(ledger, campaign_id)
+    row = find_campaign(ledger, campaign_id)
     changes = {k: v for k, v in changes.items() if v is not None}
     if row["config"].get("kind") == "mixture":  # its plan is fixed: only the slots can change
         from . import mixture_campaign
@@ -124,14 +124,14 @@ def stop(campaign_id: str, db: str | None = None) -> None:
     from ..ledger import Ledger
 
     ledger = Ledger(db)
-    ledger.set_campaign_status(_campaign(ledger, campaign_id)["id"], "stopping")
+    ledger.set_campaign_status(find_campaign(ledger, campaign_id)["id"], "stopping")
 
 
 def status(campaign_id: str, db: str | None = None) -> dict:
     from ..ledger import Ledger
 
     ledger = Ledger(db)
-    row = _campaign(ledger, campaign_id)
+    row = find_campaign(ledger, campaign_id)
     experiments = ledger.list_experiments(row["id"])
     decisions = {d["experiment_id"]: d for d in ledger.list_decisions(campaign_id=row["id"])}
     runs = ledger.list_runs(campaign=row["id"], columns=("run_id", "experiment_id", "seed", "status", "val_bpb"))
@@ -172,7 +172,7 @@ def suggest(campaign_id: str, hypothesis: str, overrides: list[str], author: str
         raise UserError("research suggest needs the change to try: add --set key=value (e.g. --set model.n_layer=6) or "
                         "--data-recipe STEPS.toml")
     ledger = Ledger(db)
-    row = _campaign(ledger, campaign_id)
+    row = find_campaign(ledger, campaign_id)
     from ..config import Recipe, apply_overrides
 
     base = Recipe.from_dict(row["config"]["base_recipe"])
@@ -210,7 +210,7 @@ def review(experiment_id: str, approve: bool, author: str, reason: str | None = 
     ledger.record_decision(verdict, decided_by=author, experiment_id=experiment_id, rationale=reason or f"{verdict} by a person")
 
 
-def _campaign(ledger, ref: str) -> dict:
+def find_campaign(ledger, ref: str) -> dict:
     row = ledger.get_campaign(ref)
     if row is None:
         matches = [c for c in ledger.list_campaigns() if c["id"].startswith(ref)]
