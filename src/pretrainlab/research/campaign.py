@@ -136,12 +136,7 @@ class CampaignConfig:
             raise UserError(f"--max-changes must be >= 0 (0 changes the whole search space), got {self.max_changes}")
         if not 0 < self.alpha < 0.5:
             raise UserError(f"--alpha must be in (0, 0.5), got {self.alpha}")
-        run_budget_overrides(self.run_budget)  # validates
-        if self.transfer:
-            try:
-                apply_overrides(Recipe(), self.transfer)
-            except ValueError as e:
-                raise UserError(f"--transfer: {e}") from None
+        check_run_budget_and_transfer(self.run_budget, self.transfer)
 
     def base_recipe(self) -> Recipe:
         """The starting recipe; with early stopping on, runs also evaluate at half of
@@ -152,6 +147,16 @@ class CampaignConfig:
         if self.early_stop and not recipe.train.eval_every_frac:
             recipe.train.eval_every_frac = 0.5
         return recipe
+
+
+def check_run_budget_and_transfer(run_budget: str, transfer: list[str]) -> None:
+    """A run budget and --transfer overrides that parse, else UserError naming the flag."""
+    run_budget_overrides(run_budget)
+    if transfer:
+        try:
+            apply_overrides(Recipe(), transfer)
+        except ValueError as e:
+            raise UserError(f"--transfer: {e}") from None
 
 
 def run_budget_overrides(spec: str) -> list[str]:

@@ -47,7 +47,7 @@ from ..runners import Job, JobResult, LocalRunner
 from ..runners.job import read_json_object
 from ..train.rundir_lock import lock_holder
 from . import mixture
-from .campaign import DECIDER, run_budget_overrides
+from .campaign import DECIDER, check_run_budget_and_transfer, run_budget_overrides
 from .stats import IMPROVEMENT, REGRESSION, pooled_paired
 
 PROPOSER = "mixture design"  # proxies and the recommendation are attributed to it (a strategy)
@@ -88,12 +88,7 @@ class MixtureConfig:
             raise UserError(f"concentration must be [low, high] with 0 < low <= high, got {self.concentration}")
         if self.pool_size < 1 or self.top < 1 or self.num_resamples < 0:
             raise UserError("pool_size and top must be >= 1, num_resamples >= 0")
-        run_budget_overrides(self.run_budget)  # validates
-        if self.transfer:
-            try:
-                apply_overrides(Recipe(), self.transfer)
-            except ValueError as e:
-                raise UserError(f"--transfer: {e}") from None
+        check_run_budget_and_transfer(self.run_budget, self.transfer)
 
     def base_recipe(self) -> Recipe:
         from ..recipes import resolve_recipe
