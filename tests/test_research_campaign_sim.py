@@ -1,0 +1,257 @@
+"""Campaign bookkeeping through the research commands (manage.start / suggest / resume /
+status), on the simulated runner (research/simulate.py) instead of training processes:
+scheduling, decisions, transfer checks, early stops, re-tests, resumes with a larger budget
+and idle-time accounting, each in well under a second. test_research_campaign.py keeps the
+campaigns on real runs."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from pretrainlab.errors import UserError
+from pretrainlab.ledger import Ledger
+from pretrainlab.research import campaign as campaign_module
+from pretrainlab.research import manage
+from pretrainlab.research.campaign import Campaign, CampaignConfig
+from pretrainlab.research.simulate import Landscape, SimulatedRunner
+from pretrainlab.runners.local import OVERHEAD
+
+SLOW_LR = ["optim.lr=0.0001", "optim.muon_lr=0.0005"]  # a starting recipe with far too low LRs
+SANE_LR = ["optim.lr=0.01", "optim.muon_lr=0.03"]
+
+
+class Clock:
+    """One virtual timeline for every loop's runner and for the campaign's own clock (its
+    elapsed time, which --budget-hours caps, and the closing note's slot-time)."""
+
+    now: float = 0.0
+
+    def time(self) -> float:
+        return self.now
+
+
+class Runner(SimulatedRunner):
+    """The simulated runner as `research start/resume` get it: on the shared clock, with idle
+    slot-time kept by the reason the campaign gives (LocalRunner's accounting, tested in
+    test_runners_local.py); a run takes `run_s` virtual seconds times `pace(job key)`."""
+
+    sandbox = SimpleNamespace(active=True, reason="in process")  # nothing to sandbox: no experiment process runs
+
+    def __init__(self, clock: Clock, landscape: Landscape, num_slots: int, pace=lambda key: 1.0):
+        start, self.clock = clock.now, clock
+        super().__init__(landscape, num_slots)
+        self.now = self.created = self.last_submit = start
+        self.pace, self.reason = pace, OVERHEAD
+
+    @property
+    def now(self) -> float:
+        return self.clock.now
+
+    @now.setter
+    def now(self, t: float) -> None:
+        self.clock.now = t
+
+    def submit(self, job) -> None:
+        super().submit(job)
+        run = self._running[job.key]
+        run.ends_at = run.started_at + self.pace(job.key) * self.run_s
+        self.reason = OVERHEAD  # until the campaign says why any remaining slot stays free
+
+    def poll(self):
+        done = super().poll()
+        if done:
+            self.reason = OVERHEAD  # a freed slot waits on the campaign's bookkeeping
+        return done
+
+    def idle_because(self, reason: str) -> None:
+        self.reason = reason
+
+    def sleep(self, seconds: float) -> None:
+        before = self.idle.get(OVERHEAD, 0.0)
+        super().sleep(seconds)  # counts the free slots' time as OVERHEAD
+        added = self.idle.get(OVERHEAD, 0.0) - before
+        if added and self.reason != OVERHEAD:
+            self.idle[OVERHEAD] = before
+            self.idle[self.reason] = self.idle.get(self.reason, 0.0) + added
+
+
+@pytest.fixture
+def sim(monkeypatch):
+    """`research start/resume` on the simulated runner: returns the settings a test may
+    change (the landscape, the pace of runs) and the runners each loop used."""
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    clock = Clock()
+    state = SimpleNamespace(landscape=Landscape(seed=0), pace=lambda key: 1.0, runners=[])
+
+    def local_runner(num_slots, gpus=None, log_dir=None):
+        runner = Runner(clock, state.landscape, num_slots, state.pace)
+        state.runners.append(runner)
+        return runner
+
+    monkeypatch.setattr(manage, "LocalRunner", local_runner)
+    monkeypatch.setattr(campaign_module, "time", clock)  # the campaign's time.time(): elapsed_s and the closing note
+    monkeypatch.setattr(Campaign, "record_hidden_test", lambda self: None)  # simulated runs have no weights to score
+    return state
+
+
+def config(**kw):
+    base = dict(recipe="tiny-cpu", run_budget="8192tok", budget_runs=8, parallel=2, seeds=2, strategy="optuna")
+    base.update(kw)
+    return CampaignConfig(**base)
+
+
+def test_auto_without_a_key_says_optuna(sim, capsys):
+    cid = manage.start(config(strategy="auto", budget_runs=3, decision="paired"), echo=True)
+    assert "strategy auto -> optuna" in capsys.readouterr().out
+    assert manage.status(cid)["runs"] == 3
+    proposed = manage.status(cid)["experiments"][1:]
+    assert proposed and {e["proposer"] for e in proposed} == {"optuna"}  # and optuna proposed what ran after the baseline
+
+
+def test_transfer_check_and_a_persons_suggestion(sim):
+    """A person's clearly better change wins at small scale, then must win again at a larger rung."""
+    cfg = config(overrides=SLOW_LR, strategy="manual", budget_runs=10, transfer=["model.n_layer=3"], early_stop=False, decision="paired")
+    cid = manage.start(cfg, echo=False)
+    assert manage.status(cid)["runs"] == 2  # manual: only the baseline until someone suggests
+    exp = manage.suggest(cid, "sane learning rates", SANE_LR, "alice")
+    manage.resume(cid, echo=False)
+    ledger = Ledger()
+    (decision,) = [d for d in ledger.list_decisions(experiment_id=exp)]
+    assert decision["verdict"] == "keep" and "the gain holds" in decision["rationale"], decision["rationale"]
+    assert decision["evidence"]["transfer_rung"] == ["model.n_layer=3"]
+    sides = [e for e in ledger.list_experiments(cid) if (e["change"] or {}).get("transfer_of") == exp]
+    assert sorted(e["change"]["role"] for e in sides) == ["candidate", "incumbent"]
+    assert all(e["change"]["recipe"]["model"]["n_layer"] == 3 for e in sides)
+    assert all(len(ledger.list_runs(experiment=e["id"], columns=("run_id",))) == 2 for e in sides)  # both sides ran, 2 seeds each
+    st = manage.status(cid)
+    assert st["incumbent"]["experiment"] == exp and st["incumbent"]["proposer"] == "alice"
+    assert st["runs"] == 2 + 2 + 4
+
+
+class Transfers(Landscape):
+    """Learning rates matter only at the tiny-cpu depth; at 3 layers the slow ones are better."""
+
+    def value(self, recipe, seed, rung=False):
+        v = super().value(recipe, seed, rung)
+        return v if recipe.model.n_layer != 3 else 2 * self.base_value - v
+
+
+def test_a_gain_that_does_not_hold_at_the_larger_rung_is_discarded(sim):
+    """The same campaign in a landscape where the learning rates that help the small model
+    hurt the transfer rung's deeper one: the small-scale win is not kept."""
+    sim.landscape = Transfers(seed=0)
+    cfg = config(overrides=SLOW_LR, strategy="manual", budget_runs=10, transfer=["model.n_layer=3"], early_stop=False, decision="paired")
+    cid = manage.start(cfg, echo=False)
+    exp = manage.suggest(cid, "sane learning rates", SANE_LR, "alice")
+    manage.resume(cid, echo=False)
+    (decision,) = Ledger().list_decisions(experiment_id=exp)
+    assert decision["verdict"] == "discard" and "the gain does not hold at scale" in decision["rationale"], decision["rationale"]
+    assert decision["evidence"]["small_scale"]["effect"] < 0  # it did win at small scale
+    assert manage.status(cid)["incumbent"]["proposer"] == "campaign"  # the baseline stays the incumbent
+
+
+def test_clear_losers_are_stopped_early(sim):
+    """A suggestion that cannot learn (LR ~ 0) is stopped at the half-budget rung: against
+    its parent's run on the same seed (the default loop)."""
+    cfg = config(strategy="manual", budget_runs=6, run_budget=f"{1024 * 150}tok", parallel=1)
+    cid = manage.start(cfg, echo=False)
+    exp = manage.suggest(cid, "no learning at all", ["optim.lr=1e-7", "optim.muon_lr=1e-7"], "carol")
+    manage.resume(cid, echo=False)  # 4 runs left: one screen, but not its confirmation (2 groups: 7 runs)
+    assert not Ledger().list_decisions(experiment_id=exp)
+    assert any("no room to screen it" in n["text"] for n in Ledger().list_notes(experiment_id=exp))
+    assert manage.status(cid)["runs"] == 2
+    manage.resume(cid, echo=False, budget_runs=10)
+    (decision,) = Ledger().list_decisions(experiment_id=exp)
+    assert decision["verdict"] == "discard" and "stopped at the first rung" in decision["rationale"]
+    assert decision["evidence"]["rung"]["diff"] > cfg.rung_stop
+    (run,) = Ledger().list_runs(experiment=exp, columns=("run_id", "tokens", "status"))
+    assert run["tokens"] < 1024 * 150  # it did not burn its whole budget
+
+
+def test_a_paired_re_test_runs_the_incumbent_on_the_extra_seeds_too(sim):
+    """A promising "no effect" gets more seeds; under the paired rule the incumbent runs on
+    them as well, so the re-test compares seed-matched pairs (a tiny alpha forces the re-test)."""
+    cfg = config(overrides=SLOW_LR, strategy="manual", budget_runs=8, alpha=1e-6, early_stop=False, decision="paired")
+    cid = manage.start(cfg, echo=False)
+    exp = manage.suggest(cid, "sane learning rates", SANE_LR, "alice")
+    manage.resume(cid, echo=False)
+    ledger = Ledger()
+    baseline = manage.status(cid)["experiments"][0]["experiment"]
+    seeds = lambda e: sorted(r["seed"] for r in ledger.list_runs(experiment=e, columns=("run_id", "seed")))
+    assert seeds(baseline) == seeds(exp) == [0, 1, 2, 3]
+    (decision,) = ledger.list_decisions(experiment_id=exp)
+    cmp = decision["evidence"]["comparison"]
+    assert cmp["paired"] and cmp["n_candidate"] == cmp["n_incumbent"] == 4 and cmp["effect"] < -1
+    assert "4 seed-matched pairs" in decision["rationale"]
+
+
+def test_screens_start_while_the_baseline_runs_and_idle_slot_time_is_explained(sim, capsys, tmp_path):
+    """3 baseline seeds on 2 slots: the free slot screens a proposal instead of idling, the
+    screen is decided only once the baseline is (here the screen is the faster run and ends
+    first), and the closing note accounts idle time."""
+    first = []  # the experiment of the first run: the baseline
+
+    def pace(key):  # the baseline's runs are the slower ones: seed s takes 1.5 + 0.1 s times a screen's time
+        exp_id, seed = key.rsplit("-s", 1)
+        first[:] = first or [exp_id]
+        return 1.5 + 0.1 * int(seed) if exp_id == first[0] else 1.0
+
+    sim.pace = pace
+    cid = manage.start(config(seeds=3, budget_runs=6, early_stop=False, decision="paired"), echo=True)
+    ledger = Ledger()
+    exps = ledger.list_experiments(cid)
+    baseline, proposed = exps[0], exps[1:]
+    assert first == [baseline["id"]]
+    log = capsys.readouterr().err
+    screen_started = log.index(f"{proposed[0]['id']}-s0: started")
+    assert screen_started < log.index(f"{baseline['id']}-s2: ok")  # beside the baseline's third seed
+    assert screen_started < log.index(f"baseline {baseline['id']}:")  # before the baseline was measured
+    assert log.index(f"{proposed[0]['id']}-s0: ok") < log.index(f"{baseline['id']}-s2: ok")  # and it finished first
+    decisions = ledger.list_decisions(campaign_id=cid)
+    assert decisions[0]["experiment_id"] == baseline["id"]  # the baseline is decided first, the screen after it
+    screen = next(d for d in decisions if d["experiment_id"] == proposed[0]["id"])
+    assert screen["rationale"] and "incumbent" in screen["rationale"]
+    (note,) = [n["text"] for n in ledger.list_notes(campaign_id=cid) if n["text"].startswith("closed")]
+    assert "while work was queued" in note and "idle slot-time:" in note and "run budget spent" in note
+    assert manage.status(cid)["slots"] == note.split(": ", 1)[1]  # research status shows it, as does the report
+    from pretrainlab.research.report import write_report
+
+    assert "Slots: slot utilisation" in write_report(ledger, cid, tmp_path / "r.html", with_findings=False).read_text()
+
+    # token budgets get a timeout too: 5x the slowest baseline run, scaled by tokens x params, + 120 s
+    from pretrainlab.config import apply_overrides
+    from pretrainlab.research.strategies import RandomStrategy
+
+    camp = Campaign(ledger, cid, RandomStrategy(), SimulatedRunner(sim.landscape), tmp_path / "w", echo=False)
+    assert camp.base.budget.tokens == 8192 and camp.base.budget.seconds == 0  # --run-budget is the only budget
+    slowest = max(r["seconds"] for r in camp.results(baseline["id"]).values())
+    assert slowest == pytest.approx(1.7 * sim.runners[0].run_s)  # seed 2's
+    assert camp.run_timeout(camp.base) == pytest.approx(5 * slowest + 120)
+    assert camp.run_timeout(apply_overrides(camp.base, ["budget.tokens=16384"])) == pytest.approx(10 * slowest + 120)
+    assert camp.run_timeout(apply_overrides(camp.base, ["budget.seconds=30"])) == 210
+
+
+def test_resume_with_a_larger_budget_replicates_a_lead_left_inconclusive(sim):
+    cid = manage.start(config(overrides=SLOW_LR, strategy="manual", budget_runs=3, early_stop=False, decision="paired"), echo=False)
+    exp = manage.suggest(cid, "sane learning rates", SANE_LR, "alice")
+    manage.resume(cid, echo=False)  # the screen takes the last run: promising, no room to replicate
+    ledger = Ledger()
+    (first,) = ledger.list_decisions(experiment_id=exp)
+    assert first["verdict"] == "inconclusive" and "no room" in first["rationale"] and first["evidence"]["awaiting_budget"]
+    with pytest.raises(UserError, match="--parallel"):
+        manage.resume(cid, echo=False, parallel=0)  # bad input changes nothing
+    assert ledger.get_campaign(cid)["config"]["campaign"]["budget_runs"] == 3
+    manage.resume(cid, echo=False, author="bob", budget_runs=4)
+    assert ledger.get_campaign(cid)["config"]["campaign"]["budget_runs"] == 4
+    assert any(n["author"] == "bob" and "budget_runs 3 -> 4" in n["text"] for n in ledger.list_notes(campaign_id=cid))
+    assert any("re-opened" in n["text"] for n in ledger.list_notes(experiment_id=exp))
+    runs = ledger.list_runs(experiment=exp)
+    assert sorted(r["seed"] for r in runs) == [0, 1]  # the screen's seed kept, one replicate added: nothing repeated
+    latest = ledger.list_decisions(experiment_id=exp)[-1]
+    assert latest["evidence"]["comparison"]["paired"] and latest["effect"] < 0  # decided by the paired test this time
+    st = manage.status(cid)
+    assert st["runs"] == 4 and next(e for e in st["experiments"] if e["experiment"] == exp)["verdict"] == latest["verdict"]
+    assert st["elapsed_s"] > 0  # the time budget covers every loop of the campaign
+    manage.suggest(cid, "a bit more Muon LR", ["optim.muon_lr=0.04"], "bob")  # work that would start if time allowed
+    manage.resume(cid, echo=False, budget_runs=20, budget_hours=st["elapsed_s"] / 2 / 3600)
+    assert manage.status(cid)["runs"] == 4  # earlier loops already used more than that: nothing starts
