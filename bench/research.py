@@ -60,7 +60,10 @@ ARMS = {"screen": dict(strategy="optuna", decision="screen"), "greedy-1-seed": d
         "random-greedy": dict(strategy="random", decision="greedy"), "optuna-paired": dict(strategy="optuna", decision="paired"),
         "random-paired": dict(strategy="random", decision="paired"), "optuna-welch": dict(strategy="optuna", decision="welch"),
         "screen-no-sweep": dict(strategy="optuna", decision="screen", sweep=False),
-        "screen-random": dict(strategy="random", decision="screen")}
+        "screen-random": dict(strategy="random", decision="screen"),
+        "screen-adopt-0.7": dict(strategy="optuna", decision="screen", adopt_p=0.7),
+        "screen-adopt-0.85": dict(strategy="optuna", decision="screen", adopt_p=0.85),
+        "screen-rung-0.03": dict(strategy="optuna", decision="screen", rung_stop=0.03)}
 
 
 def baseline_recipe(ledger, campaign_id) -> Recipe:
