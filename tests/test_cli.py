@@ -3,6 +3,8 @@ traceback, nothing written."""
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -110,3 +112,20 @@ def test_resume_of_a_non_run(tmp_path):
 def test_argparse_errors_are_one_line():
     assert_user_error(cli("train", "--bogus"), "--bogus")
     assert_user_error(cli("nosuchcommand"))
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--recipe", "tiny-cpu", "--set", "model.n_head=5", "--no-ledger"],
+    ["train", "--recipe", "tiny-cpu", "--set", "model.nope=1", "--no-ledger"],
+    ["research", "start", "--recipe", "tiny-cpu", "--set", "model.n_head=5", "--budget-runs", "8"],
+    ["research", "mixture", "--recipe", "tiny-cpu", "--proxies", "1"],
+    ["data", "build", "no-such-recipe.toml"],
+])
+def test_a_bad_flag_or_recipe_is_reported_before_torch_is_imported(argv, tmp_path):
+    # user errors come back at once: the recipe and the flags are checked before the heavy imports
+    probe = ("import sys; from pretrainlab.cli import main; rc = main(sys.argv[1:]); "
+             "print(rc, 'torch' in sys.modules, 'scipy.stats' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PRETRAINLAB_WORKSPACE": str(tmp_path)})
+    assert out.stdout.split() == ["2", "False", "False"], (out.stdout, out.stderr[-1500:])
+    assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1

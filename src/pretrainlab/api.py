@@ -50,8 +50,6 @@ def train_run(recipe_name: str | None = None, overrides: list[str] | None = None
     ledger=False or env PRETRAINLAB_NO_LEDGER=1) and, with log_to, replayed into that tracker.
     Either failing only warns: the run directory is the record and stays as it is.
     """
-    from .train import train  # torch import deferred so `recipes` stays instant
-
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes the run dir
     use_ledger = ledger and main_rank and os.environ.get("PRETRAINLAB_NO_LEDGER", "").lower() not in ("1", "true", "yes")
     if use_ledger:
@@ -72,6 +70,8 @@ def train_run(recipe_name: str | None = None, overrides: list[str] | None = None
         recipe = resolve_recipe(recipe_name, overrides)
         run_dir = Path(out) if out else default_run_dir(recipe)
         kwargs = {"recipe": recipe, "out_dir": run_dir}
+    from .train import train  # torch is imported only now: a bad recipe or flag is reported in well under a second
+
     try:
         summary = train(echo=echo, **kwargs)
     except UserError:

@@ -34,7 +34,14 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import stats as sps
+
+
+def _sps():
+    """scipy.stats, imported on first use (it takes most of a second; a bad flag is reported before)."""
+    from scipy import stats
+
+    return stats
+
 
 LOG_EPS = 1e-3  # log-share features: a domain left out of a mixture counts as this share
 TOP_MIXTURES = 100  # the recommendation is the mean of this many best-predicted mixtures of the pool
@@ -188,7 +195,7 @@ def rank_candidates(X: np.ndarray, y: np.ndarray, candidates=CANDIDATES) -> list
     for spec in candidates:
         loo = loo_predictions(spec, X, y)
         rmse = float(np.sqrt(np.mean((loo - y) ** 2)))
-        rho = float(sps.spearmanr(loo, y).statistic) if np.ptp(y) > 0 and np.ptp(loo) > 0 else float("nan")
+        rho = float(_sps().spearmanr(loo, y).statistic) if np.ptp(y) > 0 and np.ptp(loo) > 0 else float("nan")
         out.append(Candidate(spec, rmse, rho, loo))
     order = sorted(range(len(out)), key=lambda i: (round(out[i].loo_rmse, 12), i))
     return [out[i] for i in order]
