@@ -67,8 +67,12 @@ class Comparison:
 
     def summary(self) -> str:
         n = f"{self.n_candidate} seed-matched pairs" if self.paired else f"n={self.n_candidate} vs {self.n_incumbent}"
+        # the p printed is the one-sided p the verdict was decided on, with the level it had to pass: a
+        # one-sided p of 0.036 beside a two-sided 95% interval that crosses zero reads as a contradiction otherwise
+        side = self.p_regression if self.verdict == REGRESSION else self.p_improvement
+        which = "worse" if self.verdict == REGRESSION else "better"
         return (f"{self.verdict}: effect {self.effect:+.4f} (95% CI {self.ci_low:+.4f} .. {self.ci_high:+.4f}), "
-                f"p={self.p_improvement:.3g}, {n}")
+                f"one-sided p({which})={side:.3g} against {self.alpha:.3g}, {n}")
 
 
 def welch(incumbent: list[float], candidate: list[float]) -> tuple[float, float, float, float, float]:
