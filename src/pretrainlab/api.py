@@ -417,10 +417,11 @@ def research_suggest(campaign: str, hypothesis: str, overrides: list[str], autho
     return manage.suggest(campaign, hypothesis, overrides, author, db=db, data_recipe=data_recipe)
 
 
-def research_review(experiment: str, approve: bool, author: str, reason: str | None = None, db: str | None = None) -> None:
+def research_review(experiment: str, approve: bool, author: str, reason: str | None = None, db: str | None = None) -> dict:
+    """A person's approve or reject, recorded as their decision; returns what was done."""
     from .research import manage
 
-    manage.review(experiment, approve, author, reason, db=db)
+    return manage.review(experiment, approve, author, reason, db=db)
 
 
 def research_log(campaign: str, db: str | None = None, as_record: bool = False) -> str | dict:

@@ -204,6 +204,7 @@ def _add_research_parser(sub) -> None:
     rep.add_argument("campaign")
     rep.add_argument("-o", "--out", type=Path, default=Path("report.html"))
     rep.add_argument("--db", metavar="URL")
+    rep.add_argument("--json", action="store_true", help="print {campaign, report} as JSON")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -548,6 +549,8 @@ def cmd_research(args) -> int:
         return 0
     if c == "stop":
         api.research_stop(args.campaign, db=args.db)
+        if args.json:
+            return _print_json({"campaign": args.campaign, "status": "stopping"})
         print(f"campaign {args.campaign}: stop requested; the running loop finishes its runs' checkpoints and exits")
         return 0
     if c == "log":
@@ -558,7 +561,9 @@ def cmd_research(args) -> int:
     if c == "suggest":
         exp = api.research_suggest(args.campaign, args.hypothesis, args.overrides, args.author, db=args.db, data_recipe=args.data_recipe)
         return _print_json({"experiment": exp}) if args.json else (print(f"queued experiment {exp}") or 0)
-    api.research_review(args.experiment, c == "approve", args.author, args.reason, db=args.db)
+    done = api.research_review(args.experiment, c == "approve", args.author, args.reason, db=args.db)
+    if args.json:
+        return _print_json(done)
     print(f"experiment {args.experiment}: {c}d by {args.author}")
     return 0
 
@@ -662,7 +667,8 @@ def cmd_doctor(args) -> int:
 
 
 COMMANDS = {"doctor": cmd_doctor, "recipes": cmd_recipes, "train": cmd_train, "data": cmd_data, "runs": cmd_runs, "research": cmd_research,
-            "report": lambda args: print(f"report: {api.write_report(args.campaign, args.out, db=args.db)}") or 0}
+            "report": lambda args: _print_json({"campaign": args.campaign, "report": str(api.write_report(args.campaign, args.out, db=args.db))})
+            if args.json else print(f"report: {api.write_report(args.campaign, args.out, db=args.db)}") or 0}
 
 if __name__ == "__main__":
     sys.exit(main())
