@@ -205,6 +205,8 @@ def _add_research_parser(sub) -> None:
     rep.add_argument("-o", "--out", type=Path, default=Path("report.html"))
     rep.add_argument("--db", metavar="URL")
     rep.add_argument("--json", action="store_true", help="print {campaign, report} as JSON")
+    mcp = sub.add_parser("mcp", help="serve the lab to an MCP client (Claude Code: `claude mcp add pretrainlab -- pretrainlab mcp`) over stdio")
+    mcp.add_argument("--db", metavar="URL", help="ledger URL (default: env PRETRAINLAB_DB, else the workspace's)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -666,7 +668,14 @@ def cmd_doctor(args) -> int:
     return 0
 
 
-COMMANDS = {"doctor": cmd_doctor, "recipes": cmd_recipes, "train": cmd_train, "data": cmd_data, "runs": cmd_runs, "research": cmd_research,
+def cmd_mcp(args) -> int:
+    from .mcp_server import serve  # the other face, launched from this one
+
+    serve(args.db)
+    return 0
+
+
+COMMANDS = {"mcp": cmd_mcp, "doctor": cmd_doctor, "recipes": cmd_recipes, "train": cmd_train, "data": cmd_data, "runs": cmd_runs, "research": cmd_research,
             "report": lambda args: _print_json({"campaign": args.campaign, "report": str(api.write_report(args.campaign, args.out, db=args.db))})
             if args.json else print(f"report: {api.write_report(args.campaign, args.out, db=args.db)}") or 0}
 
