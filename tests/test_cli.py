@@ -129,3 +129,33 @@ def test_a_bad_flag_or_recipe_is_reported_before_torch_is_imported(argv, tmp_pat
                          env={**os.environ, "PRETRAINLAB_WORKSPACE": str(tmp_path)})
     assert out.stdout.split() == ["2", "False", "False"], (out.stdout, out.stderr[-1500:])
     assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1
+
+
+def test_campaign_flags_are_the_settings_fields_and_reach_them():
+    # the CLI generates `research start/resume/mixture` flags from the settings dataclasses: none is unreachable,
+    # each default is the field's, and a value given on the command line lands in the field
+    import dataclasses
+
+    from pretrainlab import api
+    from pretrainlab.cli import _config_options, build_parser
+
+    parser = build_parser()
+    defaults = _config_options(parser.parse_args(["research", "start"]), api.CampaignConfig)
+    assert set(defaults) == {f.name for f in dataclasses.fields(api.CampaignConfig)}
+    assert api.CampaignConfig(**defaults) == api.CampaignConfig()
+    given = parser.parse_args(["research", "start", "--recipe", "small", "--set", "optim.lr=0.01", "--no-sweep", "--adopt-p", "0.7",
+                               "--gpus", "0,1", "--decision", "paired", "--transfer", "model.n_layer=6", "--transfer", "model.n_embd=192",
+                               "--max-looks", "3", "--strategy-seed", "4", "--llm-model", "m"])
+    cfg = api.CampaignConfig(**_config_options(given, api.CampaignConfig))
+    assert (cfg.recipe, cfg.overrides, cfg.sweep, cfg.adopt_p, cfg.gpus, cfg.max_looks, cfg.strategy_seed, cfg.llm_model) == \
+        ("small", ["optim.lr=0.01"], False, 0.7, [0, 1], 3, 4, "m")
+    assert cfg.transfer == ["model.n_layer=6", "model.n_embd=192"]
+
+    resumed = _config_options(parser.parse_args(["research", "resume", "abc", "--parallel", "3"]), api.CampaignConfig, only=api.RESUMABLE)
+    assert resumed == {"budget_runs": None, "budget_hours": None, "parallel": 3, "gpus": None, "spend_cap_usd": None,
+                       "spend_cap_tokens": None}  # None: not given, left as it was
+
+    skip = ("concentration", "pool_size", "top", "num_resamples")
+    mix = _config_options(parser.parse_args(["research", "mixture", "--target", "code, docs", "--proxies", "12"]), api.MixtureConfig, skip)
+    assert mix["target"] == ["code", "docs"] and mix["proxies"] == 12
+    assert api.MixtureConfig(**_config_options(parser.parse_args(["research", "mixture"]), api.MixtureConfig, skip)) == api.MixtureConfig()

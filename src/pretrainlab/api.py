@@ -15,6 +15,7 @@ from pathlib import Path
 from .config import field_docs
 from .errors import UserError
 from .recipes import RECIPES, estimate_params, resolve_recipe  # noqa: F401 (part of the api)
+from .research.config import RESUMABLE, CampaignConfig, MixtureConfig  # noqa: F401 (the faces' campaign flags are these fields)
 from .workspace import default_run_dir, workspace  # noqa: F401 (part of the api)
 
 
@@ -361,13 +362,12 @@ def research_start(recipe: str = "tiny-cpu", overrides: list[str] | None = None,
                    db: str | None = None, echo: bool = True, **options) -> str:
     """Start a campaign (foreground) and return its id. `options` are CampaignConfig fields:
     goal, budget_runs, budget_hours, run_budget, strategy, parallel, seeds, alpha, ..."""
-    from .research import manage
-    from .research.campaign import CampaignConfig
-
     try:
         cfg = CampaignConfig(recipe=recipe, overrides=list(overrides or []), **options)
     except TypeError as e:
         raise UserError(f"research start: {e}") from None
+    from .research import manage  # after the settings are checked: a bad flag is reported before the loop loads
+
     return manage.start(cfg, name=name, db=db, echo=echo)
 
 
@@ -377,12 +377,12 @@ def research_mixture(recipe: str = "tiny-cpu", overrides: list[str] | None = Non
     `options` are MixtureConfig fields: proxies, run_budget, confirm_seeds, target, transfer,
     parallel, gpus, alpha, design_seed, ... Its record reads back through research_status
     (under "mixture") and write_report."""
-    from .research import mixture_campaign
-
     try:
-        cfg = mixture_campaign.MixtureConfig(recipe=recipe, overrides=list(overrides or []), **options)
+        cfg = MixtureConfig(recipe=recipe, overrides=list(overrides or []), **options)
     except TypeError as e:
         raise UserError(f"research mixture: {e}") from None
+    from .research import mixture_campaign
+
     return mixture_campaign.start(cfg, name=name, db=db, echo=echo)
 
 
