@@ -3,6 +3,8 @@ traceback, nothing written."""
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -110,3 +112,50 @@ def test_resume_of_a_non_run(tmp_path):
 def test_argparse_errors_are_one_line():
     assert_user_error(cli("train", "--bogus"), "--bogus")
     assert_user_error(cli("nosuchcommand"))
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--recipe", "tiny-cpu", "--set", "model.n_head=5", "--no-ledger"],
+    ["train", "--recipe", "tiny-cpu", "--set", "model.nope=1", "--no-ledger"],
+    ["research", "start", "--recipe", "tiny-cpu", "--set", "model.n_head=5", "--budget-runs", "8"],
+    ["research", "mixture", "--recipe", "tiny-cpu", "--proxies", "1"],
+    ["data", "build", "no-such-recipe.toml"],
+])
+def test_a_bad_flag_or_recipe_is_reported_before_torch_is_imported(argv, tmp_path):
+    # user errors come back at once: the recipe and the flags are checked before the heavy imports
+    probe = ("import sys; from pretrainlab.cli import main; rc = main(sys.argv[1:]); "
+             "print(rc, 'torch' in sys.modules, 'scipy.stats' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PRETRAINLAB_WORKSPACE": str(tmp_path)})
+    assert out.stdout.split() == ["2", "False", "False"], (out.stdout, out.stderr[-1500:])
+    assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1
+
+
+def test_campaign_flags_are_the_settings_fields_and_reach_them():
+    # the CLI generates `research start/resume/mixture` flags from the settings dataclasses: none is unreachable,
+    # each default is the field's, and a value given on the command line lands in the field
+    import dataclasses
+
+    from pretrainlab import api
+    from pretrainlab.cli import _config_options, build_parser
+
+    parser = build_parser()
+    defaults = _config_options(parser.parse_args(["research", "start"]), api.CampaignConfig)
+    assert set(defaults) == {f.name for f in dataclasses.fields(api.CampaignConfig)}
+    assert api.CampaignConfig(**defaults) == api.CampaignConfig()
+    given = parser.parse_args(["research", "start", "--recipe", "small", "--set", "optim.lr=0.01", "--no-sweep", "--adopt-p", "0.7",
+                               "--gpus", "0,1", "--decision", "paired", "--transfer", "model.n_layer=6", "--transfer", "model.n_embd=192",
+                               "--max-looks", "3", "--strategy-seed", "4", "--llm-model", "m"])
+    cfg = api.CampaignConfig(**_config_options(given, api.CampaignConfig))
+    assert (cfg.recipe, cfg.overrides, cfg.sweep, cfg.adopt_p, cfg.gpus, cfg.max_looks, cfg.strategy_seed, cfg.llm_model) == \
+        ("small", ["optim.lr=0.01"], False, 0.7, [0, 1], 3, 4, "m")
+    assert cfg.transfer == ["model.n_layer=6", "model.n_embd=192"]
+
+    resumed = _config_options(parser.parse_args(["research", "resume", "abc", "--parallel", "3"]), api.CampaignConfig, only=api.RESUMABLE)
+    assert resumed == {"budget_runs": None, "budget_hours": None, "parallel": 3, "gpus": None, "spend_cap_usd": None,
+                       "spend_cap_tokens": None}  # None: not given, left as it was
+
+    skip = ("concentration", "pool_size", "top", "num_resamples")
+    mix = _config_options(parser.parse_args(["research", "mixture", "--target", "code, docs", "--proxies", "12"]), api.MixtureConfig, skip)
+    assert mix["target"] == ["code", "docs"] and mix["proxies"] == 12
+    assert api.MixtureConfig(**_config_options(parser.parse_args(["research", "mixture"]), api.MixtureConfig, skip)) == api.MixtureConfig()

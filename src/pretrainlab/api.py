@@ -15,6 +15,7 @@ from pathlib import Path
 from .config import field_docs
 from .errors import UserError
 from .recipes import RECIPES, estimate_params, resolve_recipe  # noqa: F401 (part of the api)
+from .research.config import RESUMABLE, CampaignConfig, MixtureConfig  # noqa: F401 (the faces' campaign flags are these fields)
 from .workspace import default_run_dir, workspace  # noqa: F401 (part of the api)
 
 
@@ -50,8 +51,6 @@ def train_run(recipe_name: str | None = None, overrides: list[str] | None = None
     ledger=False or env PRETRAINLAB_NO_LEDGER=1) and, with log_to, replayed into that tracker.
     Either failing only warns: the run directory is the record and stays as it is.
     """
-    from .train import train  # torch import deferred so `recipes` stays instant
-
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 writes the run dir
     use_ledger = ledger and main_rank and os.environ.get("PRETRAINLAB_NO_LEDGER", "").lower() not in ("1", "true", "yes")
     if use_ledger:
@@ -72,6 +71,8 @@ def train_run(recipe_name: str | None = None, overrides: list[str] | None = None
         recipe = resolve_recipe(recipe_name, overrides)
         run_dir = Path(out) if out else default_run_dir(recipe)
         kwargs = {"recipe": recipe, "out_dir": run_dir}
+    from .train import train  # torch is imported only now: a bad recipe or flag is reported in well under a second
+
     try:
         summary = train(echo=echo, **kwargs)
     except UserError:
@@ -361,13 +362,12 @@ def research_start(recipe: str = "tiny-cpu", overrides: list[str] | None = None,
                    db: str | None = None, echo: bool = True, **options) -> str:
     """Start a campaign (foreground) and return its id. `options` are CampaignConfig fields:
     goal, budget_runs, budget_hours, run_budget, strategy, parallel, seeds, alpha, ..."""
-    from .research import manage
-    from .research.campaign import CampaignConfig
-
     try:
         cfg = CampaignConfig(recipe=recipe, overrides=list(overrides or []), **options)
     except TypeError as e:
         raise UserError(f"research start: {e}") from None
+    from .research import manage  # after the settings are checked: a bad flag is reported before the loop loads
+
     return manage.start(cfg, name=name, db=db, echo=echo)
 
 
@@ -377,12 +377,12 @@ def research_mixture(recipe: str = "tiny-cpu", overrides: list[str] | None = Non
     `options` are MixtureConfig fields: proxies, run_budget, confirm_seeds, target, transfer,
     parallel, gpus, alpha, design_seed, ... Its record reads back through research_status
     (under "mixture") and write_report."""
-    from .research import mixture_campaign
-
     try:
-        cfg = mixture_campaign.MixtureConfig(recipe=recipe, overrides=list(overrides or []), **options)
+        cfg = MixtureConfig(recipe=recipe, overrides=list(overrides or []), **options)
     except TypeError as e:
         raise UserError(f"research mixture: {e}") from None
+    from .research import mixture_campaign
+
     return mixture_campaign.start(cfg, name=name, db=db, echo=echo)
 
 
@@ -417,10 +417,11 @@ def research_suggest(campaign: str, hypothesis: str, overrides: list[str], autho
     return manage.suggest(campaign, hypothesis, overrides, author, db=db, data_recipe=data_recipe)
 
 
-def research_review(experiment: str, approve: bool, author: str, reason: str | None = None, db: str | None = None) -> None:
+def research_review(experiment: str, approve: bool, author: str, reason: str | None = None, db: str | None = None) -> dict:
+    """A person's approve or reject, recorded as their decision; returns what was done."""
     from .research import manage
 
-    manage.review(experiment, approve, author, reason, db=db)
+    return manage.review(experiment, approve, author, reason, db=db)
 
 
 def research_log(campaign: str, db: str | None = None, as_record: bool = False) -> str | dict:

@@ -135,32 +135,7 @@ def _add_research_parser(sub) -> None:
     r = sub.add_parser("research", help="research campaigns: propose, run, decide, record")
     rsub = r.add_subparsers(dest="research_command", required=True, parser_class=_Parser)
     s = rsub.add_parser("start", help="start a campaign (runs in the foreground)")
-    s.add_argument("--recipe", default="tiny-cpu", help="starting recipe: a name or a recipe.json")
-    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override the starting recipe")
-    s.add_argument("--goal", default="val_bpb", help="the metric to lower (val_bpb)")
-    s.add_argument("--budget-runs", type=int, default=40, help="training runs in total, baseline replicates included")
-    s.add_argument("--budget-hours", type=float, default=0.0, help="wall-clock cap for the campaign (0 = none)")
-    s.add_argument("--run-budget", default="60s", help="per run: seconds (60s, 5m) or tokens (2e6tok)")
-    s.add_argument("--strategy", default="auto", help="auto (claude if ANTHROPIC_API_KEY is set, else optuna), claude, openai, optuna, random, manual")
-    s.add_argument("--parallel", type=int, default=2, help="runs in flight at once (CPU: cores split fairly)")
-    s.add_argument("--gpus", help="comma-separated GPU indices, one per slot (e.g. 0,1,2,3); default: CPU processes")
-    s.add_argument("--seeds", type=int, default=3, help="replicates for the baseline and each confirmation")
-    s.add_argument("--alpha", type=float, default=0.05, help="two-sided significance level of a decision")
-    s.add_argument("--decision", default="screen",
-                   help="screen (1-seed screens move the incumbent, a confirmation phase on fresh seeds records the claims: default), "
-                        "paired (t-test over seed-matched replicates for every candidate), welch (unpaired replicates), "
-                        "or greedy (one seed, keep if lower: for comparison)")
-    s.add_argument("--screen-margin", type=float, default=0.0,
-                   help="a 1-seed screen earns replicates if <= the incumbent's mean + this many seed std (default 0)")
-    s.add_argument("--max-changes", type=int, default=2,
-                   help="keys an optuna/random proposal changes at once (0: the whole search space)")
-    s.add_argument("--approve-code", action="store_true", help="hold code patches until `research approve`")
-    s.add_argument("--transfer", action="append", default=[], metavar="KEY=VALUE",
-                   help="a larger rung (e.g. --transfer model.n_layer=8 --transfer model.n_embd=256): winners must win there too")
-    s.add_argument("--llm-model", help="model id for claude/openai (default claude-opus-5)")
-    s.add_argument("--llm-base-url", help="API base URL (an OpenAI-compatible server for --strategy openai)")
-    s.add_argument("--spend-cap-usd", type=float, default=25.0, help="stop asking Claude after this spend (whole campaign, resumes included)")
-    s.add_argument("--spend-cap-tokens", type=int, default=5_000_000, help="stop asking the LLM after this many tokens")
+    _config_flags(s, api.CampaignConfig)
     s.add_argument("--name", help="campaign name")
     s.add_argument("--db", metavar="URL", help="ledger URL (default: env PRETRAINLAB_DB, else the workspace's)")
     s.add_argument("--json", action="store_true")
@@ -171,12 +146,7 @@ def _add_research_parser(sub) -> None:
         c.add_argument("--db", metavar="URL")
         c.add_argument("--json", action="store_true")
         if name == "resume":
-            c.add_argument("--budget-runs", type=int, help="a new total run budget (e.g. to extend a finished campaign)")
-            c.add_argument("--budget-hours", type=float, help="a new wall-clock cap for the whole campaign (earlier loops count)")
-            c.add_argument("--parallel", type=int, help="a new number of slots")
-            c.add_argument("--gpus", help="comma-separated GPU indices, one per slot")
-            c.add_argument("--spend-cap-usd", type=float, help="a new LLM spend cap for the whole campaign")
-            c.add_argument("--spend-cap-tokens", type=int, help="a new LLM token cap for the whole campaign")
+            _config_flags(c, api.CampaignConfig, only=api.RESUMABLE, unchanged=True)
             c.add_argument("--author", default=os.environ.get("USER") or "person", help="who changed the budget (recorded)")
     _add_mixture_parser(rsub)
     g = rsub.add_parser("suggest", help="queue a person's experiment")
@@ -204,6 +174,9 @@ def _add_research_parser(sub) -> None:
     rep.add_argument("campaign")
     rep.add_argument("-o", "--out", type=Path, default=Path("report.html"))
     rep.add_argument("--db", metavar="URL")
+    rep.add_argument("--json", action="store_true", help="print {campaign, report} as JSON")
+    mcp = sub.add_parser("mcp", help="serve the lab to an MCP client (Claude Code: `claude mcp add pretrainlab -- pretrainlab mcp`) over stdio")
+    mcp.add_argument("--db", metavar="URL", help="ledger URL (default: env PRETRAINLAB_DB, else the workspace's)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -524,17 +497,13 @@ def _short_path(path: str) -> str:
 def cmd_research(args) -> int:
     c = args.research_command
     if c == "start":
-        options = dict(goal=args.goal, budget_runs=args.budget_runs, budget_hours=args.budget_hours, run_budget=args.run_budget,
-                       strategy=args.strategy, parallel=args.parallel, seeds=args.seeds, gpus=_gpu_list(args.gpus), alpha=args.alpha, decision=args.decision,
-                       max_changes=args.max_changes, screen_margin=args.screen_margin, approve_code=args.approve_code, transfer=args.transfer, llm_model=args.llm_model, llm_base_url=args.llm_base_url,
-                       spend_cap_usd=args.spend_cap_usd, spend_cap_tokens=args.spend_cap_tokens)
-        cid = api.research_start(args.recipe, args.overrides, name=args.name, db=args.db, echo=True, **options)
+        options = _config_options(args, api.CampaignConfig)
+        cid = api.research_start(options.pop("recipe"), options.pop("overrides"), name=args.name, db=args.db, echo=True, **options)
         return _campaign_done(cid, args)
     if c == "mixture":
         return _cmd_mixture(args)
     if c == "resume":
-        changes = dict(budget_runs=args.budget_runs, budget_hours=args.budget_hours, parallel=args.parallel, gpus=_gpu_list(args.gpus),
-                       spend_cap_usd=args.spend_cap_usd, spend_cap_tokens=args.spend_cap_tokens)
+        changes = _config_options(args, api.CampaignConfig, only=api.RESUMABLE)
         return _campaign_done(api.research_resume(args.campaign, db=args.db, author=args.author, **changes), args)
     if c == "status":
         status = api.research_status(args.campaign, db=args.db)
@@ -548,6 +517,8 @@ def cmd_research(args) -> int:
         return 0
     if c == "stop":
         api.research_stop(args.campaign, db=args.db)
+        if args.json:
+            return _print_json({"campaign": args.campaign, "status": "stopping"})
         print(f"campaign {args.campaign}: stop requested; the running loop finishes its runs' checkpoints and exits")
         return 0
     if c == "log":
@@ -558,7 +529,9 @@ def cmd_research(args) -> int:
     if c == "suggest":
         exp = api.research_suggest(args.campaign, args.hypothesis, args.overrides, args.author, db=args.db, data_recipe=args.data_recipe)
         return _print_json({"experiment": exp}) if args.json else (print(f"queued experiment {exp}") or 0)
-    api.research_review(args.experiment, c == "approve", args.author, args.reason, db=args.db)
+    done = api.research_review(args.experiment, c == "approve", args.author, args.reason, db=args.db)
+    if args.json:
+        return _print_json(done)
     print(f"experiment {args.experiment}: {c}d by {args.author}")
     return 0
 
@@ -566,28 +539,15 @@ def cmd_research(args) -> int:
 def _add_mixture_parser(rsub) -> None:
     m = rsub.add_parser("mixture", help="a mixture campaign: proxy runs on sampled mixtures, a regression, the predicted best "
                                         "mixture confirmed against the natural and uniform ones (docs/data.md)")
-    m.add_argument("--recipe", default="tiny-cpu", help="the proxies' recipe: a name or a recipe.json")
-    m.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override the recipe")
-    m.add_argument("--proxies", type=int, default=24, help="proxy runs on sampled mixtures (the natural and uniform ones included)")
-    m.add_argument("--run-budget", default="4e4tok", help="per run: tokens (4e4tok) or seconds (60s)")
-    m.add_argument("--confirm-seeds", type=int, default=3, help="seeds of each confirmation arm: recommended, natural, uniform")
-    m.add_argument("--target", default="", help="comma-separated domains whose mean val_bpb to minimise (default: the overall val_bpb)")
-    m.add_argument("--transfer", action="append", default=[], metavar="KEY=VALUE",
-                   help="a larger rung where the confirmation runs again (e.g. --transfer model.n_layer=8 --transfer model.n_embd=256)")
-    m.add_argument("--parallel", type=int, default=2, help="runs in flight at once (CPU: cores split fairly)")
-    m.add_argument("--gpus", help="comma-separated GPU indices, one per slot")
-    m.add_argument("--alpha", type=float, default=0.05, help="two-sided significance level of each claim")
-    m.add_argument("--design-seed", type=int, default=0, help="seed of the sampled mixtures, the search and the bootstrap")
+    _config_flags(m, api.MixtureConfig, skip=("concentration", "pool_size", "top", "num_resamples"))
     m.add_argument("--name", help="campaign name")
     m.add_argument("--db", metavar="URL", help="ledger URL (default: env PRETRAINLAB_DB, else the workspace's)")
     m.add_argument("--json", action="store_true", help="print the campaign's record (plan, fit, recommendation, claims) as JSON")
 
 
 def _cmd_mixture(args) -> int:
-    target = [d.strip() for d in args.target.split(",") if d.strip()]
-    cid = api.research_mixture(args.recipe, args.overrides, name=args.name, db=args.db, echo=True, proxies=args.proxies,
-                               run_budget=args.run_budget, confirm_seeds=args.confirm_seeds, target=target, transfer=args.transfer,
-                               parallel=args.parallel, gpus=_gpu_list(args.gpus), alpha=args.alpha, design_seed=args.design_seed)
+    options = _config_options(args, api.MixtureConfig, skip=("concentration", "pool_size", "top", "num_resamples"))
+    cid = api.research_mixture(options.pop("recipe"), options.pop("overrides"), name=args.name, db=args.db, echo=True, **options)
     report = api.write_report(cid, api.workspace() / "runs" / "campaigns" / cid / "report.html", db=args.db)
     s = api.research_status(cid, db=args.db)["mixture"]
     if args.json:
@@ -603,6 +563,53 @@ def _cmd_mixture(args) -> int:
         print(f"vs {c['against']} ({c['scale']}): {effect} -> {c['verdict']}")
     print(f"report: {report}")
     return 0
+
+
+COMMA_LISTS = {"target"}  # list[str] fields given as one comma-separated value; other lists repeat their flag
+
+
+def _config_flags(parser, cls, skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None, unchanged: bool = False) -> None:
+    """One flag per field of a settings dataclass (research/config.py), its help the field's
+    doc: --budget-runs for budget_runs, --sweep/--no-sweep for a bool, a repeated flag for a
+    list (--set for the recipe overrides), comma-separated GPU indices for gpus. With
+    `unchanged` (research resume) every flag defaults to None: not given, not changed."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip or (only is not None and f.name not in only):
+            continue
+        flag = "--set" if f.name == "overrides" else "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        base = args[0] if typing.get_origin(kind) in (typing.Union, __import__("types").UnionType) and len(args) == 1 else kind
+        default = None if unchanged else (f.default if f.default is not dataclasses.MISSING else None)  # lists: None -> []
+        shown = "" if unchanged or default in (None, [], "") else f" (default {default})"
+        kw = {"dest": f.name, "default": default, "help": (f.metadata.get("doc") or "") + shown}
+        if base is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif typing.get_origin(base) is list and typing.get_args(base) == (int,):
+            parser.add_argument(flag, type=_gpu_list, metavar="0,1,...", **kw)
+        elif typing.get_origin(base) is list and f.name in COMMA_LISTS:
+            parser.add_argument(flag, type=lambda v: [d.strip() for d in v.split(",") if d.strip()], metavar="A,B", **kw)
+        elif typing.get_origin(base) is list:
+            parser.add_argument(flag, action="append", metavar="KEY=VALUE", **kw)
+        else:
+            parser.add_argument(flag, type=base, **kw)
+
+
+def _config_options(args, cls, skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None) -> dict:
+    """The parsed flags of _config_flags as keyword arguments of `cls` (a list flag never given: [])."""
+    import dataclasses
+
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip or (only is not None and f.name not in only):
+            continue
+        value = getattr(args, f.name)
+        out[f.name] = [] if value is None and f.default is dataclasses.MISSING else value
+    return out
 
 
 def _gpu_list(spec: str | None) -> list[int] | None:
@@ -661,8 +668,16 @@ def cmd_doctor(args) -> int:
     return 0
 
 
-COMMANDS = {"doctor": cmd_doctor, "recipes": cmd_recipes, "train": cmd_train, "data": cmd_data, "runs": cmd_runs, "research": cmd_research,
-            "report": lambda args: print(f"report: {api.write_report(args.campaign, args.out, db=args.db)}") or 0}
+def cmd_mcp(args) -> int:
+    from .mcp_server import serve  # the other face, launched from this one
+
+    serve(args.db)
+    return 0
+
+
+COMMANDS = {"mcp": cmd_mcp, "doctor": cmd_doctor, "recipes": cmd_recipes, "train": cmd_train, "data": cmd_data, "runs": cmd_runs, "research": cmd_research,
+            "report": lambda args: _print_json({"campaign": args.campaign, "report": str(api.write_report(args.campaign, args.out, db=args.db))})
+            if args.json else print(f"report: {api.write_report(args.campaign, args.out, db=args.db)}") or 0}
 
 if __name__ == "__main__":
     sys.exit(main())

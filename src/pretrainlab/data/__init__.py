@@ -14,7 +14,6 @@
 
 from .build import build_corpus
 from .builtin import builtin_corpus_dir, builtin_documents, default_home, fetch_literature_sdist
-from .loader import BatchLoader, iter_eval_windows
 from .fates import why
 from .prepare import prepare_builtin, prepare_from_inputs, prepare_sample
 from .recipe import load_recipe, parse_recipe
@@ -47,3 +46,13 @@ __all__ = [
     "prepare_sample",
     "why",
 ]
+
+
+def __getattr__(name: str):
+    """The loader's names are imported on first use: loader.py imports torch, which the data
+    commands and a recipe's validation do not need."""
+    if name in ("BatchLoader", "iter_eval_windows"):
+        from . import loader
+
+        return getattr(loader, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

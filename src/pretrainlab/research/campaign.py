@@ -45,7 +45,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 from ..config import Recipe, apply_overrides
@@ -57,6 +57,7 @@ from ..runners import Job, JobResult, LocalRunner
 from ..runners.job import read_json_object
 from ..runners.local import OVERHEAD
 from . import early_stop, policy
+from .config import CampaignConfig, run_budget_overrides  # noqa: F401 (the settings, imported from here too)
 from .data_experiments import apply_data_change, check_fixed_data
 from .patches import apply_patch
 from .space import default_space, recipe_diff
@@ -64,115 +65,6 @@ from .stats import IMPROVEMENT, REGRESSION, compare, noise_floor, pooled_paired
 from .strategies import CampaignView, Proposal, Strategy, current_values, same_value, validate
 
 DECIDER = "pretrainlab stats"  # decisions by the loop's statistics rule are attributed to it
-
-
-@dataclass
-class CampaignConfig:
-    recipe: str = "tiny-cpu"  # a recipe name or a recipe.json path
-    overrides: list[str] = field(default_factory=list)  # applied to the starting recipe
-    goal: str = "val_bpb"
-    budget_runs: int = 40  # training runs in total, baseline replicates included
-    budget_hours: float = 0.0  # wall-clock cap for the campaign; 0 = none
-    run_budget: str = "60s"  # per run: seconds ('60s', '5m') or tokens ('2e6tok')
-    strategy: str = "auto"
-    parallel: int = 2
-    gpus: list[int] | None = None  # one GPU index per slot; None = CPU processes with the cores split fairly
-    seeds: int = 3  # replicates for the baseline and for each confirmation round
-    alpha: float = 0.05
-    max_looks: int = 2  # confirmation rounds per experiment
-    # a 1-seed screen earns replicates only if it is <= the incumbent's value (its seed-0 run when paired, else its
-    # mean) + this many seed std. At 0 a no-effect change passes half the time (vs 98% at 2), while a change big
-    # enough for the replicated test to confirm still passes almost always: the budget goes to likely winners.
-    screen_margin: float = 0.0
-    # "screen": 1-seed screens move the incumbent on their posterior probability of improvement, claims come from a
-    # confirmation phase on fresh seeds (research/policy.py); "paired": seed-matched runs (common random numbers),
-    # paired t-test on every candidate; "welch": unpaired replicates, Welch's t-test; "greedy": one seed, keep if lower
-    # (the autoresearch rule, for comparison)
-    decision: str = "screen"
-    # screen: std of the seed-matched difference between two recipes' runs (bpb). 0.013 measured on tiny-cpu at 80k
-    # tokens (docs/benchmarks.md); the confirmation phase measures it again and records it
-    screen_noise: float = 0.013
-    adopt_p: float = 0.5  # screen: move the incumbent when P(candidate better than its parent) reaches this
-    rung_stop: float = 0.06  # screen: stop a screen trailing its parent by more than this (bpb) at the half-budget rung
-    # screen: an adopted incumbent runs once more, on a seed no run has used, and its children are screened there: the
-    # run that won the adoption was selected for luck and would be too high a bar for the next candidates
-    fresh_reference: bool = False
-    # screen, with optuna or random: start with a one-key sweep of the search space (research/policy.py, sweep_points)
-    sweep: bool = True
-    transfer: list[str] = field(default_factory=list)  # overrides of a larger rung; a winner must win there too before it is kept
-    early_stop: bool = True
-    approve_code: bool = False  # code patches wait for `research approve`
-    strategy_seed: int = 0
-    max_changes: int = 2  # keys an optuna/random proposal changes at once (0: the whole space)
-    llm_model: str | None = None
-    llm_base_url: str | None = None
-    spend_cap_usd: float = 25.0  # for the whole campaign, across resumes (the spend is kept in the ledger)
-    spend_cap_tokens: int = 5_000_000
-
-    def __post_init__(self):
-        if self.goal != "val_bpb":
-            raise UserError(f"--goal {self.goal!r}: the lab optimises val_bpb (lower is better); use --goal val_bpb")
-        if self.budget_runs < self.seeds + 1:
-            raise UserError(f"--budget-runs {self.budget_runs} leaves nothing after the {self.seeds}-seed baseline: "
-                            f"give at least {self.seeds + 2}")
-        if self.budget_hours < 0:
-            raise UserError(f"--budget-hours must be >= 0, got {self.budget_hours}")
-        if self.spend_cap_usd < 0 or self.spend_cap_tokens < 0:
-            raise UserError("--spend-cap-usd and --spend-cap-tokens must be >= 0")
-        if self.decision not in ("screen", "paired", "welch", "greedy"):
-            raise UserError(f"--decision {self.decision!r}: use screen (screened moves, confirmed claims: the default), paired "
-                            "(seed-matched t-test on every candidate), welch (unpaired), or greedy (single seed, for comparison)")
-        if self.transfer and self.decision == "screen":
-            raise UserError("--transfer checks a replicated winner at a larger rung: use it with --decision paired (or welch)")
-        if self.screen_noise < 0 or not 0 < self.adopt_p < 1 or self.rung_stop <= 0:
-            raise UserError("--screen-noise must be >= 0, --adopt-p in (0, 1) and --rung-stop > 0")
-        if self.gpus is not None and len(self.gpus) < self.parallel:
-            raise UserError(f"--parallel {self.parallel} needs {self.parallel} GPUs, --gpus lists {len(self.gpus)}: lower --parallel or list more")
-        if self.parallel < 1 or (self.seeds < 2 and self.decision != "greedy"):
-            raise UserError("--parallel must be >= 1 and --seeds >= 2 (a t-test needs two replicates)")
-        if self.screen_margin < 0:
-            raise UserError(f"--screen-margin must be >= 0 (in seed standard deviations), got {self.screen_margin}")
-        if self.max_changes < 0:
-            raise UserError(f"--max-changes must be >= 0 (0 changes the whole search space), got {self.max_changes}")
-        if not 0 < self.alpha < 0.5:
-            raise UserError(f"--alpha must be in (0, 0.5), got {self.alpha}")
-        check_run_budget_and_transfer(self.run_budget, self.transfer)
-
-    def base_recipe(self) -> Recipe:
-        """The starting recipe; with early stopping on, runs also evaluate at half of
-        their budget (the rung) unless the recipe already sets train.eval_every_frac."""
-        from ..recipes import resolve_recipe
-
-        recipe = resolve_recipe(self.recipe, [*self.overrides, *run_budget_overrides(self.run_budget)])
-        if self.early_stop and not recipe.train.eval_every_frac:
-            recipe.train.eval_every_frac = 0.5
-        return recipe
-
-
-def check_run_budget_and_transfer(run_budget: str, transfer: list[str]) -> None:
-    """A run budget and --transfer overrides that parse, else UserError naming the flag."""
-    run_budget_overrides(run_budget)
-    if transfer:
-        try:
-            apply_overrides(Recipe(), transfer)
-        except ValueError as e:
-            raise UserError(f"--transfer: {e}") from None
-
-
-def run_budget_overrides(spec: str) -> list[str]:
-    """'60s' / '5m' / '1h' -> budget.seconds; '2e6tok' -> budget.tokens. The run budget is
-    the only budget: the recipe's other budget fields are cleared."""
-    s = spec.strip().lower()
-    try:
-        if s.endswith("tok"):
-            return [f"budget.tokens={int(float(s[:-3]))}", "budget.seconds=0", "budget.flops=0"]
-        unit = {"s": 1, "m": 60, "h": 3600}.get(s[-1])
-        value = float(s[:-1]) * unit if unit else float(s)
-        if value <= 0:
-            raise ValueError
-        return [f"budget.seconds={value:g}", "budget.tokens=0", "budget.flops=0"]
-    except ValueError:
-        raise UserError(f"--run-budget {spec!r}: use seconds like 60s / 5m or tokens like 2e6tok") from None
 
 
 # ---- experiment phases, kept in the ledger's experiments.status -------------------------------------

@@ -190,9 +190,10 @@ def suggest(campaign_id: str, hypothesis: str, overrides: list[str], author: str
                                  rationale=hypothesis, campaign_id=row["id"], parent_recipe=base.to_dict(), change=change, status="queued")
 
 
-def review(experiment_id: str, approve: bool, author: str, reason: str | None = None, db: str | None = None) -> None:
+def review(experiment_id: str, approve: bool, author: str, reason: str | None = None, db: str | None = None) -> dict:
     """A person's approve/reject: releases (or cancels) an experiment waiting for approval, or
-    overrides the loop's verdict on a decided one, always recorded as the person's decision."""
+    overrides the loop's verdict on a decided one, always recorded as the person's decision.
+    Returns what was done: {experiment, action, status, decision, author, reason}."""
     from ..ledger import Ledger
 
     ledger = Ledger(db)
@@ -200,14 +201,16 @@ def review(experiment_id: str, approve: bool, author: str, reason: str | None = 
     if exp is None:
         raise UserError(f"no experiment {experiment_id!r}: see `pretrainlab research status CAMPAIGN` for ids")
     verdict = "keep" if approve else "discard"
+    done = {"experiment": experiment_id, "action": "approve" if approve else "reject", "author": author, "reason": reason}
     if exp["status"] == "awaiting-approval":
         ledger.set_experiment_status(experiment_id, "queued" if approve else "rejected")
         if not approve:
             ledger.record_decision("discard", decided_by=author, experiment_id=experiment_id, rationale=reason or "rejected by a person")
-        return
+        return {**done, "status": "queued" if approve else "rejected", "decision": None if approve else "discard"}
     if exp["status"] not in ("decided",):
         raise UserError(f"experiment {experiment_id} is {exp['status']}: approve/reject apply to experiments awaiting approval or decided")
     ledger.record_decision(verdict, decided_by=author, experiment_id=experiment_id, rationale=reason or f"{verdict} by a person")
+    return {**done, "status": "decided", "decision": verdict}
 
 
 def find_campaign(ledger, ref: str) -> dict:

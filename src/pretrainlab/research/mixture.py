@@ -34,13 +34,18 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import stats as sps
+
+from .config import CONCENTRATION, NUM_RESAMPLES, POOL_SIZE, TOP_MIXTURES  # noqa: F401 (the search's defaults, also the flags')
+
+
+def _sps():
+    """scipy.stats, imported on first use (it takes most of a second; a bad flag is reported before)."""
+    from scipy import stats
+
+    return stats
+
 
 LOG_EPS = 1e-3  # log-share features: a domain left out of a mixture counts as this share
-TOP_MIXTURES = 100  # the recommendation is the mean of this many best-predicted mixtures of the pool
-POOL_SIZE = 20_000  # candidate mixtures searched (draws from the proxies' distribution)
-NUM_RESAMPLES = 200  # bootstrap resamples of the proxy runs for the recommendation's uncertainty
-CONCENTRATION = (2.0, 40.0)  # total Dirichlet concentration, drawn log-uniformly: 2 spreads to the corners, 40 stays close
 TRUST_RADIUS = 1.0  # the search keeps mixtures within this many median proxy nearest-neighbour distances of a proxy
 
 
@@ -188,7 +193,7 @@ def rank_candidates(X: np.ndarray, y: np.ndarray, candidates=CANDIDATES) -> list
     for spec in candidates:
         loo = loo_predictions(spec, X, y)
         rmse = float(np.sqrt(np.mean((loo - y) ** 2)))
-        rho = float(sps.spearmanr(loo, y).statistic) if np.ptp(y) > 0 and np.ptp(loo) > 0 else float("nan")
+        rho = float(_sps().spearmanr(loo, y).statistic) if np.ptp(y) > 0 and np.ptp(loo) > 0 else float("nan")
         out.append(Candidate(spec, rmse, rho, loo))
     order = sorted(range(len(out)), key=lambda i: (round(out[i].loo_rmse, 12), i))
     return [out[i] for i in order]

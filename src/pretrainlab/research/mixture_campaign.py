@@ -33,8 +33,7 @@ import math
 import shutil
 import sys
 import time
-import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -47,61 +46,14 @@ from ..runners import Job, JobResult, LocalRunner
 from ..runners.job import read_json_object
 from ..train.rundir_lock import lock_holder
 from . import mixture
-from .campaign import DECIDER, check_run_budget_and_transfer, run_budget_overrides
+from .campaign import DECIDER
+from .config import MixtureConfig  # noqa: F401 (imported from here too)
 from .stats import IMPROVEMENT, REGRESSION, pooled_paired
 
 PROPOSER = "mixture design"  # proxies and the recommendation are attributed to it (a strategy)
 KIND = "mixture"  # campaigns.config["kind"]: how `research status / resume` and `report` tell this campaign apart
 PROXY_SEED = 0  # every proxy runs on this seed index; the confirmation uses 1..confirm_seeds
 ROLES = ("natural", "uniform", "recommended")  # the confirmation's arms, at each scale
-
-
-@dataclass
-class MixtureConfig:
-    recipe: str = "tiny-cpu"  # a recipe name or a recipe.json path: the proxies' scale
-    overrides: list[str] = field(default_factory=list)  # applied to the recipe
-    proxies: int = 24  # proxy runs, the natural and the uniform mixture included
-    run_budget: str = "4e4tok"  # per run: seconds ('60s') or tokens ('4e4tok')
-    confirm_seeds: int = 3  # seeds of each confirmation arm (recommended, natural, uniform), never used by a proxy
-    target: list[str] = field(default_factory=list)  # domains whose mean val_bpb is minimised; empty: the overall val_bpb
-    transfer: list[str] = field(default_factory=list)  # overrides of a larger rung where the confirmation runs again
-    parallel: int = 2
-    gpus: list[int] | None = None  # one GPU index per slot; None = CPU processes with the cores split fairly
-    alpha: float = 0.05  # two-sided level of each claim
-    design_seed: int = 0  # the proxies' draws, the search pool and the bootstrap
-    concentration: list[float] = field(default_factory=lambda: list(mixture.CONCENTRATION))  # [low, high] total Dirichlet concentration
-    pool_size: int = mixture.POOL_SIZE  # mixtures searched for the best prediction
-    top: int = mixture.TOP_MIXTURES  # the recommendation averages this many best-predicted mixtures
-    num_resamples: int = mixture.NUM_RESAMPLES  # bootstrap resamples of the proxies
-
-    def __post_init__(self):
-        if self.confirm_seeds < 2:
-            raise UserError(f"--confirm-seeds must be >= 2 (a paired test needs two seeds), got {self.confirm_seeds}")
-        if self.parallel < 1:
-            raise UserError(f"--parallel must be >= 1, got {self.parallel}")
-        if self.gpus is not None and len(self.gpus) < self.parallel:
-            raise UserError(f"--parallel {self.parallel} needs {self.parallel} GPUs, --gpus lists {len(self.gpus)}: "
-                            "lower --parallel or list more")
-        if not 0 < self.alpha < 0.5:
-            raise UserError(f"--alpha must be in (0, 0.5), got {self.alpha}")
-        if len(self.concentration) != 2 or not 0 < self.concentration[0] <= self.concentration[1]:
-            raise UserError(f"concentration must be [low, high] with 0 < low <= high, got {self.concentration}")
-        if self.pool_size < 1 or self.top < 1 or self.num_resamples < 0:
-            raise UserError("pool_size and top must be >= 1, num_resamples >= 0")
-        check_run_budget_and_transfer(self.run_budget, self.transfer)
-
-    def base_recipe(self) -> Recipe:
-        from ..recipes import resolve_recipe
-
-        recipe = resolve_recipe(self.recipe, [*self.overrides, *run_budget_overrides(self.run_budget)])
-        if recipe.data.weights is not None:
-            warnings.warn(f"data.weights={recipe.data.weights} of the starting recipe is ignored: a mixture campaign sets the "
-                          "weights of every run itself", stacklevel=2)
-            recipe.data.weights = None
-        return recipe
-
-    def target_label(self) -> str:
-        return f"mean val_bpb of {', '.join(self.target)}" if self.target else "val_bpb"
 
 
 def corpus_domains(recipe: Recipe) -> dict[str, int]:

@@ -37,10 +37,17 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from scipy import stats as sps
 
 from ..config import Recipe
 from .space import Param, apply, recipe_diff
+
+
+def _sps():
+    """scipy.stats, imported on first use (it takes most of a second; a bad flag is reported before)."""
+    from scipy import stats
+
+    return stats
+
 
 SCREEN_SEED = 0  # the seed index every screen runs on (its parent has a run there)
 
@@ -53,7 +60,7 @@ def p_improvement(diff: float, noise_std: float) -> float:
     candidate - parent), with a flat prior on the effect and Gaussian paired noise."""
     if noise_std <= 0:
         return 1.0 if diff < 0 else 0.0
-    return float(sps.norm.cdf(-diff / noise_std))
+    return float(_sps().norm.cdf(-diff / noise_std))
 
 
 def adopt(diff: float, noise_std: float, adopt_p: float) -> bool:

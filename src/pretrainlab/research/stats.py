@@ -32,7 +32,14 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import stats as sps
+
+
+def _sps():
+    """scipy.stats, imported on first use (it takes most of a second; a bad flag is reported before)."""
+    from scipy import stats
+
+    return stats
+
 
 IMPROVEMENT, REGRESSION, NO_EFFECT, INCONCLUSIVE = "improvement", "regression", "no effect", "inconclusive"
 
@@ -60,8 +67,12 @@ class Comparison:
 
     def summary(self) -> str:
         n = f"{self.n_candidate} seed-matched pairs" if self.paired else f"n={self.n_candidate} vs {self.n_incumbent}"
+        # the p printed is the one-sided p the verdict was decided on, with the level it had to pass: a
+        # one-sided p of 0.036 beside a two-sided 95% interval that crosses zero reads as a contradiction otherwise
+        side = self.p_regression if self.verdict == REGRESSION else self.p_improvement
+        which = "worse" if self.verdict == REGRESSION else "better"
         return (f"{self.verdict}: effect {self.effect:+.4f} (95% CI {self.ci_low:+.4f} .. {self.ci_high:+.4f}), "
-                f"p={self.p_improvement:.3g}, {n}")
+                f"one-sided p({which})={side:.3g} against {self.alpha:.3g}, {n}")
 
 
 def welch(incumbent: list[float], candidate: list[float]) -> tuple[float, float, float, float, float]:
@@ -77,8 +88,8 @@ def welch(incumbent: list[float], candidate: list[float]) -> tuple[float, float,
         return effect, effect, effect, p_lower, p_higher
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     t = effect / se
-    half = float(sps.t.ppf(0.975, df)) * se
-    return effect, effect - half, effect + half, float(sps.t.cdf(t, df)), float(sps.t.sf(t, df))
+    half = float(_sps().t.ppf(0.975, df)) * se
+    return effect, effect - half, effect + half, float(_sps().t.cdf(t, df)), float(_sps().t.sf(t, df))
 
 
 def paired_t(incumbent: list[float], candidate: list[float]) -> tuple[float, float, float, float, float]:
@@ -92,8 +103,8 @@ def paired_t(incumbent: list[float], candidate: list[float]) -> tuple[float, flo
         return effect, effect, effect, 0.0 if effect < 0 else 1.0, 0.0 if effect > 0 else 1.0
     df = len(d) - 1
     t = effect / se
-    half = float(sps.t.ppf(0.975, df)) * se
-    return effect, effect - half, effect + half, float(sps.t.cdf(t, df)), float(sps.t.sf(t, df))
+    half = float(_sps().t.ppf(0.975, df)) * se
+    return effect, effect - half, effect + half, float(_sps().t.cdf(t, df)), float(_sps().t.sf(t, df))
 
 
 def compare(incumbent: list[float], candidate: list[float], alpha: float = 0.05, looks: int = 1, min_effect: float = 0.0,
@@ -153,7 +164,7 @@ def pooled_paired(runs: dict[str, dict[int, float]], comparisons: dict[str, tupl
             p_lower, p_higher, half = (0.0 if effect < 0 else 1.0), (0.0 if effect > 0 else 1.0), 0.0
         else:
             t = effect / se
-            p_lower, p_higher, half = float(sps.t.cdf(t, df)), float(sps.t.sf(t, df)), float(sps.t.ppf(0.975, df)) * se
+            p_lower, p_higher, half = float(_sps().t.cdf(t, df)), float(_sps().t.sf(t, df)), float(_sps().t.ppf(0.975, df)) * se
         verdict = IMPROVEMENT if p_lower < level else REGRESSION if p_higher < level else NO_EFFECT
         out[key] = Comparison(len(seeds), len(seeds), float(ref.mean()), float(cand.mean()), effect, effect - half, effect + half,
                               p_lower, p_higher, level, verdict, paired=True)
@@ -180,7 +191,7 @@ def noise_floor(replicates: list[float]) -> dict:
     k = len(x)
     std = float(x.std(ddof=1))
     df = 2 * k - 2
-    mde = (float(sps.t.ppf(0.95, df)) + float(sps.t.ppf(0.80, df))) * std * math.sqrt(2 / k)
+    mde = (float(_sps().t.ppf(0.95, df)) + float(_sps().t.ppf(0.80, df))) * std * math.sqrt(2 / k)
     return {"n": k, "mean": float(x.mean()), "std": std, "min_detectable_effect": mde}
 
 

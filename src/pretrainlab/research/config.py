@@ -1,0 +1,187 @@
+"""The settings of the two campaign kinds, `research start` (CampaignConfig) and `research
+mixture` (MixtureConfig): plain dataclasses, light to import, validated on construction with
+one-line errors. Each field's doc is its flag's help: the CLI generates the flags from these
+fields."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+from ..config import Recipe, apply_overrides, doc
+from ..errors import UserError
+
+# what `research resume` may change in a campaign's settings
+RESUMABLE = ("budget_runs", "budget_hours", "parallel", "gpus", "spend_cap_usd", "spend_cap_tokens")
+
+# the mixture search (research/mixture.py)
+TOP_MIXTURES = 100  # the recommendation is the mean of this many best-predicted mixtures of the pool
+POOL_SIZE = 20_000  # candidate mixtures searched (draws from the proxies' distribution)
+NUM_RESAMPLES = 200  # bootstrap resamples of the proxy runs for the recommendation's uncertainty
+CONCENTRATION = (2.0, 40.0)  # total Dirichlet concentration, drawn log-uniformly: 2 spreads to the corners, 40 stays close
+
+
+@dataclass
+class CampaignConfig:
+    """A campaign's settings. Each field's doc is its `research start` flag's help: the CLI
+    generates the flags from these fields (cli.py, _config_flags)."""
+
+    recipe: str = doc("starting recipe: a name or a recipe.json", "tiny-cpu")
+    overrides: list[str] = doc("override the starting recipe (repeatable)", [])
+    goal: str = doc("the metric to lower (val_bpb)", "val_bpb")
+    budget_runs: int = doc("training runs in total, baseline replicates included", 40)
+    budget_hours: float = doc("wall-clock cap for the campaign (0 = none)", 0.0)
+    run_budget: str = doc("per run: seconds (60s, 5m) or tokens (2e6tok)", "60s")
+    strategy: str = doc("auto (claude if ANTHROPIC_API_KEY is set, else optuna), claude, openai, optuna, random, manual", "auto")
+    parallel: int = doc("runs in flight at once (CPU: cores split fairly)", 2)
+    gpus: list[int] | None = doc("comma-separated GPU indices, one per slot (e.g. 0,1,2,3); default: CPU processes", None)
+    seeds: int = doc("replicates for the baseline and each confirmation", 3)
+    alpha: float = doc("two-sided significance level of a decision", 0.05)
+    max_looks: int = doc("paired/welch: confirmation rounds per experiment (sequential looks, alpha split between them)", 2)
+    # a 1-seed screen earns replicates only if it is <= the incumbent's value (its seed-0 run when paired, else its
+    # mean) + this many seed std. At 0 a no-effect change passes half the time (vs 98% at 2), while a change big
+    # enough for the replicated test to confirm still passes almost always: the budget goes to likely winners.
+    screen_margin: float = doc("paired/welch: a 1-seed screen earns replicates if <= the incumbent's mean + this many seed std", 0.0)
+    # "screen": 1-seed screens move the incumbent on their posterior probability of improvement, claims come from a
+    # confirmation phase on fresh seeds (research/policy.py); "paired": seed-matched runs (common random numbers),
+    # paired t-test on every candidate; "welch": unpaired replicates, Welch's t-test; "greedy": one seed, keep if lower
+    # (the autoresearch rule, for comparison)
+    decision: str = doc("screen (1-seed screens move the incumbent, a confirmation phase on fresh seeds records the claims: "
+                        "default), paired (t-test over seed-matched replicates for every candidate), welch (unpaired "
+                        "replicates), or greedy (one seed, keep if lower: for comparison)", "screen")
+    # 0.013 measured on tiny-cpu at 80k tokens (docs/benchmarks.md); the confirmation phase measures it again and records it
+    screen_noise: float = doc("screen: std of the seed-matched difference between two recipes' runs (bpb), the prior the "
+                              "screens are judged with", 0.013)
+    adopt_p: float = doc("screen: move the incumbent when P(candidate better than its parent) reaches this", 0.5)
+    rung_stop: float = doc("screen: stop a screen trailing its parent by more than this (bpb) at the half-budget rung", 0.06)
+    # the run that won the adoption was selected for luck and would be too high a bar for the next candidates
+    fresh_reference: bool = doc("screen: an adopted incumbent runs once more on an unused seed, and its children are "
+                                "screened there", False)
+    sweep: bool = doc("screen, with optuna or random: start with a one-key sweep of the search space", True)
+    transfer: list[str] = doc("a larger rung (e.g. --transfer model.n_layer=8 --transfer model.n_embd=256): winners must "
+                              "win there too", [])
+    early_stop: bool = doc("stop clear losers at the half-budget rung", True)
+    approve_code: bool = doc("hold code patches until `research approve`", False)
+    strategy_seed: int = doc("seed of the strategy's proposals (optuna, random)", 0)
+    max_changes: int = doc("keys an optuna/random proposal changes at once (0: the whole search space)", 2)
+    llm_model: str | None = doc("model id for claude/openai (default claude-opus-5)", None)
+    llm_base_url: str | None = doc("API base URL (an OpenAI-compatible server for --strategy openai)", None)
+    spend_cap_usd: float = doc("stop asking the LLM after this spend in dollars (whole campaign, resumes included)", 25.0)
+    spend_cap_tokens: int = doc("stop asking the LLM after this many tokens (whole campaign, resumes included)", 5_000_000)
+
+    def __post_init__(self):
+        if self.goal != "val_bpb":
+            raise UserError(f"--goal {self.goal!r}: the lab optimises val_bpb (lower is better); use --goal val_bpb")
+        if self.budget_runs < self.seeds + 1:
+            raise UserError(f"--budget-runs {self.budget_runs} leaves nothing after the {self.seeds}-seed baseline: "
+                            f"give at least {self.seeds + 2}")
+        if self.budget_hours < 0:
+            raise UserError(f"--budget-hours must be >= 0, got {self.budget_hours}")
+        if self.spend_cap_usd < 0 or self.spend_cap_tokens < 0:
+            raise UserError("--spend-cap-usd and --spend-cap-tokens must be >= 0")
+        if self.decision not in ("screen", "paired", "welch", "greedy"):
+            raise UserError(f"--decision {self.decision!r}: use screen (screened moves, confirmed claims: the default), paired "
+                            "(seed-matched t-test on every candidate), welch (unpaired), or greedy (single seed, for comparison)")
+        if self.transfer and self.decision == "screen":
+            raise UserError("--transfer checks a replicated winner at a larger rung: use it with --decision paired (or welch)")
+        if self.screen_noise < 0 or not 0 < self.adopt_p < 1 or self.rung_stop <= 0:
+            raise UserError("--screen-noise must be >= 0, --adopt-p in (0, 1) and --rung-stop > 0")
+        if self.gpus is not None and len(self.gpus) < self.parallel:
+            raise UserError(f"--parallel {self.parallel} needs {self.parallel} GPUs, --gpus lists {len(self.gpus)}: lower --parallel or list more")
+        if self.parallel < 1 or (self.seeds < 2 and self.decision != "greedy"):
+            raise UserError("--parallel must be >= 1 and --seeds >= 2 (a t-test needs two replicates)")
+        if self.screen_margin < 0:
+            raise UserError(f"--screen-margin must be >= 0 (in seed standard deviations), got {self.screen_margin}")
+        if self.max_changes < 0:
+            raise UserError(f"--max-changes must be >= 0 (0 changes the whole search space), got {self.max_changes}")
+        if not 0 < self.alpha < 0.5:
+            raise UserError(f"--alpha must be in (0, 0.5), got {self.alpha}")
+        check_run_budget_and_transfer(self.run_budget, self.transfer)
+
+    def base_recipe(self) -> Recipe:
+        """The starting recipe; with early stopping on, runs also evaluate at half of
+        their budget (the rung) unless the recipe already sets train.eval_every_frac."""
+        from ..recipes import resolve_recipe
+
+        recipe = resolve_recipe(self.recipe, [*self.overrides, *run_budget_overrides(self.run_budget)])
+        if self.early_stop and not recipe.train.eval_every_frac:
+            recipe.train.eval_every_frac = 0.5
+        return recipe
+
+
+def check_run_budget_and_transfer(run_budget: str, transfer: list[str]) -> None:
+    """A run budget and --transfer overrides that parse, else UserError naming the flag."""
+    run_budget_overrides(run_budget)
+    if transfer:
+        try:
+            apply_overrides(Recipe(), transfer)
+        except ValueError as e:
+            raise UserError(f"--transfer: {e}") from None
+
+
+def run_budget_overrides(spec: str) -> list[str]:
+    """'60s' / '5m' / '1h' -> budget.seconds; '2e6tok' -> budget.tokens. The run budget is
+    the only budget: the recipe's other budget fields are cleared."""
+    s = spec.strip().lower()
+    try:
+        if s.endswith("tok"):
+            return [f"budget.tokens={int(float(s[:-3]))}", "budget.seconds=0", "budget.flops=0"]
+        unit = {"s": 1, "m": 60, "h": 3600}.get(s[-1])
+        value = float(s[:-1]) * unit if unit else float(s)
+        if value <= 0:
+            raise ValueError
+        return [f"budget.seconds={value:g}", "budget.tokens=0", "budget.flops=0"]
+    except ValueError:
+        raise UserError(f"--run-budget {spec!r}: use seconds like 60s / 5m or tokens like 2e6tok") from None
+
+
+@dataclass
+class MixtureConfig:
+    """A mixture campaign's settings; each field's doc is its `research mixture` flag's help
+    (the CLI generates the flags from these fields)."""
+
+    recipe: str = doc("the proxies' recipe: a name or a recipe.json", "tiny-cpu")
+    overrides: list[str] = doc("override the recipe (repeatable)", [])
+    proxies: int = doc("proxy runs on sampled mixtures (the natural and uniform ones included)", 24)
+    run_budget: str = doc("per run: tokens (4e4tok) or seconds (60s)", "4e4tok")
+    confirm_seeds: int = doc("seeds of each confirmation arm: recommended, natural, uniform (never used by a proxy)", 3)
+    target: list[str] = doc("comma-separated domains whose mean val_bpb to minimise (default: the overall val_bpb)", [])
+    transfer: list[str] = doc("a larger rung where the confirmation runs again (e.g. --transfer model.n_layer=8 "
+                              "--transfer model.n_embd=256)", [])
+    parallel: int = doc("runs in flight at once (CPU: cores split fairly)", 2)
+    gpus: list[int] | None = doc("comma-separated GPU indices, one per slot", None)
+    alpha: float = doc("two-sided significance level of each claim", 0.05)
+    design_seed: int = doc("seed of the sampled mixtures, the search and the bootstrap", 0)
+    concentration: list[float] = doc("[low, high] total Dirichlet concentration of the sampled mixtures", list(CONCENTRATION))
+    pool_size: int = doc("mixtures searched for the best prediction", POOL_SIZE)
+    top: int = doc("the recommendation averages this many best-predicted mixtures", TOP_MIXTURES)
+    num_resamples: int = doc("bootstrap resamples of the proxies", NUM_RESAMPLES)
+
+    def __post_init__(self):
+        if self.confirm_seeds < 2:
+            raise UserError(f"--confirm-seeds must be >= 2 (a paired test needs two seeds), got {self.confirm_seeds}")
+        if self.parallel < 1:
+            raise UserError(f"--parallel must be >= 1, got {self.parallel}")
+        if self.gpus is not None and len(self.gpus) < self.parallel:
+            raise UserError(f"--parallel {self.parallel} needs {self.parallel} GPUs, --gpus lists {len(self.gpus)}: "
+                            "lower --parallel or list more")
+        if not 0 < self.alpha < 0.5:
+            raise UserError(f"--alpha must be in (0, 0.5), got {self.alpha}")
+        if len(self.concentration) != 2 or not 0 < self.concentration[0] <= self.concentration[1]:
+            raise UserError(f"concentration must be [low, high] with 0 < low <= high, got {self.concentration}")
+        if self.pool_size < 1 or self.top < 1 or self.num_resamples < 0:
+            raise UserError("pool_size and top must be >= 1, num_resamples >= 0")
+        check_run_budget_and_transfer(self.run_budget, self.transfer)
+
+    def base_recipe(self) -> Recipe:
+        from ..recipes import resolve_recipe
+
+        recipe = resolve_recipe(self.recipe, [*self.overrides, *run_budget_overrides(self.run_budget)])
+        if recipe.data.weights is not None:
+            warnings.warn(f"data.weights={recipe.data.weights} of the starting recipe is ignored: a mixture campaign sets the "
+                          "weights of every run itself", stacklevel=2)
+            recipe.data.weights = None
+        return recipe
+
+    def target_label(self) -> str:
+        return f"mean val_bpb of {', '.join(self.target)}" if self.target else "val_bpb"
