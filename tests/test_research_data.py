@@ -206,9 +206,24 @@ class RecordingRunner(SimulatedRunner):
         super().submit(job)
 
 
+class DerivedCorporaHurt(Landscape):
+    """Any corpus but the base costs 0.05 bpb: the data experiment is clearly discarded, so the
+    incumbent stays on the base corpus and "same as now" is judged against it. (In a plain
+    Landscape a data change only moves the noise, drawn from the corpus's temporary path: the
+    dedup change, of no true effect, was adopted on about half the paths (adopt at P >= 0.5), and "same as
+    now" then changed something: the test failed at random.)"""
+
+    def __init__(self, base_corpus, **kw):
+        super().__init__(**kw)
+        self.base_corpus = base_corpus
+
+    def value(self, recipe, seed, rung=False):
+        return super().value(recipe, seed, rung) + (0.05 if recipe.data.corpus != self.base_corpus else 0.0)
+
+
 def test_a_campaign_decides_a_data_experiment_like_any_change_and_scores_it_on_the_base(base_dir, tmp_path):
-    """In process (simulated runs): a good data change is built, run and decided by the screen
-    rule; a nasty one and one that changes nothing are rejected before running, with the reason."""
+    """In process (simulated runs): a data change is built, run and decided by the screen rule;
+    a nasty one and one that changes nothing are rejected before running, with the reason."""
     manual = ManualStrategy()
     manual.queue = [
         Proposal("data", "near-dedup helps", "duplicates waste tokens", "alice", data_steps=DEDUP),
@@ -218,8 +233,9 @@ def test_a_campaign_decides_a_data_experiment_like_any_change_and_scores_it_on_t
     ]
     cfg = CampaignConfig(recipe="tiny-cpu", overrides=tiny_overrides(base_dir), run_budget="80000tok", budget_runs=10,
                          strategy="manual", parallel=2)
-    runner = RecordingRunner(Landscape(seed=0), 2)
-    result = simulate(cfg, Landscape(seed=0), tmp_path / "sim", strategy=manual, runner=runner)
+    landscape = DerivedCorporaHurt(str(base_dir), seed=0)
+    runner = RecordingRunner(landscape, 2)
+    result = simulate(cfg, landscape, tmp_path / "sim", strategy=manual, runner=runner)
     ledger, cid = result["ledger"], result["campaign_id"]
     by_hypothesis = {e["hypothesis"]: e for e in ledger.list_experiments(cid)}
     good = by_hypothesis["near-dedup helps"]
@@ -227,7 +243,7 @@ def test_a_campaign_decides_a_data_experiment_like_any_change_and_scores_it_on_t
     assert good["kind"] == "data" and good["change"]["recipe"]["data"]["corpus"] == derived
     assert good["change"]["diff"] == {"data.corpus": [str(base_dir), derived]}
     (decision, *_) = ledger.list_decisions(experiment_id=good["id"])
-    assert decision["evidence"]["stage"] == "screen" and decision["verdict"] in ("keep", "discard")
+    assert decision["evidence"]["stage"] == "screen" and decision["verdict"] == "discard"
     assert any(j.key.startswith(good["id"]) for j in runner.jobs)
     for hypothesis, reason in (("leak", "is not a parameter name"), ("same as now", "changes nothing"),
                                ("point at another corpus", "data.corpus: a campaign keeps its corpus")):
@@ -318,7 +334,7 @@ def test_a_run_on_a_forged_corpus_is_scored_on_the_base_val_windows_and_cannot_r
                     f"except OSError:\n    print('BLOCKED', {name!r}, file=_sys.stderr)\n"
                     for name in ("code.val.bin", "docs.test.bin", "fates.jsonl"))
     tree = apply_patch(hostile_import_patch(tries), tmp_path / "tree")
-    overrides = tiny_overrides(forged, **{"budget.seconds": 0, "budget.tokens": 2048, "eval.tokens_per_domain": 256})
+    overrides = tiny_overrides(forged, **{"budget.seconds": 0, "budget.tokens": 1024, "eval.tokens_per_domain": 256})  # one step
     runner = LocalRunner(num_slots=1, log_dir=tmp_path / "logs")
     runner.submit(Job("forged", "tiny-cpu", tmp_path / "run", overrides, pythonpath=tree.pythonpath, score_path=tmp_path / "score.json",
                       score_data={"corpus": str(base_dir), "tokenizer": "byte"}))
