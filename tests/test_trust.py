@@ -256,8 +256,8 @@ def test_a_campaign_records_hostile_patches_as_rejected_with_the_reason(corpus_d
     from pretrainlab.research.campaign import CampaignConfig
 
     monkeypatch.setenv("PRETRAINLAB_WORKSPACE", str(tmp_path))
-    garbage = make_patch("train/trainer.py", 'write_json_atomic(out_dir / "summary.json", summary)',
-                         'write_json_atomic(out_dir / "summary.json", [1, 2])')
+    garbage = make_patch("train/trainer.py", "rundir.write_summary(out_dir, summary)",
+                         "rundir.write_json_atomic(out_dir / rundir.SUMMARY, [1, 2])")
     monkeypatch.setattr(manage, "make_strategy", lambda *a, **k: HostilePatches(
         {"noncausal": NON_CAUSAL, "fake-report": FAKE_REPORT, "garbage-summary": garbage}))
     cfg = CampaignConfig(recipe="tiny-cpu", overrides=tiny_overrides(corpus_dir), run_budget="8192tok", budget_runs=5, parallel=2, seeds=2,

@@ -16,6 +16,7 @@ from .config import field_docs
 from .errors import UserError
 from .recipes import RECIPES, estimate_params, resolve_recipe  # noqa: F401 (part of the api)
 from .research.config import RESUMABLE, CampaignConfig, MixtureConfig  # noqa: F401 (the faces' campaign flags are these fields)
+from .rundir import is_run_dir
 from .workspace import default_run_dir, workspace  # noqa: F401 (part of the api)
 
 
@@ -86,7 +87,7 @@ def train_run(recipe_name: str | None = None, overrides: list[str] | None = None
 
 def _after_run(run_dir: Path, db: str | None, use_ledger: bool, log_to: str | None) -> None:
     """Register the run and push it to a tracker; a failure warns in one line and loses nothing."""
-    if not (run_dir / "recipe.json").is_file():
+    if not is_run_dir(run_dir):
         return  # the run directory was never written
     if use_ledger:
         try:
@@ -237,8 +238,6 @@ def import_runs(paths: list[Path | str], db: str | None = None) -> dict:
 
     Runs without a run_id get a stable one from their absolute path. A run whose files
     cannot be read is reported under "skipped" and does not stop the others."""
-    from .ledger.rundir import is_run_dir
-
     if not paths:
         raise UserError("runs import needs a run directory or a folder of them")
     found: list[Path] = []
@@ -295,7 +294,6 @@ def note_run(run: str, text: str, author: str | None = None, db: str | None = No
 def push_run(run: str, to: str, dest: str | None = None, db: str | None = None) -> dict:
     """Replay a run (every metrics row, the recipe, the summary) into tensorboard, mlflow or wandb."""
     from .ledger import trackers
-    from .ledger.rundir import is_run_dir
 
     trackers.require(to)
     path = Path(run)

@@ -15,7 +15,6 @@ itself is pointed at stderr before any experiment code is imported.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -30,10 +29,11 @@ def main(run_dir: str) -> int:
     import numpy as np
     import torch
 
+    from pretrainlab import rundir
     from pretrainlab.config import Recipe
     from pretrainlab.model import GPT
 
-    recipe = Recipe.from_dict(json.loads((Path(run_dir) / "recipe.json").read_text()))
+    recipe = Recipe.from_dict(rundir.load_json(Path(run_dir) / rundir.RECIPE))
     device = torch.device("cuda" if torch.cuda.is_available() and recipe.train.device != "cpu" else "cpu")
     if device.type == "cpu":
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

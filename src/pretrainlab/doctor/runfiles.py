@@ -13,7 +13,6 @@ on bad content: every problem becomes a note and the analysis goes on with what 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import rundir
 from ..errors import UserError
 
 # Numeric per-step fields written by the trainer (train/trainer.py, step 6d).
@@ -94,29 +94,29 @@ def load_run(path: str | Path) -> RunData:
     if not path.exists():
         raise UserError(f"run {path} does not exist: pass a run directory written by `pretrainlab train` (e.g. runs/NAME-...)")
     run = RunData(path=path)
-    metrics_file = path / "metrics.jsonl"
+    metrics_file = path / rundir.METRICS
     if not path.is_dir():
-        if path.name == "metrics.jsonl" or path.suffix == ".jsonl":
+        if path.name == rundir.METRICS or path.suffix == ".jsonl":
             run.notes.append(f"{path} is a file, not a run directory: diagnosed it as a metrics.jsonl on its own")
             metrics_file = path
-            if (path.parent / "recipe.json").is_file():
+            if rundir.is_run_dir(path.parent):
                 run.path = path.parent
-        elif path.name in ("recipe.json", "summary.json", "provenance.json", "log.txt") and (path.parent / "recipe.json").exists():
+        elif path.name in (rundir.RECIPE, rundir.SUMMARY, rundir.PROVENANCE, "log.txt") and (path.parent / rundir.RECIPE).exists():
             run.notes.append(f"{path} is a file: diagnosed its run directory {path.parent}")
             run.path = path = path.parent
-            metrics_file = path / "metrics.jsonl"
+            metrics_file = path / rundir.METRICS
         else:
             run.notes.append(f"{path} is not a directory: pass the run directory that `pretrainlab train` wrote "
                              "(it holds recipe.json, metrics.jsonl, summary.json)")
             return run
-    run.recipe = _read_json(run.path / "recipe.json", run.notes, required=True)
-    run.summary = _read_json(run.path / "summary.json", run.notes, required=False)
-    run.provenance = _read_json(run.path / "provenance.json", run.notes, required=True)
+    run.recipe = _read_json(run.path / rundir.RECIPE, run.notes, required=True)
+    run.summary = _read_json(run.path / rundir.SUMMARY, run.notes, required=False)
+    run.provenance = _read_json(run.path / rundir.PROVENANCE, run.notes, required=True)
     _sanitize(run)
     if metrics_file.is_file():
         run.metrics_age_s = max(0.0, time.time() - metrics_file.stat().st_mtime)
         _read_metrics(metrics_file, run)
-        run.superseded = _read_superseded(run.path / "metrics.superseded.jsonl")
+        run.superseded = _read_superseded(run.path / rundir.SUPERSEDED)
     elif run.path.is_dir():
         run.notes.append("no metrics.jsonl: the run logged no step yet (still starting, or it failed before its first step)")
     if run.path.is_dir() and not any(run.path.iterdir()):
@@ -157,14 +157,12 @@ def _read_json(file: Path, notes: list[str], required: bool) -> dict | None:
             notes.append(f"no {file.name}: the analyses that need it are skipped")
         return None
     try:
-        obj = json.loads(file.read_text(errors="replace"))
-    except (OSError, json.JSONDecodeError) as e:
+        return rundir.load_json(file)
+    except rundir.NotAnObject as e:
+        notes.append(f"{file.name} {e}; ignored")
+    except (OSError, ValueError) as e:
         notes.append(f"{file.name} is unreadable ({type(e).__name__}: {str(e)[:80]}); ignored")
-        return None
-    if not isinstance(obj, dict):
-        notes.append(f"{file.name} holds a {type(obj).__name__}, not an object; ignored")
-        return None
-    return obj
+    return None
 
 
 def as_float(v) -> float:
@@ -178,28 +176,15 @@ def as_float(v) -> float:
 
 
 def _read_metrics(file: Path, run: RunData) -> None:
-    raw = file.read_bytes()
-    text = raw.decode("utf-8", errors="replace")
-    lines = text.split("\n")
-    partial_last = not text.endswith("\n") and lines[-1] != ""
-    if lines and lines[-1] == "":
-        lines.pop()
     train: dict[int, dict] = {}
     evals: dict[int, dict] = {}
-    bad_lines: list[int] = []
+    skipped = rundir.Skipped()
+    no_step: list[int] = []  # line numbers of rows without a valid step
     num_dupes = 0
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)  # the trainer writes NaN/Infinity for a diverged loss; json accepts them
-        except json.JSONDecodeError:
-            if not (partial_last and i == len(lines)):
-                bad_lines.append(i)
-            continue
-        step = row.get("step") if isinstance(row, dict) else None
+    for i, row in rundir.iter_numbered_metrics(file, skipped):
+        step = row.get("step")
         if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-            bad_lines.append(i)
+            no_step.append(i)
             continue
         kind = row.get("type", "train")
         table = train if kind == "train" else evals if kind == "eval" else None
@@ -210,6 +195,8 @@ def _read_metrics(file: Path, run: RunData) -> None:
         if kind == "eval" and not isinstance(row.get("val_bpb_domains"), dict):
             row["val_bpb_domains"] = {}
         table[step] = row  # the last write of a step wins (a resume recomputes truncated steps)
+    bad_lines = sorted(skipped.lines + no_step)  # not JSON objects, or no step: unreadable either way
+    partial_last = skipped.torn
     if partial_last:
         run.notes.append("the last line of metrics.jsonl is cut short (the run is writing it, or was killed mid-write); ignored")
     if bad_lines:
@@ -266,15 +253,5 @@ def _per_rank(rows: list[dict], key: str) -> np.ndarray | None:
 
 def _read_superseded(file: Path) -> list[dict]:
     """Train rows of attempts a resume replaced; unreadable lines are skipped."""
-    if not file.is_file():
-        return []
-    out = []
-    for line in file.read_text(errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and row.get("type", "train") == "train" and isinstance(row.get("step"), int) \
-                and isinstance(row.get("superseded_by_resume_at"), int):
-            out.append(row)
-    return out
+    return [row for row in rundir.iter_metrics(file) if row.get("type", "train") == "train" and isinstance(row.get("step"), int)
+            and isinstance(row.get("superseded_by_resume_at"), int)]

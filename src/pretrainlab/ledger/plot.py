@@ -12,8 +12,8 @@ import math
 from datetime import UTC, datetime
 from pathlib import Path
 
+from .. import rundir
 from ..errors import UserError
-from .rundir import read_metrics
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 PLOT_INSTALL = "pip install 'pretrainlab[plot]'  (matplotlib)"
@@ -22,10 +22,10 @@ PLOT_INSTALL = "pip install 'pretrainlab[plot]'  (matplotlib)"
 def run_curves(run: dict) -> dict:
     """{"loss": [(tokens, loss)], "evals": [(tokens, val_bpb)], "missing": why the loss curve is absent}."""
     evals = [(e["tokens"], e["val_bpb"]) for e in run.get("evals") or [] if _finite(e.get("tokens")) and _finite(e.get("val_bpb"))]
-    path = Path((run.get("series") or {}).get("metrics_path") or Path(run["run_dir"]) / "metrics.jsonl")
+    path = Path((run.get("series") or {}).get("metrics_path") or Path(run["run_dir"]) / rundir.METRICS)
     if not path.is_file():
         return {"loss": [], "evals": evals, "missing": f"{path} not found on this machine"}
-    loss = [(r["tokens"], r["loss"]) for r in read_metrics(path)
+    loss = [(r["tokens"], r["loss"]) for r in rundir.iter_metrics(path)
             if r.get("type") == "train" and _finite(r.get("tokens")) and _finite(r.get("loss"))]
     return {"loss": loss, "evals": evals, "missing": None}
 

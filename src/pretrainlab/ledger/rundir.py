@@ -1,5 +1,6 @@
 """Read a run directory (recipe.json, summary.json, provenance.json, metrics.jsonl) into the
-ledger's row for it. The ledger reads files, never live trainer objects.
+ledger's row for it, through pretrainlab.rundir. The ledger reads files, never live trainer
+objects.
 
 The per-step rows stay in RUN_DIR/metrics.jsonl at full resolution; the ledger copies only
 the eval rows (a few per run) and indexes the file: rows, first/last step, size, sha256.
@@ -9,20 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
 
+from .. import rundir
 from ..errors import UserError
+from ..rundir import is_run_dir
 from .db import to_utc
 
 # Summary fields the ledger keeps as columns (the whole summary is kept as JSON too).
 METRIC_COLUMNS = ("val_bpb", "params", "tokens", "steps", "seconds", "tokens_per_s", "mfu", "peak_mem_mb")
 UNFINISHED = "unknown"  # no summary.json: still running, or killed before it could write one
-
-
-def is_run_dir(path: Path) -> bool:
-    return (path / "recipe.json").is_file()
 
 
 def derived_run_id(run_dir: Path) -> str:
@@ -31,7 +31,7 @@ def derived_run_id(run_dir: Path) -> str:
 
 
 def run_id_of(run_dir: Path) -> str:
-    prov = _load(run_dir / "provenance.json", required=False) or {}
+    prov = _load(run_dir / rundir.PROVENANCE, required=False) or {}
     return prov.get("run_id") or derived_run_id(run_dir)
 
 
@@ -49,12 +49,12 @@ def read_run_dir(run_dir: Path) -> dict[str, Any]:
 
 
 def _read(run_dir: Path) -> dict[str, Any]:
-    recipe = _load(run_dir / "recipe.json", required=True)
-    summary = _load(run_dir / "summary.json", required=False)
-    prov = _load(run_dir / "provenance.json", required=False) or {}
+    recipe = _load(run_dir / rundir.RECIPE, required=True)
+    summary = _load(run_dir / rundir.SUMMARY, required=False)
+    prov = _load(run_dir / rundir.PROVENANCE, required=False) or {}
     # when the run started: provenance's timestamp if the trainer wrote one, else recipe.json's
     # mtime (written once, at the start; a resume never rewrites it)
-    created_at = to_utc(prov.get("started_at") or prov.get("created_at") or (run_dir / "recipe.json").stat().st_mtime)
+    created_at = to_utc(prov.get("started_at") or prov.get("created_at") or (run_dir / rundir.RECIPE).stat().st_mtime)
     run = {
         "run_id": prov.get("run_id") or derived_run_id(run_dir),
         "run_dir": str(run_dir),
@@ -73,52 +73,30 @@ def _read(run_dir: Path) -> dict[str, Any]:
         "created_at": created_at,
         "finished_at": to_utc((summary or {}).get("finished_at")),
     }
-    evals, series = scan_metrics(run_dir / "metrics.jsonl")
+    evals, series = scan_metrics(run_dir / rundir.METRICS)
     return {"run": run, "evals": evals, "series": series}
 
 
 def scan_metrics(path: Path) -> tuple[list[dict], dict | None]:
-    """Eval rows and the index of metrics.jsonl, in one streaming pass (no per-step row kept)."""
+    """Eval rows and the index of metrics.jsonl (rows, first/last step, size, sha256), streaming
+    (no per-step row kept). Rows are the lines rundir.iter_metrics reads: a line torn by a kill
+    or a line of garbage is not a row."""
     if not path.is_file():
         return [], None
-    digest = hashlib.sha256()
     num_rows = 0
     first_step = last_step = None
-    last_line = prev_line = b""
     evals: dict[int, dict] = {}
-    with open(path, "rb") as f:
-        for line in f:
-            digest.update(line)
-            if not line.strip():
-                continue
-            num_rows += 1
-            prev_line, last_line = last_line, line
-            if first_step is None:
-                first_step = _step(line)
-            if b'"eval"' in line:
-                row = _parse(line)
-                if row and row.get("type") == "eval" and "step" in row:
-                    evals[int(row["step"])] = {"step": int(row["step"]), "tokens": row.get("tokens"), "val_bpb": row.get("val_bpb"),
-                                               "domains": row.get("val_bpb_domains")}
-    if last_line and _parse(last_line) is None:
-        num_rows -= 1  # a line torn by a kill is not a row
-        last_line = prev_line
-    if last_line:
-        last_step = _step(last_line)
+    for row in rundir.iter_metrics(path):
+        num_rows += 1
+        step = _step(row)
+        if num_rows == 1:
+            first_step = step
+        last_step = step
+        if row.get("type") == "eval" and step is not None:
+            evals[step] = {"step": step, "tokens": row.get("tokens"), "val_bpb": row.get("val_bpb"), "domains": row.get("val_bpb_domains")}
     series = {"metrics_path": str(path.absolute()), "num_rows": num_rows, "num_evals": len(evals), "first_step": first_step,
-              "last_step": last_step, "file_size": os.path.getsize(path), "sha256": digest.hexdigest()}
+              "last_step": last_step, "file_size": os.path.getsize(path), "sha256": file_sha256(path)}
     return sorted(evals.values(), key=lambda r: r["step"]), series
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """Every row of a metrics.jsonl (torn lines skipped), for plots and trackers."""
-    rows = []
-    with open(path, "rb") as f:
-        for line in f:
-            row = _parse(line) if line.strip() else None
-            if row is not None:
-                rows.append(row)
-    return rows
 
 
 def file_sha256(path: Path) -> str:
@@ -129,17 +107,9 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _parse(line: bytes) -> dict | None:
-    try:
-        row = json.loads(line)
-    except ValueError:
-        return None
-    return row if isinstance(row, dict) else None
-
-
-def _step(line: bytes) -> int | None:
-    row = _parse(line)
-    return int(row["step"]) if row and isinstance(row.get("step"), (int, float)) else None
+def _step(row: dict) -> int | None:
+    step = row.get("step")
+    return int(step) if isinstance(step, (int, float)) and not isinstance(step, bool) and math.isfinite(step) else None
 
 
 def _load(path: Path, required: bool) -> dict | None:
@@ -148,12 +118,11 @@ def _load(path: Path, required: bool) -> dict | None:
             raise UserError(f"{path} is missing; pass a directory written by `pretrainlab train`")
         return None
     try:
-        value = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
+        return rundir.load_json(path)
+    except rundir.NotAnObject:
+        raise UserError(f"{path} should hold a JSON object; repair or remove the file, then register the run again") from None
+    except ValueError as e:
         raise UserError(f"{path} is not valid JSON ({e}); repair or remove the file, then register the run again") from None
-    if not isinstance(value, dict):
-        raise UserError(f"{path} should hold a JSON object; repair or remove the file, then register the run again")
-    return value
 
 
 def _recipe_hash(recipe: dict) -> str:

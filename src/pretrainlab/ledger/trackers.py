@@ -19,9 +19,10 @@ import math
 import time
 from pathlib import Path
 
+from .. import rundir
 from ..errors import UserError
 from .compare import flatten_recipe
-from .rundir import read_metrics, run_id_of
+from .rundir import run_id_of
 
 TRACKERS = {
     "tensorboard": ("tensorboard", "pip install 'pretrainlab[tensorboard]'"),
@@ -63,13 +64,13 @@ def push(run_dir: Path, to: str, dest: str | None = None) -> dict:
     """Replay RUN_DIR into the tracker; returns where it went and how many rows."""
     require(to)
     run_dir = Path(run_dir)
-    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path = run_dir / rundir.METRICS
     if not metrics_path.is_file():
         raise UserError(f"{metrics_path} not found: push needs the run directory on this machine")
-    recipe = json.loads((run_dir / "recipe.json").read_text())
-    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+    recipe = rundir.load_json(run_dir / rundir.RECIPE)
+    summary = rundir.read_summary(run_dir) or {}
     run_id = run_id_of(run_dir)
-    rows = scalars(read_metrics(metrics_path))
+    rows = scalars(list(rundir.iter_metrics(metrics_path)))
     params = {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v)) for k, v in flatten_recipe(recipe).items()}
     final = {f"summary/{k}": float(v) for k, v in summary.items() if _number(v)}
     final.update({f"summary/val_bpb.{k}": float(v) for k, v in (summary.get("val_bpb_domains") or {}).items() if _number(v)})

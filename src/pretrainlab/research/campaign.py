@@ -54,7 +54,7 @@ from ..ledger.rundir import METRIC_COLUMNS, derived_run_id, read_run_dir
 from ..train.rundir_lock import lock_holder
 from ..recipes import estimate_params
 from ..runners import Job, JobResult, LocalRunner
-from ..runners.job import read_json_object
+from ..rundir import read_json, read_summary
 from ..runners.local import OVERHEAD
 from . import early_stop, policy
 from .config import CampaignConfig, run_budget_overrides  # noqa: F401 (the settings, imported from here too)
@@ -191,7 +191,7 @@ class Campaign:
         share of its token (or seconds) budget for one that ended early (stopped at a rung)."""
         if row["status"] == "ok" or not row.get("run_dir"):
             return 1.0
-        summary = _read_summary(Path(row["run_dir"])) or {}  # written by experiment code: a floor keeps it honest
+        summary = read_summary(Path(row["run_dir"])) or {}  # written by experiment code: a floor keeps it honest
         floor = self.base.train.eval_every_frac if self.cfg.early_stop and self.base.train.eval_every_frac else 1.0
         budget, share = self.base.budget, 1.0
         if budget.tokens and isinstance(summary.get("tokens"), (int, float)):
@@ -274,7 +274,7 @@ class Campaign:
         corpus = Corpus.open(corpus_path(self.base), verify=False)  # the base's held-out data, as every run was scored
         val, test = [], []
         for row in self.results(exp["id"]).values():
-            verdict = read_json_object(self.score_path(Path(row["run_dir"]).name)) or {}
+            verdict = read_json(self.score_path(Path(row["run_dir"]).name)) or {}
             if verdict.get("status") != "ok" or not (Path(row["run_dir"]) / "model.pt").is_file():
                 continue
             try:
@@ -344,7 +344,7 @@ class Campaign:
                 seeds = sorted(set(seeds) | set(self.confirmation_seeds()))
             for seed in seeds:
                 run_dir = self.run_dir(exp["id"], seed)
-                summary = _read_summary(run_dir)
+                summary = read_summary(run_dir)
                 unscored = summary and summary["status"] in ("ok", "timeout") and not self.score_path(run_dir.name).exists()
                 if summary and summary["status"] != "preempted" and seed not in self.results(exp["id"]) and not unscored:
                     self.register(exp["id"], run_dir)  # (a finished run the lab has not scored yet goes back to the runner)
@@ -413,7 +413,7 @@ class Campaign:
                                  author="campaign", experiment_id=exp_id)
             self.failed_jobs.add(run_dir.name)
             return
-        verdict = read_json_object(self.score_path(run_dir.name))
+        verdict = read_json(self.score_path(run_dir.name))
         run["seed"] = self.base.seed + int(run_dir.name.rsplit("-s", 1)[1])
         clash = self.ledger.get_run(run["run_id"]) if run["run_id"] else None
         if clash is not None and Path(clash["run_dir"]).resolve() != Path(run["run_dir"]).resolve():
@@ -436,7 +436,7 @@ class Campaign:
     def on_rejected(self, exp_id: str, result: JobResult) -> None:
         """The lab refused the run's result (a failed probe, a false report): the experiment is
         rejected with the reason, its other runs stopped."""
-        verdict = read_json_object(self.score_path(result.job.key)) or {}
+        verdict = read_json(self.score_path(result.job.key)) or {}
         reason = verdict.get("reason") or (result.summary or {}).get("rejected_reason") or "rejected by the lab"
         exp = self.ledger.get_experiment(exp_id)
         for job in self.runner.running():
@@ -1025,7 +1025,7 @@ class Campaign:
         if self.runner.release_orphan(f"{exp['id']}-s{seed}"):  # still running from a loop that was killed: stopped cleanly
             self.log(f"{exp['id']}-s{seed}: stopped the run a previous loop left running; resuming it from its checkpoint")
         if run_dir.exists():  # interrupted by a previous loop's death: continue it, or start over
-            summary = _read_summary(run_dir) or {}
+            summary = read_summary(run_dir) or {}
             if list((run_dir / "ckpt").glob("step_*.pt")) or (summary.get("status") in ("ok", "timeout") and (run_dir / "model.pt").exists()):
                 # (a run that finished but was never scored: the job process scores it without training again)
                 return Job(f"{exp['id']}-s{seed}", str(recipe_path), run_dir, [f"seed={self.base.seed + seed}"], timeout_s=timeout,
@@ -1171,10 +1171,6 @@ class Campaign:
                         "effect": d.get("effect"), "ci_low": d.get("ci_low"), "ci_high": d.get("ci_high"),
                         "rejected": (d.get("evidence") or {}).get("rejected")})
         return out
-
-
-def _read_summary(run_dir: Path) -> dict | None:
-    return read_json_object(run_dir / "summary.json")
 
 
 def new_workdir(root: Path, campaign_id: str) -> Path:

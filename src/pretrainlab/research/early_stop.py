@@ -10,27 +10,19 @@ better go on to the end: the final decision belongs to the statistics.
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from pathlib import Path
 
+from .. import rundir
+
 
 def eval_curve(run_dir: Path, frac: float) -> dict[int, float]:
     """{rung: val_bpb} from a run's eval rows so far; rung k = the k-th multiple of frac
-    (the final evaluation is rung round(1/frac)). Tolerates a partial last line."""
-    path = Path(run_dir) / "metrics.jsonl"
+    (the final evaluation is rung round(1/frac)). Reads a live run: a torn last line is skipped."""
     curve = {}
-    if not path.exists():
-        return curve
-    for line in path.read_text().splitlines():
-        if '"eval"' not in line:
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if row.get("type") == "eval" and row.get("val_bpb") is not None and row.get("progress") is not None and row.get("step"):
+    for row in rundir.iter_metrics(Path(run_dir) / rundir.METRICS, only="eval"):  # polled often: parses eval lines only
+        if row.get("val_bpb") is not None and row.get("progress") is not None and row.get("step"):
             curve[math.floor(row["progress"] / frac + 1e-9)] = row["val_bpb"]
     return curve
 

@@ -43,7 +43,7 @@ from ..errors import UserError
 from ..ledger.rundir import METRIC_COLUMNS, derived_run_id, read_run_dir
 from ..recipes import estimate_params
 from ..runners import Job, JobResult, LocalRunner
-from ..runners.job import read_json_object
+from ..rundir import read_json, read_summary
 from ..train.rundir_lock import lock_holder
 from . import mixture
 from .campaign import DECIDER
@@ -178,7 +178,7 @@ class MixtureCampaign:
         from the lab's verdicts (scores/ beside the run directories)."""
         out = {}
         for seed, row in self.registered(exp["id"]).items():
-            verdict = read_json_object(Path(row["run_dir"]).parent / "scores" / f"{exp['id']}-s{seed}.json") or {}
+            verdict = read_json(Path(row["run_dir"]).parent / "scores" / f"{exp['id']}-s{seed}.json") or {}
             v = mixture.target_value(verdict, [domain] if domain else self.cfg.target)
             if v is not None:
                 out[seed] = v
@@ -368,7 +368,7 @@ class MixtureCampaign:
         if self.runner.release_orphan(key):
             self.log(f"{key}: stopped the run a previous loop left running; resuming it from its checkpoint")
         if run_dir.exists():  # left by a loop that died: continue it, or start over
-            summary = read_json_object(run_dir / "summary.json") or {}
+            summary = read_summary(run_dir) or {}
             trained = summary.get("status") in ("ok", "timeout") and (run_dir / "model.pt").exists()  # only its scoring is left
             resume = bool(list((run_dir / "ckpt").glob("step_*.pt"))) or trained
             holder = None if resume else lock_holder(run_dir)
@@ -408,7 +408,7 @@ class MixtureCampaign:
                                  experiment_id=exp_id)
             if result.summary is None:
                 self.failed_jobs.add(result.job.key)
-        value = mixture.target_value(read_json_object(self.score_path(result.job.key)) or {}, self.cfg.target)
+        value = mixture.target_value(read_json(self.score_path(result.job.key)) or {}, self.cfg.target)
         self.log(f"{result.job.key}: {result.status}" + (f" {self.cfg.target_label()} {value:.4f}" if value is not None else ""))
         exp = self.ledger.get_experiment(exp_id)
         if exp["status"] == "running" and self.done(exp):
@@ -419,7 +419,7 @@ class MixtureCampaign:
             have = self.registered(exp["id"])
             for seed in exp["change"]["seeds"]:
                 run_dir = self.run_dir(exp["id"], seed)
-                summary = read_json_object(run_dir / "summary.json")
+                summary = read_summary(run_dir)
                 if not summary or seed in have or summary.get("status") == "preempted":
                     continue
                 if summary.get("status") in ("ok", "timeout") and not self.score_path(run_dir.name).exists():
@@ -442,7 +442,7 @@ class MixtureCampaign:
                                  experiment_id=exp_id)
             self.failed_jobs.add(run_dir.name)
             return
-        verdict = read_json_object(self.score_path(run_dir.name))
+        verdict = read_json(self.score_path(run_dir.name))
         run["seed"] = self.base.seed + int(run_dir.name.rsplit("-s", 1)[1])
         clash = self.ledger.get_run(run["run_id"]) if run["run_id"] else None
         if clash is not None and Path(clash["run_dir"]).resolve() != Path(run["run_dir"]).resolve():

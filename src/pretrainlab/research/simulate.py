@@ -32,6 +32,7 @@ import random as pyrandom
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import rundir
 from ..config import Recipe, apply_overrides
 from ..runners.local import OVERHEAD, Job, JobResult
 
@@ -204,12 +205,12 @@ class SimulatedRunner:
     def submit(self, job: Job) -> None:
         assert self.free_slots() > 0 and job.key not in self._running
         if job.resume:
-            recipe = Recipe.from_dict(json.loads((job.out_dir / "recipe.json").read_text()))
+            recipe = Recipe.from_dict(rundir.load_json(job.out_dir / rundir.RECIPE))
         else:
             recipe = apply_overrides(Recipe.from_dict(json.loads(Path(job.recipe).read_text())), job.overrides)
         job.out_dir.mkdir(parents=True, exist_ok=True)
-        (job.out_dir / "recipe.json").write_text(json.dumps(recipe.to_dict()))
-        (job.out_dir / "metrics.jsonl").write_text("")
+        rundir.write_json_atomic(job.out_dir / rundir.RECIPE, recipe.to_dict())
+        rundir.write_rows(job.out_dir, [])
         slot = min(set(range(self.num_slots)) - {r.slot for r in self._running.values()})
         frac = recipe.train.eval_every_frac
         self._running[job.key] = _SimRun(job, recipe, recipe.seed, slot, self.now, self.now + self.run_s,
@@ -237,8 +238,7 @@ class SimulatedRunner:
                 frac = r.recipe.train.eval_every_frac
                 row = {"type": "eval", "step": 1, "tokens": int(frac * r.recipe.budget.tokens), "progress": frac,
                        "val_bpb": self.landscape.value(r.recipe, r.seed, rung=True)}
-                with open(r.job.out_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                rundir.append_rows(r.job.out_dir, [row])
 
     def poll(self) -> list[JobResult]:
         self._write_rungs()
@@ -254,9 +254,9 @@ class SimulatedRunner:
             summary = {"status": "ok" if finished else "preempted", "val_bpb": value, "tokens": int(progress * r.recipe.budget.tokens),
                        "seconds": r.ends_at - r.started_at, "steps": 1}
             if finished:
-                with open(r.job.out_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps({"type": "eval", "step": 2, "tokens": r.recipe.budget.tokens, "progress": 1.0, "val_bpb": value}) + "\n")
-            (r.job.out_dir / "summary.json").write_text(json.dumps(summary))
+                final_row = {"type": "eval", "step": 2, "tokens": r.recipe.budget.tokens, "progress": 1.0, "val_bpb": value}
+                rundir.append_rows(r.job.out_dir, [final_row])
+            rundir.write_summary(r.job.out_dir, summary)
             score_path = getattr(r.job, "score_path", None)
             if score_path is not None and finished:  # the lab's own score of the run (runners/scoring.py's verdict format)
                 val = {"val_bpb": value}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .. import rundir
 from ..config import Recipe, apply_overrides
 from ..errors import UserError
 from . import data_experiments
@@ -57,7 +58,7 @@ def lab_tools(ledger, context: dict, base: Recipe) -> list[Tool]:
         return diagnose(Path(_run(args.run_id)["run_dir"])).to_dict()
 
     def curve_summary(args: inputs.RunRef):
-        rows = [json.loads(line) for line in (Path(_run(args.run_id)["run_dir"]) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        rows = list(rundir.iter_metrics(Path(_run(args.run_id)["run_dir"]) / rundir.METRICS))
         train = [r for r in rows if r.get("type") == "train"]
         picks = [train[int(i * (len(train) - 1) / 9)] for i in range(10)] if len(train) >= 10 else train
         return {"train": [{k: r.get(k) for k in ("step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s")} for r in picks],

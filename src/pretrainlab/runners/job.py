@@ -31,8 +31,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from .. import rundir
 from ..config import Recipe
-from .files import read_json_object, write_json_atomic  # noqa: F401 (imported from here by the research loop)
 from .sandbox import Sandbox, ignore_sigterm, scrubbed_env
 
 EXIT_REJECTED = 4
@@ -127,7 +127,7 @@ def main(spec_path: str) -> int:
         train_cmd = [sys.executable, "-m", "pretrainlab", "train", "--recipe", recipe_arg, "--out", str(run_dir), "--json"]
         for o in spec["overrides"]:
             train_cmd += ["--set", o]
-    finished = read_json_object(run_dir / "summary.json") or {}
+    finished = rundir.read_summary(run_dir) or {}
     if spec["resume"] and finished.get("status") in ("ok", "timeout") and (run_dir / "model.pt").is_file():
         train_cmd = None  # trained to the end before the campaign lost track of it: only the scoring is left
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -144,7 +144,7 @@ def main(spec_path: str) -> int:
         proc = subprocess.Popen(box.wrap(train_cmd, code_src=code_src, read_only=read_only, writable=[run_dir], gpus=gpus),
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env, preexec_fn=ignore_sigterm)
         code = proc.wait()
-    summary = read_json_object(run_dir / "summary.json")
+    summary = rundir.read_summary(run_dir)
     if (stopping["flag"] or not spec.get("score_path") or summary is None or summary.get("status") not in ("ok", "timeout")
             or not (run_dir / "model.pt").is_file()):
         return code
@@ -171,13 +171,13 @@ def main(spec_path: str) -> int:
     if stopping["flag"]:
         return code
     # 5. the lab's verdict: outside the run (what the campaign trusts), and in summary.json (what people read)
-    write_json_atomic(Path(spec["score_path"]), verdict)
+    rundir.write_json_atomic(Path(spec["score_path"]), verdict)
     lab_val = (verdict.get("splits") or {}).get("val") or {}
     summary.update({"val_bpb_reported": summary.get("val_bpb"), "scored_by": "lab", "lab_score": verdict,
                     "val_bpb": lab_val.get("val_bpb"), "val_bpb_domains": lab_val.get("domains")})
     if verdict["status"] == "rejected":
         summary.update(status="rejected", rejected_reason=verdict["reason"], val_bpb=None, val_bpb_domains=None)
-    write_json_atomic(run_dir / "summary.json", summary)
+    rundir.write_summary(run_dir, summary)
     if verdict["status"] == "rejected":
         print(f"[pretrainlab] run rejected by the lab: {verdict['reason']}", file=sys.stderr, flush=True)
         return EXIT_REJECTED

@@ -33,7 +33,7 @@ from pathlib import Path
 import pretrainlab
 
 from ..errors import UserError
-from .files import read_json_object
+from ..rundir import read_summary
 from .sandbox import Sandbox
 
 PACKAGE_SRC = Path(pretrainlab.__file__).resolve().parent.parent  # the lab's own source tree (on PYTHONPATH of unpatched runs)
@@ -284,7 +284,7 @@ class LocalRunner:
     # ---- results ---------------------------------------------------------------------------
 
     def _result(self, r: _Running, ended: float) -> JobResult:
-        summary = read_json_object(r.job.out_dir / "summary.json")  # written by the run: any content at all
+        summary = read_summary(r.job.out_dir)  # written by the run: any content at all
         if summary is not None and not isinstance(summary.get("status"), str):
             summary = None
         if summary is not None:

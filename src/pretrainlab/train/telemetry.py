@@ -7,7 +7,6 @@ CPUs, whose peak depends on SKU, clocks and vector units) get None and MFU is re
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import resource
@@ -141,9 +140,3 @@ def provenance(*, seed: int, device: torch.device, world_size: int, corpus, eval
         "recipe_hash": recipe_hash,
         "seed": seed,
     }
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
-    os.replace(tmp, path)

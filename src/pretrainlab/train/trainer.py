@@ -16,7 +16,6 @@ rows, so 1 process with gradient accumulation and N processes compute the same g
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import signal
@@ -33,13 +32,14 @@ import torch
 import torch.distributed as dist
 
 from .. import eval as evaluation
+from .. import rundir
 from ..config import Recipe
 from ..data import BatchLoader, Corpus, builtin_corpus_dir, prepare_builtin
 from ..errors import UserError
 from ..model import GPT
 from . import checkpoint, rundir_lock
 from .optim import build_optimizers, lr_multiplier, set_lr
-from .telemetry import peak_flops, peak_memory_mb, provenance, write_json_atomic
+from .telemetry import peak_flops, peak_memory_mb, provenance
 
 EXIT_OK = 0
 EXIT_DIVERGED = 3
@@ -116,7 +116,7 @@ def prepare_run_dir(out_dir: Path) -> rundir_lock.RunDirLock:
     lock = rundir_lock.acquire(out_dir, create=True)  # a run in progress there is refused here, naming its pid
     if any(p.name != rundir_lock.LOCK_FILE for p in out_dir.iterdir()):
         lock.release()
-        if (out_dir / "recipe.json").exists():
+        if rundir.is_run_dir(out_dir):
             raise UserError(f"--out {out_dir} already holds a run: continue it with --resume {out_dir}, or choose a new --out")
         raise UserError(f"--out {out_dir} already exists and is not empty, and holds no run to --resume (no recipe.json): "
                         "choose a new --out")
@@ -130,9 +130,9 @@ def train(recipe: Recipe | None = None, out_dir: Path | None = None, resume_dir:
     after summary.json, so two processes never write one run directory."""
     if resume_dir is not None:
         resume_dir = Path(resume_dir)
-        if not (resume_dir / "recipe.json").exists():
+        if not rundir.is_run_dir(resume_dir):
             raise UserError(f"--resume {resume_dir}: no recipe.json there; pass a run directory written by `pretrainlab train`")
-        recipe = Recipe.from_dict(json.loads((resume_dir / "recipe.json").read_text()))
+        recipe = Recipe.from_dict(rundir.load_json(resume_dir / rundir.RECIPE))
         out_dir = resume_dir
     assert recipe is not None and out_dir is not None
     out_dir = Path(out_dir)
@@ -206,7 +206,7 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
     # ---- 5. run directory -------------------------------------------------------------------
     state = {"step": 0, "tokens": 0, "train_seconds": 0.0, "timed_tokens": 0, "last_step_s": 0.0,
              "next_eval_frac": tc.eval_every_frac, "loss_ema": None, "best_ema": math.inf, "bad_steps": 0}
-    metrics_path = out_dir / "metrics.jsonl"
+    metrics_path = out_dir / rundir.METRICS
     log = RunLog(out_dir / "log.txt" if d.main else None, echo and d.main)
     ckpt = checkpoint.load_latest(out_dir / "ckpt", warn=log if d.main else None) if resume else None
     if resume and ckpt is None:
@@ -221,9 +221,9 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
         checkpoint.set_rng_state(ckpt["rng"])
         if d.main:
             _truncate_metrics(metrics_path, state["step"])
-            prov = json.loads((out_dir / "provenance.json").read_text())
+            prov = rundir.load_json(out_dir / rundir.PROVENANCE)
             prov.setdefault("resumes", []).append({"step": state["step"], "time": _now()})
-            write_json_atomic(out_dir / "provenance.json", prov)
+            rundir.write_json_atomic(out_dir / rundir.PROVENANCE, prov)
         log(f"resumed {out_dir} at step {state['step']} ({state['tokens']:,} tokens)")
     elif d.main:
         prov = provenance(seed=recipe.seed, device=device, world_size=d.world_size, corpus=corpus,
@@ -232,13 +232,13 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
             log(f"warning: {out_dir} has no intact checkpoint to resume from; restarting it from step 0 with its recipe.json "
                 "(the earlier attempt's rows move to metrics.superseded.jsonl)")
             _truncate_metrics(metrics_path, 0, restart=True)
-            old = json.loads((out_dir / "provenance.json").read_text()) if (out_dir / "provenance.json").exists() else {}
+            old = rundir.read_provenance(out_dir) or {}
             # this process's environment, under the run's ledger id; the restart goes on record
             prov = {**old, **prov, "run_id": old.get("run_id", prov["run_id"]),
                     "resumes": [*old.get("resumes", []), {"step": 0, "time": _now(), "restarted": "no intact checkpoint"}]}
         else:
-            write_json_atomic(out_dir / "recipe.json", recipe.to_dict())
-        write_json_atomic(out_dir / "provenance.json", prov)
+            rundir.write_json_atomic(out_dir / rundir.RECIPE, recipe.to_dict())
+        rundir.write_json_atomic(out_dir / rundir.PROVENANCE, prov)
         log(f"run {out_dir} | recipe {recipe.name} | {num_params / 1e6:.2f}M params | {d.world_size} process(es) on {device} {dtype} | grad_accum {grad_accum}")
 
     peak = peak_flops(device, dtype)
@@ -247,12 +247,11 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
     stop_signal = {"sigterm": False}
     previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_signal.update(sigterm=True)) if _is_main_thread() else None
     untimed_steps = 3 if tc.compile else 1  # the first steps carry compilation / allocator warm-up
-    pending_rows: list[dict] = []
+    pending_rows: list[rundir.TrainRow | rundir.EvalRow] = []
 
     def flush_metrics():
-        if d.main and pending_rows:
-            with open(metrics_path, "a") as f:
-                f.write("".join(json.dumps(r) + "\n" for r in pending_rows))
+        if d.main:
+            rundir.append_rows(metrics_path, pending_rows)
         pending_rows.clear()
 
     def progress(ahead: bool = False) -> float:
@@ -277,8 +276,9 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
         result = evaluation.evaluate_bpb(raw_model, corpus, seq_len, recipe.eval.tokens_per_domain, recipe.eval.batch_rows,
                                          device, autocast if dtype == "bfloat16" else None, d.rank, d.world_size, split=split)
         result["split"] = split
-        row = {"type": "eval", "step": state["step"], "tokens": state["tokens"], "progress": min(1.0, progress()), "val_bpb": result["val_bpb"],
-               "val_bpb_domains": result["domains"], "eval_tokens": result["tokens"], "eval_s": time.perf_counter() - t0, "split": split}
+        row: rundir.EvalRow = {"type": "eval", "step": state["step"], "tokens": state["tokens"], "progress": min(1.0, progress()),
+                               "val_bpb": result["val_bpb"], "val_bpb_domains": result["domains"], "eval_tokens": result["tokens"],
+                               "eval_s": time.perf_counter() - t0, "split": split}
         pending_rows.append(row)
         flush_metrics()
         log(f"eval step {state['step']}: val_bpb {result['val_bpb']:.4f} " + " ".join(f"{k} {v:.3f}" for k, v in result["domains"].items()))
@@ -373,7 +373,7 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
             mfu = flops_per_token * tokens_per_s / (peak * d.world_size) if peak else None
             domain_rows = np.bincount(batch_domains, minlength=len(domains)).tolist()
             cpu_now = time.process_time()
-            pending_rows.append({
+            train_row: rundir.TrainRow = {
                 "type": "train", "step": state["step"], "tokens": state["tokens"], "loss": loss_v, "lr": lr,
                 "grad_norm": grad_norm_v, "max_layer_grad_norm": max_layer_v, "max_grad_layer": max_layer,
                 "tokens_per_s": tokens_per_s, "mfu": mfu, "step_s": dt, "data_wait_frac": t_data / dt,
@@ -382,7 +382,8 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
                 "domain_loss": {k: v / n for k, v, n in zip(domains, domain_sums, domain_rows) if n},
                 "cpu_s": cpu_now - cpu_prev,
                 **ranks,
-            })
+            }
+            pending_rows.append(train_row)
             cpu_prev = cpu_now
             if state["step"] % tc.log_every == 0:
                 flush_metrics()
@@ -439,14 +440,14 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
             signal.signal(signal.SIGTERM, previous_handler)
         summary = _summary(status, state, final_eval, error, num_params, flops_per_token, peak, d, device, t_start)
         if d.main and out_dir.exists():
-            write_json_atomic(out_dir / "summary.json", summary)
+            rundir.write_summary(out_dir, summary)
             log(f"done: status {status} | val_bpb {summary['val_bpb']} | {state['step']} steps | {state['tokens']:,} tokens | {summary['seconds']:.1f}s training")
         if d.world_size > 1 and status != "crashed":
             dist.barrier()
     return summary
 
 
-def _summary(status, state, final_eval, error, num_params, flops_per_token, peak, d, device, t_start) -> dict:
+def _summary(status, state, final_eval, error, num_params, flops_per_token, peak, d, device, t_start) -> rundir.Summary:
     """summary.json: final status and metric; throughput over the timed steps only."""
     tokens_per_s = state["timed_tokens"] / state["train_seconds"] if state["train_seconds"] else None
     return {
@@ -485,10 +486,10 @@ def _layer_index(model: GPT) -> torch.Tensor:
 def _check_restartable(out_dir: Path) -> None:
     """--resume without an intact checkpoint restarts the run from step 0, unless it already
     finished: training a finished run again belongs in a new run directory."""
-    try:
-        status = json.loads((out_dir / "summary.json").read_text()).get("status")
-    except (OSError, ValueError, AttributeError):
+    summary = rundir.read_summary(out_dir)
+    if summary is None:
         return  # no (readable) summary: the run was killed before it could finish
+    status = summary.get("status")
     if status not in ("crashed", "preempted"):
         raise UserError(f"--resume {out_dir}: the run already finished (status {status}) and has no checkpoint to continue from; "
                         f"to train it again use --recipe {out_dir / 'recipe.json'} --out NEW_DIR")
@@ -502,21 +503,13 @@ def _truncate_metrics(path: Path, step: int, restart: bool = False) -> None:
     if not path.exists():
         return
     kept, superseded = [], []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line torn by the kill
+    for row in rundir.iter_metrics(path):  # a line torn by the kill is dropped
         if row.get("step", 0) <= step and not restart:
-            kept.append(line + "\n")
+            kept.append(row)
         else:
-            superseded.append(json.dumps({**row, "superseded_by_resume_at": step}) + "\n")
-    if superseded:
-        with open(path.with_name("metrics.superseded.jsonl"), "a") as f:
-            f.write("".join(superseded))
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(kept))
-    os.replace(tmp, path)
+            superseded.append({**row, "superseded_by_resume_at": step})
+    rundir.append_rows(path.with_name(rundir.SUPERSEDED), superseded)
+    rundir.write_rows(path, kept)
 
 
 def _is_main_thread() -> bool:

@@ -1,0 +1,236 @@
+"""The run directory's files: one definition that the trainer writes through and every
+reader (doctor, ledger, research loop, runners, api) reads through.
+
+    RUN_DIR/recipe.json       fully resolved config                      read_recipe / write_json_atomic
+    RUN_DIR/metrics.jsonl     one JSON object per train step or eval     iter_metrics / append_rows
+    RUN_DIR/summary.json      final status and metrics                   read_summary / write_summary
+    RUN_DIR/provenance.json   commit, environment, data, seed            read_provenance / write_json_atomic
+
+    skipped = Skipped()
+    for row in iter_metrics(run_dir, skipped):   # a run still being written is fine
+        ...
+    skipped.torn, skipped.lines                  # a cut last line; numbers of lines that are not JSON objects
+
+Reading never raises on content: a live run's last line cut mid-write, a line of garbage,
+or a missing file are skipped (and counted), not errors. The JSON files are written
+atomically (a temporary file, then os.replace), so a reader sees the old or the new file,
+never half of one; metrics.jsonl is append-only, so only its last line can be torn.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, NotRequired, TypedDict, cast
+
+RECIPE = "recipe.json"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+PROVENANCE = "provenance.json"
+SUPERSEDED = "metrics.superseded.jsonl"  # rows a resume recomputed, tagged superseded_by_resume_at (same format)
+
+
+class TrainRow(TypedDict):
+    """One optimizer step, as train/trainer.py writes it (step 6d)."""
+
+    type: Literal["train"]
+    step: int  # 1-based
+    tokens: int  # cumulative training tokens after this step
+    loss: float  # mean train loss, nats/token (NaN/Infinity on divergence: json writes and reads them)
+    lr: float
+    grad_norm: float  # global, before clipping
+    max_layer_grad_norm: float
+    max_grad_layer: str  # "embed", "block{i}" or "head"
+    tokens_per_s: float
+    mfu: float | None  # None when the device's peak FLOPs are unknown
+    step_s: float
+    data_wait_frac: float  # share of step_s spent building the batch
+    peak_mem_mb: float
+    train_seconds: float  # cumulative timed training seconds (warm-up steps excluded)
+    domain_rows: dict[str, int]  # rows of the global batch per domain
+    batch_hash: str  # of the global batch's first tokens: replay detection
+    domain_loss: dict[str, float]  # mean loss of each domain's rows (domains with rows this step)
+    cpu_s: float
+    rank_step_s: NotRequired[list[float]]  # DDP only: per rank
+    rank_presync_s: NotRequired[list[float]]
+    rank_data_s: NotRequired[list[float]]
+
+
+class EvalRow(TypedDict):
+    """One evaluation (in-run on the monitor slice, final on the decision split)."""
+
+    type: Literal["eval"]
+    step: int  # 0 = the untrained model (train.eval_at_start)
+    tokens: int
+    progress: float  # share of the binding budget used, in [0, 1]
+    val_bpb: float
+    val_bpb_domains: NotRequired[dict[str, float]]  # the trainer always writes the rest; a simulated run may not
+    eval_tokens: NotRequired[int]
+    eval_s: NotRequired[float]
+    split: NotRequired[str]  # "monitor" or "val"
+
+
+class Summary(TypedDict, total=False):
+    """summary.json: written once when the run ends (any way it ends but a kill). `status` and
+    `val_bpb` are always there; the runner adds the lab's own score (runners/job.py)."""
+
+    status: str  # ok | timeout | diverged | preempted | crashed (| rejected, by the lab)
+    val_bpb: float | None
+    val_bpb_domains: dict[str, float] | None
+    eval_split: str | None
+    params: int
+    tokens: int
+    steps: int
+    seconds: float  # timed training seconds
+    wall_seconds: float
+    tokens_per_s: float | None
+    mfu: float | None
+    flops_per_token: int
+    peak_mem_mb: float
+    world_size: int
+    error: str | None  # the traceback's tail when crashed
+    finished_at: str  # ISO 8601, UTC
+    # added by the lab (runners/job.py) after scoring the run itself
+    val_bpb_reported: float | None
+    scored_by: str
+    lab_score: dict
+    rejected_reason: str
+
+
+# ---- metrics.jsonl ------------------------------------------------------------------------------
+
+
+@dataclass
+class Skipped:
+    """What iter_metrics passed over, filled in as it reads: pass one in to report it."""
+
+    lines: list[int] = field(default_factory=list)  # 1-based numbers of lines that are not JSON objects
+    torn: bool = False  # the last line is cut short (the run is writing it, or was killed mid-write)
+
+    @property
+    def num_lines(self) -> int:
+        return len(self.lines)
+
+
+def metrics_path(path: str | Path) -> Path:
+    """A run directory's metrics.jsonl; a path that is not a directory is the file itself."""
+    path = Path(path)
+    return path / METRICS if path.is_dir() else path
+
+
+def iter_numbered_metrics(path: str | Path, skipped: Skipped | None = None, only: str | None = None,
+                          ) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row) for every JSON object in a run's metrics.jsonl (or any .jsonl path),
+    in file order. Blank lines are passed over; a last line with no newline that does not
+    parse is a torn write (skipped.torn), any other line that is not a JSON object is counted
+    in skipped.lines. A missing file has no rows. Rows are TrainRow, EvalRow, or anything
+    else an older or newer trainer wrote: check the fields you use.
+
+    only="eval" yields only rows of that type, and parses only the lines whose bytes hold
+    '"eval"' (a poll of a long run's few evals then costs a substring scan, not a JSON parse
+    per step; skipped then counts only among the lines parsed)."""
+    skipped = skipped if skipped is not None else Skipped()
+    needle = json.dumps(only).encode() if only is not None else None
+    try:
+        f = open(metrics_path(path), "rb")
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return
+    with f:
+        for number, raw in enumerate(f, 1):  # bytes split on b"\n" only (a "\r" inside a row is not a line break)
+            if not raw.strip() or (needle is not None and needle not in raw):
+                continue
+            try:
+                row = json.loads(raw.decode("utf-8", errors="replace"))  # NaN/Infinity too: a diverged loss
+            except ValueError:
+                row = None
+            if isinstance(row, dict):
+                if only is None or row.get("type") == only:
+                    yield number, row
+            elif not raw.endswith(b"\n") and row is None:
+                skipped.torn = True  # only the last line can lack its newline
+            else:
+                skipped.lines.append(number)
+
+
+def iter_metrics(path: str | Path, skipped: Skipped | None = None, only: str | None = None) -> Iterator[dict[str, Any]]:
+    """Every row of a run's metrics.jsonl (of type `only`, if given), tolerantly: see
+    iter_numbered_metrics."""
+    for _, row in iter_numbered_metrics(path, skipped, only):
+        yield row
+
+
+def append_rows(path: str | Path, rows: Iterable[TrainRow | EvalRow | dict]) -> None:
+    """Append rows to a run's metrics.jsonl (or a .jsonl path) in one write, one line each."""
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    if text:
+        with open(metrics_path(path), "a") as f:
+            f.write(text)
+
+
+def write_rows(path: str | Path, rows: Iterable[TrainRow | EvalRow | dict]) -> None:
+    """Replace a run's metrics.jsonl (or a .jsonl path) with these rows, atomically."""
+    path = metrics_path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
+# ---- the JSON files -----------------------------------------------------------------------------
+
+
+class NotAnObject(ValueError):
+    """The file holds valid JSON that is not an object (a list, a number, a string)."""
+
+
+def load_json(path: str | Path) -> dict[str, Any]:
+    """A JSON object from a file. Raises OSError (missing, unreadable), NotAnObject, or
+    another ValueError (not JSON); read_json is the tolerant form."""
+    value = json.loads(Path(path).read_bytes().decode("utf-8", errors="replace"))
+    if not isinstance(value, dict):
+        raise NotAnObject(f"holds a {type(value).__name__}, not an object")
+    return value
+
+
+def read_json(path: str | Path) -> dict[str, Any] | None:
+    """A JSON object from a file, or None when it is missing, unreadable, not JSON or not an
+    object: run directories hold whatever experiment code wrote."""
+    try:
+        return load_json(path)
+    except (OSError, ValueError):
+        return None
+
+
+def read_recipe(run_dir: str | Path) -> dict[str, Any] | None:
+    return read_json(Path(run_dir) / RECIPE)
+
+
+def read_summary(run_dir: str | Path) -> Summary | None:
+    """summary.json, or None when there is none yet (a live or killed run) or it is unreadable.
+    It holds whatever the run wrote: check the types of the fields you use."""
+    return cast(Summary | None, read_json(Path(run_dir) / SUMMARY))
+
+
+def read_provenance(run_dir: str | Path) -> dict[str, Any] | None:
+    return read_json(Path(run_dir) / PROVENANCE)
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """A directory `pretrainlab train` wrote: it holds recipe.json (written first, before any row)."""
+    return (Path(path) / RECIPE).is_file()
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write JSON to a temporary file beside `path`, then rename it over `path`: a reader sees
+    the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+    os.replace(tmp, path)
+
+
+def write_summary(run_dir: str | Path, summary: Summary | dict) -> None:
+    write_json_atomic(Path(run_dir) / SUMMARY, summary)

@@ -1,0 +1,190 @@
+"""The run directory module: tolerant reads of a live or damaged run, atomic writes, and
+every reader of metrics.jsonl surviving the same torn file."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+from test_doctor import make_rows, write_run
+
+from pretrainlab import rundir
+from pretrainlab.rundir import Skipped, iter_metrics, iter_numbered_metrics, read_summary, write_summary
+
+TORN = '{"type": "train", "step": 151, "loss": 2.'  # the writer is mid-line
+
+
+def write_lines(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_a_live_runs_half_written_last_line_is_skipped(tmp_path):
+    rows = [{"type": "train", "step": i, "loss": 3.0 - i / 10} for i in range(1, 4)]
+    write_lines(tmp_path / "run" / rundir.METRICS, "".join(json.dumps(r) + "\n" for r in rows) + TORN)
+    skipped = Skipped()
+    assert list(iter_metrics(tmp_path / "run", skipped)) == rows
+    assert skipped.torn and skipped.lines == []
+
+
+def test_a_complete_last_row_without_its_newline_is_read(tmp_path):
+    path = write_lines(tmp_path / "m.jsonl", '{"type": "eval", "step": 1, "val_bpb": 2.5}\n{"type": "eval", "step": 2, "val_bpb": 2.4}')
+    skipped = Skipped()
+    assert [r["step"] for r in iter_metrics(path, skipped)] == [1, 2]
+    assert not skipped.torn
+
+
+def test_lines_that_are_not_json_objects_are_skipped_and_counted(tmp_path):
+    lines = ['{"type": "train", "step": 1, "loss": NaN}', "not json at all", "[1, 2, 3]", "", "42", '"eval"',
+             '{"type": "train", "step": 2, "loss": Infinity}', '{"type": "train", "st{"type": "train", "step": 3}', "\x00\xff garbage",
+             '{"type": "eval", "step": 3, "val_bpb": 2.0}']
+    path = write_lines(tmp_path / "run" / rundir.METRICS, "\n".join(lines) + "\n")
+    skipped = Skipped()
+    numbered = list(iter_numbered_metrics(path, skipped))
+    assert [n for n, _ in numbered] == [1, 7, 10]  # 1-based line numbers, blank line 4 included in the count
+    assert [r["step"] for _, r in numbered] == [1, 2, 3]
+    assert skipped.lines == [2, 3, 5, 6, 8, 9] and skipped.num_lines == 6 and not skipped.torn
+
+
+def test_only_one_row_type_is_parsed_when_asked(tmp_path):
+    lines = ['{"type": "train", "step": 1}', '{"type": "eval", "step": 1, "val_bpb": 3.0}', "garbage", '"eval"',
+             '{"type": "train", "step": 2, "note": "eval"}', '{"type": "eval", "step": 2, "val_bpb": 2.9}', '{"type": "eval", "st']
+    path = write_lines(tmp_path / "m.jsonl", "\n".join(lines))
+    skipped = Skipped()
+    assert [r["val_bpb"] for r in iter_metrics(path, skipped, only="eval")] == [3.0, 2.9]
+    assert skipped.lines == [4] and skipped.torn  # garbage without '"eval"' in it is never parsed
+
+
+def test_invalid_utf8_is_replaced_not_fatal(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b'{"type": "train", "step": 1, "max_grad_layer": "bl\xffock"}\n'
+                     b'{"type": "train", "step": 2, "max_grad_layer": "\xe2\x82')
+    skipped = Skipped()
+    rows = list(iter_metrics(path, skipped))
+    assert [r["step"] for r in rows] == [1] and rows[0]["max_grad_layer"] == "bl\ufffdock"
+    assert skipped.torn  # a row torn inside a multi-byte character
+
+
+def test_empty_or_missing_metrics_give_no_rows(tmp_path):
+    skipped = Skipped()
+    assert list(iter_metrics(tmp_path / "nowhere", skipped)) == []
+    (tmp_path / "run").mkdir()
+    assert list(iter_metrics(tmp_path / "run", skipped)) == []  # a run dir before its first row
+    write_lines(tmp_path / "run" / rundir.METRICS, "")
+    assert list(iter_metrics(tmp_path / "run", skipped)) == []
+    write_lines(tmp_path / "run" / rundir.METRICS, "\n\n  \n")
+    assert list(iter_metrics(tmp_path / "run", skipped)) == []
+    assert skipped == Skipped()
+
+
+def test_rows_written_are_rows_read(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    train: rundir.TrainRow = {"type": "train", "step": 1, "tokens": 1024, "loss": float("nan"), "lr": 0.01, "grad_norm": 0.5,
+                              "max_layer_grad_norm": 0.3, "max_grad_layer": "head", "tokens_per_s": 1e4, "mfu": None, "step_s": 0.1,
+                              "data_wait_frac": 0.01, "peak_mem_mb": 300.0, "train_seconds": 0.0, "domain_rows": {"code": 16},
+                              "batch_hash": "abc", "domain_loss": {"code": 5.0}, "cpu_s": 0.1}
+    evals: rundir.EvalRow = {"type": "eval", "step": 1, "tokens": 1024, "progress": 1.0, "val_bpb": 3.0}
+    rundir.append_rows(run, [train])
+    rundir.append_rows(run, [])
+    rundir.append_rows(run, [evals])
+    first, second = iter_metrics(run)
+    assert first.keys() == train.keys() and first["loss"] != first["loss"] and second == evals
+    rundir.write_rows(run, [evals])
+    assert list(iter_metrics(run)) == [evals] and sorted(os.listdir(run)) == [rundir.METRICS]
+
+
+def test_summary_is_written_atomically_and_read_back(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    run.mkdir()
+    assert read_summary(run) is None  # a live run: no summary yet
+    summary: rundir.Summary = {"status": "ok", "val_bpb": 2.5, "steps": 10, "mfu": None}
+    write_summary(run, summary)
+    assert read_summary(run) == summary
+    assert os.listdir(run) == [rundir.SUMMARY]  # no temporary file left behind
+    # a writer that dies mid-write leaves the old summary whole: the new one is renamed in only when complete
+    def killed(*args):
+        raise OSError("killed before the rename")
+
+    monkeypatch.setattr(rundir.os, "replace", killed)
+    with pytest.raises(OSError):
+        write_summary(run, {"status": "crashed", "val_bpb": None})
+    assert read_summary(run) == summary
+
+
+def test_json_readers_return_none_for_what_they_cannot_read(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    assert rundir.read_recipe(run) is None and rundir.read_provenance(run) is None and not rundir.is_run_dir(run)
+    (run / rundir.SUMMARY).write_text('{"status": "ok", ')
+    (run / rundir.PROVENANCE).write_text("[1, 2]")
+    (run / rundir.RECIPE).write_text('{"name": "x"}')
+    assert read_summary(run) is None and rundir.read_provenance(run) is None
+    assert rundir.read_recipe(run) == {"name": "x"} and rundir.is_run_dir(run)
+    with pytest.raises(rundir.NotAnObject, match="holds a list, not an object"):
+        rundir.load_json(run / rundir.PROVENANCE)
+    with pytest.raises(ValueError):
+        rundir.load_json(run / rundir.SUMMARY)
+    with pytest.raises(OSError):
+        rundir.load_json(run / "missing.json")
+
+
+class OneRunLedger:
+    """The two calls research/tools.py makes to find a run's directory."""
+
+    def __init__(self, run_dir):
+        self.run_dir = run_dir
+
+    def resolve_run(self, run_id):
+        return run_id
+
+    def get_run(self, run_id):
+        return {"run_id": run_id, "run_dir": str(self.run_dir)}
+
+
+def test_every_reader_survives_a_torn_live_run(tmp_path):
+    from pretrainlab.doctor import diagnose
+    from pretrainlab.ledger import trackers
+    from pretrainlab.ledger.plot import run_curves
+    from pretrainlab.ledger.rundir import read_run_dir
+    from pretrainlab.recipes import get_recipe
+    from pretrainlab.research import early_stop
+    from pretrainlab.research.tool_inputs import RunRef
+    from pretrainlab.research.tools import lab_tools
+    from pretrainlab.train.trainer import _truncate_metrics
+
+    evals = [{"type": "eval", "step": s, "tokens": s * 1024, "progress": s / 200, "val_bpb": 3.0 - s / 100,
+              "val_bpb_domains": {"code": 3.0}, "eval_tokens": 6144, "eval_s": 0.05, "split": "monitor"} for s in (50, 100, 150)]
+    run = write_run(tmp_path / "run", make_rows(n=150), evals=evals, summary=False)
+    with open(run / rundir.METRICS, "ab") as f:
+        f.write(b'{"type": "eval", "step": 151, "val_bpb": 2.\xe2\x82')  # cut mid-number and mid-character
+
+    report = diagnose(run)
+    assert report.facts["status"] == "running" and report.facts["last_step"] == 150
+    assert any("cut short" in n for n in report.data_quality)
+
+    index = read_run_dir(run)
+    assert [e["step"] for e in index["evals"]] == [50, 100, 150]
+    assert index["series"]["num_rows"] == 153 and (index["series"]["first_step"], index["series"]["last_step"]) == (1, 150)
+    assert index["run"]["status"] == "unknown"
+
+    curves = run_curves({"run_dir": str(run), "evals": index["evals"]})
+    assert len(curves["loss"]) == 150 and curves["missing"] is None
+    assert sorted(early_stop.eval_curve(run, 0.25)) == [1, 2, 3]
+
+    (curve_summary,) = [t for t in lab_tools(OneRunLedger(run), {}, get_recipe("tiny-cpu")) if t.name == "curve_summary"]
+    summary = curve_summary.run(RunRef(run_id="r1"))
+    assert len(summary["train"]) == 10 and [e["step"] for e in summary["eval"]] == [50, 100, 150]
+
+    assert rundir.read_summary(run) is None
+    assert len(trackers.scalars(list(iter_metrics(run)))) == 153
+    if importlib.util.find_spec("tensorboard") is not None:
+        pushed = trackers.push(run, "tensorboard", dest=str(tmp_path / "tb"))
+        assert pushed["num_rows"] == 153
+
+    # a resume from step 100: the torn line goes, rows after the checkpoint move to metrics.superseded.jsonl
+    _truncate_metrics(run / rundir.METRICS, 100)
+    kept, moved = list(iter_metrics(run)), list(iter_metrics(run / rundir.SUPERSEDED))
+    assert max(r["step"] for r in kept) == 100 and len(kept) == 102
+    assert len(moved) == 51 and {r["superseded_by_resume_at"] for r in moved} == {100}
