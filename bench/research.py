@@ -37,7 +37,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -84,16 +83,11 @@ def retrain(recipe: Recipe, seeds: list[int], workdir: Path) -> list[float]:
     return [_RETRAINED[recipe.hash(), s] for s in seeds]
 
 
-def utilisation(note: str) -> dict:
-    """The figures in a campaign's closing note (Campaign.utilisation_note)."""
-    def pct(pattern):
-        m = re.search(pattern, note)
-        return float(m.group(1)) / 100 if m else None  # 'n/a': every run started at once
-
-    idle = {k: float(v) for v, k in re.findall(r"(\d+) s ([^,;]+)", note.split("idle slot-time:")[1].rsplit(";", 1)[0])}
-    return {"queued": pct(r"utilisation ([\d.]+)%"), "until_last_start": pct(r"; ([\d.]+)% until the last run started"),
-            "overall": pct(r"([\d.]+)% including the final drain"), "idle_s": idle,
-            "seconds": float(re.search(r"; (\d+) s$", note).group(1))}
+def utilisation(ledger, campaign_id: str) -> dict:
+    """A campaign's last loop's slot utilisation and idle slot-time (Campaign.closing_stats)."""
+    c = ledger.get_campaign(campaign_id)["config"]["closing"][-1]
+    return {"queued": c["utilisation_queued"], "until_last_start": c["utilisation_until_last_start"], "overall": c["utilisation"],
+            "idle_s": c["idle_s"], "seconds": c["seconds"]}
 
 
 def compute_used(ledger, campaign_id: str, budget_tokens: int) -> float:
@@ -289,15 +283,14 @@ def main():
             started = time.time()
             cid = manage.start(cfg, name=f"{arm} seed {cs}", echo=False)
             wall = time.time() - started
-            note = next(n["text"] for n in ledger.list_notes(campaign_id=cid) if n["text"].startswith("closed"))
-            print(f"{arm} seed {cs}: {note}", file=sys.stderr)
+            print(f"{arm} seed {cs}: {manage.status(cid)['slots']}", file=sys.stderr)
             base = baseline_recipe(ledger, cid)
             if args.utilisation_only:
-                results["arms"][arm].append({"campaign": cid, "utilisation": utilisation(note)})
+                results["arms"][arm].append({"campaign": cid, "utilisation": utilisation(ledger, cid)})
                 save()
                 continue
             values = retrain(handed_back(ledger, cid), eval_seeds, work)
-            row = {**campaign_row(ledger, cid, arm, values, base.budget.tokens, wall), "strategy_seed": cs, "utilisation": utilisation(note)}
+            row = {**campaign_row(ledger, cid, arm, values, base.budget.tokens, wall), "strategy_seed": cs, "utilisation": utilisation(ledger, cid)}
             results["arms"][arm].append(row)
             print(f"{arm} seed {cs}: final {row['final_val_bpb']:.4f} ({row['kept_changes']} adopted, {row['runs']:.2f} runs, "
                   f"{len(row['claims'])} claims: {row['final_diff']})", file=sys.stderr)

@@ -63,6 +63,69 @@ def test_migrations_apply_once_in_order(ledger_url):
         Ledger(ledger_url)
 
 
+def test_migration_2_types_campaign_state_written_before(ledger_url):
+    """A ledger written by the schema-1 lab (phase and seeds folded into "running:3", roles only
+    inside the change JSON) gets phase, planned_seeds and role as columns when it is opened."""
+    import json as _json
+
+    from pretrainlab.ledger.db import PostgresDatabase, SQLiteDatabase, now, resolve_url
+    from pretrainlab.ledger.schema import statements
+
+    target = resolve_url(ledger_url)  # a bare connection: no migration applied on open
+    db = SQLiteDatabase(target.path) if target.kind == "sqlite" else PostgresDatabase(target.url)
+    with db.transaction():  # the schema as version 1 left it
+        db.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+        for stmt in statements(MIGRATIONS[0][1]):
+            db.execute(stmt)
+        db.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (1, ?)", (now(),))
+        db.execute("INSERT INTO campaigns (id, name, status, created_at) VALUES ('c1', 'old', 'done', ?)", (now(),))
+        rows = [  # (id, hypothesis, proposer, proposer_type, change, status) as the schema-1 campaign wrote them
+            ("e1", "baseline: the starting recipe", "campaign", "strategy", {"values": {}, "recipe": {}}, "running:3"),
+            ("e2", "sweep: optim.lr 0.01 -> 0.02", "sweep", "strategy", {"values": {"optim.lr": 0.02}, "sweep": ["optim.lr", 0.02]}, "decided"),
+            ("e3", "raise lr", "optuna", "strategy", {"values": {"optim.lr": 0.03}}, "running:1"),
+            ("e4", "alice's idea", "alice", "person", {"values": {"optim.wd": 0.1}}, "queued"),
+            ("e5", "combine e2 and e3", "campaign", "strategy", {"combines": ["e2", "e3"], "parent": "e2"}, "queued"),
+            ("e6", "confirmation: the final recipe", "campaign", "strategy", {"confirm": "final", "of": "e2", "seeds": [1, 2]}, "measured"),
+            ("e7", "ablation: without optim.lr", "campaign", "strategy", {"confirm": "ablation", "of": "e2", "seeds": [1, 2]}, "running:2"),
+            ("e8", "hand back without optim", "campaign", "strategy", {"pruned": ["optim"], "parent": "e2"}, "decided"),
+            ("e9", "transfer check of e3", "campaign", "strategy", {"transfer_of": "e3", "role": "candidate"}, "running:3"),
+            ("e10", "proxy 1/12", "mixture design", "strategy", {"role": "proxy", "scale": "campaign", "seeds": [0]}, "running"),
+            ("e11", "reference: the natural mixture", "campaign", "strategy", {"role": "natural", "scale": "campaign"}, "measured"),
+            ("e12", "the recommended mixture", "mixture design", "strategy", {"role": "recommended", "scale": "campaign"}, "decided"),
+            ("e13", "a patch with \"confirm\": \"final\" in its text", "claude", "strategy",
+             {"patch": 'x = {"confirm": "final"}'}, "awaiting-approval"),
+        ]
+        for eid, hyp, who, kind, change, status in rows:
+            db.execute("INSERT INTO experiments (id, campaign_id, hypothesis, kind, proposer_type, proposer, change, status, created_at) "
+                       "VALUES (?, 'c1', ?, 'config', ?, ?, ?, ?, ?)", (eid, hyp, kind, who, _json.dumps(change), status, now()))
+        db.execute("INSERT INTO experiments (id, hypothesis, kind, proposer_type, proposer, status, created_at) "
+                   "VALUES ('e14', 'outside any campaign', 'config', 'person', 'bob', 'proposed', ?)", (now(),))
+    db.close()
+    with Ledger(ledger_url) as lg:  # opening it applies migration 2
+        got = {e["id"]: (e["status"], e["planned_seeds"], e["role"]) for e in lg.list_experiments()}
+    assert got == {"e1": ("running", 3, "baseline"), "e2": ("decided", None, "sweep"), "e3": ("running", 1, "proposal"),
+                   "e4": ("queued", None, "suggestion"), "e5": ("queued", None, "combination"),
+                   "e6": ("measured", None, "confirmation"), "e7": ("running", 2, "ablation"), "e8": ("decided", None, "pruned"),
+                   "e9": ("running", 3, "transfer"), "e10": ("running", None, "proxy"), "e11": ("measured", None, "reference"),
+                   "e12": ("decided", None, "recommended"), "e13": ("awaiting-approval", None, "proposal"),
+                   "e14": ("proposed", None, None)}
+
+
+def test_experiment_phase_and_role_are_checked(ledger_url):
+    with Ledger(ledger_url) as lg:
+        eid = lg.add_experiment("h", kind="config", proposer="alice", status="running", planned_seeds=3, role="suggestion")
+        assert {k: lg.get_experiment(eid)[k] for k in ("status", "planned_seeds", "role")} == \
+            {"status": "running", "planned_seeds": 3, "role": "suggestion"}
+        lg.set_experiment_status(eid, "decided")  # the seeds it planned stay on record
+        assert (lg.get_experiment(eid)["status"], lg.get_experiment(eid)["planned_seeds"]) == ("decided", 3)
+        with pytest.raises(UserError, match="experiment phase 'running:3' is not one of"):
+            lg.set_experiment_status(eid, "running:3")
+        with pytest.raises(UserError, match="planned_seeds >= 1"):
+            lg.set_experiment_status(eid, "running")
+        with pytest.raises(UserError, match="experiment role 'baseline2' is not one of .*did you mean 'baseline'"):
+            lg.add_experiment("h", kind="config", proposer="alice", role="baseline2")
+
+
 # ---- runs -----------------------------------------------------------------------------------
 
 

@@ -214,6 +214,8 @@ def test_screens_start_while_the_baseline_runs_and_idle_slot_time_is_explained(s
     (note,) = [n["text"] for n in ledger.list_notes(campaign_id=cid) if n["text"].startswith("closed")]
     assert "while work was queued" in note and "idle slot-time:" in note and "run budget spent" in note
     assert manage.status(cid)["slots"] == note.split(": ", 1)[1]  # research status shows it, as does the report
+    closing = manage.status(cid)["closing"]  # and as data: no prose parsed back into numbers
+    assert closing["status"] == "done" and closing["slots"] == 2 and 0 < closing["utilisation"] <= 1 and "run budget spent" in closing["idle_s"]
     from pretrainlab.research.report import write_report
 
     assert "Slots: slot utilisation" in write_report(ledger, cid, tmp_path / "r.html", with_findings=False).read_text()

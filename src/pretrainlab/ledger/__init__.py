@@ -19,15 +19,19 @@ per-step rows. Docs: docs/ledger.md. CLI: `pretrainlab runs list|show|compare|im
 from .db import LedgerURL, connect, migrate, resolve_url, schema_version
 from .rundir import read_run_dir
 from .schema import MIGRATIONS
-from .store import ACTOR_TYPES, EXPERIMENT_KINDS, RUN_STATUSES, VERDICTS, Ledger
+from .store import ACTOR_TYPES, EXPERIMENT_KINDS, PHASES, ROLES, RUN_STATUSES, VERDICTS, Ledger, Phase, Role
 
 __all__ = [
            "ACTOR_TYPES",
            "EXPERIMENT_KINDS",
            "MIGRATIONS",
+           "PHASES",
+           "ROLES",
            "RUN_STATUSES",
            "VERDICTS",
            "Ledger",
+           "Phase",
+           "Role",
            "LedgerURL",
            "connect",
            "migrate",

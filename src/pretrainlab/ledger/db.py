@@ -166,8 +166,8 @@ class SQLiteDatabase(Database):
 
 @functools.lru_cache(maxsize=256)
 def _pg_sql(sql: str) -> str:
-    assert "%" not in sql, "pass LIKE patterns and literals with % as parameters"
-    return sql.replace("?", "%s")
+    """`?` placeholders as psycopg's `%s`; a literal `%` (a LIKE pattern in a migration) doubled."""
+    return sql.replace("%", "%%").replace("?", "%s")
 
 
 class PostgresDatabase(Database):

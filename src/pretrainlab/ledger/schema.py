@@ -119,6 +119,29 @@ CREATE TABLE run_series (
     sha256 TEXT NOT NULL
 )
 """),
+    # Typed campaign state: an experiment's phase (status) without the seeds it plans folded in
+    # ("running:3" -> running, planned_seeds 3), and its role in the campaign as a column
+    # (store.Role), filled in for ledgers written before from what the campaign recorded.
+    (2, """
+ALTER TABLE experiments ADD COLUMN planned_seeds INTEGER;
+ALTER TABLE experiments ADD COLUMN role TEXT;
+UPDATE experiments SET planned_seeds = CAST(SUBSTR(status, 9) AS INTEGER), status = 'running' WHERE status LIKE 'running:%';
+UPDATE experiments SET role = CASE
+    WHEN change LIKE '%"transfer_of": "%' THEN 'transfer'
+    WHEN change LIKE '%"confirm": "final"%' THEN 'confirmation'
+    WHEN change LIKE '%"confirm": "ablation"%' THEN 'ablation'
+    WHEN change LIKE '%"pruned": [%' THEN 'pruned'
+    WHEN change LIKE '%"combines": [%' THEN 'combination'
+    WHEN change LIKE '%"role": "proxy"%' THEN 'proxy'
+    WHEN change LIKE '%"role": "recommended"%' THEN 'recommended'
+    WHEN change LIKE '%"role": "natural"%' OR change LIKE '%"role": "uniform"%' THEN 'reference'
+    WHEN proposer = 'campaign' AND hypothesis LIKE 'baseline:%' THEN 'baseline'
+    WHEN proposer = 'sweep' THEN 'sweep'
+    WHEN campaign_id IS NOT NULL AND proposer_type = 'person' THEN 'suggestion'
+    WHEN campaign_id IS NOT NULL THEN 'proposal'
+END;
+CREATE INDEX experiments_role ON experiments (campaign_id, role)
+"""),
 ]
 
 

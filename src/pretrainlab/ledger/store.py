@@ -18,6 +18,7 @@ import difflib
 import json
 import uuid
 from collections.abc import Iterable
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,40 @@ RUN_STATUSES = ("ok", "diverged", "crashed", "timeout", "preempted", "unknown")
 EXPERIMENT_KINDS = ("config", "code", "data")  # a recipe diff, a code patch, a data mixture
 ACTOR_TYPES = ("person", "strategy")  # who proposed / decided: a person, or a strategy (optionally an LLM, model_id)
 VERDICTS = ("keep", "discard", "inconclusive")
+
+
+class Phase(StrEnum):
+    """Where an experiment is in its campaign (experiments.status); `planned_seeds` says how
+    many seeds a running one has (1 = a screen)."""
+    PROPOSED = "proposed"  # recorded outside a campaign loop
+    QUEUED = "queued"  # waiting for a slot
+    AWAITING_APPROVAL = "awaiting-approval"  # a code patch waiting for a person
+    RUNNING = "running"  # its planned seeds run (or wait for a slot)
+    MEASURED = "measured"  # all its runs are in; its claim waits for the rest of its phase
+    TRANSFER = "transfer"  # won at the campaign's scale; its transfer check runs
+    DECIDED = "decided"  # final
+    FAILED = "failed"  # final: nothing to decide on
+    REJECTED = "rejected"  # final: refused before or while running (invalid, a failed probe, a person's reject)
+
+
+class Role(StrEnum):
+    """What an experiment is for in its campaign (experiments.role)."""
+    BASELINE = "baseline"  # the starting recipe: the first incumbent and the seed noise floor
+    PROPOSAL = "proposal"  # a strategy's (or a model's) proposal
+    SUGGESTION = "suggestion"  # a person's
+    SWEEP = "sweep"  # the screen policy's one-key sweep
+    COMBINATION = "combination"  # the merge of two winners over one parent
+    CONFIRMATION = "confirmation"  # the final recipe against the baseline on fresh seeds
+    ABLATION = "ablation"  # the final recipe without one changed key group
+    PRUNED = "pruned"  # the final recipe without the groups its ablations showed do not help
+    TRANSFER = "transfer"  # one side of a transfer check at a larger rung
+    PROXY = "proxy"  # mixture campaigns: a proxy run of the design
+    REFERENCE = "reference"  # mixture campaigns: the natural or uniform mixture
+    RECOMMENDED = "recommended"  # mixture campaigns: the fitted optimum
+
+
+PHASES = tuple(Phase)
+ROLES = tuple(Role)
 
 # what `runs list` returns per run (the big JSON columns stay out of listings)
 LIST_COLUMNS = ("run_id", "run_dir", "recipe_name", "recipe_hash", "seed", "status", *METRIC_COLUMNS, "device", "world_size",
@@ -233,11 +268,17 @@ class Ledger:
 
     def add_experiment(self, hypothesis: str, *, kind: str, proposer: str, proposer_type: str = "person", model_id: str | None = None,
                        rationale: str | None = None, campaign_id: str | None = None, parent_recipe: dict | None = None,
-                       change: Any = None, status: str = "proposed") -> str:
-        """Record a proposed experiment and who proposed it (a person, or a strategy and its model)."""
+                       change: Any = None, status: str = Phase.PROPOSED, role: str | None = None,
+                       planned_seeds: int | None = None) -> str:
+        """Record a proposed experiment and who proposed it (a person, or a strategy and its model);
+        `status` is its Phase, `role` what it is for in its campaign."""
         _require("hypothesis", hypothesis)
         _choice("experiment kind", kind, EXPERIMENT_KINDS)
         _choice("proposer_type", proposer_type, ACTOR_TYPES)
+        _choice("experiment phase", status, PHASES)
+        if role is not None:
+            _choice("experiment role", role, ROLES)
+        _planned(status, planned_seeds)
         _require("proposer (a person's name or a strategy's)", proposer)
         if proposer_type == "person" and model_id:
             raise UserError(f"model_id {model_id!r} given for a person's proposal: set proposer_type='strategy' for a model's proposal")
@@ -245,14 +286,21 @@ class Ledger:
         with self.db.transaction():
             self._check_refs(campaign_id=campaign_id)
             self.db.execute("INSERT INTO experiments (id, campaign_id, hypothesis, kind, proposer_type, proposer, model_id, rationale, "
-                            "parent_recipe, change, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            "parent_recipe, change, status, role, planned_seeds, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             (eid, campaign_id, hypothesis, kind, proposer_type, proposer, model_id, rationale, _json(parent_recipe),
-                             _json(change), status, now()))
+                             _json(change), str(status), None if role is None else str(role), planned_seeds, now()))
         return eid
 
-    def set_experiment_status(self, experiment_id: str, status: str) -> None:
+    def set_experiment_status(self, experiment_id: str, status: str, planned_seeds: int | None = None) -> None:
+        """Move an experiment to Phase `status`; a running one says how many seeds it plans
+        (kept afterwards, as the record of how many it ran)."""
+        _choice("experiment phase", status, PHASES)
+        _planned(status, planned_seeds)
+        sql, params = "UPDATE experiments SET status = ?", [str(status)]
+        if planned_seeds is not None:
+            sql, params = sql + ", planned_seeds = ?", params + [planned_seeds]
         with self.db.transaction():
-            if not self.db.execute("UPDATE experiments SET status = ? WHERE id = ?", (status, experiment_id)):
+            if not self.db.execute(sql + " WHERE id = ?", (*params, experiment_id)):
                 raise UserError(f"experiment {experiment_id!r} is not in the ledger {self.target}")
 
     def get_experiment(self, experiment_id: str) -> dict | None:
@@ -387,9 +435,15 @@ def _targets(**ids) -> tuple[str, list]:
 
 
 def _choice(what: str, value: Any, allowed: tuple[str, ...]) -> None:
+    allowed = tuple(str(a) for a in allowed)  # an enum's members by their values
     if value not in allowed:
         close = difflib.get_close_matches(str(value), allowed, n=1)
         raise UserError(f"{what} {value!r} is not one of {', '.join(allowed)}{f' (did you mean {close[0]!r}?)' if close else ''}")
+
+
+def _planned(status: str, planned_seeds: int | None) -> None:
+    if status == Phase.RUNNING and not (isinstance(planned_seeds, int) and planned_seeds >= 1):
+        raise UserError(f"a running experiment needs planned_seeds >= 1, got {planned_seeds!r}")
 
 
 def _require(what: str, value: Any) -> None:

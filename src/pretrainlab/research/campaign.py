@@ -51,6 +51,7 @@ from pathlib import Path
 from ..config import Recipe, apply_overrides
 from ..errors import UserError
 from ..ledger.rundir import METRIC_COLUMNS, derived_run_id, read_run_dir
+from ..ledger.store import Phase, Role
 from ..train.rundir_lock import lock_holder
 from ..recipes import estimate_params
 from ..runners import Job, JobResult, LocalRunner
@@ -67,13 +68,12 @@ from .strategies import CampaignView, Proposal, Strategy, current_values, same_v
 DECIDER = "pretrainlab stats"  # decisions by the loop's statistics rule are attributed to it
 
 
-# ---- experiment phases, kept in the ledger's experiments.status -------------------------------------
-# queued            proposed, waiting for a slot        awaiting-approval  a code patch waiting for a person
-# running:N         N seeds planned (1 = screening)     decided / failed / rejected   final
+# ---- experiment state: its Phase (experiments.status) and its Role (experiments.role), ledger/store.py ----
 
 
-def planned_seeds(status: str) -> int:
-    return int(status.split(":")[1]) if status.startswith("running:") else 0
+def planned_seeds(exp: dict) -> int:
+    """Seeds a running experiment plans (1 = a screen); 0 when it is not running."""
+    return (exp.get("planned_seeds") or 0) if exp["status"] == Phase.RUNNING else 0
 
 
 def incumbent_id(decisions: list[dict]) -> str | None:
@@ -160,7 +160,7 @@ class Campaign:
         self.ledger.set_campaign_config(self.id, {**row["config"], **state})
 
     def baseline(self) -> dict | None:
-        return next((e for e in self.experiments() if e["proposer"] == "campaign" and not (e["change"] or {}).get("transfer_of")), None)
+        return next((e for e in self.experiments() if e["role"] == Role.BASELINE), None)
 
     def incumbent(self) -> tuple[dict | None, list[float]]:
         """(the experiment whose recipe is the incumbent, its replicate values)."""
@@ -175,9 +175,9 @@ class Campaign:
         return Recipe.from_dict(change["recipe"]) if "recipe" in change else self.base
 
     def seeds_of(self, exp: dict) -> list[int]:
-        """The seed indices an experiment runs on: 0..N-1 for `running:N`, or the list a
+        """The seed indices an experiment runs on: 0..N-1 for N planned seeds, or the list a
         confirmation experiment carries (the baseline's seeds no screen used)."""
-        n = planned_seeds(exp["status"])
+        n = planned_seeds(exp)
         listed = (exp["change"] or {}).get("seeds")
         return list(listed) if listed and n else list(range(n))
 
@@ -223,7 +223,8 @@ class Campaign:
             self.ledger.add_experiment("baseline: the starting recipe", kind="config", proposer="campaign", proposer_type="strategy",
                                        rationale="measure the incumbent and the seed noise floor first", campaign_id=self.id,
                                        parent_recipe=self.base.to_dict(), change={"values": {}, "recipe": self.base.to_dict()},
-                                       status=f"running:{1 if self.cfg.decision == 'greedy' else self.cfg.seeds}")
+                                       status=Phase.RUNNING, planned_seeds=1 if self.cfg.decision == "greedy" else self.cfg.seeds,
+                                       role=Role.BASELINE)
         self.collect_finished_on_disk()  # resume: runs that finished while no loop was watching
         self.reopen_leads()  # resume with a larger budget: promising screens left for lack of runs
         # 2. the loop
@@ -254,7 +255,10 @@ class Campaign:
         status = "stopped" if self.ledger.get_campaign(self.id)["status"] == "stopping" else "done"
         self.ledger.set_campaign_status(self.id, status)
         self.save_state()
-        note = self.utilisation_note(status)
+        closing = self.closing_stats(status)
+        row = self.ledger.get_campaign(self.id)
+        self.ledger.set_campaign_config(self.id, {**row["config"], "closing": [*row["config"].get("closing", []), closing]})
+        note = closing_note(closing)
         self.ledger.add_note(note, author="campaign", campaign_id=self.id)
         self.log(note.split(";")[0])
         if status == "done":
@@ -310,19 +314,18 @@ class Campaign:
                              f"on the decision split the gain was {gain_val:+.4f}: validation-overfitting gap {gain_val - gain_test:+.4f} bpb",
                              author="campaign", campaign_id=self.id)
 
-    def utilisation_note(self, status: str) -> str:
-        """Slot utilisation and where idle slot-time went. "While work was queued" counts as
-        idle only the loop's own overhead: a slot is empty although a run could start."""
+    def closing_stats(self, status: str) -> dict:
+        """This loop's slot utilisation and where idle slot-time went, as data (kept per loop in
+        the campaign's ledger row under "closing"). "While work was queued" counts as idle only
+        the loop's own overhead: a slot is empty although a run could start."""
         r = self.runner
         busy = r.utilisation() * r.num_slots * (time.time() - r.created)
         idle = r.idle_breakdown()
-        queued = busy / max(1e-9, busy + idle.get(OVERHEAD, 0.0))
-        parts = ", ".join(f"{v:.0f} s {k}" for k, v in sorted(idle.items(), key=lambda kv: -kv[1]) if v >= 0.5) or "none"
         window = r.last_submit - r.created  # under a second: every run started at once, nothing to measure
-        until_last = f"{r.utilisation(until=r.last_submit):.1%}" if window >= 1 else "n/a"
-        return (f"closed {status}: slot utilisation {queued:.1%} of {r.num_slots} slot(s) while work was queued; "
-                f"{until_last} until the last run started, {r.utilisation():.1%} including the final drain; "
-                f"idle slot-time: {parts}; {time.time() - self.started:.0f} s")
+        return {"status": status, "slots": r.num_slots, "utilisation_queued": busy / max(1e-9, busy + idle.get(OVERHEAD, 0.0)),
+                "utilisation_until_last_start": r.utilisation(until=r.last_submit) if window >= 1 else None,
+                "utilisation": r.utilisation(), "idle_s": {k: round(v, 1) for k, v in idle.items()},
+                "seconds": round(time.time() - self.started, 1)}
 
     # ---- a. results and decisions ----------------------------------------------------------------------
 
@@ -330,7 +333,7 @@ class Campaign:
         """Paired re-tests: the incumbent must have run on every seed a candidate runs on."""
         if self.cfg.decision != "paired":
             return 0
-        return max((planned_seeds(e["status"]) for e in self.experiments() if not (e["change"] or {}).get("transfer_of")), default=0)
+        return max((planned_seeds(e) for e in self.experiments() if e["role"] != Role.TRANSFER), default=0)
 
     def collect_finished_on_disk(self) -> None:
         inc, _ = self.incumbent()
@@ -367,7 +370,7 @@ class Campaign:
             if self.budget_spent(extra=reserved + need - 1):
                 return
             reserved += need
-            self.ledger.set_experiment_status(exp["id"], f"running:{self.cfg.seeds}")
+            self.ledger.set_experiment_status(exp["id"], Phase.RUNNING, planned_seeds=self.cfg.seeds)
             self.ledger.add_note("re-opened: the run budget now has room for its replicates", author="campaign", experiment_id=exp["id"])
             self.log(f"{exp['id']}: promising screen re-opened, replicating on {self.cfg.seeds} seeds")
 
@@ -394,7 +397,7 @@ class Campaign:
         inc, _ = self.incumbent()
         if inc is not None and exp_id == inc["id"]:  # an extra incumbent seed for a paired re-test: candidates may be waiting on it
             for e in self.experiments():
-                if e["id"] != exp_id and planned_seeds(e["status"]):
+                if e["id"] != exp_id and planned_seeds(e):
                     self.maybe_decide(e["id"])
 
     def register(self, exp_id: str, run_dir: Path) -> None:
@@ -442,12 +445,12 @@ class Campaign:
         for job in self.runner.running():
             if job.key.rsplit("-s", 1)[0] == exp_id:
                 self.runner.stop(job.key)
-        if exp["status"] in ("decided", "rejected"):
+        if exp["status"] in (Phase.DECIDED, Phase.REJECTED):
             return
         self.ledger.record_decision("discard", decided_by=f"{DECIDER} (integrity check)", decider_type="strategy", experiment_id=exp_id,
                                     rationale=f"rejected by the lab: {reason}", evidence={"rejected": reason, "run": result.job.key,
                                                                                           "lab_score": verdict})
-        self.ledger.set_experiment_status(exp_id, "rejected")
+        self.ledger.set_experiment_status(exp_id, Phase.REJECTED)
         self.log(f"{exp_id}: REJECTED — {reason}")
         if self.proposals.get(exp_id) is not None:
             self.strategy.observe(self.proposals[exp_id], None)
@@ -461,7 +464,7 @@ class Campaign:
 
     def maybe_decide(self, exp_id: str, stopped_early: bool = False) -> None:
         exp = self.ledger.get_experiment(exp_id)
-        n = planned_seeds(exp["status"])
+        n = planned_seeds(exp)
         if n == 0:
             return
         results = self.results(exp_id)
@@ -472,12 +475,12 @@ class Campaign:
         values = [r["val_bpb"] for r in results.values() if r["status"] == "ok" and r["val_bpb"] is not None]
         evidence = {"runs": {s: r["run_id"] for s, r in results.items()}, "values": values}
         proposal = self.proposals.get(exp_id)
-        if (exp["change"] or {}).get("transfer_of"):  # one side of a transfer check
-            self.ledger.set_experiment_status(exp_id, "decided")
+        if exp["role"] == Role.TRANSFER:  # one side of a transfer check
+            self.ledger.set_experiment_status(exp_id, Phase.DECIDED)
             self.maybe_finish_transfer(exp["change"]["transfer_of"])
             return
-        if (exp["change"] or {}).get("confirm"):  # one run set of the confirmation phase
-            self.ledger.set_experiment_status(exp_id, "measured")
+        if exp["role"] in (Role.CONFIRMATION, Role.ABLATION):  # one run set of the confirmation phase
+            self.ledger.set_experiment_status(exp_id, Phase.MEASURED)
             self.maybe_record_claims()
             return
         base = self.baseline()
@@ -486,7 +489,7 @@ class Campaign:
             self.ledger.record_decision("keep", decided_by=DECIDER, decider_type="strategy", experiment_id=exp_id,
                                         rationale=f"baseline: mean {nf.get('mean', float('nan')):.4f}, seed std {nf['std'] or 0:.4f} over {nf['n']} seeds",
                                         evidence={**evidence, "noise_floor": nf})
-            self.ledger.set_experiment_status(exp_id, "decided")
+            self.ledger.set_experiment_status(exp_id, Phase.DECIDED)
             self.log(f"baseline {exp_id}: {nf}")
             return
         _, inc_values = self.incumbent()
@@ -526,7 +529,7 @@ class Campaign:
                 self.decide(exp, "inconclusive", f"screen {values[0]:.4f} was promising ({what} {ref:.4f}, seed std {std:.4f}) but "
                             f"the run budget has no room for {self.cfg.seeds - 1} replicates", evidence, proposal, told)
             elif values[0] <= bar:
-                self.ledger.set_experiment_status(exp_id, f"running:{self.cfg.seeds}")
+                self.ledger.set_experiment_status(exp_id, Phase.RUNNING, planned_seeds=self.cfg.seeds)
                 self.log(f"{exp_id}: screen {values[0]:.4f} vs {what} {ref:.4f} (seed std {std:.4f}): replicating")
             else:
                 margin = f" + {self.cfg.screen_margin:g} seed std ({std:.4f})" if self.cfg.screen_margin else ""
@@ -546,7 +549,7 @@ class Campaign:
             self.decide(exp, "keep", cmp.summary(), evidence, proposal, cmp.mean_candidate, cmp)
         elif (cmp.p_improvement < 0.2 and looks < self.cfg.max_looks
               and not self.budget_spent(extra=self.cfg.seeds + self.missing_incumbent_seeds(n + self.cfg.seeds) - 1)):
-            self.ledger.set_experiment_status(exp_id, f"running:{n + self.cfg.seeds}")
+            self.ledger.set_experiment_status(exp_id, Phase.RUNNING, planned_seeds=n + self.cfg.seeds)
             extra = self.missing_incumbent_seeds(n + self.cfg.seeds)
             self.log(f"{exp_id}: promising ({cmp.summary()}); {self.cfg.seeds} more seeds" + (f", and {extra} for the incumbent" if extra else ""))
         else:
@@ -563,7 +566,7 @@ class Campaign:
             return self.ledger.get_experiment(parent_id)
         for e in self.experiments():
             if e["id"] != exp["id"] and "recipe" in (e["change"] or {}) and e["change"]["recipe"] == exp["parent_recipe"] \
-                    and not (e["change"] or {}).get("confirm"):
+                    and e["role"] not in (Role.CONFIRMATION, Role.ABLATION):
                 return e
         return self.baseline()
 
@@ -579,7 +582,7 @@ class Campaign:
     def reference_seed(self, exp: dict) -> int:
         """The seed `exp`'s children are screened on: 0 for the baseline, else the seed given
         to it when it was adopted (fresh_reference), else the seed it was screened on."""
-        d = self.screen_decision(exp) if exp["proposer"] != "campaign" or (exp["change"] or {}).get("combines") else None
+        d = self.screen_decision(exp) if exp["role"] != Role.BASELINE else None
         return (d["evidence"].get("reference_seed", self.screen_seed(exp)) if d else self.screen_seed(exp))
 
     def told_value(self, exp: dict) -> float | None:
@@ -604,7 +607,7 @@ class Campaign:
         seed = self.screen_seed(exp)
         ref = self.values_by_seed(parent["id"]).get(seed)
         if ref is None:
-            if f"{parent['id']}-s{seed}" in self.failed_jobs or parent["status"] in ("rejected", "failed"):
+            if f"{parent['id']}-s{seed}" in self.failed_jobs or parent["status"] in (Phase.REJECTED, Phase.FAILED):
                 self.decide(exp, "discard", f"its parent {parent['id']} has no seed-{seed} result to compare with", evidence, proposal, None)
             return  # else the parent's reference run is still going: decided when it is in
         diff = value - ref
@@ -675,7 +678,7 @@ class Campaign:
             campaign_id=self.id, parent_recipe=incumbent.to_dict(),
             change={"values": values, "recipe": recipe.to_dict(), "diff": {k: list(v) for k, v in diff.items()}, "parent": adopted["id"],
                     "combines": [adopted["id"], other["id"]], "screen_seed": self.reference_seed(adopted),
-                    "seeds": [self.reference_seed(adopted)]}, status="queued")
+                    "seeds": [self.reference_seed(adopted)]}, status=Phase.QUEUED, role=Role.COMBINATION)
 
     def confirmation_seeds(self) -> list[int]:
         """The baseline's seeds that no screen ran on: the confirmation's fresh seeds (at least
@@ -693,7 +696,7 @@ class Campaign:
         final = set(policy.change_groups(self.base, self.final_recipe()))
         added = set()
         for e in self.experiments():
-            if (planned_seeds(e["status"]) == 1 and not (e["change"] or {}).get("confirm")) or (also and e["id"] == also["id"]):
+            if (planned_seeds(e) == 1 and e["role"] not in (Role.CONFIRMATION, Role.ABLATION)) or (also and e["id"] == also["id"]):
                 added |= set(policy.change_groups(self.base, self.recipe_of(e))) - final
         groups = len(final | added)
         return policy.confirmation_runs(groups, len(self.confirmation_seeds())) + (len(self.missing_baseline_seeds()) if groups else 0)
@@ -705,7 +708,7 @@ class Campaign:
         if inc is None:
             return []
         of = {inc["id"], (inc["change"] or {}).get("parent") if (inc["change"] or {}).get("pruned") else None}  # a pruned hand-back: its round
-        return [e for e in self.experiments() if (e["change"] or {}).get("confirm") and e["change"].get("of") in of]
+        return [e for e in self.experiments() if e["role"] in (Role.CONFIRMATION, Role.ABLATION) and e["change"].get("of") in of]
 
     def start_confirmation(self) -> None:
         """The final recipe and one leave-one-out ablation per changed key group, on the
@@ -732,7 +735,7 @@ class Campaign:
                                    campaign_id=self.id, parent_recipe=self.base.to_dict(),
                                    change={"confirm": "final", "of": inc["id"], "recipe": final.to_dict(), "seeds": seeds, "diff": diff,
                                            "groups": groups},
-                                   status=f"running:{len(seeds)}")
+                                   status=Phase.RUNNING, planned_seeds=len(seeds), role=Role.CONFIRMATION)
         for group, reverted in list(groups.items())[:room]:
             recipe = policy.without(final, reverted)
             self.ledger.add_experiment(f"ablation: the final recipe without its change of {group}", kind="config", proposer="campaign",
@@ -740,7 +743,7 @@ class Campaign:
                                        campaign_id=self.id, parent_recipe=final.to_dict(),
                                        change={"confirm": "ablation", "of": inc["id"], "group": group, "reverted": reverted, "recipe": recipe.to_dict(),
                                                "seeds": seeds, "diff": {k: list(v) for k, v in recipe_diff(final, recipe).items()}},
-                                       status=f"running:{len(seeds)}")
+                                       status=Phase.RUNNING, planned_seeds=len(seeds), role=Role.ABLATION)
         self.log(f"confirmation phase: the final recipe and {min(len(groups), room)} ablation(s) on seeds {seeds}")
 
     def maybe_record_claims(self) -> None:
@@ -748,7 +751,7 @@ class Campaign:
         the confirmation seeds with one noise estimate pooled over all of their runs; then
         the groups whose ablation scored better are dropped from the recipe handed back."""
         confirm = self.confirmation()
-        if not confirm or any(e["status"] != "measured" for e in confirm):
+        if not confirm or any(e["status"] != Phase.MEASURED for e in confirm):
             return
         base_id = self.baseline()["id"]
         if any(f"{base_id}-s{s}" not in self.failed_jobs for s in self.missing_baseline_seeds()):
@@ -782,7 +785,7 @@ class Campaign:
                                         evidence={"stage": "claim", "claim": "final" if e is final_exp else "ablation",
                                                   "comparison": cmp.to_dict() if cmp else None, "group": group,
                                                   "seeds": e["change"]["seeds"], "screen_noise_assumed": self.cfg.screen_noise})
-            self.ledger.set_experiment_status(e["id"], "decided")
+            self.ledger.set_experiment_status(e["id"], Phase.DECIDED)
             self.log(f"{e['id']}: {verdict} — {why}")
         adoptions = [(list((self.ledger.get_experiment(d["experiment_id"])["change"] or {}).get("diff") or {}), d["evidence"]["diff"])
                      for d in self.ledger.list_decisions(campaign_id=self.id)
@@ -803,7 +806,7 @@ class Campaign:
             proposer_type="strategy", rationale="leave-one-out on the confirmation seeds: the recipe scored better without these changes",
             campaign_id=self.id, parent_recipe=final.to_dict(),
             change={"values": values, "recipe": recipe.to_dict(), "parent": final_exp["change"]["of"], "pruned": list(reverted),
-                    "diff": {k: list(v) for k, v in recipe_diff(final, recipe).items()}}, status="decided")
+                    "diff": {k: list(v) for k, v in recipe_diff(final, recipe).items()}}, status=Phase.DECIDED, role=Role.PRUNED)
         self.ledger.record_decision("keep", decided_by=f"{DECIDER} (leave-one-out pruning)", decider_type="strategy", experiment_id=exp_id,
                                     rationale=f"dropped {names}: each scored better without it on seeds {final_exp['change']['seeds']} "
                                               "(effect = final - final without it). An adoption on the confirmation's evidence, not a claim",
@@ -827,13 +830,13 @@ class Campaign:
                                        parent_recipe=self.recipe_of(source).to_dict(),
                                        change={"transfer_of": exp["id"], "role": role, "small_scale": cmp.to_dict(),
                                                "recipe": recipe.to_dict(), "patch": (source["change"] or {}).get("patch")},
-                                       status=f"running:{self.cfg.seeds}")
-        self.ledger.set_experiment_status(exp["id"], "transfer")
+                                       status=Phase.RUNNING, planned_seeds=self.cfg.seeds, role=Role.TRANSFER)
+        self.ledger.set_experiment_status(exp["id"], Phase.TRANSFER)
         self.log(f"{exp['id']}: {cmp.summary()} — checking transfer at {', '.join(self.cfg.transfer)}")
 
     def maybe_finish_transfer(self, candidate_id: str) -> None:
-        sides = {e["change"]["role"]: e for e in self.experiments() if (e["change"] or {}).get("transfer_of") == candidate_id}
-        if len(sides) < 2 or any(e["status"] != "decided" for e in sides.values()):
+        sides = {e["change"]["role"]: e for e in self.experiments() if e["role"] == Role.TRANSFER and e["change"]["transfer_of"] == candidate_id}
+        if len(sides) < 2 or any(e["status"] != Phase.DECIDED for e in sides.values()):
             return
         exp = self.ledger.get_experiment(candidate_id)
         small = sides["candidate"]["change"]["small_scale"]
@@ -853,7 +856,7 @@ class Campaign:
                                     ci_low=cmp.ci_low if cmp and math.isfinite(cmp.ci_low) else None,
                                     ci_high=cmp.ci_high if cmp and math.isfinite(cmp.ci_high) else None,
                                     rationale=rationale, evidence=evidence)
-        self.ledger.set_experiment_status(exp["id"], "decided")
+        self.ledger.set_experiment_status(exp["id"], Phase.DECIDED)
         self.log(f"{exp['id']} ({exp['hypothesis'][:60]}): {verdict} — {rationale}")
         if proposal is not None:
             self.strategy.observe(proposal, value)
@@ -869,7 +872,7 @@ class Campaign:
         if not frac or inc is None:
             return
         ref = early_stop.rung_reference([early_stop.eval_curve(Path(r["run_dir"]), frac) for r in self.results(inc["id"]).values()])
-        exempt = {inc["id"]} | {e["id"] for e in self.experiments() if (e["change"] or {}).get("transfer_of")}  # other scale
+        exempt = {inc["id"]} | {e["id"] for e in self.experiments() if e["role"] == Role.TRANSFER}  # other scale
         for job in self.runner.running():
             if job.key.rsplit("-s", 1)[0] in exempt or self.runner.stopping(job.key):
                 continue
@@ -887,7 +890,7 @@ class Campaign:
             if self.runner.stopping(job.key) or exp_id in self.rung_stops:
                 continue
             exp = self.ledger.get_experiment(exp_id)
-            if planned_seeds(exp["status"]) != 1 or (exp["change"] or {}).get("confirm") or (exp["change"] or {}).get("transfer_of") \
+            if planned_seeds(exp) != 1 or exp["role"] in (Role.CONFIRMATION, Role.ABLATION, Role.TRANSFER) \
                     or int(seed) != self.screen_seed(exp):
                 continue
             value = early_stop.eval_curve(job.out_dir, frac).get(1)
@@ -935,12 +938,12 @@ class Campaign:
                 if key in running or seed in self.results(exp["id"]) or key in self.failed_jobs:
                     continue
                 return self.job(exp, seed)
-        if self.baseline() is None or (inc is None and self.baseline()["status"] == "decided"):
+        if self.baseline() is None or (inc is None and self.baseline()["status"] == Phase.DECIDED):
             self.idle_reason = "no baseline"  # a baseline that produced nothing: the campaign cannot compare
             return None
-        screening = sum(e["status"] == "running:1" for e in self.experiments())
+        screening = sum(planned_seeds(e) == 1 for e in self.experiments())
         if self.cfg.decision == "screen":  # the end of the budget belongs to the confirmation phase
-            if any(e["status"] != "decided" for e in self.confirmation()):
+            if any(e["status"] != Phase.DECIDED for e in self.confirmation()):
                 base = self.baseline()
                 for seed in self.missing_baseline_seeds():  # --seeds 2: the baseline's second confirmation seed
                     key = f"{base['id']}-s{seed}"
@@ -961,12 +964,12 @@ class Campaign:
         elif self.cfg.decision != "greedy" and self.budget_spent(extra=screening * (self.cfg.seeds - 1)):
             self.idle_reason = "reserved for replicates of screens in flight"
             return None  # keep room to replicate the screens in flight rather than start new ones
-        queued = sorted((e for e in self.experiments() if e["status"] == "queued"), key=lambda e: e["proposer"] != "campaign")  # combinations first
+        queued = sorted((e for e in self.experiments() if e["status"] == Phase.QUEUED), key=lambda e: e["role"] != Role.COMBINATION)  # combinations first
         for _ in range(3):  # a round whose proposals were all rejected: ask again, a bounded number of times
             if queued or self.strategy_disabled or self.quiet_at == self.num_decisions():
                 break
             asked = self.ask_strategy()
-            queued = [e for e in asked if e["status"] == "queued"]
+            queued = [e for e in asked if e["status"] == Phase.QUEUED]
             if not asked:
                 break
         if not queued and self.cfg.decision == "screen" and inc is not None and not screening and not self.confirmation():
@@ -974,7 +977,7 @@ class Campaign:
             if self.confirmation():
                 return self.next_job()
         if not queued:
-            waiting = any(e["status"] == "awaiting-approval" for e in self.experiments())
+            waiting = any(e["status"] == Phase.AWAITING_APPROVAL for e in self.experiments())
             self.idle_reason = "proposals awaiting approval" if waiting else f"strategy {self.strategy.name} proposed nothing new"
             return None
         exp = queued[0]
@@ -1005,7 +1008,7 @@ class Campaign:
             key = f"{inc['id']}-s{seed}"
             if seed not in self.results(inc["id"]) and key not in running and key not in self.failed_jobs:
                 return self.job(inc, seed)
-        self.ledger.set_experiment_status(exp["id"], "running:1")
+        self.ledger.set_experiment_status(exp["id"], Phase.RUNNING, planned_seeds=1)
         exp = self.ledger.get_experiment(exp["id"])
         return self.job(exp, self.seeds_of(exp)[0])
 
@@ -1116,7 +1119,7 @@ class Campaign:
         if self.cfg.decision == "screen":
             change["screen_seed"] = self.reference_seed(parent) if parent else policy.SCREEN_SEED
             change["seeds"] = [change["screen_seed"]]
-        status, error = "queued", None
+        status, error = Phase.QUEUED, None
         scratch = Path(tempfile.mkdtemp(prefix="patch-", dir=self.workdir)) if p.kind == "code" else None
         try:
             if p.kind == "data":  # a mixture and/or steps built into a derived corpus with the base's held-out data
@@ -1128,15 +1131,16 @@ class Campaign:
                 recipe = validate(CampaignView(self.base, incumbent, [], None, []), p)
             if p.kind == "code":  # apply it now: a patch that does not apply is rejected before it is queued
                 apply_patch(p.patch or "", scratch)
-                status = "awaiting-approval" if self.cfg.approve_code else status
+                status = Phase.AWAITING_APPROVAL if self.cfg.approve_code else status
             change["recipe"] = recipe.to_dict()
             change["diff"] = {k: list(v) for k, v in recipe_diff(incumbent, recipe).items()}
         except (ValueError, UserError) as e:  # PatchRejected is a ValueError
-            status, error = "rejected", str(e)
+            status, error = Phase.REJECTED, str(e)
         proposer_type = "strategy" if p.proposer in (self.strategy.name, "sweep") else "person"
         exp_id = self.ledger.add_experiment(p.hypothesis, kind=p.kind, proposer=p.proposer, proposer_type=proposer_type,
                                             model_id=p.model_id if proposer_type == "strategy" else None, rationale=p.rationale,
-                                            campaign_id=self.id, parent_recipe=incumbent.to_dict(), change=change, status=status)
+                                            campaign_id=self.id, parent_recipe=incumbent.to_dict(), change=change, status=status,
+                                            role=Role.SWEEP if p.proposer == "sweep" else Role.PROPOSAL if proposer_type == "strategy" else Role.SUGGESTION)
         if scratch is not None:
             if error:
                 shutil.rmtree(scratch)
@@ -1159,7 +1163,7 @@ class Campaign:
         out = []
         for e in self.experiments():
             d = decisions.get(e["id"])
-            if d is None or (e["change"] or {}).get("confirm"):  # confirmation runs are on other seeds than screens
+            if d is None or e["role"] in (Role.CONFIRMATION, Role.ABLATION):  # confirmation runs are on other seeds than screens
                 continue
             ev = d.get("evidence") or {}
             values = [ev["value_on_incumbent_scale"]] if ev.get("value_on_incumbent_scale") is not None else ev.get("values") or []
@@ -1171,6 +1175,20 @@ class Campaign:
                         "effect": d.get("effect"), "ci_low": d.get("ci_low"), "ci_high": d.get("ci_high"),
                         "rejected": (d.get("evidence") or {}).get("rejected")})
         return out
+
+
+def slots_text(c: dict) -> str:
+    """A loop's closing statistics (Campaign.closing_stats) in words: what `research status` shows."""
+    parts = ", ".join(f"{v:.0f} s {k}" for k, v in sorted(c["idle_s"].items(), key=lambda kv: -kv[1]) if v >= 0.5) or "none"
+    until_last = "n/a" if c["utilisation_until_last_start"] is None else f"{c['utilisation_until_last_start']:.1%}"
+    return (f"slot utilisation {c['utilisation_queued']:.1%} of {c['slots']} slot(s) while work was queued; "
+            f"{until_last} until the last run started, {c['utilisation']:.1%} including the final drain; "
+            f"idle slot-time: {parts}; {c['seconds']:.0f} s")
+
+
+def closing_note(c: dict) -> str:
+    """The note a loop leaves when it closes (the research log shows it)."""
+    return f"closed {c['status']}: {slots_text(c)}"
 
 
 def new_workdir(root: Path, campaign_id: str) -> Path:

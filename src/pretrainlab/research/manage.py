@@ -12,8 +12,9 @@ from dataclasses import asdict
 
 from ..workspace import workspace
 from ..errors import UserError
+from ..ledger.store import Phase, Role
 from ..runners import LocalRunner
-from .campaign import Campaign, CampaignConfig
+from .campaign import Campaign, CampaignConfig, slots_text
 from .strategies import STRATEGIES, Strategy
 
 
@@ -140,17 +141,18 @@ def status(campaign_id: str, db: str | None = None) -> dict:
         values = [r["val_bpb"] for r in runs if r["experiment_id"] == e["id"] and r["status"] == "ok" and r["val_bpb"] is not None]
         d = decisions.get(e["id"])
         board.append({"experiment": e["id"], "hypothesis": e["hypothesis"], "kind": e["kind"], "proposer": e["proposer"],
-                      "model_id": e["model_id"], "status": e["status"], "runs": len(values),
+                      "model_id": e["model_id"], "role": e["role"], "status": e["status"], "planned_seeds": e["planned_seeds"],
+                      "runs": len(values),
                       "mean_val_bpb": statistics.fmean(values) if values else None, "verdict": d["verdict"] if d else None,
                       "effect": d["effect"] if d else None, "ci": [d["ci_low"], d["ci_high"]] if d else None,
                       "change": (e["change"] or {}).get("diff")})
     kept = [b for b in board if b["verdict"] == "keep"]
-    closed = [n["text"] for n in ledger.list_notes(campaign_id=row["id"]) if n["author"] == "campaign" and n["text"].startswith("closed")]
+    closing = (row["config"].get("closing") or [None])[-1]  # as data: Campaign.closing_stats
     mixture = row["config"].get("kind") == "mixture"  # research/mixture_campaign.py: its plan, fit and claims under "mixture"
     out = {"campaign": row["id"], "name": row["name"], "status": row["status"], "goal": row["goal"],
            "runs": len(runs), "budget_runs": row["config"]["planned_runs"] if mixture else row["config"]["campaign"]["budget_runs"],
            "experiments": board, "incumbent": kept[-1] if kept else None, "baseline": None if mixture else board[0] if board else None,
-           "slots": closed[-1].split(": ", 1)[1] if closed else None,  # the last loop's utilisation and idle time
+           "closing": closing, "slots": slots_text(closing) if closing else None,  # the last loop's utilisation and idle time
            "llm_spend": row["config"].get("llm_spend"), "elapsed_s": row["config"].get("elapsed_s")}
     if mixture:
         from .mixture_campaign import summary
@@ -187,7 +189,8 @@ def suggest(campaign_id: str, hypothesis: str, overrides: list[str], author: str
         raise UserError(str(e)) from None
     change.update(recipe=recipe.to_dict(), diff={k: list(v) for k, v in recipe_diff(base, recipe).items()})
     return ledger.add_experiment(hypothesis, kind="data" if data_recipe else "config", proposer=author, proposer_type="person",
-                                 rationale=hypothesis, campaign_id=row["id"], parent_recipe=base.to_dict(), change=change, status="queued")
+                                 rationale=hypothesis, campaign_id=row["id"], parent_recipe=base.to_dict(), change=change,
+                                 status=Phase.QUEUED, role=Role.SUGGESTION)
 
 
 def review(experiment_id: str, approve: bool, author: str, reason: str | None = None, db: str | None = None) -> dict:
@@ -202,15 +205,15 @@ def review(experiment_id: str, approve: bool, author: str, reason: str | None = 
         raise UserError(f"no experiment {experiment_id!r}: see `pretrainlab research status CAMPAIGN` for ids")
     verdict = "keep" if approve else "discard"
     done = {"experiment": experiment_id, "action": "approve" if approve else "reject", "author": author, "reason": reason}
-    if exp["status"] == "awaiting-approval":
-        ledger.set_experiment_status(experiment_id, "queued" if approve else "rejected")
+    if exp["status"] == Phase.AWAITING_APPROVAL:
+        ledger.set_experiment_status(experiment_id, Phase.QUEUED if approve else Phase.REJECTED)
         if not approve:
             ledger.record_decision("discard", decided_by=author, experiment_id=experiment_id, rationale=reason or "rejected by a person")
-        return {**done, "status": "queued" if approve else "rejected", "decision": None if approve else "discard"}
-    if exp["status"] not in ("decided",):
+        return {**done, "status": (Phase.QUEUED if approve else Phase.REJECTED).value, "decision": None if approve else "discard"}
+    if exp["status"] != Phase.DECIDED:
         raise UserError(f"experiment {experiment_id} is {exp['status']}: approve/reject apply to experiments awaiting approval or decided")
     ledger.record_decision(verdict, decided_by=author, experiment_id=experiment_id, rationale=reason or f"{verdict} by a person")
-    return {**done, "status": "decided", "decision": verdict}
+    return {**done, "status": Phase.DECIDED.value, "decision": verdict}
 
 
 def find_campaign(ledger, ref: str) -> dict:

@@ -41,6 +41,7 @@ import numpy as np
 from ..config import Recipe, apply_overrides
 from ..errors import UserError
 from ..ledger.rundir import METRIC_COLUMNS, derived_run_id, read_run_dir
+from ..ledger.store import Phase, Role
 from ..recipes import estimate_params
 from ..runners import Job, JobResult, LocalRunner
 from ..rundir import read_json, read_summary
@@ -49,6 +50,8 @@ from . import mixture
 from .campaign import DECIDER
 from .config import MixtureConfig  # noqa: F401 (imported from here too)
 from .stats import IMPROVEMENT, REGRESSION, pooled_paired
+
+ROLES = {"proxy": Role.PROXY, "natural": Role.REFERENCE, "uniform": Role.REFERENCE, "recommended": Role.RECOMMENDED}  # arm -> ledger role
 
 PROPOSER = "mixture design"  # proxies and the recommendation are attributed to it (a strategy)
 KIND = "mixture"  # campaigns.config["kind"]: how `research status / resume` and `report` tell this campaign apart
@@ -260,7 +263,8 @@ class MixtureCampaign:
                   "diff": {"data.weights": [None, self.named(weights)],
                            **({k: [None, v] for k, v in self.transfer.items()} if scale == "transfer" else {})}, **(extra or {})}
         return self.ledger.add_experiment(hypothesis, kind="data", proposer=proposer, proposer_type="strategy", rationale=rationale,
-                                          campaign_id=self.id, parent_recipe=self.base.to_dict(), change=change, status="running")
+                                          campaign_id=self.id, parent_recipe=self.base.to_dict(), change=change, status=Phase.RUNNING,
+                                          planned_seeds=len(seeds), role=ROLES[role])
 
     def named(self, w: np.ndarray) -> dict[str, float]:
         return {d: round(float(v), 4) for d, v in zip(self.domains, w)}
@@ -314,7 +318,7 @@ class MixtureCampaign:
         the confirmation seeds, on the target and (in the evidence) on each domain."""
         arms = {role: self.arm(role, scale) for role in ROLES}
         rec = arms["recommended"]
-        if rec is None or rec["status"] == "decided" or not all(self.done(e) for e in arms.values()):
+        if rec is None or rec["status"] == Phase.DECIDED or not all(self.done(e) for e in arms.values()):
             return
         runs = {role: {s: v for s, v in self.values(e).items() if s in self.confirm_seeds()} for role, e in arms.items()}
         pairs = {ref: (ref, "recommended") for ref in ("natural", "uniform")}
@@ -341,7 +345,7 @@ class MixtureCampaign:
                                         ci_low=cmp.ci_low if ok and math.isfinite(cmp.ci_low) else None,
                                         ci_high=cmp.ci_high if ok and math.isfinite(cmp.ci_high) else None, rationale=why, evidence=evidence)
             self.log(f"{rec['id']} vs {ref} ({scale}): {verdict} — {why}")
-        self.ledger.set_experiment_status(rec["id"], "decided")
+        self.ledger.set_experiment_status(rec["id"], Phase.DECIDED)
 
     # ---- runs -----------------------------------------------------------------------------------------
 
@@ -411,8 +415,8 @@ class MixtureCampaign:
         value = mixture.target_value(read_json(self.score_path(result.job.key)) or {}, self.cfg.target)
         self.log(f"{result.job.key}: {result.status}" + (f" {self.cfg.target_label()} {value:.4f}" if value is not None else ""))
         exp = self.ledger.get_experiment(exp_id)
-        if exp["status"] == "running" and self.done(exp):
-            self.ledger.set_experiment_status(exp_id, "measured")
+        if exp["status"] == Phase.RUNNING and self.done(exp):
+            self.ledger.set_experiment_status(exp_id, Phase.MEASURED)
 
     def collect_finished_on_disk(self) -> None:
         for exp in self.experiments():
@@ -425,8 +429,8 @@ class MixtureCampaign:
                 if summary.get("status") in ("ok", "timeout") and not self.score_path(run_dir.name).exists():
                     continue  # trained but never scored: the runner scores it without training again
                 self.register(exp["id"], run_dir)
-            if exp["status"] == "running" and self.done(exp):
-                self.ledger.set_experiment_status(exp["id"], "measured")
+            if exp["status"] == Phase.RUNNING and self.done(exp):
+                self.ledger.set_experiment_status(exp["id"], Phase.MEASURED)
 
     def register(self, exp_id: str, run_dir: Path) -> None:
         """Record a run with the lab's score of it, never the figures the run wrote about itself."""

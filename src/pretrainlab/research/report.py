@@ -181,9 +181,11 @@ def render_report(record: dict, findings: dict[str, list[dict]] | None = None) -
     noise = noise_summary(record)
     if noise:
         out.append(f"<p>{esc(noise[0].upper() + noise[1:])}</p>")
-    closed = [n["text"] for n in record["notes"] if n["author"] == "campaign" and n["text"].startswith("closed")]
-    if closed:  # the last loop's slot utilisation and where idle slot-time went
-        out.append(f"<p>Slots: {esc(closed[-1].split(': ', 1)[1])}.</p>")
+    closing = (c.get("config") or {}).get("closing")
+    if closing:  # the last loop's slot utilisation and where idle slot-time went
+        from .campaign import slots_text
+
+        out.append(f"<p>Slots: {esc(slots_text(closing[-1]))}.</p>")
     out.append(svg_chart("val_bpb per decided experiment (mean over seeds)", "experiment (in decision order)", "val_bpb",
                          progress_series(record)))
     out += confirmation_section(record)
