@@ -10,7 +10,6 @@ import pytest
 
 from pretrainlab.errors import UserError
 from pretrainlab.ledger import Ledger
-from pretrainlab.research import campaign as campaign_module
 from pretrainlab.research import manage
 from pretrainlab.research.campaign import Campaign, CampaignConfig
 from pretrainlab.research.simulate import Landscape, SimulatedRunner
@@ -21,8 +20,8 @@ SANE_LR = ["optim.lr=0.01", "optim.muon_lr=0.03"]
 
 
 class Clock:
-    """One virtual timeline for every loop's runner and for the campaign's own clock (its
-    elapsed time, which --budget-hours caps, and the closing note's slot-time)."""
+    """One virtual timeline for every loop's runner; the campaign reads its clock through its
+    runner (its elapsed time, which --budget-hours caps, and the closing slot-time)."""
 
     now: float = 0.0
 
@@ -89,7 +88,6 @@ def sim(monkeypatch):
         return runner
 
     monkeypatch.setattr(manage, "LocalRunner", local_runner)
-    monkeypatch.setattr(campaign_module, "time", clock)  # the campaign's time.time(): elapsed_s and the closing note
     monkeypatch.setattr(Campaign, "record_hidden_test", lambda self: None)  # simulated runs have no weights to score
     return state
 

@@ -44,7 +44,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -113,7 +112,7 @@ class Campaign:
         self.strategy_disabled = False  # its spend cap is reached
         self.rung_stops: dict[str, dict] = {}  # screen policy: experiment id -> the rung comparison that stopped it
         self.unaffordable: set[str] = set()  # screen policy: queued experiments noted as not fitting the budget
-        self.started = time.time()
+        self.started = runner.time()  # the runner's clock: wall time, or the simulator's virtual time
         self.elapsed_before = float(row["config"].get("elapsed_s", 0.0))  # earlier loops of this campaign (resumes)
 
     # ---- 0. bookkeeping derived from the ledger --------------------------------------------------------
@@ -144,7 +143,7 @@ class Campaign:
 
     def elapsed(self) -> float:
         """Wall-clock seconds of all this campaign's loops so far (what --budget-hours caps)."""
-        return self.elapsed_before + time.time() - self.started
+        return self.elapsed_before + self.runner.time() - self.started
 
     def save_state(self) -> None:
         """Elapsed time and an LLM strategy's cumulative spend, kept in the campaign's ledger
@@ -319,13 +318,13 @@ class Campaign:
         the campaign's ledger row under "closing"). "While work was queued" counts as idle only
         the loop's own overhead: a slot is empty although a run could start."""
         r = self.runner
-        busy = r.utilisation() * r.num_slots * (time.time() - r.created)
+        busy = r.utilisation() * r.num_slots * (r.time() - r.created)
         idle = r.idle_breakdown()
         window = r.last_submit - r.created  # under a second: every run started at once, nothing to measure
         return {"status": status, "slots": r.num_slots, "utilisation_queued": busy / max(1e-9, busy + idle.get(OVERHEAD, 0.0)),
                 "utilisation_until_last_start": r.utilisation(until=r.last_submit) if window >= 1 else None,
                 "utilisation": r.utilisation(), "idle_s": {k: round(v, 1) for k, v in idle.items()},
-                "seconds": round(time.time() - self.started, 1)}
+                "seconds": round(r.time() - self.started, 1)}
 
     # ---- a. results and decisions ----------------------------------------------------------------------
 

@@ -193,6 +193,10 @@ class SimulatedRunner:
         self.idle: dict[str, float] = {}
         self.submitted: list[str] = []  # job keys in start order
 
+    def time(self) -> float:
+        """The virtual clock (LocalRunner.time's counterpart)."""
+        return self.now
+
     def free_slots(self) -> int:
         return self.num_slots - len(self._running)
 

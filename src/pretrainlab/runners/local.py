@@ -257,6 +257,11 @@ class LocalRunner:
         self._account(time.time())
         return dict(self.idle)
 
+    def time(self) -> float:
+        """The runner's clock (wall time here; virtual in the simulator): the campaign times its
+        loop, its budget and its slot accounting by it."""
+        return time.time()
+
     def utilisation(self, until: float | None = None) -> float:
         """Share of slot-time spent running jobs, from the runner's creation to `until`
         (default now; pass `last_submit` for "until the last job was started")."""
