@@ -644,9 +644,9 @@ def _print_leaderboard(status: dict) -> None:
         effect = "" if e["effect"] is None else f"{e['effect']:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci[0] is not None else "")
         short = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
         change = ", ".join(f"{k.split('.')[-1]} {short(a)}→{short(b)}" for k, (a, b) in (e["change"] or {}).items()) or \
-            ("(baseline)" if e["proposer"] == "campaign" else "")
+            (f"({e['role']})" if e.get("role") in ("baseline", "pruned") else "")
         who = f"{e['proposer']} ({e['model_id']})" if e["model_id"] else e["proposer"]
-        verdict = e["verdict"] or e["status"]
+        verdict = e["verdict"] or (f"running ({e['planned_seeds']} seeds)" if e["status"] == "running" and e.get("planned_seeds") else e["status"])
         table.add_row(e["experiment"], e["hypothesis"][:80], who, change[:120], str(e["runs"]), _fmt(e["mean_val_bpb"], ".4f"), effect,
                       f"[green]{verdict}[/green]" if verdict == "keep" else verdict)
     from rich.console import Console

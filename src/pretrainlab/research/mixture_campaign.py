@@ -51,7 +51,7 @@ from .campaign import DECIDER
 from .config import MixtureConfig  # noqa: F401 (imported from here too)
 from .stats import IMPROVEMENT, REGRESSION, pooled_paired
 
-ROLES = {"proxy": Role.PROXY, "natural": Role.REFERENCE, "uniform": Role.REFERENCE, "recommended": Role.RECOMMENDED}  # arm -> ledger role
+LEDGER_ROLES = {"proxy": Role.PROXY, "natural": Role.REFERENCE, "uniform": Role.REFERENCE, "recommended": Role.RECOMMENDED}  # arm -> ledger role
 
 PROPOSER = "mixture design"  # proxies and the recommendation are attributed to it (a strategy)
 KIND = "mixture"  # campaigns.config["kind"]: how `research status / resume` and `report` tell this campaign apart
@@ -264,7 +264,7 @@ class MixtureCampaign:
                            **({k: [None, v] for k, v in self.transfer.items()} if scale == "transfer" else {})}, **(extra or {})}
         return self.ledger.add_experiment(hypothesis, kind="data", proposer=proposer, proposer_type="strategy", rationale=rationale,
                                           campaign_id=self.id, parent_recipe=self.base.to_dict(), change=change, status=Phase.RUNNING,
-                                          planned_seeds=len(seeds), role=ROLES[role])
+                                          planned_seeds=len(seeds), role=LEDGER_ROLES[role])
 
     def named(self, w: np.ndarray) -> dict[str, float]:
         return {d: round(float(v), 4) for d, v in zip(self.domains, w)}
