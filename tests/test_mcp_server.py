@@ -314,5 +314,8 @@ def test_every_tool_is_a_cli_command_and_research_start_takes_its_flags():
     assert set(tools) == set(cli_of) and set(cli_of.values()) <= commands(build_parser())
     fields = {f.name for f in dataclasses.fields(CampaignConfig)}
     assert set(tools["research_start"].input_schema["properties"]) == fields - {"llm_base_url"} | {"name"}
+    # the tools that only read say so (a client may run those without asking); the rest change the ledger or write a file
+    assert {n for n, t in tools.items() if t.annotations.read_only_hint} == {n for n in cli_of if not n.startswith("research_")} | \
+        {"research_status", "research_log"}
     budget = tools["research_start"].input_schema["properties"]["budget_runs"]
     assert budget["default"] == CampaignConfig().budget_runs and budget["description"].startswith("training runs in total")

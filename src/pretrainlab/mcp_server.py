@@ -147,7 +147,7 @@ def build_server(db: str | None = None):
     from mcp.server.mcpserver.exceptions import ResourceError, ToolError
     from mcp.server.mcpserver.prompts.base import UserMessage
     from mcp.shared.exceptions import MCPError
-    from mcp_types import INVALID_PARAMS, EmbeddedResource, TextResourceContents
+    from mcp_types import INVALID_PARAMS, EmbeddedResource, TextResourceContents, ToolAnnotations
 
     server = MCPServer("pretrainlab", instructions=INSTRUCTIONS)
     arguments_of: dict[str, set[str]] = {}
@@ -187,6 +187,14 @@ def build_server(db: str | None = None):
         except UserError as e:
             raise MCPError(INVALID_PARAMS, str(e)) from None
 
+    def tool(read_only: bool = False):
+        """Register a tool: its docstring is its description; read_only marks the ones that only
+        read (a client may let those run without asking)."""
+        def register(fn):
+            annotations = ToolAnnotations(read_only_hint=read_only, destructive_hint=False, open_world_hint=False)
+            return server.tool(description=inspect.cleandoc(fn.__doc__), annotations=annotations)(fn)
+        return register
+
     # ---- tools: campaigns ---------------------------------------------------------------------
 
     def research_start(ctx: Context, name: str | None = None, **settings) -> dict:
@@ -204,21 +212,21 @@ def build_server(db: str | None = None):
         recipe, overrides = settings.pop("recipe"), settings.pop("overrides")
         return call(api.research_launch, recipe, overrides, author=client_author(ctx), name=name, db=db, **settings)
 
-    server.tool()(_with_campaign_settings(research_start))
+    tool()(_with_campaign_settings(research_start))
 
-    @server.tool()
+    @tool(read_only=True)
     def research_status(campaign: str | None = None) -> dict | list[dict]:
         """A campaign's status (running, stopping, stopped, done) and leaderboard: experiments with
         who proposed them, effect ± 95% CI and verdict; or every campaign when none is named."""
         return call(api.research_status, campaign, db=db)
 
-    @server.tool()
+    @tool(read_only=True)
     def research_log(campaign: str) -> str:
         """The campaign's research log in Markdown: every hypothesis, who proposed it and why,
         its runs, the decision and the statistics behind it."""
         return call(api.research_log, campaign, db=db)
 
-    @server.tool()
+    @tool()
     def research_report(campaign: str, out: str | None = None) -> dict:
         """Write the campaign's report (one self-contained HTML page: leaderboard, curves, claims,
         ablations) and return its path with the research log. out: an .html path inside the
@@ -228,7 +236,7 @@ def build_server(db: str | None = None):
         path = call(report_path, out, cid)
         return {"campaign": cid, "report": call(api.write_report, cid, Path(path), db=db), "log": record["markdown"]}
 
-    @server.tool()
+    @tool()
     def research_suggest(ctx: Context, campaign: str, hypothesis: str, overrides: list[str] | None = None,
                          data_recipe_toml: str | None = None) -> dict:
         """Queue an experiment in a campaign, recorded as this client's suggestion: config
@@ -243,19 +251,19 @@ def build_server(db: str | None = None):
             return {"experiment": call(api.research_suggest, campaign, hypothesis, list(overrides or []), author, db=db,
                                        data_recipe=str(path))}
 
-    @server.tool()
+    @tool()
     def research_approve(ctx: Context, experiment: str, reason: str | None = None) -> dict:
         """Approve an experiment: release one awaiting approval (a held code patch) to run, or
         overrule the loop's verdict on a decided one as keep. Recorded as this client's decision."""
         return call(api.research_review, experiment, True, client_author(ctx), reason, db=db)
 
-    @server.tool()
+    @tool()
     def research_reject(ctx: Context, experiment: str, reason: str | None = None) -> dict:
         """Reject an experiment: cancel one awaiting approval, or overrule the loop's verdict on a
         decided one as discard. Recorded as this client's decision, with the reason."""
         return call(api.research_review, experiment, False, client_author(ctx), reason, db=db)
 
-    @server.tool()
+    @tool()
     def research_stop(ctx: Context, campaign: str) -> dict:
         """Ask a running campaign to finish: its loop checkpoints the runs in flight and exits
         (status stopping, then stopped); `pretrainlab research resume` continues it."""
@@ -264,12 +272,12 @@ def build_server(db: str | None = None):
 
     # ---- tools: runs and data -----------------------------------------------------------------
 
-    @server.tool()
+    @tool(read_only=True)
     def list_recipes() -> list[dict]:
         """Every named recipe with its size, shape, tokenizer, batch and budget."""
         return call(api.list_recipes)
 
-    @server.tool()
+    @tool(read_only=True)
     def list_runs(status: str | None = None, recipe_filter: list[str] | None = None, campaign: str | None = None,
                   since: str | None = None, limit: int = 50) -> list[dict]:
         """Runs in the ledger, newest first. status: ok, diverged, crashed, timeout, preempted;
@@ -277,29 +285,29 @@ def build_server(db: str | None = None):
         ISO date or an age (30m, 12h, 3d)."""
         return call(api.list_runs, status=status, recipe=recipe_filter, campaign=campaign, since=since, limit=limit, db=db)
 
-    @server.tool()
+    @tool(read_only=True)
     def show_run(run: str) -> dict:
         """One run (id or directory): its recipe, summary, provenance, files, notes."""
         return call(api.show_run, run, db=db)
 
-    @server.tool()
+    @tool(read_only=True)
     def compare_runs(runs: list[str]) -> dict:
         """Recipe keys that differ and metric deltas against the first run."""
         return call(api.compare_runs, runs, db=db)
 
-    @server.tool()
+    @tool(read_only=True)
     def diagnose_run(run: str, baseline: str | None = None) -> dict:
         """The run doctor's findings (loss spikes, stalls, divergence, data problems, idle
         accelerators...) with cause, evidence and fix; optionally against a baseline run."""
         return call(lambda: api.diagnose_run(run, baseline, db=db).to_dict())
 
-    @server.tool()
+    @tool(read_only=True)
     def corpus_report(corpus: str | None = None, tokenizer: str = "byte") -> dict:
         """A prepared corpus's documents, tokens and bytes per domain and split (the builtin
         corpus when none is named), and for a derived corpus its build report per step."""
         return call(api.corpus_info, corpus, tokenizer)
 
-    @server.tool()
+    @tool(read_only=True)
     def data_why(corpus: str, document: str) -> dict:
         """Why a document is (not) in a derived corpus's training set: the step, rule and
         score that decided, or its near-duplicate cluster and the document kept."""
@@ -387,7 +395,8 @@ async def _serve_http(server, host: str, port: int, token: str | None) -> None:
     try:
         sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     except OSError as e:
-        raise UserError(f"cannot listen on {host}:{port} ({e.strerror}): choose another --port") from None
+        reason = os.strerror(e.errno) if e.errno else str(e)
+        raise UserError(f"cannot listen on {host}:{port} ({reason}): choose another --port or --host") from None
     bound = sock.getsockname()[1]  # --port 0: the one the system chose
     shown = f"[{host}]" if ":" in host else host
     print(f"pretrainlab mcp: serving http://{shown}:{bound}/mcp" + (" (bearer token required)" if token else ""),
