@@ -227,7 +227,8 @@ def test_a_real_campaign_started_over_http_and_watched_over_stdio(corpus_dir, le
             assert not result.is_error, _text(result)
             started = _data(result)
             environ = open(f"/proc/{started['pid']}/environ", "rb").read() if os.path.exists("/proc") else b""
-            return started, environ
+            status = _data(await client.call_tool("research_status", {"campaign": started["campaign"]}))
+            return started, environ, status
 
     async def watch(cid):
         async with _stdio(_env(workspace), client_info=DESKTOP) as client:
@@ -245,12 +246,13 @@ def test_a_real_campaign_started_over_http_and_watched_over_stdio(corpus_dir, le
             return status, runs, summary, log, report, rejected, review
 
     with _http_server(_env(workspace, PRETRAINLAB_MCP_TOKEN=TOKEN)) as (url, server_log):
-        started, environ = asyncio.run(start(url))
+        started, environ, running = asyncio.run(start(url))
     cid = started["campaign"]
     try:
         # it came back at once: the loop is running in its own process, recorded as started by the client
         assert started["status"] == "running" and started["started_by"] == "mcp:claude-code/1.2" and started["name"] == "over mcp"
         assert started["log"] == str(workspace.resolve() / "runs" / "campaigns" / cid / "loop.log")
+        assert running["status"] == "running" and running["loop"]["pid"] == started["pid"] and running["loop"]["alive"]
         if environ:  # the loop has the server's environment, less the server's own bearer token
             assert f"PRETRAINLAB_WORKSPACE={workspace.resolve()}".encode() in environ and TOKEN.encode() not in environ
         status, runs, summary, log, report, rejected, review = asyncio.run(watch(cid))
@@ -270,6 +272,30 @@ def test_a_real_campaign_started_over_http_and_watched_over_stdio(corpus_dir, le
     assert "**discard** by mcp:claude-desktop/0.9" in row["markdown"]
     assert "closed done" in open(started["log"]).read()  # the loop's own output, in the workspace
     assert all(TOKEN not in line and SECRET not in line for line in server_log)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="tells a zombie by /proc (Linux)")
+def test_research_status_tells_a_dead_loop_from_a_live_one():
+    """A campaign `running` whose loop process is gone (a crash, a kill) is not left for a
+    client to poll forever: status says whether the process that runs its loop is alive."""
+    import socket
+
+    from pretrainlab.research.manage import loop_state
+
+    here = socket.gethostname()
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()
+    unreaped = subprocess.Popen([sys.executable, "-c", "pass"])  # a zombie until waited for
+    deadline = time.monotonic() + 30
+    while open(f"/proc/{unreaped.pid}/stat").read().rpartition(")")[2].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert loop_state({"pid": os.getpid(), "host": here})["alive"] is True
+    assert loop_state({"pid": exited.pid, "host": here})["alive"] is False
+    assert loop_state({"pid": unreaped.pid, "host": here})["alive"] is False
+    assert loop_state({"pid": os.getpid(), "host": here + "-elsewhere"})["alive"] is None  # cannot tell from here
+    assert loop_state(None) is None
+    unreaped.wait()
 
 
 def test_http_off_loopback_wants_the_bearer_token(tmp_path):

@@ -357,16 +357,17 @@ def _when(text: str | None, flag: str, end: bool = False) -> str | None:
 
 
 def research_start(recipe: str = "tiny-cpu", overrides: list[str] | None = None, *, name: str | None = None,
-                   db: str | None = None, echo: bool = True, **options) -> str:
-    """Start a campaign (foreground) and return its id. `options` are CampaignConfig fields:
-    goal, budget_runs, budget_hours, run_budget, strategy, parallel, seeds, alpha, ..."""
+                   db: str | None = None, echo: bool = True, author: str | None = None, **options) -> str:
+    """Start a campaign (foreground) and return its id; `author`, who started it, is recorded.
+    `options` are CampaignConfig fields: goal, budget_runs, budget_hours, run_budget, strategy,
+    parallel, seeds, alpha, ..."""
     try:
         cfg = CampaignConfig(recipe=recipe, overrides=list(overrides or []), **options)
     except TypeError as e:
         raise UserError(f"research start: {e}") from None
     from .research import manage  # after the settings are checked: a bad flag is reported before the loop loads
 
-    return manage.start(cfg, name=name, db=db, echo=echo)
+    return manage.start(cfg, name=name, db=db, echo=echo, author=author)
 
 
 def research_mixture(recipe: str = "tiny-cpu", overrides: list[str] | None = None, *, name: str | None = None,

@@ -138,6 +138,7 @@ def _add_research_parser(sub) -> None:
     s = rsub.add_parser("start", help="start a campaign (runs in the foreground)")
     _config_flags(s, api.CampaignConfig)
     s.add_argument("--name", help="campaign name")
+    s.add_argument("--author", default=os.environ.get("USER") or "person", help="who starts it (recorded)")
     s.add_argument("--db", metavar="URL", help="ledger URL (default: env PRETRAINLAB_DB, else the workspace's)")
     s.add_argument("--json", action="store_true")
     for name, help_ in (("status", "a campaign's leaderboard (or every campaign)"), ("resume", "continue a campaign"),
@@ -504,7 +505,8 @@ def cmd_research(args) -> int:
     c = args.research_command
     if c == "start":
         options = _config_options(args, api.CampaignConfig)
-        cid = api.research_start(options.pop("recipe"), options.pop("overrides"), name=args.name, db=args.db, echo=True, **options)
+        cid = api.research_start(options.pop("recipe"), options.pop("overrides"), name=args.name, db=args.db, echo=True,
+                                 author=args.author, **options)
         return _campaign_done(cid, args)
     if c == "mixture":
         return _cmd_mixture(args)

@@ -217,7 +217,9 @@ def build_server(db: str | None = None):
     @tool(read_only=True)
     def research_status(campaign: str | None = None) -> dict | list[dict]:
         """A campaign's status (running, stopping, stopped, done) and leaderboard: experiments with
-        who proposed them, effect ± 95% CI and verdict; or every campaign when none is named."""
+        who proposed them, effect ± 95% CI and verdict; or every campaign when none is named.
+        loop: the process running it; alive false while the status is running means the loop
+        died (its log: runs/campaigns/ID/loop.log): `pretrainlab research resume ID` continues it."""
         return call(api.research_status, campaign, db=db)
 
     @tool(read_only=True)

@@ -9,12 +9,14 @@ a campaign runs.
 from __future__ import annotations
 
 import os
+import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 from ..workspace import workspace
 from ..errors import UserError
@@ -160,6 +162,8 @@ def _run(ledger, campaign_id: str, cfg: CampaignConfig, strategy: Strategy, echo
         strategy.context["campaign_id"] = campaign_id
     workdir = workspace() / "runs" / "campaigns" / campaign_id
     workdir.mkdir(parents=True, exist_ok=True)
+    row = ledger.get_campaign(campaign_id)  # which process runs the loop: `research status` tells a live loop from a dead one
+    ledger.set_campaign_config(campaign_id, {**row["config"], "loop": {"pid": os.getpid(), "host": socket.gethostname()}})
     runner = LocalRunner(cfg.parallel, gpus=cfg.gpus, log_dir=workdir / "logs")
     if not runner.sandbox.active:  # said loudly on stderr by Sandbox.detect; kept on the record too
         ledger.add_note(f"experiment processes of this loop are NOT sandboxed: {runner.sandbox.reason}; they run with a scrubbed "
@@ -207,12 +211,34 @@ def status(campaign_id: str, db: str | None = None) -> dict:
            "runs": len(runs), "budget_runs": row["config"]["planned_runs"] if mixture else row["config"]["campaign"]["budget_runs"],
            "experiments": board, "incumbent": kept[-1] if kept else None, "baseline": None if mixture else board[0] if board else None,
            "slots": closed[-1].split(": ", 1)[1] if closed else None,  # the last loop's utilisation and idle time
-           "llm_spend": row["config"].get("llm_spend"), "elapsed_s": row["config"].get("elapsed_s")}
+           "llm_spend": row["config"].get("llm_spend"), "elapsed_s": row["config"].get("elapsed_s"),
+           "loop": loop_state(row["config"].get("loop"))}
     if mixture:
         from .mixture_campaign import summary
 
         out["mixture"] = summary(ledger, row["id"])
     return out
+
+
+def loop_state(loop: dict | None) -> dict | None:
+    """The process that last ran the campaign's loop, with alive: whether it still runs (None
+    when it ran on another host). A campaign `running` whose loop is not alive has lost it
+    (a crash, a kill, a reboot): `research resume` continues it."""
+    if not loop:
+        return None
+    if loop["host"] != socket.gethostname():
+        return {**loop, "alive": None}
+    try:
+        os.kill(loop["pid"], 0)
+    except ProcessLookupError:
+        return {**loop, "alive": False}
+    except PermissionError:
+        pass  # another user's process: it exists
+    try:  # Linux: an exited process that nobody has reaped yet (a zombie) still answers kill(pid, 0)
+        zombie = Path(f"/proc/{loop['pid']}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except (OSError, IndexError):
+        zombie = False
+    return {**loop, "alive": not zombie}
 
 
 def suggest(campaign_id: str, hypothesis: str, overrides: list[str], author: str, db: str | None = None,
