@@ -8,7 +8,8 @@ from conftest import cli, set_args, tiny_overrides
 def test_research_cli_round_trip(corpus_dir, tmp_path):
     env = {"PRETRAINLAB_WORKSPACE": str(tmp_path)}
     res = cli("research", "start", "--recipe", "tiny-cpu", *set_args(tiny_overrides(corpus_dir)), "--run-budget", "8192tok",
-              "--budget-runs", "5", "--parallel", "2", "--seeds", "2", "--strategy", "random", "--decision", "paired", "--json", env_extra=env)
+              "--budget-runs", "5", "--parallel", "2", "--seeds", "2", "--strategy", "random", "--decision", "paired", "--author", "dana",
+              "--json", env_extra=env)
     assert res.returncode == 0, res.stderr[-3000:]
     status = json.loads(res.stdout)
     cid = status["campaign"]
@@ -23,6 +24,7 @@ def test_research_cli_round_trip(corpus_dir, tmp_path):
     assert "seed noise of the baseline: std" in log.stdout.lower() and "over 2 seeds" in log.stdout
     record = json.loads(cli("research", "log", cid, "--json", env_extra=env).stdout)  # --json: the same log, as data
     assert record["campaign"]["id"] == cid and record["markdown"].rstrip("\n") == log.stdout.rstrip("\n")
+    assert record["campaign"]["config"]["started_by"] == "dana" and f"{record['campaign']['created_at']} by dana." in log.stdout
     assert [r["seed"] for r in record["experiments"][0]["runs"]] == [0, 1]
 
     out = tmp_path / "report.html"

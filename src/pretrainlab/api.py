@@ -357,16 +357,17 @@ def _when(text: str | None, flag: str, end: bool = False) -> str | None:
 
 
 def research_start(recipe: str = "tiny-cpu", overrides: list[str] | None = None, *, name: str | None = None,
-                   db: str | None = None, echo: bool = True, **options) -> str:
-    """Start a campaign (foreground) and return its id. `options` are CampaignConfig fields:
-    goal, budget_runs, budget_hours, run_budget, strategy, parallel, seeds, alpha, ..."""
+                   db: str | None = None, echo: bool = True, author: str | None = None, **options) -> str:
+    """Start a campaign (foreground) and return its id; `author`, who started it, is recorded.
+    `options` are CampaignConfig fields: goal, budget_runs, budget_hours, run_budget, strategy,
+    parallel, seeds, alpha, ..."""
     try:
         cfg = CampaignConfig(recipe=recipe, overrides=list(overrides or []), **options)
     except TypeError as e:
         raise UserError(f"research start: {e}") from None
     from .research import manage  # after the settings are checked: a bad flag is reported before the loop loads
 
-    return manage.start(cfg, name=name, db=db, echo=echo)
+    return manage.start(cfg, name=name, db=db, echo=echo, author=author)
 
 
 def research_mixture(recipe: str = "tiny-cpu", overrides: list[str] | None = None, *, name: str | None = None,
@@ -401,10 +402,11 @@ def research_status(campaign: str | None = None, db: str | None = None) -> dict 
     return manage.status(campaign, db=db)
 
 
-def research_stop(campaign: str, db: str | None = None) -> None:
+def research_stop(campaign: str, db: str | None = None, author: str | None = None) -> None:
+    """Ask a running campaign to finish; with `author`, who asked is noted on its record."""
     from .research import manage
 
-    manage.stop(campaign, db=db)
+    manage.stop(campaign, db=db, author=author)
 
 
 def research_suggest(campaign: str, hypothesis: str, overrides: list[str], author: str, db: str | None = None,
@@ -479,3 +481,39 @@ def diagnose_run(run: str, baseline: str | None = None, db: str | None = None):
     from .doctor import diagnose
 
     return diagnose(_run_dir(run, db), baseline_dir=_run_dir(baseline, db) if baseline else None)
+
+
+# ---- for the MCP server (mcp_server.py): campaigns started in the background, corpora by name ----
+
+
+def research_launch(recipe: str = "tiny-cpu", overrides: list[str] | None = None, *, author: str, name: str | None = None,
+                    db: str | None = None, **options) -> dict:
+    """Start a campaign in a background process and return at once with its id to poll
+    (research_status): {campaign, name, status, started_by, pid, log}. The settings are
+    CampaignConfig's, checked before anything starts; `author` is recorded as who started it."""
+    try:
+        cfg = CampaignConfig(recipe=recipe, overrides=list(overrides or []), **options)
+    except TypeError as e:
+        raise UserError(f"research start: {e}") from None
+    from .research import manage
+
+    return manage.launch(cfg, author=author, name=name, db=db)
+
+
+def corpus_path(name: str) -> Path:
+    """A prepared corpus by name: a folder of the lab's corpus home ($PRETRAINLAB_HOME/corpus:
+    builtin-*, derived-*, ...), or "builtin" / "builtin-TOKENIZER" (builtin-bpe8192) for the
+    builtin corpus."""
+    from . import data
+
+    home = data.default_home() / "corpus"
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise UserError(f"corpus {name!r}: give the name of a folder in {home} (or 'builtin'), not a path")
+    if (home / name).is_dir():
+        return home / name
+    if name == "builtin" or name.startswith("builtin-"):
+        return data.builtin_corpus_dir(name.removeprefix("builtin").removeprefix("-") or "byte")
+    known = sorted(p.name for p in home.iterdir() if p.is_dir()) if home.is_dir() else []
+    raise UserError(f"no corpus {name!r} in {home}: " + (f"one of {', '.join(known)}" if known else
+                    "prepare one with `pretrainlab data prepare --builtin` or `pretrainlab data build RECIPE.toml`"))
+

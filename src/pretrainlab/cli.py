@@ -21,6 +21,7 @@
     pretrainlab research suggest CAMPAIGN "hypothesis" [--set k=v ...] [--data-recipe STEPS.toml] | approve EXP | reject EXP [--reason TEXT]
     pretrainlab report CAMPAIGN -o report.html
     pretrainlab doctor RUN [--baseline RUN] [--json]        (RUN = run dir or run id)
+    pretrainlab mcp [--db URL] [--http [--host 127.0.0.1] [--port 8765]]   # the MCP server: stdio, or streamable HTTP
 
 Bad input exits with code 2 and one line on stderr naming the problem and the fix.
 A finished run exits 0; a diverged run 3; a preempted (SIGTERM) run 75.
@@ -137,6 +138,7 @@ def _add_research_parser(sub) -> None:
     s = rsub.add_parser("start", help="start a campaign (runs in the foreground)")
     _config_flags(s, api.CampaignConfig)
     s.add_argument("--name", help="campaign name")
+    s.add_argument("--author", default=os.environ.get("USER") or "person", help="who starts it (recorded)")
     s.add_argument("--db", metavar="URL", help="ledger URL (default: env PRETRAINLAB_DB, else the workspace's)")
     s.add_argument("--json", action="store_true")
     for name, help_ in (("status", "a campaign's leaderboard (or every campaign)"), ("resume", "continue a campaign"),
@@ -175,8 +177,13 @@ def _add_research_parser(sub) -> None:
     rep.add_argument("-o", "--out", type=Path, default=Path("report.html"))
     rep.add_argument("--db", metavar="URL")
     rep.add_argument("--json", action="store_true", help="print {campaign, report} as JSON")
-    mcp = sub.add_parser("mcp", help="serve the lab to an MCP client (Claude Code: `claude mcp add pretrainlab -- pretrainlab mcp`) over stdio")
+    mcp = sub.add_parser("mcp", help="serve the lab to an MCP client (Claude Code: `claude mcp add pretrainlab -- pretrainlab mcp`) "
+                                     "over stdio, or over streamable HTTP with --http")
     mcp.add_argument("--db", metavar="URL", help="ledger URL (default: env PRETRAINLAB_DB, else the workspace's)")
+    mcp.add_argument("--http", action="store_true", help="serve streamable HTTP at http://HOST:PORT/mcp instead of stdio")
+    mcp.add_argument("--host", default="127.0.0.1", help="--http: the address to bind (default 127.0.0.1; any other address "
+                                                         "requires a bearer token: env PRETRAINLAB_MCP_TOKEN, else one printed at start)")
+    mcp.add_argument("--port", type=int, default=8765, help="--http: the port (default 8765; 0 = any free port, printed at start)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -498,7 +505,8 @@ def cmd_research(args) -> int:
     c = args.research_command
     if c == "start":
         options = _config_options(args, api.CampaignConfig)
-        cid = api.research_start(options.pop("recipe"), options.pop("overrides"), name=args.name, db=args.db, echo=True, **options)
+        cid = api.research_start(options.pop("recipe"), options.pop("overrides"), name=args.name, db=args.db, echo=True,
+                                 author=args.author, **options)
         return _campaign_done(cid, args)
     if c == "mixture":
         return _cmd_mixture(args)
@@ -671,7 +679,7 @@ def cmd_doctor(args) -> int:
 def cmd_mcp(args) -> int:
     from .mcp_server import serve  # the other face, launched from this one
 
-    serve(args.db)
+    serve(args.db, http=args.http, host=args.host, port=args.port)
     return 0
 
 

@@ -1,14 +1,22 @@
 """Campaign operations behind `pretrainlab research ...` (api.py re-exports them).
 
-start / resume run the loop in the foreground; status, log, stop, suggest, approve and
-reject only touch the ledger, so they work from another terminal while a campaign runs.
+start / resume run the loop in the foreground; launch starts it in a background process of
+its own and returns its id at once (the MCP server's research_start); status, log, stop,
+suggest, approve and reject only touch the ledger, so they work from another terminal while
+a campaign runs.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import statistics
+import subprocess
+import sys
+import threading
+import time
 from dataclasses import asdict
+from pathlib import Path
 
 from ..workspace import workspace
 from ..errors import UserError
@@ -63,16 +71,62 @@ def check_endpoint(strategy) -> None:
         pass  # it answers (some servers do not implement /models)
 
 
-def start(cfg: CampaignConfig, name: str | None = None, db: str | None = None, echo: bool = True) -> str:
+def start(cfg: CampaignConfig, name: str | None = None, db: str | None = None, echo: bool = True, author: str | None = None) -> str:
+    ledger, campaign_id, strategy = _create(cfg, name, db, echo, author)
+    _run(ledger, campaign_id, cfg, strategy, echo)
+    return campaign_id
+
+
+def _create(cfg: CampaignConfig, name: str | None, db: str | None, echo: bool, author: str | None):
+    """Check the settings (recipe, overrides, budget, strategy and its LLM endpoint) and record
+    the campaign; `author`, who started it, goes into its config as started_by."""
     from ..ledger import Ledger
 
     base = cfg.base_recipe()  # bad recipe / overrides / budget -> UserError now
     ledger = Ledger(db)
     strategy = make_strategy(cfg, ledger, None, echo)
+    config = {"campaign": asdict(cfg), "base_recipe": base.to_dict(), **({"started_by": author} if author else {})}
     campaign_id = ledger.create_campaign(name or f"{base.name} {cfg.strategy}", goal=f"lowest {cfg.goal} per run budget {cfg.run_budget}",
-                                         config={"campaign": asdict(cfg), "base_recipe": base.to_dict()})
-    _run(ledger, campaign_id, cfg, strategy, echo)
-    return campaign_id
+                                         config=config)
+    return ledger, campaign_id, strategy
+
+
+LAUNCH_WAIT_S = 60.0  # launch returns when the loop has recorded its baseline, or after this long with the loop still starting
+
+
+def launch(cfg: CampaignConfig, author: str, name: str | None = None, db: str | None = None, wait_s: float = LAUNCH_WAIT_S) -> dict:
+    """Start a campaign whose loop runs in a background process of its own and return at once.
+
+    The settings are checked here, so a bad recipe or flag is an error now, not a dead
+    process later. The loop is `pretrainlab research resume ID`, detached (its own session,
+    no stdin, output to runs/campaigns/ID/loop.log): it outlives the caller, it has the
+    environment the caller has, as a `research start` typed in the caller's shell would, and
+    `research status` / `stop` / `resume` handle it like any other campaign. Returns when the
+    loop has recorded its baseline experiment (or `wait_s` passed with the loop still alive):
+    {campaign, name, status, started_by, pid, log}. A loop that dies at start is an error
+    with its last line, and the campaign is left `stopped` for `research resume`."""
+    ledger, campaign_id, _ = _create(cfg, name, db, False, author)
+    root = workspace().absolute()
+    log = root / "runs" / "campaigns" / campaign_id / "loop.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PRETRAINLAB_WORKSPACE": str(root), "PYTHONUNBUFFERED": "1", **({"PRETRAINLAB_DB": db} if db else {})}
+    with open(log, "ab") as out:  # the ledger URL travels in the environment, not on a command line others can read
+        proc = subprocess.Popen([sys.executable, "-m", "pretrainlab", "research", "resume", campaign_id], stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    ledger.add_note(f"started by {author}: its loop runs in a background process (pid {proc.pid}), log {log}", author=author,
+                    campaign_id=campaign_id)
+    deadline = time.monotonic() + wait_s
+    while not ledger.list_experiments(campaign_id) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if proc.poll() not in (None, 0):
+        last = next((line for line in reversed(log.read_text(errors="replace").splitlines()) if line.strip()), "no output")
+        ledger.set_campaign_status(campaign_id, "stopped")
+        ledger.add_note(f"its loop exited at start: {last}", author="campaign", campaign_id=campaign_id)
+        raise UserError(f"campaign {campaign_id}: its loop exited at start: {last} (log {log}); "
+                        f"`pretrainlab research resume {campaign_id}` retries")
+    threading.Thread(target=proc.wait, daemon=True).start()  # reap it when it ends, so no zombie stays behind
+    row = ledger.get_campaign(campaign_id)
+    return {"campaign": campaign_id, "name": row["name"], "status": row["status"], "started_by": author, "pid": proc.pid, "log": str(log)}
 
 
 def resume(campaign_id: str, db: str | None = None, echo: bool = True, author: str = "person", **changes) -> str:
@@ -109,6 +163,8 @@ def _run(ledger, campaign_id: str, cfg: CampaignConfig, strategy: Strategy, echo
         strategy.context["campaign_id"] = campaign_id
     workdir = workspace() / "runs" / "campaigns" / campaign_id
     workdir.mkdir(parents=True, exist_ok=True)
+    row = ledger.get_campaign(campaign_id)  # which process runs the loop: `research status` tells a live loop from a dead one
+    ledger.set_campaign_config(campaign_id, {**row["config"], "loop": {"pid": os.getpid(), "host": socket.gethostname()}})
     runner = LocalRunner(cfg.parallel, gpus=cfg.gpus, log_dir=workdir / "logs")
     if not runner.sandbox.active:  # said loudly on stderr by Sandbox.detect; kept on the record too
         ledger.add_note(f"experiment processes of this loop are NOT sandboxed: {runner.sandbox.reason}; they run with a scrubbed "
@@ -121,11 +177,15 @@ def _run(ledger, campaign_id: str, cfg: CampaignConfig, strategy: Strategy, echo
         raise
 
 
-def stop(campaign_id: str, db: str | None = None) -> None:
+def stop(campaign_id: str, db: str | None = None, author: str | None = None) -> None:
+    """Ask the campaign's loop to finish; with `author`, who asked goes on its record as a note."""
     from ..ledger import Ledger
 
     ledger = Ledger(db)
-    ledger.set_campaign_status(find_campaign(ledger, campaign_id)["id"], "stopping")
+    row = find_campaign(ledger, campaign_id)
+    ledger.set_campaign_status(row["id"], "stopping")
+    if author:
+        ledger.add_note("stop requested", author=author, campaign_id=row["id"])
 
 
 def status(campaign_id: str, db: str | None = None) -> dict:
@@ -153,12 +213,34 @@ def status(campaign_id: str, db: str | None = None) -> dict:
            "runs": len(runs), "budget_runs": row["config"]["planned_runs"] if mixture else row["config"]["campaign"]["budget_runs"],
            "experiments": board, "incumbent": kept[-1] if kept else None, "baseline": None if mixture else board[0] if board else None,
            "closing": closing, "slots": slots_text(closing) if closing else None,  # the last loop's utilisation and idle time
-           "llm_spend": row["config"].get("llm_spend"), "elapsed_s": row["config"].get("elapsed_s")}
+           "llm_spend": row["config"].get("llm_spend"), "elapsed_s": row["config"].get("elapsed_s"),
+           "loop": loop_state(row["config"].get("loop"))}
     if mixture:
         from .mixture_campaign import summary
 
         out["mixture"] = summary(ledger, row["id"])
     return out
+
+
+def loop_state(loop: dict | None) -> dict | None:
+    """The process that last ran the campaign's loop, with alive: whether it still runs (None
+    when it ran on another host). A campaign `running` whose loop is not alive has lost it
+    (a crash, a kill, a reboot): `research resume` continues it."""
+    if not loop:
+        return None
+    if loop["host"] != socket.gethostname():
+        return {**loop, "alive": None}
+    try:
+        os.kill(loop["pid"], 0)
+    except ProcessLookupError:
+        return {**loop, "alive": False}
+    except PermissionError:
+        pass  # another user's process: it exists
+    try:  # Linux: an exited process that nobody has reaped yet (a zombie) still answers kill(pid, 0)
+        zombie = Path(f"/proc/{loop['pid']}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except (OSError, IndexError):
+        zombie = False
+    return {**loop, "alive": not zombie}
 
 
 def suggest(campaign_id: str, hypothesis: str, overrides: list[str], author: str, db: str | None = None,

@@ -65,7 +65,8 @@ def _change(e: dict) -> str:
 
 def research_log(record: dict) -> str:
     c = record["campaign"]
-    lines = [f"# Research log: {c['name']} ({c['id']})", "", f"Goal: {c['goal']}. Status: {c['status']}. Started {c['created_at']}.", ""]
+    by = f" by {c['config']['started_by']}" if (c.get("config") or {}).get("started_by") else ""
+    lines = [f"# Research log: {c['name']} ({c['id']})", "", f"Goal: {c['goal']}. Status: {c['status']}. Started {c['created_at']}{by}.", ""]
     noise = noise_summary(record)
     if noise:
         lines += [noise[0].upper() + noise[1:], ""]
