@@ -60,7 +60,7 @@ def test_stop_then_resume(corpus_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("PRETRAINLAB_DB", raising=False)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("ANTHROPIC_API_KEY", None)
-    cfg = dict(recipe="tiny-cpu", overrides=tiny_overrides(corpus_dir, **{"train.ckpt_every": 5}), run_budget="204800tok",
+    cfg = dict(recipe="tiny-cpu", overrides=tiny_overrides(corpus_dir, **{"train.ckpt_every": 10}), run_budget="81920tok",
                budget_runs=4, parallel=2, seeds=2, strategy="random", early_stop=False, decision="paired")
     code = ("import json, sys; from pretrainlab.research import manage; from pretrainlab.research.campaign import CampaignConfig; "
             "manage.start(CampaignConfig(**json.loads(sys.argv[1])), echo=False)")
