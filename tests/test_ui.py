@@ -9,13 +9,12 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("fastapi", reason="the dashboard's extra: pip install 'pretrainlab[ui]'")
 from fastapi.testclient import TestClient  # noqa: E402
-from ui_lab import FAKE_KEY, PATCH, XSS, build_lab, free_port  # noqa: E402
+from ui_lab import FAKE_KEY, PATCH, build_lab, free_port  # noqa: E402
 
 from pretrainlab import api  # noqa: E402
 from pretrainlab.ledger import Ledger  # noqa: E402
@@ -86,8 +85,9 @@ def test_every_page_renders(client, lab):
     assert len(metrics["train"]["step"]) == 40 and metrics["train"]["loss"][0] > metrics["train"]["loss"][-1]
     assert set(metrics["train"]["domain_loss"]) == {"code", "docs"} and metrics["finished"] and len(metrics["eval"]) == 2
     assert "checks ran" in client.get(f"/runs/{lab['runs'][0]}/doctor").text
-    compare = client.get(f"/compare?runs={lab['runs'][0]},{lab['runs'][1]}").text
-    assert "val_bpb" in compare and '"page": "compare"' in compare
+    for url in (f"/compare?runs={lab['runs'][0]},{lab['runs'][1]}", f"/compare?runs={lab['runs'][0]}&runs={lab['runs'][1]}"):
+        compare = client.get(url).text
+        assert "val_bpb" in compare and '"page": "compare"' in compare and lab["runs"][1] in compare, url
     corpus = client.get("/corpora/sample").text
     assert "code" in corpus and "val" in corpus and "bytes/token" in corpus
     waiting = client.get("/decisions").text
@@ -214,7 +214,7 @@ def test_beyond_loopback_every_request_needs_the_token(lab):
     assert anon.get("/?token=wrong").status_code == 401
     assert anon.post(f"/runs/{lab['runs'][0]}/notes", data={"text": "x"}).status_code == 401
 
-    r = anon.get(f"/decisions?verdict=keep&token=s3cret-token")
+    r = anon.get("/decisions?verdict=keep&token=s3cret-token")
     assert r.status_code == 303 and r.headers["location"] == "/decisions?verdict=keep"  # the token leaves the address bar
     assert "pretrainlab_token=s3cret-token" in r.headers["set-cookie"] and "HttpOnly" in r.headers["set-cookie"]
     assert anon.get("/decisions").status_code == 200  # the cookie carries it now

@@ -68,9 +68,10 @@ def _check_port(host: str, port: int) -> None:
 
 
 def _require() -> None:
-    try:
-        import fastapi  # noqa: F401
-        import jinja2  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError:
-        raise UserError(INSTALL) from None
+    import importlib
+
+    for name in ("fastapi", "jinja2", "uvicorn"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            raise UserError(INSTALL) from None

@@ -274,8 +274,9 @@ def create_app(db: str | None = None, author: str = "person", token: str | None 
         return _back(form, f"/runs/{rid}", name)
 
     @app.get("/compare", response_class=HTMLResponse)
-    def compare(request: Request, runs: str = ""):
-        ids = [r.strip() for r in re.split(r"[,\s]+", runs) if r.strip()][:MAX_COMPARE]
+    def compare(request: Request):
+        given = ",".join(request.query_params.getlist("runs"))  # ?runs=A,B or ?runs=A&runs=B (the runs page's checkboxes)
+        ids = list(dict.fromkeys(r for r in re.split(r"[,\s]+", given) if r))[:MAX_COMPARE]
         if len(ids) < 2:
             return page(request, "compare.html", result=None, ids=ids, message="pick two or more runs: /compare?runs=RUN_A,RUN_B")
         result = api.compare_runs([_check_id(r, "run") for r in ids], db=db)

@@ -90,7 +90,9 @@
       el.className = "chart-card";
       el.id = "chart-" + c.id;
       host.appendChild(el);
-      charts[c.id] = PL.chart(el, {title: c.title, yLabel: c.y, height: 230});
+      charts[c.id] = PL.chart(el, {title: c.title, yLabel: c.y, height: 230, onZoom: (range) => {
+        for (const other of Object.values(charts)) if (other !== charts[c.id]) other.setXRange(range);  // one x range for all curves
+      }});
     }
     const fill = (xKeyNow) => {
       const xLabel = xKeyNow === "tokens" ? "tokens" : "step";

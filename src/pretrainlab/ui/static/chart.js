@@ -1,6 +1,7 @@
 /* pretrainlab's charts: SVG line, step, point and bar series on shared axes, with
    drag-to-zoom (a wide drag zooms x, a box zooms x and y), double-click or "reset" to zoom
    out, log axes, a legend that hides series, and a hover read-out. No dependencies.
+   opts.onZoom(range or null) is called when the reader zooms, so pages can link charts.
 
      const c = PL.chart(element, {title: "loss", xLabel: "step", yLabel: "nats/token", logX: false});
      c.setData([{name: "run a", color: "#3b6fd8", kind: "line", points: [[1, 5.5], [2, 5.1]]}]);
@@ -120,7 +121,10 @@
       this.render();
     }
 
-    resetZoom() { this.zoom = null; this.render(); }
+    resetZoom() { this.zoom = null; this.render(); if (this.opts.onZoom) this.opts.onZoom(null); }
+
+    // follow another chart's x range (linked charts); y fits what is in view
+    setXRange(range) { this.zoom = range ? {x0: range.x0, x1: range.x1} : null; this.render(); }
 
     drawLegend() {
       this.legend.textContent = "";
@@ -311,6 +315,7 @@
         this.zoom = zoom;
         this.unhover();
         this.render();
+        if (this.opts.onZoom) this.opts.onZoom(zoom);
       });
       svg.addEventListener("dblclick", () => this.resetZoom());
       svg.addEventListener("mouseleave", () => this.unhover());
