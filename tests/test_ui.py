@@ -112,6 +112,46 @@ def test_a_bad_id_is_a_404_with_one_line(client, url):
     assert message.strip() and "\n" not in message.strip()
 
 
+def test_a_bad_query_value_is_a_400_with_one_line(client):
+    r = client.get("/runs?limit=many")
+    assert r.status_code == 400 and "limit: not a valid value" in r.text and "Traceback" not in r.text
+    r = client.get("/runs?status=fine")
+    assert r.status_code == 400 and "unknown run status &#39;fine&#39;" in r.text
+
+
+def test_a_run_being_written_shows_live(client, lab):
+    """A run of the campaign's loop with no summary.json yet: listed on the campaign page, drawn
+    on the timeline, and its curves read as far as they go (the last line cut mid-write)."""
+    run_dir = api.workspace() / "runs" / "campaigns" / lab["campaign"] / f"{lab['suggested']}-s0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "recipe.json").write_text(json.dumps({"name": "tiny-cpu", "seed": 0}))
+    rows = [{"type": "train", "step": s, "tokens": 64 * s, "loss": 5.0 - 0.1 * s, "lr": 0.01} for s in range(1, 6)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"type": "train", "st')
+    key = run_dir.name
+    page = client.get(f"/campaigns/{lab['campaign']}").text
+    assert f"/campaigns/{lab['campaign']}/live/{key}" in page and "4.5000" in page  # its last loss
+    live = client.get(f"/campaigns/{lab['campaign']}/live.json").json()
+    assert key in live["inflight"] and any(b["status"] == "live" for b in live["timeline"]["bars"])
+    assert client.get(f"/campaigns/{lab['campaign']}/live/{key}").status_code == 200
+    metrics = client.get(f"/campaigns/{lab['campaign']}/live/{key}/metrics.json").json()
+    assert metrics["train"]["step"] == [1, 2, 3, 4, 5] and metrics["torn"] and not metrics["finished"]
+    (run_dir / "summary.json").write_text(json.dumps({"status": "ok", "val_bpb": 3.7}))
+    r = client.get(f"/campaigns/{lab['campaign']}/live/{key}")
+    assert r.status_code == 404 and "is not being written now" in r.text  # finished: the campaign page has it once registered
+
+
+def test_a_mixture_campaign_shows_its_recommendation(tmp_path, monkeypatch):
+    from pretrainlab.research.config import MixtureConfig
+    from pretrainlab.research.simulate import MixtureLandscape, simulate_mixture
+
+    cfg = MixtureConfig(recipe="tiny-cpu", proxies=6, run_budget="8192tok", confirm_seeds=2, parallel=2)
+    result = simulate_mixture(cfg, MixtureLandscape(), tmp_path)
+    client = TestClient(create_app(db=str(tmp_path / "ledger.db")), base_url=BASE)
+    page = client.get(f"/campaigns/{result['campaign_id']}").text
+    assert "Mixture search" in page and "recommended weight" in page and "literature" in page
+    assert client.get(f"/campaigns/{result['campaign_id']}/live.json").status_code == 200
+
+
 def test_an_empty_workspace_shows_empty_pages(tmp_path, monkeypatch):
     monkeypatch.setenv("PRETRAINLAB_HOME", str(tmp_path / "home"))
     client = TestClient(create_app(db=str(tmp_path / "none.db")), base_url=BASE)

@@ -34,6 +34,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -125,6 +126,11 @@ def create_app(db: str | None = None, author: str = "person", token: str | None 
     def http_error(request: Request, exc: StarletteHTTPException):
         message = "no such page" if exc.status_code == 404 else str(exc.detail)
         return page(request, "error.html", exc.status_code, title=f"Error {exc.status_code}", message=message)
+
+    @app.exception_handler(RequestValidationError)
+    def bad_request(request: Request, exc: RequestValidationError):
+        where = ", ".join(str(e["loc"][-1]) for e in exc.errors()) or "the request"
+        return page(request, "error.html", 400, title="Bad request", message=f"{where}: not a valid value")
 
     @app.exception_handler(UserError)
     def user_error(request: Request, exc: UserError):  # the api's one-line message: an unknown id, a bad filter, an empty note
