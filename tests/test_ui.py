@@ -135,9 +135,17 @@ def test_a_run_being_written_shows_live(client, lab):
     assert client.get(f"/campaigns/{lab['campaign']}/live/{key}").status_code == 200
     metrics = client.get(f"/campaigns/{lab['campaign']}/live/{key}/metrics.json").json()
     assert metrics["train"]["step"] == [1, 2, 3, 4, 5] and metrics["torn"] and not metrics["finished"]
+    news = client.get(f"/campaigns/{lab['campaign']}/live/{key}/metrics.json?after=3").json()  # what a polling page asks for
+    assert news["train"]["step"] == [4, 5] and news["train"]["loss"] == [4.6, 4.5]
     (run_dir / "summary.json").write_text(json.dumps({"status": "ok", "val_bpb": 3.7}))
+    assert key not in client.get(f"/campaigns/{lab['campaign']}/live.json").json()["inflight"]
+    assert client.get(f"/campaigns/{lab['campaign']}/live/{key}/metrics.json").json()["finished"]  # an open page learns it ended
+    assert client.get(f"/campaigns/{lab['campaign']}/live/{key}").status_code == 200  # ended, not registered yet
+    run_id = api.register_run(run_dir, db=lab["db"])["run_id"]
+    with Ledger(lab["db"]) as lg:
+        lg.link_run(run_id, campaign_id=lab["campaign"], experiment_id=lab["suggested"])
     r = client.get(f"/campaigns/{lab['campaign']}/live/{key}")
-    assert r.status_code == 404 and "is not being written now" in r.text  # finished: the campaign page has it once registered
+    assert r.status_code == 303 and r.headers["location"] == f"/runs/{run_id}"  # registered: its page in the ledger
 
 
 def test_a_mixture_campaign_shows_its_recommendation(tmp_path, monkeypatch):

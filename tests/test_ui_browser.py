@@ -187,20 +187,40 @@ def test_run_curves_zoom_and_reset(lab, page):
     no_secret(page)
 
 
-def test_every_page_in_the_browser(lab, page):
-    """Each page loads, runs its script without error, shows no key, and runs no ledger markup."""
-    runs = lab["runs"]
-    pages = {"campaigns": "/", "campaign": f"/campaigns/{lab['campaign']}", "experiment-patch": f"/experiments/{lab['patch_experiment']}",
-             "experiment": f"/experiments/{lab['decided']}", "runs": "/runs", "run": f"/runs/{runs[0]}",
-             "compare": f"/compare?runs={runs[0]},{runs[1]}", "decisions-all": "/decisions", "corpora": "/corpora",
-             "corpus": "/corpora/sample", "not-found": "/runs/nosuchrun"}
-    for name, url in pages.items():
-        response = page.goto(lab["url"] + url)
-        page.wait_for_load_state("networkidle")
-        assert response.status == (404 if name == "not-found" else 200), name
-        assert page.evaluate("window.__xss") is None, name
-        no_secret(page)
-        shot(page, name)
+def test_every_page_while_a_campaign_runs(lab, page):
+    """Each page loads while a campaign runs, runs its script without error, shows no key, and
+    runs no ledger markup; a run being written draws its curves as they grow."""
+    cid = new_campaign(lab["db"], "background sweep", campaign_config(budget_runs=60))
+    thread = start_campaign_thread(lab["db"], cid, campaign_workdir(cid), run_s=2.0)
+    try:
+        deadline = time.time() + 30
+        while not (live := api.live_runs(cid, db=lab["db"])):
+            assert time.time() < deadline and thread.is_alive(), "no run was started"
+            time.sleep(0.05)
+        page.goto(f"{lab['url']}/campaigns/{cid}/live/{live[0]['key']}")
+        page.wait_for_selector("#chart-loss path.plc-line")
+        assert page.text_content("h1 .badge") in ("being written", "ended, not registered yet")
+        shot(page, "run-live")
+        page.evaluate("window.__sameDocument = true")
+        wait_until(page, "document.getElementById('curve-state').textContent.startsWith('40 steps')")  # grown to its end
+        assert page.evaluate("window.__sameDocument") is True  # in place, without a reload
+        runs = lab["runs"]
+        pages = {"campaigns": "/", "campaign-running": f"/campaigns/{cid}", "campaign": f"/campaigns/{lab['campaign']}",
+                 "experiment-patch": f"/experiments/{lab['patch_experiment']}", "experiment": f"/experiments/{lab['decided']}",
+                 "runs": "/runs", "run": f"/runs/{runs[0]}", "compare": f"/compare?runs={runs[0]},{runs[1]}", "decisions-all": "/decisions",
+                 "corpora": "/corpora", "corpus": "/corpora/sample", "not-found": "/runs/nosuchrun"}
+        for name, url in pages.items():
+            response = page.goto(lab["url"] + url)
+            page.wait_for_load_state("networkidle")
+            assert response.status == (404 if name == "not-found" else 200), name
+            assert page.evaluate("window.__xss") is None, name
+            no_secret(page)
+            shot(page, name)
+        assert thread.is_alive(), "the campaign ended before every page was seen"
+    finally:
+        api.research_stop(cid, db=lab["db"])  # `research stop`: the loop finishes at its next poll
+        thread.join(timeout=120)
+    assert api.research_status(cid, db=lab["db"])["status"] == "stopped"
     assert page.text_content(".error-message").startswith("no run 'nosuchrun'")
     page.errors.remove("console error: Failed to load resource: the server responded with a status of 404 (Not Found)")
     page.goto(f"{lab['url']}/experiments/{lab['patch_experiment']}")

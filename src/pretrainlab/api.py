@@ -523,8 +523,7 @@ def corpus_path(name: str) -> Path:
 # it, the decisions log, a run's curves at full resolution, a live campaign's runs still being
 # written, notes on experiments, and the prepared corpora. Read-only except note_experiment.
 
-TRAIN_CURVES = ("tokens", "loss", "lr", "grad_norm", "max_layer_grad_norm", "tokens_per_s", "mfu", "data_wait_frac", "peak_mem_mb",
-                "train_seconds")  # the per-step columns run_metrics returns, beside "step"
+TRAIN_CURVES = ("tokens", "loss", "lr", "grad_norm", "max_layer_grad_norm", "tokens_per_s", "mfu")  # run_metrics' columns beside "step"
 
 
 def show_experiment(experiment: str, db: str | None = None) -> dict:
@@ -586,11 +585,12 @@ def list_decisions(decided_by: str | None = None, verdict: str | None = None, ca
     return out
 
 
-def run_metrics(run: str, db: str | None = None) -> dict:
+def run_metrics(run: str, after_step: int | None = None, db: str | None = None) -> dict:
     """A run's metrics.jsonl at full resolution (RUN = id, unique prefix or run dir), as columns:
     "train": {"step": [...], "loss": [...], ... TRAIN_CURVES, "domain_loss": {domain: [...]}} with
     None where a row lacks a value or it is not finite; "eval": the eval rows; "finished": whether
-    summary.json exists. A run still being written, or a missing file, is read as far as it goes."""
+    summary.json exists. A run still being written, or a missing file, is read as far as it goes;
+    after_step keeps only the rows after that step (what a page polling a live run lacks)."""
     import math
 
     from .rundir import Skipped, iter_metrics, read_summary
@@ -608,6 +608,8 @@ def run_metrics(run: str, db: str | None = None) -> dict:
         if step is None:
             continue
         step = int(step)
+        if after_step is not None and step <= after_step:
+            continue
         if row.get("type") == "eval":
             evals.append({"step": step, "tokens": number(row.get("tokens")), "val_bpb": number(row.get("val_bpb")),
                           "split": row.get("split") if isinstance(row.get("split"), str) else None,
@@ -621,18 +623,22 @@ def run_metrics(run: str, db: str | None = None) -> dict:
         for k in TRAIN_CURVES:
             train[k].append(number(row.get(k)))
         for domain, v in (row.get("domain_loss") or {}).items() if isinstance(row.get("domain_loss"), dict) else ():
-            domain_loss.setdefault(str(domain), [None] * n).append(number(v))
+            if str(domain) not in domain_loss:
+                domain_loss[str(domain)] = [None] * n  # a domain first seen now: no value before
+            domain_loss[str(domain)].append(number(v))
         for values in domain_loss.values():  # domains without rows this step
-            values.extend([None] * (n + 1 - len(values)))
+            if len(values) == n:
+                values.append(None)
     train["domain_loss"] = domain_loss
     return {"run_dir": str(run_dir), "train": train, "eval": evals, "finished": read_summary(run_dir) is not None,
             "skipped_lines": skipped.num_lines, "torn": skipped.torn}
 
 
-def live_runs(campaign: str, db: str | None = None) -> list[dict]:
+def live_runs(campaign: str, finished: bool = False, db: str | None = None) -> list[dict]:
     """A campaign's runs still being written: directories of its loop's workdir
     ($PRETRAINLAB_WORKSPACE/runs/campaigns/ID/EXPERIMENT-sSEED) with no summary.json yet, with
-    their last logged step. Empty when the loop runs in another workspace or on another machine."""
+    their last logged step; with finished=True the ones that have ended too ("finished": True).
+    Empty when the loop runs in another workspace or on another machine."""
     from .research import manage
     from .rundir import iter_metrics, read_summary
 
@@ -641,16 +647,17 @@ def live_runs(campaign: str, db: str | None = None) -> list[dict]:
     workdir = workspace() / "runs" / "campaigns" / campaign_id
     out = []
     for run_dir in sorted(workdir.glob("*-s*")) if workdir.is_dir() else []:
-        if not is_run_dir(run_dir) or read_summary(run_dir) is not None:
+        done = read_summary(run_dir) is not None
+        if not is_run_dir(run_dir) or (done and not finished):
             continue
         experiment_id, _, seed = run_dir.name.rpartition("-s")
         last: dict = {}
-        for row in iter_metrics(run_dir, only="train"):
+        for row in () if done else iter_metrics(run_dir, only="train"):
             last = row
         started = (run_dir / "recipe.json").stat().st_mtime
         out.append({"key": run_dir.name, "experiment_id": experiment_id, "seed": int(seed) if seed.isdigit() else None,
                     "run_dir": str(run_dir.absolute()), "started_at": datetime.fromtimestamp(started, UTC).isoformat(),
-                    "step": last.get("step"), "tokens": last.get("tokens"), "loss": last.get("loss")})
+                    "finished": done, "step": last.get("step"), "tokens": last.get("tokens"), "loss": last.get("loss")})
     return out
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -107,6 +108,7 @@ def create_app(db: str | None = None, author: str = "person", token: str | None 
                        who=views.who, decider=views.decider, change=views.change_summary, patch_lines=views.patch_lines,
                        pretty=views.pretty_json, short=views.short, cell=api.format_cell, first_line=lambda t: (t or "").strip().splitlines()[0] if (t or "").strip() else "")
     templates = Jinja2Templates(env=env)
+    app.add_middleware(GZipMiddleware, minimum_size=100_000, compresslevel=1)  # a long run's curves: megabytes of JSON
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     doctor = DoctorCache()
 
@@ -197,21 +199,26 @@ def create_app(db: str | None = None, author: str = "person", token: str | None 
     @app.get("/campaigns/{cid}/live/{key}", response_class=HTMLResponse)
     def live_run(request: Request, cid: str, key: str):
         found = _live(cid, key)
-        run = {"run_id": key, "status": "running", "experiment_id": found["experiment_id"], "seed": found["seed"],
-               "campaign_id": cid, "created_at": found["started_at"], "notes": [], "summary": None, "recipe": None}
+        if found["finished"]:  # it has ended since the link was drawn: its page in the ledger, once registered
+            registered = next((r for r in api.list_runs(campaign=cid, limit=0, db=db) if r["run_dir"] == found["run_dir"]), None)
+            if registered is not None:
+                return RedirectResponse(f"/runs/{registered['run_id']}", status_code=303)
+        run = {"run_id": key, "status": "finished" if found["finished"] else "running", "experiment_id": found["experiment_id"],
+               "seed": found["seed"], "campaign_id": cid, "created_at": found["started_at"], "notes": [], "summary": None, "recipe": None}
         return page(request, "run.html", run=run, live=True, metrics_url=f"/campaigns/{cid}/live/{key}/metrics.json")
 
     @app.get("/campaigns/{cid}/live/{key}/metrics.json")
-    def live_run_metrics(cid: str, key: str):
-        return JSONResponse(api.run_metrics(_live(cid, key)["run_dir"], db=db))
+    def live_run_metrics(cid: str, key: str, after: int | None = None):
+        return JSONResponse(api.run_metrics(_live(cid, key)["run_dir"], after_step=after, db=db))
 
     def _live(cid: str, key: str) -> dict:
+        """A run directory of the campaign's loop, by its name (never a path)."""
         _check_id(cid, "campaign")
         if not LIVE_KEY.match(key):
             raise NotFound(f"no live run {key!r}")
-        found = next((r for r in api.live_runs(cid, db=db) if r["key"] == key), None)
+        found = next((r for r in api.live_runs(cid, finished=True, db=db) if r["key"] == key), None)
         if found is None:
-            raise NotFound(f"run {key} of campaign {cid} is not being written now (it finished, or runs elsewhere): see the campaign page")
+            raise NotFound(f"no run {key} in campaign {cid}'s directory here (the loop may run in another workspace): see the campaign page")
         return found
 
     # ---- experiments -------------------------------------------------------------------------------
@@ -263,9 +270,9 @@ def create_app(db: str | None = None, author: str = "person", token: str | None 
                     dir_missing=not Path(row["run_dir"]).is_dir())
 
     @app.get("/runs/{rid}/metrics.json")
-    def run_metrics(rid: str):
+    def run_metrics(rid: str, after: int | None = None):
         rid = api.show_run(_check_id(rid, "run"), db=db)["run_id"]  # an id, never a path
-        return JSONResponse(views.redact(api.run_metrics(rid, db=db)))
+        return JSONResponse(api.run_metrics(rid, after_step=after, db=db))  # numbers, and the names of domains and splits
 
     @app.get("/runs/{rid}/doctor", response_class=HTMLResponse)
     def run_doctor(request: Request, rid: str):

@@ -173,7 +173,8 @@ def time_unit(span_s: float) -> tuple[str, float]:
 
 def run_span(run: dict, now: float) -> tuple[float, float] | None:
     """(start, end) in epoch seconds of a registered run: created_at to finished_at, else its
-    start plus the wall (or training) seconds its summary gives."""
+    start plus the wall (or training) seconds its summary gives; with neither, an unfinished
+    run ends now and a finished one where it began."""
     start = parse_time(run.get("created_at"))
     if start is None:
         return None
@@ -181,7 +182,7 @@ def run_span(run: dict, now: float) -> tuple[float, float] | None:
     if end is None:
         summary = run.get("summary") or {}
         secs = next((summary.get(k) for k in ("wall_seconds", "seconds") if isinstance(summary.get(k), (int, float))), run.get("seconds"))
-        end = start + secs if isinstance(secs, (int, float)) else now
+        end = start + secs if isinstance(secs, (int, float)) else now if run.get("status") == "unknown" else start
     return start, max(end, start)
 
 

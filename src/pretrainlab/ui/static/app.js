@@ -34,9 +34,10 @@
 
   function campaignPage(d) {
     let xMode = "by_index", state = d, version = null;
-    const progress = PL.chart(document.getElementById("progress"), {title: "val_bpb of finished runs", yLabel: "val_bpb"});
+    const progress = PL.chart(document.getElementById("progress"), {title: "val_bpb of finished runs", yLabel: "val_bpb",
+      empty: "no run has finished yet"});
     const timeline = PL.chart(document.getElementById("timeline"), {title: "runs over wall time, packed into slots", lanes: 1,
-      logToggle: false});
+      logToggle: false, empty: "no run has started yet"});
     const draw = () => {
       progress.opts.xLabel = xMode === "by_index" ? "run number (finish order)" : state.progress.time_unit + " since the campaign began";
       progress.opts.integerX = xMode === "by_index";
@@ -90,9 +91,11 @@
       el.className = "chart-card";
       el.id = "chart-" + c.id;
       host.appendChild(el);
-      charts[c.id] = PL.chart(el, {title: c.title, yLabel: c.y, height: 230, onZoom: (range) => {
-        for (const other of Object.values(charts)) if (other !== charts[c.id]) other.setXRange(range);  // one x range for all curves
-      }});
+      const link = (range) => {  // one x range for all the curves
+        for (const other of Object.values(charts)) if (other !== charts[c.id]) other.setXRange(range);
+      };
+      charts[c.id] = PL.chart(el, {title: c.title, yLabel: c.y, height: 230, onZoom: link,
+        empty: c.id === "eval" ? "no evaluation yet" : "no step logged yet"});
     }
     const fill = (xKeyNow) => {
       const xLabel = xKeyNow === "tokens" ? "tokens" : "step";
@@ -153,13 +156,16 @@
       const n = m.train.step.length;
       setText("curve-state", `${n.toLocaleString("en-US")} steps, ${m.eval.length} evaluations` +
         (m.torn ? "; the last line is being written" : "") + (m.skipped_lines ? `; ${m.skipped_lines} unreadable line(s) skipped` : "") +
-        (m.finished ? "" : " · live"));
+        (!m.finished ? " · live" : d.live ? " · the run has ended: reload for its record" : ""));
     };
     describe(metrics);
     xToggle((k) => { xKey = k; Object.values(view.charts).forEach((c) => (c.zoom = null)); view.fill(xKey); });
     if (!metrics.finished) {
-      poll(() => d.pollMs * 1.5, async () => {
-        metrics = await getJSON(d.metricsUrl);
+      poll(() => d.pollMs * 1.5, async () => {  // only the rows after the last step drawn
+        const steps = metrics.train.step, last = Math.max(steps.length ? steps[steps.length - 1] : -1,
+          metrics.eval.length ? metrics.eval[metrics.eval.length - 1].step : -1);
+        const news = await getJSON(d.metricsUrl + (last >= 0 ? "?after=" + last : ""));
+        metrics = append(metrics, news);
         runs[0].metrics = metrics;
         view.fill(xKey);
         describe(metrics);
@@ -167,6 +173,17 @@
         return !metrics.finished;
       });
     }
+  }
+
+  // a live run's new rows joined to the ones already drawn
+  function append(m, news) {
+    const n = m.train.step.length, k = news.train.step.length;
+    for (const key of Object.keys(news.train)) if (key !== "domain_loss") m.train[key] = (m.train[key] || []).concat(news.train[key]);
+    const doms = m.train.domain_loss;
+    for (const [dom, vals] of Object.entries(news.train.domain_loss || {})) doms[dom] = (doms[dom] || new Array(n).fill(null)).concat(vals);
+    for (const vals of Object.values(doms)) while (vals.length < n + k) vals.push(null);
+    m.eval = m.eval.concat(news.eval);
+    return Object.assign(m, {finished: news.finished, torn: news.torn, skipped_lines: news.skipped_lines});
   }
 
   async function comparePage(d) {

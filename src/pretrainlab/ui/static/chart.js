@@ -206,6 +206,8 @@
       svgEl("rect", {x: left, y: top - 4, width: right - left, height: bottom - top + 8}, clip);
       const plot = svgEl("g", {"clip-path": `url(#${this.id}c)`}, svg);
       for (const s of this.series) if (!s.hidden) this.drawSeries(plot, s);
+      const any = this.series.some((s) => !s.hidden && (s.kind === "bars" ? s.bars.length : s.points.some((p) => usable(p, o.logX, o.logY))));
+      if (!any) svgEl("text", {x: (left + right) / 2, y: (top + bottom) / 2, "text-anchor": "middle", class: "plc-empty"}, svg).textContent = o.empty || "nothing to draw yet";
       this.selection = svgEl("rect", {class: "plc-sel", x: 0, y: 0, width: 0, height: 0, visibility: "hidden"}, svg);
       this.cursor = svgEl("line", {class: "plc-cursor", x1: 0, x2: 0, y1: top, y2: bottom, visibility: "hidden"}, svg);
       this.resetButton.hidden = !this.zoom;
