@@ -106,7 +106,7 @@ def create_app(db: str | None = None, author: str = "person", token: str | None 
                       lstrip_blocks=True)
     env.filters.update(num=views.num, when=views.when, duration=views.duration, effect=views.effect, pvalue=views.p_value,
                        who=views.who, decider=views.decider, change=views.change_summary, patch_lines=views.patch_lines,
-                       pretty=views.pretty_json, short=views.short, cell=api.format_cell, first_line=lambda t: (t or "").strip().splitlines()[0] if (t or "").strip() else "")
+                       pretty=views.pretty_json, short=views.short, cell=api.format_cell, first_line=views.first_line)
     templates = Jinja2Templates(env=env)
     app.add_middleware(GZipMiddleware, minimum_size=100_000, compresslevel=1)  # a long run's curves: megabytes of JSON
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")

@@ -83,6 +83,11 @@ def duration(seconds) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def first_line(text: str | None) -> str:
+    lines = (text or "").strip().splitlines()
+    return lines[0] if lines else ""
+
+
 def who(e: dict) -> str:
     """Who proposed an experiment: 'optuna', 'claude (claude-opus-5)', 'alice'."""
     return f"{e['proposer']} ({e['model_id']})" if e.get("model_id") else e.get("proposer") or ""
