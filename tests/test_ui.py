@@ -148,6 +148,15 @@ def test_a_run_being_written_shows_live(client, lab):
     assert r.status_code == 303 and r.headers["location"] == f"/runs/{run_id}"  # registered: its page in the ledger
 
 
+def test_a_campaign_whose_loop_died_says_so(client, lab, tmp_path):
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    with Ledger(lab["db"]) as lg:
+        cid = lg.create_campaign("orphaned", config={"campaign": {"budget_runs": 4}, "started_by": "kim",
+                                                     "loop": {"pid": int(done.stdout), "host": socket.gethostname()}})
+    page = client.get(f"/campaigns/{cid}").text
+    assert "is not running: it crashed or was killed" in page and f"research resume {cid}" in page and "by kim" in page
+
+
 def test_a_mixture_campaign_shows_its_recommendation(tmp_path, monkeypatch):
     from pretrainlab.research.config import MixtureConfig
     from pretrainlab.research.simulate import MixtureLandscape, simulate_mixture

@@ -188,7 +188,7 @@ def _add_research_parser(sub) -> None:
     ui = sub.add_parser("ui", help="the web dashboard: live campaigns, experiments, runs, decisions, corpora")
     ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; any other needs the access "
                     "token it prints)")
-    ui.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    ui.add_argument("--port", type=int, default=8780, help="port (default 8780)")
     ui.add_argument("--db", metavar="URL", help="ledger URL (default: env PRETRAINLAB_DB, else the workspace's)")
     ui.add_argument("--author", default=os.environ.get("PRETRAINLAB_AUTHOR") or os.environ.get("USER") or "person",
                     help="the name approvals and notes are recorded under unless the form gives another")

@@ -1,6 +1,6 @@
 """The web dashboard: `pretrainlab ui`.
 
-    pretrainlab ui                                   # http://127.0.0.1:8765, the workspace's ledger
+    pretrainlab ui                                   # http://127.0.0.1:8780, the workspace's ledger
     pretrainlab ui --db postgresql://lab@db/lab --host 0.0.0.0 --author alice   # a team's, with a token
 
 Campaigns with a live leaderboard, progress chart, slot timeline and LLM spend; experiments
@@ -19,7 +19,7 @@ import sys
 from ..errors import UserError
 
 INSTALL = "the dashboard needs fastapi, uvicorn and jinja2: pip install 'pretrainlab[ui]'"
-DEFAULT_PORT = 8765
+DEFAULT_PORT = 8780  # `pretrainlab mcp --http` takes 8765
 
 
 def create_app(db: str | None = None, author: str = "person", token: str | None = None, host: str = "127.0.0.1"):

@@ -45,7 +45,7 @@ def is_loopback(host: str) -> bool:
 
 
 def host_name(netloc: str) -> str:
-    """'127.0.0.1:8765' -> '127.0.0.1'; '[::1]:80' -> '::1'."""
+    """'127.0.0.1:8780' -> '127.0.0.1'; '[::1]:80' -> '::1'."""
     return (urlsplit("//" + netloc).hostname or "").lower()
 
 

@@ -162,8 +162,11 @@ def board_rows(record: dict, sort: str = "val_bpb") -> list[dict]:
     rows = []
     for e in record["experiments"]:
         d = e["decision"]
+        status = e["status"]
+        if status == "running" and e.get("planned_seeds"):
+            status = f"running: {e['planned_seeds']} seed{'s' if e['planned_seeds'] > 1 else ''}"
         rows.append({"id": e["id"], "hypothesis": e["hypothesis"], "who": who(e), "proposer_type": e["proposer_type"],
-                     "kind": e["kind"], "change": change_summary(e), "status": e["status"], "runs": len(e["runs"]),
+                     "kind": e["kind"], "role": e.get("role"), "change": change_summary(e), "status": status, "runs": len(e["runs"]),
                      "mean": e["mean"], "effect": effect(d), "p": p_value(d), "verdict": d["verdict"] if d else None,
                      "decided_by": decider(d) if d else "", "stage": stage(d), "created_at": e["created_at"]})
     if sort == "new":
