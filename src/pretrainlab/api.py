@@ -517,3 +517,166 @@ def corpus_path(name: str) -> Path:
     raise UserError(f"no corpus {name!r} in {home}: " + (f"one of {', '.join(known)}" if known else
                     "prepare one with `pretrainlab data prepare --builtin` or `pretrainlab data build RECIPE.toml`"))
 
+
+# ---- the web dashboard's reads (pretrainlab ui) ------------------------------------------------
+# What `pretrainlab ui` shows beyond the operations above: one experiment with everything around
+# it, the decisions log, a run's curves at full resolution, a live campaign's runs still being
+# written, notes on experiments, and the prepared corpora. Read-only except note_experiment.
+
+TRAIN_CURVES = ("tokens", "loss", "lr", "grad_norm", "max_layer_grad_norm", "tokens_per_s", "mfu")  # run_metrics' columns beside "step"
+
+
+def show_experiment(experiment: str, db: str | None = None) -> dict:
+    """One experiment with its campaign, runs (by seed), decisions (oldest first) and notes."""
+    with _ledger(db, create=False) as lg:
+        exp = lg.get_experiment(experiment.strip())
+        if exp is None:
+            raise UserError(f"no experiment {experiment!r} in the ledger {lg.target}: see `pretrainlab research status CAMPAIGN` for ids")
+        campaign = lg.get_campaign(exp["campaign_id"]) if exp["campaign_id"] else None
+        exp["campaign"] = {k: campaign[k] for k in ("id", "name", "status")} if campaign else None
+        exp["runs"] = sorted(lg.list_runs(experiment=exp["id"]), key=lambda r: (r["seed"] is None, r["seed"] or 0))
+        exp["decisions"] = lg.list_decisions(experiment_id=exp["id"])
+        exp["notes"] = lg.list_notes(experiment_id=exp["id"])
+    return exp
+
+
+def list_experiments(campaign: str | None = None, status: str | None = None, db: str | None = None) -> list[dict]:
+    """Experiments (of one campaign, id or unique prefix), oldest first, optionally in one status
+    (queued, awaiting-approval, running:N, decided, measured, failed, rejected)."""
+    from .research import manage
+
+    with _ledger(db, create=False) as lg:
+        campaign_id = manage.find_campaign(lg, campaign)["id"] if campaign else None
+        return [e for e in lg.list_experiments(campaign_id) if status is None or e["status"] == status]
+
+
+def note_experiment(experiment: str, text: str, author: str | None = None, db: str | None = None) -> dict:
+    """Attach a note to an experiment; author defaults to env PRETRAINLAB_AUTHOR, else the login name."""
+    import getpass
+
+    author = author or os.environ.get("PRETRAINLAB_AUTHOR") or getpass.getuser()
+    with _ledger(db, create=False) as lg:
+        note_id = lg.add_note(text, author=author, experiment_id=experiment)
+        return next(n for n in lg.list_notes(experiment_id=experiment) if n["id"] == note_id)
+
+
+def list_decisions(decided_by: str | None = None, verdict: str | None = None, campaign: str | None = None,
+                   db: str | None = None) -> list[dict]:
+    """Every decision, newest first, with its experiment's hypothesis, kind, proposer and status
+    under "experiment". decided_by matches the decider's name or model id; verdict is keep,
+    discard or inconclusive; campaign is an id (or unique prefix)."""
+    from .research import manage
+
+    with _ledger(db, create=False) as lg:
+        campaign_id = manage.find_campaign(lg, campaign)["id"] if campaign else None
+        decisions = lg.list_decisions(campaign_id=campaign_id)
+        experiments = {e["id"]: e for e in lg.list_experiments(campaign_id)}
+        names = {c["id"]: c["name"] for c in lg.list_campaigns()}
+    out = []
+    for d in reversed(decisions):
+        if verdict and d["verdict"] != verdict:
+            continue
+        if decided_by and decided_by not in (d["decided_by"], d["model_id"]):
+            continue
+        e = experiments.get(d["experiment_id"])
+        d["experiment"] = {k: e[k] for k in ("id", "hypothesis", "kind", "proposer", "proposer_type", "model_id", "status")} if e else None
+        d["campaign_name"] = names.get(d["campaign_id"])
+        out.append(d)
+    return out
+
+
+def run_metrics(run: str, after_step: int | None = None, db: str | None = None) -> dict:
+    """A run's metrics.jsonl at full resolution (RUN = id, unique prefix or run dir), as columns:
+    "train": {"step": [...], "loss": [...], ... TRAIN_CURVES, "domain_loss": {domain: [...]}} with
+    None where a row lacks a value or it is not finite; "eval": the eval rows; "finished": whether
+    summary.json exists. A run still being written, or a missing file, is read as far as it goes;
+    after_step keeps only the rows after that step (what a page polling a live run lacks)."""
+    import math
+
+    from .rundir import Skipped, iter_metrics, read_summary
+
+    def number(v):
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+    run_dir = _run_dir(run, db)
+    skipped = Skipped()
+    train: dict = {"step": [], **{k: [] for k in TRAIN_CURVES}}
+    domain_loss: dict[str, list] = {}
+    evals = []
+    for row in iter_metrics(run_dir, skipped):
+        step = number(row.get("step"))
+        if step is None:
+            continue
+        step = int(step)
+        if after_step is not None and step <= after_step:
+            continue
+        if row.get("type") == "eval":
+            evals.append({"step": step, "tokens": number(row.get("tokens")), "val_bpb": number(row.get("val_bpb")),
+                          "split": row.get("split") if isinstance(row.get("split"), str) else None,
+                          "domains": {str(k): number(v) for k, v in (row.get("val_bpb_domains") or {}).items()}
+                          if isinstance(row.get("val_bpb_domains"), dict) else {}})
+            continue
+        if row.get("type") != "train":
+            continue
+        n = len(train["step"])
+        train["step"].append(step)
+        for k in TRAIN_CURVES:
+            train[k].append(number(row.get(k)))
+        for domain, v in (row.get("domain_loss") or {}).items() if isinstance(row.get("domain_loss"), dict) else ():
+            if str(domain) not in domain_loss:
+                domain_loss[str(domain)] = [None] * n  # a domain first seen now: no value before
+            domain_loss[str(domain)].append(number(v))
+        for values in domain_loss.values():  # domains without rows this step
+            if len(values) == n:
+                values.append(None)
+    train["domain_loss"] = domain_loss
+    return {"run_dir": str(run_dir), "train": train, "eval": evals, "finished": read_summary(run_dir) is not None,
+            "skipped_lines": skipped.num_lines, "torn": skipped.torn}
+
+
+def live_runs(campaign: str, finished: bool = False, db: str | None = None) -> list[dict]:
+    """A campaign's runs still being written: directories of its loop's workdir
+    ($PRETRAINLAB_WORKSPACE/runs/campaigns/ID/EXPERIMENT-sSEED) with no summary.json yet, with
+    their last logged step; with finished=True the ones that have ended too ("finished": True).
+    Empty when the loop runs in another workspace or on another machine."""
+    from .research import manage
+    from .rundir import iter_metrics, read_summary
+
+    with _ledger(db, create=False) as lg:
+        campaign_id = manage.find_campaign(lg, campaign)["id"]
+    workdir = workspace() / "runs" / "campaigns" / campaign_id
+    out = []
+    for run_dir in sorted(workdir.glob("*-s*")) if workdir.is_dir() else []:
+        done = read_summary(run_dir) is not None
+        if not is_run_dir(run_dir) or (done and not finished):
+            continue
+        experiment_id, _, seed = run_dir.name.rpartition("-s")
+        last: dict = {}
+        for row in () if done else iter_metrics(run_dir, only="train"):
+            last = row
+        started = (run_dir / "recipe.json").stat().st_mtime
+        out.append({"key": run_dir.name, "experiment_id": experiment_id, "seed": int(seed) if seed.isdigit() else None,
+                    "run_dir": str(run_dir.absolute()), "started_at": datetime.fromtimestamp(started, UTC).isoformat(),
+                    "finished": done, "step": last.get("step"), "tokens": last.get("tokens"), "loss": last.get("loss")})
+    return out
+
+
+def list_corpora() -> list[dict]:
+    """The prepared corpora under $PRETRAINLAB_HOME/corpus (default ~/.cache/pretrainlab/corpus):
+    name, path, tokenizer, domains and when each was built; read corpus_info for the full report."""
+    from .data import default_home
+    from .rundir import read_json
+
+    root = default_home() / "corpus"
+    out = []
+    for path in sorted(root.iterdir()) if root.is_dir() else []:
+        manifest = read_json(path / "manifest.json")
+        if manifest is None:
+            continue
+        tokenizer = manifest.get("tokenizer")
+        source = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
+        out.append({"name": path.name, "path": str(path.absolute()), "created": manifest.get("created"),
+                    "tokenizer": tokenizer.get("name") if isinstance(tokenizer, dict) else tokenizer,
+                    "domains": sorted(manifest["domains"]) if isinstance(manifest.get("domains"), dict) else [],
+                    "derived": bool(source.get("derived")), "recipe_name": source.get("recipe_name")})
+    return out

@@ -22,6 +22,7 @@
     pretrainlab report CAMPAIGN -o report.html
     pretrainlab doctor RUN [--baseline RUN] [--json]        (RUN = run dir or run id)
     pretrainlab mcp [--db URL] [--http [--host 127.0.0.1] [--port 8765]]   # the MCP server: stdio, or streamable HTTP
+    pretrainlab ui [--host H] [--port P] [--db URL] [--author NAME] [--open]   the web dashboard
 
 Bad input exits with code 2 and one line on stderr naming the problem and the fix.
 A finished run exits 0; a diverged run 3; a preempted (SIGTERM) run 75.
@@ -184,6 +185,14 @@ def _add_research_parser(sub) -> None:
     mcp.add_argument("--host", default="127.0.0.1", help="--http: the address to bind (default 127.0.0.1; any other address "
                                                          "requires a bearer token: env PRETRAINLAB_MCP_TOKEN, else one printed at start)")
     mcp.add_argument("--port", type=int, default=8765, help="--http: the port (default 8765; 0 = any free port, printed at start)")
+    ui = sub.add_parser("ui", help="the web dashboard: live campaigns, experiments, runs, decisions, corpora")
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; any other needs the access "
+                    "token it prints)")
+    ui.add_argument("--port", type=int, default=8780, help="port (default 8780)")
+    ui.add_argument("--db", metavar="URL", help="ledger URL (default: env PRETRAINLAB_DB, else the workspace's)")
+    ui.add_argument("--author", default=os.environ.get("PRETRAINLAB_AUTHOR") or os.environ.get("USER") or "person",
+                    help="the name approvals and notes are recorded under unless the form gives another")
+    ui.add_argument("--open", action="store_true", help="open the dashboard in a browser")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -676,6 +685,13 @@ def cmd_doctor(args) -> int:
     return 0
 
 
+def cmd_ui(args) -> int:
+    from .ui import serve  # fastapi and uvicorn only now: a missing one is a one-line error naming the extra
+
+    serve(host=args.host, port=args.port, db=args.db, author=args.author, open_browser=args.open)
+    return 0
+
+
 def cmd_mcp(args) -> int:
     from .mcp_server import serve  # the other face, launched from this one
 
@@ -683,7 +699,7 @@ def cmd_mcp(args) -> int:
     return 0
 
 
-COMMANDS = {"mcp": cmd_mcp, "doctor": cmd_doctor, "recipes": cmd_recipes, "train": cmd_train, "data": cmd_data, "runs": cmd_runs, "research": cmd_research,
+COMMANDS = {"ui": cmd_ui, "mcp": cmd_mcp, "doctor": cmd_doctor, "recipes": cmd_recipes, "train": cmd_train, "data": cmd_data, "runs": cmd_runs, "research": cmd_research,
             "report": lambda args: _print_json({"campaign": args.campaign, "report": str(api.write_report(args.campaign, args.out, db=args.db))})
             if args.json else print(f"report: {api.write_report(args.campaign, args.out, db=args.db)}") or 0}
 
