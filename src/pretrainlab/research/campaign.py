@@ -618,10 +618,10 @@ class Campaign:
         vs = f"{value:.4f} vs its parent's {ref:.4f} on seed {seed} ({diff:+.4f}, {policy.describe_p(p)} at paired noise {self.cfg.screen_noise:g})"
         if diff == 0:
             self.decide(exp, "discard", f"screen: {value:.4f}, exactly its parent's on seed {seed}: the change does not alter training "
-                        "(e.g. a fraction that rounds to the same steps)", evidence, proposal, told)
+                        "(e.g. a fraction that rounds to the same steps)", evidence, proposal, told, effect=diff)
             return
         if not policy.adopt(diff, self.cfg.screen_noise, self.cfg.adopt_p):
-            self.decide(exp, "discard", f"screen: {vs}; adopt at P >= {self.cfg.adopt_p:g}", evidence, proposal, told)
+            self.decide(exp, "discard", f"screen: {vs}; adopt at P >= {self.cfg.adopt_p:g}", evidence, proposal, told, effect=diff)
             return
         inc, _ = self.incumbent()
         evidence["reference_seed"] = self.next_reference_seed() if self.cfg.fresh_reference else seed
@@ -647,7 +647,7 @@ class Campaign:
         merged = f"; their merge is queued as {combo}" if combo else ""
         if not direct:
             self.decide(exp, "inconclusive", f"screen: {vs}, but the incumbent {inc['id']} moved on meanwhile and is better on the same "
-                        f"seed{merged}", evidence, proposal, told)
+                        f"seed{merged}", evidence, proposal, told, effect=diff)
         elif combo:
             self.log(f"{exp['id']} and {inc['id']}: merge queued as {combo}")
 
