@@ -187,9 +187,10 @@ class MixtureConfig:
         return f"mean val_bpb of {', '.join(self.target)}" if self.target else "val_bpb"
 
 
-# a scaling ladder (research/ladder.py): 3 widths of tiny-cpu x 3 token budgets, ~3 minutes on 2 CPU cores
+# a scaling ladder (research/ladder.py): 3 widths of tiny-cpu x 3 token budgets over a 16x range, ~3 minutes on 2 CPU
+# cores (docs/benchmarks.md)
 LADDER_SIZES = ["model.n_embd=64,96,128"]
-LADDER_TOKENS = ["50k", "100k", "200k"]
+LADDER_TOKENS = ["25k", "100k", "400k"]
 
 
 @dataclass

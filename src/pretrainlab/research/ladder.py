@@ -1,9 +1,15 @@
 """A scaling ladder: model sizes x token budgets (a grid, for the parametric fit) or model
-sizes x compute budgets (iso-FLOP, for the IsoFLOP minima too), trained as real runs through the local
-runner (each in the sandbox and scored by the lab on the decision split, like a campaign's
-runs), registered in the ledger under one campaign of kind "scaling-ladder", then fitted.
+sizes x compute budgets (iso-FLOP, for the IsoFLOP minima too), trained as real runs in
+parallel through the local runner, registered in the ledger under one campaign of kind
+"scaling-ladder", then fitted.
 
-    pretrainlab scaling ladder --recipe tiny-cpu --sizes model.n_embd=64,96,128 --tokens 50k,100k,200k
+A ladder trains the lab's own code (no experiment patch, nothing proposed), so its runs go
+as `pretrainlab train` runs do: outside the sandbox, their val_bpb the trainer's final
+evaluation on the decision split (`val`, eval.py, the same function the lab's scorer calls).
+That saves each run the separate scoring process a campaign's untrusted runs need, about
+half of a tiny run's wall time. A run whose final evaluation was not on `val` is left out.
+
+    pretrainlab scaling ladder --recipe tiny-cpu --sizes model.n_embd=64,96,128 --tokens 25k,100k,400k
     pretrainlab scaling ladder --resume LADDER          # after a crash or Ctrl-C: finished runs kept
     pretrainlab scaling fit --ladder LADDER --plot fit.html
 
@@ -31,7 +37,6 @@ from ..errors import UserError
 from ..ledger.rundir import METRIC_COLUMNS, derived_run_id, read_run_dir
 from ..recipes import embedding_params, estimate_params, resolve_recipe
 from ..runners import Job, JobResult, LocalRunner
-from ..rundir import read_json
 from ..scaling import analyse, parse_flops, points_from_runs
 from ..train.rundir_lock import lock_holder
 from .config import LadderConfig
@@ -125,6 +130,9 @@ def plan(cfg: LadderConfig) -> list[Cell]:
             raise UserError(f"--tokens gives {len({t for t, _ in budgets})} distinct budget(s): the law needs at least 3 (e.g. 50k,100k,200k)")
     else:
         budgets = [(None, parse_flops(c)) for c in split_list(cfg.flops)]
+        if len({c for _, c in budgets}) < 2:
+            raise UserError(f"--flops gives {len({c for _, c in budgets})} distinct budget(s): an iso-FLOP ladder needs at least 2 "
+                            "(e.g. 1e12,3e12), for 6 runs or more and the IsoFLOP exponent")
     cells = []
     for size, recipe, n in resolved:
         for tokens, c in budgets:
@@ -230,10 +238,7 @@ class Ladder:
             self.log(f"{len(done)} of {len(self.cells)} runs already registered; {len(todo)} to train")
         work = sum(c.params * c.tokens for c in todo)
         self.log(f"training {len(todo)} runs ({6 * work:.3g} FLOPs at C = 6ND) on {self.cfg.parallel} slot(s)")
-        runner = LocalRunner(self.cfg.parallel, gpus=self.cfg.gpus, log_dir=self.workdir / "logs")
-        if not runner.sandbox.active:
-            self.ledger.add_note(f"runs of this ladder are NOT sandboxed: {runner.sandbox.reason}; the lab still scores each one itself",
-                                 author=AUTHOR, campaign_id=self.id)
+        runner = LocalRunner(self.cfg.parallel, gpus=self.cfg.gpus, log_dir=self.workdir / "logs", sandbox=False)
         t0, finished = time.time(), len(done)
         try:
             while todo or runner.busy():
@@ -261,11 +266,7 @@ class Ladder:
                 raise UserError(f"run directory {run_dir} is in use by process {holder.pid}: stop it, then "
                                 f"`pretrainlab scaling ladder --resume {self.id}`")
             shutil.rmtree(run_dir)
-        return Job(cell.key, self.cfg.recipe, run_dir, cell.overrides, timeout_s=self.run_timeout(cell),
-                   env={"PRETRAINLAB_NO_LEDGER": "1"}, score_path=self.score_path(cell.key))
-
-    def score_path(self, key: str) -> Path:
-        return self.workdir / "scores" / f"{key}.json"
+        return Job(cell.key, self.cfg.recipe, run_dir, cell.overrides, timeout_s=self.run_timeout(cell), env={"PRETRAINLAB_NO_LEDGER": "1"})
 
     def run_timeout(self, cell: Cell) -> float | None:
         """5x the slowest finished run, scaled by this run's work (N x D) against that run's, + 120 s;
@@ -293,7 +294,8 @@ class Ladder:
         self.log(f"{finished}/{len(self.cells)} {what}: {outcome} ({result.seconds:.0f} s; {elapsed:.0f} s elapsed)")
 
     def register(self, run_dir: Path) -> float | None:
-        """Record a run with the lab's score (runners/job.py); returns its val_bpb, or None."""
+        """Record a run (this ladder's registers it, not the trainer); returns its val_bpb on the
+        decision split, or None."""
         try:
             record = read_run_dir(run_dir)
         except (UserError, ValueError, TypeError, AttributeError) as e:
@@ -307,14 +309,11 @@ class Ladder:
         clash = self.ledger.get_run(run["run_id"]) if run["run_id"] else None
         if clash is not None and Path(clash["run_dir"]).resolve() != Path(run["run_dir"]).resolve():
             run["run_id"] = derived_run_id(Path(run["run_dir"]))
-        verdict = read_json(self.score_path(run_dir.name))
-        if verdict is None:
+        split = (run.get("summary") or {}).get("eval_split")
+        if run["val_bpb"] is not None and split != "val":
+            self.ledger.add_note(f"run {run_dir.name}: its final evaluation was on the {split!r} split, not the decision split; "
+                                 "left out of the fit", author=AUTHOR, campaign_id=self.id)
             run["val_bpb"] = None
-            if run["status"] in ("ok", "timeout"):
-                run["status"] = "unscored"
-        else:
-            run["status"] = "rejected" if verdict["status"] == "rejected" else run["status"]
-            run["val_bpb"] = ((verdict.get("splits") or {}).get("val") or {}).get("val_bpb") if verdict["status"] == "ok" else None
         self.ledger.upsert_run(record, campaign_id=self.id)
         return run["val_bpb"]
 

@@ -4,7 +4,7 @@ minima beside it), and the compute-optimal N and D it implies for a budget.
 
     pretrainlab scaling fit points.csv --flops 1e21              # a file of (N, D, loss) points
     pretrainlab scaling fit --ladder LADDER --plot fit.html      # the lab's own runs, from the ledger
-    pretrainlab scaling ladder --recipe tiny-cpu --sizes model.n_embd=64,96,128 --tokens 50k,100k,200k
+    pretrainlab scaling ladder --recipe tiny-cpu --sizes model.n_embd=64,96,128 --tokens 25k,100k,400k
 
 law.py fits, isoflop.py finds the IsoFLOP minima, points.py reads and checks the points,
 analysis.py puts them together (and writes the text), ladder.py plans a ladder of runs

@@ -21,6 +21,9 @@ from .points import Points, check_points
 DEFAULT_BOOTSTRAP = 1000
 DEFAULT_LEVEL = 0.95
 EXTRAPOLATION_WARN = 10.0  # a budget this many times beyond the largest run's compute is an extrapolation worth flagging
+E_COLLAPSED = 0.01  # a fitted E below this share of the lowest loss: the points do not pin the irreducible loss
+LOOSE_RATIO = 100.0  # a bootstrap interval of E, A or B spanning more than this factor: the parameter is not determined
+LOOSE_EXPONENT = 1.0  # ... of alpha or beta wider than this
 MAX_BUDGET_LINES = 12  # IsoFLOP budgets listed in the text; --json has them all
 PF_DAY = 1e15 * 86400  # FLOPs in a petaflop/s-day (Kaplan et al.'s unit)
 SI = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "p": 1e15, "e": 1e18, "z": 1e21}
@@ -107,7 +110,7 @@ def analyse(points: Points, flops: list[float] | None = None, num_bootstrap: int
             row.update(N_opt_ci=law.percentile_interval(fn[:, j], level), D_opt_ci=law.percentile_interval(fd[:, j], level))
         frontier.append(row)
 
-    warnings = _warnings(points, fit, thetas, num_bootstrap, allocation, iso)
+    warnings = _warnings(points, fit, thetas, num_bootstrap, allocation, iso, intervals)
     predicted = fit.predict(n, d)
     return {
         "data": points.describe(),
@@ -132,8 +135,18 @@ def _num(v) -> float | None:
     return float(v) if np.isfinite(v) else None
 
 
-def _warnings(points: Points, fit: law.LawFit, thetas, num_bootstrap: int, allocation: list[dict], iso) -> list[str]:
+def _warnings(points: Points, fit: law.LawFit, thetas, num_bootstrap: int, allocation: list[dict], iso, intervals: dict) -> list[str]:
     out = []
+    if fit.E < E_COLLAPSED * points.loss.min():
+        out.append(f"E = {fit.E:.3g}, next to nothing: these points do not pin the irreducible loss (over their range the loss "
+                   "still falls as a pure power law), and the allocation leans on that; train longer runs (a wider token range) "
+                   "before trusting the exponents")
+    loose = [k for k in ("E", "A", "B") if intervals.get(k) and intervals[k][0] > 0 and intervals[k][1] / intervals[k][0] > LOOSE_RATIO]
+    loose += [k for k in ("alpha", "beta") if intervals.get(k) and intervals[k][1] - intervals[k][0] > LOOSE_EXPONENT]
+    if loose:
+        spans = ", ".join(f"{k} [{intervals[k][0]:.3g}, {intervals[k][1]:.3g}]" for k in loose)
+        out.append(f"not determined by these points (bootstrap intervals): {spans}; more sizes and token budgets, over a wider "
+                   "range, pin them down")
     if not fit.converged:
         out.append("the best descent did not converge (its gradient is not near zero): try --starts all or --optimizer l-bfgs-b")
     if fit.exponents() is None:

@@ -163,9 +163,10 @@ def optimal_allocation(thetas: np.ndarray, flops: np.ndarray) -> tuple[np.ndarra
     log_c6 = np.log(flops / 6.0)[None, :]
     log_n = log_g + beta_s / s * log_c6
     log_d = -log_g + alpha_s / s * log_c6
-    loss = np.exp(e) + np.exp(a - alpha_s * log_n) + np.exp(b - beta_s * log_d)
     nan = np.where(ok, 1.0, np.nan)
-    return np.exp(log_n) * nan, np.exp(log_d) * nan, loss * nan
+    with np.errstate(over="ignore"):  # a wild bootstrap refit may put N_opt beyond float range: inf, outside any interval's core
+        loss = np.exp(e) + np.exp(a - alpha_s * log_n) + np.exp(b - beta_s * log_d)
+        return np.exp(log_n) * nan, np.exp(log_d) * nan, loss * nan
 
 
 DEFAULT_STARTS = 128  # descents per fit: the grid's 64 best starts by objective and 64 spread over the rest
@@ -234,10 +235,10 @@ def bootstrap_law(n, d, loss, fit: LawFit, num_samples: int, rng: np.random.Gene
 def theta_to_params(thetas: np.ndarray) -> dict[str, np.ndarray]:
     """Columns of bootstrap thetas as the named parameters E, A, alpha, B, beta (+ a, b)."""
     a, b, e, alpha, beta = thetas.T
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # a wild refit's exp(a) may overflow: inf, in the tail
         ok = (alpha > 0) & (beta > 0)
         share = np.where(ok, beta / (alpha + beta), np.nan)
-    return {"E": np.exp(e), "A": np.exp(a), "alpha": alpha, "B": np.exp(b), "beta": beta, "a": share, "b": 1.0 - share}
+        return {"E": np.exp(e), "A": np.exp(a), "alpha": alpha, "B": np.exp(b), "beta": beta, "a": share, "b": 1.0 - share}
 
 
 def percentile_interval(values: np.ndarray, level: float) -> tuple[float, float] | None:
