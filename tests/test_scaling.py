@@ -161,6 +161,7 @@ def test_file_errors_are_one_line(tmp_path, capsys):
                            (["scaling", "fit", str(tmp_path / "none.csv")], "cannot read it"),
                            (["scaling", "fit", str(CHINCHILLA_CSV), "--plot", str(tmp_path / "fit.pdf")], "must end in .svg or .html"),
                            (["scaling", "fit", str(CHINCHILLA_CSV), "--flops", "lots"], "give a compute budget in FLOPs"),
+                           (["scaling", "fit", str(CHINCHILLA_CSV), "--params", "non-embedding"], "a file's N is used as given"),
                            (["scaling", "fit"], "scaling fit needs points")):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()

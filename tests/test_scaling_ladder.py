@@ -37,11 +37,29 @@ def test_the_plan_is_a_grid_or_an_iso_flop_design():
     ({"tokens": ["lots"]}, "--tokens 'lots': give a count"),
     ({"tokens": ["20k"], "flops": ["1e12"]}, "not both"),
     ({"flops": ["1e12", "1e12"]}, "an iso-FLOP ladder needs at least 2"),
+    ({"flops": ["2e9", "4e9"]}, "in whole batches of 2,048"),
 ])
 def test_bad_ladders_fail_before_anything_runs(kwargs, fragment):
     with pytest.raises(UserError) as e:
         plan(LadderConfig(**kwargs))
     assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("argv", [
+    ["scaling", "ladder", "--sizes", "n_layer=2,3"],
+    ["scaling", "ladder", "--tokens", "10k,20k", "--flops", "1e12"],
+    ["scaling", "fit", "no-such-points.csv"],
+])
+def test_bad_scaling_input_is_reported_before_torch_is_imported(argv, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    probe = "import sys; from pretrainlab.cli import main; rc = main(sys.argv[1:]); print(rc, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PRETRAINLAB_WORKSPACE": str(tmp_path)})
+    assert out.stdout.split() == ["2", "False"], (out.stdout, out.stderr[-1500:])
+    assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1
 
 
 def test_a_tiny_iso_flop_ladder_trains_registers_and_fits(corpus_dir, tmp_path, capsys):

@@ -500,8 +500,10 @@ def scaling_fit(points: str | Path | None = None, *, ladder: str | None = None, 
     from .scaling import analyse, load_points, points_from_runs
     from .scaling.plot import check_plot_path, write_plot
 
-    if points is not None and (ladder or campaign or recipe or since or until):
-        raise UserError("scaling fit: give a points file or ledger runs (--ladder, --campaign, --recipe, --since), not both")
+    if points is not None and (ladder or campaign or status or recipe or since or until):
+        raise UserError("scaling fit: give a points file or ledger runs (--ladder, --campaign, --status, --recipe, --since), not both")
+    if points is not None and params != "total":
+        raise UserError(f"--params {params} applies to the ledger's runs: a file's N is used as given; count it as you mean it there")
     if ladder and campaign:
         raise UserError("scaling fit: --ladder and --campaign both given: a ladder is a campaign of its own; pass one of them")
     if plot is not None:

@@ -44,6 +44,7 @@ from .config import LadderConfig
 KIND = "scaling-ladder"  # campaigns.config["kind"] of a ladder in the ledger
 AUTHOR = "scaling ladder"  # who writes the ladder's notes
 SI = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9, "t": 10**12}
+ISO_FLOP_TOLERANCE = 0.25  # an iso-FLOP run's 6ND may miss its budget by this share (whole batches), no more
 
 
 # ---- 1. the plan -------------------------------------------------------------------------------------
@@ -139,9 +140,13 @@ def plan(cfg: LadderConfig) -> list[Cell]:
             if c is not None:  # iso-FLOP: D = C / (6N), whole batches, at least one
                 batch = recipe.train.batch_tokens
                 tokens = max(batch, int(round(c / (6 * n) / batch)) * batch)
+                if abs(6 * n * tokens / c - 1) > ISO_FLOP_TOLERANCE:
+                    raise UserError(f"--flops {c:g}: {', '.join(size)} would train {c / (6 * n):,.0f} tokens, {tokens:,} in whole "
+                                    f"batches of {batch:,}, {6 * n * tokens / c:.0%} of the budget: raise the budget or lower "
+                                    "train.batch_tokens (--set)")
             for seed in range(cfg.seeds):
                 label = "-".join(o.split("=", 1)[0].rsplit(".", 1)[-1] + o.split("=", 1)[1] for o in size)
-                key = f"{label}-{'C' + format(c, '.0e').replace('+', '') if c else 'T' + str(tokens)}-s{seed}"
+                key = f"{label}-{'C' + format(c, '.4g').replace('+', '') if c else 'T' + str(tokens)}-s{seed}"
                 overrides = [*cfg.overrides, *size, f"budget.tokens={tokens}", "budget.seconds=0", "budget.flops=0",
                              f"seed={base.seed + seed}"]
                 resolve_recipe(cfg.recipe, overrides)  # the budget and seed check too
