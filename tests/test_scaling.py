@@ -237,3 +237,18 @@ def test_ledger_runs_fit_through_the_api_and_the_llm_tool(tmp_path):
             flat_tool.run(inputs.FitScalingLaw())
         with pytest.raises(UserError, match="research campaign, not a scaling ladder"):
             tool.run(inputs.FitScalingLaw(ladder=cid))
+
+    # the MCP face: the same api call, a mistake as the CLI's one-line message
+    import asyncio
+
+    pytest.importorskip("mcp")
+    from pretrainlab.mcp_server import build_server
+
+    server = build_server(db)
+    done = asyncio.run(server.call_tool("scaling_fit", {"campaign": "widths", "flops": [1e13], "num_bootstrap": 20}))
+    data = done.structured_content or json.loads("".join(getattr(c, "text", "") for c in done.content))
+    assert not done.is_error and data["fit"]["alpha"] == pytest.approx(0.4, abs=0.01) and "points" not in data
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    with pytest.raises(ToolError, match="1 distinct model sizes"):  # the client receives it as an error result
+        asyncio.run(server.call_tool("scaling_fit", {"campaign": "one size", "num_bootstrap": 0}))

@@ -62,7 +62,7 @@ def _power_law(log_c: np.ndarray, log_y: np.ndarray) -> tuple[float, float]:
 
 @dataclass
 class IsoFlopFit:
-    budgets: list[dict]  # per budget: C, num_runs, sizes, N_opt, D_opt, loss_opt, used, why_not
+    budgets: list[dict]  # per budget: C, num_runs, members (indices of its points), sizes, N_opt, D_opt, loss_opt, used, why_not
     a: float | None  # N_opt ∝ C^a
     b: float | None  # D_opt ∝ C^b  (= 1 - a)
     log_k_n: float | None
@@ -84,7 +84,8 @@ def fit_isoflop(n: np.ndarray, d: np.ndarray, loss: np.ndarray, budget: np.ndarr
     rows, used = [], []
     for c, idx in groups:
         x, l_opt, why = parabola_minimum(np.log(n[idx]), loss[idx])
-        row = {"C": c, "num_runs": len(idx), "sizes": sorted({float(v) for v in n[idx]}), "used": why is None, "why_not": why,
+        row = {"C": c, "num_runs": len(idx), "members": idx.tolist(), "sizes": sorted({float(v) for v in n[idx]}), "used": why is None,
+               "why_not": why,
                "N_opt": math.exp(x) if x is not None else None, "D_opt": c / (6 * math.exp(x)) if x is not None else None,
                "loss_opt": l_opt}
         rows.append(row)

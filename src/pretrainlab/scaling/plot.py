@@ -111,9 +111,7 @@ def panel_data(result: dict) -> list[dict]:
         iso_series = []
         for i, b in enumerate(used):
             color = PALETTE[i % len(PALETTE)]
-            members = [p for p in pts if abs(math.log(p["C"] / b["C"])) < 0.15 and p["N"] in b["sizes"]]
-            if len(members) < 3:
-                continue
+            members = [pts[i] for i in b["members"]]
             x = np.log([p["N"] for p in members])
             coef = np.polyfit(x, [p["loss"] for p in members], 2)
             xs = np.linspace(x.min(), x.max(), 30)
