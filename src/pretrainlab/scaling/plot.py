@@ -107,19 +107,22 @@ def panel_data(result: dict) -> list[dict]:
     panels.append({"title": "compute-optimal allocation vs compute", "xlabel": "C (FLOPs)", "ylabel": "parameters / tokens",
                    "xlog": True, "xsci": True, "ylog": True, "series": opt})
 
-    if used and len(used) <= len(PALETTE):
+    profiles = [b for b in iso["budgets"] if len(b["sizes"]) >= 3]
+    if profiles and len(profiles) <= len(PALETTE):
         iso_series = []
-        for i, b in enumerate(used):
-            color = PALETTE[i % len(PALETTE)]
-            members = [pts[i] for i in b["members"]]
-            x = np.log([p["N"] for p in members])
-            coef = np.polyfit(x, [p["loss"] for p in members], 2)
-            xs = np.linspace(x.min(), x.max(), 30)
-            iso_series.append({"label": f"C={b['C']:.3g}", "color": color, "kind": "points", "xy": [(p["N"], p["loss"]) for p in members]})
-            iso_series.append({"label": "", "color": color, "kind": "line", "xy": [(math.exp(v), float(np.polyval(coef, v))) for v in xs]})
-        if iso_series:
-            panels.append({"title": "IsoFLOP profiles: loss vs N at each compute budget, with the fitted parabola", "xlabel": "N (parameters)",
-                           "ylabel": loss_label, "xlog": True, "ylog": False, "series": iso_series})
+        for j, b in enumerate(profiles):
+            color = PALETTE[j % len(PALETTE)]
+            members = [pts[k] for k in b["members"]]
+            label = f"C={b['C']:.3g}" + ("" if b["used"] else " (no minimum inside the sizes)")
+            iso_series.append({"label": label, "color": color, "kind": "points", "xy": [(p["N"], p["loss"]) for p in members]})
+            if b["used"]:
+                x = np.log([p["N"] for p in members])
+                coef = np.polyfit(x, [p["loss"] for p in members], 2)
+                xs = np.linspace(x.min(), x.max(), 30)
+                iso_series.append({"label": "", "color": color, "kind": "line",
+                                   "xy": [(math.exp(v), float(np.polyval(coef, v))) for v in xs]})
+        panels.append({"title": "IsoFLOP profiles: loss vs N at each compute budget, with the fitted parabola where it has a minimum",
+                       "xlabel": "N (parameters)", "ylabel": loss_label, "xlog": True, "ylog": False, "series": iso_series})
     return panels
 
 
