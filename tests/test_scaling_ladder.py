@@ -49,6 +49,7 @@ def test_bad_ladders_fail_before_anything_runs(kwargs, fragment):
     ["scaling", "ladder", "--sizes", "n_layer=2,3"],
     ["scaling", "ladder", "--tokens", "10k,20k", "--flops", "1e12"],
     ["scaling", "fit", "no-such-points.csv"],
+    ["scaling", "ladder", "--resume", "abc", "--seeds", "2"],
 ])
 def test_bad_scaling_input_is_reported_before_torch_is_imported(argv, tmp_path):
     import os
@@ -80,6 +81,9 @@ def test_a_tiny_iso_flop_ladder_trains_registers_and_fits(corpus_dir, tmp_path, 
     assert again["fit"]["objective"] == pytest.approx(fit["fit"]["objective"], rel=1e-6)
     assert main(["research", "status", done["ladder"]]) == 2
     assert "is a scaling ladder" in capsys.readouterr().err
+    resumed = api.scaling_ladder(resume=done["ladder"], parallel=1, num_bootstrap=0)  # nothing left to train: the fit again
+    assert resumed["ladder"] == done["ladder"] and "6 of 6 runs already registered; 0 to train" in capsys.readouterr().err
+    assert resumed["fit"]["fit"]["objective"] == pytest.approx(fit["fit"]["objective"], rel=1e-6)
 
     from pretrainlab.ledger import Ledger
     from pretrainlab.recipes import get_recipe

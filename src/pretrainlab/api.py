@@ -533,25 +533,32 @@ def scaling_fit(points: str | Path | None = None, *, ladder: str | None = None, 
     return result
 
 
-def scaling_ladder(recipe: str = "tiny-cpu", overrides: list[str] | None = None, *, name: str | None = None, resume: str | None = None,
+def scaling_ladder(recipe: str | None = None, overrides: list[str] | None = None, *, name: str | None = None, resume: str | None = None,
                    db: str | None = None, echo: bool = True, budgets: list[str | float] | None = None, num_bootstrap: int = 1000,
                    plot: Path | str | None = None, **options) -> dict:
     """Train a ladder of model sizes x token (or compute) budgets as real runs, registered in the
     ledger under the ladder's id, then fit them. `options` are LadderConfig fields: sizes, tokens,
-    flops, seeds, parallel, params. With resume=ID, an interrupted ladder continues (its runs kept).
-    budgets: the compute budgets to give the optimal allocation for. Returns {"ladder", "fit"}."""
+    flops, seeds, parallel, gpus, params (None or empty: the field's default). With resume=ID, an
+    interrupted ladder continues as planned (its registered runs kept; only parallel and gpus may
+    change). budgets: the compute budgets to give the optimal allocation for. Returns {"ladder", "fit"}."""
     from .research import ladder as runs
 
+    given = {k: v for k, v in {"recipe": recipe, "overrides": overrides, **options}.items() if v not in (None, [])}
     if plot is not None:
         from .scaling.plot import check_plot_path
 
         check_plot_path(plot)
     fit_options = {"flops": budgets, "num_bootstrap": num_bootstrap}
     if resume:
-        lid, result = runs.resume(resume, db=db, echo=echo, parallel=options.get("parallel"), fit_options=fit_options)
+        ignored = sorted(set(given) - {"parallel", "gpus"})
+        if ignored:
+            flags = ", ".join("--set" if k == "overrides" else "--" + k.replace("_", "-") for k in ignored)
+            raise UserError(f"--resume {resume} continues the ladder as it was planned: {flags} {'does' if len(ignored) == 1 else 'do'} "
+                            "not apply (only --parallel and --gpus do)")
+        lid, result = runs.resume(resume, db=db, echo=echo, parallel=given.get("parallel"), gpus=given.get("gpus"), fit_options=fit_options)
     else:
         try:
-            cfg = LadderConfig(recipe=recipe, overrides=list(overrides or []), **{k: v for k, v in options.items() if v is not None})
+            cfg = LadderConfig(**given)
         except TypeError as e:
             raise UserError(f"scaling ladder: {e}") from None
         lid, result = runs.start(cfg, name=name, db=db, echo=echo, fit_options=fit_options)

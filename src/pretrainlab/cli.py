@@ -716,7 +716,9 @@ def _add_scaling_parser(sub) -> None:
     lad.add_argument("--budget", action="append", default=[], metavar="C",
                      help="compute budget(s) for the optimal N and D in the fit (default: the largest run's power of ten, 10x, 100x)")
     lad.add_argument("--name", help="the ladder's name")
-    lad.add_argument("--resume", metavar="LADDER", help="continue an interrupted ladder: its registered runs are kept (only --parallel applies)")
+    lad.add_argument("--resume", metavar="LADDER", help="continue an interrupted ladder as planned: its registered runs are kept "
+                     "(only --parallel and --gpus apply)")
+    lad.set_defaults(**{name: None for name in ("recipe", "seeds", "parallel", "params")})  # not given: the field's default (or, resumed, as it was)
 
 
 def cmd_scaling(args) -> int:

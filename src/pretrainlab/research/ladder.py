@@ -174,15 +174,19 @@ def start(cfg: LadderConfig, name: str | None = None, db: str | None = None, ech
         return lid, Ladder(ledger, lid, echo).run(fit_options or {})
 
 
-def resume(ladder_id: str, db: str | None = None, echo: bool = True, parallel: int | None = None,
+def resume(ladder_id: str, db: str | None = None, echo: bool = True, parallel: int | None = None, gpus: list[int] | None = None,
            fit_options: dict | None = None) -> tuple[str, dict | None]:
-    """Continue a ladder: runs already registered are kept, the others trained (again)."""
+    """Continue a ladder: runs already registered are kept, the others trained (again), on
+    `parallel` slots and `gpus` when given (recorded in its config), else as before."""
     from ..ledger import Ledger
 
     with Ledger(db, create=False) as ledger:
         row = find_ladder(ledger, ladder_id)
-        if parallel is not None:
-            ledger.set_campaign_config(row["id"], {**row["config"], "ladder": {**row["config"]["ladder"], "parallel": parallel}})
+        changes = {k: v for k, v in (("parallel", parallel), ("gpus", gpus)) if v is not None}
+        if changes:
+            settings = {**row["config"]["ladder"], **changes}
+            LadderConfig(**settings)  # validates (e.g. --parallel against --gpus)
+            ledger.set_campaign_config(row["id"], {**row["config"], "ladder": settings})
         ledger.set_campaign_status(row["id"], "running")
         return row["id"], Ladder(ledger, row["id"], echo).run(fit_options or {})
 
