@@ -189,6 +189,8 @@ def points_from_runs(rows: list[dict], source: str, params: str = "total", budge
             why = "no val_bpb"
         elif not _finite(r.get("params")) or not _finite(r.get("tokens")):
             why = "no params or tokens recorded"
+        elif params == "non-embedding" and not isinstance(r.get("recipe"), dict):
+            why = "no recipe recorded to count its embedding parameters"
         if why:
             skipped.append(f"{r['run_id']}: {why}")
             continue
