@@ -483,6 +483,7 @@ def diagnose_run(run: str, baseline: str | None = None, db: str | None = None):
     return diagnose(_run_dir(run, db), baseline_dir=_run_dir(baseline, db) if baseline else None)
 
 
+<<<<<<< HEAD
 # ---- for the MCP server (mcp_server.py): campaigns started in the background, corpora by name ----
 
 
@@ -680,3 +681,98 @@ def list_corpora() -> list[dict]:
                     "domains": sorted(manifest["domains"]) if isinstance(manifest.get("domains"), dict) else [],
                     "derived": bool(source.get("derived")), "recipe_name": source.get("recipe_name")})
     return out
+=======
+# ---- scaling laws ------------------------------------------------------------------------------
+# L(N, D) = E + A/N^alpha + B/D^beta fitted as Hoffmann et al. (2022) do (scaling/), on a file of
+# points or on the ledger's runs, and ladders of real runs to fit it on (research/ladder.py).
+# docs/scaling.md has the method and its validation on Besiroglu et al.'s (2024) Chinchilla data.
+
+from .research.config import LadderConfig  # noqa: E402 (the faces' `scaling ladder` flags are its fields)
+
+
+def scaling_fit(points: str | Path | None = None, *, ladder: str | None = None, campaign: str | None = None,
+                status: str | list[str] | None = None, recipe: list[str] | None = None, since: str | None = None,
+                until: str | None = None, flops: list[str | float] | None = None, params: str = "total", drop_highest: int = 0,
+                num_bootstrap: int = 1000, level: float = 0.95, num_starts: int | None = 128, optimizer: str = "bfgs", seed: int = 0,
+                plot: Path | str | None = None, db: str | None = None) -> dict:
+    """Fit the law to (N, D, loss) points: a CSV/JSON file, a ladder's runs, a campaign's runs,
+    or the runs matching ledger filters (status/recipe/since/until, as `runs list`). Returns the
+    analysis (scaling.analyse) with the plot's path under "plot" when one was asked for."""
+    from .scaling import analyse, load_points, points_from_runs
+    from .scaling.plot import check_plot_path, write_plot
+
+    if points is not None and (ladder or campaign or status or recipe or since or until):
+        raise UserError("scaling fit: give a points file or ledger runs (--ladder, --campaign, --status, --recipe, --since), not both")
+    if points is not None and params != "total":
+        raise UserError(f"--params {params} applies to the ledger's runs: a file's N is used as given; count it as you mean it there")
+    if ladder and campaign:
+        raise UserError("scaling fit: --ladder and --campaign both given: a ladder is a campaign of its own; pass one of them")
+    if plot is not None:
+        check_plot_path(plot)  # a bad --plot fails before the fit, not after it
+    if points is not None:
+        data = load_points(points, drop_highest)
+    elif ladder or campaign or recipe or since or until:
+        from .research.ladder import find_ladder, ladder_points
+        from .scaling.points import drop_highest_losses
+
+        with _ledger(db, create=False) as lg:
+            if ladder:
+                data = ladder_points(lg, find_ladder(lg, ladder), params)
+            else:
+                filters = _run_filters(status, recipe, campaign, since, until)  # runs that did not finish are listed as left out
+                rows = lg.list_runs(**filters, columns=("run_id", "status", "params", "tokens", "val_bpb", "recipe"))
+                what = [f"campaign {campaign}"] if campaign else []
+                what += [f"{k}={v}" for k, v in filters["recipe"]] + [f"since {since}"] * bool(since) + [f"until {until}"] * bool(until)
+                data = points_from_runs(rows, "runs: " + ", ".join(what), params)
+        data = drop_highest_losses(data, drop_highest)
+    else:
+        raise UserError("scaling fit needs points: a CSV/JSON file of (N, D, loss), --ladder ID, --campaign ID, or run filters "
+                        "such as --recipe name=tiny-cpu")
+    result = analyse(data, flops=flops, num_bootstrap=num_bootstrap, level=level, num_starts=num_starts, optimizer=optimizer, seed=seed)
+    if plot is not None:
+        result["plot"] = write_plot(plot, result)
+    return result
+
+
+def scaling_ladder(recipe: str | None = None, overrides: list[str] | None = None, *, name: str | None = None, resume: str | None = None,
+                   db: str | None = None, echo: bool = True, budgets: list[str | float] | None = None, num_bootstrap: int = 1000,
+                   plot: Path | str | None = None, **options) -> dict:
+    """Train a ladder of model sizes x token (or compute) budgets as real runs, registered in the
+    ledger under the ladder's id, then fit them. `options` are LadderConfig fields: sizes, tokens,
+    flops, seeds, parallel, gpus, params (None or empty: the field's default). With resume=ID, an
+    interrupted ladder continues as planned (its registered runs kept; only parallel and gpus may
+    change). budgets: the compute budgets to give the optimal allocation for. Returns {"ladder", "fit"}."""
+    from .research import ladder as runs
+
+    given = {k: v for k, v in {"recipe": recipe, "overrides": overrides, **options}.items() if v not in (None, [])}
+    if plot is not None:
+        from .scaling.plot import check_plot_path
+
+        check_plot_path(plot)
+    fit_options = {"flops": budgets, "num_bootstrap": num_bootstrap}
+    if resume:
+        ignored = sorted(set(given) - {"parallel", "gpus"})
+        if ignored:
+            flags = ", ".join("--set" if k == "overrides" else "--" + k.replace("_", "-") for k in ignored)
+            raise UserError(f"--resume {resume} continues the ladder as it was planned: {flags} {'does' if len(ignored) == 1 else 'do'} "
+                            "not apply (only --parallel and --gpus do)")
+        lid, result = runs.resume(resume, db=db, echo=echo, parallel=given.get("parallel"), gpus=given.get("gpus"), fit_options=fit_options)
+    else:
+        try:
+            cfg = LadderConfig(**given)
+        except TypeError as e:
+            raise UserError(f"scaling ladder: {e}") from None
+        lid, result = runs.start(cfg, name=name, db=db, echo=echo, fit_options=fit_options)
+    if result is not None and plot is not None:
+        from .scaling.plot import write_plot
+
+        result["plot"] = write_plot(plot, result)
+    return {"ladder": lid, "fit": result}
+
+
+def render_scaling_fit(result: dict) -> str:
+    """A scaling analysis as text (parameters with intervals, the allocation, IsoFLOP, warnings)."""
+    from .scaling import render_text
+
+    return render_text(result)
+>>>>>>> scaling

@@ -21,8 +21,15 @@
     pretrainlab research suggest CAMPAIGN "hypothesis" [--set k=v ...] [--data-recipe STEPS.toml] | approve EXP | reject EXP [--reason TEXT]
     pretrainlab report CAMPAIGN -o report.html
     pretrainlab doctor RUN [--baseline RUN] [--json]        (RUN = run dir or run id)
+<<<<<<< HEAD
     pretrainlab mcp [--db URL] [--http [--host 127.0.0.1] [--port 8765]]   # the MCP server: stdio, or streamable HTTP
     pretrainlab ui [--host H] [--port P] [--db URL] [--author NAME] [--open]   the web dashboard
+=======
+    pretrainlab scaling fit [POINTS.csv|.json] [--ladder L | --campaign C | --recipe KEY=VALUE ...] [--flops 1e21 ...]
+                            [--params total|non-embedding] [--bootstrap N] [--plot FILE.svg|.html|.png] [--json]
+    pretrainlab scaling ladder --recipe NAME --sizes n_embd=64,96,128 --tokens 50k,100k,200k | --flops 1e12,3e12
+                               [--seeds K] [--parallel N] [--budget C] [--plot FILE] [--json] | --resume LADDER
+>>>>>>> scaling
 
 Bad input exits with code 2 and one line on stderr naming the problem and the fix.
 A finished run exits 0; a diverged run 3; a preempted (SIGTERM) run 75.
@@ -92,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     dw.add_argument("--json", action="store_true")
     _add_runs_parser(sub)
     _add_research_parser(sub)
+    _add_scaling_parser(sub)
     return p
 
 
@@ -582,7 +590,7 @@ def _cmd_mixture(args) -> int:
     return 0
 
 
-COMMA_LISTS = {"target"}  # list[str] fields given as one comma-separated value; other lists repeat their flag
+COMMA_LISTS = {"target", "tokens", "flops"}  # list[str] fields given as one comma-separated value; other lists repeat their flag
 
 
 def _config_flags(parser, cls, skip: tuple[str, ...] = (), only: tuple[str, ...] | None = None, unchanged: bool = False) -> None:
@@ -692,6 +700,7 @@ def cmd_ui(args) -> int:
     return 0
 
 
+<<<<<<< HEAD
 def cmd_mcp(args) -> int:
     from .mcp_server import serve  # the other face, launched from this one
 
@@ -700,6 +709,85 @@ def cmd_mcp(args) -> int:
 
 
 COMMANDS = {"ui": cmd_ui, "mcp": cmd_mcp, "doctor": cmd_doctor, "recipes": cmd_recipes, "train": cmd_train, "data": cmd_data, "runs": cmd_runs, "research": cmd_research,
+=======
+# ---- scaling laws --------------------------------------------------------------------------------
+
+
+def _add_scaling_parser(sub) -> None:
+    sc = sub.add_parser("scaling", help="fit L(N, D) = E + A/N^alpha + B/D^beta and the compute-optimal N, D; train ladders (docs/scaling.md)")
+    ssub = sc.add_subparsers(dest="scaling_command", required=True, parser_class=_Parser)
+    fit_flags = argparse.ArgumentParser(add_help=False)
+    fit_flags.add_argument("--bootstrap", dest="num_bootstrap", type=int, default=1000, metavar="N",
+                           help="resamples of the points refitted for the intervals (default 1000; 0: none)")
+    fit_flags.add_argument("--db", metavar="URL", help="ledger (default: env PRETRAINLAB_DB, else the workspace's)")
+    fit_flags.add_argument("--plot", type=Path, metavar="FILE", help="FILE.svg or FILE.html (self-contained) or FILE.png (matplotlib)")
+    fit_flags.add_argument("--json", action="store_true", help="the whole analysis as JSON on stdout")
+    f = ssub.add_parser("fit", parents=[fit_flags], help="fit points from a file or the ledger's runs (Hoffmann et al. Approaches 3 and 2)")
+    f.add_argument("points", nargs="?", help="CSV or JSON of (N, D, loss) points (columns: N|params, D|tokens or FLOPs, loss|val_bpb)")
+    f.add_argument("--ladder", help="fit a ladder's runs (id or name, from `pretrainlab scaling ladder`)")
+    f.add_argument("--campaign", help="fit a campaign's runs (id or name)")
+    f.add_argument("--status", help="only runs with this status (default: all; those without a val_bpb are listed as left out)")
+    f.add_argument("--recipe", action="append", default=[], metavar="KEY=VALUE", help="runs whose recipe matches, e.g. name=tiny-cpu")
+    f.add_argument("--since", metavar="DATE", help="runs created at or after (2026-11-21, or an age: 3d)")
+    f.add_argument("--until", metavar="DATE", help="runs created before")
+    f.add_argument("--flops", "--budget", dest="flops", action="append", default=[], metavar="C",
+                   help="compute budget(s) for the optimal N and D: 1e21, 5ZFLOPs, 100pf-days (repeat or comma-separate; "
+                        "default: the largest run's power of ten, 10x and 100x)")
+    f.add_argument("--params", default="total", choices=["total", "non-embedding"],
+                   help="ledger runs: count N as total (Hoffmann et al.) or non-embedding (Kaplan et al.) parameters")
+    f.add_argument("--drop-highest", type=int, default=0, metavar="K", help="leave out the K highest losses (Besiroglu et al. drop 5)")
+    f.add_argument("--level", type=float, default=0.95, help="coverage of the percentile intervals (default 0.95)")
+    f.add_argument("--starts", default="128", metavar="N|all",
+                   help="descents from the 4,500-point initialisation grid: its N best and spread (default 128), or all")
+    f.add_argument("--optimizer", default="bfgs", choices=["bfgs", "l-bfgs-b"], help="quasi-Newton method of each descent")
+    f.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples")
+    lad = ssub.add_parser("ladder", parents=[fit_flags], help="train model sizes x token (or compute) budgets as real runs, then fit")
+    _config_flags(lad, api.LadderConfig)
+    lad.add_argument("--budget", action="append", default=[], metavar="C",
+                     help="compute budget(s) for the optimal N and D in the fit (default: the largest run's power of ten, 10x, 100x)")
+    lad.add_argument("--name", help="the ladder's name")
+    lad.add_argument("--resume", metavar="LADDER", help="continue an interrupted ladder as planned: its registered runs are kept "
+                     "(only --parallel and --gpus apply)")
+    lad.set_defaults(**{name: None for name in ("recipe", "seeds", "parallel", "params")})  # not given: the field's default (or, resumed, as it was)
+
+
+def cmd_scaling(args) -> int:
+    if args.scaling_command == "fit":
+        starts = None if args.starts.strip().lower() == "all" else _int_flag("--starts", args.starts)
+        flops = [v.strip() for item in args.flops for v in item.split(",") if v.strip()] or None
+        result = api.scaling_fit(args.points, ladder=args.ladder, campaign=args.campaign, status=args.status, recipe=args.recipe,
+                                 since=args.since, until=args.until, flops=flops, params=args.params, drop_highest=args.drop_highest,
+                                 num_bootstrap=args.num_bootstrap, level=args.level, num_starts=starts, optimizer=args.optimizer,
+                                 seed=args.seed, plot=args.plot, db=args.db)
+        if args.json:
+            return _print_json(result)
+        print(api.render_scaling_fit(result))
+        if result.get("plot"):
+            print(f"plot: {result['plot']}")
+        return 0
+    options = _config_options(args, api.LadderConfig)
+    budgets = [v.strip() for item in args.budget for v in item.split(",") if v.strip()] or None
+    done = api.scaling_ladder(options.pop("recipe"), options.pop("overrides"), name=args.name, resume=args.resume, db=args.db,
+                              budgets=budgets, num_bootstrap=args.num_bootstrap, plot=args.plot, **options)
+    if args.json:
+        return _print_json(done)
+    if done["fit"] is not None:
+        print(api.render_scaling_fit(done["fit"]))
+        if done["fit"].get("plot"):
+            print(f"plot: {done['fit']['plot']}")
+    print(f"ladder {done['ladder']}: refit with `pretrainlab scaling fit --ladder {done['ladder']}`")
+    return 0
+
+
+def _int_flag(flag: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"{flag} {value!r}: give a whole number") from None
+
+
+COMMANDS = {"mcp": cmd_mcp, "scaling": cmd_scaling, "doctor": cmd_doctor, "recipes": cmd_recipes, "train": cmd_train, "data": cmd_data, "runs": cmd_runs, "research": cmd_research,
+>>>>>>> scaling
             "report": lambda args: _print_json({"campaign": args.campaign, "report": str(api.write_report(args.campaign, args.out, db=args.db))})
             if args.json else print(f"report: {api.write_report(args.campaign, args.out, db=args.db)}") or 0}
 

@@ -49,7 +49,7 @@ INSTRUCTIONS = (
     "the campaign id; poll research_status until its status is done), read campaigns (research_status, research_log, "
     "research_report), runs (list_runs, show_run, compare_runs, diagnose_run) and corpora (corpus_report, data_why); steer "
     "a campaign with research_suggest (a config change or a data recipe), research_approve / research_reject and "
-    "research_stop. Numbers are val_bpb (lower is better) as the lab scored them; effects come with 95% CIs. Resources: "
+    "research_stop; fit scaling laws to a ladder's or a campaign's runs (scaling_fit). Numbers are val_bpb (lower is better) as the lab scored them; effects come with 95% CIs. Resources: "
     "run://{run}/summary, campaign://{campaign}/log, corpus://{name}/report. Prompts: review_campaign, review_run."
 )
 
@@ -314,6 +314,19 @@ def build_server(db: str | None = None):
         """Why a document is (not) in a derived corpus's training set: the step, rule and
         score that decided, or its near-duplicate cluster and the document kept."""
         return call(api.data_why, corpus, document)
+
+    @tool(read_only=True)
+    def scaling_fit(ladder: str | None = None, campaign: str | None = None, flops: list[float] | None = None, params: str = "total",
+                    num_bootstrap: int = 300) -> dict:
+        """Fit L(N, D) = E + A/N^alpha + B/D^beta (Hoffmann et al.'s Approach 3, bootstrap
+        intervals) to a scaling ladder's runs (`pretrainlab scaling ladder`) or a campaign's:
+        N parameters (params: total or non-embedding), D tokens, L val_bpb; with the
+        compute-optimal N and D for FLOP budgets (C = 6ND) and the IsoFLOP exponent."""
+        def fit() -> dict:
+            result = api.scaling_fit(ladder=ladder, campaign=campaign, flops=flops, params=params, num_bootstrap=num_bootstrap, db=db)
+            return {k: v for k, v in result.items() if k not in ("points", "frontier")}  # per-point rows: `scaling fit --json`
+
+        return call(fit)
 
     # ---- resources ----------------------------------------------------------------------------
 

@@ -83,14 +83,31 @@ def get_recipe(name: str) -> Recipe:
 def estimate_params(recipe: Recipe) -> int:
     """Parameter count without building the model (vocab from the tokenizer spec)."""
     m = recipe.model
-    vocab = m.vocab_size or (256 if recipe.data.tokenizer == "byte" else int(recipe.data.tokenizer.split(":")[1]))
-    padded = -(-vocab // 64) * 64
-    head_dim = m.n_embd // m.n_head
-    kv_dim = (m.n_kv_head or m.n_head) * head_dim
+    padded = _padded_vocab(recipe)
     hidden = int(m.mlp_ratio * m.n_embd)
-    per_layer = m.n_embd * m.n_embd * 2 + 2 * m.n_embd * kv_dim + 2 * m.n_embd * hidden
+    per_layer = m.n_embd * m.n_embd * 2 + 2 * m.n_embd * _kv_dim(recipe) + 2 * m.n_embd * hidden
     num_ve = sum(1 for i in range(m.n_layer) if m.value_embeds and i % 2 == (m.n_layer - 1) % 2)
-    return m.n_layer * per_layer + 2 * padded * m.n_embd + num_ve * (padded * kv_dim + 2)
+    return m.n_layer * per_layer + padded * m.n_embd + embedding_params(recipe) + 2 * num_ve  # 2: each value embedding's gates
+
+
+def embedding_params(recipe: Recipe) -> int:
+    """The lookup tables among the parameters (GPT.num_embedding_params): the token embedding
+    and the value embeddings. Not the untied lm_head, a matmul that counts in the FLOPs:
+    total - this = the non-embedding count behind model.flops_per_token."""
+    m = recipe.model
+    padded = _padded_vocab(recipe)
+    num_ve = sum(1 for i in range(m.n_layer) if m.value_embeds and i % 2 == (m.n_layer - 1) % 2)
+    return padded * m.n_embd + num_ve * padded * _kv_dim(recipe)
+
+
+def _padded_vocab(recipe: Recipe) -> int:
+    vocab = recipe.model.vocab_size or (256 if recipe.data.tokenizer == "byte" else int(recipe.data.tokenizer.split(":")[1]))
+    return -(-vocab // 64) * 64
+
+
+def _kv_dim(recipe: Recipe) -> int:
+    m = recipe.model
+    return (m.n_kv_head or m.n_head) * (m.n_embd // m.n_head)
 
 
 def resolve_recipe(name: str, overrides: list[str] | None = None) -> Recipe:

@@ -1,7 +1,7 @@
-"""The settings of the two campaign kinds, `research start` (CampaignConfig) and `research
-mixture` (MixtureConfig): plain dataclasses, light to import, validated on construction with
-one-line errors. Each field's doc is its flag's help: the CLI generates the flags from these
-fields."""
+"""The settings of the campaign kinds, `research start` (CampaignConfig), `research mixture`
+(MixtureConfig) and `scaling ladder` (LadderConfig): plain dataclasses, light to import,
+validated on construction with one-line errors. Each field's doc is its flag's help: the CLI
+generates the flags from these fields."""
 
 from __future__ import annotations
 
@@ -185,3 +185,42 @@ class MixtureConfig:
 
     def target_label(self) -> str:
         return f"mean val_bpb of {', '.join(self.target)}" if self.target else "val_bpb"
+
+
+# a scaling ladder (research/ladder.py): 3 widths of tiny-cpu x 3 token budgets over a 16x range, ~3 minutes on 2 CPU
+# cores (docs/benchmarks.md)
+LADDER_SIZES = ["model.n_embd=64,96,128"]
+LADDER_TOKENS = ["25k", "100k", "400k"]
+
+
+@dataclass
+class LadderConfig:
+    """A scaling ladder's settings; each field's doc is its `scaling ladder` flag's help (the
+    CLI generates the flags from these fields)."""
+
+    recipe: str = doc("base recipe: a name or a recipe.json", "tiny-cpu")
+    overrides: list[str] = doc("override the base recipe for every run (repeatable)", [])
+    sizes: list[str] = doc("model sizes: KEY=V1,V2,... (repeat the flag to zip several keys), e.g. n_layer=2,3,4 or "
+                           f"model.n_embd=64,96,128 (default {LADDER_SIZES[0]})", [])
+    tokens: list[str] = doc(f"token budgets, every size at each, e.g. 50k,100k,200k (default {','.join(LADDER_TOKENS)})", [])
+    flops: list[str] = doc("compute budgets instead of --tokens, e.g. 1e12,3e12: iso-FLOP, each size trained to D = C/(6N)", [])
+    seeds: int = doc("runs per cell, on seeds 0..N-1", 1)
+    parallel: int = doc("runs in flight at once (CPU: cores split fairly)", 2)
+    gpus: list[int] | None = doc("comma-separated GPU indices, one per slot; default: CPU processes", None)
+    params: str = doc("how N is counted: total (Hoffmann et al.) or non-embedding (Kaplan et al.)", "total")
+
+    def __post_init__(self):
+        if self.tokens and self.flops:
+            raise UserError("--tokens and --flops both given: a ladder is a grid of token budgets or an iso-FLOP design, not both")
+        self.sizes = list(self.sizes) or list(LADDER_SIZES)
+        if not self.flops:
+            self.tokens = list(self.tokens) or list(LADDER_TOKENS)
+        if self.seeds < 1:
+            raise UserError(f"--seeds must be >= 1, got {self.seeds}")
+        if self.parallel < 1:
+            raise UserError(f"--parallel must be >= 1, got {self.parallel}")
+        if self.gpus is not None and len(self.gpus) < self.parallel:
+            raise UserError(f"--parallel {self.parallel} needs {self.parallel} GPUs, --gpus lists {len(self.gpus)}: "
+                            "lower --parallel or list more")
+        if self.params not in ("total", "non-embedding"):
+            raise UserError(f"--params {self.params!r}: use total or non-embedding")

@@ -138,6 +138,7 @@ def resume(campaign_id: str, db: str | None = None, echo: bool = True, author: s
 
     ledger = Ledger(db)
     row = find_campaign(ledger, campaign_id)
+    refuse_ladder(row)
     changes = {k: v for k, v in changes.items() if v is not None}
     if row["config"].get("kind") == "mixture":  # its plan is fixed: only the slots can change
         from . import mixture_campaign
@@ -193,6 +194,7 @@ def status(campaign_id: str, db: str | None = None) -> dict:
 
     ledger = Ledger(db)
     row = find_campaign(ledger, campaign_id)
+    refuse_ladder(row)
     experiments = ledger.list_experiments(row["id"])
     decisions = {d["experiment_id"]: d for d in ledger.list_decisions(campaign_id=row["id"])}
     runs = ledger.list_runs(campaign=row["id"], columns=("run_id", "experiment_id", "seed", "status", "val_bpb"))
@@ -296,6 +298,15 @@ def review(experiment_id: str, approve: bool, author: str, reason: str | None = 
         raise UserError(f"experiment {experiment_id} is {exp['status']}: approve/reject apply to experiments awaiting approval or decided")
     ledger.record_decision(verdict, decided_by=author, experiment_id=experiment_id, rationale=reason or f"{verdict} by a person")
     return {**done, "status": Phase.DECIDED.value, "decision": verdict}
+
+
+def refuse_ladder(row: dict) -> None:
+    """A scaling ladder is recorded as a campaign but has no experiments to rank or resume here."""
+    from .ladder import KIND
+
+    if (row["config"] or {}).get("kind") == KIND:
+        raise UserError(f"{row['id']} is a scaling ladder, not a research campaign: `pretrainlab scaling fit --ladder {row['id']}` "
+                        f"fits its runs, `pretrainlab scaling ladder --resume {row['id']}` continues it")
 
 
 def find_campaign(ledger, ref: str) -> dict:

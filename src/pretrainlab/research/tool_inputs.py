@@ -133,13 +133,14 @@ class WriteNote(ToolInput):
     text: Text
 
 
-class Point(ToolInput):
-    x: float = Field(gt=0, description="Parameters, tokens or FLOPs.")
-    y: float = Field(description="val_bpb.")
-
-
 class FitScalingLaw(ToolInput):
-    points: list[Point] = Field(min_length=3)
+    ladder: Text | None = Field(None, description="A scaling ladder's id or name (`pretrainlab scaling ladder`): fit its runs. "
+                                "Default: this campaign's finished runs (every recipe in it shares one law: a ladder fits cleaner).")
+    flops: list[Annotated[float, Field(gt=0)]] = Field(default_factory=list, max_length=6,
+                                                       description="Compute budgets in FLOPs (C = 6ND) to give the compute-optimal N "
+                                                       "and D for. Default: the largest run's order of magnitude, 10x and 100x it.")
+    params: Literal["total", "non-embedding"] = Field("total", description="Count N as total parameters (Hoffmann et al.) or "
+                                                      "without the embedding tables (Kaplan et al.).")
 
 
 def input_schema(model: type[ToolInput]) -> dict:

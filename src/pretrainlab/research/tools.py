@@ -26,6 +26,9 @@ from .patches import check_allowed
 from .space import apply
 from .strategies import Proposal
 
+SCALING_BOOTSTRAP = 300  # fit_scaling_law's resamples and starts: a few seconds on a small ladder
+SCALING_STARTS = 64
+
 
 def corpus_domains(recipe: Recipe) -> list[str]:
     """The domains of the recipe's corpus, from its manifest (no shard is read)."""
@@ -123,9 +126,30 @@ def lab_tools(ledger, context: dict, base: Recipe) -> list[Tool]:
         return {"note": ledger.add_note(args.text, author=context.get("author", "llm"), campaign_id=context.get("campaign_id"))}
 
     def fit_scaling_law(args: inputs.FitScalingLaw):
-        from ..scaling import fit_power_law
+        from ..scaling import analyse, points_from_runs
+        from .ladder import find_ladder, ladder_points
 
-        return fit_power_law([p.x for p in args.points], [p.y for p in args.points])
+        if args.ladder:
+            points = ladder_points(ledger, find_ladder(ledger, args.ladder), args.params)
+        elif context.get("campaign_id"):
+            rows = ledger.list_runs(campaign=context["campaign_id"], columns=("run_id", "status", "params", "tokens", "val_bpb", "recipe"))
+            points = points_from_runs(rows, "this campaign's runs", args.params)
+        else:
+            raise ValueError("no campaign runs yet: name a scaling ladder (ladder=ID) to fit")
+        # fewer starts and resamples than the CLI's defaults: seconds, not tens of seconds, inside a round
+        try:
+            result = analyse(points, flops=list(args.flops) or None, num_bootstrap=SCALING_BOOTSTRAP, num_starts=SCALING_STARTS)
+        except UserError as e:
+            hint = "" if args.ladder else "; a scaling ladder varies both (`pretrainlab scaling ladder`, then fit it with ladder=ID)"
+            raise ValueError(f"{e}{hint}") from None
+        iso = result["isoflop"]
+        return {"data": {k: v for k, v in result["data"].items() if k != "skipped"} | {"num_skipped": len(result["data"]["skipped"])},
+                "law": result["method"]["law"], "fit": {k: result["fit"][k] for k in ("E", "A", "alpha", "B", "beta", "a", "b",
+                                                                                      "rms_log_residual")},
+                "intervals": result["intervals"], "interval_level": result["method"]["level"],
+                "compute_optimal": result["allocation"],
+                "isoflop": {k: iso.get(k) for k in ("a", "b", "a_ci", "reason")},
+                "warnings": result["warnings"]}
 
     def _run(run_id: str) -> dict:
         row = ledger.get_run(ledger.resolve_run(run_id))
@@ -157,6 +181,8 @@ def lab_tools(ledger, context: dict, base: Recipe) -> list[Tool]:
              "the lab builds the derived corpus (validation and test data stay the base's) and trains on it.",
              inputs.ProposeDataRecipe, propose_data_recipe),
         Tool("write_note", "Write a note into the campaign's research log.", inputs.WriteNote, write_note),
-        Tool("fit_scaling_law", "Fit y = a * x^-b + c to points [{x, y}] (x: params, tokens or FLOPs; y: val_bpb).", inputs.FitScalingLaw,
-             fit_scaling_law),
+        Tool("fit_scaling_law", "Fit L(N, D) = E + A/N^alpha + B/D^beta (Hoffmann et al.'s Approach 3: Huber on log residuals, "
+             "bootstrap intervals) to a scaling ladder's runs or this campaign's (N parameters, D tokens, L val_bpb), with the "
+             "compute-optimal N and D for given FLOP budgets and the IsoFLOP exponent where the runs allow it.",
+             inputs.FitScalingLaw, fit_scaling_law),
     ]

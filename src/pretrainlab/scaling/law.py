@@ -1,0 +1,251 @@
+"""The parametric loss law L(N, D) = E + A / N^alpha + B / D^beta, fitted as Hoffmann et al.
+(2022, "Training Compute-Optimal Large Language Models", Approach 3) fit it, with bootstrap
+intervals and the compute-optimal allocation it implies.
+
+The fit minimises, over theta = (a, b, e, alpha, beta) with A = exp(a), B = exp(b), E = exp(e),
+
+    sum_i Huber_delta( LSE(a - alpha log N_i, b - beta log D_i, e) - log L_i ),   delta = 1e-3
+
+(the log of the law's prediction against the log of the measured loss: relative errors, and
+a loss that is linear beyond 1e-3 so a few bad runs do not pull the fit), with L-BFGS from
+every point of a grid of initialisations, keeping the best. The gradient is analytic: one
+softmax over the three terms per point. The sum (not the mean) is minimised, scaled by
+1/delta so the optimiser's tolerances act on a quantity of order one: Besiroglu et al.
+(2024) traced Hoffmann et al.'s published parameters to an optimiser that stopped early on
+the tiny values of a mean Huber loss.
+
+Compute-optimal allocation (Hoffmann et al., eq. 4, with C = 6 N D):
+    N_opt(C) = G (C/6)^a,  D_opt(C) = (C/6)^b / G,  G = (alpha A / (beta B))^(1/(alpha+beta)),
+    a = beta / (alpha + beta),  b = alpha / (alpha + beta).
+
+N, D and L are in whatever units the points carry (the lab: total parameters, training
+tokens, val_bpb in bits per byte; the Chinchilla data: total parameters, tokens, nats per
+token); E and B carry the loss's unit, A and B also the N and D scales. Pure numpy/scipy: no
+torch, no ledger.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+HUBER_DELTA = 1e-3  # Hoffmann et al. 2022, Approach 3
+# Hoffmann et al.'s grid of initialisations: alpha, beta in {0, 0.5, ..., 2}, e in {-1, -0.5, ..., 1},
+# a, b in {0, 5, ..., 25}: 5 x 5 x 5 x 6 x 6 = 4,500 starts
+GRID_ALPHA = GRID_BETA = (0.0, 0.5, 1.0, 1.5, 2.0)
+GRID_E = (-1.0, -0.5, 0.0, 0.5, 1.0)
+GRID_A = GRID_B = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)
+PARAMS = ("E", "A", "alpha", "B", "beta")
+
+
+def hoffmann_grid() -> np.ndarray:
+    """The 4,500 starts as rows of theta = (a, b, e, alpha, beta)."""
+    return np.array([(a, b, e, al, be) for al, be, e, a, b in itertools.product(GRID_ALPHA, GRID_BETA, GRID_E, GRID_A, GRID_B)])
+
+
+def log_prediction(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """log L_hat = LSE(a - alpha log N, b - beta log D, e) per point, and the softmax weights of
+    the three terms (shape (3, n)): each term's share of the predicted loss."""
+    a, b, e, alpha, beta = theta
+    terms = np.stack([a - alpha * log_n, b - beta * log_d, np.full_like(log_n, e)])
+    top = terms.max(axis=0)
+    w = np.exp(terms - top)
+    total = w.sum(axis=0)
+    return top + np.log(total), w / total
+
+
+def objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_loss: np.ndarray,
+              delta: float = HUBER_DELTA) -> tuple[float, np.ndarray]:
+    """sum_i Huber_delta(r_i) / delta with r_i = log L_hat_i - log L_i, and its gradient in theta."""
+    pred, w = log_prediction(theta, log_n, log_d)
+    r = pred - log_loss
+    small = np.abs(r) <= delta
+    value = np.where(small, 0.5 * r * r, delta * (np.abs(r) - 0.5 * delta)).sum() / delta
+    dr = np.where(small, r, delta * np.sign(r)) / delta  # d Huber / d r, scaled alike
+    grad = np.array([(dr * w[0]).sum(), (dr * w[1]).sum(), (dr * w[2]).sum(),
+                     -(dr * w[0] * log_n).sum(), -(dr * w[1] * log_d).sum()])
+    return float(value), grad
+
+
+def batch_objective(thetas: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_loss: np.ndarray,
+                    delta: float = HUBER_DELTA) -> np.ndarray:
+    """The objective at many thetas at once (shape (k, 5) -> (k,)), to rank starts cheaply."""
+    a, b, e, alpha, beta = (thetas[:, i:i + 1] for i in range(5))
+    terms = np.stack([a - alpha * log_n, b - beta * log_d, np.broadcast_to(e, (len(thetas), len(log_n)))])
+    r = np.logaddexp.reduce(terms, axis=0) - log_loss
+    return np.where(np.abs(r) <= delta, 0.5 * r * r, delta * (np.abs(r) - 0.5 * delta)).sum(axis=1) / delta
+
+
+OPTIMIZERS = ("bfgs", "l-bfgs-b")
+
+
+def minimise(start: np.ndarray, log_n, log_d, log_loss, delta: float = HUBER_DELTA, optimizer: str = "bfgs"):
+    """One quasi-Newton descent from `start`; returns scipy's OptimizeResult.
+
+    "bfgs" (the default) is the full-memory method of which L-BFGS is the limited-memory
+    variant: with five parameters memory is no constraint, both reach the same optimum (the
+    same objective to 1e-12 on the Chinchilla data), and scipy's BFGS is pure numpy while its
+    L-BFGS-B calls OpenBLAS, whose threads spin against training runs on a shared CPU (30x
+    slower per descent on our 2-core machine). "l-bfgs-b" is Hoffmann et al.'s optimiser."""
+    from scipy.optimize import minimize
+
+    if optimizer == "bfgs":
+        return minimize(objective, start, args=(log_n, log_d, log_loss, delta), jac=True, method="BFGS",
+                        options={"gtol": 1e-9, "maxiter": 2000})
+    assert optimizer == "l-bfgs-b", optimizer
+    # ftol: the relative decrease at which scipy stops; the objective is O(1) here (scaled by 1/delta)
+    return minimize(objective, start, args=(log_n, log_d, log_loss, delta), jac=True, method="L-BFGS-B",
+                    options={"maxiter": 2000, "ftol": 1e-13, "gtol": 1e-9})
+
+
+@dataclass
+class LawFit:
+    """A fitted law: its parameters, how it was found, and how well it fits."""
+    E: float
+    A: float
+    alpha: float
+    B: float
+    beta: float
+    objective: float  # sum of Huber(delta) losses on log-loss residuals (not divided by delta): Hoffmann's objective
+    num_points: int
+    num_starts: int
+    delta: float = HUBER_DELTA
+    rms_log_residual: float = math.nan  # sqrt(mean((log L_hat - log L)^2))
+    max_abs_log_residual: float = math.nan
+    converged: bool = True
+    starts_within_1pct: int = 0  # starts whose descent ended within 1% of the best objective: how well-posed the optimum is
+    theta: np.ndarray = field(default_factory=lambda: np.zeros(5), repr=False)
+
+    @classmethod
+    def from_theta(cls, theta, **kw) -> LawFit:
+        a, b, e, alpha, beta = (float(v) for v in theta)
+        return cls(E=math.exp(e), A=math.exp(a), alpha=alpha, B=math.exp(b), beta=beta, theta=np.asarray(theta, float), **kw)
+
+    def predict(self, n, d):
+        """L(N, D) for arrays or scalars."""
+        return self.E + self.A * np.power(n, -self.alpha) + self.B * np.power(d, -self.beta)
+
+    def exponents(self) -> tuple[float, float] | None:
+        """(a, b) with N_opt ∝ C^a and D_opt ∝ C^b; None where the law has no compute-optimal
+        allocation (alpha or beta <= 0: loss does not fall with size or with data)."""
+        return allocation_exponents(self.alpha, self.beta)
+
+    def optimal(self, flops) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(N_opt, D_opt, L at the optimum) for compute budgets C (FLOPs, C = 6 N D)."""
+        return optimal_allocation(self.theta[None, :], np.atleast_1d(np.asarray(flops, float)))
+
+    def to_dict(self) -> dict:
+        ex = self.exponents()
+        return {"E": self.E, "A": self.A, "alpha": self.alpha, "B": self.B, "beta": self.beta,
+                "a": ex[0] if ex else None, "b": ex[1] if ex else None, "objective": self.objective, "delta": self.delta,
+                "num_points": self.num_points, "num_starts": self.num_starts, "starts_within_1pct": self.starts_within_1pct,
+                "rms_log_residual": self.rms_log_residual, "max_abs_log_residual": self.max_abs_log_residual,
+                "converged": self.converged}
+
+
+def allocation_exponents(alpha: float, beta: float) -> tuple[float, float] | None:
+    if not (alpha > 0 and beta > 0):
+        return None
+    return beta / (alpha + beta), alpha / (alpha + beta)
+
+
+def optimal_allocation(thetas: np.ndarray, flops: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """N_opt, D_opt and the loss there for each theta row (k, 5) and budget (m,): arrays (k, m).
+    Rows with alpha or beta <= 0 (no optimum) give NaN."""
+    a, b, e, alpha, beta = (thetas[:, i:i + 1] for i in range(5))
+    ok = (alpha > 0) & (beta > 0)
+    alpha_s, beta_s = np.where(ok, alpha, 1.0), np.where(ok, beta, 1.0)
+    s = alpha_s + beta_s
+    log_g = (np.log(alpha_s) + a - np.log(beta_s) - b) / s  # log G
+    log_c6 = np.log(flops / 6.0)[None, :]
+    log_n = log_g + beta_s / s * log_c6
+    log_d = -log_g + alpha_s / s * log_c6
+    nan = np.where(ok, 1.0, np.nan)
+    with np.errstate(over="ignore"):  # a wild bootstrap refit may put N_opt beyond float range: inf, outside any interval's core
+        loss = np.exp(e) + np.exp(a - alpha_s * log_n) + np.exp(b - beta_s * log_d)
+        return np.exp(log_n) * nan, np.exp(log_d) * nan, loss * nan
+
+
+DEFAULT_STARTS = 128  # descents per fit: the grid's 64 best starts by objective and 64 spread over the rest
+
+
+def select_starts(log_n, log_d, log_loss, num_starts: int | None, delta: float = HUBER_DELTA) -> np.ndarray:
+    """Rows of Hoffmann et al.'s grid to descend from: all 4,500 (None), or the num_starts/2
+    with the lowest objective plus num_starts/2 spread evenly over the others (one descent
+    takes ~10 ms on a 240-point set; on the Chinchilla data 2,073 of the 4,500 starts reach
+    the best optimum, and so do all of the 8 best-ranked ones)."""
+    grid = hoffmann_grid()
+    if num_starts is None or num_starts >= len(grid):
+        return grid
+    with np.errstate(over="ignore", invalid="ignore"):
+        rank = np.argsort(np.nan_to_num(batch_objective(grid, log_n, log_d, log_loss, delta), nan=np.inf))
+    best, rest = rank[: (num_starts + 1) // 2], np.sort(rank[(num_starts + 1) // 2:])
+    spread = rest[np.linspace(0, len(rest) - 1, num_starts - len(best)).round().astype(int)]
+    return grid[np.concatenate([best, spread])]
+
+
+def fit_law(n, d, loss, num_starts: int | None = DEFAULT_STARTS, optimizer: str = "bfgs", delta: float = HUBER_DELTA,
+            starts: np.ndarray | None = None) -> LawFit:
+    """Fit the law to points (N, D, loss), all positive and finite (points.check_points), by
+    descending from num_starts starts of the grid (None: all 4,500, Hoffmann et al.'s
+    procedure) or from the given `starts` (rows of theta), keeping the lowest objective."""
+    log_n, log_d, log_loss = np.log(n), np.log(d), np.log(loss)
+    starts = select_starts(log_n, log_d, log_loss, num_starts, delta) if starts is None else np.atleast_2d(np.asarray(starts, float))
+    best, values = None, []
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for start in starts:
+            res = minimise(start, log_n, log_d, log_loss, delta, optimizer)
+            if not np.isfinite(res.fun) or not np.all(np.isfinite(res.x)):
+                continue
+            values.append(res.fun)
+            if best is None or res.fun < best.fun:
+                best = res
+    if best is None:
+        raise ValueError("no start of the fit reached a finite objective: check the points (losses of order 1-10, sizes >= 1)")
+    pred, _ = log_prediction(best.x, log_n, log_d)
+    r = pred - log_loss
+    within = int(np.sum(np.asarray(values) <= best.fun * 1.01 + 1e-12))
+    # BFGS ends "not converged" when a line search cannot improve at machine precision: at the optimum
+    # of this kinked (Huber) objective that is success; judge by the gradient instead
+    _, grad = objective(best.x, log_n, log_d, log_loss, delta)
+    return LawFit.from_theta(best.x, objective=best.fun * delta, num_points=len(log_n), num_starts=len(starts), delta=delta,
+                             rms_log_residual=float(np.sqrt(np.mean(r * r))), max_abs_log_residual=float(np.max(np.abs(r))),
+                             converged=bool(best.success or np.max(np.abs(grad)) < 1e-4), starts_within_1pct=within)
+
+
+def bootstrap_law(n, d, loss, fit: LawFit, num_samples: int, rng: np.random.Generator, optimizer: str = "bfgs",
+                  delta: float = HUBER_DELTA) -> np.ndarray:
+    """Refit on `num_samples` resamples of the points (drawn with replacement), each descent
+    started from the full fit's theta; rows of theta, (num_samples, 5). A resample whose
+    descent fails is dropped (rarely: the row count says how many survived)."""
+    log_n, log_d, log_loss = np.log(n), np.log(d), np.log(loss)
+    out = []
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for _ in range(num_samples):
+            idx = rng.integers(0, len(log_n), len(log_n))
+            res = minimise(fit.theta, log_n[idx], log_d[idx], log_loss[idx], delta, optimizer)
+            if np.isfinite(res.fun) and np.all(np.isfinite(res.x)):
+                out.append(res.x)
+    return np.array(out).reshape(-1, 5)
+
+
+def theta_to_params(thetas: np.ndarray) -> dict[str, np.ndarray]:
+    """Columns of bootstrap thetas as the named parameters E, A, alpha, B, beta (+ a, b)."""
+    a, b, e, alpha, beta = thetas.T
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # a wild refit's exp(a) may overflow: inf, in the tail
+        ok = (alpha > 0) & (beta > 0)
+        share = np.where(ok, beta / (alpha + beta), np.nan)
+        return {"E": np.exp(e), "A": np.exp(a), "alpha": alpha, "B": np.exp(b), "beta": beta, "a": share, "b": 1.0 - share}
+
+
+def percentile_interval(values: np.ndarray, level: float) -> tuple[float, float] | None:
+    """The central `level` percentile interval of the finite values (None if there are none)."""
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return None
+    lo, hi = np.percentile(v, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(hi)
