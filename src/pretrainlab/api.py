@@ -483,7 +483,6 @@ def diagnose_run(run: str, baseline: str | None = None, db: str | None = None):
     return diagnose(_run_dir(run, db), baseline_dir=_run_dir(baseline, db) if baseline else None)
 
 
-<<<<<<< HEAD
 # ---- for the MCP server (mcp_server.py): campaigns started in the background, corpora by name ----
 
 
@@ -681,7 +680,8 @@ def list_corpora() -> list[dict]:
                     "domains": sorted(manifest["domains"]) if isinstance(manifest.get("domains"), dict) else [],
                     "derived": bool(source.get("derived")), "recipe_name": source.get("recipe_name")})
     return out
-=======
+
+
 # ---- scaling laws ------------------------------------------------------------------------------
 # L(N, D) = E + A/N^alpha + B/D^beta fitted as Hoffmann et al. (2022) do (scaling/), on a file of
 # points or on the ledger's runs, and ladders of real runs to fit it on (research/ladder.py).
@@ -775,4 +775,3 @@ def render_scaling_fit(result: dict) -> str:
     from .scaling import render_text
 
     return render_text(result)
->>>>>>> scaling

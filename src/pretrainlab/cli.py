@@ -21,15 +21,12 @@
     pretrainlab research suggest CAMPAIGN "hypothesis" [--set k=v ...] [--data-recipe STEPS.toml] | approve EXP | reject EXP [--reason TEXT]
     pretrainlab report CAMPAIGN -o report.html
     pretrainlab doctor RUN [--baseline RUN] [--json]        (RUN = run dir or run id)
-<<<<<<< HEAD
     pretrainlab mcp [--db URL] [--http [--host 127.0.0.1] [--port 8765]]   # the MCP server: stdio, or streamable HTTP
     pretrainlab ui [--host H] [--port P] [--db URL] [--author NAME] [--open]   the web dashboard
-=======
     pretrainlab scaling fit [POINTS.csv|.json] [--ladder L | --campaign C | --recipe KEY=VALUE ...] [--flops 1e21 ...]
                             [--params total|non-embedding] [--bootstrap N] [--plot FILE.svg|.html|.png] [--json]
     pretrainlab scaling ladder --recipe NAME --sizes n_embd=64,96,128 --tokens 50k,100k,200k | --flops 1e12,3e12
                                [--seeds K] [--parallel N] [--budget C] [--plot FILE] [--json] | --resume LADDER
->>>>>>> scaling
 
 Bad input exits with code 2 and one line on stderr naming the problem and the fix.
 A finished run exits 0; a diverged run 3; a preempted (SIGTERM) run 75.
@@ -700,7 +697,6 @@ def cmd_ui(args) -> int:
     return 0
 
 
-<<<<<<< HEAD
 def cmd_mcp(args) -> int:
     from .mcp_server import serve  # the other face, launched from this one
 
@@ -708,8 +704,6 @@ def cmd_mcp(args) -> int:
     return 0
 
 
-COMMANDS = {"ui": cmd_ui, "mcp": cmd_mcp, "doctor": cmd_doctor, "recipes": cmd_recipes, "train": cmd_train, "data": cmd_data, "runs": cmd_runs, "research": cmd_research,
-=======
 # ---- scaling laws --------------------------------------------------------------------------------
 
 
@@ -786,8 +780,7 @@ def _int_flag(flag: str, value: str) -> int:
         raise UserError(f"{flag} {value!r}: give a whole number") from None
 
 
-COMMANDS = {"mcp": cmd_mcp, "scaling": cmd_scaling, "doctor": cmd_doctor, "recipes": cmd_recipes, "train": cmd_train, "data": cmd_data, "runs": cmd_runs, "research": cmd_research,
->>>>>>> scaling
+COMMANDS = {"ui": cmd_ui, "mcp": cmd_mcp, "scaling": cmd_scaling, "doctor": cmd_doctor, "recipes": cmd_recipes, "train": cmd_train, "data": cmd_data, "runs": cmd_runs, "research": cmd_research,
             "report": lambda args: _print_json({"campaign": args.campaign, "report": str(api.write_report(args.campaign, args.out, db=args.db))})
             if args.json else print(f"report: {api.write_report(args.campaign, args.out, db=args.db)}") or 0}
 
