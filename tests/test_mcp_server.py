@@ -154,7 +154,7 @@ def test_the_lab_through_the_mcp_client(corpus_dir, tmp_path):
     tools, templates, prompts, results, unknown, resources, no_run, review, diagnose, no_campaign_prompt = asyncio.run(session())
     assert tools == sorted(["list_recipes", "list_runs", "show_run", "compare_runs", "diagnose_run", "research_start", "research_status",
                             "research_log", "research_report", "research_suggest", "research_approve", "research_reject",
-                            "research_stop", "corpus_report", "data_why"])
+                            "research_stop", "corpus_report", "data_why", "scaling_fit"])
     assert templates == ["campaign://{campaign}/log", "corpus://{name}/report", "run://{run}/summary"]
     assert prompts == ["review_campaign", "review_run"]
     recipes, status, log, suggested, rejected, approved, runs, findings, report, outside_workspace, stopped, *bad = results
@@ -327,7 +327,7 @@ def test_every_tool_is_a_cli_command_and_research_start_takes_its_flags():
               "diagnose_run": "doctor", "research_start": "research start", "research_status": "research status",
               "research_log": "research log", "research_report": "report", "research_suggest": "research suggest",
               "research_approve": "research approve", "research_reject": "research reject", "research_stop": "research stop",
-              "corpus_report": "data report", "data_why": "data why"}
+              "corpus_report": "data report", "data_why": "data why", "scaling_fit": "scaling fit"}
 
     def commands(parser, prefix=""):
         found = set()
