@@ -59,6 +59,7 @@ def assert_same_training(got, want, rel):
     assert summary(got)["val_bpb"] == pytest.approx(summary(want)["val_bpb"], rel=rel)
 
 
+@pytest.mark.slow
 def test_two_nodes_with_c10d_rendezvous_match_one_process_with_accumulation(corpus_dir, tmp_path):
     """Two torchrun agents, one process each, meet through a c10d rendezvous as two nodes
     would: global ranks pick the batch rows, only global rank 0 writes the run directory."""
@@ -77,6 +78,7 @@ def test_two_nodes_with_c10d_rendezvous_match_one_process_with_accumulation(corp
     assert (out / "log.txt").read_text().count("| ddp | grad_accum 1") == 1  # one writer: global rank 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_fsdp_on_two_processes_matches_one_process(corpus_dir, tmp_path, optimizer):
     """Sharded parameters, gradients and optimizer state (Muon through whole-matrix
@@ -101,12 +103,14 @@ def test_fsdp_on_two_processes_matches_one_process(corpus_dir, tmp_path, optimiz
     assert all(got[k].shape == want[k].shape and torch.allclose(got[k], want[k], rtol=1e-3, atol=1e-5) for k in got)
 
 
+@pytest.mark.slow
 def test_fsdp_numerics_on_sharded_tensors():
     """Grad norm, clipping and Muon on DTensors with uneven shards against the unsharded math."""
     res = torchrun([str(Path(__file__).with_name("fsdp_numerics.py"))])
     assert res.stdout.strip().endswith("ok")
 
 
+@pytest.mark.slow
 def test_fsdp_preempted_on_two_processes_resumes_on_one_then_on_two(corpus_dir, tmp_path):
     """SIGTERM to the torchrun group: every process writes its shards and the run exits as
     preempted. It resumes on 1 process (past a torn temporary checkpoint and a damaged newer

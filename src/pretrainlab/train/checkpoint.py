@@ -10,7 +10,9 @@ Two formats, one per `train.parallel`, both in RUN_DIR/ckpt/:
   one, never a torn file.
 - 'fsdp' runs: RUN_DIR/ckpt/step_00000123/, a torch.distributed.checkpoint (DCP) directory:
   every process writes its own shards of the model and optimizer states (`.distcp` files,
-  `.metadata` from rank 0) and rank 0 adds trainer.pt (counters, loader, RNG, as above).
+  `.metadata` from rank 0) and rank 0 adds trainer.pt (counters, loader, RNG, as above; one
+  RNG state serves every process: they start from the same seed and draw no random numbers
+  after initialisation, and the loader draws the global batch identically on each).
   It is written as ckpt/.step_00000123.tmp/ and renamed into place by rank 0 once every
   process has finished (a barrier), so a kill leaves at most a temporary directory, which
   the next resume ignores and the next save removes. DCP stores each tensor's global shape

@@ -64,7 +64,8 @@ def local(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 def all_finite(params: list[torch.Tensor]) -> bool:
     """True when every parameter is finite on every process (sharded parameters are checked
     shard by shard, and the processes agree, so all of them take the same branch)."""
-    ok = torch.tensor([all(bool(torch.isfinite(t).all()) for t in local(params))], dtype=torch.int32)
+    shards = local(params)
+    ok = torch.tensor([all(bool(torch.isfinite(t).all()) for t in shards)], dtype=torch.int32, device=shards[0].device)  # NCCL: on the GPU
     if any(isinstance(p, DTensor) for p in params) and dist.get_world_size() > 1:
         dist.all_reduce(ok, op=dist.ReduceOp.MIN)
     return bool(ok.item())

@@ -311,13 +311,14 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
         log(f"eval step {state['step']}: val_bpb {result['val_bpb']:.4f} " + " ".join(f"{k} {v:.3f}" for k, v in result["domains"].items()))
         return result
 
-    saved_step = [-1]
+    saved_step = -1
 
     def save_ckpt():
+        nonlocal saved_step
         flush_metrics()  # rows up to this step must be on disk before the checkpoint claims them
-        if saved_step[0] == state["step"]:
+        if saved_step == state["step"]:
             return  # a SIGTERM right after this step's periodic checkpoint
-        saved_step[0] = state["step"]
+        saved_step = state["step"]
         if tc.parallel == "fsdp":  # every process writes its shards
             checkpoint.save_sharded(out_dir / "ckpt", state["step"], raw_model, optimizers, {
                 "loader": loader.state_dict(), "trainer": dict(state), "recipe": recipe.to_dict(), "world_size": d.world_size},
