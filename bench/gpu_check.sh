@@ -4,6 +4,8 @@
 #   2. a 4-run research campaign on `small` with --gpus 0: training and the lab's scoring in the
 #      sandbox with the GPU passed through
 #   3. bench/throughput.py on autoresearch-50m and gpt2-124m (MFU against the vendor peak)
+#   4. train.parallel=fsdp on `small` under torchrun (bf16 mixed-precision policy, per-block compile,
+#      sharded checkpoints), then a resume of it from its next-to-last checkpoint
 # Needs the BPE corpora prepared under $PRETRAINLAB_HOME (default ./.gpuhome):
 #   PRETRAINLAB_HOME=$PWD/.gpuhome pretrainlab data prepare --builtin --tokenizer bpe:8192   (and bpe:50257)
 # STEPS picks a subset (default: train doctor campaign throughput); RECIPES and SECONDS_EACH set the
@@ -36,7 +38,7 @@ step() {  # step NAME TIMEOUT_S CMD...
 } >"$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
-STEPS=${STEPS:-train doctor campaign throughput}
+STEPS=${STEPS:-train doctor campaign throughput fsdp}
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 has train && step train-ar50m 150 $PY -m pretrainlab train --recipe autoresearch-50m --set budget.seconds=30 \
     --out "$OUT/ws/runs/ar50m" --json
@@ -45,6 +47,14 @@ has campaign && step campaign-small "${CAMPAIGN_LIMIT:-170}" $PY -m pretrainlab 
     --parallel 1 --budget-runs 4 --seeds 2 --run-budget 10s --strategy random --name gpu-smoke --json
 has throughput && step throughput "${THROUGHPUT_LIMIT:-200}" $PY bench/throughput.py --recipes ${RECIPES:-autoresearch-50m gpt2-124m} \
     --seconds "${SECONDS_EACH:-10}"
+if has fsdp; then
+    step fsdp-small 240 $PY -m torch.distributed.run --standalone --nproc_per_node 1 -m pretrainlab train --recipe small \
+        --set train.parallel=fsdp --set train.compile=true --set budget.seconds=20 --set train.ckpt_every=50 \
+        --out "$OUT/ws/runs/fsdp-small" --json
+    rm -rf "$(ls -d "$OUT"/ws/runs/fsdp-small/ckpt/step_* | tail -n 1)"  # resume from the checkpoint before the last
+    step fsdp-resume 240 $PY -m torch.distributed.run --standalone --nproc_per_node 1 -m pretrainlab train \
+        --resume "$OUT/ws/runs/fsdp-small" --json
+fi
 cp bench/results/throughput-*cuda*.json "$OUT/" 2>/dev/null
 tar czf "$OUT/logs.tar.gz" -C "$OUT" --exclude logs.tar.gz --exclude '*.pt' --exclude '*.bin' . 2>/dev/null
 echo "== summary"

@@ -130,6 +130,8 @@ class TrainConfig:
     device: str = doc("'auto' (cuda if available), 'cpu' or 'cuda'", "auto")
     dtype: str = doc("'auto' (bf16 autocast on GPU, fp32 on CPU), 'float32' or 'bfloat16'", "auto")
     compile: bool = doc("torch.compile the model", False)
+    parallel: str = doc("across processes: 'ddp' (a full replica per process) or 'fsdp' (FSDP2: parameters, grads and "
+                        "optimizer state sharded; sharded checkpoints that resume on any number of processes)", "ddp")
     num_threads: int = doc("CPU threads for this process; 0 = torch's default (split across processes)", 0)
     log_every: int = doc("flush telemetry every N steps; each step still gets its own row", 1)
     eval_every: int = doc("evaluate val_bpb every N steps; 0 = only at the end", 0)
@@ -151,6 +153,8 @@ class TrainConfig:
             raise ValueError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"train.dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ValueError(f"train.parallel must be 'ddp' or 'fsdp', got {self.parallel!r}")
         if not 0 <= self.eval_every_frac < 1:
             raise ValueError(f"train.eval_every_frac must be in [0, 1), got {self.eval_every_frac}")
         if self.diverge_ratio <= 1:

@@ -48,11 +48,13 @@ def nll_sums(logits: torch.Tensor, targets: torch.Tensor, token_bytes: torch.Ten
 
 @torch.no_grad()
 def evaluate_bpb(model, corpus, seq_len: int, tokens_per_domain: int, batch_rows: int, device,
-                 autocast=None, rank: int = 0, world_size: int = 1, split: str = "val") -> dict:
+                 autocast=None, rank: int = 0, world_size: int = 1, split: str = "val", lockstep: bool = False) -> dict:
     """Return {"val_bpb": float, "domains": {name: bpb}, "tokens": int, "bytes": int}.
 
     Windows are dealt round-robin across ranks and the sums all-reduced, so N processes
-    score the same tokens as one.
+    score the same tokens as one. `lockstep`: every rank makes as many forward passes as the
+    rank with the most windows (an FSDP model gathers its parameters inside forward, with
+    every rank); a rank out of windows runs one more and counts nothing from it.
     """
     was_training = model.training
     model.eval()
@@ -61,9 +63,15 @@ def evaluate_bpb(model, corpus, seq_len: int, tokens_per_domain: int, batch_rows
     # sums[d] = (nats, bytes, tokens) in float64 so the totals are exact to ~1e-12
     sums = torch.zeros(len(domains), 3, dtype=torch.float64, device=device)
     for d, domain in enumerate(domains):
-        windows = list(iter_eval_windows(corpus, domain, seq_len, tokens_per_domain, split))[rank::world_size]
-        for i in range(0, len(windows), batch_rows):
+        every = list(iter_eval_windows(corpus, domain, seq_len, tokens_per_domain, split))
+        windows = every[rank::world_size]
+        num_batches = math.ceil(len(every[0::world_size] if lockstep else windows) / batch_rows)  # rank 0 has the most
+        for i in range(0, num_batches * batch_rows, batch_rows):
             chunk = windows[i : i + batch_rows]
+            if not chunk:  # lockstep: this rank is out of windows; a forward pass for the others' sake
+                with autocast or nullcontext():
+                    model(torch.as_tensor(every[0][0], dtype=torch.long)[None].to(device))
+                continue
             x = torch.stack([torch.as_tensor(w[0], dtype=torch.long) for w in chunk]).to(device)
             y = torch.stack([torch.as_tensor(w[1], dtype=torch.long) for w in chunk]).to(device)
             with autocast or nullcontext():

@@ -1028,7 +1028,7 @@ class Campaign:
             self.log(f"{exp['id']}-s{seed}: stopped the run a previous loop left running; resuming it from its checkpoint")
         if run_dir.exists():  # interrupted by a previous loop's death: continue it, or start over
             summary = read_summary(run_dir) or {}
-            if list((run_dir / "ckpt").glob("step_*.pt")) or (summary.get("status") in ("ok", "timeout") and (run_dir / "model.pt").exists()):
+            if list((run_dir / "ckpt").glob("step_*")) or (summary.get("status") in ("ok", "timeout") and (run_dir / "model.pt").exists()):
                 # (a run that finished but was never scored: the job process scores it without training again)
                 return Job(f"{exp['id']}-s{seed}", str(recipe_path), run_dir, [f"seed={self.base.seed + seed}"], timeout_s=timeout,
                            pythonpath=pythonpath, env={"PRETRAINLAB_NO_LEDGER": "1"}, resume=True,

@@ -374,7 +374,7 @@ class MixtureCampaign:
         if run_dir.exists():  # left by a loop that died: continue it, or start over
             summary = read_summary(run_dir) or {}
             trained = summary.get("status") in ("ok", "timeout") and (run_dir / "model.pt").exists()  # only its scoring is left
-            resume = bool(list((run_dir / "ckpt").glob("step_*.pt"))) or trained
+            resume = bool(list((run_dir / "ckpt").glob("step_*"))) or trained  # step_N.pt, or step_N/ (sharded)
             holder = None if resume else lock_holder(run_dir)
             if holder is not None:
                 raise UserError(f"run directory {run_dir} is in use by process {holder.pid} (group {holder.pgid}): stop it, "

@@ -17,6 +17,7 @@ import math
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from ..config import OptimConfig
 
@@ -44,14 +45,18 @@ class Muon(torch.optim.Optimizer):
 
     The update is scaled by sqrt(max(1, rows/cols)) so tall matrices get RMS-comparable
     steps. Under DDP the gradients are already averaged, so every rank computes the same
-    update; no extra communication.
+    update; no extra communication. Under FSDP (DTensor parameters, each process holding some
+    rows) Newton-Schulz needs the whole matrix: each process all-gathers the momentum-mixed
+    gradient, orthogonalises all of it and keeps its own rows. Simple and exact, but every
+    process repeats every matrix's iteration and holds one full matrix at a time; dealing the
+    matrices out across processes would divide that work.
     """
 
     def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, weight_decay: float = 0.0, ns_steps: int = 5):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, ns_steps=ns_steps))
 
     @torch.no_grad()
-    def step(self):
+    def step(self, closure=None):  # closure: never used; torch.distributed.checkpoint's state-dict helpers pass None
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -62,7 +67,11 @@ class Muon(torch.optim.Optimizer):
                 buf = state["momentum_buffer"]
                 buf.lerp_(p.grad, 1 - group["momentum"])
                 g = p.grad.lerp(buf, group["momentum"])  # Nesterov
-                update = zeropower_via_newtonschulz5(g, group["ns_steps"])
+                if isinstance(g, DTensor):  # FSDP: orthogonalise the whole matrix, keep this process's shard
+                    update = zeropower_via_newtonschulz5(g.full_tensor(), group["ns_steps"])
+                    update = distribute_tensor(update, g.device_mesh, g.placements, src_data_rank=None)  # no communication
+                else:
+                    update = zeropower_via_newtonschulz5(g, group["ns_steps"])
                 scale = max(1.0, p.size(-2) / p.size(-1)) ** 0.5
                 if group["weight_decay"]:
                     p.mul_(1 - group["lr"] * group["weight_decay"])

@@ -3,6 +3,7 @@
     pretrainlab train --recipe tiny-cpu [--set key=value ...] [--out DIR]
     pretrainlab train --resume DIR
     torchrun --nproc_per_node N -m pretrainlab train --recipe small      # DDP (gloo on CPU, NCCL on GPU)
+    torchrun ... -m pretrainlab train --recipe small --set train.parallel=fsdp   # FSDP2 (parallel.py)
 
 `train()` reads top to bottom:
   1. processes and device      5. run directory (new, resumed from its last intact checkpoint, or restarted)
@@ -10,7 +11,8 @@
   3. model                        -> step -> telemetry -> eval -> checkpoint -> stop checks
   4. optimizers and loader     7. final evaluation and summary.json
 The global batch (train.batch_tokens) is drawn identically on every process and split by
-rows, so 1 process with gradient accumulation and N processes compute the same gradient.
+rows by global rank, so 1 process with gradient accumulation and N processes (on one node or
+several) compute the same gradient.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from ..config import Recipe
 from ..data import BatchLoader, Corpus, builtin_corpus_dir, prepare_builtin
 from ..errors import UserError
 from ..model import GPT
-from . import checkpoint, rundir_lock
+from . import checkpoint, parallel, rundir_lock
 from .optim import build_optimizers, lr_multiplier, set_lr
 from .telemetry import peak_flops, peak_memory_mb, provenance
 
@@ -59,14 +61,23 @@ class Dist:
         return self.rank == 0
 
 
-def init_distributed(device_type: str) -> Dist:
-    """Join the torchrun process group when launched by torchrun, else a single process."""
+def init_distributed(device_type: str, parallel_mode: str) -> Dist:
+    """Join the torchrun process group when launched by torchrun, else a single process.
+
+    RANK is the process's global rank (it picks the batch rows and rank 0 writes the run
+    directory), LOCAL_RANK its index on its node (its GPU), LOCAL_WORLD_SIZE the processes on
+    its node (they share its CPU threads): the same code serves one node and many. FSDP
+    shards over a process group even when there is one process, so a single process makes a
+    group of its own (an in-memory store, no port)."""
+    backend = "nccl" if device_type == "cuda" else "gloo"
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
+        if parallel_mode == "fsdp" and not dist.is_initialized():
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)  # train() destroys it
         return Dist()
     d = Dist(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), world, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        dist.init_process_group(backend)
     return d
 
 
@@ -139,11 +150,14 @@ def train(recipe: Recipe | None = None, out_dir: Path | None = None, resume_dir:
     lock = None
     if os.environ.get("WORLD_SIZE", "1") == "1" or os.environ.get("RANK") == "0":  # the process that writes the run dir (Dist.main)
         lock = rundir_lock.acquire(out_dir) if resume_dir is not None else prepare_run_dir(out_dir)
+    had_group = dist.is_initialized()
     try:
         return _train(recipe, out_dir, resume_dir is not None, echo)
     finally:
         if lock is not None:
             lock.release()
+        if not had_group and os.environ.get("WORLD_SIZE", "1") == "1" and dist.is_initialized():
+            dist.destroy_process_group()  # the one-process group a single-process fsdp run made (init_distributed)
 
 
 def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
@@ -151,7 +165,7 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
     # ---- 1. processes and device --------------------------------------------------------
     tc = recipe.train
     device = resolve_device(tc.device)
-    d = init_distributed(device.type)
+    d = init_distributed(device.type, tc.parallel)
     if device.type == "cuda":
         device = torch.device("cuda", d.local_rank)
         torch.cuda.set_device(device)
@@ -187,9 +201,14 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
     num_params = model.num_params()
     flops_per_token = model.flops_per_token()
     raw_model = model
-    if tc.compile:
+    if tc.parallel == "fsdp":  # sharded in place: raw_model's parameters become DTensors, its names stay
+        if tc.compile:
+            for block in raw_model.blocks:
+                block.compile()  # per block, before sharding (as torchtitan); Module.compile keeps parameter names
+        parallel.shard_model(raw_model, device, bf16=device.type == "cuda" and dtype == "bfloat16")
+    elif tc.compile:
         model = torch.compile(model)
-    if d.world_size > 1:
+    if d.world_size > 1 and tc.parallel == "ddp":
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     # ---- 4. optimizers and loader ---------------------------------------------------------
@@ -208,13 +227,18 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
              "next_eval_frac": tc.eval_every_frac, "loss_ema": None, "best_ema": math.inf, "bad_steps": 0}
     metrics_path = out_dir / rundir.METRICS
     log = RunLog(out_dir / "log.txt" if d.main else None, echo and d.main)
-    ckpt = checkpoint.load_latest(out_dir / "ckpt", warn=log if d.main else None) if resume else None
+    ckpt = None
+    if resume and tc.parallel == "fsdp":  # the model and optimizers are loaded in place, resharded to this run's processes
+        ckpt = checkpoint.load_latest_sharded(out_dir / "ckpt", raw_model, optimizers, warn=log if d.main else None)
+    elif resume:
+        ckpt = checkpoint.load_latest(out_dir / "ckpt", warn=log if d.main else None)
+        if ckpt is not None:
+            raw_model.load_state_dict(ckpt["model"])
+            for opt, opt_state in zip(optimizers, ckpt["optimizers"]):
+                opt.load_state_dict(opt_state)
     if resume and ckpt is None:
         _check_restartable(out_dir)
     if ckpt is not None:
-        raw_model.load_state_dict(ckpt["model"])
-        for opt, opt_state in zip(optimizers, ckpt["optimizers"]):
-            opt.load_state_dict(opt_state)
         if not recipe.faults.replay_on_resume:
             loader.load_state_dict(ckpt["loader"])
         state.update(ckpt["trainer"])
@@ -224,7 +248,8 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
             prov = rundir.load_json(out_dir / rundir.PROVENANCE)
             prov.setdefault("resumes", []).append({"step": state["step"], "time": _now()})
             rundir.write_json_atomic(out_dir / rundir.PROVENANCE, prov)
-        log(f"resumed {out_dir} at step {state['step']} ({state['tokens']:,} tokens)")
+        log(f"resumed {out_dir} at step {state['step']} ({state['tokens']:,} tokens)"
+            + (f" on {d.world_size} process(es), saved by {ckpt['world_size']}" if "world_size" in ckpt else ""))
     elif d.main:
         prov = provenance(seed=recipe.seed, device=device, world_size=d.world_size, corpus=corpus,
                           eval_sha256=evaluation.module_sha256(), recipe_hash=recipe.hash(), data_weights=loader.weights)
@@ -239,7 +264,8 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
         else:
             rundir.write_json_atomic(out_dir / rundir.RECIPE, recipe.to_dict())
         rundir.write_json_atomic(out_dir / rundir.PROVENANCE, prov)
-        log(f"run {out_dir} | recipe {recipe.name} | {num_params / 1e6:.2f}M params | {d.world_size} process(es) on {device} {dtype} | grad_accum {grad_accum}")
+        log(f"run {out_dir} | recipe {recipe.name} | {num_params / 1e6:.2f}M params | {d.world_size} process(es) on {device} {dtype} "
+            f"| {tc.parallel} | grad_accum {grad_accum}")
 
     peak = peak_flops(device, dtype)
     budget = recipe.budget
@@ -274,7 +300,8 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
         the monitor slice inside a campaign's sandbox, where the lab scores val itself."""
         t0 = time.perf_counter()
         result = evaluation.evaluate_bpb(raw_model, corpus, seq_len, recipe.eval.tokens_per_domain, recipe.eval.batch_rows,
-                                         device, autocast if dtype == "bfloat16" else None, d.rank, d.world_size, split=split)
+                                         device, autocast if dtype == "bfloat16" else None, d.rank, d.world_size, split=split,
+                                         lockstep=tc.parallel == "fsdp")
         result["split"] = split
         row: rundir.EvalRow = {"type": "eval", "step": state["step"], "tokens": state["tokens"], "progress": min(1.0, progress()),
                                "val_bpb": result["val_bpb"], "val_bpb_domains": result["domains"], "eval_tokens": result["tokens"],
@@ -284,9 +311,19 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
         log(f"eval step {state['step']}: val_bpb {result['val_bpb']:.4f} " + " ".join(f"{k} {v:.3f}" for k, v in result["domains"].items()))
         return result
 
+    saved_step = -1
+
     def save_ckpt():
+        nonlocal saved_step
         flush_metrics()  # rows up to this step must be on disk before the checkpoint claims them
-        if d.main:
+        if saved_step == state["step"]:
+            return  # a SIGTERM right after this step's periodic checkpoint
+        saved_step = state["step"]
+        if tc.parallel == "fsdp":  # every process writes its shards
+            checkpoint.save_sharded(out_dir / "ckpt", state["step"], raw_model, optimizers, {
+                "loader": loader.state_dict(), "trainer": dict(state), "recipe": recipe.to_dict(), "world_size": d.world_size},
+                keep=tc.ckpt_keep)
+        elif d.main:
             checkpoint.save_checkpoint(out_dir / "ckpt", state["step"], {
                 "model": raw_model.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
                 "loader": loader.state_dict(), "trainer": dict(state), "recipe": recipe.to_dict()}, keep=tc.ckpt_keep)
@@ -322,7 +359,7 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
             for micro in range(grad_accum):
                 sl = slice(micro * tc.micro_batch_rows, (micro + 1) * tc.micro_batch_rows)
                 sync = micro == grad_accum - 1 or d.world_size == 1
-                with (nullcontext() if sync else model.no_sync()), autocast:
+                with parallel.gradient_sync(model, sync), autocast:
                     row_loss = model(x_all[sl], y_all[sl], per_row=True)
                 loss = row_loss.mean()
                 domain_loss_sum.index_add_(0, rank_domains[sl], row_loss.detach().float())
@@ -337,8 +374,10 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
                 (loss / grad_accum).backward()
                 loss_sum += loss.detach()
             # 6c. grad norms (global and per layer), clipping, optimizer step
-            grads = [p.grad for p in raw_model.parameters()]
+            grads = parallel.local([p.grad for p in raw_model.parameters()])  # fsdp: this process's shard of each
             sq = torch.stack(torch._foreach_norm(grads)).float() ** 2
+            if tc.parallel == "fsdp" and d.world_size > 1:
+                dist.all_reduce(sq)  # the shards split each gradient by rows: their squared norms add up to the whole's
             layer_norms = torch.zeros(num_layers_tracked, device=device).index_add_(0, layer_of_param, sq).sqrt()
             grad_norm = sq.sum().sqrt()
             if recipe.optim.grad_clip:
@@ -426,9 +465,10 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
         if status in ("ok", "timeout"):
             if tc.ckpt_every and state["step"] % tc.ckpt_every:
                 save_ckpt()
-        if status != "preempted" and all(torch.isfinite(p).all() for p in raw_model.parameters()):
+        if status != "preempted" and parallel.all_finite(list(raw_model.parameters())):
+            weights = parallel.full_state_dict(raw_model)  # fsdp: gathered from every process onto rank 0
             if d.main:  # the final weights, for the lab's scorer (runners/scoring.py), which never trusts this process's numbers
-                torch.save(raw_model.state_dict(), out_dir / "model.pt.tmp")
+                torch.save(weights, out_dir / "model.pt.tmp")
                 os.replace(out_dir / "model.pt.tmp", out_dir / "model.pt")
             final_eval = run_eval("val" if corpus.has_split("val") else "monitor")
     except BaseException as e:  # KeyboardInterrupt too: the summary must say the run did not finish
