@@ -34,7 +34,8 @@ from pathlib import Path
 
 from .. import rundir
 from ..config import Recipe, apply_overrides
-from ..runners.local import OVERHEAD, Job, JobResult
+from ..runners.base import OVERHEAD, Job, JobResult, RunnerEvent
+from ..runners.sandbox import Sandbox
 
 
 def _unit(key: str) -> float:
@@ -177,9 +178,11 @@ class _SimRun:
 
 
 class SimulatedRunner:
-    """The LocalRunner interface on a virtual clock: a full run takes `run_s` virtual
+    """The Runner interface (runners/base.py) on a virtual clock: a full run takes `run_s` virtual
     seconds; a run evaluates at its rungs (train.eval_every_frac) and when it ends; stop()
     ends it at once, with the tokens it had trained, as the real trainer does."""
+
+    sandbox = Sandbox(None, "simulated: no experiment process runs")
 
     def __init__(self, landscape: Landscape, num_slots: int = 2, run_s: float = 20.0):
         self.landscape = landscape
@@ -225,6 +228,14 @@ class SimulatedRunner:
     def release_orphan(self, key: str) -> bool:
         """Nothing outlives an in-process campaign: there are never orphans to stop."""
         return False
+
+    def scoring_resources(self) -> dict:
+        """Simulated runs have no weights: the lab's scoring never runs here."""
+        return {"threads": 1, "gpus": False, "env": {}}
+
+    def take_events(self) -> list[RunnerEvent]:
+        """No node is ever lost on the virtual clock."""
+        return []
 
     def stop(self, key: str, reason: str = "stopped") -> None:
         r = self._running[key]
