@@ -57,7 +57,7 @@ from ..runners import Job, JobResult, Runner
 from ..rundir import read_json, read_summary
 from ..runners.base import OVERHEAD
 from . import early_stop, policy
-from .config import CampaignConfig, run_budget_overrides  # noqa: F401 (the settings, imported from here too)
+from .config import CampaignConfig  # noqa: F401 (the settings, imported from here too)
 from .data_experiments import apply_data_change, check_fixed_data
 from .patches import apply_patch
 from .space import default_space, recipe_diff

@@ -139,7 +139,7 @@ def resume(campaign_id: str, db: str | None = None, echo: bool = True, author: s
     ledger = Ledger(db)
     row = find_campaign(ledger, campaign_id)
     changes = {k: v for k, v in changes.items() if v is not None}
-    if changes.get("runner", "ray") != "ray":
+    if changes.get("runner", "ray") != "ray" and "ray_address" not in changes:
         changes["ray_address"] = None  # back on this machine: the cluster's address goes with the runner
     if row["config"].get("kind") == "mixture":  # its plan is fixed: only the slots can change
         from . import mixture_campaign
@@ -168,7 +168,12 @@ def _run(ledger, campaign_id: str, cfg: CampaignConfig, strategy: Strategy, echo
     workdir.mkdir(parents=True, exist_ok=True)
     row = ledger.get_campaign(campaign_id)  # which process runs the loop: `research status` tells a live loop from a dead one
     ledger.set_campaign_config(campaign_id, {**row["config"], "loop": {"pid": os.getpid(), "host": socket.gethostname()}})
-    runner = make_runner(cfg, workdir)  # cfg.runner: local processes or a Ray cluster
+    try:
+        runner = make_runner(cfg, workdir)  # cfg.runner: local processes or a Ray cluster
+    except UserError as e:  # e.g. a Ray cluster that does not answer: nothing started, the campaign waits for a resume
+        ledger.set_campaign_status(campaign_id, "stopped")
+        ledger.add_note(f"its loop could not start: {e}", author="campaign", campaign_id=campaign_id)
+        raise
     if not runner.sandbox.active:  # said loudly on stderr by Sandbox.detect; kept on the record too
         ledger.add_note(f"experiment processes of this loop are NOT sandboxed: {runner.sandbox.reason}; they run with a scrubbed "
                         "environment, and the lab still scores every run itself", author="campaign", campaign_id=campaign_id)

@@ -108,13 +108,19 @@ def visible_corpus_files(path: Path) -> list[Path]:
     return files
 
 
+_HELD: list = []  # locks this process holds until it exits
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies
+
+
+def die_with_parent(sig: int) -> None:
+    """Have the kernel send `sig` to this process when its parent dies."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
 
 
 def stop_with_parent(parent_pid: int) -> None:
     """SIGTERM this process when `parent_pid`, the process that started it, dies (at once if it
     already has)."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    die_with_parent(signal.SIGTERM)
     if os.getppid() != parent_pid:  # it died before the prctl: nothing would tell us
         os.kill(os.getpid(), signal.SIGTERM)
 
@@ -124,7 +130,7 @@ def main(spec_path: str, parent_pid: int | None = None) -> int:
     # held until this process exits, so a restarted campaign finds this run still in flight (LocalRunner.release_orphan)
     from ..train.rundir_lock import acquire
 
-    job_lock = acquire(job_lock_dir(spec_path), create=True)  # noqa: F841 (the kernel drops it when this process dies)
+    _HELD.append(acquire(job_lock_dir(spec_path), create=True))  # the kernel drops it when this process dies
     stopping = {"flag": False}
 
     def on_sigterm(*_) -> None:
@@ -168,8 +174,10 @@ def main(spec_path: str, parent_pid: int | None = None) -> int:
     gpus = bool(spec["env"].get("CUDA_VISIBLE_DEVICES"))
     code = 0
     if train_cmd is not None and not stopping["flag"]:  # (a SIGTERM before the trainer started has nobody else to stop)
+        # with --stop-with-parent the trainer dies with this process, as bwrap's --die-with-parent makes it in the sandbox
+        preexec = ignore_sigterm if parent_pid is None else lambda: (ignore_sigterm(), die_with_parent(signal.SIGKILL))
         proc = subprocess.Popen(box.wrap(train_cmd, code_src=code_src, read_only=read_only, writable=[run_dir], gpus=gpus),
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env, preexec_fn=ignore_sigterm)
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env, preexec_fn=preexec)
         code = proc.wait()
     summary = rundir.read_summary(run_dir)
     if (stopping["flag"] or not spec.get("score_path") or summary is None or summary.get("status") not in ("ok", "timeout")

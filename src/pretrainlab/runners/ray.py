@@ -17,9 +17,11 @@ Stopping a run (early stop, timeout, shutdown) calls its actor, which sends SIGT
 process on that node; the job passes it on to its trainer (job.py --stop-with-parent), which
 checkpoints and ends 'preempted'. SIGKILL follows after the grace period.
 
-A node or worker that dies mid-run fails its actor; the job process, told by the kernel that
-its parent died, checkpoints and stops if its machine is still up. The runner starts the run
-again in a new actor, which waits for the old job process to let go of the run, then resumes
+A node or worker that dies mid-run fails its actor. If its machine is still up, Ray kills the
+dead worker's child processes; where it does not (a worker killed outright), the job process,
+told by the kernel that its parent died, stops its trainer with SIGTERM (a checkpoint). The
+runner starts the run again in a new actor, which waits for the old job process and trainer
+to let go of the run (their locks: the job's, and the run directory's), then resumes
 it from its last checkpoint (the trainer restarts it from step 0 if there is none); at most
 MAX_ATTEMPTS attempts per run. A node on which EXCLUDE_AFTER runs were lost gets no more runs
 from this runner (a label selector on ray.io/node-id), unless it is the last node that can
@@ -78,17 +80,19 @@ class JobProcess:
         import ray
 
         node = self.node_id()
-        lock, run_dir = job_lock_dir(spec_path), Path(spec["run_dir"])
+        run_dir = Path(spec["run_dir"])
+        locks = (job_lock_dir(spec_path), run_dir)  # held by the last attempt's job process and trainer while they stop
         deadline = time.time() + LOCK_WAIT_S
-        while lock_holder(lock) is not None and time.time() < deadline and self._signal is None:  # the last attempt's process
+        while any(lock_holder(p) for p in locks) and time.time() < deadline and self._signal is None:
             time.sleep(0.5)
-        if lock_holder(lock) is not None and self._signal is None:
-            return {"node": node, "node_problem": f"the previous attempt's job process still holds {lock} after {LOCK_WAIT_S:.0f} s"}
+        held = [str(p) for p in locks if lock_holder(p)]
+        if held and self._signal is None:  # not this node's fault: another attempt starts, on any node
+            return {"node": node, "not_started": f"the previous attempt still held {', '.join(held)} after {LOCK_WAIT_S:.0f} s"}
         if spec["sandbox"] and not Sandbox.detect(warn=False).active:  # the driver promised sandboxed runs
             return {"node": node, "node_problem": f"this node cannot sandbox runs: {Sandbox.detect(warn=False).reason}"}
         if attempt > 1:  # continue what the lost attempt left: from its checkpoint, or from step 0 (the trainer decides)
             spec["resume"] = rundir.is_run_dir(run_dir)
-            if not spec["resume"] and run_dir.exists() and lock_holder(run_dir) is None:
+            if not spec["resume"] and run_dir.exists():
                 shutil.rmtree(run_dir)  # killed before it wrote its recipe: nothing to keep
         if "CUDA_VISIBLE_DEVICES" in spec["env"]:  # a GPU slot: the GPU Ray gave this actor
             spec["env"]["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in ray.get_gpu_ids())
@@ -233,9 +237,9 @@ class RayRunner(SlotRunner):
                     r.kill_sent = True
                     r.actor.signal.remote(signal.SIGKILL)
                 continue
-            out, lost = self._outcome(r, ref)
+            out, lost, blame = self._outcome(r, ref)
             ray.kill(r.actor)  # its attempt is over (its node may be gone with it)
-            if lost and self._requeue(r, lost):
+            if lost and self._requeue(r, lost, blame):
                 continue
             ended = time.time()
             self._ended(key, ended)
@@ -244,30 +248,31 @@ class RayRunner(SlotRunner):
             done.append(self._result(r, -1 if code is None else code, ended, r.reason, note))
         return done
 
-    def _outcome(self, r: _RayRun, ref) -> tuple[dict, str | None]:
-        """What an attempt came back with, and why it counts as lost with its node (None: it did not)."""
+    def _outcome(self, r: _RayRun, ref) -> tuple[dict, str | None, bool]:
+        """What an attempt came back with; why it counts as lost (None: it does not), and
+        whether its node is to blame."""
         x = self._ray.exceptions
         try:
             out = self._ray.get(ref)
         except (x.RayActorError, x.WorkerCrashedError, x.NodeDiedError, x.ObjectLostError, x.LocalRayletDiedError,
                 x.OutOfMemoryError, x.RuntimeEnvSetupError) as e:
-            return {}, _first_line(e)
+            return {}, _first_line(e), True
         except x.RayError as e:  # not the node's doing (a request no node can meet, an error in this module): a crash
-            return {"error": _first_line(e)}, None
+            return {"error": _first_line(e)}, None, False
         r.node = out.get("node") or r.node
-        if out.get("node_problem"):
-            return out, out["node_problem"]
+        if out.get("node_problem") or out.get("not_started"):
+            return out, out.get("node_problem") or out["not_started"], bool(out.get("node_problem"))
         summary = read_summary(r.job.out_dir) or {}
         if r.reason is None and out.get("returncode") is not None and summary.get("status") == "preempted":
-            return out, "its job process was stopped by a signal the runner did not send (the node shutting down?)"
-        return out, None
+            return out, "its job process was stopped by a signal the runner did not send (the node shutting down?)", True
+        return out, None, False
 
-    def _requeue(self, r: _RayRun, why: str) -> bool:
+    def _requeue(self, r: _RayRun, why: str, blame_node: bool) -> bool:
         """Start a lost run again on another node; False when it is over instead: it finished
         (its summary and lab score are on disk), we were stopping it, or its attempts are used up."""
         key, node = r.job.key, r.node
         r.lost.append(why)
-        if node is not None:
+        if node is not None and blame_node:
             self._node_lost(node, key)
         if _finished_on_disk(r.job) or r.reason is not None:
             return False
@@ -277,7 +282,8 @@ class RayRunner(SlotRunner):
                                                       "not started again", key))
             return False
         steps = sorted(int(p.stem.split("_")[1]) for p in (r.job.out_dir / "ckpt").glob("step_*.pt") if p.stem.split("_")[1].isdigit())
-        resume = f"resumes from its checkpoint at step {steps[-1]}" if steps else "no checkpoint yet: it starts again from step 0"
+        resume = f"resumes from its last checkpoint (step {steps[-1]} or later)" if steps else \
+            "it had no checkpoint yet: it starts again from step 0 unless its interrupted process writes one as it stops"
         self._start_attempt(r)
         self.events.append(RunnerEvent("requeued", f"run {key}: lost on {where} ({why}); requeued on another node "
                                                    f"(attempt {r.attempt} of {self.max_attempts}), {resume}", key))
