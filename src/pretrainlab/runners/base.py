@@ -137,9 +137,10 @@ class Runner(Protocol):
 class SlotRunner:
     """Slots and their accounting for runners of real job processes (LocalRunner, RayRunner).
 
-    A subclass keeps its runs in `self._running` (key -> a record with .job, .slot, .started_at
-    and .term_sent_at), calls `_started` after it starts one and `_ended` when one is over, and
-    implements submit, poll, stop, sleep, shutdown and scoring_resources."""
+    A subclass keeps its runs in `self._running` (key -> a record with .job, .slot, .started_at,
+    .term_sent_at and .reason), calls `_started` after it starts one and `_ended` when one is
+    over, and implements submit, poll, sleep, scoring_resources, `_send` (a signal to a run's
+    job process) and `_kill` (SIGKILL, waiting until it is gone)."""
 
     def __init__(self, num_slots: int, log_dir: Path | None, sandbox: bool):
         self.num_slots = num_slots
@@ -186,6 +187,34 @@ class SlotRunner:
         self._account(ended)
         self._idle_reason = OVERHEAD  # the freed slot waits on the caller's bookkeeping from here
         self._intervals.append((self._running.pop(key).started_at, ended))
+
+    def stop(self, key: str, reason: str = "stopped") -> None:
+        """Ask a run to stop now: it checkpoints and exits as 'preempted' (reported as `reason`)."""
+        r = self._running[key]
+        if r.term_sent_at is None:
+            r.reason = reason
+            r.term_sent_at = time.time()
+            self._send(r, signal.SIGTERM)
+
+    def _enforce_deadlines(self, key: str, r, now: float, since: float | None) -> None:
+        """A run still going: stop it at its timeout (counted from `since`), SIGKILL it once
+        the grace period after a stop has passed."""
+        if r.job.timeout_s and r.term_sent_at is None and since is not None and now - since > r.job.timeout_s:
+            self.stop(key, reason="timeout")
+        elif r.term_sent_at is not None and now - r.term_sent_at > KILL_GRACE_S:
+            self._send(r, signal.SIGKILL)
+
+    def shutdown(self) -> None:
+        """Stop everything (status 'shutdown': checkpointed, to be resumed, not a verdict)."""
+        for key in list(self._running):
+            self.stop(key, reason="shutdown")
+        deadline = time.time() + KILL_GRACE_S
+        while self._running and time.time() < deadline:
+            self.poll()
+            self.sleep(0.1)
+        for r in self._running.values():
+            self._kill(r)
+        self._running.clear()
 
     def take_events(self) -> list[RunnerEvent]:
         events, self.events = self.events, []

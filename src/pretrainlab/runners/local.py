@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from .base import KILL_GRACE_S, Job, JobResult, SlotRunner
+from .base import Job, JobResult, SlotRunner
 
 
 @dataclass
@@ -79,13 +79,14 @@ class LocalRunner(SlotRunner):
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, start_new_session=True)
         self._started(job.key, _Running(job, proc, slot, time.time(), pidfd=_pidfd(proc)))
 
-    def stop(self, key: str, reason: str = "stopped") -> None:
-        """Ask a run to stop now: it checkpoints and exits as 'preempted'."""
-        r = self._running[key]
-        if r.term_sent_at is None:
-            r.reason = reason
-            r.term_sent_at = time.time()
-            _signal(r.proc, signal.SIGTERM)
+    def _send(self, r: _Running, sig: int) -> None:
+        _signal(r.proc, sig)
+
+    def _kill(self, r: _Running) -> None:
+        _signal(r.proc, signal.SIGKILL)
+        r.proc.wait()
+        if r.pidfd is not None:
+            os.close(r.pidfd)
 
     def poll(self) -> list[JobResult]:
         """Finished jobs since the last call; enforces timeouts and the kill grace period."""
@@ -93,10 +94,7 @@ class LocalRunner(SlotRunner):
         now = time.time()
         for key, r in list(self._running.items()):
             if r.proc.poll() is None:
-                if r.job.timeout_s and r.term_sent_at is None and now - r.started_at > r.job.timeout_s:
-                    self.stop(key, reason="timeout")
-                elif r.term_sent_at is not None and now - r.term_sent_at > KILL_GRACE_S:
-                    _signal(r.proc, signal.SIGKILL)
+                self._enforce_deadlines(key, r, now, since=r.started_at)
                 continue
             ended = time.time()
             self._ended(key, ended)
@@ -126,20 +124,6 @@ class LocalRunner(SlotRunner):
             self.sleep(poll_s)
         return []
 
-    def shutdown(self) -> None:
-        """Stop everything (status 'shutdown': checkpointed, to be resumed, not a verdict)."""
-        for key in list(self._running):
-            self.stop(key, reason="shutdown")
-        deadline = time.time() + KILL_GRACE_S
-        while self._running and time.time() < deadline:
-            self.poll()
-            self.sleep(0.1)
-        for r in self._running.values():
-            _signal(r.proc, signal.SIGKILL)
-            r.proc.wait()
-            if r.pidfd is not None:
-                os.close(r.pidfd)
-        self._running.clear()
 
 
 def _pidfd(proc: subprocess.Popen) -> int | None:

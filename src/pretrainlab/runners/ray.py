@@ -203,13 +203,20 @@ class RayRunner(SlotRunner):
         run.node_ref = run.actor.node_id.remote()
         run.ref = run.actor.run.remote(run.spec, str(self._spec_path(run.job.key)), str(self._stderr_path(run.job.key)), run.attempt)
 
-    def stop(self, key: str, reason: str = "stopped") -> None:
-        """Ask a run to stop now: it checkpoints and exits as 'preempted'."""
-        r = self._running[key]
-        if r.term_sent_at is None:
-            r.reason = reason
-            r.term_sent_at = time.time()
-            r.actor.signal.remote(signal.SIGTERM)
+    def _send(self, r: _RayRun, sig: int) -> None:
+        """Through the run's actor, on its node (SIGKILL once: the actor's queue is not to fill up)."""
+        if sig == signal.SIGKILL:
+            if r.kill_sent:
+                return
+            r.kill_sent = True
+        r.actor.signal.remote(sig)
+
+    def _kill(self, r: _RayRun) -> None:
+        try:
+            self._ray.get(r.actor.signal.remote(signal.SIGKILL), timeout=10)
+        except self._ray.exceptions.RayError:
+            pass  # gone with its node
+        self._ray.kill(r.actor)
 
     def poll(self) -> list[JobResult]:
         """Finished runs since the last call; requeues runs lost with their node; enforces
@@ -231,11 +238,7 @@ class RayRunner(SlotRunner):
         for ref, key in refs.items():
             r = self._running[key]
             if ref not in ready:
-                if r.job.timeout_s and r.term_sent_at is None and r.attempt_started and now - r.attempt_started > r.job.timeout_s:
-                    self.stop(key, reason="timeout")
-                elif r.term_sent_at is not None and not r.kill_sent and now - r.term_sent_at > KILL_GRACE_S:
-                    r.kill_sent = True
-                    r.actor.signal.remote(signal.SIGKILL)
+                self._enforce_deadlines(key, r, now, since=r.attempt_started)  # a timeout counts from Ray placing it
                 continue
             out, lost, blame = self._outcome(r, ref)
             ray.kill(r.actor)  # its attempt is over (its node may be gone with it)
@@ -310,19 +313,7 @@ class RayRunner(SlotRunner):
     def shutdown(self) -> None:
         """Stop everything (status 'shutdown': checkpointed, to be resumed, not a verdict), then
         let go of the cluster (a Ray instance this runner started stops)."""
-        for key in list(self._running):
-            self.stop(key, reason="shutdown")
-        deadline = time.time() + KILL_GRACE_S
-        while self._running and time.time() < deadline:
-            self.poll()
-            self.sleep(0.1)
-        for r in self._running.values():
-            try:
-                self._ray.get(r.actor.signal.remote(signal.SIGKILL), timeout=10)
-            except self._ray.exceptions.RayError:
-                pass  # gone with its node
-            self._ray.kill(r.actor)
-        self._running.clear()
+        super().shutdown()
         if self._connected and self._ray.is_initialized():
             self._ray.shutdown()
             self._connected = False
