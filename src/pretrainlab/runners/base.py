@@ -134,7 +134,27 @@ class Runner(Protocol):
         """What the runner did on its own since the last call (requeues, excluded nodes), each once."""
 
 
-class SlotRunner:
+class Slots:
+    """`num_slots` slots and the runs in flight in them, `self._running` (key -> a record with
+    .job and .slot): shared by every runner, the simulated one included."""
+
+    num_slots: int
+    _running: dict
+
+    def free_slots(self) -> int:
+        return self.num_slots - len(self._running)
+
+    def busy(self) -> bool:
+        return bool(self._running)
+
+    def running(self) -> list[Job]:
+        return [r.job for r in self._running.values()]
+
+    def _free_slot(self) -> int:
+        return min(set(range(self.num_slots)) - {r.slot for r in self._running.values()})
+
+
+class SlotRunner(Slots):
     """Slots and their accounting for runners of real job processes (LocalRunner, RayRunner).
 
     A subclass keeps its runs in `self._running` (key -> a record with .job, .slot, .started_at,
@@ -159,21 +179,9 @@ class SlotRunner:
 
     # ---- slots -----------------------------------------------------------------------------
 
-    def free_slots(self) -> int:
-        return self.num_slots - len(self._running)
-
-    def busy(self) -> bool:
-        return bool(self._running)
-
-    def running(self) -> list[Job]:
-        return [r.job for r in self._running.values()]
-
     def stopping(self, key: str) -> bool:
         """True once stop() (or a timeout) has signalled the job."""
         return self._running[key].term_sent_at is not None
-
-    def _free_slot(self) -> int:
-        return min(set(range(self.num_slots)) - {r.slot for r in self._running.values()})
 
     def _started(self, key: str, run) -> None:
         """Book a job that was just started (its record's started_at is now)."""

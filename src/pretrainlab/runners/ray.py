@@ -58,7 +58,7 @@ EXCLUDE_AFTER = 2  # runs lost on one node before it gets no more (one loss can 
 # or an NFS lock lease of a machine that died
 LOCK_WAIT_S = KILL_GRACE_S + 60.0
 NODE_LABEL = "ray.io/node-id"  # set by Ray on every node (Ray >= 2.49)
-FINISHED = ("ok", "timeout", "rejected", "diverged")  # a run's own verdicts: what it would say again if run again
+FINAL = ("rejected", "diverged")  # ends a run would come to again if run again ('ok' and 'timeout' once the lab scored them)
 
 
 class JobProcess:
@@ -88,8 +88,9 @@ class JobProcess:
         held = [str(p) for p in locks if lock_holder(p)]
         if held and self._signal is None:  # not this node's fault: another attempt starts, on any node
             return {"node": node, "not_started": f"the previous attempt still held {', '.join(held)} after {LOCK_WAIT_S:.0f} s"}
-        if spec["sandbox"] and not Sandbox.detect(warn=False).active:  # the driver promised sandboxed runs
-            return {"node": node, "node_problem": f"this node cannot sandbox runs: {Sandbox.detect(warn=False).reason}"}
+        box = Sandbox.detect(warn=False)
+        if spec["sandbox"] and not box.active:  # the driver promised sandboxed runs
+            return {"node": node, "node_problem": f"this node cannot sandbox runs: {box.reason}"}
         if attempt > 1:  # continue what the lost attempt left: from its checkpoint, or from step 0 (the trainer decides)
             spec["resume"] = rundir.is_run_dir(run_dir)
             if not spec["resume"] and run_dir.exists():
@@ -111,7 +112,7 @@ class JobProcess:
                               f"{'resuming' if spec['resume'] else 'from the start'}\n")
                     err.flush()
                 self._proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, start_new_session=True)
-        return {"node": node, "returncode": self._proc.wait(), "resumed": spec["resume"]}
+        return {"node": node, "returncode": self._proc.wait()}
 
     def signal(self, sig: int) -> None:
         """SIGTERM to the job process (it passes it on to its trainer), SIGKILL to its whole group."""
@@ -348,7 +349,7 @@ def _finished_on_disk(job: Job) -> bool:
     status = (read_summary(job.out_dir) or {}).get("status")
     if status in ("ok", "timeout"):
         return job.score_path is None or Path(job.score_path).exists()
-    return status in FINISHED
+    return status in FINAL
 
 
 def _short(node: str) -> str:
