@@ -87,8 +87,7 @@ def cluster():
                 ray.init(address=f"{ip}:{port}", log_to_driver=False)
             except (ConnectionError, RuntimeError) as e:
                 pytest.skip(f"ray cannot start here: cannot connect to the test cluster: {e}")
-            nodes = wait_for("the second node", lambda: (lambda ns: ns if len(ns) == 2 else None)(
-                [n for n in ray.nodes() if n["Alive"]]), 90, second, temp / "node2.log")
+            nodes = wait_for("the second node", lambda: two_alive(ray), 90, second, temp / "node2.log")
             ray.shutdown()  # each test's runner connects by itself, as `research start --ray-address` does
         node2 = next(n["NodeID"] for n in nodes if "node2" in n["Resources"])
         head_id = next(n["NodeID"] for n in nodes if n["NodeID"] != node2)
@@ -98,12 +97,17 @@ def cluster():
             ray.shutdown()
         for proc in procs:
             stop_group(proc)
-        for pid in pids_mentioning(str(temp)):  # the workers Ray started (each in a process group of its own)
+        for pid in pids_mentioning(f"{temp}/"):  # the workers Ray started (each in a process group of its own)
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def two_alive(ray) -> list[dict] | None:
+    alive = [n for n in ray.nodes() if n["Alive"]]
+    return alive if len(alive) == 2 else None
 
 
 def stop_group(proc: subprocess.Popen) -> None:
