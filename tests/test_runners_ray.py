@@ -19,6 +19,7 @@ import pytest
 from conftest import tiny_overrides
 
 from pretrainlab import rundir
+from pretrainlab.errors import UserError
 from pretrainlab.ledger import Ledger
 from pretrainlab.research import manage
 from pretrainlab.research.campaign import Campaign, CampaignConfig
@@ -225,3 +226,15 @@ def test_a_node_is_excluded_after_repeated_losses_unless_it_is_the_last(monkeypa
     runner._node_lost("b" * 40, "e3-s0")
     runner._node_lost("b" * 40, "e4-s0")
     assert runner.excluded == {"a" * 40} and not runner.events  # the last node that can run a slot stays
+
+
+def test_an_unreachable_cluster_is_an_error_at_once_and_the_campaign_waits_for_a_resume(monkeypatch):
+    pytest.importorskip("ray", reason="--runner ray needs ray: pip install 'pretrainlab[ray]'")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    cfg = CampaignConfig(recipe="tiny-cpu", budget_runs=3, seeds=2, strategy="random", runner="ray", ray_address=address)
+    with pytest.raises(UserError, match=f"cannot reach the Ray cluster at {address}: no answer"):
+        manage.start(cfg, echo=False)  # not Ray's minutes of retries
+    (row,) = Ledger().list_campaigns()
+    assert row["status"] == "stopped"
+    assert any(n["text"].startswith("its loop could not start: cannot reach") for n in Ledger().list_notes(campaign_id=row["id"]))

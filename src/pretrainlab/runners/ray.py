@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -57,6 +58,7 @@ EXCLUDE_AFTER = 2  # runs lost on one node before it gets no more (one loss can 
 # how long a new attempt waits for the previous one's job process to let go of the run: its checkpoint on SIGTERM,
 # or an NFS lock lease of a machine that died
 LOCK_WAIT_S = KILL_GRACE_S + 60.0
+PROBE_S = 5.0  # a cluster address that takes no TCP connection in this long is an error at once
 NODE_LABEL = "ray.io/node-id"  # set by Ray on every node (Ray >= 2.49)
 FINAL = ("rejected", "diverged")  # ends a run would come to again if run again ('ok' and 'timeout' once the lab scored them)
 
@@ -328,13 +330,16 @@ def _connect(ray, address: str | None) -> bool:
     options: dict = {"log_to_driver": False}  # each run's output is in its own log file
     if address is None and not os.environ.get("RAY_ADDRESS"):
         options["include_dashboard"] = False  # only a new local instance takes settings
+    where = address or os.environ.get("RAY_ADDRESS")
+    unreachable = _unreachable(where) if where else None
+    if unreachable:  # ray.init would retry for minutes
+        raise UserError(f"cannot reach the Ray cluster at {where}: {unreachable}: check --ray-address (or RAY_ADDRESS) and that it is up")
     main = threading.current_thread() is threading.main_thread()
     # ray.init replaces this process's SIGTERM/SIGINT handlers (SIGTERM exits at once): they are put back
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if main else {}
     try:
         ray.init(address=address, **options)
     except ConnectionError as e:
-        where = address or os.environ.get("RAY_ADDRESS")
         raise UserError(f"cannot reach the Ray cluster at {where}: {_first_line(e)}: check --ray-address (or RAY_ADDRESS) and that "
                         "it is up") from None
     finally:
@@ -342,6 +347,19 @@ def _connect(ray, address: str | None) -> bool:
             if handler is not None:
                 signal.signal(sig, handler)
     return True
+
+
+def _unreachable(address: str) -> str | None:
+    """Why HOST:PORT (a cluster's GCS, or ray://HOST:PORT, its Ray Client server) takes no TCP
+    connection within PROBE_S; None when it does, or for an address Ray resolves itself (auto)."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    try:
+        socket.create_connection((host, int(port)), timeout=PROBE_S).close()
+    except OSError as e:
+        return f"no answer on port {port} ({e.strerror or e})"
+    return None
 
 
 def _finished_on_disk(job: Job) -> bool:
