@@ -146,7 +146,7 @@ def paired_noise(args, meta: dict, out: Path) -> None:
     import subprocess
     from concurrent.futures import ThreadPoolExecutor
 
-    from pretrainlab.research.campaign import run_budget_overrides
+    from pretrainlab.research.config import run_budget_overrides
     from pretrainlab.research.early_stop import eval_curve
 
     work = Path(tempfile.mkdtemp(prefix="pretrainlab-bench-noise-"))

@@ -30,7 +30,7 @@ from pretrainlab.config import Recipe
 from pretrainlab.data import Corpus
 from pretrainlab.model import GPT
 from pretrainlab.runners.job import corpus_path
-from pretrainlab.runners.local import PACKAGE_SRC
+from pretrainlab.runners.base import PACKAGE_SRC
 from pretrainlab.runners.sandbox import Sandbox
 from pretrainlab.runners.scoring import score_run
 from pretrainlab.train.trainer import train

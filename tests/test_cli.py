@@ -152,8 +152,8 @@ def test_campaign_flags_are_the_settings_fields_and_reach_them():
     assert cfg.transfer == ["model.n_layer=6", "model.n_embd=192"]
 
     resumed = _config_options(parser.parse_args(["research", "resume", "abc", "--parallel", "3"]), api.CampaignConfig, only=api.RESUMABLE)
-    assert resumed == {"budget_runs": None, "budget_hours": None, "parallel": 3, "gpus": None, "spend_cap_usd": None,
-                       "spend_cap_tokens": None}  # None: not given, left as it was
+    assert resumed == {"budget_runs": None, "budget_hours": None, "parallel": 3, "gpus": None, "runner": None, "ray_address": None,
+                       "spend_cap_usd": None, "spend_cap_tokens": None}  # None: not given, left as it was
 
     skip = ("concentration", "pool_size", "top", "num_resamples")
     mix = _config_options(parser.parse_args(["research", "mixture", "--target", "code, docs", "--proxies", "12"]), api.MixtureConfig, skip)

@@ -13,7 +13,7 @@ from pretrainlab.ledger import Ledger
 from pretrainlab.research import manage
 from pretrainlab.research.campaign import Campaign, CampaignConfig
 from pretrainlab.research.simulate import Landscape, SimulatedRunner
-from pretrainlab.runners.local import OVERHEAD
+from pretrainlab.runners.base import OVERHEAD
 
 SLOW_LR = ["optim.lr=0.0001", "optim.muon_lr=0.0005"]  # a starting recipe with far too low LRs
 SANE_LR = ["optim.lr=0.01", "optim.muon_lr=0.03"]
@@ -82,12 +82,12 @@ def sim(monkeypatch):
     clock = Clock()
     state = SimpleNamespace(landscape=Landscape(seed=0), pace=lambda key: 1.0, runners=[])
 
-    def local_runner(num_slots, gpus=None, log_dir=None):
-        runner = Runner(clock, state.landscape, num_slots, state.pace)
+    def make_runner(cfg, workdir):
+        runner = Runner(clock, state.landscape, cfg.parallel, state.pace)
         state.runners.append(runner)
         return runner
 
-    monkeypatch.setattr(manage, "LocalRunner", local_runner)
+    monkeypatch.setattr(manage, "make_runner", make_runner)
     monkeypatch.setattr(Campaign, "record_hidden_test", lambda self: None)  # simulated runs have no weights to score
     return state
 

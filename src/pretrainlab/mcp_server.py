@@ -55,8 +55,11 @@ INSTRUCTIONS = (
 
 DEFAULT_PORT = 8765
 TOKEN_ENV = "PRETRAINLAB_MCP_TOKEN"
-# campaign settings a model does not choose over MCP: the endpoint would receive the lab's API key
-NOT_OVER_MCP = ("llm_base_url",)
+# campaign settings a model does not choose over MCP, and why
+NOT_OVER_MCP = {"llm_base_url": "the LLM endpoint is the server's to set (env ANTHROPIC_BASE_URL / OPENAI_BASE_URL): it receives "
+                                "the API key",
+                "ray_address": "the Ray cluster is the server's to set (env RAY_ADDRESS): the lab runs its jobs there and "
+                               "deserialises what it sends back"}
 CAPPED = ("spend_cap_usd", "spend_cap_tokens")  # a model may lower these below the lab's defaults, not raise them
 
 REVIEW_CAMPAIGN = """\
@@ -161,8 +164,7 @@ def build_server(db: str | None = None):
             name, given = ctx.params.get("name"), set(ctx.params["arguments"])
             unknown = sorted(given - arguments_of.get(name, given))
             if unknown:
-                why = ("; the LLM endpoint is the server's to set (env ANTHROPIC_BASE_URL / OPENAI_BASE_URL): it receives the API key"
-                       if set(unknown) & set(NOT_OVER_MCP) else "")
+                why = "".join(f"; {NOT_OVER_MCP[k]}" for k in unknown if k in NOT_OVER_MCP)
                 raise MCPError(INVALID_PARAMS, f"{name} has no argument {', '.join(unknown)}{why}; its arguments: "
                                                f"{', '.join(sorted(arguments_of[name]))}")
         return await call_next(ctx)

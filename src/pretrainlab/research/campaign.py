@@ -53,11 +53,11 @@ from ..ledger.rundir import METRIC_COLUMNS, derived_run_id, read_run_dir
 from ..ledger.store import Phase, Role
 from ..train.rundir_lock import lock_holder
 from ..recipes import estimate_params
-from ..runners import Job, JobResult, LocalRunner
+from ..runners import Job, JobResult, Runner
 from ..rundir import read_json, read_summary
-from ..runners.local import OVERHEAD
+from ..runners.base import OVERHEAD
 from . import early_stop, policy
-from .config import CampaignConfig, run_budget_overrides  # noqa: F401 (the settings, imported from here too)
+from .config import CampaignConfig  # noqa: F401 (the settings, imported from here too)
 from .data_experiments import apply_data_change, check_fixed_data
 from .patches import apply_patch
 from .space import default_space, recipe_diff
@@ -97,7 +97,7 @@ def handed_back(ledger, campaign_id: str) -> Recipe:
 
 
 class Campaign:
-    def __init__(self, ledger, campaign_id: str, strategy: Strategy, runner: LocalRunner, workdir: Path, echo: bool = True):
+    def __init__(self, ledger, campaign_id: str, strategy: Strategy, runner: Runner, workdir: Path, echo: bool = True):
         self.ledger, self.id, self.strategy, self.runner = ledger, campaign_id, strategy, runner
         row = ledger.get_campaign(campaign_id)
         self.cfg = CampaignConfig(**row["config"]["campaign"])
@@ -233,6 +233,7 @@ class Campaign:
                 break
             for result in self.runner.poll():  # a. finished runs
                 self.on_finished(result)
+            self.note_runner_events()
             if self.cfg.early_stop:  # b. clear losers
                 self.early_stop_losers()
             while self.runner.free_slots():  # c. keep every slot busy
@@ -249,6 +250,7 @@ class Campaign:
         self.runner.shutdown()
         for result in self.runner.poll():
             self.on_finished(result)
+        self.note_runner_events()
         if self.cfg.decision == "screen":  # the last run in was the baseline's own confirmation seed (--seeds 2)
             self.maybe_record_claims()
         status = "stopped" if self.ledger.get_campaign(self.id)["status"] == "stopping" else "done"
@@ -269,7 +271,7 @@ class Campaign:
         runs the model, this process computes the score (runners/scoring.py)."""
         from ..data import Corpus
         from ..runners.job import corpus_path
-        from ..runners.local import PACKAGE_SRC
+        from ..runners.base import PACKAGE_SRC
         from ..runners.scoring import ScoreRejected, score_run
 
         recipe = self.recipe_of(exp)
@@ -398,6 +400,14 @@ class Campaign:
             for e in self.experiments():
                 if e["id"] != exp_id and planned_seeds(e):
                     self.maybe_decide(e["id"])
+
+    def note_runner_events(self) -> None:
+        """What the runner did on its own, on the record: a run requeued after its node was lost
+        (a note on its experiment), a node excluded (a note on the campaign)."""
+        for event in self.runner.take_events():
+            exp_id = event.key.rsplit("-s", 1)[0] if event.key else None
+            self.ledger.add_note(event.text, author="runner", experiment_id=exp_id, campaign_id=None if exp_id else self.id)
+            self.log(event.text)
 
     def register(self, exp_id: str, run_dir: Path) -> None:
         """Record a run with the lab's own score of it (runners/job.py), never the figures the run

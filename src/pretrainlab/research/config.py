@@ -10,9 +10,15 @@ from dataclasses import dataclass
 
 from ..config import Recipe, apply_overrides, doc
 from ..errors import UserError
+from ..runners import RUNNERS
 
 # what `research resume` may change in a campaign's settings
-RESUMABLE = ("budget_runs", "budget_hours", "parallel", "gpus", "spend_cap_usd", "spend_cap_tokens")
+RESUMABLE = ("budget_runs", "budget_hours", "parallel", "gpus", "runner", "ray_address", "spend_cap_usd", "spend_cap_tokens")
+RUNNER_DOC = "where runs train: local (processes on this machine) or ray (a Ray cluster: docs/scale.md)"
+RAY_ADDRESS_DOC = ("--runner ray: the cluster (host:port, ray://host:10001, or auto for the one running here); "
+                   "default: env RAY_ADDRESS, else a new Ray instance on this machine")
+GPUS_DOC = ("comma-separated GPU indices, one per slot (e.g. 0,1,2,3); with --runner ray any list (e.g. 0) gives each slot "
+            "one GPU, placed by Ray; default: CPU processes")
 
 # the mixture search (research/mixture.py)
 TOP_MIXTURES = 100  # the recommendation is the mean of this many best-predicted mixtures of the pool
@@ -34,7 +40,9 @@ class CampaignConfig:
     run_budget: str = doc("per run: seconds (60s, 5m) or tokens (2e6tok)", "60s")
     strategy: str = doc("auto (claude if ANTHROPIC_API_KEY is set, else optuna), claude, openai, optuna, random, manual", "auto")
     parallel: int = doc("runs in flight at once (CPU: cores split fairly)", 2)
-    gpus: list[int] | None = doc("comma-separated GPU indices, one per slot (e.g. 0,1,2,3); default: CPU processes", None)
+    gpus: list[int] | None = doc(GPUS_DOC, None)
+    runner: str = doc(RUNNER_DOC, "local")
+    ray_address: str | None = doc(RAY_ADDRESS_DOC, None)
     seeds: int = doc("replicates for the baseline and each confirmation", 3)
     alpha: float = doc("two-sided significance level of a decision", 0.05)
     max_looks: int = doc("paired/welch: confirmation rounds per experiment (sequential looks, alpha split between them)", 2)
@@ -86,8 +94,7 @@ class CampaignConfig:
             raise UserError("--transfer checks a replicated winner at a larger rung: use it with --decision paired (or welch)")
         if self.screen_noise < 0 or not 0 < self.adopt_p < 1 or self.rung_stop <= 0:
             raise UserError("--screen-noise must be >= 0, --adopt-p in (0, 1) and --rung-stop > 0")
-        if self.gpus is not None and len(self.gpus) < self.parallel:
-            raise UserError(f"--parallel {self.parallel} needs {self.parallel} GPUs, --gpus lists {len(self.gpus)}: lower --parallel or list more")
+        check_runner(self.runner, self.ray_address, self.gpus, self.parallel)
         if self.parallel < 1 or (self.seeds < 2 and self.decision != "greedy"):
             raise UserError("--parallel must be >= 1 and --seeds >= 2 (a t-test needs two replicates)")
         if self.screen_margin < 0:
@@ -107,6 +114,16 @@ class CampaignConfig:
         if self.early_stop and not recipe.train.eval_every_frac:
             recipe.train.eval_every_frac = 0.5
         return recipe
+
+
+def check_runner(runner: str, ray_address: str | None, gpus: list[int] | None, parallel: int) -> None:
+    """A runner that exists, an address only for Ray, and (local) one listed GPU per slot."""
+    if runner not in RUNNERS:
+        raise UserError(f"--runner {runner!r}: use one of {', '.join(RUNNERS)}")
+    if ray_address and runner != "ray":
+        raise UserError("--ray-address names a Ray cluster: add --runner ray, or drop --ray-address")
+    if runner == "local" and gpus is not None and len(gpus) < parallel:
+        raise UserError(f"--parallel {parallel} needs {parallel} GPUs, --gpus lists {len(gpus)}: lower --parallel or list more")
 
 
 def check_run_budget_and_transfer(run_budget: str, transfer: list[str]) -> None:
@@ -149,7 +166,9 @@ class MixtureConfig:
     transfer: list[str] = doc("a larger rung where the confirmation runs again (e.g. --transfer model.n_layer=8 "
                               "--transfer model.n_embd=256)", [])
     parallel: int = doc("runs in flight at once (CPU: cores split fairly)", 2)
-    gpus: list[int] | None = doc("comma-separated GPU indices, one per slot", None)
+    gpus: list[int] | None = doc(GPUS_DOC, None)
+    runner: str = doc(RUNNER_DOC, "local")
+    ray_address: str | None = doc(RAY_ADDRESS_DOC, None)
     alpha: float = doc("two-sided significance level of each claim", 0.05)
     design_seed: int = doc("seed of the sampled mixtures, the search and the bootstrap", 0)
     concentration: list[float] = doc("[low, high] total Dirichlet concentration of the sampled mixtures", list(CONCENTRATION))
@@ -162,9 +181,7 @@ class MixtureConfig:
             raise UserError(f"--confirm-seeds must be >= 2 (a paired test needs two seeds), got {self.confirm_seeds}")
         if self.parallel < 1:
             raise UserError(f"--parallel must be >= 1, got {self.parallel}")
-        if self.gpus is not None and len(self.gpus) < self.parallel:
-            raise UserError(f"--parallel {self.parallel} needs {self.parallel} GPUs, --gpus lists {len(self.gpus)}: "
-                            "lower --parallel or list more")
+        check_runner(self.runner, self.ray_address, self.gpus, self.parallel)
         if not 0 < self.alpha < 0.5:
             raise UserError(f"--alpha must be in (0, 0.5), got {self.alpha}")
         if len(self.concentration) != 2 or not 0 < self.concentration[0] <= self.concentration[1]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from ..workspace import workspace
 from ..errors import UserError
 from ..ledger.store import Phase, Role
-from ..runners import LocalRunner
+from ..runners import make_runner
 from .campaign import Campaign, CampaignConfig, slots_text
 from .strategies import STRATEGIES, Strategy
 
@@ -131,7 +131,7 @@ def launch(cfg: CampaignConfig, author: str, name: str | None = None, db: str | 
 
 def resume(campaign_id: str, db: str | None = None, echo: bool = True, author: str = "person", **changes) -> str:
     """Continue a campaign. `changes` extend or reshape it (budget_runs, budget_hours,
-    parallel, gpus, spend_cap_usd, spend_cap_tokens; None keeps a value): recorded in its
+    parallel, gpus, runner, ray_address, spend_cap_usd, spend_cap_tokens; None keeps a value): recorded in its
     config and as a note by `author`. A screen that was promising but left inconclusive for
     lack of runs is replicated once the budget has room."""
     from ..ledger import Ledger
@@ -140,13 +140,16 @@ def resume(campaign_id: str, db: str | None = None, echo: bool = True, author: s
     row = find_campaign(ledger, campaign_id)
     refuse_ladder(row)
     changes = {k: v for k, v in changes.items() if v is not None}
+    if changes.get("runner", "ray") != "ray" and "ray_address" not in changes:
+        changes["ray_address"] = None  # back on this machine: the cluster's address goes with the runner
     if row["config"].get("kind") == "mixture":  # its plan is fixed: only the slots can change
         from . import mixture_campaign
 
-        ignored = sorted(set(changes) - {"parallel", "gpus"})
+        ignored = sorted(set(changes) - set(mixture_campaign.RESUMABLE))
         if ignored:
             raise UserError(f"campaign {row['id']} is a mixture campaign: {', '.join('--' + k.replace('_', '-') for k in ignored)} "
-                            "does not apply to it (its runs are planned); resume it with --parallel / --gpus only")
+                            "does not apply to it (its runs are planned); resume it with "
+                            f"{' / '.join('--' + k.replace('_', '-') for k in mixture_campaign.RESUMABLE)} only")
         return mixture_campaign.resume(ledger, row, echo=echo, author=author, **changes)
     old = row["config"]["campaign"]
     cfg = CampaignConfig(**{**old, **changes})  # validates
@@ -166,7 +169,12 @@ def _run(ledger, campaign_id: str, cfg: CampaignConfig, strategy: Strategy, echo
     workdir.mkdir(parents=True, exist_ok=True)
     row = ledger.get_campaign(campaign_id)  # which process runs the loop: `research status` tells a live loop from a dead one
     ledger.set_campaign_config(campaign_id, {**row["config"], "loop": {"pid": os.getpid(), "host": socket.gethostname()}})
-    runner = LocalRunner(cfg.parallel, gpus=cfg.gpus, log_dir=workdir / "logs")
+    try:
+        runner = make_runner(cfg, workdir)  # cfg.runner: local processes or a Ray cluster
+    except UserError as e:  # e.g. a Ray cluster that does not answer: nothing started, the campaign waits for a resume
+        ledger.set_campaign_status(campaign_id, "stopped")
+        ledger.add_note(f"its loop could not start: {e}", author="campaign", campaign_id=campaign_id)
+        raise
     if not runner.sandbox.active:  # said loudly on stderr by Sandbox.detect; kept on the record too
         ledger.add_note(f"experiment processes of this loop are NOT sandboxed: {runner.sandbox.reason}; they run with a scrubbed "
                         "environment, and the lab still scores every run itself", author="campaign", campaign_id=campaign_id)

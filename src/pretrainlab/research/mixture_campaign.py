@@ -43,7 +43,7 @@ from ..errors import UserError
 from ..ledger.rundir import METRIC_COLUMNS, derived_run_id, read_run_dir
 from ..ledger.store import Phase, Role
 from ..recipes import estimate_params
-from ..runners import Job, JobResult, LocalRunner
+from ..runners import Job, JobResult, Runner, make_runner
 from ..rundir import read_json, read_summary
 from ..train.rundir_lock import lock_holder
 from . import mixture
@@ -55,6 +55,7 @@ LEDGER_ROLES = {"proxy": Role.PROXY, "natural": Role.REFERENCE, "uniform": Role.
 
 PROPOSER = "mixture design"  # proxies and the recommendation are attributed to it (a strategy)
 KIND = "mixture"  # campaigns.config["kind"]: how `research status / resume` and `report` tell this campaign apart
+RESUMABLE = ("parallel", "gpus", "runner", "ray_address")  # what `research resume` may change: its plan is fixed, its slots are not
 PROXY_SEED = 0  # every proxy runs on this seed index; the confirmation uses 1..confirm_seeds
 ROLES = ("natural", "uniform", "recommended")  # the confirmation's arms, at each scale
 
@@ -102,11 +103,11 @@ def start(cfg: MixtureConfig, name: str | None = None, db: str | None = None, ec
     return cid
 
 
-def resume(ledger, row: dict, echo: bool = True, author: str = "person", parallel: int | None = None, gpus: list[int] | None = None) -> str:
-    """Continue a mixture campaign (manage.resume hands it here): finished runs are kept,
-    unfinished ones resumed from their checkpoints, nothing decided twice."""
+def resume(ledger, row: dict, echo: bool = True, author: str = "person", **changes) -> str:
+    """Continue a mixture campaign (manage.resume hands it here) with changes to its slots
+    (RESUMABLE): finished runs are kept, unfinished ones resumed from their checkpoints,
+    nothing decided twice."""
     old = row["config"]["mixture"]
-    changes = {k: v for k, v in (("parallel", parallel), ("gpus", gpus)) if v is not None}
     cfg = MixtureConfig(**{**old, **changes})
     changed = {k: (old.get(k), v) for k, v in changes.items() if old.get(k) != v}
     if changed:
@@ -122,7 +123,7 @@ def _run(ledger, campaign_id: str, cfg: MixtureConfig, echo: bool) -> None:
 
     workdir = workspace() / "runs" / "campaigns" / campaign_id
     workdir.mkdir(parents=True, exist_ok=True)
-    runner = LocalRunner(cfg.parallel, gpus=cfg.gpus, log_dir=workdir / "logs")
+    runner = make_runner(cfg, workdir)
     if not runner.sandbox.active:
         ledger.add_note(f"experiment processes of this loop are NOT sandboxed: {runner.sandbox.reason}; they run with a scrubbed "
                         "environment, and the lab still scores every run itself", author="campaign", campaign_id=campaign_id)
@@ -137,7 +138,7 @@ class MixtureCampaign:
     """The loop (`run`), and the reads `summary` makes of a campaign's record (runner and
     workdir None: nothing is started)."""
 
-    def __init__(self, ledger, campaign_id: str, runner=None, workdir: Path | None = None, echo: bool = True):
+    def __init__(self, ledger, campaign_id: str, runner: Runner | None = None, workdir: Path | None = None, echo: bool = True):
         self.ledger, self.id, self.runner, self.echo = ledger, campaign_id, runner, echo
         self.workdir = Path(workdir) if workdir is not None else None
         row = ledger.get_campaign(campaign_id)
@@ -209,6 +210,8 @@ class MixtureCampaign:
                 break
             for result in self.runner.poll():
                 self.on_finished(result)
+            for event in self.runner.take_events():  # a run requeued after its node was lost, a node excluded
+                self.ledger.add_note(event.text, author="runner", campaign_id=self.id)
             if self.arm("recommended") is None and not self.fit_failed and all(self.done(e) for e in self.experiments("proxy")):
                 self.recommend()
             while self.runner.free_slots():

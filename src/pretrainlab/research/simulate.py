@@ -34,7 +34,8 @@ from pathlib import Path
 
 from .. import rundir
 from ..config import Recipe, apply_overrides
-from ..runners.local import OVERHEAD, Job, JobResult
+from ..runners.base import OVERHEAD, Job, JobResult, RunnerEvent, Slots
+from ..runners.sandbox import Sandbox
 
 
 def _unit(key: str) -> float:
@@ -176,10 +177,12 @@ class _SimRun:
     rung_written: bool = False
 
 
-class SimulatedRunner:
-    """The LocalRunner interface on a virtual clock: a full run takes `run_s` virtual
+class SimulatedRunner(Slots):
+    """The Runner interface (runners/base.py) on a virtual clock: a full run takes `run_s` virtual
     seconds; a run evaluates at its rungs (train.eval_every_frac) and when it ends; stop()
     ends it at once, with the tokens it had trained, as the real trainer does."""
+
+    sandbox = Sandbox(None, "simulated: no experiment process runs")
 
     def __init__(self, landscape: Landscape, num_slots: int = 2, run_s: float = 20.0):
         self.landscape = landscape
@@ -197,15 +200,6 @@ class SimulatedRunner:
         """The virtual clock (LocalRunner.time's counterpart)."""
         return self.now
 
-    def free_slots(self) -> int:
-        return self.num_slots - len(self._running)
-
-    def busy(self) -> bool:
-        return bool(self._running)
-
-    def running(self) -> list[Job]:
-        return [r.job for r in self._running.values()]
-
     def submit(self, job: Job) -> None:
         assert self.free_slots() > 0 and job.key not in self._running
         if job.resume:
@@ -215,7 +209,7 @@ class SimulatedRunner:
         job.out_dir.mkdir(parents=True, exist_ok=True)
         rundir.write_json_atomic(job.out_dir / rundir.RECIPE, recipe.to_dict())
         rundir.write_rows(job.out_dir, [])
-        slot = min(set(range(self.num_slots)) - {r.slot for r in self._running.values()})
+        slot = self._free_slot()
         frac = recipe.train.eval_every_frac
         self._running[job.key] = _SimRun(job, recipe, recipe.seed, slot, self.now, self.now + self.run_s,
                                          self.now + frac * self.run_s if frac else None)
@@ -225,6 +219,14 @@ class SimulatedRunner:
     def release_orphan(self, key: str) -> bool:
         """Nothing outlives an in-process campaign: there are never orphans to stop."""
         return False
+
+    def scoring_resources(self) -> dict:
+        """Simulated runs have no weights: the lab's scoring never runs here."""
+        return {"threads": 1, "gpus": False, "env": {}}
+
+    def take_events(self) -> list[RunnerEvent]:
+        """No node is ever lost on the virtual clock."""
+        return []
 
     def stop(self, key: str, reason: str = "stopped") -> None:
         r = self._running[key]

@@ -1,6 +1,7 @@
 """One run of a campaign, end to end: train in the sandbox, then score it from the lab's side.
 
     python -m pretrainlab.runners.job SPEC.json        # started by LocalRunner.submit, one per run
+    python -m pretrainlab.runners.job SPEC.json --stop-with-parent PID   # by RayRunner's actor (runners/ray.py)
 
 This process is the lab's: it imports only the lab's own package, never the experiment's
 code (that runs in the sandboxed training process and in the scoring worker).
@@ -18,13 +19,19 @@ code (that runs in the sandboxed training process and in the scoring worker).
   5. write the lab's verdict to the spec's score_path (outside the run directory) and into
      summary.json (`val_bpb` becomes the lab's; the run's own figure is kept beside it)
 SIGTERM (early stop, preemption, shutdown) reaches the trainer through the process group;
-this process then skips scoring and exits with the trainer's code.
+this process then skips scoring and exits with the trainer's code. With --stop-with-parent
+(Linux) this process, the leader of its own process group, gets SIGTERM when the process
+that started it dies (a Ray worker lost with its node's raylet) and passes every SIGTERM
+on to its group, so a run whose runner is gone checkpoints and stops instead of training on.
 """
 
 from __future__ import annotations
 
+import argparse
+import ctypes
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -101,14 +108,40 @@ def visible_corpus_files(path: Path) -> list[Path]:
     return files
 
 
-def main(spec_path: str) -> int:
+_HELD: list = []  # locks this process holds until it exits
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies
+
+
+def die_with_parent(sig: int) -> None:
+    """Have the kernel send `sig` to this process when its parent dies."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
+
+
+def stop_with_parent(parent_pid: int) -> None:
+    """SIGTERM this process when `parent_pid`, the process that started it, dies (at once if it
+    already has)."""
+    die_with_parent(signal.SIGTERM)
+    if os.getppid() != parent_pid:  # it died before the prctl: nothing would tell us
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def main(spec_path: str, parent_pid: int | None = None) -> int:
     spec = json.loads(Path(spec_path).read_text())
     # held until this process exits, so a restarted campaign finds this run still in flight (LocalRunner.release_orphan)
     from ..train.rundir_lock import acquire
 
-    job_lock = acquire(job_lock_dir(spec_path), create=True)  # noqa: F841 (the kernel drops it when this process dies)
+    _HELD.append(acquire(job_lock_dir(spec_path), create=True))  # the kernel drops it when this process dies
     stopping = {"flag": False}
-    signal.signal(signal.SIGTERM, lambda *_: stopping.update(flag=True))
+
+    def on_sigterm(*_) -> None:
+        if parent_pid is not None and not stopping["flag"]:  # only this process got it: the trainer must checkpoint too
+            stopping["flag"] = True
+            os.killpg(os.getpgrp(), signal.SIGTERM)  # (this process's own copy finds the flag set)
+        stopping["flag"] = True
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    if parent_pid is not None:
+        stop_with_parent(parent_pid)
     # 1. recipe and corpus, resolved by the lab
     from ..recipes import resolve_recipe
 
@@ -140,9 +173,11 @@ def main(spec_path: str) -> int:
         env["PRETRAINLAB_HOME"] = str(corpus_dir.parent.parent)
     gpus = bool(spec["env"].get("CUDA_VISIBLE_DEVICES"))
     code = 0
-    if train_cmd is not None:
+    if train_cmd is not None and not stopping["flag"]:  # (a SIGTERM before the trainer started has nobody else to stop)
+        # with --stop-with-parent the trainer dies with this process, as bwrap's --die-with-parent makes it in the sandbox
+        preexec = ignore_sigterm if parent_pid is None else lambda: (ignore_sigterm(), die_with_parent(signal.SIGKILL))
         proc = subprocess.Popen(box.wrap(train_cmd, code_src=code_src, read_only=read_only, writable=[run_dir], gpus=gpus),
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env, preexec_fn=ignore_sigterm)
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env, preexec_fn=preexec)
         code = proc.wait()
     summary = rundir.read_summary(run_dir)
     if (stopping["flag"] or not spec.get("score_path") or summary is None or summary.get("status") not in ("ok", "timeout")
@@ -187,8 +222,13 @@ def main(spec_path: str) -> int:
 if __name__ == "__main__":
     from ..errors import UserError
 
+    parser = argparse.ArgumentParser(prog="python -m pretrainlab.runners.job")
+    parser.add_argument("spec")
+    parser.add_argument("--stop-with-parent", type=int, metavar="PID", help="stop (SIGTERM) when process PID, this one's "
+                        "parent, dies; pass SIGTERM on to this process group (start this process in a new session)")
+    args = parser.parse_args()
     try:
-        sys.exit(main(sys.argv[1]))
+        sys.exit(main(args.spec, args.stop_with_parent))
     except UserError as e:  # a bad recipe or corpus: the same one-line error and exit code as `pretrainlab train`
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
