@@ -80,21 +80,28 @@ def load_latest(ckpt_dir: Path, warn: Callable[[str], None] | None = None) -> di
     """The newest checkpoint that loads, or None if none does. A newer one that does not
     (truncated by a full disk, damaged in a copy: the atomic rename guards only against
     kills) is skipped with a one-line `warn`, and the resume continues from the one before."""
-    ckpts = list_checkpoints(ckpt_dir)
+    def load(path: Path) -> dict:
+        # weights_only=False: the file holds RNG tuples and numpy state written by this code.
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        missing = sorted(STATE_KEYS - set(ckpt)) if isinstance(ckpt, dict) else ["everything (not a dict)"]
+        if missing:
+            raise ValueError(f"no {', '.join(missing)} in it")
+        return ckpt
+
+    return newest_loadable(list_checkpoints(ckpt_dir), load, warn)
+
+
+def newest_loadable(ckpts: list[Path], load: Callable[[Path], dict], warn: Callable[[str], None] | None) -> dict | None:
+    """`load` of the newest of `ckpts` (oldest first) that loads; each newer one that raises is
+    skipped with a one-line `warn` naming why and what is tried next. None if none loads."""
     for i in reversed(range(len(ckpts))):
-        path = ckpts[i]
         try:
-            # weights_only=False: the file holds RNG tuples and numpy state written by this code.
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-            missing = sorted(STATE_KEYS - set(ckpt)) if isinstance(ckpt, dict) else ["everything (not a dict)"]
-            if missing:
-                raise ValueError(f"no {', '.join(missing)} in it")
-            return ckpt
-        except Exception as e:  # noqa: BLE001 - any way a file fails to load makes it unusable, not the run
+            return load(ckpts[i])
+        except Exception as e:  # noqa: BLE001 - any way a checkpoint fails to load makes it unusable, not the run
             if warn is not None:
                 reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
                 then = f"trying {ckpts[i - 1].name}" if i else "no earlier checkpoint"
-                warn(f"warning: checkpoint {path} is unreadable ({reason}); {then}")
+                warn(f"warning: checkpoint {ckpts[i]} is unreadable ({reason}); {then}")
     return None
 
 
@@ -155,29 +162,22 @@ def load_latest_sharded(ckpt_dir: Path, model: torch.nn.Module, optimizers: list
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    ckpts = list_sharded(ckpt_dir)
-    for i in reversed(range(len(ckpts))):
-        path = ckpts[i]
-        try:
-            missing = [name for name in (".metadata", SHARDED_TRAINER_FILE) if not (path / name).is_file()]
-            if missing:
-                raise ValueError(f"incomplete: no {' or '.join(missing)}")
-            # weights_only=False: the file holds RNG tuples and numpy state written by this code.
-            state = torch.load(path / SHARDED_TRAINER_FILE, map_location="cpu", weights_only=False)
-            missing = sorted(STATE_KEYS - {"model", "optimizers"} - set(state)) if isinstance(state, dict) else ["everything"]
-            if missing:
-                raise ValueError(f"no {', '.join(missing)} in {SHARDED_TRAINER_FILE}")
-            model_state, optim_state = get_state_dict(model, optimizers)
-            shards = {"model": model_state, "optimizers": optim_state}
-            dcp.load(shards, checkpoint_id=path)  # into this process's shards, in place
-            set_state_dict(model, optimizers, model_state_dict=shards["model"], optim_state_dict=shards["optimizers"])
-            return state
-        except Exception as e:  # noqa: BLE001 - any way a checkpoint fails to load makes it unusable, not the run
-            if warn is not None:
-                reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-                then = f"trying {ckpts[i - 1].name}" if i else "no earlier checkpoint"
-                warn(f"warning: checkpoint {path} is unreadable ({reason}); {then}")
-    return None
+    def load(path: Path) -> dict:
+        missing = [name for name in (".metadata", SHARDED_TRAINER_FILE) if not (path / name).is_file()]
+        if missing:
+            raise ValueError(f"incomplete: no {' or '.join(missing)}")
+        # weights_only=False: the file holds RNG tuples and numpy state written by this code.
+        state = torch.load(path / SHARDED_TRAINER_FILE, map_location="cpu", weights_only=False)
+        missing = sorted(STATE_KEYS - {"model", "optimizers"} - set(state)) if isinstance(state, dict) else ["everything"]
+        if missing:
+            raise ValueError(f"no {', '.join(missing)} in {SHARDED_TRAINER_FILE}")
+        model_state, optim_state = get_state_dict(model, optimizers)
+        shards = {"model": model_state, "optimizers": optim_state}
+        dcp.load(shards, checkpoint_id=path)  # into this process's shards, in place
+        set_state_dict(model, optimizers, model_state_dict=shards["model"], optim_state_dict=shards["optimizers"])
+        return state
+
+    return newest_loadable(list_sharded(ckpt_dir), load, warn)
 
 
 def _fsync_dir(path: Path) -> None:
