@@ -4,6 +4,8 @@ same fates and the same corpus as the local process pool."""
 import json
 import random
 
+import os
+
 import pytest
 
 from pretrainlab import api
@@ -71,9 +73,12 @@ def test_ray_and_the_local_pool_build_the_same_corpus(tmp_path, monkeypatch):
     monkeypatch.setattr(engine.RayExecutor, "map", lambda self, fn, tasks, n: calls.append(len(tasks)) or ray_map(self, fn, tasks, n))
 
     local, _ = build_corpus(recipe, tmp_path / "local", progress=False, executor="local")
+    env = dict(os.environ)
     on_ray, _ = build_corpus(recipe, tmp_path / "ray", progress=False, executor="ray")  # starts, then stops, a local Ray with 2 CPUs
     assert len(calls) == 1 and calls[0] >= 4  # the per-document steps ran as Ray tasks, 64 documents each
     assert not ray.is_initialized()  # the instance the build started is stopped
+    assert dict(os.environ) == env  # and what ray.init set in the environment (RAY_AUTH_MODE...) is undone: a later
+    # connection to another cluster (research --runner ray) must not inherit it
 
     assert (local / "fates.jsonl").read_text() == (on_ray / "fates.jsonl").read_text()
     assert (local / "build_report.json").read_text() == (on_ray / "build_report.json").read_text()

@@ -30,6 +30,15 @@ from multiprocessing import get_context
 from ..errors import UserError
 from .sources import require
 
+
+def restore_env(before: dict[str, str]) -> None:
+    """Undo what ray.init left in this process's environment once Ray is shut down (it sets
+    RAY_AUTH_MODE, PYTHONBREAKPOINT, ...): a later connection to another cluster must not
+    inherit the settings of the instance this process started and stopped."""
+    for key in [k for k in os.environ if k not in before]:
+        del os.environ[key]
+    os.environ.update({k: v for k, v in before.items() if os.environ.get(k) != v})
+
 EXECUTORS = ("local", "ray")
 RAY_EXTRA = "pip install 'pretrainlab[ray]'"
 _POOL_MIN_ITEMS = 256  # below this many documents a local pool costs more to start than it saves
@@ -94,6 +103,7 @@ class RayExecutor:
             options["num_cpus"] = self.num_workers  # only a new local instance takes a size
         # ray.init replaces this process's SIGTERM/SIGINT handlers (SIGTERM exits at once): they are put back in close()
         self._handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+        self._env = dict(os.environ)
         try:
             self._ray.init(address=self.address, **options)
         except ConnectionError as e:
@@ -110,6 +120,7 @@ class RayExecutor:
     def close(self) -> None:
         if self._started:  # a Ray instance the caller had stays up
             self._ray.shutdown()
+            restore_env(self._env)
         for sig, handler in getattr(self, "_handlers", {}).items():
             if handler is not None:
                 signal.signal(sig, handler)

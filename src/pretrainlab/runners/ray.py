@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import rundir
+from ..data.engine import restore_env
 from ..data.sources import require
 from ..errors import UserError
 from ..rundir import read_summary
@@ -156,6 +157,7 @@ class RayRunner(SlotRunner):
             raise UserError(f"--parallel must be >= 1, got {num_slots}")
         self._ray = require("ray", "ray", "--runner ray", install=RAY_EXTRA)
         self.address = address
+        self._env = dict(os.environ)  # ray.init changes it: put back when this runner disconnects
         self._connected = _connect(self._ray, address)  # whether this runner connected (and so disconnects)
         super().__init__(num_slots, log_dir, sandbox)
         self.gpus_per_slot = 1 if gpus else 0
@@ -319,6 +321,7 @@ class RayRunner(SlotRunner):
         super().shutdown()
         if self._connected and self._ray.is_initialized():
             self._ray.shutdown()
+            restore_env(self._env)
             self._connected = False
 
 

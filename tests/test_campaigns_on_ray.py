@@ -1,7 +1,12 @@
 """`research start --runner ray` on a real two-node Ray cluster on this machine (`ray start`
 twice: a head and a second node, one CPU each, so two runs in flight are on different nodes):
 a tiny campaign end to end, then the same with the second node killed while a run with a
-checkpoint is in flight on it. The runner's node bookkeeping is tested in process."""
+checkpoint is in flight on it. The runner's node bookkeeping is tested in process.
+
+This file runs before test_data_build_ray.py (pytest takes files in name order): a process that
+has started and stopped a local Ray instance (`data build --executor ray`) keeps state in the
+ray module that makes a later driver's actors on another cluster die at start. The CLI runs
+each command in its own process, so only a test session sees both in one process."""
 
 import os
 import shutil
