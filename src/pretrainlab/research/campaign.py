@@ -61,6 +61,7 @@ from .config import CampaignConfig  # noqa: F401 (the settings, imported from he
 from .data_experiments import apply_data_change, check_fixed_data
 from .patches import apply_patch
 from .space import default_space, recipe_diff
+from .state import CampaignState, incumbent_id, planned_seeds
 from .stats import IMPROVEMENT, REGRESSION, compare, noise_floor, pooled_paired
 from .strategies import CampaignView, Proposal, Strategy, current_values, same_value, validate
 
@@ -68,23 +69,6 @@ DECIDER = "pretrainlab stats"  # decisions by the loop's statistics rule are att
 
 
 # ---- experiment state: its Phase (experiments.status) and its Role (experiments.role), ledger/store.py ----
-
-
-def planned_seeds(exp: dict) -> int:
-    """Seeds a running experiment plans (1 = a screen); 0 when it is not running."""
-    return (exp.get("planned_seeds") or 0) if exp["status"] == Phase.RUNNING else 0
-
-
-def incumbent_id(decisions: list[dict]) -> str | None:
-    """The experiment a campaign's decisions (in order) make the incumbent: the last one kept.
-    A person's later reject revokes a keep; a claim of the confirmation phase is a record,
-    not a recipe to build on."""
-    latest: dict[str, dict] = {}
-    for d in decisions:
-        latest[d["experiment_id"]] = d
-    kept = sorted((d for d in latest.values() if d["verdict"] == "keep" and (d.get("evidence") or {}).get("stage") != "claim"),
-                  key=lambda d: d["created_at"])
-    return kept[-1]["experiment_id"] if kept else None
 
 
 def handed_back(ledger, campaign_id: str) -> Recipe:
@@ -96,9 +80,32 @@ def handed_back(ledger, campaign_id: str) -> Recipe:
     return Recipe.from_dict(change["recipe"]) if "recipe" in change else Recipe.from_dict(ledger.get_campaign(campaign_id)["config"]["base_recipe"])
 
 
+class _Tracked:
+    """The ledger, calling `on_write` after every write that changes what a CampaignState holds."""
+
+    WRITES = frozenset({"add_experiment", "record_decision", "set_experiment_status", "upsert_run", "link_run"})
+
+    def __init__(self, ledger, on_write):
+        self._ledger, self._on_write = ledger, on_write
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._ledger, name)
+        if name not in self.WRITES:
+            return attr
+
+        def write(*args, **kwargs):
+            try:
+                return attr(*args, **kwargs)
+            finally:
+                self._on_write()
+        return write
+
+
 class Campaign:
     def __init__(self, ledger, campaign_id: str, strategy: Strategy, runner: Runner, workdir: Path, echo: bool = True):
-        self.ledger, self.id, self.strategy, self.runner = ledger, campaign_id, strategy, runner
+        self.id, self.strategy, self.runner = campaign_id, strategy, runner
+        self._ledger, self._state = ledger, None
+        self.ledger = _Tracked(ledger, self.reload)  # a write drops the loaded state
         row = ledger.get_campaign(campaign_id)
         self.cfg = CampaignConfig(**row["config"]["campaign"])
         self.base = Recipe.from_dict(row["config"]["base_recipe"])
@@ -117,20 +124,32 @@ class Campaign:
 
     # ---- 0. bookkeeping derived from the ledger --------------------------------------------------------
 
+    @property
+    def state(self) -> CampaignState:
+        """The campaign as the ledger holds it (loaded once, until the loop writes to the
+        ledger or starts its next turn), with the loop's runs in flight, failures and clock."""
+        if self._state is None:
+            self._state = CampaignState.load(self._ledger, self.id, self.cfg, self.base)
+        s = self._state
+        s.running, s.failed, s.elapsed = {j.key for j in self.runner.running()}, self.failed_jobs, self.elapsed()
+        return s
+
+    def reload(self) -> None:
+        self._state = None
+
     def experiments(self) -> list[dict]:
-        return self.ledger.list_experiments(self.id)
+        return self.state.experiments
 
     def run_dir(self, experiment_id: str, seed: int) -> Path:
         return self.workdir / f"{experiment_id}-s{seed}"
 
     def results(self, experiment_id: str) -> dict[int, dict]:
         """{seed: run row} of the experiment's registered runs."""
-        rows = self.ledger.list_runs(experiment=experiment_id, columns=("run_id", "seed", "status", "val_bpb", "run_dir", "seconds"))
-        return {r["seed"] - self.base.seed: r for r in rows}
+        return self.state.results(experiment_id)
 
     def values_by_seed(self, experiment_id: str) -> dict[int, float]:
         """{seed index: val_bpb} of the experiment's finished runs."""
-        return {s: r["val_bpb"] for s, r in sorted(self.results(experiment_id).items()) if r["status"] == "ok" and r["val_bpb"] is not None}
+        return self.state.values_by_seed(experiment_id)
 
     def compare_runs(self, incumbent_id: str, candidate_id: str, looks: int = 1):
         """The campaign's decision rule on two experiments' runs: the paired t-test over the
@@ -159,56 +178,29 @@ class Campaign:
         self.ledger.set_campaign_config(self.id, {**row["config"], **state})
 
     def baseline(self) -> dict | None:
-        return next((e for e in self.experiments() if e["role"] == Role.BASELINE), None)
+        return self.state.baseline
 
     def incumbent(self) -> tuple[dict | None, list[float]]:
         """(the experiment whose recipe is the incumbent, its replicate values)."""
-        exp_id = incumbent_id(self.ledger.list_decisions(campaign_id=self.id))
-        if exp_id is None:
-            return None, []
-        exp = self.ledger.get_experiment(exp_id)
-        return exp, list(self.values_by_seed(exp["id"]).values())
+        s = self.state
+        return s.incumbent, s.incumbent_values()
 
     def recipe_of(self, exp: dict) -> Recipe:
-        change = exp["change"] or {}
-        return Recipe.from_dict(change["recipe"]) if "recipe" in change else self.base
+        return self.state.recipe_of(exp)
 
     def seeds_of(self, exp: dict) -> list[int]:
-        """The seed indices an experiment runs on: 0..N-1 for N planned seeds, or the list a
-        confirmation experiment carries (the baseline's seeds no screen used)."""
-        n = planned_seeds(exp)
-        listed = (exp["change"] or {}).get("seeds")
-        return list(listed) if listed and n else list(range(n))
+        return self.state.seeds_of(exp)
 
     def final_recipe(self) -> Recipe:
         """What the campaign hands back: the incumbent's recipe."""
-        inc, _ = self.incumbent()
-        return self.recipe_of(inc or self.baseline())
-
-    def run_cost(self, row: dict) -> float:
-        """A registered run's share of the budget: 1 for a run that used its budget, the
-        share of its token (or seconds) budget for one that ended early (stopped at a rung)."""
-        if row["status"] == "ok" or not row.get("run_dir"):
-            return 1.0
-        summary = read_summary(Path(row["run_dir"])) or {}  # written by experiment code: a floor keeps it honest
-        floor = self.base.train.eval_every_frac if self.cfg.early_stop and self.base.train.eval_every_frac else 1.0
-        budget, share = self.base.budget, 1.0
-        if budget.tokens and isinstance(summary.get("tokens"), (int, float)):
-            share = summary["tokens"] / budget.tokens
-        elif budget.seconds and isinstance(summary.get("seconds"), (int, float)):
-            share = summary["seconds"] / budget.seconds
-        # the earliest the lab stops a run is its first rung: a run that claims to have used less counts that much
-        return min(1.0, max(floor, share)) if math.isfinite(share) else 1.0
+        return self.state.final_recipe()
 
     def compute_used(self) -> float:
-        """Runs that count against the budget, in full-run equivalents: registered ones by
-        their share (early-stopped runs count what they used), in-flight and failed ones whole."""
-        rows = self.ledger.list_runs(campaign=self.id, limit=0, columns=("run_id", "status", "run_dir"))
-        return sum(self.run_cost(r) for r in rows) + len(self.runner.running()) + len(self.failed_jobs)
+        return self.state.compute_used()
 
     def claims(self) -> list[dict]:
         """The confirmation phase's recorded claims (decisions with stage 'claim')."""
-        return [d for d in self.ledger.list_decisions(campaign_id=self.id) if (d.get("evidence") or {}).get("stage") == "claim"]
+        return self.state.claims()
 
     def log(self, msg: str) -> None:
         if self.echo:
@@ -228,6 +220,7 @@ class Campaign:
         self.reopen_leads()  # resume with a larger budget: promising screens left for lack of runs
         # 2. the loop
         while True:
+            self.reload()  # a person's approve, reject or suggestion, seen within one poll
             if self.ledger.get_campaign(self.id)["status"] == "stopping":
                 self.log("stop requested")
                 break
@@ -331,10 +324,7 @@ class Campaign:
     # ---- a. results and decisions ----------------------------------------------------------------------
 
     def incumbent_seeds_needed(self) -> int:
-        """Paired re-tests: the incumbent must have run on every seed a candidate runs on."""
-        if self.cfg.decision != "paired":
-            return 0
-        return max((planned_seeds(e) for e in self.experiments() if e["role"] != Role.TRANSFER), default=0)
+        return self.state.incumbent_seeds_needed()
 
     def collect_finished_on_disk(self) -> None:
         inc, _ = self.incumbent()
@@ -359,7 +349,7 @@ class Campaign:
         replicates are replicated when it has (after `research resume --budget-runs`), while
         their screen still pairs with the current incumbent's seed 0."""
         inc, _ = self.incumbent()
-        latest = {d["experiment_id"]: d for d in self.ledger.list_decisions(campaign_id=self.id)}
+        latest = {d["experiment_id"]: d for d in self.state.decisions}
         reserved = 0  # runs promised to leads re-opened above, not yet started
         for exp in self.experiments():
             d = latest.get(exp["id"])
@@ -450,7 +440,7 @@ class Campaign:
         rejected with the reason, its other runs stopped."""
         verdict = read_json(self.score_path(result.job.key)) or {}
         reason = verdict.get("reason") or (result.summary or {}).get("rejected_reason") or "rejected by the lab"
-        exp = self.ledger.get_experiment(exp_id)
+        exp = self.state.experiment(exp_id)
         for job in self.runner.running():
             if job.key.rsplit("-s", 1)[0] == exp_id:
                 self.runner.stop(job.key)
@@ -472,7 +462,7 @@ class Campaign:
             self.failed_jobs.add(result.job.key)
 
     def maybe_decide(self, exp_id: str, stopped_early: bool = False) -> None:
-        exp = self.ledger.get_experiment(exp_id)
+        exp = self.state.experiment(exp_id)
         n = planned_seeds(exp)
         if n == 0:
             return
@@ -568,46 +558,22 @@ class Campaign:
     # ---- the screen policy: adopt on screened evidence, combine, confirm (research/policy.py) ------------
 
     def parent_of(self, exp: dict) -> dict:
-        """The experiment whose recipe a proposal changed (its seed-0 run is the screen's
-        reference): recorded at proposal time, else found by recipe, else the baseline."""
-        parent_id = (exp["change"] or {}).get("parent")
-        if parent_id:
-            return self.ledger.get_experiment(parent_id)
-        for e in self.experiments():
-            if e["id"] != exp["id"] and "recipe" in (e["change"] or {}) and e["change"]["recipe"] == exp["parent_recipe"] \
-                    and e["role"] not in (Role.CONFIRMATION, Role.ABLATION):
-                return e
-        return self.baseline()
+        return self.state.parent_of(exp)
 
     def screen_seed(self, exp: dict) -> int:
-        """The seed a screen runs on: its parent's reference seed when it was proposed."""
-        return (exp["change"] or {}).get("screen_seed", policy.SCREEN_SEED)
+        return self.state.screen_seed(exp)
 
     def screen_decision(self, exp: dict) -> dict | None:
-        """The latest screen-stage decision on an experiment (its adoption, if adopted)."""
-        ds = [d for d in self.ledger.list_decisions(experiment_id=exp["id"]) if (d.get("evidence") or {}).get("stage") == "screen"]
-        return ds[-1] if ds else None
+        return self.state.screen_decision(exp)
 
     def reference_seed(self, exp: dict) -> int:
-        """The seed `exp`'s children are screened on: 0 for the baseline, else the seed given
-        to it when it was adopted (fresh_reference), else the seed it was screened on."""
-        d = self.screen_decision(exp) if exp["role"] != Role.BASELINE else None
-        return (d["evidence"].get("reference_seed", self.screen_seed(exp)) if d else self.screen_seed(exp))
+        return self.state.reference_seed(exp)
 
     def told_value(self, exp: dict) -> float | None:
-        """An experiment's screened val_bpb on one common scale (the baseline's seed-0 run plus
-        the seed-matched differences along its line of adoptions), so values screened on
-        different seeds stay comparable for the strategy."""
-        d = self.screen_decision(exp)
-        if d is not None and d["evidence"].get("told") is not None:
-            return d["evidence"]["told"]
-        return self.values_by_seed(exp["id"]).get(policy.SCREEN_SEED)
+        return self.state.told_value(exp)
 
     def next_reference_seed(self) -> int:
-        used = set(range(self.cfg.seeds))
-        for d in self.ledger.list_decisions(campaign_id=self.id):
-            used.add((d.get("evidence") or {}).get("reference_seed", 0))
-        return max(used) + 1
+        return self.state.next_reference_seed()
 
     def decide_screen(self, exp: dict, value: float, evidence: dict, proposal) -> None:
         """A finished screen: adopt it (the incumbent moves), combine it with an incumbent that
@@ -690,34 +656,16 @@ class Campaign:
                     "seeds": [self.reference_seed(adopted)]}, status=Phase.QUEUED, role=Role.COMBINATION)
 
     def confirmation_seeds(self) -> list[int]:
-        """The baseline's seeds that no screen ran on: the confirmation's fresh seeds (at least
-        two, so a claim can be tested: with --seeds 2 the baseline runs seed 2 in the phase)."""
-        return [s for s in range(max(3, self.cfg.seeds)) if s != policy.SCREEN_SEED]
+        return self.state.confirmation_seeds()
 
     def missing_baseline_seeds(self) -> list[int]:
-        base = self.baseline()
-        return [s for s in self.confirmation_seeds() if base is not None and s not in self.results(base["id"])]
+        return self.state.missing_baseline_seeds()
 
     def confirmation_cost(self, also: dict | None = None) -> int:
-        """Runs the confirmation phase needs for the recipe the campaign would hand back now,
-        plus those it would need if every screen in flight (and `also`, about to start) were
-        adopted: their new key groups. So a late adoption never leaves a change unablated."""
-        final = set(policy.change_groups(self.base, self.final_recipe()))
-        added = set()
-        for e in self.experiments():
-            if (planned_seeds(e) == 1 and e["role"] not in (Role.CONFIRMATION, Role.ABLATION)) or (also and e["id"] == also["id"]):
-                added |= set(policy.change_groups(self.base, self.recipe_of(e))) - final
-        groups = len(final | added)
-        return policy.confirmation_runs(groups, len(self.confirmation_seeds())) + (len(self.missing_baseline_seeds()) if groups else 0)
+        return self.state.confirmation_cost(also)
 
     def confirmation(self) -> list[dict]:
-        """The confirmation experiments of the current incumbent (a campaign resumed with more
-        budget that moves on confirms its new final recipe again)."""
-        inc, _ = self.incumbent()
-        if inc is None:
-            return []
-        of = {inc["id"], (inc["change"] or {}).get("parent") if (inc["change"] or {}).get("pruned") else None}  # a pruned hand-back: its round
-        return [e for e in self.experiments() if e["role"] in (Role.CONFIRMATION, Role.ABLATION) and e["change"].get("of") in of]
+        return self.state.confirmation()
 
     def start_confirmation(self) -> None:
         """The final recipe and one leave-one-out ablation per changed key group, on the
@@ -796,8 +744,8 @@ class Campaign:
                                                   "seeds": e["change"]["seeds"], "screen_noise_assumed": self.cfg.screen_noise})
             self.ledger.set_experiment_status(e["id"], Phase.DECIDED)
             self.log(f"{e['id']}: {verdict} — {why}")
-        adoptions = [(list((self.ledger.get_experiment(d["experiment_id"])["change"] or {}).get("diff") or {}), d["evidence"]["diff"])
-                     for d in self.ledger.list_decisions(campaign_id=self.id)
+        adoptions = [(list((self.state.experiment(d["experiment_id"])["change"] or {}).get("diff") or {}), d["evidence"]["diff"])
+                     for d in self.state.decisions
                      if d["verdict"] == "keep" and (d.get("evidence") or {}).get("stage") == "screen" and d["evidence"].get("diff") is not None]
         drop = policy.to_drop(carried, policy.screened_by_group(adoptions), pairs=len(seeds))
         if drop:
@@ -847,7 +795,7 @@ class Campaign:
         sides = {e["change"]["role"]: e for e in self.experiments() if e["role"] == Role.TRANSFER and e["change"]["transfer_of"] == candidate_id}
         if len(sides) < 2 or any(e["status"] != Phase.DECIDED for e in sides.values()):
             return
-        exp = self.ledger.get_experiment(candidate_id)
+        exp = self.state.experiment(candidate_id)
         small = sides["candidate"]["change"]["small_scale"]
         cmp = self.compare_runs(sides["incumbent"]["id"], sides["candidate"]["id"])
         holds = cmp.verdict == IMPROVEMENT
@@ -898,7 +846,7 @@ class Campaign:
             exp_id, seed = job.key.rsplit("-s", 1)
             if self.runner.stopping(job.key) or exp_id in self.rung_stops:
                 continue
-            exp = self.ledger.get_experiment(exp_id)
+            exp = self.state.experiment(exp_id)
             if planned_seeds(exp) != 1 or exp["role"] in (Role.CONFIRMATION, Role.ABLATION, Role.TRANSFER) \
                     or int(seed) != self.screen_seed(exp):
                 continue
@@ -918,16 +866,10 @@ class Campaign:
     # ---- c. scheduling -----------------------------------------------------------------------------------
 
     def budget_spent(self, extra: float = 0) -> bool:
-        """True when one more run plus `extra` would not fit in the run budget (or time is up)."""
-        over_time = self.cfg.budget_hours and self.elapsed() > self.cfg.budget_hours * 3600
-        return self.compute_used() + extra + 1 > self.cfg.budget_runs + 1e-9 or bool(over_time)
+        return self.state.budget_spent(extra)
 
     def missing_incumbent_seeds(self, n: int) -> int:
-        """Runs the incumbent still needs so that a candidate on seeds 0..n-1 has all its pairs."""
-        if self.cfg.decision != "paired":
-            return 0
-        inc, _ = self.incumbent()
-        return sum(s not in self.results(inc["id"]) for s in range(n)) if inc is not None else 0
+        return self.state.missing_incumbent_seeds(n)
 
     def next_job(self) -> Job | None:
         """The next run to start, or None with `idle_reason` saying why none can."""
@@ -1018,7 +960,7 @@ class Campaign:
             if seed not in self.results(inc["id"]) and key not in running and key not in self.failed_jobs:
                 return self.job(inc, seed)
         self.ledger.set_experiment_status(exp["id"], Phase.RUNNING, planned_seeds=1)
-        exp = self.ledger.get_experiment(exp["id"])
+        exp = self.state.experiment(exp["id"])
         return self.job(exp, self.seeds_of(exp)[0])
 
     def job(self, exp: dict, seed: int) -> Job:
@@ -1078,7 +1020,8 @@ class Campaign:
         incumbent = self.recipe_of(inc or self.baseline())
         sweep = self.sweep_proposals(incumbent, self.runner.free_slots())
         if sweep:
-            return [self.ledger.get_experiment(self.add_proposal(p, incumbent, extra={"sweep": point})) for p, point in sweep]
+            ids = [self.add_proposal(p, incumbent, extra={"sweep": point}) for p, point in sweep]
+            return [self.state.experiment(i) for i in ids]
         view = CampaignView(base=self.base, incumbent=incumbent, space=default_space(self.base),
                             incumbent_value=statistics.fmean(inc_values) if inc_values else None, history=self.history(), seed=self.cfg.strategy_seed,
                             max_changes=self.cfg.max_changes)
@@ -1098,7 +1041,8 @@ class Campaign:
             self.ledger.add_note(f"failed proposal from {self.strategy.name} ({failure.get('model_id')}): tool {failure['tool']}: "
                                  f"{failure['error']}\ninput: {json.dumps(failure['input'], default=str)[:2000]}",
                                  author=self.strategy.name, campaign_id=self.id)
-        return [self.ledger.get_experiment(self.add_proposal(p, incumbent)) for p in proposals]
+        ids = [self.add_proposal(p, incumbent) for p in proposals]
+        return [self.state.experiment(i) for i in ids]
 
     def sweep_proposals(self, incumbent: Recipe, n: int) -> list[tuple[Proposal, list]]:
         """The screen policy's one-key sweep (policy.sweep_points), before a search strategy's
@@ -1165,10 +1109,10 @@ class Campaign:
         return exp_id
 
     def num_decisions(self) -> int:
-        return len(self.ledger.list_decisions(campaign_id=self.id))
+        return len(self.state.decisions)
 
     def history(self) -> list[dict]:
-        decisions = {d["experiment_id"]: d for d in self.ledger.list_decisions(campaign_id=self.id)}
+        decisions = {d["experiment_id"]: d for d in self.state.decisions}
         out = []
         for e in self.experiments():
             d = decisions.get(e["id"])
