@@ -56,13 +56,12 @@ from ..recipes import estimate_params
 from ..runners import Job, JobResult, Runner
 from ..rundir import read_json, read_summary
 from ..runners.base import OVERHEAD
-from . import early_stop, policy
+from . import decide, early_stop, policy
 from .config import CampaignConfig  # noqa: F401 (the settings, imported from here too)
 from .data_experiments import apply_data_change, check_fixed_data
 from .patches import apply_patch
 from .space import default_space, recipe_diff
 from .state import CampaignState, incumbent_id, planned_seeds
-from .stats import IMPROVEMENT, REGRESSION, compare, noise_floor, pooled_paired
 from .strategies import CampaignView, Proposal, Strategy, current_values, same_value, validate
 
 DECIDER = "pretrainlab stats"  # decisions by the loop's statistics rule are attributed to it
@@ -150,15 +149,6 @@ class Campaign:
     def values_by_seed(self, experiment_id: str) -> dict[int, float]:
         """{seed index: val_bpb} of the experiment's finished runs."""
         return self.state.values_by_seed(experiment_id)
-
-    def compare_runs(self, incumbent_id: str, candidate_id: str, looks: int = 1):
-        """The campaign's decision rule on two experiments' runs: the paired t-test over the
-        seeds both ran (Welch when fewer than two are shared, or with --decision welch)."""
-        inc, cand = self.values_by_seed(incumbent_id), self.values_by_seed(candidate_id)
-        common = sorted(set(inc) & set(cand))
-        if self.cfg.decision == "paired" and len(common) >= 2:
-            return compare([inc[s] for s in common], [cand[s] for s in common], alpha=self.cfg.alpha, looks=looks, paired=True)
-        return compare(list(inc.values()), list(cand.values()), alpha=self.cfg.alpha, looks=looks)
 
     def elapsed(self) -> float:
         """Wall-clock seconds of all this campaign's loops so far (what --budget-hours caps)."""
@@ -333,7 +323,7 @@ class Campaign:
             if inc is not None and exp["id"] == inc["id"]:
                 seeds = sorted(set(seeds) | set(range(self.incumbent_seeds_needed())))
                 if self.cfg.decision == "screen":
-                    seeds = sorted(set(seeds) | {self.reference_seed(inc)})
+                    seeds = sorted(set(seeds) | {self.state.reference_seed(inc)})
             if self.cfg.decision == "screen" and exp is not None and self.baseline() and exp["id"] == self.baseline()["id"] and self.confirmation():
                 seeds = sorted(set(seeds) | set(self.confirmation_seeds()))
             for seed in seeds:
@@ -462,198 +452,35 @@ class Campaign:
             self.failed_jobs.add(result.job.key)
 
     def maybe_decide(self, exp_id: str, stopped_early: bool = False) -> None:
-        exp = self.state.experiment(exp_id)
-        n = planned_seeds(exp)
-        if n == 0:
-            return
-        results = self.results(exp_id)
-        planned = self.seeds_of(exp)
-        done = {s for s in planned if s in results or f"{exp_id}-s{s}" in self.failed_jobs}
-        if len(done) < len(planned) and not stopped_early:
-            return
-        values = [r["val_bpb"] for r in results.values() if r["status"] == "ok" and r["val_bpb"] is not None]
-        evidence = {"runs": {s: r["run_id"] for s, r in results.items()}, "values": values}
-        proposal = self.proposals.get(exp_id)
-        if exp["role"] == Role.TRANSFER:  # one side of a transfer check
-            self.ledger.set_experiment_status(exp_id, Phase.DECIDED)
-            self.maybe_finish_transfer(exp["change"]["transfer_of"])
-            return
-        if exp["role"] in (Role.CONFIRMATION, Role.ABLATION):  # one run set of the confirmation phase
-            self.ledger.set_experiment_status(exp_id, Phase.MEASURED)
-            self.maybe_record_claims()
-            return
-        base = self.baseline()
-        if base is not None and exp_id == base["id"] and not self.incumbent()[0]:  # the baseline
-            nf = noise_floor(values)
-            self.ledger.record_decision("keep", decided_by=DECIDER, decider_type="strategy", experiment_id=exp_id,
-                                        rationale=f"baseline: mean {nf.get('mean', float('nan')):.4f}, seed std {nf['std'] or 0:.4f} over {nf['n']} seeds",
-                                        evidence={**evidence, "noise_floor": nf})
-            self.ledger.set_experiment_status(exp_id, Phase.DECIDED)
-            self.log(f"baseline {exp_id}: {nf}")
-            return
-        _, inc_values = self.incumbent()
-        if not values or stopped_early:
-            why = "stopped early: clearly worse than the incumbent at an intermediate evaluation" if stopped_early else \
-                f"no usable result ({', '.join(r['status'] for r in results.values()) or 'crashed'})"
-            told = None
-            if stopped_early and exp_id in self.rung_stops:  # screen policy: stopped at its first rung
-                rung = self.rung_stops[exp_id]
-                why = (f"stopped at the first rung: {rung['value']:.4f} vs its parent's {rung['parent_value']:.4f} on seed {rung['seed']} "
-                       f"({rung['diff']:+.4f} > {self.cfg.rung_stop:g})")
-                evidence.update(stage="screen", rung=rung)
-                told = rung["told"]  # the strategy learns how bad it looked, not just that it failed
-            self.decide(exp, "discard", why, evidence, proposal, told)
-            return
-        if self.incumbent()[0] is None:  # screened while the baseline runs: decided once the baseline is
-            return
-        if self.cfg.decision == "screen":
-            self.decide_screen(exp, values[0], evidence, proposal)
-            return
-        if self.cfg.decision == "greedy":  # the single-seed rule: keep whatever scored lower once
-            verdict = "keep" if values[0] < min(inc_values) else "discard"
-            self.decide(exp, verdict, f"single seed: {values[0]:.4f} vs incumbent {min(inc_values):.4f}", evidence, proposal, values[0])
-            return
-        inc_exp = self.incumbent()[0]
-        if n == 1:  # screening: not worse than the incumbent (within the margin) -> replicate
-            mean, std = statistics.fmean(inc_values), statistics.stdev(inc_values)
-            ref, what, told = mean, "the incumbent's mean", values[0]
-            inc_by_seed = self.values_by_seed(inc_exp["id"])
-            if self.cfg.decision == "paired" and 0 in inc_by_seed:  # against the incumbent's run on the same seed
-                ref, what = inc_by_seed[0], "the incumbent's seed-0 run"
-                told = mean + values[0] - ref  # on the scale of a mean over the incumbent's seeds, as replicated results are
-                evidence["value_on_incumbent_scale"] = told
-            bar = ref + self.cfg.screen_margin * std
-            if values[0] <= bar and self.budget_spent(extra=self.cfg.seeds - 2):
-                evidence["awaiting_budget"] = True  # `research resume --budget-runs` with room replicates it
-                self.decide(exp, "inconclusive", f"screen {values[0]:.4f} was promising ({what} {ref:.4f}, seed std {std:.4f}) but "
-                            f"the run budget has no room for {self.cfg.seeds - 1} replicates", evidence, proposal, told)
-            elif values[0] <= bar:
-                self.ledger.set_experiment_status(exp_id, Phase.RUNNING, planned_seeds=self.cfg.seeds)
-                self.log(f"{exp_id}: screen {values[0]:.4f} vs {what} {ref:.4f} (seed std {std:.4f}): replicating")
-            else:
-                margin = f" + {self.cfg.screen_margin:g} seed std ({std:.4f})" if self.cfg.screen_margin else ""
-                self.decide(exp, "discard", f"screen: {values[0]:.4f} is worse than {what} {ref:.4f}{margin}",
-                            evidence, proposal, told)
-            return
-        if self.cfg.decision == "paired" and not stopped_early:  # a re-test pairs with the incumbent's extra seeds: wait for them
-            inc_results = self.results(inc_exp["id"])
-            if any(s not in inc_results and f"{inc_exp['id']}-s{s}" not in self.failed_jobs for s in range(n)):
-                return
-        looks = max(1, n // self.cfg.seeds)
-        cmp = self.compare_runs(inc_exp["id"], exp_id, looks=looks)
-        evidence["comparison"] = cmp.to_dict()
-        if cmp.verdict == IMPROVEMENT and self.cfg.transfer:
-            self.start_transfer(exp, cmp)
-        elif cmp.verdict == IMPROVEMENT:
-            self.decide(exp, "keep", cmp.summary(), evidence, proposal, cmp.mean_candidate, cmp)
-        elif (cmp.p_improvement < 0.2 and looks < self.cfg.max_looks
-              and not self.budget_spent(extra=self.cfg.seeds + self.missing_incumbent_seeds(n + self.cfg.seeds) - 1)):
-            self.ledger.set_experiment_status(exp_id, Phase.RUNNING, planned_seeds=n + self.cfg.seeds)
-            extra = self.missing_incumbent_seeds(n + self.cfg.seeds)
-            self.log(f"{exp_id}: promising ({cmp.summary()}); {self.cfg.seeds} more seeds" + (f", and {extra} for the incumbent" if extra else ""))
-        else:
-            self.decide(exp, "discard", cmp.summary(), evidence, proposal, cmp.mean_candidate, cmp)
+        """Apply what the decision rules (research/decide.py) say about the experiment now."""
+        self.apply(exp_id, decide.decide(self.state, exp_id, stopped_early, self.rung_stops.get(exp_id) if stopped_early else None))
 
+    def apply(self, exp_id: str, actions: list) -> None:
+        """Carry out the decision rules' actions on the ledger, in order."""
+        merged = ""
+        for a in actions:
+            exp = self.state.experiment(exp_id)
+            if isinstance(a, decide.Decide):
+                self.record(exp, a.verdict, a.rationale.replace(decide.MERGED, merged), a.evidence, a.told, a.cmp, a.effect, a.by,
+                            a.observe)
+            elif isinstance(a, decide.SetPhase):
+                self.ledger.set_experiment_status(exp_id, a.phase, planned_seeds=a.planned_seeds)
+                if a.log:
+                    self.log(f"{exp_id}: {a.log}")
+            elif isinstance(a, decide.StartTransfer):
+                self.start_transfer(exp, a.cmp)
+            elif isinstance(a, decide.FinishTransfer):
+                self.apply(a.candidate_id, decide.finish_transfer(self.state, a.candidate_id))
+            elif isinstance(a, decide.RecordClaims):
+                self.maybe_record_claims()
+            elif isinstance(a, decide.Combine):
+                spec = decide.combination(self.state, a.adopted, a.other, a.parent)
+                combo = self.ledger.add_experiment(campaign_id=self.id, **spec) if spec else None
+                merged = f"; their merge is queued as {combo}" if combo else ""
+                if combo and a.log:
+                    self.log(f"{a.adopted['id']} and {a.other['id']}: merge queued as {combo}")
 
     # ---- the screen policy: adopt on screened evidence, combine, confirm (research/policy.py) ------------
-
-    def parent_of(self, exp: dict) -> dict:
-        return self.state.parent_of(exp)
-
-    def screen_seed(self, exp: dict) -> int:
-        return self.state.screen_seed(exp)
-
-    def screen_decision(self, exp: dict) -> dict | None:
-        return self.state.screen_decision(exp)
-
-    def reference_seed(self, exp: dict) -> int:
-        return self.state.reference_seed(exp)
-
-    def told_value(self, exp: dict) -> float | None:
-        return self.state.told_value(exp)
-
-    def next_reference_seed(self) -> int:
-        return self.state.next_reference_seed()
-
-    def decide_screen(self, exp: dict, value: float, evidence: dict, proposal) -> None:
-        """A finished screen: adopt it (the incumbent moves), combine it with an incumbent that
-        moved on since it was proposed, or discard it. None of these is a claim."""
-        parent = self.parent_of(exp)
-        seed = self.screen_seed(exp)
-        ref = self.values_by_seed(parent["id"]).get(seed)
-        if ref is None:
-            if f"{parent['id']}-s{seed}" in self.failed_jobs or parent["status"] in (Phase.REJECTED, Phase.FAILED):
-                self.decide(exp, "discard", f"its parent {parent['id']} has no seed-{seed} result to compare with", evidence, proposal, None)
-            return  # else the parent's reference run is still going: decided when it is in
-        diff = value - ref
-        p = policy.p_improvement(diff, self.cfg.screen_noise)
-        parent_told = self.told_value(parent)
-        told = parent_told + diff if parent_told is not None else value
-        evidence.update(stage="screen", parent=parent["id"], seed=seed, parent_value=ref, diff=diff, p_improvement=p,
-                        screen_noise=self.cfg.screen_noise, told=told)
-        vs = f"{value:.4f} vs its parent's {ref:.4f} on seed {seed} ({diff:+.4f}, {policy.describe_p(p)} at paired noise {self.cfg.screen_noise:g})"
-        if diff == 0:
-            self.decide(exp, "discard", f"screen: {value:.4f}, exactly its parent's on seed {seed}: the change does not alter training "
-                        "(e.g. a fraction that rounds to the same steps)", evidence, proposal, told, effect=diff)
-            return
-        if not policy.adopt(diff, self.cfg.screen_noise, self.cfg.adopt_p):
-            self.decide(exp, "discard", f"screen: {vs}; adopt at P >= {self.cfg.adopt_p:g}", evidence, proposal, told, effect=diff)
-            return
-        inc, _ = self.incumbent()
-        evidence["reference_seed"] = self.next_reference_seed() if self.cfg.fresh_reference else seed
-        fresh = f"; its children are screened on seed {evidence['reference_seed']}" if self.cfg.fresh_reference else ""
-        if parent["id"] == inc["id"]:
-            self.decide(exp, "keep", f"adopted as the incumbent on screened evidence: {vs}{fresh}. Not a claim: the confirmation phase "
-                        "tests it", evidence, proposal, told, effect=diff)
-            return
-        # it beat its parent, but the incumbent moved on meanwhile (parallel screens of one parent): both are
-        # winners over the same parent; the better one on the same seed becomes the incumbent, and their merge is
-        # screened next, first in line
-        inc_value = self.values_by_seed(inc["id"]).get(seed)
-        direct = inc_value is not None and policy.adopt(value - inc_value, self.cfg.screen_noise, self.cfg.adopt_p)
-        adopted, other = (exp, inc) if direct else (inc, exp)
-        if direct:
-            evidence.update(incumbent=inc["id"], incumbent_value=inc_value)
-            self.decide(exp, "keep", f"adopted as the incumbent on screened evidence: {vs}, and {value:.4f} vs the incumbent {inc['id']}'s "
-                        f"{inc_value:.4f} on the same seed{fresh}. Not a claim: the confirmation phase tests it", evidence, proposal, told,
-                        effect=diff)
-        else:
-            evidence.pop("reference_seed")
-        combo = self.queue_combination(adopted, other, parent)
-        merged = f"; their merge is queued as {combo}" if combo else ""
-        if not direct:
-            self.decide(exp, "inconclusive", f"screen: {vs}, but the incumbent {inc['id']} moved on meanwhile and is better on the same "
-                        f"seed{merged}", evidence, proposal, told, effect=diff)
-        elif combo:
-            self.log(f"{exp['id']} and {inc['id']}: merge queued as {combo}")
-
-    def queue_combination(self, adopted: dict, other: dict, parent: dict) -> str | None:
-        """Queue the merge of two winners over the same parent: `adopted`'s recipe plus
-        `other`'s config changes relative to the parent (on keys `adopted` did not change).
-        None when there is nothing to merge (a code or data change, no new key, an invalid recipe)."""
-        if any((e["change"] or {}).get("patch") for e in (adopted, other)):
-            return None
-        start = self.recipe_of(parent)
-        mine = recipe_diff(start, self.recipe_of(adopted))
-        values = {k: b for k, (_, b) in recipe_diff(start, self.recipe_of(other)).items() if k not in mine}
-        values = {k: v for k, v in values.items() if not k.startswith(("data.", "budget.")) and k not in ("seed", "name")}
-        if not values:
-            return None
-        incumbent = self.recipe_of(adopted)
-        try:
-            recipe = validate(CampaignView(self.base, incumbent, [], None, []), Proposal("config", "", "", "", values=values))
-        except (ValueError, UserError):
-            return None
-        diff = recipe_diff(incumbent, recipe)
-        if not diff:
-            return None
-        return self.ledger.add_experiment(
-            f"combine {adopted['id']} and {other['id']}: two winners over {parent['id']}", kind="config", proposer="campaign",
-            proposer_type="strategy", rationale=f"both beat {parent['id']} on the screen; {adopted['id']} plus the change of {other['id']}",
-            campaign_id=self.id, parent_recipe=incumbent.to_dict(),
-            change={"values": values, "recipe": recipe.to_dict(), "diff": {k: list(v) for k, v in diff.items()}, "parent": adopted["id"],
-                    "combines": [adopted["id"], other["id"]], "screen_seed": self.reference_seed(adopted),
-                    "seeds": [self.reference_seed(adopted)]}, status=Phase.QUEUED, role=Role.COMBINATION)
 
     def confirmation_seeds(self) -> list[int]:
         return self.state.confirmation_seeds()
@@ -704,52 +531,15 @@ class Campaign:
         self.log(f"confirmation phase: the final recipe and {min(len(groups), room)} ablation(s) on seeds {seeds}")
 
     def maybe_record_claims(self) -> None:
-        """Once every confirmation experiment is measured: the claims, by paired t-tests on
-        the confirmation seeds with one noise estimate pooled over all of their runs; then
-        the groups whose ablation scored better are dropped from the recipe handed back."""
-        confirm = self.confirmation()
-        if not confirm or any(e["status"] != Phase.MEASURED for e in confirm):
+        """Record the confirmation phase's claims once all of it is measured (decide.claims);
+        then hand back the final recipe without the groups whose ablation scored better."""
+        out = decide.claims(self.state)
+        if out is None:
             return
-        base_id = self.baseline()["id"]
-        if any(f"{base_id}-s{s}" not in self.failed_jobs for s in self.missing_baseline_seeds()):
-            return  # the baseline's own confirmation seed (--seeds 2) has not finished yet
-        baseline = self.baseline()["id"]
-        final_exp = next(e for e in confirm if e["change"]["confirm"] == "final")
-        seeds = self.confirmation_seeds()
-        runs = {e["id"]: {s: v for s, v in self.values_by_seed(e["id"]).items() if s in seeds} for e in [self.baseline(), *confirm]}
-        # (reference, candidate): the final recipe vs the baseline; the final recipe vs itself without the group
-        comparisons = {e["id"]: (baseline if e is final_exp else e["id"], final_exp["id"]) for e in confirm}
-        results = pooled_paired(runs, comparisons, alpha=self.cfg.alpha)
-        groups = final_exp["change"].get("groups") or {}
-        carried: dict[str, float] = {}  # group -> its effect in the final recipe (negative: it helps)
-        for e in confirm:
-            cmp = results.get(e["id"])
-            group = e["change"].get("group") or (next(iter(groups)) if e is final_exp and len(groups) == 1 else None)
-            what = "the final recipe improves on the baseline" if e is final_exp else f"the change of {group} improves the final recipe"
-            if e is final_exp and group:
-                what += f" (its only change, {group})"
-            if cmp is None:
-                verdict, why = "inconclusive", f"claim not testable: too few runs on the confirmation seeds ({what})"
-            else:
-                verdict = {IMPROVEMENT: "keep", REGRESSION: "discard"}.get(cmp.verdict, "inconclusive")
-                why = f"claim: {what} — {cmp.summary()}, noise pooled over the confirmation phase's runs"
-                if group:
-                    carried[group] = cmp.effect
-            self.ledger.record_decision(verdict, decided_by=f"{DECIDER} (pooled paired t-test, alpha={self.cfg.alpha})", decider_type="strategy",
-                                        experiment_id=e["id"], effect=cmp.effect if cmp else None,
-                                        ci_low=cmp.ci_low if cmp and math.isfinite(cmp.ci_low) else None,
-                                        ci_high=cmp.ci_high if cmp and math.isfinite(cmp.ci_high) else None, rationale=why,
-                                        evidence={"stage": "claim", "claim": "final" if e is final_exp else "ablation",
-                                                  "comparison": cmp.to_dict() if cmp else None, "group": group,
-                                                  "seeds": e["change"]["seeds"], "screen_noise_assumed": self.cfg.screen_noise})
-            self.ledger.set_experiment_status(e["id"], Phase.DECIDED)
-            self.log(f"{e['id']}: {verdict} — {why}")
-        adoptions = [(list((self.state.experiment(d["experiment_id"])["change"] or {}).get("diff") or {}), d["evidence"]["diff"])
-                     for d in self.state.decisions
-                     if d["verdict"] == "keep" and (d.get("evidence") or {}).get("stage") == "screen" and d["evidence"].get("diff") is not None]
-        drop = policy.to_drop(carried, policy.screened_by_group(adoptions), pairs=len(seeds))
-        if drop:
-            self.hand_back_without(final_exp, {g: groups[g] for g in drop}, {g: carried[g] for g in drop})
+        for e, d in out.decisions:
+            self.record(e, d.verdict, d.rationale, d.evidence, None, d.cmp, None, d.by, observe=False)
+        if out.drop:
+            self.hand_back_without(out.final, out.drop, out.effects)
 
     def hand_back_without(self, final_exp: dict, reverted: dict[str, dict], effects: dict[str, float]) -> None:
         """Make the final recipe minus the groups that did not help on the confirmation seeds
@@ -775,8 +565,8 @@ class Campaign:
     def start_transfer(self, exp: dict, cmp) -> None:
         """Queue the incumbent and the candidate at the transfer rung, `seeds` seeds each."""
         if self.budget_spent(extra=2 * self.cfg.seeds - 1):
-            self.decide(exp, "inconclusive", f"{cmp.summary()}; no run budget left for the transfer check "
-                        f"({2 * self.cfg.seeds} runs)", {"comparison": cmp.to_dict()}, self.proposals.get(exp["id"]), cmp.mean_candidate, cmp)
+            self.record(exp, "inconclusive", f"{cmp.summary()}; no run budget left for the transfer check "
+                        f"({2 * self.cfg.seeds} runs)", {"comparison": cmp.to_dict()}, cmp.mean_candidate, cmp)
             return
         inc, _ = self.incumbent()
         for role, source in (("incumbent", inc), ("candidate", exp)):
@@ -791,32 +581,21 @@ class Campaign:
         self.ledger.set_experiment_status(exp["id"], Phase.TRANSFER)
         self.log(f"{exp['id']}: {cmp.summary()} — checking transfer at {', '.join(self.cfg.transfer)}")
 
-    def maybe_finish_transfer(self, candidate_id: str) -> None:
-        sides = {e["change"]["role"]: e for e in self.experiments() if e["role"] == Role.TRANSFER and e["change"]["transfer_of"] == candidate_id}
-        if len(sides) < 2 or any(e["status"] != Phase.DECIDED for e in sides.values()):
-            return
-        exp = self.state.experiment(candidate_id)
-        small = sides["candidate"]["change"]["small_scale"]
-        cmp = self.compare_runs(sides["incumbent"]["id"], sides["candidate"]["id"])
-        holds = cmp.verdict == IMPROVEMENT
-        evidence = {"small_scale": small, "transfer": cmp.to_dict(), "transfer_rung": self.cfg.transfer,
-                    "transfer_experiments": {role: e["id"] for role, e in sides.items()}}
-        why = (f"small scale: effect {small['effect']:+.4f}; at the larger rung: {cmp.summary()} — "
-               + ("the gain holds" if holds else "the gain does not hold at scale"))
-        self.decide(exp, "keep" if holds else "discard", why, evidence, self.proposals.get(candidate_id), small["mean_candidate"], cmp)
-
-    def decide(self, exp, verdict, rationale, evidence, proposal, value, cmp=None, effect=None) -> None:
-        rule = {"screen": f"screen, adopt at P >= {self.cfg.adopt_p:g}", "paired": f"paired t-test, alpha={self.cfg.alpha}",
-                "welch": f"Welch, alpha={self.cfg.alpha}", "greedy": "single seed"}[self.cfg.decision]
-        self.ledger.record_decision(verdict, decided_by=f"{DECIDER} ({rule})", decider_type="strategy",
+    def record(self, exp, verdict, rationale, evidence, told, cmp=None, effect=None, by=None, observe=True) -> None:
+        """A verdict on the record, by the campaign's rule (or `by`); the strategy that proposed
+        the experiment learns `told` (None: that it failed)."""
+        if by is None:
+            by = {"screen": f"screen, adopt at P >= {self.cfg.adopt_p:g}", "paired": f"paired t-test, alpha={self.cfg.alpha}",
+                  "welch": f"Welch, alpha={self.cfg.alpha}", "greedy": "single seed"}[self.cfg.decision]
+        self.ledger.record_decision(verdict, decided_by=f"{DECIDER} ({by})" if by else DECIDER, decider_type="strategy",
                                     experiment_id=exp["id"], effect=cmp.effect if cmp else effect,
                                     ci_low=cmp.ci_low if cmp and math.isfinite(cmp.ci_low) else None,
                                     ci_high=cmp.ci_high if cmp and math.isfinite(cmp.ci_high) else None,
                                     rationale=rationale, evidence=evidence)
         self.ledger.set_experiment_status(exp["id"], Phase.DECIDED)
         self.log(f"{exp['id']} ({exp['hypothesis'][:60]}): {verdict} — {rationale}")
-        if proposal is not None:
-            self.strategy.observe(proposal, value)
+        if observe and self.proposals.get(exp["id"]) is not None:
+            self.strategy.observe(self.proposals[exp["id"]], told)
 
     # ---- b. early stopping -----------------------------------------------------------------------------
 
@@ -848,16 +627,16 @@ class Campaign:
                 continue
             exp = self.state.experiment(exp_id)
             if planned_seeds(exp) != 1 or exp["role"] in (Role.CONFIRMATION, Role.ABLATION, Role.TRANSFER) \
-                    or int(seed) != self.screen_seed(exp):
+                    or int(seed) != self.state.screen_seed(exp):
                 continue
             value = early_stop.eval_curve(job.out_dir, frac).get(1)
-            parent = self.parent_of(exp)
+            parent = self.state.parent_of(exp)
             if value is None or parent is None or parent["id"] == exp_id or 1 >= round(1 / frac):
                 continue
             parent_value = early_stop.eval_curve(self.run_dir(parent["id"], int(seed)), frac).get(1)
             if parent_value is None or not policy.stop_at_rung(value - parent_value, self.cfg.rung_stop):
                 continue
-            parent_told = self.told_value(parent)
+            parent_told = self.state.told_value(parent)
             self.rung_stops[exp_id] = {"value": value, "parent_value": parent_value, "diff": value - parent_value, "rung": frac,
                                        "seed": int(seed), "told": parent_told + value - parent_value if parent_told is not None else None}
             self.log(f"{job.key}: stopped at the first rung ({value:.4f} vs its parent's {parent_value:.4f})")
@@ -934,8 +713,8 @@ class Campaign:
         exp = queued[0]
         missing_reference = 0
         if self.cfg.decision == "screen" and inc is not None:
-            ref_key = f"{inc['id']}-s{self.reference_seed(inc)}"
-            missing_reference = int(self.reference_seed(inc) not in self.results(inc["id"]) and ref_key not in running
+            ref_key = f"{inc['id']}-s{self.state.reference_seed(inc)}"
+            missing_reference = int(self.state.reference_seed(inc) not in self.results(inc["id"]) and ref_key not in running
                                     and ref_key not in self.failed_jobs)
         if self.cfg.decision == "screen" and inc is not None and self.budget_spent(extra=self.confirmation_cost(also=exp) + missing_reference):
             if screening:  # its ablation would not fit if it were adopted: wait for the screens in flight
@@ -955,7 +734,7 @@ class Campaign:
                 return None
             return self.next_job()
         if self.cfg.decision == "screen" and inc is not None:  # the incumbent's fresh reference run, before its first child
-            seed = self.reference_seed(inc)
+            seed = self.state.reference_seed(inc)
             key = f"{inc['id']}-s{seed}"
             if seed not in self.results(inc["id"]) and key not in running and key not in self.failed_jobs:
                 return self.job(inc, seed)
@@ -1070,7 +849,7 @@ class Campaign:
         change: dict = {"values": p.values, "weights": p.weights, "patch": p.patch, "parent": parent["id"] if parent else None,
                         **(extra or {})}
         if self.cfg.decision == "screen":
-            change["screen_seed"] = self.reference_seed(parent) if parent else policy.SCREEN_SEED
+            change["screen_seed"] = self.state.reference_seed(parent) if parent else policy.SCREEN_SEED
             change["seeds"] = [change["screen_seed"]]
         status, error = Phase.QUEUED, None
         scratch = Path(tempfile.mkdtemp(prefix="patch-", dir=self.workdir)) if p.kind == "code" else None
