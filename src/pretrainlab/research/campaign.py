@@ -56,7 +56,7 @@ from ..recipes import estimate_params
 from ..runners import Job, JobResult, Runner
 from ..rundir import read_json, read_summary
 from ..runners.base import OVERHEAD
-from . import decide, early_stop, policy
+from . import decide, early_stop, policy, schedule
 from .config import CampaignConfig  # noqa: F401 (the settings, imported from here too)
 from .data_experiments import apply_data_change, check_fixed_data
 from .patches import apply_patch
@@ -651,96 +651,39 @@ class Campaign:
         return self.state.missing_incumbent_seeds(n)
 
     def next_job(self) -> Job | None:
-        """The next run to start, or None with `idle_reason` saying why none can."""
-        if self.budget_spent():
-            self.idle_reason = "run budget spent"
-            return None
-        running = {j.key for j in self.runner.running()}
-        inc, _ = self.incumbent()
-        if inc is not None:  # the incumbent's extra seeds for paired re-tests come first: candidates wait on them
-            for seed in range(self.incumbent_seeds_needed()):
-                key = f"{inc['id']}-s{seed}"
-                if key not in running and seed not in self.results(inc["id"]) and key not in self.failed_jobs:
-                    return self.job(inc, seed)
-        for exp in self.experiments():  # pending seeds of running experiments
-            for seed in self.seeds_of(exp):
-                key = f"{exp['id']}-s{seed}"
-                if key in running or seed in self.results(exp["id"]) or key in self.failed_jobs:
-                    continue
-                return self.job(exp, seed)
-        if self.baseline() is None or (inc is None and self.baseline()["status"] == Phase.DECIDED):
-            self.idle_reason = "no baseline"  # a baseline that produced nothing: the campaign cannot compare
-            return None
-        screening = sum(planned_seeds(e) == 1 for e in self.experiments())
-        if self.cfg.decision == "screen":  # the end of the budget belongs to the confirmation phase
-            if any(e["status"] != Phase.DECIDED for e in self.confirmation()):
-                base = self.baseline()
-                for seed in self.missing_baseline_seeds():  # --seeds 2: the baseline's second confirmation seed
-                    key = f"{base['id']}-s{seed}"
-                    if key not in running and key not in self.failed_jobs:
-                        return self.job(base, seed)
-                self.maybe_record_claims()
-                self.idle_reason = "confirmation phase"
-                return None
-            if inc is not None and not self.confirmation() and self.budget_spent(extra=self.confirmation_cost()):
-                if screening:  # a screen in flight may still move the incumbent: confirm what it hands back
-                    self.idle_reason = "reserved for the confirmation phase"
-                    return None
+        """The next run to start (research/schedule.py decides), or None with `idle_reason`
+        saying why none can."""
+        asked = 0
+        while True:
+            may_ask = asked < 3 and not self.strategy_disabled and self.quiet_at != self.num_decisions()
+            step = schedule.next_step(self.state, may_ask, self.strategy.name)
+            if isinstance(step, schedule.StartConfirmation):
                 self.start_confirmation()
-                if not self.confirmation():
-                    self.idle_reason = "nothing to confirm"
-                    return None
-                return self.next_job()
-        elif self.cfg.decision != "greedy" and self.budget_spent(extra=screening * (self.cfg.seeds - 1)):
-            self.idle_reason = "reserved for replicates of screens in flight"
-            return None  # keep room to replicate the screens in flight rather than start new ones
-        queued = sorted((e for e in self.experiments() if e["status"] == Phase.QUEUED), key=lambda e: e["role"] != Role.COMBINATION)  # combinations first
-        for _ in range(3):  # a round whose proposals were all rejected: ask again, a bounded number of times
-            if queued or self.strategy_disabled or self.quiet_at == self.num_decisions():
-                break
-            asked = self.ask_strategy()
-            queued = [e for e in asked if e["status"] == Phase.QUEUED]
-            if not asked:
-                break
-        if not queued and self.cfg.decision == "screen" and inc is not None and not screening and not self.confirmation():
-            self.start_confirmation()  # nothing more to screen: confirm what the campaign hands back
-            if self.confirmation():
-                return self.next_job()
-        if not queued:
-            waiting = any(e["status"] == Phase.AWAITING_APPROVAL for e in self.experiments())
-            self.idle_reason = "proposals awaiting approval" if waiting else f"strategy {self.strategy.name} proposed nothing new"
-            return None
-        exp = queued[0]
-        missing_reference = 0
-        if self.cfg.decision == "screen" and inc is not None:
-            ref_key = f"{inc['id']}-s{self.state.reference_seed(inc)}"
-            missing_reference = int(self.state.reference_seed(inc) not in self.results(inc["id"]) and ref_key not in running
-                                    and ref_key not in self.failed_jobs)
-        if self.cfg.decision == "screen" and inc is not None and self.budget_spent(extra=self.confirmation_cost(also=exp) + missing_reference):
-            if screening:  # its ablation would not fit if it were adopted: wait for the screens in flight
-                self.idle_reason = "reserved for the confirmation phase"
-                return None
-            if self.confirmation():
-                self.idle_reason = "run budget spent: the final recipe is confirmed"
-                return None
-            self.start_confirmation()  # it stays queued, never run
-            if not self.confirmation():
-                self.idle_reason = "run budget spent: no room to screen a proposal and confirm it"
-                if exp["id"] not in self.unaffordable:
-                    self.unaffordable.add(exp["id"])
+                if self.confirmation():
+                    continue
+                step = step.otherwise
+            if isinstance(step, schedule.Run):
+                exp = self.state.experiment(step.exp_id)
+                if step.screen:
+                    self.ledger.set_experiment_status(exp["id"], Phase.RUNNING, planned_seeds=1)
+                return self.job(exp, step.seed)
+            if isinstance(step, schedule.AskStrategy):  # a round whose proposals were all rejected: ask again, 3 rounds at most
+                asked += 1
+                if not self.ask_strategy():
+                    asked = 3
+                continue
+            if isinstance(step, schedule.RecordClaims):
+                self.maybe_record_claims()
+                step = schedule.Idle("confirmation phase")
+            if isinstance(step, schedule.Unaffordable):
+                if step.exp_id not in self.unaffordable:
+                    self.unaffordable.add(step.exp_id)
                     self.ledger.add_note(f"not run: the run budget has no room to screen it and, if adopted, confirm it "
-                                         f"({self.confirmation_cost(also=exp)} runs); `research resume --budget-runs` to run it",
-                                         author="campaign", experiment_id=exp["id"])
-                return None
-            return self.next_job()
-        if self.cfg.decision == "screen" and inc is not None:  # the incumbent's fresh reference run, before its first child
-            seed = self.state.reference_seed(inc)
-            key = f"{inc['id']}-s{seed}"
-            if seed not in self.results(inc["id"]) and key not in running and key not in self.failed_jobs:
-                return self.job(inc, seed)
-        self.ledger.set_experiment_status(exp["id"], Phase.RUNNING, planned_seeds=1)
-        exp = self.state.experiment(exp["id"])
-        return self.job(exp, self.seeds_of(exp)[0])
+                                         f"({step.cost} runs); `research resume --budget-runs` to run it",
+                                         author="campaign", experiment_id=step.exp_id)
+                step = schedule.Idle("run budget spent: no room to screen a proposal and confirm it")
+            self.idle_reason = step.reason
+            return None
 
     def job(self, exp: dict, seed: int) -> Job:
         recipe = self.recipe_of(exp)
