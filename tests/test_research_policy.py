@@ -7,7 +7,7 @@ import pytest
 
 from pretrainlab.config import Recipe
 from pretrainlab.recipes import get_recipe
-from pretrainlab.research import policy
+from pretrainlab.research import policy, state
 from pretrainlab.research.campaign import CampaignConfig
 from pretrainlab.research.simulate import Landscape, SimulatedRunner, simulate
 from pretrainlab.research.space import apply
@@ -119,7 +119,7 @@ def test_a_clear_loser_stops_at_the_first_rung_and_pays_half_a_run(tmp_path):
     decisions = {e["hypothesis"]: ledger.list_decisions(experiment_id=e["id"])[-1] for e in ledger.list_experiments(cid)}
     assert "stopped at the first rung" in decisions["4x batch"]["rationale"]
     assert decisions["4x batch"]["evidence"]["rung"]["diff"] > cfg.rung_stop
-    costs = sorted(result["campaign"].run_cost(r) for r in ledger.list_runs(campaign=cid, columns=("run_id", "status", "run_dir")))
+    costs = sorted(result["campaign"].state.costs)
     confirm_runs = 2 * len(result["campaign"].confirmation())  # if the Muon LR change was adopted: it and its ablation, 2 seeds each
     assert costs == [0.5] + [1] * (3 + 1 + confirm_runs)  # the baseline's 3 seeds, one full screen, half of the loser
     assert result["compute_used"] == 4.5 + confirm_runs
@@ -178,7 +178,7 @@ def test_fresh_reference_screens_the_children_of_an_adopted_recipe_on_a_new_seed
     for d in adopted[:-1]:  # every adopted recipe that had children ran on its reference seed, and they were screened there
         exp = ledger.get_experiment(d["experiment_id"])
         children = [e for e in ledger.list_experiments(cid) if (e["change"] or {}).get("parent") == exp["id"] and e["status"] == "decided"]
-        assert children and all(camp.screen_seed(c) == d["evidence"]["reference_seed"] for c in children)
+        assert children and all(camp.state.screen_seed(c) == d["evidence"]["reference_seed"] for c in children)
         assert d["evidence"]["reference_seed"] in camp.values_by_seed(exp["id"])
     assert result["compute_used"] <= 20
 
@@ -304,12 +304,13 @@ def test_a_runs_own_summary_cannot_make_it_cheap(tmp_path):
     import json
 
     campaign = simulate(config(budget_runs=6), Landscape(seed=1), tmp_path / "c")["campaign"]
+    run_cost = lambda row: state.run_cost(row, campaign.base, campaign.cfg.early_stop)  # noqa: E731
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     for tokens, cost in ((0, 0.5), (-5, 0.5), (1e12, 1.0), ("all of them", 1.0), (float("nan"), 1.0), (60_000, 0.75)):
         (run_dir / "summary.json").write_text(json.dumps({"status": "failed", "tokens": tokens}))
-        assert campaign.run_cost({"status": "failed", "run_dir": str(run_dir)}) == pytest.approx(cost), tokens
-    assert campaign.run_cost({"status": "ok", "run_dir": str(run_dir)}) == 1.0
+        assert run_cost({"status": "failed", "run_dir": str(run_dir)}) == pytest.approx(cost), tokens
+    assert run_cost({"status": "ok", "run_dir": str(run_dir)}) == 1.0
 
 
 def test_a_change_that_does_not_alter_training_is_never_adopted():

@@ -462,7 +462,7 @@ class Campaign:
             exp = self.state.experiment(exp_id)
             if isinstance(a, decide.Decide):
                 self.record(exp, a.verdict, a.rationale.replace(decide.MERGED, merged), a.evidence, a.told, a.cmp, a.effect, a.by,
-                            a.observe)
+                            a.observe, a.log)
             elif isinstance(a, decide.SetPhase):
                 self.ledger.set_experiment_status(exp_id, a.phase, planned_seeds=a.planned_seeds)
                 if a.log:
@@ -581,7 +581,7 @@ class Campaign:
         self.ledger.set_experiment_status(exp["id"], Phase.TRANSFER)
         self.log(f"{exp['id']}: {cmp.summary()} — checking transfer at {', '.join(self.cfg.transfer)}")
 
-    def record(self, exp, verdict, rationale, evidence, told, cmp=None, effect=None, by=None, observe=True) -> None:
+    def record(self, exp, verdict, rationale, evidence, told, cmp=None, effect=None, by=None, observe=True, log="") -> None:
         """A verdict on the record, by the campaign's rule (or `by`); the strategy that proposed
         the experiment learns `told` (None: that it failed)."""
         if by is None:
@@ -593,7 +593,7 @@ class Campaign:
                                     ci_high=cmp.ci_high if cmp and math.isfinite(cmp.ci_high) else None,
                                     rationale=rationale, evidence=evidence)
         self.ledger.set_experiment_status(exp["id"], Phase.DECIDED)
-        self.log(f"{exp['id']} ({exp['hypothesis'][:60]}): {verdict} — {rationale}")
+        self.log(log or f"{exp['id']} ({exp['hypothesis'][:60]}): {verdict} — {rationale}")
         if observe and self.proposals.get(exp["id"]) is not None:
             self.strategy.observe(self.proposals[exp["id"]], told)
 

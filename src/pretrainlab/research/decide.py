@@ -46,6 +46,7 @@ class Decide:
     effect: float | None = None
     by: str | None = None
     observe: bool = True
+    log: str = ""  # what the campaign's log says (default: the verdict and its rationale)
 
 
 @dataclass
@@ -121,7 +122,7 @@ def decide(state: CampaignState, exp_id: str, stopped_early: bool = False, rung:
     if state.baseline is not None and exp_id == state.baseline["id"] and inc is None:  # the baseline
         nf = noise_floor(values)
         return [Decide("keep", f"baseline: mean {nf.get('mean', float('nan')):.4f}, seed std {nf['std'] or 0:.4f} over {nf['n']} seeds",
-                       {**evidence, "noise_floor": nf}, by="", observe=False)]
+                       {**evidence, "noise_floor": nf}, by="", observe=False, log=f"baseline {exp_id}: {nf}")]
     if not values or stopped_early:
         why = "stopped early: clearly worse than the incumbent at an intermediate evaluation" if stopped_early else \
             f"no usable result ({', '.join(r['status'] for r in results.values()) or 'crashed'})"
