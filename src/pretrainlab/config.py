@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import types
+import functools
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -254,7 +255,7 @@ def apply_overrides(recipe: Recipe, assignments: list[str]) -> Recipe:
         cls: Any = Recipe
         node = d
         for i, part in enumerate(parts):
-            hints = typing.get_type_hints(cls)
+            hints = _hints(cls)
             if part not in hints:
                 prefix = ".".join(parts[:i])
                 known = [f"{prefix}.{k}" if prefix else k for k in hints]
@@ -264,7 +265,7 @@ def apply_overrides(recipe: Recipe, assignments: list[str]) -> Recipe:
             ftype = hints[part]
             if dataclasses.is_dataclass(ftype):
                 if i == len(parts) - 1:
-                    raise ValueError(f"{key!r} is a section; set one of its fields, e.g. {key}.{next(iter(typing.get_type_hints(ftype)))}=...")
+                    raise ValueError(f"{key!r} is a section; set one of its fields, e.g. {key}.{next(iter(_hints(ftype)))}=...")
                 cls, node = ftype, node[part]
                 continue
             if i != len(parts) - 1:
@@ -316,9 +317,15 @@ def parse_value(key: str, raw: str, ftype: Any) -> Any:
     raise ValueError(f"{key} expects {expected}{' or none' if optional else ''}, got {raw!r}")
 
 
+@functools.cache
+def _hints(cls) -> dict[str, Any]:
+    """A config dataclass's field types (resolved once: typing.get_type_hints is slow)."""
+    return typing.get_type_hints(cls)
+
+
 def _build(cls, d: dict, prefix: str):
     """Build a (nested) dataclass from a dict, rejecting unknown keys by name."""
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     unknown = set(d) - set(hints)
     if unknown:
         raise ValueError(f"unknown config key {prefix + sorted(unknown)[0]!r} in recipe")
