@@ -252,3 +252,53 @@ def test_ledger_runs_fit_through_the_api_and_the_llm_tool(tmp_path):
 
     with pytest.raises(ToolError, match="1 distinct model sizes"):  # the client receives it as an error result
         asyncio.run(server.call_tool("scaling_fit", {"campaign": "one size", "num_bootstrap": 0}))
+
+
+# ---- transfer: a small-rung gain carried to a larger rung (scaling/transfer.py) ----------------------------
+
+CHINCHILLA = np.array([math.log(406.4), math.log(410.7), math.log(1.69), 0.34, 0.28])  # (a, b, e, alpha, beta)
+
+
+def test_a_gain_carried_to_the_same_rung_is_the_gain_itself():
+    from pretrainlab.scaling.transfer import predict_transfer
+
+    p = predict_transfer(CHINCHILLA[None, :], (1e8, 2e9), (1e8, 2e9), incumbent_small=2.9, effect=-0.02)
+    assert p["effect"] == pytest.approx(-0.02, abs=1e-9) and p["incumbent"] == pytest.approx(2.9)
+    assert p["multiplier"] > 1 and p["effect_ci"] is None  # no bootstrap refits: no interval
+
+
+def test_a_constant_compute_multiplier_buys_less_loss_at_a_larger_rung():
+    from pretrainlab.scaling.transfer import _law, compute_multiplier, predict_transfer
+
+    small, large = (1e8, 2e9), (1e9, 2e10)
+    k = compute_multiplier(CHINCHILLA, *small, -0.02)
+    s = math.sqrt(k)
+    assert _law(CHINCHILLA, small[0] * s, small[1] * s) == pytest.approx(_law(CHINCHILLA, *small) - 0.02, abs=1e-9)
+    p = predict_transfer(CHINCHILLA[None, :], small, large, incumbent_small=2.9, effect=-0.02)
+    assert -0.02 < p["effect"] < 0 and p["multiplier"] == pytest.approx(k)
+    assert p["incumbent"] == pytest.approx(2.9 + _law(CHINCHILLA, *large) - _law(CHINCHILLA, *small))
+    assert p["candidate"] == pytest.approx(p["incumbent"] + p["effect"])
+    # a gain larger than all the reducible loss: no compute buys it, so nothing is predicted
+    beyond = predict_transfer(CHINCHILLA[None, :], small, large, 2.9, effect=-(_law(CHINCHILLA, *small) - 1.69) - 0.01)
+    assert beyond["effect"] is None and "no prediction" in beyond["note"]
+
+
+def test_bootstrap_refits_give_the_prediction_an_interval_around_it():
+    from pretrainlab.scaling.transfer import predict_transfer, verdict
+
+    rng = np.random.default_rng(0)
+    thetas = np.vstack([CHINCHILLA, CHINCHILLA + rng.normal(0, [0.05, 0.05, 0.01, 0.01, 0.01], size=(200, 5))])
+    p = predict_transfer(thetas, (1e8, 2e9), (1e9, 2e10), 2.9, -0.02)
+    lo, hi = p["effect_ci"]
+    assert lo < p["effect"] < hi < 0 and p["resamples"] == 200
+    assert "inside the interval" in verdict(p, p["effect"]) and "outside the interval" in verdict(p, 0.01)
+
+
+def test_a_degenerate_refit_is_left_out_and_a_degenerate_law_predicts_nothing():
+    from pretrainlab.scaling.transfer import predict_transfer
+
+    wild = np.array([-5689.5, 4.32, -33.0, -503.9, 0.297])  # a refit on six points: alpha < 0, A = e^-5689
+    p = predict_transfer(np.vstack([CHINCHILLA, wild, CHINCHILLA]), (1.8e5, 8192), (2.7e5, 8192), 3.9, -0.05)
+    assert p["effect"] is not None and p["degenerate"] == 1 and p["resamples"] == 2
+    q = predict_transfer(wild[None, :], (1.8e5, 8192), (2.7e5, 8192), 3.9, -0.05)
+    assert q["effect"] is None and q["incumbent"] is None and "does not fall" in q["note"]

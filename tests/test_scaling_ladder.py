@@ -94,3 +94,42 @@ def test_a_tiny_iso_flop_ladder_trains_registers_and_fits(corpus_dir, tmp_path, 
         tool = {t.name: t for t in lab_tools(lg, {}, get_recipe("tiny-cpu"))}["fit_scaling_law"]
         out = tool.run(inputs.FitScalingLaw(ladder=done["ladder"], flops=[1e10]))
     assert out["data"]["num_points"] == 6 and out["compute_optimal"][0]["C"] == 1e10
+
+    # the ladder predicts a campaign's transfer check before it is measured (the campaign's runs simulated: the
+    # prediction and the report are what is under test here; test_research_campaign_sim covers the check itself)
+    from pretrainlab.research.campaign import CampaignConfig
+    from pretrainlab.research.report import campaign_record, render_report
+    from pretrainlab.research.simulate import Landscape, simulate
+    from pretrainlab.research.strategies import ManualStrategy, Proposal
+
+    cfg = CampaignConfig(recipe="tiny-cpu", overrides=tiny_overrides(corpus_dir) + ["optim.lr=0.0001", "optim.muon_lr=0.0005"],
+                         run_budget="8192tok", budget_runs=10, parallel=2, seeds=2, strategy="manual", decision="paired",
+                         early_stop=False, transfer=["model.n_layer=3"], transfer_ladder="tiny ladder")
+    strategy = ManualStrategy()
+    strategy.queue = [Proposal("config", "sane learning rates", "", "alice", values={"optim.lr": 0.01, "optim.muon_lr": 0.03})]
+    with Ledger() as lg:
+        sim = simulate(cfg, Landscape(seed=0), tmp_path / "sim", strategy=strategy, ledger=lg)
+        (checked,) = [d for d in lg.list_decisions(campaign_id=sim["campaign_id"]) if (d["evidence"] or {}).get("transfer")]
+        record = campaign_record(lg, sim["campaign_id"])
+    prediction = checked["evidence"]["prediction"]
+    assert prediction["ladder"] == done["ladder"] and prediction["resamples"] > 0
+    assert prediction["large"]["N"] > prediction["small"]["N"] and prediction["small"]["D"] == 8192
+    assert prediction["effect_small"] == checked["evidence"]["small_scale"]["effect"]
+    assert "the ladder's law" in checked["rationale"]
+    page = render_report(record)
+    assert "<h2>Transfer checks</h2>" in page and "predicted at the larger rung" in page
+    if prediction["effect"] is not None:  # the law falls with N and D: a gain carried as a compute multiplier shrinks
+        assert abs(prediction["effect"]) <= abs(prediction["effect_small"]) + 1e-12
+        assert ("inside the interval" in checked["rationale"]) == (prediction["effect_ci"][0] <= checked["evidence"]["transfer"]["effect"]
+                                                                  <= prediction["effect_ci"][1])
+
+
+def test_transfer_ladder_needs_a_transfer_rung_and_an_existing_ladder(tmp_path, monkeypatch):
+    from pretrainlab.research import manage
+    from pretrainlab.research.campaign import CampaignConfig
+
+    with pytest.raises(UserError, match="add the larger rung with --transfer"):
+        CampaignConfig(recipe="tiny-cpu", decision="paired", transfer_ladder="L")
+    monkeypatch.setenv("PRETRAINLAB_WORKSPACE", str(tmp_path))
+    with pytest.raises(UserError, match="no ladder 'nope'"):
+        manage.start(CampaignConfig(recipe="tiny-cpu", decision="paired", transfer=["model.n_layer=6"], transfer_ladder="nope"), echo=False)

@@ -104,6 +104,7 @@ class Campaign:
     def __init__(self, ledger, campaign_id: str, strategy: Strategy, runner: Runner, workdir: Path, echo: bool = True):
         self.id, self.strategy, self.runner = campaign_id, strategy, runner
         self._ledger, self._state = ledger, None
+        self._predictor = None  # the transfer ladder's fitted law, once needed
         self.ledger = _Tracked(ledger, self.reload)  # a write drops the loaded state
         row = ledger.get_campaign(campaign_id)
         self.cfg = CampaignConfig(**row["config"]["campaign"])
@@ -569,6 +570,7 @@ class Campaign:
                         f"({2 * self.cfg.seeds} runs)", {"comparison": cmp.to_dict()}, cmp.mean_candidate, cmp)
             return
         inc, _ = self.incumbent()
+        prediction = self.predict_transfer(inc, cmp)
         for role, source in (("incumbent", inc), ("candidate", exp)):
             recipe = apply_overrides(self.recipe_of(source), self.cfg.transfer)
             self.ledger.add_experiment(f"transfer check of {exp['id']}: the {role} at the larger rung", kind=exp["kind"],
@@ -576,10 +578,30 @@ class Campaign:
                                        rationale=f"does the gain ({cmp.effect:+.4f}) hold at {', '.join(self.cfg.transfer)}?",
                                        parent_recipe=self.recipe_of(source).to_dict(),
                                        change={"transfer_of": exp["id"], "role": role, "small_scale": cmp.to_dict(),
-                                               "recipe": recipe.to_dict(), "patch": (source["change"] or {}).get("patch")},
+                                               "recipe": recipe.to_dict(), "patch": (source["change"] or {}).get("patch"),
+                                               "prediction": prediction},
                                        status=Phase.RUNNING, planned_seeds=self.cfg.seeds, role=Role.TRANSFER)
         self.ledger.set_experiment_status(exp["id"], Phase.TRANSFER)
         self.log(f"{exp['id']}: {cmp.summary()} — checking transfer at {', '.join(self.cfg.transfer)}")
+        if prediction and prediction.get("effect") is not None:
+            ci = prediction["effect_ci"]
+            self.log(f"{exp['id']}: ladder {prediction['ladder']} predicts {prediction['effect']:+.4f} at the larger rung"
+                     + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else ""))
+
+    def predict_transfer(self, inc: dict, cmp) -> dict | None:
+        """The ladder's prediction of a transfer check (None without --transfer-ladder); a ladder
+        that cannot be fitted is a note, and the check is measured all the same."""
+        if not self.cfg.transfer_ladder:
+            return None
+        from .transfer import TransferPredictor
+
+        try:
+            if self._predictor is None:
+                self._predictor = TransferPredictor(self._ledger, self.cfg.transfer_ladder)
+            return self._predictor.predict(self.recipe_of(inc), self.cfg.transfer, cmp.mean_incumbent, cmp.effect)
+        except (UserError, ValueError, FloatingPointError) as e:
+            self.ledger.add_note(f"no transfer prediction from ladder {self.cfg.transfer_ladder}: {e}", author="campaign", campaign_id=self.id)
+            return None
 
     def record(self, exp, verdict, rationale, evidence, told, cmp=None, effect=None, by=None, observe=True, log="") -> None:
         """A verdict on the record, by the campaign's rule (or `by`); the strategy that proposed

@@ -68,6 +68,8 @@ class CampaignConfig:
     sweep: bool = doc("screen, with optuna or random: start with a one-key sweep of the search space", True)
     transfer: list[str] = doc("a larger rung (e.g. --transfer model.n_layer=8 --transfer model.n_embd=256): winners must "
                               "win there too", [])
+    transfer_ladder: str | None = doc("a scaling ladder (id or name, `pretrainlab scaling ladder`) whose fitted law predicts "
+                                      "each transfer check's outcome before it is measured", None)
     early_stop: bool = doc("stop clear losers at the half-budget rung", True)
     approve_code: bool = doc("hold code patches until `research approve`", False)
     strategy_seed: int = doc("seed of the strategy's proposals (optuna, random)", 0)
@@ -104,6 +106,8 @@ class CampaignConfig:
         if not 0 < self.alpha < 0.5:
             raise UserError(f"--alpha must be in (0, 0.5), got {self.alpha}")
         check_run_budget_and_transfer(self.run_budget, self.transfer)
+        if self.transfer_ladder and not self.transfer:
+            raise UserError("--transfer-ladder predicts transfer checks: add the larger rung with --transfer KEY=VALUE")
 
     def base_recipe(self) -> Recipe:
         """The starting recipe; with early stopping on, runs also evaluate at half of

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from ..errors import UserError
 from ..ledger.store import Phase, Role
 from . import policy
+from ..scaling.transfer import verdict as transfer_verdict
 from .space import recipe_diff
 from .state import CampaignState, planned_seeds
 from .stats import IMPROVEMENT, REGRESSION, Comparison, compare, noise_floor, pooled_paired
@@ -271,8 +272,13 @@ def finish_transfer(state: CampaignState, candidate_id: str) -> list[Action]:
     holds = cmp.verdict == IMPROVEMENT
     evidence = {"small_scale": small, "transfer": cmp.to_dict(), "transfer_rung": state.cfg.transfer,
                 "transfer_experiments": {role: e["id"] for role, e in sides.items()}}
+    prediction = sides["candidate"]["change"].get("prediction")
+    predicted = ""
+    if prediction:
+        evidence["prediction"] = prediction
+        predicted = f"; the ladder's law {transfer_verdict(prediction, cmp.effect)}"
     why = (f"small scale: effect {small['effect']:+.4f}; at the larger rung: {cmp.summary()} — "
-           + ("the gain holds" if holds else "the gain does not hold at scale"))
+           + ("the gain holds" if holds else "the gain does not hold at scale") + predicted)
     return [Decide("keep" if holds else "discard", why, evidence, small["mean_candidate"], cmp)]
 
 

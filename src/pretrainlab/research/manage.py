@@ -84,6 +84,10 @@ def _create(cfg: CampaignConfig, name: str | None, db: str | None, echo: bool, a
 
     base = cfg.base_recipe()  # bad recipe / overrides / budget -> UserError now
     ledger = Ledger(db)
+    if cfg.transfer_ladder:
+        from .transfer import check_ladder
+
+        check_ladder(ledger, cfg.transfer_ladder, base)
     strategy = make_strategy(cfg, ledger, None, echo)
     config = {"campaign": asdict(cfg), "base_recipe": base.to_dict(), **({"started_by": author} if author else {})}
     campaign_id = ledger.create_campaign(name or f"{base.name} {cfg.strategy}", goal=f"lowest {cfg.goal} per run budget {cfg.run_budget}",

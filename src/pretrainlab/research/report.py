@@ -163,6 +163,43 @@ def noise_summary(record: dict) -> str:
     return ("; ".join(parts) + ".") if parts else ""
 
 
+def _interval(value, ci) -> str:
+    if value is None:
+        return "—"
+    return f"{value:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "")
+
+
+def transfer_section(record: dict) -> list[str]:
+    """Transfer checks: each small-scale winner's gain at the campaign's rung, what the
+    ladder's law predicted at the larger rung (with --transfer-ladder), and what was measured."""
+    esc = html.escape
+    checked = [e for e in record["experiments"] if ((e["decision"] or {}).get("evidence") or {}).get("transfer")]
+    if not checked:
+        return []
+    rung = ", ".join(checked[0]["decision"]["evidence"].get("transfer_rung") or [])
+    out = [f"<h2>Transfer checks</h2><p>Each winner at the campaign's rung was measured again at the larger rung ({esc(rung)}), "
+           "against the incumbent on the same seeds. Effects are candidate − incumbent in val_bpb (negative helps), "
+           "with 95% intervals.</p>",
+           "<table><tr><th>experiment</th><th>hypothesis</th><th>gain at the campaign's rung</th><th>predicted at the larger rung</th>"
+           "<th>measured at the larger rung</th><th>verdict</th></tr>"]
+    for e in checked:
+        ev = e["decision"]["evidence"]
+        small, measured, pred = ev["small_scale"], ev["transfer"], ev.get("prediction") or {}
+        predicted = _interval(pred.get("effect"), pred.get("effect_ci")) if pred else "no ladder"
+        if pred.get("effect") is not None and pred.get("effect_ci"):
+            lo, hi = pred["effect_ci"]
+            predicted += " ✓" if lo <= measured["effect"] <= hi else " ✗"
+        out.append(f"<tr><td class=mono>{e['id']}</td><td>{esc(e['hypothesis'])}</td>"
+                   f"<td>{_interval(small['effect'], [small['ci_low'], small['ci_high']])}</td><td>{esc(predicted)}</td>"
+                   f"<td>{_interval(measured['effect'], [measured['ci_low'], measured['ci_high']])}</td>"
+                   f"<td class={esc(e['decision']['verdict'])}>{esc(e['decision']['verdict'])}</td></tr>")
+    out.append("</table>")
+    if any((e["decision"]["evidence"].get("prediction") or {}).get("ladder") for e in checked):
+        out.append("<p>Predicted: the small-rung gain carried to the larger rung as a constant compute multiplier along the "
+                   "ladder's fitted law L(N, D) (✓: the measured gain fell inside the predicted interval).</p>")
+    return out
+
+
 def render_report(record: dict, findings: dict[str, list[dict]] | None = None) -> str:
     esc = html.escape
     c = record["campaign"]
@@ -190,6 +227,7 @@ def render_report(record: dict, findings: dict[str, list[dict]] | None = None) -
     out.append(svg_chart("val_bpb per decided experiment (mean over seeds)", "experiment (in decision order)", "val_bpb",
                          progress_series(record)))
     out += confirmation_section(record)
+    out += transfer_section(record)
     hidden = (c.get("config") or {}).get("hidden_test")
     if hidden:  # scored once, at the close: how much of the decision-split gain holds on documents no decision saw
         out.append(f"<h2>Hidden test split</h2><p>Final recipe ({hidden['final_experiment']}) vs the baseline on the hidden test "

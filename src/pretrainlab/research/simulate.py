@@ -299,16 +299,18 @@ class SimulatedRunner(Slots):
         self._running.clear()
 
 
-def simulate(cfg, landscape: Landscape, workdir: Path, strategy=None, runner: SimulatedRunner | None = None) -> dict:
+def simulate(cfg, landscape: Landscape, workdir: Path, strategy=None, runner: SimulatedRunner | None = None, ledger=None) -> dict:
     """Run one whole campaign against the landscape, in process; returns what a benchmark
-    needs: the final recipe's true value, runs used, the decisions and the claims."""
+    needs: the final recipe's true value, runs used, the decisions and the claims. The
+    campaign goes into `ledger` if given (e.g. one that holds a transfer ladder), else into
+    a new one in `workdir`."""
     from ..ledger import Ledger
     from .campaign import Campaign
     from .manage import make_strategy
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    ledger = Ledger(str(workdir / "ledger.db"))
+    ledger = ledger or Ledger(str(workdir / "ledger.db"))
     base = cfg.base_recipe()
     from dataclasses import asdict
 
