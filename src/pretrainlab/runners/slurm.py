@@ -51,6 +51,7 @@ import sys
 import tempfile
 import time
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -128,7 +129,7 @@ def load_profile(path: str | Path) -> dict:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise UserError(f"--slurm-profile {path}: unknown key {key!r}{hint}; the keys are {', '.join(PROFILE_KEYS)}")
         if not _fits(value, hints[key]):
-            raise UserError(f"--slurm-profile {path}: {key} = {value!r} is not a {_type_name(hints[key])}")
+            raise UserError(f"--slurm-profile {path}: {key} = {value!r} is not {_type_name(hints[key])}")
     return profile
 
 
@@ -161,9 +162,15 @@ def time_minutes(value: str | int) -> int:
     return math.ceil(seconds / 60)
 
 
+def _alternatives(hint) -> list:
+    """The types a field's hint allows: a union's members (bar None), or the hint itself."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return [a for a in typing.get_args(hint) if a is not type(None)]
+    return [hint]
+
+
 def _fits(value, hint) -> bool:
-    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
-    for kind in args:
+    for kind in _alternatives(hint):
         origin = typing.get_origin(kind)
         if origin is list and isinstance(value, list) and all(isinstance(v, str) for v in value):
             return True
@@ -177,9 +184,8 @@ def _fits(value, hint) -> bool:
 
 
 def _type_name(hint) -> str:
-    names = {str: "string", int: "integer", float: "number"}
-    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
-    return " or ".join(names.get(a, "list of strings" if typing.get_origin(a) is list else "table") for a in args)
+    names = {str: "a string", int: "an integer", float: "a number"}
+    return " or ".join(names.get(a, "a list of strings" if typing.get_origin(a) is list else "a table") for a in _alternatives(hint))
 
 
 def sbatch_parameters(settings: SlurmSettings, job: Job) -> dict:
