@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..config import Recipe, apply_overrides, doc
 from ..errors import UserError
@@ -147,7 +148,7 @@ def check_runner(runner: str, ray_address: str | None, gpus: list[int] | None, p
 
 def check_slurm(cfg) -> None:
     """--slurm-* settings only with --runner slurm; with it, a profile file and flags that are
-    valid (read now, before anything heavy is imported)."""
+    valid (read now, before anything heavy is imported). The profile's path is made absolute."""
     given = [f for f in SLURM_FIELDS if getattr(cfg, f) is not None]
     if cfg.runner != "slurm":
         if given:
@@ -155,6 +156,8 @@ def check_slurm(cfg) -> None:
         return
     from ..runners import slurm_settings
 
+    if cfg.slurm_profile:  # kept in the campaign's record: a resume from another directory reads the same file
+        cfg.slurm_profile = str(Path(cfg.slurm_profile).expanduser().resolve())
     slurm_settings(cfg)
 
 
