@@ -6,7 +6,8 @@ tests are skipped with the reason.
 A campaign of two runs goes through `pretrainlab research start --runner slurm`; one of its
 jobs is requeued with `scontrol requeue` once it has a checkpoint, then the campaign's loop is
 killed with SIGKILL and `research resume` adopts the jobs still in the queue: every run
-finishes once, the requeued one from its checkpoint, and nothing is submitted twice.
+finishes once, the requeued one from its checkpoint, and nothing is submitted twice. A run
+warned of its job's time limit (SIGUSR2) checkpoints and its job is requeued, then resumed.
 What a run's job asks SLURM for, and the profile file's validation, need no cluster."""
 
 import json
@@ -27,7 +28,7 @@ from pretrainlab.ledger import Ledger
 from pretrainlab.research import manage
 from pretrainlab.research.campaign import Campaign, CampaignConfig
 from pretrainlab.runners import Job, slurm_settings
-from pretrainlab.runners.slurm import SlurmSettings, load_profile, sbatch_parameters, settings_from
+from pretrainlab.runners.slurm import SlurmRunner, SlurmSettings, load_profile, sbatch_parameters, settings_from
 
 START_HINT = 'start one with `make slurm` (scripts/slurm-local.sh, as root), then `eval "$(scripts/slurm-local.sh env)"`'
 
@@ -141,6 +142,36 @@ def test_a_campaign_on_slurm_survives_a_requeue_and_the_death_of_its_loop(corpus
             assert resumes == []  # the other job was never interrupted: adopted as it ran
 
 
+def test_a_run_warned_of_its_time_limit_checkpoints_and_its_job_is_requeued(corpus_dir, tmp_path, cluster):
+    """SIGUSR2 is what SLURM sends a job SIGNAL_DELAY_S before its time limit (submitit's --signal):
+    the run checkpoints, submitit requeues the job, and its next start resumes the run."""
+    runner = SlurmRunner(1, SlurmSettings(partition=cluster.partition, time="10"), log_dir=tmp_path / "logs")
+    run_dir = tmp_path / "warned-s0"
+    runner.submit(Job("warned-s0", "tiny-cpu", run_dir, tiny_overrides(corpus_dir, **{"budget.tokens": 65536, "budget.seconds": 0,
+                                                                                        "train.ckpt_every": 4}), timeout_s=600))
+    try:
+        job_id = str(rundir.load_json(tmp_path / "logs" / "warned-s0.slurm.json")["job_id"])
+        wait_for("a checkpoint", lambda: list((run_dir / "ckpt").glob("step_*.pt")), 180)
+        subprocess.run(["scancel", "--signal=USR2", job_id], check=True, capture_output=True)
+        results, events = [], []
+        deadline = time.time() + 240
+        while runner.busy() and time.time() < deadline:
+            results += runner.poll()
+            events += runner.take_events()
+            runner.sleep(0.5)
+    finally:
+        runner.shutdown()
+    (result,) = results
+    assert result.status == "ok", result.stderr_tail
+    assert [e.kind for e in events] == ["requeued"] and events[0].text.startswith(f"run warned-s0: SLURM job {job_id} requeued")
+    resumes = rundir.load_json(run_dir / rundir.PROVENANCE)["resumes"]
+    assert len(resumes) == 1 and resumes[0]["step"] > 0, resumes
+    steps = [row["step"] for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if row["type"] == "train"]
+    assert steps == list(range(1, 65))
+    assert "SIGTERM: checkpointing" in (run_dir / "log.txt").read_text()  # stopped by the runner's job, not killed
+    assert squeue([job_id]) == {job_id: "COMPLETED"}
+
+
 # ---- no cluster needed ------------------------------------------------------------------------
 
 
@@ -163,13 +194,11 @@ def test_what_a_runs_job_asks_slurm_for(tmp_path):
                  "#SBATCH --requeue", "#SBATCH --signal=USR2@90", "#SBATCH --reservation=pretrain", "#SBATCH --job-name=pretrainlab-e3-s1"):
         assert line in script, (line, script)
     assert script.index("module load cuda/12.4") < next(i for i, s in enumerate(script) if s.startswith("srun "))
-    # no time limit given: the run's own timeout plus time to checkpoint (300 + 90 s), else an hour
-    assert "#SBATCH --time=7" in sbatch_script(SlurmSettings(), job, tmp_path)
+    # no time limit given: the run's own timeout plus SLURM's warning (300 + 90 + 60 s), else an hour
+    assert "#SBATCH --time=8" in sbatch_script(SlurmSettings(), job, tmp_path)
     plain = sbatch_script(SlurmSettings(), Job("e3-s2", "tiny-cpu", tmp_path / "e3-s2"), tmp_path)
     assert "#SBATCH --time=60" in plain and "#SBATCH --requeue" in plain and "#SBATCH --cpus-per-task=1" in plain
     assert not any(s.startswith(("#SBATCH --partition", "#SBATCH --account", "#SBATCH --gpus")) for s in plain)
-    # a time limit too short for the default warning: the warning comes half-way, never at the start
-    assert "#SBATCH --signal=USR2@60" in sbatch_script(SlurmSettings(time="2"), job, tmp_path)
 
 
 def test_the_flags_and_the_profile_make_the_settings(tmp_path):
@@ -203,6 +232,7 @@ def test_a_bad_profile_or_flag_is_a_one_line_error_naming_it(tmp_path):
     assert "no such file" in one_line_error(lambda: load_profile(tmp_path / "missing.toml"))
     assert "slurm time '3 hours': use minutes" in one_line_error(lambda: settings_from(time="3 hours"))
     assert "gpus_per_run must be 0 or 1" in one_line_error(lambda: settings_from(gpus_per_run=2))
+    assert "slurm time '4' is too short" in one_line_error(lambda: settings_from(time="4"))
     assert one_line_error(lambda: CampaignConfig(slurm_partition="gpu")) == \
         "--slurm-partition is a SLURM setting: add --runner slurm, or drop it"
 

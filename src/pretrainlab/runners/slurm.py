@@ -23,9 +23,9 @@ trainer checkpoints and exits 'preempted'), and the job starts again later, mayb
 node, as the same job id. Each start runs `RunAttempt`, which resumes the run from its last
 checkpoint (from step 0 if it had none), waits first for the previous start's processes to let
 go of the run, and does nothing for a run that had already finished (its summary and the lab's
-score are on disk): no finished run is trained again. SIGNAL_DELAY_S before the job's time
-limit SLURM sends SIGUSR2 (submitit's --signal): the run checkpoints and submitit requeues the
-job (at most 3 times), so a run longer than the partition allows continues in a new
+score are on disk): no finished run is trained again. SIGNAL_DELAY_S (to 60 s more) before the job's
+time limit SLURM sends SIGUSR2 (submitit's --signal): the run checkpoints and submitit requeues
+the job (at most 3 times), so a run longer than the partition allows continues in a new
 allocation. Each requeue the runner sees is a RunnerEvent, noted in the ledger.
 
 Each job's id is kept beside its spec (`logs/KEY.slurm.json`). A campaign loop that dies leaves
@@ -67,9 +67,13 @@ SLURM_EXTRA = "pip install 'pretrainlab[slurm]'"
 # SLURM's warning signal (SIGUSR2) comes this long before a job's time limit: the run checkpoints (within
 # KILL_GRACE_S) and the job is requeued before SLURM kills it
 SIGNAL_DELAY_S = int(KILL_GRACE_S) + 60
+SIGNAL_RESOLUTION_S = 60  # SLURM may send it up to this much earlier still (sbatch(1), --signal)
 DEFAULT_TIME_MIN = 60  # a job's time limit when neither the settings nor the run's own timeout give one
+# shorter limits leave a run little or no time between its start and the warning (up to 150 s before the end)
+MIN_TIME_MIN = 5
 QUEUE_POLL_S = 1.0  # squeue at most this often (slurmctld serves every user of the cluster)
 COMMAND_TIMEOUT_S = 60.0  # for one sbatch / squeue / scancel call
+TERM_REPEAT_S = 2.0  # SIGTERM again this often while a run has not stopped at SLURM's time-limit warning
 # how long a new start of a job waits for the previous one's job process and trainer to let go of the run
 # (an NFS lock lease of a node that died included)
 LOCK_WAIT_S = KILL_GRACE_S + 60.0
@@ -87,9 +91,10 @@ class SlurmSettings:
     partition: str | None = doc("the partition each run's job goes to (default: the cluster's default partition)", None)
     account: str | None = doc("the account the jobs are charged to (sbatch --account)", None)
     qos: str | None = doc("the quality of service (sbatch --qos)", None)
-    time: str | int | None = doc("each job's time limit: minutes, HH:MM:SS or D-HH:MM:SS (default: the run's own timeout plus "
-                                 f"{SIGNAL_DELAY_S} s to checkpoint, else {DEFAULT_TIME_MIN} minutes); a run still going at the "
-                                 "limit checkpoints and its job is requeued", None)
+    time: str | int | None = doc(f"each job's time limit, at least {MIN_TIME_MIN} minutes: minutes, HH:MM:SS or D-HH:MM:SS "
+                                 f"(default: the run's own timeout plus {SIGNAL_DELAY_S + SIGNAL_RESOLUTION_S} s for SLURM's "
+                                 f"warning, else {DEFAULT_TIME_MIN} minutes); a run still going at the warning checkpoints and "
+                                 "its job is requeued", None)
     cpus_per_run: int = doc("CPUs per run (on CPU, its training threads)", 1)
     gpus_per_run: int = doc("GPUs per run: 0, or 1 (a run trains in one process)", 0)
     mem_gb: float | None = doc("memory per run in GB (sbatch --mem; default: the partition's)", None)
@@ -98,8 +103,10 @@ class SlurmSettings:
     sbatch: dict[str, str] = doc("any other sbatch option, by its long name without dashes (e.g. reservation = \"lab\")", {})
 
     def __post_init__(self):
-        if self.time is not None:
-            time_minutes(self.time)  # raises UserError naming the format
+        if self.time is not None and time_minutes(self.time) < MIN_TIME_MIN:  # (a bad format raises UserError naming it)
+            raise UserError(f"slurm time {self.time!r} is too short: SLURM warns a job up to "
+                            f"{SIGNAL_DELAY_S + SIGNAL_RESOLUTION_S} s before its limit (the run then checkpoints and is "
+                            f"requeued); give at least {MIN_TIME_MIN} minutes")
         if self.cpus_per_run < 1:
             raise UserError(f"slurm cpus_per_run must be >= 1, got {self.cpus_per_run}")
         if self.gpus_per_run not in (0, 1):
@@ -188,14 +195,21 @@ def _type_name(hint) -> str:
     return " or ".join(names.get(a, "a list of strings" if typing.get_origin(a) is list else "a table") for a in _alternatives(hint))
 
 
+def job_name(key: str) -> str:
+    """The SLURM job name of run `key`'s job."""
+    return f"pretrainlab-{key}"
+
+
 def sbatch_parameters(settings: SlurmSettings, job: Job) -> dict:
     """submitit's SlurmExecutor parameters for one run's job (its sbatch options)."""
-    minutes = time_minutes(settings.time) if settings.time is not None else (
-        math.ceil((job.timeout_s + SIGNAL_DELAY_S) / 60) if job.timeout_s else DEFAULT_TIME_MIN)
-    params: dict = {"job_name": f"pretrainlab-{job.key}", "time": minutes, "cpus_per_task": settings.cpus_per_run,
-                    # never more than half the job: a warning at its start would requeue it forever
-                    "signal_delay_s": min(SIGNAL_DELAY_S, minutes * 30),
-                    "additional_parameters": {"requeue": True, **settings.sbatch}}
+    if settings.time is not None:
+        minutes = time_minutes(settings.time)
+    elif job.timeout_s:  # the run's own timeout comes before SLURM's warning
+        minutes = max(MIN_TIME_MIN, math.ceil((job.timeout_s + SIGNAL_DELAY_S + SIGNAL_RESOLUTION_S) / 60))
+    else:
+        minutes = DEFAULT_TIME_MIN
+    params: dict = {"job_name": job_name(job.key), "time": minutes, "cpus_per_task": settings.cpus_per_run,
+                    "signal_delay_s": SIGNAL_DELAY_S, "additional_parameters": {"requeue": True, **settings.sbatch}}
     for key in ("partition", "account", "qos", "constraint"):
         if getattr(settings, key):
             params[key] = getattr(settings, key)
@@ -251,6 +265,9 @@ class RunAttempt:
         if spec["sandbox"] and not box.active:  # the campaign promised sandboxed runs
             raise RuntimeError(f"node {node} cannot sandbox runs: {box.reason}")
         if restarts:  # continue what the interrupted start left: from its checkpoint, or from step 0 (the trainer decides)
+            from submitit import JobEnvironment
+
+            JobEnvironment().paths.result_pickle.unlink(missing_ok=True)  # the interrupted start's result is not the job's
             spec["resume"] = rundir.is_run_dir(run_dir)
             if not spec["resume"] and run_dir.exists():
                 shutil.rmtree(run_dir)  # stopped before it wrote its recipe: nothing to keep
@@ -278,18 +295,40 @@ class RunAttempt:
         self._stop = True
 
     def checkpoint(self):
-        """submitit calls this on SLURM's warning signal (the time limit is SIGNAL_DELAY_S away, or
-        the job is being preempted): stop the run (it checkpoints), then the job is requeued with
-        a new RunAttempt, which resumes it."""
+        """submitit calls this on SLURM's warning signal (the time limit is near, or the job is
+        being preempted), from its signal handler, while __call__ waits for the job process: stop
+        the run (it checkpoints), then the job is requeued with a new RunAttempt, which resumes it."""
         from submitit.helpers import DelayedSubmission
 
-        if self._proc is not None and self._proc.poll() is None:
-            os.kill(self._proc.pid, signal.SIGTERM)  # the job process passes it on to its trainer
-            try:
-                self._proc.wait(timeout=KILL_GRACE_S)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._proc.pid, signal.SIGKILL)
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # a second warning would run this again, inside itself
+        pid = self._proc.pid if self._proc is not None else None
+        deadline = time.time() + KILL_GRACE_S
+        while pid is not None and not _exited(pid) and time.time() < deadline:
+            # to the job process's group, the trainer in it, again every few seconds: a trainer still starting up
+            # ignores SIGTERM until it has its handler (runners/sandbox.py: ignore_sigterm)
+            _killpg(pid, signal.SIGTERM)
+            until = min(deadline, time.time() + TERM_REPEAT_S)
+            while time.time() < until and not _exited(pid):
+                time.sleep(0.1)
+        if pid is not None and not _exited(pid):
+            _killpg(pid, signal.SIGKILL)  # it resumes from its last periodic checkpoint
         return DelayedSubmission(RunAttempt(self.spec_path, self.stderr_path))
+
+
+def _exited(pid: int) -> bool:
+    """Whether child `pid` has exited, without reaping it: __call__'s wait, interrupted by the
+    signal handler this runs in, reaps it (Popen.wait here would wait for that wait's lock)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
 
 
 # ---- the runner, in the campaign loop's process ------------------------------------------------
@@ -299,6 +338,7 @@ class RunAttempt:
 class QueueEntry:
     """One job as squeue shows it."""
 
+    name: str  # the job's name: pretrainlab-KEY for a run's job
     state: str  # RUNNING, PENDING, COMPLETING, COMPLETED, ...
     restarts: int  # how many times SLURM has requeued it
     node: str  # where it runs (empty while pending)
@@ -382,7 +422,7 @@ class SlurmRunner(SlotRunner):
             raise UserError(f"cannot ask SLURM whether job {job_id} (run {key}) is still queued: check that `squeue` answers, "
                             "then resume the campaign")
         entry = queue.get(job_id)
-        if entry is None or entry.state in ENDED:
+        if entry is None or entry.state in ENDED or entry.name != job_name(key):  # over, forgotten, or its id reused since
             return False
         self._adoptable[key] = (job_id, entry)
         where = f" on {entry.node}" if entry.node and entry.state == "RUNNING" else ""
@@ -442,7 +482,7 @@ class SlurmRunner(SlotRunner):
 
     def _outcome(self, r: _SlurmRun, entry: QueueEntry | None) -> tuple[int, str]:
         """The job process's exit code (-1: none), and the runner's word on how the job ended."""
-        paths = self._submitit.core.utils.JobPaths(self.folder, job_id=r.job_id, task_id=0)
+        paths = self._paths(r.job_id)
         state = f"SLURM job {r.job_id} ended {entry.state}" if entry else f"SLURM job {r.job_id} left the queue"
         code, note = -1, ""
         if paths.result_pickle.exists():
@@ -457,13 +497,17 @@ class SlurmRunner(SlotRunner):
             note = f"{state} ({entry.reason})"
         return code, f"[pretrainlab] {note}" if note else ""
 
+    def _paths(self, job_id: str):
+        """submitit's files of a job: its result, its own stdout and stderr."""
+        return self._submitit.core.utils.JobPaths(self.folder, job_id=job_id, task_id=0)
+
     def sleep(self, seconds: float) -> None:
         """Sleep up to `seconds`, returning early when a job's run has ended (its result file appears)."""
         deadline = time.time() + seconds
         while time.time() < deadline:
             time.sleep(min(0.2, max(0.0, deadline - time.time())))
             for r in self._running.values():
-                if r.job_id not in self._results_seen and (self.folder / f"{r.job_id}_0_result.pkl").exists():
+                if r.job_id not in self._results_seen and self._paths(r.job_id).result_pickle.exists():
                     self._results_seen.add(r.job_id)
                     self._queried_at = 0.0  # poll asks squeue at once
                     return
@@ -473,14 +517,14 @@ class SlurmRunner(SlotRunner):
         or None when squeue does not answer."""
         self._queried_at = time.time()
         out = _command(["squeue", "--noheader", "--states=all", f"--jobs={','.join(job_ids)}",
-                        "--Format=JobID:|,State:|,RestartCnt:|,NodeList:|,Reason:"], unknown_ok=True)
+                        "--Format=JobID:|,State:|,RestartCnt:|,NodeList:|,Name:|,Reason:"], unknown_ok=True)
         if out is None:
             return None
         queue = {}
         for line in out.splitlines():
             parts = [p.strip() for p in line.split("|")]
-            if len(parts) >= 5 and parts[2].isdigit():
-                queue[parts[0]] = QueueEntry(parts[1], int(parts[2]), parts[3], "|".join(parts[4:]))
+            if len(parts) >= 6 and parts[2].isdigit():
+                queue[parts[0]] = QueueEntry(parts[4], parts[1], int(parts[2]), parts[3], "|".join(parts[5:]))
         return queue
 
 
