@@ -112,7 +112,6 @@ PartitionName=$PARTITION Nodes=$host Default=YES MaxTime=INFINITE State=UP OverS
 EOF
     cat >"$DIR/env" <<EOF
 export SLURM_CONF=$DIR/slurm.conf
-export PRETRAINLAB_TEST_SLURM_PARTITION=$PARTITION
 EOF
 }
 
@@ -142,10 +141,9 @@ start() {
         fi
         sleep 0.5
     done
-    echo "slurm-local: the node is not idle after ${READY_S} s (sinfo: ${state:-no answer})" >&2
     tail -n 20 "$DIR/slurmctld.log" "$DIR/slurmd.log" >&2 2>/dev/null || true
     stop
-    exit 1
+    die "the node is not idle after ${READY_S} s (sinfo: ${state:-no answer})"  # the last line: the reason
 }
 
 case "$cmd" in
