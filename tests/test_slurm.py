@@ -175,30 +175,34 @@ def test_a_run_warned_of_its_time_limit_checkpoints_and_its_job_is_requeued(corp
 # ---- no cluster needed ------------------------------------------------------------------------
 
 
-def sbatch_script(settings: SlurmSettings, job: Job, folder: Path) -> list[str]:
-    """The batch script submitit writes for `job` with these settings (what sbatch receives)."""
-    from submitit.slurm.slurm import _make_sbatch_string
+def sbatch_script(settings: SlurmSettings, job: Job, folder: Path, monkeypatch) -> list[str]:
+    """The batch script submitit's SlurmExecutor writes for `job` with these settings, as the
+    runner configures it (what sbatch receives)."""
+    import submitit
 
-    return _make_sbatch_string(command="python -u -m submitit.core._submit FOLDER", folder=folder,
-                               **sbatch_parameters(settings, job)).splitlines()
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 2))  # no `srun` needed on this machine
+    executor = submitit.SlurmExecutor(folder=folder)
+    executor.update_parameters(**sbatch_parameters(settings, job))
+    return executor._make_submission_file_text("python -u -m submitit.core._submit FOLDER", "uid").splitlines()
 
 
-def test_what_a_runs_job_asks_slurm_for(tmp_path):
+def test_what_a_runs_job_asks_slurm_for(tmp_path, monkeypatch):
     pytest.importorskip("submitit", reason="--runner slurm needs submitit: pip install 'pretrainlab[slurm]'")
     job = Job("e3-s1", "tiny-cpu", tmp_path / "e3-s1", timeout_s=300)
     settings = SlurmSettings(partition="gpu", account="lab", qos="high", time="2:00:00", cpus_per_run=8, gpus_per_run=1, mem_gb=32,
                              constraint="h100", setup=["module load cuda/12.4"], sbatch={"reservation": "pretrain"})
-    script = sbatch_script(settings, job, tmp_path)
+    script = sbatch_script(settings, job, tmp_path, monkeypatch)
     for line in ("#SBATCH --partition=gpu", "#SBATCH --account=lab", "#SBATCH --qos=high", "#SBATCH --time=120",
-                 "#SBATCH --cpus-per-task=8", "#SBATCH --gpus-per-node=1", "#SBATCH --mem=32GB", "#SBATCH --constraint=h100",
+                 "#SBATCH --cpus-per-task=8", "#SBATCH --gpus-per-node=1", "#SBATCH --mem=32G", "#SBATCH --constraint=h100",
                  "#SBATCH --requeue", "#SBATCH --signal=USR2@90", "#SBATCH --reservation=pretrain", "#SBATCH --job-name=pretrainlab-e3-s1"):
         assert line in script, (line, script)
     assert script.index("module load cuda/12.4") < next(i for i, s in enumerate(script) if s.startswith("srun "))
     # no time limit given: the run's own timeout plus SLURM's warning (300 + 90 + 60 s), else an hour
-    assert "#SBATCH --time=8" in sbatch_script(SlurmSettings(), job, tmp_path)
-    plain = sbatch_script(SlurmSettings(), Job("e3-s2", "tiny-cpu", tmp_path / "e3-s2"), tmp_path)
+    assert "#SBATCH --time=8" in sbatch_script(SlurmSettings(), job, tmp_path, monkeypatch)
+    plain = sbatch_script(SlurmSettings(), Job("e3-s2", "tiny-cpu", tmp_path / "e3-s2"), tmp_path, monkeypatch)
     assert "#SBATCH --time=60" in plain and "#SBATCH --requeue" in plain and "#SBATCH --cpus-per-task=1" in plain
-    assert not any(s.startswith(("#SBATCH --partition", "#SBATCH --account", "#SBATCH --gpus")) for s in plain)
+    assert not any(s.startswith(("#SBATCH --partition", "#SBATCH --account", "#SBATCH --gpus", "#SBATCH --mem")) for s in plain)
+    assert "#SBATCH --mem=1536M" in sbatch_script(SlurmSettings(mem_gb=1.5), job, tmp_path, monkeypatch)
 
 
 def test_the_flags_and_the_profile_make_the_settings(tmp_path):

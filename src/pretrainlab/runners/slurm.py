@@ -215,8 +215,8 @@ def sbatch_parameters(settings: SlurmSettings, job: Job) -> dict:
             params[key] = getattr(settings, key)
     if settings.gpus_per_run:
         params["gpus_per_node"] = settings.gpus_per_run
-    if settings.mem_gb:
-        params["mem"] = f"{settings.mem_gb:g}GB"
+    if settings.mem_gb:  # sbatch reads a bare number as MB
+        params["mem"] = f"{settings.mem_gb:g}G" if settings.mem_gb == int(settings.mem_gb) else f"{math.ceil(settings.mem_gb * 1024)}M"
     if settings.setup:
         params["setup"] = list(settings.setup)
     return params
