@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # on a GPU machine override it, e.g. `make demo TORCH=torch` for the default CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench slurm slurm-stop clean
 
 setup: $(VENV)/.installed
 
@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,data,pg,ray]"
+	$(PY) -m pip install -q -e ".[dev,data,pg,ray,slurm]"
 	touch $@
 
 # The main job on embedded defaults: a short real research campaign on tiny-cpu (optuna
@@ -30,6 +30,16 @@ demo: setup
 test: setup
 	$(VENV)/bin/pretrainlab data prepare --builtin
 	$(PY) -m pytest -q
+
+# A real one-node SLURM cluster on this machine (root; installs Debian's slurm-wlm and munge if
+# missing) for `--runner slurm` and tests/test_slurm.py. Then, in your shell:
+#   eval "$$(scripts/slurm-local.sh env)"      # SLURM_CONF for sinfo, sbatch and the lab
+SLURM_DIR ?= /tmp/pretrainlab-slurm
+slurm:
+	scripts/slurm-local.sh start $(SLURM_DIR)
+
+slurm-stop:
+	scripts/slurm-local.sh stop $(SLURM_DIR)
 
 bench: setup
 	$(PY) bench/throughput.py

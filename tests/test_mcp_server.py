@@ -317,7 +317,8 @@ def test_http_off_loopback_wants_the_bearer_token(tmp_path):
 
 def test_every_tool_is_a_cli_command_and_research_start_takes_its_flags():
     """One operation, two faces: each tool is a `pretrainlab` command, and research_start's
-    arguments are `research start`'s flags (the CampaignConfig fields) less llm_base_url and ray_address."""
+    arguments are `research start`'s flags (the CampaignConfig fields) less llm_base_url, ray_address, slurm_profile and
+    slurm_account."""
     import dataclasses
 
     from pretrainlab.cli import build_parser
@@ -339,7 +340,7 @@ def test_every_tool_is_a_cli_command_and_research_start_takes_its_flags():
     tools = {t.name: t for t in asyncio.run(build_server().list_tools())}
     assert set(tools) == set(cli_of) and set(cli_of.values()) <= commands(build_parser())
     fields = {f.name for f in dataclasses.fields(CampaignConfig)}
-    assert set(tools["research_start"].input_schema["properties"]) == fields - {"llm_base_url", "ray_address"} | {"name"}
+    assert set(tools["research_start"].input_schema["properties"]) == fields - {"llm_base_url", "ray_address", "slurm_profile", "slurm_account"} | {"name"}
     # the tools that only read say so (a client may run those without asking); the rest change the ledger or write a file
     assert {n for n, t in tools.items() if t.annotations.read_only_hint} == {n for n in cli_of if not n.startswith("research_")} | \
         {"research_status", "research_log"}

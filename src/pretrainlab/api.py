@@ -386,7 +386,7 @@ def research_mixture(recipe: str = "tiny-cpu", overrides: list[str] | None = Non
 
 
 def research_resume(campaign: str, db: str | None = None, echo: bool = True, **changes) -> str:
-    """Continue a campaign; budget_runs / budget_hours / parallel / gpus / runner / ray_address extend or reshape it."""
+    """Continue a campaign; budget_runs / budget_hours / parallel / gpus / runner / ray_address / slurm_* extend or reshape it."""
     from .research import manage
 
     return manage.resume(campaign, db=db, echo=echo, **changes)

@@ -59,7 +59,9 @@ TOKEN_ENV = "PRETRAINLAB_MCP_TOKEN"
 NOT_OVER_MCP = {"llm_base_url": "the LLM endpoint is the server's to set (env ANTHROPIC_BASE_URL / OPENAI_BASE_URL): it receives "
                                 "the API key",
                 "ray_address": "the Ray cluster is the server's to set (env RAY_ADDRESS): the lab runs its jobs there and "
-                               "deserialises what it sends back"}
+                               "deserialises what it sends back",
+                "slurm_profile": "a SLURM profile is a file on the server's machine: the server's to choose",
+                "slurm_account": "the SLURM account the jobs are charged to is the server's to set"}
 CAPPED = ("spend_cap_usd", "spend_cap_tokens")  # a model may lower these below the lab's defaults, not raise them
 
 REVIEW_CAMPAIGN = """\

@@ -720,6 +720,10 @@ class Campaign:
             pythonpath = str(tree_dir / "src")
         timeout = self.run_timeout(recipe)
         run_dir = self.run_dir(exp["id"], seed)
+        if self.runner.adopt(f"{exp['id']}-s{seed}"):  # an earlier loop's job, still queued or running (SLURM): followed as it is
+            return Job(f"{exp['id']}-s{seed}", str(recipe_path), run_dir, [f"seed={self.base.seed + seed}"], timeout_s=timeout,
+                       pythonpath=pythonpath, env={"PRETRAINLAB_NO_LEDGER": "1"}, resume=run_dir.exists(),
+                       score_path=self.score_path(f"{exp['id']}-s{seed}"), score_data=self.score_data())
         if self.runner.release_orphan(f"{exp['id']}-s{seed}"):  # still running from a loop that was killed: stopped cleanly
             self.log(f"{exp['id']}-s{seed}: stopped the run a previous loop left running; resuming it from its checkpoint")
         if run_dir.exists():  # interrupted by a previous loop's death: continue it, or start over

@@ -7,18 +7,31 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..config import Recipe, apply_overrides, doc
 from ..errors import UserError
 from ..runners import RUNNERS
 
+# the SLURM settings of --runner slurm (runners/slurm.py: SlurmSettings, from the profile with the flags over it)
+SLURM_FIELDS = ("slurm_profile", "slurm_partition", "slurm_account", "slurm_time", "slurm_cpus_per_run", "slurm_gpus_per_run")
 # what `research resume` may change in a campaign's settings
-RESUMABLE = ("budget_runs", "budget_hours", "parallel", "gpus", "runner", "ray_address", "spend_cap_usd", "spend_cap_tokens")
-RUNNER_DOC = "where runs train: local (processes on this machine) or ray (a Ray cluster: docs/scale.md)"
+RESUMABLE = ("budget_runs", "budget_hours", "parallel", "gpus", "runner", "ray_address", *SLURM_FIELDS, "spend_cap_usd",
+             "spend_cap_tokens")
+RUNNER_DOC = ("where runs train: local (processes on this machine), ray (a Ray cluster) or slurm (jobs on a SLURM cluster): "
+              "docs/scale.md")
 RAY_ADDRESS_DOC = ("--runner ray: the cluster (host:port, ray://host:10001, or auto for the one running here); "
                    "default: env RAY_ADDRESS, else a new Ray instance on this machine")
-GPUS_DOC = ("comma-separated GPU indices, one per slot (e.g. 0,1,2,3); with --runner ray any list (e.g. 0) gives each slot "
-            "one GPU, placed by Ray; default: CPU processes")
+GPUS_DOC = ("comma-separated GPU indices, one per slot (e.g. 0,1,2,3); with --runner ray or slurm any list (e.g. 0) gives "
+            "each slot one GPU, placed by the cluster; default: CPU processes")
+SLURM_PROFILE_DOC = ("--runner slurm: a TOML file of SLURM settings (partition, account, qos, time, cpus_per_run, gpus_per_run, "
+                     "mem_gb, constraint, setup, sbatch: docs/scale.md); the --slurm-* flags override it")
+SLURM_PARTITION_DOC = "--runner slurm: the partition runs go to (default: the profile's, else the cluster's default)"
+SLURM_ACCOUNT_DOC = "--runner slurm: the account the jobs are charged to (sbatch --account)"
+SLURM_TIME_DOC = ("--runner slurm: each run's job time limit, minutes or [D-]HH:MM:SS (default: the run's timeout plus time to "
+                  "checkpoint); a run still going at the limit checkpoints and is requeued")
+SLURM_CPUS_DOC = "--runner slurm: CPUs per run, its training threads on CPU (default 1)"
+SLURM_GPUS_DOC = "--runner slurm: GPUs per run, 0 or 1 (default: 1 with --gpus, else 0)"
 
 # the mixture search (research/mixture.py)
 TOP_MIXTURES = 100  # the recommendation is the mean of this many best-predicted mixtures of the pool
@@ -43,6 +56,12 @@ class CampaignConfig:
     gpus: list[int] | None = doc(GPUS_DOC, None)
     runner: str = doc(RUNNER_DOC, "local")
     ray_address: str | None = doc(RAY_ADDRESS_DOC, None)
+    slurm_profile: str | None = doc(SLURM_PROFILE_DOC, None)
+    slurm_partition: str | None = doc(SLURM_PARTITION_DOC, None)
+    slurm_account: str | None = doc(SLURM_ACCOUNT_DOC, None)
+    slurm_time: str | None = doc(SLURM_TIME_DOC, None)
+    slurm_cpus_per_run: int | None = doc(SLURM_CPUS_DOC, None)
+    slurm_gpus_per_run: int | None = doc(SLURM_GPUS_DOC, None)
     seeds: int = doc("replicates for the baseline and each confirmation", 3)
     alpha: float = doc("two-sided significance level of a decision", 0.05)
     max_looks: int = doc("paired/welch: confirmation rounds per experiment (sequential looks, alpha split between them)", 2)
@@ -97,6 +116,7 @@ class CampaignConfig:
         if self.screen_noise < 0 or not 0 < self.adopt_p < 1 or self.rung_stop <= 0:
             raise UserError("--screen-noise must be >= 0, --adopt-p in (0, 1) and --rung-stop > 0")
         check_runner(self.runner, self.ray_address, self.gpus, self.parallel)
+        check_slurm(self)
         if self.parallel < 1 or (self.seeds < 2 and self.decision != "greedy"):
             raise UserError("--parallel must be >= 1 and --seeds >= 2 (a t-test needs two replicates)")
         if self.screen_margin < 0:
@@ -128,6 +148,21 @@ def check_runner(runner: str, ray_address: str | None, gpus: list[int] | None, p
         raise UserError("--ray-address names a Ray cluster: add --runner ray, or drop --ray-address")
     if runner == "local" and gpus is not None and len(gpus) < parallel:
         raise UserError(f"--parallel {parallel} needs {parallel} GPUs, --gpus lists {len(gpus)}: lower --parallel or list more")
+
+
+def check_slurm(cfg) -> None:
+    """--slurm-* settings only with --runner slurm; with it, a profile file and flags that are
+    valid (read now, before anything heavy is imported). The profile's path is made absolute."""
+    given = [f for f in SLURM_FIELDS if getattr(cfg, f) is not None]
+    if cfg.runner != "slurm":
+        if given:
+            raise UserError(f"--{given[0].replace('_', '-')} is a SLURM setting: add --runner slurm, or drop it")
+        return
+    from ..runners import slurm_settings
+
+    if cfg.slurm_profile:  # kept in the campaign's record: a resume from another directory reads the same file
+        cfg.slurm_profile = str(Path(cfg.slurm_profile).expanduser().resolve())
+    slurm_settings(cfg)
 
 
 def check_run_budget_and_transfer(run_budget: str, transfer: list[str]) -> None:
@@ -173,6 +208,12 @@ class MixtureConfig:
     gpus: list[int] | None = doc(GPUS_DOC, None)
     runner: str = doc(RUNNER_DOC, "local")
     ray_address: str | None = doc(RAY_ADDRESS_DOC, None)
+    slurm_profile: str | None = doc(SLURM_PROFILE_DOC, None)
+    slurm_partition: str | None = doc(SLURM_PARTITION_DOC, None)
+    slurm_account: str | None = doc(SLURM_ACCOUNT_DOC, None)
+    slurm_time: str | None = doc(SLURM_TIME_DOC, None)
+    slurm_cpus_per_run: int | None = doc(SLURM_CPUS_DOC, None)
+    slurm_gpus_per_run: int | None = doc(SLURM_GPUS_DOC, None)
     alpha: float = doc("two-sided significance level of each claim", 0.05)
     design_seed: int = doc("seed of the sampled mixtures, the search and the bootstrap", 0)
     concentration: list[float] = doc("[low, high] total Dirichlet concentration of the sampled mixtures", list(CONCENTRATION))
@@ -186,6 +227,7 @@ class MixtureConfig:
         if self.parallel < 1:
             raise UserError(f"--parallel must be >= 1, got {self.parallel}")
         check_runner(self.runner, self.ray_address, self.gpus, self.parallel)
+        check_slurm(self)
         if not 0 < self.alpha < 0.5:
             raise UserError(f"--alpha must be in (0, 0.5), got {self.alpha}")
         if len(self.concentration) != 2 or not 0 < self.concentration[0] <= self.concentration[1]:

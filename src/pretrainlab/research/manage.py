@@ -23,6 +23,7 @@ from ..errors import UserError
 from ..ledger.store import Phase, Role
 from ..runners import make_runner
 from .campaign import Campaign, CampaignConfig, slots_text
+from .config import SLURM_FIELDS
 from .strategies import STRATEGIES, Strategy
 
 
@@ -135,7 +136,7 @@ def launch(cfg: CampaignConfig, author: str, name: str | None = None, db: str | 
 
 def resume(campaign_id: str, db: str | None = None, echo: bool = True, author: str = "person", **changes) -> str:
     """Continue a campaign. `changes` extend or reshape it (budget_runs, budget_hours,
-    parallel, gpus, runner, ray_address, spend_cap_usd, spend_cap_tokens; None keeps a value): recorded in its
+    parallel, gpus, runner, ray_address, slurm_*, spend_cap_usd, spend_cap_tokens; None keeps a value): recorded in its
     config and as a note by `author`. A screen that was promising but left inconclusive for
     lack of runs is replicated once the budget has room."""
     from ..ledger import Ledger
@@ -146,6 +147,8 @@ def resume(campaign_id: str, db: str | None = None, echo: bool = True, author: s
     changes = {k: v for k, v in changes.items() if v is not None}
     if changes.get("runner", "ray") != "ray" and "ray_address" not in changes:
         changes["ray_address"] = None  # back on this machine: the cluster's address goes with the runner
+    if changes.get("runner", "slurm") != "slurm":  # off SLURM: its settings go with the runner
+        changes.update({k: None for k in SLURM_FIELDS if k not in changes})
     if row["config"].get("kind") == "mixture":  # its plan is fixed: only the slots can change
         from . import mixture_campaign
 

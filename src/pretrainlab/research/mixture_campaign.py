@@ -48,14 +48,14 @@ from ..rundir import read_json, read_summary
 from ..train.rundir_lock import lock_holder
 from . import mixture
 from .campaign import DECIDER
-from .config import MixtureConfig  # noqa: F401 (imported from here too)
+from .config import SLURM_FIELDS, MixtureConfig  # noqa: F401 (MixtureConfig: imported from here too)
 from .stats import IMPROVEMENT, REGRESSION, pooled_paired
 
 LEDGER_ROLES = {"proxy": Role.PROXY, "natural": Role.REFERENCE, "uniform": Role.REFERENCE, "recommended": Role.RECOMMENDED}  # arm -> ledger role
 
 PROPOSER = "mixture design"  # proxies and the recommendation are attributed to it (a strategy)
 KIND = "mixture"  # campaigns.config["kind"]: how `research status / resume` and `report` tell this campaign apart
-RESUMABLE = ("parallel", "gpus", "runner", "ray_address")  # what `research resume` may change: its plan is fixed, its slots are not
+RESUMABLE = ("parallel", "gpus", "runner", "ray_address", *SLURM_FIELDS)  # what `research resume` may change: its plan is fixed, its slots are not
 PROXY_SEED = 0  # every proxy runs on this seed index; the confirmation uses 1..confirm_seeds
 ROLES = ("natural", "uniform", "recommended")  # the confirmation's arms, at each scale
 
@@ -372,6 +372,9 @@ class MixtureCampaign:
         key = f"{exp['id']}-s{seed}"
         run_dir = self.run_dir(exp["id"], seed)
         resume = False
+        if self.runner.adopt(key):  # an earlier loop's job, still queued or running (SLURM): followed as it is
+            return Job(key, str(recipe_path), run_dir, [f"seed={self.base.seed + seed}"], timeout_s=self.run_timeout(recipe),
+                       env={"PRETRAINLAB_NO_LEDGER": "1"}, resume=run_dir.exists(), score_path=self.score_path(key))
         if self.runner.release_orphan(key):
             self.log(f"{key}: stopped the run a previous loop left running; resuming it from its checkpoint")
         if run_dir.exists():  # left by a loop that died: continue it, or start over

@@ -220,6 +220,10 @@ class SimulatedRunner(Slots):
         """Nothing outlives an in-process campaign: there are never orphans to stop."""
         return False
 
+    def adopt(self, key: str) -> bool:
+        """Nor any job to adopt."""
+        return False
+
     def scoring_resources(self) -> dict:
         """Simulated runs have no weights: the lab's scoring never runs here."""
         return {"threads": 1, "gpus": False, "env": {}}

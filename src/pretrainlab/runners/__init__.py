@@ -1,8 +1,9 @@
 """Runners execute training jobs behind one interface (base.Runner: submit / poll / stop /
-free_slots ...): `local` (process slots on this machine, runners/local.py) and `ray` (actors
-on a Ray cluster, runners/ray.py). A campaign gets its runner from its settings:
+free_slots ...): `local` (process slots on this machine, runners/local.py), `ray` (actors
+on a Ray cluster, runners/ray.py) and `slurm` (batch jobs on a SLURM cluster, runners/slurm.py).
+A campaign gets its runner from its settings:
 
-    runner = make_runner(cfg, workdir)    # cfg.runner, cfg.parallel, cfg.gpus, cfg.ray_address; job logs in workdir/logs
+    runner = make_runner(cfg, workdir)    # cfg.runner, cfg.parallel, cfg.gpus, cfg.ray_address, cfg.slurm_*; job logs in workdir/logs
 """
 
 from pathlib import Path
@@ -21,13 +22,31 @@ def _ray(cfg, log_dir: Path) -> Runner:
     return RayRunner(cfg.parallel, address=cfg.ray_address, gpus=cfg.gpus is not None, log_dir=log_dir)
 
 
-RUNNERS = {"local": _local, "ray": _ray}  # CampaignConfig.runner / MixtureConfig.runner -> its factory
+def _slurm(cfg, log_dir: Path) -> Runner:
+    from .slurm import SlurmRunner  # submitit is an optional dependency, imported only when asked for
+
+    return SlurmRunner(cfg.parallel, settings=slurm_settings(cfg), log_dir=log_dir)
+
+
+def slurm_settings(cfg):
+    """A campaign's SLURM settings (runners/slurm.py: SlurmSettings): its --slurm-profile with its
+    --slurm-* flags over it; with --gpus (any list) and no GPU count of their own, one GPU per run."""
+    from .slurm import settings_from
+
+    gpus = cfg.slurm_gpus_per_run
+    if gpus is None and cfg.gpus is not None:
+        gpus = 1
+    return settings_from(cfg.slurm_profile, partition=cfg.slurm_partition, account=cfg.slurm_account, time=cfg.slurm_time,
+                         cpus_per_run=cfg.slurm_cpus_per_run, gpus_per_run=gpus)
+
+
+RUNNERS = {"local": _local, "ray": _ray, "slurm": _slurm}  # CampaignConfig.runner / MixtureConfig.runner -> its factory
 
 
 def make_runner(cfg, workdir: Path) -> Runner:
     """The runner a campaign's settings name (a CampaignConfig or MixtureConfig: its runner,
-    parallel, gpus and ray_address), with its job logs under workdir/logs."""
+    parallel, gpus, ray_address and slurm_* settings), with its job logs under workdir/logs."""
     return RUNNERS[cfg.runner](cfg, Path(workdir) / "logs")
 
 
-__all__ = ["Job", "JobResult", "LocalRunner", "Runner", "RunnerEvent", "RUNNERS", "make_runner"]
+__all__ = ["Job", "JobResult", "LocalRunner", "Runner", "RunnerEvent", "RUNNERS", "make_runner", "slurm_settings"]

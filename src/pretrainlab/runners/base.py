@@ -1,16 +1,17 @@
 """What every runner is: the `Runner` protocol the campaign loops program against, the job and
 result types, and the slot bookkeeping the real runners share.
 
-    runner = make_runner(cfg, workdir)          # cfg.runner: "local" (runners/local.py) or "ray" (runners/ray.py)
+    runner = make_runner(cfg, workdir)          # cfg.runner: "local" (runners/local.py), "ray" (runners/ray.py), "slurm" (runners/slurm.py)
     runner.submit(Job("exp3-seed0", "tiny-cpu", Path("runs/exp3-seed0"), ["optim.lr=0.02"], timeout_s=120))
     for result in runner.poll(): ...            # finished jobs
     for event in runner.take_events(): ...      # what the runner did on its own (a run requeued after its node died)
 
-Three implementations: LocalRunner (process slots on this machine), RayRunner (actors on a Ray
-cluster) and research/simulate.py's SimulatedRunner (a virtual clock, for the campaign logic's
-tests). LocalRunner and RayRunner share `SlotRunner`: slot numbers, the idle and utilisation
-accounting, the job spec the job process reads (runners/job.py), results from the run
-directory, and stopping a job process a previous campaign loop left behind.
+Four implementations: LocalRunner (process slots on this machine), RayRunner (actors on a Ray
+cluster), SlurmRunner (batch jobs on a SLURM cluster) and research/simulate.py's SimulatedRunner
+(a virtual clock, for the campaign logic's tests). The three real ones share `SlotRunner`: slot
+numbers, the idle and utilisation accounting, the job spec the job process reads
+(runners/job.py), results from the run directory, and stopping a job process a previous
+campaign loop left behind.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ class JobResult:
 class RunnerEvent:
     """Something a runner did on its own that belongs on the record (the campaign notes it)."""
 
-    kind: str  # 'requeued' (a run lost with its node starts again elsewhere), 'excluded' (a node gets no more runs), 'gave_up'
+    kind: str  # 'requeued' (a run lost with its node starts again elsewhere), 'excluded' (a node gets no more runs), 'gave_up',
+    # 'adopted' (a job an earlier loop started, still queued or running, is followed as it is)
     text: str  # one line for the ledger note
     key: str | None = None  # the job it concerns; None: the cluster
 
@@ -115,6 +117,12 @@ class Runner(Protocol):
     def release_orphan(self, key: str) -> bool:
         """Stop a job process for `key` that an earlier loop left running; True if there was one."""
 
+    def adopt(self, key: str) -> bool:
+        """Follow, as it is, a job for `key` that an earlier loop started and that still runs or
+        waits where this runner can follow it (a SLURM job in the queue): the next submit() of
+        `key` takes it over instead of starting another. True if there is one; runners whose jobs
+        end with their loop return False (release_orphan stops what is left)."""
+
     def idle_because(self, reason: str) -> None:
         """Why the free slots stay empty from now until the next submit or finished job."""
 
@@ -155,7 +163,7 @@ class Slots:
 
 
 class SlotRunner(Slots):
-    """Slots and their accounting for runners of real job processes (LocalRunner, RayRunner).
+    """Slots and their accounting for runners of real job processes (LocalRunner, RayRunner, SlurmRunner).
 
     A subclass keeps its runs in `self._running` (key -> a record with .job, .slot, .started_at,
     .term_sent_at and .reason), calls `_started` after it starts one and `_ended` when one is
@@ -227,6 +235,11 @@ class SlotRunner(Slots):
     def take_events(self) -> list[RunnerEvent]:
         events, self.events = self.events, []
         return events
+
+    def adopt(self, key: str) -> bool:
+        """A local process or a Ray actor does not outlive its loop in a form this runner can
+        follow: never (release_orphan stops it instead)."""
+        return False
 
     # ---- the job process's spec and result ---------------------------------------------------
 

@@ -1,0 +1,252 @@
+"""`--runner slurm` (runners/slurm.py) against a real SLURM cluster: the one-node cluster of
+scripts/slurm-local.sh (Debian's slurm-wlm; `.ci/run` starts it, `make slurm` here, then
+`eval "$(scripts/slurm-local.sh env)"`). Without a cluster that answers `sinfo`, the cluster
+tests are skipped with the reason.
+
+A campaign of two runs goes through `pretrainlab research start --runner slurm`; one of its
+jobs is requeued with `scontrol requeue` once it has a checkpoint, then the campaign's loop is
+killed with SIGKILL and `research resume` adopts the jobs still in the queue: every run
+finishes once, the requeued one from its checkpoint, and nothing is submitted twice. A run
+warned of its job's time limit (SIGUSR2) checkpoints and its job is requeued, then resumed.
+What a run's job asks SLURM for, and the profile file's validation, need no cluster."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from conftest import cli, set_args, tiny_overrides
+
+from pretrainlab import rundir
+from pretrainlab.errors import UserError
+from pretrainlab.ledger import Ledger
+from pretrainlab.research import manage
+from pretrainlab.research.campaign import Campaign, CampaignConfig
+from pretrainlab.runners import Job, slurm_settings
+from pretrainlab.runners.slurm import SlurmRunner, SlurmSettings, load_profile, sbatch_parameters, settings_from
+
+START_HINT = 'start one with `make slurm` (scripts/slurm-local.sh, as root), then `eval "$(scripts/slurm-local.sh env)"`'
+
+
+def no_cluster() -> str | None:
+    """Why there is no SLURM cluster to test against, or None."""
+    if os.environ.get("PRETRAINLAB_NO_SLURM"):  # .ci/run could not start one
+        return os.environ["PRETRAINLAB_NO_SLURM"]
+    try:
+        proc = subprocess.run(["sinfo", "--noheader", "--format=%P %T"], capture_output=True, text=True, timeout=30)
+    except FileNotFoundError:
+        return f"no SLURM commands (sinfo) here: {START_HINT}"
+    if proc.returncode != 0:
+        return f"no SLURM cluster answers (sinfo: {'; '.join(proc.stderr.split(chr(10)))[:300]}): {START_HINT}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    pytest.importorskip("submitit", reason="--runner slurm needs submitit: pip install 'pretrainlab[slurm]' (make setup installs it)")
+    reason = no_cluster()
+    if reason:
+        pytest.skip(reason)
+    rows = subprocess.run(["sinfo", "--noheader", "--format=%P %T"], capture_output=True, text=True, check=True).stdout.split("\n")
+    partitions = [r.split()[0] for r in rows if r.strip()]
+    default = next((p.rstrip("*") for p in partitions if p.endswith("*")), partitions[0])
+    return SimpleNamespace(partition=default)
+
+
+def squeue(job_ids: list[str]) -> dict[str, str]:
+    """{job id: state} for the jobs SLURM still knows."""
+    out = subprocess.run(["squeue", "--noheader", "--states=all", f"--jobs={','.join(job_ids)}", "--format=%i %T"],
+                         capture_output=True, text=True).stdout
+    return dict(line.split() for line in out.splitlines() if line.strip())
+
+
+def wait_for(what: str, check, timeout_s: float, loop: subprocess.Popen | None = None, log: Path | None = None):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        value = check()
+        if value:
+            return value
+        if loop is not None and loop.poll() is not None:
+            break
+        time.sleep(0.2)
+    tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+    raise AssertionError(f"{what}: not within {timeout_s:.0f} s\n{tail}")
+
+
+def test_a_campaign_on_slurm_survives_a_requeue_and_the_death_of_its_loop(corpus_dir, tmp_path, cluster, monkeypatch):
+    overrides = tiny_overrides(corpus_dir, **{"train.ckpt_every": 4})
+    # two runs in flight (the baseline and the first screen), each long enough (64 steps) to be requeued and outlive its loop.
+    # No early stopping: a tiny run's rung is its end
+    args = ["research", "start", "--runner", "slurm", "--slurm-partition", cluster.partition, "--slurm-time", "10", "--recipe",
+            "tiny-cpu", *set_args(overrides), "--run-budget", "65536tok", "--budget-runs", "2", "--parallel", "2", "--seeds", "1",
+            "--decision", "greedy", "--strategy", "random", "--no-early-stop", "--name", "on slurm"]
+    log = tmp_path / "loop.log"
+    with open(log, "w") as out:
+        loop = subprocess.Popen([sys.executable, "-m", "pretrainlab", *args], stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    try:
+        cid = wait_for("the campaign in the ledger", lambda: [c["id"] for c in Ledger().list_campaigns()], 120, loop, log)[0]
+        logs = Path(os.environ["PRETRAINLAB_WORKSPACE"]) / "runs" / "campaigns" / cid / "logs"
+
+        def jobs() -> dict[str, str]:  # {run key: SLURM job id}, as the runner recorded them
+            return {p.name.removesuffix(".slurm.json"): str(rundir.load_json(p)["job_id"]) for p in logs.glob("*.slurm.json")}
+
+        def a_run_with_a_checkpoint() -> str | None:
+            for key in jobs():
+                spec = rundir.load_json(logs / f"{key}.spec.json")
+                if list((Path(spec["run_dir"]) / "ckpt").glob("step_*.pt")) and not rundir.read_summary(Path(spec["run_dir"])):
+                    return key
+            return None
+
+        wait_for("both runs submitted", lambda: len(jobs()) == 2, 120, loop, log)
+        key = wait_for("a run with a checkpoint", a_run_with_a_checkpoint, 180, loop, log)
+        requeued_job = jobs()[key]
+        subprocess.run(["scontrol", "requeue", requeued_job], check=True, capture_output=True)
+        exp_id = key.rsplit("-s", 1)[0]
+        wait_for("the requeue noted by the loop", lambda: any("requeued" in n["text"] for n in Ledger().list_notes(experiment_id=exp_id)),
+                 60, loop, log)
+        os.killpg(loop.pid, signal.SIGKILL)  # the loop dies; its jobs are SLURM's and stay in the queue
+        loop.wait(timeout=30)
+        submitted = jobs()
+        live = {k for k, job_id in submitted.items() if squeue([job_id]).get(job_id) not in (None, "COMPLETED", "FAILED", "CANCELLED")}
+        assert key in live  # the requeued job is waiting to start again, or running again
+    finally:
+        if loop.poll() is None:
+            os.killpg(loop.pid, signal.SIGKILL)
+            loop.wait(timeout=30)
+
+    monkeypatch.setattr(Campaign, "record_hidden_test", lambda self: None)  # the close's scoring is tested elsewhere
+    manage.resume(cid, echo=False)
+    ledger = Ledger()
+    assert ledger.get_campaign(cid)["status"] == "done"
+    runs = ledger.list_runs(campaign=cid, columns=("run_id", "experiment_id", "seed", "status", "run_dir"))
+    keys = [(r["experiment_id"], r["seed"]) for r in runs]
+    assert len(runs) == 2 and len(set(keys)) == 2 and all(r["status"] == "ok" for r in runs)  # nothing lost, nothing repeated
+    assert jobs() == submitted and len(list((logs / "slurm").glob("*_submitted.pkl"))) == 2  # no run was submitted again
+    notes = [n["text"] for r in runs for n in ledger.list_notes(experiment_id=r["experiment_id"])]
+    for k in live:  # every job still in the queue when the loop died was followed by the next loop, not started again
+        assert any(n.startswith(f"run {k}: SLURM job {submitted[k]}") and "adopted" in n for n in notes), notes
+    for r in runs:
+        run_dir = Path(r["run_dir"])
+        resumes = rundir.load_json(run_dir / rundir.PROVENANCE).get("resumes", [])
+        steps = [row["step"] for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if row["type"] == "train"]
+        assert steps == list(range(1, 65))  # every step once: none lost to the requeue, none trained twice
+        if run_dir.name == key:  # the requeued run went on from its checkpoint (SIGTERM: one written as it stopped)
+            assert len(resumes) == 1 and resumes[0]["step"] > 0, resumes
+        else:
+            assert resumes == []  # the other job was never interrupted: adopted as it ran
+
+
+def test_a_run_warned_of_its_time_limit_checkpoints_and_its_job_is_requeued(corpus_dir, tmp_path, cluster):
+    """SIGUSR2 is what SLURM sends a job SIGNAL_DELAY_S before its time limit (submitit's --signal):
+    the run checkpoints, submitit requeues the job, and its next start resumes the run."""
+    runner = SlurmRunner(1, SlurmSettings(partition=cluster.partition, time="10"), log_dir=tmp_path / "logs")
+    run_dir = tmp_path / "warned-s0"
+    runner.submit(Job("warned-s0", "tiny-cpu", run_dir, tiny_overrides(corpus_dir, **{"budget.tokens": 65536, "budget.seconds": 0,
+                                                                                        "train.ckpt_every": 4}), timeout_s=600))
+    try:
+        job_id = str(rundir.load_json(tmp_path / "logs" / "warned-s0.slurm.json")["job_id"])
+        wait_for("a checkpoint", lambda: list((run_dir / "ckpt").glob("step_*.pt")), 180)
+        subprocess.run(["scancel", "--signal=USR2", job_id], check=True, capture_output=True)
+        results, events = [], []
+        deadline = time.time() + 240
+        while runner.busy() and time.time() < deadline:
+            results += runner.poll()
+            events += runner.take_events()
+            runner.sleep(0.5)
+    finally:
+        runner.shutdown()
+    (result,) = results
+    assert result.status == "ok", result.stderr_tail
+    assert [e.kind for e in events] == ["requeued"] and events[0].text.startswith(f"run warned-s0: SLURM job {job_id} requeued")
+    resumes = rundir.load_json(run_dir / rundir.PROVENANCE)["resumes"]
+    assert len(resumes) == 1 and resumes[0]["step"] > 0, resumes
+    steps = [row["step"] for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if row["type"] == "train"]
+    assert steps == list(range(1, 65))
+    assert "SIGTERM: checkpointing" in (run_dir / "log.txt").read_text()  # stopped by the runner's job, not killed
+    assert squeue([job_id]) == {job_id: "COMPLETED"}
+
+
+# ---- no cluster needed ------------------------------------------------------------------------
+
+
+def sbatch_script(settings: SlurmSettings, job: Job, folder: Path, monkeypatch) -> list[str]:
+    """The batch script submitit's SlurmExecutor writes for `job` with these settings, as the
+    runner configures it (what sbatch receives)."""
+    import submitit
+
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 2))  # no `srun` needed on this machine
+    executor = submitit.SlurmExecutor(folder=folder)
+    executor.update_parameters(**sbatch_parameters(settings, job))
+    return executor._make_submission_file_text("python -u -m submitit.core._submit FOLDER", "uid").splitlines()
+
+
+def test_what_a_runs_job_asks_slurm_for(tmp_path, monkeypatch):
+    pytest.importorskip("submitit", reason="--runner slurm needs submitit: pip install 'pretrainlab[slurm]'")
+    job = Job("e3-s1", "tiny-cpu", tmp_path / "e3-s1", timeout_s=300)
+    settings = SlurmSettings(partition="gpu", account="lab", qos="high", time="2:00:00", cpus_per_run=8, gpus_per_run=1, mem_gb=32,
+                             constraint="h100", setup=["module load cuda/12.4"], sbatch={"reservation": "pretrain"})
+    script = sbatch_script(settings, job, tmp_path, monkeypatch)
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --account=lab", "#SBATCH --qos=high", "#SBATCH --time=120",
+                 "#SBATCH --cpus-per-task=8", "#SBATCH --gpus-per-node=1", "#SBATCH --mem=32G", "#SBATCH --constraint=h100",
+                 "#SBATCH --requeue", "#SBATCH --signal=USR2@90", "#SBATCH --reservation=pretrain", "#SBATCH --job-name=pretrainlab-e3-s1"):
+        assert line in script, (line, script)
+    assert script.index("module load cuda/12.4") < next(i for i, s in enumerate(script) if s.startswith("srun "))
+    # no time limit given: the run's own timeout plus SLURM's warning (300 + 90 + 60 s), else an hour
+    assert "#SBATCH --time=8" in sbatch_script(SlurmSettings(), job, tmp_path, monkeypatch)
+    plain = sbatch_script(SlurmSettings(), Job("e3-s2", "tiny-cpu", tmp_path / "e3-s2"), tmp_path, monkeypatch)
+    assert "#SBATCH --time=60" in plain and "#SBATCH --requeue" in plain and "#SBATCH --cpus-per-task=1" in plain
+    assert not any(s.startswith(("#SBATCH --partition", "#SBATCH --account", "#SBATCH --gpus", "#SBATCH --mem")) for s in plain)
+    assert "#SBATCH --mem=1536M" in sbatch_script(SlurmSettings(mem_gb=1.5), job, tmp_path, monkeypatch)
+
+
+def test_the_flags_and_the_profile_make_the_settings(tmp_path):
+    profile = tmp_path / "slurm.toml"
+    profile.write_text('partition = "gpu"\naccount = "lab"\ntime = "4:00:00"\ncpus_per_run = 16\ngpus_per_run = 1\n'
+                       'setup = ["source /shared/venv/bin/activate"]\n[sbatch]\nreservation = "pretrain"\n')
+    cfg = CampaignConfig(runner="slurm", slurm_profile=str(profile), slurm_partition="debug", slurm_time="30")
+    s = slurm_settings(cfg)  # the flags over the profile
+    assert (s.partition, s.account, s.time, s.cpus_per_run, s.gpus_per_run, s.sbatch) == ("debug", "lab", "30", 16, 1, {"reservation": "pretrain"})
+    assert slurm_settings(CampaignConfig(runner="slurm", gpus=[0])).gpus_per_run == 1  # --gpus: one GPU per run, as with Ray
+    assert slurm_settings(CampaignConfig(runner="slurm")).gpus_per_run == 0
+
+
+def one_line_error(fn) -> str:
+    with pytest.raises(UserError) as e:
+        fn()
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_a_bad_profile_or_flag_is_a_one_line_error_naming_it(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('partiton = "gpu"\n')
+    msg = one_line_error(lambda: load_profile(bad))
+    assert "unknown key 'partiton'" in msg and "did you mean 'partition'" in msg
+    assert "the keys are partition, account, qos, time, cpus_per_run, gpus_per_run, mem_gb, constraint, setup, sbatch" in msg
+    bad.write_text("cpus_per_run = \"8\"\n")
+    assert "cpus_per_run = '8' is not an integer" in one_line_error(lambda: load_profile(bad))
+    bad.write_text("partition = \n")
+    assert "not valid TOML" in one_line_error(lambda: load_profile(bad))
+    assert "no such file" in one_line_error(lambda: load_profile(tmp_path / "missing.toml"))
+    assert "slurm time '3 hours': use minutes" in one_line_error(lambda: settings_from(time="3 hours"))
+    assert "gpus_per_run must be 0 or 1" in one_line_error(lambda: settings_from(gpus_per_run=2))
+    assert "slurm time '4' is too short" in one_line_error(lambda: settings_from(time="4"))
+    assert one_line_error(lambda: CampaignConfig(slurm_partition="gpu")) == \
+        "--slurm-partition is a SLURM setting: add --runner slurm, or drop it"
+
+    # through the CLI: exit code 2 and one line, and the profile is read before anything heavy is imported
+    bad.write_text('partition = "gpu"\nacount = "lab"\n')
+    proc = cli("research", "start", "--runner", "slurm", "--slurm-profile", str(bad))
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
+    assert "unknown key 'acount' (did you mean 'account'?)" in proc.stderr
+    check = ("import sys\nfrom pretrainlab.cli import main\n"
+             f"code = main(['research', 'start', '--runner', 'slurm', '--slurm-profile', {str(bad)!r}])\n"
+             "print(code, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["2", "False"], out.stdout + out.stderr
