@@ -7,7 +7,7 @@ on a Ray cluster, runners/ray.py). A campaign gets its runner from its settings:
 
 from pathlib import Path
 
-from .base import Job, JobResult, Runner, RunnerEvent
+from .base import Attempt, Job, JobResult, Runner, RunnerEvent
 from .local import LocalRunner
 
 
@@ -30,4 +30,4 @@ def make_runner(cfg, workdir: Path) -> Runner:
     return RUNNERS[cfg.runner](cfg, Path(workdir) / "logs")
 
 
-__all__ = ["Job", "JobResult", "LocalRunner", "Runner", "RunnerEvent", "RUNNERS", "make_runner"]
+__all__ = ["Attempt", "Job", "JobResult", "LocalRunner", "Runner", "RunnerEvent", "RUNNERS", "make_runner"]
