@@ -159,8 +159,15 @@ def local_ray_cluster(num_nodes: int):
 def utilisation(ledger, campaign_id: str) -> dict:
     """A campaign's last loop's slot utilisation and idle slot-time (Campaign.closing_stats)."""
     c = ledger.get_campaign(campaign_id)["config"]["closing"][-1]
-    return {"queued": c["utilisation_queued"], "until_last_start": c["utilisation_until_last_start"], "overall": c["utilisation"],
-            "idle_s": c["idle_s"], "seconds": c["seconds"]}
+    out = {"queued": c["utilisation_queued"], "until_last_start": c["utilisation_until_last_start"], "overall": c["utilisation"],
+           "idle_s": c["idle_s"], "seconds": c["seconds"]}
+    tries = ledger.list_attempts(campaign_id)
+    if tries and "busy_s" in c:  # a slot counts as busy from the runner taking the run; a Ray slot may then wait for a node
+        place = sum(a["place_s"] for a in tries)
+        overhead = c["idle_s"].get("overhead", 0.0)
+        out |= {"busy_s": c["busy_s"], "place_s": round(place, 1), "attempts": len(tries),
+                "queued_placed": (c["busy_s"] - place) / max(1e-9, c["busy_s"] + overhead)}
+    return out
 
 
 def compute_used(ledger, campaign_id: str, budget_tokens: int) -> float:
@@ -431,6 +438,10 @@ def print_utilisation(meta, results):
             xs = [x[f] for x in u if x[f] is not None]
             cells.append(f"{statistics.fmean(xs):.1%} ({min(xs):.0%}-{max(xs):.0%})" if xs else "n/a")
         print(f"| {arm} | {len(u)} | " + " | ".join(cells) + f" | {idle} |")
+    placed = [(r["campaign"], r["utilisation"]) for rows in results["arms"].values() for r in rows if "place_s" in r["utilisation"]]
+    for cid, u in placed:
+        print(f"\ncampaign {cid}: {u['attempts']} attempts; {u['place_s']:.0f} slot-seconds between the runner taking a run and a node "
+              f"starting it (of {u['busy_s']:.0f} busy); while work was queued, counting that wait as idle: {u['queued_placed']:.1%}")
 
 
 if __name__ == "__main__":

@@ -332,7 +332,7 @@ class Campaign:
         window = r.last_submit - r.created  # under a second: every run started at once, nothing to measure
         return {"status": status, "slots": r.num_slots, "utilisation_queued": busy / max(1e-9, busy + idle.get(OVERHEAD, 0.0)),
                 "utilisation_until_last_start": r.utilisation(until=r.last_submit) if window >= 1 else None,
-                "utilisation": r.utilisation(), "idle_s": {k: round(v, 1) for k, v in idle.items()},
+                "utilisation": r.utilisation(), "idle_s": {k: round(v, 1) for k, v in idle.items()}, "busy_s": round(busy, 1),
                 "seconds": round(r.time() - self.started, 1)}
 
     # ---- a. results and decisions ----------------------------------------------------------------------
