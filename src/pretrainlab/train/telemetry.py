@@ -63,7 +63,7 @@ def peak_flops(device: torch.device, dtype: str) -> float | None:
 def gpu_utilisation(device: torch.device):
     """A function giving the GPU's NVML utilisation now (% of the last sample period, 1/6 s to
     1 s, in which a kernel ran; about 10 us a call), or None on CPU or without NVML
-    (torch.cuda.utilization needs the nvidia-ml-py package)."""
+    (torch.cuda.utilization needs nvidia-ml-py: pip install 'pretrainlab[gpu]')."""
     if device.type != "cuda":
         return None
     try:
