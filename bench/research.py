@@ -28,16 +28,27 @@
 
     python bench/research.py --utilisation-only --runs 16 --run-budget 60s --campaign-seeds 3 --arms screen
 
+   With `--runner ray --ray-nodes 4` the campaigns run on a Ray cluster started on this
+   machine for the benchmark: a head node with no CPU for runs and 4 worker nodes of 1 CPU
+   each (`ray start`, one process group per node), so each of the 4 slots is a node:
+
+    python bench/research.py --utilisation-only --runner ray --ray-nodes 4 --parallel 4 --runs 16 --run-budget 16384tok --campaign-seeds 1 --arms screen
+
 Results: bench/results/research[-utilisation|-simulated]-DATE.json and Markdown on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import shutil
+import signal
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -83,11 +94,80 @@ def retrain(recipe: Recipe, seeds: list[int], workdir: Path) -> list[float]:
     return [_RETRAINED[recipe.hash(), s] for s in seeds]
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def local_ray_cluster(num_nodes: int):
+    """A Ray cluster on this machine: a head node with no CPU for runs and `num_nodes` worker
+    nodes of 1 CPU each, each `ray start --block` in a process group of its own; yields its
+    address and stops every node (and the workers Ray started) on exit."""
+    import ray
+
+    ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
+    if ray_bin is None:
+        sys.exit("--ray-nodes needs the `ray` command: pip install 'pretrainlab[ray]'")
+    temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths must fit in 107 characters
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    ip, port = ray.util.get_node_ip_address(), _free_port()
+    common = ["--block", f"--temp-dir={temp}", "--object-store-memory=100000000", "--disable-usage-stats"]
+    procs = []
+
+    def start(name: str, args: list[str]) -> None:
+        with open(temp / f"{name}.log", "w") as log:
+            procs.append(subprocess.Popen([ray_bin, "start", *args, *common, f"--dashboard-agent-listen-port={_free_port()}"], env=env,
+                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+
+    def listening() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex((ip, port)) == 0
+
+    def wait(what: str, ready, log: str) -> None:  # a loaded 2-core machine takes a minute or more per node
+        deadline = time.time() + 180
+        while not ready():
+            if time.time() > deadline or procs[-1].poll() is not None:
+                sys.exit(f"{what} did not start: {(temp / log).read_text()[-2000:]}")
+            time.sleep(0.5)
+
+    try:
+        start("head", ["--head", "--num-cpus=0", f"--port={port}", "--include-dashboard=false",
+                       f"--ray-client-server-port={_free_port()}", f"--dashboard-port={_free_port()}"])
+        wait("the Ray head", listening, "head.log")
+        os.environ.update({k: v for k, v in env.items() if k.startswith("RAY_")})
+        ray.init(address=f"{ip}:{port}", log_to_driver=False)
+        workers = lambda: sum(n["Alive"] and n["Resources"].get("CPU", 0) >= 1 for n in ray.nodes())
+        for i in range(num_nodes):  # one at a time: nodes started together time out registering on a loaded machine
+            start(f"node{i}", [f"--address={ip}:{port}", "--num-cpus=1"])
+            wait(f"Ray worker node {i}", lambda: workers() > i, f"node{i}.log")
+        ray.shutdown()  # the campaign's runner connects by itself, as `research start --ray-address` does
+        yield f"{ip}:{port}"
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        for entry in Path("/proc").iterdir():  # the workers Ray started, each in a process group of its own
+            with contextlib.suppress(OSError):
+                if entry.name.isdigit() and f"{temp}/" in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    os.kill(int(entry.name), signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
 def utilisation(ledger, campaign_id: str) -> dict:
     """A campaign's last loop's slot utilisation and idle slot-time (Campaign.closing_stats)."""
     c = ledger.get_campaign(campaign_id)["config"]["closing"][-1]
-    return {"queued": c["utilisation_queued"], "until_last_start": c["utilisation_until_last_start"], "overall": c["utilisation"],
-            "idle_s": c["idle_s"], "seconds": c["seconds"]}
+    out = {"queued": c["utilisation_queued"], "until_last_start": c["utilisation_until_last_start"], "overall": c["utilisation"],
+           "idle_s": c["idle_s"], "seconds": c["seconds"]}
+    tries = ledger.list_attempts(campaign_id)
+    if tries and "busy_s" in c:  # a slot counts as busy from the runner taking the run; a Ray slot may then wait for a node
+        place = sum(a["place_s"] for a in tries)
+        overhead = c["idle_s"].get("overhead", 0.0)
+        out |= {"busy_s": c["busy_s"], "place_s": round(place, 1), "attempts": len(tries),
+                "queued_placed": (c["busy_s"] - place) / max(1e-9, c["busy_s"] + overhead)}
+    return out
 
 
 def compute_used(ledger, campaign_id: str, budget_tokens: int) -> float:
@@ -235,6 +315,9 @@ def main():
     ap.add_argument("--aa-runs", type=int, default=12)
     ap.add_argument("--arms", default="screen,greedy-1-seed,random-greedy", help=f"comma-separated subset of {', '.join(ARMS)}")
     ap.add_argument("--utilisation-only", action="store_true", help="run the campaigns only: slot utilisation, no re-training or A/A")
+    ap.add_argument("--runner", default="local", choices=("local", "ray"), help="where the campaigns' runs go")
+    ap.add_argument("--ray-nodes", type=int, default=0,
+                    help="--runner ray: start a Ray cluster here of a head and this many 1-CPU worker nodes for the benchmark")
     ap.add_argument("--simulated", type=int, default=0, help="run the arms on this many simulated landscapes instead (in process)")
     ap.add_argument("--paired-noise", action="store_true", help="measure the paired-difference noise of one-key changes instead")
     ap.add_argument("--tag", default="", help="appended to the results file name")
@@ -243,13 +326,22 @@ def main():
     args = ap.parse_args()
     arms = {a: ARMS[a] for a in args.arms.split(",")}
     meta = {"date": date.today().isoformat(), "device": device_name(__import__("torch").device("cpu")), "platform": platform.platform(),
-            "command": " ".join(sys.argv)}
+            "command": " ".join(sys.argv), "runner": args.runner, "ray_nodes": args.ray_nodes or None}
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     if args.simulated:
         return simulated(args, arms, meta, out)
     if args.paired_noise:
         return paired_noise(args, meta, out)
+    if args.ray_nodes:
+        if args.runner != "ray":
+            sys.exit("--ray-nodes starts a Ray cluster for --runner ray: add --runner ray")
+        with local_ray_cluster(args.ray_nodes) as address:
+            return campaigns(args, arms, meta, out, address)
+    return campaigns(args, arms, meta, out, None)
+
+
+def campaigns(args, arms, meta, out, ray_address: str | None):
     work = Path(tempfile.mkdtemp(prefix="pretrainlab-bench-research-"))
     os.environ["PRETRAINLAB_WORKSPACE"] = str(work)
     os.environ.pop("ANTHROPIC_API_KEY", None)
@@ -279,7 +371,7 @@ def main():
                 save()
                 continue
             cfg = CampaignConfig(recipe="tiny-cpu", run_budget=args.run_budget, budget_runs=args.runs, parallel=args.parallel,
-                                 seeds=3, strategy_seed=cs, **kw)
+                                 seeds=3, strategy_seed=cs, runner=args.runner, ray_address=ray_address, **kw)
             started = time.time()
             cid = manage.start(cfg, name=f"{arm} seed {cs}", echo=False)
             wall = time.time() - started
@@ -346,6 +438,10 @@ def print_utilisation(meta, results):
             xs = [x[f] for x in u if x[f] is not None]
             cells.append(f"{statistics.fmean(xs):.1%} ({min(xs):.0%}-{max(xs):.0%})" if xs else "n/a")
         print(f"| {arm} | {len(u)} | " + " | ".join(cells) + f" | {idle} |")
+    placed = [(r["campaign"], r["utilisation"]) for rows in results["arms"].values() for r in rows if "place_s" in r["utilisation"]]
+    for cid, u in placed:
+        print(f"\ncampaign {cid}: {u['attempts']} attempts; {u['place_s']:.0f} slot-seconds between the runner taking a run and a node "
+              f"starting it (of {u['busy_s']:.0f} busy); while work was queued, counting that wait as idle: {u['queued_placed']:.1%}")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from types import SimpleNamespace
 import pytest
 from conftest import tiny_overrides
 
-from pretrainlab import rundir
+from pretrainlab import api, rundir
 from pretrainlab.errors import UserError
 from pretrainlab.ledger import Ledger
 from pretrainlab.research import manage
@@ -178,6 +178,10 @@ def test_a_campaign_on_a_two_node_ray_cluster(corpus_dir, workspace, cluster):
     notes = [n["text"] for n in Ledger().list_notes(campaign_id=cid)]
     assert any(n.startswith("closed done: slot utilisation") for n in notes)
     assert not any("requeued" in n or "excluded" in n for n in notes)
+    tries = Ledger().list_attempts(cid)  # one attempt per run, on the node its spec names, placed and run
+    assert sorted(a["node"] for a in tries) == sorted(where.values()) and all(a["outcome"] == "ok" and a["run_s"] > 0 for a in tries)
+    report = api.diagnose_campaign(cid)
+    assert not report.ids() & {"restarts", "straggler", "idle_accelerator"}, report.to_dict()["findings"]
 
 
 def test_a_run_lost_with_its_node_resumes_on_another(corpus_dir, workspace, cluster, monkeypatch):
@@ -215,6 +219,14 @@ def test_a_run_lost_with_its_node_resumes_on_another(corpus_dir, workspace, clus
     assert any(n.startswith(f"run {killed['key']}: lost on node {cluster.node2[:12]}") and "requeued" in n for n in exp_notes), exp_notes
     campaign_notes = [n["text"] for n in ledger.list_notes(campaign_id=cid)]
     assert any(n.startswith(f"Ray node {cluster.node2[:12]} excluded") for n in campaign_notes), campaign_notes
+    # the doctor's view: the lost attempt, its node and why, then the resumed one on the head
+    lost_try, final_try = [a for a in ledger.list_attempts(cid) if a["run_key"] == killed["key"]]
+    assert (lost_try["node"], lost_try["outcome"], final_try["node"], final_try["outcome"]) == (cluster.node2, "lost", cluster.head, "ok")
+    assert lost_try["reason"]
+    (f,) = [f for f in api.diagnose_campaign(cid).findings if f.id == "restarts"]
+    (row,) = f.evidence["runs"]
+    assert row["run"] == killed["key"] and row["lost"][0]["node"] == cluster.node2[:12] and row["resumes"] == [resumes[0]["step"]]
+    assert f.evidence["lost_by_node"] == {cluster.node2[:12]: 1} and f.evidence["recurring_nodes"] == []  # once: the cluster's
 
 
 def test_a_node_is_excluded_after_repeated_losses_unless_it_is_the_last(monkeypatch):

@@ -9,6 +9,7 @@ import pytest
 from conftest import set_args, tiny_overrides
 
 from pretrainlab import api
+from pretrainlab.doctor.cluster import Attempt, CampaignRun, diagnose_campaign
 
 
 def rows(run_dir):
@@ -50,3 +51,8 @@ def test_doctor_names_a_straggling_rank_from_times_taken_before_the_sync(corpus_
     f = next(f for f in report.findings if f.id == "straggler")
     assert f.evidence["rank"] == 1 and f.evidence["basis"] == "time before the first sync" and f.evidence["ratio"] > 1.15
     assert "data loading is slower" not in f.cause
+    # the campaign view names the run (and its node) with the straggling rank
+    run = CampaignRun("ddp-s0", tmp_path / "ddp", [Attempt(1, "node-a", 0.0, 0.0, 60.0, "ok")])
+    (c,) = [c for c in diagnose_campaign("c", [run]).findings if c.id == "straggler"]
+    assert c.evidence["runs"][0]["run"] == "ddp-s0" and c.evidence["runs"][0]["node"] == "node-a"
+    assert c.evidence["runs"][0]["evidence"]["rank"] == 1 and c.summary.startswith("run ddp-s0: rank 1")

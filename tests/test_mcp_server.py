@@ -120,6 +120,7 @@ def test_the_lab_through_the_mcp_client(corpus_dir, tmp_path):
                 ("research_approve", {"experiment": other}),
                 ("list_runs", {"status": "ok"}),
                 ("diagnose_run", {"run": str(run_dir)}),
+                ("diagnose_campaign", {"campaign": cid}),
                 ("research_report", {"campaign": cid}),
                 ("research_report", {"campaign": cid, "out": str(tmp_path / "elsewhere" / "report.html")}),
                 ("research_stop", {"campaign": cid}),
@@ -152,19 +153,20 @@ def test_the_lab_through_the_mcp_client(corpus_dir, tmp_path):
             return tools, templates, prompts, results, unknown, resources, no_run.value, review, diagnose, no_campaign_prompt.value
 
     tools, templates, prompts, results, unknown, resources, no_run, review, diagnose, no_campaign_prompt = asyncio.run(session())
-    assert tools == sorted(["list_recipes", "list_runs", "show_run", "compare_runs", "diagnose_run", "research_start", "research_status",
+    assert tools == sorted(["list_recipes", "list_runs", "show_run", "compare_runs", "diagnose_run", "diagnose_campaign", "research_start", "research_status",
                             "research_log", "research_report", "research_suggest", "research_approve", "research_reject",
                             "research_stop", "corpus_report", "data_why", "scaling_fit"])
     assert templates == ["campaign://{campaign}/log", "corpus://{name}/report", "run://{run}/summary"]
     assert prompts == ["review_campaign", "review_run"]
-    recipes, status, log, suggested, rejected, approved, runs, findings, report, outside_workspace, stopped, *bad = results
-    assert not any(r.is_error for r in results[:11]), [_text(r) for r in results[:11] if r.is_error]
+    recipes, status, log, suggested, rejected, approved, runs, findings, campaign_findings, report, outside_workspace, stopped, *bad = results
+    assert not any(r.is_error for r in results[:12]), [_text(r) for r in results[:12] if r.is_error]
 
     assert "tiny-cpu" in {r["name"] for r in _data(recipes)}
     assert _data(status)["campaign"] == cid and _data(status)["experiments"][0]["experiment"] == baseline
     assert "# Research log" in _data(log)
     assert str(run_dir) in {r["run_dir"] for r in _data(runs)}
     assert _data(findings)["facts"]["status"] == "ok"
+    assert _data(campaign_findings)["kind"] == "pretrainlab.doctor.campaign_report" and _data(campaign_findings)["campaign"] == cid
     # the report: written where asked inside the workspace (default runs/campaigns/ID/) or the temp folder, with the log
     written = _data(report)
     assert written["report"] == str((workspace / "runs" / "campaigns" / cid / "report.html").resolve())
@@ -325,7 +327,7 @@ def test_every_tool_is_a_cli_command_and_research_start_takes_its_flags():
     from pretrainlab.mcp_server import build_server
 
     cli_of = {"list_recipes": "recipes", "list_runs": "runs list", "show_run": "runs show", "compare_runs": "runs compare",
-              "diagnose_run": "doctor", "research_start": "research start", "research_status": "research status",
+              "diagnose_run": "doctor", "diagnose_campaign": "doctor", "research_start": "research start", "research_status": "research status",
               "research_log": "research log", "research_report": "report", "research_suggest": "research suggest",
               "research_approve": "research approve", "research_reject": "research reject", "research_stop": "research stop",
               "corpus_report": "data report", "data_why": "data why", "scaling_fit": "scaling fit"}

@@ -775,3 +775,34 @@ def render_scaling_fit(result: dict) -> str:
     from .scaling import render_text
 
     return render_text(result)
+
+
+# ---- the doctor's cluster findings over a campaign ---------------------------------------------
+
+
+def diagnose_campaign(campaign: str, db: str | None = None):
+    """The doctor's cluster-level findings over a campaign (id or unique prefix): queue wait,
+    allocated GPUs left idle, straggling ranks, restarts; from its runs' attempts in the
+    ledger (run_attempts) and their run directories. Returns a doctor.cluster.CampaignReport."""
+    from .doctor.cluster import Attempt, CampaignRun
+    from .doctor.cluster import diagnose_campaign as diagnose
+    from .research import manage
+
+    with _ledger(db, create=False) as lg:
+        cid = manage.find_campaign(lg, campaign)["id"]
+        attempts = lg.list_attempts(cid)
+        registered = lg.list_runs(campaign=cid, limit=0, columns=("run_id", "run_dir"))
+    runs: dict[str, CampaignRun] = {}
+    for a in attempts:
+        run = runs.setdefault(a["run_key"], CampaignRun(a["run_key"], Path(a["run_dir"])))
+        run.attempts.append(Attempt(a["attempt"], a["node"], a["queue_s"], a["place_s"], a["run_s"], a["outcome"], a["reason"]))
+    for row in registered:  # registered runs without attempts (a campaign from before the ledger kept them): their files only
+        runs.setdefault(Path(row["run_dir"]).name, CampaignRun(Path(row["run_dir"]).name, Path(row["run_dir"])))
+    return diagnose(cid, list(runs.values()))
+
+
+def render_campaign_diagnosis(report) -> str:
+    """A campaign's cluster findings as text."""
+    from .doctor.cluster import render_campaign_text
+
+    return render_campaign_text(report)

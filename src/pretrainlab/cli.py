@@ -21,6 +21,7 @@
     pretrainlab research suggest CAMPAIGN "hypothesis" [--set k=v ...] [--data-recipe STEPS.toml] | approve EXP | reject EXP [--reason TEXT]
     pretrainlab report CAMPAIGN -o report.html
     pretrainlab doctor RUN [--baseline RUN] [--json]        (RUN = run dir or run id)
+    pretrainlab doctor --campaign ID [--json]               (cluster waste across a campaign's runs)
     pretrainlab mcp [--db URL] [--http [--host 127.0.0.1] [--port 8765]]   # the MCP server: stdio, or streamable HTTP
     pretrainlab ui [--host H] [--port P] [--db URL] [--author NAME] [--open]   the web dashboard
     pretrainlab scaling fit [POINTS.csv|.json] [--ladder L | --campaign C | --recipe KEY=VALUE ...] [--flops 1e21 ...]
@@ -173,8 +174,10 @@ def _add_research_parser(sub) -> None:
         c.add_argument("--author", default=os.environ.get("USER") or "person")
         c.add_argument("--db", metavar="URL")
         c.add_argument("--json", action="store_true")
-    doc = sub.add_parser("doctor", help="diagnose a run (finished or live): spikes, stalls, divergence, data problems")
-    doc.add_argument("run", help="run directory or run id")
+    doc = sub.add_parser("doctor", help="diagnose a run (finished or live): spikes, stalls, divergence, data problems; or a "
+                                        "campaign's cluster waste (--campaign): queue wait, idle GPUs, stragglers, restarts")
+    doc.add_argument("run", nargs="?", help="run directory or run id")
+    doc.add_argument("--campaign", metavar="ID", help="diagnose this campaign's runs together (id or unique prefix) instead of one run")
     doc.add_argument("--baseline", help="compare against this run (dir or id)")
     doc.add_argument("--db", metavar="URL")
     doc.add_argument("--json", action="store_true")
@@ -683,6 +686,16 @@ def _print_leaderboard(status: dict) -> None:
 
 
 def cmd_doctor(args) -> int:
+    if args.campaign:
+        if args.run or args.baseline:
+            raise UserError("doctor --campaign diagnoses a whole campaign: drop the RUN argument (and --baseline), or drop --campaign")
+        report = api.diagnose_campaign(args.campaign, db=args.db)
+        if args.json:
+            return _print_json(report.to_dict())
+        print(api.render_campaign_diagnosis(report))
+        return 0
+    if not args.run:
+        raise UserError("doctor needs a RUN (run directory or run id) or --campaign ID")
     report = api.diagnose_run(args.run, args.baseline, db=args.db)
     if args.json:
         return _print_json(report.to_dict())

@@ -47,7 +47,7 @@ from .errors import UserError
 INSTRUCTIONS = (
     "pretrainlab: an AI research lab for LLM pre-training. Start a campaign with research_start (it returns at once with "
     "the campaign id; poll research_status until its status is done), read campaigns (research_status, research_log, "
-    "research_report), runs (list_runs, show_run, compare_runs, diagnose_run) and corpora (corpus_report, data_why); steer "
+    "research_report, diagnose_campaign), runs (list_runs, show_run, compare_runs, diagnose_run) and corpora (corpus_report, data_why); steer "
     "a campaign with research_suggest (a config change or a data recipe), research_approve / research_reject and "
     "research_stop; fit scaling laws to a ladder's or a campaign's runs (scaling_fit). Numbers are val_bpb (lower is better) as the lab scored them; effects come with 95% CIs. Resources: "
     "run://{run}/summary, campaign://{campaign}/log, corpus://{name}/report. Prompts: review_campaign, review_run."
@@ -306,6 +306,12 @@ def build_server(db: str | None = None):
         """The run doctor's findings (loss spikes, stalls, divergence, data problems, idle
         accelerators...) with cause, evidence and fix; optionally against a baseline run."""
         return call(lambda: api.diagnose_run(run, baseline, db=db).to_dict())
+
+    @tool(read_only=True)
+    def diagnose_campaign(campaign: str) -> dict:
+        """The doctor's cluster findings over a campaign's runs (queue wait, allocated GPUs left
+        idle, straggling ranks, restarts and the nodes that keep losing runs) with evidence and fix."""
+        return call(lambda: api.diagnose_campaign(campaign, db=db).to_dict())
 
     @tool(read_only=True)
     def corpus_report(corpus: str | None = None, tokenizer: str = "byte") -> dict:

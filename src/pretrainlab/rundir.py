@@ -57,6 +57,8 @@ class TrainRow(TypedDict):
     rank_step_s: NotRequired[list[float]]  # DDP only: per rank
     rank_presync_s: NotRequired[list[float]]
     rank_data_s: NotRequired[list[float]]
+    gpu_util: NotRequired[float]  # CUDA with NVML: % of the last sample period a kernel ran (the ranks' mean under DDP)
+    rank_gpu_util: NotRequired[list[float]]  # DDP on CUDA: per rank
 
 
 class EvalRow(TypedDict):

@@ -53,6 +53,9 @@ THROUGHPUT_DECLINE = 0.5  # or the last quarter below half the first...
 THROUGHPUT_MIN_SECONDS = 30.0  # ...lasting at least 30 s: shorter blips are noise of a shared machine
 STRAGGLER_RATIO = 1.15  # one rank's median step time 15% above the ranks' median...
 STRAGGLER_SHARE = 0.5  # ...and slowest on at least half of the steps
+IDLE_UTIL = 30.0  # GPU utilisation (NVML, % of time a kernel ran) below 30%: the accelerator mostly waits...
+IDLE_MIN_S = 60.0  # ...for at least 60 s of training in all...
+IDLE_SHARE = 0.25  # ...and a quarter of the run's timed training time (a few slow steps are not a held GPU)
 # Lower bounds of MFU for a sane setup, by model width (the GEMM size that fills tensor
 # cores): about half of what well-tuned runs reach (nanoGPT 124M ~40-50% on A100,
 # karpathy/autoresearch 50M 39.8% on H100). Without torch.compile expect ~0.6x.
@@ -568,6 +571,51 @@ def detect_data_stall(sig: Signals) -> list[Finding]:
             "memory-mapped shards (`pretrainlab data prepare`), pin host memory and copy with non_blocking=True, keep data "
             "on local fast storage",
         series=sig.series("data-wait share of step time", frac, mask=m),
+    )]
+
+
+def detect_idle_accelerator(sig: Signals) -> list[Finding]:
+    """The run holds GPUs that mostly sit idle: NVML utilisation (`gpu_util`, per rank in
+    `rank_gpu_util`) low for a long stretch. With a high data-wait share there the loader is
+    the cause; otherwise the host (Python overhead, small kernels, syncs) cannot feed it."""
+    util = sig.run.train.get("gpu_util")
+    if sig.run.rank_gpu_util is not None:
+        util = np.nanmean(sig.run.rank_gpu_util, axis=1)  # a run's GPUs together; an idle one among busy ones is a straggler
+    if util is None or not np.isfinite(util).any():
+        raise Skip("no gpu_util in metrics.jsonl (a CPU run, or NVML unavailable)")
+    step_s = sig.run.train.get("step_s")
+    m = sig.timed() & np.isfinite(util) & np.isfinite(step_s)
+    if m.sum() < 5:
+        raise Skip("needs 5 timed steps with gpu_util")
+    low = m & (util < IDLE_UTIL)
+    idle_s, total_s = float(np.sum(step_s[low])), float(np.sum(step_s[m]))
+    if idle_s < IDLE_MIN_S or idle_s < IDLE_SHARE * total_s:
+        return []
+    # the longest stretch of consecutive low steps, for the summary
+    runs = stats.episodes(np.nonzero(low)[0])  # (a busy step or two inside a stretch does not end it)
+    a, b = max(runs, key=lambda ab: float(np.sum(step_s[ab[0] : ab[1] + 1])))
+    stretch_s = float(np.sum(step_s[a : b + 1]))
+    world = int((sig.run.provenance or {}).get("world_size") or 1)
+    wait = sig.run.train.get("data_wait_frac")
+    wait_low = float(np.nanmedian(wait[low])) if wait is not None and np.isfinite(wait[low]).any() else None
+    loader = wait_low is not None and wait_low >= STALL_WARN
+    return [Finding(
+        id="idle_accelerator", severity="warning", title="Allocated GPUs sit idle",
+        summary=f"GPU utilisation below {IDLE_UTIL:.0f}% for {idle_s:.0f}s of {total_s:.0f}s of training ({idle_s / total_s:.0%}; "
+                f"median {np.median(util[low]):.0f}% there), the longest stretch {stretch_s:.0f}s at steps {sig.steps[a]}-{sig.steps[b]}"
+                + (f"; {world} GPUs held: {idle_s * world / 3600:.2f} GPU-hours" if world > 1 else ""),
+        steps=(int(sig.steps[a]), int(sig.steps[b])),
+        evidence={"idle_seconds": idle_s, "train_seconds": total_s, "idle_share": idle_s / total_s, "median_util_idle": float(np.median(util[low])),
+                  "median_util": float(np.median(util[m])), "longest_stretch_s": stretch_s, "world_size": world,
+                  "idle_gpu_seconds": idle_s * world, "median_data_wait_idle": wait_low,
+                  "thresholds": {"util": IDLE_UTIL, "min_s": IDLE_MIN_S, "share": IDLE_SHARE}},
+        cause=(f"the data loader: {wait_low:.0%} of those steps' time went to waiting for the batch" if loader else
+               "the host cannot keep the GPU busy: kernels too small for the device (a small model or micro-batch), Python "
+               "overhead between kernels, or a host sync each step (.item(), logging) stalling the queue"),
+        fix=("prefetch batches in background workers and read pre-tokenised memory-mapped shards (see data_stall)" if loader else
+             "raise train.micro_batch_rows (or the model size) to fill the GPU, turn on train.compile (or CUDA graphs) to cut "
+             "launch overhead, or give the run a smaller GPU / share it between runs; the GPU-hours are held either way"),
+        series=sig.series("GPU utilisation (%)", util, mask=m, how="mean"),
     )]
 
 
@@ -1134,6 +1182,7 @@ DETECTORS = [
     ("low_mfu", detect_low_mfu),
     ("throughput_drop", detect_throughput),
     ("straggler", detect_straggler),
+    ("idle_accelerator", detect_idle_accelerator),
     ("replaced_attempt", detect_replaced_attempt),
     ("memory_pressure", detect_memory),
     ("train_val_gap", detect_train_val_gap),

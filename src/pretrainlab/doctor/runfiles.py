@@ -25,7 +25,7 @@ from ..errors import UserError
 
 # Numeric per-step fields written by the trainer (train/trainer.py, step 6d).
 TRAIN_FIELDS = ("tokens", "loss", "lr", "grad_norm", "max_layer_grad_norm", "tokens_per_s", "mfu", "step_s",
-                "data_wait_frac", "peak_mem_mb", "train_seconds", "cpu_s")
+                "data_wait_frac", "peak_mem_mb", "train_seconds", "cpu_s", "gpu_util")
 LIVE_WINDOW_S = 300  # metrics.jsonl written this recently and no summary.json: call the run live
 
 
@@ -46,6 +46,7 @@ class RunData:
     rank_step_s: np.ndarray | None = None  # float64 [n, world] on DDP runs (NaN where a row lacks it)
     rank_presync_s: np.ndarray | None = None  # each rank's own work before it first waits on another rank
     rank_data_s: np.ndarray | None = None  # each rank's time to build its batch
+    rank_gpu_util: np.ndarray | None = None  # each rank's GPU utilisation (%), on multi-process GPU runs
     evals: list[dict] = field(default_factory=list)  # eval rows, sorted by step
     notes: list[str] = field(default_factory=list)  # data-quality notes, one sentence each
     superseded: list[dict] = field(default_factory=list)  # train rows a resume recomputed (metrics.superseded.jsonl)
@@ -231,7 +232,8 @@ def _read_metrics(file: Path, run: RunData) -> None:
             dl = r.get("domain_loss")
             if isinstance(dl, dict):
                 run.domain_loss[i] = [as_float(dl.get(d)) for d in domains]
-    run.rank_step_s, run.rank_presync_s, run.rank_data_s = (_per_rank(rows, k) for k in ("rank_step_s", "rank_presync_s", "rank_data_s"))
+    run.rank_step_s, run.rank_presync_s, run.rank_data_s, run.rank_gpu_util = (
+        _per_rank(rows, k) for k in ("rank_step_s", "rank_presync_s", "rank_data_s", "rank_gpu_util"))
     run.evals = [evals[s] for s in sorted(evals) if math.isfinite(as_float(evals[s].get("val_bpb")))]
     missing = sorted(set(range(1, int(run.steps[-1]) + 1)) - set(run.steps.tolist())) if len(run.steps) else []
     if missing:  # every step gets its own row (train.log_every only batches the writes)

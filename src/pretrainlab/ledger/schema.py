@@ -142,6 +142,27 @@ UPDATE experiments SET role = CASE
 END;
 CREATE INDEX experiments_role ON experiments (campaign_id, role)
 """),
+    # Where and how each campaign run ran, one row per attempt (a run lost with its node is tried
+    # again): the evidence for the doctor's cluster findings (queue wait, restarts). Durations
+    # are seconds on the runner's clock; run_key is the campaign's name for the run (its
+    # directory's name), which exists before the run has a run_id.
+    (3, """
+CREATE TABLE run_attempts (
+    id TEXT PRIMARY KEY,
+    campaign_id TEXT NOT NULL REFERENCES campaigns (id),
+    run_key TEXT NOT NULL,
+    run_dir TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    node TEXT,
+    queue_s DOUBLE PRECISION NOT NULL,
+    place_s DOUBLE PRECISION NOT NULL,
+    run_s DOUBLE PRECISION NOT NULL,
+    outcome TEXT NOT NULL,
+    reason TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX run_attempts_campaign ON run_attempts (campaign_id, run_key)
+"""),
 ]
 
 

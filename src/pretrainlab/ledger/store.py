@@ -367,6 +367,27 @@ class Ledger:
         where, params = _targets(run_id=run_id, experiment_id=experiment_id, campaign_id=campaign_id)
         return [_from_db(r) for r in self.db.query(f"SELECT * FROM notes{where} ORDER BY created_at, id", params)]
 
+    # ---- run attempts (the doctor's cluster evidence) ------------------------------------------
+
+    def record_attempts(self, campaign_id: str, run_key: str, run_dir: Path | str, outcome: str, attempts: list[dict]) -> None:
+        """A campaign run's attempts, from runners.base.Attempt.to_row: {attempt, node, queue_s,
+        place_s, run_s, lost}. The last one ended with `outcome` (the run's status); the others
+        were lost, and `lost` says why."""
+        _require("run key", run_key)
+        with self.db.transaction():
+            self._check_refs(campaign_id=campaign_id)
+            if not attempts:  # a runner that reports none (a test's fake)
+                return
+            self.db.executemany(
+                "INSERT INTO run_attempts (id, campaign_id, run_key, run_dir, attempt, node, queue_s, place_s, run_s, outcome, reason, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(new_id(), campaign_id, run_key, str(run_dir), a["attempt"], a["node"], float(a["queue_s"]), float(a["place_s"]),
+                  float(a["run_s"]), "lost" if a["lost"] else outcome, a["lost"], now()) for a in attempts])
+
+    def list_attempts(self, campaign_id: str) -> list[dict]:
+        """Every recorded attempt of a campaign's runs, in the order they were recorded."""
+        return self.db.query("SELECT * FROM run_attempts WHERE campaign_id = ? ORDER BY created_at, run_key, attempt", (campaign_id,))
+
     def _check_refs(self, run_id: str | None = None, campaign_id: str | None = None, experiment_id: str | None = None) -> None:
         for what, table, key, value in (("run", "runs", "run_id", run_id), ("campaign", "campaigns", "id", campaign_id),
                                         ("experiment", "experiments", "id", experiment_id)):

@@ -120,6 +120,7 @@ class Campaign:
         self.rung_stops: dict[str, dict] = {}  # screen policy: experiment id -> the rung comparison that stopped it
         self.unaffordable: set[str] = set()  # screen policy: queued experiments noted as not fitting the budget
         self.started = runner.time()  # the runner's clock: wall time, or the simulator's virtual time
+        self.ready_since: dict[str, float] = {}  # job key -> when (runner clock) it could have started but no slot was free
         self.elapsed_before = float(row["config"].get("elapsed_s", 0.0))  # earlier loops of this campaign (resumes)
 
     # ---- 0. bookkeeping derived from the ledger --------------------------------------------------------
@@ -215,18 +216,24 @@ class Campaign:
             if self.ledger.get_campaign(self.id)["status"] == "stopping":
                 self.log("stop requested")
                 break
-            for result in self.runner.poll():  # a. finished runs
+            finished = self.runner.poll()
+            for result in finished:  # a. finished runs
                 self.on_finished(result)
             self.note_runner_events()
             if self.cfg.early_stop:  # b. clear losers
                 self.early_stop_losers()
+            started = False
             while self.runner.free_slots():  # c. keep every slot busy
                 job = self.next_job()
                 if job is None:
                     self.runner.idle_because(self.idle_reason)
                     break
+                job.queued_at = self.ready_since.pop(job.key, None)
                 self.runner.submit(job)
+                started = True
                 self.log(f"{job.key}: started" + (" (resuming)" if job.resume else ""))
+            if (finished or started) and not self.runner.free_slots():
+                self.note_queued()  # what is left waits for a slot from now
             if not self.runner.busy():  # nothing running and nothing could start: done
                 break
             self.runner.sleep(poll_s)  # returns as soon as a run exits
@@ -309,7 +316,7 @@ class Campaign:
         window = r.last_submit - r.created  # under a second: every run started at once, nothing to measure
         return {"status": status, "slots": r.num_slots, "utilisation_queued": busy / max(1e-9, busy + idle.get(OVERHEAD, 0.0)),
                 "utilisation_until_last_start": r.utilisation(until=r.last_submit) if window >= 1 else None,
-                "utilisation": r.utilisation(), "idle_s": {k: round(v, 1) for k, v in idle.items()},
+                "utilisation": r.utilisation(), "idle_s": {k: round(v, 1) for k, v in idle.items()}, "busy_s": round(busy, 1),
                 "seconds": round(r.time() - self.started, 1)}
 
     # ---- a. results and decisions ----------------------------------------------------------------------
@@ -358,6 +365,8 @@ class Campaign:
 
     def on_finished(self, result: JobResult) -> None:
         exp_id = result.job.key.rsplit("-s", 1)[0]
+        self.ledger.record_attempts(self.id, result.job.key, result.job.out_dir, result.status,
+                                    [a.to_row(result.job.queued_at) for a in result.attempts])
         if result.status == "shutdown":  # the campaign is stopping: the run resumes from its checkpoint next time
             self.log(f"{result.job.key}: interrupted by the stop; `research resume` continues it")
             return
@@ -381,6 +390,18 @@ class Campaign:
             for e in self.experiments():
                 if e["id"] != exp_id and planned_seeds(e):
                     self.maybe_decide(e["id"])
+
+    def note_queued(self) -> None:
+        """Stamp the runs that could start but find every slot taken: a queued experiment's first
+        seed and the planned seeds of running ones (their queue wait counts from here)."""
+        now, running = self.runner.time(), {j.key for j in self.runner.running()}
+        for exp in self.experiments():
+            seeds = [0] if exp["status"] == Phase.QUEUED else self.seeds_of(exp) if exp["status"] == Phase.RUNNING else []
+            done = self.results(exp["id"]) if seeds else {}
+            for seed in seeds:
+                key = f"{exp['id']}-s{seed}"
+                if key not in running and seed not in done and key not in self.failed_jobs:
+                    self.ready_since.setdefault(key, now)
 
     def note_runner_events(self) -> None:
         """What the runner did on its own, on the record: a run requeued after its node was lost

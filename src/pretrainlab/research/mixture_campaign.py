@@ -407,6 +407,8 @@ class MixtureCampaign:
 
     def on_finished(self, result: JobResult) -> None:
         exp_id = result.job.key.rsplit("-s", 1)[0]
+        self.ledger.record_attempts(self.id, result.job.key, result.job.out_dir, result.status,
+                                    [a.to_row(result.job.queued_at) for a in result.attempts])
         if result.status == "shutdown":
             self.log(f"{result.job.key}: interrupted by the stop; `research resume` continues it")
             return

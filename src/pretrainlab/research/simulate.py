@@ -34,7 +34,7 @@ from pathlib import Path
 
 from .. import rundir
 from ..config import Recipe, apply_overrides
-from ..runners.base import OVERHEAD, Job, JobResult, RunnerEvent, Slots
+from ..runners.base import OVERHEAD, Attempt, Job, JobResult, RunnerEvent, Slots
 from ..runners.sandbox import Sandbox
 
 
@@ -274,7 +274,8 @@ class SimulatedRunner(Slots):
                     val["domains"] = self.landscape.domain_values(r.recipe, r.seed)
                 Path(score_path).parent.mkdir(parents=True, exist_ok=True)
                 Path(score_path).write_text(json.dumps({"status": "ok", "splits": {"val": val}}))
-            done.append(JobResult(r.job, summary["status"] if finished else r.reason, 0, summary, "", r.slot, r.started_at, r.ends_at))
+            done.append(JobResult(r.job, summary["status"] if finished else r.reason, 0, summary, "", r.slot, r.started_at, r.ends_at,
+                                  [Attempt(1, "simulated", r.started_at, r.started_at, r.ends_at)]))
         return done
 
     def sleep(self, seconds: float) -> None:

@@ -8,7 +8,7 @@ A campaign gets its runner from its settings:
 
 from pathlib import Path
 
-from .base import Job, JobResult, Runner, RunnerEvent
+from .base import Attempt, Job, JobResult, Runner, RunnerEvent
 from .local import LocalRunner
 
 
@@ -49,4 +49,4 @@ def make_runner(cfg, workdir: Path) -> Runner:
     return RUNNERS[cfg.runner](cfg, Path(workdir) / "logs")
 
 
-__all__ = ["Job", "JobResult", "LocalRunner", "Runner", "RunnerEvent", "RUNNERS", "make_runner", "slurm_settings"]
+__all__ = ["Attempt", "Job", "JobResult", "LocalRunner", "Runner", "RunnerEvent", "RUNNERS", "make_runner", "slurm_settings"]

@@ -49,6 +49,28 @@ class Job:
     # {"corpus", "tokenizer"} of the corpus the lab scores on (a campaign's base data, fixed for all its runs, a data
     # experiment's included); None: the corpus the run trains on
     score_data: dict | None = None
+    queued_at: float | None = None  # on the runner's clock: when the caller first had this run ready but no slot for it
+
+
+@dataclass
+class Attempt:
+    """One try at running a job: where it ran, how long it waited, how it ended (the evidence
+    behind the doctor's cluster findings, kept in the ledger's run_attempts)."""
+
+    number: int  # 1-based
+    node: str | None  # the Ray node id, or this host's name; None: it never reached a node
+    submitted_at: float  # runner clock: handed to the runner (a requeue: handed again)
+    started_at: float | None  # placed on a node, its job process starting; None: never placed
+    ended_at: float
+    lost: str | None = None  # why the attempt was lost (its node died, the cluster stopped it); None: it ended by itself
+
+    def to_row(self, queued_at: float | None) -> dict:
+        """The ledger's run_attempts fields: seconds queued before the runner had it (first
+        attempt only), waiting for a node, running."""
+        start = self.started_at if self.started_at is not None else self.ended_at
+        return {"attempt": self.number, "node": self.node, "submitted_at": self.submitted_at,
+                "queue_s": max(0.0, self.submitted_at - queued_at) if queued_at is not None and self.number == 1 else 0.0,
+                "place_s": max(0.0, start - self.submitted_at), "run_s": max(0.0, self.ended_at - start), "lost": self.lost}
 
 
 @dataclass
@@ -61,6 +83,7 @@ class JobResult:
     slot: int
     started_at: float
     ended_at: float
+    attempts: list[Attempt] = field(default_factory=list)  # every try, the lost ones first; the last is this result's
 
     @property
     def seconds(self) -> float:
@@ -261,9 +284,11 @@ class SlotRunner(Slots):
     def _stderr_path(self, key: str) -> Path:
         return self._logs / f"{key}.stderr"
 
-    def _result(self, run, returncode: int, ended: float, reason: str | None, note: str = "") -> JobResult:
+    def _result(self, run, returncode: int, ended: float, reason: str | None, note: str = "",
+                attempts: list[Attempt] | None = None) -> JobResult:
         """The result of a job that is over, from what its run directory says (`reason`: why we
-        signalled it, if we did; `note`: the runner's own word on it, after its stderr)."""
+        signalled it, if we did; `note`: the runner's own word on it, after its stderr;
+        `attempts`: its tries, default one on this host from submit to end)."""
         summary = read_summary(run.job.out_dir)  # written by the run: any content at all
         if summary is not None and not isinstance(summary.get("status"), str):
             summary = None
@@ -275,7 +300,9 @@ class SlotRunner(Slots):
             status = reason or "crashed"
         path = self._stderr_path(run.job.key)
         tail = (path.read_text(errors="replace") if path.exists() else "") + (f"\n{note}" if note else "")
-        return JobResult(run.job, status, returncode, summary, tail[-4000:], run.slot, run.started_at, ended)
+        if attempts is None:
+            attempts = [Attempt(1, socket.gethostname(), run.started_at, run.started_at, ended)]
+        return JobResult(run.job, status, returncode, summary, tail[-4000:], run.slot, run.started_at, ended, attempts)
 
     def release_orphan(self, key: str) -> bool:
         """A job process for `key` left running by an earlier runner on the same log dir (its

@@ -49,7 +49,7 @@ from ..data.sources import require
 from ..errors import UserError
 from ..rundir import read_summary
 from ..train.rundir_lock import lock_holder
-from .base import KILL_GRACE_S, PACKAGE_SRC, Job, JobResult, RunnerEvent, SlotRunner
+from .base import KILL_GRACE_S, PACKAGE_SRC, Attempt, Job, JobResult, RunnerEvent, SlotRunner
 from .job import job_lock_dir
 from .sandbox import Sandbox
 
@@ -143,11 +143,13 @@ class _RayRun:
     ref: Any = None  # the actor's run() result
     node_ref: Any = None  # the actor's node id, until it has come back
     node: str | None = None  # where this attempt runs
+    attempt_submitted: float = 0.0  # when this attempt's actor was asked for
     attempt_started: float | None = None  # when Ray placed this attempt (its timeout counts from here)
     term_sent_at: float | None = None
     kill_sent: bool = False
     reason: str | None = None  # 'timeout', 'stopped' or 'shutdown' once we signalled it
     lost: list[str] = field(default_factory=list)  # why each earlier attempt was lost
+    attempts: list[Attempt] = field(default_factory=list)  # the attempts that are over
 
 
 class RayRunner(SlotRunner):
@@ -205,6 +207,7 @@ class RayRunner(SlotRunner):
             options["label_selector"] = {NODE_LABEL: f"!in({','.join(sorted(self.excluded))})"}
         run.actor = self._actor_class.options(**options).remote()
         run.node, run.attempt_started, run.kill_sent = None, None, False
+        run.attempt_submitted = time.time()
         run.node_ref = run.actor.node_id.remote()
         run.ref = run.actor.run.remote(run.spec, str(self._spec_path(run.job.key)), str(self._stderr_path(run.job.key)), run.attempt)
 
@@ -247,13 +250,14 @@ class RayRunner(SlotRunner):
                 continue
             out, lost, blame = self._outcome(r, ref)
             ray.kill(r.actor)  # its attempt is over (its node may be gone with it)
+            r.attempts.append(Attempt(r.attempt, r.node, r.attempt_submitted, r.attempt_started, time.time(), lost))
             if lost and self._requeue(r, lost, blame):
                 continue
             ended = time.time()
             self._ended(key, ended)
             code = out.get("returncode")
             note = f"[pretrainlab] {out['error']}" if out.get("error") else f"[pretrainlab] lost: {lost}" if lost else ""
-            done.append(self._result(r, -1 if code is None else code, ended, r.reason, note))
+            done.append(self._result(r, -1 if code is None else code, ended, r.reason, note, attempts=r.attempts))
         return done
 
     def _outcome(self, r: _RayRun, ref) -> tuple[dict, str | None, bool]:

@@ -60,6 +60,19 @@ def peak_flops(device: torch.device, dtype: str) -> float | None:
     return None
 
 
+def gpu_utilisation(device: torch.device):
+    """A function giving the GPU's NVML utilisation now (% of the last sample period, 1/6 s to
+    1 s, in which a kernel ran; about 10 us a call), or None on CPU or without NVML
+    (torch.cuda.utilization needs nvidia-ml-py: pip install 'pretrainlab[gpu]')."""
+    if device.type != "cuda":
+        return None
+    try:
+        torch.cuda.utilization(device)
+    except Exception:  # noqa: BLE001 - ModuleNotFoundError without pynvml, or an NVML error: no samples, not a failed run
+        return None
+    return lambda: float(torch.cuda.utilization(device))
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """Peak allocated accelerator memory, or the process's peak RSS on CPU, in MiB."""
     if device.type == "cuda":

@@ -41,7 +41,7 @@ from ..errors import UserError
 from ..model import GPT
 from . import checkpoint, parallel, rundir_lock
 from .optim import build_optimizers, lr_multiplier, set_lr
-from .telemetry import peak_flops, peak_memory_mb, provenance
+from .telemetry import gpu_utilisation, peak_flops, peak_memory_mb, provenance
 
 EXIT_OK = 0
 EXIT_DIVERGED = 3
@@ -268,6 +268,7 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
             f"| {tc.parallel} | grad_accum {grad_accum}")
 
     peak = peak_flops(device, dtype)
+    sample_util = gpu_utilisation(device)  # None on CPU: no gpu_util in the rows
     budget = recipe.budget
     domains = corpus.domains
     stop_signal = {"sigterm": False}
@@ -389,14 +390,17 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
             # 6d. agree across processes on the loss and on whether to stop
             shared = torch.cat([torch.stack([loss_sum / grad_accum, grad_norm, layer_norms.max()]) / d.world_size, domain_loss_sum])
             flags = torch.tensor([float(stop_signal["sigterm"]), float(time.time() > wall_deadline)], device=device)
-            ranks = {}
+            util = sample_util() if sample_util else math.nan
+            ranks = {"gpu_util": util} if sample_util else {}
             if d.world_size > 1:
-                times = torch.tensor([time.perf_counter() - t0, t_presync, t_data], dtype=torch.float64, device=device)
+                times = torch.tensor([time.perf_counter() - t0, t_presync, t_data, util], dtype=torch.float64, device=device)
                 gathered = [torch.zeros_like(times) for _ in range(d.world_size)]
-                dist.all_gather(gathered, times)  # per-rank times: stragglers
+                dist.all_gather(gathered, times)  # per-rank times (stragglers) and GPU utilisation (idle GPUs)
                 per_rank = torch.stack(gathered).cpu().tolist()
                 ranks = {"rank_step_s": [r[0] for r in per_rank], "rank_presync_s": [r[1] for r in per_rank],
                          "rank_data_s": [r[2] for r in per_rank]}
+                if sample_util:
+                    ranks |= {"gpu_util": sum(r[3] for r in per_rank) / d.world_size, "rank_gpu_util": [r[3] for r in per_rank]}
                 dist.all_reduce(shared)  # SUM of pre-divided means (gloo has no AVG) and of per-domain loss sums
                 dist.all_reduce(flags, op=dist.ReduceOp.MAX)
             loss_v, grad_norm_v, max_layer_v, *domain_sums = shared.tolist()  # one device sync per step
