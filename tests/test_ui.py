@@ -60,7 +60,7 @@ def csrf_of(html: str) -> str:
 def pages(lab) -> list[str]:
     run = lab["runs"][0]
     return ["/", f"/campaigns/{lab['campaign']}", f"/campaigns/{lab['campaign']}?sort=new", f"/campaigns/{lab['campaign']}/live.json",
-            f"/campaigns/{lab['campaign']}/report", f"/experiments/{lab['patch_experiment']}", f"/experiments/{lab['decided']}",
+            f"/campaigns/{lab['campaign']}/report", f"/campaigns/{lab['campaign']}/doctor", f"/experiments/{lab['patch_experiment']}", f"/experiments/{lab['decided']}",
             f"/experiments/{lab['suggested']}", "/runs", f"/runs?campaign={lab['campaign']}&status=ok", f"/runs/{run}",
             f"/runs/{run}/metrics.json", f"/runs/{run}/doctor", f"/runs/{lab['gone']}", f"/compare?runs={run},{lab['runs'][1]}",
             f"/compare?runs={run}&runs={lab['runs'][1]}", "/compare", "/decisions", "/decisions?verdict=keep&who=pretrainlab+stats",
@@ -76,6 +76,10 @@ def test_every_page_renders(client, lab):
     assert "a deeper model helps" in campaign and "alice" in campaign  # a person's suggestion, attributed
     assert "$1.23" in campaign and "559,000" in campaign and "claude-opus-5" in campaign  # the LLM spend on record
     assert 'id="page-data"' in campaign and "/static/chart.js" in campaign
+    cluster_url = f"/campaigns/{lab['campaign']}/doctor"
+    assert f'data-doctor="{cluster_url}"' in campaign  # the cluster findings, loaded after the page
+    cluster = client.get(cluster_url).text
+    assert "sev-healthy" in cluster and "2 checks ran; skipped: idle_accelerator, straggler" in cluster  # CPU runs: no GPU, one process
     experiment = client.get(f"/experiments/{lab['patch_experiment']}").text
     assert '<span class="add">+        return self.proj(F.silu' in experiment and '<span class="del">-        return' in experiment
     assert "awaiting-approval" in experiment and 'value="approve"' in experiment
@@ -103,7 +107,7 @@ def test_a_missing_run_directory_is_said_not_failed(client, lab):
 
 @pytest.mark.parametrize("url", ["/runs/nosuchrun", "/experiments/nosuchexp", "/campaigns/nosuch", "/campaigns/nosuch/live.json",
                                  "/corpora/nosuch", "/runs/..%2F..%2Fetc", "/no/such/page", "/campaigns/abc/live/x-s0",
-                                 "/runs/nosuchrun/metrics.json", "/runs/nosuchrun/doctor"])
+                                 "/runs/nosuchrun/metrics.json", "/runs/nosuchrun/doctor", "/campaigns/nosuch/doctor"])
 def test_a_bad_id_is_a_404_with_one_line(client, url):
     r = client.get(url)
     assert r.status_code == 404, (url, r.status_code, r.text[-300:])

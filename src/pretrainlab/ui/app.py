@@ -196,6 +196,13 @@ def create_app(db: str | None = None, author: str = "person", token: str | None 
         # the report is a self-contained page with inline CSS and no script
         return HTMLResponse(text, headers={"content-security-policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:"})
 
+    @app.get("/campaigns/{cid}/doctor", response_class=HTMLResponse)
+    def campaign_doctor(cid: str):
+        """The doctor's cluster-level findings over the campaign (queue wait, idle accelerators,
+        stragglers, restarts), a fragment the campaign page loads after itself."""
+        report = api.diagnose_campaign(_check_id(cid, "campaign"), db=db)
+        return HTMLResponse(env.get_template("_doctor.html").render(report=report, campaign=True))
+
     @app.get("/campaigns/{cid}/live/{key}", response_class=HTMLResponse)
     def live_run(request: Request, cid: str, key: str):
         found = _live(cid, key)
