@@ -116,8 +116,8 @@ def build_arm(name, recipe, kind, tokens_budget, compile_: bool, plain_lr: float
     forward, compile_s = model, 0.0
     if compile_:
         def warm_up(f):
-            x = torch.zeros((micro, m.seq_len), dtype=torch.long)
-            f(x, x).backward()
+            x, y = (torch.zeros((micro, m.seq_len), dtype=torch.long) for _ in range(2))  # not aliased, as in training
+            f(x, y).backward()
             model.zero_grad(set_to_none=False)
         t0 = time.perf_counter()
         forward, ok, note = compile_model(model, optimizers, warm_up)

@@ -65,10 +65,11 @@ class Muon(torch.optim.Optimizer):
         """Compile the batched Newton-Schulz chain and run it once per stack shape, so its
         compilation happens now (raising here if the compiler cannot run), not in a step."""
         compiled = torch.compile(zeropower_via_newtonschulz5, dynamic=False)
-        for group in self.param_groups:
-            for shape, params in _stacks(group["params"]).items():
-                p = params[0]
-                compiled(torch.zeros((len(params), *shape), device=p.device, dtype=p.dtype), group["ns_steps"])
+        with torch.no_grad():  # as in step(): grad mode is part of what the compiled graph is specialised on
+            for group in self.param_groups:
+                for shape, params in _stacks(group["params"]).items():
+                    p = params[0]
+                    compiled(torch.zeros((len(params), *shape), device=p.device, dtype=p.dtype), group["ns_steps"])
         self.orthogonalize = compiled
 
     @torch.no_grad()

@@ -216,9 +216,9 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
     def warm_up(m) -> None:
         """One forward/backward on the training shapes (compilation happens here, not in a
         timed step); the gradients it leaves are zeroed."""
-        x = torch.zeros((tc.micro_batch_rows, seq_len), dtype=torch.long, device=device)
-        with autocast:
-            m(x, x, per_row=True).mean().backward()
+        x, y = (torch.zeros((tc.micro_batch_rows, seq_len), dtype=torch.long, device=device) for _ in range(2))  # two tensors, as in
+        with autocast:  # training: the compiled graph is specialised on whether inputs alias
+            m(x, y, per_row=True).mean().backward()
         raw_model.zero_grad(set_to_none=False)
 
     if compile_plan == "on" and tc.parallel == "ddp":
