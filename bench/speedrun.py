@@ -141,7 +141,6 @@ def time_to_target(recipe, corpus, args) -> dict:
         r = evaluation.evaluate_bpb(arm.model, corpus, m.seq_len, args.eval_tokens, recipe.eval.batch_rows, torch.device("cpu"), split="val")
         arm.evals.append((arm.steps, arm.tokens, arm.train_s, r["val_bpb"]))
 
-    t_start = time.time()
     while not all(a.done for a in arms):
         for arm in arms:
             if arm.done:
@@ -154,7 +153,7 @@ def time_to_target(recipe, corpus, args) -> dict:
             arm.tokens += recipe.train.batch_tokens
             if arm.steps % args.eval_every == 0 or arm.done:
                 evaluate(arm)
-        if time.time() - t_start > 30 and arms[0].steps % 20 == 0:
+        if arms[0].steps % 16 == 0:
             print(" | ".join(f"{a.name} step {a.steps} val {a.evals[-1][3] if a.evals else float('nan'):.3f}" for a in arms), file=sys.stderr)
     target = arms[0].evals[-1][3]
     plain_s = arms[0].train_s
@@ -203,10 +202,20 @@ def throughput(recipe, rounds: int, steps_per_round: int) -> dict:
     return out
 
 
+def print_speedrun(speed, args):
+    print(f"Time to plain's final val_bpb {speed['target_val_bpb']:.4f} ({args.recipe}, {args.tokens:,} tokens per arm, compile {args.compile}):\n")
+    print("| arm | tokens | train s | tokens/s | final val_bpb | s to target | time vs plain |")
+    print("|---|---|---|---|---|---|---|")
+    for name, a in speed["arms"].items():
+        hit = f"{a['s_to_target']:.1f}" if a["s_to_target"] is not None else "not reached"
+        ratio = f"{a['time_vs_plain']:.2f}x" if a["time_vs_plain"] is not None else "-"
+        print(f"| {name} | {a['tokens']:,} | {a['train_s']:.1f} | {a['tokens_per_s']:,.0f} | {a['final_val_bpb']:.4f} | {hit} | {ratio} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", default="tiny-cpu", help="the lab's recipe (its shape, batch, optimizer, schedule)")
-    ap.add_argument("--tokens", type=int, default=262144, help="training tokens per arm (lab-half: half)")
+    ap.add_argument("--tokens", type=int, default=327680, help="training tokens per arm (lab-half: half); 0 = throughput only")
     ap.add_argument("--eval-every", type=int, default=16, help="steps between evaluations of each arm")
     ap.add_argument("--eval-tokens", type=int, default=16384, help="validation tokens per domain per evaluation")
     ap.add_argument("--plain-lr", type=float, default=2e-3, help="plain GPT's peak AdamW LR")
@@ -214,16 +223,19 @@ def main():
     ap.add_argument("--throughput-recipes", nargs="*", default=["tiny-cpu"], help="recipes whose shape the throughput part measures")
     ap.add_argument("--throughput-batch-tokens", type=int, default=4096,
                     help="batch for recipes whose own batch is larger (small's 32,768 takes minutes per step on 2 cores)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default (one per core). On a machine "
+                    "busy with other work, 1 avoids the many-fold slowdown of threads spinning while they wait for each other")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--steps-per-round", type=int, default=4)
     args = ap.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
+    if args.threads:
+        torch.set_num_threads(args.threads)
     t_start = time.time()
 
     recipe = api.resolve_recipe(args.recipe)
     corpus = open_corpus(recipe.data.tokenizer)
     recipe.model.vocab_size = corpus.tokenizer.vocab_size
-    speed = time_to_target(recipe, corpus, args)
+    speed = time_to_target(recipe, corpus, args) if args.tokens else None
 
     tput = {}
     for name in args.throughput_recipes:
@@ -241,17 +253,13 @@ def main():
             "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()}
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    path = out / f"speedrun-{meta['date']}-{args.recipe}.json"
+    path = out / (f"speedrun-{meta['date']}-{args.recipe}-{args.tokens}tok.json" if speed else
+                  f"speedrun-{meta['date']}-throughput-{'-'.join(args.throughput_recipes)}.json")
     path.write_text(json.dumps({"meta": meta, "args": vars(args), "speedrun": speed, "throughput": tput}, indent=2))
 
     print(f"\n{meta['date']} | {meta['device']} | torch {meta['torch']} | load avg at end {' '.join(meta['load_avg_at_end'])} | `{meta['command']}`\n")
-    print(f"Time to plain's final val_bpb {speed['target_val_bpb']:.4f} ({args.recipe}, {args.tokens:,} tokens per arm, compile {args.compile}):\n")
-    print("| arm | tokens | train s | tokens/s | final val_bpb | s to target | time vs plain |")
-    print("|---|---|---|---|---|---|---|")
-    for name, a in speed["arms"].items():
-        hit = f"{a['s_to_target']:.1f}" if a["s_to_target"] is not None else "not reached"
-        ratio = f"{a['time_vs_plain']:.2f}x" if a["time_vs_plain"] is not None else "-"
-        print(f"| {name} | {a['tokens']:,} | {a['train_s']:.1f} | {a['tokens_per_s']:,.0f} | {a['final_val_bpb']:.4f} | {hit} | {ratio} |")
+    if speed:
+        print_speedrun(speed, args)
     for name, t in tput.items():
         print(f"\nThroughput, {name} shape ({t['shape']}, {t['batch_tokens']:,}-token batch), median of interleaved rounds:\n")
         print("| model + optimizer | tokens/s | vs plain (same compile) | compile speedup | compile warm-up s |")
