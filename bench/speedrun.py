@@ -217,7 +217,7 @@ def main():
     ap.add_argument("--recipe", default="tiny-cpu", help="the lab's recipe (its shape, batch, optimizer, schedule)")
     ap.add_argument("--tokens", type=int, default=327680, help="training tokens per arm (lab-half: half); 0 = throughput only")
     ap.add_argument("--eval-every", type=int, default=16, help="steps between evaluations of each arm")
-    ap.add_argument("--eval-tokens", type=int, default=16384, help="validation tokens per domain per evaluation")
+    ap.add_argument("--eval-tokens", type=int, default=8192, help="validation tokens per domain per evaluation")
     ap.add_argument("--plain-lr", type=float, default=2e-3, help="plain GPT's peak AdamW LR")
     ap.add_argument("--compile", choices=["off", "on"], default="off", help="torch.compile every speedrun arm")
     ap.add_argument("--throughput-recipes", nargs="*", default=["tiny-cpu"], help="recipes whose shape the throughput part measures")
