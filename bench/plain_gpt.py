@@ -3,7 +3,12 @@
 LayerNorm with bias, learned absolute positions, GELU MLP, tied embeddings, AdamW:
 the textbook model most harnesses start from. Same n_layer / n_embd / n_head / seq_len /
 vocab as the recipe it is compared against.
+
+`plain_optimizer` and `plain_lr_multiplier` are its training setup in bench/speedrun.py:
+AdamW (weight decay on matrices only), linear warmup, cosine decay to a tenth of the peak.
 """
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -48,10 +53,27 @@ class PlainGPT(nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
-    def forward(self, idx, targets):
+    def forward(self, idx, targets=None):
+        """idx [B, T] -> logits [B, T, vocab] (fp32), or with targets the mean loss."""
         pos = torch.arange(idx.size(1), device=idx.device)
         x = self.wte(idx) + self.wpe(pos)
         for block in self.blocks:
             x = block(x)
         logits = self.lm_head(self.ln_f(x)).float()
+        if targets is None:
+            return logits
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+
+
+def plain_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.1) -> torch.optim.AdamW:
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    return torch.optim.AdamW([dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)],
+                             lr=lr, betas=(0.9, 0.95))
+
+
+def plain_lr_multiplier(progress: float, warmup_frac: float = 0.02, final_frac: float = 0.1) -> float:
+    if progress < warmup_frac:
+        return progress / warmup_frac
+    t = min(1.0, (progress - warmup_frac) / (1 - warmup_frac))
+    return final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * t))

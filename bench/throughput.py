@@ -38,6 +38,7 @@ from plain_gpt import PlainGPT
 from pretrainlab import api
 from pretrainlab.data import Corpus, builtin_corpus_dir
 from pretrainlab.model import GPT
+from pretrainlab.train import compiling
 from pretrainlab.train.optim import build_optimizers
 from pretrainlab.train.telemetry import device_name, peak_flops
 
@@ -106,7 +107,7 @@ def bench_recipe(name: str, seconds: float, device: torch.device, extra: list[st
     # 2. pretrainlab's model in a bare loop, 3. the plain GPT in the same loop
     torch.manual_seed(0)
     model = GPT(m).to(device)
-    compile_ = recipe.train.compile and device.type == "cuda"
+    compile_ = device.type == "cuda" and compiling.plan(recipe.train.compile, device.type, 1, "ddp") == "on"  # CPU: bench/speedrun.py
     result["model_tokens_per_s"] = bare_loop(torch.compile(model) if compile_ else model, build_optimizers(model, recipe.optim),
                                              rows, m.seq_len, m.vocab_size, device, autocast, seconds, recipe.train.micro_batch_rows)
     result["model_adamw_tokens_per_s"] = bare_loop(torch.compile(model) if compile_ else model,

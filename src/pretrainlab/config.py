@@ -130,7 +130,8 @@ class TrainConfig:
     micro_batch_rows: int = doc("sequences per forward pass per process; gradient accumulation makes up the rest", 16)
     device: str = doc("'auto' (cuda if available), 'cpu' or 'cuda'", "auto")
     dtype: str = doc("'auto' (bf16 autocast on GPU, fp32 on CPU), 'float32' or 'bfloat16'", "auto")
-    compile: bool = doc("torch.compile the model", False)
+    compile: str = doc("torch.compile the model (and Muon's Newton-Schulz): 'auto' (on CUDA; on one CPU process when the "
+                       "budget left after the first step repays compile's warm-up, see train/compiling.py), 'on' or 'off'", "auto")
     parallel: str = doc("across processes: 'ddp' (a full replica per process) or 'fsdp' (FSDP2: parameters, grads and "
                         "optimizer state sharded; sharded checkpoints that resume on any number of processes)", "ddp")
     num_threads: int = doc("CPU threads for this process; 0 = torch's default (split across processes)", 0)
@@ -154,6 +155,9 @@ class TrainConfig:
             raise ValueError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"train.dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
+        self.compile = {"true": "on", "yes": "on", "1": "on", "false": "off", "no": "off", "0": "off"}.get(self.compile.lower(), self.compile.lower())
+        if self.compile not in ("auto", "on", "off"):
+            raise ValueError(f"train.compile must be auto, on or off, got {self.compile!r}")
         if self.parallel not in ("ddp", "fsdp"):
             raise ValueError(f"train.parallel must be 'ddp' or 'fsdp', got {self.parallel!r}")
         if not 0 <= self.eval_every_frac < 1:
@@ -226,6 +230,9 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, d: dict) -> Recipe:
+        train = d.get("train")
+        if isinstance(train, dict) and isinstance(train.get("compile"), bool):  # recipe.json from before auto|on|off
+            d = {**d, "train": {**train, "compile": "on" if train["compile"] else "off"}}
         return _build(cls, d, prefix="")
 
 

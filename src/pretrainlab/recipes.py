@@ -60,7 +60,7 @@ def autoresearch_50m() -> Recipe:
         model=ModelConfig(seq_len=2048, n_layer=8, n_embd=512, n_head=4, value_embeds=True),
         optim=OptimConfig(name="muon", lr=4e-3, muon_lr=0.04, warmup_frac=0.0, warmdown_frac=0.5),
         data=DataConfig(corpus="builtin", tokenizer="bpe:8192"),
-        train=TrainConfig(batch_tokens=524288, micro_batch_rows=64, log_every=10, eval_every=0, compile=True),
+        train=TrainConfig(batch_tokens=524288, micro_batch_rows=64, log_every=10, eval_every=0, compile="on"),
         budget=BudgetConfig(seconds=300.0),
         eval=EvalConfig(tokens_per_domain=262144, batch_rows=32),
     )

@@ -54,6 +54,7 @@ class TrainRow(TypedDict):
     batch_hash: str  # of the global batch's first tokens: replay detection
     domain_loss: dict[str, float]  # mean loss of each domain's rows (domains with rows this step)
     cpu_s: float
+    compiled: NotRequired[bool]  # the step ran through torch.compile (train/compiling.py)
     rank_step_s: NotRequired[list[float]]  # DDP only: per rank
     rank_presync_s: NotRequired[list[float]]
     rank_data_s: NotRequired[list[float]]
@@ -93,6 +94,7 @@ class Summary(TypedDict, total=False):
     flops_per_token: int
     peak_mem_mb: float
     world_size: int
+    compiled: bool  # the training steps ran through torch.compile (train.compile=auto decides at run time)
     error: str | None  # the traceback's tail when crashed
     finished_at: str  # ISO 8601, UTC
     # added by the lab (runners/job.py) after scoring the run itself

@@ -625,7 +625,7 @@ def _mfu_floor(sig: Signals) -> float | None:
         return None
     for min_width, floor in MFU_FLOOR_BY_WIDTH:
         if width >= min_width:
-            return floor * (1.0 if sig.run.get("train", "compile") else MFU_EAGER_FACTOR)
+            return floor * (1.0 if sig.run.compiled else MFU_EAGER_FACTOR)
     return None
 
 
@@ -646,18 +646,18 @@ def detect_low_mfu(sig: Signals) -> list[Finding]:
     stall = sig.run.train.get("data_wait_frac")
     wait = float(np.nanmedian(stall[m])) if stall is not None and np.isfinite(stall[m]).any() else math.nan
     tips = []
-    if not sig.run.get("train", "compile"):
-        tips.append("torch.compile (train.compile=true)")
+    if not sig.run.compiled:
+        tips.append("torch.compile (train.compile=on)")
     if wait >= STALL_WARN:
         tips.append(f"fix the data stalls first ({wait:.0%} of each step waits for data)")
     tips += ["bigger micro-batches (train.micro_batch_rows) if memory allows", "bf16 autocast", "fewer host syncs per step"]
     return [Finding(
         id="low_mfu", severity="warning", title="Low accelerator utilisation",
         summary=f"median MFU {med:.1%} on {(sig.run.provenance or {}).get('device', 'this device')}, below the {floor:.0%} a "
-                f"{sig.run.get('model', 'n_embd')}-wide model should reach" + ("" if sig.run.get("train", "compile") else " without compile"),
+                f"{sig.run.get('model', 'n_embd')}-wide model should reach" + ("" if sig.run.compiled else " without compile"),
         steps=(int(sig.steps[m][0]), int(sig.steps[m][-1])),
         evidence={"median_mfu": med, "expected_floor": floor, "n_embd": sig.run.get("model", "n_embd"),
-                  "compile": bool(sig.run.get("train", "compile")), "median_data_wait": wait,
+                  "compile": sig.run.compiled, "median_data_wait": wait,
                   "median_tokens_per_s": float(np.nanmedian(sig.run.train["tokens_per_s"][m]))},
         cause="the accelerator idles between kernels: small GEMMs, Python overhead (no compile), host syncs, or data stalls",
         fix="; ".join(tips),

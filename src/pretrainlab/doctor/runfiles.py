@@ -40,6 +40,7 @@ class RunData:
     present: dict[str, np.ndarray] = field(default_factory=dict)  # bool [n]: the row has the field as a number (NaN too)
     max_grad_layer: list[str | None] = field(default_factory=list)
     batch_hash: list[str | None] = field(default_factory=list)
+    compiled_rows: int = 0  # train rows that ran through torch.compile (the trainer's "compiled" field)
     domains: list[str] = field(default_factory=list)
     domain_rows: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))  # [n, K]
     domain_loss: np.ndarray | None = None  # float64 [n, K]: mean train loss of each domain's rows (NaN: none that step)
@@ -74,13 +75,19 @@ class RunData:
         """A resolved recipe field, e.g. run.get("optim", "lr")."""
         return ((self.recipe or {}).get(section) or {}).get(key, default)
 
+    @property
+    def compiled(self) -> bool:
+        """Whether the model ran compiled: from the train rows (train.compile=auto decides at
+        run time), else from a recipe of before auto (compile true/false)."""
+        return self.compiled_rows > 0 or self.get("train", "compile") in (True, "on")
+
     def timed(self) -> np.ndarray:
         """Mask of the steps whose timing is representative: not the first step of the run
         (allocator warm-up; 3 with torch.compile) nor the first step after each resume."""
         mask = np.ones(self.n, dtype=bool)
         if not self.n:
             return mask
-        untimed = 3 if self.get("train", "compile") else 1
+        untimed = 3 if self.compiled else 1
         mask &= self.steps > untimed
         for r in (self.provenance or {}).get("resumes") or []:
             if isinstance(r, dict) and isinstance(r.get("step"), int):
@@ -213,6 +220,7 @@ def _read_metrics(file: Path, run: RunData) -> None:
     run.present = {k: np.array([type(v) in (int, float) for v in vs], dtype=bool) for k, vs in values.items()}
     run.train = {k: np.array([as_float(v) for v in vs], dtype=np.float64) for k, vs in values.items()}
     run.max_grad_layer = [r.get("max_grad_layer") if isinstance(r.get("max_grad_layer"), str) else None for r in rows]
+    run.compiled_rows = sum(r.get("compiled") is True for r in rows)
     run.batch_hash = [r.get("batch_hash") if isinstance(r.get("batch_hash"), str) else None for r in rows]
     domains: list[str] = list((run.provenance or {}).get("data_weights") or {})
     for r in rows:

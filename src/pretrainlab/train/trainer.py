@@ -9,7 +9,7 @@
   1. processes and device      5. run directory (new, resumed from its last intact checkpoint, or restarted)
   2. corpus and tokenizer      6. the loop: batch -> forward/backward (accumulated) -> clip
   3. model                        -> step -> telemetry -> eval -> checkpoint -> stop checks
-  4. optimizers and loader     7. final evaluation and summary.json
+  4. optimizers, compile, loader  7. final evaluation and summary.json
 The global batch (train.batch_tokens) is drawn identically on every process and split by
 rows by global rank, so 1 process with gradient accumulation and N processes (on one node or
 several) compute the same gradient.
@@ -39,7 +39,7 @@ from ..config import Recipe
 from ..data import BatchLoader, Corpus, builtin_corpus_dir, prepare_builtin
 from ..errors import UserError
 from ..model import GPT
-from . import checkpoint, parallel, rundir_lock
+from . import checkpoint, compiling, parallel, rundir_lock
 from .optim import build_optimizers, lr_multiplier, set_lr
 from .telemetry import gpu_utilisation, peak_flops, peak_memory_mb, provenance
 
@@ -201,18 +201,30 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
     num_params = model.num_params()
     flops_per_token = model.flops_per_token()
     raw_model = model
+    compile_plan = compiling.plan(tc.compile, device.type, d.world_size, tc.parallel)  # on | off | measure (compiling.py)
+    compiled, compile_note = False, None
     if tc.parallel == "fsdp":  # sharded in place: raw_model's parameters become DTensors, its names stay
-        if tc.compile:
+        if compile_plan == "on":  # no eager fallback here: the blocks compile at their first forward
             for block in raw_model.blocks:
                 block.compile()  # per block, before sharding (as torchtitan); Module.compile keeps parameter names
+            compiled = True
         parallel.shard_model(raw_model, device, bf16=device.type == "cuda" and dtype == "bfloat16")
-    elif tc.compile:
-        model = torch.compile(model)
+
+    # ---- 4. optimizers, compile and loader -------------------------------------------------
+    optimizers = build_optimizers(raw_model, recipe.optim)
+
+    def warm_up(m) -> None:
+        """One forward/backward on the training shapes (compilation happens here, not in a
+        timed step); the gradients it leaves are zeroed."""
+        x, y = (torch.zeros((tc.micro_batch_rows, seq_len), dtype=torch.long, device=device) for _ in range(2))  # two tensors, as in
+        with autocast:  # training: the compiled graph is specialised on whether inputs alias
+            m(x, y, per_row=True).mean().backward()
+        raw_model.zero_grad(set_to_none=False)
+
+    if compile_plan == "on" and tc.parallel == "ddp":
+        model, compiled, compile_note = compiling.compile_model(model, optimizers, warm_up)
     if d.world_size > 1 and tc.parallel == "ddp":
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    # ---- 4. optimizers and loader ---------------------------------------------------------
-    optimizers = build_optimizers(raw_model, recipe.optim)
     try:
         loader = BatchLoader(corpus, split="train", seq_len=seq_len, batch_rows=rows_per_step, weights=recipe.data.weights,
                              seed=recipe.seed, bias_domain=recipe.faults.mixture_bias)
@@ -266,6 +278,8 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
         rundir.write_json_atomic(out_dir / rundir.PROVENANCE, prov)
         log(f"run {out_dir} | recipe {recipe.name} | {num_params / 1e6:.2f}M params | {d.world_size} process(es) on {device} {dtype} "
             f"| {tc.parallel} | grad_accum {grad_accum}")
+    if compile_note:
+        log(compile_note)
 
     peak = peak_flops(device, dtype)
     sample_util = gpu_utilisation(device)  # None on CPU: no gpu_util in the rows
@@ -273,7 +287,7 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
     domains = corpus.domains
     stop_signal = {"sigterm": False}
     previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_signal.update(sigterm=True)) if _is_main_thread() else None
-    untimed_steps = 3 if tc.compile else 1  # the first steps carry compilation / allocator warm-up
+    untimed_steps = 3 if compiled else 1  # the first steps carry allocator (and compiled-graph) warm-up
     pending_rows: list[rundir.TrainRow | rundir.EvalRow] = []
 
     def flush_metrics():
@@ -294,6 +308,21 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
         if budget.flops:
             parts.append(tokens * flops_per_token / budget.flops)
         return max(parts)
+
+    def remaining_s(step_s: float) -> float:
+        """Training seconds the budget has left at `step_s` per step: the tightest of the
+        token, FLOP, time and wall-clock budgets."""
+        steps_left = []
+        if budget.tokens:
+            steps_left.append((budget.tokens - state["tokens"]) / tc.batch_tokens)
+        if budget.flops:
+            steps_left.append((budget.flops / flops_per_token - state["tokens"]) / tc.batch_tokens)
+        left = [n * step_s for n in steps_left]
+        if budget.seconds:
+            left.append(budget.seconds - state["train_seconds"])
+        if budget.wall_limit_s:
+            left.append(wall_deadline - time.time())
+        return max(0.0, min(left))
 
     def run_eval(split: str = "monitor") -> dict:
         """In-run evaluations score the monitor slice (experiments may read it); the final one
@@ -423,7 +452,7 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
                 "peak_mem_mb": peak_memory_mb(device), "train_seconds": state["train_seconds"],
                 "domain_rows": dict(zip(domains, domain_rows)), "batch_hash": batch_hash,
                 "domain_loss": {k: v / n for k, v, n in zip(domains, domain_sums, domain_rows) if n},
-                "cpu_s": cpu_now - cpu_prev,
+                "cpu_s": cpu_now - cpu_prev, "compiled": compiled,
                 **ranks,
             }
             pending_rows.append(train_row)
@@ -447,7 +476,18 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
                 last_print = time.time()
                 log(f"step {state['step']} | loss {loss_v:.4f} | lr {lr:.2e} | {tokens_per_s:,.0f} tok/s"
                     + (f" | mfu {mfu:.1%}" if mfu is not None else "") + f" | {progress():.0%} of budget")
-            # 6f. periodic eval and checkpoint, then the stop checks
+            # 6f. train.compile=auto on one CPU process: decided once, from this process's first step
+            if compile_plan == "measure":
+                compile_plan = "decided"
+                left = remaining_s(dt)
+                if compiling.compile_pays(left, recipe.model.n_layer):
+                    model, compiled, note = compiling.compile_model(raw_model, optimizers, warm_up)
+                    untimed_steps = max(untimed_steps, state["step"] + 2) if compiled else untimed_steps
+                    log(f"train.compile=auto: ~{left:.0f}s of training left at {dt:.2f}s/step; {note}")
+                else:
+                    log(f"train.compile=auto: eager (~{left:.0f}s of training left at {dt:.2f}s/step does not repay "
+                        f"~{compiling.expected_warmup_s(recipe.model.n_layer):.0f}s of compile warm-up)")
+            # 6g. periodic eval and checkpoint, then the stop checks
             frac_due = tc.eval_every_frac and progress() < 1.0 and progress() >= state["next_eval_frac"]
             if frac_due:
                 state["next_eval_frac"] = (math.floor(progress() / tc.eval_every_frac) + 1) * tc.eval_every_frac
@@ -483,6 +523,7 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
         summary = _summary(status, state, final_eval, error, num_params, flops_per_token, peak, d, device, t_start)
+        summary["compiled"] = compiled
         if d.main and out_dir.exists():
             rundir.write_summary(out_dir, summary)
             log(f"done: status {status} | val_bpb {summary['val_bpb']} | {state['step']} steps | {state['tokens']:,} tokens | {summary['seconds']:.1f}s training")

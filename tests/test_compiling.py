@@ -1,0 +1,57 @@
+"""train.compile=auto|on|off: the policy, and the eager fallback when the compiler fails."""
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_overrides
+
+from pretrainlab import api
+from pretrainlab.config import Recipe, TrainConfig
+from pretrainlab.train import compiling
+
+
+def test_auto_compiles_on_cuda_measures_on_one_cpu_process_and_is_eager_on_several():
+    assert compiling.plan("auto", "cuda", 1, "ddp") == "on"
+    assert compiling.plan("auto", "cpu", 1, "ddp") == "measure"
+    assert compiling.plan("auto", "cpu", 2, "ddp") == "off"
+    assert compiling.plan("auto", "cpu", 1, "fsdp") == "off"
+    assert compiling.plan("on", "cpu", 2, "ddp") == "on" and compiling.plan("off", "cuda", 1, "ddp") == "off"
+
+
+def test_compile_pays_only_when_the_run_left_repays_the_warmup():
+    warmup = compiling.expected_warmup_s(n_layer=4)
+    assert not compiling.compile_pays(remaining_s=10.0, n_layer=4)  # a test run
+    assert not compiling.compile_pays(remaining_s=0.9 * warmup / compiling.CPU_STEP_SAVING, n_layer=4)
+    assert compiling.compile_pays(remaining_s=1.1 * warmup / compiling.CPU_STEP_SAVING, n_layer=4)
+    assert compiling.compile_pays(remaining_s=3600.0, n_layer=8)
+
+
+def test_old_boolean_settings_still_read():
+    assert TrainConfig(compile="true").compile == "on" and TrainConfig(compile="False").compile == "off"
+    old = Recipe().to_dict()
+    old["train"]["compile"] = True  # a recipe.json written when the field was a bool
+    assert Recipe.from_dict(old).train.compile == "on"
+    with pytest.raises(ValueError, match="train.compile"):
+        TrainConfig(compile="sometimes")
+
+
+def test_a_short_cpu_run_stays_eager_under_auto(corpus_dir, tmp_path):
+    run_dir, s = api.train_run("tiny-cpu", tiny_overrides(corpus_dir, **{"budget.tokens": 4096}), tmp_path / "r", echo=False)
+    assert s["status"] == "ok" and s["compiled"] is False
+    assert "train.compile=auto: eager" in (run_dir / "log.txt").read_text()
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["compiled"] is False for r in rows if r["type"] == "train")
+
+
+def test_a_compiler_failure_trains_eagerly_with_one_warning(corpus_dir, tmp_path, monkeypatch):
+    """A C++ compiler that does not exist (as on a machine without gcc): inductor fails in the
+    warm-up, before any training step; the run trains eagerly and says so once."""
+    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", (None, str(tmp_path / "no-such-g++")))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # no cached kernels to fall back on
+    torch._dynamo.reset()
+    overrides = tiny_overrides(corpus_dir, **{"budget.tokens": 4096, "train.compile": "on", "model.n_layer": 1})
+    run_dir, s = api.train_run("tiny-cpu", overrides, tmp_path / "r", echo=False)
+    assert s["status"] == "ok" and s["compiled"] is False and s["steps"] == 4
+    warnings = [line for line in (run_dir / "log.txt").read_text().splitlines() if "torch.compile failed" in line]
+    assert len(warnings) == 1 and "training eagerly" in warnings[0]
