@@ -4,6 +4,8 @@ scheduling, decisions, transfer checks, early stops, re-tests, resumes with a la
 and idle-time accounting, each in well under a second. test_research_campaign.py keeps the
 campaigns on real runs."""
 
+from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -255,3 +257,44 @@ def test_resume_with_a_larger_budget_replicates_a_lead_left_inconclusive(sim):
     manage.suggest(cid, "a bit more Muon LR", ["optim.muon_lr=0.04"], "bob")  # work that would start if time allowed
     manage.resume(cid, echo=False, budget_runs=20, budget_hours=st["elapsed_s"] / 2 / 3600)
     assert manage.status(cid)["runs"] == 4  # earlier loops already used more than that: nothing starts
+
+
+class SlowScoring(SimulatedRunner):
+    """The first `times` finishes of run `key` come back as a timeout after training ended:
+    the trainer's summary says ok and its model is saved, but the lab has no score yet (a
+    scorer that ran past the run's time limit on a loaded machine)."""
+
+    def __init__(self, landscape, num_slots, key_of, times):
+        super().__init__(landscape, num_slots)
+        self.key_of, self.times, self.timed_out = key_of, times, []
+
+    def poll(self):
+        done = super().poll()
+        for i, r in enumerate(done):
+            if r.status == "ok" and self.key_of(r.job.key) and self.timed_out.count(r.job.key) < self.times:
+                self.timed_out.append(r.job.key)
+                Path(r.job.score_path).unlink()  # the lab never finished scoring it
+                (r.job.out_dir / "model.pt").write_bytes(b"weights")
+                done[i] = replace(r, status="timeout")
+        return done
+
+
+@pytest.mark.parametrize("times", [1, 2])
+def test_a_run_whose_scoring_timed_out_is_scored_again_once(tmp_path, times):
+    from pretrainlab.research.simulate import simulate
+
+    cfg = config(decision="paired", budget_runs=6, early_stop=False)
+    # the baseline's second seed (the baseline is the first experiment submitted)
+    runner = SlowScoring(Landscape(seed=0), cfg.parallel, lambda key: key == runner.submitted[0].rsplit("-s", 1)[0] + "-s1", times)
+    out = simulate(cfg, Landscape(seed=0), tmp_path, runner=runner)
+    ledger, cid = out["ledger"], out["campaign_id"]
+    key = runner.timed_out[0]
+    assert runner.submitted.count(key) == 2  # trained once, then one scoring-only job (resume), never a third
+    notes = [n["text"] for n in ledger.list_notes(experiment_id=key.split("-s")[0])]
+    assert any("scoring it again from its saved model" in n for n in notes)
+    (row,) = [r for r in ledger.list_runs(campaign=cid, limit=0, columns=("run_id", "run_dir", "status")) if r["run_dir"].endswith(key)]
+    if times == 1:
+        assert row["status"] == "ok"  # scored the second time: nothing lost
+    else:
+        assert row["status"] == "unscored" and any("ended timeout" in n for n in notes)  # said why, and not retried forever
+        assert ledger.get_campaign(cid)["status"] == "done"  # a baseline left with one usable seed does not stop the loop

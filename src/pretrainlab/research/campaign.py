@@ -119,6 +119,7 @@ class Campaign:
         self.strategy_disabled = False  # its spend cap is reached
         self.rung_stops: dict[str, dict] = {}  # screen policy: experiment id -> the rung comparison that stopped it
         self.unaffordable: set[str] = set()  # screen policy: queued experiments noted as not fitting the budget
+        self.rescored: set[str] = set()  # runs whose scoring timed out once and were scored again
         self.started = runner.time()  # the runner's clock: wall time, or the simulator's virtual time
         self.ready_since: dict[str, float] = {}  # job key -> when (runner clock) it could have started but no slot was free
         self.elapsed_before = float(row["config"].get("elapsed_s", 0.0))  # earlier loops of this campaign (resumes)
@@ -370,13 +371,20 @@ class Campaign:
         if result.status == "shutdown":  # the campaign is stopping: the run resumes from its checkpoint next time
             self.log(f"{result.job.key}: interrupted by the stop; `research resume` continues it")
             return
+        if self.scoring_ran_out_of_time(result):  # trained to the end, but the lab's scoring hit the run's time limit
+            self.rescored.add(result.job.key)
+            self.ledger.add_note(f"run {result.job.key} trained to the end, but the lab's scoring of it passed the run's time limit "
+                                 f"({result.job.timeout_s or 0:.0f} s, e.g. on a loaded machine): scoring it again from its saved model",
+                                 author="campaign", experiment_id=exp_id)
+            self.log(f"{result.job.key}: scoring timed out; scoring it again")
+            return  # not registered: the seed is pending again, and job() resumes it as a scoring-only job
         if result.summary is not None:
             self.register(exp_id, result.job.out_dir)
         if result.status == "rejected":
             self.on_rejected(exp_id, result)
             self.save_state()
             return
-        if result.summary is None or result.status in ("crashed", "stopped"):
+        if result.summary is None or result.status in ("crashed", "stopped", "timeout"):
             self.note_failure(exp_id, result)
         if result.status == "stopped":  # early-stopped: the experiment is discarded, its other runs too
             for job in self.runner.running():
@@ -390,6 +398,13 @@ class Campaign:
             for e in self.experiments():
                 if e["id"] != exp_id and planned_seeds(e):
                     self.maybe_decide(e["id"])
+
+    def scoring_ran_out_of_time(self, result: JobResult) -> bool:
+        """A run that timed out after its trainer finished (its own summary says ok and its model
+        is saved) but before the lab scored it: worth one more scoring-only job, never more."""
+        key = result.job.key
+        return (result.status == "timeout" and key not in self.rescored and (result.summary or {}).get("status") == "ok"
+                and (result.job.out_dir / "model.pt").is_file() and not self.score_path(key).exists())
 
     def note_queued(self) -> None:
         """Stamp the runs that could start but find every slot taken: a queued experiment's first

@@ -167,7 +167,8 @@ def _screen_for_replicates(state: CampaignState, exp: dict, value: float, eviden
     """paired / welch: a screen not worse than the incumbent (within the margin) is replicated."""
     cfg = state.cfg
     inc_values = state.incumbent_values()
-    mean, std = statistics.fmean(inc_values), statistics.stdev(inc_values)
+    mean = statistics.fmean(inc_values)
+    std = statistics.stdev(inc_values) if len(inc_values) >= 2 else 0.0  # one usable seed (the others lost): no margin
     ref, what, told = mean, "the incumbent's mean", value
     inc_by_seed = state.values_by_seed(state.incumbent["id"])
     if cfg.decision == "paired" and 0 in inc_by_seed:  # against the incumbent's run on the same seed
