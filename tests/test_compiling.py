@@ -55,3 +55,32 @@ def test_a_compiler_failure_trains_eagerly_with_one_warning(corpus_dir, tmp_path
     assert s["status"] == "ok" and s["compiled"] is False and s["steps"] == 4
     warnings = [line for line in (run_dir / "log.txt").read_text().splitlines() if "torch.compile failed" in line]
     assert len(warnings) == 1 and "training eagerly" in warnings[0]
+
+
+def test_a_sigterm_during_the_compile_warm_up_checkpoints_and_exits_preempted(corpus_dir, tmp_path):
+    """A long run under train.compile=auto compiles after its first step; a preemption that
+    lands in the minutes-long warm-up still checkpoints and exits as preempted, promptly."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "pretrainlab", "train", "--recipe", "tiny-cpu", "--out", str(out), "--no-ledger",
+            *[a for o in tiny_overrides(corpus_dir, **{"budget.tokens": 10**9, "train.compile": "auto"}) for a in ("--set", o)]]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = []
+    for line in proc.stdout:  # wait for the auto decision's warm-up to begin (it logs once it is done)
+        log.append(line)
+        if "step 1 |" in line:
+            break
+    time.sleep(2.0)  # inside the warm-up now: compiling takes tens of seconds on CPU
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=120)
+    took = time.time() - t0
+    summary = json.loads((out / "summary.json").read_text())
+    assert proc.returncode != 0 and summary["status"] == "preempted", "".join(log) + rest
+    assert "SIGTERM during the compile warm-up: eager" in rest and summary["compiled"] is False, rest
+    assert list((out / "ckpt").glob("step_*")), "no checkpoint"
+    assert took < 60, f"{took:.0f}s to stop"  # not the minutes a warm-up takes

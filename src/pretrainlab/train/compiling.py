@@ -65,6 +65,13 @@ def compile_pays(remaining_s: float, n_layer: int) -> bool:
     return remaining_s * CPU_STEP_SAVING > expected_warmup_s(n_layer)
 
 
+def uncompile_optimizers(optimizers: list[torch.optim.Optimizer]) -> None:
+    """Muon back on the eager Newton-Schulz (after a failed or interrupted compile)."""
+    for opt in optimizers:
+        if isinstance(opt, Muon):
+            opt.orthogonalize = zeropower_via_newtonschulz5
+
+
 def compile_model(model: nn.Module, optimizers: list[torch.optim.Optimizer],
                   warm_up: Callable[[nn.Module], None]) -> tuple[nn.Module, bool, str]:
     """(torch.compile(model), True, note), with Muon's Newton-Schulz compiled too and both
@@ -78,9 +85,7 @@ def compile_model(model: nn.Module, optimizers: list[torch.optim.Optimizer],
             if isinstance(opt, Muon):
                 opt.compile_newton_schulz()
     except Exception as e:  # any compiler failure: the eager model computes the same function
-        for opt in optimizers:
-            if isinstance(opt, Muon):
-                opt.orthogonalize = zeropower_via_newtonschulz5
+        uncompile_optimizers(optimizers)
         reason = next((line for line in str(e).splitlines() if line.strip()), "")
         return model, False, f"warning: torch.compile failed, training eagerly ({type(e).__name__}: {reason[:200]})"
     return compiled, True, f"torch.compile: model and optimizer compiled and warmed up in {time.perf_counter() - t0:.1f}s"

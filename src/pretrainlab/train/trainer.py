@@ -285,8 +285,14 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
     sample_util = gpu_utilisation(device)  # None on CPU: no gpu_util in the rows
     budget = recipe.budget
     domains = corpus.domains
-    stop_signal = {"sigterm": False}
-    previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_signal.update(sigterm=True)) if _is_main_thread() else None
+    stop_signal = {"sigterm": False, "warming_up": False}
+
+    def on_sigterm(*_):
+        stop_signal["sigterm"] = True
+        if stop_signal["warming_up"]:  # a compile warm-up can take minutes: give it up, train on eagerly and stop at this step
+            raise _WarmUpInterrupted
+
+    previous_handler = signal.signal(signal.SIGTERM, on_sigterm) if _is_main_thread() else None
     untimed_steps = 3 if compiled else 1  # the first steps carry allocator (and compiled-graph) warm-up
     pending_rows: list[rundir.TrainRow | rundir.EvalRow] = []
 
@@ -480,8 +486,16 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
             if compile_plan == "measure":
                 compile_plan = "decided"
                 left = remaining_s(dt)
-                if compiling.compile_pays(left, recipe.model.n_layer):
-                    model, compiled, note = compiling.compile_model(raw_model, optimizers, warm_up)
+                if compiling.compile_pays(left, recipe.model.n_layer) and not stop_signal["sigterm"]:
+                    try:
+                        stop_signal["warming_up"] = True
+                        model, compiled, note = compiling.compile_model(raw_model, optimizers, warm_up)
+                    except _WarmUpInterrupted:
+                        model, compiled, note = raw_model, False, "SIGTERM during the compile warm-up: eager"
+                        compiling.uncompile_optimizers(optimizers)
+                        flags[0] = 1.0  # checkpoint and stop at this step, as a SIGTERM at a step boundary does
+                    finally:
+                        stop_signal["warming_up"] = False
                     untimed_steps = max(untimed_steps, state["step"] + 2) if compiled else untimed_steps
                     log(f"train.compile=auto: ~{left:.0f}s of training left at {dt:.2f}s/step; {note}")
                 else:
@@ -601,6 +615,11 @@ def _is_main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
+
+
+class _WarmUpInterrupted(BaseException):
+    """Raised by the SIGTERM handler inside a compile warm-up (not an Exception: the compiler's
+    own error handling must not swallow it)."""
 
 
 def _now() -> str:
