@@ -602,7 +602,8 @@ def _config_flags(parser, cls, skip: tuple[str, ...] = (), only: tuple[str, ...]
     import typing
 
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
+    shared = {f.name for b in cls.__mro__[1:] if dataclasses.is_dataclass(b) for f in dataclasses.fields(b)}
+    for f in sorted(dataclasses.fields(cls), key=lambda f: f.name in shared):  # the class's own flags first, then where runs go
         if f.name in skip or (only is not None and f.name not in only):
             continue
         flag = "--set" if f.name == "overrides" else "--" + f.name.replace("_", "-")

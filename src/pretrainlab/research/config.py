@@ -41,17 +41,10 @@ CONCENTRATION = (2.0, 40.0)  # total Dirichlet concentration, drawn log-uniforml
 
 
 @dataclass
-class CampaignConfig:
-    """A campaign's settings. Each field's doc is its `research start` flag's help: the CLI
-    generates the flags from these fields (cli.py, _config_flags)."""
+class Execution:
+    """Where a campaign's runs go: slots, GPUs and the runner (local, Ray, SLURM). Research and
+    mixture campaigns both take these settings (and their flags)."""
 
-    recipe: str = doc("starting recipe: a name or a recipe.json", "tiny-cpu")
-    overrides: list[str] = doc("override the starting recipe (repeatable)", [])
-    goal: str = doc("the metric to lower (val_bpb)", "val_bpb")
-    budget_runs: int = doc("training runs in total, baseline replicates included", 40)
-    budget_hours: float = doc("wall-clock cap for the campaign (0 = none)", 0.0)
-    run_budget: str = doc("per run: seconds (60s, 5m) or tokens (2e6tok)", "60s")
-    strategy: str = doc("auto (claude if ANTHROPIC_API_KEY is set, else optuna), claude, openai, optuna, random, manual", "auto")
     parallel: int = doc("runs in flight at once (CPU: cores split fairly)", 2)
     gpus: list[int] | None = doc(GPUS_DOC, None)
     runner: str = doc(RUNNER_DOC, "local")
@@ -62,6 +55,20 @@ class CampaignConfig:
     slurm_time: str | None = doc(SLURM_TIME_DOC, None)
     slurm_cpus_per_run: int | None = doc(SLURM_CPUS_DOC, None)
     slurm_gpus_per_run: int | None = doc(SLURM_GPUS_DOC, None)
+
+
+@dataclass
+class CampaignConfig(Execution):
+    """A campaign's settings. Each field's doc is its `research start` flag's help: the CLI
+    generates the flags from these fields (cli.py, _config_flags)."""
+
+    recipe: str = doc("starting recipe: a name or a recipe.json", "tiny-cpu")
+    overrides: list[str] = doc("override the starting recipe (repeatable)", [])
+    goal: str = doc("the metric to lower (val_bpb)", "val_bpb")
+    budget_runs: int = doc("training runs in total, baseline replicates included", 40)
+    budget_hours: float = doc("wall-clock cap for the campaign (0 = none)", 0.0)
+    run_budget: str = doc("per run: seconds (60s, 5m) or tokens (2e6tok)", "60s")
+    strategy: str = doc("auto (claude if ANTHROPIC_API_KEY is set, else optuna), claude, openai, optuna, random, manual", "auto")
     seeds: int = doc("replicates for the baseline and each confirmation", 3)
     alpha: float = doc("two-sided significance level of a decision", 0.05)
     max_looks: int = doc("paired/welch: confirmation rounds per experiment (sequential looks, alpha split between them)", 2)
@@ -192,7 +199,7 @@ def run_budget_overrides(spec: str) -> list[str]:
 
 
 @dataclass
-class MixtureConfig:
+class MixtureConfig(Execution):
     """A mixture campaign's settings; each field's doc is its `research mixture` flag's help
     (the CLI generates the flags from these fields)."""
 
@@ -204,16 +211,6 @@ class MixtureConfig:
     target: list[str] = doc("comma-separated domains whose mean val_bpb to minimise (default: the overall val_bpb)", [])
     transfer: list[str] = doc("a larger rung where the confirmation runs again (e.g. --transfer model.n_layer=8 "
                               "--transfer model.n_embd=256)", [])
-    parallel: int = doc("runs in flight at once (CPU: cores split fairly)", 2)
-    gpus: list[int] | None = doc(GPUS_DOC, None)
-    runner: str = doc(RUNNER_DOC, "local")
-    ray_address: str | None = doc(RAY_ADDRESS_DOC, None)
-    slurm_profile: str | None = doc(SLURM_PROFILE_DOC, None)
-    slurm_partition: str | None = doc(SLURM_PARTITION_DOC, None)
-    slurm_account: str | None = doc(SLURM_ACCOUNT_DOC, None)
-    slurm_time: str | None = doc(SLURM_TIME_DOC, None)
-    slurm_cpus_per_run: int | None = doc(SLURM_CPUS_DOC, None)
-    slurm_gpus_per_run: int | None = doc(SLURM_GPUS_DOC, None)
     alpha: float = doc("two-sided significance level of each claim", 0.05)
     design_seed: int = doc("seed of the sampled mixtures, the search and the bootstrap", 0)
     concentration: list[float] = doc("[low, high] total Dirichlet concentration of the sampled mixtures", list(CONCENTRATION))
