@@ -11,6 +11,26 @@ from pretrainlab.data import prepare_sample
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# `make test` runs the suite on two pytest-xdist workers (--dist loadgroup). Tests in one group run on one
+# worker, in file order:
+#  - "ray": the Ray campaign tests must run before `data build --executor ray` in the same process (the ray
+#    module keeps state after a local instance stops; test_campaigns_on_ray.py), and two Ray clusters at once
+#    would halve each one's CPUs;
+#  - modules whose module-scoped fixture trains runs or starts a cluster: one worker sets it up once.
+XDIST_GROUPS = {
+    "test_campaigns_on_ray": "ray", "test_data_build_ray": "ray",
+    **{m: m for m in ("test_doctor_faults", "test_ledger", "test_ledger_trackers", "test_research_data", "test_slurm",
+                      "test_data", "test_data_tokenizers")},
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        group = XDIST_GROUPS.get(item.module.__name__.rpartition(".")[2])
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+
 
 @pytest.fixture(scope="session")
 def corpus_dir(tmp_path_factory) -> Path:

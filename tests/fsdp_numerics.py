@@ -66,6 +66,7 @@ def main():
     assert parallel.all_finite(list(sharded.parameters()))
     if dist.get_rank() == 0:
         print("ok")
+    dist.barrier()  # neither rank tears its connections down while the other is still in the last collective
     dist.destroy_process_group()
 
 

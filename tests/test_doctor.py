@@ -567,7 +567,7 @@ def test_a_file_instead_of_a_directory(tmp_path):
     other.write_text("hello")
     report = diagnose(other)
     assert report.verdict == "no_data" and any("not a directory" in n for n in report.data_quality)
-    assert "not a directory" in render_text(report, color=False)
+    assert "not a directory" in " ".join(render_text(report, color=False).split())  # (a long path may wrap it)
 
 
 def test_a_crashed_run(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pretrainlab import eval as evaluation
-from pretrainlab.data import Corpus, iter_eval_windows
+from pretrainlab.data import Corpus, iter_eval_windows, windows
 
 
 class FixedDistribution(torch.nn.Module):
@@ -69,3 +69,47 @@ def test_eval_module_hash_is_the_file_hash():
 def test_bits_per_byte_units():
     # one byte predicted with p = 1/2 costs one bit
     assert evaluation.bits_per_byte(math.log(2), 1) == pytest.approx(1.0)
+
+
+class Bigram(torch.nn.Module):
+    """Logits that depend on the input token: a random lookup table."""
+
+    def __init__(self, vocab: int = 256):
+        super().__init__()
+        self.table = torch.nn.Embedding(vocab, vocab)
+        torch.nn.init.normal_(self.table.weight, std=4.0, generator=torch.Generator().manual_seed(1))
+
+    def forward(self, idx):
+        return self.table(idx)
+
+
+def test_the_lab_scorers_numpy_sums_match_the_trainers_evaluation(corpus_dir):
+    """runners/scoring.py sums windows.nll_sums over windows.eval_windows in numpy; the trainer's
+    evaluate_bpb sums torch's cross-entropy over iter_eval_windows: the same figure per domain."""
+    corpus = Corpus.open(corpus_dir)
+    model = Bigram().eval()
+    result = evaluation.evaluate_bpb(model, corpus, 64, 1500, 4, torch.device("cpu"), split="monitor")
+    token_bytes = np.asarray(corpus.token_bytes(), dtype=np.float64)
+    for domain in corpus.domains:
+        nats = nbytes = counted = 0
+        for (x, y), (tx, ty) in zip(windows.eval_windows(corpus, domain, 64, 1500, "monitor"),
+                                    iter_eval_windows(corpus, domain, 64, 1500, "monitor"), strict=True):
+            assert x.dtype == y.dtype == np.int64 and x.tolist() == tx.tolist() and y.tolist() == ty.tolist()
+            with torch.no_grad():
+                logits = model(torch.from_numpy(x)[None])[0].numpy()
+            n, b, c = windows.nll_sums(logits, y, token_bytes)
+            nats, nbytes, counted = nats + n, nbytes + b, counted + c
+        assert counted > 0
+        assert windows.bits_per_byte(nats, nbytes) == pytest.approx(result["domains"][domain], rel=1e-7)
+
+
+def test_the_job_process_scores_without_torch():
+    """A campaign's job process scores every run (runners/job.py -> runners/scoring.py): it never
+    imports torch, which would cost each run another second or two of CPU and its memory."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import pretrainlab.runners.job, pretrainlab.runners.scoring; "
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr[-2000:]

@@ -12,7 +12,8 @@ pools nats and bytes over all domains (a byte-weighted average, not a mean of do
 `evaluate_bpb` runs in the training process: it gives the in-run curves (on the monitor
 split) and a plain `pretrainlab train` its final figure. In a campaign that process runs
 experiment code, which can change anything in it, so decisions never use these numbers:
-the lab scores each run itself from the model's logits (runners/scoring.py), with `nll_sums` below.
+the lab scores each run itself from the model's logits (runners/scoring.py) with data.windows.nll_sums,
+the same sums in numpy.
 """
 
 from __future__ import annotations
@@ -26,24 +27,11 @@ import torch
 import torch.nn.functional as F
 
 from .data import iter_eval_windows
+from .data.windows import bits_per_byte
 
 
 def module_sha256() -> str:
     return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
-
-
-def bits_per_byte(nats: float, num_bytes: int) -> float:
-    return nats / math.log(2) / num_bytes if num_bytes else float("nan")
-
-
-def nll_sums(logits: torch.Tensor, targets: torch.Tensor, token_bytes: torch.Tensor) -> tuple[float, int, int]:
-    """(nats, bytes, counted targets) of float logits [N, V] against int64 targets [N]; targets
-    spelling zero bytes (separators) are not counted. The lab's scorer sums through here, with
-    the arithmetic of evaluate_bpb, so the two agree to float rounding on the same model."""
-    nats = F.cross_entropy(logits.float(), targets, reduction="none").double()
-    nbytes = token_bytes[targets]
-    counted = nbytes > 0
-    return float(nats[counted].sum()), int(nbytes.sum()), int(counted.sum())
 
 
 @torch.no_grad()

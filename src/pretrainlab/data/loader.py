@@ -19,6 +19,7 @@ import torch
 
 from ..errors import UserError
 from .shards import Corpus
+from .windows import eval_windows
 
 
 class BatchLoader:
@@ -119,20 +120,8 @@ class BatchLoader:
 
 def iter_eval_windows(corpus: Corpus, domain: str, seq_len: int, max_tokens: int,
                       split: str = "val") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The fixed evaluation windows of a domain: its `split`'s first max_tokens + 1
-    tokens (or all of them, if fewer) cut into non-overlapping windows,
-    x = tokens[i : i + seq_len], y = tokens[i + 1 : i + seq_len + 1], int64 [seq_len].
-
-    Only full windows are yielded, so they stack into batches; the same tokens every call.
-    """
-    tokens = corpus.tokens(domain, split)
-    num_targets = min(max_tokens, len(tokens) - 1)
-    num_windows = num_targets // seq_len
-    if num_windows == 0:
-        raise UserError(
-            f"domain {domain!r} has {len(tokens)} {split} tokens, not enough for one window of seq_len {seq_len}: "
-            "lower seq_len, raise the eval token budget, or prepare the corpus with a larger val_fraction"
-        )
-    for i in range(0, num_windows * seq_len, seq_len):
-        window = torch.from_numpy(tokens[i : i + seq_len + 1].astype(np.int64))
-        yield window[:-1], window[1:]
+    """windows.eval_windows as torch tensors: the fixed evaluation windows of a domain, its
+    `split`'s first max_tokens + 1 tokens (or all of them, if fewer) cut into non-overlapping
+    windows, x = tokens[i : i + seq_len], y = tokens[i + 1 : i + seq_len + 1], int64 [seq_len]."""
+    for x, y in eval_windows(corpus, domain, seq_len, max_tokens, split):
+        yield torch.from_numpy(x), torch.from_numpy(y)

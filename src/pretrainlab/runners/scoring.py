@@ -7,7 +7,7 @@
 The experiment's model code runs in a sandboxed worker (scoring_worker.py) whose only job
 is to turn token windows into logits; this process sends it the windows of each split one
 batch at a time, in an order drawn from a secret seed, reads the logits back one row at a
-time and computes the NLL itself (eval.nll_sums). Then a second, fresh worker scores rows
+time and computes the NLL itself (data.windows.nll_sums). Then a second, fresh worker scores rows
 drawn at random from the first pass again, shuffled together:
   - causality: half of them keep their tokens up to a random cut and take another window's
     tokens after it; the logits up to the cut must match the first pass (a model that looks
@@ -28,10 +28,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from ..data import Corpus, iter_eval_windows
-from ..eval import bits_per_byte, nll_sums
+from ..data import Corpus
+from ..data.windows import bits_per_byte, eval_windows, nll_sums
 from .sandbox import Sandbox, scrubbed_env
 
 MAX_LOGIT_FLOATS = 2**26  # logits per request (256 MB of float32): rows per batch shrink for a large vocabulary
@@ -69,7 +68,7 @@ class _Worker:
             row = np.frombuffer(self._read(4 * seq_len * vocab), dtype="<f4").reshape(seq_len, vocab)
             if not np.isfinite(row).all():
                 raise ScoreRejected("the model returned non-finite logits (NaN or Inf)")
-            yield torch.from_numpy(row.copy())
+            yield row
 
     def _read(self, n: int) -> bytes:
         buf = bytearray()
@@ -98,8 +97,8 @@ class _Worker:
         self.stderr.close()
 
 
-def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max()) / (1.0 + float(b.abs().max()))
+def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max()) / (1.0 + float(np.abs(b).max()))
 
 
 def score_run(run_dir: Path, code_src: Path, corpus: Corpus, *, seq_len: int, tokens_per_domain: int, batch_rows: int,
@@ -115,9 +114,9 @@ def score_run(run_dir: Path, code_src: Path, corpus: Corpus, *, seq_len: int, to
     run_dir = Path(run_dir).resolve()
     sandbox = sandbox or Sandbox.detect()
     vocab_min = corpus.tokenizer.vocab_size
-    token_bytes = torch.as_tensor(corpus.token_bytes(), dtype=torch.float64)
-    windows = [(split, d, x.numpy(), y) for split in splits for d, domain in enumerate(corpus.domains)
-               for x, y in iter_eval_windows(corpus, domain, seq_len, tokens_per_domain, split)]
+    token_bytes = np.asarray(corpus.token_bytes(), dtype=np.float64)
+    windows = [(split, d, x, y) for split in splits for d, domain in enumerate(corpus.domains)
+               for x, y in eval_windows(corpus, domain, seq_len, tokens_per_domain, split)]
     rng = random.Random(random.SystemRandom().getrandbits(64))  # an order the model cannot predict
     rng.shuffle(windows)
     rows = max(1, min(batch_rows, MAX_LOGIT_FLOATS // (seq_len * vocab_min)))
@@ -132,7 +131,7 @@ def score_run(run_dir: Path, code_src: Path, corpus: Corpus, *, seq_len: int, to
                         "PYTHONUNBUFFERED": "1"})
     wrapped = sandbox.wrap(cmd, code_src=code_src, read_only=[run_dir], gpus=gpus)
     sums = {split: np.zeros((len(corpus.domains), 3)) for split in splits}  # nats, bytes, counted targets
-    kept: list[tuple[np.ndarray, torch.Tensor]] = []  # (window, its logits) of rows the probe worker scores again
+    kept: list[tuple[np.ndarray, np.ndarray]] = []  # (window, its logits) of rows the probe worker scores again
     # 1. the scoring worker: every window once, in the secret order
     worker = _Worker(wrapped, env, run_dir / "scorer.log")  # its stderr; the worker sees the run dir read-only
     # on CPU the probe worker starts now, so its start-up (importing torch, loading the model) overlaps the scoring
