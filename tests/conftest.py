@@ -11,8 +11,9 @@ from pretrainlab.data import prepare_sample
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# `make test` runs the suite on two pytest-xdist workers (--dist loadgroup). Tests in one group run on one
-# worker, in file order:
+# `make test` runs the suite on two pytest-xdist workers (--dist loadgroup). The tests of one group run on one
+# worker, in file order (the scheduler below; xdist's own xdist_group marks do not reach the scheduler under
+# pytest 9.2, whose node ids no longer come from the attribute xdist sets):
 #  - "ray": the Ray campaign tests must run before `data build --executor ray` in the same process (the ray
 #    module keeps state after a local instance stops; test_campaigns_on_ray.py), and two Ray clusters at once
 #    would halve each one's CPUs;
@@ -24,12 +25,32 @@ XDIST_GROUPS = {
 }
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadgroup":
+        return None  # xdist's own
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        """A work unit is a group of XDIST_GROUPS (all its tests, to one worker, in order) or one test."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0].rpartition("/")[2].removesuffix(".py")
+            return XDIST_GROUPS.get(module, nodeid)
+
+    return GroupScheduling(config, log)
+
+
+# Modules whose tests train real campaigns or clusters, longest first: they start first, so the two workers
+# do not end with one of them alone on a long test while the other idles.
+LONG_FIRST = ["test_research_cli", "test_research_mixture", "test_research_campaign", "test_trust", "test_research_resume",
+              "test_campaign_orphans", "test_doctor_faults", "test_scaling_ladder", "test_campaigns_on_ray", "test_data_build_ray",
+              "test_slurm", "test_mcp_server", "test_fsdp", "test_resume", "test_ui_browser", "test_rundir_lock", "test_ddp"]
+
+
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        group = XDIST_GROUPS.get(item.module.__name__.rpartition(".")[2])
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))
+    rank = {m: i for i, m in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.module.__name__.rpartition(".")[2], len(rank)))  # stable: file order within
 
 
 @pytest.fixture(scope="session")

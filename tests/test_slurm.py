@@ -172,6 +172,61 @@ def test_a_run_warned_of_its_time_limit_checkpoints_and_its_job_is_requeued(corp
     assert squeue([job_id]) == {job_id: "COMPLETED"}
 
 
+def flaky_sbatch(tmp_path: Path, monkeypatch, fails: int, error: str) -> Path:
+    """An `sbatch` first on PATH that refuses the first `fails` submissions with `error` (as sbatch
+    prints it), then hands every call to the cluster's real sbatch; returns its call counter."""
+    real = subprocess.run(["which", "sbatch"], capture_output=True, text=True, check=True).stdout.strip()
+    bindir, counter = tmp_path / "bin", tmp_path / "sbatch-calls"
+    bindir.mkdir()
+    (bindir / "sbatch").write_text(f"""#!/bin/bash
+case " $* " in *" --test-only "*) exec {real} "$@";; esac
+n=$(( $(cat {counter} 2>/dev/null || echo 0) + 1 )); echo $n > {counter}
+if [ $n -le {fails} ]; then echo "sbatch: error: Batch job submission failed: {error}" >&2; exit 1; fi
+exec {real} "$@"
+""")
+    (bindir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    return counter
+
+
+def test_a_submission_refused_for_a_passing_reason_is_tried_again(corpus_dir, tmp_path, cluster, monkeypatch):
+    """A controller that times out is tried again (noted as events) and the run goes on; one that keeps
+    failing, or a refusal for the job's own settings, is a one-line error."""
+    from pretrainlab.runners import slurm
+
+    monkeypatch.setattr(slurm, "SBATCH_RETRY_S", (0.2, 0.2))
+    counter = flaky_sbatch(tmp_path, monkeypatch, 2, "Socket timed out on send/recv operation")
+    runner = SlurmRunner(1, SlurmSettings(partition=cluster.partition, time="10"), log_dir=tmp_path / "logs")
+    job = Job("flaky-s0", "tiny-cpu", tmp_path / "flaky-s0", tiny_overrides(corpus_dir, **{"budget.tokens": 2048}), timeout_s=300)
+    try:
+        runner.submit(job)
+        events = runner.take_events()
+        assert [e.kind for e in events] == ["sbatch_retry", "sbatch_retry"] and counter.read_text().strip() == "3"
+        assert "Socket timed out" in events[0].text and "attempt 2 of 3" in events[0].text and events[0].key == "flaky-s0"
+        results, deadline = [], time.time() + 180
+        while runner.busy() and time.time() < deadline:
+            results += runner.poll()
+            runner.sleep(0.5)
+    finally:
+        runner.shutdown()
+    assert [r.status for r in results] == ["ok"], results[0].stderr_tail if results else "no result"
+
+    counter.write_text("0")  # a controller that never comes back: three attempts, then the error, with what to do
+    monkeypatch.setattr(slurm, "SBATCH_RETRY_S", (0.1, 0.1))
+    flaky = SlurmRunner(1, SlurmSettings(partition=cluster.partition, time="10"), log_dir=tmp_path / "logs2")
+    (tmp_path / "bin" / "sbatch").write_text((tmp_path / "bin" / "sbatch").read_text().replace("-le 2 ]", "-le 99 ]"))
+    with pytest.raises(UserError, match="sbatch failed 3 times for run again-s0, last: .*Socket timed out.*research resume"):
+        flaky.submit(Job("again-s0", "tiny-cpu", tmp_path / "again-s0", tiny_overrides(corpus_dir), timeout_s=300))
+    assert counter.read_text().strip() == "3" and not flaky.busy()
+
+    counter.write_text("0")  # refused for its settings: at once, no retry
+    (tmp_path / "bin" / "sbatch").write_text((tmp_path / "bin" / "sbatch").read_text().replace("Socket timed out on send/recv operation",
+                                                                                               "Invalid account or account/partition combination specified"))
+    with pytest.raises(UserError, match="sbatch refused run bad-s0: .*Invalid account.*--slurm-"):
+        flaky.submit(Job("bad-s0", "tiny-cpu", tmp_path / "bad-s0", tiny_overrides(corpus_dir), timeout_s=300))
+    assert counter.read_text().strip() == "1"
+
+
 # ---- no cluster needed ------------------------------------------------------------------------
 
 

@@ -95,7 +95,8 @@ class RunnerEvent:
     """Something a runner did on its own that belongs on the record (the campaign notes it)."""
 
     kind: str  # 'requeued' (a run lost with its node starts again elsewhere), 'excluded' (a node gets no more runs), 'gave_up',
-    # 'adopted' (a job an earlier loop started, still queued or running, is followed as it is)
+    # 'adopted' (a job an earlier loop started, still queued or running, is followed as it is), 'sbatch_retry' (a submission
+    # SLURM refused for a passing reason, tried again)
     text: str  # one line for the ledger note
     key: str | None = None  # the job it concerns; None: the cluster
 

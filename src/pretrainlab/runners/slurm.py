@@ -73,6 +73,11 @@ DEFAULT_TIME_MIN = 60  # a job's time limit when neither the settings nor the ru
 MIN_TIME_MIN = 5
 QUEUE_POLL_S = 1.0  # squeue at most this often (slurmctld serves every user of the cluster)
 COMMAND_TIMEOUT_S = 60.0  # for one sbatch / squeue / scancel call
+# a submission sbatch refused for a reason that passes (a busy or restarting controller) is tried again after
+# each of these pauses; one it refused for its settings is not
+SBATCH_RETRY_S = (5.0, 20.0, 60.0)
+TRANSIENT_SBATCH = ("timed out", "unable to contact", "connection refused", "temporarily unavailable", "temporarily unable",
+                    "zero bytes were transmitted", "communication connection failure", "slurm_persist_conn", "try again")
 TERM_REPEAT_S = 2.0  # SIGTERM again this often while a run has not stopped at SLURM's time-limit warning
 # how long a new start of a job waits for the previous one's job process and trainer to let go of the run
 # (an NFS lock lease of a node that died included)
@@ -399,10 +404,21 @@ class SlurmRunner(SlotRunner):
         spec_path = self._spec_path(job.key)
         rundir.write_json_atomic(spec_path, spec)
         self._executor.update_parameters(**sbatch_parameters(self.settings, job))
-        try:
-            submitted = self._executor.submit(RunAttempt(str(spec_path), str(self._stderr_path(job.key))))
-        except self._submitit.core.utils.FailedJobError as e:
-            raise UserError(f"sbatch refused run {job.key}: {_first_line(e)}: check the --slurm-* settings") from None
+        for attempt in range(len(SBATCH_RETRY_S) + 1):
+            try:
+                submitted = self._executor.submit(RunAttempt(str(spec_path), str(self._stderr_path(job.key))))
+                break
+            except self._submitit.core.utils.FailedJobError as e:
+                why = _sbatch_error(e)
+                if not any(t in why.lower() for t in TRANSIENT_SBATCH):
+                    raise UserError(f"sbatch refused run {job.key}: {why}: check the --slurm-* settings") from None
+                if attempt == len(SBATCH_RETRY_S):
+                    raise UserError(f"sbatch failed {attempt + 1} times for run {job.key}, last: {why}: check that the SLURM "
+                                    "controller answers (`sinfo`), then `research resume` the campaign") from None
+                pause = SBATCH_RETRY_S[attempt]
+                self.events.append(RunnerEvent("sbatch_retry", f"run {job.key}: sbatch failed ({why}); submitting it again in "
+                                                               f"{pause:g} s (attempt {attempt + 2} of {len(SBATCH_RETRY_S) + 1})", job.key))
+                time.sleep(pause)
         rundir.write_json_atomic(self._record_path(job.key), {"job_id": submitted.job_id, "submitted_at": time.time()})
         return submitted.job_id
 
@@ -575,6 +591,12 @@ def _finished_on_disk(run_dir: Path, score_path: str | None) -> bool:
     if status in ("ok", "timeout"):
         return score_path is None or Path(score_path).exists()
     return status in FINAL
+
+
+def _sbatch_error(e) -> str:
+    """sbatch's own error line out of submitit's FailedJobError (its stderr)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return next((line for line in lines if "error" in line.lower()), lines[0] if lines else type(e).__name__)[:300]
 
 
 def _first_line(e) -> str:
