@@ -28,6 +28,10 @@ time limit SLURM sends SIGUSR2 (submitit's --signal): the run checkpoints and su
 the job (at most 3 times), so a run longer than the partition allows continues in a new
 allocation. Each requeue the runner sees is a RunnerEvent, noted in the ledger.
 
+A submission sbatch refuses for a passing reason (TRANSIENT_SBATCH: a controller that timed out or
+restarts) is tried again after each of SBATCH_RETRY_S; one refused for its settings is a UserError
+at once.
+
 Each job's id is kept beside its spec (`logs/KEY.slurm.json`). A campaign loop that dies leaves
 its jobs in the queue; the next loop (`research resume`) adopts those still queued or running
 (`adopt`): it follows them as they are instead of starting them again.
