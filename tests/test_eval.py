@@ -113,3 +113,17 @@ def test_the_job_process_scores_without_torch():
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))[:5]")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_the_scorers_sums_stay_exact_at_the_edges_of_float32():
+    """Logits at float32's limits (a hostile or broken model's) give the exact float64 loss, without warnings."""
+    import warnings
+
+    logits = np.zeros((3, 8), np.float32)
+    logits[0, 0], logits[0, 1] = 3e38, -3e38  # the target gets probability 0: its loss is the full 6e38 nats
+    logits[1, :] = -3e38  # all equal: uniform
+    logits[2, 5] = 1e30  # the target takes all the probability: no loss
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nats, nbytes, counted = windows.nll_sums(logits, np.array([1, 2, 5]), np.array([1, 1, 1, 1, 1, 1, 0, 1], dtype=np.float64))
+    assert nats == pytest.approx(6e38 + math.log(8), rel=1e-6) and (nbytes, counted) == (3, 3)

@@ -48,7 +48,8 @@ def nll_sums(logits: np.ndarray, targets: np.ndarray, token_bytes: np.ndarray) -
     logits = np.asarray(logits, dtype=np.float32)
     rows = np.arange(len(targets))
     top = logits.max(axis=1)
-    shifted = logits - top[:, None]
+    with np.errstate(over="ignore"):  # a logit ~3e38 below its row's top is -inf here: its probability is 0, as it should be
+        shifted = logits - top[:, None]
     np.exp(shifted, out=shifted)
     log_z = top.astype(np.float64) + np.log(shifted.sum(axis=1, dtype=np.float64))
     nats = log_z - logits[rows, targets].astype(np.float64)
