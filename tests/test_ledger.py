@@ -63,6 +63,31 @@ def test_migrations_apply_once_in_order(ledger_url):
         Ledger(ledger_url)
 
 
+def test_a_ledger_a_newer_lab_only_added_to_stays_usable(ledger_url):
+    """A newer lab's migrations are applied when it first opens a shared ledger. A migration that only
+    added (its schema_migrations.oldest_lab names an older lab) leaves it usable by this lab; one that
+    did not (no oldest_lab) makes this lab refuse it, naming the version it needs."""
+    from pretrainlab.ledger.schema import OLDEST_LAB
+
+    latest = MIGRATIONS[-1][0]
+    assert OLDEST_LAB[4] == 3  # migration 4 itself only added a column
+    with Ledger(ledger_url) as lg:
+        assert {r["version"]: r["oldest_lab"] for r in lg.db.query("SELECT version, oldest_lab FROM schema_migrations")}[4] == 3
+        campaign = lg.create_campaign("shared", goal="val_bpb", config={"recipe": "tiny-cpu"})
+        with lg.db.transaction():  # what a newer lab's additive migration leaves behind
+            lg.db.execute("ALTER TABLE campaigns ADD COLUMN future_notes TEXT")
+            lg.db.execute("INSERT INTO schema_migrations (version, applied_at, oldest_lab) VALUES (?, ?, ?)",
+                          (latest + 1, "2030-01-01", latest))
+    with Ledger(ledger_url) as lg:  # opens, reads and writes as before
+        assert lg.get_campaign(campaign)["id"] == campaign
+        lg.add_note("still here", author="dana", campaign_id=campaign)
+        assert [n["text"] for n in lg.list_notes(campaign_id=campaign)] == ["still here"]
+        with lg.db.transaction():  # and then one that changed what this lab reads
+            lg.db.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", (latest + 2, "2030-01-02"))
+    with pytest.raises(UserError, match=f"newer than this pretrainlab's \\({latest}\\), and a lab that knows version {latest + 2} or later"):
+        Ledger(ledger_url)
+
+
 def test_migration_2_types_campaign_state_written_before(ledger_url):
     """A ledger written by the schema-1 lab (phase and seeds folded into "running:3", roles only
     inside the change JSON) gets phase, planned_seeds and role as columns when it is opened."""

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ..errors import UserError
-from .schema import MIGRATIONS, statements
+from .schema import MIGRATIONS, OLDEST_LAB, statements
 
 DEFAULT_FILE = "pretrainlab.db"
 BUSY_TIMEOUT_S = 30.0
@@ -267,8 +267,13 @@ def migrate(db: Database) -> list[int]:
     """Apply pending migrations in order, each version once, safely under concurrency."""
     latest = MIGRATIONS[-1][0]
     current = schema_version(db)
-    if current > latest:
-        raise UserError(f"the ledger's schema is version {current}, newer than this pretrainlab's ({latest}): upgrade pretrainlab")
+    if current > latest:  # a newer lab migrated it: usable if every migration this lab lacks only added
+        needs = db.query_one("SELECT max(COALESCE(oldest_lab, version)) AS n FROM schema_migrations WHERE version > ?", (latest,))["n"] \
+            if _has_oldest_lab(db) else current
+        if needs > latest:
+            raise UserError(f"the ledger's schema is version {current}, newer than this pretrainlab's ({latest}), and a lab that "
+                            f"knows version {needs} or later must use it: upgrade pretrainlab")
+        return []
     if current == latest:
         return []
     applied = []
@@ -283,6 +288,16 @@ def migrate(db: Database) -> list[int]:
             for stmt in statements(sql):
                 db.execute(stmt)
             db.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", (version, now()))
+            if version in OLDEST_LAB:
+                db.execute("UPDATE schema_migrations SET oldest_lab = ? WHERE version = ?", (OLDEST_LAB[version], version))
             applied.append(version)
     return applied
+
+
+def _has_oldest_lab(db: Database) -> bool:
+    """Whether schema_migrations has its oldest_lab column (migration 4)."""
+    if db.kind == "postgresql":
+        return db.query_one("SELECT count(*) AS n FROM information_schema.columns WHERE table_name = 'schema_migrations' "
+                            "AND column_name = 'oldest_lab' AND table_schema = current_schema()")["n"] > 0
+    return any(r["name"] == "oldest_lab" for r in db.query("PRAGMA table_info(schema_migrations)"))
 

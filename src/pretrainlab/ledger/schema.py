@@ -7,6 +7,13 @@ and BIGINT for numbers. Applied versions are recorded in `schema_migrations`.
 To change the schema, append a migration with the next version number; never edit one that
 has shipped (ledgers in the wild have already applied it). Statements are separated by a
 semicolon at the end of a line.
+
+A team's ledger is shared by labs of several versions, and the first newer one to open it applies
+its migrations. OLDEST_LAB says which older labs may go on using the ledger after a migration: a
+migration that only adds (a table, an index, a nullable column older labs never need to write)
+names the version before it; one that changes what older labs read or write is absent (only labs
+that know it may open the ledger). Each ledger records it per applied migration
+(`schema_migrations.oldest_lab`), so a lab checks a migration it has never heard of.
 """
 
 MIGRATIONS: list[tuple[int, str]] = [
@@ -163,7 +170,14 @@ CREATE TABLE run_attempts (
 );
 CREATE INDEX run_attempts_campaign ON run_attempts (campaign_id, run_key)
 """),
+    # Which older labs may still use the ledger after each migration (OLDEST_LAB below)
+    (4, """
+ALTER TABLE schema_migrations ADD COLUMN oldest_lab INTEGER
+"""),
 ]
+
+# migration version -> the oldest lab (by the newest migration it knows) that may still use a ledger with it applied
+OLDEST_LAB: dict[int, int] = {4: 3}
 
 
 def statements(sql: str) -> list[str]:
