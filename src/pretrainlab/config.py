@@ -135,6 +135,8 @@ class TrainConfig:
     parallel: str = doc("across processes: 'ddp' (a full replica per process) or 'fsdp' (FSDP2: parameters, grads and "
                         "optimizer state sharded; sharded checkpoints that resume on any number of processes)", "ddp")
     num_threads: int = doc("CPU threads for this process; 0 = torch's default (split across processes)", 0)
+    attention: str = doc("the attention kernel on CUDA: 'auto' (model/gpt.py: ATTENTION_AUTO), 'flash', 'cudnn', "
+                         "'efficient' or 'math'; each falls back to torch's next kernel where it cannot run", "auto")
     log_every: int = doc("flush telemetry every N steps; each step still gets its own row", 1)
     eval_every: int = doc("evaluate val_bpb every N steps; 0 = only at the end", 0)
     eval_every_frac: float = doc("also evaluate each time this share of the budget is used (e.g. 0.25); 0 = off", 0.0)
@@ -158,6 +160,8 @@ class TrainConfig:
         self.compile = {"true": "on", "yes": "on", "1": "on", "false": "off", "no": "off", "0": "off"}.get(self.compile.lower(), self.compile.lower())
         if self.compile not in ("auto", "on", "off"):
             raise ValueError(f"train.compile must be auto, on or off, got {self.compile!r}")
+        if self.attention not in ("auto", "flash", "cudnn", "efficient", "math"):
+            raise ValueError(f"train.attention must be auto, flash, cudnn, efficient or math, got {self.attention!r}")
         if self.parallel not in ("ddp", "fsdp"):
             raise ValueError(f"train.parallel must be 'ddp' or 'fsdp', got {self.parallel!r}")
         if not 0 <= self.eval_every_frac < 1:

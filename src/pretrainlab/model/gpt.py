@@ -29,12 +29,31 @@ are sliced back to `vocab_size`.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..config import ModelConfig
+
+
+# The kernel train.attention=auto asks scaled_dot_product_attention for first; None: torch's own order
+ATTENTION_AUTO: str | None = None
+_SDPA = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+         "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+
+
+def attention_kernels(name: str):
+    """A context in which scaled_dot_product_attention tries kernel `name` first (train.attention),
+    then the others in torch's order; a kernel that cannot run an input passes it on. 'auto':
+    ATTENTION_AUTO. The choice is read when a model is traced, so compile inside the context."""
+    name = ATTENTION_AUTO if name == "auto" else name
+    if name is None:
+        return nullcontext()
+    first = _SDPA[name]
+    return sdpa_kernel([first, *(b for b in _SDPA.values() if b != first)], set_priority=True)
 
 
 def norm(x: torch.Tensor) -> torch.Tensor:
@@ -54,6 +73,10 @@ def has_value_embed(layer_idx: int, n_layer: int) -> bool:
 
 
 class CausalSelfAttention(nn.Module):
+    # q, k and v are three parameters (Muon orthogonalises each alone) but one matmul in the
+    # forward pass; False gives three matmuls, the same function (bench/gpu_probe.py compares them)
+    fuse_qkv = True
+
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
         self.n_head = cfg.n_head
@@ -69,9 +92,15 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, cos, sin, ve=None):
         B, T, C = x.shape
-        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
-        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
-        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
+        kv_dim = self.n_kv_head * self.head_dim
+        if self.fuse_qkv:  # one matmul over the three weights: the input is read once, and one wider GEMM runs faster
+            w = torch.cat([self.c_q.weight, self.c_k.weight, self.c_v.weight])
+            q, k, v = F.linear(x, w).split([C, kv_dim, kv_dim], dim=-1)
+        else:
+            q, k, v = self.c_q(x), self.c_k(x), self.c_v(x)
+        q = q.view(B, T, self.n_head, self.head_dim)
+        k = k.view(B, T, self.n_kv_head, self.head_dim)
+        v = v.view(B, T, self.n_kv_head, self.head_dim)
         if ve is not None:
             v = self.ve_lambdas[0] * v + self.ve_lambdas[1] * ve.view_as(v)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)

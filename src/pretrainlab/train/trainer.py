@@ -39,6 +39,7 @@ from ..config import Recipe
 from ..data import BatchLoader, Corpus, builtin_corpus_dir, prepare_builtin
 from ..errors import UserError
 from ..model import GPT
+from ..model.gpt import attention_kernels
 from . import checkpoint, compiling, parallel, rundir_lock
 from .optim import build_optimizers, lr_multiplier, set_lr
 from .telemetry import gpu_utilisation, peak_flops, peak_memory_mb, provenance
@@ -152,7 +153,8 @@ def train(recipe: Recipe | None = None, out_dir: Path | None = None, resume_dir:
         lock = rundir_lock.acquire(out_dir) if resume_dir is not None else prepare_run_dir(out_dir)
     had_group = dist.is_initialized()
     try:
-        return _train(recipe, out_dir, resume_dir is not None, echo)
+        with attention_kernels(recipe.train.attention):
+            return _train(recipe, out_dir, resume_dir is not None, echo)
     finally:
         if lock is not None:
             lock.release()

@@ -1,0 +1,176 @@
+"""Where a CUDA training step's time goes, and what the attention kernel and the fused QKV matmul change.
+
+    python bench/gpu_probe.py                                  # autoresearch-50m, all variants
+    python bench/gpu_probe.py --recipe gpt2-124m --variants cudnn+fused --seconds 10
+
+1. Attention alone: scaled_dot_product_attention forward + backward at the recipe's micro-batch
+   shape (bf16, causal), per kernel: ms, achieved TFLOP/s (causal work: half the square), and the
+   largest difference of its output and input gradients from the flash kernel's.
+2. The compiled model with the recipe's optimizers (Newton-Schulz compiled, as the trainer
+   does) on fixed random tokens, per variant `KERNEL+fused|separate` (train.attention; q, k and v
+   in one matmul or three): tokens/s and MFU against the vendor's peak, after 3 warm-up steps.
+3. torch.profiler over one step of the last variant: GPU time by kernel family (matmul,
+   attention, Triton-generated fused kernels, other) and the 15 longest kernels.
+Results: bench/results/gpu-probe-DATE.json; the tables print as Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from collections import defaultdict
+from datetime import date
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import sdpa_kernel
+
+from pretrainlab import api
+from pretrainlab.model import GPT
+from pretrainlab.model.gpt import _SDPA, CausalSelfAttention, attention_kernels
+from pretrainlab.train.optim import Muon, build_optimizers
+from pretrainlab.train.telemetry import device_name, peak_flops
+
+FAMILIES = [("attention", r"flash|fmha|attention|cudnn|sdpa"), ("matmul", r"gemm|cutlass|nvjet|xmma|cublas|sm90_|wgmma"),
+            ("fused (Triton)", r"^triton_"), ("optimizer", r"adam|foreach|multi_tensor")]
+
+
+def attention_alone(rows: int, heads: int, seq: int, head_dim: int, reps: int = 20) -> list[dict]:
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(rows, heads, seq, head_dim, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_() for _ in range(3))
+    dout = torch.randn_like(q)
+    work = 4 * rows * heads * seq * seq * head_dim / 2 * 3.5  # causal: half the square; backward 2.5x forward
+    out, ref = [], None
+    for name in ("flash", "cudnn", "efficient"):
+        try:
+            with sdpa_kernel(_SDPA[name]):  # this kernel only: an error where it cannot run
+                def step():
+                    q.grad = k.grad = v.grad = None
+                    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                    y.backward(dout)
+                    return y
+                for _ in range(3):
+                    y = step()
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    y = step()
+                torch.cuda.synchronize()
+                ms = (time.perf_counter() - t0) / reps * 1e3
+            got = (y.detach(), q.grad.clone(), k.grad.clone(), v.grad.clone())
+            ref = ref or got
+            diff = max((a.float() - b.float()).abs().max().item() for a, b in zip(got, ref))
+            out.append({"kernel": name, "ms": ms, "tflops": work / ms / 1e9, "max_abs_diff_vs_flash": diff})
+        except RuntimeError as e:
+            out.append({"kernel": name, "error": str(e).splitlines()[0][:200]})
+    return out
+
+
+def variant_run(recipe, variant: str, seconds: float, profile: bool) -> dict:
+    kernel, qkv = variant.split("+")
+    CausalSelfAttention.fuse_qkv = qkv == "fused"
+    m = recipe.model
+    rows, micro = recipe.train.batch_tokens // m.seq_len, recipe.train.micro_batch_rows
+    torch.manual_seed(0)
+    torch.cuda.reset_peak_memory_stats()
+    with attention_kernels(kernel):
+        raw = GPT(m).cuda()
+        fpt = raw.flops_per_token()
+        model = torch.compile(raw)
+        opts = build_optimizers(raw, recipe.optim)
+        for o in opts:
+            if isinstance(o, Muon):
+                o.compile_newton_schulz()
+        x = torch.randint(0, m.vocab_size, (rows, m.seq_len + 1), device="cuda")
+
+        def step():
+            for i in range(0, rows, micro):
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    loss = model(x[i:i + micro, :-1], x[i:i + micro, 1:], per_row=True).mean()
+                (loss * micro / rows).backward()
+            for o in opts:
+                o.step()
+                o.zero_grad(set_to_none=True)
+
+        t0 = time.perf_counter()
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        warm = time.perf_counter() - t0
+        steps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            step()
+            steps += 1
+            if steps % 4 == 0:
+                torch.cuda.synchronize()
+        torch.cuda.synchronize()
+        tps = steps * rows * m.seq_len / (time.perf_counter() - t0)
+        result = {"variant": variant, "tokens_per_s": tps, "mfu": tps * fpt / peak_flops(torch.device("cuda"), "bfloat16"),
+                  "warmup_s": warm, "steps": steps, "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30}
+        if profile:
+            result["profile"] = profile_step(step)
+    return result
+
+
+def profile_step(step) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    kernels = defaultdict(float)
+    for ev in prof.key_averages():
+        t = getattr(ev, "self_device_time_total", None) or getattr(ev, "self_cuda_time_total", 0)
+        if t:
+            kernels[ev.key] += t / 1e3  # ms
+    total = sum(kernels.values())
+    families = defaultdict(float)
+    for name, ms in kernels.items():
+        fam = next((f for f, pat in FAMILIES if re.search(pat, name, re.I)), "other")
+        families[fam] += ms
+    top = sorted(kernels.items(), key=lambda kv: -kv[1])[:15]
+    return {"gpu_ms": total, "families_ms": dict(families), "top": [{"kernel": k[:120], "ms": v} for k, v in top]}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", default="autoresearch-50m")
+    ap.add_argument("--variants", nargs="+", default=["flash+separate", "flash+fused", "cudnn+fused"])
+    ap.add_argument("--seconds", type=float, default=6.0)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("gpu_probe: no CUDA device; this probe measures a GPU")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    recipe = api.resolve_recipe(args.recipe, [])
+    m = recipe.model
+    m.vocab_size = m.vocab_size or (256 if recipe.data.tokenizer == "byte" else int(recipe.data.tokenizer.split(":")[1]))
+    res = {"meta": {"date": date.today().isoformat(), "device": device_name(torch.device("cuda")), "torch": torch.__version__,
+                    "cudnn": torch.backends.cudnn.version(), "command": " ".join(sys.argv), "recipe": args.recipe}}
+    res["attention"] = attention_alone(recipe.train.micro_batch_rows, m.n_head, m.seq_len, m.n_embd // m.n_head)
+    print("| kernel | fwd+bwd ms | TFLOP/s | max diff vs flash |\n|---|---|---|---|")
+    for a in res["attention"]:
+        print(f"| {a['kernel']} | {a.get('ms', float('nan')):.2f} | {a.get('tflops', float('nan')):.0f} | "
+              f"{a.get('max_abs_diff_vs_flash', a.get('error'))} |", flush=True)
+    res["variants"] = []
+    for i, v in enumerate(args.variants):
+        r = variant_run(recipe, v, args.seconds, profile=i == len(args.variants) - 1)
+        res["variants"].append(r)
+        print(f"{v}: {r['tokens_per_s']:,.0f} tok/s, MFU {r['mfu']:.1%}, warm-up {r['warmup_s']:.0f}s, "
+              f"peak {r['peak_mem_gb']:.1f} GB", flush=True)
+        out = Path(__file__).parent / "results" / f"gpu-probe-{res['meta']['date']}-{args.recipe}.json"
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(json.dumps(res, indent=2))
+    prof = res["variants"][-1]["profile"]
+    print(f"\nprofile of one step ({args.variants[-1]}): {prof['gpu_ms']:.1f} ms of GPU time")
+    for fam, ms in sorted(prof["families_ms"].items(), key=lambda kv: -kv[1]):
+        print(f"  {fam}: {ms:.1f} ms ({ms / prof['gpu_ms']:.0%})")
+    for t in prof["top"]:
+        print(f"  {t['ms']:8.2f} ms  {t['kernel']}")
+    print(f"raw: {out}")
+
+
+if __name__ == "__main__":
+    main()
