@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The GPU checks, in one pass, on a machine with one CUDA device:
-#   0. bench/gpu_probe.py: attention kernels alone, the compiled model per attention kernel and QKV layout, a profile
-#   1. the real trainer on autoresearch-50m (bf16 autocast + torch.compile, the probe's fastest attention kernel), then the doctor on that run
+#   0. bench/gpu_probe.py: attention kernels alone and in the compiled model, and a profile of one step
+#   1. the real trainer on autoresearch-50m (bf16 autocast + torch.compile; ATTN sets train.attention, default auto),
+#      then the doctor on that run; `train124`: the trainer on gpt2-124m
 #   2. a 4-run research campaign on `small` with --gpus 0: training and the lab's scoring in the
 #      sandbox with the GPU passed through
 #   3. bench/throughput.py on autoresearch-50m and gpt2-124m (MFU against the vendor peak)
-#   4. train.parallel=fsdp on `small` under torchrun (bf16 mixed-precision policy, per-block compile,
-#      sharded checkpoints), then a resume of it from its next-to-last checkpoint
+#   4. train.parallel=fsdp on `small` under torchrun (bf16 mixed-precision policy, per-block compile, NCCL),
+#      preempted with SIGTERM once it trains (it writes its sharded checkpoint), then resumed from it
 # Needs the BPE corpora prepared under $PRETRAINLAB_HOME (default ./.gpuhome):
 #   PRETRAINLAB_HOME=$PWD/.gpuhome pretrainlab data prepare --builtin --tokenizer bpe:8192   (and bpe:50257)
 # STEPS picks a subset (default: probe train doctor campaign throughput fsdp); RECIPES and SECONDS_EACH set the
@@ -42,13 +43,8 @@ cat "$OUT/env.txt"
 STEPS=${STEPS:-probe train doctor campaign throughput fsdp}
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 ATTN=${ATTN:-auto}
-if has probe; then
-    step probe "${PROBE_LIMIT:-330}" $PY bench/gpu_probe.py --seconds "${PROBE_SECONDS:-6}"
-    cp bench/results/gpu-probe-*.json "$OUT/" 2>/dev/null
-    # the trainer below runs with the attention kernel of the probe's fastest variant
-    ATTN=$($PY -c "import json,glob; r=json.load(open(sorted(glob.glob('bench/results/gpu-probe-*.json'))[-1]))['variants']; print(max(r, key=lambda v: v['tokens_per_s'])['variant'].split('+')[0])" 2>/dev/null || echo auto)
-    echo "train.attention=$ATTN" | tee -a "$summary"
-fi
+has probe && step probe "${PROBE_LIMIT:-240}" $PY bench/gpu_probe.py --seconds "${PROBE_SECONDS:-6}"
+cp bench/results/gpu-probe-*.json "$OUT/" 2>/dev/null
 has train && step train-ar50m 150 $PY -m pretrainlab train --recipe autoresearch-50m --set budget.seconds="${TRAIN_SECONDS:-30}" \
     --set train.attention="$ATTN" --out "$OUT/ws/runs/ar50m" --json
 has doctor && step doctor-ar50m 40 $PY -m pretrainlab doctor "$OUT/ws/runs/ar50m" --json
@@ -56,14 +52,22 @@ has campaign && step campaign-small "${CAMPAIGN_LIMIT:-170}" $PY -m pretrainlab 
     --parallel 1 --budget-runs 4 --seeds 2 --run-budget 10s --strategy random --name gpu-smoke --json
 has throughput && step throughput "${THROUGHPUT_LIMIT:-200}" $PY bench/throughput.py --recipes ${RECIPES:-autoresearch-50m gpt2-124m} \
     --seconds "${SECONDS_EACH:-10}"
-if has fsdp; then
-    step fsdp-small 240 $PY -m torch.distributed.run --standalone --nproc_per_node 1 -m pretrainlab train --recipe small \
-        --set train.parallel=fsdp --set train.compile=true --set budget.seconds="${FSDP_SECONDS:-20}" --set train.ckpt_every=50 \
-        --out "$OUT/ws/runs/fsdp-small" --json
-    rm -rf "$(ls -d "$OUT"/ws/runs/fsdp-small/ckpt/step_* | tail -n 1)"  # resume from the checkpoint before the last
-    step fsdp-resume 240 $PY -m torch.distributed.run --standalone --nproc_per_node 1 -m pretrainlab train \
-        --resume "$OUT/ws/runs/fsdp-small" --json
+if has fsdp; then  # FSDP2 on NCCL: preempted (SIGTERM to the torchrun group) once training runs, then resumed from its shards
+    run="$OUT/ws/runs/fsdp-small"
+    t0=$(date +%s)
+    setsid $PY -m torch.distributed.run --standalone --nproc_per_node 1 -m pretrainlab train --recipe small \
+        --set train.parallel=fsdp --set train.compile=true --set budget.seconds=40 --out "$run" --json >"$OUT/fsdp-small.log" 2>&1 &
+    pid=$!
+    rows() { cat "$run/metrics.jsonl" 2>/dev/null | grep -c '"step"'; }
+    until [ "$(rows)" -ge 30 ] || [ $(($(date +%s) - t0)) -gt 150 ]; do sleep 1; done
+    kill -TERM -- -"$pid"
+    wait "$pid"
+    echo "fsdp-small rc=$? $(($(date +%s) - t0))s (SIGTERM after $(rows) rows)" | tee -a "$summary"
+    tail -n 4 "$OUT/fsdp-small.log"
+    step fsdp-resume 200 $PY -m torch.distributed.run --standalone --nproc_per_node 1 -m pretrainlab train --resume "$run" --json
 fi
+has train124 && step train-124m 200 $PY -m pretrainlab train --recipe gpt2-124m --set budget.seconds="${TRAIN_SECONDS:-30}" \
+    --set train.attention="$ATTN" --set eval.tokens_per_domain=65536 --out "$OUT/ws/runs/124m" --json
 cp bench/results/throughput-*cuda*.json "$OUT/" 2>/dev/null
 tar czf "$OUT/logs.tar.gz" -C "$OUT" --exclude logs.tar.gz --exclude ckpt --exclude '*.pt' --exclude '*.bin' . 2>/dev/null
 echo "== summary"

@@ -123,3 +123,31 @@ def test_a_few_steps_learn():
             o.zero_grad()
         first = first or loss.item()
     assert loss.item() < first - 1.0
+
+
+def test_attention_kernel_choice_keys_the_compile_caches():
+    """train.attention: the kernel is fixed when torch.compile traces the model, and its on-disk
+    caches do not key on it. Inside the context the cache key carries the kernel, so a model
+    compiled earlier with another kernel is not handed back; outside, everything is as before."""
+    from torch.nn.attention import SDPBackend
+
+    from pretrainlab.config import TrainConfig
+    from pretrainlab.model.gpt import attention_kernels, auto_attention_kernel
+
+    before = torch.compiler.config.cache_key_tag
+    order_before = torch._C._get_sdp_priority_order()
+    with attention_kernels("math"):
+        assert torch.compiler.config.cache_key_tag.endswith("sdpa=math")
+        assert torch._C._get_sdp_priority_order()[0] == int(SDPBackend.MATH)
+        q = k = v = torch.randn(1, 2, 8, 4)
+        assert torch.allclose(torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True),
+                              torch.softmax((q @ k.mT / 2).masked_fill(torch.ones(8, 8).triu(1).bool(), float("-inf")), -1) @ v, atol=1e-6)
+    with attention_kernels("cudnn"):
+        assert torch.compiler.config.cache_key_tag.endswith("sdpa=cudnn")
+    assert torch.compiler.config.cache_key_tag == before and torch._C._get_sdp_priority_order() == order_before
+    if not torch.cuda.is_available():  # auto: torch's own order off a Hopper GPU
+        assert auto_attention_kernel() is None
+        with attention_kernels("auto"):
+            assert torch.compiler.config.cache_key_tag == before
+    with pytest.raises(ValueError, match="train.attention must be auto, flash, cudnn, efficient or math, got 'fa3'"):
+        TrainConfig(attention="fa3")

@@ -135,7 +135,7 @@ class TrainConfig:
     parallel: str = doc("across processes: 'ddp' (a full replica per process) or 'fsdp' (FSDP2: parameters, grads and "
                         "optimizer state sharded; sharded checkpoints that resume on any number of processes)", "ddp")
     num_threads: int = doc("CPU threads for this process; 0 = torch's default (split across processes)", 0)
-    attention: str = doc("the attention kernel on CUDA: 'auto' (model/gpt.py: ATTENTION_AUTO), 'flash', 'cudnn', "
+    attention: str = doc("the attention kernel on CUDA: 'auto' (cuDNN on Hopper GPUs, else torch's order; model/gpt.py), 'flash', 'cudnn', "
                          "'efficient' or 'math'; each falls back to torch's next kernel where it cannot run", "auto")
     log_every: int = doc("flush telemetry every N steps; each step still gets its own row", 1)
     eval_every: int = doc("evaluate val_bpb every N steps; 0 = only at the end", 0)

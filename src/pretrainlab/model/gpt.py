@@ -29,7 +29,7 @@ are sliced back to `vocab_size`.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -39,21 +39,36 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ..config import ModelConfig
 
 
-# The kernel train.attention=auto asks scaled_dot_product_attention for first; None: torch's own order
-ATTENTION_AUTO: str | None = None
 _SDPA = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
          "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
 
 
+def auto_attention_kernel() -> str | None:
+    """train.attention=auto: cuDNN's kernel on a Hopper GPU or newer, where it ran causal bf16
+    attention 1.8x faster than flash attention 2 (docs/benchmarks.md, GPU); elsewhere None,
+    torch's own order (unmeasured here)."""
+    if torch.cuda.is_available() and torch.backends.cudnn.is_available() and torch.cuda.get_device_capability() >= (9, 0):
+        return "cudnn"
+    return None
+
+
+@contextmanager
 def attention_kernels(name: str):
     """A context in which scaled_dot_product_attention tries kernel `name` first (train.attention),
-    then the others in torch's order; a kernel that cannot run an input passes it on. 'auto':
-    ATTENTION_AUTO. The choice is read when a model is traced, so compile inside the context."""
-    name = ATTENTION_AUTO if name == "auto" else name
+    then the others in torch's order; a kernel that cannot run an input passes it on.
+
+    The kernel is fixed when a model is traced, so compile inside the context. torch.compile's
+    on-disk caches do not key on it: the context tags their keys with the kernel, or a model
+    compiled before with another kernel would come back from the cache with that one."""
+    name = auto_attention_kernel() if name == "auto" else name
     if name is None:
-        return nullcontext()
+        yield
+        return
     first = _SDPA[name]
-    return sdpa_kernel([first, *(b for b in _SDPA.values() if b != first)], set_priority=True)
+    config = torch.compiler.config
+    tagged = config.patch(cache_key_tag=f"{config.cache_key_tag}|sdpa={name}") if hasattr(config, "cache_key_tag") else nullcontext()
+    with sdpa_kernel([first, *(b for b in _SDPA.values() if b != first)], set_priority=True), tagged:
+        yield
 
 
 def norm(x: torch.Tensor) -> torch.Tensor:
@@ -73,10 +88,6 @@ def has_value_embed(layer_idx: int, n_layer: int) -> bool:
 
 
 class CausalSelfAttention(nn.Module):
-    # q, k and v are three parameters (Muon orthogonalises each alone) but one matmul in the
-    # forward pass; False gives three matmuls, the same function (bench/gpu_probe.py compares them)
-    fuse_qkv = True
-
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
         self.n_head = cfg.n_head
@@ -92,15 +103,9 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, cos, sin, ve=None):
         B, T, C = x.shape
-        kv_dim = self.n_kv_head * self.head_dim
-        if self.fuse_qkv:  # one matmul over the three weights: the input is read once, and one wider GEMM runs faster
-            w = torch.cat([self.c_q.weight, self.c_k.weight, self.c_v.weight])
-            q, k, v = F.linear(x, w).split([C, kv_dim, kv_dim], dim=-1)
-        else:
-            q, k, v = self.c_q(x), self.c_k(x), self.c_v(x)
-        q = q.view(B, T, self.n_head, self.head_dim)
-        k = k.view(B, T, self.n_kv_head, self.head_dim)
-        v = v.view(B, T, self.n_kv_head, self.head_dim)
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
+        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
+        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
         if ve is not None:
             v = self.ve_lambdas[0] * v + self.ve_lambdas[1] * ve.view_as(v)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
