@@ -34,7 +34,7 @@ test: setup
 	$(VENV)/bin/pretrainlab data prepare --builtin
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
-# A real one-node SLURM cluster on this machine (root; installs Debian's slurm-wlm and munge if
+# A real two-node SLURM cluster on this machine (root; installs Debian's slurm-wlm and munge if
 # missing) for `--runner slurm` and tests/test_slurm.py. Then, in your shell:
 #   eval "$$(scripts/slurm-local.sh env)"      # SLURM_CONF for sinfo, sbatch and the lab
 SLURM_DIR ?= /tmp/pretrainlab-slurm

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# A real single-node SLURM cluster on this machine, for `--runner slurm` (docs/scale.md) and
-# its tests (tests/test_slurm.py): Debian's slurm-wlm and munge, one node whose CPUs are the
-# slots, one partition, every file (config, state, spool, logs, munge key and socket) in DIR.
+# A real SLURM cluster on this machine, for `--runner slurm` (docs/scale.md) and its tests
+# (tests/test_slurm.py): Debian's slurm-wlm and munge, SLURM_LOCAL_NODES nodes (default 2, one
+# slurmd each, each with this machine's CPUs), one partition, every file (config, state, spool,
+# logs, munge key and socket) in DIR.
 #
-#   scripts/slurm-local.sh start [DIR]   # install (root, apt) if missing, start munged, slurmctld, slurmd;
-#                                        # wait until sinfo shows the node idle; print the env to use it
+#   scripts/slurm-local.sh start [DIR]   # install (root, apt) if missing, start munged, slurmctld, the slurmds;
+#                                        # wait until sinfo shows the nodes idle; print the env to use it
 #   eval "$(scripts/slurm-local.sh env [DIR])"   # SLURM_CONF=DIR/slurm.conf for sinfo, sbatch, the lab
 #   scripts/slurm-local.sh stop [DIR]    # stop the daemons, remove DIR
 #
@@ -19,6 +20,9 @@ cmd=${1:-}
 DIR=${2:-/tmp/pretrainlab-slurm}
 PARTITION=debug
 READY_S=${SLURM_LOCAL_READY_S:-60}
+# nodes: one slurmd each, all on this machine (slurmd -N), each with all its CPUs: runs see one machine and one
+# filesystem wherever SLURM places them, and a node can be taken down on its own (the node-exclusion test)
+NODES=${SLURM_LOCAL_NODES:-2}
 
 die() { echo "slurm-local: $*" >&2; exit 1; }
 
@@ -47,34 +51,38 @@ pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 stop() {
     [ -d "$DIR" ] || return 0
-    local f
-    for f in slurmd slurmctld munged; do
-        if pid_alive "$DIR/$f.pid"; then kill "$(cat "$DIR/$f.pid")" 2>/dev/null || true; fi
+    local f pids=("$DIR"/slurmd-*.pid "$DIR/slurmctld.pid" "$DIR/munged.pid")
+    for f in "${pids[@]}"; do
+        if pid_alive "$f"; then kill "$(cat "$f")" 2>/dev/null || true; fi
     done
     for _ in $(seq 50); do  # up to 10 s for them to go
-        pid_alive "$DIR/slurmd.pid" || pid_alive "$DIR/slurmctld.pid" || pid_alive "$DIR/munged.pid" || break
+        local alive=0
+        for f in "${pids[@]}"; do pid_alive "$f" && alive=1; done
+        [ "$alive" = 0 ] && break
         sleep 0.2
     done
-    for f in slurmd slurmctld munged; do
-        if pid_alive "$DIR/$f.pid"; then kill -9 "$(cat "$DIR/$f.pid")" 2>/dev/null || true; fi
+    for f in "${pids[@]}"; do
+        if pid_alive "$f"; then kill -9 "$(cat "$f")" 2>/dev/null || true; fi
     done
     rm -rf "$DIR"
 }
 
+node_name() {  # node_name HOST I: the name of node I of the cluster
+    if [ "$2" = 1 ]; then echo "$1"; else echo "$1-$2"; fi
+}
+
 write_conf() {
-    local host cpus mem_mb ctld_port d_port
+    local host cpus mem_mb ctld_port node
     host=$(hostname -s)
     cpus=$(nproc)
     mem_mb=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 9 / 10 ))
     ctld_port=$(free_port)
-    d_port=$(free_port)
     mkdir -p "$DIR/state" "$DIR/spool"
     cat >"$DIR/slurm.conf" <<EOF
 # a one-node cluster for pretrainlab (scripts/slurm-local.sh); everything lives in $DIR
 ClusterName=pretrainlab
 SlurmctldHost=$host(127.0.0.1)
 SlurmctldPort=$ctld_port
-SlurmdPort=$d_port
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -84,9 +92,9 @@ AuthInfo=socket=$DIR/munge.socket,cred_expire=5
 StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool/%n
 SlurmctldPidFile=$DIR/slurmctld.pid
-SlurmdPidFile=$DIR/slurmd.pid
+SlurmdPidFile=$DIR/slurmd-%n.pid
 SlurmctldLogFile=$DIR/slurmctld.log
-SlurmdLogFile=$DIR/slurmd.log
+SlurmdLogFile=$DIR/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -107,9 +115,14 @@ KillWait=30
 MinJobAge=600
 SlurmctldTimeout=30
 SlurmdTimeout=30
-NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
-PartitionName=$PARTITION Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
+    local i names=""
+    for i in $(seq "$NODES"); do  # node 1 is named after the machine, node i > 1 $host-i: each its own slurmd and port
+        node=$(node_name "$host" "$i")
+        echo "NodeName=$node NodeHostname=$host NodeAddr=127.0.0.1 Port=$(free_port) CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN" >>"$DIR/slurm.conf"
+        names=${names:+$names,}$node
+    done
+    echo "PartitionName=$PARTITION Nodes=$names Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO" >>"$DIR/slurm.conf"
     cat >"$DIR/env" <<EOF
 export SLURM_CONF=$DIR/slurm.conf
 EOF
@@ -130,20 +143,23 @@ start() {
         || { cat "$DIR/munged.log" >&2 2>/dev/null; die "munged did not start"; }
     export SLURM_CONF="$DIR/slurm.conf"
     slurmctld -f "$SLURM_CONF" -i || { tail -n 20 "$DIR/slurmctld.log" >&2; die "slurmctld did not start"; }
-    slurmd -f "$SLURM_CONF" || { tail -n 20 "$DIR/slurmd.log" >&2; die "slurmd did not start"; }
+    local i
+    for i in $(seq "$NODES"); do
+        slurmd -f "$SLURM_CONF" -N "$(node_name "$(hostname -s)" "$i")" || { tail -n 20 "$DIR"/slurmd-*.log >&2; die "slurmd did not start"; }
+    done
     local state=""
     for _ in $(seq $((READY_S * 2))); do
         state=$(sinfo -h -p "$PARTITION" -o %T 2>/dev/null || true)
         if [ "$state" = idle ]; then
-            echo "slurm-local: node $(hostname -s) idle in partition $PARTITION ($(nproc) CPUs); config $SLURM_CONF" >&2
+            echo "slurm-local: $NODES node(s) idle in partition $PARTITION ($(sinfo -h -p "$PARTITION" -o %N), $(nproc) CPUs each); config $SLURM_CONF" >&2
             cat "$DIR/env"
             return 0
         fi
         sleep 0.5
     done
-    tail -n 20 "$DIR/slurmctld.log" "$DIR/slurmd.log" >&2 2>/dev/null || true
+    tail -n 20 "$DIR/slurmctld.log" "$DIR"/slurmd-*.log >&2 2>/dev/null || true
     stop
-    die "the node is not idle after ${READY_S} s (sinfo: ${state:-no answer})"  # the last line: the reason
+    die "the nodes are not idle after ${READY_S} s (sinfo: ${state:-no answer})"  # the last line: the reason
 }
 
 case "$cmd" in

@@ -1,4 +1,4 @@
-"""`--runner slurm` (runners/slurm.py) against a real SLURM cluster: the one-node cluster of
+"""`--runner slurm` (runners/slurm.py) against a real SLURM cluster: the two-node cluster of
 scripts/slurm-local.sh (Debian's slurm-wlm; `.ci/run` starts it, `make slurm` here, then
 `eval "$(scripts/slurm-local.sh env)"`). Without a cluster that answers `sinfo`, the cluster
 tests are skipped with the reason.
@@ -7,7 +7,8 @@ A campaign of two runs goes through `pretrainlab research start --runner slurm`;
 jobs is requeued with `scontrol requeue` once it has a checkpoint, then the campaign's loop is
 killed with SIGKILL and `research resume` adopts the jobs still in the queue: every run
 finishes once, the requeued one from its checkpoint, and nothing is submitted twice. A run
-warned of its job's time limit (SIGUSR2) checkpoints and its job is requeued, then resumed.
+warned of its job's time limit (SIGUSR2) checkpoints and its job is requeued, then resumed. A
+node that dies twice under a run is excluded, and the run finishes on the other node.
 What a run's job asks SLURM for, and the profile file's validation, need no cluster."""
 
 import json
@@ -230,14 +231,14 @@ def test_a_submission_refused_for_a_passing_reason_is_tried_again(corpus_dir, tm
 # ---- no cluster needed ------------------------------------------------------------------------
 
 
-def sbatch_script(settings: SlurmSettings, job: Job, folder: Path, monkeypatch) -> list[str]:
+def sbatch_script(settings: SlurmSettings, job: Job, folder: Path, monkeypatch, exclude=frozenset()) -> list[str]:
     """The batch script submitit's SlurmExecutor writes for `job` with these settings, as the
     runner configures it (what sbatch receives)."""
     import submitit
 
     monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 2))  # no `srun` needed on this machine
     executor = submitit.SlurmExecutor(folder=folder)
-    executor.update_parameters(**sbatch_parameters(settings, job))
+    executor.update_parameters(**sbatch_parameters(settings, job, exclude))
     return executor._make_submission_file_text("python -u -m submitit.core._submit FOLDER", "uid").splitlines()
 
 
@@ -258,6 +259,12 @@ def test_what_a_runs_job_asks_slurm_for(tmp_path, monkeypatch):
     assert "#SBATCH --time=60" in plain and "#SBATCH --requeue" in plain and "#SBATCH --cpus-per-task=1" in plain
     assert not any(s.startswith(("#SBATCH --partition", "#SBATCH --account", "#SBATCH --gpus", "#SBATCH --mem")) for s in plain)
     assert "#SBATCH --mem=1536M" in sbatch_script(SlurmSettings(mem_gb=1.5), job, tmp_path, monkeypatch)
+    # nodes the runner excluded join those the settings exclude, in one option
+    assert not any("--exclude" in s for s in plain)
+    excluding = sbatch_script(SlurmSettings(sbatch={"exclude": "n9"}), job, tmp_path, monkeypatch, exclude={"n2", "n1"})
+    assert [s for s in excluding if "--exclude" in s] == ["#SBATCH --exclude=n9,n1,n2"]
+    assert [s for s in sbatch_script(SlurmSettings(sbatch={"exclude": "n9"}), job, tmp_path, monkeypatch) if "--exclude" in s] == \
+        ["#SBATCH --exclude=n9"]
 
 
 def test_the_flags_and_the_profile_make_the_settings(tmp_path):
@@ -305,3 +312,117 @@ def test_a_bad_profile_or_flag_is_a_one_line_error_naming_it(tmp_path):
              "print(code, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["2", "False"], out.stdout + out.stderr
+
+
+def local_cluster_dir() -> Path | None:
+    """The folder of scripts/slurm-local.sh's cluster (its slurmd pid files), if that is the one in use."""
+    conf = os.environ.get("SLURM_CONF")
+    return Path(conf).parent if conf and list(Path(conf).parent.glob("slurmd-*.pid")) else None
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def test_a_node_that_fails_twice_is_excluded_and_its_run_finishes_elsewhere(corpus_dir, tmp_path, cluster):
+    """A node that dies (its slurmd and every process of its job killed at once, then marked down, as a
+    power loss does) costs its run a requeue and a resume from its checkpoint. The second time the same
+    node takes a run down, the runner excludes it: the pending job and every later submission ask SLURM
+    for other nodes, the exclusion is an event (a ledger note in a campaign) and is kept for the
+    campaign's next loop, and the run finishes on another node with every step trained once."""
+    folder = local_cluster_dir()
+    if folder is None:
+        pytest.skip("needs the local cluster of scripts/slurm-local.sh (its slurmds are killed and restarted here)")
+    nodes = subprocess.run(["sinfo", "--noheader", "--Node", f"--partition={cluster.partition}", "--format=%N"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    if len(nodes) < 2:
+        pytest.skip("needs two nodes: scripts/slurm-local.sh start with SLURM_LOCAL_NODES=2 (the default)")
+    good, bad = nodes[0], nodes[1]
+    conf = os.environ["SLURM_CONF"]
+    blocker = subprocess.run(["sbatch", "--parsable", f"--nodelist={good}", "--exclusive", f"--partition={cluster.partition}",
+                              "--wrap", "sleep 600"], capture_output=True, text=True, check=True).stdout.strip()
+    runner = SlurmRunner(1, SlurmSettings(partition=cluster.partition, time="10"), log_dir=tmp_path / "logs")
+    run_dir = tmp_path / "lossy-s0"
+    events, results = [], []
+
+    def follow(until, what: str, timeout_s: float):
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            results.extend(runner.poll())
+            events.extend(runner.take_events())
+            if until():
+                return
+            runner.sleep(0.3)
+        raise AssertionError(f"{what}: not within {timeout_s:.0f} s; events: {[e.text for e in events]}")
+
+    def state() -> tuple[str, str]:
+        out = subprocess.run(["squeue", "--noheader", "--states=all", f"--jobs={job_id}", "--format=%T|%N"],
+                             capture_output=True, text=True).stdout.strip()
+        return tuple(out.split("|")) if "|" in out else ("", "")
+
+    def checkpoint() -> int:  # the step of the newest checkpoint, 0 if none
+        return max((int(p.stem.split("_")[1]) for p in (run_dir / "ckpt").glob("step_*.pt")), default=0)
+
+    def power_loss() -> None:
+        """The bad node dies: its slurmd and its job's processes at once; the controller marks it down."""
+        os.kill(int((folder / f"slurmd-{bad}.pid").read_text()), signal.SIGKILL)
+        stepds = [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/cmdline")  # the batch step's and srun's (its title may be cut)
+                  if p.read_bytes().startswith(f"slurmstepd: [{job_id}.".encode())]
+        assert stepds, f"no slurmstepd of job {job_id}"
+        for pid in [*stepds, *(d for s in stepds for d in descendants(s))]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        subprocess.run(["scontrol", "update", f"nodename={bad}", "state=down", "reason=power lost"], check=True, capture_output=True)
+
+    try:
+        runner.submit(Job("lossy-s0", "tiny-cpu", run_dir, tiny_overrides(corpus_dir, **{"budget.tokens": 1024 * 160, "budget.seconds": 0,
+                                                                                           "train.ckpt_every": 8}), timeout_s=600))
+        job_id = str(rundir.load_json(tmp_path / "logs" / "lossy-s0.slurm.json")["job_id"])
+        for loss in (1, 2):
+            follow(lambda: state() == ("RUNNING", bad) and checkpoint() > 0, f"the run training on {bad} with a checkpoint", 120)
+            saved = checkpoint()
+            follow(lambda: checkpoint() > saved, "a newer checkpoint", 60)  # it trains on that node, past where it started
+            power_loss()
+            follow(lambda: sum(e.kind == "requeued" for e in events) == loss, f"requeue {loss} seen", 60)
+            subprocess.run(["slurmd", "-f", conf, "-N", bad], check=True, capture_output=True)  # the node comes back
+        assert [e.kind for e in events] == ["requeued", "requeued", "excluded"], [e.text for e in events]
+        assert f"its node {bad} is down" in events[0].text and f"its node {bad} is down" in events[1].text
+        assert events[2].text.startswith(f"SLURM node {bad} excluded: 2 runs lost there (lossy-s0, lossy-s0")
+        shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, check=True).stdout
+        assert f"ExcNodeList={bad}" in shown  # the pending job will not go back to it
+        assert rundir.load_json(tmp_path / "logs" / "slurm.excluded.json") == {"nodes": [bad]}
+        time.sleep(2)  # the bad node is back and idle, the good one busy: the job still waits
+        assert state()[0] == "PENDING"
+        subprocess.run(["scancel", blocker], check=True)
+        follow(lambda: bool(results), "the run's end", 240)
+    finally:
+        subprocess.run(["scancel", blocker], capture_output=True)
+        runner.shutdown()
+        if not (folder / f"slurmd-{bad}.pid").exists() or subprocess.run(["kill", "-0", (folder / f"slurmd-{bad}.pid").read_text().strip()]).returncode:
+            subprocess.run(["slurmd", "-f", conf, "-N", bad], capture_output=True)
+    (result,) = results
+    assert result.status == "ok", result.stderr_tail
+    assert state() == ("COMPLETED", good)
+    resumes = rundir.load_json(run_dir / rundir.PROVENANCE)["resumes"]
+    assert len(resumes) == 2 and all(r["step"] > 0 for r in resumes), resumes
+    steps = [row["step"] for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if row["type"] == "train"]
+    assert steps == list(range(1, 161))  # every step once: none lost to the node, none trained twice
+    # a later loop of the campaign keeps the node out, and so does every job it submits
+    again = SlurmRunner(1, SlurmSettings(partition=cluster.partition, time="10"), log_dir=tmp_path / "logs")
+    assert again.excluded == {bad}
+    assert sbatch_parameters(again.settings, Job("x", "tiny-cpu", tmp_path / "x", []), again.excluded)["exclude"] == bad

@@ -28,6 +28,11 @@ time limit SLURM sends SIGUSR2 (submitit's --signal): the run checkpoints and su
 the job (at most 3 times), so a run longer than the partition allows continues in a new
 allocation. Each requeue the runner sees is a RunnerEvent, noted in the ledger.
 
+A node that takes EXCLUDE_AFTER runs down (jobs ending NODE_FAIL or BOOT_FAIL, or requeued while
+sinfo shows their node down, drained, failing or silent) is excluded: later jobs are submitted with
+--exclude, pending ones get it through `scontrol update`, and the campaign's next loop reads the
+list from logs/slurm.excluded.json; never the last node of the partition that could run a job.
+
 A submission sbatch refuses for a passing reason (TRANSIENT_SBATCH: a controller that timed out or
 restarts) is tried again after each of SBATCH_RETRY_S; one refused for its settings is a UserError
 at once.
@@ -90,6 +95,10 @@ LOCK_WAIT_S = KILL_GRACE_S + 60.0
 ENDED = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "REVOKED",
          "SPECIAL_EXIT", "TIMEOUT"}
 FINAL = ("rejected", "diverged")  # ends a run would come to again if run again ('ok' and 'timeout' once the lab scored them)
+EXCLUDE_AFTER = 2  # runs lost to one node's failure before it gets no more (one can be the cluster's, two are the node's)
+NODE_ENDS = ("NODE_FAIL", "BOOT_FAIL")  # job states that are its node's failure, by SLURM's own word
+# sinfo states (%T) of a node that failed or was taken out of service; a trailing '*': it does not answer
+NODE_TROUBLE = ("down", "drain", "fail", "not_responding", "unknown")
 
 
 @dataclass
@@ -209,8 +218,9 @@ def job_name(key: str) -> str:
     return f"pretrainlab-{key}"
 
 
-def sbatch_parameters(settings: SlurmSettings, job: Job) -> dict:
-    """submitit's SlurmExecutor parameters for one run's job (its sbatch options)."""
+def sbatch_parameters(settings: SlurmSettings, job: Job, exclude: set[str] | frozenset = frozenset()) -> dict:
+    """submitit's SlurmExecutor parameters for one run's job (its sbatch options); `exclude`: nodes
+    the runner took out of the campaign, added to any the settings exclude."""
     if settings.time is not None:
         minutes = time_minutes(settings.time)
     elif job.timeout_s:  # the run's own timeout comes before SLURM's warning
@@ -228,6 +238,9 @@ def sbatch_parameters(settings: SlurmSettings, job: Job) -> dict:
         params["mem"] = f"{settings.mem_gb:g}G" if settings.mem_gb == int(settings.mem_gb) else f"{math.ceil(settings.mem_gb * 1024)}M"
     if settings.setup:
         params["setup"] = list(settings.setup)
+    if exclude:
+        theirs = [n for n in str(params["additional_parameters"].pop("exclude", "")).split(",") if n]
+        params["exclude"] = ",".join(dict.fromkeys([*theirs, *sorted(exclude)]))
     return params
 
 
@@ -382,6 +395,10 @@ class SlurmRunner(SlotRunner):
         self._adoptable: dict[str, tuple[str, QueueEntry]] = {}  # key -> (job id, its queue entry) of an earlier loop's job
         self._queried_at = 0.0
         self._results_seen: set[str] = set()  # job ids whose result file sleep() has seen
+        self.losses: dict[str, list[str]] = {}  # node -> runs lost to its failure
+        self._excluded_path = self._logs / "slurm.excluded.json"  # kept for the next loop of the campaign
+        self.excluded: set[str] = set(rundir.load_json(self._excluded_path)["nodes"]) if self._excluded_path.exists() else set()
+        self._kept_last: set[str] = set()  # nodes past EXCLUDE_AFTER kept as the last ones that can run a job
 
     def scoring_resources(self) -> dict:
         """The lab's scoring at close runs in the loop's own process, on this machine's CPU."""
@@ -407,7 +424,7 @@ class SlurmRunner(SlotRunner):
         spec["code_src"] = job.pythonpath  # None: the node's own lab (installed at the same path on every node, or its own)
         spec_path = self._spec_path(job.key)
         rundir.write_json_atomic(spec_path, spec)
-        self._executor.update_parameters(**sbatch_parameters(self.settings, job))
+        self._executor.update_parameters(**sbatch_parameters(self.settings, job, self.excluded))
         for attempt in range(len(SBATCH_RETRY_S) + 1):
             try:
                 submitted = self._executor.submit(RunAttempt(str(spec_path), str(self._stderr_path(job.key))))
@@ -481,6 +498,8 @@ class SlurmRunner(SlotRunner):
                 continue
             ended = time.time()
             self._ended(key, ended)
+            if entry is not None and entry.state in NODE_ENDS:
+                self._node_lost(entry.node or r.node, key, entry.state)
             code, note = self._outcome(r, entry)
             done.append(self._result(r, code, ended, r.reason, note))
         return done
@@ -493,9 +512,13 @@ class SlurmRunner(SlotRunner):
                 resume = f"resumes from its last checkpoint (step {steps[-1]} or later)" if steps else \
                     "it had no checkpoint yet: it starts again from step 0 unless its interrupted process wrote one as it stopped"
                 where = f" on {r.node}" if r.node else ""
-                self.events.append(RunnerEvent("requeued", f"run {key}: SLURM job {r.job_id} requeued{where} (preempted, requeued by "
-                                                           f"an administrator, its node lost, or its time limit; restart "
+                trouble = _node_states([r.node]).get(r.node, "") if r.node else ""
+                why = f"its node {r.node} is {trouble}" if _troubled(trouble) else \
+                    "preempted, requeued by an administrator, its node lost, or its time limit"
+                self.events.append(RunnerEvent("requeued", f"run {key}: SLURM job {r.job_id} requeued{where} ({why}; restart "
                                                            f"{entry.restarts}); {resume}", key))
+                if _troubled(trouble):
+                    self._node_lost(r.node, key, trouble)
         if entry.state == "RUNNING" and r.running_since is None:
             r.running_since, r.node = now, entry.node or r.node
         self._enforce_deadlines(key, r, now, since=r.running_since)  # a timeout counts from SLURM starting it
@@ -516,6 +539,31 @@ class SlurmRunner(SlotRunner):
         if not note and entry is not None and entry.state != "COMPLETED":
             note = f"{state} ({entry.reason})"
         return code, f"[pretrainlab] {note}" if note else ""
+
+    def _node_lost(self, node: str | None, key: str, why: str) -> None:
+        """Count a run lost to `node`'s failure; at EXCLUDE_AFTER the node gets no more runs of this
+        campaign (new jobs and pending ones exclude it), unless no other node could take one."""
+        if not node:
+            return
+        self.losses.setdefault(node, []).append(key)
+        if node in self.excluded or len(self.losses[node]) < EXCLUDE_AFTER:
+            return
+        others = [n for n, state in _node_states(None, self.settings.partition).items()
+                  if n != node and n not in self.excluded and not _troubled(state)]
+        if not others:  # the last node that can run a job: excluding it would leave every run pending forever
+            if node not in self._kept_last:
+                self._kept_last.add(node)
+                self.events.append(RunnerEvent("not_excluded", f"SLURM node {node}: {len(self.losses[node])} runs lost there "
+                                                               f"({', '.join(self.losses[node])}, last: {why}), but no other node "
+                                                               "of the partition can run them: it stays in use"))
+            return
+        self.excluded.add(node)
+        rundir.write_json_atomic(self._excluded_path, {"nodes": sorted(self.excluded)})
+        for r in self._running.values():  # a pending job (a requeued one too) must not start there either
+            _command(["scontrol", "update", f"JobId={r.job_id}", f"ExcNodeList={','.join(sorted(self.excluded))}"])
+        self.events.append(RunnerEvent("excluded", f"SLURM node {node} excluded: {len(self.losses[node])} runs lost there "
+                                                   f"({', '.join(self.losses[node])}, last: {why}); no more runs of this "
+                                                   "campaign go to it (sbatch --exclude)"))
 
     def _paths(self, job_id: str):
         """submitit's files of a job: its result, its own stdout and stderr."""
@@ -546,6 +594,23 @@ class SlurmRunner(SlotRunner):
             if len(parts) >= 6 and parts[2].isdigit():
                 queue[parts[0]] = QueueEntry(parts[4], parts[1], int(parts[2]), parts[3], "|".join(parts[5:]))
         return queue
+
+
+def _node_states(nodes: list[str] | None, partition: str | None = None) -> dict[str, str]:
+    """{node: its sinfo state, lower case} for `nodes` (None: every node, of `partition` if given);
+    empty when sinfo does not answer."""
+    cmd = ["sinfo", "--noheader", "--Node", "--format=%N|%T"]
+    if nodes:
+        cmd.append(f"--nodes={','.join(nodes)}")
+    if partition:
+        cmd.append(f"--partition={partition}")
+    out = _command(cmd) or ""
+    return {n.strip(): state.strip().lower() for n, state in (line.split("|", 1) for line in out.splitlines() if "|" in line)}
+
+
+def _troubled(state: str) -> bool:
+    """Whether a sinfo state says the node failed or was taken out of service."""
+    return state.endswith("*") or any(t in state for t in NODE_TROUBLE)
 
 
 def _command(cmd: list[str], unknown_ok: bool = False) -> str | None:
