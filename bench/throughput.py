@@ -38,6 +38,7 @@ from plain_gpt import PlainGPT
 from pretrainlab import api
 from pretrainlab.data import Corpus, builtin_corpus_dir
 from pretrainlab.model import GPT
+from pretrainlab.model.gpt import attention_kernels, auto_attention_kernel
 from pretrainlab.train import compiling
 from pretrainlab.train.optim import build_optimizers
 from pretrainlab.train.telemetry import device_name, peak_flops
@@ -104,23 +105,26 @@ def bench_recipe(name: str, seconds: float, device: torch.device, extra: list[st
     result["params"] = summary["params"]
     result["trainer_tokens_per_s"] = summary["tokens_per_s"]
 
-    # 2. pretrainlab's model in a bare loop, 3. the plain GPT in the same loop
-    torch.manual_seed(0)
-    model = GPT(m).to(device)
-    compile_ = device.type == "cuda" and compiling.plan(recipe.train.compile, device.type, 1, "ddp") == "on"  # CPU: bench/speedrun.py
-    result["model_tokens_per_s"] = bare_loop(torch.compile(model) if compile_ else model, build_optimizers(model, recipe.optim),
-                                             rows, m.seq_len, m.vocab_size, device, autocast, seconds, recipe.train.micro_batch_rows)
-    result["model_adamw_tokens_per_s"] = bare_loop(torch.compile(model) if compile_ else model,
-                                                   build_optimizers(model, dataclasses.replace(recipe.optim, name="adamw")),
-                                                   rows, m.seq_len, m.vocab_size, device, autocast, seconds, recipe.train.micro_batch_rows)
-    del model
-    plain = PlainGPT(m.vocab_size, m.seq_len, m.n_layer, m.n_embd, m.n_head).to(device)
-    plain_opt = [torch.optim.AdamW(plain.parameters(), lr=3e-4, fused=device.type == "cuda")]
-    result["plain_tokens_per_s"] = bare_loop(torch.compile(plain) if compile_ else plain, plain_opt,
-                                             rows, m.seq_len, m.vocab_size, device, autocast, seconds, recipe.train.micro_batch_rows)
-    plain_nonembed = sum(p.numel() for p in plain.parameters()) - plain.wte.weight.numel() - plain.wpe.weight.numel()
-    plain_fpt = 6 * (plain_nonembed + plain.wte.weight.numel()) + 12 * m.n_layer * m.n_embd * m.seq_len  # tied head is a matmul
-    del plain
+    # 2. pretrainlab's model in a bare loop, 3. the plain GPT in the same loop, both with the trainer's
+    # attention kernel (train.attention; on an H100 'auto' is cuDNN's), so the rows compare models, not kernels
+    result["attention"] = recipe.train.attention if recipe.train.attention != "auto" else (auto_attention_kernel() or "torch's order")
+    with attention_kernels(recipe.train.attention):
+        torch.manual_seed(0)
+        model = GPT(m).to(device)
+        compile_ = device.type == "cuda" and compiling.plan(recipe.train.compile, device.type, 1, "ddp") == "on"  # CPU: bench/speedrun.py
+        result["model_tokens_per_s"] = bare_loop(torch.compile(model) if compile_ else model, build_optimizers(model, recipe.optim),
+                                                 rows, m.seq_len, m.vocab_size, device, autocast, seconds, recipe.train.micro_batch_rows)
+        result["model_adamw_tokens_per_s"] = bare_loop(torch.compile(model) if compile_ else model,
+                                                       build_optimizers(model, dataclasses.replace(recipe.optim, name="adamw")),
+                                                       rows, m.seq_len, m.vocab_size, device, autocast, seconds, recipe.train.micro_batch_rows)
+        del model
+        plain = PlainGPT(m.vocab_size, m.seq_len, m.n_layer, m.n_embd, m.n_head).to(device)
+        plain_opt = [torch.optim.AdamW(plain.parameters(), lr=3e-4, fused=device.type == "cuda")]
+        result["plain_tokens_per_s"] = bare_loop(torch.compile(plain) if compile_ else plain, plain_opt,
+                                                 rows, m.seq_len, m.vocab_size, device, autocast, seconds, recipe.train.micro_batch_rows)
+        plain_nonembed = sum(p.numel() for p in plain.parameters()) - plain.wte.weight.numel() - plain.wpe.weight.numel()
+        plain_fpt = 6 * (plain_nonembed + plain.wte.weight.numel()) + 12 * m.n_layer * m.n_embd * m.seq_len  # tied head is a matmul
+        del plain
 
     peak = peak_flops(device, dtype)
     result["peak_source"] = "vendor" if peak else "measured fp32 matmul"

@@ -353,7 +353,7 @@ def test_a_node_that_fails_twice_is_excluded_and_its_run_finishes_elsewhere(corp
     good, bad = nodes[0], nodes[1]
     conf = os.environ["SLURM_CONF"]
     blocker = subprocess.run(["sbatch", "--parsable", f"--nodelist={good}", "--exclusive", f"--partition={cluster.partition}",
-                              "--wrap", "sleep 600"], capture_output=True, text=True, check=True).stdout.strip()
+                              "--output=/dev/null", "--wrap", "sleep 600"], capture_output=True, text=True, check=True).stdout.strip()
     runner = SlurmRunner(1, SlurmSettings(partition=cluster.partition, time="10"), log_dir=tmp_path / "logs")
     run_dir = tmp_path / "lossy-s0"
     events, results = [], []
