@@ -548,8 +548,10 @@ class SlurmRunner(SlotRunner):
         self.losses.setdefault(node, []).append(key)
         if node in self.excluded or len(self.losses[node]) < EXCLUDE_AFTER:
             return
-        others = [n for n, state in _node_states(None, self.settings.partition).items()
-                  if n != node and n not in self.excluded and not _troubled(state)]
+        states = _node_states(None, self.settings.partition)
+        if not states:  # sinfo did not answer: decided at the node's next lost run
+            return
+        others = [n for n, state in states.items() if n != node and n not in self.excluded and not _troubled(state)]
         if not others:  # the last node that can run a job: excluding it would leave every run pending forever
             if node not in self._kept_last:
                 self._kept_last.add(node)
@@ -598,7 +600,7 @@ class SlurmRunner(SlotRunner):
 
 def _node_states(nodes: list[str] | None, partition: str | None = None) -> dict[str, str]:
     """{node: its sinfo state, lower case} for `nodes` (None: every node, of `partition` if given);
-    empty when sinfo does not answer."""
+    empty when sinfo does not answer (nothing is concluded from that)."""
     cmd = ["sinfo", "--noheader", "--Node", "--format=%N|%T"]
     if nodes:
         cmd.append(f"--nodes={','.join(nodes)}")
