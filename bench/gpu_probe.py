@@ -2,6 +2,7 @@
 
     python bench/gpu_probe.py                                  # autoresearch-50m, flash and cuDNN attention
     python bench/gpu_probe.py --recipe gpt2-124m --kernels cudnn --seconds 10
+    python bench/gpu_probe.py --kernels cudnn --compile-mode max-autotune-no-cudagraphs   # not yet measured
 
 1. Attention alone: scaled_dot_product_attention forward + backward at the recipe's micro-batch
    shape (bf16, causal), per kernel: ms, achieved TFLOP/s (causal work: half the square), and the
@@ -70,7 +71,7 @@ def attention_alone(rows: int, heads: int, seq: int, head_dim: int, reps: int = 
     return out
 
 
-def kernel_run(recipe, kernel: str, seconds: float, profile: bool) -> dict:
+def kernel_run(recipe, kernel: str, seconds: float, profile: bool, mode: str | None = None) -> dict:
     torch._dynamo.reset()  # dynamo's in-memory cache would hand back the last kernel's graph: its guards ignore the kernel
     m = recipe.model
     rows, micro = recipe.train.batch_tokens // m.seq_len, recipe.train.micro_batch_rows
@@ -79,7 +80,7 @@ def kernel_run(recipe, kernel: str, seconds: float, profile: bool) -> dict:
     with attention_kernels(kernel):
         raw = GPT(m).cuda()
         fpt = raw.flops_per_token()
-        model = torch.compile(raw)
+        model = torch.compile(raw, mode=mode)
         opts = build_optimizers(raw, recipe.optim)
         for o in opts:
             if isinstance(o, Muon):
@@ -108,7 +109,7 @@ def kernel_run(recipe, kernel: str, seconds: float, profile: bool) -> dict:
                 torch.cuda.synchronize()
         torch.cuda.synchronize()
         tps = steps * rows * m.seq_len / (time.perf_counter() - t0)
-        result = {"kernel": kernel, "tokens_per_s": tps, "mfu": tps * fpt / peak_flops(torch.device("cuda"), "bfloat16"),
+        result = {"kernel": kernel, "compile_mode": mode or "default", "tokens_per_s": tps, "mfu": tps * fpt / peak_flops(torch.device("cuda"), "bfloat16"),
                   "warmup_s": warm, "steps": steps, "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30}
         if profile:
             result["profile"] = profile_step(step)
@@ -139,6 +140,8 @@ def main():
     ap.add_argument("--recipe", default="autoresearch-50m")
     ap.add_argument("--kernels", nargs="+", default=["flash", "cudnn"], help="attention kernels to compare (train.attention)")
     ap.add_argument("--seconds", type=float, default=6.0)
+    ap.add_argument("--compile-mode", default=None, help="torch.compile mode for the model (e.g. max-autotune-no-cudagraphs: "
+                                                         "Triton matmul templates with the elementwise work fused in; minutes to compile)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("gpu_probe: no CUDA device; this probe measures a GPU")
@@ -155,7 +158,7 @@ def main():
               f"{a.get('max_abs_diff_vs_flash', a.get('error'))} |", flush=True)
     res["kernels"] = []
     for i, kernel in enumerate(args.kernels):
-        r = kernel_run(recipe, kernel, args.seconds, profile=i == len(args.kernels) - 1)
+        r = kernel_run(recipe, kernel, args.seconds, profile=i == len(args.kernels) - 1, mode=args.compile_mode)
         res["kernels"].append(r)
         print(f"{kernel}: {r['tokens_per_s']:,.0f} tok/s, MFU {r['mfu']:.1%}, warm-up {r['warmup_s']:.0f}s, "
               f"peak {r['peak_mem_gb']:.1f} GB", flush=True)
