@@ -79,7 +79,7 @@ write_conf() {
     ctld_port=$(free_port)
     mkdir -p "$DIR/state" "$DIR/spool"
     cat >"$DIR/slurm.conf" <<EOF
-# a one-node cluster for pretrainlab (scripts/slurm-local.sh); everything lives in $DIR
+# a cluster on one machine for pretrainlab (scripts/slurm-local.sh); everything lives in $DIR
 ClusterName=pretrainlab
 SlurmctldHost=$host(127.0.0.1)
 SlurmctldPort=$ctld_port

@@ -28,10 +28,12 @@ time limit SLURM sends SIGUSR2 (submitit's --signal): the run checkpoints and su
 the job (at most 3 times), so a run longer than the partition allows continues in a new
 allocation. Each requeue the runner sees is a RunnerEvent, noted in the ledger.
 
-A node that takes EXCLUDE_AFTER runs down (jobs ending NODE_FAIL or BOOT_FAIL, or requeued while
-sinfo shows their node down, drained, failing or silent) is excluded: later jobs are submitted with
---exclude, pending ones get it through `scontrol update`, and the campaign's next loop reads the
-list from logs/slurm.excluded.json; never the last node of the partition that could run a job.
+A node that fails EXCLUDE_AFTER times under runs of the campaign (jobs ending NODE_FAIL or
+BOOT_FAIL there, or requeued from it while sinfo shows it down, failing or silent, or after its
+slurmd or machine started again; not a drain, preemption or `scontrol requeue`) is excluded: later
+jobs are submitted with --exclude, pending ones get it through `scontrol update` (a running one at
+its next requeue), and the campaign's next loop reads the list from logs/slurm.excluded.json; never
+when SLURM could then place no run (`sbatch --test-only`).
 
 A submission sbatch refuses for a passing reason (TRANSIENT_SBATCH: a controller that timed out or
 restarts) is tried again after each of SBATCH_RETRY_S; one refused for its settings is a UserError
@@ -52,6 +54,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -95,10 +98,14 @@ LOCK_WAIT_S = KILL_GRACE_S + 60.0
 ENDED = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "REVOKED",
          "SPECIAL_EXIT", "TIMEOUT"}
 FINAL = ("rejected", "diverged")  # ends a run would come to again if run again ('ok' and 'timeout' once the lab scored them)
-EXCLUDE_AFTER = 2  # runs lost to one node's failure before it gets no more (one can be the cluster's, two are the node's)
+# failures of one node that took runs down before it gets no more (one can be the cluster's, two are the node's); one
+# failure that takes several runs down at once counts once
+EXCLUDE_AFTER = 2
 NODE_ENDS = ("NODE_FAIL", "BOOT_FAIL")  # job states that are its node's failure, by SLURM's own word
-# sinfo states (%T) of a node that failed or was taken out of service; a trailing '*': it does not answer
-NODE_TROUBLE = ("down", "drain", "fail", "not_responding", "unknown")
+# sinfo states (%T, flags stripped) of a node that failed; a trailing '*': it does not answer. Not 'drain' or 'maint':
+# an administrator's work, whose requeues are no fault of the node
+NODE_FAILED = ("down", "fail", "failing", "no_respond", "not_responding")
+NODE_USABLE = ("idle", "mixed", "allocated", "completing", "planned")  # states of a node that runs jobs now or soon
 
 
 @dataclass
@@ -239,9 +246,15 @@ def sbatch_parameters(settings: SlurmSettings, job: Job, exclude: set[str] | fro
     if settings.setup:
         params["setup"] = list(settings.setup)
     if exclude:
-        theirs = [n for n in str(params["additional_parameters"].pop("exclude", "")).split(",") if n]
-        params["exclude"] = ",".join(dict.fromkeys([*theirs, *sorted(exclude)]))
+        params["additional_parameters"].pop("exclude", None)
+        params["exclude"] = exclude_list(settings, exclude)
     return params
+
+
+def exclude_list(settings: SlurmSettings, exclude: set[str] | frozenset) -> str:
+    """sbatch's --exclude: the nodes the settings exclude, then those the runner excluded."""
+    theirs = [n for n in str(settings.sbatch.get("exclude", "")).split(",") if n]
+    return ",".join(dict.fromkeys([*theirs, *sorted(exclude)]))
 
 
 # ---- one start of a run's job, on a node ------------------------------------------------------
@@ -395,10 +408,17 @@ class SlurmRunner(SlotRunner):
         self._adoptable: dict[str, tuple[str, QueueEntry]] = {}  # key -> (job id, its queue entry) of an earlier loop's job
         self._queried_at = 0.0
         self._results_seen: set[str] = set()  # job ids whose result file sleep() has seen
-        self.losses: dict[str, list[str]] = {}  # node -> runs lost to its failure
-        self._excluded_path = self._logs / "slurm.excluded.json"  # kept for the next loop of the campaign
-        self.excluded: set[str] = set(rundir.load_json(self._excluded_path)["nodes"]) if self._excluded_path.exists() else set()
+        self.losses: dict[str, dict[str, list[str]]] = {}  # node -> {one failure of it: the runs it took down}
         self._kept_last: set[str] = set()  # nodes past EXCLUDE_AFTER kept as the last ones that can run a job
+        self._excluded_path = self._logs / "slurm.excluded.json"  # kept for the next loop of the campaign
+        self.excluded: set[str] = set()
+        if self._excluded_path.exists():  # an earlier loop's: nodes the cluster still has, if SLURM can still place a job
+            known = _node_states(None)
+            self.excluded = {n for n in rundir.load_json(self._excluded_path)["nodes"] if not known or n in known}
+            if self.excluded and _test_only(self.settings, self.folder, self.excluded):
+                self.events.append(RunnerEvent("not_excluded", f"SLURM nodes {', '.join(sorted(self.excluded))}, excluded by an "
+                                                               "earlier loop, are in use again: without them SLURM could place no run"))
+                self.excluded = set()
 
     def scoring_resources(self) -> dict:
         """The lab's scoring at close runs in the loop's own process, on this machine's CPU."""
@@ -413,6 +433,7 @@ class SlurmRunner(SlotRunner):
         if adopted is not None:  # an earlier loop's job, still in the queue: follow it
             job_id, entry = adopted
             run = _SlurmRun(job, self._free_slot(), time.time(), job_id, restarts=entry.restarts, node=entry.node or None)
+            self._exclude_from(run)
         else:
             run = _SlurmRun(job, self._free_slot(), time.time(), self._sbatch(job))
         self._started(job.key, run)
@@ -498,27 +519,29 @@ class SlurmRunner(SlotRunner):
                 continue
             ended = time.time()
             self._ended(key, ended)
-            if entry is not None and entry.state in NODE_ENDS:
-                self._node_lost(entry.node or r.node, key, entry.state)
+            if entry is not None and entry.state in NODE_ENDS and (entry.node or r.node):
+                node = entry.node or r.node
+                self._node_lost(node, key, _node_failure(node, r.running_since) or f"{entry.state} of job {r.job_id}")
             code, note = self._outcome(r, entry)
             done.append(self._result(r, code, ended, r.reason, note))
         return done
 
     def _follow(self, key: str, r: _SlurmRun, entry: QueueEntry, now: float) -> None:
         if entry.restarts > r.restarts:  # SLURM requeued it: preempted, `scontrol requeue`, its node lost, or its time limit
-            r.restarts, r.running_since = entry.restarts, None
+            since, r.restarts, r.running_since = r.running_since, entry.restarts, None
+            self._exclude_from(r)  # pending again: it may not go back to a node excluded while it ran
             if r.reason is None:
                 steps = sorted(int(p.stem.split("_")[1]) for p in (r.job.out_dir / "ckpt").glob("step_*") if p.stem.split("_")[1].isdigit())
                 resume = f"resumes from its last checkpoint (step {steps[-1]} or later)" if steps else \
                     "it had no checkpoint yet: it starts again from step 0 unless its interrupted process wrote one as it stopped"
                 where = f" on {r.node}" if r.node else ""
-                trouble = _node_states([r.node]).get(r.node, "") if r.node else ""
-                why = f"its node {r.node} is {trouble}" if _troubled(trouble) else \
-                    "preempted, requeued by an administrator, its node lost, or its time limit"
+                failure = _node_failure(r.node, since) if r.node else None
+                why = f"its node {r.node} failed: {failure}" if failure else \
+                    "preempted, requeued by an administrator, or its time limit"
                 self.events.append(RunnerEvent("requeued", f"run {key}: SLURM job {r.job_id} requeued{where} ({why}; restart "
                                                            f"{entry.restarts}); {resume}", key))
-                if _troubled(trouble):
-                    self._node_lost(r.node, key, trouble)
+                if failure:
+                    self._node_lost(r.node, key, failure)
         if entry.state == "RUNNING" and r.running_since is None:
             r.running_since, r.node = now, entry.node or r.node
         self._enforce_deadlines(key, r, now, since=r.running_since)  # a timeout counts from SLURM starting it
@@ -540,32 +563,55 @@ class SlurmRunner(SlotRunner):
             note = f"{state} ({entry.reason})"
         return code, f"[pretrainlab] {note}" if note else ""
 
-    def _node_lost(self, node: str | None, key: str, why: str) -> None:
-        """Count a run lost to `node`'s failure; at EXCLUDE_AFTER the node gets no more runs of this
-        campaign (new jobs and pending ones exclude it), unless no other node could take one."""
-        if not node:
+    def _node_lost(self, node: str, key: str, failure: str) -> None:
+        """Count run `key` lost to `failure` of `node` (one failure taking several runs down counts
+        once); at EXCLUDE_AFTER failures the node gets no more runs of this campaign (new jobs and
+        pending ones exclude it), unless SLURM could then place none."""
+        self.losses.setdefault(node, {}).setdefault(failure, []).append(key)
+        failures = self.losses[node]
+        if node in self.excluded or len(failures) < EXCLUDE_AFTER:
             return
-        self.losses.setdefault(node, []).append(key)
-        if node in self.excluded or len(self.losses[node]) < EXCLUDE_AFTER:
+        told = "; ".join(f"{f}: {', '.join(keys)}" for f, keys in failures.items())
+        usable = self._usable_nodes()
+        if usable is None:  # sinfo did not answer: decided at the node's next failure
             return
-        states = _node_states(None, self.settings.partition)
-        if not states:  # sinfo did not answer: decided at the node's next lost run
-            return
-        others = [n for n, state in states.items() if n != node and n not in self.excluded and not _troubled(state)]
-        if not others:  # the last node that can run a job: excluding it would leave every run pending forever
-            if node not in self._kept_last:
+        if not [n for n in usable if n != node] or _test_only(self.settings, self.folder, self.excluded | {node}):
+            if node not in self._kept_last:  # excluding it would leave every run pending forever
                 self._kept_last.add(node)
-                self.events.append(RunnerEvent("not_excluded", f"SLURM node {node}: {len(self.losses[node])} runs lost there "
-                                                               f"({', '.join(self.losses[node])}, last: {why}), but no other node "
-                                                               "of the partition can run them: it stays in use"))
+                self.events.append(RunnerEvent("not_excluded", f"SLURM node {node} failed {len(failures)} times under runs of this "
+                                                               f"campaign ({told}), but no other node could run them: it stays in use"))
             return
         self.excluded.add(node)
         rundir.write_json_atomic(self._excluded_path, {"nodes": sorted(self.excluded)})
-        for r in self._running.values():  # a pending job (a requeued one too) must not start there either
-            _command(["scontrol", "update", f"JobId={r.job_id}", f"ExcNodeList={','.join(sorted(self.excluded))}"])
-        self.events.append(RunnerEvent("excluded", f"SLURM node {node} excluded: {len(self.losses[node])} runs lost there "
-                                                   f"({', '.join(self.losses[node])}, last: {why}); no more runs of this "
-                                                   "campaign go to it (sbatch --exclude)"))
+        for r in self._running.values():
+            self._exclude_from(r)
+        self.events.append(RunnerEvent("excluded", f"SLURM node {node} excluded: it failed {len(failures)} times under runs of this "
+                                                   f"campaign ({told}); no more runs of the campaign go to it: new jobs and "
+                                                   "pending ones exclude it, a running one from its next requeue"))
+
+    def _exclude_from(self, r: _SlurmRun) -> None:
+        """A pending job of this campaign excludes the excluded nodes (SLURM refuses this for a
+        running job: it gets the list when it is requeued)."""
+        if self.excluded:
+            _command(["scontrol", "update", f"JobId={r.job_id}", f"ExcNodeList={exclude_list(self.settings, self.excluded)}"])
+
+    def _usable_nodes(self) -> list[str] | None:
+        """The nodes of the campaign's partition (the default one if none is set) that can run a job
+        and that neither the settings nor this runner exclude; None when sinfo does not answer."""
+        out = _command(["sinfo", "--noheader", "--Node", "--format=%N|%T|%P"])
+        if out is None:
+            return None
+        theirs = set()
+        if settings_exclude := self.settings.sbatch.get("exclude"):
+            theirs = set((_command(["scontrol", "show", "hostnames", str(settings_exclude)]) or "").split())
+        usable = []
+        for line in out.splitlines():
+            name, state, partition = (line.split("|") + ["", ""])[:3]
+            name, state, partition = name.strip(), state.strip().lower(), partition.strip()
+            mine = partition.rstrip("*") == self.settings.partition if self.settings.partition else partition.endswith("*")
+            if mine and name not in self.excluded and name not in theirs and not _failed(state) and _base_state(state) in NODE_USABLE:
+                usable.append(name)
+        return usable
 
     def _paths(self, job_id: str):
         """submitit's files of a job: its result, its own stdout and stderr."""
@@ -598,21 +644,56 @@ class SlurmRunner(SlotRunner):
         return queue
 
 
-def _node_states(nodes: list[str] | None, partition: str | None = None) -> dict[str, str]:
-    """{node: its sinfo state, lower case} for `nodes` (None: every node, of `partition` if given);
-    empty when sinfo does not answer (nothing is concluded from that)."""
-    cmd = ["sinfo", "--noheader", "--Node", "--format=%N|%T"]
-    if nodes:
-        cmd.append(f"--nodes={','.join(nodes)}")
-    if partition:
-        cmd.append(f"--partition={partition}")
+def _node_states(nodes: list[str] | None) -> dict[str, str]:
+    """{node: its sinfo state, lower case} for `nodes` (None: every node); empty when sinfo does
+    not answer (nothing is concluded from that)."""
+    cmd = ["sinfo", "--noheader", "--Node", "--format=%N|%T"] + ([f"--nodes={','.join(nodes)}"] if nodes else [])
     out = _command(cmd) or ""
     return {n.strip(): state.strip().lower() for n, state in (line.split("|", 1) for line in out.splitlines() if "|" in line)}
 
 
-def _troubled(state: str) -> bool:
-    """Whether a sinfo state says the node failed or was taken out of service."""
-    return state.endswith("*") or any(t in state for t in NODE_TROUBLE)
+def _base_state(state: str) -> str:
+    """A sinfo state without its flag suffixes (* ~ # ! % $ @ ^ - +)."""
+    return state.rstrip("*~#!%$@^-+")
+
+
+def _failed(state: str) -> bool:
+    """Whether a sinfo state says the node failed: down, failing, or not answering ('*')."""
+    return state.endswith("*") or _base_state(state) in NODE_FAILED
+
+
+def _node_failure(node: str, since: float | None) -> str | None:
+    """How `node` failed under a job that ran there since `since`, worded the same for every run one
+    failure took down (it counts once), or None when SLURM shows no failure: the node down or silent
+    now (with the time its reason was set), or its slurmd or machine started again since the job did."""
+    for line in (_command(["sinfo", "--noheader", "--Node", f"--nodes={node}", "--format=%N|%T|%H"]) or "").splitlines():
+        name, state, at = (line.split("|") + ["", ""])[:3]
+        if name.strip() == node and _failed(state.strip().lower()):
+            return f"{_base_state(state.strip().lower())} since {at.strip()}"
+    shown = _command(["scontrol", "show", "node", node, "--oneliner"]) or ""
+    for field, what in (("SlurmdStartTime", "its slurmd"), ("BootTime", "the machine")):
+        m = re.search(rf"\b{field}=(\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\d)", shown)
+        if m and since is not None and time.mktime(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S")) >= since:
+            return f"{what} started again at {m.group(1)}"
+    return None
+
+
+def _test_only(settings: SlurmSettings, folder: Path, exclude: set[str] | frozenset = frozenset()) -> str | None:
+    """Why sbatch would refuse a run's job with these settings and excluded nodes (`sbatch
+    --test-only`), or None if it would take it."""
+    from submitit.slurm.slurm import _make_sbatch_string  # the script submitit would write, to test it
+
+    params = sbatch_parameters(settings, Job("settings-check", "-", folder / "settings-check", timeout_s=None), exclude)
+    params.pop("setup", None)  # shell lines are the job's, not sbatch's
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", dir=folder, delete=False) as f:
+        f.write(_make_sbatch_string(command="true", folder=folder, **params))
+    try:
+        test = subprocess.run(["sbatch", "--test-only", f.name], capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return "sbatch --test-only timed out"
+    finally:
+        os.unlink(f.name)
+    return _first_line(test.stderr) or "refused" if test.returncode != 0 else None
 
 
 def _command(cmd: list[str], unknown_ok: bool = False) -> str | None:
@@ -640,19 +721,9 @@ def _check_cluster(settings: SlurmSettings, folder: Path) -> None:
     partitions = [p.strip().rstrip("*") for p in proc.stdout.split()]
     if settings.partition and settings.partition not in partitions:
         raise UserError(f"--slurm-partition {settings.partition!r}: the cluster has no such partition; it has {', '.join(partitions)}")
-    from submitit.slurm.slurm import _make_sbatch_string  # the script submitit would write, to test it
-
-    probe = Job("settings-check", "-", folder / "settings-check", timeout_s=None)
-    params = sbatch_parameters(settings, probe)
-    params.pop("setup", None)  # shell lines are the job's, not sbatch's
-    with tempfile.NamedTemporaryFile("w", suffix=".sh", dir=folder, delete=False) as f:
-        f.write(_make_sbatch_string(command="true", folder=folder, **params))
-    try:
-        test = subprocess.run(["sbatch", "--test-only", f.name], capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
-    finally:
-        os.unlink(f.name)
-    if test.returncode != 0:
-        raise UserError(f"SLURM refuses a run's job with these settings ({_first_line(test.stderr)}): check --slurm-partition, "
+    refused = _test_only(settings, folder)
+    if refused:
+        raise UserError(f"SLURM refuses a run's job with these settings ({refused}): check --slurm-partition, "
                         "--slurm-account, --slurm-time and the --slurm-profile")
 
 
