@@ -132,7 +132,7 @@ def test_attention_kernel_choice_keys_the_compile_caches():
     from torch.nn.attention import SDPBackend
 
     from pretrainlab.config import TrainConfig
-    from pretrainlab.model.gpt import attention_kernels, auto_attention_kernel
+    from pretrainlab.model.gpt import attention_kernel_used, attention_kernels, auto_attention_kernel
 
     before = torch.compiler.config.cache_key_tag
     order_before = torch._C._get_sdp_priority_order()
@@ -149,5 +149,8 @@ def test_attention_kernel_choice_keys_the_compile_caches():
         assert auto_attention_kernel() is None
         with attention_kernels("auto"):
             assert torch.compiler.config.cache_key_tag == before
+    # what the run's provenance records
+    assert attention_kernel_used("auto", "cpu") == "cpu" and attention_kernel_used("flash", "cuda") == "flash"
+    assert attention_kernel_used("auto", "cuda") == (auto_attention_kernel() or "torch's order")
     with pytest.raises(ValueError, match="train.attention must be auto, flash, cudnn, efficient or math, got 'fa3'"):
         TrainConfig(attention="fa3")

@@ -38,6 +38,7 @@ def test_end_to_end_cli_run(corpus_dir, tmp_path):
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["eval_module_sha256"] == evaluation.module_sha256()
     assert prov["seed"] == 0 and prov["data_manifest_sha256"] and prov["packages"]["torch"]
+    assert prov["device_type"] != "cpu" or prov["attention_kernel"] == "cpu"  # on CUDA: the kernel asked for first
     recipe = json.loads((out / "recipe.json").read_text())
     assert recipe["model"]["vocab_size"] == 256  # resolved from the corpus
 

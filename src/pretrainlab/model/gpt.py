@@ -52,6 +52,13 @@ def auto_attention_kernel() -> str | None:
     return None
 
 
+def attention_kernel_used(name: str, device_type: str) -> str:
+    """What train.attention=`name` runs on a device of this type, for the run's provenance."""
+    if device_type != "cuda":
+        return "cpu"
+    return (auto_attention_kernel() if name == "auto" else name) or "torch's order"
+
+
 @contextmanager
 def attention_kernels(name: str):
     """A context in which scaled_dot_product_attention tries kernel `name` first (train.attention),

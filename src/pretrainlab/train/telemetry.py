@@ -127,7 +127,7 @@ def data_recipe(manifest: dict) -> dict | None:
 
 
 def provenance(*, seed: int, device: torch.device, world_size: int, corpus, eval_sha256: str, recipe_hash: str,
-               data_weights: dict[str, float]) -> dict:
+               data_weights: dict[str, float], attention: str = "cpu") -> dict:
     domains = corpus.manifest["domains"]
     train = {d: domains[d]["train"] for d in corpus.domains}
     return {
@@ -138,6 +138,7 @@ def provenance(*, seed: int, device: torch.device, world_size: int, corpus, eval
         "device_type": device.type,
         "cuda": torch.version.cuda if device.type == "cuda" else None,
         "world_size": world_size,
+        "attention_kernel": attention,  # the kernel scaled_dot_product_attention is asked for first (train.attention)
         "threads_per_process": torch.get_num_threads(),
         "host": socket.gethostname(),
         "platform": platform.platform(),

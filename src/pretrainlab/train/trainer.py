@@ -39,7 +39,7 @@ from ..config import Recipe
 from ..data import BatchLoader, Corpus, builtin_corpus_dir, prepare_builtin
 from ..errors import UserError
 from ..model import GPT
-from ..model.gpt import attention_kernels
+from ..model.gpt import attention_kernel_used, attention_kernels
 from . import checkpoint, compiling, parallel, rundir_lock
 from .optim import build_optimizers, lr_multiplier, set_lr
 from .telemetry import gpu_utilisation, peak_flops, peak_memory_mb, provenance
@@ -266,7 +266,8 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
             + (f" on {d.world_size} process(es), saved by {ckpt['world_size']}" if "world_size" in ckpt else ""))
     elif d.main:
         prov = provenance(seed=recipe.seed, device=device, world_size=d.world_size, corpus=corpus,
-                          eval_sha256=evaluation.module_sha256(), recipe_hash=recipe.hash(), data_weights=loader.weights)
+                          eval_sha256=evaluation.module_sha256(), recipe_hash=recipe.hash(), data_weights=loader.weights,
+                          attention=attention_kernel_used(tc.attention, device.type))
         if resume:  # killed before its first checkpoint (or every checkpoint is damaged): the same recipe again from step 0
             log(f"warning: {out_dir} has no intact checkpoint to resume from; restarting it from step 0 with its recipe.json "
                 "(the earlier attempt's rows move to metrics.superseded.jsonl)")
