@@ -193,7 +193,7 @@ def render(s: dict, log: str) -> str:
             out.append(f"<tr><td>{esc(c['model'])}{' (chosen)' if i == 0 else ''}</td><td>{c['loo_rmse']:.4f}</td>"
                        f"<td>{_num(c['loo_spearman'], '.3f')}</td></tr>")
         out.append("</table>")
-    out.append(f"<h2>Proxies</h2><table><tr><th>experiment</th>" + "".join(f"<th>{esc(d)}</th>" for d in domains)
+    out.append("<h2>Proxies</h2><table><tr><th>experiment</th>" + "".join(f"<th>{esc(d)}</th>" for d in domains)
                + f"<th>measured {esc(target)}</th><th>held-out prediction</th><th>status</th></tr>")
     for p in s["proxies"]:
         out.append(f"<tr><td class=mono>{esc(p['experiment'])}</td>" + "".join(f"<td>{p['weights'][d]:.3f}</td>" for d in domains)
