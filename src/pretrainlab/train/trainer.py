@@ -279,8 +279,9 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
         else:
             rundir.write_json_atomic(out_dir / rundir.RECIPE, recipe.to_dict())
         rundir.write_json_atomic(out_dir / rundir.PROVENANCE, prov)
+        attention = f" | attention {attention_kernel_used(tc.attention, device.type)}" if device.type == "cuda" else ""
         log(f"run {out_dir} | recipe {recipe.name} | {num_params / 1e6:.2f}M params | {d.world_size} process(es) on {device} {dtype} "
-            f"| {tc.parallel} | grad_accum {grad_accum}")
+            f"| {tc.parallel} | grad_accum {grad_accum}{attention}")
     if compile_note:
         log(compile_note)
 
