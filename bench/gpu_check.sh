@@ -43,7 +43,8 @@ cat "$OUT/env.txt"
 STEPS=${STEPS:-probe train doctor campaign throughput fsdp}
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 ATTN=${ATTN:-auto}
-has probe && step probe "${PROBE_LIMIT:-240}" $PY bench/gpu_probe.py --seconds "${PROBE_SECONDS:-6}"
+# PROBE_ARGS: more for the probe, e.g. "--kernels cudnn --compile-mode max-autotune-no-cudagraphs"
+has probe && step probe "${PROBE_LIMIT:-240}" $PY bench/gpu_probe.py --seconds "${PROBE_SECONDS:-6}" ${PROBE_ARGS:-}
 cp bench/results/gpu-probe-*.json "$OUT/" 2>/dev/null
 has train && step train-ar50m 150 $PY -m pretrainlab train --recipe autoresearch-50m --set budget.seconds="${TRAIN_SECONDS:-30}" \
     --set train.attention="$ATTN" --out "$OUT/ws/runs/ar50m" --json
