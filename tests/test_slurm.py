@@ -426,6 +426,11 @@ def test_a_node_that_fails_twice_is_excluded_and_its_run_finishes_elsewhere(corp
     (result,) = results
     assert result.status == "ok", result.stderr_tail
     assert state() == ("COMPLETED", good)
+    # its four starts, as the ledger's run_attempts get them (the doctor's cluster findings read them)
+    assert [a.node for a in result.attempts] == [bad, bad, bad, good] and [a.number for a in result.attempts] == [1, 2, 3, 4]
+    assert result.attempts[0].lost.startswith("requeued by SLURM")
+    assert all(a.lost.startswith("its node failed: down since") for a in result.attempts[1:3]) and result.attempts[3].lost is None
+    assert all(a.started_at is not None and a.submitted_at <= a.started_at <= a.ended_at for a in result.attempts)
     resumes = rundir.load_json(run_dir / rundir.PROVENANCE)["resumes"]
     assert len(resumes) == 3 and all(r["step"] > 0 for r in resumes), resumes
     steps = [row["step"] for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if row["type"] == "train"]

@@ -240,7 +240,7 @@ def _restarts(runs: list[CampaignRun], signals: dict) -> list[Finding]:
                if recurring else "runs were interrupted (a lost node or worker, preemption, or a stopped campaign loop) and "
                "resumed from their last checkpoint: the steps since it were trained twice"),
         fix=(f"drain node {_short(recurring[0][0])} and check it (dmesg, `ray logs`, nvidia-smi -q for Xid errors); the Ray "
-             "runner already excludes a node after repeated losses within one loop" if recurring else
+             "and SLURM runners already exclude a node after repeated losses within one loop" if recurring else
              "checkpoint more often (train.ckpt_every) where nodes are preemptible, so a restart redoes fewer steps"),
     )]
 

@@ -65,7 +65,7 @@ import time
 import tomllib
 import types
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .. import rundir
@@ -73,7 +73,7 @@ from ..config import doc
 from ..data.sources import require
 from ..errors import UserError
 from ..rundir import read_summary
-from .base import KILL_GRACE_S, PACKAGE_SRC, Job, JobResult, RunnerEvent, SlotRunner
+from .base import KILL_GRACE_S, PACKAGE_SRC, Attempt, Job, JobResult, RunnerEvent, SlotRunner
 
 SLURM_EXTRA = "pip install 'pretrainlab[slurm]'"
 # SLURM's warning signal (SIGUSR2) comes this long before a job's time limit: the run checkpoints (within
@@ -392,6 +392,8 @@ class _SlurmRun:
     term_sent_at: float | None = None
     kill_sent: bool = False
     reason: str | None = None  # 'timeout', 'stopped' or 'shutdown' once we signalled it
+    attempts: list[Attempt] = field(default_factory=list)  # its starts that SLURM requeued, each lost with why
+    attempt_submitted: float | None = None  # when the current start was handed to SLURM (submitted, or requeued)
 
 
 class SlurmRunner(SlotRunner):
@@ -523,19 +525,24 @@ class SlurmRunner(SlotRunner):
                 node = entry.node or r.node
                 self._node_lost(node, key, _node_failure(node, r.running_since) or f"{entry.state} of job {r.job_id}")
             code, note = self._outcome(r, entry)
-            done.append(self._result(r, code, ended, r.reason, note))
+            last = Attempt(len(r.attempts) + 1, entry.node or r.node if entry else r.node, r.attempt_submitted or r.started_at,
+                           r.running_since, ended, f"its node failed: {entry.state}" if entry and entry.state in NODE_ENDS else None)
+            done.append(self._result(r, code, ended, r.reason, note, attempts=[*r.attempts, last]))
         return done
 
     def _follow(self, key: str, r: _SlurmRun, entry: QueueEntry, now: float) -> None:
         if entry.restarts > r.restarts:  # SLURM requeued it: preempted, `scontrol requeue`, its node lost, or its time limit
             since, r.restarts, r.running_since = r.running_since, entry.restarts, None
             self._exclude_from(r)  # pending again: it may not go back to a node excluded while it ran
+            failure = _node_failure(r.node, since) if r.node and r.reason is None else None
+            lost = f"its node failed: {failure}" if failure else "requeued by SLURM (preemption, an administrator, a time limit)"
+            r.attempts.append(Attempt(len(r.attempts) + 1, r.node, r.attempt_submitted or r.started_at, since, now, lost))
+            r.attempt_submitted = now
             if r.reason is None:
                 steps = sorted(int(p.stem.split("_")[1]) for p in (r.job.out_dir / "ckpt").glob("step_*") if p.stem.split("_")[1].isdigit())
                 resume = f"resumes from its last checkpoint (step {steps[-1]} or later)" if steps else \
                     "it had no checkpoint yet: it starts again from step 0 unless its interrupted process wrote one as it stopped"
                 where = f" on {r.node}" if r.node else ""
-                failure = _node_failure(r.node, since) if r.node else None
                 why = f"its node {r.node} failed: {failure}" if failure else \
                     "preempted, requeued by an administrator, or its time limit"
                 self.events.append(RunnerEvent("requeued", f"run {key}: SLURM job {r.job_id} requeued{where} ({why}; restart "
@@ -671,8 +678,8 @@ def _node_failure(node: str, since: float | None) -> str | None:
         if name.strip() == node and _failed(state.strip().lower()):
             return f"{_base_state(state.strip().lower())} since {at.strip()}"
     shown = _command(["scontrol", "show", "node", node, "--oneliner"]) or ""
-    for field, what in (("SlurmdStartTime", "its slurmd"), ("BootTime", "the machine")):
-        m = re.search(rf"\b{field}=(\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\d)", shown)
+    for key, what in (("SlurmdStartTime", "its slurmd"), ("BootTime", "the machine")):
+        m = re.search(rf"\b{key}=(\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\d)", shown)
         if m and since is not None and time.mktime(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S")) >= since:
             return f"{what} started again at {m.group(1)}"
     return None
