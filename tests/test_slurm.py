@@ -60,8 +60,8 @@ def cluster():
 
 
 def squeue(job_ids: list[str]) -> dict[str, str]:
-    """{job id: state} for the jobs SLURM still knows."""
-    out = subprocess.run(["squeue", "--noheader", "--states=all", f"--jobs={','.join(job_ids)}", "--format=%i %T"],
+    """{job id: state} for the jobs SLURM still knows (a task of a job array: ARRAY_TASK)."""
+    out = subprocess.run(["squeue", "--noheader", "--array", "--states=all", f"--jobs={','.join(job_ids)}", "--format=%i %T"],
                          capture_output=True, text=True).stdout
     return dict(line.split() for line in out.splitlines() if line.strip())
 
@@ -150,6 +150,7 @@ def test_a_run_warned_of_its_time_limit_checkpoints_and_its_job_is_requeued(corp
     run_dir = tmp_path / "warned-s0"
     runner.submit(Job("warned-s0", "tiny-cpu", run_dir, tiny_overrides(corpus_dir, **{"budget.tokens": 65536, "budget.seconds": 0,
                                                                                         "train.ckpt_every": 4}), timeout_s=600))
+    runner.flush()
     try:
         job_id = str(rundir.load_json(tmp_path / "logs" / "warned-s0.slurm.json")["job_id"])
         wait_for("a checkpoint", lambda: list((run_dir / "ckpt").glob("step_*.pt")), 180)
@@ -171,6 +172,57 @@ def test_a_run_warned_of_its_time_limit_checkpoints_and_its_job_is_requeued(corp
     assert steps == list(range(1, 65))
     assert "SIGTERM: checkpointing" in (run_dir / "log.txt").read_text()  # stopped by the runner's job, not killed
     assert squeue([job_id]) == {job_id: "COMPLETED"}
+
+
+def test_replicates_started_together_go_in_one_job_array(corpus_dir, tmp_path, cluster):
+    """Three seeds of one experiment submitted in one pass are one `sbatch --array` job (one name,
+    task ids ARRAY_0..2), and each task is still a run of its own: one is requeued and resumes from
+    its checkpoint while its siblings go on, and a next loop of the campaign would adopt a task. A
+    seed of another experiment is a plain job, and `arrays = false` submits every run alone."""
+    runner = SlurmRunner(4, SlurmSettings(partition=cluster.partition, time="10"), log_dir=tmp_path / "logs")
+    overrides = tiny_overrides(corpus_dir, **{"budget.tokens": 1024 * 64, "budget.seconds": 0, "train.ckpt_every": 4})
+    keys = ["rep-s0", "rep-s1", "rep-s2", "solo-s0"]
+    results, events = [], []
+    try:
+        for key in keys:
+            runner.submit(Job(key, "tiny-cpu", tmp_path / key, overrides, timeout_s=600))
+        assert runner.free_slots() == 0 and not list((tmp_path / "logs").glob("*.slurm.json"))  # slots taken, nothing sent yet
+        runner.flush()
+        ids = {k: str(rundir.load_json(tmp_path / "logs" / f"{k}.slurm.json")["job_id"]) for k in keys}
+        array = ids["rep-s0"].split("_")[0]
+        assert [ids[k] for k in keys[:3]] == [f"{array}_0", f"{array}_1", f"{array}_2"] and "_" not in ids["solo-s0"], ids
+        shown = subprocess.run(["squeue", "--noheader", "--array", f"--jobs={array},{ids['solo-s0']}", "--format=%i|%j"],
+                               capture_output=True, text=True, check=True).stdout.split()
+        assert sorted(shown) == sorted([f"{array}_{i}|pretrainlab-rep-s0,1,2" for i in range(3)] + [f"{ids['solo-s0']}|pretrainlab-solo-s0"])
+        later = SlurmRunner(4, SlurmSettings(partition=cluster.partition, time="10"), log_dir=tmp_path / "logs")  # a next loop
+        assert later.adopt("rep-s2") and later.take_events()[0].text.startswith(f"run rep-s2: SLURM job {array}_2 (")
+        wait_for("a checkpoint of rep-s1", lambda: list((tmp_path / "rep-s1" / "ckpt").glob("step_*.pt")), 180)
+        subprocess.run(["scontrol", "requeue", ids["rep-s1"]], check=True, capture_output=True)  # that task alone
+        deadline = time.time() + 300
+        while runner.busy() and time.time() < deadline:
+            results += runner.poll()
+            events += runner.take_events()
+            runner.sleep(0.5)
+    finally:
+        runner.shutdown()
+    assert sorted(r.job.key for r in results) == keys and all(r.status == "ok" for r in results), [r.stderr_tail for r in results]
+    assert [e.kind for e in events] == ["requeued"] and events[0].text.startswith(f"run rep-s1: SLURM job {array}_1 requeued")
+    for r in results:
+        resumes = rundir.load_json(r.job.out_dir / rundir.PROVENANCE).get("resumes", [])
+        steps = [row["step"] for row in map(json.loads, (r.job.out_dir / "metrics.jsonl").read_text().splitlines()) if row["type"] == "train"]
+        assert steps == list(range(1, 65)), r.job.key  # every step once
+        assert len(r.attempts) == (2 if r.job.key == "rep-s1" else 1) and len(resumes) == len(r.attempts) - 1, (r.job.key, resumes)
+    assert squeue([ids[k] for k in keys]) == {ids[k]: "COMPLETED" for k in keys}
+
+    alone = SlurmRunner(2, SlurmSettings(partition=cluster.partition, time="10", arrays=False), log_dir=tmp_path / "alone")
+    try:
+        for key in ("each-s0", "each-s1"):
+            alone.submit(Job(key, "tiny-cpu", tmp_path / key, overrides, timeout_s=600))
+        alone.flush()
+        ids = [str(rundir.load_json(tmp_path / "alone" / f"{k}.slurm.json")["job_id"]) for k in ("each-s0", "each-s1")]
+        assert len(set(ids)) == 2 and not any("_" in i for i in ids), ids
+    finally:
+        alone.shutdown()  # cancelled, queued or running
 
 
 def flaky_sbatch(tmp_path: Path, monkeypatch, fails: int, error: str) -> Path:
@@ -201,6 +253,7 @@ def test_a_submission_refused_for_a_passing_reason_is_tried_again(corpus_dir, tm
     job = Job("flaky-s0", "tiny-cpu", tmp_path / "flaky-s0", tiny_overrides(corpus_dir, **{"budget.tokens": 2048}), timeout_s=300)
     try:
         runner.submit(job)
+        runner.flush()
         events = runner.take_events()
         assert [e.kind for e in events] == ["sbatch_retry", "sbatch_retry"] and counter.read_text().strip() == "3"
         assert "Socket timed out" in events[0].text and "attempt 2 of 3" in events[0].text and events[0].key == "flaky-s0"
@@ -218,6 +271,7 @@ def test_a_submission_refused_for_a_passing_reason_is_tried_again(corpus_dir, tm
     (tmp_path / "bin" / "sbatch").write_text((tmp_path / "bin" / "sbatch").read_text().replace("-le 2 ]", "-le 99 ]"))
     with pytest.raises(UserError, match="sbatch failed 3 times for run again-s0, last: .*Socket timed out.*research resume"):
         flaky.submit(Job("again-s0", "tiny-cpu", tmp_path / "again-s0", tiny_overrides(corpus_dir), timeout_s=300))
+        flaky.flush()
     assert counter.read_text().strip() == "3" and not flaky.busy()
 
     counter.write_text("0")  # refused for its settings: at once, no retry
@@ -225,6 +279,7 @@ def test_a_submission_refused_for_a_passing_reason_is_tried_again(corpus_dir, tm
                                                                                                "Invalid account or account/partition combination specified"))
     with pytest.raises(UserError, match="sbatch refused run bad-s0: .*Invalid account.*--slurm-"):
         flaky.submit(Job("bad-s0", "tiny-cpu", tmp_path / "bad-s0", tiny_overrides(corpus_dir), timeout_s=300))
+        flaky.flush()
     assert counter.read_text().strip() == "1"
 
 
@@ -290,9 +345,13 @@ def test_a_bad_profile_or_flag_is_a_one_line_error_naming_it(tmp_path):
     bad.write_text('partiton = "gpu"\n')
     msg = one_line_error(lambda: load_profile(bad))
     assert "unknown key 'partiton'" in msg and "did you mean 'partition'" in msg
-    assert "the keys are partition, account, qos, time, cpus_per_run, gpus_per_run, mem_gb, constraint, setup, sbatch" in msg
+    assert "the keys are partition, account, qos, time, cpus_per_run, gpus_per_run, mem_gb, constraint, setup, sbatch, arrays" in msg
     bad.write_text("cpus_per_run = \"8\"\n")
     assert "cpus_per_run = '8' is not an integer" in one_line_error(lambda: load_profile(bad))
+    bad.write_text("arrays = \"no\"\n")
+    assert "arrays = 'no' is not true or false" in one_line_error(lambda: load_profile(bad))
+    bad.write_text("arrays = false\n")
+    assert settings_from(bad).arrays is False and settings_from().arrays is True
     bad.write_text("partition = \n")
     assert "not valid TOML" in one_line_error(lambda: load_profile(bad))
     assert "no such file" in one_line_error(lambda: load_profile(tmp_path / "missing.toml"))
@@ -393,6 +452,7 @@ def test_a_node_that_fails_twice_is_excluded_and_its_run_finishes_elsewhere(corp
     try:
         runner.submit(Job("lossy-s0", "tiny-cpu", run_dir, tiny_overrides(corpus_dir, **{"budget.tokens": 1024 * 160, "budget.seconds": 0,
                                                                                            "train.ckpt_every": 8}), timeout_s=600))
+        runner.flush()
         job_id = str(rundir.load_json(tmp_path / "logs" / "lossy-s0.slurm.json")["job_id"])
         # first, maintenance: the node is drained and its job requeued by an administrator; no fault of the node
         follow(lambda: state() == ("RUNNING", bad) and checkpoint() > 0, f"the run training on {bad} with a checkpoint", 120)

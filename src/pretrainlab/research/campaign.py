@@ -233,6 +233,7 @@ class Campaign:
                 self.runner.submit(job)
                 started = True
                 self.log(f"{job.key}: started" + (" (resuming)" if job.resume else ""))
+            self.runner.flush()  # what the pass started goes out together (SLURM: replicates in one job array)
             if (finished or started) and not self.runner.free_slots():
                 self.note_queued()  # what is left waits for a slot from now
             if not self.runner.busy():  # nothing running and nothing could start: done

@@ -25,7 +25,7 @@ RAY_ADDRESS_DOC = ("--runner ray: the cluster (host:port, ray://host:10001, or a
 GPUS_DOC = ("comma-separated GPU indices, one per slot (e.g. 0,1,2,3); with --runner ray or slurm any list (e.g. 0) gives "
             "each slot one GPU, placed by the cluster; default: CPU processes")
 SLURM_PROFILE_DOC = ("--runner slurm: a TOML file of SLURM settings (partition, account, qos, time, cpus_per_run, gpus_per_run, "
-                     "mem_gb, constraint, setup, sbatch: docs/scale.md); the --slurm-* flags override it")
+                     "mem_gb, constraint, setup, sbatch, arrays: docs/scale.md); the --slurm-* flags override it")
 SLURM_PARTITION_DOC = "--runner slurm: the partition runs go to (default: the profile's, else the cluster's default)"
 SLURM_ACCOUNT_DOC = "--runner slurm: the account the jobs are charged to (sbatch --account)"
 SLURM_TIME_DOC = ("--runner slurm: each run's job time limit, minutes or [D-]HH:MM:SS (default: the run's timeout plus time to "

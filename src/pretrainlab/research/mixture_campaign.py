@@ -221,6 +221,7 @@ class MixtureCampaign:
                     break
                 self.runner.submit(job)
                 self.log(f"{job.key}: started" + (" (resuming)" if job.resume else ""))
+            self.runner.flush()  # what the pass started goes out together (SLURM: replicates in one job array)
             if not self.runner.busy():
                 break
             self.runner.sleep(poll_s)

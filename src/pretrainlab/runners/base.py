@@ -114,6 +114,11 @@ class Runner(Protocol):
     def submit(self, job: Job) -> None:
         """Start `job` in a free slot (the caller checks free_slots() first)."""
 
+    def flush(self) -> None:
+        """Send what submit() took since the last call: the loops call it once they have filled
+        their free slots, so a runner may start those jobs together (SLURM: replicates in one job
+        array). Runners that start each job in submit() have nothing to do."""
+
     def poll(self) -> list[JobResult]:
         """Jobs finished since the last call, each once; enforces timeouts."""
 
@@ -175,6 +180,9 @@ class Slots:
 
     def free_slots(self) -> int:
         return self.num_slots - len(self._running)
+
+    def flush(self) -> None:
+        """Nothing: submit() started the job (SlurmRunner sends its jobs here)."""
 
     def busy(self) -> bool:
         return bool(self._running)

@@ -43,10 +43,14 @@ Each job's id is kept beside its spec (`logs/KEY.slurm.json`). A campaign loop t
 its jobs in the queue; the next loop (`research resume`) adopts those still queued or running
 (`adopt`): it follows them as they are instead of starting them again.
 
-Why not job arrays for replicates: the campaign fills one slot at a time and decides each
-seed's run on its own (a screen runs one seed, its replicates only if it earns them), stops and
-times out runs one by one, and an array task is requeued, cancelled and followed as a job of
-its own anyway; an array would only batch the sbatch calls.
+Replicates go in job arrays: submit() takes a slot at once and flush() (the campaign calls it
+once it has filled its free slots) sends what it took, so the seeds of one experiment started in
+the same pass (the baseline's seeds at the start, an incumbent's confirmation seeds, the
+replicates a screen earned) with the same sbatch settings are one `sbatch --array` job: one
+submission for the controller, one line in `squeue`, job ids ARRAY_0, ARRAY_1, ... Each task is
+still followed, requeued, excluded from a node, timed out and cancelled as a job of its own (its
+id is the task's, ARRAY_I); a seed the campaign starts alone is a plain job. `arrays = false` in
+the profile submits one job per run.
 """
 
 from __future__ import annotations
@@ -126,6 +130,8 @@ class SlurmSettings:
     constraint: str | None = doc("node features a run needs (sbatch --constraint)", None)
     setup: list[str] = doc("shell lines each job runs before its run starts (module load ..., source VENV/bin/activate)", [])
     sbatch: dict[str, str] = doc("any other sbatch option, by its long name without dashes (e.g. reservation = \"lab\")", {})
+    arrays: bool = doc("replicates of one experiment started together go in one job array (sbatch --array); false: one job "
+                       "per run", True)
 
     def __post_init__(self):
         if self.time is not None and time_minutes(self.time) < MIN_TIME_MIN:  # (a bad format raises UserError naming it)
@@ -210,19 +216,30 @@ def _fits(value, hint) -> bool:
             return True
         if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return True
+        if kind is bool and isinstance(value, bool):
+            return True
         if kind in (str, int) and isinstance(value, kind) and not isinstance(value, bool):
             return True
     return False
 
 
 def _type_name(hint) -> str:
-    names = {str: "a string", int: "an integer", float: "a number"}
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
     return " or ".join(names.get(a, "a list of strings" if typing.get_origin(a) is list else "a table") for a in _alternatives(hint))
 
 
 def job_name(key: str) -> str:
     """The SLURM job name of run `key`'s job."""
     return f"pretrainlab-{key}"
+
+
+REPLICATE = re.compile(r"^(?P<experiment>.+)-s\d+$")  # a run key of a campaign: EXPERIMENT-sSEED
+
+
+def array_name(keys: list[str]) -> str:
+    """The SLURM job name of one job array of replicates (run keys EXP-sA, EXP-sB, ...)."""
+    seeds = [k.rsplit("-s", 1)[1] for k in keys]
+    return job_name(f"{REPLICATE.match(keys[0])['experiment']}-s{','.join(seeds)}")
 
 
 def sbatch_parameters(settings: SlurmSettings, job: Job, exclude: set[str] | frozenset = frozenset()) -> dict:
@@ -285,7 +302,7 @@ class RunAttempt:
         signal.signal(signal.SIGTERM, self._on_sigterm)
         spec = rundir.load_json(self.spec_path)
         run_dir = Path(spec["run_dir"])
-        job_id, restarts, node = os.environ.get("SLURM_JOB_ID", "?"), int(os.environ.get("SLURM_RESTART_COUNT") or 0), socket.gethostname()
+        job_id, restarts, node = _own_job_id(), int(os.environ.get("SLURM_RESTART_COUNT") or 0), socket.gethostname()
         if _finished_on_disk(run_dir, spec.get("score_path")):  # finished before SLURM started this job again
             print(f"[pretrainlab] run {spec['key']} has finished and is scored: SLURM job {job_id} does nothing", file=sys.stderr)
             return 0
@@ -350,6 +367,13 @@ class RunAttempt:
         return DelayedSubmission(RunAttempt(self.spec_path, self.stderr_path))
 
 
+def _own_job_id() -> str:
+    """The SLURM job id of the job this runs in, as the runner knows it: ARRAY_TASK for a task of
+    a job array (its SLURM_JOB_ID is another number), else SLURM_JOB_ID."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID", "?")
+
+
 def _exited(pid: int) -> bool:
     """Whether child `pid` has exited, without reaping it: __call__'s wait, interrupted by the
     signal handler this runs in, reaps it (Popen.wait here would wait for that wait's lock)."""
@@ -385,7 +409,7 @@ class _SlurmRun:
     job: Job
     slot: int
     started_at: float  # submitted (or adopted): the slot is taken from here until the job leaves the queue
-    job_id: str
+    job_id: str  # a plain job's id, or ARRAY_TASK for a task of a job array; "" until flush() submits it
     restarts: int = 0  # requeues seen so far
     node: str | None = None
     running_since: float | None = None  # when the current start of the job was first seen running (its timeout counts from here)
@@ -408,6 +432,7 @@ class SlurmRunner(SlotRunner):
         _check_cluster(self.settings, self.folder)
         self._executor = self._submitit.SlurmExecutor(folder=self.folder)
         self._adoptable: dict[str, tuple[str, QueueEntry]] = {}  # key -> (job id, its queue entry) of an earlier loop's job
+        self._unsent: list[str] = []  # runs submit() took a slot for, in order, that flush() has not yet sent to SLURM
         self._queried_at = 0.0
         self._results_seen: set[str] = set()  # job ids whose result file sleep() has seen
         self.losses: dict[str, dict[str, list[str]]] = {}  # node -> {one failure of it: the runs it took down}
@@ -436,35 +461,68 @@ class SlurmRunner(SlotRunner):
             job_id, entry = adopted
             run = _SlurmRun(job, self._free_slot(), time.time(), job_id, restarts=entry.restarts, node=entry.node or None)
             self._exclude_from(run)
-        else:
-            run = _SlurmRun(job, self._free_slot(), time.time(), self._sbatch(job))
+        else:  # sent to SLURM by flush(), with the replicates submitted beside it
+            run = _SlurmRun(job, self._free_slot(), time.time(), "")
+            self._unsent.append(job.key)
         self._started(job.key, run)
 
-    def _sbatch(self, job: Job) -> str:
-        """Submit the run's job; its id, also kept beside its spec for a later loop to adopt."""
+    def flush(self) -> None:
+        """Send SLURM the runs submit() took since the last flush: replicates of one experiment
+        (run keys EXP-sSEED) whose jobs ask for the same resources go in one job array, any other
+        run in a job of its own."""
+        unsent, self._unsent = [self._running[k] for k in self._unsent if k in self._running], []
+        groups: dict[tuple, list[_SlurmRun]] = {}
+        for r in unsent:
+            params = sbatch_parameters(self.settings, r.job, self.excluded)
+            params.pop("job_name")
+            match = REPLICATE.match(r.job.key) if self.settings.arrays else None
+            together = (match["experiment"] if match else r.job.key, repr(sorted(params.items())))
+            groups.setdefault(together, []).append(r)
+        for runs in groups.values():
+            try:
+                job_ids = self._sbatch([r.job for r in runs])
+            except BaseException:  # refused: the runs not yet sent never started, and leave their slots
+                for r in unsent:
+                    if not r.job_id:
+                        self._ended(r.job.key, time.time())
+                raise
+            for r, job_id in zip(runs, job_ids):
+                r.job_id, r.attempt_submitted = job_id, time.time()
+
+    def _sbatch(self, jobs: list[Job]) -> list[str]:
+        """Submit the runs' job (one job array for several); their job ids, each also kept beside
+        its run's spec for a later loop to adopt."""
         gpus = bool(self.settings.gpus_per_run)
-        spec = self._spec(job, self.settings.cpus_per_run, gpus, {"CUDA_VISIBLE_DEVICES": ""} if gpus else {})
-        spec["code_src"] = job.pythonpath  # None: the node's own lab (installed at the same path on every node, or its own)
-        spec_path = self._spec_path(job.key)
-        rundir.write_json_atomic(spec_path, spec)
-        self._executor.update_parameters(**sbatch_parameters(self.settings, job, self.excluded))
+        attempts = []
+        for job in jobs:
+            spec = self._spec(job, self.settings.cpus_per_run, gpus, {"CUDA_VISIBLE_DEVICES": ""} if gpus else {})
+            spec["code_src"] = job.pythonpath  # None: the node's own lab (installed at the same path on every node, or its own)
+            spec_path = self._spec_path(job.key)
+            rundir.write_json_atomic(spec_path, spec)
+            attempts.append(RunAttempt(str(spec_path), str(self._stderr_path(job.key))))
+        keys = [job.key for job in jobs]
+        name = job_name(keys[0]) if len(jobs) == 1 else array_name(keys)
+        runs = f"run {keys[0]}" if len(jobs) == 1 else f"runs {', '.join(keys)} (one job array)"
+        self._executor.update_parameters(**{**sbatch_parameters(self.settings, jobs[0], self.excluded), "job_name": name})
         for attempt in range(len(SBATCH_RETRY_S) + 1):
             try:
-                submitted = self._executor.submit(RunAttempt(str(spec_path), str(self._stderr_path(job.key))))
+                with self._executor.batch():  # one submission: a plain job for one run, a job array for several
+                    submitted = [self._executor.submit(a) for a in attempts]
                 break
             except self._submitit.core.utils.FailedJobError as e:
                 why = _sbatch_error(e)
                 if not any(t in why.lower() for t in TRANSIENT_SBATCH):
-                    raise UserError(f"sbatch refused run {job.key}: {why}: check the --slurm-* settings") from None
+                    raise UserError(f"sbatch refused {runs}: {why}: check the --slurm-* settings") from None
                 if attempt == len(SBATCH_RETRY_S):
-                    raise UserError(f"sbatch failed {attempt + 1} times for run {job.key}, last: {why}: check that the SLURM "
+                    raise UserError(f"sbatch failed {attempt + 1} times for {runs}, last: {why}: check that the SLURM "
                                     "controller answers (`sinfo`), then `research resume` the campaign") from None
                 pause = SBATCH_RETRY_S[attempt]
-                self.events.append(RunnerEvent("sbatch_retry", f"run {job.key}: sbatch failed ({why}); submitting it again in "
-                                                               f"{pause:g} s (attempt {attempt + 2} of {len(SBATCH_RETRY_S) + 1})", job.key))
+                self.events.append(RunnerEvent("sbatch_retry", f"{runs}: sbatch failed ({why}); submitting again in "
+                                                               f"{pause:g} s (attempt {attempt + 2} of {len(SBATCH_RETRY_S) + 1})", keys[0]))
                 time.sleep(pause)
-        rundir.write_json_atomic(self._record_path(job.key), {"job_id": submitted.job_id, "submitted_at": time.time()})
-        return submitted.job_id
+        for key, job in zip(keys, submitted):
+            rundir.write_json_atomic(self._record_path(key), {"job_id": job.job_id, "name": name, "submitted_at": time.time()})
+        return [job.job_id for job in submitted]
 
     def _record_path(self, key: str) -> Path:
         return self._logs / f"{key}.slurm.json"
@@ -476,13 +534,14 @@ class SlurmRunner(SlotRunner):
         path = self._record_path(key)
         if key in self._running or not path.exists():
             return False
-        job_id = str(rundir.load_json(path)["job_id"])
+        record = rundir.load_json(path)
+        job_id = str(record["job_id"])
         queue = self._query([job_id])
         if queue is None:
             raise UserError(f"cannot ask SLURM whether job {job_id} (run {key}) is still queued: check that `squeue` answers, "
                             "then resume the campaign")
         entry = queue.get(job_id)
-        if entry is None or entry.state in ENDED or entry.name != job_name(key):  # over, forgotten, or its id reused since
+        if entry is None or entry.state in ENDED or entry.name != record.get("name", job_name(key)):  # over, forgotten, or its id reused since
             return False
         self._adoptable[key] = (job_id, entry)
         where = f" on {entry.node}" if entry.node and entry.state == "RUNNING" else ""
@@ -505,9 +564,22 @@ class SlurmRunner(SlotRunner):
     def _kill(self, r: _SlurmRun) -> None:
         self._send(r, signal.SIGKILL)
 
+    def stop(self, key: str, reason: str = "stopped") -> None:
+        self.flush()  # a run not yet sent has no job to cancel
+        super().stop(key, reason)
+
+    def shutdown(self) -> None:
+        """Stop every job (status 'shutdown'); runs not yet sent to SLURM are not sent."""
+        for key in self._unsent:
+            if key in self._running:
+                self._ended(key, time.time())
+        self._unsent = []
+        super().shutdown()
+
     def poll(self) -> list[JobResult]:
         """Jobs that left the queue since the last call; notes requeues; enforces timeouts and
         the kill grace period."""
+        self.flush()
         if not self._running or time.time() - self._queried_at < QUEUE_POLL_S:
             return []
         queue = self._query([r.job_id for r in self._running.values()])
@@ -599,7 +671,7 @@ class SlurmRunner(SlotRunner):
     def _exclude_from(self, r: _SlurmRun) -> None:
         """A pending job of this campaign excludes the excluded nodes (SLURM refuses this for a
         running job: it gets the list when it is requeued)."""
-        if self.excluded:
+        if self.excluded and r.job_id:
             _command(["scontrol", "update", f"JobId={r.job_id}", f"ExcNodeList={exclude_list(self.settings, self.excluded)}"])
 
     def _usable_nodes(self) -> list[str] | None:
@@ -626,6 +698,7 @@ class SlurmRunner(SlotRunner):
 
     def sleep(self, seconds: float) -> None:
         """Sleep up to `seconds`, returning early when a job's run has ended (its result file appears)."""
+        self.flush()
         deadline = time.time() + seconds
         while time.time() < deadline:
             time.sleep(min(0.2, max(0.0, deadline - time.time())))
@@ -639,8 +712,9 @@ class SlurmRunner(SlotRunner):
         """{job id: its entry} for the jobs SLURM still knows (a job it has forgotten is absent),
         or None when squeue does not answer."""
         self._queried_at = time.time()
-        out = _command(["squeue", "--noheader", "--states=all", f"--jobs={','.join(job_ids)}",
-                        "--Format=JobID:|,State:|,RestartCnt:|,NodeList:|,Name:|,Reason:"], unknown_ok=True)
+        # --array and JobArrayID: each task of a job array on a line of its own, named ARRAY_TASK (a plain job: its id)
+        out = _command(["squeue", "--noheader", "--array", "--states=all", f"--jobs={','.join(job_ids)}",
+                        "--Format=JobArrayID:|,State:|,RestartCnt:|,NodeList:|,Name:|,Reason:"], unknown_ok=True)
         if out is None:
             return None
         queue = {}
