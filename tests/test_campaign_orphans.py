@@ -63,3 +63,20 @@ def test_resume_stops_orphans_of_a_killed_loop_and_loses_nothing(corpus_dir, tmp
     for metrics in workdir.glob("*/metrics.jsonl"):  # one writer per run dir: every step logged once, in order
         steps = [r["step"] for r in map(json.loads, metrics.read_text().splitlines()) if r.get("type") == "train"]
         assert steps == list(range(1, len(steps) + 1)), metrics
+
+    # a later close (a resume with nothing left to run) reuses each run's kept test score; weights that changed are scored again
+    from pretrainlab.runners import scoring
+
+    scored = []
+
+    def fake_score(run_dir, *args, **kwargs):
+        scored.append(run_dir.name)
+        return {"splits": {"test": {"val_bpb": 5.0}}}
+
+    monkeypatch.setattr(scoring, "score_run", fake_score)
+    manage.resume(campaign_id, echo=False)
+    assert scored == [] and Ledger().get_campaign(campaign_id)["config"]["hidden_test"] == hidden
+    changed = workdir / f"{hidden['baseline_experiment']}-s0" / "model.pt"
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    manage.resume(campaign_id, echo=False)
+    assert scored == [changed.parent.name]

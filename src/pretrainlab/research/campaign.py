@@ -54,7 +54,7 @@ from ..ledger.store import Phase, Role
 from ..train.rundir_lock import lock_holder
 from ..recipes import estimate_params
 from ..runners import Job, JobResult, Runner
-from ..rundir import read_json, read_summary
+from ..rundir import read_json, read_summary, write_json_atomic
 from ..runners.base import OVERHEAD
 from . import decide, early_stop, policy, schedule
 from .config import CampaignConfig  # noqa: F401 (the settings, imported from here too)
@@ -260,8 +260,10 @@ class Campaign:
 
     def split_means(self, exp: dict) -> dict[str, float] | None:
         """Mean lab score on the decision and the hidden test split over an experiment's scored
-        runs. The test split is scored here, once, when the campaign closes: a sandboxed worker
-        runs the model, this process computes the score (runners/scoring.py)."""
+        runs. The test split is scored here, when the campaign closes: a sandboxed worker runs
+        the model, this process computes the score (runners/scoring.py). Each run's test score
+        is kept beside its score (`scores/KEY.test.json`, for the weights it scored), so a later
+        close (a resume) scores only runs it has not seen."""
         from ..data import Corpus
         from ..runners.job import corpus_path
         from ..runners.base import PACKAGE_SRC
@@ -272,17 +274,27 @@ class Campaign:
         corpus = Corpus.open(corpus_path(self.base), verify=False)  # the base's held-out data, as every run was scored
         val, test = [], []
         for row in self.results(exp["id"]).values():
-            verdict = read_json(self.score_path(Path(row["run_dir"]).name)) or {}
-            if verdict.get("status") != "ok" or not (Path(row["run_dir"]) / "model.pt").is_file():
+            key = Path(row["run_dir"]).name
+            verdict = read_json(self.score_path(key)) or {}
+            weights = Path(row["run_dir"]) / "model.pt"
+            if verdict.get("status") != "ok" or not weights.is_file():
                 continue
-            try:
-                scored = score_run(Path(row["run_dir"]), code_src, corpus, seq_len=recipe.model.seq_len, splits=("test",),
-                                   tokens_per_domain=recipe.eval.tokens_per_domain, batch_rows=recipe.eval.batch_rows,
-                                   sandbox=self.runner.sandbox, **self.runner.scoring_resources())
-            except ScoreRejected:
+            seen = {"size": weights.stat().st_size, "mtime_ns": weights.stat().st_mtime_ns, "code": str(code_src)}
+            kept_path = self.workdir / "scores" / f"{key}.test.json"
+            kept = read_json(kept_path) or {}
+            if kept.get("weights") != seen:
+                try:
+                    scored = score_run(Path(row["run_dir"]), code_src, corpus, seq_len=recipe.model.seq_len, splits=("test",),
+                                       tokens_per_domain=recipe.eval.tokens_per_domain, batch_rows=recipe.eval.batch_rows,
+                                       sandbox=self.runner.sandbox, **self.runner.scoring_resources())
+                    kept = {"weights": seen, "val_bpb": scored["splits"]["test"]["val_bpb"]}
+                except ScoreRejected as e:
+                    kept = {"weights": seen, "rejected": str(e)}
+                write_json_atomic(kept_path, kept)
+            if "val_bpb" not in kept:
                 continue
             val.append(verdict["splits"]["val"]["val_bpb"])
-            test.append(scored["splits"]["test"]["val_bpb"])
+            test.append(kept["val_bpb"])
         return {"val": statistics.fmean(val), "test": statistics.fmean(test), "runs": len(val)} if val else None
 
     def record_hidden_test(self) -> None:
