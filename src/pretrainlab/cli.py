@@ -215,6 +215,29 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def exit_without_teardown(code: int) -> None:
+    """End the process as sys.exit(code) would, less the interpreter's teardown of torch's
+    modules (about a second of CPU after every run, and in a campaign its slot waits for it):
+    atexit handlers run (trackers, compile workers), reference cycles are collected (their
+    finalizers close what they hold), stdout and stderr are flushed, then the process ends.
+    With a thread other than the main one still running, the interpreter's usual exit waits
+    for it instead."""
+    import atexit
+    import gc
+    import threading
+
+    if any(t is not threading.main_thread() and not t.daemon and t.is_alive() for t in threading.enumerate()):
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    gc.collect()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)
+
+
 def cmd_recipes(args) -> int:
     if args.fields:
         rows = api.config_fields()
