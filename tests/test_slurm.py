@@ -29,7 +29,7 @@ from pretrainlab.ledger import Ledger
 from pretrainlab.research import manage
 from pretrainlab.research.campaign import Campaign, CampaignConfig
 from pretrainlab.runners import Job, slurm_settings
-from pretrainlab.runners.slurm import SlurmRunner, SlurmSettings, load_profile, sbatch_parameters, settings_from
+from pretrainlab.runners.slurm import SlurmRunner, SlurmSettings, load_profile, sbatch_parameters, settings_from, submissions
 
 START_HINT = 'start one with `make slurm` (scripts/slurm-local.sh, as root), then `eval "$(scripts/slurm-local.sh env)"`'
 
@@ -225,6 +225,55 @@ def test_replicates_started_together_go_in_one_job_array(corpus_dir, tmp_path, c
         alone.shutdown()  # cancelled, queued or running
 
 
+def test_a_loop_that_dies_while_sbatch_runs_leaves_a_job_the_next_loop_finds(corpus_dir, tmp_path, cluster, monkeypatch):
+    """Each run's record names its job before sbatch runs. The loop is interrupted after SLURM took
+    a job array but before any run's record got its id: the runs stay followed (shutdown cancels
+    them), and a next loop finds every task by the array's name and adopts it instead of
+    submitting it again."""
+    from pretrainlab.runners import slurm
+
+    runner = SlurmRunner(3, SlurmSettings(partition=cluster.partition, time="10"), log_dir=tmp_path / "logs")
+    real_write = slurm.rundir.write_json_atomic
+
+    def dies_after_sbatch(path, data):
+        if str(path).endswith(".slurm.json") and data.get("job_id") is not None:
+            raise KeyboardInterrupt  # Ctrl-C, just after sbatch answered
+        real_write(path, data)
+
+    keys = ["cut-s0", "cut-s1", "cut-s2"]
+    try:
+        for key in keys:
+            runner.submit(Job(key, "tiny-cpu", tmp_path / key, tiny_overrides(corpus_dir, **{"budget.tokens": 1024 * 512}), timeout_s=600))
+        monkeypatch.setattr(slurm.rundir, "write_json_atomic", dies_after_sbatch)
+        with pytest.raises(KeyboardInterrupt):
+            runner.flush()
+        monkeypatch.setattr(slurm.rundir, "write_json_atomic", real_write)
+        ids = {r.job.key: r.job_id for r in runner._running.values()}
+        array = ids["cut-s0"].split("_")[0]
+        assert ids == {k: f"{array}_{i}" for i, k in enumerate(keys)}  # still followed: SLURM has them
+        assert all(rundir.load_json(tmp_path / "logs" / f"{k}.slurm.json")["job_id"] is None for k in keys)
+        later = SlurmRunner(3, SlurmSettings(partition=cluster.partition, time="10"), log_dir=tmp_path / "logs")
+        assert all(later.adopt(k) for k in keys)
+        assert {k: rundir.load_json(tmp_path / "logs" / f"{k}.slurm.json")["job_id"] for k in keys} == ids
+        assert [e.text.split(" (")[0] for e in later.take_events()] == [f"run {k}: SLURM job {ids[k]}" for k in keys]
+    finally:
+        runner.shutdown()  # cancels the array
+    assert all(state in ("CANCELLED", None) for state in (squeue(list(ids.values())).get(i) for i in ids.values()))
+
+
+def test_what_goes_in_one_job_array():
+    pytest.importorskip("submitit", reason="--runner slurm needs submitit: pip install 'pretrainlab[slurm]'")
+    jobs = [Job(k, "tiny-cpu", Path(k), timeout_s=t) for k, t in
+            (("rep", 300), ("rep-s0", 300), ("rep-s1", 300), ("a-s1-s2", 300), ("a-s1-s3", 300), ("b-s0", 300), ("b-s1", 9000),
+             ("c-s4", 300))]
+    keys = lambda groups: [[j.key for j in g] for g in groups]
+    # a key that is no replicate stays alone even beside replicates of an experiment of its name; a different time limit
+    # (the run's timeout) is another job
+    assert keys(submissions(SlurmSettings(), jobs)) == [["rep"], ["rep-s0", "rep-s1"], ["a-s1-s2", "a-s1-s3"], ["b-s0"], ["b-s1"],
+                                                        ["c-s4"]]
+    assert keys(submissions(SlurmSettings(arrays=False), jobs)) == [[j.key] for j in jobs]
+
+
 def flaky_sbatch(tmp_path: Path, monkeypatch, fails: int, error: str) -> Path:
     """An `sbatch` first on PATH that refuses the first `fails` submissions with `error` (as sbatch
     prints it), then hands every call to the cluster's real sbatch; returns its call counter."""
@@ -281,6 +330,43 @@ def test_a_submission_refused_for_a_passing_reason_is_tried_again(corpus_dir, tm
         flaky.submit(Job("bad-s0", "tiny-cpu", tmp_path / "bad-s0", tiny_overrides(corpus_dir), timeout_s=300))
         flaky.flush()
     assert counter.read_text().strip() == "1"
+
+
+def test_a_cluster_without_job_arrays_gets_a_job_per_run_and_a_lost_answer_is_not_submitted_twice(tmp_path, cluster, monkeypatch):
+    """A cluster that refuses job arrays (as `sbatch --test-only` says at start) gets one job per
+    run, and a note. An sbatch whose answer was lost after SLURM took the job (it timed out on
+    the way back) is not submitted again: the runner finds the job by its name."""
+    real = subprocess.run(["which", "sbatch"], capture_output=True, text=True, check=True).stdout.strip()
+    bindir, calls = tmp_path / "bin", tmp_path / "sbatch-calls"
+    bindir.mkdir()
+    (bindir / "sbatch").write_text(f"""#!/bin/bash
+script="${{@: -1}}"
+if grep -q -- '--array' "$script"; then echo "sbatch: error: Batch job submission failed: Job arrays are disabled" >&2; exit 1; fi
+case " $* " in *" --test-only "*) exec {real} "$@";; esac
+echo x >> {calls}
+if [ "$(wc -l < {calls})" = 1 ]; then {real} "$@" > /dev/null; echo "sbatch: error: Socket timed out on send/recv operation" >&2; exit 1; fi
+exec {real} "$@"
+""")
+    (bindir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    from pretrainlab.runners import slurm
+
+    monkeypatch.setattr(slurm, "SBATCH_RETRY_S", (0.2, 0.2))
+    runner = SlurmRunner(2, SlurmSettings(partition=cluster.partition, time="10"), log_dir=tmp_path / "logs")
+    try:
+        assert runner.settings.arrays is False
+        (note,) = runner.take_events()
+        assert note.kind == "arrays_off" and "Job arrays are disabled" in note.text
+        for key in ("plain-s0", "plain-s1"):
+            runner.submit(Job(key, "tiny-cpu", tmp_path / key, ["budget.tokens=2048"], timeout_s=300))
+        runner.flush()
+        ids = [r.job_id for r in runner._running.values()]
+        assert len(set(ids)) == 2 and not any("_" in i for i in ids)
+        assert calls.read_text().count("x") == 2  # the first run's sbatch "failed" but SLURM had it: not sent again
+        kinds = [e.kind for e in runner.take_events()]
+        assert kinds == ["sbatch_retry", "adopted"], kinds
+    finally:
+        runner.shutdown()
 
 
 # ---- no cluster needed ------------------------------------------------------------------------

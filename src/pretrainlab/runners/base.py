@@ -96,7 +96,7 @@ class RunnerEvent:
 
     kind: str  # 'requeued' (a run lost with its node starts again elsewhere), 'excluded' (a node gets no more runs), 'gave_up',
     # 'adopted' (a job an earlier loop started, still queued or running, is followed as it is), 'sbatch_retry' (a submission
-    # SLURM refused for a passing reason, tried again)
+    # SLURM refused for a passing reason, tried again), 'arrays_off' (a cluster that refuses job arrays: a job per run)
     text: str  # one line for the ledger note
     key: str | None = None  # the job it concerns; None: the cluster
 

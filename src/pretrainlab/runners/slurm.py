@@ -55,6 +55,7 @@ the profile submits one job per run.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 import os
@@ -234,6 +235,19 @@ def job_name(key: str) -> str:
 
 
 REPLICATE = re.compile(r"^(?P<experiment>.+)-s\d+$")  # a run key of a campaign: EXPERIMENT-sSEED
+
+
+def submissions(settings: SlurmSettings, jobs: list[Job], exclude: set[str] | frozenset = frozenset()) -> list[list[Job]]:
+    """`jobs` as sbatch gets them: replicates of one experiment (keys EXP-sSEED) whose jobs ask
+    for the same resources together (one job array), any other job alone; in `jobs` order."""
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        params = sbatch_parameters(settings, job, exclude)
+        params.pop("job_name")
+        match = REPLICATE.match(job.key) if settings.arrays else None
+        together = ("replicates", match["experiment"]) if match else ("alone", job.key)
+        groups.setdefault((*together, repr(sorted(params.items()))), []).append(job)
+    return list(groups.values())
 
 
 def array_name(keys: list[str]) -> str:
@@ -430,6 +444,10 @@ class SlurmRunner(SlotRunner):
         self.folder = self._logs / "slurm"  # submitit's files: each job's script, pickles and output
         self.folder.mkdir(exist_ok=True)
         _check_cluster(self.settings, self.folder)
+        if self.settings.arrays and (refused := _test_only(self.settings, self.folder, array=True)):
+            self.settings = dataclasses.replace(self.settings, arrays=False)  # a site without job arrays: a job per run
+            self.events.append(RunnerEvent("arrays_off", f"SLURM refuses job arrays here ({refused}): each run goes in a job "
+                                                         "of its own (set arrays = false in the profile to skip this check)"))
         self._executor = self._submitit.SlurmExecutor(folder=self.folder)
         self._adoptable: dict[str, tuple[str, QueueEntry]] = {}  # key -> (job id, its queue entry) of an earlier loop's job
         self._unsent: list[str] = []  # runs submit() took a slot for, in order, that flush() has not yet sent to SLURM
@@ -471,27 +489,22 @@ class SlurmRunner(SlotRunner):
         (run keys EXP-sSEED) whose jobs ask for the same resources go in one job array, any other
         run in a job of its own."""
         unsent, self._unsent = [self._running[k] for k in self._unsent if k in self._running], []
-        groups: dict[tuple, list[_SlurmRun]] = {}
-        for r in unsent:
-            params = sbatch_parameters(self.settings, r.job, self.excluded)
-            params.pop("job_name")
-            match = REPLICATE.match(r.job.key) if self.settings.arrays else None
-            together = (match["experiment"] if match else r.job.key, repr(sorted(params.items())))
-            groups.setdefault(together, []).append(r)
-        for runs in groups.values():
-            try:
-                job_ids = self._sbatch([r.job for r in runs])
-            except BaseException:  # refused: the runs not yet sent never started, and leave their slots
-                for r in unsent:
-                    if not r.job_id:
-                        self._ended(r.job.key, time.time())
-                raise
-            for r, job_id in zip(runs, job_ids):
-                r.job_id, r.attempt_submitted = job_id, time.time()
+        try:
+            for jobs in submissions(self.settings, [r.job for r in unsent], self.excluded):
+                self._sbatch([self._running[job.key] for job in jobs])
+        except BaseException:  # refused or interrupted: runs that never reached SLURM leave their slots
+            for r in unsent:
+                if not r.job_id:
+                    self._ended(r.job.key, time.time())
+            raise
 
-    def _sbatch(self, jobs: list[Job]) -> list[str]:
-        """Submit the runs' job (one job array for several); their job ids, each also kept beside
-        its run's spec for a later loop to adopt."""
+    def _sbatch(self, runs: list[_SlurmRun]) -> None:
+        """Submit the runs' job (one job array for several) and set each run's job id. Each run's
+        record beside its spec names the job before sbatch runs and gets the job's id after, so
+        a loop that dies in between leaves the next one a job to find by name (adopt), not one
+        to submit twice; a submission retried after an error sbatch may have sent is looked for
+        the same way first."""
+        jobs = [r.job for r in runs]
         gpus = bool(self.settings.gpus_per_run)
         attempts = []
         for job in jobs:
@@ -502,27 +515,57 @@ class SlurmRunner(SlotRunner):
             attempts.append(RunAttempt(str(spec_path), str(self._stderr_path(job.key))))
         keys = [job.key for job in jobs]
         name = job_name(keys[0]) if len(jobs) == 1 else array_name(keys)
-        runs = f"run {keys[0]}" if len(jobs) == 1 else f"runs {', '.join(keys)} (one job array)"
+        tasks = [None] if len(jobs) == 1 else list(range(len(jobs)))
+        for key, task in zip(keys, tasks):
+            rundir.write_json_atomic(self._record_path(key), {"job_id": None, "name": name, "task": task, "submitted_at": time.time()})
+        what = f"run {keys[0]}" if len(jobs) == 1 else f"runs {', '.join(keys)} (one job array)"
         self._executor.update_parameters(**{**sbatch_parameters(self.settings, jobs[0], self.excluded), "job_name": name})
+        job_ids: list[str] | None = None
         for attempt in range(len(SBATCH_RETRY_S) + 1):
             try:
                 with self._executor.batch():  # one submission: a plain job for one run, a job array for several
                     submitted = [self._executor.submit(a) for a in attempts]
+                job_ids = [job.job_id for job in submitted]
                 break
             except self._submitit.core.utils.FailedJobError as e:
                 why = _sbatch_error(e)
                 if not any(t in why.lower() for t in TRANSIENT_SBATCH):
-                    raise UserError(f"sbatch refused {runs}: {why}: check the --slurm-* settings") from None
+                    raise UserError(f"sbatch refused {what}: {why}: check the --slurm-* settings") from None
                 if attempt == len(SBATCH_RETRY_S):
-                    raise UserError(f"sbatch failed {attempt + 1} times for {runs}, last: {why}: check that the SLURM "
+                    raise UserError(f"sbatch failed {attempt + 1} times for {what}, last: {why}: check that the SLURM "
                                     "controller answers (`sinfo`), then `research resume` the campaign") from None
                 pause = SBATCH_RETRY_S[attempt]
-                self.events.append(RunnerEvent("sbatch_retry", f"{runs}: sbatch failed ({why}); submitting again in "
+                self.events.append(RunnerEvent("sbatch_retry", f"{what}: sbatch failed ({why}); submitting again in "
                                                                f"{pause:g} s (attempt {attempt + 2} of {len(SBATCH_RETRY_S) + 1})", keys[0]))
                 time.sleep(pause)
-        for key, job in zip(keys, submitted):
-            rundir.write_json_atomic(self._record_path(key), {"job_id": job.job_id, "name": name, "submitted_at": time.time()})
-        return [job.job_id for job in submitted]
+                found = self._find_by_name(name) or {}  # the controller may have taken the job before its answer was lost
+                if all(task in found for task in tasks):
+                    job_ids = [found[task] for task in tasks]
+                    self.events.append(RunnerEvent("adopted", f"{what}: SLURM had taken the job after all ({', '.join(job_ids)}); "
+                                                              "followed, not submitted again", keys[0]))
+                    break
+        for r, job_id in zip(runs, job_ids):
+            r.job_id, r.attempt_submitted = job_id, time.time()
+        for key, task, job_id in zip(keys, tasks, job_ids):
+            rundir.write_json_atomic(self._record_path(key), {"job_id": job_id, "name": name, "task": task, "submitted_at": time.time()})
+
+    def _find_by_name(self, name: str) -> dict[int | None, str] | None:
+        """The newest job of this user named `name` that SLURM still has queued or running:
+        {array task index (None for a plain job): its job id}; {} if none, None when squeue does
+        not answer."""
+        out = _command(["squeue", "--noheader", "--array", "--states=all", f"--user={os.getuid()}",
+                        "--Format=JobArrayID:|,State:|,Name:"])
+        if out is None:
+            return None
+        jobs: dict[int, dict[int | None, str]] = {}  # array (or plain) job number -> {task: id}
+        for line in out.splitlines():
+            parts = [p.strip() for p in line.split("|", 2)]
+            if len(parts) < 3 or parts[2] != name or parts[1] in ENDED:
+                continue
+            number, _, task = parts[0].partition("_")
+            if number.isdigit() and (not task or task.isdigit()):
+                jobs.setdefault(int(number), {})[int(task) if task else None] = parts[0]
+        return jobs[max(jobs)] if jobs else {}
 
     def _record_path(self, key: str) -> Path:
         return self._logs / f"{key}.slurm.json"
@@ -535,6 +578,15 @@ class SlurmRunner(SlotRunner):
         if key in self._running or not path.exists():
             return False
         record = rundir.load_json(path)
+        if record.get("job_id") is None:  # the loop died while sbatch ran: the job SLURM took, if it took one
+            found = self._find_by_name(record["name"])
+            if found is None:
+                raise UserError(f"cannot ask SLURM whether it took run {key}'s job ({record['name']}): check that `squeue` "
+                                "answers, then resume the campaign")
+            if record.get("task") not in found:
+                return False
+            record["job_id"] = found[record.get("task")]
+            rundir.write_json_atomic(path, record)
         job_id = str(record["job_id"])
         queue = self._query([job_id])
         if queue is None:
@@ -759,13 +811,15 @@ def _node_failure(node: str, since: float | None) -> str | None:
     return None
 
 
-def _test_only(settings: SlurmSettings, folder: Path, exclude: set[str] | frozenset = frozenset()) -> str | None:
+def _test_only(settings: SlurmSettings, folder: Path, exclude: set[str] | frozenset = frozenset(), array: bool = False) -> str | None:
     """Why sbatch would refuse a run's job with these settings and excluded nodes (`sbatch
-    --test-only`), or None if it would take it."""
+    --test-only`; `array`: a job array of two runs' jobs), or None if it would take it."""
     from submitit.slurm.slurm import _make_sbatch_string  # the script submitit would write, to test it
 
     params = sbatch_parameters(settings, Job("settings-check", "-", folder / "settings-check", timeout_s=None), exclude)
     params.pop("setup", None)  # shell lines are the job's, not sbatch's
+    if array:
+        params["map_count"] = 2
     with tempfile.NamedTemporaryFile("w", suffix=".sh", dir=folder, delete=False) as f:
         f.write(_make_sbatch_string(command="true", folder=folder, **params))
     try:
