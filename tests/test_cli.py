@@ -161,3 +161,33 @@ def test_campaign_flags_are_the_settings_fields_and_reach_them():
     mix = _config_options(parser.parse_args(["research", "mixture", "--target", "code, docs", "--proxies", "12"]), api.MixtureConfig, skip)
     assert mix["target"] == ["code", "docs"] and mix["proxies"] == 12
     assert api.MixtureConfig(**_config_options(parser.parse_args(["research", "mixture"]), api.MixtureConfig, skip)) == api.MixtureConfig()
+
+
+def test_a_process_that_leaves_without_teardown_loses_nothing(tmp_path):
+    """`pretrainlab train` ends with exit_without_teardown: what it printed, its atexit handlers
+    and the finalizers of objects held only by a reference cycle all happen, with its exit code;
+    a thread still working is waited for."""
+    script = f"""
+import atexit, sys, threading, time
+from pathlib import Path
+from pretrainlab.cli import exit_without_teardown
+out = Path({str(tmp_path)!r})
+atexit.register(lambda: (out / "atexit").write_text("ran"))
+class Held:
+    def __del__(self):
+        (out / "finalized").write_text("ran")
+a, b = Held(), Held()
+a.other, b.other = b, a  # a cycle: only the collector frees it
+del a, b
+if sys.argv[1] == "thread":
+    threading.Thread(target=lambda: (time.sleep(0.5), (out / "thread").write_text("ran"))).start()
+sys.stdout.write("x" * 100000)  # buffered: a pipe
+exit_without_teardown(3)
+"""
+    for mode in ("plain", "thread"):
+        proc = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 3 and proc.stdout == "x" * 100000, proc.stderr
+        ran = sorted(p.name for p in tmp_path.iterdir())
+        assert ran == (["atexit", "finalized", "thread"] if mode == "thread" else ["atexit", "finalized"]), ran
+        for p in tmp_path.iterdir():
+            p.unlink()
