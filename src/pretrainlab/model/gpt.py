@@ -5,6 +5,8 @@
 
 - RoPE positions (rotate half), applied to queries and keys.
 - RMSNorm without learned gain (F.rms_norm), pre-norm, plus a norm on the embedding output.
+  (Eager fp32 training on CPU runs it, and ReLU^2, as autograd Functions with hand-written
+  backwards: the same math in fewer passes; see `_eager_cpu_training`.)
 - QK-norm: queries and keys are RMS-normalised after RoPE, which bounds attention logits
   and removes a common source of loss spikes (as in OLMo 2 / modded-nanogpt).
 - ReLU^2 MLP (Primer), no biases anywhere.
@@ -78,8 +80,53 @@ def attention_kernels(name: str):
         yield
 
 
+def _eager_cpu_training(x: torch.Tensor) -> bool:
+    """Whether `x` is a CPU activation of an eager training step: where the hand-written
+    backwards below pay (torch.compile fuses the plain ops itself; CUDA has a fused RMSNorm
+    backward; without grad only the forward runs, and the plain forward is one kernel)."""
+    return (x.is_cpu and x.dtype == torch.float32 and x.requires_grad and torch.is_grad_enabled()
+            and not torch.compiler.is_compiling())
+
+
+class _RMSNorm(torch.autograd.Function):
+    """RMSNorm with its backward in five passes: dx = rstd * (g - y * mean(g * y)). Autograd's
+    own backward of F.rms_norm on CPU runs about 30 small ops; this one 5."""
+
+    @staticmethod
+    def forward(ctx, x):
+        rstd = torch.rsqrt(x.square().mean(-1, keepdim=True).add_(torch.finfo(x.dtype).eps))
+        y = x * rstd
+        ctx.save_for_backward(y, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        y, rstd = ctx.saved_tensors
+        return (g - y * (g * y).mean(-1, keepdim=True)).mul_(rstd)
+
+
+class _ReluSquared(torch.autograd.Function):
+    """relu(x)^2 keeping relu(x) for a backward of two passes, 2 * relu(x) * g (autograd's own
+    runs four over the MLP's widest activation)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        r = torch.relu(x)
+        ctx.save_for_backward(r)
+        return r * r
+
+    @staticmethod
+    def backward(ctx, g):
+        (r,) = ctx.saved_tensors
+        return g.mul(r).mul_(2.0)
+
+
 def norm(x: torch.Tensor) -> torch.Tensor:
-    return F.rms_norm(x, (x.size(-1),))
+    return _RMSNorm.apply(x) if _eager_cpu_training(x) else F.rms_norm(x, (x.size(-1),))
+
+
+def relu_squared(x: torch.Tensor) -> torch.Tensor:
+    return _ReluSquared.apply(x) if _eager_cpu_training(x) else F.relu(x).square()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -131,7 +178,7 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(hidden, cfg.n_embd, bias=False)
 
     def forward(self, x):
-        return self.c_proj(F.relu(self.c_fc(x)).square())
+        return self.c_proj(relu_squared(self.c_fc(x)))
 
 
 class Block(nn.Module):
