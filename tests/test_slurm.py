@@ -79,6 +79,16 @@ def wait_for(what: str, check, timeout_s: float, loop: subprocess.Popen | None =
     raise AssertionError(f"{what}: not within {timeout_s:.0f} s\n{tail}")
 
 
+def follow(runner: SlurmRunner, timeout_s: float) -> tuple[list, list]:
+    """Poll the runner until its jobs are over (or timeout_s): their results and its events."""
+    results, events, deadline = [], [], time.time() + timeout_s
+    while runner.busy() and time.time() < deadline:
+        results += runner.poll()
+        events += runner.take_events()
+        runner.sleep(0.5)
+    return results, events
+
+
 def test_a_campaign_on_slurm_survives_a_requeue_and_the_death_of_its_loop(corpus_dir, tmp_path, cluster, monkeypatch):
     overrides = tiny_overrides(corpus_dir, **{"train.ckpt_every": 4})
     # two runs in flight (the baseline and the first screen), each long enough (64 steps) to be requeued and outlive its loop.
@@ -155,12 +165,7 @@ def test_a_run_warned_of_its_time_limit_checkpoints_and_its_job_is_requeued(corp
         job_id = str(rundir.load_json(tmp_path / "logs" / "warned-s0.slurm.json")["job_id"])
         wait_for("a checkpoint", lambda: list((run_dir / "ckpt").glob("step_*.pt")), 180)
         subprocess.run(["scancel", "--signal=USR2", job_id], check=True, capture_output=True)
-        results, events = [], []
-        deadline = time.time() + 240
-        while runner.busy() and time.time() < deadline:
-            results += runner.poll()
-            events += runner.take_events()
-            runner.sleep(0.5)
+        results, events = follow(runner, 240)
     finally:
         runner.shutdown()
     (result,) = results
@@ -198,11 +203,7 @@ def test_replicates_started_together_go_in_one_job_array(corpus_dir, tmp_path, c
         assert later.adopt("rep-s2") and later.take_events()[0].text.startswith(f"run rep-s2: SLURM job {array}_2 (")
         wait_for("a checkpoint of rep-s1", lambda: list((tmp_path / "rep-s1" / "ckpt").glob("step_*.pt")), 180)
         subprocess.run(["scontrol", "requeue", ids["rep-s1"]], check=True, capture_output=True)  # that task alone
-        deadline = time.time() + 300
-        while runner.busy() and time.time() < deadline:
-            results += runner.poll()
-            events += runner.take_events()
-            runner.sleep(0.5)
+        results, events = follow(runner, 300)
     finally:
         runner.shutdown()
     assert sorted(r.job.key for r in results) == keys and all(r.status == "ok" for r in results), [r.stderr_tail for r in results]
@@ -306,10 +307,7 @@ def test_a_submission_refused_for_a_passing_reason_is_tried_again(corpus_dir, tm
         events = runner.take_events()
         assert [e.kind for e in events] == ["sbatch_retry", "sbatch_retry"] and counter.read_text().strip() == "3"
         assert "Socket timed out" in events[0].text and "attempt 2 of 3" in events[0].text and events[0].key == "flaky-s0"
-        results, deadline = [], time.time() + 180
-        while runner.busy() and time.time() < deadline:
-            results += runner.poll()
-            runner.sleep(0.5)
+        results, _ = follow(runner, 180)
     finally:
         runner.shutdown()
     assert [r.status for r in results] == ["ok"], results[0].stderr_tail if results else "no result"
