@@ -119,6 +119,15 @@ def test_a_clear_loser_stops_at_the_first_rung_and_pays_half_a_run(tmp_path):
     decisions = {e["hypothesis"]: ledger.list_decisions(experiment_id=e["id"])[-1] for e in ledger.list_experiments(cid)}
     assert "stopped at the first rung" in decisions["4x batch"]["rationale"]
     assert decisions["4x batch"]["evidence"]["rung"]["diff"] > cfg.rung_stop
+    # the leaderboard, the report and the dashboard show how far it trailed at the rung (its effect was never measured)
+    from pretrainlab.research import manage
+    from pretrainlab.research.report import _effect
+    from pretrainlab.ui.views import effect
+
+    diff = decisions["4x batch"]["evidence"]["rung"]["diff"]
+    row = next(e for e in manage.status(cid, db=str(tmp_path / "ledger.db"))["experiments"] if e["hypothesis"] == "4x batch")
+    assert row["effect"] is None and row["rung_effect"] == diff
+    assert _effect(decisions["4x batch"]) == effect(decisions["4x batch"]) == f"{diff:+.4f} at rung 1, stopped"
     costs = sorted(result["campaign"].state.costs)
     confirm_runs = 2 * len(result["campaign"].confirmation())  # if the Muon LR change was adopted: it and its ablation, 2 seeds each
     assert costs == [0.5] + [1] * (3 + 1 + confirm_runs)  # the baseline's 3 seeds, one full screen, half of the loser

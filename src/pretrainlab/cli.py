@@ -691,6 +691,8 @@ def _print_leaderboard(status: dict) -> None:
     for e in rows:
         ci = e["ci"] or [None, None]
         effect = "" if e["effect"] is None else f"{e['effect']:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci[0] is not None else "")
+        if e["effect"] is None and e.get("rung_effect") is not None:
+            effect = f"{e['rung_effect']:+.4f} at rung 1, stopped"
         short = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
         change = ", ".join(f"{k.split('.')[-1]} {short(a)}→{short(b)}" for k, (a, b) in (e["change"] or {}).items()) or \
             (f"({e['role']})" if e.get("role") in ("baseline", "pruned") else "")

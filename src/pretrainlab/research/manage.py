@@ -222,6 +222,8 @@ def status(campaign_id: str, db: str | None = None) -> dict:
                       "runs": len(values),
                       "mean_val_bpb": statistics.fmean(values) if values else None, "verdict": d["verdict"] if d else None,
                       "effect": d["effect"] if d else None, "ci": [d["ci_low"], d["ci_high"]] if d else None,
+                      # a screen stopped at its first rung: how far it trailed its parent there (its effect is not measured)
+                      "rung_effect": ((d.get("evidence") or {}).get("rung") or {}).get("diff") if d else None,
                       "change": (e["change"] or {}).get("diff")})
     kept = [b for b in board if b["verdict"] == "keep"]
     closing = (row["config"].get("closing") or [None])[-1]  # as data: Campaign.closing_stats

@@ -44,6 +44,9 @@ def _who(e: dict) -> str:
 
 
 def _effect(d: dict | None) -> str:
+    rung = ((d or {}).get("evidence") or {}).get("rung") or {}
+    if d and d.get("effect") is None and rung.get("diff") is not None:
+        return f"{rung['diff']:+.4f} at rung 1, stopped"  # a screen stopped early: how far it trailed its parent there
     if not d or d.get("effect") is None:
         return ""
     ci = f" [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]" if d.get("ci_low") is not None else ""

@@ -99,6 +99,9 @@ def decider(d: dict) -> str:
 
 def effect(d: dict | None) -> str:
     """'-0.0343 [-0.0600, -0.0086]' (val_bpb, treatment - baseline: negative helps)."""
+    rung = ((d or {}).get("evidence") or {}).get("rung") or {}
+    if d and not isinstance(d.get("effect"), (int, float)) and isinstance(rung.get("diff"), (int, float)):
+        return f"{rung['diff']:+.4f} at rung 1, stopped"  # a screen stopped early: how far it trailed its parent there
     if not d or not isinstance(d.get("effect"), (int, float)):
         return ""
     ci = f" [{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]" if isinstance(d.get("ci_low"), (int, float)) else ""
