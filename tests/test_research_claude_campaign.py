@@ -31,7 +31,7 @@ def diff(rel, old, new):
 
 def test_claude_campaign(sim, corpus_dir, monkeypatch):  # noqa: F811
     cheat = diff("eval.py", "\"val_bpb\": bits_per_byte(total_nats, total_bytes),", "\"val_bpb\": 0.5 * bits_per_byte(total_nats, total_bytes),")
-    stale = diff("model/gpt.py", "F.relu(self.c_fc(x)).square()", "F.gelu(self.c_fc(x))").replace("F.relu(self.c_fc(x)).square()", "F.relu(x)")
+    stale = diff("model/gpt.py", "relu_squared(self.c_fc(x))", "F.gelu(self.c_fc(x))").replace("relu_squared(self.c_fc(x))", "F.relu(x)")
     good = {"hypothesis": "a higher Muon LR trains faster in a short budget", "rationale": "the baseline loss is still falling steeply",
             "changes": {"optim.muon_lr": 0.05}}
     script = [

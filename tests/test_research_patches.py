@@ -18,14 +18,14 @@ def make_patch(rel: str, old: str, new: str) -> str:
                                          f"a/src/pretrainlab/{rel}", f"b/src/pretrainlab/{rel}"))
 
 
-GELU = make_patch("model/gpt.py", "F.relu(self.c_fc(x)).square()", "F.gelu(self.c_fc(x))")
+GELU = make_patch("model/gpt.py", "relu_squared(self.c_fc(x))", "F.gelu(self.c_fc(x))")
 
 
 def test_patched_copy_runs_and_changes_training(corpus_dir, tmp_path):
     tree = apply_patch(GELU, tmp_path / "tree")
     assert tree.files == ["src/pretrainlab/model/gpt.py"]
     assert "F.gelu(self.c_fc(x))" in (tmp_path / "tree/src/pretrainlab/model/gpt.py").read_text()
-    assert "F.relu(self.c_fc(x)).square()" in (PACKAGE_DIR / "model/gpt.py").read_text()  # the lab's copy is untouched
+    assert "relu_squared(self.c_fc(x))" in (PACKAGE_DIR / "model/gpt.py").read_text()  # the lab's copy is untouched
     runner = LocalRunner(num_slots=2)
     overrides = tiny_overrides(corpus_dir, **{"budget.tokens": 4096})
     runner.submit(Job("patched", "tiny-cpu", tmp_path / "patched", overrides, pythonpath=tree.pythonpath))
@@ -56,7 +56,7 @@ def test_path_tricks_and_garbage_are_rejected(tmp_path):
         apply_patch(sneaky, tmp_path / "a")
     with pytest.raises(PatchRejected, match="not a unified diff"):
         apply_patch("make it faster please", tmp_path / "b")
-    stale = GELU.replace("F.relu(self.c_fc(x)).square()", "F.relu(self.c_fc(x)).cube()")
+    stale = GELU.replace("relu_squared(self.c_fc(x))", "F.relu(self.c_fc(x)).cube()")
     with pytest.raises(PatchRejected, match="does not apply"):
         apply_patch(stale, tmp_path / "c")
 

@@ -205,7 +205,7 @@ def _git_diff(tmp_path, edit, binary: bool = False) -> str:
 
 def test_hunks_that_do_not_show_as_text_are_checked_on_the_result(tmp_path):
     def binary_edit(root):  # the allowed-looking model change, plus a binary hunk that rewrites the data layer
-        (root / "model/gpt.py").write_text((root / "model/gpt.py").read_text().replace("F.relu(self.c_fc(x)).square()", "F.gelu(self.c_fc(x))"))
+        (root / "model/gpt.py").write_text((root / "model/gpt.py").read_text().replace("relu_squared(self.c_fc(x))", "F.gelu(self.c_fc(x))"))
         shards = root / "data/shards.py"
         shards.write_text(shards.read_text().replace('SPLITS = ("train", "monitor", "val", "test")', 'SPLITS = ("train", "monitor", "train", "test")'))
     patch = _git_diff(tmp_path / "b", binary_edit, binary=True)
