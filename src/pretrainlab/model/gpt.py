@@ -36,6 +36,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..config import ModelConfig
@@ -100,6 +101,7 @@ class _RMSNorm(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # a second derivative through it raises instead of coming out wrong
     def backward(ctx, g):
         y, rstd = ctx.saved_tensors
         return (g - y * (g * y).mean(-1, keepdim=True)).mul_(rstd)
@@ -116,6 +118,7 @@ class _ReluSquared(torch.autograd.Function):
         return r * r
 
     @staticmethod
+    @once_differentiable  # a second derivative through it raises instead of coming out wrong
     def backward(ctx, g):
         (r,) = ctx.saved_tensors
         return g.mul(r).mul_(2.0)
