@@ -2,7 +2,13 @@
 
     python bench/gpu_probe.py                                  # autoresearch-50m, flash and cuDNN attention
     python bench/gpu_probe.py --recipe gpt2-124m --kernels cudnn --seconds 10
-    python bench/gpu_probe.py --kernels cudnn --compile-mode max-autotune-no-cudagraphs   # not yet measured
+    python bench/gpu_probe.py --kernels cudnn --compile-mode max-autotune-no-cudagraphs
+    python bench/gpu_probe.py --kernels cudnn cudnn+bf16res cudnn+cdt   # model and compiler variants
+
+A run is named KERNEL[+OPTION...]: bf16res keeps the residual stream in bf16 (model.residual_dtype),
+f32res in fp32 (otherwise the recipe's),
+cdt turns on inductor's coordinate-descent tuning of its generated kernels, maxat compiles with
+mode max-autotune-no-cudagraphs, mb2x doubles the micro-batch (half the accumulation steps).
 
 1. Attention alone: scaled_dot_product_attention forward + backward at the recipe's micro-batch
    shape (bf16, causal), per kernel: ms, achieved TFLOP/s (causal work: half the square), and the
@@ -10,7 +16,7 @@
 2. The compiled model with the recipe's optimizers (Newton-Schulz compiled, as the trainer
    does) on fixed random tokens, per attention kernel (train.attention), each compiled afresh:
    tokens/s and MFU against the vendor's peak, after 3 warm-up steps.
-3. torch.profiler over one step of the last kernel: GPU time by kernel family (matmul,
+3. torch.profiler over one step of each run: GPU time by kernel family (matmul,
    attention, Triton-generated fused kernels, other) and the 15 longest kernels.
 Results: bench/results/gpu-probe-DATE.json; the tables print as Markdown.
 """
@@ -18,6 +24,7 @@ Results: bench/results/gpu-probe-DATE.json; the tables print as Markdown.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
@@ -71,18 +78,30 @@ def attention_alone(rows: int, heads: int, seq: int, head_dim: int, reps: int = 
     return out
 
 
-def kernel_run(recipe, kernel: str, seconds: float, profile: bool, mode: str | None = None) -> dict:
+OPTIONS = ("bf16res", "f32res", "cdt", "maxat", "mb2x")
+
+
+def kernel_run(recipe, spec: str, seconds: float, profile: bool, mode: str | None = None) -> dict:
     torch._dynamo.reset()  # dynamo's in-memory cache would hand back the last kernel's graph: its guards ignore the kernel
-    m = recipe.model
-    rows, micro = recipe.train.batch_tokens // m.seq_len, recipe.train.micro_batch_rows
+    kernel, *opts = spec.split("+")
+    if set(opts) - set(OPTIONS):
+        sys.exit(f"gpu_probe: unknown option in {spec!r}: choose among {', '.join(OPTIONS)}")
+    residual = "bfloat16" if "bf16res" in opts else "float32" if "f32res" in opts else recipe.model.residual_dtype
+    m = dataclasses.replace(recipe.model, residual_dtype=residual)
+    mode = "max-autotune-no-cudagraphs" if "maxat" in opts else mode
+    import torch._inductor.config as inductor_config
+    inductor_config.coordinate_descent_tuning = "cdt" in opts
+    if hasattr(torch.compiler.config, "cache_key_tag"):
+        torch.compiler.config.cache_key_tag = spec  # a variant compiled earlier must not come back from the disk cache
+    rows, micro = recipe.train.batch_tokens // m.seq_len, recipe.train.micro_batch_rows * (2 if "mb2x" in opts else 1)
     torch.manual_seed(0)
     torch.cuda.reset_peak_memory_stats()
     with attention_kernels(kernel):
         raw = GPT(m).cuda()
         fpt = raw.flops_per_token()
         model = torch.compile(raw, mode=mode)
-        opts = build_optimizers(raw, recipe.optim)
-        for o in opts:
+        optimizers = build_optimizers(raw, recipe.optim)
+        for o in optimizers:
             if isinstance(o, Muon):
                 o.compile_newton_schulz()
         x = torch.randint(0, m.vocab_size, (rows, m.seq_len + 1), device="cuda")
@@ -92,7 +111,7 @@ def kernel_run(recipe, kernel: str, seconds: float, profile: bool, mode: str | N
                 with torch.autocast("cuda", dtype=torch.bfloat16):
                     loss = model(x[i:i + micro, :-1], x[i:i + micro, 1:], per_row=True).mean()
                 (loss * micro / rows).backward()
-            for o in opts:
+            for o in optimizers:
                 o.step()
                 o.zero_grad(set_to_none=True)
 
@@ -109,7 +128,7 @@ def kernel_run(recipe, kernel: str, seconds: float, profile: bool, mode: str | N
                 torch.cuda.synchronize()
         torch.cuda.synchronize()
         tps = steps * rows * m.seq_len / (time.perf_counter() - t0)
-        result = {"kernel": kernel, "compile_mode": mode or "default", "tokens_per_s": tps, "mfu": tps * fpt / peak_flops(torch.device("cuda"), "bfloat16"),
+        result = {"kernel": spec, "residual_dtype": residual, "compile_mode": mode or "default", "tokens_per_s": tps, "mfu": tps * fpt / peak_flops(torch.device("cuda"), "bfloat16"),
                   "warmup_s": warm, "steps": steps, "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30}
         if profile:
             result["profile"] = profile_step(step)
@@ -157,20 +176,20 @@ def main():
         print(f"| {a['kernel']} | {a.get('ms', float('nan')):.2f} | {a.get('tflops', float('nan')):.0f} | "
               f"{a.get('max_abs_diff_vs_flash', a.get('error'))} |", flush=True)
     res["kernels"] = []
-    for i, kernel in enumerate(args.kernels):
-        r = kernel_run(recipe, kernel, args.seconds, profile=i == len(args.kernels) - 1, mode=args.compile_mode)
+    for kernel in args.kernels:
+        r = kernel_run(recipe, kernel, args.seconds, profile=True, mode=args.compile_mode)
         res["kernels"].append(r)
+        prof = r["profile"]
         print(f"{kernel}: {r['tokens_per_s']:,.0f} tok/s, MFU {r['mfu']:.1%}, warm-up {r['warmup_s']:.0f}s, "
-              f"peak {r['peak_mem_gb']:.1f} GB", flush=True)
+              f"peak {r['peak_mem_gb']:.1f} GB; one step {prof['gpu_ms']:.1f} GPU ms: "
+              + ", ".join(f"{fam} {ms:.1f}" for fam, ms in sorted(prof["families_ms"].items(), key=lambda kv: -kv[1])), flush=True)
         out = Path(__file__).parent / "results" / f"gpu-probe-{res['meta']['date']}-{args.recipe}.json"
         out.parent.mkdir(exist_ok=True)
         out.write_text(json.dumps(res, indent=2))
-    prof = res["kernels"][-1]["profile"]
-    print(f"\nprofile of one step ({args.kernels[-1]}): {prof['gpu_ms']:.1f} ms of GPU time")
-    for fam, ms in sorted(prof["families_ms"].items(), key=lambda kv: -kv[1]):
-        print(f"  {fam}: {ms:.1f} ms ({ms / prof['gpu_ms']:.0%})")
-    for t in prof["top"]:
-        print(f"  {t['ms']:8.2f} ms  {t['kernel']}")
+    for r in res["kernels"]:
+        print(f"\nthe longest kernels of one step ({r['kernel']}):")
+        for t in r["profile"]["top"]:
+            print(f"  {t['ms']:8.2f} ms  {t['kernel']}")
     print(f"raw: {out}")
 
 

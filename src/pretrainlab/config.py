@@ -44,6 +44,9 @@ class ModelConfig:
     qk_norm: bool = doc("RMS-normalise queries and keys before attention", True)
     logit_softcap: float = doc("tanh soft-cap on output logits (as in Gemma 2); 0 = off", 15.0)
     value_embeds: bool = doc("add per-layer value embeddings on alternating layers", False)
+    residual_dtype: str = doc("the residual stream's dtype under bf16 autocast: 'float32' (autocast's own: fp32 "
+                              "embeddings, norms and residual adds) or 'bfloat16' (half the bytes in the memory-bound "
+                              "elementwise work); no effect in fp32 training", "float32")
 
     def __post_init__(self):
         for name in ("seq_len", "n_layer", "n_embd", "n_head"):
@@ -71,6 +74,8 @@ class ModelConfig:
             raise ValueError(f"model.mlp_ratio must be > 0, got {self.mlp_ratio}")
         if self.logit_softcap < 0:
             raise ValueError(f"model.logit_softcap must be >= 0 (0 = off), got {self.logit_softcap}")
+        if self.residual_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"model.residual_dtype must be float32 or bfloat16, got {self.residual_dtype!r}")
 
 
 @dataclass

@@ -54,10 +54,12 @@ def gpt2_124m() -> Recipe:
 
 def autoresearch_50m() -> Recipe:
     """~50M params for a 5-minute H100 budget: the karpathy/autoresearch reference shape
-    (8 layers, 512 wide, 128-dim heads, value embeddings, 8192 BPE, 2048 context, 2^19 batch)."""
+    (8 layers, 512 wide, 128-dim heads, value embeddings, 8192 BPE, 2048 context, 2^19 batch), with
+    the residual stream in bf16 under autocast (faster per step at an equal val_bpb per second:
+    docs/benchmarks.md)."""
     return Recipe(
         name="autoresearch-50m",
-        model=ModelConfig(seq_len=2048, n_layer=8, n_embd=512, n_head=4, value_embeds=True),
+        model=ModelConfig(seq_len=2048, n_layer=8, n_embd=512, n_head=4, value_embeds=True, residual_dtype="bfloat16"),
         optim=OptimConfig(name="muon", lr=4e-3, muon_lr=0.04, warmup_frac=0.0, warmdown_frac=0.5),
         data=DataConfig(corpus="builtin", tokenizer="bpe:8192"),
         train=TrainConfig(batch_tokens=524288, micro_batch_rows=64, log_every=10, eval_every=0, compile="on"),

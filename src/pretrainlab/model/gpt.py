@@ -241,6 +241,8 @@ class GPT(nn.Module):
         assert T <= self.cos.size(1), f"sequence of {T} tokens exceeds model.seq_len={self.cos.size(1)}"
         cos, sin = self.cos[:, :T], self.sin[:, :T]
         x = norm(self.wte(idx))
+        if self.cfg.residual_dtype == "bfloat16" and torch.is_autocast_enabled(x.device.type):
+            x = x.to(torch.get_autocast_dtype(x.device.type))  # each block's output then stays in it
         for i, block in enumerate(self.blocks):
             ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
             x = block(x, cos, sin, ve)
