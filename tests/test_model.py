@@ -189,3 +189,27 @@ def test_the_eager_cpu_backwards_match_autograds_own(monkeypatch):
         monkeypatch.setattr(gpt, "_eager_cpu_training", lambda t: calls.append(real(t)) or real(t))
         model(x)
         assert calls and not any(calls)
+
+
+def test_residual_dtype_under_autocast():
+    """model.residual_dtype=bfloat16 keeps each block's output (the residual stream) in bf16
+    under bf16 autocast; float32 leaves autocast's own fp32 residual; in fp32 training it does
+    nothing; the loss and the parameters' gradients stay fp32 and finite."""
+    idx = torch.randint(0, 256, (2, 32))
+    seen = {}
+    for residual in ("float32", "bfloat16"):
+        torch.manual_seed(0)
+        model = GPT(ModelConfig(vocab_size=256, seq_len=32, n_layer=2, n_embd=64, n_head=2, residual_dtype=residual))
+        dtypes = []
+        model.blocks[-1].register_forward_hook(lambda mod, inp, out: dtypes.append(out.dtype))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(idx, idx)
+        loss.backward()
+        model(idx, idx)  # no autocast
+        seen[residual] = dtypes
+        assert torch.isfinite(loss) and loss.dtype == torch.float32
+        assert all(p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        assert model.wte.weight.grad.dtype == torch.float32 and torch.isfinite(model.wte.weight.grad).all()
+    assert seen == {"float32": [torch.float32, torch.float32], "bfloat16": [torch.bfloat16, torch.float32]}
+    with pytest.raises(ValueError, match="residual_dtype must be float32 or bfloat16"):
+        ModelConfig(residual_dtype="fp16")
