@@ -107,8 +107,9 @@ class Landscape:
 
     def value(self, recipe: Recipe, seed: int, rung: bool = False) -> float:
         """One run's val_bpb (final, or at the half-budget rung)."""
-        key = json.dumps({k: v for k, v in recipe.to_dict().items() if k not in ("name", "seed", "budget", "train")}, sort_keys=True) \
-            + str(recipe.train.batch_tokens)
+        d = {k: v for k, v in recipe.to_dict().items() if k not in ("name", "seed", "budget", "train")}
+        d["model"] = {k: v for k, v in d["model"].items() if k != "residual_dtype"}  # precision, not a recipe the landscape knows
+        key = json.dumps(d, sort_keys=True) + str(recipe.train.batch_tokens)
         tag = f"{self.seed}/{seed}/{'rung' if rung else 'final'}"
         offset = _normal(f"offset/{tag}") * (self.rung_seed_std if rung else self.seed_std)
         noise = _normal(f"run/{tag}/{key}") * (self.rung_run_std if rung else self.run_std)
