@@ -278,3 +278,22 @@ def test_a_campaign_records_hostile_patches_as_rejected_with_the_reason(corpus_d
     assert decisions[junk["id"]]["verdict"] == "discard" and not ledger.list_runs(experiment=junk["id"])
     assert any("garbage-summary" in n["text"] or "crashed" in n["text"] for n in ledger.list_notes(experiment_id=junk["id"]))
     assert manage.status(campaign_id)["status"] == "done"
+
+
+def test_a_worker_given_up_midway_is_killed_not_waited_for(tmp_path):
+    """A failed probe gives up a pass with logits still coming: the worker is blocked writing
+    them and never reads the end-of-input message, so closing it kills it at once (before, the
+    rejected run held its slot for the 30 s grace of a clean close)."""
+    import sys
+
+    from pretrainlab.runners.scoring import _Worker
+
+    writer = [sys.executable, "-c", "import sys\nwhile True:\n    sys.stdout.buffer.write(b'x' * 65536)\n    sys.stdout.flush()"]
+    worker = _Worker(writer, dict(os.environ), tmp_path / "stderr.log")
+    worker.proc.stdout.read(4)  # it is writing, and the pipe fills behind this read
+    worker.close(abort=True)
+    assert worker.proc.returncode == -9  # killed, not a clean exit after a wait
+    quitter = [sys.executable, "-c", "import sys\nsys.stdin.buffer.read()"]
+    worker = _Worker(quitter, dict(os.environ), tmp_path / "stderr2.log")
+    worker.close()
+    assert worker.proc.returncode == 0  # a clean close still lets the worker finish on its own

@@ -84,11 +84,14 @@ class _Worker:
         text = Path(self.stderr.name).read_text(errors="replace").strip().splitlines()
         return " | ".join(text[-3:]) or "no output"
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """Tell the worker to exit and wait for it; `abort` (a pass given up midway, e.g. on a
+        failed probe) kills it at once: it may be blocked writing logits nobody will read."""
         try:
-            self.proc.stdin.write(np.zeros(2, dtype="<i4").tobytes())
-            self.proc.stdin.close()
-            self.proc.wait(timeout=30)
+            if not abort:
+                self.proc.stdin.write(np.zeros(2, dtype="<i4").tobytes())
+                self.proc.stdin.close()
+                self.proc.wait(timeout=30)
         except (BrokenPipeError, OSError, subprocess.TimeoutExpired):
             pass
         if self.proc.poll() is None:
@@ -147,11 +150,11 @@ def score_run(run_dir: Path, code_src: Path, corpus: Corpus, *, seq_len: int, to
                 if r in picked:
                     kept.append((x[r], row))
     except BaseException:
+        worker.close(abort=True)
         if prober is not None:
-            prober.close()
+            prober.close(abort=True)
         raise
-    finally:
-        worker.close()
+    worker.close()
     # 2. the probe worker: a fresh process, which never saw what the first one saw, scores some of the same rows again,
     # half of them with the tokens after a random cut taken from another window. An honest model gives the same logits
     # (up to the cut, for the altered rows). Whatever a model remembers, or reads in other rows of its batch, or sees
@@ -187,8 +190,10 @@ def score_run(run_dir: Path, code_src: Path, corpus: Corpus, *, seq_len: int, to
                             raise ScoreRejected(f"the model's logits for a window changed (by {diff:.3g} of their scale) when a "
                                                 "fresh process scored it among other windows: its output depends on other rows "
                                                 "or on what it saw before")
-        finally:
-            worker.close()
+        except BaseException:
+            worker.close(abort=True)
+            raise
+        worker.close()
     else:
         worker.close()
     result = {}
