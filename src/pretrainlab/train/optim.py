@@ -17,9 +17,9 @@ import math
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor, distribute_tensor
 
 from ..config import OptimConfig
+from .parallel import is_dtensor
 
 
 def zeropower_via_newtonschulz5(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
@@ -85,12 +85,14 @@ class Muon(torch.optim.Optimizer):
                 buf = state["momentum_buffer"]
                 buf.lerp_(p.grad, 1 - group["momentum"])
                 g = p.grad.lerp(buf, group["momentum"])  # Nesterov
-                if isinstance(g, DTensor):  # FSDP: orthogonalise the whole matrix, keep this process's shard
+                if is_dtensor(g):  # FSDP: orthogonalise the whole matrix, keep this process's shard
+                    from torch.distributed.tensor import distribute_tensor
+
                     update = zeropower_via_newtonschulz5(g.full_tensor(), group["ns_steps"])
                     updates[p] = distribute_tensor(update, g.device_mesh, g.placements, src_data_rank=None)  # no communication
                 else:
                     updates[p] = g
-            for shape, params in _stacks([p for p in updates if not isinstance(updates[p], DTensor)]).items():
+            for shape, params in _stacks([p for p in updates if not is_dtensor(updates[p])]).items():
                 stack = torch.stack([updates[p] for p in params])  # [N, rows, cols]
                 updates.update(zip(params, self.orthogonalize(stack, group["ns_steps"]).unbind(0)))
             for p, update in updates.items():

@@ -16,13 +16,20 @@ norms, clips and checks finiteness with one code path for both modes.
 
 from __future__ import annotations
 
+import sys
 from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.tensor import DTensor
 
+
+
+def is_dtensor(t) -> bool:
+    """Whether `t` is a DTensor (an FSDP-sharded parameter or its gradient). Without importing
+    torch.distributed.tensor (0.6 s at start-up): no DTensor exists before something imported it."""
+    mod = sys.modules.get("torch.distributed.tensor")
+    return mod is not None and isinstance(t, mod.DTensor)
 
 def shard_model(model: nn.Module, device: torch.device, bf16: bool) -> None:
     """Apply FSDP2 in place: each block is its own unit, then the root takes what is left
@@ -58,7 +65,7 @@ def gradient_sync(model: nn.Module, sync: bool):
 def local(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     """Each tensor's part held by this process: the local shard of a DTensor (sharing its
     storage, so in-place ops change the DTensor), a plain tensor as it is."""
-    return [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
+    return [t.to_local() if is_dtensor(t) else t for t in tensors]
 
 
 def all_finite(params: list[torch.Tensor]) -> bool:
@@ -66,7 +73,7 @@ def all_finite(params: list[torch.Tensor]) -> bool:
     shard by shard, and the processes agree, so all of them take the same branch)."""
     shards = local(params)
     ok = torch.tensor([all(bool(torch.isfinite(t).all()) for t in shards)], dtype=torch.int32, device=shards[0].device)  # NCCL: on the GPU
-    if any(isinstance(p, DTensor) for p in params) and dist.get_world_size() > 1:
+    if any(is_dtensor(p) for p in params) and dist.get_world_size() > 1:
         dist.all_reduce(ok, op=dist.ReduceOp.MIN)
     return bool(ok.item())
 
