@@ -43,7 +43,7 @@ def pytest_xdist_make_scheduler(config, log):
 
 # Modules whose tests train real campaigns or clusters, longest first: they start first, so the two workers
 # do not end with one of them alone on a long test while the other idles.
-LONG_FIRST = ["test_research_cli", "test_research_mixture", "test_research_campaign", "test_trust", "test_research_resume",
+LONG_FIRST = ["test_research_cli", "test_research_mixture", "test_trust", "test_research_resume",
               "test_campaign_orphans", "test_doctor_faults", "test_scaling_ladder", "test_campaigns_on_ray", "test_data_build_ray",
               "test_slurm", "test_mcp_server", "test_fsdp", "test_resume", "test_ui_browser", "test_rundir_lock", "test_ddp"]
 

@@ -1,13 +1,14 @@
-"""Campaigns end to end on real runs with tiny CPU budgets: baseline, proposals, decisions,
-attribution, with LocalRunner's training processes. The campaign's bookkeeping (scheduling,
-transfer checks, early stops, re-tests, resumes, idle-time accounting) is tested through the
-same commands on the simulated runner, in test_research_campaign_sim.py."""
+"""What a campaign refuses before anything starts. The campaign's loop on real training processes
+is tested end to end through the CLI (test_research_cli.py), killed and resumed
+(test_research_resume.py, test_campaign_orphans.py) and with hostile patches (test_trust.py); its
+bookkeeping (the default screen-and-confirm loop, scheduling, transfer checks, early stops,
+re-tests, resumes, idle-time accounting) through the same commands on the simulated runner, in
+test_research_campaign_sim.py."""
 
 import pytest
 from conftest import tiny_overrides
 
 from pretrainlab.errors import UserError
-from pretrainlab.ledger import Ledger
 from pretrainlab.research import manage
 from pretrainlab.research.campaign import CampaignConfig
 
@@ -25,35 +26,6 @@ def config(corpus_dir, **kw):
                 strategy="optuna")
     base.update(kw)
     return CampaignConfig(**base)
-
-
-def test_optuna_campaign_end_to_end(corpus_dir, workspace):
-    """The default loop (--decision screen) on real runs: screens, then the confirmation."""
-    cid = manage.start(config(corpus_dir, seeds=3, budget_runs=12), echo=False)
-    st = manage.status(cid)
-    assert st["status"] == "done"
-    ledger = Ledger()
-    runs = ledger.list_runs(campaign=cid, columns=("run_id", "experiment_id", "seed", "status", "tokens"))
-    keys = [(r["experiment_id"], r["seed"]) for r in runs]
-    assert len(keys) == len(set(keys))  # nothing repeated
-    used = sum(1 if r["status"] == "ok" else r["tokens"] / 8192 for r in runs)  # an early-stopped run counts what it trained
-    # the budget, never more; left over at most what one more screen and the ablations of its 2 keys would need
-    assert 12 - 2 * (1 + 2) <= used <= 12
-    baseline = st["experiments"][0]
-    assert baseline["proposer"] == "campaign" and baseline["verdict"] == "keep"
-    assert sorted(r["seed"] for r in runs if r["experiment_id"] == baseline["experiment"]) == [0, 1, 2]
-    proposed = [e for e in ledger.list_experiments(cid) if e["proposer"] in ("sweep", "optuna")]  # the sweep first, then TPE
-    assert proposed and all(r["seed"] == 0 for r in runs if r["experiment_id"] in {e["id"] for e in proposed})  # screens: seed 0
-    decisions = ledger.list_decisions(campaign_id=cid)
-    assert all(d["decided_by"].startswith("pretrainlab stats") and d["rationale"] for d in decisions)
-    adopted = [d for d in decisions if d["verdict"] == "keep" and d["evidence"].get("stage") == "screen"]
-    claims = [d for d in decisions if d["evidence"].get("stage") == "claim"]
-    assert bool(adopted) == bool(claims)  # whatever was adopted is confirmed on the fresh seeds 1 and 2
-    confirm = {e["id"] for e in ledger.list_experiments(cid) if (e["change"] or {}).get("confirm")}
-    assert all(r["seed"] in (1, 2) for r in runs if r["experiment_id"] in confirm)
-    # the closing note, from LocalRunner's wall-clock slot accounting
-    (note,) = [n["text"] for n in ledger.list_notes(campaign_id=cid) if n["text"].startswith("closed")]
-    assert "while work was queued" in note and "idle slot-time:" in note and st["slots"] == note.split(": ", 1)[1]
 
 
 def test_bad_input_fails_before_anything_starts(corpus_dir, workspace):

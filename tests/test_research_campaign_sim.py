@@ -100,6 +100,37 @@ def config(**kw):
     return CampaignConfig(**base)
 
 
+def test_the_default_loop_with_optuna_screens_then_confirms(sim):
+    """The default loop (--decision screen, --strategy optuna): the baseline on 3 seeds, screens on
+    seed 0 with early stops at the rung, then the confirmation of what was adopted on seeds 1 and 2."""
+    cid = manage.start(config(seeds=3, budget_runs=12), echo=False)
+    st = manage.status(cid)
+    assert st["status"] == "done"
+    ledger = Ledger()
+    runs = ledger.list_runs(campaign=cid, columns=("run_id", "experiment_id", "seed", "status", "tokens"))
+    keys = [(r["experiment_id"], r["seed"]) for r in runs]
+    assert len(keys) == len(set(keys))  # nothing repeated
+    used = sum(1 if r["status"] == "ok" else r["tokens"] / 8192 for r in runs)  # an early-stopped run counts what it trained
+    # the budget, never more; left over at most what one more screen and the ablations of its 2 keys would need
+    assert 12 - 2 * (1 + 2) <= used <= 12
+    baseline = st["experiments"][0]
+    assert baseline["proposer"] == "campaign" and baseline["verdict"] == "keep"
+    assert sorted(r["seed"] for r in runs if r["experiment_id"] == baseline["experiment"]) == [0, 1, 2]
+    proposed = [e for e in ledger.list_experiments(cid) if e["proposer"] in ("sweep", "optuna")]  # the sweep first, then TPE
+    assert proposed and all(r["seed"] == 0 for r in runs if r["experiment_id"] in {e["id"] for e in proposed})  # screens: seed 0
+    decisions = ledger.list_decisions(campaign_id=cid)
+    assert all(d["decided_by"].startswith("pretrainlab stats") and d["rationale"] for d in decisions)
+    adopted = [d for d in decisions if d["verdict"] == "keep" and d["evidence"].get("stage") == "screen"]
+    claims = [d for d in decisions if d["evidence"].get("stage") == "claim"]
+    assert adopted and len(claims) == 1  # what was adopted is confirmed on the fresh seeds 1 and 2
+    assert any(r["status"] == "preempted" and r["tokens"] < 8192 for r in runs)  # a clear loser stopped at its rung
+    confirm = {e["id"] for e in ledger.list_experiments(cid) if (e["change"] or {}).get("confirm")}
+    assert all(r["seed"] in (1, 2) for r in runs if r["experiment_id"] in confirm)
+    # the closing note, from the runner's slot accounting
+    (note,) = [n["text"] for n in ledger.list_notes(campaign_id=cid) if n["text"].startswith("closed")]
+    assert "while work was queued" in note and "idle slot-time:" in note and st["slots"] == note.split(": ", 1)[1]
+
+
 def test_auto_without_a_key_says_optuna(sim, capsys):
     cid = manage.start(config(strategy="auto", budget_runs=3, decision="paired"), echo=True)
     assert "strategy auto -> optuna" in capsys.readouterr().out
