@@ -213,3 +213,17 @@ def test_residual_dtype_under_autocast():
     assert seen == {"float32": [torch.float32, torch.float32], "bfloat16": [torch.bfloat16, torch.float32]}
     with pytest.raises(ValueError, match="residual_dtype must be float32 or bfloat16"):
         ModelConfig(residual_dtype="fp16")
+
+
+def test_the_fused_rope_and_qk_norm_backward_is_the_exact_gradient():
+    """_RopeNorm (eager CPU training's RMSNorm(RoPE(x)) for queries and keys) against finite
+    differences in float64, and its forward against the plain ops."""
+    from pretrainlab.model.gpt import _RopeNorm, apply_rope
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 3, 8, dtype=torch.float64, requires_grad=True)
+    angles = torch.rand(1, 5, 1, 4, dtype=torch.float64) * 6
+    cos, sin = angles.cos(), angles.sin()
+    assert torch.autograd.gradcheck(lambda t: _RopeNorm.apply(t, cos, sin), (x,))
+    plain = torch.nn.functional.rms_norm(apply_rope(x, cos, sin), (8,), eps=torch.finfo(torch.float64).eps)
+    torch.testing.assert_close(_RopeNorm.apply(x, cos, sin), plain)
