@@ -61,7 +61,7 @@ def test_stop_then_resume(corpus_dir, tmp_path, monkeypatch):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("ANTHROPIC_API_KEY", None)
     cfg = dict(recipe="tiny-cpu", overrides=tiny_overrides(corpus_dir, **{"train.ckpt_every": 10}), run_budget="81920tok",
-               budget_runs=4, parallel=2, seeds=2, strategy="random", early_stop=False, decision="paired")
+               budget_runs=3, parallel=2, seeds=2, strategy="random", early_stop=False, decision="paired")
     code = ("import json, sys; from pretrainlab.research import manage; from pretrainlab.research.campaign import CampaignConfig; "
             "manage.start(CampaignConfig(**json.loads(sys.argv[1])), echo=False)")
     proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(cfg)], env=env, stderr=subprocess.PIPE, text=True)
@@ -77,6 +77,6 @@ def test_stop_then_resume(corpus_dir, tmp_path, monkeypatch):
     assert not Ledger().list_decisions(campaign_id=campaign_id)  # interrupted runs are not verdicts
     manage.resume(campaign_id, echo=False)
     st = manage.status(campaign_id)
-    assert st["status"] == "done" and st["runs"] == 4
+    assert st["status"] == "done" and st["runs"] == 3
     resumed = [json.loads(p.read_text()) for p in campaigns.glob("*/*/provenance.json")]
-    assert any(p.get("resumes") for p in resumed)  # continued from their checkpoints
+    assert any(p.get("resumes") for p in resumed)  # runs in flight at the stop continued from their checkpoints
