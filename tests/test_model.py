@@ -227,3 +227,26 @@ def test_the_fused_rope_and_qk_norm_backward_is_the_exact_gradient():
     assert torch.autograd.gradcheck(lambda t: _RopeNorm.apply(t, cos, sin), (x,))
     plain = torch.nn.functional.rms_norm(apply_rope(x, cos, sin), (8,), eps=torch.finfo(torch.float64).eps)
     torch.testing.assert_close(_RopeNorm.apply(x, cos, sin), plain)
+
+
+def test_trainable_rope_tables_get_their_gradient_in_eager_cpu_training():
+    """A model change that makes the RoPE angles trainable must train them on CPU too: the fused
+    Function (which returns no gradient for the tables) is not used then."""
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=64, seq_len=16, n_layer=1, n_embd=32, n_head=2))
+    model.cos.requires_grad_(True)
+    model.sin.requires_grad_(True)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    idx = torch.randint(0, 64, (2, 16))
+    model(idx, idx).backward()
+    assert model.cos.grad is not None and model.cos.grad.abs().sum() > 0 and model.sin.grad.abs().sum() > 0
+
+
+def test_residual_dtype_bfloat16_leaves_fp16_autocast_alone():
+    model = GPT(ModelConfig(vocab_size=64, seq_len=16, n_layer=1, n_embd=32, n_head=2, residual_dtype="bfloat16"))
+    seen = []
+    model.blocks[0].register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    with torch.autocast("cpu", dtype=torch.float16):
+        model(torch.randint(0, 64, (2, 16)))
+    assert seen == [torch.float32]

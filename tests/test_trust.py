@@ -297,3 +297,23 @@ def test_a_worker_given_up_midway_is_killed_not_waited_for(tmp_path):
     worker = _Worker(quitter, dict(os.environ), tmp_path / "stderr2.log")
     worker.close()
     assert worker.proc.returncode == 0  # a clean close still lets the worker finish on its own
+
+
+@needs_sandbox
+def test_a_run_stopped_while_the_lab_scores_it_is_a_timeout_not_ok(tmp_path, corpus_dir):
+    """The trainer finishes (summary ok), then the model hangs in the scoring worker until the
+    run's timeout stops the job: the result is 'timeout' with no lab score, so a campaign scores
+    it again once (Campaign.scoring_ran_out_of_time), never 'ok' with the run's own val_bpb."""
+    hang = ("        import sys as _s\n"
+            "        if targets is None and 'scoring_worker' in _s.argv[0]:\n"
+            "            import time as _t\n"
+            "            _t.sleep(10**6)\n")
+    anchor = "        T = idx.size(1)\n"
+    tree = apply_patch(make_patch("model/gpt.py", anchor, hang + anchor), tmp_path / "trees" / "hang")
+    runner = LocalRunner(num_slots=1, log_dir=tmp_path / "logs", sandbox=True)
+    overrides = tiny_overrides(corpus_dir, **{"budget.seconds": 0, "budget.tokens": 4096})
+    runner.submit(Job("hang", "tiny-cpu", tmp_path / "runs" / "hang", overrides, pythonpath=tree.pythonpath, timeout_s=15,
+                      score_path=tmp_path / "scores" / "hang.json"))
+    (result,) = [r for _ in iter(runner.busy, False) for r in runner.wait()]
+    assert result.summary["status"] == "ok" and (tmp_path / "runs" / "hang" / "model.pt").is_file()  # the trainer finished
+    assert result.status == "timeout" and not (tmp_path / "scores" / "hang.json").exists()

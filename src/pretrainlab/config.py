@@ -46,7 +46,8 @@ class ModelConfig:
     value_embeds: bool = doc("add per-layer value embeddings on alternating layers", False)
     residual_dtype: str = doc("the residual stream's dtype under bf16 autocast: 'float32' (autocast's own: fp32 "
                               "embeddings, norms and residual adds) or 'bfloat16' (half the bytes in the memory-bound "
-                              "elementwise work); no effect in fp32 training", "float32")
+                              "elementwise work); no effect in fp32 training. Under train.parallel=fsdp with bf16 the blocks' inputs are "
+                              "cast to bf16 by FSDP's mixed-precision policy either way", "float32")
 
     def __post_init__(self):
         for name in ("seq_len", "n_layer", "n_embd", "n_head"):

@@ -196,7 +196,7 @@ class CausalSelfAttention(nn.Module):
         v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
         if ve is not None:
             v = self.ve_lambdas[0] * v + self.ve_lambdas[1] * ve.view_as(v)
-        if self.qk_norm and _eager_cpu_training(q):
+        if self.qk_norm and _eager_cpu_training(q) and not (cos.requires_grad or sin.requires_grad):  # no grads for the tables
             q, k = _RopeNorm.apply(q, cos, sin), _RopeNorm.apply(k, cos, sin)
         else:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -275,8 +275,9 @@ class GPT(nn.Module):
         assert T <= self.cos.size(1), f"sequence of {T} tokens exceeds model.seq_len={self.cos.size(1)}"
         cos, sin = self.cos[:, :T], self.sin[:, :T]
         x = norm(self.wte(idx))
-        if self.cfg.residual_dtype == "bfloat16" and torch.is_autocast_enabled(x.device.type):
-            x = x.to(torch.get_autocast_dtype(x.device.type))  # each block's output then stays in it
+        if (self.cfg.residual_dtype == "bfloat16" and torch.is_autocast_enabled(x.device.type)
+                and torch.get_autocast_dtype(x.device.type) == torch.bfloat16):
+            x = x.to(torch.bfloat16)  # each block's output then stays in it (fp16 autocast keeps fp32: its range is too narrow)
         for i, block in enumerate(self.blocks):
             ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
             x = block(x, cos, sin, ve)
