@@ -203,7 +203,9 @@ def test_a_run_lost_with_its_node_resumes_on_another(corpus_dir, workspace, clus
 
     watcher = threading.Thread(target=kill_node2_once_a_run_there_has_a_checkpoint, daemon=True)
     watcher.start()
-    cid = manage.start(config(corpus_dir, cluster, 65536), echo=False)
+    # 128 steps: under a loaded machine the watcher can first see a checkpoint of a 64-step run at its last steps,
+    # when it finishes before the node's death reaches it
+    cid = manage.start(config(corpus_dir, cluster, 131072), echo=False)
     watcher.join(timeout=1)
     assert killed, "no run reached a checkpoint on the second node"
     ledger = Ledger()
