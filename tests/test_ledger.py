@@ -224,6 +224,40 @@ def test_killed_run_and_run_without_id(ledger_url, real_runs, tmp_path):
         assert lg.register_run(copy)["run_id"] != res["run_id"]
 
 
+def test_runs_written_before_a_field_existed_read_like_todays(ledger_url, real_runs, tmp_path):
+    """A run directory written by a version without model.residual_dtype has the same recipe as
+    today's run of it: one hash, no diff row, found by a filter on the new field's default. A
+    recipe this version cannot read (a key from a newer version) is kept as it was."""
+    a, _ = real_runs
+    old = tmp_path / "old"
+    shutil.copytree(a, old)
+    recipe = json.loads((old / "recipe.json").read_text())
+    del recipe["model"]["residual_dtype"]
+    (old / "recipe.json").write_text(json.dumps(recipe))
+    prov = json.loads((old / "provenance.json").read_text())
+    prov.update(run_id="0ld000000001", recipe_hash=hashlib.sha256(json.dumps(
+        {k: v for k, v in recipe.items() if k != "name"}, sort_keys=True).encode()).hexdigest()[:12])  # how that version hashed
+    (old / "provenance.json").write_text(json.dumps(prov))
+    newer = tmp_path / "newer"
+    shutil.copytree(a, newer)
+    recipe["model"]["flux_capacitor"] = 3
+    (newer / "recipe.json").write_text(json.dumps(recipe))
+    (newer / "provenance.json").write_text(json.dumps({**prov, "run_id": "e0e000000001", "recipe_hash": "feedfacecafe"}))
+    with Ledger(ledger_url) as lg:
+        ra, ro, rn = (lg.register_run(d)["run_id"] for d in (a, old, newer))
+        run_a, run_old, run_new = (lg.get_run(r) for r in (ra, ro, rn))
+        assert run_old["recipe_hash"] == run_a["recipe_hash"] != prov["recipe_hash"]
+        assert run_old["recipe"] == run_a["recipe"] and run_old["recipe"]["model"]["residual_dtype"] == "float32"
+        assert {r["run_id"] for r in lg.list_runs(recipe=[("model.residual_dtype", "float32")])} == {ra, ro}
+        assert run_new["recipe"] == recipe and run_new["recipe_hash"] == "feedfacecafe"
+        # a row stored by a version that kept recipe.json as it was reads the same way
+        lg.db.execute("UPDATE runs SET recipe = ? WHERE run_id = ?", (json.dumps(recipe | {"model": {
+            k: v for k, v in recipe["model"].items() if k != "flux_capacitor"}}), ro))
+        assert lg.get_run(ro)["recipe"] == run_a["recipe"]
+    res = api.compare_runs([str(a), str(old)], db=ledger_url)
+    assert res["recipe_diff"] == {}
+
+
 def test_unreadable_run_dir_is_a_clear_error(ledger_url, real_runs, tmp_path):
     run_dir = tmp_path / "bad"
     shutil.copytree(real_runs[0], run_dir)
@@ -315,7 +349,8 @@ def test_list_filters_and_sorts(ledger_url):
         assert ids(status=["ok"]) == ["2", "1"] and ids(status=["ok", "timeout"]) == ["4", "2", "1"]
         assert ids(recipe=[("model.n_layer", "4")]) == ["4", "3", "1"]
         assert ids(recipe=[("model.n_layer", "4.0"), ("name", "tiny-cpu")]) == ["4", "1"]
-        assert ids(recipe=[("train.compile", "true")]) == ["2"] and ids(recipe=[("train.compile", "false")]) == ["4", "3", "1"]
+        # recipes stored with train.compile as a bool (before auto|on|off) read as today's values
+        assert ids(recipe=[("train.compile", "on")]) == ["2"] and ids(recipe=[("train.compile", "off")]) == ["4", "3", "1"]
         assert ids(recipe=[("data.weights", "code:2,docs:1")]) == ["4"] and ids(recipe=[("data.weights", "none")]) == ["3", "2", "1"]
         assert ids(recipe=[("model.n_layer", "4")], limit=2) == ["4", "3"]
         assert ids(campaign=cid) == ["4", "3"] and ids(campaign="sweep") == ["4", "3"] and ids(campaign="other") == []

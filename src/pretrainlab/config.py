@@ -233,9 +233,11 @@ class Recipe:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
-        """Short content hash of the resolved config (name excluded)."""
-        d = self.to_dict()
-        d.pop("name")
+        """Short content hash of the resolved config (name excluded). Only values that differ from
+        their field's default enter it, so a field added later with a default that keeps the old
+        behaviour leaves every earlier recipe's hash as it was."""
+        d = _non_default(self)
+        d.pop("name", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
     @classmethod
@@ -244,6 +246,48 @@ class Recipe:
         if isinstance(train, dict) and isinstance(train.get("compile"), bool):  # recipe.json from before auto|on|off
             d = {**d, "train": {**train, "compile": "on" if train["compile"] else "off"}}
         return _build(cls, d, prefix="")
+
+
+def _non_default(obj) -> dict:
+    """The fields of a (nested) config dataclass whose values differ from their defaults."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            if sub := _non_default(value):
+                out[f.name] = sub
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if value != default or type(value) is not type(default):
+            out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _resolved_recipe_json(text: str) -> str | None:
+    try:
+        return json.dumps(Recipe.from_dict(json.loads(text)).to_dict())
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+def resolved_recipe(d: dict) -> dict:
+    """A stored recipe.json as this version reads it: every field present, those added since it was
+    written at their defaults, so that runs of the same recipe compare and filter alike whichever
+    version wrote them. A dict this version cannot read (keys from a newer version, bad values)
+    comes back as it was."""
+    if not isinstance(d, dict):
+        return d
+    text = _resolved_recipe_json(json.dumps(d, sort_keys=True))
+    return json.loads(text) if text is not None else d
+
+
+def recipe_hash(d: dict) -> str | None:
+    """Recipe.hash() of a stored recipe.json; None when this version cannot read it."""
+    try:
+        return Recipe.from_dict(d).hash()
+    except (ValueError, TypeError, AttributeError):
+        return None
 
 
 # --- overrides -------------------------------------------------------------------------

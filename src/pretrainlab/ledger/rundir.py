@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import rundir
+from ..config import recipe_hash, resolved_recipe
 from ..errors import UserError
 from ..rundir import is_run_dir
 from .db import to_utc
@@ -59,8 +60,10 @@ def _read(run_dir: Path) -> dict[str, Any]:
         "run_id": prov.get("run_id") or derived_run_id(run_dir),
         "run_dir": str(run_dir),
         "recipe_name": recipe.get("name"),
-        "recipe_hash": prov.get("recipe_hash") or _recipe_hash(recipe),
-        "recipe": recipe,
+        # from the recipe as this version reads it, not provenance's: runs of one recipe written by
+        # versions before and after a field was added get one hash
+        "recipe_hash": recipe_hash(recipe) or prov.get("recipe_hash") or _recipe_hash(recipe),
+        "recipe": resolved_recipe(recipe),
         "seed": recipe.get("seed", prov.get("seed")),
         "git_commit": prov.get("git_commit"),
         "git_diff": prov.get("git_diff"),
@@ -126,6 +129,6 @@ def _load(path: Path, required: bool) -> dict | None:
 
 
 def _recipe_hash(recipe: dict) -> str:
-    """Same as config.Recipe.hash() (name excluded), for run dirs whose provenance lacks it."""
+    """A hash of a recipe.json this version cannot read (name excluded)."""
     d = {k: v for k, v in recipe.items() if k != "name"}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

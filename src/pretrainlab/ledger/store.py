@@ -22,6 +22,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from ..config import resolved_recipe
 from ..errors import UserError
 from .db import LedgerURL, connect, now, resolve_url
 from .rundir import METRIC_COLUMNS, is_run_dir, read_run_dir, run_id_of
@@ -187,7 +188,7 @@ class Ledger:
             # recipe keys are matched here rather than in SQL: the same semantics on both backends
             kept = []
             for row in rows:
-                r = json.loads(row["recipe"]) if row["recipe"] else {}
+                r = resolved_recipe(json.loads(row["recipe"])) if row["recipe"] else {}
                 if all(recipe_value_matches(get_path(r, k), v) for k, v in json_filters):
                     if "recipe" not in columns:
                         row.pop("recipe")
@@ -447,7 +448,10 @@ def _to_db(column: str, value: Any) -> Any:
 
 
 def _from_db(row: dict) -> dict:
-    return {k: (json.loads(v) if k in JSON_COLUMNS and isinstance(v, str) else v) for k, v in row.items()}
+    row = {k: (json.loads(v) if k in JSON_COLUMNS and isinstance(v, str) else v) for k, v in row.items()}
+    if isinstance(row.get("recipe"), dict):  # a run registered before a field was added reads with it at its default
+        row["recipe"] = resolved_recipe(row["recipe"])
+    return row
 
 
 def _targets(**ids) -> tuple[str, list]:
