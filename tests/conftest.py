@@ -60,11 +60,13 @@ def corpus_dir(tmp_path_factory) -> Path:
 
 
 def tiny_overrides(corpus_dir: Path, **extra) -> list[str]:
-    """A ~50k-param model on 64-token windows: each step takes a few milliseconds."""
+    """A ~50k-param model on 64-token windows: each step takes a few milliseconds. Eager: a test
+    that gives a run a budget it never reaches (to stop it midway) would otherwise have
+    train.compile=auto spend a minute compiling it; tests/test_compiling.py covers auto."""
     sets = {
         "data.corpus": str(corpus_dir), "model.seq_len": 64, "model.n_layer": 2, "model.n_embd": 64,
         "model.n_head": 2, "train.batch_tokens": 1024, "train.micro_batch_rows": 16,
-        "eval.tokens_per_domain": 2048, "train.num_threads": 1,
+        "eval.tokens_per_domain": 2048, "train.num_threads": 1, "train.compile": "off",
     }
     sets.update(extra)
     return [f"{k}={v}" for k, v in sets.items()]

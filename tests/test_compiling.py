@@ -37,7 +37,7 @@ def test_old_boolean_settings_still_read():
 
 
 def test_a_short_cpu_run_stays_eager_under_auto(corpus_dir, tmp_path):
-    run_dir, s = api.train_run("tiny-cpu", tiny_overrides(corpus_dir, **{"budget.tokens": 4096}), tmp_path / "r", echo=False)
+    run_dir, s = api.train_run("tiny-cpu", tiny_overrides(corpus_dir, **{"budget.tokens": 4096, "train.compile": "auto"}), tmp_path / "r", echo=False)
     assert s["status"] == "ok" and s["compiled"] is False
     assert "train.compile=auto: eager" in (run_dir / "log.txt").read_text()
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -1,10 +1,15 @@
-"""Muon's batched Newton-Schulz against one matrix at a time."""
+"""Muon's batched Newton-Schulz against one matrix at a time; the lab's AdamW against torch's;
+an eager CPU trainer process never imports torch._dynamo."""
 
+import subprocess
+import sys
+
+import pytest
 import torch
 
 from pretrainlab.config import ModelConfig
 from pretrainlab.model import GPT
-from pretrainlab.train.optim import Muon, zeropower_via_newtonschulz5
+from pretrainlab.train.optim import AdamW, Muon, zeropower_via_newtonschulz5
 
 
 def reference_muon_step(params, states, lr=0.035, momentum=0.95):
@@ -36,3 +41,64 @@ def test_batched_newton_schulz_leaves_bit_identical_parameters():
         reference_muon_step(hidden[1], states)
     for a, b in zip(*hidden):
         assert torch.equal(a, b)
+
+
+def _adamw_steps(opt_cls, steps=5, **kw):
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=64, seq_len=16, n_layer=2, n_embd=32, n_head=2)
+    model = GPT(cfg)
+    matrices = [p for p in model.parameters() if p.ndim == 2]
+    others = [p for p in model.parameters() if p.ndim != 2]
+    opt = opt_cls([dict(params=matrices, weight_decay=0.1), dict(params=others, weight_decay=0.0)], lr=3e-3,
+                  betas=(0.8, 0.95), eps=1e-10, fused=False, **kw)
+    x = torch.randint(0, 64, (4, 17))
+    for step in range(steps):
+        for group in opt.param_groups:  # a schedule changes the LR between steps
+            group["lr"] = 3e-3 * (1 - step / steps)
+        model(x[:, :-1], x[:, 1:]).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=step % 2 == 0)
+    return model, opt
+
+
+@pytest.mark.parametrize("kw", [{}, {"maximize": True}])
+def test_adamw_on_cpu_is_torchs_bit_for_bit_and_shares_its_checkpoints(kw):
+    """Weight decay on one group, an LR that changes every step, gradients zeroed both ways;
+    maximize goes through torch's own step. Each loads the other's state dict."""
+    ours, opt = _adamw_steps(AdamW, **kw)
+    theirs, ref = _adamw_steps(torch.optim.AdamW, **kw)
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        assert torch.equal(a, b)
+    sd, ref_sd = opt.state_dict(), ref.state_dict()
+    assert sd["param_groups"] == ref_sd["param_groups"]
+    for i, st in ref_sd["state"].items():
+        assert st.keys() == sd["state"][i].keys() and all(torch.equal(st[k], sd["state"][i][k]) for k in st)
+    ref.load_state_dict(sd)
+    opt.load_state_dict(ref_sd)
+    assert all(torch.equal(opt.state[p]["exp_avg"], ref.state[q]["exp_avg"]) for p, q in zip(ours.parameters(), theirs.parameters()))
+
+
+def test_an_eager_cpu_run_never_imports_torch_dynamo(tmp_path):
+    """torch.optim's wrappers import torch._dynamo (about a second of CPU) on first use; the
+    lab's optimizers build, step, checkpoint and reload without it."""
+    code = """
+import sys, torch
+from pretrainlab.config import ModelConfig, OptimConfig
+from pretrainlab.model import GPT
+from pretrainlab.train.optim import build_optimizers
+torch.manual_seed(0)
+model = GPT(ModelConfig(vocab_size=64, seq_len=16, n_layer=2, n_embd=32, n_head=2))
+for name in ("adamw", "muon"):
+    opts = build_optimizers(model, OptimConfig(name=name))
+    x = torch.randint(0, 64, (4, 17))
+    model(x[:, :-1], x[:, 1:]).backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    for o in opts:
+        o.step()
+        o.zero_grad(set_to_none=False)
+        o.load_state_dict(o.state_dict())
+print("torch._dynamo" in sys.modules)
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "False"

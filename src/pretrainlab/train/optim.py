@@ -40,7 +40,84 @@ def zeropower_via_newtonschulz5(G: torch.Tensor, steps: int = 5) -> torch.Tensor
     return X.to(G.dtype)
 
 
-class Muon(torch.optim.Optimizer):
+def _undecorated(fn):
+    """The function under torch's lazy `_disable_dynamo` decorator (functools.wraps keeps it)."""
+    return getattr(fn, "__wrapped__", fn)
+
+
+class _NoDynamoBookkeeping:
+    """torch.optim.Optimizer's bookkeeping (adding groups, zeroing gradients, state dicts) is
+    wrapped so that the first call imports torch._dynamo, about a second of CPU at start-up,
+    and the trainer's eager runs never need it. These call the same functions unwrapped. They
+    never run inside a compiled graph (the trainer compiles the model and Newton-Schulz only),
+    where the wrapper's job, keeping dynamo from tracing them, would matter."""
+
+    def add_param_group(self, param_group):
+        return _undecorated(torch.optim.Optimizer.add_param_group)(self, param_group)
+
+    def zero_grad(self, set_to_none: bool = True):
+        return _undecorated(torch.optim.Optimizer.zero_grad)(self, set_to_none)
+
+    def state_dict(self):
+        return _undecorated(torch.optim.Optimizer.state_dict)(self)
+
+    def load_state_dict(self, state_dict):
+        return _undecorated(torch.optim.Optimizer.load_state_dict)(self, state_dict)
+
+
+class AdamW(_NoDynamoBookkeeping, torch.optim.AdamW):
+    """torch.optim.AdamW with the same state and checkpoints. On CPU (where torch steps one
+    tensor at a time) its step is torch's single-tensor AdamW written out, bit-identical
+    (tests/test_optim.py), without the step wrapper that imports torch._dynamo. Anything
+    else (CUDA, DTensors, fused or foreach, amsgrad, ...) is torch's own step."""
+
+    def step(self, closure=None):
+        if not self._plain_cpu():
+            return super().step(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        with torch.no_grad():
+            for group in self.param_groups:
+                beta1, beta2 = group["betas"]
+                lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+                for p in group["params"]:
+                    if p.grad is None:
+                        continue
+                    grad, state = p.grad, self.state[p]
+                    if not state:
+                        state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                        state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    exp_avg, exp_avg_sq, step_t = state["exp_avg"], state["exp_avg_sq"], state["step"]
+                    step_t += 1
+                    if wd != 0:
+                        p.mul_(1 - lr * wd)
+                    exp_avg.lerp_(grad, 1 - beta1)
+                    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                    step = step_t.item()
+                    step_size = lr / (1 - beta1**step)
+                    denom = (exp_avg_sq.sqrt() / (1 - beta2**step) ** 0.5).add_(eps)
+                    p.addcdiv_(exp_avg, denom, value=-step_size)
+        return loss
+
+    def _plain_cpu(self) -> bool:
+        if getattr(self, "grad_scale", None) is not None or getattr(self, "found_inf", None) is not None:
+            return False
+        for group in self.param_groups:
+            if (group["amsgrad"] or group["maximize"] or group["capturable"] or group["differentiable"] or group["fused"]
+                    or group["foreach"] or not group.get("decoupled_weight_decay", True) or torch.is_tensor(group["lr"])):
+                return False
+            for p in group["params"]:
+                if p.device.type != "cpu" or is_dtensor(p) or type(p) is not nn.Parameter or p.is_complex() or (p.grad is not None and p.grad.is_sparse):
+                    return False
+                if (st := self.state.get(p)) and (st["step"].device.type != "cpu" or st["step"].dtype != torch.float32):
+                    return False
+        return True
+
+
+class Muon(_NoDynamoBookkeeping, torch.optim.Optimizer):
     """SGD-momentum (Nesterov) whose update is orthogonalised per matrix.
 
     The update is scaled by sqrt(max(1, rows/cols)) so tall matrices get RMS-comparable
@@ -126,14 +203,14 @@ def build_optimizers(model: nn.Module, cfg: OptimConfig) -> list[torch.optim.Opt
             dict(params=hidden + head, weight_decay=cfg.weight_decay),
             dict(params=embeds + scalars, weight_decay=0.0),
         ]
-        optimizers = [torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, **adam_kw)]
+        optimizers = [AdamW([g for g in groups if g["params"]], lr=cfg.lr, **adam_kw)]
     else:
         groups = [
             dict(params=head, weight_decay=cfg.weight_decay),
             dict(params=embeds + scalars, weight_decay=0.0),
         ]
         optimizers = [
-            torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, **adam_kw),
+            AdamW([g for g in groups if g["params"]], lr=cfg.lr, **adam_kw),
             Muon(hidden, lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay),
         ]
     for opt in optimizers:
