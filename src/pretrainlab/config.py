@@ -278,8 +278,23 @@ def resolved_recipe(d: dict) -> dict:
     comes back as it was."""
     if not isinstance(d, dict):
         return d
+    if _same_keys(d, _recipe_keys()) and isinstance((d.get("train") or {}).get("compile"), str):
+        return d  # written by this version (the common case): as it is, without parsing it again
     text = _resolved_recipe_json(json.dumps(d, sort_keys=True))
     return json.loads(text) if text is not None else d
+
+
+@functools.cache
+def _recipe_keys() -> dict:
+    """A default Recipe's keys, nested as its sections are."""
+    def keys(obj) -> dict:
+        return {f.name: keys(getattr(obj, f.name)) if dataclasses.is_dataclass(getattr(obj, f.name)) else None
+                for f in dataclasses.fields(obj)}
+    return keys(Recipe())
+
+
+def _same_keys(d: dict, keys: dict) -> bool:
+    return d.keys() == keys.keys() and all(sub is None or (isinstance(d[k], dict) and _same_keys(d[k], sub)) for k, sub in keys.items())
 
 
 def recipe_hash(d: dict) -> str | None:
