@@ -10,6 +10,7 @@ from pretrainlab.research.stats import (
     REGRESSION,
     bootstrap_ci,
     compare,
+    describe_noise_floor,
     greedy_single_seed,
     noise_floor,
 )
@@ -109,6 +110,11 @@ def test_noise_floor():
     assert nf["std"] == pytest.approx(np.std([3.0, 3.02, 2.98, 3.01, 2.99], ddof=1))
     assert nf["min_detectable_effect"] > 2 * nf["std"] * (2 / 5) ** 0.5
     assert noise_floor([3.0])["std"] is None
+    line = describe_noise_floor(nf)  # the campaign's log line: figures for people, not a dict
+    assert line == (f"mean val_bpb {nf['mean']:.4f}, seed std {nf['std']:.4f} over 5 seeds; 5 vs 5 seeds detect an effect of "
+                    f"{nf['min_detectable_effect']:.4f} (80% power, one-sided 5%)") and "{" not in line
+    assert describe_noise_floor(noise_floor([3.0])) == "val_bpb 3.0000 on 1 seed (no seed noise measured)"
+    assert describe_noise_floor(noise_floor([])) == "no usable run"
 
 
 def test_aa_on_real_seed_replicates(corpus_dir, tmp_path):

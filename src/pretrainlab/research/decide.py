@@ -28,7 +28,7 @@ from . import policy
 from ..scaling.transfer import verdict as transfer_verdict
 from .space import recipe_diff
 from .state import CampaignState, planned_seeds
-from .stats import IMPROVEMENT, REGRESSION, Comparison, compare, noise_floor, pooled_paired
+from .stats import IMPROVEMENT, REGRESSION, Comparison, compare, describe_noise_floor, noise_floor, pooled_paired
 from .strategies import CampaignView, Proposal, validate
 
 MERGED = "\0merged"  # in a rationale: replaced by what became of the merge queued just before
@@ -123,7 +123,7 @@ def decide(state: CampaignState, exp_id: str, stopped_early: bool = False, rung:
     if state.baseline is not None and exp_id == state.baseline["id"] and inc is None:  # the baseline
         nf = noise_floor(values)
         return [Decide("keep", f"baseline: mean {nf.get('mean', float('nan')):.4f}, seed std {nf['std'] or 0:.4f} over {nf['n']} seeds",
-                       {**evidence, "noise_floor": nf}, by="", observe=False, log=f"baseline {exp_id}: {nf}")]
+                       {**evidence, "noise_floor": nf}, by="", observe=False, log=f"baseline {exp_id}: {describe_noise_floor(nf)}")]
     if not values or stopped_early:
         why = "stopped early: clearly worse than the incumbent at an intermediate evaluation" if stopped_early else \
             f"no usable result ({', '.join(r['status'] for r in results.values()) or 'crashed'})"

@@ -187,12 +187,23 @@ def noise_floor(replicates: list[float]) -> dict:
     alpha=0.05 (one-sided) detects with 80% power, for k = the number of replicates."""
     x = np.asarray(replicates, float)
     if len(x) < 2:
-        return {"n": len(x), "std": None, "min_detectable_effect": None}
+        return {"n": len(x), "mean": float(x[0]) if len(x) else None, "std": None, "min_detectable_effect": None}
     k = len(x)
     std = float(x.std(ddof=1))
     df = 2 * k - 2
     mde = (float(_sps().t.ppf(0.95, df)) + float(_sps().t.ppf(0.80, df))) * std * math.sqrt(2 / k)
     return {"n": k, "mean": float(x.mean()), "std": std, "min_detectable_effect": mde}
+
+
+def describe_noise_floor(nf: dict) -> str:
+    """noise_floor's figures as a line for people."""
+    if not nf.get("n"):
+        return "no usable run"
+    if nf.get("std") is None:
+        return f"val_bpb {nf['mean']:.4f} on 1 seed (no seed noise measured)"
+    k = nf["n"]
+    return (f"mean val_bpb {nf['mean']:.4f}, seed std {nf['std']:.4f} over {k} seeds; "
+            f"{k} vs {k} seeds detect an effect of {nf['min_detectable_effect']:.4f} (80% power, one-sided 5%)")
 
 
 def greedy_single_seed(incumbent: float, candidate: float) -> str:
