@@ -56,6 +56,8 @@ def test_pairing_finds_effects_far_below_the_seed_noise():
     with pytest.raises(ValueError, match="seed-matched"):
         compare([1.0, 2.0, 3.0], [1.0, 2.0], paired=True)
     assert compare([3.0, 3.1], [3.0, 3.1], paired=True).verdict == NO_EFFECT  # identical runs: no effect
+    wide = compare([3.0, 3.3, 3.1], [2.7, 3.2, 3.0], paired=True)  # a large effect, too noisy to tell
+    assert wide.verdict == NO_EFFECT and wide.summary().startswith("no significant difference: effect -0.1667")
 
 
 def test_the_single_seed_greedy_rule_keeps_half_of_all_noise():

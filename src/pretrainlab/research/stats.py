@@ -71,7 +71,10 @@ class Comparison:
         # one-sided p of 0.036 beside a two-sided 95% interval that crosses zero reads as a contradiction otherwise
         side = self.p_regression if self.verdict == REGRESSION else self.p_improvement
         which = "worse" if self.verdict == REGRESSION else "better"
-        return (f"{self.verdict}: effect {self.effect:+.4f} (95% CI {self.ci_low:+.4f} .. {self.ci_high:+.4f}), "
+        # NO_EFFECT means the test did not reject "no difference", not that the difference is shown to be zero: an
+        # effect of -0.29 with an interval of -0.72 .. +0.13 is not "no effect"
+        said = "no significant difference" if self.verdict == NO_EFFECT else self.verdict
+        return (f"{said}: effect {self.effect:+.4f} (95% CI {self.ci_low:+.4f} .. {self.ci_high:+.4f}), "
                 f"one-sided p({which})={side:.3g} against {self.alpha:.3g}, {n}")
 
 
