@@ -578,7 +578,8 @@ class Campaign:
                                        change={"confirm": "ablation", "of": inc["id"], "group": group, "reverted": reverted, "recipe": recipe.to_dict(),
                                                "seeds": seeds, "diff": {k: list(v) for k, v in recipe_diff(final, recipe).items()}},
                                        status=Phase.RUNNING, planned_seeds=len(seeds), role=Role.ABLATION)
-        self.log(f"confirmation phase: the final recipe and {min(len(groups), room)} ablation(s) on seeds {seeds}")
+        n_abl = min(len(groups), room)
+        self.log(f"confirmation phase: the final recipe{f' and {n_abl} ablation(s)' if n_abl else ''} on seeds {', '.join(map(str, seeds))}")
 
     def maybe_record_claims(self) -> None:
         """Record the confirmation phase's claims once all of it is measured (decide.claims);
@@ -664,7 +665,8 @@ class Campaign:
                                     ci_high=cmp.ci_high if cmp and math.isfinite(cmp.ci_high) else None,
                                     rationale=rationale, evidence=evidence)
         self.ledger.set_experiment_status(exp["id"], Phase.DECIDED)
-        self.log(log or f"{exp['id']} ({exp['hypothesis'][:60]}): {verdict} — {rationale}")
+        hyp = exp["hypothesis"] if len(exp["hypothesis"]) <= 80 else exp["hypothesis"][:79].rstrip() + "…"
+        self.log(log or f"{exp['id']} ({hyp}): {verdict} — {rationale}")
         if observe and self.proposals.get(exp["id"]) is not None:
             self.strategy.observe(self.proposals[exp["id"]], told)
 
