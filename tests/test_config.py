@@ -43,6 +43,28 @@ def test_round_trip_through_dict():
     assert Recipe.from_dict(r.to_dict()).hash() == r.hash()
 
 
+def test_every_field_has_a_frozen_hash_base():
+    """Recipe.hash() leaves out the values in config._HASH_BASE. A new field needs its entry there: the
+    value that keeps the old behaviour, so that every earlier recipe keeps its hash."""
+    from pretrainlab.config import _HASH_BASE, _recipe_keys
+
+    keys = {k: v for k, v in _recipe_keys().items() if k != "name"}
+    assert {k: sorted(v) if v else None for k, v in keys.items()} == \
+        {k: sorted(v) if isinstance(v, dict) else None for k, v in _HASH_BASE.items()}, \
+        "add the new field to config._HASH_BASE with the value that keeps the old behaviour"
+
+
+def test_a_field_added_later_leaves_earlier_hashes_alone():
+    from pretrainlab.config import recipe_hash
+
+    r = get_recipe("tiny-cpu")
+    old = r.to_dict()
+    del old["model"]["residual_dtype"]  # a recipe.json from before the field existed
+    assert recipe_hash(old) == r.hash()
+    assert recipe_hash({**old, "model": {**old["model"], "residual_dtype": "bfloat16"}}) != r.hash()
+    assert recipe_hash({"model": {"n_layer": "four"}}) is None  # unreadable: no hash of this version's kind
+
+
 def test_from_dict_rejects_wrong_types_and_unknown_keys():
     d = get_recipe("tiny-cpu").to_dict()
     d["model"]["n_layer"] = "4"

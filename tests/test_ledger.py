@@ -136,6 +136,44 @@ def test_migration_2_types_campaign_state_written_before(ledger_url):
                    "e14": ("proposed", None, None)}
 
 
+def test_migration_5_resolves_and_rehashes_runs_registered_before(ledger_url):
+    """Rows a lab at schema 4 registered: the recipe as recipe.json had it (a field added since missing, a
+    bool train.compile) and the hash of every value. Opening the ledger rewrites both as this lab reads
+    them; a recipe it cannot read is left as it was."""
+    import json as _json
+
+    from pretrainlab.config import Recipe
+    from pretrainlab.ledger.db import PostgresDatabase, SQLiteDatabase, now, resolve_url
+    from pretrainlab.ledger.schema import statements
+    from pretrainlab.recipes import get_recipe
+
+    today = get_recipe("tiny-cpu")
+    old = today.to_dict()
+    del old["model"]["residual_dtype"]
+    old["train"]["compile"] = False
+    unreadable = {**today.to_dict(), "model": {"n_layer": "four"}}
+    target = resolve_url(ledger_url)
+    db = SQLiteDatabase(target.path) if target.kind == "sqlite" else PostgresDatabase(target.url)
+    with db.transaction():  # the schema as version 4 left it
+        db.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+        for version, sql in MIGRATIONS[:4]:
+            for stmt in statements(sql):
+                db.execute(stmt)
+            db.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", (version, now()))
+        for run_id, recipe in (("old000000001", old), ("bad000000001", unreadable)):
+            db.execute("INSERT INTO runs (run_id, run_dir, recipe_name, recipe_hash, recipe, status, created_at, registered_at, "
+                       "updated_at) VALUES (?, ?, 'tiny-cpu', 'f' || ?, ?, 'ok', ?, ?, ?)",
+                       (run_id, f"/runs/{run_id}", run_id[:11], _json.dumps(recipe), now(), now(), now()))
+    db.close()
+    with Ledger(ledger_url) as lg:  # opening it applies migration 5
+        raw = {r["run_id"]: r for r in lg.db.query("SELECT run_id, recipe, recipe_hash FROM runs")}
+        assert lg.db.query_one("SELECT oldest_lab FROM schema_migrations WHERE version = 5")["oldest_lab"] == 4
+    fixed = _json.loads(raw["old000000001"]["recipe"])
+    assert fixed["model"]["residual_dtype"] == "float32" and fixed["train"]["compile"] == "off"
+    assert raw["old000000001"]["recipe_hash"] == Recipe.from_dict(fixed).hash() != "fold00000000"
+    assert _json.loads(raw["bad000000001"]["recipe"]) == unreadable and raw["bad000000001"]["recipe_hash"] == "fbad00000000"
+
+
 def test_experiment_phase_and_role_are_checked(ledger_url):
     with Ledger(ledger_url) as lg:
         eid = lg.add_experiment("h", kind="config", proposer="alice", status="running", planned_seeds=3, role="suggestion")

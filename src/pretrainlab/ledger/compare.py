@@ -84,7 +84,13 @@ def _row(label: str, key: str, better: str | None, values: list) -> dict:
 
 
 def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """A finite number a float can hold (a JSON integer beyond 1e308 is compared as it is)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ..errors import UserError
-from .schema import MIGRATIONS, OLDEST_LAB, statements
+from .schema import MIGRATIONS, OLDEST_LAB, PYTHON_MIGRATIONS, statements
 
 DEFAULT_FILE = "pretrainlab.db"
 BUSY_TIMEOUT_S = 30.0
@@ -285,8 +285,11 @@ def migrate(db: Database) -> list[int]:
         for version, sql in MIGRATIONS:
             if version in done:
                 continue
-            for stmt in statements(sql):
-                db.execute(stmt)
+            if sql in PYTHON_MIGRATIONS:  # a data migration: rows rewritten by this version's code
+                PYTHON_MIGRATIONS[sql](db)
+            else:
+                for stmt in statements(sql):
+                    db.execute(stmt)
             db.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", (version, now()))
             if version in OLDEST_LAB:
                 db.execute("UPDATE schema_migrations SET oldest_lab = ? WHERE version = ?", (OLDEST_LAB[version], version))

@@ -6,7 +6,8 @@ and BIGINT for numbers. Applied versions are recorded in `schema_migrations`.
 
 To change the schema, append a migration with the next version number; never edit one that
 has shipped (ledgers in the wild have already applied it). Statements are separated by a
-semicolon at the end of a line.
+semicolon at the end of a line. A data migration that needs the lab's own code names a function
+instead ("python:NAME", in PYTHON_MIGRATIONS); it runs in the same transaction.
 
 A team's ledger is shared by labs of several versions, and the first newer one to open it applies
 its migrations. OLDEST_LAB says which older labs may go on using the ledger after a migration: a
@@ -174,10 +175,35 @@ CREATE INDEX run_attempts_campaign ON run_attempts (campaign_id, run_key)
     (4, """
 ALTER TABLE schema_migrations ADD COLUMN oldest_lab INTEGER
 """),
+    # Runs registered before recipes were read as this version reads them: each stored recipe with the fields
+    # added since at their defaults, and its hash of the frozen-base kind (config.Recipe.hash), so that runs of
+    # one recipe share a hash and filter alike whichever lab registered them. Values only: older labs go on.
+    (5, "python:rehash_runs"),
 ]
 
 # migration version -> the oldest lab (by the newest migration it knows) that may still use a ledger with it applied
-OLDEST_LAB: dict[int, int] = {4: 3}
+OLDEST_LAB: dict[int, int] = {4: 3, 5: 4}
+
+
+def rehash_runs(db) -> None:
+    """Migration 5 (inside migrate's transaction): stored recipes resolved and hashed as this version does;
+    a recipe it cannot read keeps its row as it was."""
+    import json
+
+    from ..config import recipe_hash, resolved_recipe
+
+    for row in db.query("SELECT run_id, recipe, recipe_hash FROM runs WHERE recipe IS NOT NULL"):
+        try:
+            stored = json.loads(row["recipe"])
+        except ValueError:
+            continue
+        resolved, new_hash = resolved_recipe(stored), recipe_hash(stored)
+        if new_hash is None or (new_hash == row["recipe_hash"] and resolved is stored):
+            continue
+        db.execute("UPDATE runs SET recipe = ?, recipe_hash = ? WHERE run_id = ?", (json.dumps(resolved), new_hash, row["run_id"]))
+
+
+PYTHON_MIGRATIONS = {"python:rehash_runs": rehash_runs}
 
 
 def statements(sql: str) -> list[str]:

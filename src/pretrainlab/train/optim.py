@@ -72,8 +72,9 @@ class AdamW(_NoDynamoBookkeeping, torch.optim.AdamW):
     else (CUDA, DTensors, fused or foreach, amsgrad, ...) is torch's own step."""
 
     def step(self, closure=None):
-        if not self._plain_cpu():
-            return super().step(closure)
+        if not self._plain_cpu():  # torch's own step, without the hook wrapper it may carry (ours already ran the hooks)
+            torch_step = torch.optim.AdamW.step
+            return (torch_step.__wrapped__ if getattr(torch_step, "hooked", False) else torch_step)(self, closure)
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -87,7 +88,8 @@ class AdamW(_NoDynamoBookkeeping, torch.optim.AdamW):
                         continue
                     grad, state = p.grad, self.state[p]
                     if not state:
-                        state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                        state["step"] = torch.tensor(0.0, dtype=torch.float64 if torch.get_default_dtype() == torch.float64
+                                                     else torch.float32, device="cpu")  # as torch's AdamW makes it
                         state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                         state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     exp_avg, exp_avg_sq, step_t = state["exp_avg"], state["exp_avg_sq"], state["step"]
@@ -112,7 +114,7 @@ class AdamW(_NoDynamoBookkeeping, torch.optim.AdamW):
             for p in group["params"]:
                 if p.device.type != "cpu" or is_dtensor(p) or type(p) is not nn.Parameter or p.is_complex() or (p.grad is not None and p.grad.is_sparse):
                     return False
-                if (st := self.state.get(p)) and (st["step"].device.type != "cpu" or st["step"].dtype != torch.float32):
+                if (st := self.state.get(p)) and (st["step"].device.type != "cpu" or not st["step"].is_floating_point()):
                     return False
         return True
 
