@@ -403,6 +403,9 @@ def test_list_filters_and_sorts(ledger_url):
     want = [r["run"]["run_id"][-1] for r in reversed(records) if r["run"]["created_at"] < to_utc(day_end)]
     assert [r["run_id"][-1] for r in api.list_runs(until="2026-01-01", db=ledger_url)] == want and want
     assert len(api.list_runs(since="30d", db=ledger_url)) == 0
+    # a filter value reads as --set reads it: train.compile=true is today's `on`
+    assert [r["run_id"][-1] for r in api.list_runs(recipe=["train.compile=true"], db=ledger_url)] == ["2"]
+    assert [r["run_id"][-1] for r in api.list_runs(recipe=["model.n_head=3"], db=ledger_url)] == []  # refused by --set here: as typed
     with pytest.raises(UserError, match="--recipe 'model.n_layr' is not a recipe key .*did you mean 'model.n_layer'"):
         api.list_runs(recipe=["model.n_layr=4"], db=ledger_url)
     with pytest.raises(UserError, match="--since 'yesterday'"):

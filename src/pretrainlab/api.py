@@ -322,9 +322,23 @@ def _run_filters(status, recipe, campaign, since, until) -> dict:
             close = difflib.get_close_matches(key, sorted(known), n=1)
             raise UserError(f"--recipe {key!r} is not a recipe key{f' (did you mean {close[0]!r}?)' if close else ''}; "
                             "see `pretrainlab recipes --fields`")
-        pairs.append((key, value))
+        pairs.append((key, _as_set_reads_it(key, value)))
     return {"status": status, "recipe": pairs, "campaign": campaign, "since": _when(since, "--since"),
             "until": _when(until, "--until", end=True)}
+
+
+def _as_set_reads_it(key: str, value: str) -> str:
+    """A filter's text value as `--set KEY=VALUE` would read it, where that gives text (train.compile=true is
+    `on`, as stored recipes now read); anything else, or a value --set refuses here, as typed."""
+    from .config import Recipe, apply_overrides
+
+    try:
+        parsed = apply_overrides(Recipe(), [f"{key}={value}"]).to_dict()
+        for part in key.split("."):
+            parsed = parsed[part]
+    except (ValueError, KeyError, TypeError):
+        return value
+    return parsed if isinstance(parsed, str) else value
 
 
 def _when(text: str | None, flag: str, end: bool = False) -> str | None:
