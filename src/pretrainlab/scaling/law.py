@@ -7,8 +7,9 @@ The fit minimises, over theta = (a, b, e, alpha, beta) with A = exp(a), B = exp(
     sum_i Huber_delta( LSE(a - alpha log N_i, b - beta log D_i, e) - log L_i ),   delta = 1e-3
 
 (the log of the law's prediction against the log of the measured loss: relative errors, and
-a loss that is linear beyond 1e-3 so a few bad runs do not pull the fit), with L-BFGS from
-every point of a grid of initialisations, keeping the best. The gradient is analytic: one
+a loss that is linear beyond 1e-3 so a few bad runs do not pull the fit), with BFGS from
+points of a grid of initialisations, keeping the best (all descents of a fit, and all
+bootstrap refits, are stepped together as arrays: descend_many). The gradient is analytic: one
 softmax over the three terms per point. The sum (not the mean) is minimised, scaled by
 1/delta so the optimiser's tolerances act on a quantity of order one: Besiroglu et al.
 (2024) traced Hoffmann et al.'s published parameters to an optimiser that stopped early on
@@ -80,25 +81,144 @@ def batch_objective(thetas: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, lo
 
 
 OPTIMIZERS = ("bfgs", "l-bfgs-b")
+GTOL = 1e-9  # a descent has converged when every component of the gradient is this small
+MAXITER = 2000
+
+
+def objective_many(thetas: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_loss: np.ndarray,
+                   delta: float = HUBER_DELTA) -> tuple[np.ndarray, np.ndarray]:
+    """`objective` at k thetas at once: values (k,) and gradients (k, 5). The points are shared,
+    shape (n,), or one set per theta, shape (k, n) (bootstrap resamples)."""
+    a, b, e, alpha, beta = (thetas[:, i:i + 1] for i in range(5))
+    t0, t1 = a - alpha * log_n, b - beta * log_d
+    t2 = np.broadcast_to(e, t0.shape)
+    top = np.maximum(np.maximum(t0, t1), t2)
+    w0, w1, w2 = np.exp(t0 - top), np.exp(t1 - top), np.exp(t2 - top)
+    total = w0 + w1 + w2
+    r = top + np.log(total) - log_loss
+    small = np.abs(r) <= delta
+    value = np.where(small, 0.5 * r * r, delta * (np.abs(r) - 0.5 * delta)).sum(axis=1) / delta
+    dr = np.where(small, r, delta * np.sign(r)) / (delta * total)  # d Huber / d r, scaled alike, over the softmax's total
+    g0, g1 = dr * w0, dr * w1
+    grad = np.stack([g0.sum(axis=1), g1.sum(axis=1), (dr * w2).sum(axis=1), -(g0 * log_n).sum(axis=1), -(g1 * log_d).sum(axis=1)], axis=1)
+    return value, grad
+
+
+def descend_many(starts: np.ndarray, log_n, log_d, log_loss, delta: float = HUBER_DELTA, gtol: float = GTOL,
+                 maxiter: int = MAXITER) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """BFGS from every row of `starts` (k, 5) at once; the points are shared (n,) or one set per
+    start (k, n). Returns the end points (k, 5), their objectives (k,) and whether each reached
+    the gradient tolerance (k,).
+
+    The quasi-Newton method of scipy's BFGS, with the k descents stepped together as arrays
+    (a descent on a few points is numpy call overhead, ~80 ms each through scipy; 128 of them
+    here take about what one did), and a backtracking (Armijo) line search: each descent's step
+    is halved until the objective falls enough. The inverse-Hessian update is skipped where
+    the step gives no positive curvature. A descent stops at the gradient tolerance, when its
+    line search cannot decrease the objective any more (at the optimum of this kinked objective
+    in floating point: fit_law judges that by the gradient), or after maxiter iterations."""
+    k = len(starts)
+    x = np.array(starts, dtype=float).reshape(k, 5)
+    per_row = np.ndim(log_n) == 2
+    data = lambda idx: (log_n[idx], log_d[idx], log_loss[idx]) if per_row else (log_n, log_d, log_loss)  # noqa: E731
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        f, g = objective_many(x, *data(slice(None)), delta)
+        ok = np.isfinite(f) & np.isfinite(g).all(axis=1)
+        f[~ok] = np.inf
+        success = np.zeros(k, bool)
+        active = np.flatnonzero(ok)
+        h = np.broadcast_to(np.eye(5), (k, 5, 5)).copy()
+        scaled = np.zeros(k, bool)  # the first update scales the identity to the curvature seen (Nocedal & Wright 6.20)
+        for _ in range(maxiter):
+            if not len(active):
+                break
+            done = np.abs(g[active]).max(axis=1) <= gtol
+            success[active[done]] = True
+            active = active[~done]
+            if not len(active):
+                break
+            gi = g[active]
+            p = -np.einsum("kij,kj->ki", h[active], gi)
+            slope = (p * gi).sum(axis=1)
+            bad = ~(slope < 0)  # not a descent direction (a poor update): steepest descent, and start the Hessian afresh
+            if bad.any():
+                h[active[bad]] = np.eye(5)
+                scaled[active[bad]] = False
+                p[bad], slope[bad] = -gi[bad], -(gi[bad] * gi[bad]).sum(axis=1)
+            step = np.where(scaled[active], 1.0, np.minimum(1.0, 1.0 / np.sqrt(-slope)))  # first step: unit length
+            x_new, f_new, g_new = x[active].copy(), f[active].copy(), gi.copy()
+            pending = np.arange(len(active))
+            for _ in range(40):
+                rows = active[pending]
+                xt = x[rows] + step[pending, None] * p[pending]
+                ft, gt = objective_many(xt, *data(rows), delta)
+                fin = np.isfinite(ft) & np.isfinite(gt).all(axis=1)
+                good = fin & (ft <= f[rows] + 1e-4 * step[pending] * slope[pending])
+                took = pending[good]
+                x_new[took], f_new[took], g_new[took] = xt[good], ft[good], gt[good]
+                bad_rows, ft_bad = pending[~good], ft[~good]
+                pending = bad_rows
+                if not len(pending):
+                    break
+                # the minimum of the quadratic through f(0), f'(0) and f(step), kept within [0.1, 0.5] of the step
+                st, sl = step[pending], slope[pending]
+                curv = ft_bad - f[active[pending]] - sl * st
+                quad = np.where(np.isfinite(ft_bad) & (curv > 0), -sl * st * st / (2 * np.where(curv > 0, curv, 1.0)), 0.1 * st)
+                step[pending] = np.clip(quad, 0.1 * st, 0.5 * st)
+            moved = np.ones(len(active), bool)
+            moved[pending] = False  # no decrease found: this descent ends here
+            # a decrease lost in rounding is no progress either: at the optimum in floating point
+            moved &= f[active] - f_new > 1e-15 * np.maximum(1.0, np.abs(f_new))
+            x_new[~moved], f_new[~moved], g_new[~moved] = x[active][~moved], f[active][~moved], gi[~moved]
+            s_, y_ = x_new - x[active], g_new - gi
+            sy = (s_ * y_).sum(axis=1)
+            upd = moved & (sy > 1e-12 * np.linalg.norm(s_, axis=1) * np.linalg.norm(y_, axis=1)) & (sy > 0)
+            rows = active[upd]
+            if len(rows):
+                first = ~scaled[rows]
+                if first.any():
+                    yy = (y_[upd][first] ** 2).sum(axis=1)
+                    h[rows[first]] = (sy[upd][first] / yy)[:, None, None] * np.eye(5)
+                    scaled[rows[first]] = True
+                rho = 1.0 / sy[upd]
+                s_u, y_u, hk = s_[upd], y_[upd], h[rows]
+                hy = np.einsum("kij,kj->ki", hk, y_u)
+                yhy = (y_u * hy).sum(axis=1)
+                h[rows] = (hk - rho[:, None, None] * (s_u[:, :, None] * hy[:, None, :] + hy[:, :, None] * s_u[:, None, :])
+                           + (rho * rho * yhy + rho)[:, None, None] * s_u[:, :, None] * s_u[:, None, :])
+            x[active], f[active], g[active] = x_new, f_new, g_new
+            active = active[moved]
+        if len(active):  # out of iterations
+            success[active] = np.abs(g[active]).max(axis=1) <= gtol
+    return x, f, success
 
 
 def minimise(start: np.ndarray, log_n, log_d, log_loss, delta: float = HUBER_DELTA, optimizer: str = "bfgs"):
-    """One quasi-Newton descent from `start`; returns scipy's OptimizeResult.
-
-    "bfgs" (the default) is the full-memory method of which L-BFGS is the limited-memory
-    variant: with five parameters memory is no constraint, both reach the same optimum (the
-    same objective to 1e-12 on the Chinchilla data), and scipy's BFGS is pure numpy while its
-    L-BFGS-B calls OpenBLAS, whose threads spin against training runs on a shared CPU (30x
-    slower per descent on our 2-core machine). "l-bfgs-b" is Hoffmann et al.'s optimiser."""
+    """One descent from `start` with scipy (`optimizer`: "l-bfgs-b", Hoffmann et al.'s, or
+    scipy's "bfgs"); returns scipy's OptimizeResult. fit_law and bootstrap_law descend with
+    descend_many for "bfgs" (the same method, all starts at once) and with this for "l-bfgs-b".
+    scipy's L-BFGS-B calls OpenBLAS, whose threads spin against training runs on a shared CPU
+    (30x slower per descent on a 2-core machine)."""
     from scipy.optimize import minimize
 
     if optimizer == "bfgs":
         return minimize(objective, start, args=(log_n, log_d, log_loss, delta), jac=True, method="BFGS",
-                        options={"gtol": 1e-9, "maxiter": 2000})
+                        options={"gtol": GTOL, "maxiter": MAXITER})
     assert optimizer == "l-bfgs-b", optimizer
     # ftol: the relative decrease at which scipy stops; the objective is O(1) here (scaled by 1/delta)
     return minimize(objective, start, args=(log_n, log_d, log_loss, delta), jac=True, method="L-BFGS-B",
-                    options={"maxiter": 2000, "ftol": 1e-13, "gtol": 1e-9})
+                    options={"maxiter": MAXITER, "ftol": 1e-13, "gtol": GTOL})
+
+
+def _descend(starts: np.ndarray, log_n, log_d, log_loss, delta: float, optimizer: str):
+    """(end points, objectives, success) of a descent from each start: batched BFGS, or scipy's L-BFGS-B one by one."""
+    if optimizer == "bfgs":
+        return descend_many(starts, log_n, log_d, log_loss, delta)
+    per_row = np.ndim(log_n) == 2
+    out = [minimise(s, *((log_n[i], log_d[i], log_loss[i]) if per_row else (log_n, log_d, log_loss)), delta, optimizer)
+           for i, s in enumerate(starts)]
+    return (np.array([r.x for r in out]).reshape(-1, 5), np.array([r.fun for r in out], float),
+            np.array([bool(r.success) for r in out]))
 
 
 @dataclass
@@ -194,26 +314,22 @@ def fit_law(n, d, loss, num_starts: int | None = DEFAULT_STARTS, optimizer: str 
     procedure) or from the given `starts` (rows of theta), keeping the lowest objective."""
     log_n, log_d, log_loss = np.log(n), np.log(d), np.log(loss)
     starts = select_starts(log_n, log_d, log_loss, num_starts, delta) if starts is None else np.atleast_2d(np.asarray(starts, float))
-    best, values = None, []
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        for start in starts:
-            res = minimise(start, log_n, log_d, log_loss, delta, optimizer)
-            if not np.isfinite(res.fun) or not np.all(np.isfinite(res.x)):
-                continue
-            values.append(res.fun)
-            if best is None or res.fun < best.fun:
-                best = res
+        ends, values, success = _descend(starts, log_n, log_d, log_loss, delta, optimizer)
+    finite = np.isfinite(values) & np.isfinite(ends).all(axis=1)
+    best = int(np.argmin(np.where(finite, values, np.inf))) if finite.any() else None
     if best is None:
         raise ValueError("no start of the fit reached a finite objective: check the points (losses of order 1-10, sizes >= 1)")
-    pred, _ = log_prediction(best.x, log_n, log_d)
+    theta, fun = ends[best], float(values[best])
+    pred, _ = log_prediction(theta, log_n, log_d)
     r = pred - log_loss
-    within = int(np.sum(np.asarray(values) <= best.fun * 1.01 + 1e-12))
-    # BFGS ends "not converged" when a line search cannot improve at machine precision: at the optimum
+    within = int(np.sum(values[finite] <= fun * 1.01 + 1e-12))
+    # a descent ends "not converged" when its line search cannot improve at machine precision: at the optimum
     # of this kinked (Huber) objective that is success; judge by the gradient instead
-    _, grad = objective(best.x, log_n, log_d, log_loss, delta)
-    return LawFit.from_theta(best.x, objective=best.fun * delta, num_points=len(log_n), num_starts=len(starts), delta=delta,
+    _, grad = objective(theta, log_n, log_d, log_loss, delta)
+    return LawFit.from_theta(theta, objective=fun * delta, num_points=len(log_n), num_starts=len(starts), delta=delta,
                              rms_log_residual=float(np.sqrt(np.mean(r * r))), max_abs_log_residual=float(np.max(np.abs(r))),
-                             converged=bool(best.success or np.max(np.abs(grad)) < 1e-4), starts_within_1pct=within)
+                             converged=bool(success[best] or np.max(np.abs(grad)) < 1e-4), starts_within_1pct=within)
 
 
 def bootstrap_law(n, d, loss, fit: LawFit, num_samples: int, rng: np.random.Generator, optimizer: str = "bfgs",
@@ -222,14 +338,11 @@ def bootstrap_law(n, d, loss, fit: LawFit, num_samples: int, rng: np.random.Gene
     started from the full fit's theta; rows of theta, (num_samples, 5). A resample whose
     descent fails is dropped (rarely: the row count says how many survived)."""
     log_n, log_d, log_loss = np.log(n), np.log(d), np.log(loss)
-    out = []
+    idx = np.array([rng.integers(0, len(log_n), len(log_n)) for _ in range(num_samples)], dtype=int).reshape(num_samples, len(log_n))
+    starts = np.repeat(np.asarray(fit.theta, float)[None, :], num_samples, axis=0)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        for _ in range(num_samples):
-            idx = rng.integers(0, len(log_n), len(log_n))
-            res = minimise(fit.theta, log_n[idx], log_d[idx], log_loss[idx], delta, optimizer)
-            if np.isfinite(res.fun) and np.all(np.isfinite(res.x)):
-                out.append(res.x)
-    return np.array(out).reshape(-1, 5)
+        ends, values, _ = _descend(starts, log_n[idx], log_d[idx], log_loss[idx], delta, optimizer)
+    return ends[np.isfinite(values) & np.isfinite(ends).all(axis=1)].reshape(-1, 5)
 
 
 def theta_to_params(thetas: np.ndarray) -> dict[str, np.ndarray]:
