@@ -42,11 +42,11 @@ from ..config import Recipe
 from .space import Param, apply, recipe_diff
 
 
-def _sps():
-    """scipy.stats, imported on first use (it takes most of a second; a bad flag is reported before)."""
-    from scipy import stats
+def _ndtr(x: float) -> float:
+    """The standard normal CDF (scipy.special, imported on first use: a bad flag is reported before)."""
+    from scipy import special
 
-    return stats
+    return float(special.ndtr(x))
 
 
 SCREEN_SEED = 0  # the seed index every screen runs on (its parent has a run there)
@@ -60,7 +60,7 @@ def p_improvement(diff: float, noise_std: float) -> float:
     candidate - parent), with a flat prior on the effect and Gaussian paired noise."""
     if noise_std <= 0:
         return 1.0 if diff < 0 else 0.0
-    return float(_sps().norm.cdf(-diff / noise_std))
+    return _ndtr(-diff / noise_std)
 
 
 def adopt(diff: float, noise_std: float, adopt_p: float) -> bool:
