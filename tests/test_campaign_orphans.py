@@ -24,7 +24,7 @@ def test_resume_stops_orphans_of_a_killed_loop_and_loses_nothing(corpus_dir, tmp
     monkeypatch.delenv("PRETRAINLAB_DB", raising=False)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("ANTHROPIC_API_KEY", None)
-    cfg = dict(recipe="tiny-cpu", overrides=tiny_overrides(corpus_dir, **{"train.ckpt_every": 20}), run_budget="204800tok",
+    cfg = dict(recipe="tiny-cpu", overrides=tiny_overrides(corpus_dir, **{"train.ckpt_every": 20}), run_budget="122880tok",
                budget_runs=4, parallel=2, seeds=2, strategy="random", early_stop=False)
     code = ("import json, sys; from pretrainlab.research import manage; from pretrainlab.research.campaign import CampaignConfig; "
             "manage.start(CampaignConfig(**json.loads(sys.argv[1])), echo=False)")

@@ -8,12 +8,12 @@ from conftest import cli, set_args, tiny_overrides
 def test_research_cli_round_trip(corpus_dir, tmp_path):
     env = {"PRETRAINLAB_WORKSPACE": str(tmp_path)}
     res = cli("research", "start", "--recipe", "tiny-cpu", *set_args(tiny_overrides(corpus_dir)), "--run-budget", "8192tok",
-              "--budget-runs", "5", "--parallel", "2", "--seeds", "2", "--strategy", "random", "--decision", "paired", "--author", "dana",
+              "--budget-runs", "4", "--parallel", "2", "--seeds", "2", "--strategy", "random", "--decision", "paired", "--author", "dana",
               "--json", env_extra=env)
     assert res.returncode == 0, res.stderr[-3000:]
     status = json.loads(res.stdout)
     cid = status["campaign"]
-    assert status["status"] == "done" and status["runs"] == 5
+    assert status["status"] == "done" and status["runs"] == 4
     assert (tmp_path / "runs" / "campaigns" / cid / "report.html").exists()
 
     listing = json.loads(cli("research", "status", "--json", env_extra=env).stdout)
@@ -43,10 +43,10 @@ def test_research_cli_round_trip(corpus_dir, tmp_path):
     assert queued[0]["proposer"] == "alice" and queued[0]["status"] == "queued"
     bad = cli("research", "resume", cid, "--parallel", "0", env_extra=env)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--parallel" in bad.stderr
-    res = cli("research", "resume", cid, "--budget-runs", "8", "--author", "carol", "--json", env_extra=env)  # extend: the queue runs
+    res = cli("research", "resume", cid, "--budget-runs", "6", "--author", "carol", "--json", env_extra=env)  # extend: the queue runs
     assert res.returncode == 0, res.stderr[-2000:]
     extended = json.loads(res.stdout)
-    assert 5 < extended["runs"] <= 8 and extended["budget_runs"] == 8
+    assert 4 < extended["runs"] <= 6 and extended["budget_runs"] == 6
     assert next(e for e in extended["experiments"] if e["experiment"] == exp)["verdict"] is not None
 
     baseline = status["experiments"][0]["experiment"]
