@@ -1,11 +1,14 @@
 """Muon's batched Newton-Schulz against one matrix at a time; the lab's AdamW against torch's;
 an eager CPU trainer process never imports torch._dynamo."""
 
+import json
+import os
 import subprocess
 import sys
 
 import pytest
 import torch
+from conftest import tiny_overrides
 
 from pretrainlab.config import ModelConfig
 from pretrainlab.model import GPT
@@ -78,9 +81,10 @@ def test_adamw_on_cpu_is_torchs_bit_for_bit_and_shares_its_checkpoints(kw):
     assert all(torch.equal(opt.state[p]["exp_avg"], ref.state[q]["exp_avg"]) for p, q in zip(ours.parameters(), theirs.parameters()))
 
 
-def test_an_eager_cpu_run_never_imports_torch_dynamo(tmp_path):
+def test_an_eager_cpu_run_never_imports_torch_dynamo(tmp_path, corpus_dir):
     """torch.optim's wrappers import torch._dynamo (about a second of CPU) on first use; the
-    lab's optimizers build, step, checkpoint and reload without it."""
+    lab's optimizers build, step, checkpoint and reload without it. A whole single-process
+    training run imports neither dynamo nor torch.distributed.fsdp (another second, with sympy)."""
     code = """
 import sys, torch
 from pretrainlab.config import ModelConfig, OptimConfig
@@ -98,7 +102,13 @@ for name in ("adamw", "muon"):
         o.zero_grad(set_to_none=False)
         o.load_state_dict(o.state_dict())
 print("torch._dynamo" in sys.modules)
+from pretrainlab import api
+api.train_run("tiny-cpu", sys.argv[2:], sys.argv[1], echo=False)
+print("torch._dynamo" in sys.modules, "torch.distributed.fsdp" in sys.modules)
 """
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    sets = tiny_overrides(corpus_dir, **{"budget.tokens": 4096})
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run"), *sets], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PRETRAINLAB_NO_LEDGER": "1"})
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == "False"
+    assert res.stdout.split() == ["False", "False", "False"]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "ok"
