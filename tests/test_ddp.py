@@ -2,6 +2,7 @@
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -46,7 +47,9 @@ def test_doctor_names_a_straggling_rank_from_times_taken_before_the_sync(corpus_
     train = rows(tmp_path / "ddp")
     assert all(len(r["rank_presync_s"]) == 2 and len(r["rank_data_s"]) == 2 for r in train)
     step = [r["rank_step_s"] for r in train[5:]]
-    assert max(abs(a - b) for a, b in step) < 0.03  # the sync hides it here
+    # the sync hides it here: unsynchronised, rank 1 would take 0.03 s longer on every step (the median, since one step
+    # of a loaded machine's scheduling can differ by as much)
+    assert statistics.median(abs(a - b) for a, b in step) < 0.015
     report = api.diagnose_run(str(tmp_path / "ddp"))
     f = next(f for f in report.findings if f.id == "straggler")
     assert f.evidence["rank"] == 1 and f.evidence["basis"] == "time before the first sync" and f.evidence["ratio"] > 1.15
