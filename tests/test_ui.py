@@ -141,6 +141,12 @@ def test_a_run_being_written_shows_live(client, lab):
     assert metrics["train"]["step"] == [1, 2, 3, 4, 5] and metrics["torn"] and not metrics["finished"]
     news = client.get(f"/campaigns/{lab['campaign']}/live/{key}/metrics.json?after=3").json()  # what a polling page asks for
     assert news["train"]["step"] == [4, 5] and news["train"]["loss"] == [4.6, 4.5]
+    # the trainer logs step 5's train row, then evaluates at step 5: a page that drew train row 5 must still get that eval
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write('ep": 6}\n{"type": "eval", "step": 5, "val_bpb": 3.9}\n')
+    news = client.get(f"/campaigns/{lab['campaign']}/live/{key}/metrics.json?after=5&after_eval=-1").json()
+    assert news["train"]["step"] == [6] and [e["step"] for e in news["eval"]] == [5]
+    assert client.get(f"/campaigns/{lab['campaign']}/live/{key}/metrics.json?after=6&after_eval=5").json()["eval"] == []
     (run_dir / "summary.json").write_text(json.dumps({"status": "ok", "val_bpb": 3.7}))
     assert key not in client.get(f"/campaigns/{lab['campaign']}/live.json").json()["inflight"]
     assert client.get(f"/campaigns/{lab['campaign']}/live/{key}/metrics.json").json()["finished"]  # an open page learns it ended

@@ -41,10 +41,12 @@ class PacedRunner(SimulatedRunner):
         super().__init__(landscape, num_slots, run_s)
         self.created = self.last_submit = time.time()
         self.steps_written: dict[str, int] = {}
+        self._frozen: float | None = None  # one clock reading for a whole poll (see poll)
 
     @property
     def now(self) -> float:
-        return time.time()
+        frozen = getattr(self, "_frozen", None)
+        return frozen if frozen is not None else time.time()
 
     @now.setter
     def now(self, value: float) -> None:
@@ -55,8 +57,14 @@ class PacedRunner(SimulatedRunner):
         time.sleep(min(seconds, 0.05))
 
     def poll(self):
-        self.write_steps()
-        done = super().poll()
+        # one clock reading for the steps written and the runs found finished: a run that ends between the two would
+        # otherwise be finished without its last train rows
+        self._frozen = time.time()
+        try:
+            self.write_steps()
+            done = super().poll()
+        finally:
+            self._frozen = None
         for result in done:  # the trainer's layout: evals at the steps they ran, and when the run ended
             out = result.job.out_dir
             rows = list(rundir.iter_metrics(out))
@@ -72,7 +80,8 @@ class PacedRunner(SimulatedRunner):
 
     def write_steps(self) -> None:
         for key, r in self._running.items():
-            upto = NUM_STEPS if r.reason or time.time() >= r.ends_at else int(NUM_STEPS * (time.time() - r.started_at) / self.run_s)
+            now = self.now
+            upto = NUM_STEPS if r.reason or now >= r.ends_at else int(NUM_STEPS * (now - r.started_at) / self.run_s)
             done = self.steps_written.get(key, 0)
             if upto > done:
                 final = self.landscape.value(r.recipe, r.seed) * math.log(2)  # nats per byte

@@ -599,12 +599,15 @@ def list_decisions(decided_by: str | None = None, verdict: str | None = None, ca
     return out
 
 
-def run_metrics(run: str, after_step: int | None = None, db: str | None = None) -> dict:
+def run_metrics(run: str, after_step: int | None = None, db: str | None = None, after_eval: int | None = None) -> dict:
     """A run's metrics.jsonl at full resolution (RUN = id, unique prefix or run dir), as columns:
     "train": {"step": [...], "loss": [...], ... TRAIN_CURVES, "domain_loss": {domain: [...]}} with
     None where a row lacks a value or it is not finite; "eval": the eval rows; "finished": whether
     summary.json exists. A run still being written, or a missing file, is read as far as it goes;
-    after_step keeps only the rows after that step (what a page polling a live run lacks)."""
+    after_step keeps only the train rows after that step, and after_eval the eval rows after that
+    one (default: after_step), which is what a page polling a live run lacks. The two are apart
+    because the trainer logs step N's train row before it evaluates at step N: a page that drew
+    train row N between the two would otherwise never get the eval of step N."""
     import math
 
     from .rundir import Skipped, iter_metrics, read_summary
@@ -613,6 +616,7 @@ def run_metrics(run: str, after_step: int | None = None, db: str | None = None) 
         return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
     run_dir = _run_dir(run, db)
+    eval_after = after_step if after_eval is None else after_eval
     skipped = Skipped()
     train: dict = {"step": [], **{k: [] for k in TRAIN_CURVES}}
     domain_loss: dict[str, list] = {}
@@ -622,15 +626,15 @@ def run_metrics(run: str, after_step: int | None = None, db: str | None = None) 
         if step is None:
             continue
         step = int(step)
-        if after_step is not None and step <= after_step:
-            continue
         if row.get("type") == "eval":
+            if eval_after is not None and step <= eval_after:
+                continue
             evals.append({"step": step, "tokens": number(row.get("tokens")), "val_bpb": number(row.get("val_bpb")),
                           "split": row.get("split") if isinstance(row.get("split"), str) else None,
                           "domains": {str(k): number(v) for k, v in (row.get("val_bpb_domains") or {}).items()}
                           if isinstance(row.get("val_bpb_domains"), dict) else {}})
             continue
-        if row.get("type") != "train":
+        if row.get("type") != "train" or (after_step is not None and step <= after_step):
             continue
         n = len(train["step"])
         train["step"].append(step)

@@ -215,8 +215,8 @@ def create_app(db: str | None = None, author: str = "person", token: str | None 
         return page(request, "run.html", run=run, live=True, metrics_url=f"/campaigns/{cid}/live/{key}/metrics.json")
 
     @app.get("/campaigns/{cid}/live/{key}/metrics.json")
-    def live_run_metrics(cid: str, key: str, after: int | None = None):
-        return JSONResponse(api.run_metrics(_live(cid, key)["run_dir"], after_step=after, db=db))
+    def live_run_metrics(cid: str, key: str, after: int | None = None, after_eval: int | None = None):
+        return JSONResponse(api.run_metrics(_live(cid, key)["run_dir"], after_step=after, after_eval=after_eval, db=db))
 
     def _live(cid: str, key: str) -> dict:
         """A run directory of the campaign's loop, by its name (never a path)."""
@@ -277,9 +277,9 @@ def create_app(db: str | None = None, author: str = "person", token: str | None 
                     dir_missing=not Path(row["run_dir"]).is_dir())
 
     @app.get("/runs/{rid}/metrics.json")
-    def run_metrics(rid: str, after: int | None = None):
+    def run_metrics(rid: str, after: int | None = None, after_eval: int | None = None):
         rid = api.show_run(_check_id(rid, "run"), db=db)["run_id"]  # an id, never a path
-        return JSONResponse(api.run_metrics(rid, after_step=after, db=db))  # numbers, and the names of domains and splits
+        return JSONResponse(api.run_metrics(rid, after_step=after, after_eval=after_eval, db=db))  # numbers, and the names of domains and splits
 
     @app.get("/runs/{rid}/doctor", response_class=HTMLResponse)
     def run_doctor(request: Request, rid: str):

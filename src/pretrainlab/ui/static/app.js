@@ -161,10 +161,11 @@
     describe(metrics);
     xToggle((k) => { xKey = k; Object.values(view.charts).forEach((c) => (c.zoom = null)); view.fill(xKey); });
     if (!metrics.finished) {
-      poll(() => d.pollMs * 1.5, async () => {  // only the rows after the last step drawn
-        const steps = metrics.train.step, last = Math.max(steps.length ? steps[steps.length - 1] : -1,
-          metrics.eval.length ? metrics.eval[metrics.eval.length - 1].step : -1);
-        const news = await getJSON(d.metricsUrl + (last >= 0 ? "?after=" + last : ""));
+      poll(() => d.pollMs * 1.5, async () => {  // only the rows after the last ones drawn, train and eval apart
+        // (the trainer logs step N's train row, then evaluates at step N: one "last step" would lose that eval)
+        const steps = metrics.train.step, lastTrain = steps.length ? steps[steps.length - 1] : -1;
+        const lastEval = metrics.eval.length ? metrics.eval[metrics.eval.length - 1].step : -1;
+        const news = await getJSON(d.metricsUrl + "?after=" + lastTrain + "&after_eval=" + lastEval);
         metrics = append(metrics, news);
         runs[0].metrics = metrics;
         view.fill(xKey);
