@@ -189,6 +189,30 @@ def test_experiment_phase_and_role_are_checked(ledger_url):
             lg.add_experiment("h", kind="config", proposer="alice", role="baseline2")
 
 
+def test_a_reread_reuses_parsed_json_and_reads_what_changed(ledger_url):
+    """A campaign loop rereads its experiments and decisions after every write: rows it read
+    before keep their parsed JSON (never changed once recorded); status, planned seeds and
+    new rows come from the ledger, and the whole reads as a fresh read does."""
+    with Ledger(ledger_url) as lg:
+        cid = lg.create_campaign("c")
+        first_id = lg.add_experiment("h1", kind="config", proposer="alice", campaign_id=cid, change={"values": {"optim.lr": 0.01}},
+                                     parent_recipe={"seed": 0}, status="queued")
+        d1 = lg.record_decision("inconclusive", decided_by="alice", experiment_id=first_id, evidence={"runs": ["r1"]})
+        before = {e["id"]: e for e in lg.list_experiments(cid)}
+        decisions_before = {d["id"]: d for d in lg.list_decisions(campaign_id=cid)}
+        lg.set_experiment_status(first_id, "running", planned_seeds=2)
+        second_id = lg.add_experiment("h2", kind="config", proposer="bob", campaign_id=cid, change={"values": {"optim.lr": 0.02}},
+                                      status="queued")
+        d2 = lg.record_decision("keep", decided_by="bob", experiment_id=second_id, evidence={"runs": ["r2"]})
+        again = lg.list_experiments(cid, reuse=before)
+        decisions = lg.list_decisions(campaign_id=cid, reuse=decisions_before)
+        assert again == lg.list_experiments(cid) and decisions == lg.list_decisions(campaign_id=cid)
+        assert [e["id"] for e in again] == [first_id, second_id] and [d["id"] for d in decisions] == [d1, d2]
+        assert again[0]["change"] is before[first_id]["change"] and decisions[0]["evidence"] is decisions_before[d1]["evidence"]
+        assert (again[0]["status"], again[0]["planned_seeds"]) == ("running", 2)  # the columns that change are read again
+        assert again[1]["change"] == {"values": {"optim.lr": 0.02}} and decisions[1]["evidence"] == {"runs": ["r2"]}
+
+
 # ---- runs -----------------------------------------------------------------------------------
 
 

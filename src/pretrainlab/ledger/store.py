@@ -308,11 +308,15 @@ class Ledger:
         row = self.db.query_one("SELECT * FROM experiments WHERE id = ?", (experiment_id,))
         return _from_db(row) if row else None
 
-    def list_experiments(self, campaign_id: str | None = None) -> list[dict]:
+    def list_experiments(self, campaign_id: str | None = None, reuse: dict[str, dict] | None = None) -> list[dict]:
+        """Experiments in creation order. `reuse`: rows an earlier call returned, by id; an
+        experiment's JSON columns never change once recorded (only its status and planned seeds
+        do), so a reused row's parsed ones are taken from there instead of parsed again: a
+        campaign loop reloads its state after every write, and parsing dominated that."""
         sql, params = "SELECT * FROM experiments", []
         if campaign_id:
             sql, params = sql + " WHERE campaign_id = ?", [campaign_id]
-        return [_from_db(r) for r in self.db.query(sql + " ORDER BY created_at, id", params)]
+        return [_reuse_or_parse(r, reuse) for r in self.db.query(sql + " ORDER BY created_at, id", params)]
 
     def record_decision(self, verdict: str, *, decided_by: str, decider_type: str = "person", experiment_id: str | None = None,
                         campaign_id: str | None = None, effect: float | None = None, ci_low: float | None = None,
@@ -346,9 +350,12 @@ class Ledger:
                              rationale, _json(evidence), now()))
         return did
 
-    def list_decisions(self, experiment_id: str | None = None, campaign_id: str | None = None) -> list[dict]:
+    def list_decisions(self, experiment_id: str | None = None, campaign_id: str | None = None,
+                       reuse: dict[str, dict] | None = None) -> list[dict]:
+        """Decisions in the order they were made. `reuse`: as for list_experiments (a decision
+        is never changed once recorded)."""
         where, params = _targets(experiment_id=experiment_id, campaign_id=campaign_id)
-        return [_from_db(r) for r in self.db.query(f"SELECT * FROM decisions{where} ORDER BY created_at, id", params)]
+        return [_reuse_or_parse(r, reuse) for r in self.db.query(f"SELECT * FROM decisions{where} ORDER BY created_at, id", params)]
 
     def add_note(self, text: str, author: str, run_id: str | None = None, experiment_id: str | None = None,
                  campaign_id: str | None = None) -> str:
@@ -452,6 +459,15 @@ def _from_db(row: dict) -> dict:
     if isinstance(row.get("recipe"), dict):  # a run registered before a field was added reads with it at its default
         row["recipe"] = resolved_recipe(row["recipe"])
     return row
+
+
+def _reuse_or_parse(row: dict, reuse: dict[str, dict] | None) -> dict:
+    """_from_db, with the JSON columns of a row of an append-only kind (experiments' and
+    decisions') taken from `reuse[id]` when an earlier read parsed them."""
+    known = reuse.get(row["id"]) if reuse else None
+    if known is None:
+        return _from_db(row)
+    return {k: (known[k] if k in JSON_COLUMNS and isinstance(v, str) else v) for k, v in row.items()}
 
 
 def _targets(**ids) -> tuple[str, list]:

@@ -103,7 +103,7 @@ class _Tracked:
 class Campaign:
     def __init__(self, ledger, campaign_id: str, strategy: Strategy, runner: Runner, workdir: Path, echo: bool = True):
         self.id, self.strategy, self.runner = campaign_id, strategy, runner
-        self._ledger, self._state = ledger, None
+        self._ledger, self._state, self._last_state = ledger, None, None
         self._predictor = None  # the transfer ladder's fitted law, once needed
         self.ledger = _Tracked(ledger, self.reload)  # a write drops the loaded state
         row = ledger.get_campaign(campaign_id)
@@ -131,7 +131,7 @@ class Campaign:
         """The campaign as the ledger holds it (loaded once, until the loop writes to the
         ledger or starts its next turn), with the loop's runs in flight, failures and clock."""
         if self._state is None:
-            self._state = CampaignState.load(self._ledger, self.id, self.cfg, self.base)
+            self._state = self._last_state = CampaignState.load(self._ledger, self.id, self.cfg, self.base, previous=self._last_state)
         s = self._state
         s.running, s.failed, s.elapsed = {j.key for j in self.runner.running()}, self.failed_jobs, self.elapsed()
         return s

@@ -82,9 +82,11 @@ class CampaignState:
     elapsed: float = 0.0  # seconds of all the campaign's loops so far
 
     @classmethod
-    def load(cls, ledger, campaign_id: str, cfg: CampaignConfig, base: Recipe) -> "CampaignState":
-        experiments = ledger.list_experiments(campaign_id)
-        decisions = ledger.list_decisions(campaign_id=campaign_id)
+    def load(cls, ledger, campaign_id: str, cfg: CampaignConfig, base: Recipe, previous: "CampaignState | None" = None) -> "CampaignState":
+        """`previous`: the state this one replaces; its experiments' and decisions' parsed JSON
+        is reused (they never change once recorded), so a reload costs queries, not parsing."""
+        experiments = ledger.list_experiments(campaign_id, reuse=previous.by_id if previous else None)
+        decisions = ledger.list_decisions(campaign_id=campaign_id, reuse={d["id"]: d for d in previous.decisions} if previous else None)
         rows = ledger.list_runs(campaign=campaign_id, limit=0, columns=RUN_COLUMNS)  # newest first
         runs: dict[str, dict[int, dict]] = {}
         for r in rows:

@@ -165,7 +165,7 @@ class OptunaStrategy(Strategy):
             else:
                 continue
             out.append(Proposal("config", f"TPE change of {', '.join(sorted(values))}",
-                                f"TPE (optuna) trial {trial.number}, {len(self.study.trials)} trials so far; other keys at the incumbent's values",
+                                f"TPE (optuna) trial {trial.number}, {len(self.study.get_trials(deepcopy=False))} trials so far; other keys at the incumbent's values",
                                 self.name, values=values, handle=trial.number))
         return out
 
