@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import statistics
@@ -100,11 +101,14 @@ def grow_metrics(src: Path, dst: Path, steps: int) -> None:
     rows = [json.loads(line) for line in (src / "metrics.jsonl").read_text().splitlines()]
     train = next(r for r in rows if r["type"] == "train")
     ev = next(r for r in rows if r["type"] == "eval")
+    rng = random.Random(steps)
     with open(dst / "metrics.jsonl", "w") as f:
-        for s in range(1, steps + 1):
-            f.write(json.dumps({**train, "step": s, "tokens": s * 1024}) + "\n")
+        for s in range(1, steps + 1):  # a falling, noisy loss and a warm-up then warm-down lr, as a real run draws
+            loss = 2.0 + 3.0 * math.exp(-s / (steps / 10)) + rng.gauss(0, 0.05)
+            lr = train["lr"] * min(1.0, s / (steps / 50), (steps - s) / (steps / 3) + 1e-3)
+            f.write(json.dumps({**train, "step": s, "tokens": s * 1024, "loss": round(loss, 5), "lr": lr}) + "\n")
             if s % 500 == 0:
-                f.write(json.dumps({**ev, "step": s, "tokens": s * 1024}) + "\n")
+                f.write(json.dumps({**ev, "step": s, "tokens": s * 1024, "val_bpb": round(loss / math.log(2) + 0.05, 5)}) + "\n")
     prov = json.loads((dst / "provenance.json").read_text())
     prov["run_id"] = uuid.uuid4().hex[:12]
     (dst / "provenance.json").write_text(json.dumps(prov))

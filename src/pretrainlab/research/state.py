@@ -80,6 +80,8 @@ class CampaignState:
     running: set[str] = field(default_factory=set)  # job keys in flight
     failed: set[str] = field(default_factory=set)  # job keys that ended without a result
     elapsed: float = 0.0  # seconds of all the campaign's loops so far
+    # what is derived from rows that never change (a run's cost, an experiment's change groups), carried from load to load
+    memo: dict = field(default_factory=dict)
 
     @classmethod
     def load(cls, ledger, campaign_id: str, cfg: CampaignConfig, base: Recipe, previous: "CampaignState | None" = None) -> "CampaignState":
@@ -92,8 +94,14 @@ class CampaignState:
         for r in rows:
             if r["experiment_id"]:
                 runs.setdefault(r["experiment_id"], {})[r["seed"] - base.seed] = r  # (a re-registered seed: the oldest row)
-        costs = [run_cost(r, base, cfg.early_stop) for r in rows]
-        return cls(cfg, base, experiments, decisions, runs, costs)
+        memo = previous.memo if previous is not None else {}
+        costs = []
+        for r in rows:  # a run's cost reads its summary unless it ended ok; the same row costs what it cost before
+            key = ("cost", r["run_id"], r["status"], r["run_dir"], r["seconds"], r["val_bpb"])  # a re-registered run reads anew
+            if key not in memo:
+                memo[key] = run_cost(r, base, cfg.early_stop)
+            costs.append(memo[key])
+        return cls(cfg, base, experiments, decisions, runs, costs, memo=memo)
 
     # ---- lookups ----------------------------------------------------------------------------------------
 
@@ -118,6 +126,13 @@ class CampaignState:
     def recipe_of(self, exp: dict) -> Recipe:
         change = exp["change"] or {}
         return Recipe.from_dict(change["recipe"]) if "recipe" in change else self.base
+
+    def change_groups_of(self, exp: dict) -> frozenset[str]:
+        """The groups of keys the experiment's recipe changes from the base (policy.change_groups)."""
+        key = ("groups", exp["id"])
+        if key not in self.memo:
+            self.memo[key] = frozenset(policy.change_groups(self.base, self.recipe_of(exp)))
+        return self.memo[key]
 
     def seeds_of(self, exp: dict) -> list[int]:
         """The seed indices an experiment runs on: 0..N-1 for N planned seeds, or the list a
@@ -257,6 +272,6 @@ class CampaignState:
         added = set()
         for e in self.experiments:
             if (planned_seeds(e) == 1 and e["role"] not in (Role.CONFIRMATION, Role.ABLATION)) or (also and e["id"] == also["id"]):
-                added |= set(policy.change_groups(self.base, self.recipe_of(e))) - final
+                added |= self.change_groups_of(e) - final
         groups = len(final | added)
         return policy.confirmation_runs(groups, len(self.confirmation_seeds())) + (len(self.missing_baseline_seeds()) if groups else 0)
