@@ -1,5 +1,5 @@
 """The package's layers flow one way: faces -> api -> research -> ledger | doctor | runners |
-scaling -> train -> eval -> model | data | rundir -> config. A module may import its own top-level
+scaling -> train -> eval | curves -> model | data | rundir -> config. A module may import its own top-level
 package or any lower layer, never a higher one or a sibling of its own layer; the faces (the
 CLI, the dashboard and the MCP server) go through `pretrainlab.api` alone. Imports inside
 functions count: a deferred import is still a dependency."""
@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "pretrainlab"
 LAYERS = [
     {"pretrainlab", "errors", "config"},
     {"model", "data", "recipes", "workspace", "rundir"},
-    {"eval", "scoring_worker"},
+    {"eval", "scoring_worker", "curves"},
     {"train"},
     {"ledger", "doctor", "runners", "scaling"},
     {"research"},

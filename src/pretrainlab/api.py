@@ -537,7 +537,6 @@ def corpus_path(name: str) -> Path:
 # it, the decisions log, a run's curves at full resolution, a live campaign's runs still being
 # written, notes on experiments, and the prepared corpora. Read-only except note_experiment.
 
-TRAIN_CURVES = ("tokens", "loss", "lr", "grad_norm", "max_layer_grad_norm", "tokens_per_s", "mfu")  # run_metrics' columns beside "step"
 
 
 def show_experiment(experiment: str, db: str | None = None) -> dict:
@@ -601,55 +600,16 @@ def list_decisions(decided_by: str | None = None, verdict: str | None = None, ca
 
 def run_metrics(run: str, after_step: int | None = None, db: str | None = None, after_eval: int | None = None) -> dict:
     """A run's metrics.jsonl at full resolution (RUN = id, unique prefix or run dir), as columns:
-    "train": {"step": [...], "loss": [...], ... TRAIN_CURVES, "domain_loss": {domain: [...]}} with
+    "train": {"step": [...], "loss": [...], ... curves.TRAIN_CURVES, "domain_loss": {domain: [...]}} with
     None where a row lacks a value or it is not finite; "eval": the eval rows; "finished": whether
     summary.json exists. A run still being written, or a missing file, is read as far as it goes;
     after_step keeps only the train rows after that step, and after_eval the eval rows after that
     one (default: after_step), which is what a page polling a live run lacks. The two are apart
     because the trainer logs step N's train row before it evaluates at step N: a page that drew
     train row N between the two would otherwise never get the eval of step N."""
-    import math
+    from .curves import CURVES
 
-    from .rundir import Skipped, iter_metrics, read_summary
-
-    def number(v):
-        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
-
-    run_dir = _run_dir(run, db)
-    eval_after = after_step if after_eval is None else after_eval
-    skipped = Skipped()
-    train: dict = {"step": [], **{k: [] for k in TRAIN_CURVES}}
-    domain_loss: dict[str, list] = {}
-    evals = []
-    for row in iter_metrics(run_dir, skipped):
-        step = number(row.get("step"))
-        if step is None:
-            continue
-        step = int(step)
-        if row.get("type") == "eval":
-            if eval_after is not None and step <= eval_after:
-                continue
-            evals.append({"step": step, "tokens": number(row.get("tokens")), "val_bpb": number(row.get("val_bpb")),
-                          "split": row.get("split") if isinstance(row.get("split"), str) else None,
-                          "domains": {str(k): number(v) for k, v in (row.get("val_bpb_domains") or {}).items()}
-                          if isinstance(row.get("val_bpb_domains"), dict) else {}})
-            continue
-        if row.get("type") != "train" or (after_step is not None and step <= after_step):
-            continue
-        n = len(train["step"])
-        train["step"].append(step)
-        for k in TRAIN_CURVES:
-            train[k].append(number(row.get(k)))
-        for domain, v in (row.get("domain_loss") or {}).items() if isinstance(row.get("domain_loss"), dict) else ():
-            if str(domain) not in domain_loss:
-                domain_loss[str(domain)] = [None] * n  # a domain first seen now: no value before
-            domain_loss[str(domain)].append(number(v))
-        for values in domain_loss.values():  # domains without rows this step
-            if len(values) == n:
-                values.append(None)
-    train["domain_loss"] = domain_loss
-    return {"run_dir": str(run_dir), "train": train, "eval": evals, "finished": read_summary(run_dir) is not None,
-            "skipped_lines": skipped.num_lines, "torn": skipped.torn}
+    return CURVES.read(_run_dir(run, db), after_step, after_eval)  # parsed once per run, then only what was appended
 
 
 def live_runs(campaign: str, finished: bool = False, db: str | None = None) -> list[dict]:
@@ -658,7 +618,7 @@ def live_runs(campaign: str, finished: bool = False, db: str | None = None) -> l
     their last logged step; with finished=True the ones that have ended too ("finished": True).
     Empty when the loop runs in another workspace or on another machine."""
     from .research import manage
-    from .rundir import iter_metrics, read_summary
+    from .rundir import last_row, read_summary
 
     with _ledger(db, create=False) as lg:
         campaign_id = manage.find_campaign(lg, campaign)["id"]
@@ -669,9 +629,7 @@ def live_runs(campaign: str, finished: bool = False, db: str | None = None) -> l
         if not is_run_dir(run_dir) or (done and not finished):
             continue
         experiment_id, _, seed = run_dir.name.rpartition("-s")
-        last: dict = {}
-        for row in () if done else iter_metrics(run_dir, only="train"):
-            last = row
+        last = (None if done else last_row(run_dir, only="train")) or {}  # from the file's end: a long log is not parsed
         started = (run_dir / "recipe.json").stat().st_mtime
         out.append({"key": run_dir.name, "experiment_id": experiment_id, "seed": int(seed) if seed.isdigit() else None,
                     "run_dir": str(run_dir.absolute()), "started_at": datetime.fromtimestamp(started, UTC).isoformat(),

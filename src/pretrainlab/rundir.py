@@ -159,6 +159,125 @@ def iter_numbered_metrics(path: str | Path, skipped: Skipped | None = None, only
                 skipped.lines.append(number)
 
 
+class MetricsTail:
+    """A run's metrics.jsonl read as it grows: each read parses only the lines appended since
+    the one before (a page polling a live run, a long run's curves asked for again).
+
+        tail = MetricsTail(run_dir)
+        if tail.sync():                  # the file was replaced or rewritten: drop what was built from it
+            ...
+        for number, row in tail.read():  # every row the first time, then only the new ones
+            ...
+        tail.pending                     # the last line, complete JSON without its newline yet, or None
+
+    Only lines ending in a newline are consumed; a last line without one is either `pending`
+    (it parses: iter_numbered_metrics yields it too) or torn (skipped.torn), and is read again
+    next time. A file replaced (another inode), cut shorter, or changed before the point read
+    is read again from its start. Lines that are not JSON objects are counted in `skipped`, as
+    by iter_numbered_metrics."""
+
+    CHECK_BYTES = 256  # the bytes before the point read, compared on each sync: a rewrite in place shows there
+
+    def __init__(self, path: str | Path):
+        self.path = metrics_path(path)
+        self._start()
+
+    def _start(self) -> None:
+        self.offset, self.lines, self.ident, self.check = 0, 0, None, b""
+        self.skipped, self.pending = Skipped(), None
+
+    def sync(self) -> bool:
+        """Start over if the file is no longer the one read so far; True if it started over."""
+        try:
+            with open(self.path, "rb") as f:
+                st = os.fstat(f.fileno())
+                same = self.ident in (None, (st.st_dev, st.st_ino)) and st.st_size >= self.offset and not self._changed(f)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            same = self.ident is None and not self.offset
+        if not same:
+            self._start()
+        return not same
+
+    def read(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(line number, row) of each complete line appended since the last read."""
+        try:
+            f = open(self.path, "rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return
+        with f:
+            st = os.fstat(f.fileno())
+            if self.ident not in (None, (st.st_dev, st.st_ino)):
+                return  # replaced since sync(): the next sync starts over
+            self.ident = (st.st_dev, st.st_ino)
+            f.seek(self.offset)
+            rest = b""
+            for raw in f:  # bytes split on b"\n" only, as iter_numbered_metrics reads them
+                if not raw.endswith(b"\n"):
+                    rest = raw  # the last line, still being written
+                    break
+                self.offset += len(raw)
+                self.lines += 1
+                if not raw.strip():
+                    continue
+                row = _parse_line(raw)
+                if isinstance(row, dict):
+                    yield self.lines, row
+                else:
+                    self.skipped.lines.append(self.lines)
+            if self.offset:
+                f.seek(max(0, self.offset - self.CHECK_BYTES))
+                self.check = f.read(self.offset - f.tell())
+        self.pending = None
+        self.skipped.torn = False
+        if rest.strip():
+            row = _parse_line(rest)
+            if isinstance(row, dict):
+                self.pending = (self.lines + 1, row)
+            else:
+                self.skipped.torn = True
+
+    def _changed(self, f) -> bool:
+        if not self.check:
+            return False
+        f.seek(self.offset - len(self.check))
+        return f.read(len(self.check)) != self.check
+
+
+def _parse_line(raw: bytes) -> Any:
+    try:
+        return json.loads(raw.decode("utf-8", errors="replace"))
+    except ValueError:
+        return None
+
+
+def last_row(path: str | Path, only: str | None = None, window: int = 1 << 16) -> dict[str, Any] | None:
+    """The last complete row of a run's metrics.jsonl (of type `only`), read from the file's end:
+    a live campaign's page asks each in-flight run how far it is without parsing its whole log.
+    None when no such row is in the last `window` bytes read backwards, up to the whole file."""
+    needle = json.dumps(only).encode() if only is not None else None
+    try:
+        f = open(metrics_path(path), "rb")
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+    with f:
+        end = os.fstat(f.fileno()).st_size
+        start = end
+        while start > 0:
+            start = max(0, start - window)
+            f.seek(start)
+            data = f.read(end - start)
+            lines = data.split(b"\n")
+            complete = lines[1:-1] if start > 0 else lines[:-1]  # the first may be cut by the window; the last lacks its newline
+            for raw in reversed(complete):
+                if needle is not None and needle not in raw:
+                    continue
+                row = _parse_line(raw)
+                if isinstance(row, dict) and (only is None or row.get("type") == only):
+                    return row
+            window *= 4  # none in this window: look further back, wider
+    return None
+
+
 def iter_metrics(path: str | Path, skipped: Skipped | None = None, only: str | None = None) -> Iterator[dict[str, Any]]:
     """Every row of a run's metrics.jsonl (of type `only`, if given), tolerantly: see
     iter_numbered_metrics."""
