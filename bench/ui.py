@@ -3,6 +3,7 @@
     python bench/ui.py                                   # 10,000 runs on SQLite, chromium if installed
     python bench/ui.py --runs 2000 --big-campaign 200 --no-browser
     python bench/ui.py --pg-url postgresql://USER@HOST/DB   # the ledger on PostgreSQL (a schema, dropped after)
+    python bench/ui.py --workspace /tmp/uilab             # built there once, then reused (SQLite only)
 
 It builds a workspace in a temporary directory:
   - campaigns through the real campaign loop on the simulated runner (research/simulate.py):
@@ -224,7 +225,12 @@ def serve(workspace: Path, url: str) -> tuple[subprocess.Popen, str]:
 
 
 def bench_backend(name: str, url: str, workspace: Path, args) -> dict:
-    lab = build_lab(url, workspace, args)
+    saved = workspace / "lab.json"
+    if saved.exists():  # --workspace given and built before
+        lab = json.loads(saved.read_text())
+    else:
+        lab = build_lab(url, workspace, args)
+        saved.write_text(json.dumps(lab))
     proc, base = serve(workspace, url)
     try:
         result = {"backend": name, "lab": {k: v for k, v in lab.items() if k not in ("campaigns",)},
@@ -250,12 +256,19 @@ def main() -> None:
     ap.add_argument("--browser-repeat", type=int, default=3, help="browser loads per page (default 3)")
     ap.add_argument("--no-browser", dest="browser", action="store_false", help="server times only")
     ap.add_argument("--pg-url", default=None, help="put the ledger on this PostgreSQL (a schema is created and dropped)")
+    ap.add_argument("--workspace", type=Path, help="build the lab here and keep it; a later run with the same directory reuses it "
+                    "(SQLite; the other build flags are then ignored)")
     args = ap.parse_args()
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
     cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "cpu")
     results = {"date": date.today().isoformat(), "device": f"{cpu} ({os.cpu_count()} cores)", "command": " ".join(["python", *sys.argv])}
     with tempfile.TemporaryDirectory() as tmp:
         workspace = Path(tmp)
+        if args.workspace is not None:
+            if args.pg_url:
+                raise SystemExit("--workspace keeps a SQLite lab; it cannot be combined with --pg-url")
+            workspace = args.workspace.resolve()
+            workspace.mkdir(parents=True, exist_ok=True)
         os.environ["PRETRAINLAB_WORKSPACE"] = str(workspace)  # the campaign loops write here; the server reads here
         os.environ["PRETRAINLAB_HOME"] = str(workspace / "home")
         if args.pg_url:

@@ -98,6 +98,23 @@ def test_every_page_renders(client, lab):
     assert 'id="awaiting"' in waiting and lab["patch_experiment"] in waiting
 
 
+def test_the_decisions_log_shows_the_newest_and_links_to_more(client, lab):
+    """A ledger's whole history is thousands of decisions: the page shows the newest and says how many match."""
+    everything = api.list_decisions(db=lab["db"])
+    assert len(everything) >= 2
+    page = client.get("/decisions?limit=1").text
+    assert re.findall(r'data-decision="([0-9a-f]+)"', page) == [everything[0]["id"]]  # the newest
+    assert f"The newest 1 of {len(everything)} decisions" in page
+    more = re.search(r'<a href="(/decisions\?[^"]+)">Show more</a>', page).group(1)
+    assert re.findall(r'data-decision="([0-9a-f]+)"', client.get(more.replace("&amp;", "&")).text) == [d["id"] for d in everything]
+    verdict = everything[-1]["verdict"]  # the filters apply before the limit: one match, nothing more to show
+    one = client.get(f"/decisions?verdict={verdict}&limit=1").text
+    matching = [d["id"] for d in everything if d["verdict"] == verdict]
+    assert re.findall(r'data-decision="([0-9a-f]+)"', one) == matching[:1]
+    assert ("Show more" in one) == (len(matching) > 1)
+    assert f"{len(everything)} decisions." in client.get("/decisions").text
+
+
 def test_a_missing_run_directory_is_said_not_failed(client, lab):
     page = client.get(f"/runs/{lab['gone']}").text
     assert "is missing" in page
@@ -300,6 +317,7 @@ def test_the_live_endpoint_changes_when_the_ledger_does(client, lab):
     url = f"/campaigns/{lab['campaign']}/live.json"
     first = client.get(url).json()
     assert first["version"] == client.get(url).json()["version"]  # nothing new: same version, the page redraws nothing
+    assert isinstance(first["cost_ms"], int) and first["cost_ms"] >= 0  # the page asks again after >= 10x this (app.js)
     with Ledger(lab["db"]) as lg:
         lg.add_experiment("warmup 5% beats 2%", kind="config", proposer="hana", campaign_id=lab["campaign"], status="queued")
     second = client.get(url).json()

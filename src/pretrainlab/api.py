@@ -406,14 +406,15 @@ def research_resume(campaign: str, db: str | None = None, echo: bool = True, **c
     return manage.resume(campaign, db=db, echo=echo, **changes)
 
 
-def research_status(campaign: str | None = None, db: str | None = None) -> dict | list[dict]:
-    """One campaign's leaderboard, or (no id) every campaign in the ledger."""
+def research_status(campaign: str | None = None, db: str | None = None, record: dict | None = None) -> dict | list[dict]:
+    """One campaign's leaderboard, or (no id) every campaign in the ledger. `record`: the
+    campaign's campaign_record, if already read (nothing is then read twice)."""
     from .research import manage
 
     if campaign is None:
         with _ledger(db, create=False) as lg:
             return [{k: c[k] for k in ("id", "name", "status", "goal", "created_at")} for c in lg.list_campaigns()]
-    return manage.status(campaign, db=db)
+    return manage.status(campaign, db=db, record=record)
 
 
 def research_stop(campaign: str, db: str | None = None, author: str | None = None) -> None:
@@ -440,13 +441,53 @@ def research_review(experiment: str, approve: bool, author: str, reason: str | N
 
 def research_log(campaign: str, db: str | None = None, as_record: bool = False) -> str | dict:
     """The campaign's research log as Markdown; with as_record, the record it is written from
-    (campaign, experiments with their runs and decisions, notes) plus the Markdown, as data."""
+    (campaign_record) plus the Markdown, as data."""
+    from .research import report
+
+    record = campaign_record(campaign, db=db)
+    text = report.research_log(record)
+    return {**record, "markdown": text} if as_record else text
+
+
+def campaign_record(campaign: str, db: str | None = None) -> dict:
+    """The campaign (id or unique prefix) as data: the campaign row, its experiments with their
+    runs and decisions, and its notes: what the log, the report and the dashboard show. A live
+    page asks for this every few seconds: experiments read before keep their parsed JSON (it never
+    changes once recorded; only their status does), so a 1,000-experiment campaign is not parsed
+    again each time."""
     from .research import manage, report
 
     with _ledger(db, create=False) as lg:
-        record = report.campaign_record(lg, manage.find_campaign(lg, campaign)["id"])
-        text = report.research_log(record)
-    return {**record, "markdown": text} if as_record else text
+        cid = manage.find_campaign(lg, campaign)["id"]
+        record = report.campaign_record(lg, cid, reuse=_PARSED_EXPERIMENTS.get((str(lg.target), cid)))
+        _PARSED_EXPERIMENTS.put((str(lg.target), cid), {e["id"]: e for e in record["experiments"]})
+    return record
+
+
+class _Recent:
+    """A small, thread-safe store of the most recently used values by key."""
+
+    def __init__(self, size: int):
+        import threading
+        from collections import OrderedDict
+
+        self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, key):
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+            return self.items.get(key)
+
+    def put(self, key, value) -> None:
+        with self.lock:
+            self.items[key] = value
+            self.items.move_to_end(key)
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+
+
+_PARSED_EXPERIMENTS = _Recent(16)  # (ledger, campaign id) -> {experiment id: row}: campaign_record's parsed experiments
 
 
 def write_report(campaign: str, out: Path, db: str | None = None) -> Path:
@@ -553,14 +594,16 @@ def show_experiment(experiment: str, db: str | None = None) -> dict:
     return exp
 
 
-def list_experiments(campaign: str | None = None, status: str | None = None, db: str | None = None) -> list[dict]:
+def list_experiments(campaign: str | None = None, status: str | None = None, db: str | None = None, brief: bool = False) -> list[dict]:
     """Experiments (of one campaign, id or unique prefix), oldest first, optionally in one status
-    (queued, awaiting-approval, running:N, decided, measured, failed, rejected)."""
+    (proposed, queued, awaiting-approval, running, decided, measured, failed, rejected); brief:
+    without the rationale and the recipes (the columns of ledger.store.EXPERIMENT_BRIEF)."""
+    from .ledger.store import EXPERIMENT_BRIEF
     from .research import manage
 
     with _ledger(db, create=False) as lg:
         campaign_id = manage.find_campaign(lg, campaign)["id"] if campaign else None
-        return [e for e in lg.list_experiments(campaign_id) if status is None or e["status"] == status]
+        return lg.list_experiments(campaign_id, status=status, columns=EXPERIMENT_BRIEF if brief else None)
 
 
 def note_experiment(experiment: str, text: str, author: str | None = None, db: str | None = None) -> dict:
@@ -578,12 +621,13 @@ def list_decisions(decided_by: str | None = None, verdict: str | None = None, ca
     """Every decision, newest first, with its experiment's hypothesis, kind, proposer and status
     under "experiment". decided_by matches the decider's name or model id; verdict is keep,
     discard or inconclusive; campaign is an id (or unique prefix)."""
+    from .ledger.store import EXPERIMENT_BRIEF
     from .research import manage
 
     with _ledger(db, create=False) as lg:
         campaign_id = manage.find_campaign(lg, campaign)["id"] if campaign else None
         decisions = lg.list_decisions(campaign_id=campaign_id)
-        experiments = {e["id"]: e for e in lg.list_experiments(campaign_id)}
+        experiments = {e["id"]: e for e in lg.list_experiments(campaign_id, columns=EXPERIMENT_BRIEF)}
         names = {c["id"]: c["name"] for c in lg.list_campaigns()}
     out = []
     for d in reversed(decisions):
@@ -612,21 +656,27 @@ def run_metrics(run: str, after_step: int | None = None, db: str | None = None, 
     return CURVES.read(_run_dir(run, db), after_step, after_eval)  # parsed once per run, then only what was appended
 
 
-def live_runs(campaign: str, finished: bool = False, db: str | None = None) -> list[dict]:
+def live_runs(campaign: str, finished: bool = False, db: str | None = None, key: str | None = None) -> list[dict]:
     """A campaign's runs still being written: directories of its loop's workdir
     ($PRETRAINLAB_WORKSPACE/runs/campaigns/ID/EXPERIMENT-sSEED) with no summary.json yet, with
-    their last logged step; with finished=True the ones that have ended too ("finished": True).
-    Empty when the loop runs in another workspace or on another machine."""
+    their last logged step; with finished=True the ones that have ended too ("finished": True);
+    `key` (a directory's name) looks at that one alone. Empty when the loop runs in another
+    workspace or on another machine. A live page polls this: it stats each directory and reads
+    only the end of each live run's log."""
     from .research import manage
-    from .rundir import last_row, read_summary
+    from .rundir import SUMMARY, last_row
 
     with _ledger(db, create=False) as lg:
         campaign_id = manage.find_campaign(lg, campaign)["id"]
     workdir = workspace() / "runs" / "campaigns" / campaign_id
+    if key is not None:
+        found = [workdir / key] if Path(key).name == key and key not in (".", "..") and (workdir / key).is_dir() else []
+    else:
+        found = sorted(workdir.glob("*-s*")) if workdir.is_dir() else []
     out = []
-    for run_dir in sorted(workdir.glob("*-s*")) if workdir.is_dir() else []:
-        done = read_summary(run_dir) is not None
-        if not is_run_dir(run_dir) or (done and not finished):
+    for run_dir in found:
+        done = (run_dir / SUMMARY).is_file()
+        if (done and not finished) or not is_run_dir(run_dir):
             continue
         experiment_id, _, seed = run_dir.name.rpartition("-s")
         last = (None if done else last_row(run_dir, only="train")) or {}  # from the file's end: a long log is not parsed

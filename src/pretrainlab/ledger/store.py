@@ -71,6 +71,10 @@ LIST_COLUMNS = ("run_id", "run_dir", "recipe_name", "recipe_hash", "seed", "stat
                 "git_commit", "campaign_id", "experiment_id", "created_at", "finished_at")
 RUN_COLUMNS = ("run_id", "run_dir", "recipe_name", "recipe_hash", "recipe", "seed", "git_commit", "git_diff", "provenance", "device",
                "world_size", "status", *METRIC_COLUMNS, "summary", "campaign_id", "experiment_id", "created_at", "finished_at")
+EXPERIMENT_COLUMNS = ("id", "campaign_id", "hypothesis", "kind", "proposer_type", "proposer", "model_id", "rationale", "parent_recipe",
+                      "change", "status", "role", "planned_seeds", "created_at")
+EXPERIMENT_BRIEF = ("id", "campaign_id", "hypothesis", "kind", "proposer_type", "proposer", "model_id", "status", "role", "planned_seeds",
+                    "created_at")  # an experiment without its rationale and its recipes' JSON: what lists show
 JSON_COLUMNS = {"recipe", "provenance", "summary", "config", "parent_recipe", "change", "evidence", "domains"}
 
 
@@ -308,15 +312,25 @@ class Ledger:
         row = self.db.query_one("SELECT * FROM experiments WHERE id = ?", (experiment_id,))
         return _from_db(row) if row else None
 
-    def list_experiments(self, campaign_id: str | None = None, reuse: dict[str, dict] | None = None) -> list[dict]:
-        """Experiments in creation order. `reuse`: rows an earlier call returned, by id; an
-        experiment's JSON columns never change once recorded (only its status and planned seeds
-        do), so a reused row's parsed ones are taken from there instead of parsed again: a
-        campaign loop reloads its state after every write, and parsing dominated that."""
-        sql, params = "SELECT * FROM experiments", []
+    def list_experiments(self, campaign_id: str | None = None, reuse: dict[str, dict] | None = None, status: str | None = None,
+                         columns: Iterable[str] | None = None) -> list[dict]:
+        """Experiments in creation order, of one campaign and in one Phase if given. `columns`:
+        only these (e.g. EXPERIMENT_BRIEF: no recipe JSON to parse). `reuse`: rows an earlier
+        call returned, by id; an experiment's JSON columns never change once recorded (only its
+        status and planned seeds do), so a reused row's parsed ones are taken from there instead
+        of parsed again: a campaign loop reloads its state after every write, and parsing
+        dominated that."""
+        where, params = [], []
         if campaign_id:
-            sql, params = sql + " WHERE campaign_id = ?", [campaign_id]
-        return [_reuse_or_parse(r, reuse) for r in self.db.query(sql + " ORDER BY created_at, id", params)]
+            where.append("campaign_id = ?")
+            params.append(campaign_id)
+        if status is not None:
+            _choice("experiment phase", status, PHASES)
+            where.append("status = ?")
+            params.append(str(status))
+        cols = "*" if columns is None else ", ".join(c for c in columns if c in EXPERIMENT_COLUMNS) or "id"
+        sql = f"SELECT {cols} FROM experiments{' WHERE ' + ' AND '.join(where) if where else ''} ORDER BY created_at, id"
+        return [_reuse_or_parse(r, reuse) for r in self.db.query(sql, params)]
 
     def record_decision(self, verdict: str, *, decided_by: str, decider_type: str = "person", experiment_id: str | None = None,
                         campaign_id: str | None = None, effect: float | None = None, ci_low: float | None = None,

@@ -204,19 +204,24 @@ def stop(campaign_id: str, db: str | None = None, author: str | None = None) -> 
         ledger.add_note("stop requested", author=author, campaign_id=row["id"])
 
 
-def status(campaign_id: str, db: str | None = None) -> dict:
+def status(campaign_id: str, db: str | None = None, record: dict | None = None) -> dict:
+    """The campaign's leaderboard and state. `record`: the campaign's report.campaign_record,
+    when the caller already read it (the dashboard's campaign page): nothing is read twice."""
     from ..ledger import Ledger
 
-    ledger = Ledger(db)
+    with Ledger(db) as ledger:
+        return _status(ledger, campaign_id, record)
+
+
+def _status(ledger, campaign_id: str, record: dict | None) -> dict:
+    from .report import campaign_record
+
     row = find_campaign(ledger, campaign_id)
     refuse_ladder(row)
-    experiments = ledger.list_experiments(row["id"])
-    decisions = {d["experiment_id"]: d for d in ledger.list_decisions(campaign_id=row["id"])}
-    runs = ledger.list_runs(campaign=row["id"], columns=("run_id", "experiment_id", "seed", "status", "val_bpb"))
+    record = record if record is not None and record["campaign"]["id"] == row["id"] else campaign_record(ledger, row["id"])
     board = []
-    for e in experiments:
-        values = [r["val_bpb"] for r in runs if r["experiment_id"] == e["id"] and r["status"] == "ok" and r["val_bpb"] is not None]
-        d = decisions.get(e["id"])
+    for e in record["experiments"]:
+        values, d = e["values"], e["decision"]
         board.append({"experiment": e["id"], "hypothesis": e["hypothesis"], "kind": e["kind"], "proposer": e["proposer"],
                       "model_id": e["model_id"], "role": e["role"], "status": e["status"], "planned_seeds": e["planned_seeds"],
                       "runs": len(values),
@@ -229,7 +234,7 @@ def status(campaign_id: str, db: str | None = None) -> dict:
     closing = (row["config"].get("closing") or [None])[-1]  # as data: Campaign.closing_stats
     mixture = row["config"].get("kind") == "mixture"  # research/mixture_campaign.py: its plan, fit and claims under "mixture"
     out = {"campaign": row["id"], "name": row["name"], "status": row["status"], "goal": row["goal"],
-           "runs": len(runs), "budget_runs": row["config"]["planned_runs"] if mixture else row["config"]["campaign"]["budget_runs"],
+           "runs": record["num_runs"], "budget_runs": row["config"]["planned_runs"] if mixture else row["config"]["campaign"]["budget_runs"],
            "experiments": board, "incumbent": kept[-1] if kept else None, "baseline": None if mixture else board[0] if board else None,
            "closing": closing, "slots": slots_text(closing) if closing else None,  # the last loop's utilisation and idle time
            "llm_spend": row["config"].get("llm_spend"), "elapsed_s": row["config"].get("elapsed_s"),

@@ -19,24 +19,28 @@ from .space import recipe_diff
 KEPT, DISCARDED, FRONTIER = "#2ca02c", "#9e9e9e", "#1f77b4"
 
 
-def campaign_record(ledger, campaign_id: str) -> dict:
-    """Everything the log and the report show, gathered once from the ledger."""
+def campaign_record(ledger, campaign_id: str, reuse: dict[str, dict] | None = None) -> dict:
+    """Everything the log and the report show, gathered once from the ledger. `reuse`:
+    experiment rows read before, by id (Ledger.list_experiments: their JSON is not parsed again)."""
     campaign = ledger.get_campaign(campaign_id)
-    experiments = ledger.list_experiments(campaign_id)
+    experiments = ledger.list_experiments(campaign_id, reuse=reuse)
     decisions = ledger.list_decisions(campaign_id=campaign_id)
     runs = ledger.list_runs(campaign=campaign_id, columns=("run_id", "run_dir", "experiment_id", "seed", "status", "val_bpb", "tokens_per_s"))
     notes = ledger.list_notes(campaign_id=campaign_id)
     by_exp: dict[str, list[dict]] = {}
     for r in runs:
         by_exp.setdefault(r["experiment_id"], []).append(r)
+    decisions_of: dict[str, list[dict]] = {}
+    for d in decisions:  # in the order they were made
+        decisions_of.setdefault(d["experiment_id"], []).append(d)
     rows = []
     for e in experiments:
-        ds = [d for d in decisions if d["experiment_id"] == e["id"]]
+        ds = decisions_of.get(e["id"], [])
         d = ds[-1] if ds else None
         values = [r["val_bpb"] for r in by_exp.get(e["id"], []) if r["status"] == "ok" and r["val_bpb"] is not None]
         rows.append({**e, "decision": d, "decisions": ds, "runs": sorted(by_exp.get(e["id"], []), key=lambda r: r["seed"] or 0),
                      "mean": statistics.fmean(values) if values else None, "values": values})
-    return {"campaign": campaign, "experiments": rows, "notes": notes}
+    return {"campaign": campaign, "experiments": rows, "notes": notes, "num_runs": len(runs)}
 
 
 def _who(e: dict) -> str:

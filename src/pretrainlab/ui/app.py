@@ -31,7 +31,7 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from urllib.parse import parse_qs, quote, unquote
+from urllib.parse import parse_qs, quote, unquote, urlencode
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.gzip import GZipMiddleware
@@ -52,7 +52,9 @@ HERE = Path(__file__).parent
 ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # run, experiment and campaign ids: never a path
 LIVE_KEY = re.compile(r"^[A-Za-z0-9]+-s\d+$")
 POLL_S = 2.0  # how often live pages ask for news
+LIVE_COST_FACTOR = 10  # a live campaign page waits at least this many times what its last update cost the server
 MAX_COMPARE = 8
+DECISIONS_SHOWN = 200  # the decisions log's newest rows on a page; "show more" asks for more
 AUTHOR_COOKIE = "pretrainlab_author"
 
 
@@ -161,23 +163,28 @@ def create_app(db: str | None = None, author: str = "person", token: str | None 
     @app.get("/campaigns/{cid}", response_class=HTMLResponse)
     def campaign(request: Request, cid: str, sort: str = "val_bpb"):
         data = campaign_data(_check_id(cid, "campaign"), sort)
-        return page(request, "campaign.html", **data, sort=sort)
+        return page(request, "campaign.html", **data, sort=sort, live_cost_factor=LIVE_COST_FACTOR)
 
     @app.get("/campaigns/{cid}/live.json")
     def campaign_live(request: Request, cid: str, sort: str = "val_bpb"):
+        started = time.perf_counter()
         data = campaign_data(_check_id(cid, "campaign"), sort)
         board = env.get_template("_board.html").render(rows=data["rows"], csrf=request.state.csrf, here=f"/campaigns/{cid}",
                                                         author=unquote(request.cookies.get(AUTHOR_COOKIE, "")) or author)
         inflight = env.get_template("_inflight.html").render(live=data["live"], campaign=data["campaign"])
         payload = {"status": data["campaign"]["status"], "header": env.get_template("_campaign_head.html").render(**data),
                    "board": board, "inflight": inflight, "progress": data["progress"], "timeline": data["timeline"]}
-        payload["version"] = hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        return JSONResponse(payload)
+        body = json.dumps(payload, sort_keys=True, default=str)  # serialised once: its hash is the version
+        version = hashlib.sha1(body.encode()).hexdigest()[:16]
+        # what this answer cost the server: the page waits at least LIVE_COST_FACTOR times that before asking again, so a
+        # large campaign's page never keeps the server busy more than a small share of its time
+        cost_ms = round((time.perf_counter() - started) * 1000)
+        return Response(body[:-1] + f', "version": "{version}", "cost_ms": {cost_ms}}}', media_type="application/json")
 
     def campaign_data(cid: str, sort: str) -> dict:
-        record = api.research_log(cid, db=db, as_record=True)
+        record = api.campaign_record(cid, db=db)
         cid = record["campaign"]["id"]
-        status = api.research_status(cid, db=db)
+        status = api.research_status(cid, db=db, record=record)
         runs = api.list_runs(campaign=cid, limit=0, db=db)
         live = api.live_runs(cid, db=db)
         now = time.time()
@@ -223,7 +230,7 @@ def create_app(db: str | None = None, author: str = "person", token: str | None 
         _check_id(cid, "campaign")
         if not LIVE_KEY.match(key):
             raise NotFound(f"no live run {key!r}")
-        found = next((r for r in api.live_runs(cid, finished=True, db=db) if r["key"] == key), None)
+        found = next(iter(api.live_runs(cid, finished=True, db=db, key=key)), None)
         if found is None:
             raise NotFound(f"no run {key} in campaign {cid}'s directory here (the loop may run in another workspace): see the campaign page")
         return found
@@ -305,10 +312,10 @@ def create_app(db: str | None = None, author: str = "person", token: str | None 
     # ---- decisions and corpora -----------------------------------------------------------------------
 
     @app.get("/decisions", response_class=HTMLResponse)
-    def decisions(request: Request, who: str = "", verdict: str = "", campaign: str = ""):
+    def decisions(request: Request, who: str = "", verdict: str = "", campaign: str = "", limit: int = DECISIONS_SHOWN):
         try:
             everything = api.list_decisions(campaign=campaign or None, db=db)
-            waiting = [e for e in api.list_experiments(status="awaiting-approval", db=db)]
+            waiting = api.list_experiments(status="awaiting-approval", db=db, brief=True)
             campaigns_ = api.research_status(None, db=db)
         except UserError as e:
             if "no ledger" not in str(e):
@@ -316,9 +323,12 @@ def create_app(db: str | None = None, author: str = "person", token: str | None 
             return page(request, "decisions.html", decisions=[], waiting=[], deciders=[], campaigns=[], empty=str(e),
                         who=who, verdict=verdict, campaign=campaign)
         deciders = sorted({d["decided_by"] for d in everything} | {d["model_id"] for d in everything if d["model_id"]})
-        shown = [d for d in everything if (not verdict or d["verdict"] == verdict) and (not who or who in (d["decided_by"], d["model_id"]))]
-        return page(request, "decisions.html", decisions=shown, waiting=waiting, deciders=deciders, campaigns=campaigns_, empty=None,
-                    who=who, verdict=verdict, campaign=campaign)
+        matching = [d for d in everything if (not verdict or d["verdict"] == verdict) and (not who or who in (d["decided_by"], d["model_id"]))]
+        limit = max(1, limit)
+        more = {"who": who, "verdict": verdict, "campaign": campaign, "limit": min(len(matching), max(limit * 4, 1000))}
+        return page(request, "decisions.html", decisions=matching[:limit], num_matching=len(matching), waiting=waiting, deciders=deciders,
+                    campaigns=campaigns_, empty=None, who=who, verdict=verdict, campaign=campaign,
+                    more_url="/decisions?" + urlencode({k: v for k, v in more.items() if v}) if len(matching) > limit else None)
 
     @app.get("/corpora", response_class=HTMLResponse)
     def corpora(request: Request):

@@ -160,7 +160,7 @@ def stage(d: dict | None) -> str | None:
 
 
 def board_rows(record: dict, sort: str = "val_bpb") -> list[dict]:
-    """The leaderboard: one row per experiment of a campaign record (api.research_log(as_record=True)),
+    """The leaderboard: one row per experiment of a campaign record (api.campaign_record),
     best mean val_bpb first (unmeasured last), or newest first with sort="new"."""
     rows = []
     for e in record["experiments"]:

@@ -54,8 +54,10 @@
     }));
     draw();
     const running = () => ["running", "stopping"].includes(state.status);
-    poll(() => d.pollMs * (running() ? 1 : 5), async () => {
+    let costMs = 0;  // what the last update cost the server: a large campaign is asked less often
+    poll(() => Math.max(d.pollMs * (running() ? 1 : 5), costMs * (d.costFactor || 10)), async () => {
       const live = await getJSON(d.liveUrl);
+      costMs = live.cost_ms || 0;
       if (live.version === version) return;
       version = live.version;
       document.getElementById("campaign-head").innerHTML = live.header;
