@@ -114,3 +114,20 @@ def test_last_row_reads_back_from_the_end_as_far_as_it_must(tmp_path):
     assert last_row(path, only="train", window=256)["step"] == 1  # the one train row is ~40 kB back
     assert last_row(path, only="eval", window=256)["step"] == 399
     assert last_row(path)["step"] == 399 and last_row(path, only="nothing") is None
+
+
+def test_the_whole_runs_json_is_written_once_per_state_of_the_file(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    append(run / rundir.METRICS, lines(train(1), train(2), ev(2)))
+    cache = CurveCache()
+    first = cache.read_json(run)
+    assert json.loads(first) == cache.read(run) and cache.read_json(run) is first  # unchanged: the same text, not written again
+    assert json.loads(cache.read_json(run, 1)) == cache.read(run, 1)  # a poll's answer is its own
+    append(run / rundir.METRICS, lines(train(3)))
+    grown = cache.read_json(run)
+    assert grown is not first and json.loads(grown)["train"]["step"] == [1, 2, 3]
+    rundir.write_summary(run, {"status": "ok"})
+    assert json.loads(cache.read_json(run))["finished"]  # the run ended: the answer says so
+    append(run / rundir.METRICS, json.dumps(train(4)))  # a pending last line counts too
+    assert json.loads(cache.read_json(run))["train"]["step"] == [1, 2, 3, 4]

@@ -656,6 +656,14 @@ def run_metrics(run: str, after_step: int | None = None, db: str | None = None, 
     return CURVES.read(_run_dir(run, db), after_step, after_eval)  # parsed once per run, then only what was appended
 
 
+def run_metrics_json(run: str, after_step: int | None = None, db: str | None = None, after_eval: int | None = None) -> str:
+    """run_metrics as compact JSON text (what the dashboard sends); a whole run's is written once
+    per state of its metrics file."""
+    from .curves import CURVES
+
+    return CURVES.read_json(_run_dir(run, db), after_step, after_eval)
+
+
 def live_runs(campaign: str, finished: bool = False, db: str | None = None, key: str | None = None) -> list[dict]:
     """A campaign's runs still being written: directories of its loop's workdir
     ($PRETRAINLAB_WORKSPACE/runs/campaigns/ID/EXPERIMENT-sSEED) with no summary.json yet, with

@@ -223,7 +223,8 @@ def create_app(db: str | None = None, author: str = "person", token: str | None 
 
     @app.get("/campaigns/{cid}/live/{key}/metrics.json")
     def live_run_metrics(cid: str, key: str, after: int | None = None, after_eval: int | None = None):
-        return JSONResponse(api.run_metrics(_live(cid, key)["run_dir"], after_step=after, after_eval=after_eval, db=db))
+        return Response(api.run_metrics_json(_live(cid, key)["run_dir"], after_step=after, after_eval=after_eval, db=db),
+                        media_type="application/json")
 
     def _live(cid: str, key: str) -> dict:
         """A run directory of the campaign's loop, by its name (never a path)."""
@@ -286,7 +287,8 @@ def create_app(db: str | None = None, author: str = "person", token: str | None 
     @app.get("/runs/{rid}/metrics.json")
     def run_metrics(rid: str, after: int | None = None, after_eval: int | None = None):
         rid = api.show_run(_check_id(rid, "run"), db=db)["run_id"]  # an id, never a path
-        return JSONResponse(api.run_metrics(rid, after_step=after, after_eval=after_eval, db=db))  # numbers, and the names of domains and splits
+        return Response(api.run_metrics_json(rid, after_step=after, after_eval=after_eval, db=db),  # numbers, and the names of domains
+                        media_type="application/json")  # and splits
 
     @app.get("/runs/{rid}/doctor", response_class=HTMLResponse)
     def run_doctor(request: Request, rid: str):
