@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -151,6 +152,21 @@ def bench_backend(name: str, url: str, args, run_dir: Path, long_run: Path) -> d
     return out
 
 
+@contextmanager
+def pg_schema(pg_url: str):
+    """A fresh schema in that PostgreSQL, dropped afterwards; yields a ledger URL that uses it."""
+    import psycopg
+
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{pg_url}{'&' if '?' in pg_url else '?'}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=10_000)
@@ -173,17 +189,8 @@ def main() -> None:
         results["long_run_metrics_bytes"] = (long_run / "metrics.jsonl").stat().st_size
         results["backends"].append(bench_backend("sqlite", str(work / "bench.db"), args, run_dir, long_run))
         if args.pg_url:
-            import psycopg
-
-            schema = f"bench_{uuid.uuid4().hex[:8]}"
-            with psycopg.connect(args.pg_url, autocommit=True) as conn:
-                conn.execute(f"CREATE SCHEMA {schema}")
-            try:
-                url = f"{args.pg_url}{'&' if '?' in args.pg_url else '?'}options=-csearch_path%3D{schema}"
+            with pg_schema(args.pg_url) as url:
                 results["backends"].append(bench_backend("postgresql", url, args, run_dir, long_run))
-            finally:
-                with psycopg.connect(args.pg_url, autocommit=True) as conn:
-                    conn.execute(f"DROP SCHEMA {schema} CASCADE")
     out_dir = Path(__file__).parent / "results"
     out_dir.mkdir(exist_ok=True)
     (out_dir / f"ledger-{results['date']}.json").write_text(json.dumps(results, indent=2))

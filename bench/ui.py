@@ -37,14 +37,13 @@ import sys
 import tempfile
 import time
 import urllib.request
-import uuid
 from dataclasses import asdict
 from datetime import date
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from ledger import grow_metrics, real_run, synth_record  # noqa: E402 (bench/ledger.py)
+from ledger import grow_metrics, pg_schema, real_run, synth_record  # noqa: E402 (bench/ledger.py)
 
 from pretrainlab.ledger import Ledger  # noqa: E402
 from pretrainlab.recipes import get_recipe  # noqa: E402
@@ -272,17 +271,8 @@ def main() -> None:
         os.environ["PRETRAINLAB_WORKSPACE"] = str(workspace)  # the campaign loops write here; the server reads here
         os.environ["PRETRAINLAB_HOME"] = str(workspace / "home")
         if args.pg_url:
-            import psycopg
-
-            schema = f"bench_{uuid.uuid4().hex[:8]}"
-            with psycopg.connect(args.pg_url, autocommit=True) as conn:
-                conn.execute(f"CREATE SCHEMA {schema}")
-            try:
-                url = f"{args.pg_url}{'&' if '?' in args.pg_url else '?'}options=-csearch_path%3D{schema}"
+            with pg_schema(args.pg_url) as url:
                 results.update(bench_backend("postgresql", url, workspace, args))
-            finally:
-                with psycopg.connect(args.pg_url, autocommit=True) as conn:
-                    conn.execute(f"DROP SCHEMA {schema} CASCADE")
         else:
             results.update(bench_backend("sqlite", str(workspace / "lab.db"), workspace, args))
     out_dir = HERE / "results"
