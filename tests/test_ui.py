@@ -115,6 +115,17 @@ def test_the_decisions_log_shows_the_newest_and_links_to_more(client, lab):
     assert f"{len(everything)} decisions." in client.get("/decisions").text
 
 
+def test_the_runs_page_shows_the_newest_and_links_to_more(client, lab):
+    everything = [r["run_id"] for r in api.list_runs(limit=0, db=lab["db"])]
+    assert len(everything) >= 3
+    page = client.get("/runs?limit=2").text
+    assert re.findall(r'name="runs" value="([0-9a-f]+)"', page) == everything[:2]  # the newest
+    more = re.search(r'<a href="(/runs\?[^"]+)">Show more</a>', page).group(1)
+    assert "limit=10" in more and re.findall(r'name="runs" value="([0-9a-f]+)"', client.get(more.replace("&amp;", "&")).text) == everything[:10]
+    whole = client.get(f"/runs?limit={len(everything)}").text
+    assert "Show more" not in whole and f"{len(everything)} runs." in whole
+
+
 def test_a_missing_run_directory_is_said_not_failed(client, lab):
     page = client.get(f"/runs/{lab['gone']}").text
     assert "is missing" in page

@@ -54,6 +54,7 @@ LIVE_KEY = re.compile(r"^[A-Za-z0-9]+-s\d+$")
 POLL_S = 2.0  # how often live pages ask for news
 LIVE_COST_FACTOR = 10  # a live campaign page waits at least this many times what its last update cost the server
 MAX_COMPARE = 8
+MAX_RUNS_SHOWN = 5000  # the runs page's longest table: a browser lays out 60,000 cells in ~5 s on 2 cores
 DECISIONS_SHOWN = 200  # the decisions log's newest rows on a page; "show more" asks for more
 AUTHOR_COOKIE = "pretrainlab_author"
 
@@ -268,13 +269,17 @@ def create_app(db: str | None = None, author: str = "person", token: str | None 
 
     @app.get("/runs", response_class=HTMLResponse)
     def runs(request: Request, status: str = "", campaign: str = "", limit: int = 200):
+        limit = max(1, min(limit, MAX_RUNS_SHOWN))
         try:
-            rows = api.list_runs(status=status or None, campaign=campaign or None, limit=max(1, min(limit, 5000)), db=db)
+            rows = api.list_runs(status=status or None, campaign=campaign or None, limit=limit + 1, db=db)  # one more: are there more?
         except UserError as e:
             if "no ledger" not in str(e):
                 raise
-            return page(request, "runs.html", runs=[], empty=str(e), status=status, campaign=campaign)
-        return page(request, "runs.html", runs=rows, empty=None, status=status, campaign=campaign)
+            return page(request, "runs.html", runs=[], empty=str(e), status=status, campaign=campaign, more_url=None)
+        more = {"status": status, "campaign": campaign, "limit": min(MAX_RUNS_SHOWN, limit * 5)}
+        more_url = "/runs?" + urlencode({k: v for k, v in more.items() if v}) if len(rows) > limit and limit < MAX_RUNS_SHOWN else None
+        return page(request, "runs.html", runs=rows[:limit], empty=None, status=status, campaign=campaign, more_url=more_url,
+                    capped=len(rows) > limit and limit >= MAX_RUNS_SHOWN)
 
     @app.get("/runs/{rid}", response_class=HTMLResponse)
     def run(request: Request, rid: str):
