@@ -131,3 +131,12 @@ def test_the_whole_runs_json_is_written_once_per_state_of_the_file(tmp_path):
     assert json.loads(cache.read_json(run))["finished"]  # the run ended: the answer says so
     append(run / rundir.METRICS, json.dumps(train(4)))  # a pending last line counts too
     assert json.loads(cache.read_json(run))["train"]["step"] == [1, 2, 3, 4]
+
+
+def test_last_row_reads_back_no_further_than_its_cap(tmp_path):
+    """A log that experiment code filled with something else costs a live page's poll a bounded read."""
+    path = tmp_path / "metrics.jsonl"
+    append(path, lines(train(7)) + lines(*[ev(s) for s in range(1, 2000)]))  # ~170 kB of evals after the one train row
+    assert last_row(path, only="train", window=1024, max_bytes=1 << 20)["step"] == 7
+    assert last_row(path, only="train", window=1024, max_bytes=1 << 14) is None  # not within the last 16 kB
+    assert last_row(path, only="eval", window=1024, max_bytes=1 << 14)["step"] == 1999

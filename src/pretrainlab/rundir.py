@@ -250,10 +250,12 @@ def _parse_line(raw: bytes) -> Any:
         return None
 
 
-def last_row(path: str | Path, only: str | None = None, window: int = 1 << 16) -> dict[str, Any] | None:
+def last_row(path: str | Path, only: str | None = None, window: int = 1 << 16, max_bytes: int = 1 << 22) -> dict[str, Any] | None:
     """The last complete row of a run's metrics.jsonl (of type `only`), read from the file's end:
     a live campaign's page asks each in-flight run how far it is without parsing its whole log.
-    None when no such row is in the last `window` bytes read backwards, up to the whole file."""
+    Reads back `window` bytes, then wider, up to `max_bytes` (4 MiB: hundreds of rows; a log that
+    experiment code filled with something else costs a poll no more than that); None when no
+    such row is there."""
     needle = json.dumps(only).encode() if only is not None else None
     try:
         f = open(metrics_path(path), "rb")
@@ -261,9 +263,9 @@ def last_row(path: str | Path, only: str | None = None, window: int = 1 << 16) -
         return None
     with f:
         end = os.fstat(f.fileno()).st_size
-        start = end
-        while start > 0:
-            start = max(0, start - window)
+        start, floor = end, max(0, end - max_bytes)
+        while start > floor:
+            start = max(floor, start - window)
             f.seek(start)
             data = f.read(end - start)
             lines = data.split(b"\n")
