@@ -188,3 +188,66 @@ def test_every_reader_survives_a_torn_live_run(tmp_path):
     kept, moved = list(iter_metrics(run)), list(iter_metrics(run / rundir.SUPERSEDED))
     assert max(r["step"] for r in kept) == 100 and len(kept) == 102
     assert len(moved) == 51 and {r["superseded_by_resume_at"] for r in moved} == {100}
+
+
+def test_files_planted_by_experiment_code_are_never_followed_or_waited_on(tmp_path):
+    """The lab reads and writes run directories from outside the sandbox: a symlink planted there
+    must not make it read a host file into the ledger, read /dev/zero forever, write through into
+    a host file, or block on a FIFO."""
+    import threading
+
+    from pretrainlab.curves import RunCurves
+    from pretrainlab.errors import UserError
+    from pretrainlab.ledger.rundir import read_run_dir, scan_metrics
+    from pretrainlab.runners.scoring import _Worker
+
+    host = tmp_path / "host"
+    host.mkdir()
+    secret = host / "credentials.json"
+    secret.write_text('{"status": "ok", "val_bpb": 0.1, "api_key": "sk-host-secret"}')
+    precious = host / "bashrc"
+    precious.write_text("precious\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    rundir.write_json_atomic(run / rundir.RECIPE, {"name": "tiny-cpu", "seed": 0})
+    (run / rundir.SUMMARY).symlink_to(secret)
+    (run / rundir.METRICS).symlink_to("/dev/zero")
+    (run / rundir.PROVENANCE).symlink_to(secret)
+
+    def within(seconds, fn):  # a reader that follows /dev/zero or waits on a FIFO never returns
+        out = []
+        t = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+        t.start()
+        t.join(seconds)
+        assert out, f"{fn} did not return within {seconds} s"
+        return out[0]
+
+    assert within(10, lambda: read_summary(run)) is None and within(10, lambda: rundir.read_provenance(run)) is None
+    assert within(10, lambda: list(iter_metrics(run))) == [] and within(10, lambda: rundir.last_row(run)) is None
+    assert within(10, lambda: scan_metrics(run / rundir.METRICS)) == ([], None)
+    with pytest.raises(UserError, match="summary.json is a symbolic link or a special file.*remove it"):
+        read_run_dir(run)  # registering it says what is wrong, and never reads the host file
+    curves = RunCurves(run)
+    within(10, curves.update)
+    assert curves.to_dict()["train"]["step"] == []
+    (run / rundir.METRICS).unlink()
+    os.mkfifo(run / rundir.METRICS)  # a FIFO with no writer: open() would wait forever
+    assert within(10, lambda: list(iter_metrics(run))) == [] and within(10, lambda: rundir.last_row(run)) is None
+
+    # writes: a symlink at the file, or at every temporary name an atomic write could use, is replaced, not written through
+    (run / rundir.SUMMARY).unlink()
+    (run / f".{rundir.SUMMARY}.tmp{os.getpid()}").symlink_to(precious)
+    rundir.write_summary(run, {"status": "ok"})
+    (run / rundir.METRICS).unlink()
+    (run / rundir.METRICS).symlink_to(precious)
+    rundir.append_rows(run, [{"type": "train", "step": 1}])
+    worker = _Worker(["true"], {}, run / "scorer.log")
+    (run / "scorer-probe.log").symlink_to(precious)
+    probe = _Worker(["sh", "-c", "echo from the worker >&2"], {}, run / "scorer-probe.log")
+    probe.proc.wait()
+    assert "from the worker" in probe.tail()
+    worker.close(abort=True)
+    probe.close(abort=True)
+    assert precious.read_text() == "precious\n"  # untouched
+    assert read_summary(run) == {"status": "ok"} and [r["step"] for r in iter_metrics(run)] == [1]
+    assert not (run / rundir.METRICS).is_symlink() and not (run / "scorer-probe.log").is_symlink()

@@ -19,12 +19,14 @@ never half of one; metrics.jsonl is append-only, so only its last line can be to
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NotRequired, TypedDict, cast
+from typing import Any, BinaryIO, Literal, NotRequired, TypedDict, cast
 
 RECIPE = "recipe.json"
 METRICS = "metrics.jsonl"
@@ -119,6 +121,61 @@ class Skipped:
         return len(self.lines)
 
 
+# ---- opening a run's files ------------------------------------------------------------------------
+# A run directory is written by experiment code, and the lab reads and writes it from outside the
+# sandbox. A file planted there as a symlink would make the lab read a host file into the ledger
+# (summary.json -> a credentials file), read forever (metrics.jsonl -> /dev/zero), or write through
+# it (scorer.log -> a file in the lab user's home); a FIFO would block it. The lab opens run files
+# only through these two functions.
+
+
+class NotARegularFile(OSError):
+    """A symlink, FIFO, device, socket or directory where the lab expects a regular file."""
+
+
+def open_regular(path: str | Path) -> BinaryIO:
+    """Open a file for reading if it is a regular file and not a symlink; raises
+    FileNotFoundError as open() does, NotARegularFile otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO opens without waiting
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise NotARegularFile(errno.ELOOP, "a symbolic link, not a file", str(path)) from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotARegularFile(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def create_new(path: str | Path, append: bool = False) -> BinaryIO:
+    """Open a file for writing that is this process's own: whatever is at `path` (a file, or a
+    symlink planted there) is unlinked first, never written through, and the new file is created
+    exclusively. append=True keeps an existing regular file and appends to it instead (a symlink
+    or anything else there is still replaced)."""
+    path = Path(path)
+    if append:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                os.set_blocking(fd, True)
+                return os.fdopen(fd, "ab")
+            os.close(fd)
+        except OSError:
+            pass  # missing, a symlink (ELOOP) or something else: replaced below
+    try:
+        if not path.is_dir() or path.is_symlink():
+            path.unlink()
+    except FileNotFoundError:
+        pass
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    return os.fdopen(fd, "ab" if append else "wb")
+
+
 def metrics_path(path: str | Path) -> Path:
     """A run directory's metrics.jsonl; a path that is not a directory is the file itself."""
     path = Path(path)
@@ -139,8 +196,8 @@ def iter_numbered_metrics(path: str | Path, skipped: Skipped | None = None, only
     skipped = skipped if skipped is not None else Skipped()
     needle = json.dumps(only).encode() if only is not None else None
     try:
-        f = open(metrics_path(path), "rb")
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        f = open_regular(metrics_path(path))
+    except (FileNotFoundError, NotADirectoryError, NotARegularFile):
         return
     with f:
         for number, raw in enumerate(f, 1):  # bytes split on b"\n" only (a "\r" inside a row is not a line break)
@@ -189,10 +246,10 @@ class MetricsTail:
     def sync(self) -> bool:
         """Start over if the file is no longer the one read so far; True if it started over."""
         try:
-            with open(self.path, "rb") as f:
+            with open_regular(self.path) as f:
                 st = os.fstat(f.fileno())
                 same = self.ident in (None, (st.st_dev, st.st_ino)) and st.st_size >= self.offset and not self._changed(f)
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        except (FileNotFoundError, NotADirectoryError, NotARegularFile):
             same = self.ident is None and not self.offset
         if not same:
             self._start()
@@ -201,8 +258,8 @@ class MetricsTail:
     def read(self) -> Iterator[tuple[int, dict[str, Any]]]:
         """(line number, row) of each complete line appended since the last read."""
         try:
-            f = open(self.path, "rb")
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            f = open_regular(self.path)
+        except (FileNotFoundError, NotADirectoryError, NotARegularFile):
             return
         with f:
             st = os.fstat(f.fileno())
@@ -258,8 +315,8 @@ def last_row(path: str | Path, only: str | None = None, window: int = 1 << 16, m
     such row is there."""
     needle = json.dumps(only).encode() if only is not None else None
     try:
-        f = open(metrics_path(path), "rb")
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        f = open_regular(metrics_path(path))
+    except (FileNotFoundError, NotADirectoryError, NotARegularFile):
         return None
     with f:
         end = os.fstat(f.fileno()).st_size
@@ -291,15 +348,16 @@ def append_rows(path: str | Path, rows: Iterable[TrainRow | EvalRow | dict]) -> 
     """Append rows to a run's metrics.jsonl (or a .jsonl path) in one write, one line each."""
     text = "".join(json.dumps(r) + "\n" for r in rows)
     if text:
-        with open(metrics_path(path), "a") as f:
-            f.write(text)
+        with create_new(metrics_path(path), append=True) as f:
+            f.write(text.encode())
 
 
 def write_rows(path: str | Path, rows: Iterable[TrainRow | EvalRow | dict]) -> None:
     """Replace a run's metrics.jsonl (or a .jsonl path) with these rows, atomically."""
     path = metrics_path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with create_new(tmp) as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows).encode())
     os.replace(tmp, path)
 
 
@@ -313,7 +371,8 @@ class NotAnObject(ValueError):
 def load_json(path: str | Path) -> dict[str, Any]:
     """A JSON object from a file. Raises OSError (missing, unreadable), NotAnObject, or
     another ValueError (not JSON); read_json is the tolerant form."""
-    value = json.loads(Path(path).read_bytes().decode("utf-8", errors="replace"))
+    with open_regular(path) as f:
+        value = json.loads(f.read().decode("utf-8", errors="replace"))
     if not isinstance(value, dict):
         raise NotAnObject(f"holds a {type(value).__name__}, not an object")
     return value
@@ -353,7 +412,8 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+    with create_new(tmp) as f:
+        f.write((json.dumps(obj, indent=2, default=float) + "\n").encode())
     os.replace(tmp, path)
 
 

@@ -84,7 +84,7 @@ def scan_metrics(path: Path) -> tuple[list[dict], dict | None]:
     """Eval rows and the index of metrics.jsonl (rows, first/last step, size, sha256), streaming
     (no per-step row kept). Rows are the lines rundir.iter_metrics reads: a line torn by a kill
     or a line of garbage is not a row."""
-    if not path.is_file():
+    if not path.is_file() or path.is_symlink():  # planted by experiment code: not the run's log (rundir.open_regular)
         return [], None
     num_rows = 0
     first_step = last_step = None
@@ -104,7 +104,7 @@ def scan_metrics(path: Path) -> tuple[list[dict], dict | None]:
 
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with rundir.open_regular(path) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -122,6 +122,9 @@ def _load(path: Path, required: bool) -> dict | None:
         return None
     try:
         return rundir.load_json(path)
+    except rundir.NotARegularFile:
+        raise UserError(f"{path} is a symbolic link or a special file, not the run's file: the lab never reads through one "
+                        "(experiment code may have planted it); remove it, then register the run again") from None
     except rundir.NotAnObject:
         raise UserError(f"{path} should hold a JSON object; repair or remove the file, then register the run again") from None
     except ValueError as e:

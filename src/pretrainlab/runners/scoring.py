@@ -31,6 +31,7 @@ import numpy as np
 
 from ..data import Corpus
 from ..data.windows import bits_per_byte, eval_windows, nll_sums
+from ..rundir import create_new, open_regular
 from .sandbox import Sandbox, scrubbed_env
 
 MAX_LOGIT_FLOATS = 2**26  # logits per request (256 MB of float32): rows per batch shrink for a large vocabulary
@@ -48,7 +49,8 @@ class _Worker:
     """The sandboxed worker process and its two pipes."""
 
     def __init__(self, cmd: list[str], env: dict, stderr_path: Path):
-        self.stderr = open(stderr_path, "wb")
+        self.stderr_path = Path(stderr_path)
+        self.stderr = create_new(stderr_path)  # in the run directory, which experiment code wrote: never through a symlink
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env=env)
 
     def logits(self, x: np.ndarray, vocab_min: int):
@@ -81,7 +83,8 @@ class _Worker:
 
     def tail(self) -> str:
         self.stderr.flush()
-        text = Path(self.stderr.name).read_text(errors="replace").strip().splitlines()
+        with open_regular(self.stderr_path) as f:
+            text = f.read().decode(errors="replace").strip().splitlines()
         return " | ".join(text[-3:]) or "no output"
 
     def close(self, abort: bool = False) -> None:
