@@ -47,6 +47,10 @@ from .errors import UserError
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's own usage errors: one line, exit 2
+        extra = message.removeprefix("unrecognized arguments: ").split() if message.startswith("unrecognized arguments: ") else []
+        if any("=" in a and not a.startswith("-") for a in extra):  # `--set a=1 b=2`: the flag takes one pair
+            raise UserError(f"{message}: each KEY=VALUE needs its own flag, e.g. --set {extra[0]} --set ... "
+                            f"(see `{self.prog} --help`)")
         raise UserError(f"{message} (see `{self.prog} --help`)")
 
 
