@@ -580,3 +580,17 @@ def test_ledger_urls_resolve(tmp_path, monkeypatch):
     assert resolve_url(None).path == tmp_path / "ws" / "pretrainlab.db"
     Ledger().close()  # the default workspace is created on first use
     assert (tmp_path / "ws" / "pretrainlab.db").is_file()
+
+
+def test_every_status_a_run_can_have_is_a_filter(tmp_path, ledger_url):
+    """A campaign records runs its probes refused as `rejected` and runs that ended unscored as `unscored`: both are
+    statuses `runs list --status` takes; a status no version of the lab writes is registered as `unknown`."""
+    from test_doctor import make_rows, write_run
+
+    ledger = Ledger(ledger_url)
+    for status in ("ok", "rejected", "unscored", "made-up"):
+        write_run(tmp_path / status, make_rows(n=5), provenance={"run_id": f"run-{status}"}, summary={"status": status})
+        ledger.register_run(tmp_path / status)
+    assert [r["run_id"] for r in ledger.list_runs(status=["rejected", "unscored"], sort="created")] in (
+        ["run-rejected", "run-unscored"], ["run-unscored", "run-rejected"])
+    assert [r["run_id"] for r in ledger.list_runs(status=["unknown"])] == ["run-made-up"]

@@ -251,3 +251,67 @@ def test_files_planted_by_experiment_code_are_never_followed_or_waited_on(tmp_pa
     assert precious.read_text() == "precious\n"  # untouched
     assert read_summary(run) == {"status": "ok"} and [r["step"] for r in iter_metrics(run)] == [1]
     assert not (run / rundir.METRICS).is_symlink() and not (run / "scorer-probe.log").is_symlink()
+
+
+def test_values_experiment_code_writes_never_crash_hang_or_reach_the_ledger_untyped(tmp_path, ledger_url):
+    """summary.json, provenance.json and metrics.jsonl come from the trainer, which may be experiment code: an integer
+    beyond float (or BIGINT) range, NaN, a dict where text belongs, NUL bytes and lone surrogates (which PostgreSQL or
+    UTF-8 refuse), JSON nested 200,000 deep, a 20 MB line, a step of 2**62. Registering the run, its curves and the
+    doctor must each come back at once, with such values left out of the ledger's columns."""
+    import threading
+
+    from pretrainlab.curves import CurveCache
+    from pretrainlab.doctor import diagnose
+    from pretrainlab.errors import UserError
+    from pretrainlab.ledger import Ledger
+    from pretrainlab.ledger.rundir import read_run_dir
+
+    deep = "[" * 200_000 + "]" * 200_000
+    huge = 10**400
+    cases = {
+        "summary": {"status": float("nan"), "val_bpb": huge, "tokens": 2**70, "seconds": [1], "params": {"a": 1}, "steps": 1e300,
+                    "finished_at": 1e300},
+        "provenance": {"run_id": {"id": 1}, "device": "cpu\x00\ud800", "world_size": huge, "git_commit": ["x"], "git_diff": "a\x00b",
+                       "started_at": "not a time"},
+        "recipe": {"name": "bad\x00name", "seed": huge},
+        "train_row": {"step": 7, "loss": huge, "tokens": 2**70, "lr": float("inf"), "domain_loss": {"code": huge}, "domain_rows": {"code": huge}},
+        "eval_row": {"step": 40, "val_bpb": huge, "tokens": {"a": 1}, "val_bpb_domains": {"code": huge}},
+    }
+    rows = make_rows(n=40)
+    rows[6].update(cases["train_row"])
+    run = tmp_path / "run"
+    write_run(run, rows, evals=[{"type": "eval", "step": 40, "tokens": 40960, "val_bpb": 2.5, "val_bpb_domains": {}, **cases["eval_row"]}],
+              provenance=cases["provenance"], summary=None)
+    for name in ("summary", "recipe"):
+        path = run / f"{name}.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **cases[name]}))
+    with open(run / rundir.METRICS, "a") as f:  # then lines no reader may choke on, and a row after them
+        f.write(deep + "\n" + "x" * (20 << 20) + "\n" + json.dumps({"type": "train", "step": 2**62, "loss": 1.0}) + "\n")
+
+    def within(seconds, fn):
+        out = []
+        t = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+        t.start()
+        t.join(seconds)
+        assert out, f"{fn} did not return within {seconds} s"
+        return out[0]
+
+    ledger = Ledger(ledger_url)
+    ledger.upsert_run(within(30, lambda: read_run_dir(run)))
+    row = ledger.get_run(ledger.list_runs()[0]["run_id"])
+    assert row["status"] == "unknown" and row["val_bpb"] is None and row["tokens"] is None and row["steps"] is None
+    assert row["world_size"] is None and row["seed"] is None and row["finished_at"] is None
+    assert len(row["run_id"]) == 12 and "\x00" not in (row["device"] or "") and row["recipe_name"] == "bad\ufffdname"
+    assert [(e["val_bpb"], e["tokens"]) for e in row["evals"]] == [(None, None)] and row["series"]["last_step"] == 2**62
+    report = within(30, lambda: diagnose(run))
+    assert any("unreadable line" in n for n in report.data_quality) and any("missing" in n for n in report.data_quality)
+    curves = json.loads(within(30, lambda: CurveCache().read_json(run)))
+    assert curves["train"]["step"][-1] == 2**62 and curves["skipped_lines"] == 2
+    assert curves["train"]["loss"][6] is None and curves["train"]["lr"][6] is None and curves["eval"][0]["val_bpb"] is None
+    for name in ("summary.json", "provenance.json", "recipe.json"):  # a file nested too deep: one clear error, not a crash
+        spoiled = tmp_path / f"deep-{name}"
+        write_run(spoiled, make_rows(n=5))
+        (spoiled / name).write_text(deep)
+        with pytest.raises(UserError, match=f"{name} is not valid JSON"):
+            read_run_dir(spoiled)
+    assert report.facts["steps_logged"] == 41

@@ -188,7 +188,7 @@ def list_runs(status: str | list[str] | None = None, recipe: list[str] | None = 
               db: str | None = None) -> list[dict]:
     """Runs matching every filter, newest first (sort="val_bpb": best first).
 
-    status: ok, diverged, crashed, timeout, preempted, unknown (a list, or comma-separated);
+    status: ok, diverged, crashed, timeout, preempted, rejected, unscored, unknown (a list, or comma-separated);
     recipe: KEY=VALUE pairs on the resolved recipe (model.n_layer=4, name=tiny-cpu);
     campaign: id or name; since/until: a date, an ISO time, or an age such as 3d / 12h.
     """

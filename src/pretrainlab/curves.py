@@ -12,21 +12,17 @@ The cache keeps the columns of the runs read most recently, up to a total number
 from __future__ import annotations
 
 import json
-import math
 import threading
 from bisect import bisect_right
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
 
-from .rundir import MetricsTail, read_summary
+from .rundir import MetricsTail, finite_float, int64, read_summary
 
 TRAIN_CURVES = ("tokens", "loss", "lr", "grad_norm", "max_layer_grad_norm", "tokens_per_s", "mfu")  # columns beside "step"
 
 
-def number(v: Any) -> float | None:
-    """A finite number as a float; anything else (missing, NaN, a string) as None."""
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+number = finite_float  # a finite number as a float; anything else (missing, NaN, a string, 10**400) as None
 
 
 def eval_row(row: dict, step: int) -> dict:
@@ -65,10 +61,9 @@ class RunCurves:
             self._add(row, self.train, self.domain_loss, self.evals)
 
     def _add(self, row: dict, train: dict, domain_loss: dict, evals: list, track: bool = True) -> None:
-        step = number(row.get("step"))
+        step = int64(row.get("step"))
         if step is None:
             return
-        step = int(step)
         if row.get("type") == "eval":
             if track and evals and step < evals[-1]["step"]:
                 self.sorted_eval = False
@@ -109,7 +104,7 @@ class RunCurves:
         evals = [e for e in self.evals if eval_after is None or e["step"] > eval_after]
         if self.tail.pending is not None:  # complete JSON without its newline yet: a row, for now, as iter_metrics reads it
             _, row = self.tail.pending
-            step = number(row.get("step"))
+            step = int64(row.get("step"))
             if step is not None and (after_step is None or step > after_step if row.get("type") == "train" else
                                      eval_after is None or step > eval_after):
                 self._add(row, train, train["domain_loss"], evals, track=False)

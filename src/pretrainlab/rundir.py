@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import stat
 from collections.abc import Iterable, Iterator
@@ -200,20 +201,41 @@ def iter_numbered_metrics(path: str | Path, skipped: Skipped | None = None, only
     except (FileNotFoundError, NotADirectoryError, NotARegularFile):
         return
     with f:
-        for number, raw in enumerate(f, 1):  # bytes split on b"\n" only (a "\r" inside a row is not a line break)
-            if not raw.strip() or (needle is not None and needle not in raw):
+        for number, (_, raw, complete) in enumerate(_raw_lines(f), 1):
+            if raw is not None and (not raw.strip() or (needle is not None and needle not in raw)):
                 continue
-            try:
-                row = json.loads(raw.decode("utf-8", errors="replace"))  # NaN/Infinity too: a diverged loss
-            except ValueError:
-                row = None
+            row = _parse_line(raw) if raw is not None else None  # NaN/Infinity too: a diverged loss
             if isinstance(row, dict):
                 if only is None or row.get("type") == only:
                     yield number, row
-            elif not raw.endswith(b"\n") and row is None:
+            elif not complete and row is None:
                 skipped.torn = True  # only the last line can lack its newline
             else:
                 skipped.lines.append(number)
+
+
+MAX_LINE = 1 << 24  # 16 MiB: a row is a few hundred bytes; a longer "line" is not a row, and is never held in memory
+
+
+def _raw_lines(f: BinaryIO) -> Iterator[tuple[int, bytes | None, bool]]:
+    """(bytes it took, the line or None when longer than MAX_LINE, whether it ends in a newline)
+    for each line of a file opened in binary mode. Lines end at b"\n" only (a "\r" inside a row
+    is not a line break). An over-long line is read through in chunks and dropped: experiment
+    code writes these files, and a 20 GB line must cost a reader time, not memory."""
+    while True:
+        raw = f.readline(MAX_LINE + 1)
+        if not raw:
+            return
+        if len(raw) <= MAX_LINE or raw.endswith(b"\n"):
+            yield len(raw), raw, raw.endswith(b"\n")
+            continue
+        size = len(raw)
+        while True:
+            chunk = f.readline(1 << 20)
+            size += len(chunk)
+            if not chunk or chunk.endswith(b"\n"):
+                yield size, None, chunk.endswith(b"\n")
+                break
 
 
 class MetricsTail:
@@ -268,15 +290,15 @@ class MetricsTail:
             self.ident = (st.st_dev, st.st_ino)
             f.seek(self.offset)
             rest = b""
-            for raw in f:  # bytes split on b"\n" only, as iter_numbered_metrics reads them
-                if not raw.endswith(b"\n"):
-                    rest = raw  # the last line, still being written
+            for size, raw, complete in _raw_lines(f):  # lines as iter_numbered_metrics reads them
+                if not complete:
+                    rest = raw if raw is not None else b"\0"  # the last line, still being written (or too long to be a row)
                     break
-                self.offset += len(raw)
+                self.offset += size
                 self.lines += 1
-                if not raw.strip():
+                if raw is not None and not raw.strip():
                     continue
-                row = _parse_line(raw)
+                row = _parse_line(raw) if raw is not None else None
                 if isinstance(row, dict):
                     yield self.lines, row
                 else:
@@ -302,9 +324,18 @@ class MetricsTail:
 
 def _parse_line(raw: bytes) -> Any:
     try:
-        return json.loads(raw.decode("utf-8", errors="replace"))
+        return _loads(raw)
     except ValueError:
         return None
+
+
+def _loads(raw: bytes) -> Any:
+    """json.loads of bytes from a run directory: invalid UTF-8 replaced, and nesting too deep for
+    the parser (a line of 100,000 "[") a ValueError like any other text that is not JSON."""
+    try:
+        return json.loads(raw.decode("utf-8", errors="replace"))
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def last_row(path: str | Path, only: str | None = None, window: int = 1 << 16, max_bytes: int = 1 << 22) -> dict[str, Any] | None:
@@ -364,15 +395,49 @@ def write_rows(path: str | Path, rows: Iterable[TrainRow | EvalRow | dict]) -> N
 # ---- the JSON files -----------------------------------------------------------------------------
 
 
+FLOAT_MAX = 1.7976931348623157e308
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def finite_float(v: Any) -> float | None:
+    """A JSON number from a run directory as a finite float; anything else -> None: NaN,
+    Infinity, a bool, text, and an integer beyond the range of floats (experiment code writes
+    these files: 10**400 parses as an int that float() and math.isfinite() refuse)."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, float):
+        return float(v) if math.isfinite(v) else None
+    if isinstance(v, int) and -FLOAT_MAX <= v <= FLOAT_MAX:  # compared exactly: no conversion can overflow
+        return float(v)
+    return None
+
+
+def int64(v: Any) -> int | None:
+    """A JSON integer (or an integral float) that a BIGINT column holds; anything else -> None."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, float):
+        return int(v) if math.isfinite(v) and v.is_integer() and INT64_MIN <= v < 2.0**63 else None
+    if isinstance(v, int):
+        return int(v) if INT64_MIN <= v <= INT64_MAX else None
+    return None
+
+
 class NotAnObject(ValueError):
     """The file holds valid JSON that is not an object (a list, a number, a string)."""
+
+
+MAX_JSON_BYTES = 1 << 26  # 64 MiB: recipe, summary and provenance (with a dirty tree's diff) are far smaller
 
 
 def load_json(path: str | Path) -> dict[str, Any]:
     """A JSON object from a file. Raises OSError (missing, unreadable), NotAnObject, or
     another ValueError (not JSON); read_json is the tolerant form."""
     with open_regular(path) as f:
-        value = json.loads(f.read().decode("utf-8", errors="replace"))
+        raw = f.read(MAX_JSON_BYTES + 1)
+    if len(raw) > MAX_JSON_BYTES:
+        raise ValueError(f"larger than {MAX_JSON_BYTES >> 20} MiB: not a run's JSON file")
+    value = _loads(raw)
     if not isinstance(value, dict):
         raise NotAnObject(f"holds a {type(value).__name__}, not an object")
     return value

@@ -191,7 +191,7 @@ def _read_metrics(file: Path, run: RunData) -> None:
     num_dupes = 0
     for i, row in rundir.iter_numbered_metrics(file, skipped):
         step = row.get("step")
-        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= rundir.INT64_MAX:
             no_step.append(i)
             continue
         kind = row.get("type", "train")
@@ -233,7 +233,7 @@ def _read_metrics(file: Path, run: RunData) -> None:
         if isinstance(dr, dict):
             for j, d in enumerate(domains):
                 v = dr.get(d, 0)
-                run.domain_rows[i, j] = v if isinstance(v, int) and v >= 0 else 0
+                run.domain_rows[i, j] = v if isinstance(v, int) and 0 <= v <= rundir.INT64_MAX else 0
     if any(isinstance(r.get("domain_loss"), dict) for r in rows):
         run.domain_loss = np.full((len(rows), len(domains)), np.nan)
         for i, r in enumerate(rows):
@@ -243,9 +243,12 @@ def _read_metrics(file: Path, run: RunData) -> None:
     run.rank_step_s, run.rank_presync_s, run.rank_data_s, run.rank_gpu_util = (
         _per_rank(rows, k) for k in ("rank_step_s", "rank_presync_s", "rank_data_s", "rank_gpu_util"))
     run.evals = [evals[s] for s in sorted(evals) if math.isfinite(as_float(evals[s].get("val_bpb")))]
-    missing = sorted(set(range(1, int(run.steps[-1]) + 1)) - set(run.steps.tolist())) if len(run.steps) else []
-    if missing:  # every step gets its own row (train.log_every only batches the writes)
-        run.notes.append(f"{len(missing)} step(s) missing from metrics.jsonl (first: {missing[0]}); the analysis uses the rows present")
+    logged = run.steps[run.steps >= 1]  # sorted, each once; counted, not enumerated: a step of 2**62 is one row
+    num_missing = int(logged[-1]) - len(logged) if len(logged) else 0
+    if num_missing:  # every step gets its own row (train.log_every only batches the writes)
+        gaps = np.flatnonzero(logged != np.arange(1, len(logged) + 1))
+        first = int(gaps[0]) + 1 if len(gaps) else len(logged) + 1
+        run.notes.append(f"{num_missing} step(s) missing from metrics.jsonl (first: {first}); the analysis uses the rows present")
 
 
 def _per_rank(rows: list[dict], key: str) -> np.ndarray | None:

@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from ..errors import UserError
 from .schema import MIGRATIONS, OLDEST_LAB, PYTHON_MIGRATIONS, statements
@@ -93,6 +94,24 @@ def to_utc(value: str | float | None) -> str | None:
     return dt.astimezone(UTC).isoformat(timespec="microseconds")
 
 
+def storable(value: Any) -> Any:
+    """Text as both backends store it: a NUL (which PostgreSQL's text refuses) becomes U+FFFD, and a
+    lone surrogate (which UTF-8 cannot encode; JSON's "\ud800" parses to one) becomes "?". Text
+    reaches the ledger from run directories, model replies and people: none of it may fail a write."""
+    if type(value) is not str:
+        return value
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            value = value.encode("utf-8", "replace").decode("utf-8")
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
+def _bind(params: tuple | list) -> list:
+    return [storable(v) for v in params]
+
+
 class Database:
     """One connection. `query` returns dicts; writes go inside `with db.transaction():`."""
 
@@ -142,13 +161,13 @@ class SQLiteDatabase(Database):
         self.conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable across app crashes, fast commits
 
     def execute(self, sql, params=()):
-        return self.conn.execute(sql, params).rowcount
+        return self.conn.execute(sql, _bind(params)).rowcount
 
     def executemany(self, sql, rows):
-        self.conn.executemany(sql, rows)
+        self.conn.executemany(sql, [_bind(r) for r in rows])
 
     def query(self, sql, params=()):
-        return [dict(r) for r in self.conn.execute(sql, params).fetchall()]
+        return [dict(r) for r in self.conn.execute(sql, _bind(params)).fetchall()]
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -180,14 +199,14 @@ class PostgresDatabase(Database):
         self.conn = psycopg.connect(url, autocommit=True, row_factory=dict_row, connect_timeout=15)
 
     def execute(self, sql, params=()):
-        return self.conn.execute(_pg_sql(sql), params).rowcount
+        return self.conn.execute(_pg_sql(sql), _bind(params)).rowcount
 
     def executemany(self, sql, rows):
         with self.conn.cursor() as cur:
-            cur.executemany(_pg_sql(sql), rows)
+            cur.executemany(_pg_sql(sql), [_bind(r) for r in rows])
 
     def query(self, sql, params=()):
-        return self.conn.execute(_pg_sql(sql), params).fetchall()
+        return self.conn.execute(_pg_sql(sql), _bind(params)).fetchall()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,11 @@ from .db import to_utc
 
 # Summary fields the ledger keeps as columns (the whole summary is kept as JSON too).
 METRIC_COLUMNS = ("val_bpb", "params", "tokens", "steps", "seconds", "tokens_per_s", "mfu", "peak_mem_mb")
+INT_COLUMNS = {"params", "tokens", "steps"}  # BIGINT; the others are floats
 UNFINISHED = "unknown"  # no summary.json: still running, or killed before it could write one
+# the trainer's five; the lab's own two for a campaign's runs ("rejected": refused by its scoring probes, "unscored":
+# ended without the lab's score); and unknown (no summary.json, or a status no version of the lab writes)
+RUN_STATUSES = ("ok", "diverged", "crashed", "timeout", "preempted", "rejected", "unscored", UNFINISHED)
 
 
 def derived_run_id(run_dir: Path) -> str:
@@ -33,7 +36,7 @@ def derived_run_id(run_dir: Path) -> str:
 
 def run_id_of(run_dir: Path) -> str:
     prov = _load(run_dir / rundir.PROVENANCE, required=False) or {}
-    return prov.get("run_id") or derived_run_id(run_dir)
+    return _run_id(prov.get("run_id")) or derived_run_id(run_dir)
 
 
 def read_run_dir(run_dir: Path) -> dict[str, Any]:
@@ -53,31 +56,51 @@ def _read(run_dir: Path) -> dict[str, Any]:
     recipe = _load(run_dir / rundir.RECIPE, required=True)
     summary = _load(run_dir / rundir.SUMMARY, required=False)
     prov = _load(run_dir / rundir.PROVENANCE, required=False) or {}
-    # when the run started: provenance's timestamp if the trainer wrote one, else recipe.json's
-    # mtime (written once, at the start; a resume never rewrites it)
-    created_at = to_utc(prov.get("started_at") or prov.get("created_at") or (run_dir / rundir.RECIPE).stat().st_mtime)
+    # Every column is typed here: the files come from the trainer, which may be experiment code, so a value of the
+    # wrong type (a dict for a device, 10**400 for a token count, NaN for a status) is left out, never written.
+    # When the run started: provenance's timestamp if the trainer wrote one, else recipe.json's mtime (written once,
+    # at the start; a resume never rewrites it).
+    created_at = _timestamp(prov.get("started_at")) or _timestamp(prov.get("created_at")) or to_utc((run_dir / rundir.RECIPE).stat().st_mtime)
+    status = (summary or {}).get("status")
     run = {
-        "run_id": prov.get("run_id") or derived_run_id(run_dir),
+        "run_id": _run_id(prov.get("run_id")) or derived_run_id(run_dir),
         "run_dir": str(run_dir),
-        "recipe_name": recipe.get("name"),
+        "recipe_name": _text(recipe.get("name")),
         # from the recipe as this version reads it, not provenance's: runs of one recipe written by
         # versions before and after a field was added get one hash
-        "recipe_hash": recipe_hash(recipe) or prov.get("recipe_hash") or _recipe_hash(recipe),
+        "recipe_hash": recipe_hash(recipe) or _text(prov.get("recipe_hash")) or _recipe_hash(recipe),
         "recipe": resolved_recipe(recipe),
-        "seed": recipe.get("seed", prov.get("seed")),
-        "git_commit": prov.get("git_commit"),
-        "git_diff": prov.get("git_diff"),
+        "seed": rundir.int64(recipe.get("seed", prov.get("seed"))),
+        "git_commit": _text(prov.get("git_commit")),
+        "git_diff": _text(prov.get("git_diff")),
         "provenance": prov,
-        "device": prov.get("device"),
-        "world_size": prov.get("world_size"),
-        "status": (summary or {}).get("status") or UNFINISHED,
-        **{k: (summary or {}).get(k) for k in METRIC_COLUMNS},
+        "device": _text(prov.get("device")),
+        "world_size": rundir.int64(prov.get("world_size")),
+        "status": status if status in RUN_STATUSES else UNFINISHED,
+        **{k: (rundir.int64 if k in INT_COLUMNS else rundir.finite_float)((summary or {}).get(k)) for k in METRIC_COLUMNS},
         "summary": summary,
         "created_at": created_at,
-        "finished_at": to_utc((summary or {}).get("finished_at")),
+        "finished_at": _timestamp((summary or {}).get("finished_at")),
     }
     evals, series = scan_metrics(run_dir / rundir.METRICS)
     return {"run": run, "evals": evals, "series": series}
+
+
+def _text(v: Any) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+def _run_id(v: Any) -> str | None:
+    """A run id as the trainer writes it (12 hex digits), or any short printable id without a slash."""
+    return v if isinstance(v, str) and 0 < len(v) <= 128 and v.isprintable() and "/" not in v and v.strip() == v else None
+
+
+def _timestamp(v: Any) -> str | None:
+    """to_utc of a value from a run's files, None where it is not a time (text that is not ISO, 1e300, NaN, a list)."""
+    try:
+        return to_utc(v) if isinstance(v, str) or rundir.finite_float(v) is not None else None
+    except (ValueError, TypeError, OverflowError, OSError):
+        return None
 
 
 def scan_metrics(path: Path) -> tuple[list[dict], dict | None]:
@@ -96,7 +119,9 @@ def scan_metrics(path: Path) -> tuple[list[dict], dict | None]:
             first_step = step
         last_step = step
         if row.get("type") == "eval" and step is not None:
-            evals[step] = {"step": step, "tokens": row.get("tokens"), "val_bpb": row.get("val_bpb"), "domains": row.get("val_bpb_domains")}
+            domains = row.get("val_bpb_domains")
+            evals[step] = {"step": step, "tokens": rundir.int64(row.get("tokens")), "val_bpb": rundir.finite_float(row.get("val_bpb")),
+                           "domains": {str(k): rundir.finite_float(v) for k, v in domains.items()} if isinstance(domains, dict) else None}
     series = {"metrics_path": str(path.absolute()), "num_rows": num_rows, "num_evals": len(evals), "first_step": first_step,
               "last_step": last_step, "file_size": os.path.getsize(path), "sha256": file_sha256(path)}
     return sorted(evals.values(), key=lambda r: r["step"]), series
@@ -111,8 +136,7 @@ def file_sha256(path: Path) -> str:
 
 
 def _step(row: dict) -> int | None:
-    step = row.get("step")
-    return int(step) if isinstance(step, (int, float)) and not isinstance(step, bool) and math.isfinite(step) else None
+    return rundir.int64(row.get("step"))
 
 
 def _load(path: Path, required: bool) -> dict | None:

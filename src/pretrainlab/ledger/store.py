@@ -25,9 +25,8 @@ from typing import Any
 from ..config import resolved_recipe
 from ..errors import UserError
 from .db import LedgerURL, connect, now, resolve_url
-from .rundir import METRIC_COLUMNS, is_run_dir, read_run_dir, run_id_of
+from .rundir import METRIC_COLUMNS, RUN_STATUSES, is_run_dir, read_run_dir, run_id_of
 
-RUN_STATUSES = ("ok", "diverged", "crashed", "timeout", "preempted", "unknown")
 EXPERIMENT_KINDS = ("config", "code", "data")  # a recipe diff, a code patch, a data mixture
 ACTOR_TYPES = ("person", "strategy")  # who proposed / decided: a person, or a strategy (optionally an LLM, model_id)
 VERDICTS = ("keep", "discard", "inconclusive")

@@ -49,7 +49,7 @@ from pathlib import Path
 
 from ..config import Recipe, apply_overrides
 from ..errors import UserError
-from ..ledger.rundir import METRIC_COLUMNS, derived_run_id, read_run_dir
+from ..ledger.rundir import derived_run_id, read_run_dir
 from ..ledger.store import Phase, Role
 from ..train.rundir_lock import lock_holder
 from ..recipes import estimate_params
@@ -446,10 +446,6 @@ class Campaign:
         try:
             record = read_run_dir(run_dir)
             run = record["run"]
-            run["recipe_name"] = run["recipe_name"] if isinstance(run.get("recipe_name"), str) else None
-            for k in METRIC_COLUMNS:  # numbers the run reported about itself: kept only if they are numbers
-                v = run.get(k)
-                run[k] = v if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
         except (UserError, ValueError, TypeError, AttributeError) as e:  # files the run wrote that do not parse as a run's
             self.ledger.add_note(f"run {run_dir.name}: its run directory could not be read ({e}); not registered",
                                  author="campaign", experiment_id=exp_id)

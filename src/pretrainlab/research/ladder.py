@@ -34,7 +34,7 @@ from pathlib import Path
 
 from ..config import ModelConfig, Recipe
 from ..errors import UserError
-from ..ledger.rundir import METRIC_COLUMNS, derived_run_id, read_run_dir
+from ..ledger.rundir import derived_run_id, read_run_dir
 from ..recipes import embedding_params, estimate_params, resolve_recipe
 from ..runners import Job, JobResult, LocalRunner
 from ..scaling import analyse, parse_flops, points_from_runs
@@ -312,9 +312,6 @@ class Ladder:
                                  campaign_id=self.id)
             return None
         run = record["run"]
-        for k in METRIC_COLUMNS:
-            v = run.get(k)
-            run[k] = v if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
         clash = self.ledger.get_run(run["run_id"]) if run["run_id"] else None
         if clash is not None and Path(clash["run_dir"]).resolve() != Path(run["run_dir"]).resolve():
             run["run_id"] = derived_run_id(Path(run["run_dir"]))

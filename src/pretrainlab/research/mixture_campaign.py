@@ -40,7 +40,7 @@ import numpy as np
 
 from ..config import Recipe, apply_overrides
 from ..errors import UserError
-from ..ledger.rundir import METRIC_COLUMNS, derived_run_id, read_run_dir
+from ..ledger.rundir import derived_run_id, read_run_dir
 from ..ledger.store import Phase, Role
 from ..recipes import estimate_params
 from ..runners import Job, JobResult, Runner, make_runner
@@ -446,10 +446,6 @@ class MixtureCampaign:
         try:
             record = read_run_dir(run_dir)
             run = record["run"]
-            run["recipe_name"] = run["recipe_name"] if isinstance(run.get("recipe_name"), str) else None
-            for k in METRIC_COLUMNS:
-                v = run.get(k)
-                run[k] = v if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
         except (UserError, ValueError, TypeError, AttributeError) as e:
             self.ledger.add_note(f"run {run_dir.name}: its run directory could not be read ({e}); not registered", author="campaign",
                                  experiment_id=exp_id)
