@@ -121,6 +121,7 @@ def test_argparse_errors_are_one_line():
     ["train", "--recipe", "tiny-cpu", "--set", "model.n_head=5", "--no-ledger"],
     ["train", "--recipe", "tiny-cpu", "--set", "model.nope=1", "--no-ledger"],
     ["research", "start", "--recipe", "tiny-cpu", "--set", "model.n_head=5", "--budget-runs", "8"],
+    ["research", "start", "--recipe", "tiny-cpu", "--spend-cap-usd", "nan"],  # NaN passes `< 0`; it may not pass at all
     ["research", "mixture", "--recipe", "tiny-cpu", "--proxies", "1"],
     ["data", "build", "no-such-recipe.toml"],
 ])

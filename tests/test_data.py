@@ -155,6 +155,14 @@ def test_corrupt_or_missing_corpus_is_a_user_error(corpus_dir, tmp_path):
     shard.write_bytes(bytes(data[:-2]))
     with pytest.raises(UserError, match=r"docs\.val\.bin has .* bytes, the manifest expects"):
         Corpus.open(broken, verify=False)
+    # a manifest edited into something else: one line naming it and the fix, whatever is wrong inside
+    shard.write_bytes(bytes(data))
+    manifest = json.loads((broken / "manifest.json").read_text())
+    for spoiled in ([], {**manifest, "dtype": "no-such-dtype"}, {**manifest, "domains": {"docs": {"train": {}}}},
+                    {**manifest, "domains": {"docs": 5}}, {**manifest, "tokenizer": {"name": 7}}):
+        (broken / "manifest.json").write_text(json.dumps(spoiled))
+        with pytest.raises(UserError, match=r"manifest\.json does not describe a corpus.*data prepare` with --force"):
+            Corpus.open(broken, verify=False)
 
 
 def test_manifest_hash_names_the_data_not_the_build_time(corpus_dir, tmp_path):

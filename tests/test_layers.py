@@ -10,7 +10,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "pretrainlab"
 
 LAYERS = [
-    {"pretrainlab", "errors", "config"},
+    {"pretrainlab", "errors", "config", "redaction"},
     {"model", "data", "recipes", "workspace", "rundir"},
     {"eval", "scoring_worker", "curves"},
     {"train"},

@@ -101,6 +101,7 @@ def test_the_lab_through_the_mcp_client(corpus_dir, tmp_path):
     db_url = f"sqlite:///{tmp_path / 'sim' / 'ledger.db'}"
     run_dir, _ = api.train_run("tiny-cpu", tiny_overrides(corpus_dir, **{"budget.tokens": 4096}), tmp_path / "run", echo=False, db=db_url)
     run_id = api.show_run(str(run_dir), db=db_url)["run_id"]
+    api.note_run(run_id, "rerun with ANTHROPIC_API_KEY=sk-ant-api03-abcdefghijklmnop set", author="bob", db=db_url)
     cid = sim["campaign_id"]
     experiments = api.research_status(cid, db=db_url)["experiments"]
     baseline, other = experiments[0]["experiment"], experiments[1]["experiment"]
@@ -135,6 +136,14 @@ def test_the_lab_through_the_mcp_client(corpus_dir, tmp_path):
                 ("research_report", {"campaign": cid, "out": "../" * 40 + "pretrainlab-outside.html"}),
                 ("research_report", {"campaign": cid, "out": "var/report.html"}),  # a link in the workspace that leads out
                 ("research_report", {"campaign": cid, "out": "notes.txt"}),
+                ("research_start", {"recipe": "tiny-cpu", "spend_cap_usd": "nan"}),  # NaN is above nothing: refused all the same
+                ("list_runs", {"limit": "abc"}),  # the wrong type: one line naming the argument
+                ("show_run", {"run": "x" * 100_000}),  # too long to be a path
+                ("diagnose_run", {"run": "/etc"}),  # the server's files are not the client's to read
+                ("diagnose_run", {"run": str(run_dir), "baseline": str(tmp_path)}),
+                ("corpus_report", {"corpus": "/etc"}),
+                ("data_why", {"corpus": "../" * 20 + "etc", "document": "passwd"}),
+                ("show_run", {"run": run_id}),  # its note quotes a key: masked, as on the dashboard
             ]
             results = [await client.call_tool(name, args) for name, args in calls]
             unknown = []
@@ -185,8 +194,15 @@ def test_the_lab_through_the_mcp_client(corpus_dir, tmp_path):
     assert any(n["author"] == author and n["text"] == "stop requested" for n in record["notes"])
 
     # bad input: an error result with the CLI's one-line message, no traceback, and the server lives on
-    no_campaign, bad_key, no_run_tool, bad_recipe, bad_budget, spend, etc_path, escape, linked, not_html = bad
-    assert all(r.is_error and "\n" not in _text(r) and "Traceback" not in _text(r) for r in bad)
+    *bad, noted_run = bad
+    (no_campaign, bad_key, no_run_tool, bad_recipe, bad_budget, spend, etc_path, escape, linked, not_html, nan_cap, bad_type, long_ref,
+     etc_run, etc_baseline, etc_corpus, up_corpus) = bad
+    assert all(r.is_error and "\n" not in _text(r) and "Traceback" not in _text(r) for r in bad), [(r.is_error, _text(r)[:150]) for r in bad if not r.is_error or "\n" in _text(r)]
+    assert "spend_cap_usd" in _text(nan_cap) and "limit" in _text(bad_type) and "abc" in _text(bad_type)
+    assert "no run 'xxxx" in _text(long_ref) and len(_text(long_ref)) < 1000
+    assert all("name a run by its id" in _text(r) for r in (etc_run, etc_baseline))
+    assert all("name a corpus by its folder" in _text(r) for r in (etc_corpus, up_corpus))
+    assert not noted_run.is_error and "sk-ant-api03-abcdefghijklmnop" not in _text(noted_run) and "[redacted]" in _text(noted_run)
     assert "no campaign 'no-such-campaign'" in _text(no_campaign)
     assert "unknown config key 'model.nope'" in _text(bad_key)
     assert "zzzz" in _text(no_run_tool)

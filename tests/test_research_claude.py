@@ -109,6 +109,8 @@ def test_spend_cap_in_tokens_and_dollars():
         assert s.spend.dollars("claude-opus-5") == pytest.approx(5.0)
         with pytest.raises(SpendCapReached, match=r"\$5.00"):
             s.propose(view(), 1)
+    with FakeServer([]) as server, pytest.raises(SpendCapReached):  # a cap that is not a number stops, it never lifts
+        strategy(server, [], spend_cap_usd=float("nan")).propose(view(), 1)
 
 
 def test_long_conversations_are_compacted():

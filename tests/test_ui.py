@@ -430,3 +430,18 @@ def test_ui_command_serves_and_prints_the_token_address(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_masking_never_breaks_a_pages_data(client, lab):
+    """Text shaped like NAME="value" (a hypothesis, a query parameter) is masked before the page's data is encoded as
+    JSON: masking the encoded JSON ate the backslash of \\" and cut the page's script data short."""
+    for url in (f"/campaigns/{lab['campaign']}?sort=PASSWORD=%22x", f"/campaigns/{lab['campaign']}", f"/runs/{lab['runs'][0]}",
+                f"/compare?runs={lab['runs'][0]},{lab['runs'][1]}"):
+        text = client.get(url).text
+        data = re.search(r'<script type="application/json" id="page-data">(.*?)</script>', text, re.S)
+        assert data is not None, url
+        json.loads(data.group(1))  # parses: the page's charts and live updates read it
+    assert views.scrub('{"h": "unset HF_SECRET=\\"\\" first"}', markup=True) == '{"h": "unset HF_SECRET=\\"\\" first"}'
+    assert views.scrub('<td>PASSWORD=hunter2</td>', markup=True) == "<td>[redacted]</td>"
+    masked = json.loads(views.page_json({"note": 'API_KEY="sk-ant-api03-abcdefghij"', "api_key": "x"}))
+    assert "sk-ant" not in masked["note"] and "[redacted]" in masked["note"] and masked["api_key"] == "[redacted]"

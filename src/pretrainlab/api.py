@@ -503,8 +503,11 @@ def write_report(campaign: str, out: Path, db: str | None = None) -> Path:
 def _run_dir(ref: str, db: str | None) -> Path:
     """A run directory given as a path, or a run id / unique id prefix looked up in the ledger."""
     path = Path(ref)
-    if path.exists():
-        return path
+    try:
+        if path.exists():
+            return path
+    except OSError:  # a name too long to be a path: an id, or nothing
+        pass
     with _ledger(db, create=False) as lg:
         return Path(lg.get_run(lg.resolve_run(ref))["run_dir"])
 
@@ -553,6 +556,19 @@ def research_launch(recipe: str = "tiny-cpu", overrides: list[str] | None = None
     from .research import manage
 
     return manage.launch(cfg, author=author, name=name, db=db)
+
+
+def corpus_home() -> Path:
+    """The lab's corpus home: $PRETRAINLAB_HOME/corpus, where prepared and derived corpora live."""
+    from . import data
+
+    return data.default_home() / "corpus"
+
+
+def registered_run_dir(ref: str, db: str | None = None) -> str:
+    """The directory of a run in the ledger (RUN = id or unique id prefix)."""
+    with _ledger(db, create=False) as lg:
+        return lg.get_run(lg.resolve_run(ref))["run_dir"]
 
 
 def corpus_path(name: str) -> Path:

@@ -43,6 +43,7 @@ from typing import Annotated, Any
 
 from . import api
 from .errors import UserError
+from .redaction import redact
 
 INSTRUCTIONS = (
     "pretrainlab: an AI research lab for LLM pre-training. Start a campaign with research_start (it returns at once with "
@@ -107,6 +108,68 @@ def client_author(ctx) -> str:
     return f"mcp:{name or 'client'}" + (f"/{version}" if version else "")
 
 
+def _is_path(ref: str) -> bool:
+    return "/" in ref or ref.startswith(("~", ".")) or ref in ("", ".", "..")
+
+
+def _inside(ref: str, roots: list[Path]) -> Path | None:
+    """The directory `ref` names (relative paths from the workspace, links followed), if it lies inside one of `roots`."""
+    path = Path(ref).expanduser()
+    try:
+        path = (path if path.is_absolute() else api.workspace() / path).resolve()
+        return path if path.is_dir() and any(path.is_relative_to(r.resolve()) for r in roots) else None
+    except (OSError, RuntimeError):  # a name too long for the file system, a loop of links
+        return None
+
+
+def run_in_reach(ref: str, db: str | None) -> str:
+    """A run as a client may name it for the doctor: an id (or unique prefix) from the ledger, a
+    run directory the ledger has, or one inside the workspace (a live run not yet registered).
+    Any other path is refused: over HTTP anyone holding the token would read the server's files
+    through it."""
+    if not _is_path(ref):
+        return api.registered_run_dir(ref, db)
+    root = api.workspace()
+    path = _inside(ref, [root])
+    if path is not None:
+        return str(path)
+    try:
+        return api.registered_run_dir(ref, db)  # a directory the ledger has: a person registered it
+    except UserError:
+        raise UserError(f"run {ref[:200]!r}: name a run by its id (list_runs), or give a run directory inside the workspace "
+                        f"({root}) or one in the ledger") from None
+
+
+def corpus_in_reach(ref: str) -> str:
+    """A corpus as a client may name it: its folder name in the lab's corpus home ('builtin' for
+    the builtin corpus), or a directory inside the workspace or the corpus home."""
+    if not _is_path(ref):
+        return str(api.corpus_path(ref))
+    homes = [api.workspace(), api.corpus_home()]
+    path = _inside(ref, homes)
+    if path is None:
+        raise UserError(f"corpus {ref[:200]!r}: name a corpus by its folder in {homes[1]} (or 'builtin'), or give a directory "
+                        f"inside the workspace ({homes[0]})")
+    return str(path)
+
+
+def one_line(text: str) -> str:
+    """An error as one line: argument validation's report (pydantic's: a header, then each field
+    and its message on lines of their own, with a link) as `field: message (got VALUE)`."""
+    lines = [ln for ln in text.splitlines() if ln.strip() and "errors.pydantic.dev" not in ln]
+    if len(lines) < 2:
+        return " ".join(lines)
+    head, parts, field = lines[0].split(": ", 1)[0], [], None
+    for ln in lines[1:]:
+        if not ln.startswith(" "):
+            field = ln.strip()
+            continue
+        message = re.sub(r"\s*\[type=[^,\]]*(?:, input_value=(.*?))?(?:, input_type=\w+)?\]$",
+                         lambda m: f" (got {m.group(1)[:80]})" if m.group(1) else "", ln.strip())
+        parts.append(f"{field}: {message}" if field else message)
+    return f"{head}: {'; '.join(parts)}" if parts else " ".join(ln.strip() for ln in lines)
+
+
 def report_path(out: str | None, campaign_id: str) -> Path:
     """Where research_report may write: an .html path inside the workspace (relative paths are
     taken from there) or the temp folder; links are followed before the check."""
@@ -169,19 +232,24 @@ def build_server(db: str | None = None):
                 why = "".join(f"; {NOT_OVER_MCP[k]}" for k in unknown if k in NOT_OVER_MCP)
                 raise MCPError(INVALID_PARAMS, f"{name} has no argument {', '.join(unknown)}{why}; its arguments: "
                                                f"{', '.join(sorted(arguments_of[name]))}")
-        return await call_next(ctx)
+        result = await call_next(ctx)
+        if ctx.method == "tools/call" and isinstance(result, dict) and result.get("isError"):  # the wire form of a tool's error
+            for item in result.get("content") or []:  # e.g. pydantic's report on an argument of the wrong type
+                if isinstance(item, dict) and item.get("type") == "text" and "\n" in item.get("text", ""):
+                    item["text"] = one_line(item["text"])
+        return result
 
     server.middleware.append(refuse_unknown_arguments)
 
     def call(fn, *args, **kwargs):
         try:
-            return _plain(fn(*args, **kwargs))
+            return redact(_plain(fn(*args, **kwargs)))  # key-shaped text (a note quoting a key) masked, as on the dashboard
         except UserError as e:  # the CLI's one-line message, as an error result the model reads
             raise ToolError(str(e)) from None
 
     def read(fn, *args, **kwargs):  # for resources
         try:
-            return fn(*args, **kwargs)
+            return redact(fn(*args, **kwargs))
         except UserError as e:
             raise ResourceError(str(e)) from None
 
@@ -209,7 +277,7 @@ def build_server(db: str | None = None):
         started by this client. Returns {campaign, name, status, started_by, pid, log}."""
         defaults = api.CampaignConfig()
         for cap in CAPPED:
-            if settings[cap] > getattr(defaults, cap):
+            if not settings[cap] <= getattr(defaults, cap):  # NaN too: it is above nothing, and would stop nothing
                 raise ToolError(f"{cap} {settings[cap]} is above the lab's default {getattr(defaults, cap)}: over MCP a campaign's LLM "
                                 f"spend caps can only be lowered; a person raises them with `pretrainlab research resume ID "
                                 f"--{cap.replace('_', '-')} N`")
@@ -304,8 +372,9 @@ def build_server(db: str | None = None):
     @tool(read_only=True)
     def diagnose_run(run: str, baseline: str | None = None) -> dict:
         """The run doctor's findings (loss spikes, stalls, divergence, data problems, idle
-        accelerators...) with cause, evidence and fix; optionally against a baseline run."""
-        return call(lambda: api.diagnose_run(run, baseline, db=db).to_dict())
+        accelerators...) with cause, evidence and fix; optionally against a baseline run. A run
+        is its id (or a unique prefix), or a run directory inside the workspace (a live run)."""
+        return call(lambda: api.diagnose_run(run_in_reach(run, db), run_in_reach(baseline, db) if baseline else None, db=db).to_dict())
 
     @tool(read_only=True)
     def diagnose_campaign(campaign: str) -> dict:
@@ -316,14 +385,16 @@ def build_server(db: str | None = None):
     @tool(read_only=True)
     def corpus_report(corpus: str | None = None, tokenizer: str = "byte") -> dict:
         """A prepared corpus's documents, tokens and bytes per domain and split (the builtin
-        corpus when none is named), and for a derived corpus its build report per step."""
-        return call(api.corpus_info, corpus, tokenizer)
+        corpus when none is named), and for a derived corpus its build report per step. corpus:
+        its folder name in the lab's corpus home ('builtin'), or a directory inside the workspace."""
+        return call(lambda: api.corpus_info(corpus_in_reach(corpus) if corpus else None, tokenizer))
 
     @tool(read_only=True)
     def data_why(corpus: str, document: str) -> dict:
         """Why a document is (not) in a derived corpus's training set: the step, rule and
-        score that decided, or its near-duplicate cluster and the document kept."""
-        return call(api.data_why, corpus, document)
+        score that decided, or its near-duplicate cluster and the document kept. corpus: as for
+        corpus_report; document: its path as the report lists it, or a sha256 prefix."""
+        return call(lambda: api.data_why(corpus_in_reach(corpus), document))
 
     @tool(read_only=True)
     def scaling_fit(ladder: str | None = None, campaign: str | None = None, flops: list[float] | None = None, params: str = "total",

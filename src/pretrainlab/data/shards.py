@@ -372,11 +372,23 @@ class Corpus:
             manifest = json.loads(raw)
         except json.JSONDecodeError as e:
             raise UserError(f"{manifest_path} is not valid JSON ({e.msg}): re-run `pretrainlab data prepare` with --force") from None
+        if not isinstance(manifest, dict):
+            raise UserError(f"{manifest_path} does not describe a corpus (a JSON {type(manifest).__name__}): "
+                            "re-run `pretrainlab data prepare` with --force")
         if manifest.get("format_version") != FORMAT_VERSION:
             raise UserError(
                 f"corpus at {path} has format version {manifest.get('format_version')}, this pretrainlab reads {FORMAT_VERSION}: "
                 "re-run `pretrainlab data prepare` with --force"
             )
+        try:
+            return cls._open(path, manifest, verify)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:  # a manifest edited by hand, or by something else
+            what = f"no {e}" if isinstance(e, KeyError) else str(e).splitlines()[0][:200]
+            raise UserError(f"{manifest_path} does not describe a corpus this version reads ({what}): "
+                            "re-run `pretrainlab data prepare` with --force") from None
+
+    @classmethod
+    def _open(cls, path: Path, manifest: dict, verify: bool) -> Corpus:
         itemsize = np.dtype(manifest["dtype"]).itemsize
         missing: set[str] = set()
         for splits in manifest["domains"].values():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +91,12 @@ def _text(v: Any) -> str | None:
     return v if isinstance(v, str) else None
 
 
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")  # the trainer writes 12 hex digits; an id is never a path, a URL's escape or markup
+
+
 def _run_id(v: Any) -> str | None:
-    """A run id as the trainer writes it (12 hex digits), or any short printable id without a slash."""
-    return v if isinstance(v, str) and 0 < len(v) <= 128 and v.isprintable() and "/" not in v and v.strip() == v else None
+    """provenance.json's run id, when it is one (RUN_ID); the faces put ids in paths, URLs and commands."""
+    return v if isinstance(v, str) and RUN_ID.fullmatch(v) else None
 
 
 def _timestamp(v: Any) -> str | None:

@@ -221,7 +221,11 @@ class Ledger:
         """A run id from a run id, a unique id prefix, or a run directory."""
         ref = str(ref).strip()
         path = Path(ref)
-        if path.is_dir():
+        try:
+            is_dir = path.is_dir()
+        except OSError:  # a name too long to be a path (ENAMETOOLONG): an id, or nothing
+            is_dir = False
+        if is_dir:
             if is_run_dir(path):
                 rid = run_id_of(path)
                 if self.db.query_one("SELECT 1 AS x FROM runs WHERE run_id = ?", (rid,)):
@@ -240,7 +244,7 @@ class Ledger:
         if rows:
             ids = ", ".join(r["run_id"] for r in rows[:5])
             raise UserError(f"run prefix {ref!r} is ambiguous ({ids}{', ...' if len(rows) > 5 else ''}); type more characters of the id")
-        raise UserError(f"no run {ref!r} in the ledger {self.target}: pass a run id, a unique prefix of one, or a run directory "
+        raise UserError(f"no run {ref[:200]!r} in the ledger {self.target}: pass a run id, a unique prefix of one, or a run directory "
                         "(see `pretrainlab runs list`)")
 
     # ---- campaigns, experiments, decisions, notes ----------------------------------------------

@@ -5,6 +5,8 @@ generates the flags from these fields."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +108,7 @@ class CampaignConfig(Execution):
     spend_cap_tokens: int = doc("stop asking the LLM after this many tokens (whole campaign, resumes included)", 5_000_000)
 
     def __post_init__(self):
+        check_finite(self)
         if self.goal != "val_bpb":
             raise UserError(f"--goal {self.goal!r}: the lab optimises val_bpb (lower is better); use --goal val_bpb")
         if self.budget_runs < self.seeds + 1:
@@ -145,6 +148,16 @@ class CampaignConfig(Execution):
         if self.early_stop and not recipe.train.eval_every_frac:
             recipe.train.eval_every_frac = 0.5
         return recipe
+
+
+def check_finite(cfg) -> None:
+    """NaN passes every `x < 0` check and `spent >= nan` is never true (a NaN spend cap would never stop a
+    model): every number of a settings object must be finite, whichever face it came from."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise UserError(f"--{f.name.replace('_', '-')} {v}: give a finite number")
 
 
 def check_runner(runner: str, ray_address: str | None, gpus: list[int] | None, parallel: int) -> None:
@@ -219,6 +232,7 @@ class MixtureConfig(Execution):
     num_resamples: int = doc("bootstrap resamples of the proxies", NUM_RESAMPLES)
 
     def __post_init__(self):
+        check_finite(self)
         if self.confirm_seeds < 2:
             raise UserError(f"--confirm-seeds must be >= 2 (a paired test needs two seeds), got {self.confirm_seeds}")
         if self.parallel < 1:
@@ -270,6 +284,7 @@ class LadderConfig:
     params: str = doc("how N is counted: total (Hoffmann et al.) or non-embedding (Kaplan et al.)", "total")
 
     def __post_init__(self):
+        check_finite(self)
         if self.tokens and self.flops:
             raise UserError("--tokens and --flops both given: a ladder is a grid of token budgets or an iso-FLOP design, not both")
         self.sizes = list(self.sizes) or list(LADDER_SIZES)

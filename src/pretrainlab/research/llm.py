@@ -240,7 +240,8 @@ class ClaudeStrategy(Strategy):
 
     def _cap_reached(self) -> str | None:
         """Why no further call may be made, or None."""
-        if self.spend.total_tokens >= self.spend_cap_tokens or self.spend.dollars(self.model_id) >= self.spend_cap_usd:
+        # written so that a cap that is not a number stops every call (NaN compares false both ways)
+        if not (self.spend.total_tokens < self.spend_cap_tokens and self.spend.dollars(self.model_id) < self.spend_cap_usd):
             return (f"spend cap reached: {self.spend.total_tokens:,} tokens, ${self.spend.dollars(self.model_id):.2f} "
                     f"(caps {self.spend_cap_tokens:,} tokens, ${self.spend_cap_usd:.2f})")
         return None

@@ -36,7 +36,7 @@ from urllib.parse import parse_qs, quote, unquote, urlencode
 from fastapi import FastAPI, Request
 from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader
@@ -109,7 +109,8 @@ def create_app(db: str | None = None, author: str = "person", token: str | None 
                       lstrip_blocks=True)
     env.filters.update(num=views.num, when=views.when, duration=views.duration, effect=views.effect, pvalue=views.p_value,
                        who=views.who, decider=views.decider, change=views.change_summary, patch_lines=views.patch_lines,
-                       pretty=views.pretty_json, short=views.short, cell=api.format_cell, first_line=views.first_line)
+                       pretty=views.pretty_json, short=views.short, cell=api.format_cell, first_line=views.first_line,
+                       tojson=views.page_json)
     templates = Jinja2Templates(env=env)
     app.add_middleware(GZipMiddleware, minimum_size=100_000, compresslevel=1)  # a long run's curves: megabytes of JSON
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
@@ -373,8 +374,10 @@ def _finalize(value):
     """Every {{ value }} on a page passes here: None prints as nothing, key-shaped text is masked."""
     if value is None:
         return ""
+    if isinstance(value, views.PageJSON):
+        return value  # redacted before it was encoded (masking JSON text would cut it at an escaped quote)
     if isinstance(value, Markup):
-        return Markup(views.scrub(str(value)))
+        return Markup(views.scrub(str(value), markup=True))
     if isinstance(value, str):
         return views.scrub(value)
     return value

@@ -11,36 +11,23 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from datetime import UTC, datetime
+
+from jinja2.utils import htmlsafe_json_dumps
+from markupsafe import Markup
+
+from ..redaction import redact, scrub
 
 VERDICT_COLORS = {"keep": "#2a9d4b", "discard": "#8f959e", "inconclusive": "#d9891a", None: "#3b6fd8"}
 STATUS_COLORS = {"ok": "#3b6fd8", "timeout": "#3b6fd8", "diverged": "#d43d3d", "crashed": "#d43d3d", "preempted": "#d9891a",
-                 "unknown": "#8f959e", "live": "#2a9d4b"}
+                 "rejected": "#d43d3d", "unscored": "#8f959e", "unknown": "#8f959e", "live": "#2a9d4b"}
 
-# key-shaped strings: Anthropic, OpenAI, Hugging Face, GitHub, Slack and AWS keys, and NAME=VALUE
-# assignments of variables that hold secrets
-SECRET = re.compile(r"sk-ant-[A-Za-z0-9_\-]{8,}|sk-(?:proj-)?[A-Za-z0-9_\-]{20,}|hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{20,}"
-                    r"|xox[abprs]-[A-Za-z0-9\-]{10,}|AKIA[0-9A-Z]{16}"
-                    r"|\b[A-Z0-9_]*(?:API_KEY|SECRET|PASSWORD|ACCESS_TOKEN|AUTH_TOKEN)\b\s*[=:]\s*['\"]?[^\s'\"]+")
-SECRET_KEY = re.compile(r"(^|_)(api_?key|secret|password|passwd|credentials?|authorization|token)$")
-REDACTED = "[redacted]"
+class PageJSON(Markup):
+    """A page's data for its script (the `tojson` filter): redacted before it was encoded."""
 
 
-def scrub(text: str) -> str:
-    """The text with anything shaped like an API key replaced."""
-    return SECRET.sub(REDACTED, text)
-
-
-def redact(value):
-    """A JSON value with every secret-named key's value replaced and every string scrubbed."""
-    if isinstance(value, dict):
-        return {k: REDACTED if SECRET_KEY.search(str(k).lower()) else redact(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    if isinstance(value, str):
-        return scrub(value)
-    return value
+def page_json(value) -> PageJSON:
+    return PageJSON(htmlsafe_json_dumps(redact(value)))
 
 
 def pretty_json(value) -> str:
