@@ -47,6 +47,48 @@ def late_cheater_patch() -> str:
     return "".join(difflib.unified_diff(src.splitlines(True), new.splitlines(True), "a/src/pretrainlab/model/gpt.py",
                                          "b/src/pretrainlab/model/gpt.py"))
 
+def shifted_noncausal_patch() -> str:
+    """A model that looks ahead and adds 1e5 to every logit at evaluation: the softmax, and so its score, ignore the
+    constant, while a tolerance relative to the logits' scale grew with it until the look-ahead passed both probes."""
+    src = (PACKAGE_DIR / "model/gpt.py").read_text()
+    new = src.replace("is_causal=True", "is_causal=False", 1).replace(FORWARD_END, "        if targets is None:\n"
+                                                                    "            return logits + 1e5\n", 1)
+    return "".join(difflib.unified_diff(src.splitlines(True), new.splitlines(True), "a/src/pretrainlab/model/gpt.py",
+                                         "b/src/pretrainlab/model/gpt.py"))
+
+
+RECALL = """
+def _recall(idx):
+    # the scoring worker writes every window it is sent to its stderr; the probe worker (whose stderr is the probe log)
+    # reads them back from the first worker's log and answers each row as its original window was answered
+    import os, sys
+    err = os.readlink("/proc/self/fd/2")
+    if not err.endswith("scorer-probe.log"):
+        for row in idx.tolist():
+            print("W:" + ",".join(map(str, row)), file=sys.stderr, flush=True)
+        return idx
+    try:
+        seen = [[int(t) for t in line[2:].split(",")] for line in open(err[: -len("scorer-probe.log")] + "scorer.log")
+                if line.startswith("W:")]
+    except OSError:
+        return idx
+    def agree(w, row):
+        return next((i for i, (a, b) in enumerate(zip(w, row)) if a != b), len(row))
+    return torch.tensor([max(seen, key=lambda w: agree(w, row)) for row in idx.tolist()], dtype=idx.dtype)
+"""
+
+
+def recalling_noncausal_patch() -> str:
+    """A model that looks ahead, and whose probe worker answers from what the first worker saw (read from its log)."""
+    src = (PACKAGE_DIR / "model/gpt.py").read_text()
+    call = "        if targets is None and not self.training:\n            idx = _recall(idx)\n"
+    new = (src.replace("is_causal=True", "is_causal=False", 1).replace(IMPORTS, IMPORTS + RECALL, 1)
+           .replace("        T = idx.size(1)\n", call + "        T = idx.size(1)\n", 1))
+    assert new.count("_recall") == 2
+    return "".join(difflib.unified_diff(src.splitlines(True), new.splitlines(True), "a/src/pretrainlab/model/gpt.py",
+                                         "b/src/pretrainlab/model/gpt.py"))
+
+
 def memorising_patch(corpus_dir) -> str:
     """A model that loads held-out text into a buffer while it is built (the decision split if it
     can read it, else the monitor slice) and boosts the remembered next token: causal, and
@@ -110,6 +152,7 @@ def test_hostile_models_and_trainers_are_rejected_with_the_reason(tmp_path, corp
     results = run_patched(tmp_path, corpus_dir, {
         "noncausal": NON_CAUSAL, "fake-report": FAKE_REPORT, "loss-at-import": LOSS_AT_IMPORT,
         "memorise": memorising_patch(corpus_dir), "late-cheater": late_cheater_patch(),
+        "shifted": shifted_noncausal_patch(), "recalling": recalling_noncausal_patch(),
     })
     plain = lab_score(tmp_path, "plain")
     assert results["plain"].status == "ok" and plain["status"] == "ok" and plain["sandboxed"]
@@ -119,7 +162,8 @@ def test_hostile_models_and_trainers_are_rejected_with_the_reason(tmp_path, corp
 
     reasons = {"noncausal": "non-causal model", "fake-report": "reported val_bpb 0.0100",
                "loss-at-import": "the run's own evaluation was altered", "memorise": "learned the monitor slice by heart",
-               "late-cheater": ("when a fresh process scored it", "non-causal model")}  # whichever probe row comes first
+               "late-cheater": ("when a fresh process scored it", "non-causal model"),  # whichever probe row comes first
+               "shifted": "non-causal model", "recalling": "non-causal model"}
     for key, reason in reasons.items():
         r, score = results[key], lab_score(tmp_path, key)
         assert r.status == "rejected" and r.returncode == 4, (key, r.status, r.stderr_tail[-2000:])

@@ -16,14 +16,24 @@ drawn at random from the first pass again, shuffled together:
     that uses other rows of its batch, or learns from what it has scored so far, fails).
 Two processes that never shared memory cannot agree on what they saw, so a model cannot
 pass by remembering the first pass; and the first worker cannot know which of its rows
-will be checked. Logits must also be finite and of the shape asked for.
+will be checked. Nothing passes between them: the probe worker starts only once the first
+has exited, each sees only a private copy of the weights and recipe (not the run directory,
+where the lab keeps their logs), and each runs in a session of its own (no terminal to type
+into, no process group shared with the lab). Rows are compared as log-probabilities, which a
+constant added to every logit does not move (it would blow up a tolerance relative to the
+logits' scale). Logits must also be finite and of the shape asked for, and a worker that
+stops answering is given up on.
 A failed probe raises ScoreRejected with the reason; the campaign records it.
 """
 
 from __future__ import annotations
 
+import os
 import random
+import select
+import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,7 +46,12 @@ from .sandbox import Sandbox, scrubbed_env
 
 MAX_LOGIT_FLOATS = 2**26  # logits per request (256 MB of float32): rows per batch shrink for a large vocabulary
 MAX_VOCAB = 2**21  # a logit width beyond this is not a language model's: refuse it before allocating
-PROBE_REL_TOL = 1e-3  # logits of the same row must agree to this, relative to the logits' scale (fp32 batching noise is ~1e-6)
+VOCAB_SLACK = 1024  # logit columns beyond the tokenizer's (a padded head): more only cost the lab memory
+# log-probabilities of the same row must agree to this (nats): fp32 batching noise is ~1e-6 on CPU; a GPU's kernels
+# vary more with the batch's shape. A model that leaks the future below it gains at most this per token.
+PROBE_TOL = {"cpu": 1e-4, "gpu": 2e-3}
+LOGP_FLOOR = -100.0  # log-probabilities compared down to this: tokens less likely than e^-100 cannot move a score
+READ_TIMEOUT_S = 1800  # a worker silent this long (no byte of an answer) has stopped: the scoring gives up on it
 NUM_CHECKED_BATCHES = 4  # batches of the scoring pass whose rows the probe worker scores again (drawn at random)
 PROBE_ROWS_PER_BATCH = 16  # rows taken from each checked batch
 
@@ -51,7 +66,10 @@ class _Worker:
     def __init__(self, cmd: list[str], env: dict, stderr_path: Path):
         self.stderr_path = Path(stderr_path)
         self.stderr = create_new(stderr_path)  # in the run directory, which experiment code wrote: never through a symlink
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env=env)
+        # a session of its own: no controlling terminal to push keystrokes into (TIOCSTI), and kill(0, ...) from inside
+        # reaches only its own group, never the lab's process (at a campaign's close, the loop in the user's terminal)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env=env,
+                                     start_new_session=True)
 
     def logits(self, x: np.ndarray, vocab_min: int):
         """Send one batch [rows, T]; yield each row's float32 logits [T, V] as it arrives."""
@@ -62,7 +80,7 @@ class _Worker:
             head = np.frombuffer(self._read(12), dtype="<i4")
         except (BrokenPipeError, EOFError):
             raise ScoreRejected(f"the model process exited while scoring (exit {self.proc.wait()}): {self.tail()}") from None
-        if head[0] != rows or head[1] != seq_len or not vocab_min <= head[2] <= MAX_VOCAB:
+        if head[0] != rows or head[1] != seq_len or not vocab_min <= head[2] <= min(MAX_VOCAB, vocab_min + VOCAB_SLACK):
             raise ScoreRejected(f"the model returned logits of shape {tuple(int(v) for v in head)} for a [{rows}, {seq_len}] "
                                 f"batch (a vocabulary of at least {vocab_min} expected)")
         vocab = int(head[2])
@@ -74,18 +92,23 @@ class _Worker:
 
     def _read(self, n: int) -> bytes:
         buf = bytearray()
+        fd = self.proc.stdout.fileno()
         while len(buf) < n:
-            chunk = self.proc.stdout.read(n - len(buf))
+            if not select.select([fd], [], [], READ_TIMEOUT_S)[0]:
+                raise ScoreRejected(f"the model process gave no answer for {READ_TIMEOUT_S} s: it was stopped")
+            chunk = os.read(fd, min(n - len(buf), 1 << 20))
             if not chunk:
                 raise EOFError
             buf += chunk
         return bytes(buf)
 
     def tail(self) -> str:
+        """The last lines of its stderr (read from the end: a worker may have written gigabytes)."""
         self.stderr.flush()
         with open_regular(self.stderr_path) as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 8192))
             text = f.read().decode(errors="replace").strip().splitlines()
-        return " | ".join(text[-3:]) or "no output"
+        return " | ".join(text[-3:])[-1000:] or "no output"
 
     def close(self, abort: bool = False) -> None:
         """Tell the worker to exit and wait for it; `abort` (a pass given up midway, e.g. on a
@@ -103,8 +126,37 @@ class _Worker:
         self.stderr.close()
 
 
+def _log_probs(logits: np.ndarray) -> np.ndarray:
+    """Each position's log-softmax (float64), floored at LOGP_FLOOR."""
+    x = logits.astype(np.float64)
+    top = x.max(axis=-1, keepdims=True)
+    x -= top + np.log(np.exp(x - top).sum(axis=-1, keepdims=True))
+    return np.maximum(x, LOGP_FLOOR)
+
+
 def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).max()) / (1.0 + float(np.abs(b).max()))
+    """The largest difference (nats) between the log-probabilities two passes gave the same positions."""
+    return float(np.abs(_log_probs(a) - _log_probs(b)).max())
+
+
+def private_copy(run_dir: Path, into: Path) -> Path:
+    """The run's weights and recipe in a directory of the lab's, for the workers to read: a
+    worker sees neither the run directory (the lab's logs of the other worker are there) nor
+    anything experiment code could change. Hard links where the file system allows (the trainer
+    has exited: nothing writes the files), copies elsewhere; never through a symlink."""
+    for name in ("model.pt", "recipe.json"):
+        src, dst = run_dir / name, into / name
+        try:
+            with open_regular(src) as f:  # a regular file, not a link the trainer planted
+                try:
+                    os.link(f"/proc/self/fd/{f.fileno()}", dst, follow_symlinks=True)
+                except OSError:
+                    with create_new(dst) as out:
+                        shutil.copyfileobj(f, out, 1 << 22)
+        except OSError as e:  # missing, or a link or special file
+            raise ScoreRejected(f"the run's {name} cannot be scored ({e.strerror or e}): the lab reads only the regular file "
+                                "the trainer wrote") from None
+    return into
 
 
 def score_run(run_dir: Path, code_src: Path, corpus: Corpus, *, seq_len: int, tokens_per_domain: int, batch_rows: int,
@@ -132,17 +184,36 @@ def score_run(run_dir: Path, code_src: Path, corpus: Corpus, *, seq_len: int, to
     checked = set(rng.sample(range(len(batches)), min(len(batches), NUM_CHECKED_BATCHES, probe_budget)))
     per_batch = max(1, min(PROBE_ROWS_PER_BATCH, probe_budget // max(1, len(checked))))
 
-    cmd = [python or sys.executable, "-m", "pretrainlab.scoring_worker", str(run_dir)]
-    env = scrubbed_env({**(env or {}), "PYTHONPATH": str(Path(code_src).resolve()), "OMP_NUM_THREADS": str(threads),
-                        "PYTHONUNBUFFERED": "1"})
-    wrapped = sandbox.wrap(cmd, code_src=code_src, read_only=[run_dir], gpus=gpus)
+    scratch = run_dir.parent / ".scoring"  # beside the run (a hard link, not a copy), in no sandbox's view, never a run's name
+    scratch.mkdir(exist_ok=True)
+    private = Path(tempfile.mkdtemp(prefix=f"{run_dir.name}-", dir=scratch))
+    try:
+        private_copy(run_dir, private)
+        cmd = [python or sys.executable, "-m", "pretrainlab.scoring_worker", str(private)]
+        env = scrubbed_env({**(env or {}), "PYTHONPATH": str(Path(code_src).resolve()), "OMP_NUM_THREADS": str(threads),
+                            "PYTHONUNBUFFERED": "1"})
+        wrapped = sandbox.wrap(cmd, code_src=code_src, read_only=[private], gpus=gpus)
+        sums, probes = _score_and_probe(wrapped, env, run_dir, corpus, batches, checked, per_batch, rows, vocab_min,
+                                        token_bytes, splits, seq_len, rng, PROBE_TOL["gpu" if gpus else "cpu"])
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+    result = {}
+    for split, s in sums.items():
+        nats, nbytes = s[:, 0].sum(), int(s[:, 1].sum())
+        result[split] = {"val_bpb": bits_per_byte(nats, nbytes), "tokens": int(s[:, 2].sum()), "bytes": nbytes,
+                         "domains": {dom: bits_per_byte(s[d, 0], int(s[d, 1])) for d, dom in enumerate(corpus.domains)}}
+    return {"splits": result, "probes": probes, "sandboxed": sandbox.active, "seconds": round(time.time() - t0, 2)}
+
+
+def _score_and_probe(wrapped: list[str], env: dict, run_dir: Path, corpus: Corpus, batches: list, checked: set,
+                     per_batch: int, rows: int, vocab_min: int, token_bytes: np.ndarray, splits: tuple[str, ...], seq_len: int,
+                     rng: random.Random, tol: float) -> tuple[dict, dict]:
+    """The scoring pass, then the probe pass in a fresh worker: (NLL sums per split, probe stats)."""
     sums = {split: np.zeros((len(corpus.domains), 3)) for split in splits}  # nats, bytes, counted targets
     kept: list[tuple[np.ndarray, np.ndarray]] = []  # (window, its logits) of rows the probe worker scores again
-    # 1. the scoring worker: every window once, in the secret order
-    worker = _Worker(wrapped, env, run_dir / "scorer.log")  # its stderr; the worker sees the run dir read-only
-    # on CPU the probe worker starts now, so its start-up (importing torch, loading the model) overlaps the scoring
-    # pass; it reads nothing until the pass is over. On a GPU it starts after, so two copies never share the memory.
-    prober = None if gpus else _Worker(wrapped, env, run_dir / "scorer-probe.log")
+    # 1. the scoring worker: every window once, in the secret order (its stderr goes to the run directory, which no
+    # worker sees)
+    worker = _Worker(wrapped, env, run_dir / "scorer.log")
     try:
         for b, batch in enumerate(batches):
             x = np.stack([w[2] for w in batch])
@@ -154,14 +225,13 @@ def score_run(run_dir: Path, code_src: Path, corpus: Corpus, *, seq_len: int, to
                     kept.append((x[r], row))
     except BaseException:
         worker.close(abort=True)
-        if prober is not None:
-            prober.close(abort=True)
         raise
-    worker.close()
+    worker.close()  # gone, with everything it started, before the probe worker exists: nothing can pass between them
     # 2. the probe worker: a fresh process, which never saw what the first one saw, scores some of the same rows again,
-    # half of them with the tokens after a random cut taken from another window. An honest model gives the same logits
-    # (up to the cut, for the altered rows). Whatever a model remembers, or reads in other rows of its batch, or sees
-    # after position t, it cannot make two processes agree unless its logits at t depend only on tokens up to t.
+    # half of them with the tokens after a random cut taken from another window. An honest model gives the same
+    # log-probabilities (up to the cut, for the altered rows). Whatever a model remembers, or reads in other rows of its
+    # batch, or sees after position t, it cannot make two processes agree unless its output at t depends only on tokens
+    # up to t.
     probe_rows = []  # (inputs sent, logits from the first worker, cut or None)
     for i, (x, logits) in enumerate(kept):
         if seq_len > 1 and rng.random() < 0.5:
@@ -172,37 +242,30 @@ def score_run(run_dir: Path, code_src: Path, corpus: Corpus, *, seq_len: int, to
             probe_rows.append((x, logits, None))
     rng.shuffle(probe_rows)
     probes = {"rows": len(probe_rows), "causality_rows": sum(c is not None for _, _, c in probe_rows), "causality_max_diff": 0.0,
-              "replay_rows": sum(c is None for _, _, c in probe_rows), "replay_max_diff": 0.0}
-    worker = prober or _Worker(wrapped, env, run_dir / "scorer-probe.log")
-    if probe_rows:
-        try:
-            for i in range(0, len(probe_rows), rows):
-                chunk = probe_rows[i : i + rows]
-                for (_, first, c), again in zip(chunk, worker.logits(np.stack([p[0] for p in chunk]), vocab_min)):
-                    if c is not None:  # causality: up to the cut, nothing may move
-                        diff = _max_diff(again[: c + 1], first[: c + 1])
-                        probes["causality_max_diff"] = max(probes["causality_max_diff"], diff)
-                        if diff > PROBE_REL_TOL:
-                            raise ScoreRejected(f"non-causal model: its logits at position {c} changed (by {diff:.3g} of their "
-                                                f"scale) when only tokens after position {c} changed; a language model may not "
-                                                "look ahead")
-                    else:  # replay: the same window must get the same logits in another process, among other rows
-                        diff = _max_diff(again, first)
-                        probes["replay_max_diff"] = max(probes["replay_max_diff"], diff)
-                        if diff > PROBE_REL_TOL:
-                            raise ScoreRejected(f"the model's logits for a window changed (by {diff:.3g} of their scale) when a "
-                                                "fresh process scored it among other windows: its output depends on other rows "
-                                                "or on what it saw before")
-        except BaseException:
-            worker.close(abort=True)
-            raise
-        worker.close()
-    else:
-        worker.close()
-    result = {}
-    for split, s in sums.items():
-        nats, nbytes = s[:, 0].sum(), int(s[:, 1].sum())
-        result[split] = {"val_bpb": bits_per_byte(nats, nbytes), "tokens": int(s[:, 2].sum()), "bytes": nbytes,
-                         "domains": {dom: bits_per_byte(s[d, 0], int(s[d, 1])) for d, dom in enumerate(corpus.domains)}}
-    return {"splits": result, "probes": probes, "sandboxed": sandbox.active, "seconds": round(time.time() - t0, 2)}
-
+              "replay_rows": sum(c is None for _, _, c in probe_rows), "replay_max_diff": 0.0, "tolerance": tol}
+    if not probe_rows:
+        return sums, probes
+    worker = _Worker(wrapped, env, run_dir / "scorer-probe.log")
+    try:
+        for i in range(0, len(probe_rows), rows):
+            chunk = probe_rows[i : i + rows]
+            for (_, first, c), again in zip(chunk, worker.logits(np.stack([p[0] for p in chunk]), vocab_min)):
+                if c is not None:  # causality: up to the cut, nothing may move
+                    diff = _max_diff(again[: c + 1], first[: c + 1])
+                    probes["causality_max_diff"] = max(probes["causality_max_diff"], diff)
+                    if diff > tol:
+                        raise ScoreRejected(f"non-causal model: its log-probabilities at position {c} or before changed (by "
+                                            f"{diff:.3g} nats) when only tokens after position {c} changed; a language model "
+                                            "may not look ahead")
+                else:  # replay: the same window must get the same output in another process, among other rows
+                    diff = _max_diff(again, first)
+                    probes["replay_max_diff"] = max(probes["replay_max_diff"], diff)
+                    if diff > tol:
+                        raise ScoreRejected(f"the model's log-probabilities for a window changed (by {diff:.3g} nats) when a "
+                                            "fresh process scored it among other windows: its output depends on other rows or "
+                                            "on what it saw before")
+    except BaseException:
+        worker.close(abort=True)
+        raise
+    worker.close()
+    return sums, probes
