@@ -122,6 +122,9 @@ def test_argparse_errors_are_one_line():
     ["train", "--recipe", "tiny-cpu", "--set", "model.nope=1", "--no-ledger"],
     ["research", "start", "--recipe", "tiny-cpu", "--set", "model.n_head=5", "--budget-runs", "8"],
     ["research", "start", "--recipe", "tiny-cpu", "--spend-cap-usd", "nan"],  # NaN passes `< 0`; it may not pass at all
+    ["research", "start", "--recipe", "tiny-cpu", "--run-budget", "nans"],
+    ["train", "--recipe", "tiny-cpu", "--set", "budget.seconds=nan", "--no-ledger"],  # trained 0 steps and said ok
+    ["train", "--recipe", "tiny-cpu", "--set", "model.n_layer=1e400", "--no-ledger"],
     ["research", "mixture", "--recipe", "tiny-cpu", "--proxies", "1"],
     ["data", "build", "no-such-recipe.toml"],
 ])
@@ -195,3 +198,19 @@ exit_without_teardown(3)
         assert ran == (["atexit", "finalized", "thread"] if mode == "thread" else ["atexit", "finalized"]), ran
         for p in tmp_path.iterdir():
             p.unlink()
+
+
+def test_text_from_models_and_people_is_never_read_as_markup(capsys, tmp_path):
+    """A hypothesis, proposer or change holding rich markup ("[/bold]", "[link=...]") prints as itself: parsed, it
+    stopped `research status` with a MarkupError for as long as the experiment was in the campaign."""
+    from pretrainlab import cli
+
+    hostile = "[/bold] IGNORE [link=file:///etc/passwd]x[/link] [red"
+    exp = {"experiment": "e1", "hypothesis": hostile, "proposer": "[/]", "model_id": None, "change": {"model.n_layer": ["[b]", 6]},
+           "role": "proposal", "runs": 2, "mean_val_bpb": 3.5, "effect": None, "ci": None, "verdict": None, "status": "[/x]",
+           "planned_seeds": None}
+    cli._print_leaderboard({"campaign": "c1", "status": "running", "runs": 2, "budget_runs": 8, "experiments": [exp]})
+    cli._print_summary(tmp_path / "[/run]", {"status": "[/ok]", "val_bpb": 3.5, "val_bpb_domains": {"[/d]": 3.5}, "params": 1,
+                                             "steps": 1, "tokens": 1, "seconds": 1.0, "tokens_per_s": 1.0, "mfu": None, "peak_mem_mb": 1.0})
+    out = capsys.readouterr().out
+    assert "[/bold] IGNORE" in out and "[/x]" in out and "[/run]" in out and "[/ok]" in out and "[/d]" in out

@@ -167,6 +167,13 @@ def test_config_changes_cannot_move_the_corpus_and_a_persons_file_holds_only_ste
     for key in ("data.corpus", "data.tokenizer"):
         with pytest.raises(UserError, match=f"{key}: a campaign keeps its corpus"):
             dx.check_fixed_data({key: "/tmp/elsewhere"})
+    # nor what keeps its runs comparable and its score the lab's: compute, the scored windows, faults, seeds, slots
+    for key, why in (("budget.tokens", "same compute"), ("budget.wall_limit_s", "same compute"),
+                     ("eval.tokens_per_domain", "same held-out windows"), ("eval.batch_rows", "same held-out windows"),
+                     ("faults.nan_at_step", "fault injection"), ("seed", "its seed"), ("train.num_threads", "share of the CPU")):
+        with pytest.raises(UserError, match=f"{key}: not an experiment's to change: .*{why}"):
+            dx.check_fixed_data({"optim.lr": "0.01", key: "1"})
+    dx.check_fixed_data({"optim.lr": "0.01", "model.n_layer": "6", "train.batch_tokens": "8192", "train.compile": "on"})
     for body, error in (('[corpus]\nseed = 7\n', "[corpus] stays the base corpus's"),
                         ('[[sources]]\npath = "/etc/passwd"\ndomain = "code"\n', "[sources] stays the base corpus's"),
                         ("[[steps]\nstep = 'x'", "is not valid TOML")):

@@ -311,12 +311,12 @@ def cmd_data(args) -> int:
 def _print_summary(run_dir: Path, s: dict) -> None:
     from rich.table import Table
 
-    table = Table(title=f"run {run_dir}", show_header=False)
+    table = Table(title=_esc(f"run {run_dir}"), show_header=False)
     fmt = lambda v, f: "-" if v is None else format(v, f)
-    table.add_row("status", s["status"])
+    table.add_row("status", _esc(str(s["status"])))
     table.add_row("val_bpb", fmt(s["val_bpb"], ".4f"))
     for dom, v in (s.get("val_bpb_domains") or {}).items():
-        table.add_row(f"  {dom}", fmt(v, ".4f"))
+        table.add_row(_esc(f"  {dom}"), fmt(v, ".4f"))
     table.add_row("params", f"{s['params']:,}")
     table.add_row("steps / tokens", f"{s['steps']:,} / {s['tokens']:,}")
     table.add_row("training seconds", fmt(s["seconds"], ".1f"))
@@ -529,7 +529,7 @@ def _millions(v) -> str:
 
 def _status(status: str) -> str:
     color = {"ok": "green", "timeout": "yellow", "preempted": "yellow", "diverged": "red", "crashed": "red"}.get(status, "dim")
-    return f"[{color}]{status}[/{color}]"
+    return f"[{color}]{_esc(str(status))}[/{color}]"
 
 
 def _local_time(stamp: str | None) -> str:
@@ -702,8 +702,9 @@ def _print_leaderboard(status: dict) -> None:
             (f"({e['role']})" if e.get("role") in ("baseline", "pruned") else "")
         who = f"{e['proposer']} ({e['model_id']})" if e["model_id"] else e["proposer"]
         verdict = e["verdict"] or (f"running ({e['planned_seeds']} seeds)" if e["status"] == "running" and e.get("planned_seeds") else e["status"])
-        table.add_row(e["experiment"], e["hypothesis"][:80], who, change[:120], str(e["runs"]), _fmt(e["mean_val_bpb"], ".4f"), effect,
-                      f"[green]{verdict}[/green]" if verdict == "keep" else verdict)
+        # text from models and people: never read as markup (a hypothesis "[/bold]" would stop the table)
+        table.add_row(_esc(e["experiment"]), _esc(e["hypothesis"][:80]), _esc(who), _esc(change[:120]), str(e["runs"]),
+                      _fmt(e["mean_val_bpb"], ".4f"), effect, "[green]keep[/green]" if verdict == "keep" else _esc(str(verdict)))
     from rich.console import Console
 
     Console(width=None if sys.stdout.isatty() else 200).print(table)  # one line per experiment in logs too

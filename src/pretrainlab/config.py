@@ -397,7 +397,10 @@ def parse_value(key: str, raw: str, ftype: Any) -> Any:
                 raise ValueError
             return int(value)
         if ftype is float:
-            return float(raw)
+            value = float(raw)
+            if not math.isfinite(value):  # nan passes every `x < 0` check; a NaN budget trained 0 steps and reported ok
+                raise ValueError
+            return value
         if ftype is str:
             return raw
         if origin is dict:
@@ -409,11 +412,11 @@ def parse_value(key: str, raw: str, ftype: Any) -> Any:
                     name, value = pair.split(":")
                     parsed[name.strip()] = value
             return {str(k): float(v) for k, v in parsed.items()}
-    except (ValueError, json.JSONDecodeError):
+    except (ValueError, OverflowError, json.JSONDecodeError):
         pass
     else:
         raise AssertionError(f"unsupported field type {ftype} for {key}")
-    expected = {bool: "true/false", int: "an integer", float: "a number"}.get(ftype, "name:weight,name:weight")
+    expected = {bool: "true/false", int: "an integer", float: "a finite number"}.get(ftype, "name:weight,name:weight")
     raise ValueError(f"{key} expects {expected}{' or none' if optional else ''}, got {raw!r}")
 
 
@@ -446,7 +449,12 @@ def _check_type(key: str, value: Any, ftype: Any) -> Any:
     if type(None) in args:
         ftype = next(a for a in args if a is not type(None))
     if ftype is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ValueError(f"{key} must be a finite number, got an integer of {len(str(abs(value)))} digits") from None
+    if ftype is float and isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{key} must be a finite number, got {value}")
     base = typing.get_origin(ftype) or ftype
     if isinstance(base, types.UnionType) or not isinstance(value, base) or (base is int and isinstance(value, bool)):
         raise ValueError(f"{key} must be {getattr(base, '__name__', base)}, got {value!r}")

@@ -100,6 +100,9 @@ class _Tracked:
         return write
 
 
+MAX_MODEL_GROWTH = 16  # an experiment's model at most this many times the base's parameters
+
+
 class Campaign:
     def __init__(self, ledger, campaign_id: str, strategy: Strategy, runner: Runner, workdir: Path, echo: bool = True):
         self.id, self.strategy, self.runner = campaign_id, strategy, runner
@@ -877,6 +880,10 @@ class Campaign:
             else:
                 check_fixed_data(p.values)
                 recipe = validate(CampaignView(self.base, incumbent, [], None, []), p)
+                growth = estimate_params(recipe) / max(1, estimate_params(self.base))
+                if growth > MAX_MODEL_GROWTH:  # its runs would not end within any budget the campaign planned for
+                    raise UserError(f"the change makes the model {growth:.0f}x the base's parameters: a campaign's experiments "
+                                    f"stay within {MAX_MODEL_GROWTH}x (start a campaign on a larger recipe to go further)")
             if p.kind == "code":  # apply it now: a patch that does not apply is rejected before it is queued
                 apply_patch(p.patch or "", scratch)
                 status = Phase.AWAITING_APPROVAL if self.cfg.approve_code else status

@@ -201,13 +201,16 @@ def run_budget_overrides(spec: str) -> list[str]:
     s = spec.strip().lower()
     try:
         if s.endswith("tok"):
-            return [f"budget.tokens={int(float(s[:-3]))}", "budget.seconds=0", "budget.flops=0"]
-        unit = {"s": 1, "m": 60, "h": 3600}.get(s[-1])
+            tokens = float(s[:-3])
+            if not (math.isfinite(tokens) and tokens >= 1):
+                raise ValueError
+            return [f"budget.tokens={int(tokens)}", "budget.seconds=0", "budget.flops=0"]
+        unit = {"s": 1, "m": 60, "h": 3600}.get(s[-1:])
         value = float(s[:-1]) * unit if unit else float(s)
-        if value <= 0:
+        if not (math.isfinite(value) and value > 0):  # NaN passes `<= 0`: its runs trained 0 steps and a sweep was kept
             raise ValueError
         return [f"budget.seconds={value:g}", "budget.tokens=0", "budget.flops=0"]
-    except ValueError:
+    except (ValueError, OverflowError):
         raise UserError(f"--run-budget {spec!r}: use seconds like 60s / 5m or tokens like 2e6tok") from None
 
 

@@ -275,16 +275,30 @@ def apply_data_change(incumbent: Recipe, base: Recipe, steps: list[dict] | None,
 
 
 FIXED_DATA_KEYS = ("data.corpus", "data.tokenizer")  # what a config change may not set: the scored held-out data
+# what else no experiment of a campaign may change, by key or prefix, and why: each would make its runs incomparable
+# with the baseline's, or move what the lab measures
+FIXED_KEYS = {
+    "budget.": "every run of a campaign gets the same compute, the campaign's --run-budget",
+    "eval.": "the lab scores every run on the same held-out windows, set by the campaign",
+    "faults.": "fault injection is for testing the doctor, not a change to try",
+    "seed": "the lab gives each run its seed (the paired seeds its decisions rely on)",
+    "train.device": "the runner gives each slot its device",
+    "train.num_threads": "the runner gives each slot its share of the CPU",
+}
 
 
 def check_fixed_data(keys) -> None:
-    """A config change may not point a campaign at another corpus or tokenizer: every run is
+    """A config change may not point a campaign at another corpus or tokenizer (every run is
     scored on the base corpus's held-out data, and the corpus changes only through a data
-    experiment, whose build the lab checks."""
+    experiment, whose build the lab checks), nor change what FIXED_KEYS keeps fixed."""
     touched = sorted(set(keys) & set(FIXED_DATA_KEYS))
     if touched:
         raise UserError(f"{touched[0]}: a campaign keeps its corpus and tokenizer (every run is scored on the base corpus's held-out "
                         "data); change the data with a data experiment (its [[steps]]) instead")
+    for key in sorted(keys):
+        why = next((why for fixed, why in FIXED_KEYS.items() if key == fixed or (fixed.endswith(".") and key.startswith(fixed))), None)
+        if why:
+            raise UserError(f"{key}: not an experiment's to change: {why}")
 
 
 def _check_trainable(recipe: Recipe, corpus) -> None:
