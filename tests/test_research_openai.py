@@ -45,3 +45,22 @@ def test_endpoint_down():
     s = OpenAIStrategy(lab_tools([]), model="m", base_url="http://127.0.0.1:9/v1", max_retries=0)
     with pytest.raises(LLMUnavailable, match="cannot reach"):
         s.propose(view(), 1)
+
+
+@pytest.mark.parametrize("usage", [None, {"prompt_tokens": None, "completion_tokens": None},
+                                   {"prompt_tokens": -10**10, "completion_tokens": -10**10, "total_tokens": -2 * 10**10}])
+def test_an_endpoint_that_reports_no_usable_usage_still_spends(usage):
+    """Missing, null or negative usage is counted from the text: the token cap stops the strategy after its first
+    call instead of never (it made ten calls on a cap of one token, and negative usage drove spend below zero)."""
+    status, body = chat({"content": None, "tool_calls": [call("a", "list_runs", {})]})
+    body = {k: v for k, v in body.items() if k != "usage"} | ({"usage": usage} if usage is not None else {})
+    with FakeServer([(status, body)] * 10) as server:
+        s = OpenAIStrategy(lab_tools([]), model="m", base_url=server.url + "/v1", spend_cap_tokens=1)
+        s.propose(view(), 1)
+    assert len(server.requests) == 1 and s.spend.calls == 1 and s.spend.total_tokens > 1
+
+
+def test_an_answer_without_choices_is_the_endpoint_failing():
+    status, body = chat({"content": "x"})
+    with FakeServer([(status, {**body, "choices": []})]) as server, pytest.raises(LLMUnavailable, match="no choices"):
+        OpenAIStrategy(lab_tools([]), model="m", base_url=server.url + "/v1").propose(view(), 1)

@@ -75,6 +75,15 @@ class Tool:
         return input_schema(self.input_model)
 
 
+def reported_tokens(reported: Any, text: Any) -> int:
+    """A usage figure as the endpoint reported it, when it is a count (an int >= 0); otherwise an
+    estimate from the text it stands for (4 characters a token): a usage that is missing, null or
+    negative may not let a spend cap fail open."""
+    if isinstance(reported, int) and not isinstance(reported, bool) and reported >= 0:
+        return reported
+    return len(json.dumps(text, default=str)) // 4 + 1 if text is not None else 0
+
+
 @dataclass
 class Spend:
     input_tokens: int = 0
@@ -230,12 +239,12 @@ class ClaudeStrategy(Strategy):
             raise LLMUnavailable(f"Claude API error {e.status_code}: {str(e)[:200]}") from None
         except self.anthropic.APIConnectionError as e:
             raise LLMUnavailable(f"cannot reach the Claude API ({e}); check the network or ANTHROPIC_BASE_URL") from None
-        u = response.usage
+        u = getattr(response, "usage", None)
         self.spend.calls += 1
-        self.spend.input_tokens += u.input_tokens
-        self.spend.output_tokens += u.output_tokens
-        self.spend.cache_write_tokens += u.cache_creation_input_tokens or 0
-        self.spend.cache_read_tokens += u.cache_read_input_tokens or 0
+        self.spend.input_tokens += reported_tokens(getattr(u, "input_tokens", None), messages)
+        self.spend.output_tokens += reported_tokens(getattr(u, "output_tokens", None), getattr(response, "content", None))
+        self.spend.cache_write_tokens += reported_tokens(getattr(u, "cache_creation_input_tokens", None) or 0, None)
+        self.spend.cache_read_tokens += reported_tokens(getattr(u, "cache_read_input_tokens", None) or 0, None)
         return response
 
     def _cap_reached(self) -> str | None:
@@ -385,11 +394,15 @@ class OpenAIStrategy(Strategy):
                 raise LLMUnavailable(f"LLM endpoint error {e.status_code}: {str(e)[:200]}") from None
             except self.openai.APIConnectionError as e:
                 raise LLMUnavailable(f"cannot reach the LLM endpoint ({e}); check --llm-base-url") from None
-            if response.usage:
-                self.spend.calls += 1
-                self.spend.input_tokens += response.usage.prompt_tokens
-                self.spend.output_tokens += response.usage.completion_tokens
-            choice = response.choices[0]
+            u = getattr(response, "usage", None)  # every call counts: an endpoint that reports no usage is not free
+            self.spend.calls += 1
+            self.spend.input_tokens += reported_tokens(getattr(u, "prompt_tokens", None), messages)
+            choices = getattr(response, "choices", None) or []
+            self.spend.output_tokens += reported_tokens(getattr(u, "completion_tokens", None),
+                                                        choices[0].message.model_dump() if choices else None)
+            if not choices:
+                raise LLMUnavailable("the LLM endpoint answered with no choices; check that it speaks the chat completions API")
+            choice = choices[0]
             msg = choice.message
             calls = msg.tool_calls or []
             messages.append({"role": "assistant", "content": msg.content or "",
