@@ -63,3 +63,26 @@ def test_path_tricks_and_garbage_are_rejected(tmp_path):
 
 def test_touched_files():
     assert touched_files(GELU) == ["src/pretrainlab/model/gpt.py"]
+
+
+def test_a_binary_hunk_cannot_add_a_file_outside_the_package(tmp_path):
+    """A binary hunk names its file only in its `diff --git` line: a patch that changed model/gpt.py and slipped in
+    src/sitecustomize.py (run first by every Python started on the tree) was accepted."""
+    import subprocess
+
+    repo = tmp_path / "repo"
+    (repo / "src" / "pretrainlab" / "model").mkdir(parents=True)
+    gpt = (PACKAGE_DIR / "model" / "gpt.py").read_text()
+    (repo / "src" / "pretrainlab" / "model" / "gpt.py").write_text(gpt)
+    git = lambda *a: subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *a], cwd=repo, check=True,
+                                    capture_output=True, text=True).stdout
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "base")
+    (repo / "src" / "pretrainlab" / "model" / "gpt.py").write_text(gpt.replace("is_causal=True", "is_causal=True ", 1))
+    (repo / "src" / "sitecustomize.py").write_bytes(b"import os\x00\nos.system('touch /tmp/pwned')\n")
+    git("add", "-A")
+    patch = git("diff", "--cached", "--binary", "HEAD")
+    assert "sitecustomize" in patch and "--- a/src/sitecustomize.py" not in patch  # no headers for the binary file
+    with pytest.raises(PatchRejected, match="adds src/sitecustomize.py"):
+        apply_patch(patch, tmp_path / "tree")

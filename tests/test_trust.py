@@ -361,3 +361,16 @@ def test_a_run_stopped_while_the_lab_scores_it_is_a_timeout_not_ok(tmp_path, cor
     (result,) = [r for _ in iter(runner.busy, False) for r in runner.wait()]
     assert result.summary["status"] == "ok" and (tmp_path / "runs" / "hang" / "model.pt").is_file()  # the trainer finished
     assert result.status == "timeout" and not (tmp_path / "scores" / "hang.json").exists()
+
+
+@needs_sandbox
+@pytest.mark.parametrize("gpus", [False, True])
+def test_two_sandboxes_share_no_dev_shm_with_each_other_or_the_host(tmp_path, gpus):
+    """With GPUs the sandbox used the host's whole /dev: what one sandbox (a scoring worker) left in /dev/shm, the next
+    (the probe worker, or another run's trainer) and the host could read. Now only the GPUs' device nodes come in."""
+    name = f"pretrainlab-test-{os.getpid()}-{gpus}"
+    write = SANDBOX.wrap(["sh", "-c", f"echo remembered > /dev/shm/{name}"], code_src=PACKAGE_DIR.parent, gpus=gpus)
+    read = SANDBOX.wrap(["sh", "-c", f"cat /dev/shm/{name} 2>/dev/null || echo unseen"], code_src=PACKAGE_DIR.parent, gpus=gpus)
+    assert subprocess.run(write, capture_output=True, text=True).returncode == 0
+    assert subprocess.run(read, capture_output=True, text=True).stdout.strip() == "unseen"
+    assert not os.path.exists(f"/dev/shm/{name}")

@@ -73,6 +73,12 @@ def apply_patch(patch: str, workdir: Path) -> PatchedTree:
     out = subprocess.run(cmd, input=patch, text=True, capture_output=True, cwd=workdir)
     if out.returncode != 0:
         raise PatchRejected(f"patch does not apply: {out.stderr.strip().splitlines()[0] if out.stderr.strip() else 'git apply failed'}")
+    # the whole tree, not only the package: a hunk without ---/+++ headers (a binary one) names its file only in its
+    # `diff --git` line, so a patch could add src/sitecustomize.py, which every Python started on this tree runs first
+    strays = sorted(p.relative_to(workdir).as_posix() for p in workdir.rglob("*")
+                    if not p.is_dir() and not p.is_relative_to(dest))
+    if strays:
+        raise PatchRejected(f"the patch adds {strays[0]}: only {' and '.join(EDITABLE)} may change")
     check_copy(dest)
     return PatchedTree(workdir, files)
 

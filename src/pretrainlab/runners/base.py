@@ -310,7 +310,7 @@ class SlotRunner(Slots):
         else:
             status = reason or "crashed"
         path = self._stderr_path(run.job.key)
-        tail = (path.read_text(errors="replace") if path.exists() else "") + (f"\n{note}" if note else "")
+        tail = _tail(path) + (f"\n{note}" if note else "")
         if attempts is None:
             attempts = [Attempt(1, socket.gethostname(), run.started_at, run.started_at, ended)]
         return JobResult(run.job, status, returncode, summary, tail[-4000:], run.slot, run.started_at, ended, attempts)
@@ -389,3 +389,13 @@ class SlotRunner(Slots):
         spans = self._intervals + [(r.started_at, now) for r in self._running.values()]
         busy = sum(max(0.0, min(b, end) - a) for a, b in spans)
         return busy / max(1e-9, self.num_slots * (end - self.created))
+
+
+def _tail(path: Path, size: int = 16384) -> str:
+    """The end of a run's log, read from the end: a trainer may have written gigabytes to its stderr."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - size))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""

@@ -20,6 +20,7 @@ says so loudly once.
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import shutil
@@ -115,10 +116,12 @@ class Sandbox:
         if not self.active:
             return cmd
         args = [self.bwrap, *self._system_binds(), "--proc", "/proc", "--tmpfs", "/tmp"]  # /tmp first: later binds go on top
-        if gpus:  # CUDA needs the device nodes and the driver's /sys and /proc entries
-            args += ["--dev-bind", "/dev", "/dev", "--ro-bind", "/sys", "/sys"]
-        else:
-            args += ["--dev", "/dev"]
+        args += ["--dev", "/dev"]  # a minimal /dev of the sandbox's own: its /dev/shm is private, never the host's
+        if gpus:  # CUDA needs the GPUs' device nodes (only those: the host's whole /dev would share /dev/shm between
+            # sandboxes, a channel between the two scoring workers and from one run to the next) and the driver's /sys
+            for node in sorted(glob.glob("/dev/nvidia*")) + sorted(glob.glob("/dev/dri")):
+                args += ["--dev-bind", node, node]
+            args += ["--ro-bind", "/sys", "/sys"]
         for prefix in {sys.base_prefix, sys.prefix, sys.exec_prefix}:  # the interpreter and its site-packages
             if not prefix.startswith(("/usr/", "/bin/", "/lib")):
                 args += ["--ro-bind", prefix, prefix]
