@@ -214,3 +214,13 @@ def test_text_from_models_and_people_is_never_read_as_markup(capsys, tmp_path):
                                              "steps": 1, "tokens": 1, "seconds": 1.0, "tokens_per_s": 1.0, "mfu": None, "peak_mem_mb": 1.0})
     out = capsys.readouterr().out
     assert "[/bold] IGNORE" in out and "[/x]" in out and "[/run]" in out and "[/ok]" in out and "[/d]" in out
+
+
+def test_an_output_path_that_cannot_be_written_is_one_line(tmp_path):
+    from test_doctor import make_rows, write_run
+
+    assert cli("runs", "import", str(write_run(tmp_path / "run", make_rows(n=5)))).returncode == 0
+    assert_user_error(cli("runs", "export", "--format", "json", "-o", str(tmp_path)), str(tmp_path), "Is a directory")
+    assert_user_error(cli("runs", "export", "--format", "csv", "-o", "/proc/self/runs.csv"), "/proc/self/runs.csv")
+    listing = subprocess.run(f"{sys.executable} -m pretrainlab runs list --json | head -c 1", shell=True, capture_output=True, text=True)
+    assert "Traceback" not in listing.stderr and listing.stdout == "["  # the reader left early: no BrokenPipeError

@@ -217,6 +217,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `pretrainlab runs list --json | head`: the reader left; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as e:  # a path the user gave that cannot be written or read (-o into a missing directory, /proc, a directory)
+        if e.filename is None:
+            raise
+        print(f"error: {e.filename}: {e.strerror or e}; check the path (its directory must exist and be writable)", file=sys.stderr)
+        return 2
 
 
 def exit_without_teardown(code: int) -> None:
