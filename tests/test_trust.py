@@ -58,11 +58,16 @@ def shifted_noncausal_patch() -> str:
 
 
 RECALL = """
+import time as _time
+print("IMPORTED", repr(_time.time()), file=__import__("sys").stderr, flush=True)
+
+
 def _recall(idx):
     # the scoring worker writes every window it is sent to its stderr; the probe worker (whose stderr is the probe log)
     # reads them back from the first worker's log and answers each row as its original window was answered
     import os, sys
     err = os.readlink("/proc/self/fd/2")
+    print("CALLED", repr(_time.time()), file=sys.stderr, flush=True)
     if not err.endswith("scorer-probe.log"):
         for row in idx.tolist():
             print("W:" + ",".join(map(str, row)), file=sys.stderr, flush=True)
@@ -169,6 +174,11 @@ def test_hostile_models_and_trainers_are_rejected_with_the_reason(tmp_path, corp
         assert r.status == "rejected" and r.returncode == 4, (key, r.status, r.stderr_tail[-2000:])
         assert score["status"] == "rejected" and any(why in score["reason"] for why in (reason if isinstance(reason, tuple) else (reason,))), (key, score["reason"])
         assert r.summary["val_bpb"] is None and r.summary["rejected_reason"] == score["reason"]
+    # the probe worker ran the experiment's code only after the first worker's last call (it starts early, and waits)
+    stamps = {log: [(line.split()[0], float(line.split()[1])) for line in (tmp_path / "runs" / "recalling" / log).read_text().splitlines()
+                    if line.startswith(("IMPORTED", "CALLED"))] for log in ("scorer.log", "scorer-probe.log")}
+    assert stamps["scorer.log"] and stamps["scorer-probe.log"][0][0] == "IMPORTED"
+    assert max(t for _, t in stamps["scorer.log"]) < stamps["scorer-probe.log"][0][1]
     # the fake report claimed 0.01 and the patched loss about 1% of the truth; the lab measured the real model
     assert lab_score(tmp_path, "fake-report")["splits"]["val"]["val_bpb"] == pytest.approx(honest, abs=1e-6)
     assert lab_score(tmp_path, "loss-at-import")["splits"]["val"]["val_bpb"] > 1.0

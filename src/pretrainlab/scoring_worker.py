@@ -7,6 +7,9 @@ inputs. It turns token windows into logits and nothing else; the lab's scorer
 It builds the model from RUN_DIR/recipe.json with the `pretrainlab.model` on its
 PYTHONPATH (the experiment's code) and loads RUN_DIR/model.pt (tensors only). Protocol on
 stdin/stdout, little-endian:
+    start     the 4 bytes b"GO!\n": until then only the lab's own code has run here (torch, numpy,
+              the recipe's parser), so the lab can start a worker early and let its experiment
+              code run only once no other worker's is running
     request   int32 rows, int32 seq_len, then rows x seq_len int32 token ids (rows = 0: exit)
     response  int32 rows, int32 seq_len, int32 vocab, then rows x seq_len x vocab float32 logits
 Nothing else may reach stdout: the protocol stream is a private copy of fd 1, and fd 1
@@ -19,6 +22,8 @@ import os
 import sys
 from pathlib import Path
 
+START = b"GO!\n"
+
 
 def main(run_dir: str) -> int:
     protocol_out = os.fdopen(os.dup(1), "wb", buffering=0)
@@ -29,17 +34,8 @@ def main(run_dir: str) -> int:
     import numpy as np
     import torch
 
-    from pretrainlab import rundir
+    from pretrainlab import rundir  # the lab's own modules: a patch may change only model/ and train/
     from pretrainlab.config import Recipe
-    from pretrainlab.model import GPT
-
-    recipe = Recipe.from_dict(rundir.load_json(Path(run_dir) / rundir.RECIPE))
-    device = torch.device("cuda" if torch.cuda.is_available() and recipe.train.device != "cpu" else "cpu")
-    if device.type == "cpu":
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    model = GPT(recipe.model)
-    model.load_state_dict(torch.load(Path(run_dir) / "model.pt", map_location="cpu", weights_only=True))
-    model.to(device).eval()
 
     def read_exact(n: int) -> bytes:
         buf = bytearray()
@@ -49,6 +45,20 @@ def main(run_dir: str) -> int:
                 raise EOFError("the scorer closed the stream")
             buf += chunk
         return bytes(buf)
+
+    recipe = Recipe.from_dict(rundir.load_json(Path(run_dir) / rundir.RECIPE))
+    state = torch.load(Path(run_dir) / "model.pt", map_location="cpu", weights_only=True)  # tensors only: no code runs
+    if read_exact(4) != START:
+        return 2
+    from pretrainlab.model import GPT  # the experiment's code, from here on
+
+    device = torch.device("cuda" if torch.cuda.is_available() and recipe.train.device != "cpu" else "cpu")
+    if device.type == "cpu":
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    model = GPT(recipe.model)
+    model.load_state_dict(state)
+    del state
+    model.to(device).eval()
 
     with torch.no_grad():
         while True:

@@ -16,8 +16,9 @@ drawn at random from the first pass again, shuffled together:
     that uses other rows of its batch, or learns from what it has scored so far, fails).
 Two processes that never shared memory cannot agree on what they saw, so a model cannot
 pass by remembering the first pass; and the first worker cannot know which of its rows
-will be checked. Nothing passes between them: the probe worker starts only once the first
-has exited, each sees only a private copy of the weights and recipe (not the run directory,
+will be checked. Nothing passes between them: the probe worker runs experiment code only once
+the first has exited (it starts early, but waits for the lab's word after importing torch and
+reading the weights), each sees only a private copy of the weights and recipe (not the run directory,
 where the lab keeps their logs), and each runs in a session of its own (no terminal to type
 into, no process group shared with the lab). Rows are compared as log-probabilities, which a
 constant added to every logit does not move (it would blow up a tolerance relative to the
@@ -42,6 +43,7 @@ import numpy as np
 from ..data import Corpus
 from ..data.windows import bits_per_byte, eval_windows, nll_sums
 from ..rundir import create_new, open_regular
+from ..scoring_worker import START
 from .sandbox import Sandbox, scrubbed_env
 
 MAX_LOGIT_FLOATS = 2**26  # logits per request (256 MB of float32): rows per batch shrink for a large vocabulary
@@ -70,6 +72,14 @@ class _Worker:
         # reaches only its own group, never the lab's process (at a campaign's close, the loop in the user's terminal)
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env=env,
                                      start_new_session=True)
+
+    def start(self) -> None:
+        """Let it run the experiment's code: until now it has only imported torch and loaded the weights."""
+        try:
+            self.proc.stdin.write(START)
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # it has exited: the first request says so, with its log
 
     def logits(self, x: np.ndarray, vocab_min: int):
         """Send one batch [rows, T]; yield each row's float32 logits [T, V] as it arrives."""
@@ -214,6 +224,10 @@ def _score_and_probe(wrapped: list[str], env: dict, run_dir: Path, corpus: Corpu
     # 1. the scoring worker: every window once, in the secret order (its stderr goes to the run directory, which no
     # worker sees)
     worker = _Worker(wrapped, env, run_dir / "scorer.log")
+    worker.start()
+    # the probe worker starts now, so its start-up (importing torch, reading the weights) overlaps the scoring pass; it
+    # runs no experiment code until it is told to start, after the first worker has exited
+    prober = _Worker(wrapped, env, run_dir / "scorer-probe.log")
     try:
         for b, batch in enumerate(batches):
             x = np.stack([w[2] for w in batch])
@@ -225,8 +239,9 @@ def _score_and_probe(wrapped: list[str], env: dict, run_dir: Path, corpus: Corpu
                     kept.append((x[r], row))
     except BaseException:
         worker.close(abort=True)
+        prober.close(abort=True)
         raise
-    worker.close()  # gone, with everything it started, before the probe worker exists: nothing can pass between them
+    worker.close()  # gone, with everything it started, before the probe worker runs experiment code: nothing passes between them
     # 2. the probe worker: a fresh process, which never saw what the first one saw, scores some of the same rows again,
     # half of them with the tokens after a random cut taken from another window. An honest model gives the same
     # log-probabilities (up to the cut, for the altered rows). Whatever a model remembers, or reads in other rows of its
@@ -244,8 +259,10 @@ def _score_and_probe(wrapped: list[str], env: dict, run_dir: Path, corpus: Corpu
     probes = {"rows": len(probe_rows), "causality_rows": sum(c is not None for _, _, c in probe_rows), "causality_max_diff": 0.0,
               "replay_rows": sum(c is None for _, _, c in probe_rows), "replay_max_diff": 0.0, "tolerance": tol}
     if not probe_rows:
+        prober.close(abort=True)
         return sums, probes
-    worker = _Worker(wrapped, env, run_dir / "scorer-probe.log")
+    worker = prober
+    worker.start()
     try:
         for i in range(0, len(probe_rows), rows):
             chunk = probe_rows[i : i + rows]
