@@ -123,6 +123,7 @@ def test_argparse_errors_are_one_line():
     ["research", "start", "--recipe", "tiny-cpu", "--set", "model.n_head=5", "--budget-runs", "8"],
     ["research", "start", "--recipe", "tiny-cpu", "--spend-cap-usd", "nan"],  # NaN passes `< 0`; it may not pass at all
     ["research", "start", "--recipe", "tiny-cpu", "--run-budget", "nans"],
+    ["research", "start", "--recipe", "tiny-cpu", "--set", "data.corpus=/nonexistent"],  # ran crashing baselines until the loop died
     ["train", "--recipe", "tiny-cpu", "--set", "budget.seconds=nan", "--no-ledger"],  # trained 0 steps and said ok
     ["train", "--recipe", "tiny-cpu", "--set", "model.n_layer=1e400", "--no-ledger"],
     ["research", "mixture", "--recipe", "tiny-cpu", "--proxies", "1"],
@@ -214,6 +215,20 @@ def test_text_from_models_and_people_is_never_read_as_markup(capsys, tmp_path):
                                              "steps": 1, "tokens": 1, "seconds": 1.0, "tokens_per_s": 1.0, "mfu": None, "peak_mem_mb": 1.0})
     out = capsys.readouterr().out
     assert "[/bold] IGNORE" in out and "[/x]" in out and "[/run]" in out and "[/ok]" in out and "[/d]" in out
+
+
+def test_notes_print_without_terminal_control_characters(tmp_path):
+    """A note (a person's, or a strategy's failure quoting a model's input) holding an escape sequence printed raw:
+    it could clear the reader's screen, retitle the window or write the clipboard (OSC 52)."""
+    from test_doctor import make_rows, write_run
+
+    run = write_run(tmp_path / "run", make_rows(n=5))
+    assert cli("runs", "import", str(run)).returncode == 0
+    hostile = "look \x1b[2J\x1b]52;c;cHduZWQ=\x07 here\x9b31m"
+    assert cli("runs", "note", str(run), hostile).returncode == 0
+    shown = cli("runs", "show", str(run))
+    assert shown.returncode == 0 and "look" in shown.stdout and "here" in shown.stdout
+    assert not any(c in shown.stdout for c in "\x1b\x07\x9b")
 
 
 def test_an_output_path_that_cannot_be_written_is_one_line(tmp_path):

@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -440,7 +441,7 @@ def _runs_show(args) -> int:
         by = d["decided_by"] + (f" ({d['model_id']})" if d["model_id"] else "")
         console.print(f"decision {d['id']}: [bold]{d['verdict']}[/bold]{effect} by {_esc(by)}: {_esc(d['rationale'] or '')}", highlight=False)
     for n in r["notes"]:
-        console.print(f"note {_local_time(n['created_at'])} {n['author']}: {n['text']}", markup=False, highlight=False)
+        console.print(_printable(f"note {_local_time(n['created_at'])} {n['author']}: {n['text']}"), markup=False, highlight=False)
     return 0
 
 
@@ -524,7 +525,17 @@ def _esc(text: str) -> str:
     """User text (paths, hypotheses, rationales, list values) must not be read as rich markup."""
     from rich.markup import escape
 
-    return escape(text)
+    return escape(_printable(text))
+
+
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _printable(text: str) -> str:
+    """Text from models, people and run files without terminal control characters: an escape
+    sequence in a note or a hypothesis must not clear the screen, retitle the window or write
+    the clipboard of whoever reads it (newlines and tabs stay)."""
+    return CONTROL.sub("\ufffd", text)
 
 
 def _fmt(v, spec: str) -> str:
@@ -584,7 +595,7 @@ def cmd_research(args) -> int:
     if c == "log":
         if args.json:
             return _print_json(api.research_log(args.campaign, db=args.db, as_record=True))
-        print(api.research_log(args.campaign, db=args.db))
+        print(_printable(api.research_log(args.campaign, db=args.db)))
         return 0
     if c == "suggest":
         exp = api.research_suggest(args.campaign, args.hypothesis, args.overrides, args.author, db=args.db, data_recipe=args.data_recipe)

@@ -122,7 +122,8 @@ def decide(state: CampaignState, exp_id: str, stopped_early: bool = False, rung:
     inc = state.incumbent
     if state.baseline is not None and exp_id == state.baseline["id"] and inc is None:  # the baseline
         nf = noise_floor(values)
-        return [Decide("keep", f"baseline: mean {nf.get('mean', float('nan')):.4f}, seed std {nf['std'] or 0:.4f} over {nf['n']} seeds",
+        mean = nf.get("mean") if nf.get("mean") is not None else float("nan")  # no run of the baseline finished: said, not a crash
+        return [Decide("keep", f"baseline: mean {mean:.4f}, seed std {nf.get('std') or 0:.4f} over {nf['n']} seeds",
                        {**evidence, "noise_floor": nf}, by="", observe=False, log=f"baseline {exp_id}: {describe_noise_floor(nf)}")]
     if not values or stopped_early:
         why = "stopped early: clearly worse than the incumbent at an intermediate evaluation" if stopped_early else \

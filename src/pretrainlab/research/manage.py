@@ -84,6 +84,10 @@ def _create(cfg: CampaignConfig, name: str | None, db: str | None, echo: bool, a
     from ..ledger import Ledger
 
     base = cfg.base_recipe()  # bad recipe / overrides / budget -> UserError now
+    if base.data.corpus != "builtin":  # a missing or damaged corpus is an error now, not a campaign of crashed runs
+        from ..data import Corpus
+
+        Corpus.open(Path(base.data.corpus).expanduser(), verify=False)
     ledger = Ledger(db)
     if cfg.transfer_ladder:
         from .transfer import check_ladder
