@@ -126,6 +126,7 @@ def test_argparse_errors_are_one_line():
     ["research", "start", "--recipe", "tiny-cpu", "--set", "data.corpus=/nonexistent"],  # ran crashing baselines until the loop died
     ["train", "--recipe", "tiny-cpu", "--set", "budget.seconds=nan", "--no-ledger"],  # trained 0 steps and said ok
     ["train", "--recipe", "tiny-cpu", "--set", "model.n_layer=1e400", "--no-ledger"],
+    ["train", "--recipe", "tiny-cpu", "--set", "model.n_layer=1000000000", "--no-ledger"],  # hung, allocating
     ["research", "mixture", "--recipe", "tiny-cpu", "--proxies", "1"],
     ["data", "build", "no-such-recipe.toml"],
 ])
@@ -239,3 +240,19 @@ def test_an_output_path_that_cannot_be_written_is_one_line(tmp_path):
     assert_user_error(cli("runs", "export", "--format", "csv", "-o", "/proc/self/runs.csv"), "/proc/self/runs.csv")
     listing = subprocess.run(f"{sys.executable} -m pretrainlab runs list --json | head -c 1", shell=True, capture_output=True, text=True)
     assert "Traceback" not in listing.stderr and listing.stdout == "["  # the reader left early: no BrokenPipeError
+
+
+def test_malformed_files_and_out_of_range_values_are_one_line(tmp_path):
+    from test_doctor import make_rows, write_run
+
+    (tmp_path / "list.json").write_text("[]")
+    assert_user_error(cli("train", "--recipe", str(tmp_path / "list.json"), "--no-ledger"), "a recipe is a JSON object")
+    broken = write_run(tmp_path / "run", make_rows(n=5))
+    (broken / "recipe.json").write_text('{"model": 5}')
+    assert_user_error(cli("train", "--resume", str(broken)), "recipe.json cannot be read as a recipe", "model must be an object")
+    (tmp_path / "latin1.toml").write_bytes(b"\xff\xfe[corpus]\n")
+    assert_user_error(cli("data", "build", str(tmp_path / "latin1.toml")), "is not UTF-8 text")
+    assert cli("runs", "import", str(write_run(tmp_path / "ok", make_rows(n=5)))).returncode == 0
+    assert_user_error(cli("runs", "list", "--since", "99999999d"), "before year 1")
+    assert_user_error(cli("ui", "--port", "99999"), "a port is 0-65535")
+    assert_user_error(cli("mcp", "--http", "--port", "-1"), "a port is 0-65535")

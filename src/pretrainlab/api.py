@@ -43,6 +43,24 @@ def config_fields() -> list[dict]:
     return [{"key": k, "type": t, "default": v, "doc": doc} for k, t, v, doc in field_docs()]
 
 
+def _check_fits(recipe) -> None:
+    """A model whose fp32 weights alone exceed this machine's memory is refused before anything is
+    allocated (model.n_layer=1e12 hung with no output): a typo, not a run. FSDP shards the weights
+    across processes and machines, so it is not checked."""
+    from .recipes import estimate_params
+
+    if recipe.train.parallel == "fsdp":
+        return
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system that says
+        return
+    params = estimate_params(recipe)
+    if params * 4 > memory:
+        raise UserError(f"the model has {params:.3g} parameters ({params * 4 / 2**30:,.0f} GiB of fp32 weights), more than this "
+                        f"machine's {memory / 2**30:,.0f} GiB of memory: check model.n_layer, model.n_embd and model.mlp_ratio")
+
+
 def train_run(recipe_name: str | None = None, overrides: list[str] | None = None, out: Path | None = None,
               resume: Path | None = None, echo: bool = True, db: str | None = None, ledger: bool = True,
               log_to: str | None = None) -> tuple[Path, dict]:
@@ -70,6 +88,7 @@ def train_run(recipe_name: str | None = None, overrides: list[str] | None = None
         if recipe_name is None:
             raise UserError("train needs --recipe NAME (see `pretrainlab recipes`) or --resume RUN_DIR")
         recipe = resolve_recipe(recipe_name, overrides)
+        _check_fits(recipe)
         run_dir = Path(out) if out else default_run_dir(recipe)
         kwargs = {"recipe": recipe, "out_dir": run_dir}
     from .train import train  # torch is imported only now: a bad recipe or flag is reported in well under a second
@@ -353,7 +372,10 @@ def _when(text: str | None, flag: str, end: bool = False) -> str | None:
     age = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([mhdw])", text)
     if age:
         unit = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[age.group(2)]
-        dt = datetime.now(UTC) - timedelta(**{unit: float(age.group(1))})
+        try:
+            dt = datetime.now(UTC) - timedelta(**{unit: float(age.group(1))})
+        except OverflowError:  # 99999999d: before any date there is
+            raise UserError(f"{flag} {text!r}: an age reaches back before year 1; give a smaller one") from None
     else:
         try:
             dt = datetime.fromisoformat(text)

@@ -242,6 +242,9 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, d: dict) -> Recipe:
+        if not isinstance(d, dict):
+            raise ValueError(f"a recipe is a JSON object of sections (model, optim, data, train, budget, eval), not a "
+                             f"{type(d).__name__}")
         train = d.get("train")
         if isinstance(train, dict) and isinstance(train.get("compile"), bool):  # recipe.json from before auto|on|off
             d = {**d, "train": {**train, "compile": "on" if train["compile"] else "off"}}
@@ -429,6 +432,8 @@ def _hints(cls) -> dict[str, Any]:
 def _build(cls, d: dict, prefix: str):
     """Build a (nested) dataclass from a dict, rejecting unknown keys by name."""
     hints = _hints(cls)
+    if not isinstance(d, dict):
+        raise ValueError(f"{prefix.rstrip('.') or 'the recipe'} must be an object of settings, got {d!r:.60}")
     unknown = set(d) - set(hints)
     if unknown:
         raise ValueError(f"unknown config key {prefix + sorted(unknown)[0]!r} in recipe")

@@ -463,6 +463,8 @@ def serve(db: str | None = None, http: bool = False, host: str = "127.0.0.1", po
 
     if importlib.util.find_spec("mcp") is None:
         raise UserError("the MCP server needs the `mcp` package: pip install 'pretrainlab[mcp]' (or `pip install mcp`)")
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port {port}: a port is 0-65535 (0: any free one)")
     token = os.environ.pop(TOKEN_ENV, None) or None  # out of the environment: no campaign or run process inherits it
     if not http:
         build_server(db).run("stdio")

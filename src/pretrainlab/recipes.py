@@ -88,7 +88,7 @@ def estimate_params(recipe: Recipe) -> int:
     padded = _padded_vocab(recipe)
     hidden = int(m.mlp_ratio * m.n_embd)
     per_layer = m.n_embd * m.n_embd * 2 + 2 * m.n_embd * _kv_dim(recipe) + 2 * m.n_embd * hidden
-    num_ve = sum(1 for i in range(m.n_layer) if m.value_embeds and i % 2 == (m.n_layer - 1) % 2)
+    num_ve = _num_value_embeds(m)
     return m.n_layer * per_layer + padded * m.n_embd + embedding_params(recipe) + 2 * num_ve  # 2: each value embedding's gates
 
 
@@ -98,8 +98,14 @@ def embedding_params(recipe: Recipe) -> int:
     total - this = the non-embedding count behind model.flops_per_token."""
     m = recipe.model
     padded = _padded_vocab(recipe)
-    num_ve = sum(1 for i in range(m.n_layer) if m.value_embeds and i % 2 == (m.n_layer - 1) % 2)
+    num_ve = _num_value_embeds(m)
     return padded * m.n_embd + num_ve * padded * _kv_dim(recipe)
+
+
+def _num_value_embeds(m) -> int:
+    """Layers with a value embedding (model/gpt.py: has_value_embed, every other layer ending with the last), counted
+    without a loop over the layers (a typo of model.n_layer=1e9 took 90 s to be refused)."""
+    return (m.n_layer + 1) // 2 if m.value_embeds else 0
 
 
 def _padded_vocab(recipe: Recipe) -> int:

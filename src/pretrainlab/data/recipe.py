@@ -144,7 +144,11 @@ def load_recipe(path: str | Path) -> DataRecipe:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"data recipe not found: {path}: pass a .toml file (see docs/data.md)")
-    return parse_recipe(path.read_text(encoding="utf-8"), path.parent, str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"data recipe {path} is not UTF-8 text (byte {e.start}): save it as UTF-8 TOML (docs/data.md)") from None
+    return parse_recipe(text, path.parent, str(path))
 
 
 def step_help() -> dict[str, dict]:

@@ -144,7 +144,11 @@ def train(recipe: Recipe | None = None, out_dir: Path | None = None, resume_dir:
         resume_dir = Path(resume_dir)
         if not rundir.is_run_dir(resume_dir):
             raise UserError(f"--resume {resume_dir}: no recipe.json there; pass a run directory written by `pretrainlab train`")
-        recipe = Recipe.from_dict(rundir.load_json(resume_dir / rundir.RECIPE))
+        try:
+            recipe = Recipe.from_dict(rundir.load_json(resume_dir / rundir.RECIPE))
+        except (ValueError, OSError) as e:  # not JSON, not an object, wrong types, a link: the run cannot be continued as it is
+            raise UserError(f"--resume {resume_dir}: its recipe.json cannot be read as a recipe ({str(e)[:200]}); restore it, "
+                            "or start a new run with --recipe") from None
         out_dir = resume_dir
     assert recipe is not None and out_dir is not None
     out_dir = Path(out_dir)

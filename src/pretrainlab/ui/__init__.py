@@ -59,6 +59,8 @@ def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT, db: str | None = No
 def _check_port(host: str, port: int) -> None:
     import socket
 
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port {port}: a port is 0-65535 (0: any free one)")
     try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
