@@ -112,6 +112,7 @@ def test_resume_of_a_non_run(tmp_path):
 def test_argparse_errors_are_one_line():
     assert_user_error(cli("train", "--bogus"), "--bogus")
     assert_user_error(cli("nosuchcommand"))
+    assert_user_error(cli("research", "approve", "e1", "--author", "mcp:claude-code/1.2"), "give your own name")
     # several overrides after one --set: the error says each pair takes its own flag
     assert_user_error(cli("train", "--recipe", "tiny-cpu", "--set", "model.n_layer=2", "model.n_embd=64"),
                       "unrecognized arguments: model.n_embd=64", "needs its own flag", "--set model.n_embd=64")

@@ -181,3 +181,18 @@ def test_without_skipping_the_reader_still_stops_at_the_first_bad_input(tmp_path
     (tmp_path / "zeros.txt").write_bytes(bytes(10))
     with pytest.raises(UserError, match="a binary file"):
         list(iter_documents(tmp_path / "zeros.txt", "web"))
+
+
+@pytest.mark.parametrize("text, error", [
+    ('corpus = 3\n[[sources]]\nbuiltin = true\n', r"\[corpus\]: should be a table of fields, got 3"),
+    ('sources = [1]\n', r"sources\[0\]: should be a table of fields, got 1"),
+    ('steps = ["a"]\n[[sources]]\nbuiltin = true\n', r"steps are \[\[steps\]\] tables"),
+    ('[[sources]]\nbuiltin = true\n[[steps]]\nstep = "gopher_repetition"\nngram_rules = "false"\n',
+     r"ngram_rules should be true or false, got 'false'"),  # a string, which Python takes as true
+])
+def test_a_recipe_of_the_wrong_shape_is_one_line(tmp_path, text, error):
+    from pretrainlab.data.recipe import parse_recipe
+    from pretrainlab.errors import UserError
+
+    with pytest.raises(UserError, match=error):
+        parse_recipe(text, tmp_path)

@@ -271,6 +271,10 @@ def test_approve_reject_and_notes_are_recorded_with_their_author(client, lab):
     assert r.status_code == 400 and "queued" in r.text  # nothing to approve: the api's one-line reason
     r = client.post(f"/experiments/{lab['decided']}/review", data={"csrf": token, "action": "approve", "next": "//evil.example/x"})
     assert r.headers["location"] == f"/experiments/{lab['decided']}"  # never redirected off the dashboard
+    before = len(api.show_experiment(lab["decided"], db=lab["db"])["decisions"])
+    r = client.post(f"/experiments/{lab['decided']}/review", data={"csrf": token, "action": "reject", "author": "mcp:claude-code/1.2"})
+    assert r.status_code == 400 and "give your own name" in r.text  # the MCP server's names for its clients are not a person's
+    assert len(api.show_experiment(lab["decided"], db=lab["db"])["decisions"]) == before
 
 
 def test_posts_need_the_sessions_csrf_token_and_the_same_origin(client, lab):

@@ -61,6 +61,18 @@ def _check_fits(recipe) -> None:
                         f"machine's {memory / 2**30:,.0f} GiB of memory: check model.n_layer, model.n_embd and model.mlp_ratio")
 
 
+MCP_AUTHOR_PREFIX = "mcp:"  # how the MCP server names its clients in the record (mcp_server.client_author)
+
+
+def check_person(name: str) -> str:
+    """A person's name as the CLI and the dashboard record it: never one the MCP server gives its
+    clients, so the record tells a person's act from an MCP client's."""
+    if name.strip().lower().startswith(MCP_AUTHOR_PREFIX):
+        raise UserError(f"author {name!r}: names starting with {MCP_AUTHOR_PREFIX!r} are the ones the MCP server records for "
+                        "its clients; give your own name")
+    return name
+
+
 def train_run(recipe_name: str | None = None, overrides: list[str] | None = None, out: Path | None = None,
               resume: Path | None = None, echo: bool = True, db: str | None = None, ledger: bool = True,
               log_to: str | None = None) -> tuple[Path, dict]:

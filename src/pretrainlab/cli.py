@@ -211,6 +211,8 @@ def _add_research_parser(sub) -> None:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if isinstance(getattr(args, "author", None), str):
+            api.check_person(args.author)
         return COMMANDS[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

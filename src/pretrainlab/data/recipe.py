@@ -103,7 +103,12 @@ class DataRecipe:
 
 
 def _build(cls, table: dict, where: str):
+    if not isinstance(table, dict):
+        raise UserError(f"{where}: should be a table of fields, got {table!r:.60}")
     known = [f.name for f in fields(cls) if f.init]
+    for f in fields(cls):  # a string where a flag belongs ("false" is true in Python) is an error, not a quiet True
+        if f.type in ("bool", bool) and f.name in table and not isinstance(table[f.name], bool):
+            raise UserError(f"{where}: {f.name} should be true or false, got {table[f.name]!r:.60}")
     for key in table:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
@@ -129,7 +134,12 @@ def parse_recipe(text: str, base_dir: Path = Path("."), where: str = "recipe") -
         raise UserError(f"{where}: no [[sources]]: add one, e.g. [[sources]] builtin = true")
     sources = [_build(SourceSpec, s, f"{where} sources[{i}]") for i, s in enumerate(raw_sources)]
     steps = []
-    for i, raw in enumerate(doc.get("steps", [])):
+    raw_steps = doc.get("steps", [])
+    if not isinstance(raw_steps, list) or not all(isinstance(r, dict) for r in raw_steps):
+        raise UserError(f"{where}: steps are [[steps]] tables, each with step = NAME (docs/data.md)")
+    if not all(isinstance(s, dict) for s in raw_sources):
+        raise UserError(f"{where}: sources are [[sources]] tables (docs/data.md)")
+    for i, raw in enumerate(raw_steps):
         raw = dict(raw)
         name = raw.pop("step", None)
         if name not in STEPS:

@@ -401,7 +401,7 @@ async def _in_thread(fn, *args, **kwargs):
 
 def _author(form: dict, default: str) -> str:
     name = " ".join((form.get("author") or "").split())[:80]
-    return name or default
+    return api.check_person(name or default)
 
 
 def _back(form: dict, default: str, name: str) -> Response:
