@@ -124,6 +124,7 @@ def test_argparse_errors_are_one_line():
     ["research", "start", "--recipe", "tiny-cpu", "--set", "model.n_head=5", "--budget-runs", "8"],
     ["research", "start", "--recipe", "tiny-cpu", "--spend-cap-usd", "nan"],  # NaN passes `< 0`; it may not pass at all
     ["research", "start", "--recipe", "tiny-cpu", "--run-budget", "nans"],
+    ["research", "start", "--recipe", "tiny-cpu", "--parallel", "100000"],  # one process per slot: a fork bomb
     ["research", "start", "--recipe", "tiny-cpu", "--set", "data.corpus=/nonexistent"],  # ran crashing baselines until the loop died
     ["train", "--recipe", "tiny-cpu", "--set", "budget.seconds=nan", "--no-ledger"],  # trained 0 steps and said ok
     ["train", "--recipe", "tiny-cpu", "--set", "model.n_layer=1e400", "--no-ledger"],

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +169,10 @@ def check_runner(runner: str, ray_address: str | None, gpus: list[int] | None, p
         raise UserError("--ray-address names a Ray cluster: add --runner ray, or drop --ray-address")
     if runner == "local" and gpus is not None and len(gpus) < parallel:
         raise UserError(f"--parallel {parallel} needs {parallel} GPUs, --gpus lists {len(gpus)}: lower --parallel or list more")
+    cores = os.cpu_count() or 1
+    if runner == "local" and gpus is None and parallel > max(8, 4 * cores):  # each slot a process of its own: 100,000 is a fork bomb
+        raise UserError(f"--parallel {parallel}: this machine has {cores} cores; local CPU slots stay within {max(8, 4 * cores)} "
+                        "(use --runner ray or slurm for more)")
 
 
 def check_slurm(cfg) -> None:
