@@ -190,11 +190,23 @@ def test_every_reader_survives_a_torn_live_run(tmp_path):
     assert len(moved) == 51 and {r["superseded_by_resume_at"] for r in moved} == {100}
 
 
+def within(seconds, fn):
+    """fn() run in a thread, which must return within `seconds` (a reader that follows /dev/zero, waits on a FIFO or
+    enumerates 2**62 steps never does)."""
+    import threading
+
+    out = []
+    t = threading.Thread(target=lambda: out.append(fn()), daemon=True)
+    t.start()
+    t.join(seconds)
+    assert out, f"{fn} did not return within {seconds} s"
+    return out[0]
+
+
 def test_files_planted_by_experiment_code_are_never_followed_or_waited_on(tmp_path):
     """The lab reads and writes run directories from outside the sandbox: a symlink planted there
     must not make it read a host file into the ledger, read /dev/zero forever, write through into
     a host file, or block on a FIFO."""
-    import threading
 
     from pretrainlab.curves import RunCurves
     from pretrainlab.errors import UserError
@@ -213,14 +225,6 @@ def test_files_planted_by_experiment_code_are_never_followed_or_waited_on(tmp_pa
     (run / rundir.SUMMARY).symlink_to(secret)
     (run / rundir.METRICS).symlink_to("/dev/zero")
     (run / rundir.PROVENANCE).symlink_to(secret)
-
-    def within(seconds, fn):  # a reader that follows /dev/zero or waits on a FIFO never returns
-        out = []
-        t = threading.Thread(target=lambda: out.append(fn()), daemon=True)
-        t.start()
-        t.join(seconds)
-        assert out, f"{fn} did not return within {seconds} s"
-        return out[0]
 
     assert within(10, lambda: read_summary(run)) is None and within(10, lambda: rundir.read_provenance(run)) is None
     assert within(10, lambda: list(iter_metrics(run))) == [] and within(10, lambda: rundir.last_row(run)) is None
@@ -258,7 +262,6 @@ def test_values_experiment_code_writes_never_crash_hang_or_reach_the_ledger_unty
     beyond float (or BIGINT) range, NaN, a dict where text belongs, NUL bytes and lone surrogates (which PostgreSQL or
     UTF-8 refuse), JSON nested 200,000 deep, a 20 MB line, a step of 2**62. Registering the run, its curves and the
     doctor must each come back at once, with such values left out of the ledger's columns."""
-    import threading
 
     from pretrainlab.curves import CurveCache
     from pretrainlab.doctor import diagnose
@@ -287,14 +290,6 @@ def test_values_experiment_code_writes_never_crash_hang_or_reach_the_ledger_unty
         path.write_text(json.dumps({**json.loads(path.read_text()), **cases[name]}))
     with open(run / rundir.METRICS, "a") as f:  # then lines no reader may choke on, and a row after them
         f.write(deep + "\n" + "x" * (20 << 20) + "\n" + json.dumps({"type": "train", "step": 2**62, "loss": 1.0}) + "\n")
-
-    def within(seconds, fn):
-        out = []
-        t = threading.Thread(target=lambda: out.append(fn()), daemon=True)
-        t.start()
-        t.join(seconds)
-        assert out, f"{fn} did not return within {seconds} s"
-        return out[0]
 
     ledger = Ledger(ledger_url)
     ledger.upsert_run(within(30, lambda: read_run_dir(run)))
