@@ -196,3 +196,17 @@ def test_a_recipe_of_the_wrong_shape_is_one_line(tmp_path, text, error):
 
     with pytest.raises(UserError, match=error):
         parse_recipe(text, tmp_path)
+
+
+def test_a_damaged_fates_file_and_a_points_file_that_is_not_text_are_one_line(tmp_path):
+    from pretrainlab.data.fates import FATES_FILE, why
+    from pretrainlab.errors import UserError
+    from pretrainlab.scaling.points import load_points
+
+    for body in (b"\xff\xfe\n", b"{not json\n", b"[1, 2]\n", b'{"path": "a", "sha256": "b", "fate": "made-up"}\n'):
+        (tmp_path / FATES_FILE).write_bytes(body)
+        with pytest.raises(UserError, match="is damaged.*rebuild the corpus"):
+            why(tmp_path, "a")
+    (tmp_path / "points.csv").write_bytes(b"N,D,loss\n\xff\xff,1,2\n")
+    with pytest.raises(UserError, match="not UTF-8 text"):
+        load_points(tmp_path / "points.csv")

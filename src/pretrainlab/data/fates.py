@@ -31,9 +31,17 @@ def iter_fates(corpus_dir: str | Path):
     path = Path(corpus_dir) / FATES_FILE
     if not path.is_file():
         raise UserError(f"{corpus_dir} has no {FATES_FILE}: it is not a derived corpus; build one with `pretrainlab data build RECIPE`")
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            yield json.loads(line)
+    damaged = f"{path} is damaged ({{}}); rebuild the corpus with `pretrainlab data build RECIPE`"
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                fate = json.loads(line)
+                if not (isinstance(fate, dict) and isinstance(fate.get("path"), str) and isinstance(fate.get("sha256"), str)
+                        and fate.get("fate") in _EXPLAIN):
+                    raise UserError(damaged.format(f"line {number} is not a document's fate"))
+                yield fate
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(damaged.format(str(e).splitlines()[0][:120])) from None
 
 
 def why(corpus_dir: str | Path, doc: str) -> dict:

@@ -109,6 +109,8 @@ def load_points(path: str | Path, drop_highest: int = 0) -> Points:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise UserError(f"{path}: cannot read it ({e.strerror or e}); pass a CSV or JSON file of (N, D, loss) points") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); pass a CSV or JSON file of (N, D, loss) points") from None
     if path.suffix.lower() == ".json" or text.lstrip().startswith(("[", "{")):
         try:
             data = json.loads(text)
