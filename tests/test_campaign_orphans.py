@@ -80,3 +80,26 @@ def test_resume_stops_orphans_of_a_killed_loop_and_loses_nothing(corpus_dir, tmp
     os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
     manage.resume(campaign_id, echo=False)
     assert scored == [changed.parent.name]
+
+
+def test_a_loop_sent_sigterm_stops_its_runs_as_ctrl_c_does(corpus_dir, tmp_path, monkeypatch):
+    """SIGTERM (a `kill`, `timeout`, a shutdown) killed the loop at once and left its runs training, in sessions of their
+    own, with no one to stop them; now it unwinds the loop as Ctrl-C does: the runs are stopped, and resume continues."""
+    monkeypatch.setenv("PRETRAINLAB_WORKSPACE", str(tmp_path))
+    monkeypatch.delenv("PRETRAINLAB_DB", raising=False)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("ANTHROPIC_API_KEY", None)
+    cfg = dict(recipe="tiny-cpu", overrides=tiny_overrides(corpus_dir), run_budget="1e9tok", budget_runs=4, parallel=2, seeds=2,
+               strategy="random", early_stop=False)
+    code = ("import json, sys; from pretrainlab.research import manage; from pretrainlab.research.campaign import CampaignConfig; "
+            "manage.start(CampaignConfig(**json.loads(sys.argv[1])), echo=False)")
+    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(cfg)], env=env, stderr=subprocess.PIPE, text=True)
+    campaigns = tmp_path / "runs" / "campaigns"
+    deadline = time.time() + 180
+    while len(list(campaigns.glob("*/*/metrics.jsonl"))) < 2:  # both slots training
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else "timeout"
+        time.sleep(0.05)
+    proc.terminate()
+    assert proc.wait(120) == 143, proc.stderr.read()
+    (campaign_id,) = [c["id"] for c in Ledger().list_campaigns()]
+    assert not held_job_locks(campaigns / campaign_id)  # no run left training

@@ -9,6 +9,7 @@ a campaign runs.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -190,11 +191,21 @@ def _run(ledger, campaign_id: str, cfg: CampaignConfig, strategy: Strategy, echo
         ledger.add_note(f"experiment processes of this loop are NOT sandboxed: {runner.sandbox.reason}; they run with a scrubbed "
                         "environment, and the lab still scores every run itself", author="campaign", campaign_id=campaign_id)
     campaign = Campaign(ledger, campaign_id, strategy, runner, workdir, echo=echo)
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # SIGTERM (a `kill`, a shutdown) ends the loop as Ctrl-C does
+        previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         campaign.run()
     except BaseException:
         runner.shutdown()  # never leave orphaned training processes
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminated(signum, frame) -> None:
+    raise SystemExit(128 + signum)  # unwinds the loop: its runs are stopped with a checkpoint, and `research resume` continues
 
 
 def stop(campaign_id: str, db: str | None = None, author: str | None = None) -> None:
