@@ -89,7 +89,7 @@ def test_a_loop_sent_sigterm_stops_its_runs_as_ctrl_c_does(corpus_dir, tmp_path,
     monkeypatch.delenv("PRETRAINLAB_DB", raising=False)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("ANTHROPIC_API_KEY", None)
-    cfg = dict(recipe="tiny-cpu", overrides=tiny_overrides(corpus_dir), run_budget="1e9tok", budget_runs=4, parallel=2, seeds=2,
+    cfg = dict(recipe="tiny-cpu", overrides=tiny_overrides(corpus_dir), run_budget="2e6tok", budget_runs=4, parallel=2, seeds=2,
                strategy="random", early_stop=False)
     code = ("import json, sys; from pretrainlab.research import manage; from pretrainlab.research.campaign import CampaignConfig; "
             "manage.start(CampaignConfig(**json.loads(sys.argv[1])), echo=False)")
