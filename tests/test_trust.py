@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 from conftest import tiny_overrides
@@ -384,3 +385,28 @@ def test_two_sandboxes_share_no_dev_shm_with_each_other_or_the_host(tmp_path, gp
     assert subprocess.run(write, capture_output=True, text=True).returncode == 0
     assert subprocess.run(read, capture_output=True, text=True).stdout.strip() == "unseen"
     assert not os.path.exists(f"/dev/shm/{name}")
+
+
+def test_a_worker_that_stops_reading_or_trickles_its_answer_is_given_up_on(tmp_path, monkeypatch):
+    """The scorer waits for a worker's answer at most READ_TIMEOUT_S in all: a worker that stops reading its input blocked
+    the request's write forever, and one that sent a byte every few seconds reset a per-read deadline forever."""
+    import time
+
+    import numpy as np
+
+    from pretrainlab.runners import scoring
+
+    monkeypatch.setattr(scoring, "READ_TIMEOUT_S", 2)
+    big = np.zeros((64, 2048), dtype=np.int64)  # 512 KiB: more than a pipe holds
+    trickle = ("import os, struct, sys, time\nsys.stdin.buffer.read(8 + 4 * 64 * 2048)\n"
+               "os.write(1, struct.pack('<iii', 64, 2048, 256))\nwhile True:\n    os.write(1, b'x')\n    time.sleep(0.5)\n")
+    for name, cmd in (("deaf", ["sleep", "60"]), ("trickle", [sys.executable, "-c", trickle])):
+        worker = scoring._Worker(cmd, {"PATH": os.environ["PATH"]}, tmp_path / f"{name}.log")
+        t0 = time.monotonic()
+        with pytest.raises(scoring.ScoreRejected, match="within 2 s|stopped reading its input"):
+            list(worker.logits(big, 256))
+        assert time.monotonic() - t0 < 10, name
+        worker.close(abort=True)
+    (tmp_path / "scorer.log").mkdir()  # planted where the lab writes its log: rejected with the reason, not a crash
+    with pytest.raises(scoring.ScoreRejected, match="cannot write its log scorer.log"):
+        scoring._Worker(["true"], {}, tmp_path / "scorer.log")

@@ -138,6 +138,9 @@ def main(spec_path: str, parent_pid: int | None = None) -> int:
             stopping["flag"] = True
             os.killpg(os.getpgrp(), signal.SIGTERM)  # (this process's own copy finds the flag set)
         stopping["flag"] = True
+        scoring = sys.modules.get("pretrainlab.runners.scoring")
+        if scoring is not None:  # scoring: its workers, in sessions of their own, stop with the job (no score is kept)
+            scoring.abort_workers()
 
     signal.signal(signal.SIGTERM, on_sigterm)
     if parent_pid is not None:

@@ -23,7 +23,9 @@ where the lab keeps their logs), and each runs in a session of its own (no termi
 into, no process group shared with the lab). Rows are compared as log-probabilities, which a
 constant added to every logit does not move (it would blow up a tolerance relative to the
 logits' scale). Logits must also be finite and of the shape asked for, and a worker that
-stops answering is given up on.
+stops reading or answering is given up on. The limit: both workers run on one kernel, and a
+model built to pass data through the page cache (or timing) defeats the probes; closing that
+takes a VM or machine per worker (docs/research.md, "Known limit of the probes").
 A failed probe raises ScoreRejected with the reason; the campaign records it.
 """
 
@@ -62,16 +64,37 @@ class ScoreRejected(Exception):
     """The run's model may not be scored: it failed a probe or broke the protocol."""
 
 
+_LIVE: set = set()  # the workers of this process, for abort_workers
+
+
+def abort_workers() -> None:
+    """Kill every scoring worker this process has running (a job told to stop: its workers are in sessions of their
+    own, so the SIGTERM that stops the job does not reach them, and one may be blocked in experiment code)."""
+    import signal
+
+    for worker in list(_LIVE):
+        try:
+            os.killpg(worker.proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
 class _Worker:
     """The sandboxed worker process and its two pipes."""
 
     def __init__(self, cmd: list[str], env: dict, stderr_path: Path):
         self.stderr_path = Path(stderr_path)
-        self.stderr = create_new(stderr_path)  # in the run directory, which experiment code wrote: never through a symlink
+        try:
+            self.stderr = create_new(stderr_path)  # in the run directory, which experiment code wrote: never through a symlink
+        except OSError as e:  # e.g. a directory planted at the log's name
+            raise ScoreRejected(f"the lab cannot write its log {stderr_path.name} in the run directory ({e.strerror or e}): the "
+                                "trainer left something else at that name") from None
+        self.deadline = 0.0
         # a session of its own: no controlling terminal to push keystrokes into (TIOCSTI), and kill(0, ...) from inside
         # reaches only its own group, never the lab's process (at a campaign's close, the loop in the user's terminal)
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env=env,
                                      start_new_session=True)
+        _LIVE.add(self)
 
     def start(self) -> None:
         """Let it run the experiment's code: until now it has only imported torch and loaded the weights."""
@@ -84,9 +107,9 @@ class _Worker:
     def logits(self, x: np.ndarray, vocab_min: int):
         """Send one batch [rows, T]; yield each row's float32 logits [T, V] as it arrives."""
         rows, seq_len = x.shape
+        self.deadline = time.monotonic() + READ_TIMEOUT_S  # the whole answer, not each read: a trickle of bytes is no answer
         try:
-            self.proc.stdin.write(np.array([rows, seq_len], dtype="<i4").tobytes() + x.astype("<i4").tobytes())
-            self.proc.stdin.flush()
+            self._write(np.array([rows, seq_len], dtype="<i4").tobytes() + x.astype("<i4").tobytes())
             head = np.frombuffer(self._read(12), dtype="<i4")
         except (BrokenPipeError, EOFError):
             raise ScoreRejected(f"the model process exited while scoring (exit {self.proc.wait()}): {self.tail()}") from None
@@ -100,12 +123,25 @@ class _Worker:
                 raise ScoreRejected("the model returned non-finite logits (NaN or Inf)")
             yield row
 
+    def _write(self, data: bytes) -> None:
+        """Send a request within the deadline (a worker that stops reading its input would block a plain write forever)."""
+        fd = self.proc.stdin.fileno()
+        os.set_blocking(fd, False)
+        view = memoryview(data)
+        while view:
+            if not select.select([], [fd], [], max(0.0, self.deadline - time.monotonic()))[1]:
+                raise ScoreRejected(f"the model process stopped reading its input for {READ_TIMEOUT_S} s: it was stopped")
+            try:
+                view = view[os.write(fd, view[: 1 << 16]) :]
+            except BlockingIOError:
+                continue
+
     def _read(self, n: int) -> bytes:
         buf = bytearray()
         fd = self.proc.stdout.fileno()
         while len(buf) < n:
-            if not select.select([fd], [], [], READ_TIMEOUT_S)[0]:
-                raise ScoreRejected(f"the model process gave no answer for {READ_TIMEOUT_S} s: it was stopped")
+            if not select.select([fd], [], [], max(0.0, self.deadline - time.monotonic()))[0]:
+                raise ScoreRejected(f"the model process did not answer within {READ_TIMEOUT_S} s: it was stopped")
             chunk = os.read(fd, min(n - len(buf), 1 << 20))
             if not chunk:
                 raise EOFError
@@ -133,6 +169,7 @@ class _Worker:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        _LIVE.discard(self)
         self.stderr.close()
 
 
@@ -267,6 +304,9 @@ def _score_and_probe(wrapped: list[str], env: dict, run_dir: Path, corpus: Corpu
         for i in range(0, len(probe_rows), rows):
             chunk = probe_rows[i : i + rows]
             for (_, first, c), again in zip(chunk, worker.logits(np.stack([p[0] for p in chunk]), vocab_min)):
+                if again.shape != first.shape:
+                    raise ScoreRejected(f"the model returned logits {again.shape[1]} wide to the probe, {first.shape[1]} wide in the "
+                                        "scoring pass: the same windows must get the same vocabulary")
                 if c is not None:  # causality: up to the cut, nothing may move
                     diff = _max_diff(again[: c + 1], first[: c + 1])
                     probes["causality_max_diff"] = max(probes["causality_max_diff"], diff)
