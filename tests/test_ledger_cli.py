@@ -3,6 +3,7 @@ text and --json output, one-line errors with exit 2, and a ledger failure that l
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -145,6 +146,15 @@ def test_import_a_folder_of_runs_skips_broken_ones(corpus_dir, tmp_path):
     exported = cli("runs", "export", "--format", "csv", "-o", str(tmp_path / "runs.csv"))
     assert exported.returncode == 0 and "exported 2 runs" in exported.stdout
     assert len((tmp_path / "runs.csv").read_text().splitlines()) == 3
+    # a copy of a run keeps its run_id: importing it would have re-pointed the original's row at the copy, silently
+    shutil.copytree(root / "a", tmp_path / "copy-of-a")
+    copied = json.loads(cli("runs", "import", str(tmp_path / "copy-of-a"), "--json").stdout)
+    assert copied["runs"] == [] and "a copied run directory keeps its run_id" in copied["skipped"][0]["error"]
+    assert {r["run_dir"] for r in api.list_runs()} == {str(root / "a"), str(root / "nested" / "b")}
+    os.rename(root / "a", tmp_path / "moved-a")  # a run moved elsewhere takes its row with it
+    moved = json.loads(cli("runs", "import", str(tmp_path / "moved-a"), "--json").stdout)
+    assert [r["action"] for r in moved["runs"]] == ["updated"]
+    assert {r["run_dir"] for r in api.list_runs()} == {str(tmp_path / "moved-a"), str(root / "nested" / "b")}
 
 
 @pytest.mark.parametrize("args, fragments", [

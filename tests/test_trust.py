@@ -58,6 +58,21 @@ def shifted_noncausal_patch() -> str:
                                          "b/src/pretrainlab/model/gpt.py"))
 
 
+def sparse_lookahead_patch() -> str:
+    """A model that looks one token ahead at 4 positions in 127 (5, 37, 69, 101) and is honest everywhere else: only a
+    causality row cut at one of them can catch it. 32 such rows passed it about 1 time in 3; 384 pass it 1 time in 200,000."""
+    src = (PACKAGE_DIR / "model/gpt.py").read_text()
+    peek = ("        if targets is None:\n"
+            "            hit = (torch.arange(T - 1, device=idx.device) % 32 == 5).float()\n"
+            "            boost = torch.zeros_like(logits)\n"
+            "            boost[:, :-1].scatter_(2, idx[:, 1:].unsqueeze(-1), 30.0 * hit.expand(idx.size(0), -1).unsqueeze(-1))\n"
+            "            return logits + boost\n")
+    new = src.replace(FORWARD_END, peek, 1)
+    assert new != src
+    return "".join(difflib.unified_diff(src.splitlines(True), new.splitlines(True), "a/src/pretrainlab/model/gpt.py",
+                                         "b/src/pretrainlab/model/gpt.py"))
+
+
 RECALL = """
 import time as _time
 print("IMPORTED", repr(_time.time()), file=__import__("sys").stderr, flush=True)
@@ -158,18 +173,19 @@ def test_hostile_models_and_trainers_are_rejected_with_the_reason(tmp_path, corp
     results = run_patched(tmp_path, corpus_dir, {
         "noncausal": NON_CAUSAL, "fake-report": FAKE_REPORT, "loss-at-import": LOSS_AT_IMPORT,
         "memorise": memorising_patch(corpus_dir), "late-cheater": late_cheater_patch(),
-        "shifted": shifted_noncausal_patch(), "recalling": recalling_noncausal_patch(),
+        "shifted": shifted_noncausal_patch(), "recalling": recalling_noncausal_patch(), "sparse": sparse_lookahead_patch(),
     })
     plain = lab_score(tmp_path, "plain")
     assert results["plain"].status == "ok" and plain["status"] == "ok" and plain["sandboxed"]
-    assert plain["probes"]["causality_rows"] > 0 and plain["probes"]["replay_rows"] > 0
+    assert plain["probes"]["causality_rows"] == 384 and plain["probes"]["replay_rows"] == 64
+    assert plain["probes"]["lookahead_caught"]["1 in 50"] > 0.999
     honest = plain["splits"]["val"]["val_bpb"]
     assert results["plain"].summary["val_bpb"] == honest and results["plain"].summary["scored_by"] == "lab"
 
     reasons = {"noncausal": "non-causal model", "fake-report": "reported val_bpb 0.0100",
                "loss-at-import": "the run's own evaluation was altered", "memorise": "learned the monitor slice by heart",
                "late-cheater": ("when a fresh process scored it", "non-causal model"),  # whichever probe row comes first
-               "shifted": "non-causal model", "recalling": "non-causal model"}
+               "shifted": "non-causal model", "recalling": "non-causal model", "sparse": "non-causal model"}
     for key, reason in reasons.items():
         r, score = results[key], lab_score(tmp_path, key)
         assert r.status == "rejected" and r.returncode == 4, (key, r.status, r.stderr_tail[-2000:])
@@ -354,6 +370,33 @@ def test_a_worker_given_up_midway_is_killed_not_waited_for(tmp_path):
     assert worker.proc.returncode == 0  # a clean close still lets the worker finish on its own
 
 
+
+def test_what_a_killed_scoring_left_behind_is_swept_and_a_live_ones_is_not(tmp_path):
+    """A scoring killed with SIGKILL leaves its private folder, whose hard link kept a deleted run's weights on disk; the
+    next scoring beside it removes such folders, never one whose lock a live scoring holds."""
+    import fcntl
+
+    from pretrainlab.runners.scoring import sweep_scratch
+
+    scratch = tmp_path / ".scoring"
+    scratch.mkdir()
+    weights = tmp_path / "model.pt"
+    weights.write_bytes(b"w" * 4096)
+    for name in ("dead", "live", "nolock"):
+        (scratch / name).mkdir()
+        os.link(weights, scratch / name / "model.pt")
+    (scratch / "dead.lock").touch()  # its scoring is gone: nobody holds the lock
+    live = os.open(scratch / "live.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(live, fcntl.LOCK_EX)  # the lock is held by an open description, as a live scoring holds it
+    (scratch / "elsewhere").symlink_to(tmp_path)  # never followed
+    assert os.stat(weights).st_nlink == 4
+    sweep_scratch(scratch)
+    assert sorted(p.name for p in scratch.iterdir()) == ["elsewhere", "live", "live.lock"]
+    assert os.stat(weights).st_nlink == 2 and weights.exists()
+    os.close(live)
+    sweep_scratch(scratch)
+    assert sorted(p.name for p in scratch.iterdir()) == ["elsewhere"] and os.stat(weights).st_nlink == 1
+
 @needs_sandbox
 def test_a_run_stopped_while_the_lab_scores_it_is_a_timeout_not_ok(tmp_path, corpus_dir):
     """The trainer finishes (summary ok), then the model hangs in the scoring worker until the
@@ -386,6 +429,22 @@ def test_two_sandboxes_share_no_dev_shm_with_each_other_or_the_host(tmp_path, gp
     assert subprocess.run(read, capture_output=True, text=True).stdout.strip() == "unseen"
     assert not os.path.exists(f"/dev/shm/{name}")
 
+
+
+@needs_sandbox
+def test_a_sandboxs_tmp_and_dev_shm_are_capped(monkeypatch):
+    """/tmp and /dev/shm are tmpfs, that is memory: uncapped, an experiment that filled them took up to half the RAM per
+    sandbox. Writing past the cap fails with ENOSPC inside the sandbox, and the machine keeps its memory."""
+    from pretrainlab.runners import sandbox
+
+    if not SANDBOX._sized(1):
+        pytest.skip("this bwrap has no --size (it came in 0.7)")
+    monkeypatch.setattr(sandbox, "TMP_BYTES", 8 << 20)
+    monkeypatch.setattr(sandbox, "SHM_BYTES", 4 << 20)
+    fill = ("for d in /tmp /dev/shm; do dd if=/dev/zero of=$d/fill bs=1M count=64 2>/dev/null; "
+            "echo $d $(($(stat -c %s $d/fill) >> 20)); done")
+    out = subprocess.run(SANDBOX.wrap(["sh", "-c", fill], code_src=PACKAGE_DIR.parent), capture_output=True, text=True)
+    assert out.stdout.split("\n")[:2] == ["/tmp 8", "/dev/shm 4"], out
 
 def test_a_worker_that_stops_reading_or_trickles_its_answer_is_given_up_on(tmp_path, monkeypatch):
     """The scorer waits for a worker's answer at most READ_TIMEOUT_S in all: a worker that stops reading its input blocked

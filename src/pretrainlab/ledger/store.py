@@ -100,8 +100,23 @@ class Ledger:
     # ---- runs ---------------------------------------------------------------------------------
 
     def register_run(self, run_dir: Path | str, campaign_id: str | None = None, experiment_id: str | None = None) -> dict:
-        """Insert or update a run from its directory; idempotent (a resumed run updates its row)."""
-        return self.upsert_run(read_run_dir(Path(run_dir)), campaign_id, experiment_id)
+        """Insert or update a run from its directory; idempotent (a resumed run updates its row). A run moved elsewhere
+        has its row moved with it; a copy of a run still in place (the same run_id, read from its files) is refused: it
+        would silently take over the original's row."""
+        record = read_run_dir(Path(run_dir))
+        row = self.db.query_one("SELECT run_dir FROM runs WHERE run_id = ?", (record["run"]["run_id"],))
+        if row and row["run_dir"] and row["run_dir"] != record["run"]["run_dir"]:
+            old, new = Path(row["run_dir"]), Path(record["run"]["run_dir"])
+            try:
+                same = old.resolve() == new.resolve()
+                still_there = not same and is_run_dir(old) and run_id_of(old) == record["run"]["run_id"]
+            except (OSError, ValueError, UserError):
+                still_there = False
+            if still_there:
+                raise UserError(f"{new} has run_id {record['run']['run_id']!r}, which the ledger has for {old}: a copied run "
+                                "directory keeps its run_id; give the copy a new one (the run_id in its provenance.json) or "
+                                "import the original")
+        return self.upsert_run(record, campaign_id, experiment_id)
 
     def upsert_run(self, record: dict, campaign_id: str | None = None, experiment_id: str | None = None) -> dict:
         """Write a `read_run_dir` record: the run row, its eval rows and its metrics index."""

@@ -7,7 +7,7 @@
 
 Inside: no network; no home directory, workspace, ledger or other run; the code copy, the
 Python installation and the listed corpus files read-only; only the run directory
-writable; a private /tmp. The decision and test splits are never listed, so experiment
+writable; a private /tmp and /dev/shm (tmpfs, at most 4 GiB and 1 GiB, 1/8 and 1/16 of the RAM). The decision and test splits are never listed, so experiment
 code cannot read them from disk. The sandboxed process stays in the caller's process
 group, so SIGTERM (early stop, preemption) reaches it; bwrap itself must not die of that
 signal first, so it is started with SIGTERM ignored (`ignore_sigterm`), which bwrap
@@ -41,6 +41,16 @@ ETC_FILES = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "passwd", "group", "ns
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
 
 _warned = False
+_SIZE_SUPPORT: dict[str, bool] = {}
+TMP_BYTES, SHM_BYTES = 4 << 30, 1 << 30  # a sandbox's /tmp and /dev/shm, at most (and at most 1/8 and 1/16 of the RAM)
+
+
+def _tmpfs_sizes() -> tuple[int, int]:
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (OSError, ValueError):
+        ram = 16 << 30
+    return min(TMP_BYTES, ram // 8), min(SHM_BYTES, ram // 16)
 
 
 def scrubbed_env(extra: dict[str, str] | None = None, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -96,6 +106,16 @@ class Sandbox:
     def active(self) -> bool:
         return self.bwrap is not None
 
+    def _sized(self, nbytes: int) -> list[str]:
+        """bwrap's --size for the next tmpfs, where this bwrap has it (0.7 and later)."""
+        if self.bwrap not in _SIZE_SUPPORT:
+            try:
+                out = subprocess.run([self.bwrap, "--help"], capture_output=True, text=True, timeout=30)
+                _SIZE_SUPPORT[self.bwrap] = "--size" in out.stdout + out.stderr
+            except (OSError, subprocess.TimeoutExpired):
+                _SIZE_SUPPORT[self.bwrap] = False
+        return ["--size", str(nbytes)] if _SIZE_SUPPORT[self.bwrap] else []
+
     @staticmethod
     def _system_binds() -> list[str]:
         args: list[str] = []
@@ -115,8 +135,12 @@ class Sandbox:
         tree on PYTHONPATH (the lab's, or a patched copy): mounted read-only."""
         if not self.active:
             return cmd
-        args = [self.bwrap, *self._system_binds(), "--proc", "/proc", "--tmpfs", "/tmp"]  # /tmp first: later binds go on top
+        tmp, shm = _tmpfs_sizes()
+        # /tmp first: later binds go on top. Its size is capped where bwrap can (a tmpfs is memory: an experiment that fills
+        # it would take the machine's RAM, which a tmpfs's default cap lets grow to half of it per sandbox)
+        args = [self.bwrap, *self._system_binds(), "--proc", "/proc", *self._sized(tmp), "--tmpfs", "/tmp"]
         args += ["--dev", "/dev"]  # a minimal /dev of the sandbox's own: its /dev/shm is private, never the host's
+        args += [*self._sized(shm), "--tmpfs", "/dev/shm"]
         if gpus:  # CUDA needs the GPUs' device nodes (only those: the host's whole /dev would share /dev/shm between
             # sandboxes, a channel between the two scoring workers and from one run to the next) and the driver's /sys
             for node in sorted(glob.glob("/dev/nvidia*")) + sorted(glob.glob("/dev/dri")):
