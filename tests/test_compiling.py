@@ -27,6 +27,31 @@ def test_compile_pays_only_when_the_run_left_repays_the_warmup():
     assert compiling.compile_pays(remaining_s=3600.0, n_layer=8)
 
 
+def test_a_warm_cache_shortens_the_expected_warmup_and_a_bad_record_is_ignored(tmp_path, monkeypatch):
+    """Each compile records its warm-up in the compiler's cache directory under the run's shape; the next run of that
+    shape expects the recorded time (with a margin) instead of the cold estimate, so auto compiles shorter runs."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    assert compiling.cache_dir() == tmp_path
+    key = compiling.shape_key(Recipe(), "cpu")
+    cold = compiling.expected_warmup_s(4, key)
+    assert cold == compiling.expected_warmup_s(4) and compiling.recorded_warmup_s(key) is None
+    compiling.record_warmup(key, 8.0)
+    compiling.record_warmup("another shape", 30.0)
+    assert compiling.recorded_warmup_s(key) == 8.0 and compiling.expected_warmup_s(4, key) == 8.0 * compiling.WARM_MARGIN
+    remaining = 1.2 * 8.0 * compiling.WARM_MARGIN / compiling.CPU_STEP_SAVING  # repays a warm compile, not a cold one
+    assert compiling.compile_pays(remaining, 4, key) and not compiling.compile_pays(remaining, 4)
+    compiling.record_warmup(key, 1e9)  # a record worse than the cold estimate never raises it
+    assert compiling.expected_warmup_s(4, key) == cold
+    for junk in ("{", "[1, 2]", '{"%s": "fast"}' % key, '{"%s": NaN}' % key, '{"%s": true}' % key, "[" * 100_000):
+        (tmp_path / compiling.WARMUPS_FILE).write_text(junk)  # a run of the same tree wrote it: it decides nothing
+        assert compiling.recorded_warmup_s(key) is None and compiling.expected_warmup_s(4, key) == cold
+    for i in range(compiling.MAX_WARMUP_KEYS + 10):
+        compiling.record_warmup(f"shape {i}", 1.0)
+    assert len(json.loads((tmp_path / compiling.WARMUPS_FILE).read_text())) == compiling.MAX_WARMUP_KEYS
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "missing" / "dir"))
+    compiling.record_warmup(key, 2.0)  # best effort: no cache directory, no record, no error
+
+
 def test_old_boolean_settings_still_read():
     assert TrainConfig(compile="true").compile == "on" and TrainConfig(compile="False").compile == "off"
     old = Recipe().to_dict()

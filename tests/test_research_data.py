@@ -174,6 +174,15 @@ def test_config_changes_cannot_move_the_corpus_and_a_persons_file_holds_only_ste
         with pytest.raises(UserError, match=f"{key}: not an experiment's to change: .*{why}"):
             dx.check_fixed_data({"optim.lr": "0.01", key: "1"})
     dx.check_fixed_data({"optim.lr": "0.01", "model.n_layer": "6", "train.batch_tokens": "8192", "train.compile": "on"})
+    # the context length is an experiment's to change, not which tokens are scored: the base scores 2048 targets per
+    # domain in windows of 64; windows of 128 score the same tokens, windows of 96 or 1500 would leave some unscored
+    base = base_recipe(base_dir)
+    for seq_len in (32, 128, 64):
+        dx.check_scored_tokens(apply_overrides(base, [f"model.seq_len={seq_len}"]), base)
+    for seq_len, scored in ((96, 2016), (1500, 1500)):
+        with pytest.raises(UserError, match=f"model.seq_len={seq_len}: the lab would score {scored} of domain .* baseline is "
+                                            "scored on 2048 .*a seq_len that divides 2048"):
+            dx.check_scored_tokens(apply_overrides(base, [f"model.seq_len={seq_len}"]), base)
     for body, error in (('[corpus]\nseed = 7\n', "[corpus] stays the base corpus's"),
                         ('[[sources]]\npath = "/etc/passwd"\ndomain = "code"\n', "[sources] stays the base corpus's"),
                         ("[[steps]\nstep = 'x'", "is not valid TOML")):

@@ -14,6 +14,7 @@ from conftest import tiny_overrides
 
 from pretrainlab.research.patches import PACKAGE_DIR, PatchRejected, apply_patch
 from pretrainlab.runners import Job, LocalRunner
+from pretrainlab.runners.job import compile_cache
 from pretrainlab.runners.sandbox import Sandbox, scrubbed_env
 
 SANDBOX = Sandbox.detect(warn=False)
@@ -213,11 +214,14 @@ def test_writes_outside_the_copy_and_secrets_are_contained(tmp_path, corpus_dir,
     other_run = tmp_path / "runs" / "other"  # another run's finished result
     other_run.mkdir(parents=True)
     (other_run / "summary.json").write_text('{"status": "ok", "val_bpb": 3.9}')
+    lab_cache = compile_cache(tmp_path / "runs", PACKAGE_DIR.parent)  # the compiler's cache of the unpatched code's runs
     targets = [PACKAGE_DIR / "eval.py", ledger_workspace / "pretrainlab.db", tmp_path / "outside.txt", corpus_dir / "manifest.json",
-               other_run / "summary.json"]
+               other_run / "summary.json", lab_cache / "poisoned.py"]
     before = {t: t.read_bytes() if t.exists() else None for t in targets}
     writes = "".join(f"try:\n    open({str(t)!r}, 'a').write('pwned')\n    print('WROTE', {str(t)!r}, file=_sys.stderr)\n"
                      f"except OSError as _e:\n    print('BLOCKED', {str(t)!r}, type(_e).__name__, file=_sys.stderr)\n" for t in targets)
+    writes += ("if 'TORCHINDUCTOR_CACHE_DIR' in _os.environ:\n"  # the trainer has its own tree's cache; a scoring worker none
+               "    open(_os.path.join(_os.environ['TORCHINDUCTOR_CACHE_DIR'], 'kept'), 'w').write('mine')\n")
     leak = "print('ENVIRONMENT', sorted(_os.environ.items()), file=_sys.stderr)\n"
     results = run_patched(tmp_path, corpus_dir, {"writer": hostile_import_patch(writes), "leaker": hostile_import_patch(leak)})
     for key in ("writer", "leaker"):
@@ -226,6 +230,10 @@ def test_writes_outside_the_copy_and_secrets_are_contained(tmp_path, corpus_dir,
     assert all(str(t) in log for t in targets)  # it tried every one (a write that "succeeds" lands in the sandbox's private /tmp)
     for t in targets:
         assert (t.read_bytes() if t.exists() else None) == before[t], t
+    # what it wrote to its compiler cache stayed, for its own tree's later runs only: never in the unpatched runs' cache
+    own = [p for p in (tmp_path / "runs" / ".compile-cache").iterdir() if (p / "kept").exists()]
+    assert len(own) == 1 and own[0] != lab_cache and (own[0] / "kept").read_text() == "mine"
+    assert own[0] == compile_cache(tmp_path / "runs", tmp_path / "trees" / "writer" / "src")
     printed = (tmp_path / "logs" / "leaker.stderr").read_text() + (tmp_path / "runs" / "leaker" / "log.txt").read_text()
     assert "ENVIRONMENT" in printed and "'PATH'" in printed  # it did print its environment ...
     for v in secrets.values():  # ... and no secret was in it
@@ -442,9 +450,37 @@ def test_a_sandboxs_tmp_and_dev_shm_are_capped(monkeypatch):
     monkeypatch.setattr(sandbox, "TMP_BYTES", 8 << 20)
     monkeypatch.setattr(sandbox, "SHM_BYTES", 4 << 20)
     fill = ("for d in /tmp /dev/shm; do dd if=/dev/zero of=$d/fill bs=1M count=64 2>/dev/null; "
-            "echo $d $(($(stat -c %s $d/fill) >> 20)); done")
+            "echo $d $(($(stat -c %s $d/fill) >> 20)); done; "
+            "for f in /fill /dev/fill /usr/fill; do echo x > $f 2>/dev/null && echo WROTE $f || echo refused $f; done; "
+            "echo x > /dev/null && echo devnull ok")
     out = subprocess.run(SANDBOX.wrap(["sh", "-c", fill], code_src=PACKAGE_DIR.parent), capture_output=True, text=True)
-    assert out.stdout.split("\n")[:2] == ["/tmp 8", "/dev/shm 4"], out
+    # the sandbox's own root and /dev (tmpfs of half the RAM each) took 3.6 GB in a review: now read-only
+    assert out.stdout.split("\n")[:6] == ["/tmp 8", "/dev/shm 4", "refused /fill", "refused /dev/fill", "refused /usr/fill",
+                                          "devnull ok"], out
+
+
+def test_what_a_worker_prints_never_reaches_the_rejection_reason_and_its_files_are_capped(tmp_path, monkeypatch):
+    """The reason of a rejection goes to the ledger and the strategy's next prompt. A scoring worker that printed the
+    windows it had just been sent and exited put 256 bytes of the decision split there (its log's last lines were in
+    the reason), which a later patch learned by heart: 0.05 bpb better, accepted 3 times in 3. Its log is also capped."""
+    import numpy as np
+
+    from pretrainlab.runners import scoring
+
+    leak = ("import sys\nsys.stdin.buffer.read(8 + 4 * 2 * 8)\n"
+            "print('LEAK and tame; And, veiled in them, did win whom he would maim', file=sys.stderr)\nsys.exit(3)\n")
+    worker = scoring._Worker([sys.executable, "-c", leak], {"PATH": os.environ["PATH"]}, tmp_path / "scorer.log")
+    with pytest.raises(scoring.ScoreRejected) as e:
+        list(worker.logits(np.zeros((2, 8), dtype=np.int64), 256))
+    worker.close(abort=True)
+    assert "exit 3" in str(e.value) and "LEAK" not in str(e.value) and "tame" not in str(e.value)
+    assert str(tmp_path / "scorer.log") in str(e.value) and "LEAK" in (tmp_path / "scorer.log").read_text()
+    monkeypatch.setattr(scoring, "MAX_WORKER_FILE", 1 << 20)
+    spam = "import sys\nwhile True:\n    sys.stderr.write('x' * 65536)\n"
+    worker = scoring._Worker([sys.executable, "-c", spam], {"PATH": os.environ["PATH"]}, tmp_path / "spam.log")
+    assert worker.proc.wait(timeout=60) != 0  # killed by SIGXFSZ, or its write failed: either way it stopped at the cap
+    worker.close(abort=True)
+    assert (tmp_path / "spam.log").stat().st_size <= 1 << 20
 
 def test_a_worker_that_stops_reading_or_trickles_its_answer_is_given_up_on(tmp_path, monkeypatch):
     """The scorer waits for a worker's answer at most READ_TIMEOUT_S in all: a worker that stops reading its input blocked

@@ -280,7 +280,7 @@ def import_runs(paths: list[Path | str], db: str | None = None) -> dict:
             continue
         before = len(found)
         for root, dirs, _ in os.walk(p):
-            dirs.sort()
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # the lab's .scoring/ and .compile-cache/ are not runs
             if is_run_dir(Path(root)):
                 found.append(Path(root))
                 dirs[:] = []  # ckpt/ and the like are not runs

@@ -58,7 +58,7 @@ from ..rundir import read_json, read_summary, write_json_atomic
 from ..runners.base import OVERHEAD
 from . import decide, early_stop, policy, schedule
 from .config import CampaignConfig  # noqa: F401 (the settings, imported from here too)
-from .data_experiments import apply_data_change, check_fixed_data
+from .data_experiments import apply_data_change, check_fixed_data, check_scored_tokens
 from .patches import apply_patch
 from .space import default_space, recipe_diff
 from .state import CampaignState, incumbent_id, planned_seeds
@@ -884,6 +884,7 @@ class Campaign:
                 if growth > MAX_MODEL_GROWTH:  # its runs would not end within any budget the campaign planned for
                     raise UserError(f"the change makes the model {growth:.0f}x the base's parameters: a campaign's experiments "
                                     f"stay within {MAX_MODEL_GROWTH}x (start a campaign on a larger recipe to go further)")
+                check_scored_tokens(recipe, self.base)
             if p.kind == "code":  # apply it now: a patch that does not apply is rejected before it is queued
                 apply_patch(p.patch or "", scratch)
                 status = Phase.AWAITING_APPROVAL if self.cfg.approve_code else status

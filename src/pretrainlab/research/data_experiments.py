@@ -301,6 +301,28 @@ def check_fixed_data(keys) -> None:
             raise UserError(f"{key}: not an experiment's to change: {why}")
 
 
+
+def check_scored_tokens(recipe: Recipe, base: Recipe) -> None:
+    """An experiment may change the context length (model.seq_len), not which held-out tokens are scored. The lab scores
+    the first eval.tokens_per_domain targets of each domain in full windows of the run's seq_len: a seq_len that does not
+    divide them leaves a remainder unscored, and one past half of them scores a single window of each domain."""
+    if recipe.model.seq_len == base.model.seq_len:
+        return
+    from ..data import Corpus
+    from ..runners.job import corpus_path
+
+    corpus = Corpus.open(corpus_path(base), verify=False)
+    n = base.eval.tokens_per_domain
+    for split in ("val", "monitor"):
+        for domain, tokens in corpus.domain_token_counts(split).items():
+            targets = min(n, tokens - 1)
+            new, old = targets // recipe.model.seq_len * recipe.model.seq_len, targets // base.model.seq_len * base.model.seq_len
+            if new != old:
+                raise UserError(f"model.seq_len={recipe.model.seq_len}: the lab would score {new} of domain {domain!r}'s {split} "
+                                f"tokens where the baseline is scored on {old} (only full windows are scored): every run of a "
+                                f"campaign is scored on the same tokens; use a seq_len that divides {targets}, e.g. "
+                                f"{base.model.seq_len}")
+
 def _check_trainable(recipe: Recipe, corpus) -> None:
     """The mixture names the corpus's domains, and every domain the run samples keeps enough
     train tokens for one window."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import hashlib
 import json
 import math
 import os
@@ -125,6 +126,20 @@ def stop_with_parent(parent_pid: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def compile_cache(run_parent: Path, code_src: Path) -> Path:
+    """The compiler's cache for the runs of one code tree beside each other (RUN_PARENT/.compile-cache/<tree hash>):
+    kept across runs, so only the first run of a tree and shape pays the compile warm-up in full (train/compiling.py).
+    One per tree, by the hash of its Python files: a run can write only its own tree's cache, so what one experiment's
+    code left there (the compiler's output is code) is never loaded by another experiment's runs, or the baseline's."""
+    digest = hashlib.sha256()
+    for path in sorted(code_src.rglob("*.py")):
+        if path.is_file() and not path.is_symlink():
+            digest.update(str(path.relative_to(code_src)).encode() + b"\0" + path.read_bytes() + b"\0")
+    cache = run_parent / ".compile-cache" / digest.hexdigest()[:16]
+    cache.mkdir(parents=True, exist_ok=True)
+    return cache
+
+
 def main(spec_path: str, parent_pid: int | None = None) -> int:
     spec = json.loads(Path(spec_path).read_text())
     # held until this process exits, so a restarted campaign finds this run still in flight (LocalRunner.release_orphan)
@@ -170,8 +185,9 @@ def main(spec_path: str, parent_pid: int | None = None) -> int:
     read_only = visible_corpus_files(corpus_dir)
     if recipe_arg != spec["recipe"] or Path(recipe_arg).is_file():
         read_only.append(Path(recipe_arg))
+    cache = compile_cache(run_dir.parent, code_src)
     env = scrubbed_env({**spec["env"], "PYTHONPATH": str(code_src), "PRETRAINLAB_NO_LEDGER": "1", "PYTHONUNBUFFERED": "1",
-                        "PRETRAINLAB_SANDBOX": "1" if box.active else "0"})
+                        "PRETRAINLAB_SANDBOX": "1" if box.active else "0", "TORCHINDUCTOR_CACHE_DIR": str(cache)})
     if recipe.data.corpus == "builtin":
         env["PRETRAINLAB_HOME"] = str(corpus_dir.parent.parent)
     gpus = bool(spec["env"].get("CUDA_VISIBLE_DEVICES"))
@@ -179,7 +195,7 @@ def main(spec_path: str, parent_pid: int | None = None) -> int:
     if train_cmd is not None and not stopping["flag"]:  # (a SIGTERM before the trainer started has nobody else to stop)
         # with --stop-with-parent the trainer dies with this process, as bwrap's --die-with-parent makes it in the sandbox
         preexec = ignore_sigterm if parent_pid is None else lambda: (ignore_sigterm(), die_with_parent(signal.SIGKILL))
-        proc = subprocess.Popen(box.wrap(train_cmd, code_src=code_src, read_only=read_only, writable=[run_dir], gpus=gpus),
+        proc = subprocess.Popen(box.wrap(train_cmd, code_src=code_src, read_only=read_only, writable=[run_dir, cache], gpus=gpus),
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env, preexec_fn=preexec)
         code = proc.wait()
     summary = rundir.read_summary(run_dir)

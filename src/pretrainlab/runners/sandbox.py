@@ -107,11 +107,12 @@ class Sandbox:
         return self.bwrap is not None
 
     def _sized(self, nbytes: int) -> list[str]:
-        """bwrap's --size for the next tmpfs, where this bwrap has it (0.7 and later)."""
+        """bwrap's --size for the next tmpfs, where this bwrap takes it (0.7 and later, and not installed setuid)."""
         if self.bwrap not in _SIZE_SUPPORT:
             try:
-                out = subprocess.run([self.bwrap, "--help"], capture_output=True, text=True, timeout=30)
-                _SIZE_SUPPORT[self.bwrap] = "--size" in out.stdout + out.stderr
+                out = subprocess.run([self.bwrap, *self._system_binds(), "--size", str(1 << 20), "--tmpfs", "/tmp", "--unshare-all",
+                                      "--die-with-parent", "--", "/bin/true"], capture_output=True, timeout=30)
+                _SIZE_SUPPORT[self.bwrap] = out.returncode == 0
             except (OSError, subprocess.TimeoutExpired):
                 _SIZE_SUPPORT[self.bwrap] = False
         return ["--size", str(nbytes)] if _SIZE_SUPPORT[self.bwrap] else []
@@ -156,5 +157,8 @@ class Sandbox:
         for path in writable:
             path = Path(path).resolve()
             args += ["--bind", str(path), str(path)]
+        # the sandbox's root and /dev are tmpfs of bwrap's, uncapped (half the RAM each): read-only once everything is
+        # mounted on them, so the capped /tmp and /dev/shm and the run directory are the only places to write
+        args += ["--remount-ro", "/", "--remount-ro", "/dev"]
         args += ["--chdir", "/tmp", "--unshare-all", "--die-with-parent", "--"]
         return args + cmd

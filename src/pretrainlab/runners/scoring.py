@@ -61,6 +61,7 @@ VOCAB_SLACK = 1024  # logit columns beyond the tokenizer's (a padded head): more
 # vary more with the batch's shape. A model that leaks the future below it gains at most this per token.
 PROBE_TOL = {"cpu": 1e-4, "gpu": 2e-3}
 LOGP_FLOOR = -100.0  # log-probabilities compared down to this: tokens less likely than e^-100 cannot move a score
+MAX_WORKER_FILE = 64 << 20  # bytes: a scoring worker's log, or any file it writes
 READ_TIMEOUT_S = 1800  # a worker silent this long (no byte of an answer) has stopped: the scoring gives up on it
 # rows the probe worker scores. A causality row tests one position for a one-token look-ahead (the one at its cut), so a
 # model that looks ahead at a fraction r of positions passes all of them with probability (1 - r)^n: 384 rows catch
@@ -88,6 +89,14 @@ def abort_workers() -> None:
             pass
 
 
+def _limit_files() -> None:
+    """preexec_fn: no file a worker writes grows past MAX_WORKER_FILE (its log in the run directory is on the lab's disk;
+    an honest worker prints a few lines). One that tries is killed (SIGXFSZ), and its scoring rejected."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_WORKER_FILE, MAX_WORKER_FILE))
+
+
 class _Worker:
     """The sandboxed worker process and its two pipes."""
 
@@ -102,7 +111,7 @@ class _Worker:
         # a session of its own: no controlling terminal to push keystrokes into (TIOCSTI), and kill(0, ...) from inside
         # reaches only its own group, never the lab's process (at a campaign's close, the loop in the user's terminal)
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env=env,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_limit_files)
         _LIVE.add(self)
 
     def start(self) -> None:
@@ -121,7 +130,10 @@ class _Worker:
             self._write(np.array([rows, seq_len], dtype="<i4").tobytes() + x.astype("<i4").tobytes())
             head = np.frombuffer(self._read(12), dtype="<i4")
         except (BrokenPipeError, EOFError):
-            raise ScoreRejected(f"the model process exited while scoring (exit {self.proc.wait()}): {self.tail()}") from None
+            # never its output in the reason: the reason reaches the ledger and the strategy's prompt, and a worker that was
+            # just sent evaluation windows would print them there for the next proposal to learn by heart
+            raise ScoreRejected(f"the model process exited while scoring (exit {self.proc.wait()}); what it printed is in "
+                                f"{self.stderr_path} (kept out of this reason: it may hold evaluation text)") from None
         if head[0] != rows or head[1] != seq_len or not vocab_min <= head[2] <= min(MAX_VOCAB, vocab_min + VOCAB_SLACK):
             raise ScoreRejected(f"the model returned logits of shape {tuple(int(v) for v in head)} for a [{rows}, {seq_len}] "
                                 f"batch (a vocabulary of at least {vocab_min} expected)")
@@ -156,14 +168,6 @@ class _Worker:
                 raise EOFError
             buf += chunk
         return bytes(buf)
-
-    def tail(self) -> str:
-        """The last lines of its stderr (read from the end: a worker may have written gigabytes)."""
-        self.stderr.flush()
-        with open_regular(self.stderr_path) as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - 8192))
-            text = f.read().decode(errors="replace").strip().splitlines()
-        return " | ".join(text[-3:])[-1000:] or "no output"
 
     def close(self, abort: bool = False) -> None:
         """Tell the worker to exit and wait for it; `abort` (a pass given up midway, e.g. on a

@@ -249,7 +249,7 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
         raw_model.zero_grad(set_to_none=False)
 
     if compile_plan == "on" and tc.parallel == "ddp":
-        model, compiled, compile_note = compiling.compile_model(model, optimizers, warm_up)
+        model, compiled, compile_note = compiling.compile_model(model, optimizers, warm_up, compiling.shape_key(recipe, device.type))
     if d.world_size > 1 and tc.parallel == "ddp":
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     try:
@@ -515,10 +515,11 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
             if compile_plan == "measure":
                 compile_plan = "decided"
                 left = remaining_s(dt)
-                if compiling.compile_pays(left, recipe.model.n_layer) and not stop_signal["sigterm"]:
+                key = compiling.shape_key(recipe, device.type)
+                if compiling.compile_pays(left, recipe.model.n_layer, key) and not stop_signal["sigterm"]:
                     try:
                         stop_signal["warming_up"] = True
-                        model, compiled, note = compiling.compile_model(raw_model, optimizers, warm_up)
+                        model, compiled, note = compiling.compile_model(raw_model, optimizers, warm_up, key)
                     except _WarmUpInterrupted:
                         model, compiled, note = raw_model, False, "SIGTERM during the compile warm-up: eager"
                         compiling.uncompile_optimizers(optimizers)
@@ -529,7 +530,7 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
                     log(f"train.compile=auto: ~{left:.0f}s of training left at {dt:.2f}s/step; {note}")
                 else:
                     log(f"train.compile=auto: eager (~{left:.0f}s of training left at {dt:.2f}s/step does not repay "
-                        f"~{compiling.expected_warmup_s(recipe.model.n_layer):.0f}s of compile warm-up)")
+                        f"~{compiling.expected_warmup_s(recipe.model.n_layer, key):.0f}s of compile warm-up)")
             # 6g. periodic eval and checkpoint, then the stop checks
             frac_due = tc.eval_every_frac and progress() < 1.0 and progress() >= state["next_eval_frac"]
             if frac_due:
