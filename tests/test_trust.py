@@ -502,6 +502,18 @@ def test_a_worker_that_stops_reading_or_trickles_its_answer_is_given_up_on(tmp_p
             list(worker.logits(big, 256))
         assert time.monotonic() - t0 < 10, name
         worker.close(abort=True)
+    # one that answers every request, each just inside the per-request limit, still ends with the scoring's time
+    slow = ("import struct, sys, time\nwhile True:\n    rows, t = struct.unpack('<ii', sys.stdin.buffer.read(8))\n"
+            "    sys.stdin.buffer.read(4 * rows * t)\n    time.sleep(1.5)\n"
+            "    sys.stdout.buffer.write(struct.pack('<iii', rows, t, 256) + bytes(4 * rows * t * 256))\n    sys.stdout.flush()\n")
+    worker = scoring._Worker([sys.executable, "-c", slow], {"PATH": os.environ["PATH"]}, tmp_path / "slow.log",
+                             ends_at=time.monotonic() + 4)
+    answered = 0
+    with pytest.raises(scoring.ScoreRejected, match=r"before the scoring's time ran out"):
+        for _ in range(10):
+            answered += len(list(worker.logits(np.zeros((1, 4), dtype=np.int64), 256)))
+    worker.close(abort=True)
+    assert 1 <= answered <= 3  # each answer came within the 2 s per request; the whole scoring had 4 s
     (tmp_path / "scorer.log").mkdir()  # planted where the lab writes its log: rejected with the reason, not a crash
     with pytest.raises(scoring.ScoreRejected, match="cannot write its log scorer.log"):
         scoring._Worker(["true"], {}, tmp_path / "scorer.log")
