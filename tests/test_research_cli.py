@@ -33,6 +33,7 @@ def test_research_cli_round_trip(corpus_dir, tmp_path):
     page = out.read_text()
     assert "seed noise of the baseline" in page.lower()
     assert "<svg" in page and "Ablations" in page and "Final recipe" in page and "http" not in page.replace("http://www.w3.org", "")
+    assert "How the scores were checked" in page and "4 of 4 runs were scored by the lab" in page and "4 passed" in page
 
     sug = cli("research", "suggest", cid, "a deeper model helps", "--set", "model.n_layer=3", "--author", "alice", "--json", env_extra=env)
     assert sug.returncode == 0, sug.stderr

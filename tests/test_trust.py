@@ -517,3 +517,31 @@ def test_a_worker_that_stops_reading_or_trickles_its_answer_is_given_up_on(tmp_p
     (tmp_path / "scorer.log").mkdir()  # planted where the lab writes its log: rejected with the reason, not a crash
     with pytest.raises(scoring.ScoreRejected, match="cannot write its log scorer.log"):
         scoring._Worker(["true"], {}, tmp_path / "scorer.log")
+
+
+def test_the_report_says_how_every_score_was_checked_and_what_was_rejected(tmp_path):
+    """The campaign report shows that its numbers are the lab's (scored from logits, probed), the odds that a look-ahead
+    in the kept changes went unnoticed, and every rejected experiment with its reason; values a run wrote are typed."""
+    from pretrainlab.research.report import scoring_section
+
+    def run(name, verdict):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "summary.json").write_text(json.dumps({"status": "ok", "lab_score": verdict}))
+        return {"run_id": name, "run_dir": str(d)}
+
+    probes = {"causality_rows": 384, "replay_rows": 64, "causality_max_diff": 0.0, "replay_max_diff": 2e-7, "tolerance": 1e-4}
+    ok = {"status": "ok", "sandboxed": True, "probes": probes}
+    kept = {"id": "e1", "proposer": "claude", "model_id": "claude-x", "runs": [run("a", ok), run("b", ok)]}
+    cheat = {"id": "e2", "proposer": "claude", "model_id": "claude-x",
+             "runs": [run("c", {"status": "rejected", "reason": "non-causal model: <b>at position 5</b>", "sandboxed": True})]}
+    hostile = {"id": "e3", "proposer": "bob", "model_id": None,
+               "runs": [run("d", {"status": "ok", "sandboxed": True, "probes": {"causality_rows": True, "tolerance": "x",
+                                                                                 "replay_max_diff": 10**400}}),
+                        {"run_id": "never-scored", "run_dir": str(tmp_path / "missing")}]}
+    page = "\n".join(scoring_section({"experiments": [kept, cheat, hostile]}, [kept]))
+    assert "4 of 5 runs were scored by the lab" in page and "4 sandboxed" in page and "3 passed" in page and "1 were rejected" in page
+    assert "2e-07 nats (tolerance 1e-04)" in page
+    assert f"all 2 runs of the kept experiments with probability {(1 - 1 / 50) ** 768:.1e}" in page
+    assert "<td class=mono>e2</td><td>claude (claude-x)</td><td>non-causal model: &lt;b&gt;at position 5&lt;/b&gt;</td>" in page
+    assert scoring_section({"experiments": [{"id": "e9", "runs": [{"run_id": "x", "run_dir": str(tmp_path / "none")}]}]}, []) == []

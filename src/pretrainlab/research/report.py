@@ -9,11 +9,13 @@ The page has inline SVG and CSS only (no script, nothing fetched), so it opens o
 from __future__ import annotations
 
 import html
+import math
 import statistics
 from pathlib import Path
 
 from ..config import Recipe
 from ..ledger.plot import svg_chart
+from ..rundir import finite_float, read_summary
 from .space import recipe_diff
 
 KEPT, DISCARDED, FRONTIER = "#2ca02c", "#9e9e9e", "#1f77b4"
@@ -207,6 +209,58 @@ def transfer_section(record: dict) -> list[str]:
     return out
 
 
+def _lab_verdict(run: dict) -> dict | None:
+    """The lab's verdict on a campaign run (runners/job.py writes it into the run's summary once the run has exited);
+    None when the run was never scored."""
+    summary = read_summary(run["run_dir"]) if run.get("run_dir") else None
+    verdict = (summary or {}).get("lab_score") if isinstance(summary, dict) else None
+    return verdict if isinstance(verdict, dict) and verdict.get("status") in ("ok", "rejected") else None
+
+
+def _passes(verdict: dict, one_in: int) -> float:
+    """The probability that a model looking ahead at 1 position in `one_in` passes this run's causality probes."""
+    probes = verdict.get("probes")
+    rows = probes.get("causality_rows") if isinstance(probes, dict) else None
+    return (1 - 1 / one_in) ** rows if isinstance(rows, int) and not isinstance(rows, bool) and rows >= 0 else 1.0
+
+
+def scoring_section(record: dict, kept: list[dict]) -> list[str]:
+    """How every number in the report was measured: by the lab, from logits, with probes; what was rejected and why;
+    and how likely a look-ahead in the kept changes would have gone unnoticed."""
+    verdicts = {r["run_id"]: _lab_verdict(r) for e in record["experiments"] for r in e["runs"]}
+    scored = [v for v in verdicts.values() if v]
+    if not scored:
+        return []
+    esc = html.escape
+    ok = [v for v in scored if v["status"] == "ok"]
+    probes = [p if isinstance(p := v.get("probes"), dict) else {} for v in ok]
+    worst = max((max(finite_float(p.get("causality_max_diff")) or 0.0, finite_float(p.get("replay_max_diff")) or 0.0)
+                 for p in probes), default=0.0)
+    tol = max((finite_float(p.get("tolerance")) or 0.0 for p in probes), default=0.0)
+    out = ["<h2>How the scores were checked</h2>",
+           f"<p>{len(scored)} of {len(verdicts)} runs were scored by the lab from their logits, in a sandboxed process that "
+           f"never reported its own number ({sum(bool(v.get('sandboxed')) for v in scored)} sandboxed); {len(ok)} passed the "
+           f"causality and replay probes, {len(scored) - len(ok)} were rejected. Largest difference a passing run showed "
+           f"between two processes: {worst:.2g} nats (tolerance {tol:.0e}).</p>"]
+    kept_runs = [verdicts.get(r["run_id"]) for e in kept for r in e["runs"]]
+    kept_runs = [v for v in kept_runs if v and v["status"] == "ok"]
+    if kept_runs:
+        odds = {k: math.prod(_passes(v, k) for v in kept_runs) for k in (50, 100, 200)}
+        out.append(f"<p>A change that looked ahead at 1 position in 50, 100 or 200 would have passed the probes of all "
+                   f"{len(kept_runs)} runs of the kept experiments with probability {odds[50]:.1e}, {odds[100]:.1e} or "
+                   f"{odds[200]:.1e}.</p>")
+    rejected = [(e, v) for e in record["experiments"] for r in e["runs"] if (v := verdicts.get(r["run_id"])) and v["status"] == "rejected"]
+    if rejected:
+        out.append("<table><tr><th>experiment</th><th>proposed by</th><th>rejected because</th></tr>")
+        seen = set()
+        for e, v in rejected:
+            if e["id"] not in seen:
+                seen.add(e["id"])
+                out.append(f"<tr><td class=mono>{e['id']}</td><td>{esc(_who(e))}</td><td>{esc(str(v.get('reason') or ''))}</td></tr>")
+        out.append("</table>")
+    return out
+
+
 def render_report(record: dict, findings: dict[str, list[dict]] | None = None) -> str:
     esc = html.escape
     c = record["campaign"]
@@ -242,6 +296,7 @@ def render_report(record: dict, findings: dict[str, list[dict]] | None = None) -
                    f"decision split: {hidden['val']['final']:.4f} vs {hidden['val']['baseline']:.4f} (gain {hidden['gain_val']:+.4f}). "
                    f"Validation-overfitting gap: <b>{hidden['overfitting_gap']:+.4f}</b> bpb "
                    f"({hidden['runs']['final']} and {hidden['runs']['baseline']} runs).</p>")
+    out += scoring_section(record, kept)
     out.append("<h2>Ablations</h2><table><tr><th>experiment</th><th>hypothesis</th><th>proposed by</th><th>change</th><th>runs</th>"
                "<th>mean val_bpb</th><th>effect [95% CI]</th><th>verdict</th><th>why</th></tr>")
     for e in exps:
