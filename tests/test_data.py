@@ -256,5 +256,5 @@ def test_prepare_from_inputs_with_bpe(tmp_path):
             assert int(corpus.token_bytes()[corpus.tokens(domain, split)].sum()) == info["num_bytes"]
     shas = {r["sha256"] for r in read_provenance(out)}
     assert text_sha256((inputs / "0.txt").read_text(encoding="utf-8")) in shas
-    with pytest.raises(UserError, match="already exists: pass --force"):
+    with pytest.raises(UserError, match="already holds a corpus: pass --force"):
         prepare_from_inputs([(inputs, "code")], "byte", out, progress=False)

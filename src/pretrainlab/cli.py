@@ -82,8 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help=".txt/.jsonl(.gz/.zst)/.parquet file or folder; domain defaults to the file name")
     dp.add_argument("--tokenizer", default="byte", help="'byte' (vocab 256) or 'bpe:VOCAB' (trained on the train split)")
     dp.add_argument("--text-field", default="text", help="JSONL/Parquet field holding the text")
-    dp.add_argument("--out", type=Path, help="output directory (builtin: the default cache)")
-    dp.add_argument("--force", action="store_true", help="rebuild even if a valid corpus exists")
+    dp.add_argument("--out", type=Path, help="output directory: new, empty, or a corpus to replace (builtin: the default cache); "
+                    "any other folder is refused")
+    dp.add_argument("--force", action="store_true", help="replace the corpus already at --out (only a corpus: other folders are "
+                    "never replaced)")
     dr = dsub.add_parser("report", help="documents, tokens and bytes per domain and split")
     dr.add_argument("corpus", nargs="?", help="corpus directory (default: the builtin corpus)")
     dr.add_argument("--tokenizer", default="byte", help="which builtin corpus, when no directory is given")

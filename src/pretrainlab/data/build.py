@@ -42,7 +42,7 @@ from .sources import Document, SkippedInput, iter_documents
 from .steps import STEPS, Outcome, StepConfig, StepDoc, minhash_backend
 from .tokenizers import BPETokenizer, ByteTokenizer, parse_tokenizer_spec
 
-BUILD_VERSION = 3  # bump when a step's behaviour or the record changes, so old derived corpora are not reused
+BUILD_VERSION = 4  # bump when a step's behaviour or the record changes, so old derived corpora are not reused
 FATES_FILE = "fates.jsonl"
 REPORT_FILE = "build_report.json"
 RECIPE_FILE = "recipe.toml"
@@ -119,10 +119,44 @@ def default_out(recipe: DataRecipe, address: str) -> Path:
 def _cached(out: Path, address: str) -> bool:
     if not (out / "manifest.json").is_file() or not (out / FATES_FILE).is_file():
         return False
+    from .fates import build_report  # fates imports this module
+
     try:
-        return (Corpus.open(out, verify=True).manifest.get("source") or {}).get("build_sha256") == address
+        if (Corpus.open(out, verify=True).manifest.get("source") or {}).get("build_sha256") != address:
+            return False
+        return build_report(out) is not None
     except UserError:
         return False  # damaged: rebuild
+
+
+_CORPUS_FILES = frozenset({"manifest.json", "documents.jsonl", "tokenizer.json", FATES_FILE, REPORT_FILE, RECIPE_FILE})
+
+
+def check_replaceable(out: Path) -> None:
+    """A rebuild replaces (deletes) what is at `out`: only nothing, an empty folder, or a derived
+    corpus this lab wrote, holding only the files the lab writes. Anything else is refused before
+    any work is done, so nothing the lab did not write is ever deleted."""
+    if not out.exists() and not out.is_symlink():
+        return
+    refuse = f"--out {out} {{}}: choose a new folder (a rebuild replaces only a derived corpus that `data build` wrote)"
+    if out.is_symlink() or not out.is_dir():
+        raise UserError(refuse.format("is a link or not a folder"))
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    try:
+        manifest = json.loads((out / "manifest.json").read_bytes())
+        derived = isinstance(manifest, dict) and isinstance(manifest.get("format_version"), int) and \
+            isinstance(manifest.get("source"), dict) and manifest["source"].get("derived") is True
+        shards = {info["file"] for splits in manifest["domains"].values() for info in splits.values()} if derived else set()
+    except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError):
+        derived = False
+    if not derived:
+        raise UserError(refuse.format("exists and is not a derived corpus (its manifest.json is not one `data build` wrote)"))
+    others = [name for name in entries if name not in _CORPUS_FILES and name not in shards]
+    if others:
+        raise UserError(refuse.format(f"holds files the lab did not write ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}), "
+                                      "which a rebuild would delete; move them out"))
 
 
 def build_corpus(recipe: DataRecipe, out_dir: str | Path | None = None, progress: bool = True, executor: str = "local",
@@ -149,13 +183,13 @@ def build_corpus(recipe: DataRecipe, out_dir: str | Path | None = None, progress
     out = Path(out_dir) if out_dir is not None else default_out(recipe, address)
     if _cached(out, address):
         return out, True
-    if out.exists() and not (out / FATES_FILE).is_file():  # only an older derived corpus is ever replaced
-        raise UserError(f"--out {out} exists and is not a derived corpus: choose a new folder (a rebuild replaces only a derived corpus)")
+    check_replaceable(out)
     docs = [_Doc(d.domain, d.source, d.path, text_sha256(d.text), s, d.text) for d, s in zip(documents, splits)]
     del documents
     # 4. Steps.
     report = _run_steps(recipe, docs, progress, executor, ray_address)
     _drop_copies_of_held_out(docs, report)
+    _drop_duplicates_made_by_rewrites(docs, report)
     report["skipped_inputs"] = _skipped_report(skipped)
     # 5. Tokenize and publish atomically.
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -209,6 +243,27 @@ def _drop_copies_of_held_out(docs: list[_Doc], report: dict) -> None:
         d.removed_by = {"step": "splits", "rule": "copy_of_held_out", "score": None, "cluster": None, "kept_doc": None}
     if copies:
         report.setdefault("copies_of_held_out", len(copies))
+
+
+def _drop_duplicates_made_by_rewrites(docs: list[_Doc], report: dict) -> None:
+    """A rewrite can make two train documents identical (normalize strips the trailing spaces
+    that told them apart). The corpus writer keeps the first of two identical texts, so the
+    later one is removed here, as a duplicate of the kept one, and its fate says so: every
+    document the fates put in training is in the corpus."""
+    first: dict[str, _Doc] = {}
+    num = 0
+    for d in docs:
+        if not d.in_train:
+            continue
+        digest = text_sha256(d.text)
+        if digest not in first:
+            first[digest] = d
+            continue
+        d.removed_by = {"step": "splits", "rule": "duplicate_after_rewrite", "score": None, "cluster": digest[:16],
+                        "kept_doc": first[digest].path}
+        num += 1
+    if num:
+        report["duplicates_after_rewrite"] = num
 
 
 def _fate(d: _Doc) -> dict:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from pathlib import Path
 
 from ..errors import UserError
@@ -36,12 +37,35 @@ def iter_fates(corpus_dir: str | Path):
         with open(path, encoding="utf-8") as f:
             for number, line in enumerate(f, 1):
                 fate = json.loads(line)
-                if not (isinstance(fate, dict) and isinstance(fate.get("path"), str) and isinstance(fate.get("sha256"), str)
-                        and fate.get("fate") in _EXPLAIN):
+                if not _is_fate(fate):
                     raise UserError(damaged.format(f"line {number} is not a document's fate"))
                 yield fate
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(damaged.format(str(e).splitlines()[0][:120])) from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: JSON, and integers past Python's digit limit
+        raise UserError(damaged.format(str(e).splitlines()[0][:120] if str(e) else type(e).__name__)) from None
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_fate(fate) -> bool:
+    """Whether a fates.jsonl line has the shape build._fate writes (what `why` and `explain` read)."""
+    if not (isinstance(fate, dict) and all(isinstance(fate.get(k), str) for k in ("domain", "path", "sha256"))
+            and fate.get("fate") in _EXPLAIN and (fate.get("split") is None or isinstance(fate["split"], str))):
+        return False
+    r = fate.get("removed_by")
+    if r is not None and not (isinstance(r, dict) and isinstance(r.get("step"), str) and isinstance(r.get("rule"), str)
+                              and (r.get("score") is None or _is_number(r["score"]))
+                              and all(r.get(k) is None or isinstance(r[k], str) for k in ("cluster", "kept_doc"))):
+        return False
+    rewrites = fate.get("rewrites") or []
+    if not (isinstance(rewrites, list) and all(isinstance(w, dict) and isinstance(w.get("step"), str) and isinstance(w.get("rule"), str)
+                                               for w in rewrites)):
+        return False
+    scores, labels = fate.get("scores") or {}, fate.get("labels") or {}
+    return (isinstance(scores, dict) and all(v is None or _is_number(v) for v in scores.values())
+            and isinstance(labels, dict) and all(isinstance(v, str) and k in scores for k, v in labels.items())  # a label comes with its score
+            and isinstance(fate.get("clusters") or {}, dict))
 
 
 def why(corpus_dir: str | Path, doc: str) -> dict:
@@ -83,9 +107,51 @@ def explain(fate: dict) -> str:
 
 
 def build_report(corpus_dir: str | Path) -> dict | None:
-    """The build's per-step report, or None for a corpus that `data prepare` made."""
+    """The build's per-step report, or None for a corpus that `data prepare` made. A damaged
+    one (not JSON, not UTF-8, not the shape the build writes) is a one-line UserError."""
     path = Path(corpus_dir) / REPORT_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    damaged = f"{path} is damaged ({{}}); rebuild the corpus with `pretrainlab data build RECIPE`"
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise UserError(damaged.format(str(e).splitlines()[0][:120] if str(e) else type(e).__name__)) from None
+    if not _is_build_report(report):
+        raise UserError(damaged.format("not the report `data build` writes"))
+    return report
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _is_build_report(report) -> bool:
+    """Whether build_report.json has the shape build.py writes (what `data report` and report_html read)."""
+    if not (isinstance(report, dict) and _is_count(report.get("num_input_docs")) and isinstance(report.get("fates"), dict)
+            and all(isinstance(k, str) and _is_count(v) for k, v in report["fates"].items())
+            and isinstance(report.get("steps"), list)):
+        return False
+    for s in report["steps"]:
+        if not (isinstance(s, dict) and isinstance(s.get("step"), str)
+                and all(_is_count(s.get(k)) for k in ("num_docs_in", "num_docs_out", "num_tokens_in", "num_tokens_out", "num_rewritten",
+                                                      "num_eval_overlaps"))
+                and isinstance(s.get("removed_by_rule"), dict) and all(_is_count(v) for v in s["removed_by_rule"].values())
+                and isinstance(s.get("cluster_sizes"), dict) and all(_is_count(v) for v in s["cluster_sizes"].values())):
+            return False
+        hist = s.get("score_histogram")
+        if hist is not None and not (isinstance(hist, dict) and isinstance(hist.get("counts"), list) and isinstance(hist.get("edges"), list)
+                                     and len(hist["edges"]) == len(hist["counts"]) + 1 and all(map(_is_count, hist["counts"]))
+                                     and all(_is_number(e) and math.isfinite(e) for e in hist["edges"])):
+            return False
+    skipped = report.get("skipped_inputs")
+    if skipped is not None and not (isinstance(skipped, dict) and _is_count(skipped.get("num_files"))
+                                    and _is_count(skipped.get("num_records")) and _is_count(skipped.get("num_unlisted"))
+                                    and isinstance(skipped.get("items"), list)
+                                    and all(isinstance(x, dict) and all(isinstance(x.get(k), str) for k in ("source", "domain", "path", "reason"))
+                                            for x in skipped["items"])):
+        return False
+    return True
 
 
 # --- HTML --------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .shards import Corpus
+from .shards import Corpus, rebuild_hint, vocab_overflow_error
 from .windows import eval_windows
 
 
@@ -100,6 +100,9 @@ class BatchLoader:
         for d in np.unique(rows):
             picked = rows == d
             window[picked] = self.arrays[d][starts[picked, None] + self._offsets]  # fancy-index gather from the memmap
+        if window.max(initial=0) >= self.corpus.tokenizer.vocab_size:  # an id the model has no embedding for: a damaged shard
+            d = next(d for d in np.unique(rows) if window[rows == d].max() >= self.corpus.tokenizer.vocab_size)
+            raise _out_of_vocabulary(self.corpus, self.domains[d], self.split, int(window[rows == d].max()))
         self.num_batches += 1
         self._last_domains = rows.astype(np.int64)
         batch = torch.from_numpy(window)
@@ -123,5 +126,10 @@ def iter_eval_windows(corpus: Corpus, domain: str, seq_len: int, max_tokens: int
     """windows.eval_windows as torch tensors: the fixed evaluation windows of a domain, its
     `split`'s first max_tokens + 1 tokens (or all of them, if fewer) cut into non-overlapping
     windows, x = tokens[i : i + seq_len], y = tokens[i + 1 : i + seq_len + 1], int64 [seq_len]."""
-    for x, y in eval_windows(corpus, domain, seq_len, max_tokens, split):
+    for x, y in eval_windows(corpus, domain, seq_len, max_tokens, split):  # held-out shards are checked for ids when first mapped
         yield torch.from_numpy(x), torch.from_numpy(y)
+
+
+def _out_of_vocabulary(corpus: Corpus, domain: str, split: str, token_id: int) -> UserError:
+    shard = corpus.path / corpus.manifest["domains"][domain][split]["file"]
+    return vocab_overflow_error(shard, token_id, corpus.tokenizer.vocab_size, rebuild_hint(corpus.path, corpus.manifest))

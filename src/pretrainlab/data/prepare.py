@@ -5,12 +5,18 @@
 
 A BPE tokenizer is trained on the train documents only, so validation text never shapes
 the vocabulary.
+
+--out is checked before any work, because publishing a corpus replaces what is there: it may
+be absent, an empty folder, or a corpus (a folder holding manifest.json and nothing but
+corpus files; `--input` replaces one only with force). Anything else, a link, or a folder
+that holds or lies inside an input is refused, so no prepare deletes a file it did not write.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,7 +34,7 @@ from .builtin import (
     fetch_literature_sdist,
     sources_dir,
 )
-from .shards import Corpus, assign_splits, prepare_corpus
+from .shards import _DOMAIN_NAME, Corpus, assign_splits, prepare_corpus
 from .sources import Document, iter_documents
 from .tokenizers import BPETokenizer, ByteTokenizer, Tokenizer, parse_tokenizer_spec, tokenizer_dir_name
 
@@ -65,6 +71,45 @@ def _nothing_left_on_failure(*paths: Path) -> Iterator[None]:
         raise
 
 
+# What a corpus folder holds (shards.py's module doc, plus a derived corpus's build files).
+_CORPUS_FILE = re.compile(r"manifest\.json|documents\.jsonl|tokenizer\.json|fates\.jsonl|build_report\.json|recipe\.toml"
+                          r"|[A-Za-z0-9][A-Za-z0-9_-]*\.(train|monitor|val|test)\.bin")
+
+
+def _check_out(out: Path, inputs: Iterable[Path] = ()) -> bool:
+    """Refuse an --out that publishing the corpus would destroy or that overlaps an input;
+    returns whether a corpus is there to replace."""
+    if out.is_symlink():
+        raise UserError(f"--out {out} is a symbolic link: pass the folder it points to, or a new folder")
+    real_out = Path(os.path.realpath(out))  # non-strict: never raises on a link loop
+    for path in inputs:
+        real_in = Path(os.path.realpath(path))
+        if real_out == real_in or real_in in real_out.parents or real_out in real_in.parents:
+            raise UserError(f"--out {out} overlaps the input {path}: choose an output folder outside every input")
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder: choose a new or empty folder")
+    try:
+        names = sorted(entry.name for entry in os.scandir(out))
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot list it ({e.strerror or e}); choose a new or empty folder") from None
+    if not names:
+        return False
+    others = [name for name in names if not (_CORPUS_FILE.fullmatch(name) and (out / name).is_file())]
+    if "manifest.json" not in names or others:
+        listed = others if "manifest.json" in names else names
+        what = ", ".join(map(repr, listed[:3])) + (", ..." if len(listed) > 3 else "")
+        raise UserError(f"--out {out} is not empty and not a corpus (it holds {what}): prepare replaces only a corpus; "
+                        "choose a new or empty folder, or move those files out")
+    return True
+
+
+def _check_domain(domain: str) -> None:
+    if not _DOMAIN_NAME.fullmatch(domain):  # fullmatch: the pattern's `$` would let "web\n" through
+        raise UserError(f"domain name {domain!r} is not usable in file names: use letters, digits, '-' and '_'")
+
+
 def _make_parent(out: Path) -> None:
     """The output's parent folders, made now so that an unusable --out is a one-line error."""
     try:
@@ -87,7 +132,8 @@ def prepare_builtin(tokenizer: str = "byte", out_dir: str | Path | None = None, 
         "python": platform.python_version(),  # code and docs come from this Python's stdlib
         "literature": {"requirement": LITERATURE_REQUIREMENT, "sha256": LITERATURE_SDIST_SHA256},
     }
-    if not force and (out / "manifest.json").is_file():
+    is_corpus = _check_out(out)
+    if not force and is_corpus:
         try:
             if Corpus.open(out, verify=True).manifest.get("source") == source:
                 return out
@@ -118,9 +164,11 @@ def prepare_from_inputs(
     inputs = [(Path(path), domain) for path, domain in inputs]
     if not inputs:
         raise UserError("no inputs: pass --input PATH:DOMAIN at least once")
+    for _, domain in inputs:
+        _check_domain(domain)
     out = Path(out_dir)
-    if out.exists() and not force:
-        raise UserError(f"{out} already exists: pass --force to replace it, or choose another output folder")
+    if _check_out(out, [path for path, _ in inputs]) and not force:
+        raise UserError(f"{out} already holds a corpus: pass --force to replace it, or choose another output folder")
     source = {
         "inputs": [{"path": str(path), "domain": domain} for path, domain in inputs],
         "text_field": text_field,

@@ -2,8 +2,9 @@
 
 A prepared corpus is a folder:
 
-    manifest.json          format, tokenizer, dtype, split settings, and per domain and
-                           split: file, num_tokens, num_docs, num_bytes, sha256
+    manifest.json          format, tokenizer (and tokenizer.json's sha256), dtype, split
+                           settings, and per domain and split: file (a plain file name in
+                           this folder), num_tokens, num_docs, num_bytes, sha256
     documents.jsonl        provenance: one line per kept document (domain, split, source,
                            path, sha256 of its text, num_bytes, num_tokens incl. separator)
     {domain}.{split}.bin   the split's documents' token ids back to back, each followed by
@@ -43,14 +44,14 @@ import numpy as np
 
 from ..errors import UserError
 from .sources import Document
-from .tokenizers import BPETokenizer, Tokenizer, tokenizer_from_manifest
+from .tokenizers import BPETokenizer, ByteTokenizer, Tokenizer, tokenizer_from_manifest
 
 FORMAT_VERSION = 2
 SPLITS = ("train", "monitor", "val", "test")
 HELD_OUT = ("val", "monitor", "test")  # dealt in this order, so val gets the most documents
 OPTIONAL_SPLITS = ("val", "test")  # absent inside an experiment's sandbox
 PREPARE_HINT = "run `pretrainlab data prepare --builtin` (or --input ...)"
-_DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+_DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*\Z")
 _CHUNK_DOCS = 256  # documents tokenized per batch (BPE encodes a batch on all cores)
 _CHUNK_BYTES = 8 * 2**20
 
@@ -264,14 +265,15 @@ def _build(
                     counts = ", ".join(f"{s} {manifest_domains[domain][s]['num_docs']:,} docs" for s in SPLITS)
                     bar.update(tasks[domain], status=f"{stage.num_tokens:,} tokens; {counts}")
 
-    tokenizer_file = None
+    tokenizer_info = {"name": tokenizer.name, "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id, "file": None}
     if isinstance(tokenizer, BPETokenizer):
-        tokenizer_file = "tokenizer.json"
-        tokenizer.save(staging / tokenizer_file)
+        tokenizer_info["file"] = "tokenizer.json"
+        tokenizer.save(staging / "tokenizer.json")
+        tokenizer_info["sha256"] = _file_sha256(staging / "tokenizer.json")  # verify=True checks it, as it checks the shards
     manifest = {
         "format_version": FORMAT_VERSION,
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "tokenizer": {"name": tokenizer.name, "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id, "file": tokenizer_file},
+        "tokenizer": tokenizer_info,
         "dtype": dtype.name,
         "val_fraction": val_fraction,
         "min_val_docs": min_val_docs,
@@ -345,6 +347,34 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _shard_sha256_and_max(path: Path, dtype: np.dtype) -> tuple[str, int]:
+    """sha256 of a shard and its largest token id (-1 when empty), in one read."""
+    digest, top = hashlib.sha256(), -1
+    with open(path, "rb") as f:
+        while block := f.read(2**20):  # a multiple of every itemsize: the size was checked before
+            digest.update(block)
+            top = max(top, int(np.frombuffer(block, dtype=dtype).max()))
+    return digest.hexdigest(), top
+
+
+def rebuild_hint(path: Path, manifest: dict) -> str:
+    """How to remake the corpus at path: `data build` for a derived corpus, `data prepare` otherwise."""
+    if isinstance(manifest.get("source"), dict) and manifest["source"].get("derived"):
+        return f"rebuild it with `pretrainlab data build RECIPE` (its recipe.toml) or delete {path}"
+    return f"re-run `pretrainlab data prepare` with --force to rebuild {path}"
+
+
+def plain_file_name(name, what: str, path: Path) -> str:
+    """A manifest's file entry: a file name inside the corpus folder, never a path elsewhere."""
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise ValueError(f"{what} file {name!r} is not a plain file name inside {path}")
+    return name
+
+
+def vocab_overflow_error(shard: Path, token_id: int, vocab_size: int, fix: str) -> UserError:
+    return UserError(f"corpus shard {shard} holds token id {token_id}, outside the tokenizer's {vocab_size} ids: it is corrupt; {fix}")
+
+
 @dataclass
 class Corpus:
     """A prepared corpus, opened read-only. Token arrays are memory-mapped on first use."""
@@ -385,36 +415,56 @@ class Corpus:
         except (KeyError, TypeError, ValueError, AttributeError) as e:  # a manifest edited by hand, or by something else
             what = f"no {e}" if isinstance(e, KeyError) else str(e).splitlines()[0][:200]
             raise UserError(f"{manifest_path} does not describe a corpus this version reads ({what}): "
-                            "re-run `pretrainlab data prepare` with --force") from None
+                            f"{rebuild_hint(path, manifest)}") from None
 
     @classmethod
     def _open(cls, path: Path, manifest: dict, verify: bool) -> Corpus:
-        itemsize = np.dtype(manifest["dtype"]).itemsize
-        missing: set[str] = set()
-        for splits in manifest["domains"].values():
+        fix = rebuild_hint(path, manifest)
+        tokenizer = _open_tokenizer(path, manifest, verify, fix)
+        dtype = np.dtype(manifest["dtype"])
+        if dtype != token_dtype(tokenizer.vocab_size):  # the writer's rule: a hand-edited dtype reads the shards as other ids
+            raise UserError(f"{path / 'manifest.json'} says dtype {manifest['dtype']}, but a corpus of {tokenizer.vocab_size} token ids "
+                            f"is stored as {token_dtype(tokenizer.vocab_size).name}: {fix}")
+        itemsize = dtype.itemsize
+        missing: dict[str, list[str]] = {}  # split -> its domains whose shard is not there
+        for domain, splits in manifest["domains"].items():
             for split in SPLITS:
                 info = splits[split]
-                file = path / info["file"]
-                fix = f"re-run `pretrainlab data prepare` with --force to rebuild {path}"
+                file = path / plain_file_name(info["file"], f"the {domain} {split} shard", path)
                 if not file.is_file():
                     if split in OPTIONAL_SPLITS:  # hidden from this process (an experiment's sandbox): an error only on use
-                        missing.add(split)
+                        missing.setdefault(split, []).append(domain)
                         continue
                     raise UserError(f"corpus shard {file} is missing: {fix}")
                 expected_size = info["num_tokens"] * itemsize
                 if file.stat().st_size != expected_size:
                     raise UserError(f"corpus shard {file} has {file.stat().st_size} bytes, the manifest expects {expected_size}: {fix}")
                 if verify:
-                    actual = _file_sha256(file)
+                    actual, top = _shard_sha256_and_max(file, dtype)
                     if actual != info["sha256"]:
                         raise UserError(
                             f"corpus shard {file} is corrupt: sha256 {actual[:12]}... but the manifest says {info['sha256'][:12]}...: {fix}"
                         )
-        tokenizer = tokenizer_from_manifest(manifest, path)
+                    if top >= tokenizer.vocab_size:
+                        raise vocab_overflow_error(file, top, tokenizer.vocab_size, fix)
+        for split, domains in missing.items():
+            if len(domains) < len(manifest["domains"]):  # a sandbox hides a split's every shard, never some of them
+                raise UserError(f"corpus shard {path / manifest['domains'][domains[0]][split]['file']} is missing (the {split} split "
+                                f"of {', '.join(domains)}): {fix}")
         content = {k: v for k, v in manifest.items() if k != "created"}  # identical data, identical hash
         corpus = cls(path, manifest, hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest(), tokenizer)
         corpus.missing_splits = frozenset(missing)
         return corpus
+
+    def missing_split_error(self) -> UserError | None:
+        """Val or test shards absent (as in an experiment's sandbox, which may not read them): what
+        a report of the whole corpus must say instead of showing the manifest's numbers."""
+        if not self.missing_splits:
+            return None
+        split = sorted(self.missing_splits)[0]
+        file = self.path / self.manifest["domains"][self.domains[0]][split]["file"]
+        return UserError(f"corpus shard {file} is missing (the {', '.join(sorted(self.missing_splits))} split(s) of every domain): "
+                         f"restore the files or {rebuild_hint(self.path, self.manifest)}")
 
     @property
     def domains(self) -> list[str]:
@@ -436,7 +486,12 @@ class Corpus:
         if key not in self._arrays:
             info = self._split_info(domain, split)
             dtype = np.dtype(self.manifest["dtype"])
-            self._arrays[key] = np.memmap(self.path / info["file"], dtype=dtype, mode="r", shape=(info["num_tokens"],))
+            array = np.memmap(self.path / info["file"], dtype=dtype, mode="r", shape=(info["num_tokens"],))
+            # Held-out splits are small and read whole by every evaluation: one max over them catches an id outside the
+            # vocabulary here, whoever scores them. Train shards can be large: BatchLoader checks each batch instead.
+            if split != "train" and len(array) and (top := int(array.max())) >= self.tokenizer.vocab_size:
+                raise vocab_overflow_error(self.path / info["file"], top, self.tokenizer.vocab_size, rebuild_hint(self.path, self.manifest))
+            self._arrays[key] = array
         return self._arrays[key]
 
     def token_bytes(self) -> np.ndarray:
@@ -447,11 +502,30 @@ class Corpus:
         return {d: self._split_info(d, split)["num_tokens"] for d in self.domains}
 
 
+def _open_tokenizer(path: Path, manifest: dict, verify: bool, fix: str) -> Tokenizer:
+    """The manifest's tokenizer; with verify, its file must have the sha256 the manifest records
+    (corpora written before the field existed have none and are not checked)."""
+    info = manifest["tokenizer"]
+    if info["name"] == "byte":
+        return ByteTokenizer()
+    file = path / plain_file_name(info["file"], "the tokenizer", path)
+    if verify and info.get("sha256") is not None and file.is_file() and _file_sha256(file) != info["sha256"]:
+        raise UserError(f"tokenizer {file} is not the one the corpus was made with (its sha256 differs from the manifest's): {fix}")
+    try:
+        return tokenizer_from_manifest(manifest, path)
+    except UserError:
+        raise
+    except Exception as e:  # Hugging Face tokenizers raises a bare Exception for a damaged file
+        raise UserError(f"tokenizer {file} cannot be read ({str(e).splitlines()[0][:160] if str(e) else type(e).__name__}): {fix}") from None
+
+
 def corpus_report(corpus: Corpus) -> dict:
     """Per domain and split: docs, tokens, bytes and bytes per token, plus totals per split;
     for a derived corpus also its recipe and build report (data/fates.py)."""
     from .fates import build_report  # fates imports build, which imports this module
 
+    if (error := corpus.missing_split_error()) is not None:
+        raise error
 
     def row(num_docs: int, num_tokens: int, num_bytes: int) -> dict:
         bytes_per_token = num_bytes / num_tokens if num_tokens else 0.0

@@ -116,7 +116,6 @@ def words(text: str) -> list[str]:
 # word joiner, BOM. They make identical texts hash differently and defeat dedup.
 _INVISIBLE = re.compile("[\u200b\u200c\u200d\u2060\ufeff]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # C0 controls except \t \n \r
-_TRAILING_SPACE = re.compile(r"[ \t]+$", re.MULTILINE)
 MAX_BLANK_LINES = 2  # longer runs of blank lines carry no signal and cost tokens
 
 
@@ -137,7 +136,8 @@ def normalize(text: str, config: NormalizeConfig) -> Outcome:
     new = unicodedata.normalize(config.form, text).replace("\r\n", "\n").replace("\r", "\n")
     if config.strip_invisible:
         new = _CONTROL.sub("", _INVISIBLE.sub("", new))
-    new = _TRAILING_SPACE.sub("", new)
+    # per line, not re.sub(r"[ \t]+$", re.M): that retries at every space of a long run, quadratic in its length
+    new = "\n".join(line.rstrip(" \t") for line in new.split("\n"))
     new = re.sub(r"\n{%d,}" % (MAX_BLANK_LINES + 2), "\n" * (MAX_BLANK_LINES + 1), new)
     return rewrite_or_keep(text, new, "normalized")
 
@@ -302,6 +302,12 @@ class C4LinesConfig(StepConfig):
         _positive("min_sentences", self.min_sentences, allow_zero=True)
 
 
+# A run of terminal punctuation before a space or the end. The lookbehind starts a match only at a
+# run's first character (the only place one can succeed): without it a long run of dots followed
+# by a letter is retried at every dot, quadratic in the run's length.
+_SENTENCE_END = re.compile(r"(?<![.!?])[.!?]+(?:\s|$)")
+
+
 @step("c4_lines", C4LinesConfig, per_document=True)
 def c4_lines(text: str, c: C4LinesConfig) -> Outcome:
     """C4's rules: keep lines ending in terminal punctuation with enough words; drop placeholder pages."""
@@ -319,7 +325,7 @@ def c4_lines(text: str, c: C4LinesConfig) -> Outcome:
             continue
         kept.append(line)
     new = "\n".join(kept)
-    num_sentences = len(re.findall(r"[.!?]+(?:\s|$)", new))
+    num_sentences = len(_SENTENCE_END.findall(new))
     if num_sentences < c.min_sentences:
         return Outcome.remove("too_few_sentences", num_sentences)
     return rewrite_or_keep(text, new + ("\n" if text.endswith("\n") and new else ""), "lines_removed", num_sentences)
@@ -368,14 +374,23 @@ def code_rules(text: str, c: CodeRulesConfig) -> Outcome:
 
 # --- PII scrubbing ---------------------------------------------------------------------
 
-EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+# Emails: what r"\b[A-Za-z0-9._%+-]+@" + _EMAIL_DOMAIN would match, found in linear time
+# (_sub_emails). Searched as one pattern, it retries the local part at every position of a long
+# run of local-part characters ('a.a.a.a...'), quadratic in the run's length.
+_EMAIL_LOCAL_RUN = re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@")  # a whole run only: each character is read once
+_EMAIL_DOMAIN = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+_WORD_BOUNDARY = re.compile(r"\b")
 IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
 # Well-known credential shapes (each vendor documents its prefix): AWS access key ids,
 # GitHub tokens, OpenAI/Anthropic-style secret keys, Slack tokens, Google API keys, PEM keys.
 API_KEYS = re.compile(
     r"\bAKIA[0-9A-Z]{16}\b|\bgh[pousr]_[A-Za-z0-9]{36,}\b|\bsk-[A-Za-z0-9_-]{20,}\b|\bxox[abprs]-[A-Za-z0-9-]{10,}\b"
-    r"|\bAIza[0-9A-Za-z_-]{35}\b|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"
+    r"|\bAIza[0-9A-Za-z_-]{35}\b"
 )
+# PEM private keys, a BEGIN line to the first END line after it (_sub_pem_keys): as one lazy
+# pattern, every BEGIN without an END scans to the end of the text, quadratic in their number.
+_PEM_BEGIN = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
+_PEM_END = re.compile(r"-----END [A-Z ]*PRIVATE KEY-----")
 
 
 @dataclass
@@ -393,11 +408,40 @@ def _public_ip(match: re.Match, replacement: str) -> str:
     return replacement if address.is_global else match.group(0)
 
 
+def _sub_emails(text: str, replacement: str) -> tuple[str, int]:
+    """EMAIL.subn(replacement, text) in linear time. An address's local part is the run of
+    local-part characters before an '@', from the first word boundary in it (where EMAIL's
+    search would start), never before the end of the previous address; the domain follows."""
+    out, last, num = [], 0, 0
+    for run in _EMAIL_LOCAL_RUN.finditer(text):
+        at = run.end() - 1
+        if at <= last:
+            continue  # the run's '@' is inside the previous address
+        start = _WORD_BOUNDARY.search(text, max(run.start(), last), at)
+        domain = _EMAIL_DOMAIN.match(text, at + 1)
+        if start is None or start.start() >= at or domain is None:
+            continue
+        out += [text[last : start.start()], replacement]
+        last, num = domain.end(), num + 1
+    return "".join(out) + text[last:], num
+
+
+def _sub_keys(text: str, replacement: str) -> tuple[str, int]:
+    """PEM private-key blocks first, then API_KEYS in the text between them, in linear time."""
+    pieces, last, num = [], 0, 0
+    while (begin := _PEM_BEGIN.search(text, last)) and (end := _PEM_END.search(text, begin.end())):
+        piece, n = API_KEYS.subn(replacement, text[last : begin.start()])
+        pieces += [piece, replacement]
+        last, num = end.end(), num + n + 1
+    piece, n = API_KEYS.subn(replacement, text[last:])
+    return "".join(pieces) + piece, num + n
+
+
 @step("pii", PIIConfig, per_document=True)
 def pii(text: str, c: PIIConfig) -> Outcome:
     """PII scrubbing: emails, public IPv4 addresses and API keys are replaced by placeholders."""
-    new, num_keys = API_KEYS.subn(c.key_replacement, text)
-    new, num_emails = EMAIL.subn(c.email_replacement, new)
+    new, num_keys = _sub_keys(text, c.key_replacement)
+    new, num_emails = _sub_emails(new, c.email_replacement)
     new = IPV4.sub(lambda m: _public_ip(m, c.ip_replacement), new)
     num_ips = new.count(c.ip_replacement) - text.count(c.ip_replacement)
     found = [f"{n} {kind}" for n, kind in ((num_emails, "email"), (num_ips, "ip"), (num_keys, "key")) if n]

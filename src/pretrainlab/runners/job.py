@@ -100,6 +100,9 @@ def scoring_corpus(recipe: Recipe, score_data: dict | None) -> Path:
 
 def visible_corpus_files(path: Path) -> list[Path]:
     """What a sandboxed trainer may read: the manifest, the tokenizer, train and monitor shards."""
+    from ..data.shards import Corpus
+
+    Corpus.open(path, verify=False)  # its file entries must be plain names in the corpus folder (one could name /etc/...)
     manifest = json.loads((path / "manifest.json").read_text())
     files = [path / "manifest.json"]
     if (manifest.get("tokenizer") or {}).get("file"):

@@ -106,7 +106,7 @@ def load_points(path: str | Path, drop_highest: int = 0) -> Points:
     highest losses (Besiroglu et al. drop Hoffmann et al.'s 5 worst runs as outliers)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a spreadsheet's CSV often starts with a byte-order mark
     except OSError as e:
         raise UserError(f"{path}: cannot read it ({e.strerror or e}); pass a CSV or JSON file of (N, D, loss) points") from None
     except UnicodeDecodeError as e:
@@ -116,6 +116,10 @@ def load_points(path: str | Path, drop_highest: int = 0) -> Points:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); give a list of objects with N, D and loss") from None
+        except RecursionError:
+            raise UserError(f"{path}: JSON nested too deeply to read; give a flat list of objects with N, D and loss") from None
+        except ValueError as e:  # an integer of more digits than Python converts
+            raise UserError(f"{path}: not JSON this lab reads ({str(e).splitlines()[0][:100]}); give N, D and loss as plain numbers") from None
         rows = data.get("points") if isinstance(data, dict) else data
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise UserError(f"{path}: expected a JSON list of objects (or {{\"points\": [...]}}), each with N, D and loss")
@@ -124,8 +128,11 @@ def load_points(path: str | Path, drop_highest: int = 0) -> Points:
     else:
         lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
         reader = csv.DictReader(io.StringIO("\n".join(lines)))
-        header = list(reader.fieldnames or [])
-        rows = list(reader)
+        try:
+            header = list(reader.fieldnames or [])
+            rows = list(reader)
+        except csv.Error as e:  # a field over the csv module's size limit, a NUL byte
+            raise UserError(f"{path}: not a CSV file this lab reads (line {reader.line_num}: {e}); give one (N, D, loss) point per row") from None
         labels = [f"row {i + 1}" for i in range(len(rows))]
     cols = {kind: _column(header, kind) for kind in COLUMNS}
     if cols["n"] is None or cols["loss"] is None or (cols["d"] is None and cols["flops"] is None):
@@ -136,10 +143,15 @@ def load_points(path: str | Path, drop_highest: int = 0) -> Points:
 
     def number(row: dict, col: str, label: str) -> float:
         raw = row.get(col)
+        if isinstance(raw, bool):  # JSON true is no count of parameters or tokens, though Python reads it as 1
+            raise UserError(f"{path}: {label}: {col} is {json.dumps(raw)}, not a number: fix or drop that row")
         try:
             return float(raw) if raw is not None and str(raw).strip() != "" else math.nan
+        except OverflowError:
+            raise UserError(f"{path}: {label}: {col} is a {len(str(raw))}-digit number, too large for a float: fix or drop that row") from None
         except (TypeError, ValueError):
-            raise UserError(f"{path}: {label}: {col} is {raw!r}, not a number: fix or drop that row") from None
+            shown = repr(raw) if len(repr(raw)) <= 60 else repr(raw)[:60] + "..."
+            raise UserError(f"{path}: {label}: {col} is {shown}, not a number: fix or drop that row") from None
 
     n = np.array([number(r, cols["n"], lab) for r, lab in zip(rows, labels)], float)
     loss = np.array([number(r, cols["loss"], lab) for r, lab in zip(rows, labels)], float)
