@@ -220,8 +220,7 @@ def test_writes_outside_the_copy_and_secrets_are_contained(tmp_path, corpus_dir,
     before = {t: t.read_bytes() if t.exists() else None for t in targets}
     writes = "".join(f"try:\n    open({str(t)!r}, 'a').write('pwned')\n    print('WROTE', {str(t)!r}, file=_sys.stderr)\n"
                      f"except OSError as _e:\n    print('BLOCKED', {str(t)!r}, type(_e).__name__, file=_sys.stderr)\n" for t in targets)
-    writes += ("if 'TORCHINDUCTOR_CACHE_DIR' in _os.environ:\n"  # the trainer has its own tree's cache; a scoring worker none
-               "    open(_os.path.join(_os.environ['TORCHINDUCTOR_CACHE_DIR'], 'kept'), 'w').write('mine')\n")
+    writes += "print('CACHE', _os.environ.get('TORCHINDUCTOR_CACHE_DIR'), file=_sys.stderr)\n"
     leak = "print('ENVIRONMENT', sorted(_os.environ.items()), file=_sys.stderr)\n"
     results = run_patched(tmp_path, corpus_dir, {"writer": hostile_import_patch(writes), "leaker": hostile_import_patch(leak)})
     for key in ("writer", "leaker"):
@@ -230,10 +229,10 @@ def test_writes_outside_the_copy_and_secrets_are_contained(tmp_path, corpus_dir,
     assert all(str(t) in log for t in targets)  # it tried every one (a write that "succeeds" lands in the sandbox's private /tmp)
     for t in targets:
         assert (t.read_bytes() if t.exists() else None) == before[t], t
-    # what it wrote to its compiler cache stayed, for its own tree's later runs only: never in the unpatched runs' cache
-    own = [p for p in (tmp_path / "runs" / ".compile-cache").iterdir() if (p / "kept").exists()]
-    assert len(own) == 1 and own[0] != lab_cache and (own[0] / "kept").read_text() == "mine"
-    assert own[0] == compile_cache(tmp_path / "runs", tmp_path / "trees" / "writer" / "src")
+    # only the unpatched code's runs keep a compiler cache between runs; the patched one had none it could keep (a folder
+    # shared by an experiment's runs would pass anything between its replicate seeds), only its private /tmp
+    assert [p.name for p in (tmp_path / "runs" / ".compile-cache").iterdir()] == [lab_cache.name]
+    assert "CACHE None" in log
     printed = (tmp_path / "logs" / "leaker.stderr").read_text() + (tmp_path / "runs" / "leaker" / "log.txt").read_text()
     assert "ENVIRONMENT" in printed and "'PATH'" in printed  # it did print its environment ...
     for v in secrets.values():  # ... and no secret was in it

@@ -129,11 +129,15 @@ def stop_with_parent(parent_pid: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+LAB_SRC = Path(__file__).resolve().parent.parent.parent  # the lab's own source tree (runners/base.py PACKAGE_SRC)
+
+
 def compile_cache(run_parent: Path, code_src: Path) -> Path:
-    """The compiler's cache for the runs of one code tree beside each other (RUN_PARENT/.compile-cache/<tree hash>):
-    kept across runs, so only the first run of a tree and shape pays the compile warm-up in full (train/compiling.py).
-    One per tree, by the hash of its Python files: a run can write only its own tree's cache, so what one experiment's
-    code left there (the compiler's output is code) is never loaded by another experiment's runs, or the baseline's."""
+    """The compiler's cache for runs of the lab's own code beside each other (RUN_PARENT/.compile-cache/<hash of its
+    Python files>): kept across runs, so only the first run of a shape pays the compile warm-up in full
+    (train/compiling.py). Only the lab's code gets one: what it writes there is the compiler's output for a recipe,
+    never an experiment's choice. A patched tree's runs compile afresh in their private /tmp, as they always did: a
+    folder they shared would be a channel between an experiment's replicate runs."""
     digest = hashlib.sha256()
     for path in sorted(code_src.rglob("*.py")):
         if path.is_file() and not path.is_symlink():
@@ -188,9 +192,11 @@ def main(spec_path: str, parent_pid: int | None = None) -> int:
     read_only = visible_corpus_files(corpus_dir)
     if recipe_arg != spec["recipe"] or Path(recipe_arg).is_file():
         read_only.append(Path(recipe_arg))
-    cache = compile_cache(run_dir.parent, code_src)
+    # the compiler's cache, kept across runs for the lab's own code only: a writable folder shared by an experiment's
+    # runs would let its code pass anything between its replicate seeds (one seed's weights to the next)
+    cache = compile_cache(run_dir.parent, code_src) if code_src == LAB_SRC else None
     env = scrubbed_env({**spec["env"], "PYTHONPATH": str(code_src), "PRETRAINLAB_NO_LEDGER": "1", "PYTHONUNBUFFERED": "1",
-                        "PRETRAINLAB_SANDBOX": "1" if box.active else "0", "TORCHINDUCTOR_CACHE_DIR": str(cache)})
+                        "PRETRAINLAB_SANDBOX": "1" if box.active else "0", **({"TORCHINDUCTOR_CACHE_DIR": str(cache)} if cache else {})})
     if recipe.data.corpus == "builtin":
         env["PRETRAINLAB_HOME"] = str(corpus_dir.parent.parent)
     gpus = bool(spec["env"].get("CUDA_VISIBLE_DEVICES"))
@@ -198,7 +204,8 @@ def main(spec_path: str, parent_pid: int | None = None) -> int:
     if train_cmd is not None and not stopping["flag"]:  # (a SIGTERM before the trainer started has nobody else to stop)
         # with --stop-with-parent the trainer dies with this process, as bwrap's --die-with-parent makes it in the sandbox
         preexec = ignore_sigterm if parent_pid is None else lambda: (ignore_sigterm(), die_with_parent(signal.SIGKILL))
-        proc = subprocess.Popen(box.wrap(train_cmd, code_src=code_src, read_only=read_only, writable=[run_dir, cache], gpus=gpus),
+        proc = subprocess.Popen(box.wrap(train_cmd, code_src=code_src, read_only=read_only, writable=[run_dir, *filter(None, [cache])],
+                                         gpus=gpus),
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env, preexec_fn=preexec)
         code = proc.wait()
     summary = rundir.read_summary(run_dir)

@@ -24,7 +24,7 @@ rejects) surfaces in `compile_model`'s warm-up forward/backward, before any trai
 runs through the compiled model: the trainer logs one warning line and trains eagerly.
 
 The compiler keeps what it generated in its cache directory (TORCHINDUCTOR_CACHE_DIR; a
-campaign gives each code tree one of its own, kept across its runs: runners/job.py), and a
+campaign keeps one across the runs of the lab's own code: runners/job.py), and a
 warm cache cuts the warm-up several times over (tiny-cpu: 104 s cold, 13 s warm, measured
 under load). Each successful compile records its warm-up there under the run's shape
 (`shape_key`), and `expected_warmup_s` uses the last one recorded for the shape (with a
