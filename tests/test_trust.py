@@ -540,6 +540,7 @@ def test_the_report_says_how_every_score_was_checked_and_what_was_rejected(tmp_p
                         {"run_id": "never-scored", "run_dir": str(tmp_path / "missing")}]}
     page = "\n".join(scoring_section({"experiments": [kept, cheat, hostile]}, [kept]))
     assert "4 of 5 runs were scored by the lab" in page and "4 sandboxed" in page and "3 passed" in page and "1 were rejected" in page
+    assert "The other 1 ended before the lab scored them" in page
     assert "2e-07 nats (tolerance 1e-04)" in page
     assert f"all 2 runs of the kept experiments with probability {(1 - 1 / 50) ** 768:.1e}" in page
     assert "<td class=mono>e2</td><td>claude (claude-x)</td><td>non-causal model: &lt;b&gt;at position 5&lt;/b&gt;</td>" in page

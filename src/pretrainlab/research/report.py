@@ -224,6 +224,13 @@ def _passes(verdict: dict, one_in: int) -> float:
     return (1 - 1 / one_in) ** rows if isinstance(rows, int) and not isinstance(rows, bool) and rows >= 0 else 1.0
 
 
+def _unscored(n: int) -> str:
+    if not n:
+        return ""
+    return (f" The other {n} ended before the lab scored them (stopped at a screen's first rung, or failed): a number "
+            "of theirs (the run's own evaluation at the rung) can only have stopped a change, never kept one.")
+
+
 def scoring_section(record: dict, kept: list[dict]) -> list[str]:
     """How every number in the report was measured: by the lab, from logits, with probes; what was rejected and why;
     and how likely a look-ahead in the kept changes would have gone unnoticed."""
@@ -241,7 +248,7 @@ def scoring_section(record: dict, kept: list[dict]) -> list[str]:
            f"<p>{len(scored)} of {len(verdicts)} runs were scored by the lab from their logits, in a sandboxed process that "
            f"never reported its own number ({sum(bool(v.get('sandboxed')) for v in scored)} sandboxed); {len(ok)} passed the "
            f"causality and replay probes, {len(scored) - len(ok)} were rejected. Largest difference a passing run showed "
-           f"between two processes: {worst:.2g} nats (tolerance {tol:.0e}).</p>"]
+           f"between two processes: {worst:.2g} nats (tolerance {tol:.0e}).{_unscored(len(verdicts) - len(scored))}</p>"]
     kept_runs = [verdicts.get(r["run_id"]) for e in kept for r in e["runs"]]
     kept_runs = [v for v in kept_runs if v and v["status"] == "ok"]
     if kept_runs:
