@@ -4,6 +4,7 @@ scheduling, decisions, transfer checks, early stops, re-tests, resumes with a la
 and idle-time accounting, each in well under a second. test_research_campaign.py keeps the
 campaigns on real runs."""
 
+import os
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -295,9 +296,9 @@ class SlowScoring(SimulatedRunner):
     the trainer's summary says ok and its model is saved, but the lab has no score yet (a
     scorer that ran past the run's time limit on a loaded machine)."""
 
-    def __init__(self, landscape, num_slots, key_of, times):
+    def __init__(self, landscape, num_slots, key_of, times, status="timeout"):
         super().__init__(landscape, num_slots)
-        self.key_of, self.times, self.timed_out = key_of, times, []
+        self.key_of, self.times, self.timed_out, self.status = key_of, times, [], status
 
     def poll(self):
         done = super().poll()
@@ -306,17 +307,19 @@ class SlowScoring(SimulatedRunner):
                 self.timed_out.append(r.job.key)
                 Path(r.job.score_path).unlink()  # the lab never finished scoring it
                 (r.job.out_dir / "model.pt").write_bytes(b"weights")
-                done[i] = replace(r, status="timeout")
+                done[i] = replace(r, status=self.status)
         return done
 
 
 @pytest.mark.parametrize("times", [1, 2])
-def test_a_run_whose_scoring_timed_out_is_scored_again_once(tmp_path, times):
+@pytest.mark.parametrize("status", ["timeout", "crashed"])  # crashed: its job, or its scoring worker, killed from outside
+def test_a_run_whose_scoring_timed_out_is_scored_again_once(tmp_path, times, status):
     from pretrainlab.research.simulate import simulate
 
     cfg = config(decision="paired", budget_runs=6, early_stop=False)
     # the baseline's second seed (the baseline is the first experiment submitted)
-    runner = SlowScoring(Landscape(seed=0), cfg.parallel, lambda key: key == runner.submitted[0].rsplit("-s", 1)[0] + "-s1", times)
+    runner = SlowScoring(Landscape(seed=0), cfg.parallel, lambda key: key == runner.submitted[0].rsplit("-s", 1)[0] + "-s1", times,
+                         status)
     out = simulate(cfg, Landscape(seed=0), tmp_path, runner=runner)
     ledger, cid = out["ledger"], out["campaign_id"]
     key = runner.timed_out[0]
@@ -327,5 +330,19 @@ def test_a_run_whose_scoring_timed_out_is_scored_again_once(tmp_path, times):
     if times == 1:
         assert row["status"] == "ok"  # scored the second time: nothing lost
     else:
-        assert row["status"] == "unscored" and any("ended timeout" in n for n in notes)  # said why, and not retried forever
+        assert row["status"] == "unscored" and any(f"ended {status}" in n for n in notes)  # said why, and not retried forever
         assert ledger.get_campaign(cid)["status"] == "done"  # a baseline left with one usable seed does not stop the loop
+
+
+def test_a_second_loop_of_a_live_campaign_is_refused(tmp_path):
+    """Two `research resume` of one campaign at once each took the other's runs for orphans and stopped them, and both
+    decided and closed it. The loop holds a lock for its life: a second is refused on one line; after it, one may start."""
+    from pretrainlab.research.manage import _hold_loop_lock
+
+    ledger = Ledger(str(tmp_path / "ledger.db"))
+    cid = ledger.create_campaign("c", goal="lowest val_bpb", config={"campaign": {}, "loop": {"pid": 4242, "host": "box"}})
+    first = _hold_loop_lock(tmp_path, ledger, cid)
+    with pytest.raises(UserError, match=f"campaign {cid} is already running \\(its loop is process 4242 on box\\).*research stop"):
+        _hold_loop_lock(tmp_path, ledger, cid)
+    os.close(first)
+    os.close(_hold_loop_lock(tmp_path, ledger, cid))

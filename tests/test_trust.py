@@ -545,3 +545,21 @@ def test_the_report_says_how_every_score_was_checked_and_what_was_rejected(tmp_p
     assert f"all 2 runs of the kept experiments with probability {(1 - 1 / 50) ** 768:.1e}" in page
     assert "<td class=mono>e2</td><td>claude (claude-x)</td><td>non-causal model: &lt;b&gt;at position 5&lt;/b&gt;</td>" in page
     assert scoring_section({"experiments": [{"id": "e9", "runs": [{"run_id": "x", "run_dir": str(tmp_path / "none")}]}]}, []) == []
+
+
+def test_a_worker_killed_from_outside_is_no_verdict_but_one_that_exits_is_a_rejection(tmp_path):
+    """The OOM killer, or a person, killing a scoring worker is not the model's failure: no verdict (the campaign scores
+    the run once more). A worker that exits on its own while scoring is rejected, as before."""
+    import numpy as np
+
+    from pretrainlab.runners import scoring
+
+    for code, expected, fragment in (("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)", scoring.ScoringFailed, "signal 9"),
+                                     ("import sys\nsys.exit(137)", scoring.ScoringFailed, "signal 9"),  # bwrap's way to say it
+                                     ("import sys\nsys.exit(3)", scoring.ScoreRejected, "exit 3")):
+        worker = scoring._Worker([sys.executable, "-c", f"import sys\nsys.stdin.buffer.read(8 + 4 * 8)\n{code}"],
+                                 {"PATH": os.environ["PATH"]}, tmp_path / "w.log")
+        with pytest.raises(expected, match=fragment):
+            list(worker.logits(np.zeros((1, 8), dtype=np.int64), 256))
+        worker.close(abort=True)
+        (tmp_path / "w.log").unlink()

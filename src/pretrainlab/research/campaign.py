@@ -250,6 +250,8 @@ class Campaign:
         if self.cfg.decision == "screen":  # the last run in was the baseline's own confirmation seed (--seeds 2)
             self.maybe_record_claims()
         status = "stopped" if self.ledger.get_campaign(self.id)["status"] == "stopping" else "done"
+        if status == "done":  # before 'done' is set: a loop killed while it scores the test split is resumed, not taken for done
+            self.record_hidden_test()
         self.ledger.set_campaign_status(self.id, status)
         self.save_state()
         closing = self.closing_stats(status)
@@ -258,10 +260,8 @@ class Campaign:
         note = closing_note(closing)
         self.ledger.add_note(note, author="campaign", campaign_id=self.id)
         self.log(note.split(";")[0])
-        if status == "done":
-            self.record_hidden_test()
 
-    def split_means(self, exp: dict) -> dict[str, float] | None:
+    def split_scores(self, exp: dict) -> dict[int, tuple[float, float]]:
         """Mean lab score on the decision and the hidden test split over an experiment's scored
         runs. The test split is scored here, when the campaign closes: a sandboxed worker runs
         the model, this process computes the score (runners/scoring.py). Each run's test score
@@ -270,13 +270,13 @@ class Campaign:
         from ..data import Corpus
         from ..runners.job import corpus_path
         from ..runners.base import PACKAGE_SRC
-        from ..runners.scoring import ScoreRejected, score_run
+        from ..runners.scoring import ScoreRejected, ScoringFailed, score_run
 
         recipe = self.recipe_of(exp)
         code_src = self.workdir / "trees" / exp["id"] / "src" if (exp["change"] or {}).get("patch") else PACKAGE_SRC
         corpus = Corpus.open(corpus_path(self.base), verify=False)  # the base's held-out data, as every run was scored
-        val, test = [], []
-        for row in self.results(exp["id"]).values():
+        out = {}
+        for seed, row in self.results(exp["id"]).items():
             key = Path(row["run_dir"]).name
             verdict = read_json(self.score_path(key)) or {}
             weights = Path(row["run_dir"]) / "model.pt"
@@ -293,12 +293,14 @@ class Campaign:
                     kept = {"weights": seen, "val_bpb": scored["splits"]["test"]["val_bpb"]}
                 except ScoreRejected as e:
                     kept = {"weights": seen, "rejected": str(e)}
+                except ScoringFailed as e:  # not kept: the next close scores it again
+                    self.log(f"{key}: the hidden test split could not be scored ({e}); left out of this comparison")
+                    continue
                 write_json_atomic(kept_path, kept)
             if "val_bpb" not in kept:
                 continue
-            val.append(verdict["splits"]["val"]["val_bpb"])
-            test.append(kept["val_bpb"])
-        return {"val": statistics.fmean(val), "test": statistics.fmean(test), "runs": len(val)} if val else None
+            out[seed] = (verdict["splits"]["val"]["val_bpb"], kept["val_bpb"])
+        return out
 
     def record_hidden_test(self) -> None:
         """The final recipe vs the baseline on the hidden test split, for the report only: how much
@@ -310,9 +312,14 @@ class Campaign:
         inc = confirmed or inc  # screen: the final recipe's runs on the confirmation seeds (a screen ran once, on seed 0)
         if inc is None or base is None:
             return
-        final, start = self.split_means(inc), self.split_means(base)
-        if not final or not start:
+        # on the seeds both have: the final recipe's runs against the baseline's of the same seeds (a screen's single
+        # seed-0 run against the baseline's 3-seed mean once reported a 0.10 bpb "gap" that was seed noise)
+        final_scores, start_scores = self.split_scores(inc), self.split_scores(base)
+        seeds = sorted(set(final_scores) & set(start_scores))
+        if not seeds:
             return
+        final, start = ({"val": statistics.fmean(scores[s][0] for s in seeds), "test": statistics.fmean(scores[s][1] for s in seeds),
+                         "runs": len(seeds)} for scores in (final_scores, start_scores))
         gain_val, gain_test = start["val"] - final["val"], start["test"] - final["test"]
         result = {"final_experiment": inc["id"], "baseline_experiment": base["id"], "val": {"final": final["val"], "baseline": start["val"]},
                   "test": {"final": final["test"], "baseline": start["test"]}, "runs": {"final": final["runs"], "baseline": start["runs"]},
@@ -387,12 +394,14 @@ class Campaign:
         if result.status == "shutdown":  # the campaign is stopping: the run resumes from its checkpoint next time
             self.log(f"{result.job.key}: interrupted by the stop; `research resume` continues it")
             return
-        if self.scoring_ran_out_of_time(result):  # trained to the end, but the lab's scoring hit the run's time limit
+        if self.scoring_ran_out_of_time(result):  # trained to the end, but the job ended before the lab's verdict
             self.rescored.add(result.job.key)
-            self.ledger.add_note(f"run {result.job.key} trained to the end, but the lab's scoring of it passed the run's time limit "
-                                 f"({result.job.timeout_s or 0:.0f} s, e.g. on a loaded machine): scoring it again from its saved model",
+            why = (f"the lab's scoring of it passed the run's time limit ({result.job.timeout_s or 0:.0f} s, e.g. on a loaded "
+                   "machine)" if result.status == "timeout" else f"its job ended (exit {result.returncode}) before the lab's "
+                   "verdict: killed from outside, or its scoring worker was")
+            self.ledger.add_note(f"run {result.job.key} trained to the end, but {why}: scoring it again from its saved model, once",
                                  author="campaign", experiment_id=exp_id)
-            self.log(f"{result.job.key}: scoring timed out; scoring it again")
+            self.log(f"{result.job.key}: not scored ({result.status}); scoring it again")
             return  # not registered: the seed is pending again, and job() resumes it as a scoring-only job
         if result.summary is not None:
             self.register(exp_id, result.job.out_dir)
@@ -416,10 +425,12 @@ class Campaign:
                     self.maybe_decide(e["id"])
 
     def scoring_ran_out_of_time(self, result: JobResult) -> bool:
-        """A run that timed out after its trainer finished (its own summary says ok and its model
-        is saved) but before the lab scored it: worth one more scoring-only job, never more."""
+        """A run whose job ended after its trainer finished (its own summary says ok and its model
+        is saved) but before the lab scored it (a timeout, or the job or its scoring worker killed
+        from outside): worth one more scoring-only job, never more (a model that kills its own
+        worker when it fears a probe gets one more draw of probes, not endless ones)."""
         key = result.job.key
-        return (result.status == "timeout" and key not in self.rescored and (result.summary or {}).get("status") == "ok"
+        return (result.status in ("timeout", "crashed") and key not in self.rescored and (result.summary or {}).get("status") == "ok"
                 and (result.job.out_dir / "model.pt").is_file() and not self.score_path(key).exists())
 
     def note_queued(self) -> None:

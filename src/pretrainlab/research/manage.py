@@ -8,6 +8,7 @@ a campaign runs.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
@@ -179,6 +180,14 @@ def _run(ledger, campaign_id: str, cfg: CampaignConfig, strategy: Strategy, echo
         strategy.context["campaign_id"] = campaign_id
     workdir = workspace() / "runs" / "campaigns" / campaign_id
     workdir.mkdir(parents=True, exist_ok=True)
+    lock = _hold_loop_lock(workdir, ledger, campaign_id)  # one loop per campaign: two would stop each other's runs
+    try:
+        _run_locked(ledger, campaign_id, cfg, strategy, echo, workdir)
+    finally:
+        os.close(lock)
+
+
+def _run_locked(ledger, campaign_id: str, cfg: CampaignConfig, strategy: Strategy, echo: bool, workdir: Path) -> None:
     row = ledger.get_campaign(campaign_id)  # which process runs the loop: `research status` tells a live loop from a dead one
     ledger.set_campaign_config(campaign_id, {**row["config"], "loop": {"pid": os.getpid(), "host": socket.gethostname()}})
     try:
@@ -202,6 +211,21 @@ def _run(ledger, campaign_id: str, cfg: CampaignConfig, strategy: Strategy, echo
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _hold_loop_lock(workdir: Path, ledger, campaign_id: str) -> int:
+    """An exclusive lock on the campaign's loop.lock for as long as this loop runs (released when its process ends, however
+    it ends). A second `research resume` of a campaign whose loop is alive is refused: two loops each took the other's
+    runs for orphans and stopped them, and both decided and closed the campaign."""
+    fd = os.open(workdir / "loop.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        loop = (ledger.get_campaign(campaign_id)["config"] or {}).get("loop") or {}
+        raise UserError(f"campaign {campaign_id} is already running (its loop is process {loop.get('pid', '?')} on "
+                        f"{loop.get('host', '?')}): wait for it, or `pretrainlab research stop {campaign_id}` first") from None
+    return fd
 
 
 def _terminated(signum, frame) -> None:

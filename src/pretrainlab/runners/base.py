@@ -305,8 +305,10 @@ class SlotRunner(Slots):
             status = summary["status"]
             if status == "preempted" and reason:
                 status = reason  # we stopped it: 'timeout' or 'stopped' (early stopping)
-            elif status == "ok" and reason and run.job.score_path is not None and not Path(run.job.score_path).exists():
-                status = reason  # its trainer finished, and we stopped it while the lab scored it: no verdict yet
+            elif status == "ok" and run.job.score_path is not None and not Path(run.job.score_path).exists():
+                # its trainer finished, but the job ended before the lab's verdict: we stopped it, or it died (killed
+                # from outside, its scoring worker killed): never 'ok' on the run's own number
+                status = reason or "crashed"
         else:
             status = reason or "crashed"
         path = self._stderr_path(run.job.key)

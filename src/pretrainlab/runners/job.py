@@ -44,6 +44,7 @@ from ..config import Recipe
 from .sandbox import Sandbox, ignore_sigterm, scrubbed_env
 
 EXIT_REJECTED = 4
+EXIT_NOT_SCORED = 5  # the lab could not score the run (its scoring worker killed from outside): no verdict
 # The run's reported final val_bpb may differ from the lab's measurement on the same split by
 # float rounding and autocast (bf16 on GPU: ~1e-3); more is a run reporting what it did not score.
 REPORT_ABS_TOL = 0.02
@@ -214,7 +215,7 @@ def main(spec_path: str, parent_pid: int | None = None) -> int:
         return code
     # 3. score from the lab's side, 4. check the run's claims
     from ..data import Corpus
-    from .scoring import ScoreRejected, score_run
+    from .scoring import ScoreRejected, ScoringFailed, score_run
 
     verdict: dict = {"status": "ok", "reason": None, "reported": {k: summary.get(k) for k in ("val_bpb", "eval_split")}}
     scored_on = Corpus.open(scoring_corpus(recipe, spec.get("score_data")), verify=False)
@@ -232,6 +233,9 @@ def main(spec_path: str, parent_pid: int | None = None) -> int:
             verdict.update(status="rejected", reason=reason)
     except ScoreRejected as e:
         verdict.update(status="rejected", reason=str(e))
+    except ScoringFailed as e:  # no verdict either way: the run stays unscored, and a campaign scores it once more
+        print(f"[pretrainlab] the lab could not score the run: {e}", file=sys.stderr, flush=True)
+        return EXIT_NOT_SCORED
     if stopping["flag"]:
         return code
     # 5. the lab's verdict: outside the run (what the campaign trusts), and in summary.json (what people read)

@@ -77,6 +77,11 @@ class ScoreRejected(Exception):
     """The run's model may not be scored: it failed a probe or broke the protocol."""
 
 
+class ScoringFailed(Exception):
+    """The scoring could not finish for a reason that may not be the model's (a worker killed by a signal, as the OOM
+    killer or a person would): no verdict; the campaign scores the run once more."""
+
+
 _LIVE: set = set()  # the workers of this process, for abort_workers
 
 
@@ -137,8 +142,12 @@ class _Worker:
         except (BrokenPipeError, EOFError):
             # never its output in the reason: the reason reaches the ledger and the strategy's prompt, and a worker that was
             # just sent evaluation windows would print them there for the next proposal to learn by heart
-            raise ScoreRejected(f"the model process exited while scoring (exit {self.proc.wait()}); what it printed is in "
-                                f"{self.stderr_path} (kept out of this reason: it may hold evaluation text)") from None
+            code = self.proc.wait()
+            where = f"what it printed is in {self.stderr_path} (kept out of this reason: it may hold evaluation text)"
+            if code < 0 or 128 < code <= 128 + 64:  # by a signal (bwrap passes its child's on as 128 + n)
+                raise ScoringFailed(f"the model process was killed by signal {-code if code < 0 else code - 128} while "
+                                    f"scoring; {where}") from None
+            raise ScoreRejected(f"the model process exited while scoring (exit {code}); {where}") from None
         if head[0] != rows or head[1] != seq_len or not vocab_min <= head[2] <= min(MAX_VOCAB, vocab_min + VOCAB_SLACK):
             raise ScoreRejected(f"the model returned logits of shape {tuple(int(v) for v in head)} for a [{rows}, {seq_len}] "
                                 f"batch (a vocabulary of at least {vocab_min} expected)")
