@@ -311,6 +311,43 @@ class SlowScoring(SimulatedRunner):
         return done
 
 
+class KilledRun(SimulatedRunner):
+    """The first `times` finishes of run `key` come back killed by SIGKILL before the trainer wrote its summary (the
+    OOM killer, or a person), as a real job reports it."""
+
+    def __init__(self, landscape, num_slots, key_of, times):
+        super().__init__(landscape, num_slots)
+        self.key_of, self.times, self.killed = key_of, times, []
+
+    def poll(self):
+        done = super().poll()
+        for i, r in enumerate(done):
+            if self.key_of(r.job.key) and self.killed.count(r.job.key) < self.times:
+                self.killed.append(r.job.key)
+                done[i] = replace(r, status="crashed", summary=None, returncode=-9)
+        return done
+
+
+@pytest.mark.parametrize("times", [1, 2])
+def test_a_run_killed_from_outside_is_resumed_once(tmp_path, times):
+    """A killed baseline seed 0 was never run again: every screen against it was discarded for want of a reference."""
+    from pretrainlab.research.simulate import simulate
+
+    cfg = config(decision="paired", budget_runs=6, early_stop=False)
+    runner = KilledRun(Landscape(seed=0), cfg.parallel, lambda key: key == runner.submitted[0], times)
+    out = simulate(cfg, Landscape(seed=0), tmp_path, runner=runner)
+    ledger, cid = out["ledger"], out["campaign_id"]
+    key = runner.killed[0]
+    assert runner.submitted.count(key) == 2  # killed, then resumed once, never a third time
+    notes = [n["text"] for n in ledger.list_notes(experiment_id=key.split("-s")[0])]
+    assert any("was killed (exit -9) before it finished: resuming it" in n for n in notes)
+    rows = [r for r in ledger.list_runs(campaign=cid, limit=0, columns=("run_id", "run_dir", "status")) if r["run_dir"].endswith(key)]
+    if times == 1:
+        assert [r["status"] for r in rows] == ["ok"]  # the second try finished: the baseline has its seed 0
+    else:
+        assert rows == [] and any("ended crashed" in n for n in notes)  # said why, and not retried forever
+
+
 @pytest.mark.parametrize("times", [1, 2])
 @pytest.mark.parametrize("status", ["timeout", "crashed"])  # crashed: its job, or its scoring worker, killed from outside
 def test_a_run_whose_scoring_timed_out_is_scored_again_once(tmp_path, times, status):

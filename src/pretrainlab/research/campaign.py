@@ -123,6 +123,7 @@ class Campaign:
         self.rung_stops: dict[str, dict] = {}  # screen policy: experiment id -> the rung comparison that stopped it
         self.unaffordable: set[str] = set()  # screen policy: queued experiments noted as not fitting the budget
         self.rescored: set[str] = set()  # runs whose scoring timed out once and were scored again
+        self.retried: set[str] = set()  # runs killed once from outside before they finished, and resumed
         self.started = runner.time()  # the runner's clock: wall time, or the simulator's virtual time
         self.ready_since: dict[str, float] = {}  # job key -> when (runner clock) it could have started but no slot was free
         self.elapsed_before = float(row["config"].get("elapsed_s", 0.0))  # earlier loops of this campaign (resumes)
@@ -403,6 +404,12 @@ class Campaign:
                                  author="campaign", experiment_id=exp_id)
             self.log(f"{result.job.key}: not scored ({result.status}); scoring it again")
             return  # not registered: the seed is pending again, and job() resumes it as a scoring-only job
+        if self.killed_once(result):  # killed from outside before it could finish: resumed from its checkpoint, once
+            self.retried.add(result.job.key)
+            self.ledger.add_note(f"run {result.job.key} was killed (exit {result.returncode}) before it finished: resuming it from "
+                                 "its last checkpoint, once", author="campaign", experiment_id=exp_id)
+            self.log(f"{result.job.key}: killed; resuming it")
+            return  # not registered: the seed is pending again
         if result.summary is not None:
             self.register(exp_id, result.job.out_dir)
         if result.status == "rejected":
@@ -423,6 +430,14 @@ class Campaign:
             for e in self.experiments():
                 if e["id"] != exp_id and planned_seeds(e):
                     self.maybe_decide(e["id"])
+
+    def killed_once(self, result: JobResult) -> bool:
+        """A run that ended with no summary, killed by a signal we did not send (the OOM killer, a person, a node going
+        down): one more try from its checkpoint. Without it a killed baseline seed 0 was never run again, and every
+        screen against it was discarded for want of a reference."""
+        code = result.returncode
+        return (result.summary is None and result.status == "crashed" and (code < 0 or code > 128)
+                and result.job.key not in self.retried)
 
     def scoring_ran_out_of_time(self, result: JobResult) -> bool:
         """A run whose job ended after its trainer finished (its own summary says ok and its model
