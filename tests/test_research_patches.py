@@ -42,7 +42,7 @@ def test_patched_copy_runs_and_changes_training(corpus_dir, tmp_path):
     ("data/windows.py", "return nats / math.log(2) / num_bytes", "return 0.5 * nats / math.log(2) / num_bytes"),
     ("data/windows.py", "tokens = corpus.tokens(domain, split)", "tokens = corpus.tokens(domain, \"train\")"),
     ("data/loader.py", "window[picked] = self.arrays[d]", "window[picked] = 0 * self.arrays[d]"),
-    ("runners/scoring.py", "nats, nbytes, counted = nll_sums(row, y, token_bytes)", "nats, nbytes, counted = 0.0, 1, 1"),
+    ("runners/scoring.py", "sums[split][d] += nll_sums(row, y, token_bytes)", "sums[split][d] += (0.0, 1, 1)"),
 ])
 def test_patches_to_the_metric_or_data_are_rejected(tmp_path, rel, old, new):
     with pytest.raises(PatchRejected, match="read-only"):
