@@ -156,16 +156,16 @@ def test_campaign_flags_are_the_settings_fields_and_reach_them():
     assert api.CampaignConfig(**defaults) == api.CampaignConfig()
     given = parser.parse_args(["research", "start", "--recipe", "small", "--set", "optim.lr=0.01", "--no-sweep", "--adopt-p", "0.7",
                                "--gpus", "0,1", "--decision", "paired", "--transfer", "model.n_layer=6", "--transfer", "model.n_embd=192",
-                               "--max-looks", "3", "--strategy-seed", "4", "--llm-model", "m"])
+                               "--max-looks", "3", "--strategy-seed", "4", "--llm-model", "m", "--run-memory", "6G"])
     cfg = api.CampaignConfig(**_config_options(given, api.CampaignConfig))
     assert (cfg.recipe, cfg.overrides, cfg.sweep, cfg.adopt_p, cfg.gpus, cfg.max_looks, cfg.strategy_seed, cfg.llm_model) == \
         ("small", ["optim.lr=0.01"], False, 0.7, [0, 1], 3, 4, "m")
-    assert cfg.transfer == ["model.n_layer=6", "model.n_embd=192"]
+    assert cfg.transfer == ["model.n_layer=6", "model.n_embd=192"] and cfg.run_memory == "6G"
 
     resumed = _config_options(parser.parse_args(["research", "resume", "abc", "--parallel", "3"]), api.CampaignConfig, only=api.RESUMABLE)
     assert resumed == {"budget_runs": None, "budget_hours": None, "parallel": 3, "gpus": None, "runner": None, "ray_address": None,
                        "slurm_profile": None, "slurm_partition": None, "slurm_account": None, "slurm_time": None,
-                       "slurm_cpus_per_run": None, "slurm_gpus_per_run": None,
+                       "slurm_cpus_per_run": None, "slurm_gpus_per_run": None, "run_memory": None,
                        "spend_cap_usd": None, "spend_cap_tokens": None}  # None: not given, left as it was
 
     skip = ("concentration", "pool_size", "top", "num_resamples")

@@ -271,9 +271,12 @@ class Campaign:
         from ..data import Corpus
         from ..runners.job import corpus_path
         from ..runners.base import PACKAGE_SRC
+        from ..runners.limits import TASKS, run_memory
         from ..runners.scoring import ScoreRejected, ScoringFailed, score_run
 
         recipe = self.recipe_of(exp)
+        # no run in flight beside it: the whole share of the machine a --run-memory auto gives (runners/limits.py)
+        caps = {"memory": run_memory(getattr(self.runner, "run_memory", "off"), 1.0), "tasks": TASKS}
         code_src = self.workdir / "trees" / exp["id"] / "src" if (exp["change"] or {}).get("patch") else PACKAGE_SRC
         corpus = Corpus.open(corpus_path(self.base), verify=False)  # the base's held-out data, as every run was scored
         out = {}
@@ -290,7 +293,7 @@ class Campaign:
                 try:
                     scored = score_run(Path(row["run_dir"]), code_src, corpus, seq_len=recipe.model.seq_len, splits=("test",),
                                        tokens_per_domain=recipe.eval.tokens_per_domain, batch_rows=recipe.eval.batch_rows,
-                                       sandbox=self.runner.sandbox, **self.runner.scoring_resources())
+                                       sandbox=self.runner.sandbox, **self.runner.scoring_resources(), **caps)
                     kept = {"weights": seen, "val_bpb": scored["splits"]["test"]["val_bpb"]}
                 except ScoreRejected as e:
                     kept = {"weights": seen, "rejected": str(e)}

@@ -19,7 +19,7 @@ from ..runners import RUNNERS
 # the SLURM settings of --runner slurm (runners/slurm.py: SlurmSettings, from the profile with the flags over it)
 SLURM_FIELDS = ("slurm_profile", "slurm_partition", "slurm_account", "slurm_time", "slurm_cpus_per_run", "slurm_gpus_per_run")
 # what `research resume` may change in a campaign's settings
-RESUMABLE = ("budget_runs", "budget_hours", "parallel", "gpus", "runner", "ray_address", *SLURM_FIELDS, "spend_cap_usd",
+RESUMABLE = ("budget_runs", "budget_hours", "parallel", "gpus", "runner", "ray_address", *SLURM_FIELDS, "run_memory", "spend_cap_usd",
              "spend_cap_tokens")
 RUNNER_DOC = ("where runs train: local (processes on this machine), ray (a Ray cluster) or slurm (jobs on a SLURM cluster): "
               "docs/scale.md")
@@ -35,6 +35,9 @@ SLURM_TIME_DOC = ("--runner slurm: each run's job time limit, minutes or [D-]HH:
                   "checkpoint); a run still going at the limit checkpoints and is requeued")
 SLURM_CPUS_DOC = "--runner slurm: CPUs per run, its training threads on CPU (default 1)"
 SLURM_GPUS_DOC = "--runner slurm: GPUs per run, 0 or 1 (default: 1 with --gpus, else 0)"
+RUN_MEMORY_DOC = ("memory each run's processes may use together (8G, 512M, off); auto: 90% of the machine's RAM split over the "
+                  "runs beside each other (with --runner slurm, the profile's mem_gb where it gives one); a run past it is "
+                  "killed and recorded as crashed, out of memory")
 
 # the mixture search (research/mixture.py)
 TOP_MIXTURES = 100  # the recommendation is the mean of this many best-predicted mixtures of the pool
@@ -58,6 +61,7 @@ class Execution:
     slurm_time: str | None = doc(SLURM_TIME_DOC, None)
     slurm_cpus_per_run: int | None = doc(SLURM_CPUS_DOC, None)
     slurm_gpus_per_run: int | None = doc(SLURM_GPUS_DOC, None)
+    run_memory: str = doc(RUN_MEMORY_DOC, "auto")
 
 
 @dataclass
@@ -127,6 +131,7 @@ class CampaignConfig(Execution):
         if self.screen_noise < 0 or not 0 < self.adopt_p < 1 or self.rung_stop <= 0:
             raise UserError("--screen-noise must be >= 0, --adopt-p in (0, 1) and --rung-stop > 0")
         check_runner(self.runner, self.ray_address, self.gpus, self.parallel)
+        check_run_memory(self.run_memory)
         check_slurm(self)
         if self.parallel < 1 or (self.seeds < 2 and self.decision != "greedy"):
             raise UserError("--parallel must be >= 1 and --seeds >= 2 (a t-test needs two replicates)")
@@ -173,6 +178,17 @@ def check_runner(runner: str, ray_address: str | None, gpus: list[int] | None, p
     if runner == "local" and gpus is None and parallel > max(8, 4 * cores):  # each slot a process of its own: 100,000 is a fork bomb
         raise UserError(f"--parallel {parallel}: this machine has {cores} cores; local CPU slots stay within {max(8, 4 * cores)} "
                         "(use --runner ray or slurm for more)")
+
+
+def check_run_memory(setting: str) -> None:
+    """--run-memory: auto, off, or a size a run can import torch in."""
+    from ..runners.limits import parse_memory
+
+    if str(setting).strip().lower() != "auto":
+        try:
+            parse_memory(setting)
+        except ValueError as e:
+            raise UserError(f"--run-{e}") from None
 
 
 def check_slurm(cfg) -> None:
@@ -246,6 +262,7 @@ class MixtureConfig(Execution):
         if self.parallel < 1:
             raise UserError(f"--parallel must be >= 1, got {self.parallel}")
         check_runner(self.runner, self.ray_address, self.gpus, self.parallel)
+        check_run_memory(self.run_memory)
         check_slurm(self)
         if not 0 < self.alpha < 0.5:
             raise UserError(f"--alpha must be in (0, 0.5), got {self.alpha}")

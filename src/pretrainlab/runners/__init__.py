@@ -13,19 +13,29 @@ from .local import LocalRunner
 
 
 def _local(cfg, log_dir: Path) -> Runner:
-    return LocalRunner(cfg.parallel, gpus=cfg.gpus, log_dir=log_dir)
+    return _capped(LocalRunner(cfg.parallel, gpus=cfg.gpus, log_dir=log_dir), cfg)
 
 
 def _ray(cfg, log_dir: Path) -> Runner:
     from .ray import RayRunner  # Ray is an optional dependency, imported only when asked for
 
-    return RayRunner(cfg.parallel, address=cfg.ray_address, gpus=cfg.gpus is not None, log_dir=log_dir)
+    return _capped(RayRunner(cfg.parallel, address=cfg.ray_address, gpus=cfg.gpus is not None, log_dir=log_dir), cfg)
 
 
 def _slurm(cfg, log_dir: Path) -> Runner:
     from .slurm import SlurmRunner  # submitit is an optional dependency, imported only when asked for
 
-    return SlurmRunner(cfg.parallel, settings=slurm_settings(cfg), log_dir=log_dir)
+    settings = slurm_settings(cfg)
+    runner = _capped(SlurmRunner(cfg.parallel, settings=settings, log_dir=log_dir), cfg)
+    if settings.mem_gb and runner.run_memory == "auto":  # the job's own memory (sbatch --mem) is the run's cap
+        runner.run_memory = f"{settings.mem_gb * 1024:.0f}M"
+    return runner
+
+
+def _capped(runner, cfg):
+    """The campaign's --run-memory on its runner's jobs (runners/limits.py)."""
+    runner.run_memory = getattr(cfg, "run_memory", "auto")
+    return runner
 
 
 def slurm_settings(cfg):

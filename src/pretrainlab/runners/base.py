@@ -28,6 +28,7 @@ from typing import Protocol, runtime_checkable
 import pretrainlab
 
 from ..rundir import read_summary
+from .limits import TASKS
 from .sandbox import Sandbox
 
 PACKAGE_SRC = Path(pretrainlab.__file__).resolve().parent.parent  # the lab's own source tree (on PYTHONPATH of unpatched runs)
@@ -216,6 +217,7 @@ class SlotRunner(Slots):
         self._idle_reason = OVERHEAD
         self._idle_since = self.created
         self.events: list[RunnerEvent] = []
+        self.run_memory = "auto"  # each run's memory cap (a campaign's --run-memory): auto, off or a size (runners/limits.py)
 
     # ---- slots -----------------------------------------------------------------------------
 
@@ -284,7 +286,12 @@ class SlotRunner(Slots):
         return {"key": job.key, "recipe": job.recipe, "overrides": overrides, "run_dir": str(job.out_dir), "resume": job.resume,
                 "code_src": job.pythonpath or str(PACKAGE_SRC), "env": {**job.env, "OMP_NUM_THREADS": str(threads), **env},
                 "sandbox": self.sandbox.active, "score_path": str(job.score_path) if job.score_path else None,
-                "score_data": job.score_data}
+                "score_data": job.score_data, "limits": {"memory": self.run_memory, "share": self.memory_share(), "tasks": TASKS}}
+
+    def memory_share(self) -> float | None:
+        """A run's share of its machine's RAM under --run-memory auto; None: the job process takes its share of the
+        machine's CPUs (a cluster's node, where runs of other campaigns may run beside it)."""
+        return None
 
     def _spec_path(self, key: str) -> Path:
         """Where a job's spec lives, in the log dir (its job process's lock is beside it: job.job_lock_dir)."""

@@ -45,6 +45,7 @@ from .sandbox import Sandbox, ignore_sigterm, scrubbed_env
 
 EXIT_REJECTED = 4
 EXIT_NOT_SCORED = 5  # the lab could not score the run (its scoring worker killed from outside): no verdict
+EXIT_OUT_OF_MEMORY = 6  # the trainer or a scoring worker was killed at the run's memory cap (runners/limits.py)
 # The run's reported final val_bpb may differ from the lab's measurement on the same split by
 # float rounding and autocast (bf16 on GPU: ~1e-3); more is a run reporting what it did not score.
 REPORT_ABS_TOL = 0.02
@@ -73,6 +74,35 @@ def memorised(lab: dict) -> str | None:
             return (f"{domain}: {monitor:.4f} bpb on the monitor slice but {val:.4f} on the decision split: the model has "
                     "learned the monitor slice by heart")
     return None
+
+
+def run_caps(spec: dict) -> tuple[int | None, int | None]:
+    """(memory cap in bytes or None, task cap or None) for this run's process trees, from the spec's `limits`
+    ({"memory": the campaign's --run-memory, "share": this run's share of the machine, "tasks"}); a spec without
+    them (written before caps existed) gets none."""
+    from .limits import run_memory
+
+    limits = spec.get("limits")
+    if not isinstance(limits, dict):
+        return None, None
+    share = limits.get("share")
+    if not isinstance(share, (int, float)):  # a cluster's node: this run's share of its CPUs
+        share = int(spec["env"].get("OMP_NUM_THREADS", "1")) / (os.cpu_count() or 1)
+    return run_memory(limits.get("memory", "auto"), share), limits.get("tasks")
+
+
+def out_of_memory(run_dir: Path, cap, part: str) -> int:
+    """Record a run whose `part` (training, scoring) the kernel killed at its memory cap: crashed, with the reason in its
+    summary and on stderr (what the campaign's failure note shows). Not resumed: it would run out again."""
+    peak = cap.peak()
+    error = (f"out of memory: the {part} was killed at the run's memory cap of {cap.memory / (1 << 30):.2f} GiB (peak "
+             f"{(peak or 0) / (1 << 30):.2f} GiB); give runs more with --run-memory, or make the model or batch smaller")
+    summary = dict(rundir.read_summary(run_dir) or {})
+    summary.update(status="crashed", error=error, val_bpb=None, val_bpb_domains=None,
+                   peak_mem_mb=round(peak / (1 << 20), 1) if peak else summary.get("peak_mem_mb"))
+    rundir.write_summary(run_dir, summary)
+    print(f"[pretrainlab] {error}", file=sys.stderr, flush=True)
+    return EXIT_OUT_OF_MEMORY
 
 
 def job_lock_dir(spec_path: str | Path) -> Path:
@@ -201,21 +231,38 @@ def main(spec_path: str, parent_pid: int | None = None) -> int:
     if recipe.data.corpus == "builtin":
         env["PRETRAINLAB_HOME"] = str(corpus_dir.parent.parent)
     gpus = bool(spec["env"].get("CUDA_VISIBLE_DEVICES"))
+    memory, tasks = run_caps(spec)
     code = 0
     if train_cmd is not None and not stopping["flag"]:  # (a SIGTERM before the trainer started has nobody else to stop)
-        # with --stop-with-parent the trainer dies with this process, as bwrap's --die-with-parent makes it in the sandbox
-        preexec = ignore_sigterm if parent_pid is None else lambda: (ignore_sigterm(), die_with_parent(signal.SIGKILL))
-        proc = subprocess.Popen(box.wrap(train_cmd, code_src=code_src, read_only=read_only, writable=[run_dir, *filter(None, [cache])],
-                                         gpus=gpus),
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env, preexec_fn=preexec)
-        code = proc.wait()
+        from .limits import RunCap
+
+        # the trainer and all it starts, in a cgroup of their own: the memory and task caps (runners/limits.py)
+        cap = RunCap.create(f"{run_dir.name}-train", memory, tasks, gpus=gpus)
+        print(f"[pretrainlab] caps on the trainer: {cap.how}", file=sys.stderr, flush=True)
+
+        def preexec() -> None:
+            cap.enter()
+            ignore_sigterm()
+            if parent_pid is not None:  # the trainer dies with this process, as bwrap's --die-with-parent makes it in the sandbox
+                die_with_parent(signal.SIGKILL)
+
+        try:
+            proc = subprocess.Popen(box.wrap(train_cmd, code_src=code_src, read_only=read_only,
+                                             writable=[run_dir, *filter(None, [cache])], gpus=gpus),
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env, preexec_fn=preexec)
+            code = proc.wait()
+            killed = cap.out_of_memory() and not stopping["flag"]
+        finally:
+            cap.remove()
+        if killed:
+            return out_of_memory(run_dir, cap, "training")
     summary = rundir.read_summary(run_dir)
     if (stopping["flag"] or not spec.get("score_path") or summary is None or summary.get("status") not in ("ok", "timeout")
             or not (run_dir / "model.pt").is_file()):
         return code
     # 3. score from the lab's side, 4. check the run's claims
     from ..data import Corpus
-    from .scoring import ScoreRejected, ScoringFailed, score_run
+    from .scoring import ScoreRejected, ScoringFailed, ScoringOutOfMemory, score_run
 
     verdict: dict = {"status": "ok", "reason": None, "reported": {k: summary.get(k) for k in ("val_bpb", "eval_split")}}
     scored_on = Corpus.open(scoring_corpus(recipe, spec.get("score_data")), verify=False)
@@ -226,13 +273,16 @@ def main(spec_path: str, parent_pid: int | None = None) -> int:
         score = score_run(run_dir, code_src, scored_on, seq_len=recipe.model.seq_len,
                           tokens_per_domain=recipe.eval.tokens_per_domain, batch_rows=recipe.eval.batch_rows,
                           sandbox=box, threads=int(spec["env"].get("OMP_NUM_THREADS", "1")), gpus=gpus,
-                          env={k: v for k, v in spec["env"].items() if k.startswith("CUDA_")})  # this slot's GPU
+                          env={k: v for k, v in spec["env"].items() if k.startswith("CUDA_")},  # this slot's GPU
+                          memory=memory, tasks=tasks)
         verdict.update(score)
         reason = reported_mismatch(summary, score["splits"]) or memorised(score["splits"])
         if reason:
             verdict.update(status="rejected", reason=reason)
     except ScoreRejected as e:
         verdict.update(status="rejected", reason=str(e))
+    except ScoringOutOfMemory as e:
+        return code if stopping["flag"] else out_of_memory(run_dir, e.cap, "model process the lab scored it with")
     except ScoringFailed as e:  # no verdict either way: the run stays unscored, and a campaign scores it once more
         print(f"[pretrainlab] the lab could not score the run: {e}", file=sys.stderr, flush=True)
         return EXIT_NOT_SCORED

@@ -55,6 +55,10 @@ class LocalRunner(SlotRunner):
         self.gpus = gpus
         self.threads_per_slot = threads_per_slot or max(1, (os.cpu_count() or 1) // num_slots)
 
+    def memory_share(self) -> float:
+        """Each slot's share of this machine's RAM: the runs beside each other split it evenly."""
+        return 1.0 / self.num_slots
+
     # ---- scheduling ------------------------------------------------------------------------
 
     def scoring_resources(self) -> dict:

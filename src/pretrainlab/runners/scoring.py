@@ -52,6 +52,7 @@ from ..data import Corpus
 from ..data.windows import bits_per_byte, eval_windows, nll_sums
 from ..rundir import create_new, open_regular
 from ..scoring_worker import START
+from .limits import RunCap
 from .sandbox import Sandbox, scrubbed_env
 
 MAX_LOGIT_FLOATS = 2**26  # logits per request (256 MB of float32): rows per batch shrink for a large vocabulary
@@ -82,6 +83,15 @@ class ScoringFailed(Exception):
     killer or a person would): no verdict; the campaign scores the run once more."""
 
 
+class ScoringOutOfMemory(ScoringFailed):
+    """A worker was killed at the run's memory cap (runners/limits.py): the model needs more memory than the run may
+    have. Not a verdict on its honesty, and not worth another try: the run crashed."""
+
+    def __init__(self, message: str, cap):
+        super().__init__(message)
+        self.cap = cap
+
+
 _LIVE: set = set()  # the workers of this process, for abort_workers
 
 
@@ -108,8 +118,9 @@ def _limit_files() -> None:
 class _Worker:
     """The sandboxed worker process and its two pipes."""
 
-    def __init__(self, cmd: list[str], env: dict, stderr_path: Path, ends_at: float = float("inf")):
+    def __init__(self, cmd: list[str], env: dict, stderr_path: Path, ends_at: float = float("inf"), cap: RunCap | None = None):
         self.stderr_path = Path(stderr_path)
+        self.cap = cap or RunCap(None, None)
         self.ends_at = ends_at  # time.monotonic() by which the whole scoring must be done
         try:
             self.stderr = create_new(stderr_path)  # in the run directory, which experiment code wrote: never through a symlink
@@ -119,8 +130,9 @@ class _Worker:
         self.deadline = 0.0
         # a session of its own: no controlling terminal to push keystrokes into (TIOCSTI), and kill(0, ...) from inside
         # reaches only its own group, never the lab's process (at a campaign's close, the loop in the user's terminal)
+        # its memory and tasks capped (a cgroup of its own: runners/limits.py), like the trainer's
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env=env,
-                                     start_new_session=True, preexec_fn=_limit_files)
+                                     start_new_session=True, preexec_fn=lambda: (self.cap.enter(), _limit_files()))
         _LIVE.add(self)
 
     def start(self) -> None:
@@ -144,6 +156,8 @@ class _Worker:
             # just sent evaluation windows would print them there for the next proposal to learn by heart
             code = self.proc.wait()
             where = f"what it printed is in {self.stderr_path} (kept out of this reason: it may hold evaluation text)"
+            if self.cap.out_of_memory():
+                raise ScoringOutOfMemory(f"the model process ran out of memory while scoring; {where}", self.cap) from None
             if code < 0 or 128 < code <= 128 + 64:  # by a signal (bwrap passes its child's on as 128 + n)
                 raise ScoringFailed(f"the model process was killed by signal {-code if code < 0 else code - 128} while "
                                     f"scoring; {where}") from None
@@ -201,6 +215,7 @@ class _Worker:
             self.proc.kill()
             self.proc.wait()
         _LIVE.discard(self)
+        self.cap.remove()
         self.stderr.close()
 
 
@@ -260,11 +275,13 @@ def sweep_scratch(scratch: Path) -> None:
 
 def score_run(run_dir: Path, code_src: Path, corpus: Corpus, *, seq_len: int, tokens_per_domain: int, batch_rows: int,
               splits: tuple[str, ...] = ("val", "monitor"), sandbox: Sandbox | None = None, threads: int = 1,
-              gpus: bool = False, python: str | None = None, env: dict[str, str] | None = None) -> dict:
+              gpus: bool = False, python: str | None = None, env: dict[str, str] | None = None, memory: int | None = None,
+              tasks: int | None = None) -> dict:
     """Score the model in run_dir (recipe.json + model.pt) with the code in code_src on each
     split; returns {"splits": {split: {"val_bpb", "domains", "tokens", "bytes"}}, "probes": {...},
     "sandboxed": bool, "seconds": float}. Raises ScoreRejected when a probe fails. `env` adds
-    variables for the workers (e.g. the slot's CUDA_VISIBLE_DEVICES); secrets are dropped."""
+    variables for the workers (e.g. the slot's CUDA_VISIBLE_DEVICES); secrets are dropped. `memory` (bytes) and `tasks`
+    cap each worker's process tree (runners/limits.py); ScoringOutOfMemory when a worker is killed at its cap."""
     import sys
 
     t0 = time.time()
@@ -294,8 +311,9 @@ def score_run(run_dir: Path, code_src: Path, corpus: Corpus, *, seq_len: int, to
         env = scrubbed_env({**(env or {}), "PYTHONPATH": str(Path(code_src).resolve()), "OMP_NUM_THREADS": str(threads),
                             "PYTHONUNBUFFERED": "1"})
         wrapped = sandbox.wrap(cmd, code_src=code_src, read_only=[private], gpus=gpus)
+        caps = (memory, tasks, gpus)
         sums, probes = _score_and_probe(wrapped, env, run_dir, corpus, windows, probes, rows, vocab_min, token_bytes,
-                                        splits, rng, PROBE_TOL["gpu" if gpus else "cpu"])
+                                        splits, rng, PROBE_TOL["gpu" if gpus else "cpu"], caps)
     finally:
         shutil.rmtree(private, ignore_errors=True)
         os.unlink(lock)
@@ -310,7 +328,7 @@ def score_run(run_dir: Path, code_src: Path, corpus: Corpus, *, seq_len: int, to
 
 def _score_and_probe(wrapped: list[str], env: dict, run_dir: Path, corpus: Corpus, windows: list, probes: list, rows: int,
                      vocab_min: int, token_bytes: np.ndarray, splits: tuple[str, ...], rng: random.Random,
-                     tol: float) -> tuple[dict, dict]:
+                     tol: float, caps: tuple = (None, None, False)) -> tuple[dict, dict]:
     """The scoring pass, then the probe pass in a fresh worker: (NLL sums per split, probe stats)."""
     sums = {split: np.zeros((len(corpus.domains), 3)) for split in splits}  # nats, bytes, counted targets
     wanted = {i for i, _ in probes}
@@ -318,11 +336,12 @@ def _score_and_probe(wrapped: list[str], env: dict, run_dir: Path, corpus: Corpu
     # 1. the scoring worker: every window once, in the secret order (its stderr goes to the run directory, which no
     # worker sees)
     ends_at = time.monotonic() + SCORE_TIMEOUT_S
-    worker = _Worker(wrapped, env, run_dir / "scorer.log", ends_at)
+    memory, tasks, gpus = caps
+    worker = _Worker(wrapped, env, run_dir / "scorer.log", ends_at, RunCap.create(f"{run_dir.name}-score", memory, tasks, gpus))
     worker.start()
     # the probe worker starts now, so its start-up (importing torch, reading the weights) overlaps the scoring pass; it
     # runs no experiment code until it is told to start, after the first worker has exited
-    prober = _Worker(wrapped, env, run_dir / "scorer-probe.log", ends_at)
+    prober = _Worker(wrapped, env, run_dir / "scorer-probe.log", ends_at, RunCap.create(f"{run_dir.name}-probe", memory, tasks, gpus))
     try:
         for b in range(0, len(windows), rows):
             batch = windows[b : b + rows]

@@ -1,0 +1,283 @@
+"""Memory and process caps on what a run starts: its sandboxed trainer and the lab's scoring workers.
+
+    cap = RunCap.create("exp3-s0-train", memory=8 << 30, tasks=1024)
+    proc = subprocess.Popen(cmd, preexec_fn=cap.enter)    # the process and everything it starts are inside
+    proc.wait()
+    if cap.out_of_memory(): ...                           # the kernel killed something in it at the memory cap
+    cap.remove()                                          # kills what is left, removes the cgroup
+
+A cap is a cgroup of its own, under the job process's: cgroup v2 (memory.max, memory.swap.max
+0, pids.max) where the job's cgroup delegates the memory and pids controllers, else v1's memory
+and pids hierarchies where they are writable (root on most machines, a container's own
+cgroups). The whole process tree is counted together, its tmpfs pages (the sandbox's /tmp and
+/dev/shm) included, so neither a model that allocates without bound nor one that forks without
+bound takes the machine with it: at the memory cap the kernel's OOM killer acts inside the
+cgroup only, and past the task cap fork() and thread creation fail.
+
+Where no cgroup can be made (a non-root user on a cgroup v2 machine without delegation), the
+fallback is per process: RLIMIT_DATA (what each process may allocate; not set for GPU runs,
+whose driver maps memory of its own) and no task cap. `RunCap.how` says which, and the job
+prints it once; docs/research.md lists what each leaves open.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PREFIX = "pretrainlab-"  # every cgroup the lab makes: <PREFIX><creator pid>-<name>
+TASKS = 1024  # processes + threads of one run (a trainer uses a few dozen; torch.compile's workers a few more)
+MEMORY_SHARE = 0.9  # of the machine's RAM, split over the runs beside each other
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def machine_memory() -> int:
+    """Bytes of RAM on this machine."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (OSError, ValueError):
+        return 16 << 30
+
+
+def parse_memory(text: str) -> int | None:
+    """'8G', '512M', '0.5T' or a byte count -> bytes; 'off' -> None. Raises ValueError with the fix."""
+    text = str(text).strip()
+    if text.lower() == "off":
+        return None
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?", text, re.IGNORECASE)
+    if not m:
+        raise ValueError(f"memory {text!r} is not a size: give e.g. 8G, 512M or off")
+    value = float(m.group(1)) * 1024 ** " KMGT".index((m.group(2) or " ").upper())
+    if value < 64 << 20:
+        raise ValueError(f"memory {text!r} is under 64M, too little to import torch: give e.g. 8G, or off")
+    return int(value)
+
+
+def run_memory(setting: str, share: float) -> int | None:
+    """A run's memory cap in bytes from a campaign's --run-memory: 'auto' (`share` of MEMORY_SHARE of this machine's
+    RAM), 'off' (None), or a size."""
+    if str(setting).strip().lower() == "auto":
+        return int(machine_memory() * MEMORY_SHARE * min(1.0, max(share, 0.0)))
+    return parse_memory(setting)
+
+
+def _own_cgroups() -> dict[str, str]:
+    """controller ('memory', 'pids', or '' for v2) -> this process's cgroup path, from /proc/self/cgroup."""
+    found: dict[str, str] = {}
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            for controller in parts[1].split(",") if parts[1] else [""]:
+                found[controller] = parts[2]
+    return found
+
+
+def _mounts() -> dict[str, tuple[str, str]]:
+    """controller ('memory', 'pids', '' for the v2 hierarchy) -> (mount point, the hierarchy's path at that mount)."""
+    found: dict[str, tuple[str, str]] = {}
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields, rest = left.split(), right.split()
+        if len(fields) < 5 or len(rest) < 3:
+            continue
+        root, point = fields[3], fields[4].replace("\\040", " ")
+        if rest[0] == "cgroup2":
+            found.setdefault("", (point, root))
+        elif rest[0] == "cgroup":
+            for option in rest[2].split(","):
+                if option in ("memory", "pids"):
+                    found.setdefault(option, (point, root))
+    return found
+
+
+def _where(controller: str) -> Path | None:
+    """The folder of this process's cgroup in `controller`'s hierarchy, if it is mounted here."""
+    mount, own = _mounts().get(controller), _own_cgroups().get(controller)
+    if mount is None or own is None:
+        return None
+    point, root = mount
+    rel = own[len(root):] if root != "/" and own.startswith(root) else own
+    path = Path(point) / rel.lstrip("/")
+    return path if path.is_dir() else Path(point)  # a cgroup namespace can hide the path: its mount is this process's
+
+
+def _write(path: Path, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def _sweep(parent: Path) -> None:
+    """Remove the lab's cgroups in `parent` whose creator is gone (a job killed with SIGKILL) and nothing runs in."""
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        m = re.match(rf"{PREFIX}(\d+)-", entry.name)
+        if not m or not entry.is_dir():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue  # its creator lives
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        try:
+            if not (entry / "cgroup.procs").read_text().strip():
+                entry.rmdir()
+        except OSError:
+            pass
+
+
+@dataclass
+class RunCap:
+    memory: int | None  # bytes for the whole process tree; None: none
+    tasks: int | None  # processes + threads; None: none
+    dirs: list[Path] = field(default_factory=list)  # the cgroup folders the process enters (v1: memory and pids)
+    version: int = 0  # 2 or 1: a cgroup; 0: per-process limits only
+    gpus: bool = False
+    why: str = ""  # why there is no cgroup (version 0)
+
+    @classmethod
+    def create(cls, name: str, memory: int | None, tasks: int | None = TASKS, gpus: bool = False) -> RunCap:
+        """A cap for one process tree, named after `name` (the run and its part). Never raises: where no cgroup can be
+        made here, the result caps each process's memory instead (`how` says so)."""
+        cap = cls(memory, tasks, gpus=gpus)
+        if memory is None and tasks is None:
+            cap.why = "no caps asked for"
+            return cap
+        label = f"{PREFIX}{os.getpid()}-{_SAFE.sub('_', name)[:80]}"
+        try:
+            cap._make_v2(label) or cap._make_v1(label)
+        except OSError as e:
+            cap.remove()
+            cap.dirs, cap.version = [], 0
+            cap.why = f"the cgroup could not be set up ({e.strerror or e})"
+        if not cap.version and not cap.why:
+            cap.why = "no writable cgroup with the memory and pids controllers here"
+        return cap
+
+    def _make_v2(self, label: str) -> bool:
+        parent = _where("")
+        if parent is None or not (parent / "cgroup.subtree_control").exists():
+            return False
+        enabled = (parent / "cgroup.subtree_control").read_text().split()
+        if not {"memory", "pids"} <= set(enabled):
+            try:  # possible where the job's cgroup has no processes of its own (a delegated, empty subtree)
+                _write(parent / "cgroup.subtree_control", "+memory +pids")
+            except OSError:
+                return False
+        _sweep(parent)
+        path = parent / label
+        path.mkdir()
+        self.dirs, self.version = [path], 2
+        if self.memory is not None:
+            _write(path / "memory.max", str(self.memory))
+            if (path / "memory.swap.max").exists():
+                _write(path / "memory.swap.max", "0")  # the cap is on memory, not on memory plus what swaps out
+        if self.tasks is not None:
+            _write(path / "pids.max", str(self.tasks))
+        return True
+
+    def _make_v1(self, label: str) -> bool:
+        mem, pids = _where("memory"), _where("pids")
+        if (self.memory is not None and mem is None) or (self.tasks is not None and pids is None):
+            return False
+        if not all(os.access(p, os.W_OK) for p in (mem, pids) if p is not None):
+            return False
+        self.version = 1
+        if self.memory is not None:
+            _sweep(mem)
+            path = mem / label
+            path.mkdir()
+            self.dirs.append(path)
+            _write(path / "memory.limit_in_bytes", str(self.memory))
+            if (path / "memory.memsw.limit_in_bytes").exists():  # with swap accounting: no swapping past the cap either
+                _write(path / "memory.memsw.limit_in_bytes", str(self.memory))
+        if self.tasks is not None:
+            _sweep(pids)
+            path = pids / label
+            path.mkdir()
+            self.dirs.append(path)
+            _write(path / "pids.max", str(self.tasks))
+        return True
+
+    @property
+    def how(self) -> str:
+        """One line: what caps this process tree."""
+        mem = f"{self.memory / (1 << 30):.1f} GiB" if self.memory is not None else "no memory cap"
+        tasks = f"{self.tasks} tasks" if self.tasks is not None else "no task cap"
+        if self.version:
+            return f"cgroup v{self.version}: {mem}, {tasks}"
+        if self.memory is not None and not self.gpus:
+            return f"per process only ({self.why}): {mem} each (RLIMIT_DATA), no task cap"
+        return f"none ({self.why})"
+
+    def enter(self) -> None:
+        """preexec_fn: move the new process into the cap (or cap its memory where there is no cgroup)."""
+        for path in self.dirs:
+            _write(path / "cgroup.procs", str(os.getpid()))
+        if not self.version and self.memory is not None and not self.gpus:
+            resource.setrlimit(resource.RLIMIT_DATA, (self.memory, self.memory))
+
+    def _read(self, name: str) -> str:
+        for path in self.dirs:
+            if (path / name).exists():
+                try:
+                    return (path / name).read_text()
+                except OSError:
+                    return ""
+        return ""
+
+    def out_of_memory(self) -> bool:
+        """True when the kernel killed a process of this tree for want of memory under the cap."""
+        for name in ("memory.events", "memory.oom_control"):  # v2, v1 (kernel 4.13 and later)
+            m = re.search(r"^oom_kill (\d+)$", self._read(name), re.MULTILINE)
+            if m:
+                return int(m.group(1)) > 0
+        failcnt = self._read("memory.failcnt").strip()  # older v1: the cap was hit
+        return failcnt.isdigit() and int(failcnt) > 0
+
+    def peak(self) -> int | None:
+        """The most memory the tree used at once, where the kernel says (bytes)."""
+        for name in ("memory.peak", "memory.max_usage_in_bytes"):
+            text = self._read(name).strip()
+            if text.isdigit():
+                return int(text)
+        return None
+
+    def remove(self) -> None:
+        """Kill whatever is still in the cgroup (a process that escaped its parent's end) and remove it."""
+        for path in reversed(self.dirs):
+            deadline = time.monotonic() + 5.0
+            while True:
+                try:
+                    pids = [int(p) for p in (path / "cgroup.procs").read_text().split()]
+                except (OSError, ValueError):
+                    pids = []
+                if not pids or time.monotonic() > deadline:
+                    break
+                for pid in pids:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+                time.sleep(0.05)
+            try:
+                path.rmdir()
+            except OSError:
+                pass  # busy still, or gone: the next cap made beside it sweeps it once its creator is gone

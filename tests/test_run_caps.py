@@ -1,0 +1,154 @@
+"""Memory and task caps on what a run starts (runners/limits.py), attacked: a model that allocates without bound, one that
+forks without bound, and one that only blows up while the lab scores it, through the real runner, sandbox and scorer."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import tiny_overrides
+
+from pretrainlab.errors import UserError
+from pretrainlab.research.config import CampaignConfig
+from pretrainlab.research.patches import apply_patch
+from pretrainlab.runners import Job, JobResult, LocalRunner, limits
+from pretrainlab.runners.job import EXIT_OUT_OF_MEMORY
+from pretrainlab.runners.limits import RunCap, parse_memory, run_memory
+
+PROBE = RunCap.create("probe", 256 << 20, 64)
+PROBE.remove()
+needs_cgroup = pytest.mark.skipif(not PROBE.version, reason=f"no cgroup can be made here: {PROBE.why}")
+HOG = "import numpy as np\nx = np.ones(3 << 30, dtype=np.uint8)\nprint('survived', x.sum())\n"
+
+
+def _spawn(cap: RunCap, code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], preexec_fn=cap.enter, capture_output=True, text=True, timeout=120)
+
+
+@needs_cgroup
+def test_a_process_tree_past_its_memory_cap_is_killed_inside_it_and_the_cgroup_goes():
+    cap = RunCap.create("hog", 300 << 20, 64)
+    assert cap.how.startswith(f"cgroup v{cap.version}: 0.3 GiB, 64 tasks")
+    # the allocating process is a child of the one entered: the whole tree is counted together
+    out = _spawn(cap, f"import subprocess, sys\nsys.exit(subprocess.run([sys.executable, '-c', {HOG!r}]).returncode)")
+    assert out.returncode == -9 % 256 or out.returncode == 256 - 9 or out.returncode in (-9, 137), out
+    assert "survived" not in out.stdout and cap.out_of_memory()
+    assert 250 << 20 <= cap.peak() <= 300 << 20
+    cap.remove()
+    assert not any(d.exists() for d in cap.dirs)
+
+
+@needs_cgroup
+def test_a_fork_bomb_stops_at_the_task_cap_and_what_it_left_is_killed():
+    cap = RunCap.create("bomb", None, 40)
+    bomb = ("import os, time\nn = 0\ntry:\n    for _ in range(500):\n        if os.fork() == 0:\n            os.close(1)\n            os.close(2)\n            time.sleep(60)\n"
+            "            os._exit(0)\n        n += 1\nexcept OSError as e:\n    print('stopped at', n, e.errno)\n")
+    out = _spawn(cap, bomb)
+    assert out.returncode == 0 and out.stdout.startswith("stopped at 39 11"), out  # EAGAIN, the 40th task
+    assert not cap.out_of_memory()
+    left = [int(p) for p in (cap.dirs[-1] / "cgroup.procs").read_text().split()]
+    assert len(left) == 39  # the children outlived their parent, still in the cap
+    cap.remove()
+    time.sleep(0.2)
+    assert not any(os.path.exists(f"/proc/{p}/status") and "State:\tZ" not in open(f"/proc/{p}/status").read() for p in left)
+    assert not any(d.exists() for d in cap.dirs)
+
+
+@needs_cgroup
+def test_caps_left_by_a_killed_job_are_swept_and_a_live_ones_are_not():
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    folders = [d.parent / f"{limits.PREFIX}{dead.pid}-left" for d in PROBE.dirs]
+    for d in folders:
+        d.mkdir()
+    live = RunCap.create("live", 256 << 20, 64)
+    other = RunCap.create("other", 256 << 20, 64)  # made after: sweeps what the dead pid left, not `live`
+    try:
+        assert not any(d.exists() for d in folders)
+        assert all(d.exists() for d in live.dirs)
+    finally:
+        for cap in (live, other):
+            cap.remove()
+        for d in folders:
+            if d.exists():
+                d.rmdir()
+
+
+def test_without_a_cgroup_each_process_is_capped_and_says_so(monkeypatch):
+    monkeypatch.setattr(limits, "_where", lambda controller: None)
+    cap = RunCap.create("fallback", 512 << 20, 64)
+    assert cap.version == 0 and not cap.dirs
+    assert cap.how == "per process only (no writable cgroup with the memory and pids controllers here): 0.5 GiB each (RLIMIT_DATA), no task cap"
+    out = _spawn(cap, "import numpy as np\ntry:\n    np.ones(3 << 30, dtype=np.uint8)\nexcept MemoryError:\n    print('refused')\n")
+    assert out.stdout.strip() == "refused", out
+    assert RunCap.create("gpu", 512 << 20, 64, gpus=True).how.startswith("none (")  # a GPU driver maps memory of its own
+
+
+def test_memory_settings_are_parsed_and_bad_ones_refused_in_one_line():
+    assert parse_memory("8G") == 8 << 30 and parse_memory("512M") == 512 << 20 and parse_memory("1.5GiB") == 3 << 29
+    assert parse_memory("off") is None and parse_memory(str(1 << 30)) == 1 << 30
+    assert run_memory("auto", 0.5) == int(limits.machine_memory() * 0.9 * 0.5)
+    for bad, why in (("8X", "is not a size"), ("10M", "is under 64M"), ("-1G", "is not a size"), ("", "is not a size")):
+        with pytest.raises(UserError, match=f"^--run-memory '{bad}' {why}") as e:
+            CampaignConfig(run_memory=bad)
+        assert "\n" not in str(e.value)
+
+
+def _patch(body: str) -> str:
+    from test_trust import hostile_import_patch
+
+    return hostile_import_patch(body)
+
+
+@needs_cgroup
+def test_runs_past_their_caps_crash_with_the_reason_and_are_not_resumed(tmp_path, corpus_dir):
+    """Through the real runner, sandbox and scorer, with a 1 GiB cap per run: a trainer that allocates 3 GiB, a model that
+    does so only in the lab's scoring worker, a trainer that forks 5,000 processes. Each crashes with its reason; the
+    honest run beside them is scored as ever; the campaign would not resume the out-of-memory ones."""
+    from pretrainlab.research.campaign import Campaign
+
+    overrides = tiny_overrides(corpus_dir, **{"budget.seconds": 0, "budget.tokens": 4096})
+    runner = LocalRunner(num_slots=2, log_dir=tmp_path / "logs")
+    runner.run_memory = "1G"
+    hog = "_np = __import__('numpy')\n_hog = _np.ones(3 << 30, dtype=_np.uint8)\n"
+    patches = {"hog-train": _patch(f"if 'train' in _sys.argv:\n    {hog.replace(chr(10), chr(10) + '    ')}\n"),
+               "hog-score": _patch(f"if 'train' not in _sys.argv:\n    {hog.replace(chr(10), chr(10) + '    ')}\n"),
+               "bomb": _patch("if 'train' in _sys.argv:\n    _kids = [_os.fork() or _os.execv('/bin/sleep', ['sleep', '60']) "
+                              "for _ in range(5000)]\n")}
+    jobs = [Job("plain", "tiny-cpu", tmp_path / "runs" / "plain", overrides, score_path=tmp_path / "scores" / "plain.json")]
+    for key, patch in patches.items():
+        tree = apply_patch(patch, tmp_path / "trees" / key)
+        jobs.append(Job(key, "tiny-cpu", tmp_path / "runs" / key, overrides, pythonpath=tree.pythonpath,
+                        score_path=tmp_path / "scores" / f"{key}.json"))
+    results: dict[str, JobResult] = {}
+    while jobs or runner.busy():
+        while jobs and runner.free_slots():
+            runner.submit(jobs.pop(0))
+        for r in runner.wait():
+            results[r.job.key] = r
+    plain = results["plain"]
+    assert plain.status == "ok" and plain.summary["scored_by"] == "lab", plain.stderr_tail[-2000:]
+    assert "caps on the trainer: cgroup v" in plain.stderr_tail and "1.0 GiB, 1024 tasks" in plain.stderr_tail
+    for key, part in (("hog-train", "the training"), ("hog-score", "the model process the lab scored it with")):
+        r = results[key]
+        assert r.status == "crashed" and r.returncode == EXIT_OUT_OF_MEMORY, (key, r.stderr_tail[-2000:])
+        assert r.summary["error"].startswith(f"out of memory: {part} was killed at the run's memory cap of 1.00 GiB"), r.summary
+        assert "--run-memory" in r.summary["error"] and f"[pretrainlab] {r.summary['error']}" in r.stderr_tail
+        assert not (tmp_path / "scores" / f"{key}.json").exists() and r.summary["val_bpb"] is None
+        assert not Campaign.killed_once(type("C", (), {"retried": set()})(), r)  # a summary says why: not resumed
+    bomb = results["bomb"]
+    assert bomb.status == "crashed" and bomb.returncode == 1, bomb.stderr_tail[-2000:]  # at the 1,024th task, in its import
+    assert "BlockingIOError: [Errno 11] Resource temporarily unavailable" in bomb.stderr_tail
+    # nothing is left of any of them: no sleeping children, no cgroups of this test's jobs
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p) == "sleep\x0060\x00"]
+    assert not [d for base in {d.parent for d in PROBE.dirs} for d in base.iterdir() if d.name.startswith(limits.PREFIX)
+                and any(k in d.name for k in ("plain", "hog", "bomb"))]
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline") as f:
+            return f.read()
+    except OSError:
+        return ""
