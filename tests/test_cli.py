@@ -165,7 +165,7 @@ def test_campaign_flags_are_the_settings_fields_and_reach_them():
     resumed = _config_options(parser.parse_args(["research", "resume", "abc", "--parallel", "3"]), api.CampaignConfig, only=api.RESUMABLE)
     assert resumed == {"budget_runs": None, "budget_hours": None, "parallel": 3, "gpus": None, "runner": None, "ray_address": None,
                        "slurm_profile": None, "slurm_partition": None, "slurm_account": None, "slurm_time": None,
-                       "slurm_cpus_per_run": None, "slurm_gpus_per_run": None, "run_memory": None,
+                       "slurm_cpus_per_run": None, "slurm_gpus_per_run": None, "run_memory": None, "run_disk": None,
                        "spend_cap_usd": None, "spend_cap_tokens": None}  # None: not given, left as it was
 
     skip = ("concentration", "pool_size", "top", "num_resamples")

@@ -2,9 +2,11 @@
 forks without bound, and one that only blows up while the lab scores it, through the real runner, sandbox and scorer."""
 
 import os
+import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import tiny_overrides
@@ -13,12 +15,13 @@ from pretrainlab.errors import UserError
 from pretrainlab.research.config import CampaignConfig
 from pretrainlab.research.patches import apply_patch
 from pretrainlab.runners import Job, JobResult, LocalRunner, limits
-from pretrainlab.runners.job import EXIT_OUT_OF_MEMORY
-from pretrainlab.runners.limits import RunCap, parse_memory, run_memory
+from pretrainlab.runners.job import EXIT_OUT_OF_DISK, EXIT_OUT_OF_MEMORY
+from pretrainlab.runners.limits import RunCap, parse_memory, run_disk, run_memory
 
 PROBE = RunCap.create("probe", 256 << 20, 64)
 PROBE.remove()
 needs_cgroup = pytest.mark.skipif(not PROBE.version, reason=f"no cgroup can be made here: {PROBE.why}")
+WRITE = "_out = _sys.argv[_sys.argv.index('--out') + 1]\n    _chunk = b'x' * (8 << 20)"
 HOG = "import numpy as np\nx = np.ones(3 << 30, dtype=np.uint8)\nprint('survived', x.sum())\n"
 
 
@@ -89,10 +92,12 @@ def test_memory_settings_are_parsed_and_bad_ones_refused_in_one_line():
     assert parse_memory("8G") == 8 << 30 and parse_memory("512M") == 512 << 20 and parse_memory("1.5GiB") == 3 << 29
     assert parse_memory("off") is None and parse_memory(str(1 << 30)) == 1 << 30
     assert run_memory("auto", 0.5) == int(limits.machine_memory() * 0.9 * 0.5)
-    for bad, why in (("8X", "is not a size"), ("10M", "is under 64M"), ("-1G", "is not a size"), ("", "is not a size")):
-        with pytest.raises(UserError, match=f"^--run-memory '{bad}' {why}") as e:
-            CampaignConfig(run_memory=bad)
+    for flag, bad, why in (("memory", "8X", "is not a size"), ("memory", "10M", "is under 64M"), ("memory", "-1G", "is not a size"),
+                           ("memory", "", "is not a size"), ("disk", "100M", "is under 256M, too little for a run's checkpoints")):
+        with pytest.raises(UserError, match=f"^--run-{flag} '{bad}' {why}") as e:
+            CampaignConfig(**{f"run_{flag}": bad})
         assert "\n" not in str(e.value)
+    assert run_disk("auto", 0.5, Path("/")) >= limits.DISK_FLOOR and run_disk("1G", 0.5, Path("/")) == 1 << 30
 
 
 def _patch(body: str) -> str:
@@ -110,12 +115,17 @@ def test_runs_past_their_caps_crash_with_the_reason_and_are_not_resumed(tmp_path
 
     overrides = tiny_overrides(corpus_dir, **{"budget.seconds": 0, "budget.tokens": 4096})
     runner = LocalRunner(num_slots=2, log_dir=tmp_path / "logs")
-    runner.run_memory = "1G"
+    runner.run_memory, runner.run_disk = "1G", "300M"
     hog = "_np = __import__('numpy')\n_hog = _np.ones(3 << 30, dtype=_np.uint8)\n"
     patches = {"hog-train": _patch(f"if 'train' in _sys.argv:\n    {hog.replace(chr(10), chr(10) + '    ')}\n"),
                "hog-score": _patch(f"if 'train' not in _sys.argv:\n    {hog.replace(chr(10), chr(10) + '    ')}\n"),
                "bomb": _patch("if 'train' in _sys.argv:\n    _kids = [_os.fork() or _os.execv('/bin/sleep', ['sleep', '60']) "
-                              "for _ in range(5000)]\n")}
+                              "for _ in range(5000)]\n"),
+               # 8 MiB files, up to 8 GiB in all, into the run directory; then one file of up to 2 GiB
+               "disk-files": _patch(f"if 'train' in _sys.argv:\n    {WRITE}\n    for _i in range(1024):\n"
+                                    "        open(f'{_out}/junk{_i}', 'wb').write(_chunk)\n"),
+               "disk-file": _patch(f"if 'train' in _sys.argv:\n    {WRITE}\n    with open(f'{{_out}}/junk', 'wb') as _f:\n"
+                                   "        for _i in range(256):\n            _f.write(_chunk)\n")}
     jobs = [Job("plain", "tiny-cpu", tmp_path / "runs" / "plain", overrides, score_path=tmp_path / "scores" / "plain.json")]
     for key, patch in patches.items():
         tree = apply_patch(patch, tmp_path / "trees" / key)
@@ -140,6 +150,14 @@ def test_runs_past_their_caps_crash_with_the_reason_and_are_not_resumed(tmp_path
     bomb = results["bomb"]
     assert bomb.status == "crashed" and bomb.returncode == 1, bomb.stderr_tail[-2000:]  # at the 1,024th task, in its import
     assert "BlockingIOError: [Errno 11] Resource temporarily unavailable" in bomb.stderr_tail
+    for key, why in (("disk-files", r"it wrote \d\.\d\d GiB to its run directory, past the run's disk cap of 0\.29 GiB"),
+                     ("disk-file", r"it wrote a file past the run's disk cap of 0\.29 GiB")):
+        r = results[key]
+        assert r.status == "crashed" and r.returncode == EXIT_OUT_OF_DISK, (key, r.stderr_tail[-2000:])
+        assert re.match(f"out of disk: the training was killed: {why}; ", r.summary["error"]), r.summary["error"]
+        assert "--run-disk" in r.summary["error"] and not Campaign.killed_once(type("C", (), {"retried": set()})(), r)
+        written = sum(f.stat().st_size for f in (tmp_path / "runs" / key).glob("junk*"))
+        assert 300 << 20 <= written <= 4 << 30, written  # stopped within a poll or two (at page-cache speed), short of its 8
     # nothing is left of any of them: no sleeping children, no cgroups of this test's jobs
     assert not [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p) == "sleep\x0060\x00"]
     assert not [d for base in {d.parent for d in PROBE.dirs} for d in base.iterdir() if d.name.startswith(limits.PREFIX)

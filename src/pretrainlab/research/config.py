@@ -19,7 +19,7 @@ from ..runners import RUNNERS
 # the SLURM settings of --runner slurm (runners/slurm.py: SlurmSettings, from the profile with the flags over it)
 SLURM_FIELDS = ("slurm_profile", "slurm_partition", "slurm_account", "slurm_time", "slurm_cpus_per_run", "slurm_gpus_per_run")
 # what `research resume` may change in a campaign's settings
-RESUMABLE = ("budget_runs", "budget_hours", "parallel", "gpus", "runner", "ray_address", *SLURM_FIELDS, "run_memory", "spend_cap_usd",
+RESUMABLE = ("budget_runs", "budget_hours", "parallel", "gpus", "runner", "ray_address", *SLURM_FIELDS, "run_memory", "run_disk", "spend_cap_usd",
              "spend_cap_tokens")
 RUNNER_DOC = ("where runs train: local (processes on this machine), ray (a Ray cluster) or slurm (jobs on a SLURM cluster): "
               "docs/scale.md")
@@ -38,6 +38,8 @@ SLURM_GPUS_DOC = "--runner slurm: GPUs per run, 0 or 1 (default: 1 with --gpus, 
 RUN_MEMORY_DOC = ("memory each run's processes may use together (8G, 512M, off); auto: 90% of the machine's RAM split over the "
                   "runs beside each other (with --runner slurm, the profile's mem_gb where it gives one); a run past it is "
                   "killed and recorded as crashed, out of memory")
+RUN_DISK_DOC = ("what each run may write in its run directory (50G, 800M, off); auto: half the space free on its disk when it "
+                "starts, split like --run-memory; a run past it is killed and recorded as crashed")
 
 # the mixture search (research/mixture.py)
 TOP_MIXTURES = 100  # the recommendation is the mean of this many best-predicted mixtures of the pool
@@ -62,6 +64,7 @@ class Execution:
     slurm_cpus_per_run: int | None = doc(SLURM_CPUS_DOC, None)
     slurm_gpus_per_run: int | None = doc(SLURM_GPUS_DOC, None)
     run_memory: str = doc(RUN_MEMORY_DOC, "auto")
+    run_disk: str = doc(RUN_DISK_DOC, "auto")
 
 
 @dataclass
@@ -131,7 +134,7 @@ class CampaignConfig(Execution):
         if self.screen_noise < 0 or not 0 < self.adopt_p < 1 or self.rung_stop <= 0:
             raise UserError("--screen-noise must be >= 0, --adopt-p in (0, 1) and --rung-stop > 0")
         check_runner(self.runner, self.ray_address, self.gpus, self.parallel)
-        check_run_memory(self.run_memory)
+        check_run_memory(self.run_memory, self.run_disk)
         check_slurm(self)
         if self.parallel < 1 or (self.seeds < 2 and self.decision != "greedy"):
             raise UserError("--parallel must be >= 1 and --seeds >= 2 (a t-test needs two replicates)")
@@ -180,15 +183,16 @@ def check_runner(runner: str, ray_address: str | None, gpus: list[int] | None, p
                         "(use --runner ray or slurm for more)")
 
 
-def check_run_memory(setting: str) -> None:
-    """--run-memory: auto, off, or a size a run can import torch in."""
-    from ..runners.limits import parse_memory
+def check_run_memory(memory: str, disk: str) -> None:
+    """--run-memory and --run-disk: auto, off, or a size a run can work in."""
+    from ..runners.limits import parse_disk, parse_memory
 
-    if str(setting).strip().lower() != "auto":
-        try:
-            parse_memory(setting)
-        except ValueError as e:
-            raise UserError(f"--run-{e}") from None
+    for setting, parse in ((memory, parse_memory), (disk, parse_disk)):
+        if str(setting).strip().lower() != "auto":
+            try:
+                parse(setting)
+            except ValueError as e:
+                raise UserError(f"--run-{e}") from None
 
 
 def check_slurm(cfg) -> None:
@@ -262,7 +266,7 @@ class MixtureConfig(Execution):
         if self.parallel < 1:
             raise UserError(f"--parallel must be >= 1, got {self.parallel}")
         check_runner(self.runner, self.ray_address, self.gpus, self.parallel)
-        check_run_memory(self.run_memory)
+        check_run_memory(self.run_memory, self.run_disk)
         check_slurm(self)
         if not 0 < self.alpha < 0.5:
             raise UserError(f"--alpha must be in (0, 0.5), got {self.alpha}")

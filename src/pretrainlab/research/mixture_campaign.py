@@ -55,7 +55,7 @@ LEDGER_ROLES = {"proxy": Role.PROXY, "natural": Role.REFERENCE, "uniform": Role.
 
 PROPOSER = "mixture design"  # proxies and the recommendation are attributed to it (a strategy)
 KIND = "mixture"  # campaigns.config["kind"]: how `research status / resume` and `report` tell this campaign apart
-RESUMABLE = ("parallel", "gpus", "runner", "ray_address", *SLURM_FIELDS, "run_memory")  # what `research resume` may change: its plan is fixed, its slots are not
+RESUMABLE = ("parallel", "gpus", "runner", "ray_address", *SLURM_FIELDS, "run_memory", "run_disk")  # what `research resume` may change: its plan is fixed, its slots are not
 PROXY_SEED = 0  # every proxy runs on this seed index; the confirmation uses 1..confirm_seeds
 ROLES = ("natural", "uniform", "recommended")  # the confirmation's arms, at each scale
 

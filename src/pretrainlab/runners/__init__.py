@@ -33,8 +33,9 @@ def _slurm(cfg, log_dir: Path) -> Runner:
 
 
 def _capped(runner, cfg):
-    """The campaign's --run-memory on its runner's jobs (runners/limits.py)."""
+    """The campaign's --run-memory and --run-disk on its runner's jobs (runners/limits.py)."""
     runner.run_memory = getattr(cfg, "run_memory", "auto")
+    runner.run_disk = getattr(cfg, "run_disk", "auto")
     return runner
 
 

@@ -218,6 +218,7 @@ class SlotRunner(Slots):
         self._idle_since = self.created
         self.events: list[RunnerEvent] = []
         self.run_memory = "auto"  # each run's memory cap (a campaign's --run-memory): auto, off or a size (runners/limits.py)
+        self.run_disk = "auto"  # what each run may write in its run directory (--run-disk)
 
     # ---- slots -----------------------------------------------------------------------------
 
@@ -286,7 +287,8 @@ class SlotRunner(Slots):
         return {"key": job.key, "recipe": job.recipe, "overrides": overrides, "run_dir": str(job.out_dir), "resume": job.resume,
                 "code_src": job.pythonpath or str(PACKAGE_SRC), "env": {**job.env, "OMP_NUM_THREADS": str(threads), **env},
                 "sandbox": self.sandbox.active, "score_path": str(job.score_path) if job.score_path else None,
-                "score_data": job.score_data, "limits": {"memory": self.run_memory, "share": self.memory_share(), "tasks": TASKS}}
+                "score_data": job.score_data, "limits": {"memory": self.run_memory, "disk": self.run_disk, "share": self.memory_share(),
+                                                       "tasks": TASKS}}
 
     def memory_share(self) -> float | None:
         """A run's share of its machine's RAM under --run-memory auto; None: the job process takes its share of the

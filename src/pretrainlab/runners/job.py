@@ -33,6 +33,7 @@ import hashlib
 import json
 import math
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -46,6 +47,7 @@ from .sandbox import Sandbox, ignore_sigterm, scrubbed_env
 EXIT_REJECTED = 4
 EXIT_NOT_SCORED = 5  # the lab could not score the run (its scoring worker killed from outside): no verdict
 EXIT_OUT_OF_MEMORY = 6  # the trainer or a scoring worker was killed at the run's memory cap (runners/limits.py)
+EXIT_OUT_OF_DISK = 7  # the trainer was killed for writing past the run's disk cap
 # The run's reported final val_bpb may differ from the lab's measurement on the same split by
 # float rounding and autocast (bf16 on GPU: ~1e-3); more is a run reporting what it did not score.
 REPORT_ABS_TOL = 0.02
@@ -76,33 +78,62 @@ def memorised(lab: dict) -> str | None:
     return None
 
 
-def run_caps(spec: dict) -> tuple[int | None, int | None]:
-    """(memory cap in bytes or None, task cap or None) for this run's process trees, from the spec's `limits`
-    ({"memory": the campaign's --run-memory, "share": this run's share of the machine, "tasks"}); a spec without
-    them (written before caps existed) gets none."""
-    from .limits import run_memory
+def run_caps(spec: dict, run_dir: Path) -> tuple[int | None, int | None, int | None]:
+    """(memory cap in bytes, disk cap in bytes, task cap), each None for none, for this run from the spec's `limits`
+    ({"memory": the campaign's --run-memory, "disk": its --run-disk, "share": this run's share of the machine, "tasks"});
+    a spec without them (written before caps existed) gets none."""
+    from .limits import run_disk, run_memory
 
     limits = spec.get("limits")
     if not isinstance(limits, dict):
-        return None, None
+        return None, None, None
     share = limits.get("share")
     if not isinstance(share, (int, float)):  # a cluster's node: this run's share of its CPUs
         share = int(spec["env"].get("OMP_NUM_THREADS", "1")) / (os.cpu_count() or 1)
-    return run_memory(limits.get("memory", "auto"), share), limits.get("tasks")
+    return (run_memory(limits.get("memory", "auto"), share), run_disk(limits.get("disk", "auto"), share, run_dir),
+            limits.get("tasks"))
 
 
-def out_of_memory(run_dir: Path, cap, part: str) -> int:
-    """Record a run whose `part` (training, scoring) the kernel killed at its memory cap: crashed, with the reason in its
-    summary and on stderr (what the campaign's failure note shows). Not resumed: it would run out again."""
-    peak = cap.peak()
-    error = (f"out of memory: the {part} was killed at the run's memory cap of {cap.memory / (1 << 30):.2f} GiB (peak "
-             f"{(peak or 0) / (1 << 30):.2f} GiB); give runs more with --run-memory, or make the model or batch smaller")
+def crashed_over_cap(run_dir: Path, error: str, peak: int | None = None) -> None:
+    """Record a run killed at one of its caps: crashed, with the reason in its summary and on stderr (what the campaign's
+    failure note shows). Not resumed: it would run past the cap again."""
     summary = dict(rundir.read_summary(run_dir) or {})
     summary.update(status="crashed", error=error, val_bpb=None, val_bpb_domains=None,
                    peak_mem_mb=round(peak / (1 << 20), 1) if peak else summary.get("peak_mem_mb"))
     rundir.write_summary(run_dir, summary)
     print(f"[pretrainlab] {error}", file=sys.stderr, flush=True)
+
+
+def out_of_memory(run_dir: Path, cap, part: str) -> int:
+    """A run whose `part` (training, scoring) the kernel killed at its memory cap."""
+    peak = cap.peak()
+    crashed_over_cap(run_dir, f"out of memory: the {part} was killed at the run's memory cap of {cap.memory / (1 << 30):.2f} "
+                     f"GiB (peak {(peak or 0) / (1 << 30):.2f} GiB); give runs more with --run-memory, or make the model or "
+                     "batch smaller", peak)
     return EXIT_OUT_OF_MEMORY
+
+
+def wait_within_disk(proc: subprocess.Popen, run_dir: Path, disk: int | None) -> str | None:
+    """Wait for the trainer, measuring its run directory every DISK_POLL_S; kill it (SIGKILL: bwrap takes the sandbox with
+    it) once the folder holds more than `disk` bytes or MAX_RUN_ENTRIES entries. Returns why it was killed, or None."""
+    from .limits import DISK_POLL_S, MAX_RUN_ENTRIES, disk_use
+
+    while True:
+        try:
+            code = proc.wait(timeout=DISK_POLL_S if disk is not None else None)
+        except subprocess.TimeoutExpired:
+            used, entries, _ = disk_use(run_dir)
+            if used <= disk and entries <= MAX_RUN_ENTRIES:
+                continue
+            proc.kill()
+            proc.wait()
+            return (f"it wrote {used / (1 << 30):.2f} GiB to its run directory, past the run's disk cap of {disk / (1 << 30):.2f} "
+                    "GiB" if used > disk else f"it made more than {MAX_RUN_ENTRIES:,} files and folders in its run directory")
+        # a write past RLIMIT_FSIZE fails (EFBIG; Python ignores the SIGXFSZ that comes with it), or kills a process that
+        # does not ignore it: either way a file is left at the cap
+        if disk is not None and code != 0 and disk_use(run_dir)[2] >= disk:
+            return f"it wrote a file past the run's disk cap of {disk / (1 << 30):.2f} GiB"
+        return None
 
 
 def job_lock_dir(spec_path: str | Path) -> Path:
@@ -231,7 +262,7 @@ def main(spec_path: str, parent_pid: int | None = None) -> int:
     if recipe.data.corpus == "builtin":
         env["PRETRAINLAB_HOME"] = str(corpus_dir.parent.parent)
     gpus = bool(spec["env"].get("CUDA_VISIBLE_DEVICES"))
-    memory, tasks = run_caps(spec)
+    memory, disk, tasks = run_caps(spec, run_dir)
     code = 0
     if train_cmd is not None and not stopping["flag"]:  # (a SIGTERM before the trainer started has nobody else to stop)
         from .limits import RunCap
@@ -242,6 +273,8 @@ def main(spec_path: str, parent_pid: int | None = None) -> int:
 
         def preexec() -> None:
             cap.enter()
+            if disk is not None:  # no one file past the disk cap (the total is measured while it runs)
+                resource.setrlimit(resource.RLIMIT_FSIZE, (disk, disk))
             ignore_sigterm()
             if parent_pid is not None:  # the trainer dies with this process, as bwrap's --die-with-parent makes it in the sandbox
                 die_with_parent(signal.SIGKILL)
@@ -250,12 +283,17 @@ def main(spec_path: str, parent_pid: int | None = None) -> int:
             proc = subprocess.Popen(box.wrap(train_cmd, code_src=code_src, read_only=read_only,
                                              writable=[run_dir, *filter(None, [cache])], gpus=gpus),
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env, preexec_fn=preexec)
-            code = proc.wait()
+            over_disk = wait_within_disk(proc, run_dir, disk)
+            code = proc.returncode
             killed = cap.out_of_memory() and not stopping["flag"]
         finally:
             cap.remove()
         if killed:
             return out_of_memory(run_dir, cap, "training")
+        if over_disk:
+            crashed_over_cap(run_dir, f"out of disk: the training was killed: {over_disk}; give runs more with --run-disk, or "
+                             "checkpoint less often")
+            return EXIT_OUT_OF_DISK
     summary = rundir.read_summary(run_dir)
     if (stopping["flag"] or not spec.get("score_path") or summary is None or summary.get("status") not in ("ok", "timeout")
             or not (run_dir / "model.pt").is_file()):

@@ -14,6 +14,9 @@ cgroups). The whole process tree is counted together, its tmpfs pages (the sandb
 bound takes the machine with it: at the memory cap the kernel's OOM killer acts inside the
 cgroup only, and past the task cap fork() and thread creation fail.
 
+Disk: `run_disk` is the cap on what a trainer writes in its run directory (runners/job.py
+measures the folder with `disk_use` every DISK_POLL_S and sets RLIMIT_FSIZE to it).
+
 Where no cgroup can be made (a non-root user on a cgroup v2 machine without delegation), the
 fallback is per process: RLIMIT_DATA (what each process may allocate; not set for GPU runs,
 whose driver maps memory of its own) and no task cap. `RunCap.how` says which, and the job
@@ -33,6 +36,10 @@ from pathlib import Path
 PREFIX = "pretrainlab-"  # every cgroup the lab makes: <PREFIX><creator pid>-<name>
 TASKS = 1024  # processes + threads of one run (a trainer uses a few dozen; torch.compile's workers a few more)
 MEMORY_SHARE = 0.9  # of the machine's RAM, split over the runs beside each other
+DISK_SHARE = 0.5  # of the space free on the run directory's disk when the run starts, split the same way
+DISK_FLOOR = 256 << 20  # the least a run may write (auto never gives less)
+MAX_RUN_ENTRIES = 100_000  # files and folders in one run directory (an honest run writes a few dozen)
+DISK_POLL_S = 1.0  # how often a run directory is measured while its trainer runs
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -44,18 +51,26 @@ def machine_memory() -> int:
         return 16 << 30
 
 
-def parse_memory(text: str) -> int | None:
-    """'8G', '512M', '0.5T' or a byte count -> bytes; 'off' -> None. Raises ValueError with the fix."""
+def parse_size(text: str, what: str = "memory", floor: int = 64 << 20, why: str = "too little to import torch") -> int | None:
+    """'8G', '512M', '0.5T' or a byte count -> bytes; 'off' -> None. Raises ValueError naming `what` and the fix."""
     text = str(text).strip()
     if text.lower() == "off":
         return None
     m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?", text, re.IGNORECASE)
     if not m:
-        raise ValueError(f"memory {text!r} is not a size: give e.g. 8G, 512M or off")
+        raise ValueError(f"{what} {text!r} is not a size: give e.g. 8G, 512M or off")
     value = float(m.group(1)) * 1024 ** " KMGT".index((m.group(2) or " ").upper())
-    if value < 64 << 20:
-        raise ValueError(f"memory {text!r} is under 64M, too little to import torch: give e.g. 8G, or off")
+    if value < floor:
+        raise ValueError(f"{what} {text!r} is under {floor >> 20}M, {why}: give e.g. 8G, or off")
     return int(value)
+
+
+def parse_memory(text: str) -> int | None:
+    return parse_size(text)
+
+
+def parse_disk(text: str) -> int | None:
+    return parse_size(text, "disk", DISK_FLOOR, "too little for a run's checkpoints")
 
 
 def run_memory(setting: str, share: float) -> int | None:
@@ -64,6 +79,42 @@ def run_memory(setting: str, share: float) -> int | None:
     if str(setting).strip().lower() == "auto":
         return int(machine_memory() * MEMORY_SHARE * min(1.0, max(share, 0.0)))
     return parse_memory(setting)
+
+
+def run_disk(setting: str, share: float, where: Path) -> int | None:
+    """A run's cap on what it writes in its run directory, from a campaign's --run-disk: 'auto' (`share` of DISK_SHARE
+    of the space free on `where`'s file system now, at least DISK_FLOOR), 'off' (None), or a size."""
+    if str(setting).strip().lower() == "auto":
+        try:
+            st = os.statvfs(where)
+            free = st.f_bavail * st.f_frsize
+        except OSError:
+            return None
+        return max(DISK_FLOOR, int(free * DISK_SHARE * min(1.0, max(share, 0.0))))
+    return parse_disk(setting)
+
+
+def disk_use(path: Path, max_entries: int = MAX_RUN_ENTRIES) -> tuple[int, int, int]:
+    """(bytes allocated, entries, largest file's size) under `path`, links not followed; stops counting past
+    `max_entries`."""
+    total, entries, largest, stack = 0, 0, 0, [str(path)]
+    while stack and entries <= max_entries:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for entry in it:
+                    entries += 1
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    total += st.st_blocks * 512
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    else:
+                        largest = max(largest, st.st_size)
+        except OSError:
+            continue
+    return total, entries, largest
 
 
 def _own_cgroups() -> dict[str, str]:
