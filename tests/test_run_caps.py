@@ -1,6 +1,7 @@
 """Memory and task caps on what a run starts (runners/limits.py), attacked: a model that allocates without bound, one that
 forks without bound, and one that only blows up while the lab scores it, through the real runner, sandbox and scorer."""
 
+import json
 import os
 import re
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import tiny_overrides
 
+from pretrainlab.doctor import diagnose
 from pretrainlab.errors import UserError
 from pretrainlab.research.config import CampaignConfig
 from pretrainlab.research.patches import apply_patch
@@ -140,6 +142,8 @@ def test_runs_past_their_caps_crash_with_the_reason_and_are_not_resumed(tmp_path
     plain = results["plain"]
     assert plain.status == "ok" and plain.summary["scored_by"] == "lab", plain.stderr_tail[-2000:]
     assert "caps on the trainer: cgroup v" in plain.stderr_tail and "1.0 GiB, 1024 tasks" in plain.stderr_tail
+    # the run records the memory it had: its cap, what the doctor's memory_pressure measures against
+    assert json.loads((tmp_path / "runs" / "plain" / "provenance.json").read_text())["memory_total_mb"] == 1024
     for key, part in (("hog-train", "the training"), ("hog-score", "the model process the lab scored it with")):
         r = results[key]
         assert r.status == "crashed" and r.returncode == EXIT_OUT_OF_MEMORY, (key, r.stderr_tail[-2000:])
@@ -147,6 +151,8 @@ def test_runs_past_their_caps_crash_with_the_reason_and_are_not_resumed(tmp_path
         assert "--run-memory" in r.summary["error"] and f"[pretrainlab] {r.summary['error']}" in r.stderr_tail
         assert not (tmp_path / "scores" / f"{key}.json").exists() and r.summary["val_bpb"] is None
         assert not Campaign.killed_once(type("C", (), {"retried": set()})(), r)  # a summary says why: not resumed
+        crash = next(f for f in diagnose(r.job.out_dir).findings if f.id == "run_crashed")
+        assert "--run-memory" in crash.cause and "research resume ID --run-memory" in crash.fix
     bomb = results["bomb"]
     assert bomb.status == "crashed" and bomb.returncode == 1, bomb.stderr_tail[-2000:]  # at the 1,024th task, in its import
     assert "BlockingIOError: [Errno 11] Resource temporarily unavailable" in bomb.stderr_tail
@@ -156,6 +162,7 @@ def test_runs_past_their_caps_crash_with_the_reason_and_are_not_resumed(tmp_path
         assert r.status == "crashed" and r.returncode == EXIT_OUT_OF_DISK, (key, r.stderr_tail[-2000:])
         assert re.match(f"out of disk: the training was killed: {why}; ", r.summary["error"]), r.summary["error"]
         assert "--run-disk" in r.summary["error"] and not Campaign.killed_once(type("C", (), {"retried": set()})(), r)
+        assert "--run-disk" in next(f for f in diagnose(r.job.out_dir).findings if f.id == "run_crashed").cause
         written = sum(f.stat().st_size for f in (tmp_path / "runs" / key).glob("junk*"))
         assert 300 << 20 <= written <= 4 << 30, written  # stopped within a poll or two (at page-cache speed), short of its 8
     # nothing is left of any of them: no sleeping children, no cgroups of this test's jobs

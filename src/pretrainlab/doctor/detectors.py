@@ -1127,12 +1127,22 @@ def detect_run_status(sig: Signals) -> list[Finding]:
     s = sig.run.summary or {}
     if status == "crashed":
         err = (s.get("error") or "").strip().splitlines()
+        cause, fix = ("an exception in the trainer (the traceback is in summary.json error and log.txt)",
+                      "fix the error, then continue with `pretrainlab train --resume RUN_DIR` if a checkpoint exists")
+        if err and err[0].startswith("out of memory: "):  # killed at a campaign's per-run cap (runners/limits.py)
+            cause, fix = ("the run's processes together used more memory than its campaign allows each run (--run-memory; "
+                          "auto: 90% of the machine's RAM split over the runs beside each other)",
+                          "give runs more: `pretrainlab research resume ID --run-memory 16G` (or fewer --parallel), or lower "
+                          "train.micro_batch_rows or the model's size")
+        elif err and err[0].startswith("out of disk: "):
+            cause, fix = ("the trainer wrote more to its run directory than its campaign allows each run (--run-disk; auto: "
+                          "half the disk's free space split over the runs beside each other)",
+                          "free disk space or give runs more with `pretrainlab research resume ID --run-disk 100G`; "
+                          "checkpoint less often (train.ckpt_every)")
         return [Finding(
             id="run_crashed", severity="error", title="Run crashed",
             summary=f"the run crashed after step {last}: {err[-1] if err else 'no error recorded'}",
-            steps=(last, last) if last else None, evidence={"error_tail": "\n".join(err[-6:])},
-            cause="an exception in the trainer (the traceback is in summary.json error and log.txt)",
-            fix="fix the error, then continue with `pretrainlab train --resume RUN_DIR` if a checkpoint exists")]
+            steps=(last, last) if last else None, evidence={"error_tail": "\n".join(err[-6:])}, cause=cause, fix=fix)]
     if status == "rejected":
         lab = s.get("lab_score") or {}
         return [Finding(

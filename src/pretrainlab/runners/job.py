@@ -263,6 +263,8 @@ def main(spec_path: str, parent_pid: int | None = None) -> int:
         env["PRETRAINLAB_HOME"] = str(corpus_dir.parent.parent)
     gpus = bool(spec["env"].get("CUDA_VISIBLE_DEVICES"))
     memory, disk, tasks = run_caps(spec, run_dir)
+    if memory is not None:  # what the run records as the memory it has (the doctor's memory_pressure measures against it)
+        env["PRETRAINLAB_MEMORY_CAP_MB"] = str(memory >> 20)
     code = 0
     if train_cmd is not None and not stopping["flag"]:  # (a SIGTERM before the trainer started has nobody else to stop)
         from .limits import RunCap

@@ -109,13 +109,16 @@ def package_versions() -> dict:
 
 
 def memory_total_mb(device: torch.device) -> float | None:
-    """Accelerator memory, or the machine's RAM on CPU, in MiB."""
+    """Accelerator memory, or on CPU what the run may use: the machine's RAM, or its cap in a campaign (the job process
+    passes it as PRETRAINLAB_MEMORY_CAP_MB: runners/limits.py), in MiB."""
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory / 2**20
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
     except (ValueError, OSError):
         return None
+    cap = os.environ.get("PRETRAINLAB_MEMORY_CAP_MB", "")
+    return min(ram, float(cap)) if cap.isdigit() and int(cap) > 0 else ram
 
 
 def data_recipe(manifest: dict) -> dict | None:
