@@ -346,6 +346,10 @@ def test_a_run_killed_from_outside_is_resumed_once(tmp_path, times):
         assert [r["status"] for r in rows] == ["ok"]  # the second try finished: the baseline has its seed 0
     else:
         assert rows == [] and any("ended crashed" in n for n in notes)  # said why, and not retried forever
+    # a loop started again (research resume) knows the run had its second try: no third one
+    again = Campaign(ledger, cid, out["campaign"].strategy, runner, tmp_path / "again", echo=False)
+    killed = SimpleNamespace(job=SimpleNamespace(key=key), status="crashed", summary=None, returncode=-9)
+    assert key in again.retried and not again.killed_once(killed)
 
 
 @pytest.mark.parametrize("times", [1, 2])
@@ -364,6 +368,7 @@ def test_a_run_whose_scoring_timed_out_is_scored_again_once(tmp_path, times, sta
     notes = [n["text"] for n in ledger.list_notes(experiment_id=key.split("-s")[0])]
     assert any("scoring it again from its saved model" in n for n in notes)
     (row,) = [r for r in ledger.list_runs(campaign=cid, limit=0, columns=("run_id", "run_dir", "status")) if r["run_dir"].endswith(key)]
+    assert key in Campaign(ledger, cid, out["campaign"].strategy, runner, tmp_path / "again", echo=False).rescored  # kept
     if times == 1:
         assert row["status"] == "ok"  # scored the second time: nothing lost
     else:

@@ -122,8 +122,11 @@ class Campaign:
         self.strategy_disabled = False  # its spend cap is reached
         self.rung_stops: dict[str, dict] = {}  # screen policy: experiment id -> the rung comparison that stopped it
         self.unaffordable: set[str] = set()  # screen policy: queued experiments noted as not fitting the budget
-        self.rescored: set[str] = set()  # runs whose scoring timed out once and were scored again
-        self.retried: set[str] = set()  # runs killed once from outside before they finished, and resumed
+        # second tries, kept in the campaign's row (save_state) so a restarted loop gives none a third: runs whose scoring
+        # timed out or was killed and were scored again, and runs killed from outside before they finished and resumed
+        tries = row["config"].get("second_tries") or {}
+        self.rescored: set[str] = {k for k in tries.get("rescored") or [] if isinstance(k, str)}
+        self.retried: set[str] = {k for k in tries.get("retried") or [] if isinstance(k, str)}
         self.started = runner.time()  # the runner's clock: wall time, or the simulator's virtual time
         self.ready_since: dict[str, float] = {}  # job key -> when (runner clock) it could have started but no slot was free
         self.elapsed_before = float(row["config"].get("elapsed_s", 0.0))  # earlier loops of this campaign (resumes)
@@ -162,11 +165,12 @@ class Campaign:
         return self.elapsed_before + self.runner.time() - self.started
 
     def save_state(self) -> None:
-        """Elapsed time and an LLM strategy's cumulative spend, kept in the campaign's ledger
-        row so the time budget and the spend caps hold across resumes; a killed loop's time
-        counts up to its last finished run or proposal round."""
+        """Elapsed time, an LLM strategy's cumulative spend and the runs given a second try, kept in the campaign's
+        ledger row so the time budget, the spend caps and "once" hold across resumes; a killed loop's time counts up to
+        its last finished run or proposal round."""
         row = self.ledger.get_campaign(self.id)
-        state = {"elapsed_s": round(self.elapsed(), 1)}
+        state = {"elapsed_s": round(self.elapsed(), 1), "second_tries": {"rescored": sorted(self.rescored),
+                                                                           "retried": sorted(self.retried)}}
         spend = getattr(self.strategy, "spend", None)
         if spend is not None:
             model = getattr(self.strategy, "model_id", None)
@@ -406,12 +410,14 @@ class Campaign:
             self.ledger.add_note(f"run {result.job.key} trained to the end, but {why}: scoring it again from its saved model, once",
                                  author="campaign", experiment_id=exp_id)
             self.log(f"{result.job.key}: not scored ({result.status}); scoring it again")
+            self.save_state()
             return  # not registered: the seed is pending again, and job() resumes it as a scoring-only job
         if self.killed_once(result):  # killed from outside before it could finish: resumed from its checkpoint, once
             self.retried.add(result.job.key)
             self.ledger.add_note(f"run {result.job.key} was killed (exit {result.returncode}) before it finished: resuming it from "
                                  "its last checkpoint, once", author="campaign", experiment_id=exp_id)
             self.log(f"{result.job.key}: killed; resuming it")
+            self.save_state()
             return  # not registered: the seed is pending again
         if result.summary is not None:
             self.register(exp_id, result.job.out_dir)
