@@ -258,3 +258,28 @@ def test_malformed_files_and_out_of_range_values_are_one_line(tmp_path):
     assert_user_error(cli("runs", "list", "--since", "99999999d"), "before year 1")
     assert_user_error(cli("ui", "--port", "99999"), "a port is 0-65535")
     assert_user_error(cli("mcp", "--http", "--port", "-1"), "a port is 0-65535")
+
+
+def test_every_command_prints_its_help(capsys):
+    """Each subcommand's --help, down to the nested ones (`research start`): a flag's help with a bare "%" once crashed
+    argparse's formatter for three of them."""
+    import argparse
+
+    from pretrainlab.cli import build_parser
+
+    def commands(parser, path):
+        yield path
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from commands(sub, [*path, name])
+
+    seen = list(commands(build_parser(), []))
+    assert ["research", "start"] in seen and ["research", "mixture"] in seen and len(seen) > 30
+    helps = {}
+    for path in seen:
+        with pytest.raises(SystemExit) as e:
+            build_parser().parse_args([*path, "--help"])
+        helps[" ".join(path)] = " ".join(capsys.readouterr().out.split())
+        assert e.value.code == 0 and helps[" ".join(path)].startswith("usage: pretrainlab"), path
+    assert "auto: 90% of the machine's RAM split over the runs" in helps["research start"]

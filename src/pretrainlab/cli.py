@@ -662,7 +662,8 @@ def _config_flags(parser, cls, skip: tuple[str, ...] = (), only: tuple[str, ...]
         base = args[0] if typing.get_origin(kind) in (typing.Union, __import__("types").UnionType) and len(args) == 1 else kind
         default = None if unchanged else (f.default if f.default is not dataclasses.MISSING else None)  # lists: None -> []
         shown = "" if unchanged or default in (None, [], "") else f" (default {default})"
-        kw = {"dest": f.name, "default": default, "help": (f.metadata.get("doc") or "") + shown}
+        # argparse formats help with %: a doc's own "90%" must reach it as "90%%"
+        kw = {"dest": f.name, "default": default, "help": ((f.metadata.get("doc") or "") + shown).replace("%", "%%")}
         if base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif typing.get_origin(base) is list and typing.get_args(base) == (int,):
