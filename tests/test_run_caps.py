@@ -177,3 +177,28 @@ def _cmdline(pid: str) -> str:
             return f.read()
     except OSError:
         return ""
+
+
+def test_a_sandboxed_process_gets_unix_sockets_only(tmp_path):
+    """Loopback TCP and UDP buffers are kernel memory a cgroup v1 memory cap does not count (a model parked 2 GiB in
+    unread sockets under a 256 MiB cap): the sandbox's seccomp filter refuses every socket family but unix, and io_uring
+    (which makes sockets without the socket call)."""
+    from pretrainlab.runners.sandbox import Sandbox
+
+    box = Sandbox.detect(warn=False)
+    if not box.active:
+        pytest.skip(f"no sandbox here: {box.reason}")
+    code = ("import ctypes, socket\n"
+            "for fam, kind in ((socket.AF_INET, socket.SOCK_STREAM), (socket.AF_INET, socket.SOCK_DGRAM), "
+            "(socket.AF_INET6, socket.SOCK_STREAM), (socket.AF_NETLINK, socket.SOCK_RAW), (socket.AF_PACKET, socket.SOCK_RAW)):\n"
+            "    try:\n        socket.socket(fam, kind)\n        print(fam, 'made')\n"
+            "    except OSError as e:\n        print(fam, 'refused', e.errno)\n"
+            "a, b = socket.socketpair()\na.send(b'x')\nprint('unix', b.recv(1))\n"
+            "libc = ctypes.CDLL(None, use_errno=True)\n"
+            "print('io_uring', libc.syscall(425, 8, ctypes.create_string_buffer(120)), ctypes.get_errno())\n")
+    out = subprocess.run(box.wrap([sys.executable, "-c", code], code_src=Path(__file__).resolve().parents[1] / "src"),
+                         capture_output=True, text=True, timeout=60)
+    lines = out.stdout.splitlines()
+    assert out.returncode == 0 and len(lines) == 7, out
+    assert all(line.endswith("refused 97") for line in lines[:5]), lines  # EAFNOSUPPORT
+    assert lines[5] == "unix b'x'" and lines[6] == "io_uring -1 1", lines  # EPERM

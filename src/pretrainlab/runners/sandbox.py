@@ -65,6 +65,85 @@ def scrubbed_env(extra: dict[str, str] | None = None, base: dict[str, str] | Non
     return env
 
 
+# The seccomp filter every sandboxed process runs under (bwrap --seccomp): sockets of the unix family only, no io_uring
+# (which makes sockets without the socket call), no other syscall ABI (i386's socketcall, x86_64's x32). Its network is
+# a loopback of its own, but TCP and UDP buffers there are kernel memory that a cgroup v1 memory cap does not count: a
+# model parked 2 GiB in unread loopback sockets under a 256 MiB cap. Nothing a single training or scoring process does
+# needs an inet socket.
+_ARCHES = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}  # AUDIT_ARCH, socket's syscall number
+IO_URING_SETUP = 425  # the same on both
+AF_UNIX, EPERM, EAFNOSUPPORT = 1, 1, 97
+_SECCOMP: dict[str, str | None] = {}
+
+
+def seccomp_program(machine: str | None = None) -> bytes | None:
+    """The filter as classic BPF (struct sock_filter[]), or None on an architecture it does not know."""
+    import platform
+    import struct
+
+    arch = _ARCHES.get(machine or platform.machine())
+    if arch is None:
+        return None
+    audit_arch, socket_nr = arch
+    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
+    allow, errno = 0x7FFF0000, 0x00050000  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | errno
+    program = [
+        (ld, 0, 0, 4),                                          # 0: the syscall's ABI
+        (jeq, 1, 0, audit_arch),                                # 1: native: go to 3
+        (ret, 0, 0, errno | EPERM),                             # 2: any other ABI
+        (ld, 0, 0, 0),                                          # 3: the syscall's number
+        (jge, 0, 1, 0x40000000),                                # 4: x32 (x86_64's __X32_SYSCALL_BIT)
+        (ret, 0, 0, errno | EPERM),                             # 5
+        (jeq, 0, 1, IO_URING_SETUP),                            # 6
+        (ret, 0, 0, errno | EPERM),                             # 7
+        (jeq, 1, 0, socket_nr),                                 # 8: socket(): go to 10
+        (ret, 0, 0, allow),                                     # 9: everything else
+        (ld, 0, 0, 16),                                         # 10: its family (args[0], low 32 bits)
+        (jeq, 0, 1, AF_UNIX),                                   # 11
+        (ret, 0, 0, allow),                                     # 12
+        (ret, 0, 0, errno | EAFNOSUPPORT),                      # 13: inet, netlink, packet, ...
+    ]
+    return b"".join(struct.pack("=HBBI", *insn) for insn in program)
+
+
+def _seccomp_file() -> str | None:
+    """The filter in a file for bwrap to read on fd 9: one per user and filter in the temp folder, reused by every job
+    process (checked: this user's, written by no one else, never a link, the same bytes), else a private one."""
+    import hashlib
+    import stat
+    import tempfile
+
+    if "path" in _SECCOMP:
+        return _SECCOMP["path"]
+    program = seccomp_program()
+    if program is None:
+        _SECCOMP["path"] = None
+        return None
+    path = os.path.join(tempfile.gettempdir(), f"pretrainlab-seccomp-{os.getuid()}-{hashlib.sha256(program).hexdigest()[:12]}.bpf")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            st = os.fstat(fd)
+            ours = st.st_uid == os.getuid() and stat.S_ISREG(st.st_mode) and not st.st_mode & 0o022
+            if ours and os.read(fd, len(program) + 1) == program:
+                _SECCOMP["path"] = path
+                return path
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    fd, tmp = tempfile.mkstemp(prefix="pretrainlab-seccomp-", suffix=".bpf")
+    with os.fdopen(fd, "wb") as f:
+        f.write(program)
+    try:
+        os.replace(tmp, path)  # (the temp folder's sticky bit: fails where another user holds the name)
+        tmp = path
+    except OSError:
+        pass  # a private file, this process's alone
+    _SECCOMP["path"] = tmp
+    return tmp
+
+
 def ignore_sigterm() -> None:
     """preexec_fn for bwrap: SIG_IGN survives exec, so bwrap outlives a SIGTERM to the process
     group and the sandboxed program (which installs its own handler) checkpoints and exits."""
@@ -160,5 +239,9 @@ class Sandbox:
         # the sandbox's root and /dev are tmpfs of bwrap's, uncapped (half the RAM each): read-only once everything is
         # mounted on them, so the capped /tmp and /dev/shm and the run directory are the only places to write
         args += ["--remount-ro", "/", "--remount-ro", "/dev"]
-        args += ["--chdir", "/tmp", "--unshare-all", "--die-with-parent", "--"]
-        return args + cmd
+        args += ["--chdir", "/tmp", "--unshare-all", "--die-with-parent"]
+        bpf = _seccomp_file()
+        if bpf is None:
+            return [*args, "--", *cmd]
+        # bwrap reads the filter from an open descriptor: a shell puts the file on fd 9 and becomes bwrap
+        return ["/bin/sh", "-c", 'exec "$@" 9<"$0"', bpf, *args, "--seccomp", "9", "--", *cmd]
