@@ -1134,6 +1134,10 @@ def detect_run_status(sig: Signals) -> list[Finding]:
                           "auto: 90% of the machine's RAM split over the runs beside each other)",
                           "give runs more: `pretrainlab research resume ID --run-memory 16G` (or fewer --parallel), or lower "
                           "train.micro_batch_rows or the model's size")
+        elif err and err[0].startswith("out of tasks: "):
+            cause, fix = ("the run's processes and threads reached its cap (1,024: a sandboxed run's fork or thread "
+                          "creation fails past it, so a fork bomb stops there)",
+                          "start fewer processes or threads (train.num_threads, data loader workers); the cap is fixed")
         elif err and err[0].startswith("out of disk: "):
             cause, fix = ("the trainer wrote more to its run directory than its campaign allows each run (--run-disk; auto: "
                           "half the disk's free space split over the runs beside each other)",

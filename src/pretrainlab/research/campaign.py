@@ -276,7 +276,7 @@ class Campaign:
         from ..runners.job import corpus_path
         from ..runners.base import PACKAGE_SRC
         from ..runners.limits import TASKS, run_memory
-        from ..runners.scoring import ScoreRejected, ScoringFailed, score_run
+        from ..runners.scoring import ScoreRejected, ScoringFailed, ScoringOutOfMemory, score_run
 
         recipe = self.recipe_of(exp)
         # no run in flight beside it: the whole share of the machine a --run-memory auto gives (runners/limits.py)
@@ -301,6 +301,9 @@ class Campaign:
                     kept = {"weights": seen, "val_bpb": scored["splits"]["test"]["val_bpb"]}
                 except ScoreRejected as e:
                     kept = {"weights": seen, "rejected": str(e)}
+                except ScoringOutOfMemory as e:  # kept: the same weights would run out again at every close
+                    self.log(f"{key}: the hidden test split could not be scored ({e}); left out of this comparison")
+                    kept = {"weights": seen, "out_of_memory": str(e)}
                 except ScoringFailed as e:  # not kept: the next close scores it again
                     self.log(f"{key}: the hidden test split could not be scored ({e}); left out of this comparison")
                     continue

@@ -311,9 +311,12 @@ class LadderConfig:
     parallel: int = doc("runs in flight at once (CPU: cores split fairly)", 2)
     gpus: list[int] | None = doc("comma-separated GPU indices, one per slot; default: CPU processes", None)
     params: str = doc("how N is counted: total (Hoffmann et al.) or non-embedding (Kaplan et al.)", "total")
+    run_memory: str = doc(RUN_MEMORY_DOC, "auto")
+    run_disk: str = doc(RUN_DISK_DOC, "auto")
 
     def __post_init__(self):
         check_finite(self)
+        check_run_memory(self.run_memory, self.run_disk)
         if self.tokens and self.flops:
             raise UserError("--tokens and --flops both given: a ladder is a grid of token budgets or an iso-FLOP design, not both")
         self.sizes = list(self.sizes) or list(LADDER_SIZES)

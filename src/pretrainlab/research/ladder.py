@@ -248,6 +248,7 @@ class Ladder:
         work = sum(c.params * c.tokens for c in todo)
         self.log(f"training {len(todo)} runs ({6 * work:.3g} FLOPs at C = 6ND) on {self.cfg.parallel} slot(s)")
         runner = LocalRunner(self.cfg.parallel, gpus=self.cfg.gpus, log_dir=self.workdir / "logs", sandbox=False)
+        runner.run_memory, runner.run_disk = self.cfg.run_memory, self.cfg.run_disk
         t0, finished = time.time(), len(done)
         try:
             while todo or runner.busy():

@@ -27,8 +27,8 @@ def _slurm(cfg, log_dir: Path) -> Runner:
 
     settings = slurm_settings(cfg)
     runner = _capped(SlurmRunner(cfg.parallel, settings=settings, log_dir=log_dir), cfg)
-    if settings.mem_gb and runner.run_memory == "auto":  # the job's own memory (sbatch --mem) is the run's cap
-        runner.run_memory = f"{settings.mem_gb * 1024:.0f}M"
+    if settings.mem_gb and runner.run_memory == "auto":  # the job's memory (sbatch --mem), less the job process's share
+        runner.run_memory = f"{settings.mem_gb * 1024 * 0.9:.0f}M"  # (the run's own cap, not SLURM's, stops a run past it)
     return runner
 
 

@@ -88,20 +88,28 @@ def run_caps(spec: dict, run_dir: Path) -> tuple[int | None, int | None, int | N
     if not isinstance(limits, dict):
         return None, None, None
     share = limits.get("share")
-    if not isinstance(share, (int, float)):  # a cluster's node: this run's share of its CPUs
+    if not isinstance(share, (int, float)):  # a cluster's node: this run's share of its CPUs, or of its GPUs
         share = int(spec["env"].get("OMP_NUM_THREADS", "1")) / (os.cpu_count() or 1)
+        if spec["env"].get("CUDA_VISIBLE_DEVICES"):
+            try:
+                share = max(share, 1 / max(1, len(os.listdir("/proc/driver/nvidia/gpus"))))
+            except OSError:
+                share = max(share, 1.0)  # no way to count the node's GPUs: the run's cap is its node's
     return (run_memory(limits.get("memory", "auto"), share), run_disk(limits.get("disk", "auto"), share, run_dir),
             limits.get("tasks"))
 
 
-def crashed_over_cap(run_dir: Path, error: str, peak: int | None = None) -> None:
+def crashed_over_cap(run_dir: Path, error: str, peak: int | None = None, keep_error: bool = False) -> None:
     """Record a run killed at one of its caps: crashed, with the reason in its summary and on stderr (what the campaign's
-    failure note shows). Not resumed: it would run past the cap again."""
+    failure note shows), first above the trainer's own error with `keep_error`. Not resumed: it would run past the cap
+    again."""
     summary = dict(rundir.read_summary(run_dir) or {})
+    print(f"[pretrainlab] {error}", file=sys.stderr, flush=True)
+    if keep_error and isinstance(summary.get("error"), str):
+        error = f"{error}\n{summary['error']}"
     summary.update(status="crashed", error=error, val_bpb=None, val_bpb_domains=None,
                    peak_mem_mb=round(peak / (1 << 20), 1) if peak else summary.get("peak_mem_mb"))
     rundir.write_summary(run_dir, summary)
-    print(f"[pretrainlab] {error}", file=sys.stderr, flush=True)
 
 
 def out_of_memory(run_dir: Path, cap, part: str) -> int:
@@ -287,15 +295,19 @@ def main(spec_path: str, parent_pid: int | None = None) -> int:
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env, preexec_fn=preexec)
             over_disk = wait_within_disk(proc, run_dir, disk)
             code = proc.returncode
-            killed = cap.out_of_memory() and not stopping["flag"]
         finally:
             cap.remove()
-        if killed:
+        # a process of the tree killed while the trainer went on to finish (a helper it started) is no crash of the run
+        failed = code != 0 and not stopping["flag"]
+        if failed and cap.out_of_memory():
             return out_of_memory(run_dir, cap, "training")
         if over_disk:
             crashed_over_cap(run_dir, f"out of disk: the training was killed: {over_disk}; give runs more with --run-disk, or "
                              "checkpoint less often")
             return EXIT_OUT_OF_DISK
+        if failed and cap.out_of_tasks():  # its own traceback (a fork or thread that failed) stays below this line
+            crashed_over_cap(run_dir, f"out of tasks: the training reached the run's cap of {tasks:,} processes and threads, "
+                             "and a fork or a new thread failed", keep_error=True)
     summary = rundir.read_summary(run_dir)
     if (stopping["flag"] or not spec.get("score_path") or summary is None or summary.get("status") not in ("ok", "timeout")
             or not (run_dir / "model.pt").is_file()):

@@ -39,6 +39,7 @@ MEMORY_SHARE = 0.9  # of the machine's RAM, split over the runs beside each othe
 DISK_SHARE = 0.5  # of the space free on the run directory's disk when the run starts, split the same way
 DISK_FLOOR = 256 << 20  # the least a run may write (auto never gives less)
 MAX_RUN_ENTRIES = 100_000  # files and folders in one run directory (an honest run writes a few dozen)
+MAX_SIZE = 1 << 50  # the largest cap taken: 1 PiB
 DISK_POLL_S = 1.0  # how often a run directory is measured while its trainer runs
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -60,6 +61,8 @@ def parse_size(text: str, what: str = "memory", floor: int = 64 << 20, why: str 
     if not m:
         raise ValueError(f"{what} {text!r} is not a size: give e.g. 8G, 512M or off")
     value = float(m.group(1)) * 1024 ** " KMGT".index((m.group(2) or " ").upper())
+    if value > MAX_SIZE:  # the kernel's limits are 64-bit: a larger number wraps round to a small one
+        raise ValueError(f"{what} {text!r} is more than any machine has (over 1P): give e.g. 64G, or off")
     if value < floor:
         raise ValueError(f"{what} {text!r} is under {floor >> 20}M, {why}: give e.g. 8G, or off")
     return int(value)
@@ -202,6 +205,7 @@ class RunCap:
     version: int = 0  # 2 or 1: a cgroup; 0: per-process limits only
     gpus: bool = False
     why: str = ""  # why there is no cgroup (version 0)
+    _final: dict | None = field(default=None, repr=False)  # what the kernel said, kept at remove()
 
     @classmethod
     def create(cls, name: str, memory: int | None, tasks: int | None = TASKS, gpus: bool = False) -> RunCap:
@@ -294,26 +298,56 @@ class RunCap:
                     return ""
         return ""
 
-    def out_of_memory(self) -> bool:
-        """True when the kernel killed a process of this tree for want of memory under the cap."""
-        for name in ("memory.events", "memory.oom_control"):  # v2, v1 (kernel 4.13 and later)
-            m = re.search(r"^oom_kill (\d+)$", self._read(name), re.MULTILINE)
-            if m:
-                return int(m.group(1)) > 0
-        failcnt = self._read("memory.failcnt").strip()  # older v1: the cap was hit
-        return failcnt.isdigit() and int(failcnt) > 0
+    def _counts(self) -> dict:
+        """What the kernel says about the tree now: {"oom_kill", "hit", "peak", "tasks_hit"}."""
+        def count(name: str, key: str) -> int:
+            m = re.search(rf"^{key} (\d+)$", self._read(name), re.MULTILINE)
+            return int(m.group(1)) if m else 0
 
-    def peak(self) -> int | None:
-        """The most memory the tree used at once, where the kernel says (bytes)."""
+        if self.version == 2:  # memory.events.local: this cgroup's own limit, not one above it
+            local = "memory.events.local" if any((d / "memory.events.local").exists() for d in self.dirs) else "memory.events"
+            hit, oom_kill = count(local, "oom") + count(local, "max"), count("memory.events", "oom_kill")
+        else:  # v1: failcnt counts this cgroup's own limit being reached (kernels from 6.x keep it 0: see the peak)
+            failcnt = self._read("memory.failcnt").strip()
+            hit, oom_kill = int(failcnt) if failcnt.isdigit() else 0, count("memory.oom_control", "oom_kill")
+        peak = None
         for name in ("memory.peak", "memory.max_usage_in_bytes"):
             text = self._read(name).strip()
             if text.isdigit():
-                return int(text)
-        return None
+                peak = int(text)
+                break
+        return {"oom_kill": oom_kill, "hit": hit, "peak": peak, "tasks_hit": count("pids.events", "max")}
+
+    def _state(self) -> dict:
+        return self._final if self._final is not None else self._counts()
+
+    def out_of_memory(self) -> bool:
+        """True when the kernel killed a process of this tree at this cap: its own limit reached, and an OOM kill in it.
+        A kill for a limit above it (the machine's, a SLURM job's) is not the run's cap: that run was killed from outside."""
+        state = self._state()
+        # its own limit reached: counted (v2's events, v1's failcnt where the kernel keeps it), or its peak at the cap
+        at_cap = state["hit"] > 0 or (state["peak"] is not None and self.memory is not None and state["peak"] >= self.memory - (1 << 20))
+        return self.memory is not None and state["oom_kill"] > 0 and at_cap
+
+    def peak(self) -> int | None:
+        """The most memory the tree used at once, where the kernel says (bytes)."""
+        return self._state()["peak"]
+
+    def out_of_tasks(self) -> bool:
+        """True when a fork or a new thread in the tree failed at the task cap."""
+        return self.tasks is not None and self._state()["tasks_hit"] > 0
 
     def remove(self) -> None:
-        """Kill whatever is still in the cgroup (a process that escaped its parent's end) and remove it."""
+        """Kill whatever is still in the cgroup (a process that escaped its parent's end) and remove it; what the kernel
+        said about it stays readable (out_of_memory, peak, out_of_tasks)."""
+        if self.dirs and self._final is None:
+            self._final = self._counts()
         for path in reversed(self.dirs):
+            if (path / "cgroup.kill").exists():  # v2: the kernel kills the whole tree at once, no pid read then reused
+                try:
+                    _write(path / "cgroup.kill", "1")
+                except OSError:
+                    pass
             deadline = time.monotonic() + 5.0
             while True:
                 try:

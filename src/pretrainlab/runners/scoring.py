@@ -215,7 +215,6 @@ class _Worker:
             self.proc.kill()
             self.proc.wait()
         _LIVE.discard(self)
-        self.cap.remove()
         self.stderr.close()
 
 
@@ -330,18 +329,31 @@ def _score_and_probe(wrapped: list[str], env: dict, run_dir: Path, corpus: Corpu
                      vocab_min: int, token_bytes: np.ndarray, splits: tuple[str, ...], rng: random.Random,
                      tol: float, caps: tuple = (None, None, False)) -> tuple[dict, dict]:
     """The scoring pass, then the probe pass in a fresh worker: (NLL sums per split, probe stats)."""
+    ends_at = time.monotonic() + SCORE_TIMEOUT_S
+    memory, tasks, gpus = caps
+    # one cap for both workers (their start-up overlaps): the run's memory, not twice it. Nothing passes between them
+    # through it that matters: the probe worker runs no experiment code until the first has exited
+    cap = RunCap.create(f"{run_dir.name}-score", memory, tasks, gpus)
+    try:
+        return _both_passes(wrapped, env, run_dir, corpus, windows, probes, rows, vocab_min, token_bytes, splits, rng, tol, ends_at,
+                            cap)
+    finally:
+        cap.remove()
+
+
+def _both_passes(wrapped: list[str], env: dict, run_dir: Path, corpus: Corpus, windows: list, probes: list, rows: int,
+                 vocab_min: int, token_bytes: np.ndarray, splits: tuple[str, ...], rng: random.Random, tol: float,
+                 ends_at: float, cap: RunCap) -> tuple[dict, dict]:
     sums = {split: np.zeros((len(corpus.domains), 3)) for split in splits}  # nats, bytes, counted targets
     wanted = {i for i, _ in probes}
     kept: dict[int, np.ndarray] = {}  # row of the scoring pass -> its log-probability of each true next token
     # 1. the scoring worker: every window once, in the secret order (its stderr goes to the run directory, which no
     # worker sees)
-    ends_at = time.monotonic() + SCORE_TIMEOUT_S
-    memory, tasks, gpus = caps
-    worker = _Worker(wrapped, env, run_dir / "scorer.log", ends_at, RunCap.create(f"{run_dir.name}-score", memory, tasks, gpus))
+    worker = _Worker(wrapped, env, run_dir / "scorer.log", ends_at, cap)
     worker.start()
     # the probe worker starts now, so its start-up (importing torch, reading the weights) overlaps the scoring pass; it
     # runs no experiment code until it is told to start, after the first worker has exited
-    prober = _Worker(wrapped, env, run_dir / "scorer-probe.log", ends_at, RunCap.create(f"{run_dir.name}-probe", memory, tasks, gpus))
+    prober = _Worker(wrapped, env, run_dir / "scorer-probe.log", ends_at, cap)
     try:
         for b in range(0, len(windows), rows):
             batch = windows[b : b + rows]
