@@ -64,7 +64,8 @@ def test_a_kill_for_a_limit_above_the_runs_own_is_not_its_cap():
 @needs_cgroup
 def test_a_fork_bomb_stops_at_the_task_cap_and_what_it_left_is_killed():
     cap = RunCap.create("bomb", None, 40)
-    bomb = ("import os, time\nn = 0\ntry:\n    for _ in range(500):\n        if os.fork() == 0:\n            os.close(1)\n            os.close(2)\n            time.sleep(60)\n"
+    bomb = ("import os, time\nn = 0\ntry:\n    for _ in range(500):\n        if os.fork() == 0:\n"
+            "            os.close(1)\n            os.close(2)\n            time.sleep(60)\n"
             "            os._exit(0)\n        n += 1\nexcept OSError as e:\n    print('stopped at', n, e.errno)\n")
     out = _spawn(cap, bomb)
     assert out.returncode == 0 and out.stdout.startswith("stopped at 39 11"), out  # EAGAIN, the 40th task
@@ -101,7 +102,8 @@ def test_without_a_cgroup_each_process_is_capped_and_says_so(monkeypatch):
     monkeypatch.setattr(limits, "_where", lambda controller: None)
     cap = RunCap.create("fallback", 512 << 20, 64)
     assert cap.version == 0 and not cap.dirs
-    assert cap.how == "per process only (no writable cgroup with the memory and pids controllers here): 0.5 GiB each (RLIMIT_DATA), no task cap"
+    assert cap.how == ("per process only (no writable cgroup with the memory and pids controllers here): 0.5 GiB each "
+                       "(RLIMIT_DATA), no task cap")
     out = _spawn(cap, "import numpy as np\ntry:\n    np.ones(3 << 30, dtype=np.uint8)\nexcept MemoryError:\n    print('refused')\n")
     assert out.stdout.strip() == "refused", out
     assert RunCap.create("gpu", 512 << 20, 64, gpus=True).how.startswith("none (")  # a GPU driver maps memory of its own
