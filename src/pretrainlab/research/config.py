@@ -36,7 +36,7 @@ SLURM_TIME_DOC = ("--runner slurm: each run's job time limit, minutes or [D-]HH:
 SLURM_CPUS_DOC = "--runner slurm: CPUs per run, its training threads on CPU (default 1)"
 SLURM_GPUS_DOC = "--runner slurm: GPUs per run, 0 or 1 (default: 1 with --gpus, else 0)"
 RUN_MEMORY_DOC = ("memory each run's processes may use together (8G, 512M, off); auto: 90% of the machine's RAM split over the "
-                  "runs beside each other (with --runner slurm, the profile's mem_gb where it gives one); a run past it is "
+                  "runs beside each other (with --runner slurm, 90% of the profile's mem_gb where it gives one); a run past it is "
                   "killed and recorded as crashed, out of memory")
 RUN_DISK_DOC = ("what each run may write in its run directory (50G, 800M, off); auto: half the space free on its disk when it "
                 "starts, split like --run-memory; a run past it is killed and recorded as crashed")
