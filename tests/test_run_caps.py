@@ -230,3 +230,20 @@ def test_a_sandboxed_process_gets_unix_sockets_only(tmp_path):
     assert out.returncode == 0 and len(lines) == 7, out
     assert all(line.endswith("refused 97") for line in lines[:5]), lines  # EAFNOSUPPORT
     assert lines[5] == "unix b'x'" and lines[6] == "io_uring -1 1", lines  # EPERM
+
+
+def test_where_bwrap_or_the_kernel_refuse_the_filter_runs_go_on_without_it_and_say_so(tmp_path, monkeypatch, capsys):
+    from pretrainlab.runners import sandbox
+
+    box = sandbox.Sandbox.detect(warn=False)
+    if not box.active:
+        pytest.skip(f"no sandbox here: {box.reason}")
+    broken = tmp_path / "broken.bpf"
+    broken.write_bytes(b"\x06\x00\x00")  # not a whole BPF instruction: bwrap refuses it
+    monkeypatch.setattr(sandbox, "_seccomp_file", lambda: str(broken))
+    monkeypatch.setattr(sandbox, "_SECCOMP_OK", {})
+    cmd = box.wrap(["/bin/true"], code_src=tmp_path)
+    assert "--seccomp" not in cmd and cmd[0] == box.bwrap and subprocess.run(cmd).returncode == 0
+    assert "no seccomp filter in the sandbox here (bwrap or the kernel refused it)" in capsys.readouterr().err
+    box.wrap(["/bin/true"], code_src=tmp_path)
+    assert capsys.readouterr().err == ""  # said once
