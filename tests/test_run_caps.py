@@ -247,3 +247,24 @@ def test_where_bwrap_or_the_kernel_refuse_the_filter_runs_go_on_without_it_and_s
     assert "no seccomp filter in the sandbox here (bwrap or the kernel refused it)" in capsys.readouterr().err
     box.wrap(["/bin/true"], code_src=tmp_path)
     assert capsys.readouterr().err == ""  # said once
+
+
+def test_a_sandboxed_process_has_no_capabilities_and_cannot_touch_the_kernels_settings(tmp_path):
+    """bwrap started by root makes no user namespace: the sandbox kept every capability, remounted a read-only bind (the
+    lab's own Python installation) writable and wrote kernel.core_pattern (a program the kernel runs as root)."""
+    from pretrainlab.runners.sandbox import Sandbox
+
+    box = Sandbox.detect(warn=False)
+    if not box.active:
+        pytest.skip(f"no sandbox here: {box.reason}")
+    code = ("import ctypes, os, sys\n"
+            "print([line.split()[1] for line in open('/proc/self/status') if line.startswith('CapEff')][0])\n"
+            "for path in ('/proc/sys/kernel/core_pattern', '/proc/sys/vm/drop_caches', '/proc/sysrq-trigger'):\n"
+            "    try:\n        open(path, 'w').close()\n        print(path, 'opened')\n"
+            "    except OSError as e:\n        print(path, 'refused')\n"
+            "libc = ctypes.CDLL(None, use_errno=True)\n"
+            "print('remount', libc.mount(None, sys.prefix.encode(), None, 32 | 4096, None), ctypes.get_errno())\n")
+    out = subprocess.run(box.wrap([sys.executable, "-c", code], code_src=tmp_path), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.split("\n")[0] == "0000000000000000", out
+    assert all(line.endswith("refused") for line in out.stdout.splitlines()[1:4]), out.stdout
+    assert out.stdout.splitlines()[4] == "remount -1 1", out.stdout  # EPERM

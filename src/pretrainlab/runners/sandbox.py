@@ -241,6 +241,9 @@ class Sandbox:
         # /tmp first: later binds go on top. Its size is capped where bwrap can (a tmpfs is memory: an experiment that fills
         # it would take the machine's RAM, which a tmpfs's default cap lets grow to half of it per sandbox)
         args = [self.bwrap, *self._system_binds(), "--proc", "/proc", *self._sized(tmp), "--tmpfs", "/tmp"]
+        # the kernel's settings read-only: bwrap started by root skips covering /proc/sys (root gets EACCES asking whether
+        # it may write the folder, and can still write the files in it: kernel.core_pattern runs a program as root)
+        args += ["--ro-bind", "/proc/sys", "/proc/sys", "--ro-bind-try", "/proc/sysrq-trigger", "/proc/sysrq-trigger"]
         args += ["--dev", "/dev"]  # a minimal /dev of the sandbox's own: its /dev/shm is private, never the host's
         args += [*self._sized(shm), "--tmpfs", "/dev/shm"]
         if gpus:  # CUDA needs the GPUs' device nodes (only those: the host's whole /dev would share /dev/shm between
@@ -261,7 +264,9 @@ class Sandbox:
         # the sandbox's root and /dev are tmpfs of bwrap's, uncapped (half the RAM each): read-only once everything is
         # mounted on them, so the capped /tmp and /dev/shm and the run directory are the only places to write
         args += ["--remount-ro", "/", "--remount-ro", "/dev"]
-        args += ["--chdir", "/tmp", "--unshare-all", "--die-with-parent"]
+        # no capabilities: bwrap started by root makes no user namespace and keeps them all (a read-only bind could be
+        # remounted writable, the lab's own Python installation with it)
+        args += ["--chdir", "/tmp", "--unshare-all", "--die-with-parent", "--cap-drop", "ALL"]
         bpf = self._seccomp()
         if bpf is None:
             return [*args, "--", *cmd]
