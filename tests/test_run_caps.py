@@ -150,7 +150,15 @@ def test_runs_past_their_caps_crash_with_the_reason_and_are_not_resumed(tmp_path
                "disk-files": _patch(f"if 'train' in _sys.argv:\n    {WRITE}\n    for _i in range(1024):\n"
                                     "        open(f'{_out}/junk{_i}', 'wb').write(_chunk)\n"),
                "disk-file": _patch(f"if 'train' in _sys.argv:\n    {WRITE}\n    with open(f'{{_out}}/junk', 'wb') as _f:\n"
-                                   "        for _i in range(256):\n            _f.write(_chunk)\n")}
+                                   "        for _i in range(256):\n            _f.write(_chunk)\n"),
+               # 4 x 96 MiB unlinked but held open (no listing shows them), then waits to be seen
+               "disk-hidden": _patch(f"if 'train' in _sys.argv:\n    {WRITE}\n    _held = []\n    for _i in range(4):\n"
+                                     "        _f = open(f'{_out}/junk{_i}', 'wb+')\n        [_f.write(_chunk) for _ in range(12)]\n"
+                                     "        _f.flush()\n        _os.unlink(f'{_out}/junk{_i}')\n        _held.append(_f)\n"
+                                     "    __import__('time').sleep(5)\n"),
+               # 3 x 200 MiB, each under the cap, in its last second: then it exits 0
+               "disk-last": _patch(f"if 'train' in _sys.argv:\n    {WRITE}\n    for _i in range(3):\n"
+                                   "        open(f'{_out}/junk{_i}', 'wb').write(_chunk * 25)\n    _sys.exit(0)\n")}
     # the trainer starts a helper that the cap kills, and trains on: its run is fine
     patches["plain"] = _patch(f"if 'train' in _sys.argv:\n    __import__('subprocess').run([_sys.executable, '-c', {HOG!r}])\n")
     jobs = []
@@ -184,15 +192,20 @@ def test_runs_past_their_caps_crash_with_the_reason_and_are_not_resumed(tmp_path
     assert bomb.summary["error"].startswith("out of tasks: the training reached the run's cap of 1,024 processes and threads")
     assert "BlockingIOError: [Errno 11] Resource temporarily unavailable" in bomb.stderr_tail  # (it died importing)
     assert "fork bomb" in next(f for f in diagnose(bomb.job.out_dir).findings if f.id == "run_crashed").cause
-    for key, why in (("disk-files", r"it wrote \d\.\d\d GiB to its run directory, past the run's disk cap of 0\.29 GiB"),
-                     ("disk-file", r"it wrote a file past the run's disk cap of 0\.29 GiB")):
+    for key, why in (("disk-files", r"wrote \d\.\d\d GiB to its run directory, past the run's disk cap of 0\.29 GiB \(killed\)"),
+                     ("disk-file", r"wrote a file past the run's disk cap of 0\.29 GiB \((found when it ended|killed)\)")):
         r = results[key]
         assert r.status == "crashed" and r.returncode == EXIT_OUT_OF_DISK, (key, r.stderr_tail[-2000:])
-        assert re.match(f"out of disk: the training was killed: {why}; ", r.summary["error"]), r.summary["error"]
+        assert re.match(f"out of disk: the training {why}; ", r.summary["error"]), r.summary["error"]
         assert "--run-disk" in r.summary["error"] and not Campaign.killed_once(type("C", (), {"retried": set()})(), r)
         assert "--run-disk" in next(f for f in diagnose(r.job.out_dir).findings if f.id == "run_crashed").cause
         written = sum(f.stat().st_size for f in (tmp_path / "runs" / key).glob("junk*"))
         assert 300 << 20 <= written <= 4 << 30, written  # stopped within a poll or two (at page-cache speed), short of its 8
+    for key, how in (("disk-hidden", "killed"), ("disk-last", "found when it ended|killed")):
+        r = results[key]
+        assert r.status == "crashed" and r.returncode == EXIT_OUT_OF_DISK, (key, r.stderr_tail[-2000:])
+        assert re.match(rf"out of disk: the training wrote 0\.\d\d GiB to its run directory, past the run's disk cap of 0\.29 "
+                        rf"GiB \(({how})\)", r.summary["error"]), r.summary["error"]
     # nothing is left of any of them: no sleeping children, no cgroups of this test's jobs
     assert not [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p) == "sleep\x0060\x00"]
     assert not [d for base in {d.parent for d in PROBE.dirs} for d in base.iterdir() if d.name.startswith(limits.PREFIX)
@@ -207,10 +220,10 @@ def _cmdline(pid: str) -> str:
         return ""
 
 
-def test_a_sandboxed_process_gets_unix_sockets_only(tmp_path):
+def test_a_sandboxed_process_gets_unix_sockets_only_and_plain_fallocate(tmp_path):
     """Loopback TCP and UDP buffers are kernel memory a cgroup v1 memory cap does not count (a model parked 2 GiB in
-    unread sockets under a 256 MiB cap): the sandbox's seccomp filter refuses every socket family but unix, and io_uring
-    (which makes sockets without the socket call)."""
+    unread sockets under a 256 MiB cap): the sandbox's seccomp filter refuses every socket family but unix, io_uring
+    (which makes sockets without the socket call), and fallocate() modes that reserve disk without a file growing."""
     from pretrainlab.runners.sandbox import Sandbox
 
     box = Sandbox.detect(warn=False)
@@ -223,13 +236,19 @@ def test_a_sandboxed_process_gets_unix_sockets_only(tmp_path):
             "    except OSError as e:\n        print(fam, 'refused', e.errno)\n"
             "a, b = socket.socketpair()\na.send(b'x')\nprint('unix', b.recv(1))\n"
             "libc = ctypes.CDLL(None, use_errno=True)\n"
-            "print('io_uring', libc.syscall(425, 8, ctypes.create_string_buffer(120)), ctypes.get_errno())\n")
+            "print('io_uring', libc.syscall(425, 8, ctypes.create_string_buffer(120)), ctypes.get_errno())\n"
+            "import os\nfd = os.open('/tmp/f', os.O_CREAT | os.O_RDWR)\n"
+            "print('keep_size', libc.fallocate(fd, 1, ctypes.c_long(0), ctypes.c_long(1 << 30)), ctypes.get_errno(), "
+            "os.fstat(fd).st_blocks)\n"
+            "os.posix_fallocate(fd, 0, 1 << 20)\nprint('plain', os.fstat(fd).st_size)\n")
     out = subprocess.run(box.wrap([sys.executable, "-c", code], code_src=Path(__file__).resolve().parents[1] / "src"),
                          capture_output=True, text=True, timeout=60)
     lines = out.stdout.splitlines()
-    assert out.returncode == 0 and len(lines) == 7, out
+    assert out.returncode == 0 and len(lines) == 9, out
     assert all(line.endswith("refused 97") for line in lines[:5]), lines  # EAFNOSUPPORT
     assert lines[5] == "unix b'x'" and lines[6] == "io_uring -1 1", lines  # EPERM
+    # disk reserved without the file growing (FALLOC_FL_KEEP_SIZE: no RLIMIT_FSIZE) is refused; the plain call is not
+    assert lines[7] == "keep_size -1 95 0" and lines[8] == f"plain {1 << 20}", lines  # EOPNOTSUPP
 
 
 def test_where_bwrap_or_the_kernel_refuse_the_filter_runs_go_on_without_it_and_say_so(tmp_path, monkeypatch, capsys):
@@ -268,3 +287,16 @@ def test_a_sandboxed_process_has_no_capabilities_and_cannot_touch_the_kernels_se
     assert out.returncode == 0 and out.stdout.split("\n")[0] == "0000000000000000", out
     assert all(line.endswith("refused") for line in out.stdout.splitlines()[1:4]), out.stdout
     assert out.stdout.splitlines()[4] == "remount -1 1", out.stdout  # EPERM
+
+
+def test_what_a_trainer_writes_after_the_last_look_is_still_counted(tmp_path, monkeypatch):
+    """Files each under the cap, written between the watcher's last look and the trainer's exit: over is over."""
+    from pretrainlab.runners.job import wait_within_disk
+
+    monkeypatch.setattr(limits, "DISK_POLL_S", 600.0)  # no look while it runs: only the one when it has exited
+    code = f"for i in range(3):\n    open('{tmp_path}/junk' + str(i), 'wb').write(b'x' * (100 << 20))\n"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    why = wait_within_disk(proc, tmp_path, 256 << 20)
+    assert proc.returncode == 0 and why == ("the training wrote 0.29 GiB to its run directory, past the run's disk cap of "
+                                             "0.25 GiB (found when it ended)"), why
+    assert wait_within_disk(subprocess.Popen([sys.executable, "-c", "pass"]), tmp_path / "none", 256 << 20) is None

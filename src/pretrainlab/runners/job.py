@@ -121,27 +121,38 @@ def out_of_memory(run_dir: Path, cap, part: str) -> int:
     return EXIT_OUT_OF_MEMORY
 
 
-def wait_within_disk(proc: subprocess.Popen, run_dir: Path, disk: int | None) -> str | None:
-    """Wait for the trainer, measuring its run directory every DISK_POLL_S; kill it (SIGKILL: bwrap takes the sandbox with
-    it) once the folder holds more than `disk` bytes or MAX_RUN_ENTRIES entries. Returns why it was killed, or None."""
+def wait_within_disk(proc: subprocess.Popen, run_dir: Path, disk: int | None, cap=None) -> str | None:
+    """Wait for the trainer, measuring its run directory every DISK_POLL_S and once more when it has exited (with the
+    files its cap's processes hold open after unlinking them); kill it (SIGKILL: bwrap takes the sandbox with it) once
+    that holds more than `disk` bytes or MAX_RUN_ENTRIES entries, or a folder the lab cannot list. Returns why it was
+    killed or is over, or None."""
     from .limits import DISK_POLL_S, MAX_RUN_ENTRIES, disk_use
+
+    def over(use) -> str | None:
+        gib = 1 << 30
+        if use.unreadable:
+            return f"the training made a folder in its run directory that the lab cannot list ({use.unreadable})"
+        if use.entries > MAX_RUN_ENTRIES:
+            return f"the training made more than {MAX_RUN_ENTRIES:,} files and folders in its run directory"
+        if use.largest >= disk:  # a write past RLIMIT_FSIZE fails (EFBIG), and leaves a file at the cap
+            return f"the training wrote a file past the run's disk cap of {disk / gib:.2f} GiB"
+        if use.bytes > disk:
+            return f"the training wrote {use.bytes / gib:.2f} GiB to its run directory, past the run's disk cap of {disk / gib:.2f} GiB"
+        return None
 
     while True:
         try:
-            code = proc.wait(timeout=DISK_POLL_S if disk is not None else None)
+            proc.wait(timeout=DISK_POLL_S if disk is not None else None)
         except subprocess.TimeoutExpired:
-            used, entries, _ = disk_use(run_dir)
-            if used <= disk and entries <= MAX_RUN_ENTRIES:
+            why = over(disk_use(run_dir, holders=cap.pids() if cap is not None else ()))
+            if why is None:
                 continue
             proc.kill()
             proc.wait()
-            return (f"it wrote {used / (1 << 30):.2f} GiB to its run directory, past the run's disk cap of {disk / (1 << 30):.2f} "
-                    "GiB" if used > disk else f"it made more than {MAX_RUN_ENTRIES:,} files and folders in its run directory")
-        # a write past RLIMIT_FSIZE fails (EFBIG; Python ignores the SIGXFSZ that comes with it), or kills a process that
-        # does not ignore it: either way a file is left at the cap
-        if disk is not None and code != 0 and disk_use(run_dir)[2] >= disk:
-            return f"it wrote a file past the run's disk cap of {disk / (1 << 30):.2f} GiB"
-        return None
+            return f"{why} (killed)"
+        # what it wrote in its last second, after the last look: over the cap is over, however it ended
+        why = over(disk_use(run_dir)) if disk is not None else None
+        return why and f"{why} (found when it ended)"
 
 
 def job_lock_dir(spec_path: str | Path) -> Path:
@@ -275,7 +286,7 @@ def main(spec_path: str, parent_pid: int | None = None) -> int:
         env["PRETRAINLAB_MEMORY_CAP_MB"] = str(memory >> 20)
     code = 0
     if train_cmd is not None and not stopping["flag"]:  # (a SIGTERM before the trainer started has nobody else to stop)
-        from .limits import RunCap
+        from .limits import MAX_OPEN_FILES, RunCap
 
         # the trainer and all it starts, in a cgroup of their own: the memory and task caps (runners/limits.py)
         cap = RunCap.create(f"{run_dir.name}-train", memory, tasks, gpus=gpus)
@@ -285,6 +296,7 @@ def main(spec_path: str, parent_pid: int | None = None) -> int:
             cap.enter()
             if disk is not None:  # no one file past the disk cap (the total is measured while it runs)
                 resource.setrlimit(resource.RLIMIT_FSIZE, (disk, disk))
+                resource.setrlimit(resource.RLIMIT_NOFILE, (MAX_OPEN_FILES, MAX_OPEN_FILES))  # what the watcher looks through
             ignore_sigterm()
             if parent_pid is not None:  # the trainer dies with this process, as bwrap's --die-with-parent makes it in the sandbox
                 die_with_parent(signal.SIGKILL)
@@ -293,7 +305,7 @@ def main(spec_path: str, parent_pid: int | None = None) -> int:
             proc = subprocess.Popen(box.wrap(train_cmd, code_src=code_src, read_only=read_only,
                                              writable=[run_dir, *filter(None, [cache])], gpus=gpus),
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env, preexec_fn=preexec)
-            over_disk = wait_within_disk(proc, run_dir, disk)
+            over_disk = wait_within_disk(proc, run_dir, disk, cap)
             code = proc.returncode
         finally:
             cap.remove()
@@ -302,8 +314,7 @@ def main(spec_path: str, parent_pid: int | None = None) -> int:
         if failed and cap.out_of_memory():
             return out_of_memory(run_dir, cap, "training")
         if over_disk:
-            crashed_over_cap(run_dir, f"out of disk: the training was killed: {over_disk}; give runs more with --run-disk, or "
-                             "checkpoint less often")
+            crashed_over_cap(run_dir, f"out of disk: {over_disk}; give runs more with --run-disk, or checkpoint less often")
             return EXIT_OUT_OF_DISK
         if failed and cap.out_of_tasks():  # its own traceback (a fork or thread that failed) stays below this line
             crashed_over_cap(run_dir, f"out of tasks: the training reached the run's cap of {tasks:,} processes and threads, "

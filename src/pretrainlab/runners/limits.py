@@ -29,6 +29,7 @@ import os
 import re
 import resource
 import signal
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ MEMORY_SHARE = 0.9  # of the machine's RAM, split over the runs beside each othe
 DISK_SHARE = 0.5  # of the space free on the run directory's disk when the run starts, split the same way
 DISK_FLOOR = 256 << 20  # the least a run may write (auto never gives less)
 MAX_RUN_ENTRIES = 100_000  # files and folders in one run directory (an honest run writes a few dozen)
+MAX_OPEN_FILES = 4096  # a trainer's open files (RLIMIT_NOFILE): what the disk watcher looks through each second
 MAX_SIZE = 1 << 50  # the largest cap taken: 1 PiB
 DISK_POLL_S = 1.0  # how often a run directory is measured while its trainer runs
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -97,27 +99,53 @@ def run_disk(setting: str, share: float, where: Path) -> int | None:
     return parse_disk(setting)
 
 
-def disk_use(path: Path, max_entries: int = MAX_RUN_ENTRIES) -> tuple[int, int, int]:
-    """(bytes allocated, entries, largest file's size) under `path`, links not followed; stops counting past
-    `max_entries`."""
-    total, entries, largest, stack = 0, 0, 0, [str(path)]
-    while stack and entries <= max_entries:
+@dataclass
+class DiskUse:
+    bytes: int = 0  # allocated (st_blocks), files held open after their unlinking included
+    entries: int = 0
+    largest: int = 0  # the largest file's size
+    unreadable: str | None = None  # a folder the lab could not list (made so by the trainer)
+
+
+def disk_use(path: Path, max_entries: int = MAX_RUN_ENTRIES, holders: list[int] = ()) -> DiskUse:
+    """What is under `path`, links not followed (counting stops past `max_entries`), plus the files that the processes
+    `holders` hold open after unlinking them (space a folder listing never shows, and which stays in use until they exit)."""
+    use, stack, seen = DiskUse(), [str(path)], set()
+    while stack and use.entries <= max_entries:
+        folder = stack.pop()
         try:
-            with os.scandir(stack.pop()) as it:
+            with os.scandir(folder) as it:
                 for entry in it:
-                    entries += 1
+                    use.entries += 1
                     try:
                         st = entry.stat(follow_symlinks=False)
                     except OSError:
                         continue
-                    total += st.st_blocks * 512
+                    use.bytes += st.st_blocks * 512
+                    seen.add((st.st_dev, st.st_ino))
                     if entry.is_dir(follow_symlinks=False):
                         stack.append(entry.path)
                     else:
-                        largest = max(largest, st.st_size)
+                        use.largest = max(use.largest, st.st_size)
+        except PermissionError:  # (root lists anything: only a lab run by a user meets this)
+            use.unreadable = use.unreadable or folder
         except OSError:
             continue
-    return total, entries, largest
+    for pid in holders:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds[:MAX_OPEN_FILES]:
+            try:
+                st = os.stat(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if st.st_nlink == 0 and stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                use.bytes += st.st_blocks * 512
+                use.largest = max(use.largest, st.st_size)
+    return use
 
 
 def _own_cgroups() -> dict[str, str]:
@@ -336,6 +364,15 @@ class RunCap:
     def out_of_tasks(self) -> bool:
         """True when a fork or a new thread in the tree failed at the task cap."""
         return self.tasks is not None and self._state()["tasks_hit"] > 0
+
+    def pids(self) -> list[int]:
+        """The processes in the cap now."""
+        for path in self.dirs:
+            try:
+                return [int(p) for p in (path / "cgroup.procs").read_text().split()]
+            except (OSError, ValueError):
+                continue
+        return []
 
     def remove(self) -> None:
         """Kill whatever is still in the cgroup (a process that escaped its parent's end) and remove it; what the kernel

@@ -66,13 +66,14 @@ def scrubbed_env(extra: dict[str, str] | None = None, base: dict[str, str] | Non
 
 
 # The seccomp filter every sandboxed process runs under (bwrap --seccomp): sockets of the unix family only, no io_uring
-# (which makes sockets without the socket call), no other syscall ABI (i386's socketcall, x86_64's x32). Its network is
-# a loopback of its own, but TCP and UDP buffers there are kernel memory that a cgroup v1 memory cap does not count: a
-# model parked 2 GiB in unread loopback sockets under a 256 MiB cap. Nothing a single training or scoring process does
-# needs an inet socket.
-_ARCHES = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}  # AUDIT_ARCH, socket's syscall number
+# (which makes sockets without the socket call), no fallocate() but the plain one, no other syscall ABI (i386's
+# socketcall, x86_64's x32). Its network is a loopback of its own, but TCP and UDP buffers there are kernel memory that a
+# cgroup v1 memory cap does not count: a model parked 2 GiB in unread loopback sockets under a 256 MiB cap. And
+# fallocate(FALLOC_FL_KEEP_SIZE) reserves disk without a file growing (no RLIMIT_FSIZE): 2 GiB in 6 ms. Nothing a single
+# training or scoring process does needs either.
+_ARCHES = {"x86_64": (0xC000003E, 41, 285), "aarch64": (0xC00000B7, 198, 47)}  # AUDIT_ARCH, socket's and fallocate's numbers
 IO_URING_SETUP = 425  # the same on both
-AF_UNIX, EPERM, EAFNOSUPPORT = 1, 1, 97
+AF_UNIX, EPERM, EOPNOTSUPP, EAFNOSUPPORT = 1, 1, 95, 97
 _SECCOMP: dict[str, str | None] = {}
 _SECCOMP_OK: dict[str, str | None] = {}  # bwrap path -> the filter's file where it works, else None
 
@@ -85,26 +86,48 @@ def seccomp_program(machine: str | None = None) -> bytes | None:
     arch = _ARCHES.get(machine or platform.machine())
     if arch is None:
         return None
-    audit_arch, socket_nr = arch
+    audit_arch, socket_nr, fallocate_nr = arch
     ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
     allow, errno = 0x7FFF0000, 0x00050000  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | errno
+    # (op, value, where to go when true, when false): a label, or None for the next instruction
     program = [
-        (ld, 0, 0, 4),                                          # 0: the syscall's ABI
-        (jeq, 1, 0, audit_arch),                                # 1: native: go to 3
-        (ret, 0, 0, errno | EPERM),                             # 2: any other ABI
-        (ld, 0, 0, 0),                                          # 3: the syscall's number
-        (jge, 0, 1, 0x40000000),                                # 4: x32 (x86_64's __X32_SYSCALL_BIT)
-        (ret, 0, 0, errno | EPERM),                             # 5
-        (jeq, 0, 1, IO_URING_SETUP),                            # 6
-        (ret, 0, 0, errno | EPERM),                             # 7
-        (jeq, 1, 0, socket_nr),                                 # 8: socket(): go to 10
-        (ret, 0, 0, allow),                                     # 9: everything else
-        (ld, 0, 0, 16),                                         # 10: its family (args[0], low 32 bits)
-        (jeq, 0, 1, AF_UNIX),                                   # 11
-        (ret, 0, 0, allow),                                     # 12
-        (ret, 0, 0, errno | EAFNOSUPPORT),                      # 13: inet, netlink, packet, ...
+        ("ld", 4, None, None),                             # the syscall's ABI
+        ("jeq", audit_arch, "native", None),
+        ("ret", errno | EPERM, None, None),                # any other ABI
+        ("native", None, None, None),
+        ("ld", 0, None, None),                             # the syscall's number
+        ("jge", 0x40000000, "eperm", None),                # x32 (x86_64's __X32_SYSCALL_BIT)
+        ("jeq", IO_URING_SETUP, "eperm", None),
+        ("jeq", socket_nr, "socket", None),
+        ("jeq", fallocate_nr, "fallocate", None),
+        ("ret", allow, None, None),                        # everything else
+        ("socket", None, None, None),
+        ("ld", 16, None, None),                            # its family: args[0], low 32 bits
+        ("jeq", AF_UNIX, "allow", None),
+        ("ret", errno | EAFNOSUPPORT, None, None),         # inet, netlink, packet, ...
+        ("fallocate", None, None, None),
+        ("ld", 24, None, None),                            # its mode: args[1], low 32 bits
+        ("jeq", 0, "allow", None),
+        ("ret", errno | EOPNOTSUPP, None, None),           # KEEP_SIZE, PUNCH_HOLE, ...: glibc falls back to writing
+        ("allow", None, None, None),
+        ("ret", allow, None, None),
+        ("eperm", None, None, None),
+        ("ret", errno | EPERM, None, None),
     ]
-    return b"".join(struct.pack("=HBBI", *insn) for insn in program)
+    at, index = {}, 0
+    for op, *_ in program:
+        if op in ("ld", "jeq", "jge", "ret"):
+            index += 1
+        else:
+            at[op] = index
+    out, index = [], 0
+    for op, value, yes, no in program:
+        if op not in ("ld", "jeq", "jge", "ret"):
+            continue
+        index += 1
+        jt, jf = (at[yes] - index if yes else 0), (at[no] - index if no else 0)
+        out.append(struct.pack("=HBBI", {"ld": ld, "jeq": jeq, "jge": jge, "ret": ret}[op], jt, jf, value))
+    return b"".join(out)
 
 
 def _seccomp_file() -> str | None:
