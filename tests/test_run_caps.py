@@ -112,7 +112,9 @@ def test_without_a_cgroup_each_process_is_capped_and_says_so(monkeypatch):
 def test_memory_settings_are_parsed_and_bad_ones_refused_in_one_line():
     assert parse_memory("8G") == 8 << 30 and parse_memory("512M") == 512 << 20 and parse_memory("1.5GiB") == 3 << 29
     assert parse_memory("off") is None and parse_memory(str(1 << 30)) == 1 << 30
-    assert run_memory("auto", 0.5) == int(limits.machine_memory() * 0.9 * 0.5)
+    assert parse_memory("8Gi") == parse_memory("8 gb") == 8 << 30 and parse_memory("1P") == 1 << 50
+    assert run_memory("auto", 0.5) == max(1 << 30, int(limits.machine_memory() * 0.9 * 0.5))
+    assert run_memory("auto", 0.0) == 1 << 30  # never less than a small run needs, however many slots
     for flag, bad, why in (("memory", "8X", "is not a size"), ("memory", "10M", "is under 64M"), ("memory", "-1G", "is not a size"),
                            ("memory", "", "is not a size"), ("disk", "100M", "is under 256M, too little for a run's checkpoints"),
                            ("memory", str(1 << 64), "is more than any machine has"), ("disk", "17179869184T", "is more than")):

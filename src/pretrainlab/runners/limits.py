@@ -37,6 +37,7 @@ from pathlib import Path
 PREFIX = "pretrainlab-"  # every cgroup the lab makes: <PREFIX><creator pid>-<name>
 TASKS = 1024  # processes + threads of one run (a trainer uses a few dozen; torch.compile's workers a few more)
 MEMORY_SHARE = 0.9  # of the machine's RAM, split over the runs beside each other
+AUTO_MEMORY_FLOOR = 1 << 30  # the least --run-memory auto gives a run: torch and a small model
 DISK_SHARE = 0.5  # of the space free on the run directory's disk when the run starts, split the same way
 DISK_FLOOR = 256 << 20  # the least a run may write (auto never gives less)
 MAX_RUN_ENTRIES = 100_000  # files and folders in one run directory (an honest run writes a few dozen)
@@ -59,10 +60,10 @@ def parse_size(text: str, what: str = "memory", floor: int = 64 << 20, why: str 
     text = str(text).strip()
     if text.lower() == "off":
         return None
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?", text, re.IGNORECASE)
+    m = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)\s*(?:([KMGTP])(?:i?B?)?|B)?", text, re.IGNORECASE)
     if not m:
         raise ValueError(f"{what} {text!r} is not a size: give e.g. 8G, 512M or off")
-    value = float(m.group(1)) * 1024 ** " KMGT".index((m.group(2) or " ").upper())
+    value = float(m.group(1)) * 1024 ** " KMGTP".index((m.group(2) or " ").upper())
     if value > MAX_SIZE:  # the kernel's limits are 64-bit: a larger number wraps round to a small one
         raise ValueError(f"{what} {text!r} is more than any machine has (over 1P): give e.g. 64G, or off")
     if value < floor:
@@ -81,8 +82,8 @@ def parse_disk(text: str) -> int | None:
 def run_memory(setting: str, share: float) -> int | None:
     """A run's memory cap in bytes from a campaign's --run-memory: 'auto' (`share` of MEMORY_SHARE of this machine's
     RAM), 'off' (None), or a size."""
-    if str(setting).strip().lower() == "auto":
-        return int(machine_memory() * MEMORY_SHARE * min(1.0, max(share, 0.0)))
+    if str(setting).strip().lower() == "auto":  # never under what a small run needs (many slots on a small machine)
+        return max(AUTO_MEMORY_FLOOR, int(machine_memory() * MEMORY_SHARE * min(1.0, max(share, 0.0))))
     return parse_memory(setting)
 
 
@@ -234,6 +235,8 @@ class RunCap:
     gpus: bool = False
     why: str = ""  # why there is no cgroup (version 0)
     _final: dict | None = field(default=None, repr=False)  # what the kernel said, kept at remove()
+    _events: list = field(default_factory=list, repr=False)  # v1: (which, eventfd, oom_control fd) of OOM notifications
+    _notified: dict = field(default_factory=dict, repr=False)  # which -> OOM notifications so far
 
     @classmethod
     def create(cls, name: str, memory: int | None, tasks: int | None = TASKS, gpus: bool = False) -> RunCap:
@@ -291,6 +294,18 @@ class RunCap:
             _write(path / "memory.limit_in_bytes", str(self.memory))
             if (path / "memory.memsw.limit_in_bytes").exists():  # with swap accounting: no swapping past the cap either
                 _write(path / "memory.memsw.limit_in_bytes", str(self.memory))
+            # which limit an OOM kill was for: v1's oom_kill counts kills for a limit above the cap too, and failcnt stays
+            # 0 on recent kernels. An OOM notifies its cgroup and every one below it: the cap's own limit notifies the cap
+            # alone, one above notifies the job's cgroup as well
+            for which, folder in (("own", path), ("above", mem)):
+                try:
+                    efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+                    ofd = os.open(folder / "memory.oom_control", os.O_RDONLY | os.O_CLOEXEC)
+                    self._events.append((which, efd, ofd))
+                    _write(folder / "cgroup.event_control", f"{efd} {ofd}")
+                except OSError:
+                    if which == "own":
+                        break  # no notifications here: the kill is not the cap's (resumed once), never wrongly final
         if self.tasks is not None:
             _sweep(pids)
             path = pids / label
@@ -332,12 +347,17 @@ class RunCap:
             m = re.search(rf"^{key} (\d+)$", self._read(name), re.MULTILINE)
             return int(m.group(1)) if m else 0
 
-        if self.version == 2:  # memory.events.local: this cgroup's own limit, not one above it
+        if self.version == 2:  # memory.events.local: OOMs at this cgroup's own limit, not one above it ("max" is reclaim)
             local = "memory.events.local" if any((d / "memory.events.local").exists() for d in self.dirs) else "memory.events"
-            hit, oom_kill = count(local, "oom") + count(local, "max"), count("memory.events", "oom_kill")
-        else:  # v1: failcnt counts this cgroup's own limit being reached (kernels from 6.x keep it 0: see the peak)
-            failcnt = self._read("memory.failcnt").strip()
-            hit, oom_kill = int(failcnt) if failcnt.isdigit() else 0, count("memory.oom_control", "oom_kill")
+            hit, oom_kill = count(local, "oom"), count("memory.events", "oom_kill")
+        else:
+            for which, efd, _ in self._events:
+                try:
+                    self._notified[which] = self._notified.get(which, 0) + os.eventfd_read(efd)
+                except OSError:
+                    pass
+            oom_kill = count("memory.oom_control", "oom_kill")
+            hit = int(self._notified.get("own", 0) > 0 and not self._notified.get("above", 0))
         peak = None
         for name in ("memory.peak", "memory.max_usage_in_bytes"):
             text = self._read(name).strip()
@@ -353,9 +373,7 @@ class RunCap:
         """True when the kernel killed a process of this tree at this cap: its own limit reached, and an OOM kill in it.
         A kill for a limit above it (the machine's, a SLURM job's) is not the run's cap: that run was killed from outside."""
         state = self._state()
-        # its own limit reached: counted (v2's events, v1's failcnt where the kernel keeps it), or its peak at the cap
-        at_cap = state["hit"] > 0 or (state["peak"] is not None and self.memory is not None and state["peak"] >= self.memory - (1 << 20))
-        return self.memory is not None and state["oom_kill"] > 0 and at_cap
+        return self.memory is not None and state["oom_kill"] > 0 and state["hit"] > 0
 
     def peak(self) -> int | None:
         """The most memory the tree used at once, where the kernel says (bytes)."""
@@ -379,6 +397,13 @@ class RunCap:
         said about it stays readable (out_of_memory, peak, out_of_tasks)."""
         if self.dirs and self._final is None:
             self._final = self._counts()
+        for _, efd, ofd in self._events:
+            for fd in (efd, ofd):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._events = []
         for path in reversed(self.dirs):
             if (path / "cgroup.kill").exists():  # v2: the kernel kills the whole tree at once, no pid read then reused
                 try:

@@ -156,9 +156,10 @@ class _Worker:
             # just sent evaluation windows would print them there for the next proposal to learn by heart
             code = self.proc.wait()
             where = f"what it printed is in {self.stderr_path} (kept out of this reason: it may hold evaluation text)"
-            if self.cap.out_of_memory():
+            killed = code < 0 or 128 < code <= 128 + 64  # by a signal (bwrap passes its child's on as 128 + n)
+            if killed and self.cap.out_of_memory():  # (a worker that exits on its own after a child of its was is no OOM)
                 raise ScoringOutOfMemory(f"the model process ran out of memory while scoring; {where}", self.cap) from None
-            if code < 0 or 128 < code <= 128 + 64:  # by a signal (bwrap passes its child's on as 128 + n)
+            if killed:
                 raise ScoringFailed(f"the model process was killed by signal {-code if code < 0 else code - 128} while "
                                     f"scoring; {where}") from None
             raise ScoreRejected(f"the model process exited while scoring (exit {code}); {where}") from None
