@@ -283,3 +283,64 @@ def test_every_command_prints_its_help(capsys):
         helps[" ".join(path)] = " ".join(capsys.readouterr().out.split())
         assert e.value.code == 0 and helps[" ".join(path)].startswith("usage: pretrainlab"), path
     assert "auto: 90% of the machine's RAM split over the runs" in helps["research start"]
+
+
+def test_a_mistyped_flag_gets_the_closest_one_and_the_commands_own_help(capsys):
+    from pretrainlab.cli import main
+
+    assert main(["research", "start", "--paralel", "1"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: unrecognized arguments: --paralel 1 (--paralel: did you mean --parallel? "
+                                               "see `pretrainlab research start --help`)")
+    assert main(["runs", "list", "--zzzz"]) == 2
+    assert capsys.readouterr().err.strip() == "error: unrecognized arguments: --zzzz (see `pretrainlab runs list --help`)"
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("pretrainlab ")
+
+
+def test_runs_export_takes_its_format_from_the_file_name(tmp_path, ledger_workspace, capsys):
+    from pretrainlab.cli import main
+    from pretrainlab.ledger import Ledger
+
+    Ledger(None).close()  # the workspace's ledger, empty
+    assert main(["runs", "export", str(tmp_path / "runs.csv")]) == 0
+    assert capsys.readouterr().out.strip().endswith("(csv)") and (tmp_path / "runs.csv").exists()
+    assert main(["runs", "export", "-o", str(tmp_path / "runs.json")]) == 0 and (tmp_path / "runs.json").exists()
+    capsys.readouterr()
+    assert main(["runs", "export", "-o", str(tmp_path / "runs2.json"), "--format", "csv"]) == 2
+    assert "--format csv into 'runs2.json', a .json name" in capsys.readouterr().err
+    assert main(["runs", "export", str(tmp_path / "runs.txt")]) == 2
+    assert "cannot tell the format from 'runs.txt'" in capsys.readouterr().err
+
+
+def test_data_report_is_a_table_for_people_and_json_with_the_flag(corpus_dir, capsys):
+    from pretrainlab.cli import main
+
+    assert main(["data", "report", str(corpus_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "train docs / tokens" in out and "\nall " not in out.split("┃ domain")[0] and not out.lstrip().startswith("{")
+    assert main(["data", "report", str(corpus_dir), "--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["domains"]) == {"code", "docs", "literature"}
+
+
+def test_the_leaderboard_ranks_by_paired_effect_and_says_what_is_left(capsys):
+    """One-seed screens and the baseline's three-seed mean do not rank against each other: a discarded screen whose mean
+    happens to be lower stayed above the baseline. A dead loop and experiments the campaign never ran are said."""
+    from pretrainlab.cli import _print_leaderboard
+
+    def exp(eid, role, verdict, mean, effect, status="decided"):
+        return {"experiment": eid, "hypothesis": eid, "proposer": "optuna", "model_id": None, "change": None, "runs": 1,
+                "role": role, "status": status, "verdict": verdict, "mean_val_bpb": mean, "effect": effect, "ci": None,
+                "planned_seeds": 1, "rung_effect": None}
+
+    status = {"campaign": "c1", "status": "running", "runs": 5, "budget_runs": 9, "slots": None, "llm_spend": None,
+              "loop": {"pid": 1, "host": "h", "alive": False},
+              "experiments": [exp("worse-but-low", "screen", "discard", 3.80, 0.03), exp("base", "baseline", "keep", 3.85, None),
+                              exp("kept", "screen", "keep", 3.82, -0.02), exp("queued", "suggestion", None, None, None, "queued")]}
+    _print_leaderboard(status)
+    out = capsys.readouterr().out
+    order = [line.split("│")[1].strip() for line in out.splitlines() if line.startswith("│")]
+    assert order == ["base", "kept", "worse-but-low", "queued"]
+    assert "loop: not running (process 1 has ended" in out and "`pretrainlab research resume c1` continues it" in out
+    _print_leaderboard({**status, "status": "done"})
+    assert "not run: 1 queued experiment(s) (queued): the campaign ended first" in capsys.readouterr().out

@@ -55,8 +55,18 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see `{self.prog} --help`)")
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("pretrainlab")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="pretrainlab", description="An AI research lab for LLM pre-training.")
+    p.add_argument("--version", action="version", version=f"pretrainlab {_version()}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     r = sub.add_parser("recipes", help="list the named recipes with their sizes")
@@ -133,8 +143,9 @@ def _add_runs_parser(sub) -> None:
     imp = rsub.add_parser("import", parents=[common], help="register run directories (or every run under a folder)")
     imp.add_argument("dirs", nargs="+", metavar="DIR")
     exp = rsub.add_parser("export", parents=[common, filters], help="write runs to a JSON, CSV or Parquet file")
-    exp.add_argument("--format", required=True, help="json, csv or parquet")
-    exp.add_argument("-o", "--out", type=Path, required=True, metavar="FILE")
+    exp.add_argument("--format", help="json, csv or parquet (default: the --out file's extension)")
+    exp.add_argument("out_file", nargs="?", type=Path, metavar="FILE", help="where to write (or -o FILE)")
+    exp.add_argument("-o", "--out", type=Path, metavar="FILE")
     exp.add_argument("--limit", type=int, default=0, help="at most N runs (default 0 = all)")
     note = rsub.add_parser("note", parents=[common], help="attach a note to a run")
     note.add_argument("run", help="run id, unique id prefix, or run directory")
@@ -210,9 +221,36 @@ def _add_research_parser(sub) -> None:
     ui.add_argument("--open", action="store_true", help="open the dashboard in a browser")
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """parse_args, with an unknown flag named against the command it was given to (`--paralel`: did you mean --parallel?
+    see `pretrainlab research start --help`)."""
+    import difflib
+
+    args, extra = parser.parse_known_args(argv)
+    if not extra:
+        return args
+    command, path = parser, [parser.prog]
+    while True:  # the deepest subcommand given
+        subs = [a for a in command._actions if isinstance(a, argparse._SubParsersAction)]
+        name = getattr(args, subs[0].dest, None) if subs else None
+        if name is None or name not in subs[0].choices:
+            break
+        command, path = subs[0].choices[name], [*path, name]
+    flags = [o for a in command._actions for o in a.option_strings if o.startswith("--")]
+    hints = []
+    for arg in extra:
+        close = difflib.get_close_matches(arg.split("=", 1)[0], flags, n=1, cutoff=0.8) if arg.startswith("--") else []
+        if close:
+            hints.append(f"{arg}: did you mean {close[0]}?")
+    if hints:
+        raise UserError(f"unrecognized arguments: {' '.join(extra)} ({'; '.join(hints)} see `{' '.join(path)} --help`)")
+    command.error(f"unrecognized arguments: {' '.join(extra)}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    args = None
     try:
-        args = build_parser().parse_args(argv)
+        args = _parse(build_parser(), argv)
         if isinstance(getattr(args, "author", None), str):
             api.check_person(args.author)
         return COMMANDS[args.command](args)
@@ -220,7 +258,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        what = (getattr(args, "command", None), getattr(args, "research_command", None))
+        if what[0] == "research" and what[1] in ("start", "resume", "mixture"):  # the loop stopped its runs with a checkpoint
+            which = args.campaign if what[1] == "resume" else "ID"
+            print(f"interrupted: the runs in flight were checkpointed; `pretrainlab research resume {which}` continues the "
+                  "campaign (`pretrainlab research status` lists them)", file=sys.stderr)
+        else:
+            print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `pretrainlab runs list --json | head`: the reader left; nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -317,8 +361,30 @@ def cmd_data(args) -> int:
         api.write_corpus_report_html(info, args.html)
     if args.json:
         return _print_json(info)
-    print(json.dumps(info, indent=2))
+    _print_corpus(info)
     return 0
+
+
+def _print_corpus(info: dict) -> None:
+    """`data report` for people: documents and tokens per domain and split (`--json` has every figure)."""
+    from rich.table import Table
+
+    splits = ("train", "monitor", "val", "test")
+    table = Table(title=_esc(f"corpus {info['path']} ({info['tokenizer']}, vocabulary {info['vocab_size']:,})"))
+    table.add_column("domain")
+    for split in splits:
+        table.add_column(f"{split} docs / tokens", justify="right")
+    for name, parts in [*info["domains"].items(), ("all", info.get("total") or {})]:
+        cells = [f"{parts[sp]['num_docs']:,} / {parts[sp]['num_tokens']:,}" if sp in parts else "-" for sp in splits]
+        table.add_row(_esc(name), *cells)
+    _console().print(table)
+    print(f"dropped while preparing: {info.get('num_dropped_duplicates') or 0} duplicate and {info.get('num_dropped_empty') or 0} "
+          f"empty document(s); manifest sha256 {info['manifest_sha256'][:16]}")
+    if info.get("build"):
+        print("built by `pretrainlab data build` from a data recipe: `--json` shows the recipe and each step's counts")
+    small = [d for d, parts in info["domains"].items() if (parts.get("val") or {}).get("num_tokens", 0) < 8192]
+    if small:
+        print(f"note: the decision (val) split of {', '.join(small)} holds under 8,192 tokens: its scores are noisy; add documents")
 
 
 def _print_summary(run_dir: Path, s: dict) -> None:
@@ -500,7 +566,19 @@ def _runs_import(args) -> int:
 
 
 def _runs_export(args) -> int:
-    res = api.export_runs(args.format, args.out, args.status, args.recipe, args.campaign, args.since, args.until,
+    if args.out and args.out_file and args.out != args.out_file:
+        raise UserError(f"runs export: two files given ({args.out_file} and -o {args.out}): give one")
+    out = args.out or args.out_file
+    if out is None:
+        raise UserError("runs export needs a file: `pretrainlab runs export runs.csv` (json, csv or parquet, from its extension)")
+    ext = out.suffix.lower().lstrip(".")
+    fmt = args.format or ext
+    if args.format is None and fmt not in ("json", "csv", "parquet"):
+        raise UserError(f"runs export: cannot tell the format from {out.name!r}: give --format json, csv or parquet")
+    if args.format and ext in ("json", "csv", "parquet") and ext != args.format:
+        raise UserError(f"runs export: --format {args.format} into {out.name!r}, a .{ext} name: use a .{args.format} file or "
+                        f"--format {ext}")
+    res = api.export_runs(fmt, out, args.status, args.recipe, args.campaign, args.since, args.until,
                           limit=args.limit, sort=args.sort, db=args.db)
     if args.json:
         return _print_json(res)
@@ -715,7 +793,14 @@ def _print_leaderboard(status: dict) -> None:
     for col in ("experiment", "hypothesis", "proposed by", "change", "runs", "mean val_bpb", "effect [95% CI]", "verdict"):
         table.add_column(col, overflow="ellipsis", no_wrap=True, max_width={"hypothesis": 28, "change": 44}.get(col),
                          min_width={"experiment": 12, "runs": 4, "mean val_bpb": 8, "verdict": 12, "proposed by": 8}.get(col))
-    rows = sorted(status["experiments"], key=lambda e: (e["mean_val_bpb"] is None, e["mean_val_bpb"] or 0))
+    # the baseline first, then kept changes, then the rest, each by its paired effect against the recipe it changed: means
+    # over different seeds (a one-seed screen, the baseline's three) do not rank against each other
+    def rank(e: dict) -> tuple:
+        effect = e["effect"] if e["effect"] is not None else e.get("rung_effect")
+        group = 0 if e.get("role") == "baseline" else 1 if e["verdict"] == "keep" else 2 if effect is not None else 3
+        return group, effect if effect is not None else (e["mean_val_bpb"] or 0)
+
+    rows = sorted(status["experiments"], key=rank)
     for e in rows:
         ci = e["ci"] or [None, None]
         effect = "" if e["effect"] is None else f"{e['effect']:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci[0] is not None else "")
@@ -732,8 +817,19 @@ def _print_leaderboard(status: dict) -> None:
     from rich.console import Console
 
     Console(width=None if sys.stdout.isatty() else 200).print(table)  # one line per experiment in logs too
+    print("ranked: the baseline, kept changes, then the rest, each by its effect against the recipe it changed (on the same "
+          "seeds); means over different numbers of seeds do not compare")
+    queued = [e["experiment"] for e in status["experiments"] if e["status"] == "queued"]
+    if queued and status["status"] != "running":
+        print(f"not run: {len(queued)} queued experiment(s) ({', '.join(queued[:5])}{', ...' if len(queued) > 5 else ''}): the "
+              f"campaign ended first; `pretrainlab research resume {status['campaign']} --budget-runs N` (more than "
+              f"{status['budget_runs']}) runs them")
+    loop = status.get("loop") or {}
+    if status["status"] == "running" and loop.get("alive") is False:
+        print(f"loop: not running (process {loop.get('pid')} has ended: stopped, interrupted or killed); "
+              f"`pretrainlab research resume {status['campaign']}` continues it")
     if status.get("slots"):
-        print(f"slots: {status['slots']}")
+        print(f"slots (the last loop's): {status['slots']}")
     if status.get("llm_spend"):
         s = status["llm_spend"]
         cost = f", ${s['dollars']:.2f}" if s.get("dollars") is not None else ""

@@ -78,7 +78,7 @@ def _num_val(domain: str, num_docs: int, val_fraction: float, min_val_docs: int)
     if num_val >= num_docs:
         raise UserError(
             f"domain {domain!r} has {num_docs} document(s) but needs {num_val} held out (val, monitor and test get at least one "
-            "each), leaving none to train on: add documents (a long text can be split into several files) or lower val_fraction"
+            "each), leaving none to train on: add documents (at least 4 per domain; a long text can be split into several files)"
         )
     return num_val
 

@@ -973,11 +973,11 @@ class Campaign:
 
 def slots_text(c: dict) -> str:
     """A loop's closing statistics (Campaign.closing_stats) in words: what `research status` shows."""
-    parts = ", ".join(f"{v:.0f} s {k}" for k, v in sorted(c["idle_s"].items(), key=lambda kv: -kv[1]) if v >= 0.5) or "none"
+    parts = "; ".join(f"{v:.0f} s {k}" for k, v in sorted(c["idle_s"].items(), key=lambda kv: -kv[1]) if v >= 0.5) or "none"
     until_last = "n/a" if c["utilisation_until_last_start"] is None else f"{c['utilisation_until_last_start']:.1%}"
     return (f"slot utilisation {c['utilisation_queued']:.1%} of {c['slots']} slot(s) while work was queued; "
             f"{until_last} until the last run started, {c['utilisation']:.1%} including the final drain; "
-            f"idle slot-time: {parts}; {c['seconds']:.0f} s")
+            f"idle slot-time: {parts} (this loop: {c['seconds']:.0f} s)")
 
 
 def closing_note(c: dict) -> str:

@@ -205,7 +205,7 @@ def render_text(result: dict) -> str:
         v = fit.get(k)
         lines.append(f"  {k:<6} {fmts[k](v) if v is not None else '-':>12}   {_ci(iv.get(k), fmts[k]):<24} {notes.get(k, '')}".rstrip())
     lines.append(f"  objective {fit['objective']:.6g} (sum of Huber losses); rms log-residual {fit['rms_log_residual']:.4f}, max "
-                 f"{fit['max_abs_log_residual']:.4f}; {fit['starts_within_1pct']} of {fit['num_starts']} starts reached the optimum (1%)")
+                 f"{fit['max_abs_log_residual']:.4f}; {fit['starts_within_1pct']} of {fit['num_starts']} starts ended within 1% of the best objective")
     lines += ["", f"compute-optimal allocation (C = 6ND; {level} intervals from the bootstrap):",
               f"  {'C (FLOPs)':>10}  {'N_opt':>8} {'interval':<20} {'D_opt':>8} {'interval':<20} {'D/N':>6} {'loss':>7}"]
     for a in result["allocation"]:
