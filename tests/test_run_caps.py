@@ -178,7 +178,12 @@ def test_runs_past_their_caps_crash_with_the_reason_and_are_not_resumed(tmp_path
     assert plain.status == "ok" and plain.summary["scored_by"] == "lab", plain.stderr_tail[-2000:]
     assert "caps on the trainer: cgroup v" in plain.stderr_tail and "1.0 GiB, 1024 tasks" in plain.stderr_tail
     # the run records the memory it had: its cap, what the doctor's memory_pressure measures against
-    assert json.loads((tmp_path / "runs" / "plain" / "provenance.json").read_text())["memory_total_mb"] == 1024
+    provenance = json.loads((tmp_path / "runs" / "plain" / "provenance.json").read_text())
+    assert provenance["memory_total_mb"] == 1024
+    # the lab's commit, which the sandboxed trainer cannot see, recorded by the job; a code experiment's tree is patched
+    from pretrainlab.code_state import code_state
+
+    assert provenance["git_commit"] == code_state()["git_commit"] and provenance["code_patched"] is True
     for key, part in (("hog-train", "the training"), ("hog-score", "the model process the lab scored it with")):
         r = results[key]
         assert r.status == "crashed" and r.returncode == EXIT_OUT_OF_MEMORY, (key, r.stderr_tail[-2000:])

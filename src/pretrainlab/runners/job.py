@@ -155,6 +155,18 @@ def wait_within_disk(proc: subprocess.Popen, run_dir: Path, disk: int | None, ca
         return why and f"{why} (found when it ended)"
 
 
+def record_lab_code(run_dir: Path, code_src: Path) -> None:
+    """The lab's commit and uncommitted diff in the run's provenance.json: the sandboxed trainer sees no .git, so it records
+    none. A code experiment's tree is the lab's with its patch (kept with the experiment in the ledger): `code_patched`."""
+    from ..code_state import code_state
+
+    provenance = rundir.read_provenance(run_dir)
+    if not isinstance(provenance, dict):
+        return
+    provenance.update(code_state(), code_patched=code_src != LAB_SRC)
+    rundir.write_json_atomic(run_dir / rundir.PROVENANCE, provenance)
+
+
 def job_lock_dir(spec_path: str | Path) -> Path:
     """The folder whose lock a job process holds while it runs (beside its spec)."""
     return Path(spec_path).with_suffix(".job")
@@ -319,6 +331,7 @@ def main(spec_path: str, parent_pid: int | None = None) -> int:
         if failed and cap.out_of_tasks():  # its own traceback (a fork or thread that failed) stays below this line
             crashed_over_cap(run_dir, f"out of tasks: the training reached the run's cap of {tasks:,} processes and threads, "
                              "and a fork or a new thread failed", keep_error=True)
+    record_lab_code(run_dir, code_src)
     summary = rundir.read_summary(run_dir)
     if (stopping["flag"] or not spec.get("score_path") or summary is None or summary.get("status") not in ("ok", "timeout")
             or not (run_dir / "model.pt").is_file()):

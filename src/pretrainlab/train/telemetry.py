@@ -11,13 +11,14 @@ import os
 import platform
 import resource
 import socket
-import subprocess
 import sys
 import uuid
 from importlib import metadata
 from pathlib import Path
 
 import torch
+
+from ..code_state import code_state
 
 # Dense peak TFLOP/s by (name fragment, dtype); the first matching fragment wins, so the
 # more specific names come first.
@@ -78,24 +79,6 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def _git(args: list[str], cwd: Path) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout if out.returncode == 0 else None
-
-
-def code_state() -> dict:
-    """Commit and uncommitted diff of the pretrainlab source tree, when it is a git checkout."""
-    src = Path(__file__).resolve().parents[1]
-    commit = _git(["rev-parse", "HEAD"], src)
-    if commit is None:
-        return {"git_commit": None, "git_dirty": None, "git_diff": None}
-    diff = _git(["diff", "HEAD", "--", "."], src) or ""
-    return {"git_commit": commit.strip(), "git_dirty": bool(diff), "git_diff": diff}
 
 
 def package_versions() -> dict:
