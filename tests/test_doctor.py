@@ -576,6 +576,20 @@ def test_a_crashed_run(tmp_path):
     assert f.id == "run_crashed" and f.severity == "error" and "RuntimeError: boom" in f.summary
 
 
+def test_a_run_its_campaign_stopped_is_no_preemption_to_resume(tmp_path):
+    """A screen the campaign stopped at a rung was reported as "a scheduler or user sent SIGTERM: continue it"."""
+    run = write_run(tmp_path / "run", make_rows(n=60), summary={"status": "preempted", "stopped_by": "early stopping: its "
+                                                                 "campaign stopped it, the experiment having fallen behind"})
+    f = diagnose(run).findings[0]
+    assert f.id == "run_stopped" and f.severity == "info" and "early stopping" in f.summary and "--resume" not in f.fix
+    run = write_run(tmp_path / "late", make_rows(n=60), summary={"status": "preempted",
+                                                                  "stopped_by": "its campaign's time limit per run (60 s)"})
+    f = diagnose(run).findings[0]
+    assert f.id == "run_stopped" and f.severity == "warning" and "--run-budget" in f.fix
+    run = write_run(tmp_path / "term", make_rows(n=60), summary={"status": "preempted"})
+    assert diagnose(run).findings[0].id == "run_preempted"
+
+
 def test_a_copied_run_dir_is_diagnosed_the_same(tmp_path):
     run = write_run(tmp_path / "run", make_rows())
     shutil.copytree(run, tmp_path / "copy")

@@ -13,6 +13,7 @@ import pytest
 
 from pretrainlab.errors import UserError
 from pretrainlab.ledger import Ledger
+from pretrainlab.rundir import read_summary
 from pretrainlab.research import manage
 from pretrainlab.research.campaign import Campaign, CampaignConfig
 from pretrainlab.research.simulate import Landscape, SimulatedRunner
@@ -125,6 +126,8 @@ def test_the_default_loop_with_optuna_screens_then_confirms(sim):
     claims = [d for d in decisions if d["evidence"].get("stage") == "claim"]
     assert adopted and len(claims) == 1  # what was adopted is confirmed on the fresh seeds 1 and 2
     assert any(r["status"] == "preempted" and r["tokens"] < 8192 for r in runs)  # a clear loser stopped at its rung
+    stopped = [ledger.get_run(r["run_id"])["run_dir"] for r in runs if r["status"] == "preempted"]
+    assert all((read_summary(d) or {}).get("stopped_by", "").startswith("early stopping") for d in stopped)  # for the doctor
     confirm = {e["id"] for e in ledger.list_experiments(cid) if (e["change"] or {}).get("confirm")}
     assert all(r["seed"] in (1, 2) for r in runs if r["experiment_id"] in confirm)
     # the closing note, from the runner's slot accounting

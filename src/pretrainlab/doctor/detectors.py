@@ -1158,6 +1158,15 @@ def detect_run_status(sig: Signals) -> list[Finding]:
             cause="the model or trainer failed a probe (looked ahead, depended on other rows or on what it saw) or reported "
                   "a figure the lab could not reproduce from its weights (docs/research.md, the trust boundary)",
             fix="make the model causal and row-independent, and leave the trainer's evaluation alone; the lab scores every run")]
+    if status == "preempted" and isinstance(s.get("stopped_by"), str):  # its campaign stopped it (research/campaign.py)
+        timed_out = "time limit" in s["stopped_by"]
+        return [Finding(
+            id="run_stopped", severity="warning" if timed_out else "info", title="Stopped by its campaign",
+            summary=f"the run was stopped at step {last} by {s['stopped_by']}", steps=(last, last) if last else None,
+            evidence={"stopped_by": s["stopped_by"], "steps": last},
+            cause="the campaign's per-run time limit" if timed_out else "the campaign's early stopping: it decided with what it had",
+            fix="raise --run-budget's time, or give the run fewer tokens" if timed_out else
+                "nothing to do: `pretrainlab research status CAMPAIGN` shows the decision")]
     if status == "preempted":
         return [Finding(
             id="run_preempted", severity="info", title="Run preempted",

@@ -422,6 +422,10 @@ class Campaign:
             self.log(f"{result.job.key}: killed; resuming it")
             self.save_state()
             return  # not registered: the seed is pending again
+        if result.summary is not None and result.status in ("stopped", "timeout"):  # the lab stopped it: no preemption
+            why = ("early stopping: its campaign stopped it, the experiment having fallen behind" if result.status == "stopped"
+                   else f"its campaign's time limit per run ({result.job.timeout_s or 0:.0f} s)")
+            write_json_atomic(result.job.out_dir / "summary.json", {**result.summary, "stopped_by": why})
         if result.summary is not None:
             self.register(exp_id, result.job.out_dir)
         if result.status == "rejected":
