@@ -186,9 +186,10 @@ def _add_research_parser(sub) -> None:
     g.add_argument("--db", metavar="URL")
     g.add_argument("--json", action="store_true")
     for name in ("approve", "reject"):
-        c = rsub.add_parser(name, help=f"{name} an experiment (recorded as your decision)")
+        c = rsub.add_parser(name, help=f"{name} an experiment (recorded as your decision)" +
+                            ("; a queued one is withdrawn" if name == "reject" else ""))
         c.add_argument("experiment")
-        c.add_argument("--reason")
+        c.add_argument("--reason", help="why (recorded); needed to overturn the statistics' verdict (approve of a discard, reject of a keep)")
         c.add_argument("--author", default=os.environ.get("USER") or "person")
         c.add_argument("--db", metavar="URL")
         c.add_argument("--json", action="store_true")
@@ -340,6 +341,8 @@ def cmd_data(args) -> int:
     if args.data_command == "prepare":
         path = api.prepare_data(args.builtin, args.inputs, args.tokenizer, args.out, args.text_field, args.force)
         print(f"corpus ready: {path}")
+        if not args.builtin:
+            _corpus_notes(api.corpus_info(str(path)))
         return 0
     if args.data_command == "build":
         result = api.build_data(args.recipe, args.out, progress=not args.json, executor=args.executor, ray_address=args.address)
@@ -378,13 +381,21 @@ def _print_corpus(info: dict) -> None:
         cells = [f"{parts[sp]['num_docs']:,} / {parts[sp]['num_tokens']:,}" if sp in parts else "-" for sp in splits]
         table.add_row(_esc(name), *cells)
     _console().print(table)
-    print(f"dropped while preparing: {info.get('num_dropped_duplicates') or 0} duplicate and {info.get('num_dropped_empty') or 0} "
-          f"empty document(s); manifest sha256 {info['manifest_sha256'][:16]}")
+    print(f"manifest sha256 {info['manifest_sha256'][:16]}")
     if info.get("build"):
         print("built by `pretrainlab data build` from a data recipe: `--json` shows the recipe and each step's counts")
+    _corpus_notes(info, always=True)
+
+
+def _corpus_notes(info: dict, always: bool = False) -> None:
+    """What a person preparing a corpus should know: documents dropped, decision splits too small to score on."""
+    dropped = (info.get("num_dropped_duplicates") or 0, info.get("num_dropped_empty") or 0)
+    if always or any(dropped):
+        print(f"dropped while preparing: {dropped[0]} duplicate and {dropped[1]} empty document(s)")
     small = [d for d, parts in info["domains"].items() if (parts.get("val") or {}).get("num_tokens", 0) < 8192]
     if small:
-        print(f"note: the decision (val) split of {', '.join(small)} holds under 8,192 tokens: its scores are noisy; add documents")
+        print(f"note: the decision (val) split of {', '.join(small)} holds under 8,192 tokens: scores on it are noisy; add "
+              "documents")
 
 
 def _print_summary(run_dir: Path, s: dict) -> None:
@@ -683,9 +694,12 @@ def cmd_research(args) -> int:
         exp = api.research_suggest(args.campaign, args.hypothesis, args.overrides, args.author, db=args.db, data_recipe=args.data_recipe)
         return _print_json({"experiment": exp}) if args.json else (print(f"queued experiment {exp}") or 0)
     done = api.research_review(args.experiment, c == "approve", args.author, args.reason, db=args.db)
+    if done.get("warning"):  # a person's override of the statistics: said, whatever the output format
+        print(f"warning: {done['warning']}", file=sys.stderr)
     if args.json:
         return _print_json(done)
-    print(f"experiment {args.experiment}: {c}d by {args.author}")
+    withdrawn = ": it will not run" if done["status"] == "rejected" else ""
+    print(f"experiment {args.experiment}: {'approved' if c == 'approve' else 'rejected'} by {args.author}{withdrawn}")
     return 0
 
 

@@ -406,8 +406,10 @@ def _progress(enabled: bool):
     if not enabled:
         return None
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.table import Column
 
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    return Progress(SpinnerColumn(), TextColumn("{task.description}", table_column=Column(overflow="fold", ratio=1)),
+                    TimeElapsedColumn())
 
 
 def _histogram(scores: list[float]) -> dict | None:

@@ -178,8 +178,11 @@ def _progress_bar(enabled: bool):
     if not enabled:
         return nullcontext(None)
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.table import Column
 
-    return Progress(SpinnerColumn(), TextColumn("{task.description:<12}"), TextColumn("{task.fields[status]}"), TimeElapsedColumn())
+    # a domain's name whole, and its counts folded onto a second line rather than cut off in a narrow terminal or a log
+    return Progress(SpinnerColumn(), TextColumn("{task.description}", table_column=Column(no_wrap=True, min_width=12)),
+                    TextColumn("{task.fields[status]}", table_column=Column(overflow="fold", ratio=1)), TimeElapsedColumn())
 
 
 def _chunks(documents: Iterable[Document]) -> Iterator[list[Document]]:
