@@ -314,14 +314,26 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
     sample_util = gpu_utilisation(device)  # None on CPU: no gpu_util in the rows
     budget = recipe.budget
     domains = corpus.domains
-    stop_signal = {"sigterm": False, "warming_up": False}
+    # sigterm: a stop was asked for (SIGTERM, or a first Ctrl-C); stepping: a step boundary is still ahead to stop at
+    stop_signal = {"sigterm": False, "sigint": False, "warming_up": False, "stepping": True}
 
     def on_sigterm(*_):
         stop_signal["sigterm"] = True
         if stop_signal["warming_up"]:  # a compile warm-up can take minutes: give it up, train on eagerly and stop at this step
             raise _WarmUpInterrupted
 
+    def on_sigint(*_):
+        """Ctrl-C stops as SIGTERM does. A second one while stopping, or one after the last step
+        (no step boundary is left to stop at), aborts at once, as Python's own handler does."""
+        if stop_signal["sigint"] or not stop_signal["stepping"]:
+            raise KeyboardInterrupt
+        stop_signal["sigint"] = True
+        on_sigterm()
+
     previous_handler = signal.signal(signal.SIGTERM, on_sigterm) if _is_main_thread() else None
+    # only over Python's own handler: a SIGINT ignored (a script's background job) or handled by the caller stays so
+    previous_sigint = (signal.signal(signal.SIGINT, on_sigint)
+                       if _is_main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler else None)
     untimed_steps = 3 if compiled else 1  # the first steps carry allocator (and compiled-graph) warm-up
     pending_rows: list[rundir.TrainRow | rundir.EvalRow] = []
 
@@ -521,7 +533,8 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
                         stop_signal["warming_up"] = True
                         model, compiled, note = compiling.compile_model(raw_model, optimizers, warm_up, key)
                     except _WarmUpInterrupted:
-                        model, compiled, note = raw_model, False, "SIGTERM during the compile warm-up: eager"
+                        by = "SIGINT" if stop_signal["sigint"] else "SIGTERM"
+                        model, compiled, note = raw_model, False, f"{by} during the compile warm-up: eager"
                         compiling.uncompile_optimizers(optimizers)
                         flags[0] = 1.0  # checkpoint and stop at this step, as a SIGTERM at a step boundary does
                     finally:
@@ -541,13 +554,18 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
                 save_ckpt()
             if flags[0].item():
                 status = "preempted"
-                log(f"SIGTERM: checkpointing at step {state['step']} and exiting as preempted")
+                if stop_signal["sigint"]:  # a person at the terminal: say how to go on
+                    log(f"SIGINT (Ctrl-C): checkpointing at step {state['step']} and exiting as preempted; continue with "
+                        f"`pretrainlab train --resume {out_dir}` (Ctrl-C again aborts without the checkpoint)")
+                else:
+                    log(f"SIGTERM: checkpointing at step {state['step']} and exiting as preempted")
                 save_ckpt()
                 break
             if flags[1].item():
                 status = "timeout"
                 log(f"wall-clock limit budget.wall_limit_s={budget.wall_limit_s} reached at step {state['step']}")
                 break
+        stop_signal["stepping"] = False
         flush_metrics()
         # ---- 7. final evaluation and summary ------------------------------------------------------
         if status in ("ok", "timeout"):
@@ -566,6 +584,8 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
+        if previous_sigint is not None:
+            signal.signal(signal.SIGINT, previous_sigint)
         summary = _summary(status, state, final_eval, error, num_params, flops_per_token, peak, d, device, t_start)
         summary["compiled"] = compiled
         if d.main and out_dir.exists():
