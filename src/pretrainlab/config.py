@@ -147,7 +147,7 @@ class TrainConfig:
     eval_every: int = doc("evaluate val_bpb every N steps; 0 = only at the end", 0)
     eval_every_frac: float = doc("also evaluate each time this share of the budget is used (e.g. 0.25); 0 = off", 0.0)
     eval_at_start: bool = doc("evaluate the untrained model at step 0 (each domain's starting point)", False)
-    ckpt_every: int = doc("write an atomic checkpoint every N steps (and at the end); 0 = none, except on SIGTERM", 0)
+    ckpt_every: int = doc("write an atomic checkpoint every N steps (and at the end); 0 = none, except on SIGTERM or Ctrl-C", 0)
     ckpt_keep: int = doc("how many checkpoints to keep", 2)
     diverge_ratio: float = doc("stop as diverged when loss exceeds this multiple of its best EMA", 2.5)
     diverge_patience: int = doc("...for this many consecutive steps (NaN/Inf stop at once)", 10)
