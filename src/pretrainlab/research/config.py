@@ -77,7 +77,7 @@ class CampaignConfig(Execution):
     goal: str = doc("the metric to lower (val_bpb)", "val_bpb")
     budget_runs: int = doc("training runs in total, baseline replicates included", 40)
     budget_hours: float = doc("wall-clock cap for the campaign (0 = none)", 0.0)
-    run_budget: str = doc("per run: seconds (60s, 5m) or tokens (2e6tok)", "60s")
+    run_budget: str = doc("per run: seconds (60s, 5m) or tokens (2e6tok, 300ktok)", "60s")
     strategy: str = doc("auto (claude if ANTHROPIC_API_KEY is set, else optuna), claude, openai, optuna, random, manual", "auto")
     seeds: int = doc("replicates for the baseline and each confirmation", 3)
     alpha: float = doc("two-sided significance level of a decision", 0.05)
@@ -225,8 +225,10 @@ def run_budget_overrides(spec: str) -> list[str]:
     the only budget: the recipe's other budget fields are cleared."""
     s = spec.strip().lower()
     try:
-        if s.endswith("tok"):
-            tokens = float(s[:-3])
+        if s.endswith("tok"):  # 2e6tok, 2mtok, 30ktok
+            count = s[:-3].strip()
+            scale = {"k": 1e3, "m": 1e6, "g": 1e9, "b": 1e9}.get(count[-1:], 1.0)
+            tokens = float(count[:-1] if scale != 1.0 else count) * scale
             if not (math.isfinite(tokens) and tokens >= 1):
                 raise ValueError
             return [f"budget.tokens={int(tokens)}", "budget.seconds=0", "budget.flops=0"]
@@ -236,7 +238,7 @@ def run_budget_overrides(spec: str) -> list[str]:
             raise ValueError
         return [f"budget.seconds={value:g}", "budget.tokens=0", "budget.flops=0"]
     except (ValueError, OverflowError):
-        raise UserError(f"--run-budget {spec!r}: use seconds like 60s / 5m or tokens like 2e6tok") from None
+        raise UserError(f"--run-budget {spec!r}: use seconds like 60s / 5m or tokens like 2e6tok / 300ktok") from None
 
 
 @dataclass
