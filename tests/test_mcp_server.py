@@ -118,7 +118,7 @@ def test_the_lab_through_the_mcp_client(corpus_dir, tmp_path):
                 ("research_log", {"campaign": cid}),
                 ("research_suggest", {"campaign": cid, "hypothesis": "a deeper model helps", "overrides": ["model.n_layer=6"]}),
                 ("research_reject", {"experiment": baseline, "reason": "seed 1 looked odd"}),
-                ("research_approve", {"experiment": other}),
+                ("research_approve", {"experiment": other, "reason": "worth a second look"}),  # overturns a discard: needs a reason
                 ("list_runs", {"status": "ok"}),
                 ("diagnose_run", {"run": str(run_dir)}),
                 ("diagnose_campaign", {"campaign": cid}),

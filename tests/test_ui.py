@@ -269,7 +269,8 @@ def test_approve_reject_and_notes_are_recorded_with_their_author(client, lab):
     assert r.status_code == 400 and "note text" in r.text and "Traceback" not in r.text
     r = client.post(f"/experiments/{lab['suggested']}/review", data={"csrf": token, "action": "approve"})
     assert r.status_code == 400 and "queued" in r.text  # nothing to approve: the api's one-line reason
-    r = client.post(f"/experiments/{lab['decided']}/review", data={"csrf": token, "action": "approve", "next": "//evil.example/x"})
+    r = client.post(f"/experiments/{lab['decided']}/review", data={"csrf": token, "action": "approve", "reason": "worth a second look",
+                                                                   "next": "//evil.example/x"})  # overturning a discard needs a reason
     assert r.headers["location"] == f"/experiments/{lab['decided']}"  # never redirected off the dashboard
     before = len(api.show_experiment(lab["decided"], db=lab["db"])["decisions"])
     r = client.post(f"/experiments/{lab['decided']}/review", data={"csrf": token, "action": "reject", "author": "mcp:claude-code/1.2"})

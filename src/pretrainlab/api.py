@@ -467,7 +467,9 @@ def research_suggest(campaign: str, hypothesis: str, overrides: list[str], autho
 
 
 def research_review(experiment: str, approve: bool, author: str, reason: str | None = None, db: str | None = None) -> dict:
-    """A person's approve or reject, recorded as their decision; returns what was done."""
+    """A person's approve or reject, recorded as their decision; reject withdraws a queued
+    experiment. Overturning the statistics (approve of a discard, reject of a keep) needs a
+    reason and returns a warning saying what it adopts. Returns what was done."""
     from .research import manage
 
     return manage.review(experiment, approve, author, reason, db=db)

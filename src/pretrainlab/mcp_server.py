@@ -328,13 +328,16 @@ def build_server(db: str | None = None):
     @tool()
     def research_approve(ctx: Context, experiment: str, reason: str | None = None) -> dict:
         """Approve an experiment: release one awaiting approval (a held code patch) to run, or
-        overrule the loop's verdict on a decided one as keep. Recorded as this client's decision."""
+        overrule the loop's verdict on a decided one as keep. Recorded as this client's decision.
+        Overruling the statistics' discard needs a reason; the result's warning says what it adopts."""
         return call(api.research_review, experiment, True, client_author(ctx), reason, db=db)
 
     @tool()
     def research_reject(ctx: Context, experiment: str, reason: str | None = None) -> dict:
-        """Reject an experiment: cancel one awaiting approval, or overrule the loop's verdict on a
-        decided one as discard. Recorded as this client's decision, with the reason."""
+        """Reject an experiment: cancel one awaiting approval, withdraw a queued one (it never
+        runs), or overrule the loop's verdict on a decided one as discard. Recorded as this
+        client's decision, with the reason. Overruling the statistics' keep needs a reason; the
+        result's warning says what it drops."""
         return call(api.research_review, experiment, False, client_author(ctx), reason, db=db)
 
     @tool()

@@ -269,7 +269,9 @@ def _status(ledger, campaign_id: str, record: dict | None) -> dict:
                       # a screen stopped at its first rung: how far it trailed its parent there (its effect is not measured)
                       "rung_effect": ((d.get("evidence") or {}).get("rung") or {}).get("diff") if d else None,
                       "change": (e["change"] or {}).get("diff")})
-    kept = [b for b in board if b["verdict"] == "keep"]
+    decided_at = {e["id"]: e["decision"]["created_at"] for e in record["experiments"] if e["decision"]}
+    # the incumbent: the newest keep, in decision order (a person's keep of an older experiment is the newest)
+    kept = sorted((b for b in board if b["verdict"] == "keep"), key=lambda b: decided_at[b["experiment"]])
     closing = (row["config"].get("closing") or [None])[-1]  # as data: Campaign.closing_stats
     mixture = row["config"].get("kind") == "mixture"  # research/mixture_campaign.py: its plan, fit and claims under "mixture"
     out = {"campaign": row["id"], "name": row["name"], "status": row["status"], "goal": row["goal"],
@@ -339,15 +341,21 @@ def suggest(campaign_id: str, hypothesis: str, overrides: list[str], author: str
 
 
 def review(experiment_id: str, approve: bool, author: str, reason: str | None = None, db: str | None = None) -> dict:
-    """A person's approve/reject: releases (or cancels) an experiment waiting for approval, or
-    overrides the loop's verdict on a decided one, always recorded as the person's decision.
-    Returns what was done: {experiment, action, status, decision, author, reason}."""
+    """A person's approve/reject, always recorded as the person's decision: releases (or
+    cancels) an experiment waiting for approval, withdraws a queued one (reject: the loop
+    starts queued experiments only, so it never runs), or overrides the loop's verdict on a
+    decided one. Overturning the statistics (approve of a discard, reject of a keep) needs a
+    reason, and what it adopts comes back as a warning. Returns what was done: {experiment,
+    action, status, decision, author, reason}, plus warning for an override."""
     from ..ledger import Ledger
+    from .report import carries, measured, overturns
+    from .state import incumbent_id
 
     ledger = Ledger(db)
     exp = ledger.get_experiment(experiment_id)
     if exp is None:
         raise UserError(f"no experiment {experiment_id!r}: see `pretrainlab research status CAMPAIGN` for ids")
+    reason = (reason or "").strip() or None
     verdict = "keep" if approve else "discard"
     done = {"experiment": experiment_id, "action": "approve" if approve else "reject", "author": author, "reason": reason}
     if exp["status"] == Phase.AWAITING_APPROVAL:
@@ -355,10 +363,52 @@ def review(experiment_id: str, approve: bool, author: str, reason: str | None = 
         if not approve:
             ledger.record_decision("discard", decided_by=author, experiment_id=experiment_id, rationale=reason or "rejected by a person")
         return {**done, "status": (Phase.QUEUED if approve else Phase.REJECTED).value, "decision": None if approve else "discard"}
+    if exp["status"] == Phase.QUEUED and not approve:
+        ledger.set_experiment_status(experiment_id, Phase.REJECTED)
+        ledger.record_decision("discard", decided_by=author, experiment_id=experiment_id,
+                               rationale=reason or "withdrawn by a person before it ran")
+        return {**done, "status": Phase.REJECTED.value, "decision": "discard"}
     if exp["status"] != Phase.DECIDED:
-        raise UserError(f"experiment {experiment_id} is {exp['status']}: approve/reject apply to experiments awaiting approval or decided")
-    ledger.record_decision(verdict, decided_by=author, experiment_id=experiment_id, rationale=reason or f"{verdict} by a person")
-    return {**done, "status": Phase.DECIDED.value, "decision": verdict}
+        queued = "; it runs when a slot is free (reject withdraws it)" if exp["status"] == Phase.QUEUED else ""
+        raise UserError(f"experiment {experiment_id} is {exp['status']}{queued}: approve applies to experiments awaiting approval "
+                        "or decided, reject also to queued ones")
+    stats = overturns(exp, ledger.list_decisions(experiment_id=experiment_id), verdict)
+    if stats is not None:
+        what = _overturned(stats, approve)
+        if reason is None:
+            raise UserError(f"experiment {experiment_id} was {'kept' if stats['verdict'] == 'keep' else 'discarded'} by the statistics "
+                            f"({measured(stats)}): {'approving' if approve else 'rejecting'} it {what}; say why with --reason")
+    campaign_id = exp["campaign_id"]
+    before = incumbent_id(ledger.list_decisions(campaign_id=campaign_id)) if campaign_id else None
+    evidence = {"overrides": {"decision": stats["id"], "verdict": stats["verdict"], "decided_by": stats["decided_by"],
+                              "measured": measured(stats)}} if stats else None
+    ledger.record_decision(verdict, decided_by=author, experiment_id=experiment_id, rationale=reason or f"{verdict} by a person",
+                           evidence=evidence)
+    if stats is None:
+        return {**done, "status": Phase.DECIDED.value, "decision": verdict}
+    warning = (f"experiment {experiment_id} is {'kept' if approve else 'discarded'} by {author} over the statistics' {stats['verdict']} "
+               f"({measured(stats)}): this {what}")
+    if campaign_id:
+        after = incumbent_id(ledger.list_decisions(campaign_id=campaign_id))
+        if after == before:
+            warning += f"; the campaign's incumbent stays {after}"
+        elif after:
+            now = ledger.get_experiment(after)
+            still = ", which still has this change" if not approve and carries((now["change"] or {}).get("recipe") or {}, exp) else ""
+            which = "the baseline's, its starting recipe" if now["role"] == Role.BASELINE else f"{after}'s"
+            warning += f"; the recipe the campaign hands back is now {which}{still} (was {before}'s)"
+        else:
+            warning += "; nothing is kept now: the campaign hands back its starting recipe"
+        warning += "; the campaign's report says so"
+    return {**done, "status": Phase.DECIDED.value, "decision": verdict, "warning": warning}
+
+
+def _overturned(stats: dict, approve: bool) -> str:
+    """What overturning the statistics' decision does, in words: 'adopts a change measured worse'."""
+    effect = stats["effect"] if stats.get("effect") is not None else ((stats.get("evidence") or {}).get("rung") or {}).get("diff")
+    if approve:
+        return "adopts a change measured worse" if effect is not None and effect > 0 else "adopts a change not found better"
+    return "drops a change measured better" if effect is not None and effect < 0 else "drops a change the statistics kept"
 
 
 def refuse_ladder(row: dict) -> None:

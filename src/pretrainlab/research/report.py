@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..config import Recipe
 from ..ledger.plot import svg_chart
+from ..ledger.store import Role
 from ..rundir import finite_float, read_summary
 from .space import recipe_diff
 
@@ -59,6 +60,58 @@ def _effect(d: dict | None) -> str:
     return f"{d['effect']:+.4f}{ci}"
 
 
+def statistics_decision(decisions: list[dict]) -> dict | None:
+    """The loop's latest decision on an experiment (its statistics', not a person's)."""
+    return next((d for d in reversed(decisions) if d["decider_type"] != "person"), None)
+
+
+def overturns(exp: dict, decisions: list[dict], verdict: str) -> dict | None:
+    """The statistics' decision that a person's `verdict` on `exp` overturns (keep of a
+    discard, discard of a keep), or None. The baseline's keep is the starting point the
+    campaign measures everything against, not a verdict on a change."""
+    d = statistics_decision(decisions)
+    if d is None or exp.get("role") == Role.BASELINE or {d["verdict"], verdict} != {"keep", "discard"}:
+        return None
+    return d
+
+
+def measured(d: dict) -> str:
+    """What the statistics measured for a decision, in words: '+0.0401 val_bpb on its paired seed'."""
+    ev = d.get("evidence") or {}
+    if d.get("effect") is not None:
+        n = (ev.get("comparison") or {}).get("n_candidate") or len(ev.get("values") or []) or (len(ev["seeds"]) if ev.get("seeds") else 0)
+        seeds = " on its paired seed" if n == 1 else f" over {n} seeds" if n else ""
+        return f"{d['effect']:+.4f} val_bpb{seeds}"
+    rung = ev.get("rung") or {}
+    if rung.get("diff") is not None:
+        return f"{rung['diff']:+.4f} val_bpb at its first rung, stopped there"
+    return (d.get("rationale") or "").split(";")[0][:200] or "no effect on record"
+
+
+def carries(recipe: dict, exp: dict) -> bool:
+    """Whether a recipe (a dict, as experiments record it) has every value `exp` changed:
+    a later incumbent built on an experiment carries its change whatever became of its verdict."""
+    diff = (exp.get("change") or {}).get("diff") or {}
+    for key, (_, value) in diff.items():
+        node = recipe
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node != value:
+            return False
+    return bool(diff)
+
+
+def overrides(record: dict) -> list[tuple[dict, dict, dict]]:
+    """The standing overrides of the statistics: (experiment, the person's decision, the
+    statistics' decision it overturned), for each experiment whose latest decision is one."""
+    out = []
+    for e in record["experiments"]:
+        d = e["decision"]
+        if d and d["decider_type"] == "person" and (stats := overturns(e, e["decisions"], d["verdict"])):
+            out.append((e, d, stats))
+    return out
+
+
 def _short(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
@@ -89,8 +142,10 @@ def research_log(record: dict) -> str:
         if e["runs"]:
             lines.append("- runs: " + ", ".join(f"seed {r['seed']} {r['status']}" + (f" {r['val_bpb']:.4f}" if r["val_bpb"] is not None else "")
                                                  for r in e["runs"]))
-        for d in e["decisions"]:
-            lines.append(f"- decision: **{d['verdict']}** by {d['decided_by']} {_effect(d)} — {d.get('rationale') or ''}")
+        for i, d in enumerate(e["decisions"]):
+            stats = overturns(e, e["decisions"][:i], d["verdict"]) if d["decider_type"] == "person" else None
+            over = f" (overrides the statistics' {stats['verdict']}: {measured(stats)})" if stats else ""
+            lines.append(f"- decision: **{d['verdict']}** by {d['decided_by']}{over} {_effect(d)} — {d.get('rationale') or ''}")
         for n in notes_by_exp.get(e["id"], []):
             lines.append(f"- note ({n['author']}): {n['text'].splitlines()[0][:300]}")
         lines.append("")
@@ -158,12 +213,15 @@ def noise_summary(record: dict) -> str:
     """One sentence: the decision rule, the seed noise, and how small an effect the
     campaign's comparisons could resolve (median 95% CI half-width)."""
     decisions = [d for e in record["experiments"] for d in e["decisions"]]
-    rule = next((d["decided_by"] for d in decisions if "(" in (d.get("decided_by") or "")), None)
+    rule = next((d["decided_by"] for d in decisions if d["decider_type"] != "person" and "(" in (d.get("decided_by") or "")), None)
     base = next((d for d in decisions if ((d.get("evidence") or {}).get("noise_floor") or {}).get("std") is not None), None)
     widths = sorted((d["ci_high"] - d["ci_low"]) / 2 for d in decisions if d.get("ci_low") is not None and d.get("ci_high") is not None)
     parts = []
+    overridden = [f"{e['id']} {'kept' if d['verdict'] == 'keep' else 'discarded'} by {d['decided_by']}" for e, d, _ in overrides(record)]
     if rule:
-        parts.append(f"decided by {rule}")
+        parts.append(f"decided by {rule}" + (f", except where a person overrode it ({', '.join(overridden)})" if overridden else ""))
+    elif overridden:
+        parts.append(f"a person overrode the statistics ({', '.join(overridden)})")
     if base:
         nf = base["evidence"]["noise_floor"]
         parts.append(f"seed noise of the baseline: std {nf['std']:.4f} val_bpb over {nf['n']} seeds")
@@ -268,6 +326,44 @@ def scoring_section(record: dict, kept: list[dict]) -> list[str]:
     return out
 
 
+def _seeds(e: dict) -> str:
+    return f"{len(e['values'])} seed{'s' if len(e['values']) != 1 else ''}"
+
+
+def override_section(record: dict, start: dict | None, final: dict | None) -> list[str]:
+    """Said near the top: the outcome includes a person's override of the statistics, who made
+    it, on which experiment, what the statistics had measured, and the person's reason."""
+    esc = html.escape
+    overridden = overrides(record)
+    if not overridden:
+        return []
+    confirmed = [e for e in record["experiments"] if (e.get("change") or {}).get("confirm") == "final"]
+    out = ["<div class=override><p><b>This outcome includes a person's override of the statistics</b>: not everything below "
+           "was decided by the statistics.</p><ul>"]
+    for e, d, stats in overridden:
+        item = (f"<b>{esc(d['decided_by'])}</b> {'kept' if d['verdict'] == 'keep' else 'discarded'} experiment <span class=mono>"
+                f"{e['id']}</span> ({esc(_change(e))}) over the statistics' <b>{esc(stats['verdict'])}</b> "
+                f"({esc(measured(stats))}). Their reason: “{esc(d.get('rationale') or '')}”.")
+        if e is final:
+            item += " Its recipe is the final recipe below"
+            if e["mean"] is not None and start and start["mean"] is not None:
+                item += (f": val_bpb {e['mean']:.4f} over {_seeds(e)}, against the baseline's {start['mean']:.4f} over "
+                         f"{_seeds(start)}")
+            item += "."
+            if confirmed and confirmed[-1]["change"].get("of") != e["id"]:
+                item += " The confirmation on fresh seeds measured the recipe before this override, not this one."
+        elif _stage(stats) == "claim":
+            item += " It is a claim of the confirmation phase: the claim on record is the person's, not the statistics'."
+        elif final is None or final is start:
+            item += " The final recipe below is the starting one."
+        elif final["change"].get("recipe"):
+            has = "which carries" if carries(final["change"]["recipe"], e) else "without"
+            item += f" The final recipe below is experiment <span class=mono>{final['id']}</span>'s, {has} this change."
+        out.append(f"<li>{item}</li>")
+    out.append("</ul></div>")
+    return out
+
+
 def render_report(record: dict, findings: dict[str, list[dict]] | None = None) -> str:
     esc = html.escape
     c = record["campaign"]
@@ -278,12 +374,17 @@ def render_report(record: dict, findings: dict[str, list[dict]] | None = None) -
     out = ["<!doctype html><meta charset='utf-8'><title>pretrainlab report</title>",
            "<style>body{font:14px system-ui,sans-serif;margin:24px;max-width:1200px}table{border-collapse:collapse;margin:8px 0}"
            "td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}th{background:#f5f5f5}"
-           ".keep{color:#2ca02c;font-weight:bold}.discard{color:#777}.mono{font-family:monospace}</style>",
+           ".keep{color:#2ca02c;font-weight:bold}.discard{color:#777}.mono{font-family:monospace}"
+           ".override{border-left:4px solid #d62728;background:#fff5f5;padding:2px 12px;margin:8px 0}</style>",
            f"<h1>{esc(c['name'])}</h1><p>Campaign <span class=mono>{c['id']}</span> — {esc(c['goal'] or '')} — status {esc(c['status'])}"
            f" — {len(exps)} experiments, {sum(len(e['runs']) for e in exps)} runs.</p>"]
-    if start and start["mean"] is not None and final and final["mean"] is not None and _stage(final["decision"]) != "screen":
+    out += override_section(record, start, final)
+    # a screen's number is one seed's (a person's keep of a screen is still one): the headline is the confirmation's then
+    if (start and start["mean"] is not None and final and final["mean"] is not None
+            and _stage(statistics_decision(final["decisions"]) or final["decision"]) != "screen"):
+        seeds = f" (the final over {_seeds(final)}, the start over {_seeds(start)})" if len(final["values"]) != len(start["values"]) else ""
         out.append(f"<p><b>val_bpb {start['mean']:.4f} → {final['mean']:.4f}</b> ({final['mean'] - start['mean']:+.4f}) "
-                   f"with {len(kept) - 1} kept change(s).</p>")
+                   f"with {len(kept) - 1} kept change(s){seeds}.</p>")
     noise = noise_summary(record)
     if noise:
         out.append(f"<p>{esc(noise[0].upper() + noise[1:])}</p>")
@@ -310,9 +411,13 @@ def render_report(record: dict, findings: dict[str, list[dict]] | None = None) -
         d = e["decision"]
         verdict = d["verdict"] if d else e["status"]
         mean = "" if e["mean"] is None else f"{e['mean']:.4f}"
+        why = (d or {}).get("rationale") or ""
+        stats = statistics_decision(e["decisions"]) if d and d["decider_type"] == "person" else None
+        if stats is not None and overturns(e, e["decisions"], d["verdict"]):
+            why = f"{d['decided_by']} overrode the statistics' {stats['verdict']}: {why}"
         out.append(f"<tr><td class=mono>{e['id']}</td><td>{esc(e['hypothesis'])}</td><td>{esc(_who(e))}</td><td>{esc(_change(e))}</td>"
-                   f"<td>{len(e['values'])}</td><td>{mean}</td><td>{_effect(d)}</td>"
-                   f"<td class={esc(verdict)}>{esc(verdict)}</td><td>{esc((d or {}).get('rationale') or '')}</td></tr>")
+                   f"<td>{len(e['values'])}</td><td>{mean}</td><td>{_effect(stats or d)}</td>"
+                   f"<td class={esc(verdict)}>{esc(verdict)}</td><td>{esc(why)}</td></tr>")
     out.append("</table>")
     if findings:
         out.append("<h2>Doctor findings</h2><table><tr><th>run</th><th>severity</th><th>finding</th><th>evidence</th></tr>")
@@ -322,11 +427,16 @@ def render_report(record: dict, findings: dict[str, list[dict]] | None = None) -
                            f"<td>{esc(f.get('summary') or '')}</td></tr>")
         out.append("</table>")
     out.append("<h2>Final recipe vs the starting baseline</h2>")
+    if final and final["decision"]["decider_type"] == "person" and overturns(final, final["decisions"], "keep"):
+        out.append(f"<p>The recipe of experiment <span class=mono>{final['id']}</span>, kept by {esc(final['decision']['decided_by'])} "
+                   f"over the statistics' discard (see the top).</p>")
     if final and start and final is not start:
         out.append("<table><tr><th>field</th><th>start</th><th>final</th></tr>")
         for k, (a, b) in recipe_diff(Recipe.from_dict(start["change"]["recipe"]), Recipe.from_dict(final["change"]["recipe"])).items():
             out.append(f"<tr><td class=mono>{esc(k)}</td><td>{esc(str(a))}</td><td>{esc(str(b))}</td></tr>")
         out.append("</table>")
+    elif any(d["verdict"] == "discard" for _, d, _ in overrides(record)):
+        out.append("<p>No change is kept (a person discarded what the statistics kept, see the top): the starting recipe stands.</p>")
     else:
         out.append("<p>No change beat the baseline beyond seed noise: the starting recipe stands.</p>")
     out.append(f"<h2>Research log</h2><pre>{esc(research_log(record))}</pre>")

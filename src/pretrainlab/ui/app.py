@@ -256,7 +256,13 @@ def create_app(db: str | None = None, author: str = "person", token: str | None 
         if action not in ("approve", "reject"):
             raise UserError("review: the action must be approve or reject")
         name = _author(form, author)
-        await _in_thread(api.research_review, _check_id(eid, "experiment"), action == "approve", name, form.get("reason") or None, db=db)
+        reason = (form.get("reason") or "").strip() or None
+        try:
+            await _in_thread(api.research_review, _check_id(eid, "experiment"), action == "approve", name, reason, db=db)
+        except UserError as e:  # overturning the statistics needs a reason: the CLI's --reason is the form's reason field here
+            if reason is None and "--reason" in str(e):
+                raise UserError(f"{e} (here: the reason field on the experiment's page, /experiments/{eid})") from None
+            raise
         return _back(form, f"/experiments/{eid}", name)
 
     @app.post("/experiments/{eid}/notes")
