@@ -207,6 +207,23 @@ def test_a_mixture_campaign_shows_its_recommendation(tmp_path, monkeypatch):
     assert client.get(f"/campaigns/{result['campaign_id']}/live.json").status_code == 200
 
 
+def test_a_scaling_ladder_links_to_its_runs_and_has_no_campaign_report(tmp_path):
+    """A ladder is kept as a campaign row: the home page linked it to a campaign page that answered 400, and `report`
+    wrote "0 experiments ... the starting recipe stands" for its 9 runs."""
+    from pretrainlab import api
+    from pretrainlab.errors import UserError
+    from pretrainlab.ledger import Ledger
+
+    db = str(tmp_path / "ledger.db")
+    with Ledger(db) as ledger:
+        cid = ledger.create_campaign("a ladder", goal="L(N, D)", config={"kind": "scaling-ladder", "ladder": {}})
+    page = TestClient(create_app(db=db), base_url=BASE).get("/").text
+    assert f'href="/runs?campaign={cid}"' in page and f'href="/campaigns/{cid}"' not in page and "scaling ladder" in page
+    with pytest.raises(UserError, match=f"^{cid} is a scaling ladder, not a research campaign: `pretrainlab scaling fit"):
+        api.write_report(cid, tmp_path / "r.html", db=db)
+    assert not (tmp_path / "r.html").exists()
+
+
 def test_an_empty_workspace_shows_empty_pages(tmp_path, monkeypatch):
     monkeypatch.setenv("PRETRAINLAB_HOME", str(tmp_path / "home"))
     client = TestClient(create_app(db=str(tmp_path / "none.db")), base_url=BASE)

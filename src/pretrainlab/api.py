@@ -447,7 +447,8 @@ def research_status(campaign: str | None = None, db: str | None = None, record: 
 
     if campaign is None:
         with _ledger(db, create=False) as lg:
-            return [{k: c[k] for k in ("id", "name", "status", "goal", "created_at")} for c in lg.list_campaigns()]
+            return [{**{k: c[k] for k in ("id", "name", "status", "goal", "created_at")},
+                     "kind": (c["config"] or {}).get("kind") or "research"} for c in lg.list_campaigns()]
     return manage.status(campaign, db=db, record=record)
 
 
@@ -530,7 +531,9 @@ def write_report(campaign: str, out: Path, db: str | None = None) -> Path:
     from .research import manage, report
 
     with _ledger(db, create=False) as lg:
-        return report.write_report(lg, manage.find_campaign(lg, campaign)["id"], Path(out))
+        row = manage.find_campaign(lg, campaign)
+        manage.refuse_ladder(row)  # a ladder's runs are fitted, not ranked: `scaling fit --ladder ID`
+        return report.write_report(lg, row["id"], Path(out))
 
 
 # ---- the run doctor ----------------------------------------------------------------------------
