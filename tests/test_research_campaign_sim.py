@@ -115,6 +115,7 @@ def test_the_default_loop_with_optuna_screens_then_confirms(sim):
     used = sum(1 if r["status"] == "ok" else r["tokens"] / 8192 for r in runs)  # an early-stopped run counts what it trained
     # the budget, never more; left over at most what one more screen and the ablations of its 2 keys would need
     assert 12 - 2 * (1 + 2) <= used <= 12
+    assert st["compute_used"] == pytest.approx(used, abs=0.01)  # what `research status` shows against the budget
     baseline = st["experiments"][0]
     assert baseline["proposer"] == "campaign" and baseline["verdict"] == "keep"
     assert sorted(r["seed"] for r in runs if r["experiment_id"] == baseline["experiment"]) == [0, 1, 2]

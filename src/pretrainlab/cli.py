@@ -803,7 +803,8 @@ def _campaign_done(cid: str, args) -> int:
 def _print_leaderboard(status: dict) -> None:
     from rich.table import Table
 
-    table = Table(title=f"campaign {status['campaign']} ({status['status']}): {status['runs']}/{status['budget_runs']} runs")
+    used = f" ({status['compute_used']:g} of {status['budget_runs']} in full-run equivalents)" if status.get("compute_used") is not None else ""
+    table = Table(title=f"campaign {status['campaign']} ({status['status']}): {status['runs']} runs{used}")
     for col in ("experiment", "hypothesis", "proposed by", "change", "runs", "mean val_bpb", "effect [95% CI]", "verdict"):
         table.add_column(col, overflow="ellipsis", no_wrap=True, max_width={"hypothesis": 28, "change": 44}.get(col),
                          min_width={"experiment": 12, "runs": 4, "mean val_bpb": 8, "verdict": 12, "proposed by": 8}.get(col))

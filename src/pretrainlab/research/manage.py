@@ -284,6 +284,12 @@ def _status(ledger, campaign_id: str, record: dict | None) -> dict:
         from .mixture_campaign import summary
 
         out["mixture"] = summary(ledger, row["id"])
+    elif row["config"].get("base_recipe"):  # what the budget counts: full-run equivalents (a run stopped early, what it used)
+        from ..config import Recipe
+        from .state import run_cost
+
+        base, early_stop = Recipe.from_dict(row["config"]["base_recipe"]), row["config"]["campaign"].get("early_stop", True)
+        out["compute_used"] = round(sum(run_cost(r, base, early_stop) for e in record["experiments"] for r in e["runs"]), 2)
     return out
 
 
