@@ -210,3 +210,22 @@ def test_a_damaged_fates_file_and_a_points_file_that_is_not_text_are_one_line(tm
     (tmp_path / "points.csv").write_bytes(b"N,D,loss\n\xff\xff,1,2\n")
     with pytest.raises(UserError, match="not UTF-8 text"):
         load_points(tmp_path / "points.csv")
+
+
+def test_a_step_naming_a_domain_no_source_gives_is_one_line_and_a_step_that_took_most_is_said(tmp_path):
+    """`domains = ["note"]` for a source "notes" built a corpus in which the step had run on nothing."""
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    for i in range(8):
+        (notes / f"n{i}.txt").write_text(" ".join(sentence(i * 10 + k) for k in range(4)))
+    head = '[corpus]\nname = "t"\n[[sources]]\npath = "notes/"\ndomain = "notes"\n[[steps]]\nstep = "gopher_quality"\n'
+    (tmp_path / "typo.toml").write_text(head + 'domains = ["note"]\n')
+    res = cli("data", "build", "typo.toml", "--out", "out", cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.strip() == ("error: step 1 (gopher_quality): domains names 'note', which no "
+                                                          "source gives (did you mean 'notes'? the sources' domains: notes)")
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "lang.toml").write_text(head.replace("gopher_quality", "language_id"))  # its own default names "code"
+    assert cli("data", "build", "lang.toml", "--out", "lang", cwd=tmp_path).returncode == 0
+    (tmp_path / "strict.toml").write_text(head + "min_words = 100000\n")
+    res = cli("data", "build", "strict.toml", "--out", "strict", cwd=tmp_path)
+    assert res.returncode == 0 and "note: step 1 (gopher_quality) kept 0 of 5 training documents: check its thresholds" in res.stdout

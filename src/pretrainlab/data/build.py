@@ -175,6 +175,7 @@ def build_corpus(recipe: DataRecipe, out_dir: str | Path | None = None, progress
         if (doc.domain, doc.path) in seen_keys:
             raise UserError(f"two sources give domain {doc.domain!r} the document {doc.path!r}: give them different domains")
         seen_keys.add((doc.domain, doc.path))
+    check_step_domains(recipe, {doc.domain for doc in documents})
     # 2. Fix the splits on the original documents.
     c = recipe.corpus
     splits = assign_splits(documents, c.val_fraction, c.min_val_docs, c.seed)
@@ -289,6 +290,24 @@ def _skipped_report(skipped: list[Skipped]) -> dict:
 
 
 # --- running the steps -----------------------------------------------------------------
+
+
+def check_step_domains(recipe, domains: set[str]) -> None:
+    """Every domain a step names is one of the sources': `domains = ["note"]` for "notes" ran the step on nothing. (A
+    step's own default, language_id's exclude_domains = ["code"], may name one the sources lack.)"""
+    import dataclasses
+    import difflib
+
+    for i, step in enumerate(recipe.steps, 1):
+        defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                    for f in dataclasses.fields(step.config)}
+        for key in ("domains", "exclude_domains"):
+            for name in getattr(step.config, key, None) or ():
+                if name not in domains and name not in (defaults.get(key) or ()):
+                    close = difflib.get_close_matches(name, sorted(domains), n=1)
+                    hint = f"did you mean {close[0]!r}? " if close else ""
+                    raise UserError(f"step {i} ({step.name}): {key} names {name!r}, which no source gives ({hint}the sources' "
+                                    f"domains: {', '.join(sorted(domains))})")
 
 
 def applies(config: StepConfig, domain: str) -> bool:
