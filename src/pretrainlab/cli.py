@@ -55,6 +55,16 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see `{self.prog} --help`)")
 
 
+def _me() -> str:
+    """Who a person's actions are recorded under by default: env PRETRAINLAB_AUTHOR, else the login name (as `runs note`)."""
+    import getpass
+
+    try:
+        return os.environ.get("PRETRAINLAB_AUTHOR") or getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        return "person"
+
+
 def _version() -> str:
     from importlib import metadata
 
@@ -163,7 +173,7 @@ def _add_research_parser(sub) -> None:
     s = rsub.add_parser("start", help="start a campaign (runs in the foreground)")
     _config_flags(s, api.CampaignConfig)
     s.add_argument("--name", help="campaign name")
-    s.add_argument("--author", default=os.environ.get("USER") or "person", help="who starts it (recorded)")
+    s.add_argument("--author", default=_me(), help="who starts it (recorded)")
     s.add_argument("--db", metavar="URL", help="ledger URL (default: env PRETRAINLAB_DB, else the workspace's)")
     s.add_argument("--json", action="store_true")
     for name, help_ in (("status", "a campaign's leaderboard (or every campaign)"), ("resume", "continue a campaign"),
@@ -174,7 +184,7 @@ def _add_research_parser(sub) -> None:
         c.add_argument("--json", action="store_true")
         if name == "resume":
             _config_flags(c, api.CampaignConfig, only=api.RESUMABLE, unchanged=True)
-            c.add_argument("--author", default=os.environ.get("USER") or "person", help="who changed the budget (recorded)")
+            c.add_argument("--author", default=_me(), help="who changed the budget (recorded)")
     _add_mixture_parser(rsub)
     g = rsub.add_parser("suggest", help="queue a person's experiment")
     g.add_argument("campaign")
@@ -182,7 +192,7 @@ def _add_research_parser(sub) -> None:
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     g.add_argument("--data-recipe", metavar="STEPS.toml", help="a data experiment: the data recipe's [[steps]], built into a derived "
                    "corpus of the campaign's sources (validation and test data stay fixed)")
-    g.add_argument("--author", default=os.environ.get("USER") or "person")
+    g.add_argument("--author", default=_me())
     g.add_argument("--db", metavar="URL")
     g.add_argument("--json", action="store_true")
     for name in ("approve", "reject"):
@@ -190,7 +200,7 @@ def _add_research_parser(sub) -> None:
                             ("; a queued one is withdrawn" if name == "reject" else ""))
         c.add_argument("experiment")
         c.add_argument("--reason", help="why (recorded); needed to overturn the statistics' verdict (approve of a discard, reject of a keep)")
-        c.add_argument("--author", default=os.environ.get("USER") or "person")
+        c.add_argument("--author", default=_me())
         c.add_argument("--db", metavar="URL")
         c.add_argument("--json", action="store_true")
     doc = sub.add_parser("doctor", help="diagnose a run (finished or live): spikes, stalls, divergence, data problems; or a "
@@ -217,7 +227,7 @@ def _add_research_parser(sub) -> None:
                     "token it prints)")
     ui.add_argument("--port", type=int, default=8780, help="port (default 8780)")
     ui.add_argument("--db", metavar="URL", help="ledger URL (default: env PRETRAINLAB_DB, else the workspace's)")
-    ui.add_argument("--author", default=os.environ.get("PRETRAINLAB_AUTHOR") or os.environ.get("USER") or "person",
+    ui.add_argument("--author", default=_me(),
                     help="the name approvals and notes are recorded under unless the form gives another")
     ui.add_argument("--open", action="store_true", help="open the dashboard in a browser")
 
@@ -305,6 +315,7 @@ def cmd_recipes(args) -> int:
         rows = api.config_fields()
         if args.json:
             return _print_json(rows)
+        print("the defaults of a bare config; a named recipe sets many of them (`pretrainlab recipes` shows each recipe's)")
         for row in rows:
             print(f"{row['key']:<28} {row['type']:<22} {row['default']!s:<12} {row['doc']}")
         return 0
@@ -833,7 +844,9 @@ def _print_leaderboard(status: dict) -> None:
         change = ", ".join(f"{k.split('.')[-1]} {short(a)}→{short(b)}" for k, (a, b) in (e["change"] or {}).items()) or \
             (f"({e['role']})" if e.get("role") in ("baseline", "pruned") else "")
         who = f"{e['proposer']} ({e['model_id']})" if e["model_id"] else e["proposer"]
-        verdict = e["verdict"] or (f"running ({e['planned_seeds']} seeds)" if e["status"] == "running" and e.get("planned_seeds") else e["status"])
+        seeds = e.get("planned_seeds")
+        verdict = e["verdict"] or (f"running ({seeds} seed{'s' if seeds != 1 else ''})" if e["status"] == "running" and seeds
+                                   else e["status"])
         # text from models and people: never read as markup (a hypothesis "[/bold]" would stop the table)
         table.add_row(_esc(e["experiment"]), _esc(e["hypothesis"][:80]), _esc(who), _esc(change[:120]), str(e["runs"]),
                       _fmt(e["mean_val_bpb"], ".4f"), effect, "[green]keep[/green]" if verdict == "keep" else _esc(str(verdict)))

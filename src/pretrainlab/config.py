@@ -475,7 +475,8 @@ def field_docs(cls=Recipe, prefix: str = "") -> list[tuple[str, str, Any, str]]:
         if dataclasses.is_dataclass(value):
             rows += field_docs(type(value), f"{prefix}{f.name}.")
         else:
-            tname = str(typing.get_type_hints(cls)[f.name]).replace("typing.", "")
+            hint = typing.get_type_hints(cls)[f.name]
+            tname = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")  # int, not <class 'int'>
             rows.append((prefix + f.name, tname, value, f.metadata.get("doc", "")))
     return rows
 
