@@ -344,3 +344,9 @@ def test_the_leaderboard_ranks_by_paired_effect_and_says_what_is_left(capsys):
     assert "loop: not running (process 1 has ended" in out and "`pretrainlab research resume c1` continues it" in out
     _print_leaderboard({**status, "status": "done"})
     assert "not run: 1 queued experiment(s) (queued): the campaign ended first" in capsys.readouterr().out
+    # a data experiment shows its steps and what they removed, not the derived corpus's path
+    data = {**exp("data", "suggestion", "discard", 3.9, 0.01), "change": {"data.corpus": ["builtin", "/cache/derived-x"]},
+            "data_steps": "near_dedup(threshold=0.7): 50 documents removed"}
+    _print_leaderboard({**status, "experiments": [data]})
+    out = capsys.readouterr().out
+    assert "near_dedup(threshold=0.7)" in out and "derived-x" not in out

@@ -841,7 +841,9 @@ def _print_leaderboard(status: dict) -> None:
         if e["effect"] is None and e.get("rung_effect") is not None:
             effect = f"{e['rung_effect']:+.4f} at rung 1, stopped"
         short = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
-        change = ", ".join(f"{k.split('.')[-1]} {short(a)}→{short(b)}" for k, (a, b) in (e["change"] or {}).items()) or \
+        diff = {k: v for k, v in (e["change"] or {}).items() if not (e.get("data_steps") and k == "data.corpus")}  # a path
+        change = ", ".join(filter(None, [e.get("data_steps"), ", ".join(f"{k.split('.')[-1]} {short(a)}→{short(b)}"
+                                                                          for k, (a, b) in diff.items())])) or \
             (f"({e['role']})" if e.get("role") in ("baseline", "pruned") else "")
         who = f"{e['proposer']} ({e['model_id']})" if e["model_id"] else e["proposer"]
         seeds = e.get("planned_seeds")

@@ -268,7 +268,7 @@ def _status(ledger, campaign_id: str, record: dict | None) -> dict:
                       "effect": d["effect"] if d else None, "ci": [d["ci_low"], d["ci_high"]] if d else None,
                       # a screen stopped at its first rung: how far it trailed its parent there (its effect is not measured)
                       "rung_effect": ((d.get("evidence") or {}).get("rung") or {}).get("diff") if d else None,
-                      "change": (e["change"] or {}).get("diff")})
+                      "change": (e["change"] or {}).get("diff"), "data_steps": data_steps_text((e["change"] or {}).get("data_recipe"))})
     decided_at = {e["id"]: e["decision"]["created_at"] for e in record["experiments"] if e["decision"]}
     # the incumbent: the newest keep, in decision order (a person's keep of an older experiment is the newest)
     kept = sorted((b for b in board if b["verdict"] == "keep"), key=lambda b: decided_at[b["experiment"]])
@@ -291,6 +291,21 @@ def _status(ledger, campaign_id: str, record: dict | None) -> dict:
         base, early_stop = Recipe.from_dict(row["config"]["base_recipe"]), row["config"]["campaign"].get("early_stop", True)
         out["compute_used"] = round(sum(run_cost(r, base, early_stop) for e in record["experiments"] for r in e["runs"]), 2)
     return out
+
+
+def data_steps_text(built: dict | None) -> str | None:
+    """A data experiment's steps in one line, with what they removed: `gopher_quality(domains=docs, min_words=100);
+    near_dedup(threshold=0.7): 50 documents removed` (its change's diff shows only a corpus path)."""
+    if not isinstance(built, dict) or not isinstance(built.get("steps"), list):
+        return None
+    parts = []
+    for step in built["steps"]:
+        if isinstance(step, dict):
+            args = ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in step.items() if k != "step")
+            parts.append(f"{step.get('step')}({args})")
+    removed = built.get("removed_docs")
+    total = sum(v for v in removed.values() if isinstance(v, int)) if isinstance(removed, dict) else None
+    return "; ".join(parts) + (f": {total:,} documents removed" if total is not None else "")
 
 
 def loop_state(loop: dict | None) -> dict | None:

@@ -117,9 +117,14 @@ def _short(v) -> str:
 
 
 def _change(e: dict) -> str:
+    from .manage import data_steps_text
+
     change = e.get("change") or {}
-    if change.get("diff"):
-        return ", ".join(f"{k}: {_short(a)} -> {_short(b)}" for k, (a, b) in change["diff"].items())
+    steps = data_steps_text(change.get("data_recipe"))  # a data experiment: its steps, not the derived corpus's path
+    diff = {k: v for k, v in (change.get("diff") or {}).items() if not (steps and k == "data.corpus")}
+    if steps or diff:
+        return ", ".join(filter(None, [f"data steps: {steps}" if steps else "",
+                                       ", ".join(f"{k}: {_short(a)} -> {_short(b)}" for k, (a, b) in diff.items())]))
     if change.get("patch"):
         return "code patch"
     return "(starting recipe)" if e["proposer"] == "campaign" else "-"
