@@ -13,6 +13,7 @@ import pytest
 
 from pretrainlab.errors import UserError
 from pretrainlab.ledger import Ledger
+from pretrainlab.ledger.store import Phase, Role
 from pretrainlab.rundir import read_summary
 from pretrainlab.research import manage
 from pretrainlab.research.campaign import Campaign, CampaignConfig
@@ -392,3 +393,24 @@ def test_a_second_loop_of_a_live_campaign_is_refused(tmp_path):
         _hold_loop_lock(tmp_path, ledger, cid)
     os.close(first)
     os.close(_hold_loop_lock(tmp_path, ledger, cid))
+
+
+def test_a_report_with_nothing_decided_says_so(tmp_path):
+    """A campaign that ran only its baseline said "No change beat the baseline beyond seed noise"."""
+    from pretrainlab.research.report import write_report
+    from pretrainlab.research.simulate import simulate
+
+    out = simulate(config(decision="paired", budget_runs=5, seeds=3), Landscape(seed=0), tmp_path)
+    ledger, done = out["ledger"], out["ledger"].get_campaign(out["campaign_id"])
+    # the same campaign stopped after its baseline: the baseline kept, a suggestion still queued
+    cid = ledger.create_campaign("stopped early", goal=done["goal"], config=done["config"], status="stopped")
+    base = ledger.list_experiments(out["campaign_id"])[0]
+    eid = ledger.add_experiment(base["hypothesis"], kind="config", proposer="campaign", proposer_type="strategy", campaign_id=cid,
+                                parent_recipe=base["parent_recipe"], change=base["change"], status=Phase.DECIDED, role=Role.BASELINE)
+    ledger.record_decision("keep", decided_by="pretrainlab stats", decider_type="strategy", experiment_id=eid)
+    ledger.add_experiment("a person's idea", kind="config", proposer="alice", campaign_id=cid, parent_recipe=base["parent_recipe"],
+                          change=base["change"], status=Phase.QUEUED, role=Role.SUGGESTION)
+    page = write_report(ledger, cid, tmp_path / "r.html", with_findings=False).read_text()
+    assert "No change was decided (the campaign is stopped; only the baseline ran)" in page and "beyond seed noise" not in page
+    page = write_report(ledger, out["campaign_id"], tmp_path / "done.html", with_findings=False).read_text()
+    assert "No change beat the baseline beyond seed noise" in page  # two screens were decided there

@@ -442,6 +442,10 @@ def render_report(record: dict, findings: dict[str, list[dict]] | None = None) -
         out.append("</table>")
     elif any(d["verdict"] == "discard" for _, d, _ in overrides(record)):
         out.append("<p>No change is kept (a person discarded what the statistics kept, see the top): the starting recipe stands.</p>")
+    elif not any(e["decision"] and e is not start for e in record["experiments"]):  # nothing was decided but the baseline
+        state = record["campaign"].get("status")
+        out.append(f"<p>No change was decided (the campaign is {esc(str(state))}; only the baseline ran): the starting recipe "
+                   "stands, untested against any change.</p>")
     else:
         out.append("<p>No change beat the baseline beyond seed noise: the starting recipe stands.</p>")
     out.append(f"<h2>Research log</h2><pre>{esc(research_log(record))}</pre>")
