@@ -307,3 +307,32 @@ def test_what_a_trainer_writes_after_the_last_look_is_still_counted(tmp_path, mo
     assert proc.returncode == 0 and why == ("the training wrote 0.29 GiB to its run directory, past the run's disk cap of "
                                              "0.25 GiB (found when it ended)"), why
     assert wait_within_disk(subprocess.Popen([sys.executable, "-c", "pass"]), tmp_path / "none", 256 << 20) is None
+
+
+def test_a_sandboxed_process_makes_no_namespace_mount_watch_or_key_and_still_starts_threads(tmp_path):
+    """From a user namespace of its own, a model mounted the cgroup file system and raised its own caps, froze the lab's
+    processes, and left data in cgroup names for the second scoring worker; inotify instances and key bytes are counted
+    per user, and a sandbox started by root used up root's for the machine."""
+    from pretrainlab.runners.sandbox import Sandbox
+
+    box = Sandbox.detect(warn=False)
+    if not box.active:
+        pytest.skip(f"no sandbox here: {box.reason}")
+    code = ("import ctypes, os, threading\n"
+            "libc = ctypes.CDLL(None, use_errno=True)\n"
+            "def call(name, *args):\n"
+            "    ctypes.set_errno(0)\n    r = getattr(libc, name)(*args)\n    print(name, r, ctypes.get_errno())\n"
+            "call('unshare', 0x10000000)\n"           # CLONE_NEWUSER
+            "call('unshare', 0x00020000)\n"           # CLONE_NEWNS
+            "call('mount', b'cgroup', b'/tmp', b'cgroup', 0, b'memory')\n"
+            "call('inotify_init1', 0)\n"
+            "call('syscall', 248, b'user', b'k', b'v', 1, -3)\n"   # add_key (x86_64 numbering; aarch64 skips below)
+            "t = threading.Thread(target=lambda: print('thread ran'))\nt.start()\nt.join()\n"
+            "pid = os.fork()\nif pid == 0:\n    os._exit(7)\nprint('child', os.waitpid(pid, 0)[1] >> 8)\n")
+    out = subprocess.run(box.wrap([sys.executable, "-c", code], code_src=tmp_path), capture_output=True, text=True, timeout=60)
+    lines = out.stdout.splitlines()
+    assert out.returncode == 0, out
+    assert lines[:4] == ["unshare -1 1", "unshare -1 1", "mount -1 1", "inotify_init1 -1 1"], lines  # EPERM
+    if os.uname().machine == "x86_64":
+        assert lines[4] == "syscall -1 1", lines
+    assert lines[5:] == ["thread ran", "child 7"], lines

@@ -35,6 +35,7 @@ import math
 import os
 import resource
 import signal
+import stat
 import subprocess
 import sys
 from dataclasses import replace
@@ -130,6 +131,11 @@ def wait_within_disk(proc: subprocess.Popen, run_dir: Path, disk: int | None, ca
 
     def over(use) -> str | None:
         gib = 1 << 30
+        try:  # the trainer's stderr is this process's log, outside the run directory: it counts too
+            st = os.fstat(sys.stderr.fileno())
+            use.bytes += st.st_blocks * 512 if stat.S_ISREG(st.st_mode) else 0
+        except (OSError, ValueError):
+            pass
         if use.unreadable:
             return f"the training made a folder in its run directory that the lab cannot list ({use.unreadable})"
         if use.entries > MAX_RUN_ENTRIES:

@@ -424,6 +424,11 @@ class RunCap:
                     except OSError:
                         pass
                 time.sleep(0.05)
+            for child in sorted((d for d in path.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)):
+                try:  # (cgroups made inside it: the sandbox refuses the mounts that would allow it; removed all the same)
+                    child.rmdir()
+                except OSError:
+                    pass
             try:
                 path.rmdir()
             except OSError:

@@ -65,17 +65,36 @@ def scrubbed_env(extra: dict[str, str] | None = None, base: dict[str, str] | Non
     return env
 
 
-# The seccomp filter every sandboxed process runs under (bwrap --seccomp): sockets of the unix family only, no io_uring
-# (which makes sockets without the socket call), no fallocate() but the plain one, no other syscall ABI (i386's
-# socketcall, x86_64's x32). Its network is a loopback of its own, but TCP and UDP buffers there are kernel memory that a
-# cgroup v1 memory cap does not count: a model parked 2 GiB in unread loopback sockets under a 256 MiB cap. And
-# fallocate(FALLOC_FL_KEEP_SIZE) reserves disk without a file growing (no RLIMIT_FSIZE): 2 GiB in 6 ms. Nothing a single
-# training or scoring process does needs either.
-_ARCHES = {"x86_64": (0xC000003E, 41, 285), "aarch64": (0xC00000B7, 198, 47)}  # AUDIT_ARCH, socket's and fallocate's numbers
-IO_URING_SETUP = 425  # the same on both
-AF_UNIX, EPERM, EOPNOTSUPP, EAFNOSUPPORT = 1, 1, 95, 97
+# The seccomp filter every sandboxed process runs under (bwrap --seccomp). Nothing a single training or scoring process
+# does needs any of what it refuses:
+# - sockets but unix ones, and io_uring (which makes sockets without the socket call): loopback TCP and UDP buffers are
+#   kernel memory a cgroup v1 memory cap does not count (a model parked 2 GiB in unread sockets under a 256 MiB cap);
+# - fallocate() but the plain call: FALLOC_FL_KEEP_SIZE reserves disk without a file growing (no RLIMIT_FSIZE), 2 GiB in 6 ms;
+# - new namespaces and mounts (unshare, setns, clone with a CLONE_NEW* flag, clone3, the mount calls): from a user
+#   namespace of its own, a model mounted the cgroup file system, raised its own memory and task caps, froze the lab's
+#   processes, and kept data in cgroup names for the second scoring worker to read;
+# - inotify, fanotify and the kernel's keyrings: their quotas are per user, and a sandbox started by root shares root's
+#   (it used up root's inotify instances and key bytes for the whole machine while it ran);
+# - any other syscall ABI (i386's socketcall, x86_64's x32).
+_ARCHES = {  # AUDIT_ARCH, then the syscall numbers by name
+    "x86_64": (0xC000003E, {"socket": 41, "fallocate": 285, "clone": 56, "clone3": 435, "unshare": 272, "setns": 308,
+                            "mount": 165, "umount2": 166, "pivot_root": 155, "open_tree": 428, "move_mount": 429, "fsopen": 430,
+                            "fsconfig": 431, "fsmount": 432, "fspick": 433, "mount_setattr": 442, "inotify_init": 253,
+                            "inotify_init1": 294, "fanotify_init": 300, "add_key": 248, "request_key": 249, "keyctl": 250,
+                            "io_uring_setup": 425}),
+    "aarch64": (0xC00000B7, {"socket": 198, "fallocate": 47, "clone": 220, "clone3": 435, "unshare": 97, "setns": 268,
+                             "mount": 40, "umount2": 39, "pivot_root": 41, "open_tree": 428, "move_mount": 429, "fsopen": 430,
+                             "fsconfig": 431, "fsmount": 432, "fspick": 433, "mount_setattr": 442, "inotify_init1": 26,
+                             "fanotify_init": 262, "add_key": 217, "request_key": 218, "keyctl": 219, "io_uring_setup": 425}),
+}
+REFUSED = ("unshare", "setns", "mount", "umount2", "pivot_root", "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount",
+           "fspick", "mount_setattr", "inotify_init", "inotify_init1", "fanotify_init", "add_key", "request_key", "keyctl",
+           "io_uring_setup")
+CLONE_NEW = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000 | 0x00000080  # NS..TIME
+AF_UNIX, EPERM, ENOSYS, EOPNOTSUPP, EAFNOSUPPORT = 1, 1, 38, 95, 97
 _SECCOMP: dict[str, str | None] = {}
 _SECCOMP_OK: dict[str, str | None] = {}  # bwrap path -> the filter's file where it works, else None
+_USERNS_LOCK: dict[str, bool] = {}  # bwrap path -> whether it takes --disable-userns (0.8 and later)
 
 
 def seccomp_program(machine: str | None = None) -> bytes | None:
@@ -86,8 +105,8 @@ def seccomp_program(machine: str | None = None) -> bytes | None:
     arch = _ARCHES.get(machine or platform.machine())
     if arch is None:
         return None
-    audit_arch, socket_nr, fallocate_nr = arch
-    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
+    audit_arch, nr = arch
+    codes = {"ld": 0x20, "jeq": 0x15, "jge": 0x35, "jset": 0x45, "ret": 0x06}  # BPF_LD|W|ABS, BPF_JMP|JEQ/JGE/JSET|K, BPF_RET|K
     allow, errno = 0x7FFF0000, 0x00050000  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | errno
     # (op, value, where to go when true, when false): a label, or None for the next instruction
     program = [
@@ -97,9 +116,11 @@ def seccomp_program(machine: str | None = None) -> bytes | None:
         ("native", None, None, None),
         ("ld", 0, None, None),                             # the syscall's number
         ("jge", 0x40000000, "eperm", None),                # x32 (x86_64's __X32_SYSCALL_BIT)
-        ("jeq", IO_URING_SETUP, "eperm", None),
-        ("jeq", socket_nr, "socket", None),
-        ("jeq", fallocate_nr, "fallocate", None),
+        *[("jeq", nr[name], "eperm", None) for name in REFUSED if name in nr],
+        ("jeq", nr["clone3"], "enosys", None),             # its flags are in memory the filter cannot read: glibc falls back to clone
+        ("jeq", nr["socket"], "socket", None),
+        ("jeq", nr["fallocate"], "fallocate", None),
+        ("jeq", nr["clone"], "clone", None),
         ("ret", allow, None, None),                        # everything else
         ("socket", None, None, None),
         ("ld", 16, None, None),                            # its family: args[0], low 32 bits
@@ -109,24 +130,30 @@ def seccomp_program(machine: str | None = None) -> bytes | None:
         ("ld", 24, None, None),                            # its mode: args[1], low 32 bits
         ("jeq", 0, "allow", None),
         ("ret", errno | EOPNOTSUPP, None, None),           # KEEP_SIZE, PUNCH_HOLE, ...: glibc falls back to writing
+        ("clone", None, None, None),
+        ("ld", 16, None, None),                            # its flags: args[0], low 32 bits
+        ("jset", CLONE_NEW, "eperm", None),                # a thread or a process, never a namespace
         ("allow", None, None, None),
         ("ret", allow, None, None),
         ("eperm", None, None, None),
         ("ret", errno | EPERM, None, None),
+        ("enosys", None, None, None),
+        ("ret", errno | ENOSYS, None, None),
     ]
     at, index = {}, 0
     for op, *_ in program:
-        if op in ("ld", "jeq", "jge", "ret"):
+        if op in codes:
             index += 1
         else:
             at[op] = index
     out, index = [], 0
     for op, value, yes, no in program:
-        if op not in ("ld", "jeq", "jge", "ret"):
+        if op not in codes:
             continue
         index += 1
         jt, jf = (at[yes] - index if yes else 0), (at[no] - index if no else 0)
-        out.append(struct.pack("=HBBI", {"ld": ld, "jeq": jeq, "jge": jge, "ret": ret}[op], jt, jf, value))
+        assert 0 <= jt < 256 and 0 <= jf < 256, "a jump too far for classic BPF"
+        out.append(struct.pack("=HBBI", codes[op], jt, jf, value))
     return b"".join(out)
 
 
@@ -220,6 +247,18 @@ class Sandbox:
                 _SIZE_SUPPORT[self.bwrap] = False
         return ["--size", str(nbytes)] if _SIZE_SUPPORT[self.bwrap] else []
 
+    def _userns_lock(self) -> list[str]:
+        """--unshare-user --disable-userns where this bwrap takes them (0.8 and later): no user namespace can be made inside,
+        so no capability ever comes back (the seccomp filter refuses the calls too, for older ones)."""
+        if self.bwrap not in _USERNS_LOCK:
+            try:
+                out = subprocess.run([self.bwrap, *self._system_binds(), "--unshare-all", "--unshare-user", "--disable-userns",
+                                      "--die-with-parent", "--", "/bin/true"], capture_output=True, timeout=30)
+                _USERNS_LOCK[self.bwrap] = out.returncode == 0
+            except (OSError, subprocess.TimeoutExpired):
+                _USERNS_LOCK[self.bwrap] = False
+        return ["--unshare-user", "--disable-userns"] if _USERNS_LOCK[self.bwrap] else []
+
     def _seccomp(self) -> str | None:
         """The seccomp filter's file, where this bwrap and kernel take it (tried once: a kernel built without seccomp
         filters would fail every sandboxed run), else None, said once."""
@@ -289,7 +328,7 @@ class Sandbox:
         args += ["--remount-ro", "/", "--remount-ro", "/dev"]
         # no capabilities: bwrap started by root makes no user namespace and keeps them all (a read-only bind could be
         # remounted writable, the lab's own Python installation with it)
-        args += ["--chdir", "/tmp", "--unshare-all", "--die-with-parent", "--cap-drop", "ALL"]
+        args += ["--chdir", "/tmp", "--unshare-all", *self._userns_lock(), "--die-with-parent", "--cap-drop", "ALL", "--new-session"]
         bpf = self._seccomp()
         if bpf is None:
             return [*args, "--", *cmd]
