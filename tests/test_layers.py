@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "pretrainlab"
 
 LAYERS = [
     {"pretrainlab", "errors", "config", "redaction"},
-    {"model", "data", "recipes", "workspace", "rundir"},
+    {"model", "data", "recipes", "workspace", "rundir", "code_state"},
     {"eval", "scoring_worker", "curves"},
     {"train"},
     {"ledger", "doctor", "runners", "scaling"},
