@@ -184,10 +184,13 @@ def build_data(recipe: str | Path, out: str | Path | None = None, progress: bool
 
     path, cached = build_corpus(load_recipe(recipe), out, progress=progress, executor=executor, ray_address=ray_address)
     manifest = json.loads((path / "manifest.json").read_text())
-    skipped = (build_report(path) or {}).get("skipped_inputs") or {}
+    report = build_report(path) or {}
+    skipped = report.get("skipped_inputs") or {}
+    steps = [{k: s.get(k) for k in ("step", "num_docs_in", "num_docs_out")} for s in report.get("steps") or [] if isinstance(s, dict)]
     return {"path": str(path), "cached": cached, "build_sha256": manifest["source"]["build_sha256"],
             "recipe_sha256": manifest["source"]["recipe_sha256"], "executor": executor,
-            "num_skipped_files": skipped.get("num_files", 0), "num_skipped_records": skipped.get("num_records", 0)}
+            "num_skipped_files": skipped.get("num_files", 0), "num_skipped_records": skipped.get("num_records", 0),
+            "steps": steps}
 
 
 def data_why(corpus: str | Path, doc: str) -> dict:

@@ -360,10 +360,7 @@ def cmd_data(args) -> int:
         if args.json:
             return _print_json(result)
         print(f"corpus {'cached (same recipe and inputs), reused' if result['cached'] else 'built'}: {result['path']}")
-        from .rundir import read_json
-
-        report = read_json(Path(result["path"]) / "build_report.json") or {}
-        for i, step in enumerate(report.get("steps") or [], 1):  # a step that took most of the training documents: said
+        for i, step in enumerate(result["steps"], 1):  # a step that took most of the training documents: said
             n_in, n_out = step.get("num_docs_in"), step.get("num_docs_out")
             if isinstance(n_in, int) and isinstance(n_out, int) and n_in and n_out < n_in / 2:
                 print(f"note: step {i} ({step.get('step')}) kept {n_out:,} of {n_in:,} training documents: check its "
