@@ -326,9 +326,11 @@ class Sandbox:
         # the sandbox's root and /dev are tmpfs of bwrap's, uncapped (half the RAM each): read-only once everything is
         # mounted on them, so the capped /tmp and /dev/shm and the run directory are the only places to write
         args += ["--remount-ro", "/", "--remount-ro", "/dev"]
-        # no capabilities: bwrap started by root makes no user namespace and keeps them all (a read-only bind could be
-        # remounted writable, the lab's own Python installation with it)
-        args += ["--chdir", "/tmp", "--unshare-all", *self._userns_lock(), "--die-with-parent", "--cap-drop", "ALL", "--new-session"]
+        # no capabilities: bwrap started by root keeps them all (a read-only bind could be remounted writable, the lab's own
+        # Python installation with it). No --new-session: the sandboxed process must stay in the job's process group, where
+        # the SIGTERM of an early stop, a timeout or a preemption reaches it (the job runs in a session of its own, with no
+        # terminal to push keystrokes into)
+        args += ["--chdir", "/tmp", "--unshare-all", *self._userns_lock(), "--die-with-parent", "--cap-drop", "ALL"]
         bpf = self._seccomp()
         if bpf is None:
             return [*args, "--", *cmd]
