@@ -27,6 +27,16 @@ WRITE = "_out = _sys.argv[_sys.argv.index('--out') + 1]\n    _chunk = b'x' * (8 
 HOG = "import numpy as np\nx = np.ones(3 << 30, dtype=np.uint8)\nprint('survived', x.sum())\n"
 
 
+def _in_sandbox(code: str, code_src: Path) -> subprocess.CompletedProcess:
+    """`python -c code` in the sandbox every campaign run gets (skipped where there is none)."""
+    from pretrainlab.runners.sandbox import Sandbox
+
+    box = Sandbox.detect(warn=False)
+    if not box.active:
+        pytest.skip(f"no sandbox here: {box.reason}")
+    return subprocess.run(box.wrap([sys.executable, "-c", code], code_src=code_src), capture_output=True, text=True, timeout=60)
+
+
 def _spawn(cap: RunCap, code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], preexec_fn=cap.enter, capture_output=True, text=True, timeout=120)
 
@@ -231,11 +241,6 @@ def test_a_sandboxed_process_gets_unix_sockets_only_and_plain_fallocate(tmp_path
     """Loopback TCP and UDP buffers are kernel memory a cgroup v1 memory cap does not count (a model parked 2 GiB in
     unread sockets under a 256 MiB cap): the sandbox's seccomp filter refuses every socket family but unix, io_uring
     (which makes sockets without the socket call), and fallocate() modes that reserve disk without a file growing."""
-    from pretrainlab.runners.sandbox import Sandbox
-
-    box = Sandbox.detect(warn=False)
-    if not box.active:
-        pytest.skip(f"no sandbox here: {box.reason}")
     code = ("import ctypes, socket\n"
             "for fam, kind in ((socket.AF_INET, socket.SOCK_STREAM), (socket.AF_INET, socket.SOCK_DGRAM), "
             "(socket.AF_INET6, socket.SOCK_STREAM), (socket.AF_NETLINK, socket.SOCK_RAW), (socket.AF_PACKET, socket.SOCK_RAW)):\n"
@@ -248,8 +253,7 @@ def test_a_sandboxed_process_gets_unix_sockets_only_and_plain_fallocate(tmp_path
             "print('keep_size', libc.fallocate(fd, 1, ctypes.c_long(0), ctypes.c_long(1 << 30)), ctypes.get_errno(), "
             "os.fstat(fd).st_blocks)\n"
             "os.posix_fallocate(fd, 0, 1 << 20)\nprint('plain', os.fstat(fd).st_size)\n")
-    out = subprocess.run(box.wrap([sys.executable, "-c", code], code_src=Path(__file__).resolve().parents[1] / "src"),
-                         capture_output=True, text=True, timeout=60)
+    out = _in_sandbox(code, tmp_path)
     lines = out.stdout.splitlines()
     assert out.returncode == 0 and len(lines) == 9, out
     assert all(line.endswith("refused 97") for line in lines[:5]), lines  # EAFNOSUPPORT
@@ -278,11 +282,6 @@ def test_where_bwrap_or_the_kernel_refuse_the_filter_runs_go_on_without_it_and_s
 def test_a_sandboxed_process_has_no_capabilities_and_cannot_touch_the_kernels_settings(tmp_path):
     """bwrap started by root makes no user namespace: the sandbox kept every capability, remounted a read-only bind (the
     lab's own Python installation) writable and wrote kernel.core_pattern (a program the kernel runs as root)."""
-    from pretrainlab.runners.sandbox import Sandbox
-
-    box = Sandbox.detect(warn=False)
-    if not box.active:
-        pytest.skip(f"no sandbox here: {box.reason}")
     code = ("import ctypes, os, sys\n"
             "print([line.split()[1] for line in open('/proc/self/status') if line.startswith('CapEff')][0])\n"
             "for path in ('/proc/sys/kernel/core_pattern', '/proc/sys/vm/drop_caches', '/proc/sysrq-trigger'):\n"
@@ -290,7 +289,7 @@ def test_a_sandboxed_process_has_no_capabilities_and_cannot_touch_the_kernels_se
             "    except OSError as e:\n        print(path, 'refused')\n"
             "libc = ctypes.CDLL(None, use_errno=True)\n"
             "print('remount', libc.mount(None, sys.prefix.encode(), None, 32 | 4096, None), ctypes.get_errno())\n")
-    out = subprocess.run(box.wrap([sys.executable, "-c", code], code_src=tmp_path), capture_output=True, text=True, timeout=60)
+    out = _in_sandbox(code, tmp_path)
     assert out.returncode == 0 and out.stdout.split("\n")[0] == "0000000000000000", out
     assert all(line.endswith("refused") for line in out.stdout.splitlines()[1:4]), out.stdout
     assert out.stdout.splitlines()[4] == "remount -1 1", out.stdout  # EPERM
@@ -313,11 +312,6 @@ def test_a_sandboxed_process_makes_no_namespace_mount_watch_or_key_and_still_sta
     """From a user namespace of its own, a model mounted the cgroup file system and raised its own caps, froze the lab's
     processes, and left data in cgroup names for the second scoring worker; inotify instances and key bytes are counted
     per user, and a sandbox started by root used up root's for the machine."""
-    from pretrainlab.runners.sandbox import Sandbox
-
-    box = Sandbox.detect(warn=False)
-    if not box.active:
-        pytest.skip(f"no sandbox here: {box.reason}")
     code = ("import ctypes, os, threading\n"
             "libc = ctypes.CDLL(None, use_errno=True)\n"
             "def call(name, *args):\n"
@@ -329,7 +323,7 @@ def test_a_sandboxed_process_makes_no_namespace_mount_watch_or_key_and_still_sta
             "call('syscall', 248, b'user', b'k', b'v', 1, -3)\n"   # add_key (x86_64 numbering; aarch64 skips below)
             "t = threading.Thread(target=lambda: print('thread ran'))\nt.start()\nt.join()\n"
             "pid = os.fork()\nif pid == 0:\n    os._exit(7)\nprint('child', os.waitpid(pid, 0)[1] >> 8)\n")
-    out = subprocess.run(box.wrap([sys.executable, "-c", code], code_src=tmp_path), capture_output=True, text=True, timeout=60)
+    out = _in_sandbox(code, tmp_path)
     lines = out.stdout.splitlines()
     assert out.returncode == 0, out
     assert lines[:4] == ["unshare -1 1", "unshare -1 1", "mount -1 1", "inotify_init1 -1 1"], lines  # EPERM
