@@ -133,3 +133,21 @@ def test_the_dashboard_asks_for_the_reason_and_records_it(finished):
     assert (last["verdict"], last["decided_by"], last["rationale"]) == ("keep", "dana", "ship it")
     report = client.get(f"/campaigns/{finished['campaign']}/report").text
     assert "This outcome includes a person's override of the statistics" in report and "<b>dana</b> kept experiment" in report
+
+
+def test_the_dashboard_withdraws_a_queued_suggestion(finished):
+    pytest.importorskip("fastapi", reason="the dashboard's extra: pip install 'pretrainlab[ui]'")
+    from fastapi.testclient import TestClient
+
+    from pretrainlab.ui import create_app
+
+    exp = api.research_suggest(finished["campaign"], "a deeper model helps", ["model.n_layer=5"], "alice")
+    client = TestClient(create_app(author="alice"), base_url="http://127.0.0.1:8765", follow_redirects=False)
+    page = client.get(f"/experiments/{exp}").text
+    assert "Withdraw it before it runs" in page and 'value="reject" class="reject">Withdraw</button>' in page
+    assert 'value="approve"' not in page.split("Withdraw it before it runs")[1].split("</form>")[0]  # nothing to approve yet
+    token = re.search(r'name="csrf" value="([0-9a-f]+)"', page).group(1)
+    r = client.post(f"/experiments/{exp}/review", data={"csrf": token, "action": "reject", "author": "dana", "reason": "ran it"})
+    assert r.status_code == 303
+    withdrawn = api.show_experiment(exp)
+    assert withdrawn["status"] == "rejected" and withdrawn["decisions"][-1]["decided_by"] == "dana"

@@ -247,7 +247,7 @@ def create_app(db: str | None = None, author: str = "person", token: str | None 
         parent = change.get("parent")
         return page(request, "experiment.html", exp=exp, change=change, parent=parent,
                     data_recipe=views.redact(change.get("data_recipe")) if change.get("data_recipe") else None,
-                    reviewable=exp["status"] in ("awaiting-approval", "decided"))
+                    reviewable=exp["status"] in ("awaiting-approval", "decided", "queued"))
 
     @app.post("/experiments/{eid}/review")
     async def review(request: Request, eid: str):
