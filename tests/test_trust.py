@@ -179,6 +179,9 @@ def test_hostile_models_and_trainers_are_rejected_with_the_reason(tmp_path, corp
     plain = lab_score(tmp_path, "plain")
     assert results["plain"].status == "ok" and plain["status"] == "ok" and plain["sandboxed"]
     assert plain["probes"]["causality_rows"] == 384 and plain["probes"]["replay_rows"] == 64
+    # the lab's own code is scored by one worker doing both passes; experiment code by two that never meet
+    assert plain["probes"]["workers"] == 1 and not (tmp_path / "runs" / "plain" / "scorer-probe.log").exists()
+    assert lab_score(tmp_path, "fake-report")["probes"]["workers"] == 2
     assert plain["probes"]["lookahead_caught"]["1 in 50"] > 0.999
     honest = plain["splits"]["val"]["val_bpb"]
     assert results["plain"].summary["val_bpb"] == honest and results["plain"].summary["scored_by"] == "lab"
@@ -203,6 +206,16 @@ def test_hostile_models_and_trainers_are_rejected_with_the_reason(tmp_path, corp
     # the memorising model could not read the decision split from its sandbox: it fell back to the monitor slice
     memo = lab_score(tmp_path, "memorise")["splits"]
     assert memo["monitor"]["val_bpb"] < memo["val"]["val_bpb"] and memo["val"]["val_bpb"] > 1.0
+    # one worker doing both passes still catches a model that looks ahead (were the lab's own code ever to)
+    from pretrainlab.data import Corpus
+    from pretrainlab.runners import scoring
+
+    tree = tmp_path / "trees" / "noncausal" / "src"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(scoring, "LAB_CODE", tree.resolve())
+        with pytest.raises(scoring.ScoreRejected, match="non-causal model"):
+            scoring.score_run(tmp_path / "runs" / "noncausal", tree, Corpus.open(corpus_dir), seq_len=64, tokens_per_domain=2048,
+                              batch_rows=16)
 
 
 @needs_sandbox

@@ -21,7 +21,9 @@ The log-probability of the true next token is what a score is made of, so it is 
 probes compare: a model can gain nothing they do not see.
 Two processes that never shared memory cannot agree on what they saw, so a model cannot
 pass by remembering the first pass; and the first worker cannot know which of its rows
-will be checked. Nothing passes between them: the probe worker runs experiment code only once
+will be checked. A run of the lab's own, unpatched code is scored by one worker doing both
+passes: that code keeps no state between calls, nothing in such a run is the experiment's
+but its recipe and weights, and a second torch process would only cost the run a start-up. Nothing passes between them: the probe worker runs experiment code only once
 the first has exited (it starts early, but waits for the lab's word after importing torch and
 reading the weights), each sees only a private copy of the weights and recipe (not the run directory,
 where the lab keeps their logs), and each runs in a session of its own (no terminal to type
@@ -55,6 +57,7 @@ from ..scoring_worker import START
 from .limits import RunCap
 from .sandbox import Sandbox, scrubbed_env
 
+LAB_CODE = Path(__file__).resolve().parents[2]  # the lab's own source tree: what unpatched runs train and are scored with
 MAX_LOGIT_FLOATS = 2**26  # logits per request (256 MB of float32): rows per batch shrink for a large vocabulary
 MAX_VOCAB = 2**21  # a logit width beyond this is not a language model's: refuse it before allocating
 VOCAB_SLACK = 1024  # logit columns beyond the tokenizer's (a padded head): more only cost the lab memory
@@ -312,8 +315,9 @@ def score_run(run_dir: Path, code_src: Path, corpus: Corpus, *, seq_len: int, to
                             "PYTHONUNBUFFERED": "1"})
         wrapped = sandbox.wrap(cmd, code_src=code_src, read_only=[private], gpus=gpus)
         caps = (memory, tasks, gpus)
+        one_worker = Path(code_src).resolve() == LAB_CODE  # the lab's own code: no experiment code to keep apart
         sums, probes = _score_and_probe(wrapped, env, run_dir, corpus, windows, probes, rows, vocab_min, token_bytes,
-                                        splits, rng, PROBE_TOL["gpu" if gpus else "cpu"], caps)
+                                        splits, rng, PROBE_TOL["gpu" if gpus else "cpu"], caps, one_worker)
     finally:
         shutil.rmtree(private, ignore_errors=True)
         os.unlink(lock)
@@ -323,13 +327,15 @@ def score_run(run_dir: Path, code_src: Path, corpus: Corpus, *, seq_len: int, to
         nats, nbytes = s[:, 0].sum(), int(s[:, 1].sum())
         result[split] = {"val_bpb": bits_per_byte(nats, nbytes), "tokens": int(s[:, 2].sum()), "bytes": nbytes,
                          "domains": {dom: bits_per_byte(s[d, 0], int(s[d, 1])) for d, dom in enumerate(corpus.domains)}}
+    probes["workers"] = 1 if one_worker else 2
     return {"splits": result, "probes": probes, "sandboxed": sandbox.active, "seconds": round(time.time() - t0, 2)}
 
 
 def _score_and_probe(wrapped: list[str], env: dict, run_dir: Path, corpus: Corpus, windows: list, probes: list, rows: int,
                      vocab_min: int, token_bytes: np.ndarray, splits: tuple[str, ...], rng: random.Random,
-                     tol: float, caps: tuple = (None, None, False)) -> tuple[dict, dict]:
-    """The scoring pass, then the probe pass in a fresh worker: (NLL sums per split, probe stats)."""
+                     tol: float, caps: tuple = (None, None, False), one_worker: bool = False) -> tuple[dict, dict]:
+    """The scoring pass, then the probe pass in a fresh worker (or the same one, `one_worker`): (NLL sums per split, probe
+    stats)."""
     ends_at = time.monotonic() + SCORE_TIMEOUT_S
     memory, tasks, gpus = caps
     # one cap for both workers (their start-up overlaps): the run's memory, not twice it. Nothing passes between them
@@ -337,14 +343,14 @@ def _score_and_probe(wrapped: list[str], env: dict, run_dir: Path, corpus: Corpu
     cap = RunCap.create(f"{run_dir.name}-score", memory, tasks, gpus)
     try:
         return _both_passes(wrapped, env, run_dir, corpus, windows, probes, rows, vocab_min, token_bytes, splits, rng, tol, ends_at,
-                            cap)
+                            cap, one_worker)
     finally:
         cap.remove()
 
 
 def _both_passes(wrapped: list[str], env: dict, run_dir: Path, corpus: Corpus, windows: list, probes: list, rows: int,
                  vocab_min: int, token_bytes: np.ndarray, splits: tuple[str, ...], rng: random.Random, tol: float,
-                 ends_at: float, cap: RunCap) -> tuple[dict, dict]:
+                 ends_at: float, cap: RunCap, one_worker: bool = False) -> tuple[dict, dict]:
     sums = {split: np.zeros((len(corpus.domains), 3)) for split in splits}  # nats, bytes, counted targets
     wanted = {i for i, _ in probes}
     kept: dict[int, np.ndarray] = {}  # row of the scoring pass -> its log-probability of each true next token
@@ -354,7 +360,7 @@ def _both_passes(wrapped: list[str], env: dict, run_dir: Path, corpus: Corpus, w
     worker.start()
     # the probe worker starts now, so its start-up (importing torch, reading the weights) overlaps the scoring pass; it
     # runs no experiment code until it is told to start, after the first worker has exited
-    prober = _Worker(wrapped, env, run_dir / "scorer-probe.log", ends_at, cap)
+    prober = worker if one_worker else _Worker(wrapped, env, run_dir / "scorer-probe.log", ends_at, cap)
     try:
         for b in range(0, len(windows), rows):
             batch = windows[b : b + rows]
@@ -367,7 +373,8 @@ def _both_passes(wrapped: list[str], env: dict, run_dir: Path, corpus: Corpus, w
         worker.close(abort=True)
         prober.close(abort=True)
         raise
-    worker.close()  # gone, with everything it started, before the probe worker runs experiment code: nothing passes between them
+    if not one_worker:
+        worker.close()  # gone, with everything it started, before the probe worker runs experiment code: nothing passes between them
     # 2. the probe worker: a fresh process, which never saw what the first one saw, scores some of the same rows again,
     # most of them with the tokens after a random cut taken from another window. An honest model gives the same
     # log-probabilities (up to the cut, for the altered rows). Whatever a model remembers, or reads in other rows of its
@@ -388,8 +395,9 @@ def _both_passes(wrapped: list[str], env: dict, run_dir: Path, corpus: Corpus, w
     if not probe_rows:
         prober.close(abort=True)
         return sums, stats
+    if not one_worker:
+        prober.start()
     worker = prober
-    worker.start()
     try:
         for i in range(0, len(probe_rows), rows):
             chunk = probe_rows[i : i + rows]
