@@ -414,3 +414,23 @@ def test_a_report_with_nothing_decided_says_so(tmp_path):
     assert "No change was decided (the campaign is stopped; only the baseline ran)" in page and "beyond seed noise" not in page
     page = write_report(ledger, out["campaign_id"], tmp_path / "done.html", with_findings=False).read_text()
     assert "No change beat the baseline beyond seed noise" in page  # two screens were decided there
+
+
+@pytest.mark.parametrize("run_std, said", [(0.03, "less evidence than they took it to be"), (0.009, None)])
+def test_the_confirmation_says_when_the_screens_assumed_too_little_noise(sim, capsys, run_std, said):
+    """The screens judge one-seed differences with a prior paired noise (--screen-noise 0.013); the confirmation measures it.
+    Three times noisier runs than the prior: the campaign says so and names the flag; runs as noisy as the prior: nothing."""
+    from pretrainlab.api import campaign_record
+    from pretrainlab.research.report import noise_summary
+
+    sim.landscape = replace(sim.landscape, run_std=run_std)
+    cid = manage.start(config(seeds=4, budget_runs=16), echo=True)
+    err = capsys.readouterr().err
+    claim = next(d for d in Ledger().list_decisions(campaign_id=cid) if d["evidence"].get("stage") == "claim")
+    noise = claim["evidence"]["paired_noise"]
+    assert noise["assumed"] == 0.013 and noise["df"] >= 2 and noise["low"] < noise["std"] < noise["high"]
+    summary = noise_summary(campaign_record(cid))
+    if said:
+        assert said in err and f"--screen-noise {noise['std']:.3g}" in err and said in summary
+    else:
+        assert "--screen-noise" not in err and "consistent with the 0.013 the screens assumed" in summary

@@ -11,8 +11,10 @@ from pretrainlab.research.stats import (
     bootstrap_ci,
     compare,
     describe_noise_floor,
+    describe_paired_noise,
     greedy_single_seed,
     noise_floor,
+    paired_noise,
 )
 
 
@@ -154,3 +156,30 @@ def test_common_seeds_cancel_most_noise_in_real_runs(corpus_dir, tmp_path):
     paired, welch = compare(base, changed, paired=True), compare(base, changed)
     assert paired.effect == pytest.approx(welch.effect)
     assert (paired.ci_high - paired.ci_low) < (welch.ci_high - welch.ci_low) / 3
+
+
+def test_the_measured_paired_noise_has_a_calibrated_interval_and_test_against_the_prior():
+    """pooled_paired's noise as a paired difference's std: on normal runs (recipe + seed + noise), its 90% interval covers
+    the truth about 90% of the time, and the one-sided test against a correct prior fires about 5% of the time."""
+    rng = np.random.default_rng(0)
+    run_std, trials = 0.009, 4000
+    truth = run_std * np.sqrt(2)  # the std of a seed-matched difference of two recipes' runs
+    covered = larger = smaller = 0
+    for _ in range(trials):
+        seed_offsets = rng.normal(0, 0.026, 3)
+        runs = {name: {s: 3.4 + shift + seed_offsets[s] + rng.normal(0, run_std) for s in range(3)}
+                for name, shift in (("base", 0.0), ("final", -0.02), ("ablation", -0.01))}
+        n = paired_noise(runs, list(runs), assumed=truth)
+        assert n["df"] == 4 and n["low"] < n["std"] < n["high"]
+        covered += n["low"] <= truth <= n["high"]
+        larger += n["p_larger"] < 0.05
+        smaller += n["p_smaller"] < 0.05
+    assert 0.88 < covered / trials < 0.92
+    assert 0.035 < larger / trials < 0.065 and 0.035 < smaller / trials < 0.065
+    assert describe_paired_noise(n) is None or "--screen-noise" in describe_paired_noise(n)
+    # 3x the prior, on as few runs as a confirmation has (2 degrees of freedom): said, with the flag to use
+    runs = {"base": {1: 3.40, 2: 3.45}, "final": {1: 3.36, 2: 3.47}, "ablation": {1: 3.41, 2: 3.40}}
+    n = paired_noise(runs, list(runs), assumed=0.013)
+    said = describe_paired_noise(n)
+    assert n["ratio"] > 3 and n["p_larger"] < 0.05 and said and f"--screen-noise {n['std']:.3g}" in said and "less evidence" in said
+    assert paired_noise({"base": {1: 3.4}, "final": {1: 3.3}}, ["base", "final"]) is None  # one seed: no degree of freedom

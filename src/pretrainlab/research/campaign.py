@@ -62,6 +62,7 @@ from .data_experiments import apply_data_change, check_fixed_data, check_scored_
 from .patches import apply_patch
 from .space import default_space, recipe_diff
 from .state import CampaignState, incumbent_id, planned_seeds
+from .stats import describe_paired_noise
 from .strategies import CampaignView, Proposal, Strategy, current_values, same_value, validate
 
 DECIDER = "pretrainlab stats"  # decisions by the loop's statistics rule are attributed to it
@@ -632,6 +633,9 @@ class Campaign:
             return
         for e, d in out.decisions:
             self.record(e, d.verdict, d.rationale, d.evidence, None, d.cmp, None, d.by, observe=False)
+        noise = next((n for _, d in out.decisions if (n := d.evidence.get("paired_noise"))), None)
+        if noise and (said := describe_paired_noise(noise)):
+            self.log(said[0].upper() + said[1:])
         if out.drop:
             self.hand_back_without(out.final, out.drop, out.effects)
 

@@ -28,7 +28,7 @@ from . import policy
 from ..scaling.transfer import verdict as transfer_verdict
 from .space import recipe_diff
 from .state import CampaignState, planned_seeds
-from .stats import IMPROVEMENT, REGRESSION, Comparison, compare, describe_noise_floor, noise_floor, pooled_paired
+from .stats import IMPROVEMENT, REGRESSION, Comparison, compare, describe_noise_floor, noise_floor, paired_noise, pooled_paired
 from .strategies import CampaignView, Proposal, validate
 
 MERGED = "\0merged"  # in a rationale: replaced by what became of the merge queued just before
@@ -312,6 +312,8 @@ def claims(state: CampaignState) -> Claims | None:
     # (reference, candidate): the final recipe vs the baseline; the final recipe vs itself without the group
     comparisons = {e["id"]: (baseline if e is final_exp else e["id"], final_exp["id"]) for e in confirm}
     results = pooled_paired(runs, comparisons, alpha=cfg.alpha)
+    # the noise the claims were tested with, against the prior the screens adopted changes with
+    noise = paired_noise(runs, list(runs), assumed=cfg.screen_noise if cfg.decision == "screen" else None)
     groups = final_exp["change"].get("groups") or {}
     out = Claims(final=final_exp)
     carried: dict[str, float] = {}  # group -> its effect in the final recipe (negative: it helps)
@@ -330,7 +332,8 @@ def claims(state: CampaignState) -> Claims | None:
                 carried[group] = cmp.effect
         out.decisions.append((e, Decide(verdict, why, {"stage": "claim", "claim": "final" if e is final_exp else "ablation",
                                                        "comparison": cmp.to_dict() if cmp else None, "group": group,
-                                                       "seeds": e["change"]["seeds"], "screen_noise_assumed": cfg.screen_noise},
+                                                       "seeds": e["change"]["seeds"], "screen_noise_assumed": cfg.screen_noise,
+                                                       "paired_noise": noise},
                                         cmp=cmp, by=f"pooled paired t-test, alpha={cfg.alpha}", observe=False)))
     adoptions = [(list((state.experiment(d["experiment_id"])["change"] or {}).get("diff") or {}), d["evidence"]["diff"])
                  for d in state.decisions

@@ -232,6 +232,13 @@ def noise_summary(record: dict) -> str:
         parts.append(f"seed noise of the baseline: std {nf['std']:.4f} val_bpb over {nf['n']} seeds")
     if widths:
         parts.append(f"median 95% CI of a decided effect: ±{statistics.median(widths):.4f} over {len(widths)} comparisons")
+    noise = next((n for d in decisions if (n := (d.get("evidence") or {}).get("paired_noise"))), None)
+    if noise:
+        from .stats import describe_paired_noise
+
+        parts.append(describe_paired_noise(noise) or (
+            f"paired noise measured by the confirmation: {noise['std']:.4f} (90% interval {noise['low']:.4f} .. {noise['high']:.4f})"
+            + (f", consistent with the {noise['assumed']:g} the screens assumed" if noise.get("assumed") else "")))
     return ("; ".join(parts) + ".") if parts else ""
 
 

@@ -164,13 +164,10 @@ def pooled_paired(runs: dict[str, dict[int, float]], comparisons: dict[str, tupl
     Only seeds every recipe ran on are used; with fewer than 2 of them (or only one
     recipe) nothing can be tested and the result is empty."""
     names = sorted({n for pair in comparisons.values() for n in pair})
-    seeds = sorted(set.intersection(*(set(runs.get(n, {})) for n in names))) if names else []
-    df = (len(names) - 1) * (len(seeds) - 1)
-    if df < 1:
+    fit = _two_way(runs, names)
+    if fit is None:
         return {}
-    y = np.array([[runs[n][s] for s in seeds] for n in names], float)  # recipes x seeds
-    resid = y - y.mean(1, keepdims=True) - y.mean(0, keepdims=True) + y.mean()
-    var = float((resid**2).sum()) / df
+    y, seeds, var, df = fit
     se = math.sqrt(2 * var / len(seeds))
     level = alpha / 2
     out = {}
@@ -186,6 +183,55 @@ def pooled_paired(runs: dict[str, dict[int, float]], comparisons: dict[str, tupl
         out[key] = Comparison(len(seeds), len(seeds), float(ref.mean()), float(cand.mean()), effect, effect - half, effect + half,
                               p_lower, p_higher, level, verdict, paired=True)
     return out
+
+
+def _two_way(runs: dict[str, dict[int, float]], names: list[str]):
+    """(values [recipes x seeds], seeds, residual variance, its degrees of freedom) of the additive fit value = recipe +
+    seed + noise over the seeds every recipe in `names` ran on; None without a degree of freedom."""
+    seeds = sorted(set.intersection(*(set(runs.get(n, {})) for n in names))) if names else []
+    df = (len(names) - 1) * (len(seeds) - 1)
+    if df < 1:
+        return None
+    y = np.array([[runs[n][s] for s in seeds] for n in names], float)  # recipes x seeds
+    resid = y - y.mean(1, keepdims=True) - y.mean(0, keepdims=True) + y.mean()
+    return y, seeds, float((resid**2).sum()) / df, df
+
+
+def paired_noise(runs: dict[str, dict[int, float]], names: list[str], assumed: float | None = None) -> dict | None:
+    """The std of a seed-matched difference between two of these recipes' runs, as pooled_paired measures it
+    (sqrt(2 s^2) of the two-way fit), with a 90% interval for the true std (chi-square on its degrees of freedom) and, given
+    the std `assumed` before (the screens' prior), one-sided p-values that the truth is larger / smaller. None without a
+    degree of freedom."""
+    fit = _two_way(runs, sorted(names))
+    if fit is None:
+        return None
+    _, seeds, var, df = fit
+    sp = _special()
+    std = math.sqrt(2 * var)
+    out = {"std": std, "df": df, "seeds": len(seeds), "recipes": len(names),
+           "low": std * math.sqrt(df / float(sp.chdtri(df, 0.05))), "high": std * math.sqrt(df / float(sp.chdtri(df, 0.95)))}
+    if assumed:
+        x = df * std**2 / assumed**2  # ~ chi-square(df) if the assumed std is the truth
+        out.update(assumed=assumed, ratio=std / assumed, p_larger=float(sp.chdtrc(df, x)), p_smaller=float(sp.chdtr(df, x)))
+    return out
+
+
+def describe_paired_noise(noise: dict, alpha: float = 0.01) -> str | None:
+    """A sentence when the measured paired noise is significantly (one-sided `alpha`: advice heard at every close, so
+    wrong only 1 in 100 times when the prior is right) larger or smaller than the screens' prior, naming the flag to
+    change; None when the prior is consistent with what was measured."""
+    if noise.get("assumed") is None:
+        return None
+    measured = (f"the confirmation measured a seed-matched difference's noise at {noise['std']:.4f} bpb (90% interval "
+                f"{noise['low']:.4f} .. {noise['high']:.4f}, {noise['df']} degrees of freedom), {noise['ratio']:.1f}x the "
+                f"{noise['assumed']:g} the screens assumed")
+    if noise["p_larger"] < alpha:
+        return (f"{measured}: the screens adopted changes on less evidence than they took it to be (p={noise['p_larger']:.2g}). "
+                f"At this scale, run the next campaign with --screen-noise {noise['std']:.3g}")
+    if noise["p_smaller"] < alpha:
+        return (f"{measured}: the screens were more cautious than needed (p={noise['p_smaller']:.2g}). At this scale, "
+                f"--screen-noise {noise['std']:.3g} lets them adopt on less")
+    return None
 
 
 def bootstrap_ci(incumbent: list[float], candidate: list[float], num_resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
