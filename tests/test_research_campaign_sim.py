@@ -434,3 +434,38 @@ def test_the_confirmation_says_when_the_screens_assumed_too_little_noise(sim, ca
         assert said in err and f"--screen-noise {noise['std']:.3g}" in err and said in summary
     else:
         assert "--screen-noise" not in err and "consistent with the 0.013 the screens assumed" in summary
+
+
+class CrashingRecipe(SimulatedRunner):
+    """Every run of the listed experiment keys crashes at start, as a recipe the trainer refuses does (exit 2, no summary)."""
+
+    def __init__(self, landscape, num_slots, crashes):
+        super().__init__(landscape, num_slots)
+        self.crashes = crashes
+
+    def poll(self):
+        done = super().poll()
+        return [replace(r, status="crashed", summary=None, returncode=2,
+                        stderr_tail="Traceback (most recent call last):\nRuntimeError: the recipe cannot train\n")
+                if self.crashes(r.job.key) else r for r in done]
+
+
+def test_a_baseline_without_a_result_stops_the_campaign_and_says_why(tmp_path):
+    """Every baseline run crashed: it was recorded *keep* ("mean nan") and the loop went on screening proposals against
+    nothing until its budget ran out. Now it is inconclusive, the campaign stops at once with the reason, the error is in
+    the notes' first line, and a resume is refused."""
+    from pretrainlab.research.simulate import simulate
+
+    cfg = config(budget_runs=12, seeds=2)
+    runner = CrashingRecipe(Landscape(seed=0), cfg.parallel, lambda key: key.startswith(runner.submitted[0].rsplit("-s", 1)[0]))
+    out = simulate(cfg, Landscape(seed=0), tmp_path, runner=runner)
+    ledger, cid = out["ledger"], out["campaign_id"]
+    baseline = runner.submitted[0].rsplit("-s", 1)[0]
+    (d,) = ledger.list_decisions(experiment_id=baseline)
+    assert d["verdict"] == "inconclusive" and "no run of the starting recipe finished" in d["rationale"]
+    assert ledger.get_campaign(cid)["status"] == "stopped"
+    assert len(runner.submitted) <= cfg.parallel + 1  # the baseline's seeds and at most a screen started beside them
+    notes = [n["text"] for n in ledger.list_notes(experiment_id=baseline)]
+    assert any(n.splitlines()[0].endswith("(exit 2): RuntimeError: the recipe cannot train") for n in notes)
+    with pytest.raises(UserError, match=f"baseline {baseline} has no result to compare experiments with.*start a new campaign"):
+        manage.resume(cid, db=str(tmp_path / "ledger.db"), echo=False)

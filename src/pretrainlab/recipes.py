@@ -7,6 +7,7 @@ registering it in RECIPES. `pretrainlab recipes` lists them with their sizes.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from .config import BudgetConfig, DataConfig, EvalConfig, ModelConfig, OptimConfig, Recipe, TrainConfig, apply_overrides
@@ -132,3 +133,19 @@ def resolve_recipe(name: str, overrides: list[str] | None = None) -> Recipe:
         return apply_overrides(base, overrides or [])
     except ValueError as e:
         raise UserError(f"{name}: {e}" if name.endswith(".json") else str(e)) from None
+
+
+def check_fits(recipe: Recipe) -> None:
+    """UserError for a model whose fp32 weights alone exceed this machine's memory, before anything is allocated
+    (model.n_layer=1e12 hung with no output, or crashed every run of a campaign): a typo, not a run. FSDP shards the
+    weights across processes and machines, so it is not checked."""
+    if recipe.train.parallel == "fsdp":
+        return
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system that says
+        return
+    params = estimate_params(recipe)
+    if params * 4 > memory:
+        raise UserError(f"the model has {params:.3g} parameters ({params * 4 / 2**30:,.0f} GiB of fp32 weights), more than this "
+                        f"machine's {memory / 2**30:,.0f} GiB of memory: check model.n_layer, model.n_embd and model.mlp_ratio")

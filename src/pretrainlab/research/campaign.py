@@ -104,6 +104,15 @@ class _Tracked:
 MAX_MODEL_GROWTH = 16  # an experiment's model at most this many times the base's parameters
 
 
+def check_growth(recipe: Recipe, base: Recipe) -> None:
+    """UserError for an experiment's model more than MAX_MODEL_GROWTH times the base's: its runs would not end within any
+    budget the campaign planned for."""
+    growth = estimate_params(recipe) / max(1, estimate_params(base))
+    if growth > MAX_MODEL_GROWTH:
+        raise UserError(f"the change makes the model {growth:.3g}x the base's parameters: a campaign's experiments "
+                        f"stay within {MAX_MODEL_GROWTH}x (start a campaign on a larger recipe to go further)")
+
+
 class Campaign:
     def __init__(self, ledger, campaign_id: str, strategy: Strategy, runner: Runner, workdir: Path, echo: bool = True):
         self.id, self.strategy, self.runner = campaign_id, strategy, runner
@@ -540,7 +549,8 @@ class Campaign:
 
     def note_failure(self, exp_id: str, result: JobResult) -> None:
         tail = result.stderr_tail.strip().splitlines()[-12:]
-        self.ledger.add_note(f"run {result.job.key} ended {result.status} (exit {result.returncode}):\n" + "\n".join(tail),
+        last = tail[-1].strip()[:300] if tail else "it printed nothing"  # the error: the line logs and pages show
+        self.ledger.add_note(f"run {result.job.key} ended {result.status} (exit {result.returncode}): {last}\n" + "\n".join(tail),
                              author="campaign", experiment_id=exp_id)
         if result.summary is None:
             self.failed_jobs.add(result.job.key)
@@ -567,6 +577,9 @@ class Campaign:
                 self.apply(a.candidate_id, decide.finish_transfer(self.state, a.candidate_id))
             elif isinstance(a, decide.RecordClaims):
                 self.maybe_record_claims()
+            elif isinstance(a, decide.EndCampaign):  # the loop sees "stopping" at its next pass and closes as stopped
+                self.ledger.add_note(a.reason, author="campaign", campaign_id=self.id)
+                self.ledger.set_campaign_status(self.id, "stopping")
             elif isinstance(a, decide.Combine):
                 spec = decide.combination(self.state, a.adopted, a.other, a.parent)
                 combo = self.ledger.add_experiment(campaign_id=self.id, **spec) if spec else None
@@ -928,10 +941,7 @@ class Campaign:
             else:
                 check_fixed_data(p.values)
                 recipe = validate(CampaignView(self.base, incumbent, [], None, []), p)
-                growth = estimate_params(recipe) / max(1, estimate_params(self.base))
-                if growth > MAX_MODEL_GROWTH:  # its runs would not end within any budget the campaign planned for
-                    raise UserError(f"the change makes the model {growth:.0f}x the base's parameters: a campaign's experiments "
-                                    f"stay within {MAX_MODEL_GROWTH}x (start a campaign on a larger recipe to go further)")
+                check_growth(recipe, self.base)
                 check_scored_tokens(recipe, self.base)
             if p.kind == "code":  # apply it now: a patch that does not apply is rejected before it is queued
                 apply_patch(p.patch or "", scratch)

@@ -72,6 +72,13 @@ class FinishTransfer:
 
 
 @dataclass
+class EndCampaign:
+    """Nothing more can be learned (the baseline has no result): the loop stops, saying why."""
+
+    reason: str
+
+
+@dataclass
 class RecordClaims:
     """A confirmation run set is measured: record the claims if the whole phase is."""
 
@@ -121,9 +128,13 @@ def decide(state: CampaignState, exp_id: str, stopped_early: bool = False, rung:
         return [SetPhase(Phase.MEASURED), RecordClaims()]
     inc = state.incumbent
     if state.baseline is not None and exp_id == state.baseline["id"] and inc is None:  # the baseline
+        if not values:  # nothing to compare any experiment with: every screen would run against nothing
+            ended = ", ".join(f"seed {s} {r['status']}" for s, r in sorted(results.items())) or "no run registered"
+            why = (f"baseline: no run of the starting recipe finished ({ended}): the campaign has nothing to compare with and "
+                   "stops; see its notes for each run's error, fix the starting recipe and start a new campaign")
+            return [Decide("inconclusive", why, evidence, by="", observe=False, log=why), EndCampaign(why)]
         nf = noise_floor(values)
-        mean = nf.get("mean") if nf.get("mean") is not None else float("nan")  # no run of the baseline finished: said, not a crash
-        return [Decide("keep", f"baseline: mean {mean:.4f}, seed std {nf.get('std') or 0:.4f} over {nf['n']} seeds",
+        return [Decide("keep", f"baseline: mean {nf['mean']:.4f}, seed std {nf.get('std') or 0:.4f} over {nf['n']} seeds",
                        {**evidence, "noise_floor": nf}, by="", observe=False, log=f"baseline {exp_id}: {describe_noise_floor(nf)}")]
     if not values or stopped_early:
         why = "stopped early: clearly worse than the incumbent at an intermediate evaluation" if stopped_early else \

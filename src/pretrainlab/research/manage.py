@@ -24,7 +24,8 @@ from ..workspace import workspace
 from ..errors import UserError
 from ..ledger.store import Phase, Role
 from ..runners import make_runner
-from .campaign import Campaign, CampaignConfig, slots_text
+from ..recipes import check_fits
+from .campaign import Campaign, CampaignConfig, check_growth, slots_text
 from .config import SLURM_FIELDS
 from .strategies import STRATEGIES, Strategy
 
@@ -86,6 +87,8 @@ def _create(cfg: CampaignConfig, name: str | None, db: str | None, echo: bool, a
     from ..ledger import Ledger
 
     base = cfg.base_recipe()  # bad recipe / overrides / budget -> UserError now
+    if cfg.runner == "local":  # (a cluster's nodes may have more memory than this machine)
+        check_fits(base)
     if base.data.corpus != "builtin":  # a missing or damaged corpus is an error now, not a campaign of crashed runs
         from ..data import Corpus
 
@@ -164,6 +167,11 @@ def resume(campaign_id: str, db: str | None = None, echo: bool = True, author: s
                             "does not apply to it (its runs are planned); resume it with "
                             f"{' / '.join('--' + k.replace('_', '-') for k in mixture_campaign.RESUMABLE)} only")
         return mixture_campaign.resume(ledger, row, echo=echo, author=author, **changes)
+    baseline = next((e for e in ledger.list_experiments(row["id"]) if e["role"] == Role.BASELINE), None)
+    said = ledger.list_decisions(experiment_id=baseline["id"]) if baseline else []
+    if said and said[-1]["verdict"] != "keep":  # nothing to compare with: a resumed loop would screen against nothing
+        raise UserError(f"campaign {row['id']}'s baseline {baseline['id']} has no result to compare experiments with "
+                        f"({said[-1]['rationale'] or said[-1]['verdict']}); start a new campaign")
     old = row["config"]["campaign"]
     cfg = CampaignConfig(**{**old, **changes})  # validates
     changed = {k: (old.get(k), v) for k, v in changes.items() if old.get(k) != v}
@@ -232,15 +240,22 @@ def _terminated(signum, frame) -> None:
     raise SystemExit(128 + signum)  # unwinds the loop: its runs are stopped with a checkpoint, and `research resume` continues
 
 
-def stop(campaign_id: str, db: str | None = None, author: str | None = None) -> None:
-    """Ask the campaign's loop to finish; with `author`, who asked goes on its record as a note."""
+def stop(campaign_id: str, db: str | None = None, author: str | None = None) -> str:
+    """Ask the campaign's loop to finish; with `author`, who asked goes on its record as a note. Returns the campaign's
+    status after: "stopping" while its loop finishes its runs; "stopped" for a campaign whose loop is gone (a crash, a
+    kill: nothing runs to stop; `research resume` continues it); an ended campaign's status ("done", "stopped") unchanged."""
     from ..ledger import Ledger
 
     ledger = Ledger(db)
     row = find_campaign(ledger, campaign_id)
-    ledger.set_campaign_status(row["id"], "stopping")
+    if row["status"] not in ("running", "stopping"):
+        return row["status"]  # ended: a stop would leave it "stopping" for good, with no loop to finish it
+    loop = loop_state((row["config"] or {}).get("loop"))
+    status = "stopped" if loop is not None and loop["alive"] is False else "stopping"
+    ledger.set_campaign_status(row["id"], status)
     if author:
         ledger.add_note("stop requested", author=author, campaign_id=row["id"])
+    return status
 
 
 def status(campaign_id: str, db: str | None = None, record: dict | None = None) -> dict:
@@ -355,6 +370,9 @@ def suggest(campaign_id: str, hypothesis: str, overrides: list[str], author: str
         recipe = apply_overrides(recipe, overrides)
     except ValueError as e:
         raise UserError(str(e)) from None
+    check_growth(recipe, base)
+    if (row["config"].get("campaign") or {}).get("runner", "local") == "local":
+        check_fits(recipe)
     change.update(recipe=recipe.to_dict(), diff={k: list(v) for k, v in recipe_diff(base, recipe).items()})
     return ledger.add_experiment(hypothesis, kind="data" if data_recipe else "config", proposer=author, proposer_type="person",
                                  rationale=hypothesis, campaign_id=row["id"], parent_recipe=base.to_dict(), change=change,
@@ -377,6 +395,9 @@ def review(experiment_id: str, approve: bool, author: str, reason: str | None = 
     if exp is None:
         raise UserError(f"no experiment {experiment_id!r}: see `pretrainlab research status CAMPAIGN` for ids")
     reason = (reason or "").strip() or None
+    if exp["role"] == Role.BASELINE and not approve:
+        raise UserError(f"experiment {experiment_id} is its campaign's baseline, the reference every experiment is compared with: "
+                        "it cannot be rejected. Stop the campaign (`pretrainlab research stop`), or start one from another recipe")
     verdict = "keep" if approve else "discard"
     done = {"experiment": experiment_id, "action": "approve" if approve else "reject", "author": author, "reason": reason}
     if exp["status"] == Phase.AWAITING_APPROVAL:

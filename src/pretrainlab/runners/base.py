@@ -279,12 +279,10 @@ class SlotRunner(Slots):
     # ---- the job process's spec and result ---------------------------------------------------
 
     def _spec(self, job: Job, threads: int, gpus: bool, env: dict[str, str]) -> dict:
-        """The job process's instructions (runners/job.py): the run, its recipe and overrides
-        (this slot's threads on CPU), the code it trains with, its environment."""
-        overrides = list(job.overrides)
-        if not gpus:
-            overrides.append(f"train.num_threads={threads}")
-        return {"key": job.key, "recipe": job.recipe, "overrides": overrides, "run_dir": str(job.out_dir), "resume": job.resume,
+        """The job process's instructions (runners/job.py): the run, its recipe and overrides,
+        this slot's threads on CPU, the code it trains with, its environment."""
+        return {"key": job.key, "recipe": job.recipe, "overrides": list(job.overrides), "threads": None if gpus else threads,
+                "run_dir": str(job.out_dir), "resume": job.resume,
                 "code_src": job.pythonpath or str(PACKAGE_SRC), "env": {**job.env, "OMP_NUM_THREADS": str(threads), **env},
                 "sandbox": self.sandbox.active, "score_path": str(job.score_path) if job.score_path else None,
                 "score_data": job.score_data, "limits": {"memory": self.run_memory, "disk": self.run_disk, "share": self.memory_share(),

@@ -270,6 +270,11 @@ def main(spec_path: str, parent_pid: int | None = None) -> int:
     from ..recipes import resolve_recipe
 
     recipe = resolve_recipe(spec["recipe"], spec["overrides"])
+    threads = spec.get("threads")  # this slot's CPU threads (a spec written before they were passed: in its overrides)
+    if threads:  # a recipe that asks for fewer keeps its number (train.num_threads=1 on a machine shared with others)
+        threads = recipe.train.num_threads if 0 < recipe.train.num_threads < threads else threads
+        spec["overrides"] = [*spec["overrides"], f"train.num_threads={threads}"]
+    omp = {"OMP_NUM_THREADS": str(threads)} if threads else {}
     # a recipe.json by absolute path: the sandboxed trainer starts in its own /tmp, where a path relative to
     # the workspace (the default workspace is the current directory) names nothing
     recipe_arg = str(Path(spec["recipe"]).resolve()) if Path(spec["recipe"]).is_file() else spec["recipe"]
@@ -294,7 +299,7 @@ def main(spec_path: str, parent_pid: int | None = None) -> int:
     # the compiler's cache, kept across runs for the lab's own code only: a writable folder shared by an experiment's
     # runs would let its code pass anything between its replicate seeds (one seed's weights to the next)
     cache = compile_cache(run_dir.parent, code_src) if code_src == LAB_SRC else None
-    env = scrubbed_env({**spec["env"], "PYTHONPATH": str(code_src), "PRETRAINLAB_NO_LEDGER": "1", "PYTHONUNBUFFERED": "1",
+    env = scrubbed_env({**spec["env"], **omp, "PYTHONPATH": str(code_src), "PRETRAINLAB_NO_LEDGER": "1", "PYTHONUNBUFFERED": "1",
                         "PRETRAINLAB_SANDBOX": "1" if box.active else "0", **({"TORCHINDUCTOR_CACHE_DIR": str(cache)} if cache else {})})
     if recipe.data.corpus == "builtin":
         env["PRETRAINLAB_HOME"] = str(corpus_dir.parent.parent)
@@ -354,7 +359,7 @@ def main(spec_path: str, parent_pid: int | None = None) -> int:
                                 "lab cannot score it on the campaign's windows; train on a corpus with the campaign's tokenizer")
         score = score_run(run_dir, code_src, scored_on, seq_len=recipe.model.seq_len,
                           tokens_per_domain=recipe.eval.tokens_per_domain, batch_rows=recipe.eval.batch_rows,
-                          sandbox=box, threads=int(spec["env"].get("OMP_NUM_THREADS", "1")), gpus=gpus,
+                          sandbox=box, threads=threads or int(spec["env"].get("OMP_NUM_THREADS", "1")), gpus=gpus,
                           env={k: v for k, v in spec["env"].items() if k.startswith("CUDA_")},  # this slot's GPU
                           memory=memory, tasks=tasks)
         verdict.update(score)

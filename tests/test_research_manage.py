@@ -1,0 +1,62 @@
+"""The campaign's management commands on a ledger (no training): stop, review, suggest and start refuse what cannot
+work, on one line, before anything runs."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pretrainlab.errors import UserError
+from pretrainlab.ledger import Ledger
+from pretrainlab.ledger.store import Role
+from pretrainlab.research import manage
+from pretrainlab.research.campaign import CampaignConfig
+from pretrainlab.research.simulate import Landscape, simulate
+
+
+@pytest.fixture
+def done(tmp_path, monkeypatch):
+    """A finished (simulated) campaign in the workspace's ledger: (ledger path, campaign id)."""
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    cfg = CampaignConfig(recipe="tiny-cpu", run_budget="8192tok", budget_runs=8, parallel=2, seeds=2, strategy="random")
+    out = simulate(cfg, Landscape(seed=0), tmp_path)
+    out["ledger"].set_campaign_status(out["campaign_id"], "done")
+    return str(tmp_path / "ledger.db"), out["campaign_id"]
+
+
+def test_stopping_an_ended_campaign_changes_nothing_and_a_lost_loop_is_stopped(done):
+    """A stop of a done or stopped campaign put it back to "stopping" for good (no loop was left to finish it)."""
+    db, cid = done
+    ledger = Ledger(db)
+    assert manage.stop(cid, db=db, author="ada") == "done" and ledger.get_campaign(cid)["status"] == "done"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for pid, after in ((dead.pid, "stopped"), (os.getpid(), "stopping")):  # its loop gone (killed), or alive
+        row = ledger.get_campaign(cid)
+        ledger.set_campaign_config(cid, {**row["config"], "loop": {"pid": pid, "host": os.uname().nodename}})
+        ledger.set_campaign_status(cid, "running")
+        assert manage.stop(cid, db=db, author="ada") == after and ledger.get_campaign(cid)["status"] == after
+    assert manage.stop(cid, db=db) == "stopping"  # asked again while its loop finishes: still stopping
+
+
+def test_the_baseline_cannot_be_rejected(done):
+    """Rejecting the baseline left the campaign with nothing to compare with: every resume ended at once, silently."""
+    db, cid = done
+    (baseline,) = [e for e in Ledger(db).list_experiments(cid) if e["role"] == Role.BASELINE]
+    with pytest.raises(UserError, match="is its campaign's baseline.*cannot be rejected.*research stop"):
+        manage.review(baseline["id"], approve=False, author="ada", reason="looks wrong", db=db)
+    assert Ledger(db).list_decisions(experiment_id=baseline["id"])[-1]["verdict"] == "keep"
+
+
+def test_impossible_models_are_refused_before_anything_runs(done, tmp_path):
+    """model.n_layer=1e12 was accepted by `research start` and `research suggest`; every run then crashed."""
+    db, cid = done
+    before = len(Ledger(db).list_experiments(cid))
+    with pytest.raises(UserError, match="the change makes the model .*x the base's parameters"):
+        manage.suggest(cid, "deeper", ["model.n_layer=1000000"], "ada", db=db)
+    assert len(Ledger(db).list_experiments(cid)) == before
+    cfg = CampaignConfig(recipe="tiny-cpu", overrides=["model.n_layer=1e12"], run_budget="8192tok", budget_runs=8)
+    with pytest.raises(UserError, match="the model has .* parameters .* more than this machine's .* memory"):
+        manage._create(cfg, None, str(tmp_path / "other.db"), echo=False, author="ada")
+    assert not Ledger(str(tmp_path / "other.db")).list_campaigns()
