@@ -60,3 +60,13 @@ def test_impossible_models_are_refused_before_anything_runs(done, tmp_path):
     with pytest.raises(UserError, match="the model has .* parameters .* more than this machine's .* memory"):
         manage._create(cfg, None, str(tmp_path / "other.db"), echo=False, author="ada")
     assert not Ledger(str(tmp_path / "other.db")).list_campaigns()
+
+
+@pytest.mark.parametrize("budget", ["1e30tok", "1e9h"])
+def test_a_run_budget_no_run_could_end_is_refused(budget):
+    """--run-budget 1e30tok was accepted: its baseline runs had no time limit and trained forever."""
+    from pretrainlab.research.config import run_budget_overrides
+
+    with pytest.raises(UserError, match=f"--run-budget '{budget}' is longer than any run can be.*check its unit"):
+        CampaignConfig(recipe="tiny-cpu", run_budget=budget).base_recipe()
+    assert run_budget_overrides("100btok")[0] == "budget.tokens=100000000000"  # a large real budget still passes

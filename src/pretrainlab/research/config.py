@@ -220,10 +220,23 @@ def check_run_budget_and_transfer(run_budget: str, transfer: list[str]) -> None:
             raise UserError(f"--transfer: {e}") from None
 
 
+MAX_RUN_TOKENS = 1e14  # more than any model has been trained on: a run budget beyond it is a typo, and its run never ends
+MAX_RUN_SECONDS = 30 * 86400  # a month per run
+
+
 def run_budget_overrides(spec: str) -> list[str]:
     """'60s' / '5m' / '1h' -> budget.seconds; '2e6tok' -> budget.tokens. The run budget is
     the only budget: the recipe's other budget fields are cleared."""
     s = spec.strip().lower()
+    overrides = _run_budget(spec, s)
+    key, value = overrides[0].split("=")
+    if float(value) > (MAX_RUN_TOKENS if key == "budget.tokens" else MAX_RUN_SECONDS):
+        raise UserError(f"--run-budget {spec!r} is longer than any run can be (at most {MAX_RUN_TOKENS:.0e} tokens or "
+                        f"{MAX_RUN_SECONDS // 86400} days): check its unit (60s, 5m, 2e6tok, 300ktok)")
+    return overrides
+
+
+def _run_budget(spec: str, s: str) -> list[str]:
     try:
         if s.endswith("tok"):  # 2e6tok, 2mtok, 30ktok
             count = s[:-3].strip()
