@@ -24,6 +24,7 @@ import pytest
 from conftest import tiny_overrides
 
 from pretrainlab import api
+from pretrainlab.ledger import Ledger
 from pretrainlab.research.campaign import CampaignConfig
 from pretrainlab.research.simulate import Landscape, simulate
 
@@ -105,6 +106,8 @@ def test_the_lab_through_the_mcp_client(corpus_dir, tmp_path):
     cid = sim["campaign_id"]
     experiments = api.research_status(cid, db=db_url)["experiments"]
     baseline, other = experiments[0]["experiment"], experiments[1]["experiment"]
+    kept = next(e["experiment"] for e in experiments if e["role"] != "baseline" and e["verdict"] == "keep")
+    Ledger(db_url).set_campaign_status(cid, "running")  # a live campaign, for research_stop to stop
     author = "mcp:claude-code/1.2"
 
     async def session():
@@ -117,7 +120,7 @@ def test_the_lab_through_the_mcp_client(corpus_dir, tmp_path):
                 ("research_status", {"campaign": cid}),
                 ("research_log", {"campaign": cid}),
                 ("research_suggest", {"campaign": cid, "hypothesis": "a deeper model helps", "overrides": ["model.n_layer=6"]}),
-                ("research_reject", {"experiment": baseline, "reason": "seed 1 looked odd"}),
+                ("research_reject", {"experiment": kept, "reason": "seed 1 looked odd"}),  # overturns a keep: needs a reason
                 ("research_approve", {"experiment": other, "reason": "worth a second look"}),  # overturns a discard: needs a reason
                 ("list_runs", {"status": "ok"}),
                 ("diagnose_run", {"run": str(run_dir)}),
@@ -185,8 +188,9 @@ def test_the_lab_through_the_mcp_client(corpus_dir, tmp_path):
     # what the client does is recorded as the client's, named from its handshake
     queued = next(e for e in api.research_status(cid, db=db_url)["experiments"] if e["experiment"] == _data(suggested)["experiment"])
     assert queued["proposer"] == author and queued["status"] == "queued"
-    assert _data(rejected) == {"experiment": baseline, "action": "reject", "author": author, "reason": "seed 1 looked odd",
-                               "status": "decided", "decision": "discard"}
+    assert {k: v for k, v in _data(rejected).items() if k != "warning"} == {
+        "experiment": kept, "action": "reject", "author": author, "reason": "seed 1 looked odd", "status": "decided", "decision": "discard"}
+    assert "over the statistics' keep" in _data(rejected)["warning"]
     assert _data(approved)["decision"] == "keep" and _data(approved)["author"] == author
     record = api.research_log(cid, db=db_url, as_record=True)
     assert f"**discard** by {author}" in record["markdown"] and f"**keep** by {author}" in record["markdown"]
@@ -206,7 +210,7 @@ def test_the_lab_through_the_mcp_client(corpus_dir, tmp_path):
     assert "no campaign 'no-such-campaign'" in _text(no_campaign)
     assert "unknown config key 'model.nope'" in _text(bad_key)
     assert "zzzz" in _text(no_run_tool)
-    assert "unknown recipe 'no-such-recipe'" in _text(bad_recipe) and "budget-runs 1" in _text(bad_budget)
+    assert "unknown recipe 'no-such-recipe'" in _text(bad_recipe) and "budget_runs 1" in _text(bad_budget)
     assert "spend_cap_usd" in _text(spend) and "can only be lowered" in _text(spend)
     assert all("inside the workspace" in _text(r) for r in (etc_path, escape, linked)) and ".html" in _text(not_html)
     assert not any(os.path.exists(p) for p in ("/etc/pretrainlab-report.html", "/pretrainlab-outside.html", "/var/report.html"))

@@ -53,15 +53,18 @@ def test_research_cli_round_trip(corpus_dir, tmp_path):
     assert next(e for e in extended["experiments"] if e["experiment"] == exp)["verdict"] is not None
 
     baseline = status["experiments"][0]["experiment"]
-    rejected = cli("research", "reject", baseline, "--reason", "seed 1 looked odd", "--author", "bob", "--json", env_extra=env)
-    assert json.loads(rejected.stdout) == {"experiment": baseline, "action": "reject", "author": "bob", "reason": "seed 1 looked odd",
-                                           "status": "decided", "decision": "discard"}
+    refused = cli("research", "reject", baseline, "--reason", "seed 1 looked odd", "--author", "bob", env_extra=env)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "cannot be rejected" in refused.stderr
+    rejected = cli("research", "reject", exp, "--reason", "seed 1 looked odd", "--author", "bob", "--json", env_extra=env)
+    assert rejected.returncode == 0, rejected.stderr
+    assert {k: v for k, v in json.loads(rejected.stdout).items() if k != "warning"} == {
+        "experiment": exp, "action": "reject", "author": "bob", "reason": "seed 1 looked odd", "status": "decided", "decision": "discard"}
     log = cli("research", "log", cid, env_extra=env).stdout
     assert "**discard** by bob" in log and "seed 1 looked odd" in log
 
-    stop = cli("research", "stop", cid, "--json", env_extra=env)
-    assert json.loads(stop.stdout) == {"campaign": cid, "status": "stopping"}
-    assert json.loads(cli("research", "status", cid, "--json", env_extra=env).stdout)["status"] == "stopping"
+    stop = cli("research", "stop", cid, "--json", env_extra=env)  # it has ended: nothing to stop, nothing changes
+    assert json.loads(stop.stdout) == {"campaign": cid, "status": "done"}
+    assert json.loads(cli("research", "status", cid, "--json", env_extra=env).stdout)["status"] == "done"
     written = json.loads(cli("report", cid, "-o", str(tmp_path / "again.html"), "--json", env_extra=env).stdout)
     assert written == {"campaign": cid, "report": str(tmp_path / "again.html")} and (tmp_path / "again.html").is_file()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .config import field_docs
 from .errors import UserError
-from .recipes import RECIPES, estimate_params, resolve_recipe  # noqa: F401 (part of the api)
+from .recipes import RECIPES, check_fits, estimate_params, resolve_recipe  # noqa: F401 (part of the api)
 from .research.config import RESUMABLE, CampaignConfig, MixtureConfig  # noqa: F401 (the faces' campaign flags are these fields)
 from .rundir import is_run_dir
 from .workspace import default_run_dir, workspace  # noqa: F401 (part of the api)
@@ -43,34 +43,36 @@ def config_fields() -> list[dict]:
     return [{"key": k, "type": t, "default": v, "doc": doc} for k, t, v, doc in field_docs()]
 
 
-def _check_fits(recipe) -> None:
-    """A model whose fp32 weights alone exceed this machine's memory is refused before anything is
-    allocated (model.n_layer=1e12 hung with no output): a typo, not a run. FSDP shards the weights
-    across processes and machines, so it is not checked."""
-    from .recipes import estimate_params
-
-    if recipe.train.parallel == "fsdp":
-        return
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # not a POSIX system that says
-        return
-    params = estimate_params(recipe)
-    if params * 4 > memory:
-        raise UserError(f"the model has {params:.3g} parameters ({params * 4 / 2**30:,.0f} GiB of fp32 weights), more than this "
-                        f"machine's {memory / 2**30:,.0f} GiB of memory: check model.n_layer, model.n_embd and model.mlp_ratio")
-
-
 MCP_AUTHOR_PREFIX = "mcp:"  # how the MCP server names its clients in the record (mcp_server.client_author)
+# characters NFKC leaves alone that read as a colon, and Cyrillic and Greek letters that read as m, c, p:
+# "mср:x" (Cyrillic с, р) or "mcp∶x" (the ratio sign) would pass for an MCP client's name in any listing
+LOOK_ALIKES = str.maketrans({**dict.fromkeys("∶ː˸꞉ꓽ׃։܃܄︓﹕", ":"), "м": "m", "с": "c", "ϲ": "c", "р": "p", "ρ": "p"})
 
 
 def check_person(name: str) -> str:
-    """A person's name as the CLI and the dashboard record it: never one the MCP server gives its
-    clients, so the record tells a person's act from an MCP client's."""
-    if name.strip().lower().startswith(MCP_AUTHOR_PREFIX):
-        raise UserError(f"author {name!r}: names starting with {MCP_AUTHOR_PREFIX!r} are the ones the MCP server records for "
-                        "its clients; give your own name")
+    """A person's name as the CLI and the dashboard record it (NFKC-normalised): never one the MCP
+    server gives its clients, nor a look-alike of one (a full-width colon, a Cyrillic letter, a
+    zero-width space), so the record tells a person's act from an MCP client's."""
+    import unicodedata
+
+    name = unicodedata.normalize("NFKC", name)
+    visible = "".join(ch for ch in name if not ch.isspace() and unicodedata.category(ch) != "Cf")
+    if visible.casefold().translate(LOOK_ALIKES).startswith(MCP_AUTHOR_PREFIX):
+        raise UserError(f"author {name!r}: names starting with {MCP_AUTHOR_PREFIX!r} (or one that reads as it) are the ones the "
+                        "MCP server records for its clients; give your own name")
     return name
+
+
+MAX_LIMIT = 1_000_000_000  # more runs than a ledger holds; SQLite's LIMIT overflows past 2**63 - 1
+MAX_BOOTSTRAP = 100_000  # resamples of a scaling fit: each is a refit (the CLI's default is 1,000); more ran for hours
+
+
+def check_count(name: str, value: int, low: int = 0, high: int = MAX_LIMIT) -> int:
+    """A whole-number argument within [low, high], else a UserError naming it and the range."""
+    if not low <= value <= high:
+        raise UserError(f"{name} {value}: give a whole number from {low:,} to {high:,}"
+                        + (" (0: no limit)" if name.lstrip("-") == "limit" and low == 0 else ""))
+    return value
 
 
 def train_run(recipe_name: str | None = None, overrides: list[str] | None = None, out: Path | None = None,
@@ -100,7 +102,7 @@ def train_run(recipe_name: str | None = None, overrides: list[str] | None = None
         if recipe_name is None:
             raise UserError("train needs --recipe NAME (see `pretrainlab recipes`) or --resume RUN_DIR")
         recipe = resolve_recipe(recipe_name, overrides)
-        _check_fits(recipe)
+        check_fits(recipe)
         run_dir = Path(out) if out else default_run_dir(recipe)
         kwargs = {"recipe": recipe, "out_dir": run_dir}
     from .train import train  # torch is imported only now: a bad recipe or flag is reported in well under a second
@@ -168,8 +170,10 @@ def exit_code(summary: dict) -> int:
 def corpus_info(path: str | None = None, tokenizer: str = "byte") -> dict:
     """Per-domain documents, tokens and bytes of a prepared corpus (builtin by default)."""
     from . import data
+    from .data.tokenizers import tokenizer_dir_name
 
-    corpus_dir = Path(path) if path else data.builtin_corpus_dir(tokenizer.replace(":", ""))
+    # the tokenizer only names the builtin corpus's folder: 'byte' or 'bpe:VOCAB', never a path ("byte/../../x")
+    corpus_dir = Path(path) if path else data.builtin_corpus_dir(tokenizer_dir_name(tokenizer))
     corpus = data.Corpus.open(corpus_dir, verify=True)
     return {"path": str(corpus.path), "manifest_sha256": corpus.manifest_hash, **data.corpus_report(corpus)}
 
@@ -226,8 +230,9 @@ def list_runs(status: str | list[str] | None = None, recipe: list[str] | None = 
     recipe: KEY=VALUE pairs on the resolved recipe (model.n_layer=4, name=tiny-cpu);
     campaign: id or name; since/until: a date, an ISO time, or an age such as 3d / 12h.
     """
+    check_count("limit", limit or 0)  # a negative one would mean no limit in SQLite
     with _ledger(db, create=False) as lg:
-        return lg.list_runs(**_run_filters(status, recipe, campaign, since, until), limit=limit or None, sort=sort)
+        return lg.list_runs(**_run_filters(lg, status, recipe, campaign, since, until), limit=limit or None, sort=sort)
 
 
 def show_run(run: str, db: str | None = None) -> dict:
@@ -308,8 +313,9 @@ def export_runs(fmt: str, out: Path | str, status: str | list[str] | None = None
 
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+    check_count("limit", limit or 0)
     with _ledger(db, create=False) as lg:
-        rows = lg.list_runs(**_run_filters(status, recipe, campaign, since, until), limit=limit or None, sort=sort,
+        rows = lg.list_runs(**_run_filters(lg, status, recipe, campaign, since, until), limit=limit or None, sort=sort,
                             columns=(*LIST_COLUMNS, "recipe", "summary"))
     return write_export(rows, fmt, Path(out))
 
@@ -339,7 +345,7 @@ def push_run(run: str, to: str, dest: str | None = None, db: str | None = None) 
     return trackers.push(run_dir, to, dest)
 
 
-def _run_filters(status, recipe, campaign, since, until) -> dict:
+def _run_filters(lg, status, recipe, campaign, since, until) -> dict:
     """Command-line filter values -> Ledger.list_runs keyword arguments (bad ones -> UserError)."""
     import difflib
 
@@ -357,8 +363,26 @@ def _run_filters(status, recipe, campaign, since, until) -> dict:
             raise UserError(f"--recipe {key!r} is not a recipe key{f' (did you mean {close[0]!r}?)' if close else ''}; "
                             "see `pretrainlab recipes --fields`")
         pairs.append((key, _as_set_reads_it(key, value)))
-    return {"status": status, "recipe": pairs, "campaign": campaign, "since": _when(since, "--since"),
+    return {"status": status, "recipe": pairs, "campaign": _campaign_filter(lg, campaign), "since": _when(since, "--since"),
             "until": _when(until, "--until", end=True)}
+
+
+def _campaign_filter(lg, ref: str | None) -> str | None:
+    """A campaign filter as the ledger matches it (an id, or a name: every campaign of that name)
+    from an id, a name or a unique id prefix, as research_status takes them: an unknown or
+    ambiguous one is an error, not an empty list."""
+    if not ref:
+        return None
+    campaigns = lg.list_campaigns()
+    if any(ref in (c["id"], c["name"]) for c in campaigns):
+        return ref
+    matches = [c["id"] for c in campaigns if c["id"].startswith(ref)]
+    if len(matches) > 1:
+        raise UserError(f"campaign {ref!r} is the start of {len(matches)} campaign ids ({', '.join(matches[:5])}): give more of the id")
+    if not matches:
+        raise UserError(f"no campaign {ref!r} in the ledger: give a campaign id, a unique id prefix or a name "
+                        "(`pretrainlab research status` lists them)")
+    return matches[0]
 
 
 def _as_set_reads_it(key: str, value: str) -> str:
@@ -455,11 +479,12 @@ def research_status(campaign: str | None = None, db: str | None = None, record: 
     return manage.status(campaign, db=db, record=record)
 
 
-def research_stop(campaign: str, db: str | None = None, author: str | None = None) -> None:
-    """Ask a running campaign to finish; with `author`, who asked is noted on its record."""
+def research_stop(campaign: str, db: str | None = None, author: str | None = None) -> str:
+    """Ask a running campaign to finish; with `author`, who asked is noted on its record. Returns its status after
+    ("stopping"; "stopped" when its loop was gone; an ended campaign's own, unchanged)."""
     from .research import manage
 
-    manage.stop(campaign, db=db, author=author)
+    return manage.stop(campaign, db=db, author=author)
 
 
 def research_suggest(campaign: str, hypothesis: str, overrides: list[str], author: str, db: str | None = None,
@@ -799,6 +824,7 @@ def scaling_fit(points: str | Path | None = None, *, ladder: str | None = None, 
         raise UserError(f"--params {params} applies to the ledger's runs: a file's N is used as given; count it as you mean it there")
     if ladder and campaign:
         raise UserError("scaling fit: --ladder and --campaign both given: a ladder is a campaign of its own; pass one of them")
+    check_count("--bootstrap", num_bootstrap, 0, MAX_BOOTSTRAP)
     if plot is not None:
         check_plot_path(plot)  # a bad --plot fails before the fit, not after it
     if points is not None:
@@ -811,7 +837,7 @@ def scaling_fit(points: str | Path | None = None, *, ladder: str | None = None, 
             if ladder:
                 data = ladder_points(lg, find_ladder(lg, ladder), params)
             else:
-                filters = _run_filters(status, recipe, campaign, since, until)  # runs that did not finish are listed as left out
+                filters = _run_filters(lg, status, recipe, campaign, since, until)  # runs that did not finish are listed as left out
                 rows = lg.list_runs(**filters, columns=("run_id", "status", "params", "tokens", "val_bpb", "recipe"))
                 what = [f"campaign {campaign}"] if campaign else []
                 what += [f"{k}={v}" for k, v in filters["recipe"]] + [f"since {since}"] * bool(since) + [f"until {until}"] * bool(until)
@@ -837,6 +863,7 @@ def scaling_ladder(recipe: str | None = None, overrides: list[str] | None = None
     from .research import ladder as runs
 
     given = {k: v for k, v in {"recipe": recipe, "overrides": overrides, **options}.items() if v not in (None, [])}
+    check_count("--bootstrap", num_bootstrap, 0, MAX_BOOTSTRAP)
     if plot is not None:
         from .scaling.plot import check_plot_path
 

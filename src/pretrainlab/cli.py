@@ -185,6 +185,8 @@ def _add_research_parser(sub) -> None:
         if name == "resume":
             _config_flags(c, api.CampaignConfig, only=api.RESUMABLE, unchanged=True)
             c.add_argument("--author", default=_me(), help="who changed the budget (recorded)")
+        if name == "stop":
+            c.add_argument("--author", default=_me(), help="who asks it to stop (recorded)")
     _add_mixture_parser(rsub)
     g = rsub.add_parser("suggest", help="queue a person's experiment")
     g.add_argument("campaign")
@@ -263,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = _parse(build_parser(), argv)
         if isinstance(getattr(args, "author", None), str):
-            api.check_person(args.author)
+            args.author = api.check_person(args.author)
         return COMMANDS[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -453,7 +455,7 @@ def cmd_runs(args) -> int:
 
 
 def _runs_list(args) -> int:
-    limit = args.limit if args.limit > 0 else None
+    limit = api.check_count("--limit", args.limit) or None
     rows = api.list_runs(args.status, args.recipe, args.campaign, args.since, args.until,
                          limit=limit + 1 if limit else None, sort=args.sort, db=args.db)
     more = limit is not None and len(rows) > limit
@@ -606,7 +608,7 @@ def _runs_export(args) -> int:
         raise UserError(f"runs export: --format {args.format} into {out.name!r}, a .{ext} name: use a .{args.format} file or "
                         f"--format {ext}")
     res = api.export_runs(fmt, out, args.status, args.recipe, args.campaign, args.since, args.until,
-                          limit=args.limit, sort=args.sort, db=args.db)
+                          limit=api.check_count("--limit", args.limit), sort=args.sort, db=args.db)
     if args.json:
         return _print_json(res)
     print(f"exported {res['num_runs']} runs to {res['path']} ({res['format']})")
@@ -696,10 +698,12 @@ def cmd_research(args) -> int:
         _print_leaderboard(status)
         return 0
     if c == "stop":
-        api.research_stop(args.campaign, db=args.db)
+        status = api.research_stop(args.campaign, db=args.db, author=args.author)
         if args.json:
-            return _print_json({"campaign": args.campaign, "status": "stopping"})
-        print(f"campaign {args.campaign}: stop requested; the running loop finishes its runs' checkpoints and exits")
+            return _print_json({"campaign": args.campaign, "status": status})
+        print({"stopping": f"campaign {args.campaign}: stop requested; the running loop finishes its runs' checkpoints and exits",
+               "stopped": f"campaign {args.campaign}: stopped (its loop was no longer running); `research resume` continues it"}
+              .get(status, f"campaign {args.campaign} is {status}: nothing to stop"))
         return 0
     if c == "log":
         if args.json:

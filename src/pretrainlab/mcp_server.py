@@ -19,11 +19,12 @@ handshake as `mcp:NAME/VERSION` (e.g. mcp:claude-code/1.2): the campaigns it sta
 (started_by), its suggestions (proposer), approvals and rejections (decided_by), stop requests.
 
 What a model may not do through the arguments it chooses: write a report outside the
-workspace or the temp folder; point a campaign's LLM at an endpoint of its choosing (the
-API key would go there: llm_base_url is not a tool argument, the server's environment sets
-ANTHROPIC_BASE_URL / OPENAI_BASE_URL); raise a campaign's LLM spend caps above the lab's
-defaults (a person does that with `research resume --spend-cap-usd`). No tool returns the
-environment or an API key. Over HTTP the server binds 127.0.0.1; bound to any other address
+workspace or the temp folder; read a recipe file outside the workspace (nor learn whether one
+exists); point a campaign's LLM at an endpoint of its choosing (the API key would go there:
+llm_base_url is not a tool argument, the server's environment sets ANTHROPIC_BASE_URL /
+OPENAI_BASE_URL); raise a campaign's LLM spend caps above the lab's defaults (a person does
+that with `research resume --spend-cap-usd`). No tool returns the environment or an API key,
+in a result or an error. Over HTTP the server binds 127.0.0.1; bound to any other address
 it requires a bearer token (env PRETRAINLAB_MCP_TOKEN, else one made up and printed at
 start), and the token is taken out of the environment so no process it starts inherits it.
 """
@@ -39,11 +40,11 @@ import sys
 import tempfile
 import typing
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from . import api
 from .errors import UserError
-from .redaction import redact
+from .redaction import redact, scrub
 
 INSTRUCTIONS = (
     "pretrainlab: an AI research lab for LLM pre-training. Start a campaign with research_start (it returns at once with "
@@ -64,6 +65,20 @@ NOT_OVER_MCP = {"llm_base_url": "the LLM endpoint is the server's to set (env AN
                 "slurm_profile": "a SLURM profile is a file on the server's machine: the server's to choose",
                 "slurm_account": "the SLURM account the jobs are charged to is the server's to set"}
 CAPPED = ("spend_cap_usd", "spend_cap_tokens")  # a model may lower these below the lab's defaults, not raise them
+# CLI flags whose tool argument is not the flag's name with underscores (--set KEY=VALUE is research_start's overrides)
+RENAMED_FLAGS = {"set": "overrides", "recipe": "recipe_filter", "data-recipe": "data_recipe_toml", "bootstrap": "num_bootstrap"}
+# the builtin corpus a tokenizer names, as data.parse_tokenizer_spec reads it: never a path
+TOKENIZER_PATTERN = r"^(byte|bpe:[0-9]+)$"
+
+
+def campaign_choices() -> dict[str, tuple[str, ...]]:
+    """research_start's settings that take one of a fixed set of values, as the lab's own registries list them."""
+    from .research.strategies import STRATEGIES
+    from .runners import RUNNERS
+
+    return {"strategy": ("auto", "claude", "openai", *STRATEGIES), "runner": tuple(RUNNERS),
+            "decision": ("screen", "paired", "welch", "greedy"),  # CampaignConfig.__post_init__'s check: no constant to read
+            "goal": ("val_bpb",)}
 
 REVIEW_CAMPAIGN = """\
 Review campaign {id} ("{name}", {status}: {runs} of {budget_runs} runs) of the pretrainlab lab, as a careful
@@ -153,6 +168,51 @@ def corpus_in_reach(ref: str) -> str:
     return str(path)
 
 
+FLAG = re.compile(r"`[^`]*`|--([a-z][a-z0-9-]*)")
+
+
+def as_arguments(text: str, arguments: set[str]) -> str:
+    """A CLI-worded message or doc in the words of a tool: `--budget-runs` as budget_runs and
+    `--set` as overrides where the tool has that argument; a command in backticks stays, it is
+    for a person to type."""
+    def name(m: re.Match) -> str:
+        if m.group(1) is None:
+            return m.group(0)
+        flag = m.group(1)
+        for candidate in (flag.replace("-", "_"), RENAMED_FLAGS.get(flag)):
+            if candidate in arguments:
+                return candidate
+        return m.group(0)
+
+    return FLAG.sub(name, text)
+
+
+def recipe_in_reach(recipe: str) -> str:
+    """research_start's recipe: a name, or a recipe.json inside the workspace (relative paths from
+    there, links followed). Any other file is refused before it is opened: over HTTP anyone holding
+    the token would otherwise read the server's JSON files through the errors, or learn which exist."""
+    if not recipe.endswith(".json"):
+        return recipe
+    root = api.workspace().resolve()
+    try:
+        path = Path(recipe).expanduser()
+        path = (path if path.is_absolute() else root / path).resolve()
+    except (OSError, RuntimeError):  # a name too long for the file system, a loop of links
+        path = None
+    if path is None or not path.is_relative_to(root):
+        raise UserError(f"recipe {recipe[:200]!r}: over MCP a recipe file is a .json inside the workspace ({root}; relative paths "
+                        "are taken from there), or name a recipe (list_recipes)")
+    return str(path)
+
+
+def listing(rows: list):
+    """A tool's list as one text block of JSON (`[]` when empty: a client that reads only text
+    sees an empty list, not nothing) with the same structured content."""
+    from mcp_types import CallToolResult, TextContent
+
+    return CallToolResult(content=[TextContent(type="text", text=json.dumps(rows, indent=2))], structured_content={"result": rows})
+
+
 def one_line(text: str) -> str:
     """An error as one line: argument validation's report (pydantic's: a header, then each field
     and its message on lines of their own, with a link) as `field: message (got VALUE)`."""
@@ -196,12 +256,17 @@ def _with_campaign_settings(fn):
     hints = typing.get_type_hints(api.CampaignConfig)
     sig = inspect.signature(fn)
     params = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
-    for f in dataclasses.fields(api.CampaignConfig):
-        if f.name in NOT_OVER_MCP:
-            continue
+    fields = [f for f in dataclasses.fields(api.CampaignConfig) if f.name not in NOT_OVER_MCP]
+    arguments, choices = {p.name for p in params} | {f.name for f in fields}, campaign_choices()
+    for f in fields:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        kind = Literal[choices[f.name]] if f.name in choices else hints[f.name]
+        doc = f.metadata.get("doc", "")
+        if f.name == "gpus":  # the flag's comma-separated text is a list here
+            doc = doc.replace("comma-separated GPU indices, one per slot (e.g. 0,1,2,3)", "a list of GPU indices, one per slot "
+                              "(e.g. [0, 1, 2, 3])").replace("any list (e.g. 0)", "any list (e.g. [0])")
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                                        annotation=Annotated[hints[f.name], Field(description=f.metadata.get("doc", ""))]))
+                                        annotation=Annotated[kind, Field(description=as_arguments(doc, arguments))]))
     fn.__signature__ = sig.replace(parameters=params)
     fn.__annotations__ = {**{p.name: p.annotation for p in params}, "return": sig.return_annotation}
     return fn
@@ -216,6 +281,10 @@ def build_server(db: str | None = None):
     from mcp.server.mcpserver.prompts.base import UserMessage
     from mcp.shared.exceptions import MCPError
     from mcp_types import INVALID_PARAMS, EmbeddedResource, TextResourceContents, ToolAnnotations
+    from pydantic import Field
+
+    from .ledger.rundir import RUN_STATUSES
+    from .scaling.points import PARAM_COUNTS
 
     server = MCPServer("pretrainlab", instructions=INSTRUCTIONS)
     arguments_of: dict[str, set[str]] = {}
@@ -223,20 +292,22 @@ def build_server(db: str | None = None):
     async def refuse_unknown_arguments(ctx, call_next):
         """An argument a tool does not have is an error, not silently dropped: a misspelt
         budget_runs would otherwise start a campaign on the default budget."""
+        if ctx.method == "tools/call" and not arguments_of:
+            arguments_of.update({t.name: set(t.input_schema.get("properties", {})) for t in await server.list_tools()})
         if ctx.method == "tools/call" and isinstance(ctx.params, dict) and isinstance(ctx.params.get("arguments"), dict):
-            if not arguments_of:
-                arguments_of.update({t.name: set(t.input_schema.get("properties", {})) for t in await server.list_tools()})
             name, given = ctx.params.get("name"), set(ctx.params["arguments"])
             unknown = sorted(given - arguments_of.get(name, given))
             if unknown:
                 why = "".join(f"; {NOT_OVER_MCP[k]}" for k in unknown if k in NOT_OVER_MCP)
-                raise MCPError(INVALID_PARAMS, f"{name} has no argument {', '.join(unknown)}{why}; its arguments: "
-                                               f"{', '.join(sorted(arguments_of[name]))}")
+                raise MCPError(INVALID_PARAMS, scrub(f"{name} has no argument {', '.join(unknown)}{why}; its arguments: "
+                                                     f"{', '.join(sorted(arguments_of[name]))}"))
         result = await call_next(ctx)
         if ctx.method == "tools/call" and isinstance(result, dict) and result.get("isError"):  # the wire form of a tool's error
+            arguments = arguments_of.get(ctx.params.get("name"), set()) if isinstance(ctx.params, dict) else set()
             for item in result.get("content") or []:  # e.g. pydantic's report on an argument of the wrong type
-                if isinstance(item, dict) and item.get("type") == "text" and "\n" in item.get("text", ""):
-                    item["text"] = one_line(item["text"])
+                if isinstance(item, dict) and item.get("type") == "text":
+                    # one line, in the tool's words, with anything key-shaped masked as in results (it may echo an argument or a file)
+                    item["text"] = scrub(as_arguments(one_line(item.get("text", "")), arguments))
         return result
 
     server.middleware.append(refuse_unknown_arguments)
@@ -244,20 +315,20 @@ def build_server(db: str | None = None):
     def call(fn, *args, **kwargs):
         try:
             return redact(_plain(fn(*args, **kwargs)))  # key-shaped text (a note quoting a key) masked, as on the dashboard
-        except UserError as e:  # the CLI's one-line message, as an error result the model reads
-            raise ToolError(str(e)) from None
+        except UserError as e:  # the CLI's one-line message, as an error result the model reads (in the tool's words: the middleware)
+            raise ToolError(scrub(str(e))) from None
 
     def read(fn, *args, **kwargs):  # for resources
         try:
             return redact(fn(*args, **kwargs))
         except UserError as e:
-            raise ResourceError(str(e)) from None
+            raise ResourceError(scrub(str(e))) from None
 
     def ask(fn, *args, **kwargs):  # for prompts: the message reaches the client as the error's
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            raise MCPError(INVALID_PARAMS, str(e)) from None
+            raise MCPError(INVALID_PARAMS, scrub(str(e))) from None
 
     def tool(read_only: bool = False):
         """Register a tool: its docstring is its description; read_only marks the ones that only
@@ -281,7 +352,7 @@ def build_server(db: str | None = None):
                 raise ToolError(f"{cap} {settings[cap]} is above the lab's default {getattr(defaults, cap)}: over MCP a campaign's LLM "
                                 f"spend caps can only be lowered; a person raises them with `pretrainlab research resume ID "
                                 f"--{cap.replace('_', '-')} N`")
-        recipe, overrides = settings.pop("recipe"), settings.pop("overrides")
+        recipe, overrides = call(recipe_in_reach, settings.pop("recipe")), settings.pop("overrides")
         return call(api.research_launch, recipe, overrides, author=client_author(ctx), name=name, db=db, **settings)
 
     tool()(_with_campaign_settings(research_start))
@@ -292,7 +363,8 @@ def build_server(db: str | None = None):
         who proposed them, effect ± 95% CI and verdict; or every campaign when none is named.
         loop: the process running it; alive false while the status is running means the loop
         died (its log: runs/campaigns/ID/loop.log): `pretrainlab research resume ID` continues it."""
-        return call(api.research_status, campaign, db=db)
+        status = call(api.research_status, campaign, db=db)
+        return listing(status) if isinstance(status, list) else status
 
     @tool(read_only=True)
     def research_log(campaign: str) -> str:
@@ -317,13 +389,23 @@ def build_server(db: str | None = None):
         overrides (KEY=VALUE, e.g. optim.lr=0.01) and/or a data recipe's [[steps]] as TOML text
         (docs/data.md). The campaign's loop runs it when a slot is free."""
         author = client_author(ctx)
+        if not overrides and not data_recipe_toml:
+            raise ToolError("research_suggest needs the change to try: give overrides (e.g. [\"model.n_layer=6\"]) and/or "
+                            "data_recipe_toml (a data recipe's [[steps]] as TOML text, docs/data.md)")
         if data_recipe_toml is None:
             return {"experiment": call(api.research_suggest, campaign, hypothesis, list(overrides or []), author, db=db)}
+
+        def suggest(path: Path) -> str:
+            try:
+                return api.research_suggest(campaign, hypothesis, list(overrides or []), author, db=db, data_recipe=str(path))
+            except UserError as e:  # the client knows the file the server wrote its TOML into as data_recipe_toml
+                text = str(e).replace(f"--data-recipe {path}", "data_recipe_toml")
+                raise UserError(text.replace(str(path), "data_recipe_toml")) from None
+
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "steps.toml"
             path.write_text(data_recipe_toml)
-            return {"experiment": call(api.research_suggest, campaign, hypothesis, list(overrides or []), author, db=db,
-                                       data_recipe=str(path))}
+            return {"experiment": call(suggest, path)}
 
     @tool()
     def research_approve(ctx: Context, experiment: str, reason: str | None = None) -> dict:
@@ -343,24 +425,26 @@ def build_server(db: str | None = None):
     @tool()
     def research_stop(ctx: Context, campaign: str) -> dict:
         """Ask a running campaign to finish: its loop checkpoints the runs in flight and exits
-        (status stopping, then stopped); `pretrainlab research resume` continues it."""
-        call(api.research_stop, campaign, db=db, author=client_author(ctx))
-        return {"campaign": campaign, "status": "stopping"}
+        (status stopping, then stopped); `pretrainlab research resume` continues it. A campaign that has
+        ended keeps its status (done, stopped), returned as it is."""
+        return {"campaign": campaign, "status": call(api.research_stop, campaign, db=db, author=client_author(ctx))}
 
     # ---- tools: runs and data -----------------------------------------------------------------
 
     @tool(read_only=True)
     def list_recipes() -> list[dict]:
         """Every named recipe with its size, shape, tokenizer, batch and budget."""
-        return call(api.list_recipes)
+        return listing(call(api.list_recipes))
 
-    @tool(read_only=True)
     def list_runs(status: str | None = None, recipe_filter: list[str] | None = None, campaign: str | None = None,
-                  since: str | None = None, limit: int = 50) -> list[dict]:
-        """Runs in the ledger, newest first. status: ok, diverged, crashed, timeout, preempted;
-        recipe_filter: KEY=VALUE filters on the resolved recipe (e.g. model.n_layer=4); since: an
-        ISO date or an age (30m, 12h, 3d)."""
-        return call(api.list_runs, status=status, recipe=recipe_filter, campaign=campaign, since=since, limit=limit, db=db)
+                  since: str | None = None,
+                  limit: Annotated[int, Field(ge=0, le=api.MAX_LIMIT, description="at most this many runs (0: all)")] = 50) -> list[dict]:
+        return listing(call(api.list_runs, status=status, recipe=recipe_filter, campaign=campaign, since=since, limit=limit, db=db))
+
+    list_runs.__doc__ = f"""Runs in the ledger, newest first. status: {', '.join(RUN_STATUSES)} (several comma-separated);
+        recipe_filter: KEY=VALUE filters on the resolved recipe (e.g. model.n_layer=4); campaign: its id, a unique id
+        prefix or its name; since: an ISO date or an age (30m, 12h, 3d)."""
+    tool(read_only=True)(list_runs)
 
     @tool(read_only=True)
     def show_run(run: str) -> dict:
@@ -386,7 +470,9 @@ def build_server(db: str | None = None):
         return call(lambda: api.diagnose_campaign(campaign, db=db).to_dict())
 
     @tool(read_only=True)
-    def corpus_report(corpus: str | None = None, tokenizer: str = "byte") -> dict:
+    def corpus_report(corpus: str | None = None,
+                      tokenizer: Annotated[str, Field(pattern=TOKENIZER_PATTERN, description="which builtin corpus, when no corpus "
+                                                      "is named: byte, or bpe:VOCAB (e.g. bpe:8192)")] = "byte") -> dict:
         """A prepared corpus's documents, tokens and bytes per domain and split (the builtin
         corpus when none is named), and for a derived corpus its build report per step. corpus:
         its folder name in the lab's corpus home ('builtin'), or a directory inside the workspace."""
@@ -400,8 +486,10 @@ def build_server(db: str | None = None):
         return call(lambda: api.data_why(corpus_in_reach(corpus), document))
 
     @tool(read_only=True)
-    def scaling_fit(ladder: str | None = None, campaign: str | None = None, flops: list[float] | None = None, params: str = "total",
-                    num_bootstrap: int = 300) -> dict:
+    def scaling_fit(ladder: str | None = None, campaign: str | None = None, flops: list[float] | None = None,
+                    params: Literal[PARAM_COUNTS] = "total",
+                    num_bootstrap: Annotated[int, Field(ge=0, le=api.MAX_BOOTSTRAP, description="resamples refitted for the "
+                                                        "intervals (0: none)")] = 300) -> dict:
         """Fit L(N, D) = E + A/N^alpha + B/D^beta (Hoffmann et al.'s Approach 3, bootstrap
         intervals) to a scaling ladder's runs (`pretrainlab scaling ladder`) or a campaign's:
         N parameters (params: total or non-embedding), D tokens, L val_bpb; with the

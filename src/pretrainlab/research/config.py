@@ -121,7 +121,7 @@ class CampaignConfig(Execution):
             raise UserError(f"--goal {self.goal!r}: the lab optimises val_bpb (lower is better); use --goal val_bpb")
         if self.budget_runs < self.seeds + 1:
             raise UserError(f"--budget-runs {self.budget_runs} leaves nothing after the {self.seeds}-seed baseline: "
-                            f"give at least {self.seeds + 2}")
+                            f"give at least {self.seeds + 1}")
         if self.budget_hours < 0:
             raise UserError(f"--budget-hours must be >= 0, got {self.budget_hours}")
         if self.spend_cap_usd < 0 or self.spend_cap_tokens < 0:
