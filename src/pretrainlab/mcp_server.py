@@ -73,11 +73,11 @@ TOKENIZER_PATTERN = r"^(byte|bpe:[0-9]+)$"
 
 def campaign_choices() -> dict[str, tuple[str, ...]]:
     """research_start's settings that take one of a fixed set of values, as the lab's own registries list them."""
+    from .research.config import DECISIONS
     from .research.strategies import STRATEGIES
     from .runners import RUNNERS
 
-    return {"strategy": ("auto", "claude", "openai", *STRATEGIES), "runner": tuple(RUNNERS),
-            "decision": ("screen", "paired", "welch", "greedy"),  # CampaignConfig.__post_init__'s check: no constant to read
+    return {"strategy": ("auto", "claude", "openai", *STRATEGIES), "runner": tuple(RUNNERS), "decision": DECISIONS,
             "goal": ("val_bpb",)}
 
 REVIEW_CAMPAIGN = """\

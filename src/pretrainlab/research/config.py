@@ -126,7 +126,7 @@ class CampaignConfig(Execution):
             raise UserError(f"--budget-hours must be >= 0, got {self.budget_hours}")
         if self.spend_cap_usd < 0 or self.spend_cap_tokens < 0:
             raise UserError("--spend-cap-usd and --spend-cap-tokens must be >= 0")
-        if self.decision not in ("screen", "paired", "welch", "greedy"):
+        if self.decision not in DECISIONS:
             raise UserError(f"--decision {self.decision!r}: use screen (screened moves, confirmed claims: the default), paired "
                             "(seed-matched t-test on every candidate), welch (unpaired), or greedy (single seed, for comparison)")
         if self.transfer and self.decision == "screen":
@@ -220,6 +220,7 @@ def check_run_budget_and_transfer(run_budget: str, transfer: list[str]) -> None:
             raise UserError(f"--transfer: {e}") from None
 
 
+DECISIONS = ("screen", "paired", "welch", "greedy")  # --decision's rules (research/decide.py)
 MAX_RUN_TOKENS = 1e14  # more than any model has been trained on: a run budget beyond it is a typo, and its run never ends
 MAX_RUN_SECONDS = 30 * 86400  # a month per run
 
