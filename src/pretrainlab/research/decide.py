@@ -198,6 +198,24 @@ def _screen_for_replicates(state: CampaignState, exp: dict, value: float, eviden
     return [Decide("discard", f"screen: {value:.4f} is worse than {what} {ref:.4f}{margin}", evidence, told)]
 
 
+UNEQUAL_WORK = 0.05  # seed-matched runs whose token counts differ by more than this share are said to
+
+
+def unequal_work(state: CampaignState, ref_id: str, exp_id: str, seed: int, evidence: dict) -> str:
+    """Under a wall-clock run budget: the tokens a seed-matched pair trained, and a clause when they differ by more than
+    UNEQUAL_WORK (the machine's load, not the change, then explains part of the difference); "" otherwise."""
+    if not state.base.budget.seconds:
+        return ""
+    a, b = ((state.results(i).get(seed) or {}).get("tokens") for i in (ref_id, exp_id))
+    if not a or not b:
+        return ""
+    evidence["pair_tokens"] = [a, b]
+    if abs(b / a - 1) <= UNEQUAL_WORK:
+        return ""
+    return (f"; the pair trained {a:,} vs {b:,} tokens ({b / a - 1:+.0%}) in the same wall-clock budget: the machine's load, not "
+            "only the change, moved this difference (a token --run-budget keeps pairs comparable)")
+
+
 def decide_screen(state: CampaignState, exp: dict, value: float, evidence: dict) -> list[Action]:
     """A finished screen: adopt it (the incumbent moves), combine it with an incumbent that
     moved on since it was proposed, or discard it. None of these is a claim."""
@@ -216,6 +234,7 @@ def decide_screen(state: CampaignState, exp: dict, value: float, evidence: dict)
     evidence.update(stage="screen", parent=parent["id"], seed=seed, parent_value=ref, diff=diff, p_improvement=p,
                     screen_noise=cfg.screen_noise, told=told)
     vs = f"{value:.4f} vs its parent's {ref:.4f} on seed {seed} ({diff:+.4f}, {policy.describe_p(p)} at paired noise {cfg.screen_noise:g})"
+    vs += unequal_work(state, parent["id"], exp["id"], seed, evidence)
     if diff == 0:
         return [Decide("discard", f"screen: {value:.4f}, exactly its parent's on seed {seed}: the change does not alter training "
                        "(e.g. a fraction that rounds to the same steps)", evidence, told, effect=diff)]

@@ -89,6 +89,10 @@ def _create(cfg: CampaignConfig, name: str | None, db: str | None, echo: bool, a
     base = cfg.base_recipe()  # bad recipe / overrides / budget -> UserError now
     if cfg.runner == "local":  # (a cluster's nodes may have more memory than this machine)
         check_fits(base)
+    if base.budget.seconds and echo:
+        print(f"note: --run-budget {cfg.run_budget} is wall-clock: on a machine whose load varies (other runs, other work), "
+              "seed-matched runs train different token counts and the pairing no longer cancels seed noise; decisions say "
+              "when a pair's tokens differ by over 5%. A token budget (e.g. 8e4tok) keeps comparisons fair", file=sys.stderr)
     if base.data.corpus != "builtin":  # a missing or damaged corpus is an error now, not a campaign of crashed runs
         from ..data import Corpus
 

@@ -24,7 +24,7 @@ from ..rundir import read_summary
 from . import policy
 from .config import CampaignConfig
 
-RUN_COLUMNS = ("run_id", "seed", "status", "val_bpb", "run_dir", "seconds", "experiment_id")
+RUN_COLUMNS = ("run_id", "seed", "status", "val_bpb", "run_dir", "seconds", "tokens", "experiment_id")
 
 
 def planned_seeds(exp: dict) -> int:
