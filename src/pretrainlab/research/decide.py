@@ -28,7 +28,8 @@ from . import policy
 from ..scaling.transfer import verdict as transfer_verdict
 from .space import recipe_diff
 from .state import CampaignState, planned_seeds
-from .stats import IMPROVEMENT, REGRESSION, Comparison, compare, describe_noise_floor, noise_floor, paired_noise, pooled_paired
+from .stats import (IMPROVEMENT, REGRESSION, Comparison, compare, describe_noise_floor, gatekept, noise_floor, paired_noise,
+                    pooled_paired)
 from .strategies import CampaignView, Proposal, validate
 
 MERGED = "\0merged"  # in a rationale: replaced by what became of the merge queued just before
@@ -341,7 +342,8 @@ def claims(state: CampaignState) -> Claims | None:
     runs = {e["id"]: {s: v for s, v in state.values_by_seed(e["id"]).items() if s in seeds} for e in [state.baseline, *confirm]}
     # (reference, candidate): the final recipe vs the baseline; the final recipe vs itself without the group
     comparisons = {e["id"]: (baseline if e is final_exp else e["id"], final_exp["id"]) for e in confirm}
-    results = pooled_paired(runs, comparisons, alpha=cfg.alpha)
+    # one family: the final recipe's claim first, what each group carries only if it holds (Holm over those)
+    results = gatekept(pooled_paired(runs, comparisons, alpha=cfg.alpha), final_exp["id"])
     # the noise the claims were tested with, against the prior the screens adopted changes with
     noise = paired_noise(runs, list(runs), assumed=cfg.screen_noise if cfg.decision == "screen" else None)
     groups = final_exp["change"].get("groups") or {}
@@ -364,7 +366,8 @@ def claims(state: CampaignState) -> Claims | None:
                                                        "comparison": cmp.to_dict() if cmp else None, "group": group,
                                                        "seeds": e["change"]["seeds"], "screen_noise_assumed": cfg.screen_noise,
                                                        "paired_noise": noise},
-                                        cmp=cmp, by=f"pooled paired t-test, alpha={cfg.alpha}", observe=False)))
+                                        cmp=cmp, by=f"pooled paired t-test, alpha={cfg.alpha} for the campaign's claims together",
+                                        observe=False)))
     adoptions = [(list((state.experiment(d["experiment_id"])["change"] or {}).get("diff") or {}), d["evidence"]["diff"])
                  for d in state.decisions
                  if d["verdict"] == "keep" and (d.get("evidence") or {}).get("stage") == "screen" and d["evidence"].get("diff") is not None]

@@ -29,7 +29,7 @@ baseline that benches/research compares against.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -88,6 +88,9 @@ class Comparison:
         # NO_EFFECT means the test did not reject "no difference", not that the difference is shown to be zero: an
         # effect of -0.29 with an interval of -0.72 .. +0.13 is not "no effect"
         said = "no significant difference" if self.verdict == NO_EFFECT else self.verdict
+        if self.alpha == 0.0:  # gatekept: never tested
+            return (f"not tested, the claim it depends on having not held: effect {self.effect:+.4f} (95% CI {self.ci_low:+.4f} .. "
+                    f"{self.ci_high:+.4f}), {n}")
         return (f"{said}: effect {self.effect:+.4f} (95% CI {self.ci_low:+.4f} .. {self.ci_high:+.4f}), "
                 f"one-sided p({which})={side:.3g} against {self.alpha:.3g}, {n}")
 
@@ -182,6 +185,30 @@ def pooled_paired(runs: dict[str, dict[int, float]], comparisons: dict[str, tupl
         verdict = IMPROVEMENT if p_lower < level else REGRESSION if p_higher < level else NO_EFFECT
         out[key] = Comparison(len(seeds), len(seeds), float(ref.mean()), float(cand.mean()), effect, effect - half, effect + half,
                               p_lower, p_higher, level, verdict, paired=True)
+    return out
+
+
+def gatekept(results: dict[str, Comparison], first: str) -> dict[str, Comparison]:
+    """A campaign's claims as one family, its chance of any false claim held to the level of one: the claim `first` (the
+    final recipe against the baseline) at its own level; the others (what each changed group carries) only when it
+    holds, by Holm's step-down over them at that same level, and otherwise left at no effect ("not tested"). Each
+    claim's `alpha` becomes the one-sided level it had to pass. Serial gatekeeping: under no real effect anywhere, the
+    family errs only when `first` does."""
+    if first not in results:
+        return results
+    out = dict(results)
+    head = out[first]
+    rest = sorted((k for k in out if k != first), key=lambda k: min(out[k].p_improvement, out[k].p_regression))
+    if head.verdict == NO_EFFECT:  # the gate stays shut
+        return {k: (c if k == first else replace(c, verdict=NO_EFFECT, alpha=0.0)) for k, c in out.items()}
+    level, shut = head.alpha, False
+    for i, k in enumerate(rest):
+        c = out[k]
+        step = level / (len(rest) - i)
+        p_lower, p_higher = c.p_improvement, c.p_regression
+        verdict = NO_EFFECT if shut else IMPROVEMENT if p_lower < step else REGRESSION if p_higher < step else NO_EFFECT
+        shut = shut or verdict == NO_EFFECT  # Holm stops at its first claim that does not hold
+        out[k] = replace(c, verdict=verdict, alpha=step)
     return out
 
 
