@@ -89,3 +89,19 @@ def test_a_wall_clock_pair_that_trained_unequal_tokens_is_said_to():
     tokens = SimpleNamespace(base=resolve_recipe("tiny-cpu", ["budget.seconds=0", "budget.tokens=80000"]), results=lambda i: runs[i])
     assert unequal_work(tokens, "base", "cand", 0, {}) == ""  # a token budget: equal by construction
     assert CampaignConfig().run_budget.endswith("tok")  # the default compares like with like
+
+
+def test_the_report_says_its_claims_are_about_the_recipe_before_pruning():
+    """Leave-one-out pruning handed back the baseline itself while the report's claim (+0.056) and hidden-test figures were
+    the confirmed final recipe's, unsaid."""
+    from pretrainlab.research.report import confirmation_section
+
+    claim = {"verdict": "inconclusive", "effect": 0.056, "ci_low": -0.1, "ci_high": 0.2, "decider_type": "strategy",
+             "evidence": {"stage": "claim", "group": None}}
+    final = {"id": "f1", "change": {"confirm": "final", "seeds": [1, 2], "groups": {"optim.lr": {}, "optim.warmdown_frac": {}}},
+             "decision": claim}
+    pruned = {"id": "p1", "change": {"pruned": ["optim.lr", "optim.warmdown_frac"]}, "decision": None}
+    page = "\n".join(confirmation_section({"experiments": [final, pruned]}))
+    assert "claims are about the confirmed final recipe (f1)" in page and "drops optim.lr, optim.warmdown_frac" in page
+    assert "no claim is its own" in page
+    assert "claims are about" not in "\n".join(confirmation_section({"experiments": [final]}))  # nothing pruned: nothing to say

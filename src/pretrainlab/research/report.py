@@ -165,6 +165,11 @@ def _stage(d: dict | None) -> str | None:
     return ((d or {}).get("evidence") or {}).get("stage")
 
 
+def pruned_exp(record: dict) -> dict | None:
+    """The experiment that handed back the final recipe without groups that scored better without them, if any."""
+    return next((e for e in record["experiments"] if (e.get("change") or {}).get("pruned")), None)
+
+
 def confirmation_section(record: dict) -> list[str]:
     """The confirmation phase (--decision screen): the final recipe against the baseline on
     fresh seeds, and what each changed group carries by its leave-one-out ablation."""
@@ -173,7 +178,7 @@ def confirmation_section(record: dict) -> list[str]:
     if not confirm:
         return []
     final = next((e for e in confirm if e["change"]["confirm"] == "final"), None)
-    pruned = next((e for e in record["experiments"] if (e.get("change") or {}).get("pruned")), None)
+    pruned = pruned_exp(record)
     dropped = set(pruned["change"]["pruned"]) if pruned else set()
     out = ["<h2>Confirmation on fresh seeds</h2>",
            "<p>Claims come only from here: seeds no screen ran on, a paired t-test per claim with the noise pooled over "
@@ -195,6 +200,10 @@ def confirmation_section(record: dict) -> list[str]:
                    f"<td class={esc(e['decision']['verdict'])}>{esc(e['decision']['verdict'])}</td>"
                    f"<td>{'dropped: it scored better without it' if group in dropped else 'kept'}</td></tr>")
     out.append("</table>")
+    if dropped and final is not None:
+        out.append(f"<p>These claims are about the confirmed final recipe ({esc(final['id'])}). The recipe handed back drops "
+                   f"{esc(', '.join(sorted(dropped)))} (each scored better without it on these seeds): that recipe was not run "
+                   "against the baseline, so no claim is its own. Run it on fresh seeds to claim it.</p>")
     return out
 
 
@@ -415,7 +424,10 @@ def render_report(record: dict, findings: dict[str, list[dict]] | None = None) -
                    f"split: {hidden['test']['final']:.4f} vs {hidden['test']['baseline']:.4f} (gain {hidden['gain_test']:+.4f}); on the "
                    f"decision split: {hidden['val']['final']:.4f} vs {hidden['val']['baseline']:.4f} (gain {hidden['gain_val']:+.4f}). "
                    f"Validation-overfitting gap: <b>{hidden['overfitting_gap']:+.4f}</b> bpb "
-                   f"({hidden['runs']['final']} and {hidden['runs']['baseline']} runs).</p>")
+                   f"({hidden['runs']['final']} and {hidden['runs']['baseline']} runs)"
+                   + (" — on unequal sets of runs (recorded by an earlier version of the lab), so the seeds' noise does not "
+                      "cancel: read it with care" if hidden["runs"]["final"] != hidden["runs"]["baseline"] else "")
+                   + (", the confirmed final recipe's, before the pruning above" if pruned_exp(record) else "") + ".</p>")
     out += scoring_section(record, kept)
     out.append("<h2>Ablations</h2><table><tr><th>experiment</th><th>hypothesis</th><th>proposed by</th><th>change</th><th>runs</th>"
                "<th>mean val_bpb</th><th>effect [95% CI]</th><th>verdict</th><th>why</th></tr>")
