@@ -85,11 +85,12 @@ def test_rejecting_a_keep_needs_a_reason_too(finished, tmp_path):
     assert "The final recipe below is the starting one." in top
     assert "No change is kept (a person discarded what the statistics kept, see the top)" in page
 
-    # agreeing with the statistics needs no reason and warns of nothing; nor does setting aside the baseline
+    # agreeing with the statistics needs no reason and warns of nothing; the baseline, what everything is compared with,
+    # cannot be rejected at all
     again = api.research_review(finished["discarded"]["experiment"], False, "bob")
     assert again["decision"] == "discard" and "warning" not in again
-    base = api.research_review(finished["baseline"]["experiment"], False, "bob")
-    assert base["decision"] == "discard" and "warning" not in base
+    with pytest.raises(UserError, match="is its campaign's baseline.*cannot be rejected"):
+        api.research_review(finished["baseline"]["experiment"], False, "bob")
 
 
 def test_rejecting_a_queued_suggestion_withdraws_it_and_no_loop_runs_it(finished, capsys):

@@ -38,6 +38,19 @@ def list_recipes() -> list[dict]:
     return rows
 
 
+def choices() -> dict[str, tuple[str, ...]]:
+    """The fixed sets of values the faces offer, as the lab's own registries list them: a campaign's strategy, runner,
+    decision and goal; a run's status; the parameter count a scaling fit uses."""
+    from .ledger.rundir import RUN_STATUSES
+    from .research.config import DECISIONS
+    from .research.strategies import STRATEGIES
+    from .runners import RUNNERS
+    from .scaling.points import PARAM_COUNTS
+
+    return {"strategy": ("auto", "claude", "openai", *STRATEGIES), "runner": tuple(RUNNERS), "decision": DECISIONS,
+            "goal": ("val_bpb",), "run_status": tuple(RUN_STATUSES), "params": tuple(PARAM_COUNTS)}
+
+
 def config_fields() -> list[dict]:
     """Every settable config key with type, default and doc (for `--set`)."""
     return [{"key": k, "type": t, "default": v, "doc": doc} for k, t, v, doc in field_docs()]

@@ -71,15 +71,6 @@ RENAMED_FLAGS = {"set": "overrides", "recipe": "recipe_filter", "data-recipe": "
 TOKENIZER_PATTERN = r"^(byte|bpe:[0-9]+)$"
 
 
-def campaign_choices() -> dict[str, tuple[str, ...]]:
-    """research_start's settings that take one of a fixed set of values, as the lab's own registries list them."""
-    from .research.config import DECISIONS
-    from .research.strategies import STRATEGIES
-    from .runners import RUNNERS
-
-    return {"strategy": ("auto", "claude", "openai", *STRATEGIES), "runner": tuple(RUNNERS), "decision": DECISIONS,
-            "goal": ("val_bpb",)}
-
 REVIEW_CAMPAIGN = """\
 Review campaign {id} ("{name}", {status}: {runs} of {budget_runs} runs) of the pretrainlab lab, as a careful
 pre-training researcher would. Its research log is attached (also the resource campaign://{id}/log).
@@ -257,7 +248,7 @@ def _with_campaign_settings(fn):
     sig = inspect.signature(fn)
     params = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
     fields = [f for f in dataclasses.fields(api.CampaignConfig) if f.name not in NOT_OVER_MCP]
-    arguments, choices = {p.name for p in params} | {f.name for f in fields}, campaign_choices()
+    arguments, choices = {p.name for p in params} | {f.name for f in fields}, api.choices()
     for f in fields:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         kind = Literal[choices[f.name]] if f.name in choices else hints[f.name]
@@ -283,8 +274,7 @@ def build_server(db: str | None = None):
     from mcp_types import INVALID_PARAMS, EmbeddedResource, TextResourceContents, ToolAnnotations
     from pydantic import Field
 
-    from .ledger.rundir import RUN_STATUSES
-    from .scaling.points import PARAM_COUNTS
+    RUN_STATUSES, PARAM_COUNTS = api.choices()["run_status"], api.choices()["params"]
 
     server = MCPServer("pretrainlab", instructions=INSTRUCTIONS)
     arguments_of: dict[str, set[str]] = {}
