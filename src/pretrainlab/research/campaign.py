@@ -336,7 +336,8 @@ class Campaign:
         # on the seeds both have: the final recipe's runs against the baseline's of the same seeds (a screen's single
         # seed-0 run against the baseline's 3-seed mean once reported a 0.10 bpb "gap" that was seed noise)
         self.log(f"closing: scoring the hidden test split with the final recipe's and the baseline's runs "
-                 f"({len(self.results(inc['id'])) + len(self.results(base['id']))} runs, each in two sandboxed processes)")
+                 f"({len(self.results(inc['id'])) + len(self.results(base['id']))} runs, each in a sandboxed process; a code "
+                 "patch's in two)")
         final_scores, start_scores = self.split_scores(inc), self.split_scores(base)
         seeds = sorted(set(final_scores) & set(start_scores))
         if not seeds:
