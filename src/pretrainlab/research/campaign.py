@@ -709,7 +709,8 @@ class Campaign:
         try:
             if self._predictor is None:
                 self._predictor = TransferPredictor(self._ledger, self.cfg.transfer_ladder)
-            return self._predictor.predict(self.recipe_of(inc), self.cfg.transfer, cmp.mean_incumbent, cmp.effect)
+            return self._predictor.predict(self.recipe_of(inc), self.cfg.transfer, cmp.mean_incumbent, cmp.effect,
+                                           (cmp.ci_low, cmp.ci_high))
         except (UserError, ValueError, FloatingPointError) as e:
             self.ledger.add_note(f"no transfer prediction from ladder {self.cfg.transfer_ladder}: {e}", author="campaign", campaign_id=self.id)
             return None

@@ -309,7 +309,7 @@ def finish_transfer(state: CampaignState, candidate_id: str) -> list[Action]:
     predicted = ""
     if prediction:
         evidence["prediction"] = prediction
-        predicted = f"; the ladder's law {transfer_verdict(prediction, cmp.effect)}"
+        predicted = f"; the ladder's law {transfer_verdict(prediction, cmp.effect, (cmp.ci_low, cmp.ci_high))}"
     why = (f"small scale: effect {small['effect']:+.4f}; at the larger rung: {cmp.summary()} — "
            + ("the gain holds" if holds else "the gain does not hold at scale") + predicted)
     return [Decide("keep" if holds else "discard", why, evidence, small["mean_candidate"], cmp)]

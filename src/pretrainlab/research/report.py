@@ -14,6 +14,7 @@ import statistics
 from pathlib import Path
 
 from ..config import Recipe
+from ..scaling.transfer import prediction_interval
 from ..ledger.plot import svg_chart
 from ..ledger.store import Role
 from ..rundir import finite_float, read_summary
@@ -273,10 +274,12 @@ def transfer_section(record: dict) -> list[str]:
     for e in checked:
         ev = e["decision"]["evidence"]
         small, measured, pred = ev["small_scale"], ev["transfer"], ev.get("prediction") or {}
-        predicted = _interval(pred.get("effect"), pred.get("effect_ci")) if pred else "no ladder"
-        if pred.get("effect") is not None and pred.get("effect_ci"):
-            lo, hi = pred["effect_ci"]
-            predicted += " ✓" if lo <= measured["effect"] <= hi else " ✗"
+        # the interval the measured gain should fall in: the law's, with both rungs' measurement noise
+        ci = (prediction_interval(pred, (measured["ci_low"], measured["ci_high"])) if "effect_law_ci" in pred
+              else pred.get("effect_ci")) if pred else None
+        predicted = _interval(pred.get("effect"), ci) if pred else "no ladder"
+        if pred.get("effect") is not None and ci:
+            predicted += " ✓" if ci[0] <= measured["effect"] <= ci[1] else " ✗"
         out.append(f"<tr><td class=mono>{e['id']}</td><td>{esc(e['hypothesis'])}</td>"
                    f"<td>{_interval(small['effect'], [small['ci_low'], small['ci_high']])}</td><td>{esc(predicted)}</td>"
                    f"<td>{_interval(measured['effect'], [measured['ci_low'], measured['ci_high']])}</td>"

@@ -45,11 +45,12 @@ class TransferPredictor:
         boot = law.bootstrap_law(points.n, points.d, points.loss, fit, BOOTSTRAP, np.random.default_rng(0))
         self.thetas = np.vstack([fit.theta[None, :], boot]) if len(boot) else fit.theta[None, :]
 
-    def predict(self, incumbent: Recipe, transfer: list[str], incumbent_mean: float, effect: float) -> dict:
+    def predict(self, incumbent: Recipe, transfer: list[str], incumbent_mean: float, effect: float,
+                effect_ci: tuple[float, float] | None = None) -> dict:
         large = apply_overrides(incumbent, transfer)
         if not incumbent.budget.tokens or not large.budget.tokens:
             return {"effect": None, "note": "no token budget: the ladder's law is in tokens", "ladder": self.row["id"]}
         small_nd = (count_params(incumbent, self.kind), incumbent.budget.tokens)
         large_nd = (count_params(large, self.kind), large.budget.tokens)
-        return {**predict_transfer(self.thetas, small_nd, large_nd, incumbent_mean, effect), "ladder": self.row["id"],
+        return {**predict_transfer(self.thetas, small_nd, large_nd, incumbent_mean, effect, effect_ci=effect_ci), "ladder": self.row["id"],
                 "params": self.kind}

@@ -142,11 +142,18 @@ def _warnings(points: Points, fit: law.LawFit, thetas, num_bootstrap: int, alloc
                    "still falls as a pure power law), and the allocation leans on that; train longer runs (a wider token range) "
                    "before trusting the exponents")
     loose = [k for k in ("E", "A", "B") if intervals.get(k) and intervals[k][0] > 0 and intervals[k][1] / intervals[k][0] > LOOSE_RATIO]
-    loose += [k for k in ("alpha", "beta") if intervals.get(k) and intervals[k][1] - intervals[k][0] > LOOSE_EXPONENT]
     if loose:
         spans = ", ".join(f"{k} [{intervals[k][0]:.3g}, {intervals[k][1]:.3g}]" for k in loose)
         out.append(f"not determined by these points (bootstrap intervals): {spans}; more sizes and token budgets, over a wider "
                    "range, pin them down")
+    undetermined = law.undetermined_exponents(fit, intervals)  # a degenerate optimum, or an interval over a decade wide
+    for said in undetermined:
+        out.append(f"{said}; more sizes and token budgets, over a wider range, pin it down")
+    wide = [k for k in ("alpha", "beta") if intervals.get(k) and intervals[k][1] - intervals[k][0] > LOOSE_EXPONENT
+            and not any(u.startswith(k) for u in undetermined)]
+    if wide:
+        spans = ", ".join(f"{k} [{intervals[k][0]:.3g}, {intervals[k][1]:.3g}]" for k in wide)
+        out.append(f"loosely determined by these points (bootstrap intervals): {spans}; more sizes and token budgets pin them down")
     if not fit.converged:
         out.append("the best descent did not converge (its gradient is not near zero): try --starts all or --optimizer l-bfgs-b")
     if fit.exponents() is None:
@@ -156,7 +163,8 @@ def _warnings(points: Points, fit: law.LawFit, thetas, num_bootstrap: int, alloc
         out.append(f"{len(points)} points for 5 parameters: the fit nearly interpolates them and the intervals are rough; "
                    "a 4 x 4 ladder or more gives a law worth extrapolating")
     if num_bootstrap and len(thetas) < 0.9 * num_bootstrap:
-        out.append(f"only {len(thetas)} of {num_bootstrap} bootstrap refits succeeded: the intervals rest on fewer resamples")
+        out.append(f"only {len(thetas)} of {num_bootstrap} bootstrap refits were kept (a resample with fewer than 3 distinct "
+                   "sizes or token budgets is dropped, and some refits fail): the intervals rest on fewer resamples")
     for a in allocation:
         if a["times_largest_run"] > EXTRAPOLATION_WARN:
             out.append(f"C={a['C']:.3g} is {a['times_largest_run']:.0f}x the largest run's compute: the allocation there is an "

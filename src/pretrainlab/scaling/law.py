@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import UserError
+
 HUBER_DELTA = 1e-3  # Hoffmann et al. 2022, Approach 3
 # Hoffmann et al.'s grid of initialisations: alpha, beta in {0, 0.5, ..., 2}, e in {-1, -0.5, ..., 1},
 # a, b in {0, 5, ..., 25}: 5 x 5 x 5 x 6 x 6 = 4,500 starts
@@ -40,6 +42,9 @@ GRID_ALPHA = GRID_BETA = (0.0, 0.5, 1.0, 1.5, 2.0)
 GRID_E = (-1.0, -0.5, 0.0, 0.5, 1.0)
 GRID_A = GRID_B = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)
 PARAMS = ("E", "A", "alpha", "B", "beta")
+MAX_LOG = math.log(np.finfo(float).max)  # ~709.8: A = exp(a) beyond this is no float
+MAX_EXPONENT = 5.0  # alpha or beta above this: a term that falls 32x per doubling fits the smallest size or budget alone
+EXPONENT_SPAN = 10.0  # a bootstrap interval of alpha or beta spanning more than this factor: the exponent is not determined
 
 
 def hoffmann_grid() -> np.ndarray:
@@ -263,7 +268,23 @@ class LawFit:
                 "a": ex[0] if ex else None, "b": ex[1] if ex else None, "objective": self.objective, "delta": self.delta,
                 "num_points": self.num_points, "num_starts": self.num_starts, "starts_within_1pct": self.starts_within_1pct,
                 "rms_log_residual": self.rms_log_residual, "max_abs_log_residual": self.max_abs_log_residual,
-                "converged": self.converged}
+                "converged": self.converged, "not_determined": undetermined_exponents(self)}
+
+
+def undetermined_exponents(fit: LawFit, intervals: dict | None = None) -> list[str]:
+    """The exponents the points do not determine, each with why: a fitted alpha or beta above
+    MAX_EXPONENT (a degenerate optimum, the term fitting one size or budget alone), or a
+    bootstrap interval (`intervals`, as analyse makes them) that spans more than EXPONENT_SPAN
+    or reaches zero."""
+    out = []
+    for k in ("alpha", "beta"):
+        value, ci = getattr(fit, k), (intervals or {}).get(k)
+        if value > MAX_EXPONENT:
+            out.append(f"{k} = {value:.3g} (> {MAX_EXPONENT:g}): a degenerate optimum, {k} is not determined by these points")
+        elif ci and not (ci[0] > 0 and ci[1] <= EXPONENT_SPAN * ci[0]):
+            out.append(f"{k}'s bootstrap interval [{ci[0]:.3g}, {ci[1]:.3g}] spans more than {EXPONENT_SPAN:g}x: "
+                       f"{k} is not determined by these points")
+    return out
 
 
 def allocation_exponents(alpha: float, beta: float) -> tuple[float, float] | None:
@@ -292,6 +313,12 @@ def optimal_allocation(thetas: np.ndarray, flops: np.ndarray) -> tuple[np.ndarra
 DEFAULT_STARTS = 128  # descents per fit: the grid's 64 best starts by objective and 64 spread over the rest
 
 
+def grid_rank(log_n, log_d, log_loss, delta: float = HUBER_DELTA) -> np.ndarray:
+    """Indices of Hoffmann et al.'s grid, lowest objective on the points first."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.argsort(np.nan_to_num(batch_objective(hoffmann_grid(), log_n, log_d, log_loss, delta), nan=np.inf))
+
+
 def select_starts(log_n, log_d, log_loss, num_starts: int | None, delta: float = HUBER_DELTA) -> np.ndarray:
     """Rows of Hoffmann et al.'s grid to descend from: all 4,500 (None), or the num_starts/2
     with the lowest objective plus num_starts/2 spread evenly over the others (one descent
@@ -300,8 +327,7 @@ def select_starts(log_n, log_d, log_loss, num_starts: int | None, delta: float =
     grid = hoffmann_grid()
     if num_starts is None or num_starts >= len(grid):
         return grid
-    with np.errstate(over="ignore", invalid="ignore"):
-        rank = np.argsort(np.nan_to_num(batch_objective(grid, log_n, log_d, log_loss, delta), nan=np.inf))
+    rank = grid_rank(log_n, log_d, log_loss, delta)
     best, rest = rank[: (num_starts + 1) // 2], np.sort(rank[(num_starts + 1) // 2:])
     spread = rest[np.linspace(0, len(rest) - 1, num_starts - len(best)).round().astype(int)]
     return grid[np.concatenate([best, spread])]
@@ -321,6 +347,11 @@ def fit_law(n, d, loss, num_starts: int | None = DEFAULT_STARTS, optimizer: str 
     if best is None:
         raise ValueError("no start of the fit reached a finite objective: check the points (losses of order 1-10, sizes >= 1)")
     theta, fun = ends[best], float(values[best])
+    if max(theta[:3]) > MAX_LOG:  # a descent along a degenerate ridge: an exponent growing without bound, its coefficient with it
+        k = int(np.argmax(theta[:3]))
+        raise UserError(f"the law is not determined by these points: its best fit has {'ABE'[k]} = e^{theta[k]:.0f}, beyond float "
+                        f"range, with alpha = {theta[3]:.3g}, beta = {theta[4]:.3g} (a term fitting one size or budget alone); "
+                        "more sizes and token budgets, over a wider range, pin it down")
     pred, _ = log_prediction(theta, log_n, log_d)
     r = pred - log_loss
     within = int(np.sum(values[finite] <= fun * 1.01 + 1e-12))
@@ -332,17 +363,30 @@ def fit_law(n, d, loss, num_starts: int | None = DEFAULT_STARTS, optimizer: str 
                              converged=bool(success[best] or np.max(np.abs(grad)) < 1e-4), starts_within_1pct=within)
 
 
+BOOTSTRAP_STARTS = 2  # grid starts per resample besides the full fit's theta (4 gave the same intervals in simulations, at 2x the cost)
+
+
 def bootstrap_law(n, d, loss, fit: LawFit, num_samples: int, rng: np.random.Generator, optimizer: str = "bfgs",
-                  delta: float = HUBER_DELTA) -> np.ndarray:
-    """Refit on `num_samples` resamples of the points (drawn with replacement), each descent
-    started from the full fit's theta; rows of theta, (num_samples, 5). A resample whose
-    descent fails is dropped (rarely: the row count says how many survived)."""
+                  delta: float = HUBER_DELTA, num_starts: int = BOOTSTRAP_STARTS) -> np.ndarray:
+    """Refit on `num_samples` resamples of the points (drawn with replacement), each from the
+    full fit's theta and the `num_starts` grid starts with the lowest objective on all the
+    points, keeping the best; rows of theta, one per resample kept. From theta alone every
+    refit stays in the full fit's basin, and on a degenerate optimum the interval collapses
+    onto it (9 points: alpha [39.38, 39.46] where refits from 3 starts give [0.08, 199]).
+    Resamples with fewer than 3 distinct N or D (where E cannot be told from a power law)
+    are dropped, as are failed refits: the row count says how many were kept."""
     log_n, log_d, log_loss = np.log(n), np.log(d), np.log(loss)
     idx = np.array([rng.integers(0, len(log_n), len(log_n)) for _ in range(num_samples)], dtype=int).reshape(num_samples, len(log_n))
-    starts = np.repeat(np.asarray(fit.theta, float)[None, :], num_samples, axis=0)
+    idx = idx[np.array([len(np.unique(log_n[i])) >= 3 and len(np.unique(log_d[i])) >= 3 for i in idx], bool)]
+    starts = np.vstack([np.asarray(fit.theta, float)[None, :], hoffmann_grid()[grid_rank(log_n, log_d, log_loss, delta)[:num_starts]]])
+    k = len(starts)
+    rows = np.repeat(idx, k, axis=0)  # resample i's k descents are rows i*k .. i*k + k-1
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        ends, values, _ = _descend(starts, log_n[idx], log_d[idx], log_loss[idx], delta, optimizer)
-    return ends[np.isfinite(values) & np.isfinite(ends).all(axis=1)].reshape(-1, 5)
+        ends, values, _ = _descend(np.tile(starts, (len(idx), 1)), log_n[rows], log_d[rows], log_loss[rows], delta, optimizer)
+    values = np.where(np.isfinite(values) & np.isfinite(ends).all(axis=1), values, np.inf).reshape(len(idx), k)
+    best = np.argmin(values, axis=1)
+    kept = np.isfinite(values[np.arange(len(idx)), best])
+    return ends.reshape(len(idx), k, 5)[np.arange(len(idx)), best][kept].reshape(-1, 5)
 
 
 def theta_to_params(thetas: np.ndarray) -> dict[str, np.ndarray]:
