@@ -79,8 +79,8 @@ class CampaignConfig(Execution):
     budget_hours: float = doc("wall-clock cap for the campaign (0 = none)", 0.0)
     # tokens by default: a wall-clock budget trains seed-matched runs different token counts when the machine's load
     # varies, and the pairing then no longer cancels seed noise (the lab's own campaigns: corr(d log tokens, d bpb) -0.98)
-    run_budget: str = doc("per run: tokens (8e4tok, 2e6tok, 300ktok: the default, comparable on a busy machine) or seconds "
-                          "(60s, 5m: what a run reaches in that time, throughput included, but loaded machines skew pairs)",
+    run_budget: str = doc("per run: tokens (e.g. 2e6tok, 300ktok: runs compare fairly on a busy machine) or seconds (60s, 5m: "
+                          "what a run reaches in that time, throughput included, but a varying load skews seed-matched pairs)",
                           "8e4tok")
     strategy: str = doc("auto (claude if ANTHROPIC_API_KEY is set, else optuna), claude, openai, optuna, random, manual", "auto")
     seeds: int = doc("replicates for the baseline and each confirmation", 3)
