@@ -162,7 +162,7 @@ def test_transfer_check_and_a_persons_suggestion(sim):
     assert all(len(ledger.list_runs(experiment=e["id"], columns=("run_id",))) == 2 for e in sides)  # both sides ran, 2 seeds each
     st = manage.status(cid)
     assert st["incumbent"]["experiment"] == exp and st["incumbent"]["proposer"] == "alice"
-    assert st["runs"] == 2 + 2 + 4
+    assert st["runs"] == 2 + 1 + 3 + 4  # the baseline (and its third seed), the screen and 2 fresh seeds, the transfer rung
 
 
 class Transfers(Landscape):
@@ -208,14 +208,14 @@ def test_clear_losers_are_stopped_early(sim):
 def test_a_paired_re_test_runs_the_incumbent_on_the_extra_seeds_too(sim):
     """A promising "no effect" gets more seeds; under the paired rule the incumbent runs on
     them as well, so the re-test compares seed-matched pairs (a tiny alpha forces the re-test)."""
-    cfg = config(overrides=SLOW_LR, strategy="manual", budget_runs=8, alpha=1e-6, early_stop=False, decision="paired")
+    cfg = config(overrides=SLOW_LR, strategy="manual", budget_runs=10, alpha=1e-6, early_stop=False, decision="paired")
     cid = manage.start(cfg, echo=False)
     exp = manage.suggest(cid, "sane learning rates", SANE_LR, "alice")
     manage.resume(cid, echo=False)
     ledger = Ledger()
     baseline = manage.status(cid)["experiments"][0]["experiment"]
     seeds = lambda e: sorted(r["seed"] for r in ledger.list_runs(experiment=e, columns=("run_id", "seed")))
-    assert seeds(baseline) == seeds(exp) == [0, 1, 2, 3]
+    assert seeds(baseline) == seeds(exp) == [0, 1, 2, 3, 4]  # the screen on 0, then 1-2 and 3-4: tested on 1-4
     (decision,) = ledger.list_decisions(experiment_id=exp)
     cmp = decision["evidence"]["comparison"]
     assert cmp["paired"] and cmp["n_candidate"] == cmp["n_incumbent"] == 4 and cmp["effect"] < -1
@@ -280,20 +280,20 @@ def test_resume_with_a_larger_budget_replicates_a_lead_left_inconclusive(sim):
     with pytest.raises(UserError, match="--parallel"):
         manage.resume(cid, echo=False, parallel=0)  # bad input changes nothing
     assert ledger.get_campaign(cid)["config"]["campaign"]["budget_runs"] == 3
-    manage.resume(cid, echo=False, author="bob", budget_runs=4)
-    assert ledger.get_campaign(cid)["config"]["campaign"]["budget_runs"] == 4
-    assert any(n["author"] == "bob" and "budget_runs 3 -> 4" in n["text"] for n in ledger.list_notes(campaign_id=cid))
+    manage.resume(cid, echo=False, author="bob", budget_runs=6)
+    assert ledger.get_campaign(cid)["config"]["campaign"]["budget_runs"] == 6
+    assert any(n["author"] == "bob" and "budget_runs 3 -> 6" in n["text"] for n in ledger.list_notes(campaign_id=cid))
     assert any("re-opened" in n["text"] for n in ledger.list_notes(experiment_id=exp))
     runs = ledger.list_runs(experiment=exp)
-    assert sorted(r["seed"] for r in runs) == [0, 1]  # the screen's seed kept, one replicate added: nothing repeated
+    assert sorted(r["seed"] for r in runs) == [0, 1, 2]  # the screen's seed kept, 2 fresh replicates added: nothing repeated
     latest = ledger.list_decisions(experiment_id=exp)[-1]
     assert latest["evidence"]["comparison"]["paired"] and latest["effect"] < 0  # decided by the paired test this time
     st = manage.status(cid)
-    assert st["runs"] == 4 and next(e for e in st["experiments"] if e["experiment"] == exp)["verdict"] == latest["verdict"]
+    assert st["runs"] == 6 and next(e for e in st["experiments"] if e["experiment"] == exp)["verdict"] == latest["verdict"]
     assert st["elapsed_s"] > 0  # the time budget covers every loop of the campaign
     manage.suggest(cid, "a bit more Muon LR", ["optim.muon_lr=0.04"], "bob")  # work that would start if time allowed
     manage.resume(cid, echo=False, budget_runs=20, budget_hours=st["elapsed_s"] / 2 / 3600)
-    assert manage.status(cid)["runs"] == 4  # earlier loops already used more than that: nothing starts
+    assert manage.status(cid)["runs"] == 6  # earlier loops already used more than that: nothing starts
 
 
 class SlowScoring(SimulatedRunner):

@@ -163,20 +163,23 @@ def test_paired_screens_earn_replicates_unless_the_budget_has_no_room():
     w.exp("x", {"optim.lr": 0.01})
     w.run("x", 0, 3.69)
     step = only(decide.decide(w.state(), "x"), decide.SetPhase)
-    assert step.phase == Phase.RUNNING and step.planned_seeds == 3
-    d = only(decide.decide(w.state(used=39), "x"), decide.Decide)  # 39 of 40 runs used
+    assert step.phase == Phase.RUNNING and step.planned_seeds == 4 and "on 3 fresh seeds" in step.log  # seeds 1-3; 0 screened it
+    d = only(decide.decide(w.state(used=37), "x"), decide.Decide)  # 37 of 40 runs used: no room for 3 more and the incumbent's 4th
     assert d.verdict == "inconclusive" and d.evidence["awaiting_budget"]
     w.runs["x"][0]["val_bpb"] = 3.80
     assert only(decide.decide(w.state(), "x"), decide.Decide).verdict == "discard"
 
 
 def test_paired_replicates_are_tested_and_a_winner_checks_transfer_first():
+    """Replicates are tested on their fresh seeds only: the screen's seed-0 run earned them by scoring well, and a test
+    that kept it would keep changes with no effect about twice as often as its level says."""
     w = with_baseline(decision="paired")
-    w.exp("x", {"optim.lr": 0.01}, planned=3)
-    for s, v in enumerate([3.60, 3.62, 3.58]):
+    w.run("base", 3, 3.71)  # the incumbent on the candidate's last fresh seed
+    w.exp("x", {"optim.lr": 0.01}, planned=4)
+    for s, v in enumerate([3.50, 3.62, 3.58, 3.61]):  # seed 0, the screen, lucky: left out
         w.run("x", s, v)
     d = only(decide.decide(w.state(), "x"), decide.Decide)
-    assert d.verdict == "keep" and d.cmp.paired and d.cmp.effect == pytest.approx(-0.1)
+    assert d.verdict == "keep" and d.cmp.paired and d.cmp.n_candidate == 3 and d.cmp.effect == pytest.approx(-0.1)
     w.cfg.transfer = ["model.n_layer=6"]
     assert only(decide.decide(w.state(), "x"), decide.StartTransfer).cmp.effect == pytest.approx(-0.1)
 

@@ -403,13 +403,14 @@ class Campaign:
                 continue
             if inc is None or exp["parent_recipe"] != self.recipe_of(inc).to_dict():
                 continue  # proposed against an earlier incumbent: its screen no longer says anything
-            need = self.cfg.seeds - 1 + (self.missing_incumbent_seeds(self.cfg.seeds) if not reserved else 0)
+            # replicated on `seeds` fresh seeds after its screen's (decide._screen_for_replicates)
+            need = self.cfg.seeds + (self.missing_incumbent_seeds(self.cfg.seeds + 1) if not reserved else 0)
             if self.budget_spent(extra=reserved + need - 1):
                 return
             reserved += need
-            self.ledger.set_experiment_status(exp["id"], Phase.RUNNING, planned_seeds=self.cfg.seeds)
+            self.ledger.set_experiment_status(exp["id"], Phase.RUNNING, planned_seeds=self.cfg.seeds + 1)
             self.ledger.add_note("re-opened: the run budget now has room for its replicates", author="campaign", experiment_id=exp["id"])
-            self.log(f"{exp['id']}: promising screen re-opened, replicating on {self.cfg.seeds} seeds")
+            self.log(f"{exp['id']}: promising screen re-opened, replicating on {self.cfg.seeds} fresh seeds")
 
     def on_finished(self, result: JobResult) -> None:
         exp_id = result.job.key.rsplit("-s", 1)[0]

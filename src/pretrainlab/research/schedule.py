@@ -100,8 +100,8 @@ def next_step(state: CampaignState, may_ask: bool, strategy: str) -> Step:
             if screening:  # a screen in flight may still move the incumbent: confirm what it hands back
                 return Idle("reserved for the confirmation phase")
             return StartConfirmation(Idle("nothing to confirm"))
-    elif cfg.decision != "greedy" and state.budget_spent(extra=screening * (cfg.seeds - 1)):
-        return Idle("reserved for replicates of screens in flight")  # room to replicate the screens in flight
+    elif cfg.decision != "greedy" and state.budget_spent(extra=screening * cfg.seeds):
+        return Idle("reserved for replicates of screens in flight")  # room to replicate them, on `seeds` fresh seeds each
     waiting = queued(state)
     if not waiting and may_ask:
         return AskStrategy()
