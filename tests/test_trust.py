@@ -179,9 +179,12 @@ def test_hostile_models_and_trainers_are_rejected_with_the_reason(tmp_path, corp
     plain = lab_score(tmp_path, "plain")
     assert results["plain"].status == "ok" and plain["status"] == "ok" and plain["sandboxed"]
     assert plain["probes"]["causality_rows"] == 384 and plain["probes"]["replay_rows"] == 64
-    # the lab's own code is scored by one worker doing both passes; experiment code by two that never meet
-    assert plain["probes"]["workers"] == 1 and not (tmp_path / "runs" / "plain" / "scorer-probe.log").exists()
-    assert lab_score(tmp_path, "fake-report")["probes"]["workers"] == 2
+    # the lab's own code is scored by its trainer, once it has trained, doing both passes (no worker is started); experiment
+    # code by two workers that never meet
+    assert plain["probes"]["workers"] == 1 and plain["probes"]["in_trainer"]
+    assert not {"scorer.log", "scorer-probe.log"} & {p.name for p in (tmp_path / "runs" / "plain").iterdir()}
+    assert lab_score(tmp_path, "fake-report")["probes"]["workers"] == 2 and not lab_score(tmp_path, "fake-report")["probes"]["in_trainer"]
+    assert (tmp_path / "runs" / "fake-report" / "scorer-probe.log").exists()
     assert plain["probes"]["lookahead_caught"]["1 in 50"] > 0.999
     honest = plain["splits"]["val"]["val_bpb"]
     assert results["plain"].summary["val_bpb"] == honest and results["plain"].summary["scored_by"] == "lab"

@@ -180,6 +180,13 @@ def exit_code(summary: dict) -> int:
     return STATUS_EXIT.get(summary.get("status"), 1)
 
 
+def serve_scoring(run_dir: Path, fds: str, code: int) -> int:
+    """A trainer's last part for the lab's job process: score its own run on the job's pipes (scoring_worker.after_training)."""
+    from .scoring_worker import after_training
+
+    return after_training(run_dir, fds, code)
+
+
 def corpus_info(path: str | None = None, tokenizer: str = "byte") -> dict:
     """Per-domain documents, tokens and bytes of a prepared corpus (builtin by default)."""
     from . import data

@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--db", metavar="URL", help="ledger to register the run in (default: env PRETRAINLAB_DB, else the workspace's)")
     t.add_argument("--no-ledger", action="store_true", help="do not register the run in the ledger (also env PRETRAINLAB_NO_LEDGER=1)")
     t.add_argument("--log-to", metavar="TRACKER", help="after the run, replay it into tensorboard, mlflow or wandb (if installed)")
+    # the lab's job process (runners/job.py) has the trainer of a run of its own code score the run: two pipes of its own
+    t.add_argument("--score-fds", metavar="R,W", help=argparse.SUPPRESS)
 
     d = sub.add_parser("data", help="prepare and inspect token corpora")
     dsub = d.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
@@ -341,12 +343,25 @@ def cmd_recipes(args) -> int:
 
 
 def cmd_train(args) -> int:
+    if args.score_fds is not None:  # (the job's, never a person's: checked before hours of training all the same)
+        fds = args.score_fds.split(",")
+        try:
+            if len(fds) != 2:
+                raise ValueError
+            for fd in fds:
+                os.fstat(int(fd))
+                os.set_inheritable(int(fd), False)  # this process's alone: nothing it starts holds the job's pipes open
+        except (ValueError, OSError):
+            raise UserError(f"--score-fds {args.score_fds!r}: two open file descriptors R,W are expected (it is the lab's job "
+                            "process's flag: leave it out)") from None
     run_dir, summary = api.train_run(args.recipe, args.overrides, args.out, args.resume, echo=True, db=args.db,
                                      ledger=not args.no_ledger, log_to=args.log_to)
     if args.json:
         _print_json({"run_dir": str(run_dir), **summary})
     else:
         _print_summary(run_dir, summary)
+    if args.score_fds:
+        return api.serve_scoring(run_dir, args.score_fds, api.exit_code(summary))
     return api.exit_code(summary)
 
 

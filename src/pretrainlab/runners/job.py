@@ -34,6 +34,7 @@ import json
 import math
 import os
 import resource
+import select
 import signal
 import stat
 import subprocess
@@ -43,6 +44,7 @@ from pathlib import Path
 
 from .. import rundir
 from ..config import Recipe
+from ..scoring_worker import TRAINED
 from .sandbox import Sandbox, ignore_sigterm, scrubbed_env
 
 EXIT_REJECTED = 4
@@ -122,11 +124,54 @@ def out_of_memory(run_dir: Path, cap, part: str) -> int:
     return EXIT_OUT_OF_MEMORY
 
 
-def wait_within_disk(proc: subprocess.Popen, run_dir: Path, disk: int | None, cap=None) -> str | None:
-    """Wait for the trainer, measuring its run directory every DISK_POLL_S and once more when it has exited (with the
-    files its cap's processes hold open after unlinking them); kill it (SIGKILL: bwrap takes the sandbox with it) once
-    that holds more than `disk` bytes or MAX_RUN_ENTRIES entries, or a folder the lab cannot list. Returns why it was
-    killed or is over, or None."""
+class TrainerLink:
+    """Two pipes between this process and the trainer of a run of the lab's own code, which scores the run itself once it
+    has trained (scoring_worker.after_training): it says TRAINED and its exit code, then serves the scoring protocol."""
+
+    def __init__(self):
+        self.to_trainer, self.trainer_in = os.pipe()[::-1]  # (write end, read end): this process writes, the trainer reads
+        self.trainer_out, self.from_trainer = os.pipe()[::-1]
+        self.code: int | None = None  # the training's exit code, once the trainer has said it
+
+    def child_fds(self) -> tuple[int, int]:
+        return self.trainer_in, self.trainer_out
+
+    def arg(self) -> list[str]:
+        return ["--score-fds", f"{self.trainer_in},{self.trainer_out}"]
+
+    def started(self) -> None:
+        """The trainer has its ends: close ours of them (an exited trainer is then an end of file here)."""
+        for fd in self.child_fds():
+            os.close(fd)
+
+    def wait(self, timeout: float | None) -> bool:
+        """Whether the trainer has said it trained (`code` set) or closed its end (it exited) within `timeout` seconds."""
+        if not select.select([self.from_trainer], [], [], timeout)[0]:
+            return False
+        message = os.read(self.from_trainer, 8)  # one write of 8 bytes to a pipe: read whole
+        if len(message) == 8 and message[:4] == TRAINED:
+            self.code = int.from_bytes(message[4:], "little", signed=True)
+        return True
+
+    def worker(self, proc: subprocess.Popen, cap):
+        """The live trainer as the run's scoring worker; the pipes are its to close from here on."""
+        from .scoring import trainer_worker
+
+        fds, self.to_trainer, self.from_trainer = (self.to_trainer, self.from_trainer), -1, -1
+        return trainer_worker(proc, *fds, cap)
+
+    def close(self) -> None:
+        for fd in (self.to_trainer, self.from_trainer):
+            if fd >= 0:
+                os.close(fd)
+        self.to_trainer = self.from_trainer = -1
+
+
+def wait_within_disk(proc: subprocess.Popen, run_dir: Path, disk: int | None, cap=None, link: TrainerLink | None = None) -> str | None:
+    """Wait for the trainer (to exit, or with `link` to say it has trained), measuring its run directory every DISK_POLL_S
+    and once more at the end (with the files its cap's processes hold open after unlinking them); kill it (SIGKILL: bwrap
+    takes the sandbox with it) once that holds more than `disk` bytes or MAX_RUN_ENTRIES entries, or a folder the lab
+    cannot list. Returns why it was killed or is over, or None."""
     from .limits import DISK_POLL_S, MAX_RUN_ENTRIES, disk_use
 
     def over(use) -> str | None:
@@ -147,8 +192,12 @@ def wait_within_disk(proc: subprocess.Popen, run_dir: Path, disk: int | None, ca
         return None
 
     while True:
+        timeout = DISK_POLL_S if disk is not None else None
         try:
-            proc.wait(timeout=DISK_POLL_S if disk is not None else None)
+            if link is None:
+                proc.wait(timeout=timeout)
+            elif not link.wait(timeout):
+                raise subprocess.TimeoutExpired(proc.args, timeout)
         except subprocess.TimeoutExpired:
             why = over(disk_use(run_dir, holders=cap.pids() if cap is not None else ()))
             if why is None:
@@ -308,71 +357,86 @@ def main(spec_path: str, parent_pid: int | None = None) -> int:
     if memory is not None:  # what the run records as the memory it has (the doctor's memory_pressure measures against it)
         env["PRETRAINLAB_MEMORY_CAP_MB"] = str(memory >> 20)
     code = 0
-    if train_cmd is not None and not stopping["flag"]:  # (a SIGTERM before the trainer started has nobody else to stop)
-        from .limits import MAX_OPEN_FILES, RunCap
-
-        # the trainer and all it starts, in a cgroup of their own: the memory and task caps (runners/limits.py)
-        cap = RunCap.create(f"{run_dir.name}-train", memory, tasks, gpus=gpus)
-        print(f"[pretrainlab] caps on the trainer: {cap.how}", file=sys.stderr, flush=True)
-
-        def preexec() -> None:
-            cap.enter()
-            if disk is not None:  # no one file past the disk cap (the total is measured while it runs)
-                resource.setrlimit(resource.RLIMIT_FSIZE, (disk, disk))
-                resource.setrlimit(resource.RLIMIT_NOFILE, (MAX_OPEN_FILES, MAX_OPEN_FILES))  # what the watcher looks through
-            ignore_sigterm()
-            if parent_pid is not None:  # the trainer dies with this process, as bwrap's --die-with-parent makes it in the sandbox
-                die_with_parent(signal.SIGKILL)
-
-        try:
-            proc = subprocess.Popen(box.wrap(train_cmd, code_src=code_src, read_only=read_only,
-                                             writable=[run_dir, *filter(None, [cache])], gpus=gpus),
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env, preexec_fn=preexec)
-            over_disk = wait_within_disk(proc, run_dir, disk, cap)
-            code = proc.returncode
-        finally:
-            cap.remove()
-        # a process of the tree killed while the trainer went on to finish (a helper it started) is no crash of the run
-        failed = code != 0 and not stopping["flag"]
-        if failed and cap.out_of_memory():
-            return out_of_memory(run_dir, cap, "training")
-        if over_disk:
-            crashed_over_cap(run_dir, f"out of disk: {over_disk}; give runs more with --run-disk, or checkpoint less often")
-            return EXIT_OUT_OF_DISK
-        if failed and cap.out_of_tasks():  # its own traceback (a fork or thread that failed) stays below this line
-            crashed_over_cap(run_dir, f"out of tasks: the training reached the run's cap of {tasks:,} processes and threads, "
-                             "and a fork or a new thread failed", keep_error=True)
-    record_lab_code(run_dir, code_src)
-    summary = rundir.read_summary(run_dir)
-    if (stopping["flag"] or not spec.get("score_path") or summary is None or summary.get("status") not in ("ok", "timeout")
-            or not (run_dir / "model.pt").is_file()):
-        return code
-    # 3. score from the lab's side, 4. check the run's claims
-    from ..data import Corpus
-    from .scoring import ScoreRejected, ScoringFailed, ScoringOutOfMemory, score_run
-
-    verdict: dict = {"status": "ok", "reason": None, "reported": {k: summary.get(k) for k in ("val_bpb", "eval_split")}}
-    scored_on = Corpus.open(scoring_corpus(recipe, spec.get("score_data")), verify=False)
+    # a run of the lab's own code is scored by its trainer once it has trained (scoring_worker.after_training): one torch
+    # process for the run, not two. A patched tree's model runs only in workers of its own (runners/scoring.py)
+    link = TrainerLink() if train_cmd is not None and code_src == LAB_SRC and spec.get("score_path") else None
+    cap = trainer = None
     try:
-        if scored_on.manifest["tokenizer"] != Corpus.open(corpus_dir, verify=False).manifest["tokenizer"]:
-            raise ScoreRejected(f"the run trained on {corpus_dir} and is scored on {scored_on.path}, whose tokenizer differs: the "
-                                "lab cannot score it on the campaign's windows; train on a corpus with the campaign's tokenizer")
-        score = score_run(run_dir, code_src, scored_on, seq_len=recipe.model.seq_len,
-                          tokens_per_domain=recipe.eval.tokens_per_domain, batch_rows=recipe.eval.batch_rows,
-                          sandbox=box, threads=threads or int(spec["env"].get("OMP_NUM_THREADS", "1")), gpus=gpus,
-                          env={k: v for k, v in spec["env"].items() if k.startswith("CUDA_")},  # this slot's GPU
-                          memory=memory, tasks=tasks)
-        verdict.update(score)
-        reason = reported_mismatch(summary, score["splits"]) or memorised(score["splits"])
-        if reason:
-            verdict.update(status="rejected", reason=reason)
-    except ScoreRejected as e:
-        verdict.update(status="rejected", reason=str(e))
-    except ScoringOutOfMemory as e:
-        return code if stopping["flag"] else out_of_memory(run_dir, e.cap, "model process the lab scored it with")
-    except ScoringFailed as e:  # no verdict either way: the run stays unscored, and a campaign scores it once more
-        print(f"[pretrainlab] the lab could not score the run: {e}", file=sys.stderr, flush=True)
-        return EXIT_NOT_SCORED
+        if train_cmd is not None and not stopping["flag"]:  # (a SIGTERM before the trainer started has nobody else to stop)
+            from .limits import MAX_OPEN_FILES, RunCap
+
+            # the trainer and all it starts, in a cgroup of their own: the memory and task caps (runners/limits.py)
+            cap = RunCap.create(f"{run_dir.name}-train", memory, tasks, gpus=gpus)
+            print(f"[pretrainlab] caps on the trainer: {cap.how}", file=sys.stderr, flush=True)
+
+            def preexec() -> None:
+                cap.enter()
+                if disk is not None:  # no one file past the disk cap (the total is measured while it runs)
+                    resource.setrlimit(resource.RLIMIT_FSIZE, (disk, disk))
+                    resource.setrlimit(resource.RLIMIT_NOFILE, (MAX_OPEN_FILES, MAX_OPEN_FILES))  # what the watcher looks through
+                ignore_sigterm()
+                if parent_pid is not None:  # the trainer dies with this process, as bwrap's --die-with-parent makes it in the sandbox
+                    die_with_parent(signal.SIGKILL)
+
+            proc = subprocess.Popen(box.wrap(train_cmd + (link.arg() if link else []), code_src=code_src, read_only=read_only,
+                                             writable=[run_dir, *filter(None, [cache])], gpus=gpus),
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env, preexec_fn=preexec,
+                                    pass_fds=link.child_fds() if link else ())
+            if link is not None:
+                link.started()
+            over_disk = wait_within_disk(proc, run_dir, disk, cap, link)
+            if link is not None and link.code is not None and proc.poll() is None and not over_disk:
+                code, trainer = link.code, link.worker(proc, cap)  # trained, and waiting to score the run
+            else:
+                code = proc.wait()
+            # a process of the tree killed while the trainer went on to finish (a helper it started) is no crash of the run
+            failed = code != 0 and not stopping["flag"]
+            if failed and cap.out_of_memory():
+                return out_of_memory(run_dir, cap, "training")
+            if over_disk:
+                crashed_over_cap(run_dir, f"out of disk: {over_disk}; give runs more with --run-disk, or checkpoint less often")
+                return EXIT_OUT_OF_DISK
+            if failed and cap.out_of_tasks():  # its own traceback (a fork or thread that failed) stays below this line
+                crashed_over_cap(run_dir, f"out of tasks: the training reached the run's cap of {tasks:,} processes and threads, "
+                                 "and a fork or a new thread failed", keep_error=True)
+        record_lab_code(run_dir, code_src)
+        summary = rundir.read_summary(run_dir)
+        if (stopping["flag"] or not spec.get("score_path") or summary is None or summary.get("status") not in ("ok", "timeout")
+                or not (run_dir / "model.pt").is_file()):
+            return code
+        # 3. score from the lab's side, 4. check the run's claims
+        from ..data import Corpus
+        from .scoring import ScoreRejected, ScoringFailed, ScoringOutOfMemory, score_run
+
+        verdict: dict = {"status": "ok", "reason": None, "reported": {k: summary.get(k) for k in ("val_bpb", "eval_split")}}
+        scored_on = Corpus.open(scoring_corpus(recipe, spec.get("score_data")), verify=False)
+        try:
+            if scored_on.manifest["tokenizer"] != Corpus.open(corpus_dir, verify=False).manifest["tokenizer"]:
+                raise ScoreRejected(f"the run trained on {corpus_dir} and is scored on {scored_on.path}, whose tokenizer differs: the "
+                                    "lab cannot score it on the campaign's windows; train on a corpus with the campaign's tokenizer")
+            score = score_run(run_dir, code_src, scored_on, seq_len=recipe.model.seq_len,
+                              tokens_per_domain=recipe.eval.tokens_per_domain, batch_rows=recipe.eval.batch_rows,
+                              sandbox=box, threads=threads or int(spec["env"].get("OMP_NUM_THREADS", "1")), gpus=gpus,
+                              env={k: v for k, v in spec["env"].items() if k.startswith("CUDA_")},  # this slot's GPU
+                              memory=memory, tasks=tasks, trainer=trainer)
+            verdict.update(score)
+            reason = reported_mismatch(summary, score["splits"]) or memorised(score["splits"])
+            if reason:
+                verdict.update(status="rejected", reason=reason)
+        except ScoreRejected as e:
+            verdict.update(status="rejected", reason=str(e))
+        except ScoringOutOfMemory as e:
+            return code if stopping["flag"] else out_of_memory(run_dir, e.cap, "model process the lab scored it with")
+        except ScoringFailed as e:  # no verdict either way: the run stays unscored, and a campaign scores it once more
+            print(f"[pretrainlab] the lab could not score the run: {e}", file=sys.stderr, flush=True)
+            return EXIT_NOT_SCORED
+    finally:
+        if trainer is not None:  # (scored, or not to be: closing its pipe ends it with the training's code)
+            trainer.close()
+        if link is not None:
+            link.close()
+        if cap is not None:
+            cap.remove()
     if stopping["flag"]:
         return code
     # 5. the lab's verdict: outside the run (what the campaign trusts), and in summary.json (what people read)

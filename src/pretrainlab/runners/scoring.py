@@ -101,13 +101,8 @@ _LIVE: set = set()  # the workers of this process, for abort_workers
 def abort_workers() -> None:
     """Kill every scoring worker this process has running (a job told to stop: its workers are in sessions of their
     own, so the SIGTERM that stops the job does not reach them, and one may be blocked in experiment code)."""
-    import signal
-
     for worker in list(_LIVE):
-        try:
-            os.killpg(worker.proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
+        worker.kill()
 
 
 def _limit_files() -> None:
@@ -136,13 +131,37 @@ class _Worker:
         # its memory and tasks capped (a cgroup of its own: runners/limits.py), like the trainer's
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env=env,
                                      start_new_session=True, preexec_fn=lambda: (self.cap.enter(), _limit_files()))
+        self.stdin, self.stdout, self.own_session, self.started = self.proc.stdin, self.proc.stdout, True, False
+        self.closed = False
         _LIVE.add(self)
+
+    @classmethod
+    def trainer(cls, proc: subprocess.Popen, to_fd: int, from_fd: int, cap, ends_at: float = float("inf")) -> _Worker:
+        """The trainer of a run of the lab's own code, which serves the protocol on two pipes once it has trained
+        (scoring_worker.after_training): `to_fd` and `from_fd` are the job's ends, now this object's to close. It is in the
+        job's process group (a stop reaches it with the job's), its log is the job's, and its cap the training's."""
+        self = cls.__new__(cls)
+        self.proc, self.cap, self.ends_at, self.deadline = proc, cap or RunCap(None, None), ends_at, 0.0
+        self.stdin, self.stdout = os.fdopen(to_fd, "wb", buffering=0), os.fdopen(from_fd, "rb", buffering=0)
+        self.stderr, self.stderr_path, self.own_session, self.started = None, None, False, False
+        self.closed = False
+        _LIVE.add(self)
+        return self
+
+    def kill(self) -> None:
+        import signal
+
+        try:  # a worker and all it started (its own session), else the trainer's sandbox (bwrap takes its child with it)
+            os.killpg(self.proc.pid, signal.SIGKILL) if self.own_session else self.proc.kill()
+        except OSError:
+            pass
 
     def start(self) -> None:
         """Let it run the experiment's code: until now it has only imported torch and loaded the weights."""
+        self.started = True
         try:
-            self.proc.stdin.write(START)
-            self.proc.stdin.flush()
+            self.stdin.write(START)
+            self.stdin.flush()
         except (BrokenPipeError, OSError):
             pass  # it has exited: the first request says so, with its log
 
@@ -158,7 +177,8 @@ class _Worker:
             # never its output in the reason: the reason reaches the ledger and the strategy's prompt, and a worker that was
             # just sent evaluation windows would print them there for the next proposal to learn by heart
             code = self.proc.wait()
-            where = f"what it printed is in {self.stderr_path} (kept out of this reason: it may hold evaluation text)"
+            where = (f"what it printed is in {self.stderr_path or 'the job log'} (kept out of this reason: it may hold evaluation "
+                     "text)")
             killed = code < 0 or 128 < code <= 128 + 64  # by a signal (bwrap passes its child's on as 128 + n)
             if killed and self.cap.out_of_memory():  # (a worker that exits on its own after a child of its was is no OOM)
                 raise ScoringOutOfMemory(f"the model process ran out of memory while scoring; {where}", self.cap) from None
@@ -178,7 +198,7 @@ class _Worker:
 
     def _write(self, data: bytes) -> None:
         """Send a request within the deadline (a worker that stops reading its input would block a plain write forever)."""
-        fd = self.proc.stdin.fileno()
+        fd = self.stdin.fileno()
         os.set_blocking(fd, False)
         view = memoryview(data)
         while view:
@@ -195,7 +215,7 @@ class _Worker:
 
     def _read(self, n: int) -> bytes:
         buf = bytearray()
-        fd = self.proc.stdout.fileno()
+        fd = self.stdout.fileno()
         while len(buf) < n:
             if not select.select([fd], [], [], max(0.0, self.deadline - time.monotonic()))[0]:
                 raise ScoreRejected(f"the model process did not answer {self._limit()}: it was stopped")
@@ -208,18 +228,27 @@ class _Worker:
     def close(self, abort: bool = False) -> None:
         """Tell the worker to exit and wait for it; `abort` (a pass given up midway, e.g. on a
         failed probe) kills it at once: it may be blocked writing logits nobody will read."""
+        if self.closed:
+            return
+        self.closed = True
         try:
             if not abort:
-                self.proc.stdin.write(np.zeros(2, dtype="<i4").tobytes())
-                self.proc.stdin.close()
+                if self.started:  # (one never started, a trainer the job will not have score, ends at the end of its input)
+                    self.stdin.write(np.zeros(2, dtype="<i4").tobytes())
+                self.stdin.close()
                 self.proc.wait(timeout=30)
         except (BrokenPipeError, OSError, subprocess.TimeoutExpired):
             pass
         if self.proc.poll() is None:
-            self.proc.kill()
+            self.kill()
             self.proc.wait()
         _LIVE.discard(self)
-        self.stderr.close()
+        for f in (self.stdin, self.stdout, self.stderr):
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:
+                    pass
 
 
 def _target_log_probs(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -279,17 +308,22 @@ def sweep_scratch(scratch: Path) -> None:
 def score_run(run_dir: Path, code_src: Path, corpus: Corpus, *, seq_len: int, tokens_per_domain: int, batch_rows: int,
               splits: tuple[str, ...] = ("val", "monitor"), sandbox: Sandbox | None = None, threads: int = 1,
               gpus: bool = False, python: str | None = None, env: dict[str, str] | None = None, memory: int | None = None,
-              tasks: int | None = None) -> dict:
+              tasks: int | None = None, trainer: _Worker | None = None) -> dict:
     """Score the model in run_dir (recipe.json + model.pt) with the code in code_src on each
     split; returns {"splits": {split: {"val_bpb", "domains", "tokens", "bytes"}}, "probes": {...},
     "sandboxed": bool, "seconds": float}. Raises ScoreRejected when a probe fails. `env` adds
     variables for the workers (e.g. the slot's CUDA_VISIBLE_DEVICES); secrets are dropped. `memory` (bytes) and `tasks`
-    cap each worker's process tree (runners/limits.py); ScoringOutOfMemory when a worker is killed at its cap."""
+    cap each worker's process tree (runners/limits.py); ScoringOutOfMemory when a worker is killed at its cap.
+    `trainer` (the lab's own code only: `trainer_worker`): the run's live trainer scores it, no worker is started; it is
+    closed (it exits) whatever happens."""
     import sys
 
     t0 = time.time()
     run_dir = Path(run_dir).resolve()
     sandbox = sandbox or Sandbox.detect()
+    if trainer is not None and Path(code_src).resolve() != LAB_CODE:
+        trainer.close(abort=True)
+        raise ValueError("only a run of the lab's own code is scored by its trainer")
     vocab_min = corpus.tokenizer.vocab_size
     token_bytes = np.asarray(corpus.token_bytes(), dtype=np.float64)
     windows = [(split, d, x, y) for split in splits for d, domain in enumerate(corpus.domains)
@@ -301,6 +335,12 @@ def score_run(run_dir: Path, code_src: Path, corpus: Corpus, *, seq_len: int, to
     probes = [(rng.randrange(len(windows)), rng.randrange(seq_len - 1)) for _ in range(CAUSALITY_PROBES if seq_len > 1 else 0)]
     probes += [(rng.randrange(len(windows)), None) for _ in range(REPLAY_PROBES)]
 
+    if trainer is not None:
+        # (it closes the trainer however it ends: the trainer exits)
+        sums, probes = _both_passes([], {}, run_dir, corpus, windows, probes, rows, vocab_min, token_bytes, splits, rng,
+                                    PROBE_TOL["gpu" if gpus else "cpu"], time.monotonic() + SCORE_TIMEOUT_S, trainer.cap,
+                                    one_worker=True, worker=trainer)
+        return _scored(sums, probes, corpus, sandbox, t0, workers=1, in_trainer=True)
     scratch = run_dir.parent / ".scoring"  # beside the run (a hard link, not a copy), in no sandbox's view, never a run's name
     scratch.mkdir(exist_ok=True)
     sweep_scratch(scratch)
@@ -322,12 +362,22 @@ def score_run(run_dir: Path, code_src: Path, corpus: Corpus, *, seq_len: int, to
         shutil.rmtree(private, ignore_errors=True)
         os.unlink(lock)
         os.close(fd)
+    return _scored(sums, probes, corpus, sandbox, t0, workers=1 if one_worker else 2)
+
+
+def trainer_worker(proc: subprocess.Popen, to_fd: int, from_fd: int, cap=None) -> _Worker:
+    """The live trainer of a run of the lab's own code as its scoring worker (score_run's `trainer`)."""
+    return _Worker.trainer(proc, to_fd, from_fd, cap)
+
+
+def _scored(sums: dict, probes: dict, corpus: Corpus, sandbox: Sandbox, t0: float, workers: int, in_trainer: bool = False) -> dict:
     result = {}
     for split, s in sums.items():
         nats, nbytes = s[:, 0].sum(), int(s[:, 1].sum())
         result[split] = {"val_bpb": bits_per_byte(nats, nbytes), "tokens": int(s[:, 2].sum()), "bytes": nbytes,
                          "domains": {dom: bits_per_byte(s[d, 0], int(s[d, 1])) for d, dom in enumerate(corpus.domains)}}
-    probes["workers"] = 1 if one_worker else 2
+    probes["workers"] = workers
+    probes["in_trainer"] = in_trainer  # the run's own trainer served the logits (the lab's code), no worker was started
     return {"splits": result, "probes": probes, "sandboxed": sandbox.active, "seconds": round(time.time() - t0, 2)}
 
 
@@ -350,13 +400,16 @@ def _score_and_probe(wrapped: list[str], env: dict, run_dir: Path, corpus: Corpu
 
 def _both_passes(wrapped: list[str], env: dict, run_dir: Path, corpus: Corpus, windows: list, probes: list, rows: int,
                  vocab_min: int, token_bytes: np.ndarray, splits: tuple[str, ...], rng: random.Random, tol: float,
-                 ends_at: float, cap: RunCap, one_worker: bool = False) -> tuple[dict, dict]:
+                 ends_at: float, cap: RunCap, one_worker: bool = False, worker: _Worker | None = None) -> tuple[dict, dict]:
     sums = {split: np.zeros((len(corpus.domains), 3)) for split in splits}  # nats, bytes, counted targets
     wanted = {i for i, _ in probes}
     kept: dict[int, np.ndarray] = {}  # row of the scoring pass -> its log-probability of each true next token
     # 1. the scoring worker: every window once, in the secret order (its stderr goes to the run directory, which no
-    # worker sees)
-    worker = _Worker(wrapped, env, run_dir / "scorer.log", ends_at, cap)
+    # worker sees); or the trainer given (one_worker)
+    if worker is None:
+        worker = _Worker(wrapped, env, run_dir / "scorer.log", ends_at, cap)
+    else:
+        worker.ends_at = ends_at
     worker.start()
     # the probe worker starts now, so its start-up (importing torch, reading the weights) overlaps the scoring pass; it
     # runs no experiment code until it is told to start, after the first worker has exited
