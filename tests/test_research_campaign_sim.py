@@ -262,11 +262,16 @@ def test_screens_start_while_the_baseline_runs_and_idle_slot_time_is_explained(s
     from pretrainlab.research.strategies import RandomStrategy
 
     camp = Campaign(ledger, cid, RandomStrategy(), SimulatedRunner(sim.landscape), tmp_path / "w", echo=False)
-    assert camp.base.budget.tokens == 8192 and camp.base.budget.seconds == 0  # --run-budget is the only budget
+    from pretrainlab.recipes import budget_tokens, estimate_flops_per_token
+
+    # --run-budget is the only budget: 8192 tokens of the base recipe's FLOPs (equal compute for every run)
+    assert camp.base.budget.seconds == 0 and camp.base.budget.tokens == 0 and budget_tokens(camp.base) == 8192
+    assert camp.base.budget.flops == 8192 * estimate_flops_per_token(camp.base)
     slowest = max(r["seconds"] for r in camp.results(baseline["id"]).values())
     assert slowest == pytest.approx(1.7 * sim.runners[0].run_s)  # seed 2's
     assert camp.run_timeout(camp.base) == pytest.approx(5 * slowest + 120)
-    assert camp.run_timeout(apply_overrides(camp.base, ["budget.tokens=16384"])) == pytest.approx(10 * slowest + 120)
+    assert camp.run_timeout(apply_overrides(camp.base, [f"budget.flops={2 * camp.base.budget.flops}"])) == pytest.approx(10 * slowest + 120)
+    assert camp.run_timeout(apply_overrides(camp.base, ["budget.tokens=4096"])) == pytest.approx(5 * slowest + 120)  # (at least 5x)
     assert camp.run_timeout(apply_overrides(camp.base, ["budget.seconds=30"])) == 210
 
 

@@ -42,13 +42,13 @@ def choices() -> dict[str, tuple[str, ...]]:
     """The fixed sets of values the faces offer, as the lab's own registries list them: a campaign's strategy, runner,
     decision and goal; a run's status; the parameter count a scaling fit uses."""
     from .ledger.rundir import RUN_STATUSES
-    from .research.config import DECISIONS
+    from .research.config import COMPARE_AT, DECISIONS
     from .research.strategies import STRATEGIES
     from .runners import RUNNERS
     from .scaling.points import PARAM_COUNTS
 
     return {"strategy": ("auto", "claude", "openai", *STRATEGIES), "runner": tuple(RUNNERS), "decision": DECISIONS,
-            "goal": ("val_bpb",), "run_status": tuple(RUN_STATUSES), "params": tuple(PARAM_COUNTS)}
+            "compare_at": COMPARE_AT, "goal": ("val_bpb",), "run_status": tuple(RUN_STATUSES), "params": tuple(PARAM_COUNTS)}
 
 
 def config_fields() -> list[dict]:

@@ -93,6 +93,22 @@ def estimate_params(recipe: Recipe) -> int:
     return m.n_layer * per_layer + padded * m.n_embd + embedding_params(recipe) + 2 * num_ve  # 2: each value embedding's gates
 
 
+def estimate_flops_per_token(recipe: Recipe) -> int:
+    """Training FLOPs per token without building the model: GPT.flops_per_token's formula (6 x the non-embedding
+    parameters + 12 x n_layer x n_embd x seq_len for attention), from estimate_params."""
+    m = recipe.model
+    return 6 * (estimate_params(recipe) - embedding_params(recipe)) + 12 * m.n_layer * m.n_embd * m.seq_len
+
+
+def budget_tokens(recipe: Recipe) -> float:
+    """The tokens a run of `recipe` trains under its token or FLOP budget (the tighter), 0 under a time budget alone."""
+    b = recipe.budget
+    limits = [b.tokens] if b.tokens else []
+    if b.flops:
+        limits.append(b.flops / estimate_flops_per_token(recipe))
+    return min(limits) if limits else 0
+
+
 def embedding_params(recipe: Recipe) -> int:
     """The lookup tables among the parameters (GPT.num_embedding_params): the token embedding
     and the value embeddings. Not the untied lm_head, a matmul that counts in the FLOPs:

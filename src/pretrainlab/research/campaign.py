@@ -47,17 +47,17 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from ..config import Recipe, apply_overrides
+from ..config import Recipe
 from ..errors import UserError
 from ..ledger.rundir import derived_run_id, read_run_dir
 from ..ledger.store import Phase, Role
 from ..train.rundir_lock import lock_holder
-from ..recipes import estimate_params
+from ..recipes import budget_tokens, estimate_flops_per_token, estimate_params
 from ..runners import Job, JobResult, Runner
 from ..rundir import read_json, read_summary, write_json_atomic
 from ..runners.base import OVERHEAD
 from . import decide, early_stop, policy, schedule
-from .config import CampaignConfig  # noqa: F401 (the settings, imported from here too)
+from .config import CampaignConfig, at_rung  # noqa: F401 (the settings, imported from here too)
 from .data_experiments import apply_data_change, check_fixed_data, check_scored_tokens
 from .patches import apply_patch
 from .space import default_space, recipe_diff
@@ -684,7 +684,7 @@ class Campaign:
         inc, _ = self.incumbent()
         prediction = self.predict_transfer(inc, cmp)
         for role, source in (("incumbent", inc), ("candidate", exp)):
-            recipe = apply_overrides(self.recipe_of(source), self.cfg.transfer)
+            recipe = self.at_rung(self.recipe_of(source), inc)
             self.ledger.add_experiment(f"transfer check of {exp['id']}: the {role} at the larger rung", kind=exp["kind"],
                                        proposer="campaign", proposer_type="strategy", campaign_id=self.id,
                                        rationale=f"does the gain ({cmp.effect:+.4f}) hold at {', '.join(self.cfg.transfer)}?",
@@ -700,6 +700,11 @@ class Campaign:
             self.log(f"{exp['id']}: ladder {prediction['ladder']} predicts {prediction['effect']:+.4f} at the larger rung"
                      + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else ""))
 
+    def at_rung(self, recipe: Recipe, inc: dict) -> Recipe:
+        """`recipe` at the transfer rung, budgeted as the campaign's runs are (config.at_rung)."""
+        equal = self.cfg.equal_flops() and bool(self.base.budget.flops)  # (a campaign started before: its base has tokens)
+        return at_rung(recipe, self.cfg.transfer, self.recipe_of(inc), self.base, equal)
+
     def predict_transfer(self, inc: dict, cmp) -> dict | None:
         """The ladder's prediction of a transfer check (None without --transfer-ladder); a ladder
         that cannot be fitted is a note, and the check is measured all the same."""
@@ -710,8 +715,8 @@ class Campaign:
         try:
             if self._predictor is None:
                 self._predictor = TransferPredictor(self._ledger, self.cfg.transfer_ladder)
-            return self._predictor.predict(self.recipe_of(inc), self.cfg.transfer, cmp.mean_incumbent, cmp.effect,
-                                           (cmp.ci_low, cmp.ci_high))
+            return self._predictor.predict(self.recipe_of(inc), self.at_rung(self.recipe_of(inc), inc), cmp.mean_incumbent,
+                                           cmp.effect, (cmp.ci_low, cmp.ci_high))
         except (UserError, ValueError, FloatingPointError) as e:
             self.ledger.add_note(f"no transfer prediction from ladder {self.cfg.transfer_ladder}: {e}", author="campaign", campaign_id=self.id)
             return None
@@ -872,7 +877,7 @@ class Campaign:
         took = [r["seconds"] for r in self.results(base["id"]).values() if r["seconds"]] if base else []
         if not took:
             return None
-        work = lambda r: r.budget.flops or r.budget.tokens * estimate_params(r)
+        work = lambda r: budget_tokens(r) * estimate_flops_per_token(r)  # the FLOPs it trains (the tighter of its budgets)
         return 5 * max(took) * max(1.0, work(recipe) / work(self.base)) + 120
 
     def ask_strategy(self) -> list[dict]:

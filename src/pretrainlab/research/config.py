@@ -82,6 +82,10 @@ class CampaignConfig(Execution):
     run_budget: str = doc("per run: tokens (e.g. 2e6tok, 300ktok: runs compare fairly on a busy machine) or seconds (60s, 5m: "
                           "what a run reaches in that time, throughput included, but a varying load skews seed-matched pairs)",
                           "8e4tok")
+    # under a token budget, a change that widens the model would otherwise win on its extra compute (and be charged one run)
+    compare_at: str = doc("with a token --run-budget, what every run gets the same of: flops (the base recipe's tokens times "
+                          "its FLOPs per token, so a wider model trains fewer tokens: changes compete at equal compute) or "
+                          "tokens (every run trains the same tokens, whatever its model costs)", "flops")
     strategy: str = doc("auto (claude if ANTHROPIC_API_KEY is set, else optuna), claude, openai, optuna, random, manual", "auto")
     seeds: int = doc("replicates for the baseline and each confirmation", 3)
     alpha: float = doc("two-sided significance level of a decision", 0.05)
@@ -133,6 +137,9 @@ class CampaignConfig(Execution):
         if self.decision not in DECISIONS:
             raise UserError(f"--decision {self.decision!r}: use screen (screened moves, confirmed claims: the default), paired "
                             "(seed-matched t-test on every candidate), welch (unpaired), or greedy (single seed, for comparison)")
+        if self.compare_at not in COMPARE_AT:
+            raise UserError(f"--compare-at {self.compare_at!r}: use flops (equal compute per run: the default) or tokens "
+                            "(equal tokens per run)")
         if self.transfer and self.decision == "screen":
             raise UserError("--transfer checks a replicated winner at a larger rung: use it with --decision paired (or welch)")
         if self.screen_noise < 0 or not 0 < self.adopt_p < 1 or self.rung_stop <= 0:
@@ -160,7 +167,34 @@ class CampaignConfig(Execution):
         recipe = resolve_recipe(self.recipe, [*self.overrides, *run_budget_overrides(self.run_budget)])
         if self.early_stop and not recipe.train.eval_every_frac:
             recipe.train.eval_every_frac = 0.5
+        if self.equal_flops():
+            recipe = at_equal_flops(recipe, recipe.budget.tokens, recipe)
         return recipe
+
+    def equal_flops(self) -> bool:
+        """Whether the runs get equal FLOPs: a token run budget turned into the base's FLOPs (compare_at)."""
+        return self.compare_at == "flops" and run_budget_overrides(self.run_budget)[0].startswith("budget.tokens=")
+
+
+def at_rung(recipe: Recipe, transfer: list[str], incumbent: Recipe, base: Recipe, equal_flops: bool) -> Recipe:
+    """`recipe` at a transfer check's larger rung (`transfer` applied). With equal-FLOP runs and no budget of the rung's
+    own in `transfer`, every recipe there gets the FLOPs the incumbent spends there on the campaign's tokens: the larger
+    rung's compute, split equally (the same FLOPs as the small rung would make a larger model train fewer tokens)."""
+    from ..recipes import budget_tokens
+
+    large = apply_overrides(recipe, transfer)
+    if not equal_flops or any(o.split("=", 1)[0].strip().startswith("budget.") for o in transfer):
+        return large
+    return at_equal_flops(large, budget_tokens(base), apply_overrides(incumbent, transfer))
+
+
+def at_equal_flops(recipe: Recipe, tokens: float, reference: Recipe) -> Recipe:
+    """`recipe` with the FLOP budget `reference` spends on `tokens` tokens (and no token budget): a run of a wider model
+    trains fewer tokens, one of a recipe with the reference's shape exactly `tokens` (the trainer counts FLOPs per token
+    as estimate_flops_per_token does)."""
+    from ..recipes import estimate_flops_per_token
+
+    return apply_overrides(recipe, [f"budget.flops={round(tokens) * estimate_flops_per_token(reference)}", "budget.tokens=0"])
 
 
 def check_finite(cfg) -> None:
@@ -225,6 +259,7 @@ def check_run_budget_and_transfer(run_budget: str, transfer: list[str]) -> None:
 
 
 DECISIONS = ("screen", "paired", "welch", "greedy")  # --decision's rules (research/decide.py)
+COMPARE_AT = ("flops", "tokens")  # --compare-at: what runs get equal of under a token run budget
 MAX_RUN_TOKENS = 1e14  # more than any model has been trained on: a run budget beyond it is a typo, and its run never ends
 MAX_RUN_SECONDS = 30 * 86400  # a month per run
 

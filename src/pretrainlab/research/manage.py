@@ -104,7 +104,8 @@ def _create(cfg: CampaignConfig, name: str | None, db: str | None, echo: bool, a
         check_ladder(ledger, cfg.transfer_ladder, base)
     strategy = make_strategy(cfg, ledger, None, echo)
     config = {"campaign": asdict(cfg), "base_recipe": base.to_dict(), **({"started_by": author} if author else {})}
-    campaign_id = ledger.create_campaign(name or f"{base.name} {cfg.strategy}", goal=f"lowest {cfg.goal} per run budget {cfg.run_budget}",
+    campaign_id = ledger.create_campaign(name or f"{base.name} {cfg.strategy}", goal=f"lowest {cfg.goal} per run budget {cfg.run_budget}"
+                                         + (" (at equal FLOPs)" if cfg.equal_flops() else ""),
                                          config=config)
     return ledger, campaign_id, strategy
 

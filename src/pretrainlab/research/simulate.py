@@ -34,6 +34,7 @@ from pathlib import Path
 
 from .. import rundir
 from ..config import Recipe, apply_overrides
+from ..recipes import budget_tokens, estimate_flops_per_token
 from ..runners.base import OVERHEAD, Attempt, Job, JobResult, RunnerEvent, Slots
 from ..runners.sandbox import Sandbox
 
@@ -247,7 +248,7 @@ class SimulatedRunner(Slots):
             if r.rung_at is not None and not r.rung_written and self.now >= r.rung_at and r.reason is None:
                 r.rung_written = True
                 frac = r.recipe.train.eval_every_frac
-                row = {"type": "eval", "step": 1, "tokens": int(frac * r.recipe.budget.tokens), "progress": frac,
+                row = {"type": "eval", "step": 1, "tokens": int(frac * budget_tokens(r.recipe)), "progress": frac,
                        "val_bpb": self.landscape.value(r.recipe, r.seed, rung=True)}
                 rundir.append_rows(r.job.out_dir, [row])
 
@@ -262,10 +263,10 @@ class SimulatedRunner(Slots):
             progress = (r.ends_at - r.started_at) / self.run_s
             finished = r.reason is None
             value = self.landscape.value(r.recipe, r.seed) if finished else None
-            summary = {"status": "ok" if finished else "preempted", "val_bpb": value, "tokens": int(progress * r.recipe.budget.tokens),
-                       "seconds": r.ends_at - r.started_at, "steps": 1}
+            summary = {"status": "ok" if finished else "preempted", "val_bpb": value, "tokens": int(progress * budget_tokens(r.recipe)),
+                       "seconds": r.ends_at - r.started_at, "steps": 1, "flops_per_token": estimate_flops_per_token(r.recipe)}
             if finished:
-                final_row = {"type": "eval", "step": 2, "tokens": r.recipe.budget.tokens, "progress": 1.0, "val_bpb": value}
+                final_row = {"type": "eval", "step": 2, "tokens": int(budget_tokens(r.recipe)), "progress": 1.0, "val_bpb": value}
                 rundir.append_rows(r.job.out_dir, [final_row])
             rundir.write_summary(r.job.out_dir, summary)
             score_path = getattr(r.job, "score_path", None)

@@ -19,6 +19,7 @@ from functools import cached_property
 from pathlib import Path
 
 from ..config import Recipe
+from ..recipes import estimate_flops_per_token
 from ..ledger.store import Phase, Role
 from ..rundir import read_summary
 from . import policy
@@ -47,10 +48,18 @@ def incumbent_id(decisions: list[dict]) -> str | None:
     return kept[-1]["experiment_id"] if kept else None
 
 
-def run_cost(row: dict, base: Recipe, early_stop: bool) -> float:
+def recipe_of(exp: dict, base: Recipe) -> Recipe:
+    """The recipe an experiment's runs train: its change's, else the base."""
+    change = exp["change"] or {}
+    return Recipe.from_dict(change["recipe"]) if "recipe" in change else base
+
+
+def run_cost(row: dict, base: Recipe, early_stop: bool, flops_per_token: float | None = None) -> float:
     """A registered run's share of the budget: 1 for a run that used its budget, the share of
-    its token (or seconds) budget for one that ended early (stopped at a rung). Reads the
-    run's summary, which experiment code wrote: a floor at the first rung keeps it honest."""
+    its token (or seconds, or FLOP) budget for one that ended early (stopped at a rung). Reads the
+    run's summary, which experiment code wrote: a floor at the first rung keeps it honest. Under a
+    FLOP budget its tokens count at `flops_per_token`, the lab's count for the run's recipe (the
+    base's when not given), never the summary's."""
     if row["status"] == "ok" or not row.get("run_dir"):
         return 1.0
     summary = read_summary(Path(row["run_dir"])) or {}
@@ -58,6 +67,8 @@ def run_cost(row: dict, base: Recipe, early_stop: bool) -> float:
     budget, share = base.budget, 1.0
     if budget.tokens and isinstance(summary.get("tokens"), (int, float)):
         share = summary["tokens"] / budget.tokens
+    elif budget.flops and isinstance(summary.get("tokens"), (int, float)):
+        share = summary["tokens"] * (flops_per_token or estimate_flops_per_token(base)) / budget.flops
     elif budget.seconds and isinstance(summary.get("seconds"), (int, float)):
         share = summary["seconds"] / budget.seconds
     # the earliest the lab stops a run is its first rung: a run that claims to have used less counts that much
@@ -95,11 +106,14 @@ class CampaignState:
             if r["experiment_id"]:
                 runs.setdefault(r["experiment_id"], {})[r["seed"] - base.seed] = r  # (a re-registered seed: the oldest row)
         memo = previous.memo if previous is not None else {}
+        by_id = {e["id"]: e for e in experiments}
         costs = []
         for r in rows:  # a run's cost reads its summary unless it ended ok; the same row costs what it cost before
             key = ("cost", r["run_id"], r["status"], r["run_dir"], r["seconds"], r["val_bpb"])  # a re-registered run reads anew
             if key not in memo:
-                memo[key] = run_cost(r, base, cfg.early_stop)
+                exp = by_id.get(r["experiment_id"])
+                fpt = estimate_flops_per_token(recipe_of(exp, base)) if exp is not None and base.budget.flops else None
+                memo[key] = run_cost(r, base, cfg.early_stop, fpt)
             costs.append(memo[key])
         return cls(cfg, base, experiments, decisions, runs, costs, memo=memo)
 
@@ -124,8 +138,7 @@ class CampaignState:
         return [d for d in self.decisions if d["experiment_id"] == exp_id]
 
     def recipe_of(self, exp: dict) -> Recipe:
-        change = exp["change"] or {}
-        return Recipe.from_dict(change["recipe"]) if "recipe" in change else self.base
+        return recipe_of(exp, self.base)
 
     def change_groups_of(self, exp: dict) -> frozenset[str]:
         """The groups of keys the experiment's recipe changes from the base (policy.change_groups)."""

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..config import Recipe, apply_overrides
+from ..config import Recipe
 from ..errors import UserError
+from ..recipes import budget_tokens
 from ..scaling import law
 from ..scaling.transfer import predict_transfer
 from .ladder import count_params, find_ladder, ladder_points
@@ -29,7 +30,7 @@ def check_ladder(ledger, ref: str, base: Recipe) -> dict:
     if len(points) < MIN_POINTS:
         raise UserError(f"ladder {row['id']} has {len(points)} finished runs; predicting transfer needs at least {MIN_POINTS} "
                         f"(`pretrainlab scaling ladder --resume {row['id']}` to finish it)")
-    if not base.budget.tokens:
+    if not budget_tokens(base):
         raise UserError("--transfer-ladder predicts from tokens trained: give the campaign a token budget, e.g. --run-budget 80ktok")
     return row
 
@@ -45,12 +46,13 @@ class TransferPredictor:
         boot = law.bootstrap_law(points.n, points.d, points.loss, fit, BOOTSTRAP, np.random.default_rng(0))
         self.thetas = np.vstack([fit.theta[None, :], boot]) if len(boot) else fit.theta[None, :]
 
-    def predict(self, incumbent: Recipe, transfer: list[str], incumbent_mean: float, effect: float,
+    def predict(self, incumbent: Recipe, large: Recipe, incumbent_mean: float, effect: float,
                 effect_ci: tuple[float, float] | None = None) -> dict:
-        large = apply_overrides(incumbent, transfer)
-        if not incumbent.budget.tokens or not large.budget.tokens:
-            return {"effect": None, "note": "no token budget: the ladder's law is in tokens", "ladder": self.row["id"]}
-        small_nd = (count_params(incumbent, self.kind), incumbent.budget.tokens)
-        large_nd = (count_params(large, self.kind), large.budget.tokens)
+        """The check of a gain measured on `incumbent`'s rung, at `large` (the incumbent at the larger rung)."""
+        small_d, large_d = budget_tokens(incumbent), budget_tokens(large)
+        if not small_d or not large_d:
+            return {"effect": None, "note": "no token or FLOP budget: the ladder's law is in tokens", "ladder": self.row["id"]}
+        small_nd = (count_params(incumbent, self.kind), small_d)
+        large_nd = (count_params(large, self.kind), large_d)
         return {**predict_transfer(self.thetas, small_nd, large_nd, incumbent_mean, effect, effect_ci=effect_ci), "ladder": self.row["id"],
                 "params": self.kind}
