@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pretrainlab import api, rundir
 from pretrainlab.ledger import Ledger
+from pretrainlab.recipes import budget_tokens
 from pretrainlab.research.campaign import Campaign, CampaignConfig
 from pretrainlab.research.manage import make_strategy
 from pretrainlab.research.simulate import Landscape, SimulatedRunner
@@ -85,7 +86,7 @@ class PacedRunner(SimulatedRunner):
             done = self.steps_written.get(key, 0)
             if upto > done:
                 final = self.landscape.value(r.recipe, r.seed) * math.log(2)  # nats per byte
-                per_step = r.recipe.budget.tokens // NUM_STEPS
+                per_step = int(budget_tokens(r.recipe)) // NUM_STEPS
                 rundir.append_rows(r.job.out_dir, [train_row(step, per_step, final, r.seed) for step in range(done + 1, upto + 1)])
                 self.steps_written[key] = upto
 
