@@ -136,6 +136,19 @@ def test_state_summary_is_bounded_on_long_campaigns():
     assert len(summary) < 10_000 and "2000 experiments so far" in summary
 
 
+def test_state_summary_tells_the_model_every_run_gets_the_same_flops():
+    from pretrainlab.research.config import CampaignConfig
+
+    base = CampaignConfig(run_budget="8e4tok").base_recipe()  # equal FLOPs per run: the default
+    with FakeServer([message([text("ok")], "end_turn"), message([text("ok")], "end_turn")]) as server:
+        strategy(server, []).propose(CampaignView(base=base, incumbent=base, space=default_space(base), incumbent_value=2.75,
+                                                  history=[]), 1)
+        strategy(server, []).propose(view(), 1)  # a recipe on its own token budget: nothing said
+    equal, plain = (r["body"]["messages"][0]["content"][0]["text"] for r in server.requests)
+    assert f"{base.budget.flops:.4g} training FLOPs (80,000 tokens" in equal and "trains proportionally fewer tokens" in equal
+    assert "training FLOPs" not in plain
+
+
 def test_state_summary_says_why_the_lab_rejected_an_experiment():
     history = [{"id": "e1", "kind": "code", "patch": True, "value": None, "verdict": "discard",
                 "rejected": "non-causal model: its logits at position 3 changed"}]

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UserError
+from ..recipes import budget_tokens
 from .strategies import CampaignView, Proposal, Strategy
 from .tool_inputs import ToolInput, input_schema, parse
 
@@ -138,6 +139,11 @@ def state_summary(view: CampaignView, n: int, max_rows: int = 25) -> str:
     """The campaign as the model sees it: bounded, whatever the campaign's length."""
     lines = [f"Incumbent recipe: {view.incumbent.name} (hash {view.incumbent.hash()}), mean val_bpb "
              f"{'not yet known (the baseline is still running)' if view.incumbent_value is None else f'{view.incumbent_value:.4f}'}."]
+    budget = view.incumbent.budget
+    if budget.flops and not budget.tokens and not budget.seconds:  # equal FLOPs per run (research/config.py, at_equal_flops)
+        lines.append(f"Every run gets the same compute: {budget.flops:.4g} training FLOPs ({budget_tokens(view.incumbent):,.0f} tokens "
+                     f"for the incumbent's model). A change that adds FLOPs per token (wider, deeper, a longer context) "
+                     "trains proportionally fewer tokens, so it must win at equal compute.")
     noise = next((h for h in reversed(view.history) if h.get("noise_floor")), None)
     if noise:
         lines.append(f"Noise floor (seed std of the incumbent): {noise['noise_floor']:.4f} bpb.")
