@@ -69,3 +69,19 @@ def test_a_transfer_rung_splits_its_larger_compute_equally():
     explicit = at_rung(inc, [*cfg.transfer, "budget.flops=1e13"], inc, base, True)  # a rung's own budget is kept
     assert explicit.budget.flops == 1e13
     assert at_rung(inc, cfg.transfer, inc, base, False).budget.flops == base.budget.flops  # (equal tokens: as given)
+
+
+def test_the_flops_are_counted_with_the_corpus_vocabulary_not_the_tokenizers_name(tmp_path):
+    """A prepared BPE corpus given by path keeps data.tokenizer's default 'byte': the trainer takes the vocabulary from
+    the corpus, and so must the FLOP budget, or the base trains fewer tokens than the run budget says."""
+    corpus = tmp_path / "bpe"
+    corpus.mkdir()
+    (corpus / "manifest.json").write_text(json.dumps({"tokenizer": {"name": "bpe4096", "vocab_size": 4096, "eot_id": 0}}))
+    cfg = CampaignConfig(recipe="tiny-cpu", overrides=[f"data.corpus={corpus}"], run_budget="8e4tok")
+    base = cfg.base_recipe()
+    assert base.data.tokenizer == "byte" and base.model.vocab_size == 4096
+    assert budget_tokens(base) == 80_000 and base.budget.flops == 80_000 * estimate_flops_per_token(base)
+    assert estimate_flops_per_token(base) > estimate_flops_per_token(apply_overrides(base, ["model.vocab_size=256"]))
+    # not prepared yet: the tokenizer's name says it, and nothing is pinned
+    missing = CampaignConfig(recipe="tiny-cpu", overrides=[f"data.corpus={tmp_path / 'none'}"], run_budget="8e4tok").base_recipe()
+    assert missing.model.vocab_size is None and budget_tokens(missing) == 80_000

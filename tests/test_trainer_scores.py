@@ -1,6 +1,7 @@
 """A run of the lab's own code is scored by its trainer once it has trained (scoring_worker.after_training): the
 protocol on the job's two pipes, what the trainer does when the job will not score it, and the real runner's path."""
 
+import json
 import os
 import signal
 import struct
@@ -97,8 +98,49 @@ def test_a_run_that_did_not_train_to_the_end_says_its_code_and_exits(tmp_path, c
 
 
 def test_a_bad_score_fds_is_one_line(tmp_path, corpus_dir):
-    for bad in ("5", "x,y", "900,901"):
+    for bad in ("5", "x,y", "900,901", "0,1"):  # (the standard streams: a person's terminal, never the job's pipes)
         res = subprocess.run([sys.executable, "-m", "pretrainlab", "train", "--recipe", "tiny-cpu", "--out", str(tmp_path / "r"),
                               "--score-fds", bad], capture_output=True, text=True, timeout=60)
         assert res.returncode == 2 and res.stderr.count("\n") == 1 and "--score-fds" in res.stderr, res.stderr
         assert not (tmp_path / "r").exists()
+
+
+DISK_AT_END = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from conftest import tiny_overrides
+from pretrainlab.runners import job, limits
+from pretrainlab.runners.base import Job
+from pretrainlab.runners.local import LocalRunner
+
+root = Path({root!r})
+runner = LocalRunner(num_slots=1, log_dir=root / "logs")
+spec = runner._spec(Job("plain", "tiny-cpu", root / "runs" / "plain", tiny_overrides(Path({corpus!r}), **{{"budget.seconds": 0,
+                    "budget.tokens": 4096}}), score_path=root / "scores" / "plain.json"), 1, False, {{}})
+(root / "spec.json").write_text(json.dumps(spec))
+real = limits.disk_use
+
+
+def disk_use(path, *args, **kwargs):  # as if the trainer wrote past its cap in its last second: seen only at the end
+    use = real(path, *args, **kwargs)
+    if not kwargs.get("holders") and (Path(path) / "summary.json").exists():
+        use.bytes += 10 << 30
+    return use
+
+
+limits.disk_use = disk_use
+job.run_caps = lambda spec, run_dir: (None, 1 << 30, None)
+sys.exit(job.main(str(root / "spec.json")))
+"""
+
+
+def test_a_trainer_found_over_its_disk_cap_after_training_is_not_waited_for_forever(tmp_path, corpus_dir):
+    """The trainer has said it trained and waits for the job's word; the job's last look finds the run over its disk cap:
+    the run crashes out of disk at once (the job once waited for the trainer's exit while the trainer waited for it)."""
+    code = DISK_AT_END.format(tests=str(ROOT / "tests"), root=str(tmp_path), corpus=str(corpus_dir))
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert res.returncode == 7, res.stderr[-2000:]  # EXIT_OUT_OF_DISK
+    summary = json.loads((tmp_path / "runs" / "plain" / "summary.json").read_text())
+    assert summary["status"] == "crashed" and "out of disk" in summary["error"] and not (tmp_path / "scores" / "plain.json").exists()

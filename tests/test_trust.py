@@ -572,7 +572,12 @@ def test_a_worker_killed_from_outside_is_no_verdict_but_one_that_exits_is_a_reje
 
     for code, expected, fragment in (("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)", scoring.ScoringFailed, "signal 9"),
                                      ("import sys\nsys.exit(137)", scoring.ScoringFailed, "signal 9"),  # bwrap's way to say it
-                                     ("import sys\nsys.exit(3)", scoring.ScoreRejected, "exit 3")):
+                                     ("import sys\nsys.exit(3)", scoring.ScoreRejected, "exit 3"),
+                                     # killed midway through its answer (a header and part of a row): the same verdicts
+                                     ("import os, signal, struct\nos.write(1, struct.pack('<3i', 1, 8, 256) + bytes(100))\n"
+                                      "os.kill(os.getpid(), signal.SIGKILL)", scoring.ScoringFailed, "signal 9"),
+                                     ("import os, struct, sys\nos.write(1, struct.pack('<3i', 1, 8, 256) + bytes(100))\nsys.exit(3)",
+                                      scoring.ScoreRejected, "exit 3")):
         worker = scoring._Worker([sys.executable, "-c", f"import sys\nsys.stdin.buffer.read(8 + 4 * 8)\n{code}"],
                                  {"PATH": os.environ["PATH"]}, tmp_path / "w.log")
         with pytest.raises(expected, match=fragment):

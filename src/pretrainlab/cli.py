@@ -39,6 +39,7 @@ import argparse
 import json
 import os
 import re
+import stat
 import sys
 from pathlib import Path
 
@@ -349,11 +350,12 @@ def cmd_train(args) -> int:
             if len(fds) != 2:
                 raise ValueError
             for fd in fds:
-                os.fstat(int(fd))
+                if int(fd) < 3 or not stat.S_ISFIFO(os.fstat(int(fd)).st_mode):
+                    raise ValueError
                 os.set_inheritable(int(fd), False)  # this process's alone: nothing it starts holds the job's pipes open
         except (ValueError, OSError):
-            raise UserError(f"--score-fds {args.score_fds!r}: two open file descriptors R,W are expected (it is the lab's job "
-                            "process's flag: leave it out)") from None
+            raise UserError(f"--score-fds {args.score_fds!r}: two pipes R,W other than the standard streams are expected (it is "
+                            "the lab's job process's flag: leave it out)") from None
     run_dir, summary = api.train_run(args.recipe, args.overrides, args.out, args.resume, echo=True, db=args.db,
                                      ledger=not args.no_ledger, log_to=args.log_to)
     if args.json:

@@ -168,7 +168,7 @@ class CampaignConfig(Execution):
         if self.early_stop and not recipe.train.eval_every_frac:
             recipe.train.eval_every_frac = 0.5
         if self.equal_flops():
-            recipe = at_equal_flops(recipe, recipe.budget.tokens, recipe)
+            recipe = at_equal_flops(with_corpus_vocab(recipe), recipe.budget.tokens, None)
         return recipe
 
     def equal_flops(self) -> bool:
@@ -188,13 +188,37 @@ def at_rung(recipe: Recipe, transfer: list[str], incumbent: Recipe, base: Recipe
     return at_equal_flops(large, budget_tokens(base), apply_overrides(incumbent, transfer))
 
 
-def at_equal_flops(recipe: Recipe, tokens: float, reference: Recipe) -> Recipe:
-    """`recipe` with the FLOP budget `reference` spends on `tokens` tokens (and no token budget): a run of a wider model
-    trains fewer tokens, one of a recipe with the reference's shape exactly `tokens` (the trainer counts FLOPs per token
-    as estimate_flops_per_token does)."""
+def at_equal_flops(recipe: Recipe, tokens: float, reference: Recipe | None) -> Recipe:
+    """`recipe` with the FLOP budget `reference` (default: `recipe`) spends on `tokens` tokens (and no token budget): a run
+    of a wider model trains fewer tokens, one of a recipe with the reference's shape exactly `tokens` (the trainer counts
+    FLOPs per token as estimate_flops_per_token does, with the corpus's vocabulary: with_corpus_vocab)."""
     from ..recipes import estimate_flops_per_token
 
-    return apply_overrides(recipe, [f"budget.flops={round(tokens) * estimate_flops_per_token(reference)}", "budget.tokens=0"])
+    fpt = estimate_flops_per_token(reference or recipe)
+    return apply_overrides(recipe, [f"budget.flops={round(tokens) * fpt}", "budget.tokens=0"])
+
+
+def with_corpus_vocab(recipe: Recipe) -> Recipe:
+    """`recipe` with model.vocab_size set to its corpus's vocabulary, as the trainer sets it, when it is unset and the
+    corpus is prepared: the FLOP count of a recipe whose data.tokenizer does not name its corpus's tokenizer (a prepared
+    BPE corpus given by path, with the default 'byte') would otherwise use the wrong vocabulary."""
+    import json
+
+    if recipe.model.vocab_size is not None:
+        return recipe
+    if recipe.data.corpus == "builtin":
+        from ..data import builtin_corpus_dir
+
+        path = builtin_corpus_dir(recipe.data.tokenizer.replace(":", ""))
+    else:
+        path = Path(recipe.data.corpus).expanduser()
+    try:
+        vocab = json.loads((path / "manifest.json").read_text())["tokenizer"]["vocab_size"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return recipe  # not prepared yet: the tokenizer's name says it (the trainer checks the corpus when it starts)
+    if not isinstance(vocab, int) or isinstance(vocab, bool) or not 0 < vocab <= 1 << 21:
+        return recipe
+    return apply_overrides(recipe, [f"model.vocab_size={vocab}"])
 
 
 def check_finite(cfg) -> None:

@@ -109,7 +109,9 @@ class Landscape:
     def value(self, recipe: Recipe, seed: int, rung: bool = False) -> float:
         """One run's val_bpb (final, or at the half-budget rung)."""
         d = {k: v for k, v in recipe.to_dict().items() if k not in ("name", "seed", "budget", "train")}
-        d["model"] = {k: v for k, v in d["model"].items() if k != "residual_dtype"}  # precision, not a recipe the landscape knows
+        # precision, and the vocabulary (the corpus's, pinned in a base recipe by research.config.with_corpus_vocab): not a
+        # recipe the landscape knows
+        d["model"] = {k: v for k, v in d["model"].items() if k != "residual_dtype"} | {"vocab_size": None}
         key = json.dumps(d, sort_keys=True) + str(recipe.train.batch_tokens)
         tag = f"{self.seed}/{seed}/{'rung' if rung else 'final'}"
         offset = _normal(f"offset/{tag}") * (self.rung_seed_std if rung else self.seed_std)

@@ -388,6 +388,8 @@ def main(spec_path: str, parent_pid: int | None = None) -> int:
             if link is not None and link.code is not None and proc.poll() is None and not over_disk:
                 code, trainer = link.code, link.worker(proc, cap)  # trained, and waiting to score the run
             else:
+                if link is not None:  # (a trainer over its disk cap that has trained waits for a word: the end of its input)
+                    link.close()
                 code = proc.wait()
             # a process of the tree killed while the trainer went on to finish (a helper it started) is no crash of the run
             failed = code != 0 and not stopping["flag"]

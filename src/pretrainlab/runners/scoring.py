@@ -174,27 +174,35 @@ class _Worker:
             self._write(np.array([rows, seq_len], dtype="<i4").tobytes() + x.astype("<i4").tobytes())
             head = np.frombuffer(self._read(12), dtype="<i4")
         except (BrokenPipeError, EOFError):
-            # never its output in the reason: the reason reaches the ledger and the strategy's prompt, and a worker that was
-            # just sent evaluation windows would print them there for the next proposal to learn by heart
-            code = self.proc.wait()
-            where = (f"what it printed is in {self.stderr_path or 'the job log'} (kept out of this reason: it may hold evaluation "
-                     "text)")
-            killed = code < 0 or 128 < code <= 128 + 64  # by a signal (bwrap passes its child's on as 128 + n)
-            if killed and self.cap.out_of_memory():  # (a worker that exits on its own after a child of its was is no OOM)
-                raise ScoringOutOfMemory(f"the model process ran out of memory while scoring; {where}", self.cap) from None
-            if killed:
-                raise ScoringFailed(f"the model process was killed by signal {-code if code < 0 else code - 128} while "
-                                    f"scoring; {where}") from None
-            raise ScoreRejected(f"the model process exited while scoring (exit {code}); {where}") from None
+            self._ended()
         if head[0] != rows or head[1] != seq_len or not vocab_min <= head[2] <= min(MAX_VOCAB, vocab_min + VOCAB_SLACK):
             raise ScoreRejected(f"the model returned logits of shape {tuple(int(v) for v in head)} for a [{rows}, {seq_len}] "
                                 f"batch (a vocabulary of at least {vocab_min} expected)")
         vocab = int(head[2])
         for _ in range(rows):
-            row = np.frombuffer(self._read(4 * seq_len * vocab), dtype="<f4").reshape(seq_len, vocab)
+            try:
+                raw = self._read(4 * seq_len * vocab)
+            except EOFError:  # (gone midway through its answer: the same verdicts as before it)
+                self._ended()
+            row = np.frombuffer(raw, dtype="<f4").reshape(seq_len, vocab)
             if not np.isfinite(row).all():
                 raise ScoreRejected("the model returned non-finite logits (NaN or Inf)")
             yield row
+
+    def _ended(self) -> None:
+        """The worker's end of the stream closed: raise why (out of memory, killed, or exited: a rejection)."""
+        # never its output in the reason: the reason reaches the ledger and the strategy's prompt, and a worker that was
+        # just sent evaluation windows would print them there for the next proposal to learn by heart
+        code = self.proc.wait()
+        where = (f"what it printed is in {self.stderr_path or 'the job log'} (kept out of this reason: it may hold evaluation "
+                 "text)")
+        killed = code < 0 or 128 < code <= 128 + 64  # by a signal (bwrap passes its child's on as 128 + n)
+        if killed and self.cap.out_of_memory():  # (a worker that exits on its own after a child of its was is no OOM)
+            raise ScoringOutOfMemory(f"the model process ran out of memory while scoring; {where}", self.cap) from None
+        if killed:
+            raise ScoringFailed(f"the model process was killed by signal {-code if code < 0 else code - 128} while "
+                                f"scoring; {where}") from None
+        raise ScoreRejected(f"the model process exited while scoring (exit {code}); {where}") from None
 
     def _write(self, data: bytes) -> None:
         """Send a request within the deadline (a worker that stops reading its input would block a plain write forever)."""
