@@ -90,6 +90,23 @@ def test_over_mcp_files_outside_the_workspace_stay_unread_and_errors_are_masked(
     assert [c["id"] for c in api.research_status(db=db)] == [cid]  # nothing was started
 
 
+def test_over_mcp_a_campaign_trains_only_on_a_corpus_in_reach(lab, tmp_path, corpus_dir):
+    """A prepared corpus outside the workspace and the corpus home, named by an override or by a recipe file in the
+    workspace, is refused before anything starts (its documents would come back through the runs' samples)."""
+    workspace, home, db, cid = lab
+    outside = tmp_path / "elsewhere"
+    outside.symlink_to(corpus_dir)  # a real prepared corpus, out of reach
+    (workspace / "sneaky.json").write_text(json.dumps({"data": {"corpus": str(outside)}}))
+    results = _calls(workspace, home, db, [
+        ("research_start", {"overrides": [f"data.corpus={outside}"]}),
+        ("research_start", {"overrides": [f"data.corpus = {outside}"]}),
+        ("research_start", {"recipe": "sneaky.json"}),
+    ])
+    for result in results:
+        assert result.is_error and "over MCP a campaign trains on 'builtin' or a prepared corpus inside" in _text(result), _text(result)
+    assert [c["id"] for c in api.research_status(db=db)] == [cid]  # nothing was started
+
+
 def test_a_tokenizer_is_a_name_never_a_path(tmp_path, monkeypatch):
     (tmp_path / "corpus" / "builtin-byte").mkdir(parents=True)
     monkeypatch.setenv("PRETRAINLAB_HOME", str(tmp_path))

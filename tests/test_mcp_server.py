@@ -10,6 +10,7 @@ loopback the HTTP server wants its bearer token."""
 import asyncio
 import json
 import os
+import shutil
 import re
 import signal
 import subprocess
@@ -240,7 +241,8 @@ def test_a_real_campaign_started_over_http_and_watched_over_stdio(corpus_dir, le
     """research_start returns at once; the loop runs in a background process that outlives the
     server that started it; another client polls it to the end over stdio."""
     workspace = ledger_workspace
-    settings = {"recipe": "tiny-cpu", "overrides": tiny_overrides(corpus_dir), "run_budget": "2048tok", "budget_runs": 2, "seeds": 1,
+    shutil.copytree(corpus_dir, workspace / "corpus")  # over MCP a campaign's corpus lies in the workspace or the corpus home
+    settings = {"recipe": "tiny-cpu", "overrides": tiny_overrides(workspace / "corpus"), "run_budget": "2048tok", "budget_runs": 2, "seeds": 1,
                 "parallel": 1, "decision": "greedy", "strategy": "random", "early_stop": False, "name": "over mcp"}
 
     async def start(url):

@@ -178,6 +178,23 @@ def as_arguments(text: str, arguments: set[str]) -> str:
     return FLAG.sub(name, text)
 
 
+def corpus_override_in_reach(recipe: str, overrides: list[str]) -> list[str]:
+    """research_start's overrides, with the corpus its recipe trains on (from the overrides or the recipe file) checked as
+    corpus_in_reach checks a corpus and pinned by its resolved path: a client could otherwise train a campaign on a
+    prepared corpus anywhere on the server, and read its documents back through the runs' samples and reports."""
+    corpus = api.resolve_recipe(recipe, overrides).data.corpus
+    if corpus == "builtin":
+        return overrides
+    try:
+        where = corpus_in_reach(corpus)  # (a name: a corpus in the corpus home)
+    except UserError:
+        where = None
+    if where is None:
+        raise UserError(f"data.corpus {corpus[:200]!r}: over MCP a campaign trains on 'builtin' or a prepared corpus inside the "
+                        f"workspace ({api.workspace()}) or the corpus home ({api.corpus_home()})")
+    return [*overrides, f"data.corpus={where}"]
+
+
 def recipe_in_reach(recipe: str) -> str:
     """research_start's recipe: a name, or a recipe.json inside the workspace (relative paths from
     there, links followed). Any other file is refused before it is opened: over HTTP anyone holding
@@ -343,6 +360,7 @@ def build_server(db: str | None = None):
                                 f"spend caps can only be lowered; a person raises them with `pretrainlab research resume ID "
                                 f"--{cap.replace('_', '-')} N`")
         recipe, overrides = call(recipe_in_reach, settings.pop("recipe")), settings.pop("overrides")
+        overrides = call(corpus_override_in_reach, recipe, list(overrides or []))
         return call(api.research_launch, recipe, overrides, author=client_author(ctx), name=name, db=db, **settings)
 
     tool()(_with_campaign_settings(research_start))
