@@ -9,6 +9,10 @@ TORCH ?= torch==2.13.0
 # pytest-xdist workers for `make test`: the suite waits on subprocesses much of the time, so two
 # workers on two cores roughly halve its wall time (`make test TEST_WORKERS=0` runs it in one process)
 TEST_WORKERS ?= 2
+# Triton, for its interpreter only: tests/test_kernels.py runs model/kernels.py's CUDA kernels on CPU
+# tensors with it. Kept in a folder of its own, off the venv's path, so no other process imports it
+# (CUDA builds of torch bring their own Triton; this one never meets them).
+TRITON ?= triton==3.6.0
 
 .PHONY: setup demo test bench slurm slurm-stop clean
 
@@ -19,6 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[dev,data,pg,ray,slurm]"
+	$(PY) -m pip install -q --no-deps --target $(VENV)/triton-interpret "$(TRITON)"
 	touch $@
 
 # The main job on embedded defaults: a short real research campaign on tiny-cpu (optuna

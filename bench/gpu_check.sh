@@ -2,7 +2,8 @@
 # The GPU checks, in one pass, on a machine with one CUDA device:
 #   0. bench/gpu_probe.py: attention kernels alone and in the compiled model, and a profile of one step
 #   1. the real trainer on autoresearch-50m (bf16 autocast + torch.compile; ATTN sets train.attention, default auto),
-#      then the doctor on that run; `train124`: the trainer on gpt2-124m
+#      then the doctor on that run; `traintorch`: the same run with train.kernels=torch (the plain ops for
+#      QK-norm + RoPE instead of model/kernels.py's Triton kernels); `train124`: the trainer on gpt2-124m
 #   2. a 4-run research campaign on `small` with --gpus 0: training and the lab's scoring in the
 #      sandbox with the GPU passed through
 #   3. bench/throughput.py on autoresearch-50m and gpt2-124m (MFU against the vendor peak)
@@ -48,6 +49,8 @@ has probe && step probe "${PROBE_LIMIT:-240}" $PY bench/gpu_probe.py --seconds "
 cp bench/results/gpu-probe-*.json "$OUT/" 2>/dev/null
 has train && step train-ar50m 150 $PY -m pretrainlab train --recipe autoresearch-50m --set budget.seconds="${TRAIN_SECONDS:-30}" \
     --set train.attention="$ATTN" --out "$OUT/ws/runs/ar50m" --json
+has traintorch && step train-ar50m-torch 150 $PY -m pretrainlab train --recipe autoresearch-50m --set budget.seconds="${TRAIN_SECONDS:-30}" \
+    --set train.attention="$ATTN" --set train.kernels=torch --out "$OUT/ws/runs/ar50m-torch" --json
 has doctor && step doctor-ar50m 40 $PY -m pretrainlab doctor "$OUT/ws/runs/ar50m" --json
 has campaign && step campaign-small "${CAMPAIGN_LIMIT:-170}" $PY -m pretrainlab research start --recipe small --gpus 0 \
     --parallel 1 --budget-runs 4 --seeds 2 --run-budget 10s --strategy random --name gpu-smoke --json

@@ -8,8 +8,15 @@
 A run is named KERNEL[+OPTION...]: bf16res keeps the residual stream in bf16 (model.residual_dtype),
 f32res in fp32 (otherwise the recipe's),
 cdt turns on inductor's coordinate-descent tuning of its generated kernels, maxat compiles with
-mode max-autotune-no-cudagraphs, mb2x doubles the micro-batch (half the accumulation steps).
+mode max-autotune-no-cudagraphs, mb2x doubles the micro-batch (half the accumulation steps),
+torch runs QK-norm + RoPE and the soft-capped loss as plain ops compiled by inductor instead of
+model/kernels.py's Triton kernels (train.kernels=torch), torchqk only the first, torchce only the
+loss, ropebf16 keeps the rotary tables in bf16 (so the plain rotation
+stays in bf16 instead of promoting to fp32).
 
+0. QK-norm + RoPE alone (autoresearch-50m's queries: micro-batch x seq x heads x head_dim, bf16):
+   model/kernels.py's fused kernels against the plain ops compiled, forward + backward, and the
+   largest difference between them (outputs and input gradients).
 1. Attention alone: scaled_dot_product_attention forward + backward at the recipe's micro-batch
    shape (bf16, causal), per kernel: ms, achieved TFLOP/s (causal work: half the square), and the
    largest difference of its output and input gradients from the flash kernel's.
@@ -44,7 +51,7 @@ from pretrainlab.train.optim import Muon, build_optimizers
 from pretrainlab.train.telemetry import device_name, peak_flops
 
 FAMILIES = [("attention", r"flash|fmha|attention|cudnn|sdpa"), ("matmul", r"gemm|cutlass|nvjet|xmma|cublas|sm90_|wgmma"),
-            ("fused (Triton)", r"^triton_"), ("optimizer", r"adam|foreach|multi_tensor")]
+            ("fused (Triton)", r"^triton_"), ("hand-written (Triton)", r"^_rope_norm|^_softcap_ce"), ("optimizer", r"adam|foreach|multi_tensor")]
 
 
 def attention_alone(rows: int, heads: int, seq: int, head_dim: int, reps: int = 20) -> list[dict]:
@@ -78,7 +85,57 @@ def attention_alone(rows: int, heads: int, seq: int, head_dim: int, reps: int = 
     return out
 
 
-OPTIONS = ("bf16res", "f32res", "cdt", "maxat", "mb2x")
+OPTIONS = ("bf16res", "f32res", "cdt", "maxat", "mb2x", "torch", "torchqk", "torchce", "ropebf16")
+
+
+def ce_check(rows: int, vocab: int, padded: int, cap: float) -> dict:
+    """model/kernels.py's soft-capped cross-entropy against the plain ops (fp32 from bf16 logits), on the GPU."""
+    from pretrainlab.model import kernels
+    g = torch.Generator(device="cuda").manual_seed(0)
+    z = (torch.randn(rows, padded, device="cuda", generator=g) * 10).bfloat16().requires_grad_()
+    y = torch.randint(0, vocab, (rows,), device="cuda", generator=g)
+    dl = torch.rand(rows, device="cuda", generator=g)
+    fused = kernels.softcap_cross_entropy(z, y, vocab, cap)
+    fused.backward(dl)
+    gf, z.grad = z.grad.float(), None
+    plain = F.cross_entropy(cap * torch.tanh(z[:, :vocab].float() / cap), y, reduction="none")
+    plain.backward(dl)
+    return {"rows": rows, "vocab": vocab, "loss max diff": (fused - plain).abs().max().item(),
+            "grad max diff": (gf - z.grad.float()).abs().max().item(), "grad max": z.grad.float().abs().max().item()}
+
+
+def qk_alone(rows: int, seq: int, heads: int, head_dim: int, reps: int = 20) -> dict:
+    from pretrainlab.model import kernels
+    from pretrainlab.model.gpt import apply_rope
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(rows, seq, heads, head_dim, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+    dy = torch.randn(rows, heads, seq, head_dim, device="cuda", dtype=torch.bfloat16, generator=g).transpose(1, 2)  # SDPA's layout
+    ang = torch.outer(torch.arange(seq, device="cuda", dtype=torch.float32), 10000.0 ** (-torch.arange(0, head_dim, 2, device="cuda") / head_dim))
+    cos, sin = ang.cos()[None, :, None, :], ang.sin()[None, :, None, :]
+    plain = torch.compile(lambda t: F.rms_norm(apply_rope(t, cos, sin), (head_dim,)).to(t.dtype))
+    out = {"shape": [rows, seq, heads, head_dim]}
+    got = {}
+    for name, fn in (("compiled plain ops", plain), ("triton fused", lambda t: kernels.rope_norm(t, cos, sin))):
+        def step():
+            x.grad = None
+            y = fn(x)
+            y.backward(dy)
+            return y
+        for _ in range(3):
+            y = step()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            y = step()
+        torch.cuda.synchronize()
+        ms = (time.perf_counter() - t0) / reps * 1e3
+        got[name] = (y.detach().float(), x.grad.float())
+        moved = 5 * x.numel() * 2  # forward: read x, write y; backward: read x and dy, write dx (bf16)
+        out[name] = {"ms": ms, "GB/s at the minimum traffic": moved / ms / 1e6}
+    (y0, g0), (y1, g1) = got.values()
+    out["max_abs_diff"] = {"output": (y0 - y1).abs().max().item(), "input grad": (g0 - g1).abs().max().item(),
+                           "input grad max": g0.abs().max().item()}
+    return out
 
 
 def kernel_run(recipe, spec: str, seconds: float, profile: bool, mode: str | None = None) -> dict:
@@ -98,6 +155,12 @@ def kernel_run(recipe, spec: str, seconds: float, profile: bool, mode: str | Non
     torch.cuda.reset_peak_memory_stats()
     with attention_kernels(kernel):
         raw = GPT(m).cuda()
+        raw.use_kernels("torch" if "torch" in opts else "auto")
+        raw.fused_loss = raw.fused_loss and "torchce" not in opts
+        for block in raw.blocks:
+            block.attn.fused = block.attn.fused and "torchqk" not in opts
+        if "ropebf16" in opts:
+            raw.cos, raw.sin = raw.cos.bfloat16(), raw.sin.bfloat16()
         fpt = raw.flops_per_token()
         model = torch.compile(raw, mode=mode)
         optimizers = build_optimizers(raw, recipe.optim)
@@ -170,23 +233,40 @@ def main():
     m.vocab_size = m.vocab_size or (256 if recipe.data.tokenizer == "byte" else int(recipe.data.tokenizer.split(":")[1]))
     res = {"meta": {"date": date.today().isoformat(), "device": device_name(torch.device("cuda")), "torch": torch.__version__,
                     "cudnn": torch.backends.cudnn.version(), "command": " ".join(sys.argv), "recipe": args.recipe}}
+    try:
+        res["qk_norm_rope"] = qk_alone(recipe.train.micro_batch_rows, m.seq_len, m.n_head, m.n_embd // m.n_head)
+    except Exception as e:  # noqa: BLE001 - a probe reports what failed and goes on
+        res["qk_norm_rope"] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+    print(json.dumps(res["qk_norm_rope"], indent=1), flush=True)
+    try:
+        res["softcap_ce"] = ce_check(8192, m.vocab_size, -(-m.vocab_size // 64) * 64 + 64, m.logit_softcap or 15.0)
+    except Exception as e:  # noqa: BLE001
+        res["softcap_ce"] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+    print(json.dumps(res["softcap_ce"], indent=1), flush=True)
     res["attention"] = attention_alone(recipe.train.micro_batch_rows, m.n_head, m.seq_len, m.n_embd // m.n_head)
     print("| kernel | fwd+bwd ms | TFLOP/s | max diff vs flash |\n|---|---|---|---|")
     for a in res["attention"]:
         print(f"| {a['kernel']} | {a.get('ms', float('nan')):.2f} | {a.get('tflops', float('nan')):.0f} | "
               f"{a.get('max_abs_diff_vs_flash', a.get('error'))} |", flush=True)
     res["kernels"] = []
+    out = Path(__file__).parent / "results" / f"gpu-probe-{res['meta']['date']}-{args.recipe}.json"
+    out.parent.mkdir(exist_ok=True)
     for kernel in args.kernels:
-        r = kernel_run(recipe, kernel, args.seconds, profile=True, mode=args.compile_mode)
+        try:
+            r = kernel_run(recipe, kernel, args.seconds, profile=True, mode=args.compile_mode)
+        except Exception as e:  # noqa: BLE001 - one variant failing must not lose the others
+            import traceback
+            traceback.print_exc()
+            res["kernels"].append({"kernel": kernel, "error": f"{type(e).__name__}: {e}"[:2000]})
+            out.write_text(json.dumps(res, indent=2))
+            continue
         res["kernels"].append(r)
         prof = r["profile"]
         print(f"{kernel}: {r['tokens_per_s']:,.0f} tok/s, MFU {r['mfu']:.1%}, warm-up {r['warmup_s']:.0f}s, "
               f"peak {r['peak_mem_gb']:.1f} GB; one step {prof['gpu_ms']:.1f} GPU ms: "
               + ", ".join(f"{fam} {ms:.1f}" for fam, ms in sorted(prof["families_ms"].items(), key=lambda kv: -kv[1])), flush=True)
-        out = Path(__file__).parent / "results" / f"gpu-probe-{res['meta']['date']}-{args.recipe}.json"
-        out.parent.mkdir(exist_ok=True)
         out.write_text(json.dumps(res, indent=2))
-    for r in res["kernels"]:
+    for r in (r for r in res["kernels"] if "profile" in r):
         print(f"\nthe longest kernels of one step ({r['kernel']}):")
         for t in r["profile"]["top"]:
             print(f"  {t['ms']:8.2f} ms  {t['kernel']}")

@@ -143,6 +143,8 @@ class TrainConfig:
     num_threads: int = doc("CPU threads for this process; 0 = torch's default (split across processes)", 0)
     attention: str = doc("the attention kernel on CUDA: 'auto' (cuDNN on Hopper GPUs, else torch's order; model/gpt.py), 'flash', 'cudnn', "
                          "'efficient' or 'math'; each falls back to torch's next kernel where it cannot run", "auto")
+    kernels: str = doc("hand-written Triton kernels on CUDA: 'auto' (QK-norm + RoPE fused, forward and backward; model/kernels.py) "
+                       "or 'torch' (the plain ops, compiled as the rest)", "auto")
     log_every: int = doc("flush telemetry every N steps; each step still gets its own row", 1)
     eval_every: int = doc("evaluate val_bpb every N steps; 0 = only at the end", 0)
     eval_every_frac: float = doc("also evaluate each time this share of the budget is used (e.g. 0.25); 0 = off", 0.0)
@@ -168,6 +170,8 @@ class TrainConfig:
             raise ValueError(f"train.compile must be auto, on or off, got {self.compile!r}")
         if self.attention not in ("auto", "flash", "cudnn", "efficient", "math"):
             raise ValueError(f"train.attention must be auto, flash, cudnn, efficient or math, got {self.attention!r}")
+        if self.kernels not in ("auto", "torch"):
+            raise ValueError(f"train.kernels must be auto or torch, got {self.kernels!r}")
         if self.parallel not in ("ddp", "fsdp"):
             raise ValueError(f"train.parallel must be 'ddp' or 'fsdp', got {self.parallel!r}")
         if not 0 <= self.eval_every_frac < 1:
@@ -265,7 +269,7 @@ _HASH_BASE: dict = {
         "final_lr_frac": 0.0},
     "data": {"corpus": "builtin", "tokenizer": "byte", "weights": None},
     "train": {"batch_tokens": 4096, "micro_batch_rows": 16, "device": "auto", "dtype": "auto", "compile": "auto",
-        "parallel": "ddp", "num_threads": 0, "attention": "auto", "log_every": 1, "eval_every": 0, "eval_every_frac": 0.0,
+        "parallel": "ddp", "num_threads": 0, "attention": "auto", "kernels": "auto", "log_every": 1, "eval_every": 0, "eval_every_frac": 0.0,
         "eval_at_start": False, "ckpt_every": 0, "ckpt_keep": 2, "diverge_ratio": 2.5, "diverge_patience": 10},
     "budget": {"tokens": 0, "seconds": 60.0, "flops": 0.0, "wall_limit_s": 0.0},
     "eval": {"tokens_per_domain": 32768, "batch_rows": 16},

@@ -16,7 +16,9 @@
 - Optional value embeddings (modded-nanogpt / nanochat): on alternating layers, a second
   token embedding is mixed into the attention values, v = a * v + b * ve[token], with
   learned per-layer scalars (a, b) initialised to (1, 1).
-Attention goes through F.scaled_dot_product_attention (flash kernels on GPU).
+Attention goes through F.scaled_dot_product_attention (flash kernels on GPU). On CUDA, QK-norm +
+RoPE and the soft-capped cross-entropy run in model/kernels.py's Triton kernels (train.kernels=auto;
+the same math, faster: docs/benchmarks.md), elsewhere as the plain ops below.
 
 Initialisation (see `GPT.reset_parameters`):
 - token and value embeddings: N(0, 1) (they are RMS-normalised / scaled by learned gates);
@@ -40,6 +42,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..config import ModelConfig
+from . import kernels
 
 
 _SDPA = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
@@ -188,6 +191,7 @@ class CausalSelfAttention(nn.Module):
         self.c_v = nn.Linear(cfg.n_embd, kv_dim, bias=False)
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
         self.ve_lambdas = nn.Parameter(torch.ones(2)) if cfg.value_embeds and has_value_embed(layer_idx, cfg.n_layer) else None
+        self.fused = True  # QK-norm + RoPE through model/kernels.py where it can run (GPT.use_kernels)
 
     def forward(self, x, cos, sin, ve=None):
         B, T, C = x.shape
@@ -196,7 +200,9 @@ class CausalSelfAttention(nn.Module):
         v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
         if ve is not None:
             v = self.ve_lambdas[0] * v + self.ve_lambdas[1] * ve.view_as(v)
-        if self.qk_norm and _eager_cpu_training(q) and not (cos.requires_grad or sin.requires_grad):  # no grads for the tables
+        if self.qk_norm and self.fused and kernels.available(q, cos) and kernels.available(k, cos):
+            q, k = kernels.rope_norm(q, cos, sin), kernels.rope_norm(k, cos, sin)
+        elif self.qk_norm and _eager_cpu_training(q) and not (cos.requires_grad or sin.requires_grad):  # no grads for the tables
             q, k = _RopeNorm.apply(q, cos, sin), _RopeNorm.apply(k, cos, sin)
         else:
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -245,6 +251,7 @@ class GPT(nn.Module):
         cos, sin = self._rope_tables(cfg.seq_len)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
+        self.fused_loss = True  # the loss through model/kernels.py where it can run (use_kernels)
         self.reset_parameters()
 
     def _rope_tables(self, seq_len: int):
@@ -252,6 +259,13 @@ class GPT(nn.Module):
         inv_freq = self.cfg.rope_base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
         angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
         return angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]
+
+    def use_kernels(self, name: str) -> None:
+        """train.kernels: 'auto' runs model/kernels.py's fused QK-norm + RoPE and soft-capped cross-entropy on CUDA,
+        'torch' the plain ops."""
+        self.fused_loss = name == "auto"
+        for block in self.blocks:
+            block.attn.fused = name == "auto"
 
     @torch.no_grad()
     def reset_parameters(self):
@@ -281,7 +295,11 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
             x = block(x, cos, sin, ve)
-        logits = self.lm_head(norm(x))[..., : self.cfg.vocab_size].float()
+        head = self.lm_head(norm(x))
+        if targets is not None and self.fused_loss and kernels.ce_available(flat := head.view(-1, head.size(-1))):
+            losses = kernels.softcap_cross_entropy(flat, targets, self.cfg.vocab_size, self.cfg.logit_softcap)
+            return losses.view(targets.shape).mean(1) if per_row else losses.mean()
+        logits = head[..., : self.cfg.vocab_size].float()
         if self.cfg.logit_softcap:
             cap = self.cfg.logit_softcap
             logits = cap * torch.tanh(logits / cap)

@@ -113,7 +113,7 @@ def data_recipe(manifest: dict) -> dict | None:
 
 
 def provenance(*, seed: int, device: torch.device, world_size: int, corpus, eval_sha256: str, recipe_hash: str,
-               data_weights: dict[str, float], attention: str = "cpu") -> dict:
+               data_weights: dict[str, float], attention: str = "cpu", kernels: str = "torch") -> dict:
     domains = corpus.manifest["domains"]
     train = {d: domains[d]["train"] for d in corpus.domains}
     return {
@@ -125,6 +125,7 @@ def provenance(*, seed: int, device: torch.device, world_size: int, corpus, eval
         "cuda": torch.version.cuda if device.type == "cuda" else None,
         "world_size": world_size,
         "attention_kernel": attention,  # the kernel scaled_dot_product_attention is asked for first (train.attention)
+        "fused_kernels": kernels,  # "triton": QK-norm + RoPE ran in model/kernels.py's kernels; "torch": the plain ops
         "threads_per_process": torch.get_num_threads(),
         "host": socket.gethostname(),
         "platform": platform.platform(),

@@ -38,7 +38,7 @@ from .. import rundir
 from ..config import Recipe
 from ..data import BatchLoader, Corpus, builtin_corpus_dir, prepare_builtin
 from ..errors import UserError
-from ..model import GPT
+from ..model import GPT, kernels
 from ..model.gpt import attention_kernel_used, attention_kernels
 from . import checkpoint, compiling, parallel, rundir_lock
 from .optim import build_optimizers, lr_multiplier, set_lr
@@ -225,6 +225,7 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
     torch.manual_seed(recipe.seed)
     np.random.seed(recipe.seed)
     model = GPT(recipe.model).to(device)
+    model.use_kernels(tc.kernels)
     num_params = model.num_params()
     flops_per_token = model.flops_per_token()
     raw_model = model
@@ -292,7 +293,7 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
     elif d.main:
         prov = provenance(seed=recipe.seed, device=device, world_size=d.world_size, corpus=corpus,
                           eval_sha256=evaluation.module_sha256(), recipe_hash=recipe.hash(), data_weights=loader.weights,
-                          attention=attention_kernel_used(tc.attention, device.type))
+                          attention=attention_kernel_used(tc.attention, device.type), kernels=kernels.used(tc.kernels, device.type))
         if resume:  # killed before its first checkpoint (or every checkpoint is damaged): the same recipe again from step 0
             log(f"warning: {out_dir} has no intact checkpoint to resume from; restarting it from step 0 with its recipe.json "
                 "(the earlier attempt's rows move to metrics.superseded.jsonl)")
@@ -304,7 +305,8 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
         else:
             rundir.write_json_atomic(out_dir / rundir.RECIPE, recipe.to_dict())
         rundir.write_json_atomic(out_dir / rundir.PROVENANCE, prov)
-        attention = f" | attention {attention_kernel_used(tc.attention, device.type)}" if device.type == "cuda" else ""
+        attention = (f" | attention {attention_kernel_used(tc.attention, device.type)} | kernels {kernels.used(tc.kernels, device.type)}"
+                     if device.type == "cuda" else "")
         log(f"run {out_dir} | recipe {recipe.name} | {num_params / 1e6:.2f}M params | {d.world_size} process(es) on {device} {dtype} "
             f"| {tc.parallel} | grad_accum {grad_accum}{attention}")
     if compile_note:
