@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import forked
 import pytest
 
 from pretrainlab.data import prepare_sample
@@ -73,7 +74,11 @@ def tiny_overrides(corpus_dir: Path, **extra) -> list[str]:
 
 
 def cli(*args, env_extra=None, **kw) -> subprocess.CompletedProcess:
+    """`python -m pretrainlab ARGS`, output captured. `train` is forked from a process that has imported torch
+    (tests/forked.py: its own process all the same, without 2.5 s of CPU importing torch again)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env_extra or {})}
+    if args and args[0] == "train" and set(kw) <= {"cwd", "timeout"}:
+        return forked.run(list(args), env=env, **kw)
     return subprocess.run([sys.executable, "-m", "pretrainlab", *args], capture_output=True, text=True, env=env, timeout=300, **kw)
 
 

@@ -5,11 +5,10 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
+import forked
 from conftest import cli, set_args, tiny_overrides
 
 from pretrainlab import api
@@ -75,7 +74,7 @@ def test_a_preempted_then_resumed_run_updates_its_row(corpus_dir, tmp_path, ledg
     # 80 steps of >= 10 ms (a slowed loader), so SIGTERM lands mid-run on any machine
     overrides = tiny_overrides(corpus_dir, **{"budget.tokens": 1024 * 80, "faults.data_sleep_s": 0.01})
     args = ["train", "--recipe", "tiny-cpu", *set_args(overrides), "--out", str(run)]
-    proc = subprocess.Popen([sys.executable, "-m", "pretrainlab", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = forked.Forked(args, env=env)  # its own process, forked after torch's import (tests/forked.py)
     deadline = time.time() + 120
     while not ((run / "metrics.jsonl").exists() and len((run / "metrics.jsonl").read_text().splitlines()) >= 5):
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]

@@ -2,12 +2,10 @@
 SIGTERM checkpoints and exits as preempted."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 
+import forked
 from conftest import cli, set_args, tiny_overrides
 
 from pretrainlab import api
@@ -19,8 +17,7 @@ def rows(run_dir, kind="train"):
 
 
 def start(args):
-    return subprocess.Popen([sys.executable, "-m", "pretrainlab", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return forked.Forked(args)  # its own process, forked after torch's import (tests/forked.py)
 
 
 def wait_for(predicate, proc, timeout=120):
