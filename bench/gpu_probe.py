@@ -54,6 +54,18 @@ FAMILIES = [("attention", r"flash|fmha|attention|cudnn|sdpa"), ("matmul", r"gemm
             ("fused (Triton)", r"^triton_"), ("hand-written (Triton)", r"^_rope_norm|^_softcap_ce"), ("optimizer", r"adam|foreach|multi_tensor")]
 
 
+def timed(step, reps: int):
+    """step() 3 times to warm up, then `reps` times: its last result and the milliseconds per call (wall clock, synchronized)."""
+    for _ in range(3):
+        y = step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        y = step()
+    torch.cuda.synchronize()
+    return y, (time.perf_counter() - t0) / reps * 1e3
+
+
 def attention_alone(rows: int, heads: int, seq: int, head_dim: int, reps: int = 20) -> list[dict]:
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(rows, heads, seq, head_dim, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_() for _ in range(3))
@@ -68,14 +80,7 @@ def attention_alone(rows: int, heads: int, seq: int, head_dim: int, reps: int = 
                     y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
                     y.backward(dout)
                     return y
-                for _ in range(3):
-                    y = step()
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                for _ in range(reps):
-                    y = step()
-                torch.cuda.synchronize()
-                ms = (time.perf_counter() - t0) / reps * 1e3
+                y, ms = timed(step, reps)
             got = (y.detach(), q.grad.clone(), k.grad.clone(), v.grad.clone())
             ref = ref or got
             diff = max((a.float() - b.float()).abs().max().item() for a, b in zip(got, ref))
@@ -121,14 +126,7 @@ def qk_alone(rows: int, seq: int, heads: int, head_dim: int, reps: int = 20) -> 
             y = fn(x)
             y.backward(dy)
             return y
-        for _ in range(3):
-            y = step()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            y = step()
-        torch.cuda.synchronize()
-        ms = (time.perf_counter() - t0) / reps * 1e3
+        y, ms = timed(step, reps)
         got[name] = (y.detach().float(), x.grad.float())
         moved = 5 * x.numel() * 2  # forward: read x, write y; backward: read x and dy, write dx (bf16)
         out[name] = {"ms": ms, "GB/s at the minimum traffic": moved / ms / 1e6}

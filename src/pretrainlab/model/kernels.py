@@ -60,21 +60,27 @@ if triton is not None:
         return rows, rows < n_rows, rows // (H * T), (rows // H) % T, rows % H
 
     @triton.jit
-    def _rope_norm_fwd(x_ptr, cos_ptr, sin_ptr, y_ptr, n_rows, T, H, sxb, sxt, sxh, syb, syt, syh, EPS: tl.constexpr,
-                       HALF: tl.constexpr, ROWS: tl.constexpr):
-        rows, live, b, t, h = _rows(tl.program_id(0), n_rows, T, H, ROWS)
-        cols = tl.arange(0, HALF)[None, :]
-        m = live[:, None]
-        xo = (b * sxb + t * sxt + h * sxh)[:, None] + cols
+    def _rotate_and_norm(x_ptr, cos_ptr, sin_ptr, xo, t, cols, m, HALF: tl.constexpr, EPS: tl.constexpr):
+        """Rows of x at offsets `xo` (first halves; the second halves HALF further), rotated by position t and
+        RMS-normalised, in fp32: (y1, y2, rstd, cos, sin)."""
         x1 = tl.load(x_ptr + xo, mask=m, other=0.0).to(tl.float32)
         x2 = tl.load(x_ptr + xo + HALF, mask=m, other=0.0).to(tl.float32)
         to = t[:, None] * HALF + cols
         c = tl.load(cos_ptr + to, mask=m, other=0.0)
         s = tl.load(sin_ptr + to, mask=m, other=0.0)
         rstd = tl.rsqrt(tl.sum(x1 * x1 + x2 * x2, axis=1) / (2 * HALF) + EPS)[:, None]
+        return (x1 * c + x2 * s) * rstd, (x2 * c - x1 * s) * rstd, rstd, c, s
+
+    @triton.jit
+    def _rope_norm_fwd(x_ptr, cos_ptr, sin_ptr, y_ptr, n_rows, T, H, sxb, sxt, sxh, syb, syt, syh, EPS: tl.constexpr,
+                       HALF: tl.constexpr, ROWS: tl.constexpr):
+        rows, live, b, t, h = _rows(tl.program_id(0), n_rows, T, H, ROWS)
+        cols = tl.arange(0, HALF)[None, :]
+        m = live[:, None]
+        y1, y2, _, _, _ = _rotate_and_norm(x_ptr, cos_ptr, sin_ptr, (b * sxb + t * sxt + h * sxh)[:, None] + cols, t, cols, m, HALF, EPS)
         yo = (b * syb + t * syt + h * syh)[:, None] + cols
-        tl.store(y_ptr + yo, ((x1 * c + x2 * s) * rstd).to(y_ptr.dtype.element_ty), mask=m)
-        tl.store(y_ptr + yo + HALF, ((x2 * c - x1 * s) * rstd).to(y_ptr.dtype.element_ty), mask=m)
+        tl.store(y_ptr + yo, y1.to(y_ptr.dtype.element_ty), mask=m)
+        tl.store(y_ptr + yo + HALF, y2.to(y_ptr.dtype.element_ty), mask=m)
 
     @triton.jit
     def _rope_norm_bwd(g_ptr, x_ptr, cos_ptr, sin_ptr, dx_ptr, n_rows, T, H, sgb, sgt, sgh, sxb, sxt, sxh, EPS: tl.constexpr,
@@ -83,17 +89,10 @@ if triton is not None:
         cols = tl.arange(0, HALF)[None, :]
         m = live[:, None]
         xo = (b * sxb + t * sxt + h * sxh)[:, None] + cols
+        y1, y2, rstd, c, s = _rotate_and_norm(x_ptr, cos_ptr, sin_ptr, xo, t, cols, m, HALF, EPS)  # recomputed, not saved
         go = (b * sgb + t * sgt + h * sgh)[:, None] + cols
-        x1 = tl.load(x_ptr + xo, mask=m, other=0.0).to(tl.float32)
-        x2 = tl.load(x_ptr + xo + HALF, mask=m, other=0.0).to(tl.float32)
         g1 = tl.load(g_ptr + go, mask=m, other=0.0).to(tl.float32)
         g2 = tl.load(g_ptr + go + HALF, mask=m, other=0.0).to(tl.float32)
-        to = t[:, None] * HALF + cols
-        c = tl.load(cos_ptr + to, mask=m, other=0.0)
-        s = tl.load(sin_ptr + to, mask=m, other=0.0)
-        rstd = tl.rsqrt(tl.sum(x1 * x1 + x2 * x2, axis=1) / (2 * HALF) + EPS)[:, None]
-        y1 = (x1 * c + x2 * s) * rstd
-        y2 = (x2 * c - x1 * s) * rstd
         dot = (tl.sum(g1 * y1 + g2 * y2, axis=1) / (2 * HALF))[:, None]
         dz1 = (g1 - y1 * dot) * rstd  # the norm's backward
         dz2 = (g2 - y2 * dot) * rstd
