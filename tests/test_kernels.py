@@ -29,7 +29,7 @@ def test_cpu_runs_the_plain_ops():
     x = torch.randn(2, 8, 2, 16)
     cos = torch.ones(1, 8, 1, 8)
     assert kernels.triton is None  # a CPU process never imports Triton
-    assert not kernels.available(x, cos) and not kernels.ce_available(x.view(-1, 16))
+    assert not kernels.available(x, cos, cos) and not kernels.ce_available(x.view(-1, 16))
     assert kernels.used("auto", "cpu") == "torch" and kernels.used("torch", "cuda") == "torch"
     m = GPT(ModelConfig(seq_len=8, n_layer=1, n_embd=32, n_head=2, vocab_size=64))
     m.use_kernels("torch")
@@ -57,8 +57,12 @@ CHECKS = textwrap.dedent(
     B, T, H, D = 2, 37, 3, 32  # T * H not a multiple of the rows a program takes
     ang = torch.rand(T, D // 2) * 6
     cos, sin = ang.cos()[None, :, None], ang.sin()[None, :, None]
-    for dt, tol in ((torch.float32, 1e-5), (torch.bfloat16, 0.04)):
-        x = (torch.randn(B, T, H, D) * 3).to(dt).requires_grad_()
+    layouts = (  # x as the model gives it (fp32 and bf16), a column slice of a wider tensor (a fused qkv), a transposed view
+        (torch.float32, 1e-5, (B, T, H, D), lambda t: t), (torch.bfloat16, 0.04, (B, T, H, D), lambda t: t),
+        (torch.float32, 1e-5, (B, T, H, 3 * D), lambda t: t[..., D:2 * D]), (torch.float32, 1e-5, (B, H, T, D), lambda t: t.transpose(1, 2)))
+    for dt, tol, shape, view in layouts:
+        base = (torch.randn(shape) * 3).to(dt).requires_grad_()
+        x = view(base)
         g = torch.randn(B, H, T, D).to(dt).transpose(1, 2)
         y = kernels.rope_norm(x, cos, sin)
         y.backward(g)
@@ -66,7 +70,11 @@ CHECKS = textwrap.dedent(
         yr = F.rms_norm(apply_rope(xr, cos, sin), (D,), eps=torch.finfo(torch.float32).eps)
         yr.backward(g.float())
         assert y.dtype == dt and y.shape == x.shape
-        dy, dg = (y.float() - yr).abs().max().item(), (x.grad.float() - xr.grad).abs().max().item()
+        dx = view(base.grad)
+        dy, dg = (y.float() - yr).abs().max().item(), (dx.float() - xr.grad).abs().max().item()
+        outside = base.grad.clone()
+        view(outside).zero_()
+        assert not outside.any(), "a gradient landed outside x"
         assert dy < tol and dg < tol, ("rope_norm", dt, dy, dg)
 
     # soft-capped cross-entropy: padded vocabularies (one block and several), no cap, bf16 logits
@@ -89,7 +97,7 @@ CHECKS = textwrap.dedent(
     assert torch.isfinite(bad[0]) and bad[1:].isnan().all(), bad  # outside the vocabulary: NaN, never a stray read
 
     # the whole model: loss and every gradient, the kernels against the plain ops (on CPU tensors here)
-    kernels.available = lambda x, cos: True
+    kernels.available = lambda x, cos, sin: True
     kernels.ce_available = lambda z: True
     for cfg in (ModelConfig(seq_len=32, n_layer=2, n_embd=64, n_head=4, vocab_size=200),
                 ModelConfig(seq_len=32, n_layer=2, n_embd=64, n_head=4, n_kv_head=2, vocab_size=256, value_embeds=True)):

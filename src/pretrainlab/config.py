@@ -143,8 +143,8 @@ class TrainConfig:
     num_threads: int = doc("CPU threads for this process; 0 = torch's default (split across processes)", 0)
     attention: str = doc("the attention kernel on CUDA: 'auto' (cuDNN on Hopper GPUs, else torch's order; model/gpt.py), 'flash', 'cudnn', "
                          "'efficient' or 'math'; each falls back to torch's next kernel where it cannot run", "auto")
-    kernels: str = doc("hand-written Triton kernels on CUDA: 'auto' (QK-norm + RoPE fused, forward and backward; model/kernels.py) "
-                       "or 'torch' (the plain ops, compiled as the rest)", "auto")
+    kernels: str = doc("hand-written Triton kernels on CUDA: 'auto' (QK-norm + RoPE fused, and the soft-capped cross-entropy, "
+                       "forward and backward; model/kernels.py) or 'torch' (the plain ops, compiled as the rest)", "auto")
     log_every: int = doc("flush telemetry every N steps; each step still gets its own row", 1)
     eval_every: int = doc("evaluate val_bpb every N steps; 0 = only at the end", 0)
     eval_every_frac: float = doc("also evaluate each time this share of the budget is used (e.g. 0.25); 0 = off", 0.0)

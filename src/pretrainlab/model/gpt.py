@@ -200,7 +200,7 @@ class CausalSelfAttention(nn.Module):
         v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
         if ve is not None:
             v = self.ve_lambdas[0] * v + self.ve_lambdas[1] * ve.view_as(v)
-        if self.qk_norm and self.fused and kernels.available(q, cos) and kernels.available(k, cos):
+        if self.qk_norm and self.fused and kernels.available(q, cos, sin) and kernels.available(k, cos, sin):
             q, k = kernels.rope_norm(q, cos, sin), kernels.rope_norm(k, cos, sin)
         elif self.qk_norm and _eager_cpu_training(q) and not (cos.requires_grad or sin.requires_grad):  # no grads for the tables
             q, k = _RopeNorm.apply(q, cos, sin), _RopeNorm.apply(k, cos, sin)

@@ -39,24 +39,25 @@ ROWS_PER_PROGRAM = 32
 
 
 def used(setting: str, device_type: str) -> str:
-    """What train.kernels=`setting` runs on a device of this type, for the run's provenance: 'triton' or 'torch'."""
+    """What train.kernels=`setting` runs on a device of this type, for the run's provenance: 'triton' (the loss, and
+    QK-norm + RoPE where the model has QK-norm and a power-of-two head dimension, in these kernels) or 'torch'."""
     return "triton" if setting == "auto" and device_type == "cuda" and triton is not None else "torch"
 
 
-def available(x: torch.Tensor, cos: torch.Tensor) -> bool:
-    """Whether the fused kernel can take queries or keys `x` [B, T, H, D] with tables `cos` [1, T, 1, D/2]:
-    a CUDA tensor, Triton present, a power-of-two head dimension of at least 16 with unit stride,
-    tables that need no gradient."""
+def available(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
+    """Whether the fused kernel can take queries or keys `x` [B, T, H, D] with tables `cos`, `sin` [1, T, 1, D/2]:
+    a CUDA tensor, Triton present, a power-of-two head dimension of at least 16 with unit stride (the other
+    dimensions may have any strides), tables that need no gradient (the kernel gives them none)."""
     d = x.size(-1)
     return (triton is not None and x.is_cuda and x.dim() == 4 and d >= 16 and d & (d - 1) == 0 and x.stride(-1) == 1
-            and x.dtype in (torch.bfloat16, torch.float16, torch.float32) and not cos.requires_grad)
+            and x.dtype in (torch.bfloat16, torch.float16, torch.float32) and not (cos.requires_grad or sin.requires_grad))
 
 
 if triton is not None:
 
     @triton.jit
     def _rows(pid, n_rows, T, H, ROWS: tl.constexpr):
-        rows = (pid * ROWS + tl.arange(0, ROWS)).to(tl.int64)
+        rows = pid.to(tl.int64) * ROWS + tl.arange(0, ROWS)  # int64 before the product: past 2^31 rows too
         return rows, rows < n_rows, rows // (H * T), (rows // H) % T, rows % H
 
     @triton.jit
@@ -83,7 +84,8 @@ if triton is not None:
         tl.store(y_ptr + yo + HALF, y2.to(y_ptr.dtype.element_ty), mask=m)
 
     @triton.jit
-    def _rope_norm_bwd(g_ptr, x_ptr, cos_ptr, sin_ptr, dx_ptr, n_rows, T, H, sgb, sgt, sgh, sxb, sxt, sxh, EPS: tl.constexpr,
+    def _rope_norm_bwd(g_ptr, x_ptr, cos_ptr, sin_ptr, dx_ptr, n_rows, T, H, sgb, sgt, sgh, sxb, sxt, sxh, sdb, sdt, sdh,
+                       EPS: tl.constexpr,
                        HALF: tl.constexpr, ROWS: tl.constexpr):
         rows, live, b, t, h = _rows(tl.program_id(0), n_rows, T, H, ROWS)
         cols = tl.arange(0, HALF)[None, :]
@@ -96,8 +98,9 @@ if triton is not None:
         dot = (tl.sum(g1 * y1 + g2 * y2, axis=1) / (2 * HALF))[:, None]
         dz1 = (g1 - y1 * dot) * rstd  # the norm's backward
         dz2 = (g2 - y2 * dot) * rstd
-        tl.store(dx_ptr + xo, (dz1 * c - dz2 * s).to(dx_ptr.dtype.element_ty), mask=m)  # the rotation's transpose
-        tl.store(dx_ptr + xo + HALF, (dz1 * s + dz2 * c).to(dx_ptr.dtype.element_ty), mask=m)
+        do = (b * sdb + t * sdt + h * sdh)[:, None] + cols  # dx's own layout, which need not be x's
+        tl.store(dx_ptr + do, (dz1 * c - dz2 * s).to(dx_ptr.dtype.element_ty), mask=m)  # the rotation's transpose
+        tl.store(dx_ptr + do + HALF, (dz1 * s + dz2 * c).to(dx_ptr.dtype.element_ty), mask=m)
 
     def _launch_shape(x: torch.Tensor):
         B, T, H, D = x.shape
@@ -118,7 +121,8 @@ if triton is not None:
         n_rows, T, H, half, grid = _launch_shape(x)
         dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
         torch.library.wrap_triton(_rope_norm_bwd)[grid](
-            g, x, cos, sin, dx, n_rows, T, H, g.stride(0), g.stride(1), g.stride(2), x.stride(0), x.stride(1), x.stride(2), EPS=eps,
+            g, x, cos, sin, dx, n_rows, T, H, g.stride(0), g.stride(1), g.stride(2), x.stride(0), x.stride(1), x.stride(2),
+            dx.stride(0), dx.stride(1), dx.stride(2), EPS=eps,
             HALF=half, ROWS=ROWS_PER_PROGRAM, num_warps=4)
         return dx
 

@@ -125,7 +125,7 @@ def provenance(*, seed: int, device: torch.device, world_size: int, corpus, eval
         "cuda": torch.version.cuda if device.type == "cuda" else None,
         "world_size": world_size,
         "attention_kernel": attention,  # the kernel scaled_dot_product_attention is asked for first (train.attention)
-        "fused_kernels": kernels,  # "triton": QK-norm + RoPE ran in model/kernels.py's kernels; "torch": the plain ops
+        "fused_kernels": kernels,  # "triton": train.kernels=auto on CUDA (model/kernels.py: kernels.used); "torch": the plain ops
         "threads_per_process": torch.get_num_threads(),
         "host": socket.gethostname(),
         "platform": platform.platform(),
