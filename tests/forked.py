@@ -31,15 +31,14 @@ def _context():
     return _CTX
 
 
-def _child(argv: list[str], env: dict, cwd: str | None, out: str, err: str) -> None:
+def _child(argv: list[str], env: dict, cwd: str, out: str, err: str) -> None:
     for fd, path in ((1, out), (2, err)):
         f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.dup2(f, fd)
         os.close(f)
     os.environ.clear()
     os.environ.update(env)
-    if cwd is not None:
-        os.chdir(cwd)
+    os.chdir(cwd)
     sys.argv = ["pretrainlab", *argv]
     runpy.run_module("pretrainlab", run_name="__main__", alter_sys=True)
 
@@ -52,7 +51,8 @@ class Forked:
         self._dir = tempfile.mkdtemp(prefix="forked-")
         self._out, self._err = os.path.join(self._dir, "stdout"), os.path.join(self._dir, "stderr")
         env = dict(os.environ if env is None else env)
-        self._proc = _context().Process(target=_child, args=(list(args), env, None if cwd is None else str(cwd), self._out, self._err))
+        cwd = os.getcwd() if cwd is None else cwd  # the caller's, as subprocess gives (the server's may differ)
+        self._proc = _context().Process(target=_child, args=(list(args), env, str(cwd), self._out, self._err))
         self._proc.start()
         self.pid = self._proc.pid
         self.returncode: int | None = None
