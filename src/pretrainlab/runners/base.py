@@ -219,6 +219,7 @@ class SlotRunner(Slots):
         self.events: list[RunnerEvent] = []
         self.run_memory = "auto"  # each run's memory cap (a campaign's --run-memory): auto, off or a size (runners/limits.py)
         self.run_disk = "auto"  # what each run may write in its run directory (--run-disk)
+        self.warm = False  # runs of the lab's own code on CPU forked from a warm host (runners/warm.py): this machine's runners
 
     # ---- slots -----------------------------------------------------------------------------
 
@@ -286,7 +287,7 @@ class SlotRunner(Slots):
                 "code_src": job.pythonpath or str(PACKAGE_SRC), "env": {**job.env, "OMP_NUM_THREADS": str(threads), **env},
                 "sandbox": self.sandbox.active, "score_path": str(job.score_path) if job.score_path else None,
                 "score_data": job.score_data, "limits": {"memory": self.run_memory, "disk": self.run_disk, "share": self.memory_share(),
-                                                       "tasks": TASKS}}
+                                                       "tasks": TASKS}, "warm": self.warm}
 
     def memory_share(self) -> float | None:
         """A run's share of its machine's RAM under --run-memory auto; None: the job process takes its share of the

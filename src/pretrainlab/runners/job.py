@@ -295,6 +295,36 @@ def compile_cache(run_parent: Path, code_src: Path) -> Path:
     return cache
 
 
+def warm_trainer(train_cmd: list[str], env: dict, link: TrainerLink | None, cap, disk: int | None, read_only: list[Path],
+                 run_dir: Path, box: Sandbox):
+    """The run's trainer forked by the warm host for its files (runners/warm.py), in its cgroup and with the limits a
+    fresh one gets (preexec in main), or None where there is no host to fork it (said on stderr: a fresh one then)."""
+    from . import warm
+    from .limits import MAX_OPEN_FILES
+
+    rlimits = {**cap.rlimits(), **({"RLIMIT_FSIZE": disk, "RLIMIT_NOFILE": MAX_OPEN_FILES} if disk is not None else {})}
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:  # its stdin and stdout go nowhere, its stderr is this process's log; the scoring pipes at numbers of its own
+        proc = warm.start(train_cmd[3:] + (["--score-fds", "{fds}"] if link else []), env,
+                          [devnull, devnull, sys.stderr.fileno(), *(link.child_fds() if link else ())], rlimits,
+                          code_src=LAB_SRC, read_only=read_only, writable=[run_dir.parent], box=box)
+    except warm.Unavailable as e:
+        print(f"[pretrainlab] no warm trainer ({e}): starting a fresh one", file=sys.stderr, flush=True)
+        return None
+    finally:
+        os.close(devnull)
+    try:
+        proc.attach(cap)
+    except OSError as e:  # its cgroup refused it: no run goes uncapped
+        proc.kill()
+        proc.wait()
+        print(f"[pretrainlab] the forked trainer could not be capped ({e.strerror or e}): starting a fresh one", file=sys.stderr,
+              flush=True)
+        return None
+    print(f"[pretrainlab] trainer forked from the warm host (pid {proc.pid})", file=sys.stderr, flush=True)
+    return proc
+
+
 def main(spec_path: str, parent_pid: int | None = None) -> int:
     spec = json.loads(Path(spec_path).read_text())
     # held until this process exits, so a restarted campaign finds this run still in flight (LocalRunner.release_orphan)
@@ -302,8 +332,11 @@ def main(spec_path: str, parent_pid: int | None = None) -> int:
 
     _HELD.append(acquire(job_lock_dir(spec_path), create=True))  # the kernel drops it when this process dies
     stopping = {"flag": False}
+    running: dict = {}  # "trainer": a warm host's child, which is in no process group of the job's
 
     def on_sigterm(*_) -> None:
+        if "trainer" in running:  # a SIGTERM to the job's group reaches a fresh trainer by itself, a forked one by its pid
+            running["trainer"].send_signal(signal.SIGTERM)
         if parent_pid is not None and not stopping["flag"]:  # only this process got it: the trainer must checkpoint too
             stopping["flag"] = True
             os.killpg(os.getpgrp(), signal.SIGTERM)  # (this process's own copy finds the flag set)
@@ -378,10 +411,18 @@ def main(spec_path: str, parent_pid: int | None = None) -> int:
                 if parent_pid is not None:  # the trainer dies with this process, as bwrap's --die-with-parent makes it in the sandbox
                     die_with_parent(signal.SIGKILL)
 
-            proc = subprocess.Popen(box.wrap(train_cmd + (link.arg() if link else []), code_src=code_src, read_only=read_only,
-                                             writable=[run_dir, *filter(None, [cache])], gpus=gpus),
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env, preexec_fn=preexec,
-                                    pass_fds=link.child_fds() if link else ())
+            # the lab's own code on CPU: forked from the campaign's warm host (runners/warm.py), which has imported torch
+            proc = warm_trainer(train_cmd, env, link, cap, disk, read_only, run_dir, box) if (
+                spec.get("warm") and code_src == LAB_SRC and not gpus and parent_pid is None) else None
+            if proc is not None:
+                running["trainer"] = proc
+                if stopping["flag"]:  # (a SIGTERM while it was being forked: the handler had no trainer to pass it to)
+                    proc.send_signal(signal.SIGTERM)
+            else:
+                proc = subprocess.Popen(box.wrap(train_cmd + (link.arg() if link else []), code_src=code_src, read_only=read_only,
+                                                 writable=[run_dir, *filter(None, [cache])], gpus=gpus),
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env, preexec_fn=preexec,
+                                        pass_fds=link.child_fds() if link else ())
             if link is not None:
                 link.started()
             over_disk = wait_within_disk(proc, run_dir, disk, cap, link)

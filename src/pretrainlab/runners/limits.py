@@ -327,10 +327,21 @@ class RunCap:
 
     def enter(self) -> None:
         """preexec_fn: move the new process into the cap (or cap its memory where there is no cgroup)."""
+        self.add(os.getpid())
+        for name, value in self.rlimits().items():
+            resource.setrlimit(getattr(resource, name), (value, value))
+
+    def add(self, pid: int) -> None:
+        """Move a process started elsewhere (a trainer forked by a warm host, runners/warm.py) into the cap; what enter()
+        would set on the process itself is `rlimits()`, for it to set."""
         for path in self.dirs:
-            _write(path / "cgroup.procs", str(os.getpid()))
+            _write(path / "cgroup.procs", str(pid))
+
+    def rlimits(self) -> dict[str, int]:
+        """The per-process limits enter() sets where there is no cgroup, by resource name."""
         if not self.version and self.memory is not None and not self.gpus:
-            resource.setrlimit(resource.RLIMIT_DATA, (self.memory, self.memory))
+            return {"RLIMIT_DATA": self.memory}
+        return {}
 
     def _read(self, name: str) -> str:
         for path in self.dirs:

@@ -46,7 +46,7 @@ class _Running:
 
 class LocalRunner(SlotRunner):
     def __init__(self, num_slots: int, gpus: list[int] | None = None, threads_per_slot: int | None = None, log_dir: Path | None = None,
-                 sandbox: bool = True):
+                 sandbox: bool = True, warm: bool = True):
         if num_slots < 1:
             raise UserError(f"--parallel must be >= 1, got {num_slots}")
         if gpus is not None and len(gpus) < num_slots:
@@ -54,6 +54,7 @@ class LocalRunner(SlotRunner):
         super().__init__(num_slots, log_dir, sandbox)
         self.gpus = gpus
         self.threads_per_slot = threads_per_slot or max(1, (os.cpu_count() or 1) // num_slots)
+        self.warm = warm  # runs of the lab's own code forked from a host that has imported torch (runners/warm.py)
 
     def memory_share(self) -> float:
         """Each slot's share of this machine's RAM: the runs beside each other split it evenly."""

@@ -294,9 +294,10 @@ class Sandbox:
         return args
 
     def wrap(self, cmd: list[str], *, code_src: Path, read_only: list[Path] = (), writable: list[Path] = (),
-             gpus: bool = False) -> list[str]:
+             gpus: bool = False, die_with_parent: bool = True) -> list[str]:
         """`cmd` inside the sandbox (unchanged when there is none). `code_src` is the source
-        tree on PYTHONPATH (the lab's, or a patched copy): mounted read-only."""
+        tree on PYTHONPATH (the lab's, or a patched copy): mounted read-only. `die_with_parent`
+        False: the sandbox outlives the process that starts it (a warm host, runners/warm.py)."""
         if not self.active:
             return cmd
         tmp, shm = _tmpfs_sizes()
@@ -330,7 +331,8 @@ class Sandbox:
         # Python installation with it). No --new-session: the sandboxed process must stay in the job's process group, where
         # the SIGTERM of an early stop, a timeout or a preemption reaches it (the job runs in a session of its own, with no
         # terminal to push keystrokes into)
-        args += ["--chdir", "/tmp", "--unshare-all", *self._userns_lock(), "--die-with-parent", "--cap-drop", "ALL"]
+        args += ["--chdir", "/tmp", "--unshare-all", *self._userns_lock(), *(["--die-with-parent"] if die_with_parent else []),
+                 "--cap-drop", "ALL"]
         bpf = self._seccomp()
         if bpf is None:
             return [*args, "--", *cmd]
