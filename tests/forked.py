@@ -14,10 +14,12 @@ from __future__ import annotations
 import multiprocessing
 import os
 import runpy
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from pathlib import Path
 
 _CTX = None
@@ -49,6 +51,7 @@ class Forked:
     def __init__(self, args: list[str], env: dict | None = None, cwd: str | Path | None = None):
         self.args = args
         self._dir = tempfile.mkdtemp(prefix="forked-")
+        weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)  # its output, once nobody can read it
         self._out, self._err = os.path.join(self._dir, "stdout"), os.path.join(self._dir, "stderr")
         env = dict(os.environ if env is None else env)
         cwd = os.getcwd() if cwd is None else cwd  # the caller's, as subprocess gives (the server's may differ)

@@ -68,9 +68,9 @@ def test_a_forked_trainer_trains_and_is_scored_as_a_fresh_one(corpus_dir, tmp_pa
         runner = LocalRunner(num_slots=2, log_dir=tmp_path / mode / "logs", warm=mode == "warm")
         (tmp_path / mode / "scores").mkdir(parents=True)
         jobs = [Job(f"r{seed}", "tiny-cpu", tmp_path / mode / f"r{seed}", tiny_overrides(corpus_dir, seed=seed, **{"budget.tokens": 4096}),
-                    timeout_s=120, score_path=tmp_path / mode / "scores" / f"r{seed}.json") for seed in range(3)]
+                    timeout_s=120, score_path=tmp_path / mode / "scores" / f"r{seed}.json") for seed in range(2)]
         results[mode] = _run_all(runner, jobs)
-    for seed in range(3):
+    for seed in range(2):
         fresh, forked = results["fresh"][f"r{seed}"], results["warm"][f"r{seed}"]
         assert fresh.status == forked.status == "ok", (fresh.stderr_tail, forked.stderr_tail)
         assert FORKED.search(forked.stderr_tail) and not FORKED.search(fresh.stderr_tail)
@@ -81,8 +81,8 @@ def test_a_forked_trainer_trains_and_is_scored_as_a_fresh_one(corpus_dir, tmp_pa
         assert forked.summary["scored_by"] == "lab" and forked.summary["lab_score"]["probes"]["in_trainer"]
         provenance = json.loads((tmp_path / "warm" / f"r{seed}" / "provenance.json").read_text())
         assert provenance["code_patched"] is False
-    pids = {int(FORKED.search(results["warm"][f"r{s}"].stderr_tail).group(1)) for s in range(3)}
-    assert len(pids) == 3  # a process each
+    pids = {int(FORKED.search(results["warm"][f"r{s}"].stderr_tail).group(1)) for s in range(2)}
+    assert len(pids) == 2  # a process each
 
 
 def test_a_forked_trainer_is_capped_stopped_and_killed_as_a_fresh_one(corpus_dir, tmp_path, monkeypatch):
@@ -90,35 +90,68 @@ def test_a_forked_trainer_is_capped_stopped_and_killed_as_a_fresh_one(corpus_dir
     runner = LocalRunner(num_slots=2, log_dir=tmp_path / "logs")
     runner.run_disk = "1G"
     long = tiny_overrides(corpus_dir, **{"budget.tokens": 10**9})
-    runner.submit(Job("a", "tiny-cpu", tmp_path / "a", long))
-    runner.submit(Job("b", "tiny-cpu", tmp_path / "b", long))
-    a, b = _forked_pid(tmp_path / "logs" / "a.stderr"), _forked_pid(tmp_path / "logs" / "b.stderr")
-    while not ((tmp_path / "a" / "metrics.jsonl").exists() and (tmp_path / "b" / "metrics.jsonl").exists()):
-        time.sleep(0.05)
-    # in its own cgroup (the run's memory and task caps), with the disk cap's limits, and holding nothing of the host's
-    # or of the other run's: its stdio, its files, and its one link to its job
-    cgroups = Path(f"/proc/{a}/cgroup").read_text()
-    assert re.search(r"memory:.*pretrainlab-\d+-a-train", cgroups) and re.search(r"pids:.*pretrainlab-\d+-a-train", cgroups)
-    limits = Path(f"/proc/{a}/limits").read_text()
-    assert re.search(r"Max file size\s+1073741824\s+1073741824", limits) and re.search(r"Max open files\s+4096\s+4096", limits)
-    sockets = [os.readlink(f"/proc/{a}/fd/{fd}") for fd in os.listdir(f"/proc/{a}/fd")]
-    assert sum(s.startswith("socket:") for s in sockets) == 1, sockets
-    assert os.readlink(f"/proc/{a}/fd/2") == str(tmp_path / "logs" / "a.stderr")
-    assert os.readlink(f"/proc/{a}/cwd") == "/tmp"
-    # (what /proc shows is the host's environment, scrubbed as every sandbox's is; the trainer's own is its job's)
-    env = Path(f"/proc/{a}/environ").read_bytes().split(b"\0")
-    assert b"PRETRAINLAB_SANDBOX=1" in env and not any(b"SECRET" in e or b"API_KEY" in e for e in env)
-    # a stop: SIGTERM by its pid, a checkpoint, 'stopped'
-    runner.stop("a")
-    (stopped,) = runner.wait()
-    assert stopped.job.key == "a" and stopped.status == "stopped" and stopped.summary["status"] == "preempted"
-    assert list((tmp_path / "a" / "ckpt").glob("step_*.pt")) and not _alive(a)
-    # its job killed outright (SIGKILL, as after a stop's grace period): the trainer goes with it
-    runner._kill(runner._running.pop("b"))
-    deadline = time.time() + 20
-    while _alive(b) and time.time() < deadline:
-        time.sleep(0.05)
-    assert not _alive(b)
+    try:
+        runner.submit(Job("a", "tiny-cpu", tmp_path / "a", long))
+        runner.submit(Job("b", "tiny-cpu", tmp_path / "b", long))
+        a, b = _forked_pid(tmp_path / "logs" / "a.stderr"), _forked_pid(tmp_path / "logs" / "b.stderr")
+        while not ((tmp_path / "a" / "metrics.jsonl").exists() and (tmp_path / "b" / "metrics.jsonl").exists()):
+            time.sleep(0.05)
+        # in its own cgroup (the run's memory and task caps), with the disk cap's limits, and holding nothing of the host's
+        # or of the other run's: its stdio, its files, and its one link to its job
+        cgroups = Path(f"/proc/{a}/cgroup").read_text()
+        assert re.search(r"memory:.*pretrainlab-\d+-a-train", cgroups) and re.search(r"pids:.*pretrainlab-\d+-a-train", cgroups)
+        limits = Path(f"/proc/{a}/limits").read_text()
+        assert re.search(r"Max file size\s+1073741824\s+1073741824", limits) and re.search(r"Max open files\s+4096\s+4096", limits)
+        sockets = [os.readlink(f"/proc/{a}/fd/{fd}") for fd in os.listdir(f"/proc/{a}/fd")]
+        assert sum(s.startswith("socket:") for s in sockets) == 1, sockets
+        assert os.readlink(f"/proc/{a}/fd/2") == str(tmp_path / "logs" / "a.stderr")
+        assert os.readlink(f"/proc/{a}/cwd") == "/tmp"
+        # (what /proc shows is the host's environment, scrubbed as every sandbox's is; the trainer's own is its job's)
+        env = Path(f"/proc/{a}/environ").read_bytes().split(b"\0")
+        assert b"PRETRAINLAB_SANDBOX=1" in env and not any(b"SECRET" in e or b"API_KEY" in e for e in env)
+        # a stop: SIGTERM by its pid, a checkpoint, 'stopped'
+        runner.stop("a")
+        (stopped,) = runner.wait()
+        assert stopped.job.key == "a" and stopped.status == "stopped" and stopped.summary["status"] == "preempted"
+        assert list((tmp_path / "a" / "ckpt").glob("step_*.pt")) and not _alive(a)
+        # its job killed outright (SIGKILL, as after a stop's grace period): the trainer goes with it
+        runner._kill(runner._running.pop("b"))
+        deadline = time.time() + 20
+        while _alive(b) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not _alive(b)
+    finally:  # (a failed assertion leaves no trainer running)
+        runner.shutdown()
+
+
+def test_a_host_is_for_the_files_code_and_load_time_environment_its_runs_have(tmp_path):
+    (tmp_path / "shard.bin").write_bytes(b"x" * 10)
+    args = dict(code_src=tmp_path / "src", code_digest="abc", read_only=[tmp_path / "shard.bin"], writable=[tmp_path / "runs"],
+                env={"PATH": "/usr/bin", "OMP_NUM_THREADS": "2", "PRETRAINLAB_MEMORY_CAP_MB": "512"}, sandboxed=True)
+    key = warm.host_key(**args)
+    assert warm.host_key(**{**args, "env": {**args["env"], "OMP_NUM_THREADS": "1", "PRETRAINLAB_MEMORY_CAP_MB": "9"}}) == key  # per run
+    assert warm.host_key(**{**args, "env": {**args["env"], "PYTHONHASHSEED": "0"}}) != key  # read as the interpreter starts
+    assert warm.host_key(**{**args, "code_digest": "abd"}) != key  # the lab's code edited: a host that imports it anew
+    replaced = tmp_path / "new.bin"
+    replaced.write_bytes(b"y" * 10)
+    os.replace(replaced, tmp_path / "shard.bin")  # a corpus rebuilt (published by a rename): the old host keeps the old file
+    assert warm.host_key(**args) != key
+
+
+def test_the_hosts_folder_is_outside_every_sandbox(corpus_dir, tmp_path):
+    runner = LocalRunner(num_slots=1, log_dir=tmp_path / "logs")
+    runner.submit(Job("a", "tiny-cpu", tmp_path / "a", tiny_overrides(corpus_dir, **{"budget.tokens": 10**9})))
+    pid = _forked_pid(tmp_path / "logs" / "a.stderr")
+    try:
+        inside = Path(f"/proc/{pid}/root")
+        os.listdir(inside)
+    except PermissionError:
+        pytest.skip("this user cannot look into another process's mounts")
+    try:
+        assert (inside / "tmp").is_dir() and not (inside / str(warm.base_dir()).lstrip("/")).exists()
+        assert not list((inside / "tmp").glob("pretrainlab-warm-*"))
+    finally:
+        runner.shutdown()
 
 
 def test_a_code_experiments_run_is_never_forked(corpus_dir, tmp_path):
@@ -137,29 +170,33 @@ def test_a_code_experiments_run_is_never_forked(corpus_dir, tmp_path):
 
 
 def test_the_host_goes_when_idle_and_a_killed_one_is_replaced(corpus_dir, tmp_path):
-    # the host itself, unsandboxed, told to go after a second idle
-    where = tmp_path / "host"
-    where.mkdir()
-    host = subprocess.Popen([sys.executable, "-m", "pretrainlab.runners.warm", str(where), "1"], stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while not (where / "sock").exists() and time.time() < deadline:
-        time.sleep(0.02)
+    # the host itself, unsandboxed, given its socket and lock, told to go after a second idle
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(tmp_path / "sock"))
+    listener.listen(8)
+    lock = os.open(tmp_path / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    host = subprocess.Popen([sys.executable, "-m", "pretrainlab.runners.warm", str(listener.fileno()), str(lock), "1"],
+                            stderr=subprocess.PIPE, text=True, pass_fds=(listener.fileno(), lock))
+    listener.close()
+    os.close(lock)
     probe = socket.socket(socket.AF_UNIX)
-    probe.connect(str(where / "sock"))
-    probe.sendall(b"\x05\x00\x00\x00hello")  # not a trainer's request: dropped, and said
+    probe.connect(str(tmp_path / "sock"))
+    request = json.dumps({"argv": ["data", "prepare"], "env": {}, "rlimits": {}}).encode()
+    probe.sendall(len(request).to_bytes(4, "little") + request)  # not a trainer's request: dropped, and said
     probe.close()
     assert host.wait(timeout=90) == 0
-    assert not (where / "sock").exists() and "a request dropped" in host.stderr.read()
+    assert "a request dropped (not a trainer's request)" in host.stderr.read()
+    refused = socket.socket(socket.AF_UNIX)
+    with pytest.raises(ConnectionRefusedError):  # what the next job finds: a socket with no host, so it starts one
+        refused.connect(str(tmp_path / "sock"))
+    refused.close()
     # a campaign's host killed between its runs: the next run starts another, and is forked all the same
     runner = LocalRunner(num_slots=1, log_dir=tmp_path / "logs")
     first = _run_all(runner, [Job("one", "tiny-cpu", tmp_path / "one", tiny_overrides(corpus_dir, **{"budget.tokens": 2048}))])["one"]
     assert first.status == "ok" and FORKED.search(first.stderr_tail)
-    from pretrainlab.runners.job import LAB_SRC, visible_corpus_files
-    from pretrainlab.runners.sandbox import Sandbox
-
-    key = warm.host_key(LAB_SRC, visible_corpus_files(corpus_dir), [tmp_path], Sandbox.detect(warn=False).active)
-    ours = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
-            if _cmdline(pid)[:1] == [sys.executable] and _cmdline(pid)[-2:-1] == [f"{warm.base_dir() / key}"]]  # (not its bwrap's)
+    # ours: the host (not its bwrap) whose sandbox has this test's folder writable
+    ours = [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if _cmdline(pid)[1:4] == ["-P", "-m", "pretrainlab.runners.warm"]
+            and f"{tmp_path} {tmp_path}" in " ".join(_cmdline(int(Path(f"/proc/{pid}/stat").read_text().split()[3])))]
     assert len(ours) == 1, ours
     os.kill(ours[0], signal.SIGKILL)
     second = _run_all(runner, [Job("two", "tiny-cpu", tmp_path / "two", tiny_overrides(corpus_dir, **{"budget.tokens": 2048}))])["two"]

@@ -17,10 +17,12 @@ campaign loop left behind.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -207,6 +209,8 @@ class SlotRunner(Slots):
         self.num_slots = num_slots
         self._running: dict = {}
         self._logs = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="pretrainlab-runner-"))
+        if not log_dir:  # the runner's own folder: gone with the runner (a campaign gives one in its workdir, kept)
+            weakref.finalize(self, shutil.rmtree, self._logs, ignore_errors=True)
         self._logs.mkdir(parents=True, exist_ok=True)
         self.sandbox = Sandbox.detect() if sandbox else Sandbox(None, "disabled by the caller")
         self.created = time.time()

@@ -296,7 +296,7 @@ def compile_cache(run_parent: Path, code_src: Path) -> Path:
 
 
 def warm_trainer(train_cmd: list[str], env: dict, link: TrainerLink | None, cap, disk: int | None, read_only: list[Path],
-                 run_dir: Path, box: Sandbox):
+                 run_dir: Path, code_digest: str, box: Sandbox):
     """The run's trainer forked by the warm host for its files (runners/warm.py), in its cgroup and with the limits a
     fresh one gets (preexec in main), or None where there is no host to fork it (said on stderr: a fresh one then)."""
     from . import warm
@@ -307,8 +307,8 @@ def warm_trainer(train_cmd: list[str], env: dict, link: TrainerLink | None, cap,
     try:  # its stdin and stdout go nowhere, its stderr is this process's log; the scoring pipes at numbers of its own
         proc = warm.start(train_cmd[3:] + (["--score-fds", "{fds}"] if link else []), env,
                           [devnull, devnull, sys.stderr.fileno(), *(link.child_fds() if link else ())], rlimits,
-                          code_src=LAB_SRC, read_only=read_only, writable=[run_dir.parent], box=box)
-    except warm.Unavailable as e:
+                          code_src=LAB_SRC, code_digest=code_digest, read_only=read_only, writable=[run_dir.parent], box=box)
+    except (warm.Unavailable, OSError) as e:
         print(f"[pretrainlab] no warm trainer ({e}): starting a fresh one", file=sys.stderr, flush=True)
         return None
     finally:
@@ -412,8 +412,8 @@ def main(spec_path: str, parent_pid: int | None = None) -> int:
                     die_with_parent(signal.SIGKILL)
 
             # the lab's own code on CPU: forked from the campaign's warm host (runners/warm.py), which has imported torch
-            proc = warm_trainer(train_cmd, env, link, cap, disk, read_only, run_dir, box) if (
-                spec.get("warm") and code_src == LAB_SRC and not gpus and parent_pid is None) else None
+            proc = warm_trainer(train_cmd, env, link, cap, disk, read_only, run_dir, cache.name, box) if (
+                spec.get("warm") and cache is not None and not gpus and parent_pid is None) else None
             if proc is not None:
                 running["trainer"] = proc
                 if stopping["flag"]:  # (a SIGTERM while it was being forked: the handler had no trainer to pass it to)

@@ -46,11 +46,19 @@ import time
 from pathlib import Path
 
 IDLE_S = 30.0  # a host with no trainer and no request this long exits
-START_TIMEOUT_S = 120.0  # how long a job waits for a host it started to listen
+START_TIMEOUT_S = 120.0  # how long a job waits for its trainer's pid (a host it started imports torch first)
+LOCK_TIMEOUT_S = 120.0  # how long a job waits for another to be done with the host's lock
 REQUEST_TIMEOUT_S = 10.0  # how long the host waits for a connected job's whole request
+STALE_S = 3600.0  # a host folder nobody has used this long is removed (its host, if any, serves the runs it has)
 MAX_FDS = 8
+HOST_FDS = 64  # the host's socket and lock are passed at this number and above
+# what a run's environment sets for itself; every other variable is read by the interpreter or a library as it loads
+# (PYTHONHASHSEED, LD_LIBRARY_PATH, KMP_*, TORCH_*...): the host's own, one host per set of them
+PER_RUN_ENV = ("OMP_NUM_THREADS", "PRETRAINLAB_MEMORY_CAP_MB")
 GO, PID, EXIT = b"G", b"PID!", b"EXIT"
+PR_SET_DUMPABLE = 4
 _HOSTS: list = []  # hosts this process started (kept so no Popen is collected while they run)
+_CRED = struct.calcsize("3i")
 
 
 class Unavailable(Exception):
@@ -58,7 +66,8 @@ class Unavailable(Exception):
 
 
 def base_dir() -> Path:
-    """This user's folder of hosts in the temp folder (short: a socket's path has at most 107 bytes), private to them."""
+    """This user's folder of hosts in the temp folder (short: a socket's path has at most 107 bytes), private to them.
+    No sandbox sees it: a host gets its listening socket and its lock as open descriptors."""
     path = Path(tempfile.gettempdir()) / f"pretrainlab-warm-{os.getuid()}"
     try:
         path.mkdir(mode=0o700, exist_ok=True)
@@ -70,9 +79,15 @@ def base_dir() -> Path:
     return path
 
 
-def host_key(code_src: Path, read_only: list[Path], writable: list[Path], sandboxed: bool) -> str:
-    """One host per set of files its runs see (and per interpreter, and sandboxed or not)."""
-    what = {"python": sys.executable, "code": str(code_src), "ro": sorted(map(str, read_only)), "rw": sorted(map(str, writable)),
+def host_key(code_src: Path, code_digest: str, read_only: list[Path], writable: list[Path], env: dict, sandboxed: bool) -> str:
+    """One host per set of files its runs see, as they are now (a corpus rebuilt or a recipe saved anew is a new file;
+    the code by its contents), per load-time environment, interpreter, and sandboxed or not."""
+    def ident(path: Path) -> list:
+        st = os.stat(path)
+        return [str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+
+    what = {"python": sys.executable, "code": [str(code_src), code_digest], "ro": sorted(map(ident, read_only)),
+            "rw": sorted(map(str, writable)), "env": sorted((k, v) for k, v in env.items() if not k.startswith(PER_RUN_ENV)),
             "sandboxed": sandboxed}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -83,7 +98,6 @@ class WarmProc:
     def __init__(self, conn: socket.socket, pid: int, args: list[str]):
         self._conn, self.pid, self.args = conn, pid, args
         self.returncode: int | None = None
-        self._buf = b""
         try:
             self._pidfd = os.pidfd_open(pid)
         except OSError:  # it is waiting for its go byte, so alive: only a kernel without pidfds gets here
@@ -96,20 +110,18 @@ class WarmProc:
         self._conn.sendall(GO)
 
     def _read(self, timeout: float | None) -> None:
-        if self.returncode is not None:
-            return
+        """The host's word on the trainer's exit. The trainer holds its end of the same connection: what it writes
+        there (its pid on every message, which it cannot forge) is read and dropped."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.returncode is None:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not select.select([self._conn], [], [], left)[0]:
                 return
-            chunk = self._conn.recv(64)
-            if not chunk:  # the host is gone without a word (killed): so is its sandbox, with the trainer in it
+            data, sender = _recv(self._conn)
+            if not data:  # the host is gone without a word (killed): so is its sandbox, with the trainer in it
                 self._done(-signal.SIGKILL)
-                return
-            self._buf += chunk
-            if len(self._buf) >= 8 and self._buf[:4] == EXIT:
-                self._done(struct.unpack("<i", self._buf[4:8])[0])
+            elif sender != self.pid and len(data) == 8 and data[:4] == EXIT:
+                self._done(struct.unpack("<i", data[4:8])[0])
 
     def _done(self, code: int) -> None:
         self.returncode = code
@@ -136,7 +148,7 @@ class WarmProc:
                 signal.pidfd_send_signal(self._pidfd, sig)
             else:
                 os.kill(self.pid, sig)
-        except (ProcessLookupError, OSError):
+        except OSError:
             pass
 
     def kill(self) -> None:
@@ -146,26 +158,50 @@ class WarmProc:
         self.send_signal(signal.SIGTERM)
 
 
-def start(argv: list[str], env: dict, fds: list[int], rlimits: dict[str, int], *, code_src: Path, read_only: list[Path],
-          writable: list[Path], box) -> WarmProc:
+def _recv(conn: socket.socket) -> tuple[bytes, int | None]:
+    """One message (a host's messages are 8 bytes and a child's 4; the kernel never merges two senders') and its
+    sender's pid in this process's pid namespace."""
+    try:
+        data, ancdata, _, _ = conn.recvmsg(64, socket.CMSG_SPACE(_CRED))
+    except OSError:
+        return b"", None
+    for level, kind, value in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(value) >= _CRED:
+            return data, struct.unpack("3i", value[:_CRED])[0]
+    return data, None
+
+
+def start(argv: list[str], env: dict, fds: list[int], rlimits: dict[str, int], *, code_src: Path, code_digest: str,
+          read_only: list[Path], writable: list[Path], box) -> WarmProc:
     """A trainer `pretrainlab ARGV` forked by the host for these files (started here if there is none), waiting for
     attach(). `fds`: its stdin, stdout, stderr, then descriptors it keeps at numbers of its own, named in argv by the
     element "{fds}" (their numbers, comma-separated). `rlimits`: resource names (RLIMIT_FSIZE...) to soft = hard values.
     Raises Unavailable where no host can serve it."""
-    where = base_dir() / host_key(code_src, read_only, writable, box.active)
-    where.mkdir(mode=0o700, exist_ok=True)
+    base = base_dir()
+    _sweep(base)
+    where = base / host_key(code_src, code_digest, read_only, writable, env, box.active)
     request = json.dumps({"argv": argv, "env": env, "rlimits": rlimits}).encode()
-    with open(where / "lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # the host exits under it too: it never leaves with a request in its backlog
+    try:
+        where.mkdir(mode=0o700, exist_ok=True)
+        lock = os.open(where / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise Unavailable(f"{where}: {e.strerror or e}") from None
+    try:
+        _flock(lock, LOCK_TIMEOUT_S)  # the host exits under it too: it never leaves with a request in its backlog
+        os.utime(lock)  # (used: not stale)
         conn = _connect(where / "sock")
         if conn is None:
-            _start_host(where, code_src, read_only, writable, box)
-            conn = _connect(where / "sock", wait_s=START_TIMEOUT_S, log=where / "host.log")
+            _start_host(where, code_src, read_only, writable, env, box)
+            conn = _connect(where / "sock")
+            if conn is None:
+                raise Unavailable("the warm host's socket refused a connection as it started")
         try:
             socket.send_fds(conn, [struct.pack("<I", len(request)) + request], fds)
         except OSError as e:
             conn.close()
             raise Unavailable(f"the warm host took no request ({e.strerror or e})") from None
+    finally:
+        os.close(lock)
     try:
         pid = _child_pid(conn)
     except Unavailable:
@@ -174,70 +210,129 @@ def start(argv: list[str], env: dict, fds: list[int], rlimits: dict[str, int], *
     return WarmProc(conn, pid, argv)
 
 
-def _connect(path: Path, wait_s: float = 0.0, log: Path | None = None) -> socket.socket | None:
-    deadline = time.monotonic() + wait_s
+def _flock(fd: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
     while True:
-        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)  # before any message: the child's pid comes with its first
         try:
-            conn.connect(str(path))
-            return conn
-        except OSError:
-            conn.close()
-        if time.monotonic() >= deadline:
-            if wait_s:
-                tail = log.read_text(errors="replace")[-500:] if log is not None and log.exists() else ""
-                raise Unavailable(f"the warm host did not start within {wait_s:.0f} s{': ' + tail if tail else ''}")
-            return None
-        if _HOSTS and _HOSTS[-1].poll() is not None:
-            raise Unavailable(f"the warm host exited at start (exit {_HOSTS[-1].returncode}); its log: {log}")
-        time.sleep(0.02)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise Unavailable(f"the warm host's lock was held for {timeout:.0f} s") from None
+            time.sleep(0.02)
 
 
-def _start_host(where: Path, code_src: Path, read_only: list[Path], writable: list[Path], box) -> None:
+def _connect(path: Path) -> socket.socket | None:
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)  # before any message: the child's pid comes with its first
+    try:
+        conn.connect(str(path))
+        return conn
+    except OSError:  # none there, or a host that has exited (a socket file with no listener)
+        conn.close()
+        return None
+
+
+def _start_host(where: Path, code_src: Path, read_only: list[Path], writable: list[Path], env: dict, box) -> None:
+    """The host, in a sandbox that outlives this process, given its listening socket and the lock as descriptors (the
+    folder they are in is never in a sandbox: nothing there can replace them, or plant a link for this process)."""
     from .sandbox import scrubbed_env
 
+    (where / "sock").unlink(missing_ok=True)  # a host that has exited left it
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        (where / "sock").unlink()  # a host that died without its exit left it
-    except FileNotFoundError:
-        pass
-    # one thread by default: each trainer sets its own (torch.set_num_threads); what the runtimes read at load is this
-    env = scrubbed_env({"PYTHONPATH": str(code_src), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-                        "MKL_NUM_THREADS": "1", "PRETRAINLAB_SANDBOX": "1" if box.active else "0"})
-    cmd = box.wrap([sys.executable, "-m", "pretrainlab.runners.warm", str(where)], code_src=code_src, read_only=read_only,
-                   writable=[*writable, where], die_with_parent=False)
-    with open(where / "host.log", "ab") as log:
-        _HOSTS.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=env,
-                                       start_new_session=True, cwd="/"))
+        listener.bind(str(where / "sock"))
+        listener.listen(64)
+        log = os.open(where / "host.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        listener.close()
+        raise Unavailable(f"the warm host's socket could not be made ({e.strerror or e})") from None
+    # what libraries read as they load is the runs' own (one host per set of it); one thread by default: each trainer
+    # sets its own (torch.set_num_threads)
+    host_env = scrubbed_env({**{k: v for k, v in env.items() if not k.startswith(PER_RUN_ENV)}, "PYTHONPATH": str(code_src),
+                             "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+                            base={})
+    # its two descriptors above the ones the sandbox's start uses (the seccomp filter comes in on 9, and bwrap closes it);
+    # the lock opened anew: a lock belongs to an open file, which a copy of this process's descriptor would share
+    try:
+        own_lock = os.open(where / "lock", os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        listener.close()
+        os.close(log)
+        raise Unavailable(f"the warm host's lock could not be opened ({e.strerror or e})") from None
+    passed = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, HOST_FDS) for fd in (listener.fileno(), own_lock)]
+    os.close(own_lock)
+    # -P: nothing in its working directory (the runs' shared /tmp) is importable
+    cmd = box.wrap([sys.executable, "-P", "-m", "pretrainlab.runners.warm", *map(str, passed)], code_src=code_src,
+                   read_only=read_only, writable=writable, die_with_parent=False)
+    try:
+        _HOSTS.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=host_env,
+                                       start_new_session=True, cwd="/", pass_fds=passed))
+    except OSError as e:
+        raise Unavailable(f"the warm host did not start ({e.strerror or e})") from None
+    finally:
+        listener.close()  # the host's now: a connection waits in its backlog while it imports torch
+        for fd in (log, *passed):
+            os.close(fd)
 
 
 def _child_pid(conn: socket.socket) -> int:
     """The forked child's pid in this process's pid namespace, from the credentials of its first message."""
-    conn.settimeout(REQUEST_TIMEOUT_S + 30.0)
+    if not select.select([conn], [], [], START_TIMEOUT_S)[0]:
+        raise Unavailable(f"the warm host forked no trainer within {START_TIMEOUT_S:.0f} s")
+    data, pid = _recv(conn)
+    if data == PID and pid:
+        return pid
+    raise Unavailable(f"the warm host answered {data[:40]!r} instead of a trainer's pid" if data else "the warm host "
+                      "closed the connection (it exited, or failed to start: its log is host.log in its folder)")
+
+
+def _sweep(base: Path) -> None:
+    """Remove host folders nobody has used for STALE_S (and nobody holds the lock of)."""
+    now = time.time()
     try:
-        data, ancdata, _, _ = conn.recvmsg(64, socket.CMSG_SPACE(struct.calcsize("3i")))
-    except OSError as e:
-        raise Unavailable(f"the warm host did not fork a trainer ({e.strerror or e})") from None
-    finally:
-        conn.settimeout(None)
-    for level, kind, value in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and data[:4] == PID:
-            pid = struct.unpack("3i", value[: struct.calcsize("3i")])[0]
-            if pid > 0:
-                return pid
-    raise Unavailable(f"the warm host answered {data[:40]!r} instead of a trainer's pid")
+        entries = list(base.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if now - os.lstat(entry / "lock").st_mtime < STALE_S:
+                continue
+            fd = os.open(entry / "lock", os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            for name in ("sock", "host.log", "lock"):
+                (entry / name).unlink(missing_ok=True)
+            entry.rmdir()
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 # ---- the host, in the sandbox ------------------------------------------------------------------------------------------
 
 
-def serve(where: Path, idle_s: float = IDLE_S) -> None:
-    """Listen at WHERE/sock, import torch, fork a trainer per request; exit after `idle_s` with none running."""
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(where / "sock"))
-    listener.listen(64)
-    import torch  # noqa: F401  (what every trainer forked from here skips)
+def _undumpable() -> None:
+    """No /proc/PID/fd, mem or ptrace of this process for the other processes of the sandbox (the runs beside it)."""
+    import ctypes
 
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+
+
+def serve(listen_fd: int, lock_fd: int, idle_s: float = IDLE_S) -> None:
+    """Accept on LISTEN_FD, import torch, fork a trainer per request; exit after `idle_s` with none running (under the
+    lock on LOCK_FD, with no request waiting)."""
+    _undumpable()
+    for fd, kind in ((listen_fd, stat.S_ISSOCK), (lock_fd, stat.S_ISREG)):
+        if not kind(os.fstat(fd).st_mode):
+            raise SystemExit(f"[pretrainlab] warm host: descriptor {fd} is not the socket and lock it should be")
+    listener = socket.socket(fileno=listen_fd)
+    import importlib
+
+    importlib.import_module("torch")  # what every trainer forked from here skips
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     os.set_blocking(wake_r, False)
@@ -270,25 +365,35 @@ def serve(where: Path, idle_s: float = IDLE_S) -> None:
                 conn.close()
             last = time.monotonic()
         if listener in ready:
-            conn, _ = listener.accept()
+            try:
+                conn, _ = listener.accept()
+            except (ConnectionAbortedError, BlockingIOError, InterruptedError):
+                continue
+            except OSError as e:  # no socket to serve: the next job finds none listening and starts another host
+                print(f"[pretrainlab] warm host: cannot accept ({e}): exiting", file=sys.stderr, flush=True)
+                return
             last = time.monotonic()
-            pid = _fork_one(conn, listener, children, (wake_r, wake_w))
+            pid = _fork_one(conn, listener, children, (wake_r, wake_w, lock_fd))
             if pid is None:
                 conn.close()
             else:
                 children[pid] = conn
         if not children and time.monotonic() - last > idle_s:
-            with open(where / "lock", "a+") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                if select.select([listener], [], [], 0)[0]:
-                    continue  # a request came in meanwhile: serve it (the lock is let go here)
-                (where / "sock").unlink(missing_ok=True)
-                return  # (the lock goes with this process)
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            if select.select([listener], [], [], 0)[0]:
+                fcntl.flock(lock_fd, fcntl.LOCK_UN)
+                continue  # a request came in meanwhile: serve it
+            return  # (the lock goes with this process; the next job finds no listener and starts another host)
 
 
-def _fork_one(conn: socket.socket, listener: socket.socket, children: dict, pipe: tuple[int, int]) -> int | None:
+def _fork_one(conn: socket.socket, listener: socket.socket, children: dict, own: tuple[int, ...]) -> int | None:
+    fds: list[int] = []
     conn.settimeout(REQUEST_TIMEOUT_S)
     try:
+        # only a job, outside the sandbox, may ask (its pid is 0 in this pid namespace): never a trainer in it
+        peer = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED))[0]
+        if peer != 0 and os.environ.get("PRETRAINLAB_SANDBOX") == "1":
+            raise ValueError("a request from inside the sandbox")
         data, fds, _, _ = socket.recv_fds(conn, 1 << 16, MAX_FDS)
         if len(data) < 4:
             raise ValueError("no request")
@@ -306,7 +411,7 @@ def _fork_one(conn: socket.socket, listener: socket.socket, children: dict, pipe
             raise ValueError("not a trainer's request")
     except (OSError, ValueError, KeyError, TypeError) as e:
         print(f"[pretrainlab] warm host: a request dropped ({e})", file=sys.stderr, flush=True)
-        for fd in locals().get("fds") or []:
+        for fd in fds:
             os.close(fd)
         return None
     finally:
@@ -326,7 +431,7 @@ def _fork_one(conn: socket.socket, listener: socket.socket, children: dict, pipe
         listener.close()
         for other in children.values():
             other.close()
-        for fd in pipe:
+        for fd in own:
             os.close(fd)
         code = _child(conn, argv, env, rlimits, fds)
     except SystemExit as e:
@@ -389,4 +494,4 @@ def _child(conn: socket.socket, argv: list[str], env: dict, rlimits: dict, fds: 
 
 
 if __name__ == "__main__":
-    serve(Path(sys.argv[1]), *(float(a) for a in sys.argv[2:3]))
+    serve(int(sys.argv[1]), int(sys.argv[2]), *(float(a) for a in sys.argv[3:4]))
