@@ -45,6 +45,7 @@ from pathlib import Path
 from .. import rundir
 from ..config import Recipe
 from ..scoring_worker import TRAINED
+from . import warm
 from .sandbox import Sandbox, ignore_sigterm, scrubbed_env
 
 EXIT_REJECTED = 4
@@ -299,10 +300,11 @@ def warm_trainer(train_cmd: list[str], env: dict, link: TrainerLink | None, cap,
                  run_dir: Path, code_digest: str, box: Sandbox):
     """The run's trainer forked by the warm host for its files (runners/warm.py), in its cgroup and with the limits a
     fresh one gets (preexec in main), or None where there is no host to fork it (said on stderr: a fresh one then)."""
-    from . import warm
     from .limits import MAX_OPEN_FILES
 
     rlimits = {**cap.rlimits(), **({"RLIMIT_FSIZE": disk, "RLIMIT_NOFILE": MAX_OPEN_FILES} if disk is not None else {})}
+    # the host sees the campaign's folder (writable): a recipe file in it (one per experiment) needs no mount, nor a host
+    read_only = [p for p in read_only if not p.is_relative_to(run_dir.parent)]
     devnull = os.open(os.devnull, os.O_RDWR)
     try:  # its stdin and stdout go nowhere, its stderr is this process's log; the scoring pipes at numbers of its own
         proc = warm.start(train_cmd[3:] + (["--score-fds", "{fds}"] if link else []), env,
@@ -413,7 +415,7 @@ def main(spec_path: str, parent_pid: int | None = None) -> int:
 
             # the lab's own code on CPU: forked from the campaign's warm host (runners/warm.py), which has imported torch
             proc = warm_trainer(train_cmd, env, link, cap, disk, read_only, run_dir, cache.name, box) if (
-                spec.get("warm") and cache is not None and not gpus and parent_pid is None) else None
+                spec.get("warm") and cache is not None and not gpus and parent_pid is None and not warm.machine_has_gpus()) else None
             if proc is not None:
                 running["trainer"] = proc
                 if stopping["flag"]:  # (a SIGTERM while it was being forked: the handler had no trainer to pass it to)

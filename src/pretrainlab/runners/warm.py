@@ -79,6 +79,14 @@ def base_dir() -> Path:
     return path
 
 
+def machine_has_gpus() -> bool:
+    """Whether this machine has NVIDIA GPUs: its CPU runs then get fresh trainers (a host that touched CUDA as it imported
+    would leave its children unable to use it, and a GPU run's import is a small part of it)."""
+    import glob
+
+    return bool(glob.glob("/dev/nvidia[0-9]*")) or bool(glob.glob("/proc/driver/nvidia/gpus/*"))
+
+
 def host_key(code_src: Path, code_digest: str, read_only: list[Path], writable: list[Path], env: dict, sandboxed: bool) -> str:
     """One host per set of files its runs see, as they are now (a corpus rebuilt or a recipe saved anew is a new file;
     the code by its contents), per load-time environment, interpreter, and sandboxed or not."""
@@ -332,7 +340,10 @@ def serve(listen_fd: int, lock_fd: int, idle_s: float = IDLE_S) -> None:
     listener = socket.socket(fileno=listen_fd)
     import importlib
 
-    importlib.import_module("torch")  # what every trainer forked from here skips
+    # what every trainer forked from here skips: torch, and the lab's training and scoring code (the same files: the
+    # host is one per digest of them)
+    for module in ("torch", "pretrainlab.cli", "pretrainlab.train.trainer", "pretrainlab.scoring_worker"):
+        importlib.import_module(module)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     os.set_blocking(wake_r, False)
