@@ -105,7 +105,7 @@ def test_a_forked_trainer_is_capped_stopped_and_killed_as_a_fresh_one(corpus_dir
         sockets = [os.readlink(f"/proc/{a}/fd/{fd}") for fd in os.listdir(f"/proc/{a}/fd")]
         assert sum(s.startswith("socket:") for s in sockets) == 1, sockets
         assert os.readlink(f"/proc/{a}/fd/2") == str(tmp_path / "logs" / "a.stderr")
-        assert os.readlink(f"/proc/{a}/cwd") == "/tmp"
+        assert os.readlink(f"/proc/{a}/cwd") == "/tmp" and Path(f"/proc/{a}/comm").read_text().strip() == "pretrainlab-run"
         # (what /proc shows is the host's environment, scrubbed as every sandbox's is; the trainer's own is its job's)
         env = Path(f"/proc/{a}/environ").read_bytes().split(b"\0")
         assert b"PRETRAINLAB_SANDBOX=1" in env and not any(b"SECRET" in e or b"API_KEY" in e for e in env)

@@ -56,7 +56,7 @@ HOST_FDS = 64  # the host's socket and lock are passed at this number and above
 # (PYTHONHASHSEED, LD_LIBRARY_PATH, KMP_*, TORCH_*...): the host's own, one host per set of them
 PER_RUN_ENV = ("OMP_NUM_THREADS", "PRETRAINLAB_MEMORY_CAP_MB")
 GO, PID, EXIT = b"G", b"PID!", b"EXIT"
-PR_SET_DUMPABLE = 4
+PR_SET_DUMPABLE, PR_SET_NAME = 4, 15
 _HOSTS: list = []  # hosts this process started (kept so no Popen is collected while they run)
 _CRED = struct.calcsize("3i")
 
@@ -323,11 +323,15 @@ def _sweep(base: Path) -> None:
 # ---- the host, in the sandbox ------------------------------------------------------------------------------------------
 
 
-def _undumpable() -> None:
-    """No /proc/PID/fd, mem or ptrace of this process for the other processes of the sandbox (the runs beside it)."""
+def _prctl(option: int, arg) -> None:
     import ctypes
 
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0)
+
+
+def _undumpable() -> None:
+    """No /proc/PID/fd, mem or ptrace of this process for the other processes of the sandbox (the runs beside it)."""
+    _prctl(PR_SET_DUMPABLE, 0)
 
 
 def serve(listen_fd: int, lock_fd: int, idle_s: float = IDLE_S) -> None:
@@ -485,6 +489,7 @@ def _child(conn: socket.socket, argv: list[str], env: dict, rlimits: dict, fds: 
     os.environ.clear()
     os.environ.update(env)
     os.chdir("/tmp")
+    _prctl(PR_SET_NAME, b"pretrainlab-run")  # what top and ps -o comm show (its command line is still the host's)
     # who this is, in the job's pid namespace: the kernel checks the pid and translates it
     conn.sendmsg([PID], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, struct.pack("3i", os.getpid(), os.getuid(), os.getgid()))])
     if conn.recv(1) != GO:  # the job is gone before it let this run
