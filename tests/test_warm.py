@@ -114,7 +114,9 @@ def test_a_forked_trainer_is_capped_stopped_and_killed_as_a_fresh_one(corpus_dir
         (stopped,) = runner.wait()
         assert stopped.job.key == "a" and stopped.status == "stopped" and stopped.summary["status"] == "preempted"
         assert list((tmp_path / "a" / "ckpt").glob("step_*.pt")) and not _alive(a)
-        # its job killed outright (SIGKILL, as after a stop's grace period): the trainer goes with it
+        # its job killed outright (SIGKILL, as after a stop's grace period): the trainer goes with it, even one stopped
+        # (SIGSTOP) that can run nothing of its own
+        os.kill(b, signal.SIGSTOP)
         runner._kill(runner._running.pop("b"))
         deadline = time.time() + 20
         while _alive(b) and time.time() < deadline:
@@ -126,6 +128,8 @@ def test_a_forked_trainer_is_capped_stopped_and_killed_as_a_fresh_one(corpus_dir
 
 def test_a_host_is_for_the_files_code_and_load_time_environment_its_runs_have(tmp_path):
     (tmp_path / "shard.bin").write_bytes(b"x" * 10)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "runs").mkdir()
     args = dict(code_src=tmp_path / "src", code_digest="abc", read_only=[tmp_path / "shard.bin"], writable=[tmp_path / "runs"],
                 env={"PATH": "/usr/bin", "OMP_NUM_THREADS": "2", "PRETRAINLAB_MEMORY_CAP_MB": "512"}, sandboxed=True)
     key = warm.host_key(**args)
@@ -136,9 +140,18 @@ def test_a_host_is_for_the_files_code_and_load_time_environment_its_runs_have(tm
     replaced.write_bytes(b"y" * 10)
     os.replace(replaced, tmp_path / "shard.bin")  # a corpus rebuilt (published by a rename): the old host keeps the old file
     assert warm.host_key(**args) != key
+    key = warm.host_key(**args)
+    (tmp_path / "runs").rmdir()
+    (tmp_path / "runs").mkdir()  # a campaign's folder removed and made again: the old host's bind is of the old one
+    assert warm.host_key(**args) != key
+    key = warm.host_key(**args)
+    (tmp_path / "runs" / "scores").mkdir()  # a folder its runs must not see, made since: a host that hides it
+    assert warm.host_key(**args) != key
 
 
 def test_the_hosts_folder_is_outside_every_sandbox(corpus_dir, tmp_path):
+    (tmp_path / "scores").mkdir()
+    (tmp_path / "scores" / "x.json").write_text("{}")  # a campaign's verdicts, beside its runs
     runner = LocalRunner(num_slots=1, log_dir=tmp_path / "logs")
     runner.submit(Job("a", "tiny-cpu", tmp_path / "a", tiny_overrides(corpus_dir, **{"budget.tokens": 10**9})))
     pid = _forked_pid(tmp_path / "logs" / "a.stderr")
@@ -150,6 +163,9 @@ def test_the_hosts_folder_is_outside_every_sandbox(corpus_dir, tmp_path):
     try:
         assert (inside / "tmp").is_dir() and not (inside / str(warm.base_dir()).lstrip("/")).exists()
         assert not list((inside / "tmp").glob("pretrainlab-warm-*"))
+        # the campaign's folder is the runs', but its scores and job logs are not: empty where a run looks
+        seen = inside / str(tmp_path).lstrip("/")
+        assert (seen / "a").is_dir() and list((seen / "scores").iterdir()) == [] and list((seen / "logs").iterdir()) == []
     finally:
         runner.shutdown()
 

@@ -297,7 +297,7 @@ def compile_cache(run_parent: Path, code_src: Path) -> Path:
 
 
 def warm_trainer(train_cmd: list[str], env: dict, link: TrainerLink | None, cap, disk: int | None, read_only: list[Path],
-                 run_dir: Path, code_digest: str, box: Sandbox):
+                 run_dir: Path, code_digest: str, box: Sandbox, stopping=lambda: False):
     """The run's trainer forked by the warm host for its files (runners/warm.py), in its cgroup and with the limits a
     fresh one gets (preexec in main), or None where there is no host to fork it (said on stderr: a fresh one then)."""
     from .limits import MAX_OPEN_FILES
@@ -315,6 +315,10 @@ def warm_trainer(train_cmd: list[str], env: dict, link: TrainerLink | None, cap,
         return None
     finally:
         os.close(devnull)
+    if stopping():  # stopped while the host started: it never runs (killed before its go byte, as it waits for it)
+        proc.kill()
+        proc.wait()
+        return proc
     try:
         proc.attach(cap)
     except OSError as e:  # its cgroup refused it: no run goes uncapped
@@ -414,8 +418,11 @@ def main(spec_path: str, parent_pid: int | None = None) -> int:
                     die_with_parent(signal.SIGKILL)
 
             # the lab's own code on CPU: forked from the campaign's warm host (runners/warm.py), which has imported torch
-            proc = warm_trainer(train_cmd, env, link, cap, disk, read_only, run_dir, cache.name, box) if (
-                spec.get("warm") and cache is not None and not gpus and parent_pid is None and not warm.machine_has_gpus()) else None
+            # (a corpus inside the campaign's folder, which the host sees whole, would show it the held-out splits)
+            inside = any(c.is_relative_to(run_dir.parent) for c in (corpus_dir, scoring_corpus(recipe, spec.get("score_data"))))
+            proc = warm_trainer(train_cmd, env, link, cap, disk, read_only, run_dir, cache.name, box, lambda: stopping["flag"]) if (
+                spec.get("warm") and cache is not None and not gpus and parent_pid is None and not inside
+                and not warm.machine_has_gpus()) else None
             if proc is not None:
                 running["trainer"] = proc
                 if stopping["flag"]:  # (a SIGTERM while it was being forked: the handler had no trainer to pass it to)

@@ -294,10 +294,11 @@ class Sandbox:
         return args
 
     def wrap(self, cmd: list[str], *, code_src: Path, read_only: list[Path] = (), writable: list[Path] = (),
-             gpus: bool = False, die_with_parent: bool = True) -> list[str]:
+             gpus: bool = False, die_with_parent: bool = True, hidden: list[Path] = ()) -> list[str]:
         """`cmd` inside the sandbox (unchanged when there is none). `code_src` is the source
         tree on PYTHONPATH (the lab's, or a patched copy): mounted read-only. `die_with_parent`
-        False: the sandbox outlives the process that starts it (a warm host, runners/warm.py)."""
+        False: the sandbox outlives the process that starts it (a warm host, runners/warm.py). `hidden`:
+        folders inside a writable one that the sandbox sees empty and read-only."""
         if not self.active:
             return cmd
         tmp, shm = _tmpfs_sizes()
@@ -324,6 +325,9 @@ class Sandbox:
         for path in writable:
             path = Path(path).resolve()
             args += ["--bind", str(path), str(path)]
+        for path in hidden:
+            path = Path(path).resolve()
+            args += [*self._sized(1 << 16), "--tmpfs", str(path), "--remount-ro", str(path)]
         # the sandbox's root and /dev are tmpfs of bwrap's, uncapped (half the RAM each): read-only once everything is
         # mounted on them, so the capped /tmp and /dev/shm and the run directory are the only places to write
         args += ["--remount-ro", "/", "--remount-ro", "/dev"]

@@ -19,13 +19,15 @@ How one run goes (the job process, runners/job.py, is on the lab's side of the s
   4. the job moves that pid into the run's cgroup (memory and task caps) and sends a go byte; the child imports the
      lab's package and runs `pretrainlab train` as `python -m pretrainlab` would;
   5. the host reaps the child and sends the job its exit code (a signal as -n, as Popen says it). A job that dies
-     (SIGKILL) closes its end: the child sees it and kills itself, as --die-with-parent makes a fresh sandbox do.
+     (SIGKILL) closes its end: the host sees it and kills the child's process group (it and all it started), as
+     --die-with-parent makes a fresh sandbox do.
 Signals reach the trainer by its pid (a pidfd: never another process that reused the number).
 
-What is shared, and why that is enough: runs of one host see each other's run directories (the runs folder is
-writable, not one run's directory) and one /tmp. The code in them is the lab's own, the same for all; a code
-experiment's runs never come here and keep a fresh sandbox each. Pages of the host's import (~0.3 GB) are shared and
-charged to the host, not to a run's memory cap.
+What is shared, and why that is enough: runs of one host see each other's run directories (the campaign's folder is
+writable, not one run's directory; its scores, logs and code experiments' trees are hidden, and a corpus inside it
+gets no host) and one /tmp, and a crash of the host takes its runs with it (their pid namespace goes). The code in
+them is the lab's own, the same for all; a code experiment's runs never come here and keep a fresh sandbox each.
+Pages of the host's import (~0.3 GB) are shared and charged to the host, not to a run's memory cap.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ HOST_FDS = 64  # the host's socket and lock are passed at this number and above
 PER_RUN_ENV = ("OMP_NUM_THREADS", "PRETRAINLAB_MEMORY_CAP_MB")
 GO, PID, EXIT = b"G", b"PID!", b"EXIT"
 PR_SET_DUMPABLE, PR_SET_NAME = 4, 15
+HIDDEN = ("scores", "logs", "trees")  # a campaign folder's (research/campaign.py): never a run's to see
 _HOSTS: list = []  # hosts this process started (kept so no Popen is collected while they run)
 _CRED = struct.calcsize("3i")
 
@@ -94,10 +97,23 @@ def host_key(code_src: Path, code_digest: str, read_only: list[Path], writable: 
         st = os.stat(path)
         return [str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
 
-    what = {"python": sys.executable, "code": [str(code_src), code_digest], "ro": sorted(map(ident, read_only)),
-            "rw": sorted(map(str, writable)), "env": sorted((k, v) for k, v in env.items() if not k.startswith(PER_RUN_ENV)),
-            "sandboxed": sandboxed}
+    def folder(path: Path) -> list:  # a folder made anew at the same path is another bind
+        st = os.stat(path)
+        return [str(path), st.st_dev, st.st_ino]
+
+    import importlib.util
+
+    libraries = [ident(Path(spec.origin)) for spec in map(importlib.util.find_spec, ("torch", "numpy")) if spec and spec.origin]
+    what = {"python": sys.executable, "code": [*folder(code_src), code_digest], "ro": sorted(map(ident, read_only)),
+            "rw": sorted(map(folder, writable)), "hidden": sorted(map(str, hidden_in(writable))), "libraries": libraries,
+            "env": sorted((k, v) for k, v in env.items() if not k.startswith(PER_RUN_ENV)), "sandboxed": sandboxed}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def hidden_in(writable: list[Path]) -> list[Path]:
+    """What a host's runs never see in the campaign's folder it makes writable: the lab's verdicts, the job logs and
+    specs, code experiments' trees (empty and read-only in its sandbox)."""
+    return [path / name for path in writable for name in HIDDEN if (path / name).is_dir()]
 
 
 class WarmProc:
@@ -272,7 +288,7 @@ def _start_host(where: Path, code_src: Path, read_only: list[Path], writable: li
     os.close(own_lock)
     # -P: nothing in its working directory (the runs' shared /tmp) is importable
     cmd = box.wrap([sys.executable, "-P", "-m", "pretrainlab.runners.warm", *map(str, passed)], code_src=code_src,
-                   read_only=read_only, writable=writable, die_with_parent=False)
+                   read_only=read_only, writable=writable, die_with_parent=False, hidden=hidden_in(writable))
     try:
         _HOSTS.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log, env=host_env,
                                        start_new_session=True, cwd="/", pass_fds=passed))
@@ -355,9 +371,22 @@ def serve(listen_fd: int, lock_fd: int, idle_s: float = IDLE_S) -> None:
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a stop is for the trainers (by pid), never for the host
     children: dict[int, socket.socket] = {}
+    orphans: set[int] = set()  # children whose job is gone, killed
+    poller = select.poll()
+    poller.register(listener, select.POLLIN)
+    poller.register(wake_r, select.POLLIN)
     last = time.monotonic()
     while True:
-        ready = select.select([listener, wake_r], [], [], 1.0)[0]
+        events = dict(poller.poll(1000))
+        ready = [x for x in (listener, wake_r) if events.get(x if isinstance(x, int) else x.fileno(), 0) & select.POLLIN]
+        for pid, conn in children.items():  # its job is gone (killed): the trainer and all it started go too, as with
+            if events.get(conn.fileno(), 0) & (select.POLLRDHUP | select.POLLHUP):  # bwrap's --die-with-parent
+                poller.unregister(conn)
+                orphans.add(pid)
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except OSError:
+                    pass
         if wake_r in ready:
             try:
                 while os.read(wake_r, 512):
@@ -373,6 +402,9 @@ def serve(listen_fd: int, lock_fd: int, idle_s: float = IDLE_S) -> None:
                 break
             conn = children.pop(pid, None)
             if conn is not None:
+                if pid not in orphans:
+                    poller.unregister(conn)
+                orphans.discard(pid)
                 try:
                     conn.sendall(EXIT + struct.pack("<i", os.waitstatus_to_exitcode(status)))
                 except OSError:
@@ -393,6 +425,7 @@ def serve(listen_fd: int, lock_fd: int, idle_s: float = IDLE_S) -> None:
                 conn.close()
             else:
                 children[pid] = conn
+                poller.register(conn, select.POLLRDHUP)
         if not children and time.monotonic() - last > idle_s:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
             if select.select([listener], [], [], 0)[0]:
@@ -440,6 +473,7 @@ def _fork_one(conn: socket.socket, listener: socket.socket, children: dict, own:
         return pid
     code = 1
     try:
+        os.setpgid(0, 0)  # a group of its own: the host's kill when its job dies takes whatever it started too
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -466,7 +500,6 @@ def _fork_one(conn: socket.socket, listener: socket.socket, children: dict, own:
 def _child(conn: socket.socket, argv: list[str], env: dict, rlimits: dict, fds: list[int]) -> int:
     import resource
     import runpy
-    import threading
 
     # every descriptor above what any of them will land on first, then each in its place: 0-2, then its own numbers
     high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 512) for fd in fds]
@@ -491,19 +524,13 @@ def _child(conn: socket.socket, argv: list[str], env: dict, rlimits: dict, fds: 
     os.chdir("/tmp")
     _prctl(PR_SET_NAME, b"pretrainlab-run")  # what top and ps -o comm show (its command line is still the host's)
     # who this is, in the job's pid namespace: the kernel checks the pid and translates it
-    conn.sendmsg([PID], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, struct.pack("3i", os.getpid(), os.getuid(), os.getgid()))])
-    if conn.recv(1) != GO:  # the job is gone before it let this run
+    try:
+        conn.sendmsg([PID], [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, struct.pack("3i", os.getpid(), os.getuid(), os.getgid()))])
+        go = conn.recv(1)
+    except OSError:  # its job is gone (its log may be the next attempt's by now: nothing is written there)
         return 1
-
-    def die_with_job() -> None:  # the job's end closes when it dies: so does this run, as a fresh sandbox would
-        try:
-            while conn.recv(64):
-                pass
-        except OSError:
-            pass
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    threading.Thread(target=die_with_job, daemon=True, name="warm-job-watch").start()
+    if go != GO:  # the job is gone, or let it go, before it ran
+        return 1
     sys.argv = ["pretrainlab", *argv]
     runpy.run_module("pretrainlab", run_name="__main__", alter_sys=True)
     return 0
