@@ -91,8 +91,9 @@ def machine_has_gpus() -> bool:
 
 
 def host_key(code_src: Path, code_digest: str, read_only: list[Path], writable: list[Path], env: dict, sandboxed: bool) -> str:
-    """One host per set of files its runs see, as they are now (a corpus rebuilt or a recipe saved anew is a new file;
-    the code by its contents), per load-time environment, interpreter, and sandboxed or not."""
+    """One host per set of files its runs see, as they are now (a corpus rebuilt, or a recipe file outside the campaign's
+    folder saved anew, is a new file; a folder made anew is a new folder; the code by its contents; torch and numpy by
+    their files), per load-time environment, interpreter, and sandboxed or not."""
     def ident(path: Path) -> list:
         st = os.stat(path)
         return [str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
