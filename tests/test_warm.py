@@ -16,7 +16,14 @@ from conftest import tiny_overrides
 
 from pretrainlab.runners import Job, LocalRunner
 from pretrainlab.runners import warm
+from pretrainlab.runners.limits import RunCap
+from pretrainlab.runners.sandbox import Sandbox
 
+SANDBOX = Sandbox.detect(warn=False)
+PROBE = RunCap.create("probe", 256 << 20, 64)
+PROBE.remove()
+needs_sandbox = pytest.mark.skipif(not SANDBOX.active, reason=f"no sandbox here: {SANDBOX.reason}")
+needs_cgroup = pytest.mark.skipif(not PROBE.version, reason=f"no cgroup can be made here: {PROBE.why}")
 FORKED = re.compile(r"trainer forked from the warm host \(pid (\d+)\)")
 
 
@@ -85,6 +92,8 @@ def test_a_forked_trainer_trains_and_is_scored_as_a_fresh_one(corpus_dir, tmp_pa
     assert len(pids) == 2  # a process each
 
 
+@needs_sandbox
+@needs_cgroup
 def test_a_forked_trainer_is_capped_stopped_and_killed_as_a_fresh_one(corpus_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("PRETRAINLAB_TEST_SECRET", "hunter2")  # the job's environment, which no sandbox gets
     runner = LocalRunner(num_slots=2, log_dir=tmp_path / "logs")
@@ -149,6 +158,7 @@ def test_a_host_is_for_the_files_code_and_load_time_environment_its_runs_have(tm
     assert warm.host_key(**args) != key
 
 
+@needs_sandbox
 def test_the_hosts_folder_is_outside_every_sandbox(corpus_dir, tmp_path):
     (tmp_path / "scores").mkdir()
     (tmp_path / "scores" / "x.json").write_text("{}")  # a campaign's verdicts, beside its runs
@@ -185,6 +195,7 @@ def test_a_code_experiments_run_is_never_forked(corpus_dir, tmp_path):
     assert not FORKED.search(result.stderr_tail) and "warm" not in result.stderr_tail
 
 
+@needs_sandbox
 def test_the_host_goes_when_idle_and_a_killed_one_is_replaced(corpus_dir, tmp_path):
     # the host itself, unsandboxed, given its socket and lock, told to go after a second idle
     listener = socket.socket(socket.AF_UNIX)
