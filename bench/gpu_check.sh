@@ -3,7 +3,8 @@
 #   0. bench/gpu_probe.py: attention kernels alone and in the compiled model, and a profile of one step
 #   1. the real trainer on autoresearch-50m (bf16 autocast + torch.compile; ATTN sets train.attention, default auto),
 #      then the doctor on that run; `traintorch`: the same run with train.kernels=torch (the plain ops for
-#      QK-norm + RoPE instead of model/kernels.py's Triton kernels); `train124`: the trainer on gpt2-124m
+#      QK-norm + RoPE instead of model/kernels.py's Triton kernels); `trainmaxat`: the same run with
+#      train.compile_mode=max-autotune; `train124`: the trainer on gpt2-124m
 #   2. a 4-run research campaign on `small` with --gpus 0: training and the lab's scoring in the
 #      sandbox with the GPU passed through
 #   3. bench/throughput.py on autoresearch-50m and gpt2-124m (MFU against the vendor peak)
@@ -51,6 +52,9 @@ has train && step train-ar50m 150 $PY -m pretrainlab train --recipe autoresearch
     --set train.attention="$ATTN" --out "$OUT/ws/runs/ar50m" --json
 has traintorch && step train-ar50m-torch 150 $PY -m pretrainlab train --recipe autoresearch-50m --set budget.seconds="${TRAIN_SECONDS:-30}" \
     --set train.attention="$ATTN" --set train.kernels=torch --out "$OUT/ws/runs/ar50m-torch" --json
+has trainmaxat && step train-ar50m-maxat "${MAXAT_LIMIT:-200}" $PY -m pretrainlab train --recipe autoresearch-50m \
+    --set budget.seconds="${TRAIN_SECONDS:-30}" --set train.attention="$ATTN" --set train.compile_mode=max-autotune \
+    --out "$OUT/ws/runs/ar50m-maxat" --json
 has doctor && step doctor-ar50m 40 $PY -m pretrainlab doctor "$OUT/ws/runs/ar50m" --json
 has campaign && step campaign-small "${CAMPAIGN_LIMIT:-170}" $PY -m pretrainlab research start --recipe small --gpus 0 \
     --parallel 1 --budget-runs 4 --seeds 2 --run-budget 10s --strategy random --name gpu-smoke --json
@@ -73,6 +77,7 @@ fi
 has train124 && step train-124m 200 $PY -m pretrainlab train --recipe gpt2-124m --set budget.seconds="${TRAIN_SECONDS:-30}" \
     --set train.attention="$ATTN" --set eval.tokens_per_domain=65536 --out "$OUT/ws/runs/124m" --json
 cp bench/results/throughput-*cuda*.json "$OUT/" 2>/dev/null
+for r in "$OUT"/ws/runs/*/; do [ -f "$r/summary.json" ] && cp "$r/summary.json" "$OUT/summary-$(basename "$r").json"; done
 tar czf "$OUT/logs.tar.gz" -C "$OUT" --exclude logs.tar.gz --exclude ckpt --exclude '*.pt' --exclude '*.bin' . 2>/dev/null
 echo "== summary"
 cat "$summary"

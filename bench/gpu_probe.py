@@ -50,7 +50,7 @@ from pretrainlab.model.gpt import _SDPA, attention_kernels
 from pretrainlab.train.optim import Muon, build_optimizers
 from pretrainlab.train.telemetry import device_name, peak_flops
 
-FAMILIES = [("attention", r"flash|fmha|attention|cudnn|sdpa"), ("matmul", r"gemm|cutlass|nvjet|xmma|cublas|sm90_|wgmma"),
+FAMILIES = [("attention", r"flash|fmha|attention|cudnn|sdpa"), ("matmul (Triton template)", r"^triton_tem"), ("matmul", r"gemm|cutlass|nvjet|xmma|cublas|sm90_|wgmma"),
             ("fused (Triton)", r"^triton_"), ("hand-written (Triton)", r"^_rope_norm|^_softcap_ce"), ("optimizer", r"adam|foreach|multi_tensor")]
 
 

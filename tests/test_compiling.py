@@ -61,6 +61,20 @@ def test_old_boolean_settings_still_read():
         TrainConfig(compile="sometimes")
 
 
+def test_compile_mode_is_checked_keys_the_warm_up_record_and_reaches_torch_compile(monkeypatch):
+    with pytest.raises(ValueError, match="train.compile_mode must be default or max-autotune"):
+        TrainConfig(compile_mode="fast")
+    tuned = Recipe.from_dict({**Recipe().to_dict(), "train": {**Recipe().to_dict()["train"], "compile_mode": "max-autotune"}})
+    assert Recipe().hash() == Recipe.from_dict(Recipe().to_dict()).hash() and tuned.hash() != Recipe().hash()
+    assert compiling.shape_key(tuned, "cuda") != compiling.shape_key(Recipe(), "cuda")  # its warm-up is minutes, not seconds
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: modes.append(mode) or model)
+    for setting in ("default", "max-autotune"):
+        _, compiled, _ = compiling.compile_model(torch.nn.Linear(2, 2), [], lambda m: None, mode=setting)
+        assert compiled
+    assert modes == [None, "max-autotune-no-cudagraphs"]  # never CUDA graphs: the trainer's step is not capturable
+
+
 def test_a_short_cpu_run_stays_eager_under_auto(corpus_dir, tmp_path):
     run_dir, s = api.train_run("tiny-cpu", tiny_overrides(corpus_dir, **{"budget.tokens": 4096, "train.compile": "auto"}), tmp_path / "r", echo=False)
     assert s["status"] == "ok" and s["compiled"] is False

@@ -138,6 +138,9 @@ class TrainConfig:
     dtype: str = doc("'auto' (bf16 autocast on GPU, fp32 on CPU), 'float32' or 'bfloat16'", "auto")
     compile: str = doc("torch.compile the model (and Muon's Newton-Schulz): 'auto' (on CUDA; on one CPU process when the "
                        "budget left after the first step repays compile's warm-up, see train/compiling.py), 'on' or 'off'", "auto")
+    compile_mode: str = doc("how torch.compile tunes: 'default', or 'max-autotune' (inductor benchmarks Triton matmul templates "
+                            "against cuBLAS and fuses elementwise work into the winners; minutes of warm-up, no CUDA graphs)",
+                            "default")
     parallel: str = doc("across processes: 'ddp' (a full replica per process) or 'fsdp' (FSDP2: parameters, grads and "
                         "optimizer state sharded; sharded checkpoints that resume on any number of processes)", "ddp")
     num_threads: int = doc("CPU threads for this process; 0 = torch's default (split across processes)", 0)
@@ -168,6 +171,8 @@ class TrainConfig:
         self.compile = {"true": "on", "yes": "on", "1": "on", "false": "off", "no": "off", "0": "off"}.get(self.compile.lower(), self.compile.lower())
         if self.compile not in ("auto", "on", "off"):
             raise ValueError(f"train.compile must be auto, on or off, got {self.compile!r}")
+        if self.compile_mode not in ("default", "max-autotune"):
+            raise ValueError(f"train.compile_mode must be default or max-autotune, got {self.compile_mode!r}")
         if self.attention not in ("auto", "flash", "cudnn", "efficient", "math"):
             raise ValueError(f"train.attention must be auto, flash, cudnn, efficient or math, got {self.attention!r}")
         if self.kernels not in ("auto", "torch"):
@@ -269,7 +274,7 @@ _HASH_BASE: dict = {
         "final_lr_frac": 0.0},
     "data": {"corpus": "builtin", "tokenizer": "byte", "weights": None},
     "train": {"batch_tokens": 4096, "micro_batch_rows": 16, "device": "auto", "dtype": "auto", "compile": "auto",
-        "parallel": "ddp", "num_threads": 0, "attention": "auto", "kernels": "auto", "log_every": 1, "eval_every": 0, "eval_every_frac": 0.0,
+        "compile_mode": "default", "parallel": "ddp", "num_threads": 0, "attention": "auto", "kernels": "auto", "log_every": 1, "eval_every": 0, "eval_every_frac": 0.0,
         "eval_at_start": False, "ckpt_every": 0, "ckpt_keep": 2, "diverge_ratio": 2.5, "diverge_patience": 10},
     "budget": {"tokens": 0, "seconds": 60.0, "flops": 0.0, "wall_limit_s": 0.0},
     "eval": {"tokens_per_domain": 32768, "batch_rows": 16},

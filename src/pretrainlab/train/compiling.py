@@ -79,7 +79,7 @@ def shape_key(recipe, device_type: str) -> str:
     """What a compiled graph depends on, as far as its warm-up goes: the model's and the batch's shapes, the optimizer."""
     m = recipe.model
     return (f"{device_type}:{m.n_layer}x{m.n_embd}h{m.n_head}:T{m.seq_len}:V{m.vocab_size}:rows{recipe.train.micro_batch_rows}:"
-            f"{recipe.optim.name}:torch{torch.__version__}")
+            f"{recipe.optim.name}:torch{torch.__version__}" + (f":{recipe.train.compile_mode}" if recipe.train.compile_mode != "default" else ""))
 
 
 def cache_dir() -> Path:
@@ -143,15 +143,20 @@ def uncompile_optimizers(optimizers: list[torch.optim.Optimizer]) -> None:
             opt.orthogonalize = zeropower_via_newtonschulz5
 
 
+MODES = {"default": None, "max-autotune": "max-autotune-no-cudagraphs"}  # train.compile_mode -> torch.compile's mode
+
+
 def compile_model(model: nn.Module, optimizers: list[torch.optim.Optimizer],
-                  warm_up: Callable[[nn.Module], None], key: str | None = None) -> tuple[nn.Module, bool, str]:
+                  warm_up: Callable[[nn.Module], None], key: str | None = None,
+                  mode: str = "default") -> tuple[nn.Module, bool, str]:
     """(torch.compile(model), True, note), with Muon's Newton-Schulz compiled too and both
     warmed up (`warm_up(compiled)` runs one forward/backward on the training shapes); when
-    the compiler fails, (model, False, a one-line warning): eager, as before. With a `key`
+    the compiler fails, (model, False, a one-line warning): eager, as before. `mode` is
+    train.compile_mode (`MODES`); the optimizer's Newton-Schulz keeps the default. With a `key`
     (`shape_key`), the warm-up's duration is recorded for the next run of the shape."""
     t0 = time.perf_counter()
     try:
-        compiled = torch.compile(model)
+        compiled = torch.compile(model, mode=MODES[mode])
         warm_up(compiled)
         for opt in optimizers:
             if isinstance(opt, Muon):

@@ -234,7 +234,7 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
     if tc.parallel == "fsdp":  # sharded in place: raw_model's parameters become DTensors, its names stay
         if compile_plan == "on":  # no eager fallback here: the blocks compile at their first forward
             for block in raw_model.blocks:
-                block.compile()  # per block, before sharding (as torchtitan); Module.compile keeps parameter names
+                block.compile(mode=compiling.MODES[tc.compile_mode])  # per block, before sharding (as torchtitan); Module.compile keeps parameter names
             compiled = True
         parallel.shard_model(raw_model, device, bf16=device.type == "cuda" and dtype == "bfloat16")
 
@@ -250,7 +250,8 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
         raw_model.zero_grad(set_to_none=False)
 
     if compile_plan == "on" and tc.parallel == "ddp":
-        model, compiled, compile_note = compiling.compile_model(model, optimizers, warm_up, compiling.shape_key(recipe, device.type))
+        model, compiled, compile_note = compiling.compile_model(model, optimizers, warm_up, compiling.shape_key(recipe, device.type),
+                                                                  tc.compile_mode)
     if d.world_size > 1 and tc.parallel == "ddp":
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     try:
@@ -533,7 +534,7 @@ def _train(recipe: Recipe, out_dir: Path, resume: bool, echo: bool) -> dict:
                 if compiling.compile_pays(left, recipe.model.n_layer, key) and not stop_signal["sigterm"]:
                     try:
                         stop_signal["warming_up"] = True
-                        model, compiled, note = compiling.compile_model(raw_model, optimizers, warm_up, key)
+                        model, compiled, note = compiling.compile_model(raw_model, optimizers, warm_up, key, tc.compile_mode)
                     except _WarmUpInterrupted:
                         by = "SIGINT" if stop_signal["sigint"] else "SIGTERM"
                         model, compiled, note = raw_model, False, f"{by} during the compile warm-up: eager"
