@@ -346,6 +346,11 @@ def fit_law(n, d, loss, num_starts: int | None = DEFAULT_STARTS, optimizer: str 
     best = int(np.argmin(np.where(finite, values, np.inf))) if finite.any() else None
     if best is None:
         raise ValueError("no start of the fit reached a finite objective: check the points (losses of order 1-10, sizes >= 1)")
+    # on a flat ridge the descents stop anywhere along it, their objectives equal to rounding: of those ties, take one
+    # whose coefficients are in float range (it is then flagged as not determined), whatever the rounding favoured
+    tied = finite & (values <= values[best] + 1e-9 * abs(values[best]) + 1e-15) & (ends[:, :3].max(axis=1) <= MAX_LOG)
+    if tied.any():
+        best = int(np.argmin(np.where(tied, values, np.inf)))
     theta, fun = ends[best], float(values[best])
     if max(theta[:3]) > MAX_LOG:  # a descent along a degenerate ridge: an exponent growing without bound, its coefficient with it
         k = int(np.argmax(theta[:3]))
