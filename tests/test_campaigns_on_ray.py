@@ -147,10 +147,10 @@ def workspace(tmp_path, monkeypatch, cluster):
     return tmp_path
 
 
-def config(corpus_dir, cluster, tokens: int, **kw) -> CampaignConfig:
+def config(corpus_dir, cluster, tokens: int, sets: dict | None = None, **kw) -> CampaignConfig:
     # two runs, started together (the baseline and the first screen): one on each node. No early stopping: a tiny run's
     # rung is its end, and a screen stopped there would end unscored
-    base = dict(recipe="tiny-cpu", overrides=tiny_overrides(corpus_dir, **{"train.ckpt_every": 4}), run_budget=f"{tokens}tok",
+    base = dict(recipe="tiny-cpu", overrides=tiny_overrides(corpus_dir, **{"train.ckpt_every": 4, **(sets or {})}), run_budget=f"{tokens}tok",
                 budget_runs=2, parallel=2, seeds=1, decision="greedy", strategy="random", early_stop=False, runner="ray",
                 ray_address=cluster.address)
     base.update(kw)
@@ -203,9 +203,10 @@ def test_a_run_lost_with_its_node_resumes_on_another(corpus_dir, workspace, clus
 
     watcher = threading.Thread(target=kill_node2_once_a_run_there_has_a_checkpoint, daemon=True)
     watcher.start()
-    # 128 steps: under a loaded machine the watcher can first see a checkpoint of a 64-step run at its last steps,
-    # when it finishes before the node's death reaches it
-    cid = manage.start(config(corpus_dir, cluster, 131072), echo=False)
+    # 128 steps of at least 30 ms each (the loader waits, no CPU): a run must not finish before its node's death reaches
+    # it (Ray's workers notice their raylet is gone within a second or two); on a fast idle machine 128 tiny steps took
+    # 2 s and the run sometimes finished on the killed node; under load the watcher may first see a late checkpoint
+    cid = manage.start(config(corpus_dir, cluster, 131072, {"faults.data_sleep_s": 0.03}), echo=False)
     watcher.join(timeout=1)
     assert killed, "no run reached a checkpoint on the second node"
     ledger = Ledger()
