@@ -87,7 +87,8 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-# cred_expire: how long a requeued job waits before it may start again (default 120 s)
+# cred_expire: how long a requeued job waits before it may start again (default 120 s; below 5 a requeued job
+# waited about 2 minutes here, slurm-wlm 22.05)
 AuthInfo=socket=$DIR/munge.socket,cred_expire=5
 StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool/%n

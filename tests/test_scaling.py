@@ -162,7 +162,9 @@ def test_points_from_csv_and_json_agree_and_d_may_come_from_flops(tmp_path):
 
 
 @pytest.mark.parametrize("rows, fragments", [
-    ([(1e6, 1e8, 3.0)] * 5, ["5 points for the law's 5 parameters", "at least 6"]),
+    ([(1e6 * (i + 1), 1e8 * (i + 1), 3.0) for i in range(5)], ["5 distinct (N, D) points for the law's 5 parameters", "at least 6"]),
+    # one size and budget per model, each pasted three times: 9 rows, 3 points' worth (it passed, with zero-width intervals)
+    ([(1e6 * (i + 1), 1e8 * (i + 1), 3.0 - i / 10) for i in range(3)] * 3, ["3 distinct (N, D) points (9 rows, repeated", "at least 6"]),
     ([(1e6 * (i + 1), 1e8 * (1 + i % 2), 3.0) for i in range(8)], ["2 distinct token counts (D)", "another token budget"]),
     ([(1e6 * (i + 1), 1e8 * (i + 1), 3.0 if i != 4 else float("nan")) for i in range(8)], ["row 5: loss is nan", "drop that point"]),
     ([(-1e6 if i == 2 else 1e6 * (i + 1), 1e8 * (i + 1), 3.0) for i in range(8)], ["row 3: N (parameters) is -1e+06, not positive"]),
@@ -181,13 +183,22 @@ def test_bad_points_are_one_line_errors_naming_the_fix(tmp_path, capsys, rows, f
 def test_file_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "cols.csv").write_text("params,loss\n1,2\n")
     (tmp_path / "word.csv").write_text("N,D,loss\n1e6,lots,3\n")
+    grid = "".join(f"{n:g},{d:g},{3 - i / 10 - j / 20}\n" for i, n in enumerate((1e6, 3e6, 1e7)) for j, d in enumerate((1e8, 3e8, 1e9)))
+    (tmp_path / "twice.csv").write_text("N,N,D,loss\n" + "".join(f"{ln.split(',')[0]},{ln}" for ln in grid.splitlines(True)))
+    (tmp_path / "long.csv").write_text("N,D,loss\n" + grid + "1e8,1e9,2.5,oops\n")
+    (tmp_path / "huge.csv").write_text("N,D,loss\n" + "".join(f"{n:g},{n:g},{3 - i / 10}\n" for i, n in enumerate((1e150, 1e154, 1e155))))
+    (tmp_path / "grid.csv").write_text("N,D,loss\n" + grid)
     for argv, fragment in ((["scaling", "fit", str(tmp_path / "cols.csv")], "no column for D (e.g. tokens) or FLOPs"),
                            (["scaling", "fit", str(tmp_path / "word.csv")], "row 1: D is 'lots', not a number"),
                            (["scaling", "fit", str(tmp_path / "none.csv")], "cannot read it"),
                            (["scaling", "fit", str(CHINCHILLA_CSV), "--plot", str(tmp_path / "fit.pdf")], "must end in .svg or .html"),
                            (["scaling", "fit", str(CHINCHILLA_CSV), "--flops", "lots"], "give a compute budget in FLOPs"),
                            (["scaling", "fit", str(CHINCHILLA_CSV), "--params", "non-embedding"], "a file's N is used as given"),
-                           (["scaling", "fit"], "scaling fit needs points")):
+                           (["scaling", "fit"], "scaling fit needs points"),
+                           (["scaling", "fit", str(tmp_path / "twice.csv")], "the header names N more than once"),
+                           (["scaling", "fit", str(tmp_path / "long.csv")], "row 10 has more fields than the header (3)"),
+                           (["scaling", "fit", str(tmp_path / "huge.csv")], "6 N D (the training FLOPs) is beyond float range"),
+                           (["scaling", "fit", str(tmp_path / "grid.csv"), "--seed", "-1"], "--seed -1: give a seed >= 0")):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and fragment in err[0], (argv, err)

@@ -3,6 +3,7 @@
 leave the full fit's basin, and a transfer prediction's interval covers the measured
 larger-rung gain about as often as it says. No training; a few seconds."""
 
+import json
 import math
 
 import numpy as np
@@ -84,3 +85,51 @@ def test_the_transfer_interval_covers_the_measured_larger_rung_gain():
     assert 0.91 <= inside / draws <= 0.99, inside
     assert law_only / draws < 0.3, law_only
     assert "inside the interval" in T.verdict(p, p["effect"], (mlo, mhi)) and "the small-rung effect" in p["includes"]
+
+
+def test_the_fit_does_not_depend_on_the_losss_unit():
+    """A 4 x 4 ladder in its own unit and times 1e5 (its log-loss shifted by 11.5): the same exponents and allocation,
+    E scaled by 1e5. The grid of starts is in units of the median loss; before, the scaled copy ended at alpha 0.26
+    and an N_opt 16x off, with warnings that blamed the points."""
+    n, d = (a.ravel() for a in np.meshgrid([1e6, 3e6, 1e7, 3e7], [2e7, 6e7, 2e8, 6e8]))
+    loss = (1.3 + 400 * n ** -0.58 + 300 * d ** -0.35) * np.exp(0.005 * np.random.default_rng(4).standard_normal(16))
+    plain, scaled = L.fit_law(n, d, loss), L.fit_law(n, d, loss * 1e5)
+    assert scaled.alpha == pytest.approx(plain.alpha, rel=1e-6) and scaled.beta == pytest.approx(plain.beta, rel=1e-6)
+    assert scaled.E == pytest.approx(plain.E * 1e5, rel=1e-6) and scaled.objective == pytest.approx(plain.objective, rel=1e-6)
+    assert L.optimal_allocation(scaled.theta[None, :], np.array([1e18]))[0] == pytest.approx(
+        L.optimal_allocation(plain.theta[None, :], np.array([1e18]))[0], rel=1e-5)
+    for fit, factor in ((plain, 1.0), (scaled, 1e5)):  # the bootstrap refits too
+        thetas = L.bootstrap_law(n, d, loss * factor, fit, 20, np.random.default_rng(0))
+        assert len(thetas) == 20 and np.median(thetas[:, 3]) == pytest.approx(fit.alpha, rel=0.2)
+
+
+def test_bootstrap_in_chunks_gives_the_same_refits(monkeypatch):
+    fit = L.LawFit.from_theta(LAB, objective=0, num_points=9, num_starts=0)
+    whole = L.bootstrap_law(*RIDGE, fit, 30, np.random.default_rng(2), num_starts=0)
+    monkeypatch.setattr(L, "BOOTSTRAP_CHUNK", 9 * 3)  # 3 resamples a batch
+    assert np.array_equal(L.bootstrap_law(*RIDGE, fit, 30, np.random.default_rng(2), num_starts=0), whole)
+
+
+def test_json_is_strict_and_an_overflowing_coefficient_leaves_its_interval_unbounded(tmp_path, capsys):
+    """`scaling fit --json` holds no NaN or Infinity token; A's bootstrap interval, whose refits overflow a float in its
+    upper tail, is taken on log A (its upper bound unbounded: null) instead of from the refits that did not overflow."""
+    path = tmp_path / "ridge.csv"
+    path.write_text("N,D,loss\n" + "".join(f"{n:.0f},{d:.0f},{float(y)!r}\n" for n, d, y in RIDGE.T))
+    assert main(["scaling", "fit", str(path), "--bootstrap", "200", "--flops", "1e300", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
+    lo, hi = out["intervals"]["A"]
+    assert lo > 0 and hi is None
+    thetas = L.bootstrap_law(*RIDGE, L.fit_law(*RIDGE), 200, np.random.default_rng(0))
+    assert (thetas[:, 0] > L.MAX_LOG).mean() > 0.025  # more than the interval's upper tail: the refits that used to be dropped
+
+
+def test_iso_flop_minima_that_disagree_give_no_allocation():
+    """Two budgets 1.2x apart whose minima put N_opt at 1e8 and 1e5: an exponent of -38, once reported (and a k_N
+    that overflowed into a traceback). No allocation follows, with the reason."""
+    from pretrainlab.scaling.isoflop import fit_isoflop
+
+    n = np.array([1e7, 1e8, 1e9, 1e4, 1e5, 1e6])
+    d = np.concatenate([1e19 / (6 * n[:3]), 1.2e19 / (6 * n[3:])])
+    loss = np.array([2.1, 2.0, 2.1, 2.1, 2.0, 2.1])
+    iso = fit_isoflop(n, d, loss, None, 10, np.random.default_rng(0))
+    assert iso.a is None and "minima disagree" in iso.reason and iso.to_dict()["k_N"] is None

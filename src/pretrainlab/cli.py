@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import stat
@@ -457,8 +458,19 @@ def _console():
     return Console(width=None if sys.stdout.isatty() else 120)  # pipes and logs get full rows
 
 
+def _strict(obj):
+    """obj with every NaN or infinite float as None: strict JSON (no NaN or Infinity token a JSON parser rejects)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    return obj
+
+
 def _print_json(obj) -> int:
-    print(json.dumps(obj, indent=2, default=str))
+    print(json.dumps(_strict(obj), indent=2, default=str, allow_nan=False))
     return 0
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import UserError
 from . import isoflop, law
-from .points import Points, check_points
+from .points import Points, check_points, distinct_pairs
 
 DEFAULT_BOOTSTRAP = 1000
 DEFAULT_LEVEL = 0.95
@@ -60,6 +60,8 @@ def analyse(points: Points, flops: list[float] | None = None, num_bootstrap: int
         raise UserError(f"--bootstrap {num_bootstrap}: give a number of resamples >= 0 (0: no intervals)")
     if num_starts is not None and num_starts < 1:
         raise UserError(f"--starts {num_starts}: give at least 1 start, or 'all' for the 4,500-point grid")
+    if seed < 0:
+        raise UserError(f"--seed {seed}: give a seed >= 0 for the bootstrap's resamples")
     if optimizer not in law.OPTIMIZERS:
         raise UserError(f"--optimizer {optimizer!r}: use one of {', '.join(law.OPTIMIZERS)}")
     budgets = [parse_flops(c) for c in flops] if flops else default_budgets(points)
@@ -71,6 +73,9 @@ def analyse(points: Points, flops: list[float] | None = None, num_bootstrap: int
     thetas = law.bootstrap_law(n, d, loss, fit, num_bootstrap, rng, optimizer=optimizer) if num_bootstrap else np.zeros((0, 5))
     named = law.theta_to_params(thetas)
     intervals = {k: law.percentile_interval(v, level) for k, v in named.items()} if len(thetas) else {}
+    for k, j in (("A", 0), ("B", 1), ("E", 2)):  # on the log scale, where a refit whose coefficient overflows stays a number
+        if len(thetas):
+            intervals[k] = law.coefficient_interval(thetas[:, j], level)
 
     # 3. the compute-optimal allocation at each budget, with the bootstrap's spread
     c_max = float(points.flops().max())
@@ -131,6 +136,10 @@ def analyse(points: Points, flops: list[float] | None = None, num_bootstrap: int
     }
 
 
+def _times(ratio: float) -> str:
+    return f"{ratio:.0f}x" if ratio < 1e6 else f"{ratio:.2g}x"
+
+
 def _num(v) -> float | None:
     return float(v) if np.isfinite(v) else None
 
@@ -159,15 +168,17 @@ def _warnings(points: Points, fit: law.LawFit, thetas, num_bootstrap: int, alloc
     if fit.exponents() is None:
         out.append(f"the fit has alpha={fit.alpha:.3g}, beta={fit.beta:.3g}: loss does not fall with both size and data over these "
                    "points, so there is no compute-optimal allocation; widen the ladder's sizes and token budgets")
-    if len(points) < 10:
-        out.append(f"{len(points)} points for 5 parameters: the fit nearly interpolates them and the intervals are rough; "
+    pairs = distinct_pairs(points)
+    if pairs < 10:
+        what = f"{pairs} distinct (N, D) points" + (f" ({len(points)} rows)" if pairs < len(points) else "")
+        out.append(f"{what} for 5 parameters: the fit nearly interpolates them and the intervals are rough; "
                    "a 4 x 4 ladder or more gives a law worth extrapolating")
     if num_bootstrap and len(thetas) < 0.9 * num_bootstrap:
         out.append(f"only {len(thetas)} of {num_bootstrap} bootstrap refits were kept (a resample with fewer than 3 distinct "
                    "sizes or token budgets is dropped, and some refits fail): the intervals rest on fewer resamples")
     for a in allocation:
         if a["times_largest_run"] > EXTRAPOLATION_WARN:
-            out.append(f"C={a['C']:.3g} is {a['times_largest_run']:.0f}x the largest run's compute: the allocation there is an "
+            out.append(f"C={a['C']:.3g} is {_times(a['times_largest_run'])} the largest run's compute: the allocation there is an "
                        "extrapolation of the law, trust its interval more than its point")
             break
     if iso.a is not None and num_bootstrap and len(iso.samples) < 0.5 * num_bootstrap:
@@ -219,7 +230,7 @@ def render_text(result: dict) -> str:
     for a in result["allocation"]:
         lines.append(f"  {a['C']:>10.3g}  {_si(a['N_opt']):>8} {_ci(a['N_opt_ci'], _si):<20} {_si(a['D_opt']):>8} "
                      f"{_ci(a['D_opt_ci'], _si):<20} {_fmt(a['tokens_per_param'], '.1f'):>6} {_fmt(a['loss'], '.4f'):>7}"
-                     + (f"  ({a['times_largest_run']:.0f}x the largest run)" if a["times_largest_run"] > 1.5 else ""))
+                     + (f"  ({_times(a['times_largest_run'])} the largest run)" if a["times_largest_run"] > 1.5 else ""))
     iso = result["isoflop"]
     lines += ["", "IsoFLOP minima (Hoffmann et al. Approach 2):"]
     shown = [b for b in iso["budgets"] if len(b["sizes"]) >= isoflop.MIN_SIZES]

@@ -74,7 +74,8 @@ class IsoFlopFit:
 
     def to_dict(self) -> dict:
         return {"budgets": self.budgets, "a": self.a, "b": self.b, "reason": self.reason,
-                "k_N": math.exp(self.log_k_n) if self.log_k_n is not None else None, "num_bootstrap": len(self.samples)}
+                "k_N": math.exp(self.log_k_n) if self.log_k_n is not None and abs(self.log_k_n) < 700 else None,
+                "num_bootstrap": len(self.samples)}
 
 
 def fit_isoflop(n: np.ndarray, d: np.ndarray, loss: np.ndarray, budget: np.ndarray | None, num_bootstrap: int,
@@ -98,6 +99,10 @@ def fit_isoflop(n: np.ndarray, d: np.ndarray, loss: np.ndarray, budget: np.ndarr
                   "with sizes on both sides of each optimum")
         return IsoFlopFit(rows, None, None, None, reason, np.zeros((0, 2)))
     a, log_k = _power_law(np.log([u[0] for u in used]), np.array([u[2] for u in used]))
+    if not (0 < a < 1 and abs(log_k) < 700):  # N_opt ~ C^a with 0 < a < 1, or a bigger budget would want fewer tokens
+        reason = (f"the {len(used)} budgets' minima disagree: N_opt grows as C^{a:.3g} between them, outside (0, 1), so no "
+                  "allocation follows; train budgets further apart (10x) with sizes on both sides of each optimum")
+        return IsoFlopFit(rows, None, None, None, reason, np.zeros((0, 2)))
     samples = []
     for _ in range(num_bootstrap):
         picks = []

@@ -339,7 +339,9 @@ def fit_law(n, d, loss, num_starts: int | None = DEFAULT_STARTS, optimizer: str 
     descending from num_starts starts of the grid (None: all 4,500, Hoffmann et al.'s
     procedure) or from the given `starts` (rows of theta), keeping the lowest objective."""
     log_n, log_d, log_loss = np.log(n), np.log(d), np.log(loss)
-    starts = select_starts(log_n, log_d, log_loss, num_starts, delta) if starts is None else np.atleast_2d(np.asarray(starts, float))
+    unit = loss_unit(log_loss)  # fitted with the median loss as 1, so the grid's E and coefficients suit any loss unit
+    log_loss = log_loss - unit[0]
+    starts = select_starts(log_n, log_d, log_loss, num_starts, delta) if starts is None else np.atleast_2d(np.asarray(starts, float)) - unit
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         ends, values, success = _descend(starts, log_n, log_d, log_loss, delta, optimizer)
     finite = np.isfinite(values) & np.isfinite(ends).all(axis=1)
@@ -348,13 +350,14 @@ def fit_law(n, d, loss, num_starts: int | None = DEFAULT_STARTS, optimizer: str 
         raise ValueError("no start of the fit reached a finite objective: check the points (losses of order 1-10, sizes >= 1)")
     # on a flat ridge the descents stop anywhere along it, their objectives equal to rounding: of those ties, take one
     # whose coefficients are in float range (it is then flagged as not determined), whatever the rounding favoured
-    tied = finite & (values <= values[best] + 1e-9 * abs(values[best]) + 1e-15) & (ends[:, :3].max(axis=1) <= MAX_LOG)
+    in_range = (ends[:, :3] + unit[:3]).max(axis=1) <= MAX_LOG
+    tied = finite & (values <= values[best] + 1e-9 * abs(values[best]) + 1e-15) & in_range
     if tied.any():
         best = int(np.argmin(np.where(tied, values, np.inf)))
     theta, fun = ends[best], float(values[best])
-    if max(theta[:3]) > MAX_LOG:  # a descent along a degenerate ridge: an exponent growing without bound, its coefficient with it
+    if max(theta[:3] + unit[:3]) > MAX_LOG:  # a descent along a degenerate ridge: an exponent growing without bound, its coefficient with it
         k = int(np.argmax(theta[:3]))
-        raise UserError(f"the law is not determined by these points: its best fit has {'ABE'[k]} = e^{theta[k]:.0f}, beyond float "
+        raise UserError(f"the law is not determined by these points: its best fit has {'ABE'[k]} = e^{theta[k] + unit[k]:.0f}, beyond float "
                         f"range, with alpha = {theta[3]:.3g}, beta = {theta[4]:.3g} (a term fitting one size or budget alone); "
                         "more sizes and token budgets, over a wider range, pin it down")
     pred, _ = log_prediction(theta, log_n, log_d)
@@ -363,11 +366,19 @@ def fit_law(n, d, loss, num_starts: int | None = DEFAULT_STARTS, optimizer: str 
     # a descent ends "not converged" when its line search cannot improve at machine precision: at the optimum
     # of this kinked (Huber) objective that is success; judge by the gradient instead
     _, grad = objective(theta, log_n, log_d, log_loss, delta)
-    return LawFit.from_theta(theta, objective=fun * delta, num_points=len(log_n), num_starts=len(starts), delta=delta,
+    return LawFit.from_theta(theta + unit, objective=fun * delta, num_points=len(log_n), num_starts=len(starts), delta=delta,
                              rms_log_residual=float(np.sqrt(np.mean(r * r))), max_abs_log_residual=float(np.max(np.abs(r))),
                              converged=bool(success[best] or np.max(np.abs(grad)) < 1e-4), starts_within_1pct=within)
 
 
+def loss_unit(log_loss: np.ndarray) -> np.ndarray:
+    """The shift of theta that puts the median loss at 1: the law's log-coefficients (a, b, e) move with the loss's
+    unit and its exponents do not, and the fit's objective (relative errors) is the same in any unit."""
+    m = float(np.median(log_loss))
+    return np.array([m, m, m, 0.0, 0.0])
+
+
+BOOTSTRAP_CHUNK = 4_000_000  # (resamples x starts) x points per batch of descents: their arrays stay at a few hundred MB
 BOOTSTRAP_STARTS = 2  # grid starts per resample besides the full fit's theta (4 gave the same intervals in simulations, at 2x the cost)
 
 
@@ -381,17 +392,23 @@ def bootstrap_law(n, d, loss, fit: LawFit, num_samples: int, rng: np.random.Gene
     Resamples with fewer than 3 distinct N or D (where E cannot be told from a power law)
     are dropped, as are failed refits: the row count says how many were kept."""
     log_n, log_d, log_loss = np.log(n), np.log(d), np.log(loss)
+    unit = loss_unit(log_loss)  # as fit_law: in units of the median loss
+    log_loss = log_loss - unit[0]
     idx = np.array([rng.integers(0, len(log_n), len(log_n)) for _ in range(num_samples)], dtype=int).reshape(num_samples, len(log_n))
     idx = idx[np.array([len(np.unique(log_n[i])) >= 3 and len(np.unique(log_d[i])) >= 3 for i in idx], bool)]
-    starts = np.vstack([np.asarray(fit.theta, float)[None, :], hoffmann_grid()[grid_rank(log_n, log_d, log_loss, delta)[:num_starts]]])
+    starts = np.vstack([np.asarray(fit.theta, float)[None, :] - unit, hoffmann_grid()[grid_rank(log_n, log_d, log_loss, delta)[:num_starts]]])
     k = len(starts)
-    rows = np.repeat(idx, k, axis=0)  # resample i's k descents are rows i*k .. i*k + k-1
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        ends, values, _ = _descend(np.tile(starts, (len(idx), 1)), log_n[rows], log_d[rows], log_loss[rows], delta, optimizer)
-    values = np.where(np.isfinite(values) & np.isfinite(ends).all(axis=1), values, np.inf).reshape(len(idx), k)
-    best = np.argmin(values, axis=1)
-    kept = np.isfinite(values[np.arange(len(idx)), best])
-    return ends.reshape(len(idx), k, 5)[np.arange(len(idx)), best][kept].reshape(-1, 5)
+    chunk = max(1, BOOTSTRAP_CHUNK // (k * max(1, len(log_n))))
+    kept_thetas = [np.zeros((0, 5))]
+    for part in (idx[i:i + chunk] for i in range(0, len(idx), chunk)):
+        rows = np.repeat(part, k, axis=0)  # resample i's k descents are rows i*k .. i*k + k-1
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            ends, values, _ = _descend(np.tile(starts, (len(part), 1)), log_n[rows], log_d[rows], log_loss[rows], delta, optimizer)
+        values = np.where(np.isfinite(values) & np.isfinite(ends).all(axis=1), values, np.inf).reshape(len(part), k)
+        best = np.argmin(values, axis=1)
+        kept = np.isfinite(values[np.arange(len(part)), best])
+        kept_thetas.append(ends.reshape(len(part), k, 5)[np.arange(len(part)), best][kept].reshape(-1, 5))
+    return np.concatenate(kept_thetas) + unit
 
 
 def theta_to_params(thetas: np.ndarray) -> dict[str, np.ndarray]:
@@ -401,6 +418,13 @@ def theta_to_params(thetas: np.ndarray) -> dict[str, np.ndarray]:
         ok = (alpha > 0) & (beta > 0)
         share = np.where(ok, beta / (alpha + beta), np.nan)
         return {"E": np.exp(e), "A": np.exp(a), "alpha": alpha, "B": np.exp(b), "beta": beta, "a": share, "b": 1.0 - share}
+
+
+def coefficient_interval(log_values: np.ndarray, level: float) -> tuple[float, float] | None:
+    """The percentile interval of a coefficient (A, B or E) from its logarithms (a, b or e): a refit whose coefficient
+    overflows a float stays in the tail (an upper bound beyond float range is inf) instead of being left out."""
+    ci = percentile_interval(log_values, level)
+    return None if ci is None else tuple(math.exp(v) if v <= MAX_LOG else math.inf for v in ci)
 
 
 def percentile_interval(values: np.ndarray, level: float) -> tuple[float, float] | None:

@@ -85,15 +85,27 @@ def check_points(p: Points) -> None:
             if v <= 0:
                 raise UserError(f"{p.source}: {label}: {name} is {v:g}, not positive: sizes, token counts and losses must be > 0 "
                                 "(the law is fitted on their logarithms)")
-    if len(p) <= NUM_PARAMS:
-        raise UserError(f"{p.source}: {len(p)} points for the law's {NUM_PARAMS} parameters (E, A, alpha, B, beta): give at least "
-                        f"{NUM_PARAMS + 1} (N, D, loss) points, e.g. a ladder of 3 model sizes x 3 token budgets")
+    with np.errstate(over="ignore"):
+        if not np.isfinite(6.0 * p.n * p.d).all():
+            raise UserError(f"{p.source}: 6 N D (the training FLOPs) is beyond float range for some points: give N and D in "
+                            "parameters and tokens (no more than about 1e150 each)")
+    pairs = distinct_pairs(p)
+    if pairs <= NUM_PARAMS:
+        repeats = f" ({len(p)} rows, repeated (N, D) pairs counted once)" if pairs < len(p) else ""
+        raise UserError(f"{p.source}: {pairs} distinct (N, D) points{repeats} for the law's {NUM_PARAMS} parameters (E, A, alpha, "
+                        f"B, beta): give at least {NUM_PARAMS + 1}, e.g. a ladder of 3 model sizes x 3 token budgets")
     for name, values, fix in (("model sizes (N)", p.n, "train another model size"),
                               ("token counts (D)", p.d, "train to another token budget")):
         distinct = len(np.unique(values))
         if distinct < 3:
             raise UserError(f"{p.source}: the points have {distinct} distinct {name}: the law needs at least 3 to separate each "
                             f"power law from the irreducible loss E; {fix}")
+
+
+def distinct_pairs(p: Points) -> int:
+    """How many different (N, D) the points have: repeated runs of one size and budget (seeds) are one point's worth of
+    information about the law's shape, however many rows they take."""
+    return len({(float(n), float(d)) for n, d in zip(p.n, p.d)})
 
 
 def _column(header: list[str], kind: str) -> str | None:
@@ -134,6 +146,13 @@ def load_points(path: str | Path, drop_highest: int = 0) -> Points:
         except csv.Error as e:  # a field over the csv module's size limit, a NUL byte
             raise UserError(f"{path}: not a CSV file this lab reads (line {reader.line_num}: {e}); give one (N, D, loss) point per row") from None
         labels = [f"row {i + 1}" for i in range(len(rows))]
+        repeated = sorted({h for h in header if [x.strip().lower() for x in header].count(h.strip().lower()) > 1})
+        if repeated:
+            raise UserError(f"{path}: the header names {', '.join(repeated)} more than once; give each column one name")
+        long = next((lab for r, lab in zip(rows, labels) if None in r), None)  # csv puts fields past the header under None
+        if long is not None:
+            raise UserError(f"{path}: {long} has more fields than the header ({len(header)}); quote a field that holds a "
+                            "comma, or fix that row")
     cols = {kind: _column(header, kind) for kind in COLUMNS}
     if cols["n"] is None or cols["loss"] is None or (cols["d"] is None and cols["flops"] is None):
         missing = [what for what, ok in (("N (e.g. params)", cols["n"]), ("D (e.g. tokens) or FLOPs", cols["d"] or cols["flops"]),
