@@ -8,7 +8,9 @@
 A run is named KERNEL[+OPTION...]: bf16res keeps the residual stream in bf16 (model.residual_dtype),
 f32res in fp32 (otherwise the recipe's),
 cdt turns on inductor's coordinate-descent tuning of its generated kernels, maxat compiles with
-mode max-autotune-no-cudagraphs, mb2x doubles the micro-batch (half the accumulation steps),
+mode max-autotune-no-cudagraphs (on an H100 cuBLAS beat every Triton matmul template of this model, 2026-11-28),
+tma does so with inductor's persistent TMA matmul templates added (the Hopper kind that can match cuBLAS, so that
+the elementwise work around a matmul can fuse into it; give the probe 400 s or more: autotuning takes minutes), mb2x doubles the micro-batch (half the accumulation steps),
 torch runs QK-norm + RoPE and the soft-capped loss as plain ops compiled by inductor instead of
 model/kernels.py's Triton kernels (train.kernels=torch), torchqk only the first, torchce only the
 loss, ropebf16 keeps the rotary tables in bf16 (so the plain rotation
@@ -90,7 +92,7 @@ def attention_alone(rows: int, heads: int, seq: int, head_dim: int, reps: int = 
     return out
 
 
-OPTIONS = ("bf16res", "f32res", "cdt", "maxat", "mb2x", "torch", "torchqk", "torchce", "ropebf16")
+OPTIONS = ("bf16res", "f32res", "cdt", "maxat", "tma", "mb2x", "torch", "torchqk", "torchce", "ropebf16")
 
 
 def ce_check(rows: int, vocab: int, padded: int, cap: float) -> dict:
@@ -143,9 +145,11 @@ def kernel_run(recipe, spec: str, seconds: float, profile: bool, mode: str | Non
         sys.exit(f"gpu_probe: unknown option in {spec!r}: choose among {', '.join(OPTIONS)}")
     residual = "bfloat16" if "bf16res" in opts else "float32" if "f32res" in opts else recipe.model.residual_dtype
     m = dataclasses.replace(recipe.model, residual_dtype=residual)
-    mode = "max-autotune-no-cudagraphs" if "maxat" in opts else mode
+    mode = "max-autotune-no-cudagraphs" if {"maxat", "tma"} & set(opts) else mode
     import torch._inductor.config as inductor_config
     inductor_config.coordinate_descent_tuning = "cdt" in opts
+    if hasattr(inductor_config.triton, "enable_persistent_tma_matmul"):  # Hopper's TMA + persistent Triton matmul templates
+        inductor_config.triton.enable_persistent_tma_matmul = "tma" in opts
     if hasattr(torch.compiler.config, "cache_key_tag"):
         torch.compiler.config.cache_key_tag = spec  # a variant compiled earlier must not come back from the disk cache
     rows, micro = recipe.train.batch_tokens // m.seq_len, recipe.train.micro_batch_rows * (2 if "mb2x" in opts else 1)
