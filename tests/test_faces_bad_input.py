@@ -236,3 +236,50 @@ def test_look_alike_author_names_are_refused_and_stop_records_its_author(lab, mo
     assert main(["research", "stop", cid, "--db", db]) == 0
     notes = api.research_log(cid, db=db, as_record=True)["notes"]
     assert {n["author"] for n in notes if n["text"] == "stop requested"} == {"alice", "bob"}
+
+
+def test_a_json_review_of_the_cli_found_these(tmp_path, monkeypatch, capsys):
+    """From a review of every read command's --json and bad arguments: a ladder of a trillion seeds was planned until
+    memory ran out; `scaling ladder --resume` refused flags nobody gave (their defaults); `runs export` wrote NaN and
+    Infinity into its JSON file; `doctor FILE` said "no data" with exit 0; campaigns were found by name in
+    `runs list` but not in `research status`, `log`, `report` or `doctor --campaign`; `research stop PREFIX --json`
+    echoed the prefix; an empty run id meant the current directory; a 100,000-character reason was recorded."""
+    from pretrainlab.cli import main
+    from pretrainlab.ledger.export import write_export
+    from pretrainlab.ledger.store import MAX_TEXT
+    from pretrainlab.research import manage
+    from pretrainlab.research.config import LadderConfig
+
+    monkeypatch.setenv("PRETRAINLAB_WORKSPACE", str(tmp_path / "ws"))
+    monkeypatch.delenv("PRETRAINLAB_DB", raising=False)
+    with pytest.raises(UserError, match="--seeds must be from 1 to 100"):
+        LadderConfig(seeds=999_999_999_999)
+    with pytest.raises(UserError) as e:  # only the ladder's absence is wrong: the defaults are no flags given
+        api.scaling_ladder(None, [], resume="nope", run_memory="auto", run_disk="auto", seeds=1)
+    assert "do not apply" not in str(e.value) and "does not apply" not in str(e.value)
+    with pytest.raises(UserError, match="--run-memory does not apply"):
+        api.scaling_ladder(None, [], resume="nope", run_memory="2G")
+
+    out = write_export([{"run_id": "r", "val_bpb": float("nan"), "summary": {"code": float("-inf")}}], "json", tmp_path / "x.json")
+    assert out["num_runs"] == 1
+    assert json.loads((tmp_path / "x.json").read_text(), parse_constant=lambda c: pytest.fail(c)) == [
+        {"run_id": "r", "val_bpb": None, "summary": {"code": None}}]
+
+    (tmp_path / "a.txt").write_text("x")
+    assert main(["doctor", str(tmp_path / "a.txt"), "--json"]) == 2
+    assert "is a file, not a run directory" in capsys.readouterr().err
+
+    ledger = Ledger()
+    first = ledger.create_campaign("sweep-a", status="done")
+    assert manage.find_campaign(ledger, "sweep-a")["id"] == first and manage.find_campaign(ledger, first[:5])["id"] == first
+    ledger.create_campaign("twin", status="done"), ledger.create_campaign("twin", status="done")
+    with pytest.raises(UserError, match="'twin' is ambiguous: it names 2 campaigns"):
+        manage.find_campaign(ledger, "twin")
+    with pytest.raises(UserError, match="no campaign ''"):
+        manage.find_campaign(ledger, "")
+    assert main(["research", "stop", first[:6], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"campaign": first, "status": "done"}
+    with pytest.raises(UserError, match="an empty run"):
+        ledger.resolve_run("  ")
+    with pytest.raises(UserError, match=f"keep it under {MAX_TEXT:,}"):
+        ledger.add_note("x" * (MAX_TEXT + 1), author="ana", campaign_id=first)

@@ -499,6 +499,14 @@ def research_status(campaign: str | None = None, db: str | None = None, record: 
     return manage.status(campaign, db=db, record=record)
 
 
+def campaign_id(campaign: str, db: str | None = None) -> str:
+    """A campaign's full id from its id, a unique prefix of it, or its name."""
+    from .research import manage
+
+    with _ledger(db, create=False) as lg:
+        return manage.find_campaign(lg, campaign)["id"]
+
+
 def research_stop(campaign: str, db: str | None = None, author: str | None = None) -> str:
     """Ask a running campaign to finish; with `author`, who asked is noted on its record. Returns its status after
     ("stopping"; "stopped" when its loop was gone; an ended campaign's own, unchanged)."""
@@ -589,10 +597,15 @@ def write_report(campaign: str, out: Path, db: str | None = None) -> Path:
 
 def _run_dir(ref: str, db: str | None) -> Path:
     """A run directory given as a path, or a run id / unique id prefix looked up in the ledger."""
+    if not str(ref).strip():
+        raise UserError("an empty run: give a run directory or a run id (see `pretrainlab runs list`)")
     path = Path(ref)
     try:
-        if path.exists():
+        if path.is_dir():
             return path
+        if path.exists():
+            raise UserError(f"{ref} is a file, not a run directory: give the folder a run wrote (its metrics.jsonl and "
+                            "summary.json), or a run id")
     except OSError:  # a name too long to be a path: an id, or nothing
         pass
     with _ledger(db, create=False) as lg:
@@ -889,8 +902,11 @@ def scaling_ladder(recipe: str | None = None, overrides: list[str] | None = None
 
         check_plot_path(plot)
     fit_options = {"flops": budgets, "num_bootstrap": num_bootstrap}
-    if resume:
-        ignored = sorted(set(given) - {"parallel", "gpus"})
+    if resume:  # a flag left at its default (e.g. --run-memory's "auto", which the CLI passes as given) changes nothing
+        import dataclasses
+
+        defaults = {f.name: f.default for f in dataclasses.fields(LadderConfig) if f.default is not dataclasses.MISSING}
+        ignored = sorted(k for k in set(given) - {"parallel", "gpus"} if not (k in defaults and given[k] == defaults[k]))
         if ignored:
             flags = ", ".join("--set" if k == "overrides" else "--" + k.replace("_", "-") for k in ignored)
             raise UserError(f"--resume {resume} continues the ladder as it was planned: {flags} {'does' if len(ignored) == 1 else 'do'} "

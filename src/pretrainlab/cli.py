@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import stat
@@ -212,7 +211,7 @@ def _add_research_parser(sub) -> None:
     doc = sub.add_parser("doctor", help="diagnose a run (finished or live): spikes, stalls, divergence, data problems; or a "
                                         "campaign's cluster waste (--campaign): queue wait, idle GPUs, stragglers, restarts")
     doc.add_argument("run", nargs="?", help="run directory or run id")
-    doc.add_argument("--campaign", metavar="ID", help="diagnose this campaign's runs together (id or unique prefix) instead of one run")
+    doc.add_argument("--campaign", metavar="ID", help="diagnose this campaign's runs together (id, unique prefix or name) instead of one run")
     doc.add_argument("--baseline", help="compare against this run (dir or id)")
     doc.add_argument("--db", metavar="URL")
     doc.add_argument("--json", action="store_true")
@@ -458,19 +457,10 @@ def _console():
     return Console(width=None if sys.stdout.isatty() else 120)  # pipes and logs get full rows
 
 
-def _strict(obj):
-    """obj with every NaN or infinite float as None: strict JSON (no NaN or Infinity token a JSON parser rejects)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_strict(v) for v in obj]
-    return obj
-
-
 def _print_json(obj) -> int:
-    print(json.dumps(_strict(obj), indent=2, default=str, allow_nan=False))
+    from .ledger.export import strict_json  # no NaN or Infinity token, which strict JSON parsers reject
+
+    print(json.dumps(strict_json(obj), indent=2, default=str, allow_nan=False))
     return 0
 
 
@@ -728,8 +718,8 @@ def cmd_research(args) -> int:
         return 0
     if c == "stop":
         status = api.research_stop(args.campaign, db=args.db, author=args.author)
-        if args.json:
-            return _print_json({"campaign": args.campaign, "status": status})
+        if args.json:  # the campaign's full id, as status and resume give it, not the prefix typed
+            return _print_json({"campaign": api.campaign_id(args.campaign, db=args.db), "status": status})
         print({"stopping": f"campaign {args.campaign}: stop requested; the running loop finishes its runs' checkpoints and exits",
                "stopped": f"campaign {args.campaign}: stopped (its loop was no longer running); `research resume` continues it"}
               .get(status, f"campaign {args.campaign} is {status}: nothing to stop"))

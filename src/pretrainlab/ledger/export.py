@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 from ..errors import UserError
@@ -26,6 +27,17 @@ def flat_row(run: dict) -> dict:
     return row
 
 
+def strict_json(obj):
+    """obj with every NaN or infinite float as None, for JSON that any parser reads (no NaN or Infinity token)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
 def write_export(runs: list[dict], fmt: str, path: Path) -> dict:
     path = Path(path)
     if fmt not in FORMATS:
@@ -34,7 +46,7 @@ def write_export(runs: list[dict], fmt: str, path: Path) -> dict:
         raise UserError(f"-o {path}: directory {path.parent} does not exist; create it or choose another path")
     if fmt == "json":
         keep = [{k: v for k, v in run.items() if k not in ("provenance", "git_diff")} for run in runs]
-        path.write_text(json.dumps(keep, indent=2, default=str) + "\n")
+        path.write_text(json.dumps(strict_json(keep), indent=2, default=str, allow_nan=False) + "\n")
         return {"path": str(path), "format": fmt, "num_runs": len(runs)}
     rows = [flat_row(run) for run in runs]
     columns: dict[str, None] = {}

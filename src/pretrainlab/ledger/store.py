@@ -235,6 +235,8 @@ class Ledger:
     def resolve_run(self, ref: str) -> str:
         """A run id from a run id, a unique id prefix, or a run directory."""
         ref = str(ref).strip()
+        if not ref:  # Path("") is the current directory
+            raise UserError("an empty run: give a run id, a unique prefix of one, or a run directory (see `pretrainlab runs list`)")
         path = Path(ref)
         try:
             is_dir = path.is_dir()
@@ -361,7 +363,9 @@ class Ledger:
         """
         _choice("verdict", verdict, VERDICTS)
         _choice("decider_type", decider_type, ACTOR_TYPES)
-        _require("decided_by (a person's name or a strategy's)", decided_by)
+        _require("decided_by (a person's name or a strategy's: the CLI's --author)", decided_by)
+        if decider_type == "person" and rationale is not None and len(str(rationale)) > MAX_TEXT:  # typed (or pasted) by a person
+            raise UserError(f"a decision's reason of {len(str(rationale)):,} characters: keep it under {MAX_TEXT:,} (link a longer write-up)")
         if experiment_id is None and campaign_id is None:
             raise UserError("a decision needs experiment_id or campaign_id: say what it decides about")
         if decider_type == "person" and model_id:
@@ -392,7 +396,9 @@ class Ledger:
     def add_note(self, text: str, author: str, run_id: str | None = None, experiment_id: str | None = None,
                  campaign_id: str | None = None) -> str:
         _require("note text", text)
-        _require("note author", author)
+        _require("note author (the CLI's --author)", author)
+        if len(text) > MAX_TEXT:
+            raise UserError(f"a note of {len(text):,} characters: keep it under {MAX_TEXT:,} (link a longer write-up)")
         if not (run_id or experiment_id or campaign_id):
             raise UserError("a note needs a run, an experiment or a campaign to attach to")
         nid = new_id()
@@ -517,6 +523,9 @@ def _choice(what: str, value: Any, allowed: tuple[str, ...]) -> None:
 def _planned(status: str, planned_seeds: int | None) -> None:
     if status == Phase.RUNNING and not (isinstance(planned_seeds, int) and planned_seeds >= 1):
         raise UserError(f"a running experiment needs planned_seeds >= 1, got {planned_seeds!r}")
+
+
+MAX_TEXT = 20_000  # characters of a note or a decision's reason: the ledger, the dashboard and the strategies' prompts show them
 
 
 def _require(what: str, value: Any) -> None:

@@ -375,6 +375,9 @@ LADDER_SIZES = ["model.n_embd=64,96,128"]
 LADDER_TOKENS = ["25k", "100k", "400k"]
 
 
+MAX_LADDER_SEEDS = 100  # runs per cell of a ladder: more is a typo (a huge count once planned runs until memory ran out)
+
+
 @dataclass
 class LadderConfig:
     """A scaling ladder's settings; each field's doc is its `scaling ladder` flag's help (the
@@ -401,8 +404,8 @@ class LadderConfig:
         self.sizes = list(self.sizes) or list(LADDER_SIZES)
         if not self.flops:
             self.tokens = list(self.tokens) or list(LADDER_TOKENS)
-        if self.seeds < 1:
-            raise UserError(f"--seeds must be >= 1, got {self.seeds}")
+        if not 1 <= self.seeds <= MAX_LADDER_SEEDS:
+            raise UserError(f"--seeds must be from 1 to {MAX_LADDER_SEEDS} runs per cell, got {self.seeds}")
         if self.parallel < 1:
             raise UserError(f"--parallel must be >= 1, got {self.parallel}")
         if self.gpus is not None and len(self.gpus) < self.parallel:

@@ -468,10 +468,15 @@ def refuse_ladder(row: dict) -> None:
 
 
 def find_campaign(ledger, ref: str) -> dict:
+    """A campaign by its id, a unique prefix of it, or its name (as `runs list --campaign` takes it)."""
     row = ledger.get_campaign(ref)
     if row is None:
-        matches = [c for c in ledger.list_campaigns() if c["id"].startswith(ref)]
-        if len(matches) != 1:
+        campaigns = ledger.list_campaigns() if ref else []
+        matches = [c for c in campaigns if c["id"].startswith(ref)] or [c for c in campaigns if c.get("name") == ref]
+        if len(matches) > 1:
+            raise UserError(f"campaign {ref!r} is ambiguous: it names {len(matches)} campaigns "
+                            f"({', '.join(c['id'] for c in matches[:5])}); give more of the id")
+        if not matches:
             raise UserError(f"no campaign {ref!r} in the ledger: see `pretrainlab research status` for ids")
         row = matches[0]
     return row
