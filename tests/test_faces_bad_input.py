@@ -243,7 +243,9 @@ def test_a_json_review_of_the_cli_found_these(tmp_path, monkeypatch, capsys):
     memory ran out; `scaling ladder --resume` refused flags nobody gave (their defaults); `runs export` wrote NaN and
     Infinity into its JSON file; `doctor FILE` said "no data" with exit 0; campaigns were found by name in
     `runs list` but not in `research status`, `log`, `report` or `doctor --campaign`; `research stop PREFIX --json`
-    echoed the prefix; an empty run id meant the current directory; a 100,000-character reason was recorded."""
+    echoed the prefix; an empty run id meant the current directory; a 100,000-character reason was recorded; an empty
+    filter matched everything; `train --out FILE` said "not writable"; a missing BPE corpus pointed at the byte one's
+    command."""
     from pretrainlab.cli import main
     from pretrainlab.ledger.export import write_export
     from pretrainlab.ledger.store import MAX_TEXT
@@ -283,3 +285,12 @@ def test_a_json_review_of_the_cli_found_these(tmp_path, monkeypatch, capsys):
         ledger.resolve_run("  ")
     with pytest.raises(UserError, match=f"keep it under {MAX_TEXT:,}"):
         ledger.add_note("x" * (MAX_TEXT + 1), author="ana", campaign_id=first)
+    with pytest.raises(UserError, match="--status '': give a value"):
+        api.list_runs(status="")
+    from pretrainlab.data import Corpus
+    from pretrainlab.train.trainer import prepare_run_dir
+
+    with pytest.raises(UserError, match="is a file, not a directory"):
+        prepare_run_dir(tmp_path / "a.txt")
+    with pytest.raises(UserError, match=r"data prepare --builtin --tokenizer bpe:512"):  # not the byte corpus's command
+        Corpus.open(tmp_path / "builtin-bpe512-v2")

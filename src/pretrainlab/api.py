@@ -251,6 +251,9 @@ def list_runs(status: str | list[str] | None = None, recipe: list[str] | None = 
     campaign: id or name; since/until: a date, an ISO time, or an age such as 3d / 12h.
     """
     check_count("limit", limit or 0)  # a negative one would mean no limit in SQLite
+    for flag, value in (("--status", status), ("--campaign", campaign), ("--since", since), ("--until", until)):
+        if isinstance(value, str) and not value.strip():  # an empty filter is a slip, not "no filter"
+            raise UserError(f"{flag} '': give a value, or leave the flag out")
     with _ledger(db, create=False) as lg:
         return lg.list_runs(**_run_filters(lg, status, recipe, campaign, since, until), limit=limit or None, sort=sort)
 

@@ -399,7 +399,9 @@ class Corpus:
         path = Path(path)
         manifest_path = path / "manifest.json"
         if not manifest_path.is_file():
-            raise UserError(f"corpus not found at {path}: {PREPARE_HINT}")
+            bpe = re.fullmatch(r"builtin-bpe(\d+)-v\d+", path.name)  # the builtin corpus under a BPE tokenizer: say which
+            hint = f"run `pretrainlab data prepare --builtin --tokenizer bpe:{bpe[1]}`" if bpe else PREPARE_HINT
+            raise UserError(f"corpus not found at {path}: {hint}")
         raw = manifest_path.read_bytes()
         try:
             manifest = json.loads(raw)

@@ -123,6 +123,8 @@ def prepare_run_dir(out_dir: Path) -> rundir_lock.RunDirLock:
     """Create and lock a new run directory, failing early, before anything is written, when
     the output cannot be created or already holds something."""
     parent = out_dir if out_dir.exists() else next(p for p in [out_dir, *out_dir.parents] if p.exists())
+    if not parent.is_dir():
+        raise UserError(f"--out {out_dir}: {parent} is a file, not a directory; choose a new or empty --out directory")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"--out {out_dir}: {parent} is not writable; choose a writable --out directory")
     lock = rundir_lock.acquire(out_dir, create=True)  # a run in progress there is refused here, naming its pid
