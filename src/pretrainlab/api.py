@@ -502,6 +502,13 @@ def research_status(campaign: str | None = None, db: str | None = None, record: 
     return manage.status(campaign, db=db, record=record)
 
 
+def strict_json(obj):
+    """obj with every NaN or infinite float as None: what the faces print as JSON (strict parsers reject NaN tokens)."""
+    from .ledger.export import strict_json as strict
+
+    return strict(obj)
+
+
 def campaign_id(campaign: str, db: str | None = None) -> str:
     """A campaign's full id from its id, a unique prefix of it, or its name."""
     from .research import manage

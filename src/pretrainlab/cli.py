@@ -458,9 +458,7 @@ def _console():
 
 
 def _print_json(obj) -> int:
-    from .ledger.export import strict_json  # no NaN or Infinity token, which strict JSON parsers reject
-
-    print(json.dumps(strict_json(obj), indent=2, default=str, allow_nan=False))
+    print(json.dumps(api.strict_json(obj), indent=2, default=str, allow_nan=False))  # no NaN or Infinity token
     return 0
 
 

@@ -74,7 +74,9 @@ def parse_count(text: str, what: str = "--tokens") -> int:
     if not m:
         raise UserError(f"{what} {text!r}: give a count such as 50k, 1.5M or 2e5")
     value = float(m.group(1)) * SI[m.group(2).lower()]
-    if not (math.isfinite(value) and value >= 1):
+    if not math.isfinite(value):
+        raise UserError(f"{what} {text!r}: too large for a count; give one such as 50k, 1.5M or 2e5")
+    if value < 1:
         raise UserError(f"{what} {text!r}: must be at least 1")
     return int(round(value))
 
