@@ -13,6 +13,8 @@ Prints "ok" on rank 0 when every check passes.
 """
 
 import copy
+import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -72,3 +74,8 @@ def main():
 
 if __name__ == "__main__":
     main()
+    # out without the interpreter's teardown, as the lab's trainers leave: gloo's threads met in static destructors once
+    # aborted a rank that had passed every check ("terminate called without an active exception", SIGABRT)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
