@@ -287,6 +287,8 @@ def test_a_json_review_of_the_cli_found_these(tmp_path, monkeypatch, capsys):
         ledger.add_note("x" * (MAX_TEXT + 1), author="ana", campaign_id=first)
     with pytest.raises(UserError, match="--status '': give a value"):
         api.list_runs(status="")
+    with pytest.raises(UserError, match="--recipe model.n_layer=abc: model.n_layer expects an integer"):  # matched nothing
+        api.list_runs(recipe=["model.n_layer=abc"])
     from pretrainlab.data import Corpus
     from pretrainlab.train.trainer import prepare_run_dir
 

@@ -29,7 +29,7 @@ def test_the_plan_is_a_grid_or_an_iso_flop_design():
 
 
 @pytest.mark.parametrize("kwargs, fragment", [
-    ({"sizes": ["n_layer=2,3"]}, "2 model size(s): the law needs at least 3"),
+    ({"sizes": ["n_layer=2,3"]}, "2 model size(s) (model.n_layer=2; model.n_layer=3): the law needs at least 3"),
     ({"sizes": ["n_head=2,4,8"]}, "have the same parameter count"),
     ({"sizes": ["n_layer=2,3,4", "n_embd=64,96"]}, "zipped specs need the same number each"),
     ({"sizes": ["model.n_layers=2,3,4"]}, "did you mean 'model.n_layer'"),

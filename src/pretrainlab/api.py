@@ -417,8 +417,10 @@ def _as_set_reads_it(key: str, value: str) -> str:
         parsed = apply_overrides(Recipe(), [f"{key}={value}"]).to_dict()
         for part in key.split("."):
             parsed = parsed[part]
-    except (ValueError, KeyError, TypeError):
-        return value
+    except (ValueError, KeyError, TypeError) as e:
+        if " expects " in str(e):  # the wrong type for the field (model.n_layer=abc) matches no run: say so
+            raise UserError(f"--recipe {key}={value}: {e}") from None
+        return value  # a value --set refuses now (a range an older recipe may have had): as typed
     return parsed if isinstance(parsed, str) else value
 
 

@@ -116,7 +116,8 @@ def plan(cfg: LadderConfig) -> list[Cell]:
     Every recipe is resolved here: a bad key or value fails before anything runs."""
     sizes = parse_sizes(cfg.sizes)
     if len(sizes) < 3:
-        raise UserError(f"--sizes gives {len(sizes)} model size(s): the law needs at least 3 (e.g. model.n_embd=64,96,128)")
+        raise UserError(f"--sizes gives {len(sizes)} model size(s) ({'; '.join(', '.join(s) for s in sizes)}): the law needs at "
+                        "least 3 (e.g. model.n_embd=64,96,128)")
     base = resolve_recipe(cfg.recipe, cfg.overrides)
     resolved = []
     for size in sizes:
