@@ -36,7 +36,7 @@ def records(path: str) -> list[dict]:
         r = data[off : off + RECORD]
         if r[1] != 3:  # ac_version: only acct_v3 is read
             continue
-        pid, ppid = struct.unpack_from("<II", r, 20)
+        pid, ppid = struct.unpack_from("<II", r, 16)  # ac_pid, ac_ppid (after flag, version, tty, exitcode, uid, gid)
         utime, stime = struct.unpack_from("<HH", r, 32)
         out.append({"pid": pid, "ppid": ppid, "comm": r[48:64].split(b"\0")[0].decode(errors="replace"),
                     "cpu_s": (comp_t(utime) + comp_t(stime)) / 100})  # AHZ = 100

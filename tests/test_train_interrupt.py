@@ -12,7 +12,9 @@ from pretrainlab.train import EXIT_PREEMPTED
 
 def test_ctrl_c_checkpoints_exits_preempted_and_resumes_from_there(corpus_dir, tmp_path):
     run = tmp_path / "run"
-    overrides = set_args(tiny_overrides(corpus_dir, **{"budget.tokens": 1024 * 60}))
+    # 30 ms a step at least (the loader's fault-injection sleep, no CPU): on a fast machine the 55 steps
+    # after the fifth took ~1 s and once ended before the signal reached the trainer
+    overrides = set_args(tiny_overrides(corpus_dir, **{"budget.tokens": 1024 * 60, "faults.data_sleep_s": 0.03}))
     proc = start(["train", "--recipe", "tiny-cpu", *overrides, "--out", str(run)])
     wait_for(lambda: (run / "metrics.jsonl").exists() and len((run / "metrics.jsonl").read_text().splitlines()) >= 5, proc)
     proc.send_signal(signal.SIGINT)
