@@ -6,9 +6,10 @@ PY := $(VENV)/bin/python
 # The pinned torch resolves to a CPU wheel on CPU-only machines set up like this one;
 # on a GPU machine override it, e.g. `make demo TORCH=torch` for the default CUDA build.
 TORCH ?= torch==2.13.0
-# pytest-xdist workers for `make test`: the suite waits on subprocesses much of the time, so two
-# workers on two cores roughly halve its wall time (`make test TEST_WORKERS=0` runs it in one process)
-TEST_WORKERS ?= 2
+# pytest-xdist workers for `make test`: two for the tests that use the CPU (two cores), and a third, the
+# lane for the tests that mostly wait on SLURM, Ray or a timeout (tests/conftest.py, WAITS), so that their
+# waiting leaves no core idle (`make test TEST_WORKERS=0` runs the suite in one process)
+TEST_WORKERS ?= 3
 # Triton, for its interpreter only: tests/test_kernels.py runs model/kernels.py's CUDA kernels on CPU
 # tensors with it. Kept in a folder of its own, off the venv's path, so no other process imports it
 # (CUDA builds of torch bring their own Triton; this one never meets them).

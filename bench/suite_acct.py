@@ -37,9 +37,10 @@ def records(path: str) -> list[dict]:
         if r[1] != 3:  # ac_version: only acct_v3 is read
             continue
         pid, ppid = struct.unpack_from("<II", r, 16)  # ac_pid, ac_ppid (after flag, version, tty, exitcode, uid, gid)
+        btime, etime = struct.unpack_from("<If", r, 24)  # started (epoch seconds), ran for (ticks)
         utime, stime = struct.unpack_from("<HH", r, 32)
         out.append({"pid": pid, "ppid": ppid, "comm": r[48:64].split(b"\0")[0].decode(errors="replace"),
-                    "cpu_s": (comp_t(utime) + comp_t(stime)) / 100})  # AHZ = 100
+                    "cpu_s": (comp_t(utime) + comp_t(stime)) / 100, "start": btime, "elapsed_s": etime / 100})  # AHZ = 100
     return out
 
 

@@ -26,6 +26,16 @@ XDIST_GROUPS = {
 }
 
 
+# Tests that spend most of their time waiting on something other than this machine's CPU: SLURM's scheduler and
+# requeue delays, Ray noticing a dead node, a run's timeout. With three or more workers, the last one is a lane
+# for them alone, beside the others: their waiting no longer leaves a core idle. A worker with no work of its own
+# left takes the other kind's.
+WAITS = ("test_slurm", "ray",
+         "tests/test_trust.py::test_a_run_stopped_while_the_lab_scores_it_is_a_timeout_not_ok",
+         "tests/test_trust.py::test_a_worker_that_stops_reading_or_trickles_its_answer_is_given_up_on",
+         "tests/test_resume.py::test_sigkill_before_the_first_checkpoint_then_resume_restarts_it")
+
+
 @pytest.hookimpl(optionalhook=True, tryfirst=True)
 def pytest_xdist_make_scheduler(config, log):
     if config.getvalue("dist") != "loadgroup":
@@ -33,11 +43,40 @@ def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
     class GroupScheduling(LoadScopeScheduling):
-        """A work unit is a group of XDIST_GROUPS (all its tests, to one worker, in order) or one test."""
+        """A work unit is a group of XDIST_GROUPS (all its tests, to one worker, in order) or one test. With three
+        workers or more, the last is the lane for WAITS."""
 
         def _split_scope(self, nodeid: str) -> str:
             module = nodeid.split("::", 1)[0].rpartition("/")[2].removesuffix(".py")
             return XDIST_GROUPS.get(module, nodeid)
+
+        def _lane(self, node) -> bool:
+            nodes = self.nodes
+            return len(nodes) >= 3 and node is max(nodes, key=lambda n: int(n.gateway.id.removeprefix("gw") or 0))
+
+        def _next_unit(self, node) -> str | None:
+            """The first queued unit of the node's kind, else (for a CPU worker) the first of the other."""
+            lane = self._lane(node)
+            for scope in self.workqueue:
+                if (scope in WAITS) == lane:
+                    return scope
+            return None if lane else next(iter(self.workqueue), None)
+
+        def _assign_work_unit(self, node) -> None:
+            scope = self._next_unit(node)
+            if scope is None:
+                return
+            self.workqueue.move_to_end(scope, last=False)  # the parent pops the first
+            super()._assign_work_unit(node)
+
+        def _reschedule(self, node) -> None:
+            if node.shutting_down:
+                return
+            if self._next_unit(node) is None:
+                node.shutdown()  # it finishes what it has
+                return
+            if self._pending_of(self.assigned_work[node]) <= 2:
+                self._assign_work_unit(node)
 
     return GroupScheduling(config, log)
 

@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import runpy
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -33,7 +34,10 @@ def _context():
     return _CTX
 
 
-def _child(argv: list[str], env: dict, cwd: str, out: str, err: str) -> None:
+def _child(argv: list[str], env: dict, cwd: str, out: str, err: str, sigint_ignored: bool) -> None:
+    # SIGINT as a terminal's foreground command has it (Python's handler), whatever the suite inherited: run as a
+    # background job (`make test &`), every process of it starts with SIGINT ignored, which the trainer keeps
+    signal.signal(signal.SIGINT, signal.SIG_IGN if sigint_ignored else signal.default_int_handler)
     for fd, path in ((1, out), (2, err)):
         f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.dup2(f, fd)
@@ -48,14 +52,14 @@ def _child(argv: list[str], env: dict, cwd: str, out: str, err: str) -> None:
 class Forked:
     """A subset of subprocess.Popen (text mode, stdout and stderr captured) for a forked `pretrainlab ARGS`."""
 
-    def __init__(self, args: list[str], env: dict | None = None, cwd: str | Path | None = None):
+    def __init__(self, args: list[str], env: dict | None = None, cwd: str | Path | None = None, sigint_ignored: bool = False):
         self.args = args
         self._dir = tempfile.mkdtemp(prefix="forked-")
         weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)  # its output, once nobody can read it
         self._out, self._err = os.path.join(self._dir, "stdout"), os.path.join(self._dir, "stderr")
         env = dict(os.environ if env is None else env)
         cwd = os.getcwd() if cwd is None else cwd  # the caller's, as subprocess gives (the server's may differ)
-        self._proc = _context().Process(target=_child, args=(list(args), env, str(cwd), self._out, self._err))
+        self._proc = _context().Process(target=_child, args=(list(args), env, str(cwd), self._out, self._err, sigint_ignored))
         self._proc.start()
         self.pid = self._proc.pid
         self.returncode: int | None = None

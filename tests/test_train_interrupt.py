@@ -4,6 +4,7 @@ SIGTERM does) and says how to continue; `train --resume` then goes on from that 
 import json
 import signal
 
+import forked
 from conftest import cli, set_args, tiny_overrides
 from test_resume import rows, start, wait_for
 
@@ -35,3 +36,17 @@ def test_ctrl_c_checkpoints_exits_preempted_and_resumes_from_there(corpus_dir, t
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["steps"] == 60
     assert [r["step"] for r in rows(run)] == list(range(1, 61))
+
+
+def test_an_ignored_sigint_stays_ignored(corpus_dir, tmp_path):
+    """A trainer started with SIGINT ignored (a script's background job, nohup) leaves it so: a Ctrl-C meant for the
+    terminal's foreground job does not stop it."""
+    run = tmp_path / "run"
+    overrides = set_args(tiny_overrides(corpus_dir, **{"budget.tokens": 1024 * 40, "faults.data_sleep_s": 0.03}))
+    proc = forked.Forked(["train", "--recipe", "tiny-cpu", *overrides, "--out", str(run)], sigint_ignored=True)
+    wait_for(lambda: (run / "metrics.jsonl").exists() and len((run / "metrics.jsonl").read_text().splitlines()) >= 5, proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "SIGINT" not in err
+    assert json.loads((run / "summary.json").read_text())["status"] == "ok" and len(rows(run)) == 40
