@@ -150,9 +150,15 @@ def test_a_host_is_for_the_files_code_and_load_time_environment_its_runs_have(tm
     os.replace(replaced, tmp_path / "shard.bin")  # a corpus rebuilt (published by a rename): the old host keeps the old file
     assert warm.host_key(**args) != key
     key = warm.host_key(**args)
-    (tmp_path / "runs").rmdir()
-    (tmp_path / "runs").mkdir()  # a campaign's folder removed and made again: the old host's bind is of the old one
-    assert warm.host_key(**args) != key
+    # a campaign's folder removed and made again: the old host's bind is of the old one. The bind keeps the old folder's
+    # inode in use, as the descriptor does here; with nothing holding it, the new folder could take its number
+    held = os.open(tmp_path / "runs", os.O_RDONLY)
+    try:
+        (tmp_path / "runs").rmdir()
+        (tmp_path / "runs").mkdir()
+        assert warm.host_key(**args) != key
+    finally:
+        os.close(held)
     key = warm.host_key(**args)
     (tmp_path / "runs" / "scores").mkdir()  # a folder its runs must not see, made since: a host that hides it
     assert warm.host_key(**args) != key
