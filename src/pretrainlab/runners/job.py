@@ -206,7 +206,7 @@ def wait_within_disk(proc: subprocess.Popen, run_dir: Path, disk: int | None, ca
             proc.kill()
             proc.wait()
             return f"{why} (killed)"
-        # what it wrote in its last second, after the last look: over the cap is over, however it ended
+        # what it wrote after the last look: over the cap is over, however it ended
         why = over(disk_use(run_dir)) if disk is not None else None
         return why and f"{why} (found when it ended)"
 
