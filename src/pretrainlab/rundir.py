@@ -23,6 +23,7 @@ import errno
 import json
 import math
 import os
+import re
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -329,13 +330,57 @@ def _parse_line(raw: bytes) -> Any:
         return None
 
 
+MAX_DEPTH = 64  # nesting of a run's JSON: the lab's files nest a few levels; its recursive writers stop near 1,000
+# what no run-written string keeps: C0/C1 control characters but tab and newline (terminal escapes: a window's
+# title, a cleared screen) and lone surrogates (JSON's "\ud800" parses; printing or encoding it as UTF-8 fails)
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
 def _loads(raw: bytes) -> Any:
-    """json.loads of bytes from a run directory: invalid UTF-8 replaced, and nesting too deep for
-    the parser (a line of 100,000 "[") a ValueError like any other text that is not JSON."""
+    """json.loads of bytes from a run directory: invalid UTF-8 replaced, control characters and lone surrogates in
+    its strings (keys too) replaced by U+FFFD, and nesting deeper than MAX_DEPTH (or too deep for the parser: a
+    line of 100,000 "[") a ValueError like any other text that is not JSON."""
     try:
-        return json.loads(raw.decode("utf-8", errors="replace"))
+        value = json.loads(raw.decode("utf-8", errors="replace"))
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
+    # the walk only where it can find something: JSON's strings hold a control character or surrogate only as a \u
+    # escape, DEL or a C1 character (UTF-8 \xc2\x80-\x9f) raw; nesting past MAX_DEPTH needs that many brackets
+    if b"\\u" in raw or b"\x7f" in raw or b"\xc2" in raw or raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:
+        return _safe(value)
+    return value
+
+
+def _safe(value: Any) -> Any:
+    """`value` with its strings made safe to print (_UNSAFE -> U+FFFD); ValueError past MAX_DEPTH. Iterative: a
+    value nested to the parser's limit is walked without recursion."""
+    def clean(v: Any) -> Any:
+        return _UNSAFE.sub("\ufffd", v) if isinstance(v, str) and _UNSAFE.search(v) else v
+
+    if not isinstance(value, (dict, list)):
+        return clean(value)
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ValueError(f"JSON nested deeper than {MAX_DEPTH} levels")
+        if isinstance(node, list):
+            for i, v in enumerate(node):
+                if isinstance(v, (dict, list)):
+                    stack.append((v, depth + 1))
+                elif isinstance(v, str):
+                    node[i] = clean(v)
+        else:
+            if any(_UNSAFE.search(k) for k in node):
+                items = [(clean(k), v) for k, v in node.items()]
+                node.clear()
+                node.update(items)
+            for k, v in node.items():
+                if isinstance(v, (dict, list)):
+                    stack.append((v, depth + 1))
+                elif isinstance(v, str):
+                    node[k] = clean(v)
+    return value
 
 
 def last_row(path: str | Path, only: str | None = None, window: int = 1 << 16, max_bytes: int = 1 << 22) -> dict[str, Any] | None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import rundir
 from . import stats
 from .report import Finding, Series
 from .runfiles import RunData, as_float
@@ -812,15 +813,22 @@ def _bytes_per_token(sig: Signals) -> np.ndarray | None:
     return arr if np.isfinite(arr).all() and (arr > 0).all() else None
 
 
-def _corpus_manifest(sig: Signals) -> dict | None:
-    """The corpus manifest the run trained on, when it is still where provenance says."""
-    import json
-
+def _corpus_train_tokens(sig: Signals) -> dict[str, int] | None:
+    """Train tokens per domain of the corpus the run trained on, from its manifest when it is still where provenance
+    says (a path the run's files name: read as a run's file is, a regular file of bounded size, and typed)."""
     path = (sig.run.provenance or {}).get("data_path")
-    try:
-        return json.loads((Path(path) / "manifest.json").read_text()) if path else None
-    except (OSError, ValueError):
+    if not isinstance(path, str) or not path:
         return None
+    manifest = rundir.read_json(Path(path) / "manifest.json")
+    domains = (manifest or {}).get("domains")
+    if not isinstance(domains, dict):
+        return None
+    out = {}
+    for name, splits in domains.items():
+        n = splits.get("train", {}).get("num_tokens") if isinstance(splits, dict) and isinstance(splits.get("train"), dict) else None
+        if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+            out[name] = n
+    return out
 
 
 def detect_train_val_gap(sig: Signals) -> list[Finding]:
@@ -855,12 +863,11 @@ def detect_train_val_gap(sig: Signals) -> list[Finding]:
     train_bpb = float(np.mean(loss)) / LN2 / float(np.sum(shares * bpt))
     gap = 1 - train_bpb / val_mix
     epochs = None
-    manifest = _corpus_manifest(sig)
+    train_tokens = _corpus_train_tokens(sig)
     seq_len = sig.run.get("model", "seq_len")
-    if manifest and isinstance(seq_len, int):
+    if train_tokens and isinstance(seq_len, int):
         counts = sig.run.domain_rows.sum(axis=0) * seq_len
-        epochs = {d: float(c / manifest["domains"][d]["train"]["num_tokens"]) for d, c in zip(sig.run.domains, counts)
-                  if d in manifest.get("domains", {}) and manifest["domains"][d]["train"].get("num_tokens")}
+        epochs = {d: float(c / train_tokens[d]) for d, c in zip(sig.run.domains, counts) if d in train_tokens}
     a, b = int(sig.steps[win[0]]), int(sig.steps[win[-1]])
     domain_gaps = _domain_gaps(sig, win, bpt, val_d)
     evidence = {"train_bpb": train_bpb, "val_bpb_same_mix": val_mix, "gap": gap, "eval_step": ev["step"], "train_window": [a, b],
@@ -1120,13 +1127,26 @@ def detect_replaced_attempt(sig: Signals) -> list[Finding]:
     return out
 
 
+# what a run's status can be: summary.json's as the trainer and the lab write it, or the reader's own when there is none
+KNOWN_STATUSES = frozenset({"ok", "diverged", "crashed", "timeout", "preempted", "rejected", "unscored", "running", "incomplete"})
+
+
 def detect_run_status(sig: Signals) -> list[Finding]:
     """How the run ended: crashed, rejected by the lab's checks, preempted, timed out, or killed without a summary."""
     status = sig.run.status
     last = int(sig.steps[-1]) if sig.n else 0
     s = sig.run.summary or {}
+    if status not in KNOWN_STATUSES:
+        return [Finding(
+            id="run_status_unknown", severity="warning", title="Unknown run status",
+            summary=f"summary.json says the run ended with status {status[:80]!r}, which the trainer never writes: its "
+                    "result cannot be trusted as a finished run's", steps=(last, last) if last else None,
+            evidence={"status": status[:200], "known": sorted(KNOWN_STATUSES)},
+            cause="summary.json was written by something other than `pretrainlab train` (experiment code, a hand edit, "
+                  "another tool)",
+            fix=f"train it again, or continue it with `pretrainlab train --resume {sig.run.path}` if a checkpoint exists")]
     if status == "crashed":
-        err = (s.get("error") or "").strip().splitlines()
+        err = (s.get("error") if isinstance(s.get("error"), str) else "").strip().splitlines()
         cause, fix = ("an exception in the trainer (the traceback is in summary.json error and log.txt)",
                       "fix the error, then continue with `pretrainlab train --resume RUN_DIR` if a checkpoint exists")
         if err and err[0].startswith("out of memory: "):  # killed at a campaign's per-run cap (runners/limits.py)
@@ -1148,13 +1168,15 @@ def detect_run_status(sig: Signals) -> list[Finding]:
             summary=f"the run crashed after step {last}: {err[-1] if err else 'no error recorded'}",
             steps=(last, last) if last else None, evidence={"error_tail": "\n".join(err[-6:])}, cause=cause, fix=fix)]
     if status == "rejected":
-        lab = s.get("lab_score") or {}
+        lab = s.get("lab_score") if isinstance(s.get("lab_score"), dict) else {}  # what the run's files say: typed here
+        splits = lab.get("splits") if isinstance(lab.get("splits"), dict) else {}
+        reason = next((r for r in (s.get("rejected_reason"), lab.get("reason")) if isinstance(r, str) and r), "no reason recorded")
         return [Finding(
             id="run_rejected", severity="error", title="Rejected by the lab's checks",
-            summary=f"the lab refused this run's result: {s.get('rejected_reason') or lab.get('reason') or 'no reason recorded'}",
+            summary=f"the lab refused this run's result: {reason}",
             steps=(last, last) if last else None,
             evidence={"reason": s.get("rejected_reason"), "reported_val_bpb": s.get("val_bpb_reported"), "probes": lab.get("probes"),
-                      "lab_splits": {k: v.get("val_bpb") for k, v in (lab.get("splits") or {}).items()}},
+                      "lab_splits": {k: v.get("val_bpb") for k, v in splits.items() if isinstance(v, dict)}},
             cause="the model or trainer failed a probe (looked ahead, depended on other rows or on what it saw) or reported "
                   "a figure the lab could not reproduce from its weights (docs/research.md, the trust boundary)",
             fix="make the model causal and row-independent, and leave the trainer's evaluation alone; the lab scores every run")]

@@ -29,6 +29,9 @@ TRAIN_FIELDS = ("tokens", "loss", "lr", "grad_norm", "max_layer_grad_norm", "tok
 LIVE_WINDOW_S = 300  # metrics.jsonl written this recently and no summary.json: call the run live
 
 
+MAX_DOMAINS = 256  # data domains the doctor reads from a run's files (a mixture has a few dozen; rows x domains x 8 bytes)
+MAX_WORLD = 4096  # ranks of a per-rank field the doctor reads
+
 @dataclass
 class RunData:
     path: Path
@@ -121,7 +124,11 @@ def load_run(path: str | Path) -> RunData:
     run.summary = _read_json(run.path / rundir.SUMMARY, run.notes, required=False)
     run.provenance = _read_json(run.path / rundir.PROVENANCE, run.notes, required=True)
     _sanitize(run)
-    if metrics_file.is_file():
+    if metrics_file.is_symlink() or (metrics_file.exists() and not metrics_file.is_file()):
+        kind = "a symbolic link" if metrics_file.is_symlink() else "not a regular file"
+        run.notes.append(f"{metrics_file.name} is {kind}: not read (a run writes a plain file; something else put this "
+                         "there)")
+    elif metrics_file.is_file():
         run.metrics_age_s = max(0.0, time.time() - metrics_file.stat().st_mtime)
         _read_metrics(metrics_file, run)
         run.superseded = _read_superseded(run.path / rundir.SUPERSEDED)
@@ -222,26 +229,38 @@ def _read_metrics(file: Path, run: RunData) -> None:
     run.max_grad_layer = [r.get("max_grad_layer") if isinstance(r.get("max_grad_layer"), str) else None for r in rows]
     run.compiled_rows = sum(r.get("compiled") is True for r in rows)
     run.batch_hash = [r.get("batch_hash") if isinstance(r.get("batch_hash"), str) else None for r in rows]
-    domains: list[str] = list((run.provenance or {}).get("data_weights") or {})
+    weights = (run.provenance or {}).get("data_weights")
+    index: dict[str, int] = {}  # domain -> column, first seen first
+    for name in (weights if isinstance(weights, dict) else {}):
+        index.setdefault(name, len(index))
     for r in rows:
         if isinstance(r.get("domain_rows"), dict):
-            domains += [d for d in r["domain_rows"] if d not in domains]
-    run.domains = domains
-    run.domain_rows = np.zeros((len(rows), len(domains)), dtype=np.int64)
+            for name in r["domain_rows"]:
+                index.setdefault(name, len(index))
+    if len(index) > MAX_DOMAINS:  # (a run's mixture has a few dozen; rows x domains is the arrays' size)
+        run.notes.append(f"the run names {len(index):,} data domains, more than the {MAX_DOMAINS:,} the doctor reads: the mixture "
+                         f"checks use the first {MAX_DOMAINS:,}")
+        index = {name: j for name, j in index.items() if j < MAX_DOMAINS}
+    run.domains = list(index)
+    run.domain_rows = np.zeros((len(rows), len(index)), dtype=np.int64)
     for i, r in enumerate(rows):
         dr = r.get("domain_rows")
         if isinstance(dr, dict):
-            for j, d in enumerate(domains):
-                v = dr.get(d, 0)
-                run.domain_rows[i, j] = v if isinstance(v, int) and 0 <= v <= rundir.INT64_MAX else 0
+            for name, v in dr.items():
+                j = index.get(name)
+                if j is not None and isinstance(v, int) and 0 <= v <= rundir.INT64_MAX:
+                    run.domain_rows[i, j] = v
     if any(isinstance(r.get("domain_loss"), dict) for r in rows):
-        run.domain_loss = np.full((len(rows), len(domains)), np.nan)
+        run.domain_loss = np.full((len(rows), len(index)), np.nan)
         for i, r in enumerate(rows):
             dl = r.get("domain_loss")
             if isinstance(dl, dict):
-                run.domain_loss[i] = [as_float(dl.get(d)) for d in domains]
+                for name, v in dl.items():
+                    j = index.get(name)
+                    if j is not None:
+                        run.domain_loss[i, j] = as_float(v)
     run.rank_step_s, run.rank_presync_s, run.rank_data_s, run.rank_gpu_util = (
-        _per_rank(rows, k) for k in ("rank_step_s", "rank_presync_s", "rank_data_s", "rank_gpu_util"))
+        _per_rank(rows, k, run.notes) for k in ("rank_step_s", "rank_presync_s", "rank_data_s", "rank_gpu_util"))
     run.evals = [evals[s] for s in sorted(evals) if math.isfinite(as_float(evals[s].get("val_bpb")))]
     logged = run.steps[run.steps >= 1]  # sorted, each once; counted, not enumerated: a step of 2**62 is one row
     num_missing = int(logged[-1]) - len(logged) if len(logged) else 0
@@ -251,12 +270,18 @@ def _read_metrics(file: Path, run: RunData) -> None:
         run.notes.append(f"{num_missing} step(s) missing from metrics.jsonl (first: {first}); the analysis uses the rows present")
 
 
-def _per_rank(rows: list[dict], key: str) -> np.ndarray | None:
-    """[n, world] float64 of a per-rank list field, NaN where a row lacks it; None if no row has it."""
+def _per_rank(rows: list[dict], key: str, notes: list[str]) -> np.ndarray | None:
+    """[n, world] float64 of a per-rank list field, NaN where a row lacks it; None if no row has it. Lists longer
+    than MAX_WORLD are cut there, with a note."""
     lists = [r.get(key) for r in rows]
     if not any(isinstance(x, list) and x for x in lists):
         return None
     world = max(len(x) for x in lists if isinstance(x, list))
+    if world > MAX_WORLD:
+        notes.append(f"{key} lists {world:,} ranks in a row, more than the {MAX_WORLD:,} the doctor reads: the per-rank "
+                     f"checks use the first {MAX_WORLD:,}")
+        world = MAX_WORLD
+        lists = [x[:MAX_WORLD] if isinstance(x, list) else x for x in lists]
     arr = np.full((len(rows), world), np.nan)
     for i, x in enumerate(lists):
         if isinstance(x, list):
