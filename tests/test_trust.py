@@ -510,7 +510,8 @@ def test_a_worker_that_stops_reading_or_trickles_its_answer_is_given_up_on(tmp_p
     big = np.zeros((64, 2048), dtype=np.int64)  # 512 KiB: more than a pipe holds
     trickle = ("import os, struct, sys, time\nsys.stdin.buffer.read(8 + 4 * 64 * 2048)\n"
                "os.write(1, struct.pack('<iii', 64, 2048, 256))\nwhile True:\n    os.write(1, b'x')\n    time.sleep(0.5)\n")
-    for name, cmd in (("deaf", ["sleep", "60"]), ("trickle", [sys.executable, "-c", trickle])):
+    # (61: tests/test_run_caps.py looks for leftover `sleep 60`s of its fork bomb while this may run beside it)
+    for name, cmd in (("deaf", ["sleep", "61"]), ("trickle", [sys.executable, "-c", trickle])):
         worker = scoring._Worker(cmd, {"PATH": os.environ["PATH"]}, tmp_path / f"{name}.log")
         t0 = time.monotonic()
         with pytest.raises(scoring.ScoreRejected, match="within 2 s|stopped reading its input"):
