@@ -296,11 +296,12 @@ def test_claude_looks_at_the_corpus_and_proposes_a_data_recipe(base_dir):
         (p,) = s.propose(view(), 1)
     assert p.kind == "data" and p.data_steps == DEDUP and p.model_id == "claude-opus-5"
     report, sample, held = server.requests[1]["body"]["messages"][-1]["content"]
-    info = json.loads(report["content"])
+    assert report["content"].startswith('<untrusted-data source="corpus_report">\n')  # corpus text reaches the model fenced as data
+    info = json.loads(unfence(report["content"]))
     assert info["derived"] and info["steps"] == [{"step": "gopher_quality", "domains": ["docs"], "min_words": 5}]
     assert set(info["domains"]["code"]) == {"train", "monitor"}  # no val or test rows
     assert info["build"]["steps"][0]["removed_by_rule"]["too_few_words"] >= 1
-    docs = json.loads(sample["content"])["documents"]
+    docs = json.loads(unfence(sample["content"]))["documents"]
     assert len(docs) == 2 and all(d["fate"] == "removed" and d["removed_by"]["step"] == "gopher_quality" for d in docs)
     assert all(d["text"].startswith("See note") and len(d["text"]) <= 100 + 60 for d in docs)
     assert held["is_error"] and "fate: Input should be 'kept', 'rewritten' or 'removed'" in held["content"]
@@ -308,6 +309,11 @@ def test_claude_looks_at_the_corpus_and_proposes_a_data_recipe(base_dir):
     assert [f["tool"] for f in s.failed] == ["sample_documents"] + ["propose_data_recipe"] * len(bad)
     for failed, (args, error) in zip(s.failed[1:], bad):  # each a one-line tool error, recorded with its input
         assert error in failed["error"] and "\n" not in failed["error"] and failed["input"] == args, failed["error"]
+
+
+def unfence(content: str) -> str:
+    """A fenced tool result's JSON (research/llm.py fence)."""
+    return content.split("\n", 1)[1].rsplit("\n", 1)[0]
 
 
 def test_sampled_documents_are_never_held_out(base_dir):

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import statistics
 import sys
@@ -66,6 +67,8 @@ from .stats import describe_paired_noise
 from .strategies import CampaignView, Proposal, Strategy, current_values, same_value, validate
 
 DECIDER = "pretrainlab stats"  # decisions by the loop's statistics rule are attributed to it
+MAX_FAILURE_NOTES = 10  # a strategy's failed tool calls noted one by one per round; the rest are counted in one more note
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # terminal control characters (the CLI's _printable)
 
 
 # ---- experiment state: its Phase (experiments.status) and its Role (experiments.role), ledger/store.py ----
@@ -214,8 +217,8 @@ class Campaign:
         return self.state.claims()
 
     def log(self, msg: str) -> None:
-        if self.echo:
-            print(f"[campaign {self.id}] {msg}", file=sys.stderr, flush=True)
+        if self.echo:  # hypotheses and reasons come from models: no escape sequence of theirs reaches the terminal
+            print(CONTROL.sub("\ufffd", f"[campaign {self.id}] {msg}"), file=sys.stderr, flush=True)
 
     # ---- the spine ----------------------------------------------------------------------------------------
 
@@ -534,7 +537,9 @@ class Campaign:
         """The lab refused the run's result (a failed probe, a false report): the experiment is
         rejected with the reason, its other runs stopped."""
         verdict = read_json(self.score_path(result.job.key)) or {}
-        reason = verdict.get("reason") or (result.summary or {}).get("rejected_reason") or "rejected by the lab"
+        # the lab's own reason only: summary.json is the run's to write, and the reason reaches the next prompt
+        reason = verdict.get("reason") if isinstance(verdict.get("reason"), str) else (
+            "its summary.json says rejected, without a verdict of the lab")
         exp = self.state.experiment(exp_id)
         for job in self.runner.running():
             if job.key.rsplit("-s", 1)[0] == exp_id:
@@ -903,11 +908,15 @@ class Campaign:
             self.save_state()
         if not proposals:  # nothing new to try until another experiment is decided
             self.quiet_at = self.num_decisions()
-        for failure in getattr(self.strategy, "failed", [])[self.recorded_failures:]:
-            self.recorded_failures += 1
+        failures = getattr(self.strategy, "failed", [])[self.recorded_failures:]
+        self.recorded_failures += len(failures)
+        for failure in failures[:MAX_FAILURE_NOTES]:
             self.ledger.add_note(f"failed proposal from {self.strategy.name} ({failure.get('model_id')}): tool {failure['tool']}: "
-                                 f"{failure['error']}\ninput: {json.dumps(failure['input'], default=str)[:2000]}",
+                                 f"{failure['error'][:4000]}\ninput: {json.dumps(failure['input'], default=str)[:2000]}",
                                  author=self.strategy.name, campaign_id=self.id)
+        if len(failures) > MAX_FAILURE_NOTES:
+            self.ledger.add_note(f"{len(failures) - MAX_FAILURE_NOTES:,} more failed tool calls from {self.strategy.name} in this round "
+                                 "(not noted one by one)", author=self.strategy.name, campaign_id=self.id)
         ids = [self.add_proposal(p, incumbent) for p in proposals]
         return [self.state.experiment(i) for i in ids]
 
@@ -972,7 +981,7 @@ class Campaign:
         self.proposals[exp_id] = p
         if error:
             self.ledger.record_decision("discard", decided_by=DECIDER, decider_type="strategy", experiment_id=exp_id,
-                                        rationale=f"rejected before running: {error}")
+                                        rationale=f"rejected before running: {error}", evidence={"rejected": error})
             self.strategy.observe(p, None)
             self.log(f"rejected proposal: {error}")
         return exp_id

@@ -291,7 +291,8 @@ def check_fixed_data(keys) -> None:
     """A config change may not point a campaign at another corpus or tokenizer (every run is
     scored on the base corpus's held-out data, and the corpus changes only through a data
     experiment, whose build the lab checks), nor change what FIXED_KEYS keeps fixed."""
-    touched = sorted(set(keys) & set(FIXED_DATA_KEYS))
+    keys = {k.strip() for k in keys}  # as apply_overrides reads them: " budget.tokens" sets budget.tokens
+    touched = sorted(keys & set(FIXED_DATA_KEYS))
     if touched:
         raise UserError(f"{touched[0]}: a campaign keeps its corpus and tokenizer (every run is scored on the base corpus's held-out "
                         "data); change the data with a data experiment (its [[steps]]) instead")

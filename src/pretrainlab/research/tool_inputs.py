@@ -15,9 +15,11 @@ tools themselves and raise ValueError too; the agent loop treats both the same w
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StringConstraints, ValidationError, WithJsonSchema, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, StringConstraints, ValidationError, WithJsonSchema,
+                      model_validator)
 
 from ..data.steps import STEPS
 from .data_experiments import MAX_SAMPLE_CHARS, MAX_SAMPLE_DOCS, MAX_STEPS
@@ -26,7 +28,35 @@ from .data_experiments import MAX_SAMPLE_CHARS, MAX_SAMPLE_DOCS, MAX_STEPS
 READ_CODE_PAGE_LINES = 300
 READ_CODE_MAX_LINES = 1000
 
+# Bounds on what one reply may put in the ledger and the next prompts (a hypothesis is a table cell, a rationale a
+# paragraph; a whole-file rewrite of the trainer is some 40,000 characters of diff)
+MAX_HYPOTHESIS_CHARS = 2_000
+MAX_RATIONALE_CHARS = 10_000
+MAX_PATCH_CHARS = 150_000
+MAX_NOTE_CHARS = 20_000  # the ledger's own cap on a note (ledger/store.py MAX_TEXT)
+MAX_CHANGES = 32  # keys of one config proposal: an experiment is an ablation, not a new recipe
+MAX_VALUE_CHARS = 1_000  # a recipe field's string value (a compile mode, a name)
+MAX_ERRORS_SHOWN = 5  # a tool error lists this many bad fields, then how many more
+
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+
+
+def _bounded(max_length: int) -> Any:
+    return Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=max_length)]
+
+
+RECIPE_KEY = re.compile(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)*")
+
+
+def _recipe_key(key: str) -> str:
+    # as the recipe spells its keys: no padding (" budget.tokens" would be read as budget.tokens past the lab's checks),
+    # no look-alike letters, no "=", brackets or spaces
+    if len(key) > 100 or not RECIPE_KEY.fullmatch(key):
+        raise ValueError(f"{key[:100]!r} is not a dotted recipe key (lowercase ASCII letters, digits, _ and dots, e.g. optim.lr)")
+    return key
+
+
+RecipeKey = Annotated[str, AfterValidator(_recipe_key)]
 
 
 def _scalar(value: Any) -> Any:
@@ -34,6 +64,8 @@ def _scalar(value: Any) -> Any:
         raise ValueError("must be a finite number")
     if not isinstance(value, (str, bool, int, float)):
         raise ValueError(f"must be a string, number or boolean (got {type(value).__name__})")
+    if isinstance(value, str) and len(value) > MAX_VALUE_CHARS:
+        raise ValueError(f"a string of {len(value):,} characters: a recipe value has at most {MAX_VALUE_CHARS:,}")
     return value
 
 
@@ -55,16 +87,16 @@ class ToolInput(BaseModel):
 
 
 class Why(ToolInput):
-    hypothesis: Text = Field(description="A falsifiable prediction: what this change does to val_bpb and why.")
-    rationale: Text = Field(description="The evidence you looked at (runs, doctor findings, curves, code lines).")
+    hypothesis: _bounded(MAX_HYPOTHESIS_CHARS) = Field(description="A falsifiable prediction: what this change does to val_bpb and why.")
+    rationale: _bounded(MAX_RATIONALE_CHARS) = Field(description="The evidence you looked at (runs, doctor findings, curves, code lines).")
 
 
 class ProposeConfig(Why):
-    changes: dict[str, ConfigValue] = Field(min_length=1, description='Dotted recipe keys to new values, e.g. {"optim.lr": 0.02}.')
+    changes: dict[RecipeKey, ConfigValue] = Field(min_length=1, max_length=MAX_CHANGES, description='Dotted recipe keys to new values, e.g. {"optim.lr": 0.02}.')
 
 
 class ProposeCodePatch(Why):
-    patch: Text = Field(description="A unified diff (git diff format) against src/pretrainlab/model/ or src/pretrainlab/train/.")
+    patch: _bounded(MAX_PATCH_CHARS) = Field(description="A unified diff (git diff format) against src/pretrainlab/model/ or src/pretrainlab/train/.")
 
 
 class ProposeDataMixture(Why):
@@ -130,7 +162,7 @@ class ReadCode(ToolInput):
 
 
 class WriteNote(ToolInput):
-    text: Text
+    text: _bounded(MAX_NOTE_CHARS)
 
 
 class FitScalingLaw(ToolInput):
@@ -168,11 +200,14 @@ def parse(model: type[ToolInput], args: Any) -> ToolInput:
     try:
         return model.model_validate(args)
     except ValidationError as e:
-        raise ToolInputError("; ".join(_describe(err, model) for err in e.errors())) from None
+        errors = e.errors()  # a reply's 100,000 bad list items make one short error, not a long one
+        more = f"; and {len(errors) - MAX_ERRORS_SHOWN:,} more" if len(errors) > MAX_ERRORS_SHOWN else ""
+        raise ToolInputError("; ".join(_describe(err, model) for err in errors[:MAX_ERRORS_SHOWN]) + more) from None
 
 
 def _describe(err: dict, model: type[ToolInput]) -> str:
-    field = ".".join(str(part) for part in err["loc"]) or "input"
+    loc = err["loc"][:1] if err["loc"][-1:] == ("[key]",) else err["loc"]  # a bad key: its dict's name, the message quotes it
+    field = ".".join(str(part)[:100] for part in loc) or "input"
     if err["type"] == "missing":
         return f"{field}: required field is missing"
     if err["type"] == "extra_forbidden":

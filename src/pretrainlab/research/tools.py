@@ -7,7 +7,9 @@ checked before the model is told it was accepted). Each tool takes
 the typed input of research/tool_inputs.py, already validated by the agent loop; the checks
 that need the lab (recipe keys, the corpus's domains, the patch allow-list) raise
 ValueError, which the loop hands back to the model as a tool error. `context` holds the
-campaign id once the campaign exists.
+campaign id once the campaign exists. The tools whose results carry what runs or corpus
+documents wrote (a run's status, recipe, curve and findings, documents) are `untrusted`:
+the loop fences their results as data.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from . import tool_inputs as inputs
 from .code_context import read_page
 from .llm import Tool
 from .patches import check_allowed
-from .space import apply
+from .space import apply, recipe_diff
 from .strategies import Proposal
 
 SCALING_BOOTSTRAP = 300  # fit_scaling_law's resamples and starts: a few seconds on a small ladder
@@ -71,8 +73,15 @@ def lab_tools(ledger, context: dict, base: Recipe) -> list[Tool]:
         return read_page(args.path, args.offset, args.limit)  # plain numbered text: the loop sends it as is
 
     def propose_config(args: inputs.ProposeConfig):
+        from .campaign import check_growth
+
         data_experiments.check_fixed_data(args.changes)  # the corpus changes only through propose_data_recipe
-        apply(base, args.changes)  # ValueError names the field
+        now = incumbent()
+        recipe = apply(now, args.changes)  # ValueError names the field
+        if not recipe_diff(now, recipe):  # it would run the incumbent again, and a lucky seed could adopt it
+            raise ValueError(f"the incumbent already has {json.dumps(dict(args.changes))}: propose a change to it")
+        check_growth(recipe, base)  # the campaign's own checks (campaign.add_proposal), told to the model now
+        data_experiments.check_scored_tokens(recipe, base)
         return Proposal("config", args.hypothesis, args.rationale, "llm", values=dict(args.changes))
 
     def propose_code_patch(args: inputs.ProposeCodePatch):
@@ -158,10 +167,11 @@ def lab_tools(ledger, context: dict, base: Recipe) -> list[Tool]:
         return row
 
     return [
-        Tool("list_runs", "This campaign's runs, best val_bpb first.", inputs.ListRuns, campaign_runs),
-        Tool("compare_runs", "Recipe diff and metric deltas of 2-6 runs.", inputs.CompareRuns, compare_runs),
-        Tool("run_findings", "The run doctor's diagnosis of a run (loss spikes, stalls, divergence, ...).", inputs.RunRef, run_findings),
-        Tool("curve_summary", "A run's loss curve at 10 points and its evaluations.", inputs.RunRef, curve_summary),
+        Tool("list_runs", "This campaign's runs, best val_bpb first.", inputs.ListRuns, campaign_runs, untrusted=True),
+        Tool("compare_runs", "Recipe diff and metric deltas of 2-6 runs.", inputs.CompareRuns, compare_runs, untrusted=True),
+        Tool("run_findings", "The run doctor's diagnosis of a run (loss spikes, stalls, divergence, ...).", inputs.RunRef, run_findings,
+             untrusted=True),
+        Tool("curve_summary", "A run's loss curve at 10 points and its evaluations.", inputs.RunRef, curve_summary, untrusted=True),
         Tool("read_code", "Read a source file as numbered lines, a page at a time (offset/limit in lines), e.g. model/gpt.py, "
              "train/optim.py, eval.py, config.py. A page that stops before the end says which offset comes next.",
              inputs.ReadCode, read_code),
@@ -173,10 +183,10 @@ def lab_tools(ledger, context: dict, base: Recipe) -> list[Tool]:
              inputs.ProposeDataMixture, propose_data_mixture),
         Tool("corpus_report", "The current corpus's data report: its data recipe's steps, per-domain train/monitor documents and "
              "tokens, and per step the documents and tokens in and out, removal rules, score histograms, duplicate clusters.",
-             inputs.CorpusReport, corpus_report),
+             inputs.CorpusReport, corpus_report, untrusted=True),
         Tool("sample_documents", "Look at train documents of the corpus: by domain, fate (kept/rewritten/removed), the step and rule "
              "that removed them, and its score range, to see what a filter removes. Short excerpts; never held-out documents.",
-             inputs.SampleDocuments, sample_documents),
+             inputs.SampleDocuments, sample_documents, untrusted=True),
         Tool("propose_data_recipe", "Propose the data recipe's full ordered steps (filters, dedup, boilerplate, ...) as an experiment: "
              "the lab builds the derived corpus (validation and test data stay the base's) and trains on it.",
              inputs.ProposeDataRecipe, propose_data_recipe),
