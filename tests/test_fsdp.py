@@ -117,11 +117,11 @@ def test_fsdp_preempted_on_two_processes_resumes_on_one_then_on_two(corpus_dir, 
     preempted. It resumes on 1 process (past a torn temporary checkpoint and a damaged newer
     one), finishes with the uninterrupted run's losses and token count; a checkpoint that 1
     process wrote resumes on 2."""
-    overrides = tiny_overrides(corpus_dir, **{"budget.tokens": 1024 * 80, "train.micro_batch_rows": 8, "train.ckpt_every": 5,
+    overrides = tiny_overrides(corpus_dir, **{"budget.tokens": 1024 * 40, "train.micro_batch_rows": 8, "train.ckpt_every": 5,
                                               "train.parallel": "fsdp"})
     ref = tmp_path / "reference"
     api.train_run("tiny-cpu", overrides, ref, echo=False)  # one process, no torchrun: fsdp over a one-process group
-    assert summary(ref)["status"] == "ok" and (ref / "ckpt" / "step_00000080" / ".metadata").is_file()
+    assert summary(ref)["status"] == "ok" and (ref / "ckpt" / "step_00000040" / ".metadata").is_file()
 
     run = tmp_path / "run"
     proc = subprocess.Popen([*TORCHRUN, "--standalone", "--nproc_per_node", "2", *train_args(overrides, run)],
@@ -134,7 +134,7 @@ def test_fsdp_preempted_on_two_processes_resumes_on_one_then_on_two(corpus_dir, 
     os.killpg(proc.pid, signal.SIGTERM)  # the agent and both workers, as a scheduler's preemption does
     proc.communicate(timeout=120)
     stopped = summary(run)
-    assert stopped["status"] == "preempted" and stopped["steps"] < 80, stopped
+    assert stopped["status"] == "preempted" and stopped["steps"] < 40, stopped
     step = stopped["steps"]
     assert (run / "ckpt" / f"step_{step:08d}" / ".metadata").is_file()
     assert [r["step"] for r in rows(run)] == list(range(1, step + 1))
@@ -157,9 +157,9 @@ def test_fsdp_preempted_on_two_processes_resumes_on_one_then_on_two(corpus_dir, 
     # the last checkpoint lost: the one before, written by 1 process, resumes on 2
     again = tmp_path / "again"
     shutil.copytree(run, again)
-    shutil.rmtree(again / "ckpt" / "step_00000080")
+    shutil.rmtree(again / "ckpt" / "step_00000040")
     res = torchrun(["-m", "pretrainlab", "train", "--resume", str(again)])
-    assert "resumed" in res.stderr and "at step 75 (76,800 tokens) on 2 process(es), saved by 1" in res.stderr
+    assert "resumed" in res.stderr and "at step 35 (35,840 tokens) on 2 process(es), saved by 1" in res.stderr
     assert summary(again)["status"] == "ok" and summary(again)["world_size"] == 2
     assert_same_training(again, ref, rel=1e-4)
 
