@@ -10,3 +10,8 @@ class UserError(Exception):
     """Bad input: the message names the problem and the fix, on one line."""
 
     exit_code = 2
+
+
+class LedgerError(UserError):
+    """The ledger cannot be used as it is now (locked, damaged, read-only, its disk full, its
+    server unreachable): the message names the ledger, the problem and the fix."""

@@ -16,6 +16,7 @@ per-step rows. Docs: docs/ledger.md. CLI: `pretrainlab runs list|show|compare|im
     trackers.py  replay a run into TensorBoard, MLflow or Weights & Biases
 """
 
+from ..errors import LedgerError
 from .db import LedgerURL, connect, migrate, resolve_url, schema_version
 from .rundir import read_run_dir
 from .schema import MIGRATIONS
@@ -30,6 +31,7 @@ __all__ = [
            "RUN_STATUSES",
            "VERDICTS",
            "Ledger",
+           "LedgerError",
            "Phase",
            "Role",
            "LedgerURL",

@@ -44,7 +44,7 @@ from markupsafe import Markup
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import api
-from ..errors import UserError
+from ..errors import LedgerError, UserError
 from . import views
 from .security import CSRF_FIELD, Guard, is_loopback
 
@@ -140,6 +140,8 @@ def create_app(db: str | None = None, author: str = "person", token: str | None 
 
     @app.exception_handler(UserError)
     def user_error(request: Request, exc: UserError):  # the api's one-line message: an unknown id, a bad filter, an empty note
+        if isinstance(exc, LedgerError):  # locked, damaged, unreachable: the page may work again once that is fixed
+            return page(request, "error.html", 503, title="Ledger unavailable", message=str(exc))
         status = 404 if request.method == "GET" and str(exc).startswith("no ") else 400
         return page(request, "error.html", status, title="Not found" if status == 404 else "Not done", message=str(exc))
 
