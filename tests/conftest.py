@@ -29,8 +29,8 @@ XDIST_GROUPS = {
 # Tests that spend most of their time waiting on something other than this machine's CPU: SLURM's scheduler and
 # requeue delays, Ray noticing a dead node, a run's timeout, a browser polling a live campaign, a warm host's idle
 # timeout, a signal sent once a run has stepped (groups, modules or tests). With three or more workers, the last one is a lane
-# for them alone, beside the others: their waiting no longer leaves a core idle. A CPU worker with no work of its own
-# left takes the lane's; the lane never takes theirs (three CPU-bound workers on two cores only cost more CPU).
+# for them alone, beside the others: their waiting no longer leaves a core idle. A worker with no work of its own
+# left takes the other kind's.
 WAITS = ("test_slurm", "ray", "tests/test_ui_browser.py",
          "tests/test_trust.py::test_a_run_stopped_while_the_lab_scores_it_is_a_timeout_not_ok",
          "tests/test_trust.py::test_a_worker_that_stops_reading_or_trickles_its_answer_is_given_up_on",
@@ -57,12 +57,12 @@ def pytest_xdist_make_scheduler(config, log):
             return len(nodes) >= 3 and node is max(nodes, key=lambda n: int(n.gateway.id.removeprefix("gw") or 0))
 
         def _next_unit(self, node) -> str | None:
-            """The first queued unit of the node's kind, else (for a CPU worker) the first of the other."""
+            """The first queued unit of the node's kind, else the first of the other."""
             lane = self._lane(node)
             for scope in self.workqueue:
                 if (scope in WAITS or scope.split("::", 1)[0] in WAITS) == lane:
                     return scope
-            return None if lane else next(iter(self.workqueue), None)
+            return next(iter(self.workqueue), None)
 
         def _assign_work_unit(self, node) -> None:
             scope = self._next_unit(node)
