@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+from contextlib import contextmanager
 import sys
 from pathlib import Path
 
@@ -148,6 +149,13 @@ def ledger_url(request, tmp_path):
     if request.param == "sqlite":
         yield str(tmp_path / "ledger.db")
         return
+    with pg_schema() as url:
+        yield url
+
+
+@contextmanager
+def pg_schema():
+    """A ledger URL for a new PostgreSQL schema of its own on the test server (skips without one), dropped afterwards."""
     if not PG_URL:
         pytest.skip("PostgreSQL: set PRETRAINLAB_TEST_PG_URL (.ci/run starts a server and sets it)")
     psycopg = pytest.importorskip("psycopg")
@@ -156,6 +164,8 @@ def ledger_url(request, tmp_path):
     schema = f"test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(PG_URL, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
-    yield f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    try:
+        yield f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")

@@ -11,10 +11,9 @@ import sqlite3
 import subprocess
 import threading
 import time
-import uuid
 
 import pytest
-from conftest import PG_URL
+from conftest import PG_URL, pg_schema
 
 from pretrainlab import api, cli
 from pretrainlab.errors import LedgerError, UserError
@@ -222,15 +221,8 @@ def test_a_postgres_server_that_is_down_is_one_line_without_the_password(capsys)
 
 @pytest.fixture
 def pg_url():
-    if not PG_URL:
-        pytest.skip("PostgreSQL: set PRETRAINLAB_TEST_PG_URL (.ci/run starts a server and sets it)")
-    psycopg = pytest.importorskip("psycopg")
-    schema = f"test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    yield f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    with pg_schema() as url:
+        yield url
 
 
 def kill_connection(lg: Ledger) -> None:
